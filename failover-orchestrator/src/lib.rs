@@ -1,0 +1,1 @@
+//! `failover-orchestrator`: not yet written; see the project's issues.

@@ -1,0 +1,1 @@
+//! `sync-delta`: not yet written; see the project's issues.

@@ -1,0 +1,1 @@
+//! `vrrp-fsm`: not yet written; see the project's issues.
