@@ -1,0 +1,3 @@
+#![no_main]
+//! Placeholder until the target lands.
+libfuzzer_sys::fuzz_target!(|_data: &[u8]| {});
