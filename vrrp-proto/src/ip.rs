@@ -12,7 +12,9 @@
 
 use core::net::IpAddr;
 
-use etherparse::{IpNumber, IpSlice, Ipv4Header, Ipv6FlowLabel, Ipv6Header};
+use etherparse::{
+    IpNumber, Ipv4Header, Ipv4HeaderSlice, Ipv6FlowLabel, Ipv6Header, Ipv6HeaderSlice, Ipv6Slice,
+};
 
 use crate::checksum;
 use crate::error::{EmitError, ParseError, Warning, Warnings};
@@ -69,9 +71,10 @@ impl Checked<'_> {
     ///
     /// # Errors
     /// None in practice: the view was checked when made.
+    #[inline]
     pub fn to_received(&self) -> Result<Received, ParseError> {
         Ok(Received {
-            advertisement: Advertisement::parse(&self.packet)?,
+            advertisement: Advertisement::from_checked(&self.packet)?,
             meta: self.meta,
             checksum: self.checksum,
             trailing: self.trailing,
@@ -88,8 +91,60 @@ impl Checked<'_> {
 ///
 /// # Errors
 /// The [`ParseError`] of the first rule broken.
+#[inline]
 pub fn check_datagram(datagram: &[u8]) -> Result<Checked<'_>, ParseError> {
-    let ip = IpSlice::from_slice(datagram).map_err(|_| ParseError::MalformedIp)?;
+    let (payload, meta) = match datagram.first().map(|b| b >> 4) {
+        Some(4) => ipv4_payload(datagram)?,
+        Some(6) => ipv6_payload(datagram)?,
+        _ => return Err(ParseError::MalformedIp),
+    };
+    check_message(payload, meta)
+}
+
+/// The VRRP payload of an IPv4 datagram. Header slices rather than a full
+/// `IpSlice`: the common case is one fixed header, and this is the hot path.
+#[inline]
+fn ipv4_payload(datagram: &[u8]) -> Result<(&[u8], RecvMeta), ParseError> {
+    let h = Ipv4HeaderSlice::from_slice(datagram).map_err(|_| ParseError::MalformedIp)?;
+    let header_len = h.slice().len();
+    let total = usize::from(h.total_len());
+    // Bytes past total_len are link padding, not ours.
+    let payload = datagram
+        .get(header_len..total)
+        .ok_or(ParseError::MalformedIp)?;
+    if h.protocol() != IpNumber(IP_PROTOCOL) {
+        return Err(ParseError::NotVrrp {
+            protocol: h.protocol().0,
+        });
+    }
+    if h.is_fragmenting_payload() {
+        return Err(ParseError::Fragmented);
+    }
+    let meta = RecvMeta {
+        src: IpAddr::V4(h.source_addr()),
+        dst: IpAddr::V4(h.destination_addr()),
+        ttl: h.ttl(),
+    };
+    Ok((payload, meta))
+}
+
+/// The VRRP payload of an IPv6 datagram, walking extension headers with
+/// etherparse when there are any.
+fn ipv6_payload(datagram: &[u8]) -> Result<(&[u8], RecvMeta), ParseError> {
+    let h = Ipv6HeaderSlice::from_slice(datagram).map_err(|_| ParseError::MalformedIp)?;
+    let meta = RecvMeta {
+        src: IpAddr::V6(h.source_addr()),
+        dst: IpAddr::V6(h.destination_addr()),
+        ttl: h.hop_limit(),
+    };
+    if h.next_header() == IpNumber(IP_PROTOCOL) {
+        let end = Ipv6Header::LEN + usize::from(h.payload_length());
+        let payload = datagram
+            .get(Ipv6Header::LEN..end)
+            .ok_or(ParseError::MalformedIp)?;
+        return Ok((payload, meta));
+    }
+    let ip = Ipv6Slice::from_slice(datagram).map_err(|_| ParseError::MalformedIp)?;
     let payload = ip.payload();
     if payload.ip_number != IpNumber(IP_PROTOCOL) {
         return Err(ParseError::NotVrrp {
@@ -99,16 +154,7 @@ pub fn check_datagram(datagram: &[u8]) -> Result<Checked<'_>, ParseError> {
     if payload.fragmented {
         return Err(ParseError::Fragmented);
     }
-    let ttl = match &ip {
-        IpSlice::Ipv4(v4) => v4.header().ttl(),
-        IpSlice::Ipv6(v6) => v6.header().hop_limit(),
-    };
-    let meta = RecvMeta {
-        src: ip.source_addr(),
-        dst: ip.destination_addr(),
-        ttl,
-    };
-    check_message(payload.payload, meta)
+    Ok((payload.payload, meta))
 }
 
 /// Checks a bare VRRP message with its receive metadata.
@@ -117,6 +163,7 @@ pub fn check_datagram(datagram: &[u8]) -> Result<Checked<'_>, ParseError> {
 /// The [`ParseError`] of the first rule broken, in the order: TTL,
 /// destination, source, then [`Packet::new_checked`]'s rules, then the
 /// checksum.
+#[inline]
 pub fn check_message(message: &[u8], meta: RecvMeta) -> Result<Checked<'_>, ParseError> {
     // RFC 3768 §7.1 / RFC 9568 §7.1: TTL / hop limit 255, first.
     if meta.ttl != TTL {
@@ -178,6 +225,7 @@ pub fn check_message(message: &[u8], meta: RecvMeta) -> Result<Checked<'_>, Pars
 }
 
 /// [`check_datagram`], then the owned form.
+#[inline]
 ///
 /// # Errors
 /// As [`check_datagram`].
@@ -186,6 +234,7 @@ pub fn parse_datagram(datagram: &[u8]) -> Result<Received, ParseError> {
 }
 
 /// [`check_message`], then the owned form.
+#[inline]
 ///
 /// # Errors
 /// As [`check_message`].
@@ -193,7 +242,7 @@ pub fn parse_message(message: &[u8], meta: RecvMeta) -> Result<Received, ParseEr
     check_message(message, meta)?.to_received()
 }
 
-/// Bytes of the IP header [`emit_datagram`] writes for a family.
+/// Bytes of the IP header [`Advertisement::emit_datagram`] writes for a family.
 #[must_use]
 pub const fn ip_header_len(family: Family) -> usize {
     match family {

@@ -178,6 +178,27 @@ pub struct Advertisement {
     addresses: Addresses,
 }
 
+/// A SmallVec of what `it` yields, filling the inline buffer in one go when
+/// everything fits.
+#[inline]
+fn inline_or_heap<T: Copy, const N: usize>(
+    mut it: impl ExactSizeIterator<Item = T>,
+    fill: T,
+) -> SmallVec<[T; N]> {
+    let len = it.len();
+    if len <= N {
+        let mut buf = [fill; N];
+        for slot in buf.iter_mut().take(len) {
+            if let Some(x) = it.next() {
+                *slot = x;
+            }
+        }
+        SmallVec::from_buf_and_len(buf, len)
+    } else {
+        it.collect()
+    }
+}
+
 fn check_count(addresses: &Addresses) -> Result<(), BuildError> {
     match addresses.len() {
         1..=255 => Ok(()),
@@ -256,11 +277,23 @@ impl Advertisement {
         // Re-checked (a few compares) so that a view made with
         // `new_unchecked` cannot make an invalid advertisement.
         let p = Packet::new_checked(packet.as_bytes(), packet.family())?;
+        Advertisement::from_checked(&p)
+    }
+
+    /// The owned form of a view that `new_checked` made.
+    #[inline]
+    pub(crate) fn from_checked<T: AsRef<[u8]>>(p: &Packet<T>) -> Result<Advertisement, ParseError> {
         let vrid = Vrid::new(p.vrid()).ok_or(ParseError::ZeroVrid)?;
         let interval = Interval::from_wire_centis(p.interval_centis());
+        // Built from a whole inline buffer when they fit: SmallVec's
+        // `collect` / `push` cost more than the rest of the parse.
         let addresses = match p.family() {
-            Family::Ipv4 => Addresses::V4(p.ipv4_addresses().collect()),
-            Family::Ipv6 => Addresses::V6(p.ipv6_addresses().collect()),
+            Family::Ipv4 => {
+                Addresses::V4(inline_or_heap(p.ipv4_addresses(), Ipv4Addr::UNSPECIFIED))
+            }
+            Family::Ipv6 => {
+                Addresses::V6(inline_or_heap(p.ipv6_addresses(), Ipv6Addr::UNSPECIFIED))
+            }
         };
         let auth = match p.auth_type() {
             Some(1) => Auth::Simple(p.auth_data().unwrap_or_default()),

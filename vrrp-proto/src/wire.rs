@@ -187,16 +187,15 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer
     }
 
-    /// Protocol version.
-    ///
-    /// # Panics
-    /// On an unchecked view whose version is neither 2 nor 3.
+    /// Protocol version. (An unchecked view with a version nibble other
+    /// than 2 reads as version 3.)
     #[must_use]
+    #[inline]
     pub fn version(&self) -> Version {
-        match self.buffer.as_ref()[field::VER_TYPE] >> 4 {
-            2 => Version::V2,
-            3 => Version::V3,
-            v => panic!("unchecked view with version {v}"),
+        if self.buffer.as_ref()[field::VER_TYPE] >> 4 == 2 {
+            Version::V2
+        } else {
+            Version::V3
         }
     }
 
@@ -291,7 +290,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// IPv4 addresses (empty for an IPv6 view).
-    pub fn ipv4_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    pub fn ipv4_addresses(&self) -> impl ExactSizeIterator<Item = Ipv4Addr> + '_ {
         let bytes = match self.family {
             Family::Ipv4 => self.address_bytes(),
             Family::Ipv6 => &[],
@@ -302,7 +301,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// IPv6 addresses (empty for an IPv4 view).
-    pub fn ipv6_addresses(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
+    pub fn ipv6_addresses(&self) -> impl ExactSizeIterator<Item = Ipv6Addr> + '_ {
         let bytes = match self.family {
             Family::Ipv6 => self.address_bytes(),
             Family::Ipv4 => &[],
