@@ -1,3 +1,6 @@
 #![no_main]
-//! Placeholder until the target lands.
-libfuzzer_sys::fuzz_target!(|_data: &[u8]| {});
+//! `fsm_events`: arbitrary (time step, input) sequences against one
+//! virtual router; see `vrrp_fsm::fuzzing::fsm_events` for the properties.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    vrrp_fsm::fuzzing::fsm_events(data);
+});
