@@ -1,0 +1,386 @@
+//! Signatures and deltas over content-defined chunks.
+//!
+//! The replica describes its old copy as a signature ([`SigChunk`]s): the chunk
+//! lengths and 64-bit truncated BLAKE3 hashes. The source cuts its new
+//! file with the same [`ChunkParams`], hashes each chunk once, and emits
+//! [`Op::Copy`] for chunks the replica has and [`Op::Literal`] for the
+//! rest. A wrong match (a 64-bit collision) cannot go unnoticed: the
+//! replica verifies the whole file against its 256-bit BLAKE3 hash.
+
+use crate::chunk::{ChunkParams, chunks};
+use crate::error::ApplyError;
+use std::collections::HashMap;
+
+/// One chunk of a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SigChunk {
+    /// Its length.
+    pub len: u32,
+    /// The first 8 bytes of its BLAKE3 hash, little-endian.
+    pub hash: u64,
+}
+
+/// Most chunks a signature may carry (a bound on what a peer can make us
+/// allocate, and what fits in one frame; `for_size` keeps files up to
+/// 2 GiB near 8192 chunks, and up to
+/// 32 GiB within this bound; a replica sends no signature for larger ones).
+pub const MAX_SIG_CHUNKS: usize = 1 << 17;
+
+/// The chunk hash: 64 bits of BLAKE3.
+#[must_use]
+pub fn chunk_hash(data: &[u8]) -> u64 {
+    let h = blake3::hash(data);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// Builds signatures incrementally from consecutive pieces of a file.
+#[derive(Debug)]
+pub struct SignatureBuilder {
+    params: ChunkParams,
+    carry: Vec<u8>,
+    chunks: Vec<SigChunk>,
+}
+
+impl SignatureBuilder {
+    /// For a file cut with `params`.
+    #[must_use]
+    pub fn new(params: ChunkParams) -> Self {
+        Self {
+            params,
+            carry: Vec::new(),
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Adds the next bytes of the file. Cuts are only tried once a whole
+    /// largest chunk is buffered, so tiny pieces cost no rescans.
+    pub fn update(&mut self, mut data: &[u8]) {
+        let max = self.params.max_len();
+        while !data.is_empty() {
+            if self.carry.is_empty() && data.len() >= max {
+                let used = self.cut_all(data, false);
+                self.carry.extend_from_slice(&data[used..]);
+                return;
+            }
+            let take = (max - self.carry.len()).min(data.len());
+            self.carry.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.carry.len() >= max {
+                let carry = std::mem::take(&mut self.carry);
+                let used = self.cut_all(&carry, false);
+                self.carry = carry;
+                self.carry.drain(..used);
+            }
+        }
+    }
+
+    fn cut_all(&mut self, data: &[u8], eof: bool) -> usize {
+        let mut pos = 0;
+        while pos < data.len() {
+            let rest = &data[pos..];
+            let len = self.params.cut(rest);
+            if !eof && !self.params.is_final(len, rest.len()) {
+                break;
+            }
+            self.chunks.push(SigChunk {
+                len: len as u32,
+                hash: chunk_hash(&rest[..len]),
+            });
+            pos += len;
+        }
+        pos
+    }
+
+    /// Ends the file and returns its chunks.
+    #[must_use]
+    pub fn finish(mut self) -> Vec<SigChunk> {
+        let carry = std::mem::take(&mut self.carry);
+        self.cut_all(&carry, true);
+        self.chunks
+    }
+}
+
+/// The signature of a whole buffer.
+#[must_use]
+pub fn signature(data: &[u8], params: ChunkParams) -> Vec<SigChunk> {
+    chunks(data, params)
+        .map(|(at, len)| SigChunk {
+            len: len as u32,
+            hash: chunk_hash(&data[at..at + len]),
+        })
+        .collect()
+}
+
+/// A delta operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Copy `len` bytes from offset `offset` of the replica's old copy.
+    Copy {
+        /// Offset in the old copy.
+        offset: u64,
+        /// Length.
+        len: u64,
+    },
+    /// New bytes.
+    Literal(Vec<u8>),
+}
+
+/// Finds which chunks of new data the replica already has.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    params: ChunkParams,
+    index: HashMap<u64, (u64, u32)>,
+}
+
+impl Matcher {
+    /// From the replica's signature.
+    #[must_use]
+    pub fn new(params: ChunkParams, sig: &[SigChunk]) -> Self {
+        let mut index = HashMap::with_capacity(sig.len().min(MAX_SIG_CHUNKS));
+        let mut off = 0u64;
+        for c in sig {
+            index.entry(c.hash).or_insert((off, c.len));
+            off += u64::from(c.len);
+        }
+        Self { params, index }
+    }
+
+    /// The chunk parameters.
+    #[must_use]
+    pub fn params(&self) -> ChunkParams {
+        self.params
+    }
+
+    /// Cuts `data` (the next bytes of the new file) into chunks and calls
+    /// `emit(Some(copy_offset), at, len)` for a chunk the replica has and
+    /// `emit(None, at, len)` for one it lacks. Unless `eof`, stops before a
+    /// trailing chunk that might continue past `data`, and returns how many
+    /// bytes it consumed.
+    pub fn scan(
+        &self,
+        data: &[u8],
+        eof: bool,
+        mut emit: impl FnMut(Option<u64>, usize, usize),
+    ) -> usize {
+        let mut pos = 0;
+        while pos < data.len() {
+            let rest = &data[pos..];
+            let len = self.params.cut(rest);
+            if !eof && !self.params.is_final(len, rest.len()) {
+                break;
+            }
+            let found = if self.index.is_empty() {
+                None
+            } else {
+                self.index
+                    .get(&chunk_hash(&rest[..len]))
+                    .filter(|&&(_, l)| l as usize == len)
+                    .map(|&(off, _)| off)
+            };
+            emit(found, pos, len);
+            pos += len;
+        }
+        pos
+    }
+}
+
+/// Collects ops, merging adjacent copies and literals.
+#[derive(Debug, Default)]
+pub struct OpBuilder {
+    ops: Vec<Op>,
+}
+
+impl OpBuilder {
+    /// A copy.
+    pub fn copy(&mut self, offset: u64, len: u64) {
+        if let Some(Op::Copy { offset: o, len: l }) = self.ops.last_mut() {
+            if *o + *l == offset {
+                *l += len;
+                return;
+            }
+        }
+        self.ops.push(Op::Copy { offset, len });
+    }
+
+    /// A literal.
+    pub fn literal(&mut self, data: &[u8]) {
+        if let Some(Op::Literal(v)) = self.ops.last_mut() {
+            v.extend_from_slice(data);
+            return;
+        }
+        self.ops.push(Op::Literal(data.to_vec()));
+    }
+
+    /// Bytes of literal data pending.
+    #[must_use]
+    pub fn literal_bytes(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|o| match o {
+                Op::Literal(v) => v.len(),
+                Op::Copy { .. } => 0,
+            })
+            .sum()
+    }
+
+    /// Number of ops.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True without ops.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Takes the ops.
+    pub fn take(&mut self) -> Vec<Op> {
+        std::mem::take(&mut self.ops)
+    }
+}
+
+/// The delta turning the file that `sig` describes into `new`, in memory.
+#[must_use]
+pub fn diff(params: ChunkParams, sig: &[SigChunk], new: &[u8]) -> Vec<Op> {
+    let m = Matcher::new(params, sig);
+    let mut b = OpBuilder::default();
+    m.scan(new, true, |found, at, len| match found {
+        Some(off) => b.copy(off, len as u64),
+        None => b.literal(&new[at..at + len]),
+    });
+    b.take()
+}
+
+/// Applies `ops` to `base` in memory, producing exactly `size` bytes that
+/// hash to `hash`. Never allocates more than `size` bytes and never reads
+/// outside `base`.
+///
+/// # Errors
+/// [`ApplyError`] for a copy outside the base, output beyond or short of
+/// `size`, or a hash mismatch.
+pub fn apply(base: &[u8], ops: &[Op], size: u64, hash: &[u8; 32]) -> Result<Vec<u8>, ApplyError> {
+    let mut out = Vec::new();
+    for op in ops {
+        match op {
+            Op::Copy { offset, len } => {
+                let end = offset
+                    .checked_add(*len)
+                    .filter(|&e| e <= base.len() as u64)
+                    .ok_or(ApplyError::CopyOutOfRange {
+                        offset: *offset,
+                        len: *len,
+                        base_len: base.len() as u64,
+                    })?;
+                if out.len() as u64 + len > size {
+                    return Err(ApplyError::BeyondSize { size });
+                }
+                out.extend_from_slice(&base[*offset as usize..end as usize]);
+            }
+            Op::Literal(data) => {
+                if out.len() as u64 + data.len() as u64 > size {
+                    return Err(ApplyError::BeyondSize { size });
+                }
+                out.extend_from_slice(data);
+            }
+        }
+    }
+    if out.len() as u64 != size {
+        return Err(ApplyError::Short {
+            got: out.len() as u64,
+            size,
+        });
+    }
+    if blake3::hash(&out).as_bytes() != hash {
+        return Err(ApplyError::HashMismatch);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn builder_matches_whole_buffer() {
+        let data = noise(300_000, 3);
+        let p = ChunkParams::new(4096);
+        let whole = signature(&data, p);
+        for step in [1usize, 7, 4096, 10_000, 65_536, 300_000] {
+            let mut b = SignatureBuilder::new(p);
+            for piece in data.chunks(step) {
+                b.update(piece);
+            }
+            assert_eq!(b.finish(), whole, "step {step}");
+        }
+    }
+
+    #[test]
+    fn edits_cost_little() {
+        let old = noise(1 << 20, 5);
+        let mut new = old.clone();
+        new[500_000..500_100].fill(0);
+        new.splice(200_000..200_000, [9u8; 100]);
+        new.extend_from_slice(&noise(50_000, 9));
+        let p = ChunkParams::for_size(old.len() as u64);
+        let ops = diff(p, &signature(&old, p), &new);
+        let lit: usize = ops
+            .iter()
+            .map(|o| match o {
+                Op::Literal(v) => v.len(),
+                Op::Copy { .. } => 0,
+            })
+            .sum();
+        assert!(lit < 50_000 + 8 * p.max_len(), "literal {lit}");
+        let hash = *blake3::hash(&new).as_bytes();
+        assert_eq!(apply(&old, &ops, new.len() as u64, &hash).unwrap(), new);
+    }
+
+    #[test]
+    fn apply_refuses_bad_ops() {
+        let base = b"0123456789";
+        let h = *blake3::hash(b"0123").as_bytes();
+        let oob = [Op::Copy { offset: 8, len: 4 }];
+        assert!(matches!(
+            apply(base, &oob, 4, &h),
+            Err(ApplyError::CopyOutOfRange { .. })
+        ));
+        let wrap = [Op::Copy {
+            offset: u64::MAX,
+            len: 2,
+        }];
+        assert!(matches!(
+            apply(base, &wrap, 4, &h),
+            Err(ApplyError::CopyOutOfRange { .. })
+        ));
+        let long = [Op::Literal(vec![0; 5])];
+        assert_eq!(
+            apply(base, &long, 4, &h),
+            Err(ApplyError::BeyondSize { size: 4 })
+        );
+        let short = [Op::Copy { offset: 0, len: 3 }];
+        assert!(matches!(
+            apply(base, &short, 4, &h),
+            Err(ApplyError::Short { .. })
+        ));
+        let wrong = [Op::Copy { offset: 1, len: 4 }];
+        assert_eq!(apply(base, &wrong, 4, &h), Err(ApplyError::HashMismatch));
+        let ok = [Op::Copy { offset: 0, len: 4 }];
+        assert_eq!(apply(base, &ok, 4, &h).unwrap(), b"0123");
+    }
+}

@@ -1,0 +1,324 @@
+//! Manifests: what a tree holds, per path, with the quick-check stat and
+//! the BLAKE3 hash of every file.
+
+use crate::error::WireError;
+use crate::path::RelPath;
+use crate::wire::{Reader, Writer};
+use std::collections::BTreeMap;
+
+/// A BLAKE3 hash.
+pub type Hash = [u8; 32];
+
+/// Longest symlink target accepted, in bytes.
+pub const MAX_LINK_LEN: usize = 4096;
+
+/// What a path is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A regular file.
+    File {
+        /// Its size in bytes.
+        size: u64,
+        /// The BLAKE3 hash of its content.
+        hash: Hash,
+    },
+    /// A directory.
+    Dir,
+    /// A symbolic link, stored as a link and never followed.
+    Symlink {
+        /// The link's target, as bytes.
+        target: Vec<u8>,
+    },
+}
+
+/// The local stat fields of the quick check (beside size and mtime): a
+/// file whose size, mtime, ctime and inode are unchanged is not read again.
+/// Never sent: they mean nothing on the other node. Zero means unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct LocalStat {
+    /// Status-change time, nanoseconds since the Unix epoch.
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+/// One path's entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Meta {
+    /// What it is.
+    pub kind: Kind,
+    /// Permission bits (`0o7777` at most).
+    pub mode: u32,
+    /// Modification time, nanoseconds since the Unix epoch. Not replicated
+    /// for symlinks (std has no portable `lutimes`).
+    pub mtime_ns: i64,
+    /// Quick-check stat on this node.
+    pub local: LocalStat,
+}
+
+impl Meta {
+    /// Same replicated state: kind, content, mode and (except for
+    /// symlinks) mtime. The local stat is ignored.
+    #[must_use]
+    pub fn same(&self, o: &Self) -> bool {
+        self.kind == o.kind
+            && self.mode == o.mode
+            && (matches!(self.kind, Kind::Symlink { .. }) || self.mtime_ns == o.mtime_ns)
+    }
+
+    /// The size for files, 0 otherwise.
+    #[must_use]
+    pub fn size(&self) -> u64 {
+        match self.kind {
+            Kind::File { size, .. } => size,
+            _ => 0,
+        }
+    }
+
+    /// The hash for files.
+    #[must_use]
+    pub fn file_hash(&self) -> Option<&Hash> {
+        match &self.kind {
+            Kind::File { hash, .. } => Some(hash),
+            _ => None,
+        }
+    }
+}
+
+/// A change from one manifest to the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The path now has this entry.
+    Upsert(RelPath, Meta),
+    /// The path is gone.
+    Gone(RelPath),
+}
+
+/// A tree's entries by path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Manifest {
+    /// The entries, in path order.
+    pub entries: BTreeMap<RelPath, Meta>,
+}
+
+impl Manifest {
+    /// Number of entries.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The BLAKE3 digest of the replicated state (paths, kinds, hashes,
+    /// modes, mtimes; not the local stat), in path order.
+    #[must_use]
+    pub fn digest(&self) -> Hash {
+        let mut h = blake3::Hasher::new();
+        let mut buf = Vec::with_capacity(256);
+        for (p, m) in &self.entries {
+            buf.clear();
+            let mut w = Writer(&mut buf);
+            encode_entry(&mut w, p, m, false);
+            h.update(&buf);
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// The changes that turn `self` into `new`.
+    #[must_use]
+    pub fn diff(&self, new: &Self) -> Vec<Change> {
+        let mut out = Vec::new();
+        let mut a = self.entries.iter().peekable();
+        let mut b = new.entries.iter().peekable();
+        loop {
+            match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some((pa, _)), None) => {
+                    out.push(Change::Gone((*pa).clone()));
+                    a.next();
+                }
+                (None, Some((pb, mb))) => {
+                    out.push(Change::Upsert((*pb).clone(), (*mb).clone()));
+                    b.next();
+                }
+                (Some((pa, ma)), Some((pb, mb))) => match pa.cmp(pb) {
+                    std::cmp::Ordering::Less => {
+                        out.push(Change::Gone((*pa).clone()));
+                        a.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        out.push(Change::Upsert((*pb).clone(), (*mb).clone()));
+                        b.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if !ma.same(mb) {
+                            out.push(Change::Upsert((*pb).clone(), (*mb).clone()));
+                        }
+                        a.next();
+                        b.next();
+                    }
+                },
+            }
+        }
+        out
+    }
+
+    /// Checks the tree shape: every entry's parent is a directory entry
+    /// (or the root).
+    ///
+    /// # Errors
+    /// [`crate::PathError::ParentNotDir`] for the first entry whose parent
+    /// is missing or not a directory.
+    pub fn check_shape(&self) -> Result<(), crate::PathError> {
+        for p in self.entries.keys() {
+            if let Some(parent) = p.parent() {
+                let ok = RelPath::new(parent)
+                    .ok()
+                    .and_then(|pp| self.entries.get(&pp))
+                    .is_some_and(|m| m.kind == Kind::Dir);
+                if !ok {
+                    return Err(crate::PathError::ParentNotDir);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Encodes one entry (with the local stat only when `local`).
+pub(crate) fn encode_entry(w: &mut Writer<'_>, p: &RelPath, m: &Meta, local: bool) {
+    w.str16(p.as_str());
+    match &m.kind {
+        Kind::File { .. } => w.u8(0),
+        Kind::Dir => w.u8(1),
+        Kind::Symlink { .. } => w.u8(2),
+    }
+    w.u32(m.mode);
+    w.i64(m.mtime_ns);
+    match &m.kind {
+        Kind::File { size, hash } => {
+            w.u64(*size);
+            w.bytes(hash);
+        }
+        Kind::Dir => {}
+        Kind::Symlink { target } => w.bytes16(target),
+    }
+    if local {
+        w.i64(m.local.ctime_ns);
+        w.u64(m.local.ino);
+    }
+}
+
+/// Decodes one entry.
+pub(crate) fn decode_entry(r: &mut Reader<'_>, local: bool) -> Result<(RelPath, Meta), WireError> {
+    let path = RelPath::from_bytes(r.bytes16()?)?;
+    let tag = r.u8()?;
+    let mode = r.u32()?;
+    if mode > 0o7777 {
+        return Err(WireError::BadValue {
+            field: 2,
+            value: u64::from(mode),
+        });
+    }
+    let mtime_ns = r.i64()?;
+    let kind = match tag {
+        0 => Kind::File {
+            size: r.u64()?,
+            hash: r.array()?,
+        },
+        1 => Kind::Dir,
+        2 => {
+            let t = r.bytes16()?;
+            if t.is_empty() || t.len() > MAX_LINK_LEN || t.contains(&0) {
+                return Err(WireError::BadValue {
+                    field: 3,
+                    value: t.len() as u64,
+                });
+            }
+            Kind::Symlink { target: t.to_vec() }
+        }
+        v => {
+            return Err(WireError::BadValue {
+                field: 1,
+                value: u64::from(v),
+            });
+        }
+    };
+    let local = if local {
+        LocalStat {
+            ctime_ns: r.i64()?,
+            ino: r.u64()?,
+        }
+    } else {
+        LocalStat::default()
+    };
+    Ok((
+        path,
+        Meta {
+            kind,
+            mode,
+            mtime_ns,
+            local,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(n: u8) -> Meta {
+        Meta {
+            kind: Kind::File {
+                size: u64::from(n),
+                hash: [n; 32],
+            },
+            mode: 0o644,
+            mtime_ns: 1,
+            local: LocalStat::default(),
+        }
+    }
+
+    #[test]
+    fn diff_and_digest() {
+        let mut a = Manifest::default();
+        a.entries.insert(RelPath::new("a").unwrap(), file(1));
+        a.entries.insert(RelPath::new("b").unwrap(), file(2));
+        let mut b = a.clone();
+        b.entries.remove(&RelPath::new("a").unwrap());
+        b.entries.insert(RelPath::new("c").unwrap(), file(3));
+        let mut local_only = file(2);
+        local_only.local.ino = 9;
+        b.entries.insert(RelPath::new("b").unwrap(), local_only);
+        let d = a.diff(&b);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0], Change::Gone(RelPath::new("a").unwrap()));
+        assert!(matches!(&d[1], Change::Upsert(p, _) if p.as_str() == "c"));
+        assert_ne!(a.digest(), b.digest());
+        let mut c = b.clone();
+        c.entries
+            .get_mut(&RelPath::new("b").unwrap())
+            .unwrap()
+            .local
+            .ino = 1;
+        assert_eq!(b.digest(), c.digest());
+    }
+
+    #[test]
+    fn shape() {
+        let mut a = Manifest::default();
+        a.entries.insert(RelPath::new("d/x").unwrap(), file(1));
+        assert!(a.check_shape().is_err());
+        a.entries.insert(RelPath::new("d").unwrap(), file(1));
+        assert!(a.check_shape().is_err());
+        let mut dir = file(0);
+        dir.kind = Kind::Dir;
+        a.entries.insert(RelPath::new("d").unwrap(), dir);
+        assert!(a.check_shape().is_ok());
+    }
+}

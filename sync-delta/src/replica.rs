@@ -1,0 +1,1073 @@
+//! The replica session: pulls rounds from a source and applies each as an
+//! atomic, verified generation.
+
+use crate::chunk::ChunkParams;
+use crate::delta::{MAX_SIG_CHUNKS, Op, SignatureBuilder};
+use crate::error::{Refusal, SessionError, StoreError};
+use crate::exclude::Exclude;
+use crate::generation::{self, JOp, Record, Role, STAGE_DIR, StateFile};
+use crate::manifest::{Change, Hash, Kind, Manifest, Meta};
+use crate::path::RelPath;
+use crate::store::{IO_CHUNK, Storage};
+use crate::wire::{AbandonReason, Base, DataStatus, Message};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Replica settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// Paths never replicated: not written, not deleted.
+    pub exclude: Exclude,
+    /// Time between rounds (the appliance's default: 60 s).
+    pub interval: Duration,
+    /// A round stalls when no message arrives for this long; it is rolled
+    /// back.
+    pub idle_timeout: Duration,
+    /// Largest share of the replica's entries one round may delete, in
+    /// percent, before it needs [`Replica::confirm_deletions`] (default 50).
+    pub max_delete_percent: u32,
+    /// Largest file accepted.
+    pub max_file_size: u64,
+    /// Most entries a manifest may have.
+    pub max_entries: u64,
+    /// Files at least this large are fetched as a delta against the old
+    /// copy; smaller ones whole.
+    pub delta_min_size: u64,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        Self {
+            exclude: Exclude::none(),
+            interval: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(120),
+            max_delete_percent: 50,
+            max_file_size: 1 << 40,
+            max_entries: 10_000_000,
+            delta_min_size: 64 * 1024,
+        }
+    }
+}
+
+/// A generation: its number and when the source took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generation {
+    /// Increments with every round that changed something; 0 before the
+    /// first.
+    pub number: u64,
+    /// When the source took the snapshot this replica last confirmed (a
+    /// wall-clock value from the source's driver); `None` before the first
+    /// round.
+    pub taken_at: Option<SystemTime>,
+}
+
+impl Generation {
+    /// How old the data is at `wall_now`: what a takeover now would lose
+    /// at most. `None` before the first round.
+    #[must_use]
+    pub fn age(&self, wall_now: SystemTime) -> Option<Duration> {
+        self.taken_at
+            .map(|t| wall_now.duration_since(t).unwrap_or(Duration::ZERO))
+    }
+}
+
+/// What [`Replica::open`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    /// The generation the tree is at.
+    pub generation: Generation,
+    /// A committed round was finished (rolled forward).
+    pub rolled_forward: bool,
+    /// Staged files of an uncommitted round that were removed.
+    pub rolled_back: u64,
+    /// This node was a source: its changes since the last generation its
+    /// peer confirmed were moved into this quarantine folder (under
+    /// `.sync-delta/quarantine/`), with how many paths.
+    pub quarantined: Option<(String, u64)>,
+}
+
+/// Status, for an admin page or the orchestrator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// The current generation.
+    pub generation: Generation,
+    /// Its age at the `wall_now` given.
+    pub age: Option<Duration>,
+    /// A round is in progress.
+    pub round_in_progress: bool,
+    /// The last round was refused, until confirmed.
+    pub refused: Option<Refusal>,
+    /// Quarantine folders under `.sync-delta/quarantine/`.
+    pub quarantine: Vec<String>,
+    /// Entries in the manifest.
+    pub entries: u64,
+}
+
+/// Events for the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplicaEvent {
+    /// A round committed.
+    Committed {
+        /// The generation now current.
+        generation: u64,
+        /// Paths changed (upserted or removed).
+        changed: u64,
+        /// Files fetched (delta or whole).
+        fetched: u64,
+        /// Files made from local copies (renames, copies).
+        copied: u64,
+    },
+    /// A round was refused by the mass-deletion guard.
+    Refused(Refusal),
+    /// A file changed on the source while it was read, or did not verify;
+    /// it keeps its old content this generation and is retried next round.
+    FileSkipped(RelPath),
+    /// A round stalled and was rolled back.
+    TimedOut,
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Rounds committed.
+    pub rounds: u64,
+    /// Rounds refused.
+    pub refused: u64,
+    /// Rounds that failed with an error and were rolled back.
+    pub failed: u64,
+    /// Files fetched.
+    pub fetched: u64,
+    /// Files copied locally.
+    pub copied: u64,
+    /// Files skipped (retried next round).
+    pub skipped: u64,
+    /// Bytes written by copy ops (from the old copy).
+    pub copy_bytes: u64,
+    /// Bytes of literal data received.
+    pub literal_bytes: u64,
+    /// Entries ignored because the replica excludes them.
+    pub excluded: u64,
+    /// Messages refused as invalid.
+    pub protocol_errors: u64,
+}
+
+struct Fetch {
+    path: RelPath,
+    size: u64,
+    hash: Hash,
+    base: Option<(RelPath, u64)>,
+    stage: String,
+    written: u64,
+    hasher: Option<Box<blake3::Hasher>>,
+}
+
+enum Phase {
+    Requested,
+    Manifest,
+    Fetching,
+}
+
+struct Round {
+    phase: Phase,
+    taken_at_ns: i64,
+    full: bool,
+    changes: BTreeMap<RelPath, Option<Meta>>,
+    dropped: bool,
+    new: Manifest,
+    fetches: BTreeMap<u32, Fetch>,
+    staged: HashMap<RelPath, String>,
+    fetched: u64,
+    copied: u64,
+    deadline: Instant,
+    seq: u64,
+}
+
+/// The replica session.
+///
+/// # Driver contract
+/// 1. [`Replica::open`] at start (and after a crash): it finishes or rolls
+///    back any round in progress and, if this node was a source,
+///    quarantines its unconfirmed changes.
+/// 2. When the authenticated link is up, [`Replica::handle_connected`];
+///    when it goes down, [`Replica::handle_disconnected`].
+/// 3. Feed each sync message with [`Replica::handle_message`]. An error
+///    ends the session: close the connection (the round is already rolled
+///    back, the tree is at its last whole generation).
+/// 4. After every input, drain [`Replica::poll_transmit`] (send each
+///    message on [`crate::frame::CHANNEL_SYNC`]) and
+///    [`Replica::poll_event`], then arm a timer for
+///    [`Replica::poll_timeout`] and call [`Replica::handle_timeout`] when
+///    it fires (early calls are harmless).
+/// 5. At takeover, [`Replica::settle`] finishes or rolls back the round in
+///    progress and reports the generation the new Master starts from.
+pub struct Replica {
+    config: ReplicaConfig,
+    manifest: Manifest,
+    digest: Hash,
+    generation: u64,
+    gen_taken_at_ns: i64,
+    confirmed_at_ns: Option<i64>,
+    connected: bool,
+    next_round: Instant,
+    round: Option<Round>,
+    round_seq: u64,
+    confirm: bool,
+    refused: Option<Refusal>,
+    quarantine: Vec<String>,
+    out: VecDeque<Message>,
+    events: VecDeque<ReplicaEvent>,
+    stats: ReplicaStats,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("generation", &self.generation)
+            .field("entries", &self.manifest.len())
+            .field("round", &self.round.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn ns_to_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+impl Replica {
+    /// Opens the replica tree behind `store`: rolls an interrupted round
+    /// forward (committed) or back (not committed), and, when this node's
+    /// tree was last a source, moves every change since the generation its
+    /// peer confirmed into a quarantine folder.
+    ///
+    /// # Errors
+    /// A [`StoreError`] from storage, [`StoreError::Corrupt`] for an
+    /// unreadable state file.
+    pub fn open<S: Storage + ?Sized>(
+        config: ReplicaConfig,
+        now: Instant,
+        store: &mut S,
+    ) -> Result<(Self, OpenReport), StoreError> {
+        let rec = generation::recover(store)?;
+        let mut manifest = rec.record.manifest;
+        let mut quarantined = None;
+        if rec.state.role == Role::Source {
+            let (kept, name, n) =
+                generation::quarantine(store, &manifest, &config.exclude, rec.record.generation)?;
+            manifest = kept;
+            generation::write_manifest(
+                store,
+                &Record {
+                    generation: rec.record.generation,
+                    taken_at_ns: rec.record.taken_at_ns,
+                    ops: Vec::new(),
+                    manifest: manifest.clone(),
+                },
+            )?;
+            quarantined = name.map(|n2| (n2, n));
+        }
+        let confirmed_at_ns =
+            if rec.state.generation == rec.record.generation && rec.record.generation > 0 {
+                Some(rec.state.taken_at_ns.max(rec.record.taken_at_ns))
+            } else if rec.record.generation > 0 {
+                Some(rec.record.taken_at_ns)
+            } else if rec.state.role == Role::Replica
+                && rec.state.generation == 0
+                && rec.state.taken_at_ns != 0
+            {
+                Some(rec.state.taken_at_ns)
+            } else {
+                None
+            };
+        generation::write_state(
+            store,
+            StateFile {
+                role: Role::Replica,
+                generation: rec.record.generation,
+                taken_at_ns: confirmed_at_ns.unwrap_or(0),
+            },
+        )?;
+        let quarantine = generation::quarantine_list(store)?;
+        let digest = manifest.digest();
+        let r = Self {
+            config,
+            manifest,
+            digest,
+            generation: rec.record.generation,
+            gen_taken_at_ns: rec.record.taken_at_ns,
+            confirmed_at_ns,
+            connected: false,
+            next_round: now,
+            round: None,
+            round_seq: 0,
+            confirm: false,
+            refused: None,
+            quarantine,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: ReplicaStats::default(),
+            buf: Vec::new(),
+        };
+        let report = OpenReport {
+            generation: r.generation(),
+            rolled_forward: rec.rolled_forward,
+            rolled_back: rec.rolled_back,
+            quarantined,
+        };
+        Ok((r, report))
+    }
+
+    /// The current generation.
+    #[must_use]
+    pub fn generation(&self) -> Generation {
+        Generation {
+            number: self.generation,
+            taken_at: self.confirmed_at_ns.map(ns_to_time),
+        }
+    }
+
+    /// The manifest of the current generation.
+    #[must_use]
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn stats(&self) -> ReplicaStats {
+        self.stats
+    }
+
+    /// Status at wall-clock time `wall_now` (an input; never read here).
+    #[must_use]
+    pub fn status(&self, wall_now: SystemTime) -> ReplicaStatus {
+        let generation = self.generation();
+        ReplicaStatus {
+            generation,
+            age: generation.age(wall_now),
+            round_in_progress: self.round.is_some(),
+            refused: self.refused,
+            quarantine: self.quarantine.clone(),
+            entries: self.manifest.len() as u64,
+        }
+    }
+
+    /// The link to the source is up and authenticated.
+    pub fn handle_connected(&mut self, now: Instant) {
+        self.connected = true;
+        self.handle_timeout(now);
+    }
+
+    /// The link went down: any round in progress is rolled back.
+    ///
+    /// # Errors
+    /// A [`StoreError`] while removing staged files (they are removed at
+    /// the next open otherwise).
+    pub fn handle_disconnected<S: Storage + ?Sized>(
+        &mut self,
+        now: Instant,
+        store: &mut S,
+    ) -> Result<(), StoreError> {
+        self.connected = false;
+        if self.round.take().is_some() {
+            self.next_round = self.next_round.max(now);
+            generation::clear_stage(store)?;
+        }
+        Ok(())
+    }
+
+    /// Asks for a round as soon as possible ("sync now", before a planned
+    /// swap so that it loses nothing).
+    pub fn sync_now(&mut self, now: Instant) {
+        self.next_round = now;
+        self.handle_timeout(now);
+    }
+
+    /// Lets the next round past the mass-deletion guard once.
+    pub fn confirm_deletions(&mut self) {
+        self.confirm = true;
+    }
+
+    /// When [`Replica::handle_timeout`] is next needed: the next round, or
+    /// the idle deadline of the round in progress.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.round {
+            Some(r) => Some(r.deadline),
+            None if self.connected => Some(self.next_round),
+            None => None,
+        }
+    }
+
+    /// Starts a due round; rolls back a stalled one (its staged files are
+    /// removed at the next round or open).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(r) = &self.round {
+            if now >= r.deadline {
+                self.round = None;
+                self.stats.failed += 1;
+                self.events.push_back(ReplicaEvent::TimedOut);
+                self.next_round = now + self.config.interval;
+            }
+            return;
+        }
+        if self.connected && now >= self.next_round {
+            self.round_seq += 1;
+            self.round = Some(Round {
+                phase: Phase::Requested,
+                taken_at_ns: 0,
+                full: false,
+                changes: BTreeMap::new(),
+                dropped: false,
+                new: Manifest::default(),
+                fetches: BTreeMap::new(),
+                staged: HashMap::new(),
+                fetched: 0,
+                copied: 0,
+                deadline: now + self.config.idle_timeout,
+                seq: self.round_seq,
+            });
+            self.out.push_back(Message::Request {
+                digest: self.digest,
+            });
+        }
+    }
+
+    /// The next message to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.out.pop_front()
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ReplicaEvent> {
+        self.events.pop_front()
+    }
+
+    /// Finishes or rolls back any round in progress (takeover): a round
+    /// that did not commit is rolled back, a committed one was already
+    /// applied (or is replayed here from its journal). Returns the
+    /// generation the tree is at, whose age is the data a takeover loses.
+    ///
+    /// # Errors
+    /// A [`StoreError`].
+    pub fn settle<S: Storage + ?Sized>(&mut self, store: &mut S) -> Result<Generation, StoreError> {
+        self.round = None;
+        self.connected = false;
+        let rec = generation::recover(store)?;
+        if rec.rolled_forward || rec.record.generation != self.generation {
+            self.manifest = rec.record.manifest;
+            self.digest = self.manifest.digest();
+            self.generation = rec.record.generation;
+            self.gen_taken_at_ns = rec.record.taken_at_ns;
+            self.confirmed_at_ns = Some(rec.record.taken_at_ns);
+        }
+        Ok(self.generation())
+    }
+
+    fn reload<S: Storage + ?Sized>(&mut self, store: &mut S) {
+        if let Ok(rec) = generation::recover(store) {
+            if rec.rolled_forward {
+                self.manifest = rec.record.manifest;
+                self.digest = self.manifest.digest();
+                self.generation = rec.record.generation;
+                self.gen_taken_at_ns = rec.record.taken_at_ns;
+                self.confirmed_at_ns = Some(rec.record.taken_at_ns);
+            }
+        }
+    }
+
+    /// Handles one sync message from the source, writing through `store`.
+    ///
+    /// # Errors
+    /// A [`SessionError`]: the round is rolled back and the session must
+    /// end (close the connection).
+    pub fn handle_message<S: Storage + ?Sized>(
+        &mut self,
+        now: Instant,
+        msg: Message,
+        store: &mut S,
+    ) -> Result<(), SessionError> {
+        let had_round = self.round.is_some();
+        let r = self.handle_inner(now, msg, store);
+        if r.is_err() {
+            self.stats.failed += 1;
+            if !matches!(r, Err(SessionError::Store(_))) {
+                self.stats.protocol_errors += 1;
+            }
+            self.round = None;
+            if had_round {
+                // Finish a round that committed, or roll back one that did
+                // not; best effort: open does it otherwise.
+                self.reload(store);
+            }
+            self.next_round = now + self.config.interval;
+        }
+        r
+    }
+
+    fn handle_inner<S: Storage + ?Sized>(
+        &mut self,
+        now: Instant,
+        msg: Message,
+        store: &mut S,
+    ) -> Result<(), SessionError> {
+        let ty = msg.ty();
+        let unexpected = SessionError::Unexpected { ty };
+        if let Message::SyncNow = msg {
+            if self.round.is_none() {
+                self.sync_now(now);
+            } else {
+                self.next_round = now;
+            }
+            return Ok(());
+        }
+        let Some(round) = self.round.as_mut() else {
+            return Err(unexpected);
+        };
+        round.deadline = now + self.config.idle_timeout;
+        match (msg, &round.phase) {
+            (Message::ManifestStart { taken_at_ns, full }, Phase::Requested) => {
+                round.taken_at_ns = taken_at_ns;
+                round.full = full;
+                round.phase = Phase::Manifest;
+                // leftovers of a stalled round
+                generation::clear_stage(store)?;
+                Ok(())
+            }
+            (Message::Entries { changes }, Phase::Manifest) => {
+                for c in changes {
+                    let (p, m) = match c {
+                        Change::Upsert(p, m) => (p, Some(m)),
+                        Change::Gone(p) => (p, None),
+                    };
+                    if self.config.exclude.is_excluded(p.as_str()) {
+                        self.stats.excluded += 1;
+                        round.dropped = true;
+                        continue;
+                    }
+                    if let Some(Meta {
+                        kind: Kind::File { size, .. },
+                        ..
+                    }) = &m
+                    {
+                        if *size > self.config.max_file_size {
+                            return Err(SessionError::FileTooLarge {
+                                size: *size,
+                                max: self.config.max_file_size,
+                            });
+                        }
+                    }
+                    round.changes.insert(p, m);
+                    if round.changes.len() as u64 > self.config.max_entries {
+                        return Err(SessionError::TooManyEntries {
+                            max: self.config.max_entries,
+                        });
+                    }
+                }
+                Ok(())
+            }
+            (Message::ManifestEnd { entries, digest }, Phase::Manifest) => {
+                self.manifest_end(now, entries, digest, store)
+            }
+            (Message::Data { id, ops }, Phase::Fetching) => self.data(id, &ops, store),
+            (Message::DataEnd { id, status }, Phase::Fetching) => {
+                self.data_end(now, id, status, store)
+            }
+            _ => Err(unexpected),
+        }
+    }
+
+    fn manifest_end<S: Storage + ?Sized>(
+        &mut self,
+        now: Instant,
+        entries: u64,
+        digest: Hash,
+        store: &mut S,
+    ) -> Result<(), SessionError> {
+        let Some(mut round) = self.round.take() else {
+            return Ok(());
+        };
+        let old = &self.manifest;
+        // The new manifest.
+        let new = if round.full {
+            let mut m = Manifest::default();
+            for (p, meta) in std::mem::take(&mut round.changes) {
+                if let Some(meta) = meta {
+                    m.entries.insert(p, meta);
+                }
+            }
+            m
+        } else if round.changes.is_empty() {
+            old.clone()
+        } else {
+            let mut m = old.clone();
+            for (p, meta) in &round.changes {
+                match meta {
+                    Some(meta) => m.entries.insert(p.clone(), meta.clone()),
+                    None => m.entries.remove(p),
+                };
+            }
+            m
+        };
+        let new_digest = if !round.full && round.changes.is_empty() {
+            self.digest
+        } else {
+            new.digest()
+        };
+        if !round.dropped && (new_digest != digest || new.len() as u64 != entries) {
+            self.round = Some(round);
+            return Err(SessionError::DigestMismatch);
+        }
+        if new.len() as u64 > self.config.max_entries {
+            return Err(SessionError::TooManyEntries {
+                max: self.config.max_entries,
+            });
+        }
+        new.check_shape().map_err(SessionError::Path)?;
+        // Mass-deletion guard.
+        let total = old.len() as u64;
+        let deleting = old
+            .entries
+            .keys()
+            .filter(|p| !new.entries.contains_key(*p))
+            .count() as u64;
+        let refusal = if total > 0 && new.is_empty() {
+            Some(Refusal::EmptySource { total })
+        } else if total > 0 && deleting * 100 > total * u64::from(self.config.max_delete_percent) {
+            Some(Refusal::MassDeletion { deleting, total })
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            if self.confirm {
+                self.confirm = false;
+            } else {
+                self.refused = Some(reason);
+                self.stats.refused += 1;
+                self.events.push_back(ReplicaEvent::Refused(reason));
+                self.out.push_back(Message::Abandon {
+                    reason: AbandonReason::Refused,
+                });
+                self.next_round = now + self.config.interval;
+                return Ok(());
+            }
+        }
+        self.refused = None;
+        // Plan the files.
+        let mut by_hash: Option<HashMap<Hash, RelPath>> = None;
+        let mut next_id = 0u32;
+        for (p, m) in &new.entries {
+            let o = old.entries.get(p);
+            let Kind::File { size, hash } = &m.kind else {
+                if let Kind::Symlink { target } = &m.kind {
+                    if o.map(|o| &o.kind) != Some(&m.kind) {
+                        let stage = format!("r{}-l{next_id}", round.seq);
+                        next_id += 1;
+                        store.symlink(target, &format!("{STAGE_DIR}/{stage}"))?;
+                        round.staged.insert(p.clone(), stage);
+                    }
+                }
+                continue;
+            };
+            if o.is_some_and(|o| o.kind == m.kind) {
+                continue; // same content; metadata handled at commit
+            }
+            let stage = format!("r{}-f{next_id}", round.seq);
+            let id = next_id;
+            next_id += 1;
+            let stage_path = format!("{STAGE_DIR}/{stage}");
+            if *size == 0 && *hash == *blake3::hash(b"").as_bytes() {
+                store.create(&stage_path)?;
+                store.set_meta(&stage_path, m.mode, m.mtime_ns)?;
+                store.sync_file(&stage_path)?;
+                round.staged.insert(p.clone(), stage);
+                continue;
+            }
+            let index = by_hash.get_or_insert_with(|| {
+                old.entries
+                    .iter()
+                    .filter_map(|(p, m)| m.file_hash().map(|h| (*h, p.clone())))
+                    .collect()
+            });
+            if let Some(from) = index.get(hash) {
+                if copy_local(
+                    store,
+                    from.as_str(),
+                    &stage_path,
+                    *size,
+                    hash,
+                    &mut self.buf,
+                )? {
+                    store.set_meta(&stage_path, m.mode, m.mtime_ns)?;
+                    store.sync_file(&stage_path)?;
+                    round.staged.insert(p.clone(), stage);
+                    round.copied += 1;
+                    continue;
+                }
+            }
+            let base = match o {
+                Some(Meta {
+                    kind: Kind::File { size: bs, hash: bh },
+                    ..
+                }) if *bs >= self.config.delta_min_size => {
+                    signature_of(store, p.as_str(), *bs, bh, &mut self.buf)?
+                }
+                _ => None,
+            };
+            store.create(&stage_path)?;
+            round.fetches.insert(
+                id,
+                Fetch {
+                    path: p.clone(),
+                    size: *size,
+                    hash: *hash,
+                    base: base.as_ref().map(|b| (p.clone(), b.size)),
+                    stage,
+                    written: 0,
+                    hasher: None,
+                },
+            );
+            self.out.push_back(Message::Want {
+                id,
+                path: p.clone(),
+                base,
+            });
+        }
+        round.new = new;
+        round.phase = Phase::Fetching;
+        self.round = Some(round);
+        self.maybe_commit(now, store)
+    }
+
+    fn data<S: Storage + ?Sized>(
+        &mut self,
+        id: u32,
+        ops: &[Op],
+        store: &mut S,
+    ) -> Result<(), SessionError> {
+        let Some(round) = self.round.as_mut() else {
+            return Ok(());
+        };
+        let f = round
+            .fetches
+            .get_mut(&id)
+            .ok_or(SessionError::UnknownFile { id })?;
+        let stage_path = format!("{STAGE_DIR}/{}", f.stage);
+        let hasher = f
+            .hasher
+            .get_or_insert_with(|| Box::new(blake3::Hasher::new()));
+        for op in ops {
+            match op {
+                Op::Literal(d) => {
+                    let len = d.len() as u64;
+                    if f.written + len > f.size {
+                        return Err(SessionError::BeyondSize { size: f.size });
+                    }
+                    store.write_at(&stage_path, f.written, d)?;
+                    hasher.update(d);
+                    f.written += len;
+                    self.stats.literal_bytes += len;
+                }
+                Op::Copy { offset, len } => {
+                    let Some((base, base_len)) = &f.base else {
+                        return Err(SessionError::CopyOutOfRange {
+                            offset: *offset,
+                            len: *len,
+                            base_len: 0,
+                        });
+                    };
+                    let end = offset.checked_add(*len).filter(|e| e <= base_len).ok_or(
+                        SessionError::CopyOutOfRange {
+                            offset: *offset,
+                            len: *len,
+                            base_len: *base_len,
+                        },
+                    )?;
+                    if f.written + len > f.size {
+                        return Err(SessionError::BeyondSize { size: f.size });
+                    }
+                    if self.buf.len() < IO_CHUNK {
+                        self.buf.resize(IO_CHUNK, 0);
+                    }
+                    let mut at = *offset;
+                    while at < end {
+                        let want = ((end - at) as usize).min(IO_CHUNK);
+                        let n = store.read_at(base.as_str(), at, &mut self.buf[..want])?;
+                        if n == 0 {
+                            // The old copy is shorter than its manifest says.
+                            return Err(SessionError::CopyOutOfRange {
+                                offset: *offset,
+                                len: *len,
+                                base_len: at,
+                            });
+                        }
+                        store.write_at(&stage_path, f.written, &self.buf[..n])?;
+                        hasher.update(&self.buf[..n]);
+                        f.written += n as u64;
+                        at += n as u64;
+                    }
+                    self.stats.copy_bytes += len;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn data_end<S: Storage + ?Sized>(
+        &mut self,
+        now: Instant,
+        id: u32,
+        status: DataStatus,
+        store: &mut S,
+    ) -> Result<(), SessionError> {
+        let Some(round) = self.round.as_mut() else {
+            return Ok(());
+        };
+        let f = round
+            .fetches
+            .remove(&id)
+            .ok_or(SessionError::UnknownFile { id })?;
+        let stage_path = format!("{STAGE_DIR}/{}", f.stage);
+        let hash = f.hasher.map_or_else(
+            || *blake3::hash(b"").as_bytes(),
+            |h| *h.finalize().as_bytes(),
+        );
+        let ok = status == DataStatus::Complete && f.written == f.size && hash == f.hash;
+        if ok {
+            let m = round.new.entries.get(&f.path).cloned();
+            if let Some(m) = m {
+                store.set_meta(&stage_path, m.mode, m.mtime_ns)?;
+            }
+            store.sync_file(&stage_path)?;
+            round.staged.insert(f.path, f.stage);
+            round.fetched += 1;
+        } else {
+            store.remove_file(&stage_path)?;
+            // Keep the old entry this generation; retried next round.
+            match self.manifest.entries.get(&f.path) {
+                Some(o) => round.new.entries.insert(f.path.clone(), o.clone()),
+                None => round.new.entries.remove(&f.path),
+            };
+            self.stats.skipped += 1;
+            self.events.push_back(ReplicaEvent::FileSkipped(f.path));
+        }
+        self.maybe_commit(now, store)
+    }
+
+    fn maybe_commit<S: Storage + ?Sized>(
+        &mut self,
+        now: Instant,
+        store: &mut S,
+    ) -> Result<(), SessionError> {
+        if self.round.as_ref().is_none_or(|r| !r.fetches.is_empty()) {
+            return Ok(());
+        }
+        let Some(round) = self.round.take() else {
+            return Ok(());
+        };
+        let old = &self.manifest;
+        let new = round.new;
+        let ops = plan(old, &new, &round.staged);
+        let changed = old.diff(&new).len() as u64;
+        if changed > 0 {
+            let rec = Record {
+                generation: self.generation + 1,
+                taken_at_ns: round.taken_at_ns,
+                ops,
+                manifest: new,
+            };
+            generation::commit(store, &rec)?;
+            self.generation = rec.generation;
+            self.gen_taken_at_ns = rec.taken_at_ns;
+            self.manifest = rec.manifest;
+            self.digest = self.manifest.digest();
+        }
+        generation::write_state(
+            store,
+            StateFile {
+                role: Role::Replica,
+                generation: self.generation,
+                taken_at_ns: round.taken_at_ns,
+            },
+        )?;
+        self.confirmed_at_ns = Some(round.taken_at_ns);
+        self.stats.rounds += 1;
+        self.stats.fetched += round.fetched;
+        self.stats.copied += round.copied;
+        self.out.push_back(Message::Committed {
+            generation: self.generation,
+            digest: self.digest,
+        });
+        self.events.push_back(ReplicaEvent::Committed {
+            generation: self.generation,
+            changed,
+            fetched: round.fetched,
+            copied: round.copied,
+        });
+        self.next_round = now + self.config.interval;
+        Ok(())
+    }
+}
+
+/// The journal ops that turn the tree of `old` into `new`, given the
+/// staged files and symlinks.
+fn plan(old: &Manifest, new: &Manifest, staged: &HashMap<RelPath, String>) -> Vec<JOp> {
+    let mut deletes = Vec::new();
+    let mut rmdirs = Vec::new();
+    let mut mkdirs = Vec::new();
+    let mut installs = Vec::new();
+    let mut metas = Vec::new();
+    let mut touched_dirs: BTreeSet<String> = BTreeSet::new();
+    let touch_parent = |p: &RelPath, t: &mut BTreeSet<String>| {
+        if let Some(parent) = p.parent() {
+            t.insert(parent.to_owned());
+        }
+    };
+    for (p, o) in &old.entries {
+        let n = new.entries.get(p);
+        let same_type =
+            n.is_some_and(|n| std::mem::discriminant(&n.kind) == std::mem::discriminant(&o.kind));
+        if same_type {
+            continue;
+        }
+        match o.kind {
+            Kind::Dir => rmdirs.push(p.clone()),
+            // A file replaced by a file or symlink is replaced by the rename.
+            _ if matches!(
+                n.map(|n| &n.kind),
+                Some(Kind::File { .. } | Kind::Symlink { .. })
+            ) => {}
+            _ => deletes.push(p.clone()),
+        }
+        touch_parent(p, &mut touched_dirs);
+    }
+    for (p, n) in &new.entries {
+        let o = old.entries.get(p);
+        if o.is_some_and(|o| o.same(n)) {
+            continue;
+        }
+        touch_parent(p, &mut touched_dirs);
+        match &n.kind {
+            Kind::Dir => {
+                if o.is_some_and(|o| o.kind == Kind::Dir) {
+                    touched_dirs.insert(p.as_str().to_owned());
+                } else {
+                    mkdirs.push(JOp::Mkdir(p.clone(), n.mode));
+                    touched_dirs.insert(p.as_str().to_owned());
+                }
+            }
+            Kind::File { .. } | Kind::Symlink { .. } => match staged.get(p) {
+                Some(stage) => installs.push(JOp::Install(stage.clone(), p.clone())),
+                None if !matches!(n.kind, Kind::Symlink { .. }) => {
+                    metas.push(JOp::SetMeta(p.clone(), n.mode, n.mtime_ns))
+                }
+                None => {}
+            },
+        }
+    }
+    // Deepest directories first when removing and when restoring times.
+    rmdirs.sort_by_key(|p| std::cmp::Reverse(p.depth()));
+    let mut dir_metas: Vec<(usize, JOp)> = touched_dirs
+        .iter()
+        .filter_map(|d| RelPath::new(d).ok())
+        .filter_map(|d| match new.entries.get(&d) {
+            Some(m) if m.kind == Kind::Dir => {
+                Some((d.depth(), JOp::SetMeta(d.clone(), m.mode, m.mtime_ns)))
+            }
+            _ => None,
+        })
+        .collect();
+    dir_metas.sort_by_key(|(depth, _)| std::cmp::Reverse(*depth));
+    let mut ops: Vec<JOp> = deletes.into_iter().map(JOp::Delete).collect();
+    ops.extend(rmdirs.into_iter().map(JOp::RemoveDir));
+    ops.extend(mkdirs);
+    ops.extend(installs);
+    ops.extend(metas);
+    ops.extend(dir_metas.into_iter().map(|(_, op)| op));
+    ops
+}
+
+/// Copies a local file with the wanted content into the stage; false when
+/// it no longer has that content.
+fn copy_local<S: Storage + ?Sized>(
+    store: &mut S,
+    from: &str,
+    to: &str,
+    size: u64,
+    hash: &Hash,
+    buf: &mut Vec<u8>,
+) -> Result<bool, StoreError> {
+    if buf.len() < IO_CHUNK {
+        buf.resize(IO_CHUNK, 0);
+    }
+    store.create(to)?;
+    let mut h = blake3::Hasher::new();
+    let mut off = 0u64;
+    loop {
+        let n = match store.read_at(from, off, buf) {
+            Ok(n) => n,
+            Err(StoreError::NotFound) => break,
+            Err(e) => return Err(e),
+        };
+        if n == 0 || off + n as u64 > size {
+            break;
+        }
+        store.write_at(to, off, &buf[..n])?;
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    if off == size && h.finalize().as_bytes() == hash {
+        Ok(true)
+    } else {
+        store.remove_file(to)?;
+        Ok(false)
+    }
+}
+
+/// The old copy's signature, or `None` when it is too large to describe
+/// in one message.
+fn signature_of<S: Storage + ?Sized>(
+    store: &mut S,
+    path: &str,
+    size: u64,
+    hash: &Hash,
+    buf: &mut Vec<u8>,
+) -> Result<Option<Base>, StoreError> {
+    let params = ChunkParams::for_size(size);
+    if size / u64::from(params.avg()) > MAX_SIG_CHUNKS as u64 / 2 {
+        return Ok(None);
+    }
+    if buf.len() < IO_CHUNK {
+        buf.resize(IO_CHUNK, 0);
+    }
+    let mut b = SignatureBuilder::new(params);
+    let mut off = 0u64;
+    while off < size {
+        let n = store.read_at(path, off, buf)?;
+        if n == 0 {
+            break;
+        }
+        b.update(&buf[..n]);
+        off += n as u64;
+    }
+    if off != size {
+        return Ok(None);
+    }
+    let chunks = b.finish();
+    if chunks.len() > MAX_SIG_CHUNKS {
+        return Ok(None);
+    }
+    Ok(Some(Base {
+        size,
+        hash: *hash,
+        avg: params.avg(),
+        chunks,
+    }))
+}

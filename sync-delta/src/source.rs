@@ -1,0 +1,612 @@
+//! The source session: scans its tree, answers a replica's rounds with the
+//! manifest changes and the data of the files it wants.
+
+use crate::chunk::ChunkParams;
+use crate::delta::{Matcher, Op, OpBuilder};
+use crate::error::{SessionError, StoreError};
+use crate::exclude::Exclude;
+use crate::generation::{self, Record, Role, StateFile};
+use crate::manifest::{Change, Hash, Kind, LocalStat, Manifest, Meta};
+use crate::path::RelPath;
+use crate::store::{IO_CHUNK, StatKind, Storage};
+use crate::wire::{Base, DataStatus, MAX_CHANGES, Message};
+use std::collections::VecDeque;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Source settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceConfig {
+    /// Paths never replicated.
+    pub exclude: Exclude,
+}
+
+/// Events for the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SourceEvent {
+    /// The replica committed a generation of what this source sent.
+    Confirmed {
+        /// Its generation number.
+        generation: u64,
+    },
+    /// The replica abandoned a round (refused, or failed).
+    Abandoned,
+    /// A scan finished.
+    Scanned {
+        /// Entries in the manifest.
+        entries: u64,
+        /// Files hashed (the rest passed the quick check).
+        hashed: u64,
+        /// Files that changed while being hashed; sent next round.
+        unstable: u64,
+    },
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    /// Rounds served.
+    pub rounds: u64,
+    /// Rounds confirmed by the replica.
+    pub confirmed: u64,
+    /// Files hashed in scans.
+    pub hashed: u64,
+    /// Files sent (delta, append or whole).
+    pub files: u64,
+    /// Files sent as an appended tail.
+    pub appends: u64,
+    /// Bytes sent as copy ops (the replica had them).
+    pub copy_bytes: u64,
+    /// Bytes sent as literals.
+    pub literal_bytes: u64,
+    /// Files that changed while read.
+    pub changed_while_read: u64,
+    /// Messages refused as invalid.
+    pub protocol_errors: u64,
+}
+
+enum Mode {
+    Start,
+    Whole,
+    Delta(Box<Matcher>),
+}
+
+struct Job {
+    id: u32,
+    path: RelPath,
+    size: u64,
+    base: Option<Base>,
+    pos: u64,
+    mode: Mode,
+}
+
+/// Literal bytes per `Data` message.
+const DATA_CHUNK: usize = IO_CHUNK;
+/// Bytes read per delta step (at least two of the largest chunks).
+const WINDOW: usize = 4 * IO_CHUNK;
+
+/// The source session.
+///
+/// # Driver contract
+/// 1. [`Source::open`] at start: it finishes or rolls back a round this
+///    node's tree had in progress as a replica, and marks the tree as a
+///    source's (a later [`crate::Replica::open`] quarantines what changes
+///    from now on until the peer confirms it).
+/// 2. Feed each sync message with [`Source::handle_message`], with the
+///    wall-clock time (recorded as the generation's taken-at). An error
+///    ends the session: close the connection.
+/// 3. After every input, and whenever the socket can take more, drain
+///    [`Source::poll_transmit`]: it reads files through `store` a piece at
+///    a time, so memory stays bounded whatever the file sizes. Drain
+///    [`Source::poll_event`] too.
+/// 4. The source has no timers: [`Source::poll_timeout`] is always `None`
+///    (the replica schedules rounds); [`Source::sync_now`] asks the replica
+///    for a round at once.
+pub struct Source {
+    config: SourceConfig,
+    confirmed: Manifest,
+    confirmed_digest: Hash,
+    confirmed_generation: u64,
+    confirmed_taken_at_ns: i64,
+    cache: Manifest,
+    sent: Option<(Manifest, Hash, i64)>,
+    jobs: VecDeque<Job>,
+    out: VecDeque<Message>,
+    events: VecDeque<SourceEvent>,
+    stats: SourceStats,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("confirmed_generation", &self.confirmed_generation)
+            .field("entries", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn time_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+impl Source {
+    /// Opens the source tree behind `store`.
+    ///
+    /// # Errors
+    /// A [`StoreError`].
+    pub fn open<S: Storage + ?Sized>(
+        config: SourceConfig,
+        _now: Instant,
+        store: &mut S,
+    ) -> Result<Self, StoreError> {
+        let rec = generation::recover(store)?;
+        generation::write_state(
+            store,
+            StateFile {
+                role: Role::Source,
+                generation: rec.record.generation,
+                taken_at_ns: rec.state.taken_at_ns,
+            },
+        )?;
+        let confirmed = rec.record.manifest;
+        Ok(Self {
+            config,
+            confirmed_digest: confirmed.digest(),
+            confirmed_generation: rec.record.generation,
+            confirmed_taken_at_ns: rec.record.taken_at_ns,
+            cache: confirmed.clone(),
+            confirmed,
+            sent: None,
+            jobs: VecDeque::new(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: SourceStats::default(),
+            buf: Vec::new(),
+        })
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn stats(&self) -> SourceStats {
+        self.stats
+    }
+
+    /// The generation the replica last confirmed.
+    #[must_use]
+    pub fn confirmed_generation(&self) -> u64 {
+        self.confirmed_generation
+    }
+
+    /// Always `None`: the replica schedules rounds.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Nothing to do; present for the house shape.
+    pub fn handle_timeout(&mut self, _now: Instant) {}
+
+    /// Asks the replica for a round now (before a planned swap).
+    pub fn sync_now(&mut self, _now: Instant) {
+        self.out.push_back(Message::SyncNow);
+    }
+
+    /// The link went down: the round in flight is dropped.
+    pub fn handle_disconnected(&mut self, _now: Instant) {
+        self.sent = None;
+        self.jobs.clear();
+        self.out.clear();
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<SourceEvent> {
+        self.events.pop_front()
+    }
+
+    /// Scans the tree: the quick check reuses the hash of every file whose
+    /// size, mtime, ctime and inode did not change; the rest are hashed
+    /// (in parallel by a real store). A file that changes while hashed
+    /// keeps its last confirmed entry (or none) and is sent next round.
+    ///
+    /// # Errors
+    /// A [`StoreError`] from the walk.
+    pub fn scan<S: Storage + ?Sized>(&mut self, store: &mut S) -> Result<Manifest, StoreError> {
+        let walk = store.walk(&self.config.exclude)?;
+        let mut m = Manifest::default();
+        let mut to_hash = Vec::new();
+        let mut stats_of = Vec::new();
+        for e in walk.entries {
+            let st = e.stat;
+            let local = LocalStat {
+                ctime_ns: st.ctime_ns,
+                ino: st.ino,
+            };
+            let kind = match st.kind {
+                StatKind::Dir => Kind::Dir,
+                StatKind::Symlink => match e.target {
+                    Some(t) if !t.is_empty() && t.len() <= crate::manifest::MAX_LINK_LEN => {
+                        Kind::Symlink { target: t }
+                    }
+                    _ => continue,
+                },
+                StatKind::File => {
+                    if let Some(old) = self.cache.entries.get(&e.path) {
+                        if generation::quick_match(old, &st) {
+                            m.entries.insert(e.path, old.clone());
+                            continue;
+                        }
+                    }
+                    to_hash.push(e.path);
+                    stats_of.push(st);
+                    continue;
+                }
+                StatKind::Other => continue,
+            };
+            m.entries.insert(
+                e.path,
+                Meta {
+                    kind,
+                    mode: st.mode,
+                    mtime_ns: st.mtime_ns,
+                    local,
+                },
+            );
+        }
+        let hashed = store.hash_files(&to_hash);
+        let mut unstable = 0;
+        for (p, r) in to_hash.iter().zip(hashed) {
+            match r {
+                Ok(h) if same_stat(&h.before, &h.after) && h.len == h.after.size => {
+                    m.entries.insert(
+                        p.clone(),
+                        Meta {
+                            kind: Kind::File {
+                                size: h.len,
+                                hash: h.hash,
+                            },
+                            mode: h.after.mode,
+                            mtime_ns: h.after.mtime_ns,
+                            local: LocalStat {
+                                ctime_ns: h.after.ctime_ns,
+                                ino: h.after.ino,
+                            },
+                        },
+                    );
+                }
+                _ => {
+                    unstable += 1;
+                    if let Some(old) = self.confirmed.entries.get(p) {
+                        let mut old = old.clone();
+                        old.local = LocalStat::default();
+                        m.entries.insert(p.clone(), old);
+                    }
+                }
+            }
+        }
+        // A kept old entry may sit under a path that is no longer a dir.
+        if m.check_shape().is_err() {
+            let bad: Vec<RelPath> = m
+                .entries
+                .keys()
+                .filter(|p| {
+                    p.parent().is_some_and(|pp| {
+                        RelPath::new(pp)
+                            .ok()
+                            .and_then(|pp| m.entries.get(&pp))
+                            .is_none_or(|e| e.kind != Kind::Dir)
+                    })
+                })
+                .cloned()
+                .collect();
+            for p in bad {
+                m.entries.remove(&p);
+            }
+        }
+        self.stats.hashed += to_hash.len() as u64;
+        self.events.push_back(SourceEvent::Scanned {
+            entries: m.len() as u64,
+            hashed: to_hash.len() as u64,
+            unstable,
+        });
+        self.cache = m.clone();
+        Ok(m)
+    }
+
+    /// Handles one sync message from the replica. `wall_now` is recorded
+    /// as the taken-at time of a snapshot this message starts.
+    ///
+    /// # Errors
+    /// A [`SessionError`]: the session must end.
+    pub fn handle_message<S: Storage + ?Sized>(
+        &mut self,
+        _now: Instant,
+        wall_now: SystemTime,
+        msg: Message,
+        store: &mut S,
+    ) -> Result<(), SessionError> {
+        let r = self.handle_inner(wall_now, msg, store);
+        if r.is_err() {
+            self.stats.protocol_errors += 1;
+            self.handle_disconnected(_now);
+        }
+        r
+    }
+
+    fn handle_inner<S: Storage + ?Sized>(
+        &mut self,
+        wall_now: SystemTime,
+        msg: Message,
+        store: &mut S,
+    ) -> Result<(), SessionError> {
+        let ty = msg.ty();
+        match msg {
+            Message::Request { digest } => {
+                self.jobs.clear();
+                self.out.clear();
+                let new = self.scan(store)?;
+                let taken_at_ns = time_ns(wall_now);
+                let empty = Manifest::default();
+                let (base, full) = if digest == self.confirmed_digest {
+                    (&self.confirmed, false)
+                } else {
+                    (&empty, true)
+                };
+                let changes = base.diff(&new);
+                self.out
+                    .push_back(Message::ManifestStart { taken_at_ns, full });
+                let mut batch = Vec::new();
+                let mut bytes = 0usize;
+                for c in changes {
+                    bytes += match &c {
+                        Change::Upsert(p, m) => p.as_str().len() + 64 + link_len(m),
+                        Change::Gone(p) => p.as_str().len() + 3,
+                    };
+                    batch.push(c);
+                    if batch.len() >= MAX_CHANGES || bytes >= 1 << 20 {
+                        self.out.push_back(Message::Entries {
+                            changes: std::mem::take(&mut batch),
+                        });
+                        bytes = 0;
+                    }
+                }
+                if !batch.is_empty() {
+                    self.out.push_back(Message::Entries { changes: batch });
+                }
+                let d = new.digest();
+                self.out.push_back(Message::ManifestEnd {
+                    entries: new.len() as u64,
+                    digest: d,
+                });
+                self.sent = Some((new, d, taken_at_ns));
+                self.stats.rounds += 1;
+                Ok(())
+            }
+            Message::Want { id, path, base } => {
+                let Some((sent, _, _)) = &self.sent else {
+                    return Err(SessionError::Unexpected { ty });
+                };
+                let Some(Meta {
+                    kind: Kind::File { size, .. },
+                    ..
+                }) = sent.entries.get(&path)
+                else {
+                    return Err(SessionError::UnknownFile { id });
+                };
+                self.jobs.push_back(Job {
+                    id,
+                    path,
+                    size: *size,
+                    base,
+                    pos: 0,
+                    mode: Mode::Start,
+                });
+                Ok(())
+            }
+            Message::Committed { generation, digest } => {
+                if let Some((m, d, taken)) = self.sent.take() {
+                    if d == digest {
+                        if d != self.confirmed_digest || generation != self.confirmed_generation {
+                            generation::write_manifest(
+                                store,
+                                &Record {
+                                    generation,
+                                    taken_at_ns: taken,
+                                    ops: Vec::new(),
+                                    manifest: m.clone(),
+                                },
+                            )?;
+                        }
+                        self.confirmed = m;
+                        self.confirmed_digest = d;
+                        self.confirmed_generation = generation;
+                        self.confirmed_taken_at_ns = taken;
+                        self.stats.confirmed += 1;
+                        self.events.push_back(SourceEvent::Confirmed { generation });
+                    }
+                }
+                Ok(())
+            }
+            Message::Abandon { .. } => {
+                self.sent = None;
+                self.jobs.clear();
+                self.events.push_back(SourceEvent::Abandoned);
+                Ok(())
+            }
+            _ => Err(SessionError::Unexpected { ty }),
+        }
+    }
+
+    /// The next message to send, reading file data through `store` as
+    /// needed (at most a few MiB per call).
+    #[must_use]
+    pub fn poll_transmit<S: Storage + ?Sized>(&mut self, store: &mut S) -> Option<Message> {
+        loop {
+            if let Some(m) = self.out.pop_front() {
+                return Some(m);
+            }
+            let mut job = self.jobs.pop_front()?;
+            match self.step(&mut job, store) {
+                Ok(true) => {
+                    self.stats.files += 1;
+                    self.out.push_back(Message::DataEnd {
+                        id: job.id,
+                        status: DataStatus::Complete,
+                    });
+                }
+                Ok(false) => self.jobs.push_front(job),
+                Err(_) => {
+                    self.stats.changed_while_read += 1;
+                    self.out.push_back(Message::DataEnd {
+                        id: job.id,
+                        status: DataStatus::Changed,
+                    });
+                }
+            }
+        }
+    }
+
+    /// One step of a job; true when its data is all queued.
+    fn step<S: Storage + ?Sized>(
+        &mut self,
+        job: &mut Job,
+        store: &mut S,
+    ) -> Result<bool, StoreError> {
+        let path = job.path.as_str();
+        match &job.mode {
+            Mode::Start => {
+                job.mode = Mode::Whole;
+                if let Some(base) = job.base.take() {
+                    if base.size > 0
+                        && base.size <= job.size
+                        && self.prefix_matches(store, path, &base)?
+                    {
+                        self.stats.appends += 1;
+                        self.stats.copy_bytes += base.size;
+                        self.out.push_back(Message::Data {
+                            id: job.id,
+                            ops: vec![Op::Copy {
+                                offset: 0,
+                                len: base.size,
+                            }],
+                        });
+                        job.pos = base.size;
+                    } else if !base.chunks.is_empty() {
+                        let params = ChunkParams::new(base.avg);
+                        job.mode = Mode::Delta(Box::new(Matcher::new(params, &base.chunks)));
+                    }
+                }
+                Ok(false)
+            }
+            Mode::Whole => {
+                if job.pos >= job.size {
+                    return Ok(true);
+                }
+                let want = ((job.size - job.pos) as usize).min(DATA_CHUNK);
+                let mut data = vec![0u8; want];
+                let n = store.read_at(path, job.pos, &mut data)?;
+                if n == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                data.truncate(n);
+                job.pos += n as u64;
+                self.stats.literal_bytes += n as u64;
+                self.out.push_back(Message::Data {
+                    id: job.id,
+                    ops: vec![Op::Literal(data)],
+                });
+                Ok(job.pos >= job.size)
+            }
+            Mode::Delta(matcher) => {
+                if job.pos >= job.size {
+                    return Ok(true);
+                }
+                let want = ((job.size - job.pos) as usize).min(WINDOW);
+                if self.buf.len() < WINDOW {
+                    self.buf.resize(WINDOW, 0);
+                }
+                let mut n = 0;
+                while n < want {
+                    let got = store.read_at(path, job.pos + n as u64, &mut self.buf[n..want])?;
+                    if got == 0 {
+                        return Err(StoreError::NotFound);
+                    }
+                    n += got;
+                }
+                let eof = job.pos + n as u64 >= job.size;
+                let data = &self.buf[..n];
+                let mut ops = OpBuilder::default();
+                let mut lit = 0u64;
+                let mut copy = 0u64;
+                let id = job.id;
+                let out = &mut self.out;
+                let consumed = matcher.scan(data, eof, |found, at, len| {
+                    match found {
+                        Some(off) => {
+                            ops.copy(off, len as u64);
+                            copy += len as u64;
+                        }
+                        None => {
+                            ops.literal(&data[at..at + len]);
+                            lit += len as u64;
+                        }
+                    }
+                    if ops.literal_bytes() >= DATA_CHUNK || ops.len() >= 4096 {
+                        out.push_back(Message::Data {
+                            id,
+                            ops: ops.take(),
+                        });
+                    }
+                });
+                if !ops.is_empty() {
+                    self.out.push_back(Message::Data {
+                        id,
+                        ops: ops.take(),
+                    });
+                }
+                self.stats.literal_bytes += lit;
+                self.stats.copy_bytes += copy;
+                job.pos += consumed as u64;
+                Ok(job.pos >= job.size)
+            }
+        }
+    }
+
+    fn prefix_matches<S: Storage + ?Sized>(
+        &mut self,
+        store: &mut S,
+        path: &str,
+        base: &Base,
+    ) -> Result<bool, StoreError> {
+        if self.buf.len() < WINDOW {
+            self.buf.resize(WINDOW, 0);
+        }
+        let mut h = blake3::Hasher::new();
+        let mut off = 0u64;
+        while off < base.size {
+            let want = ((base.size - off) as usize).min(WINDOW);
+            let n = store.read_at(path, off, &mut self.buf[..want])?;
+            if n == 0 {
+                return Ok(false);
+            }
+            h.update(&self.buf[..n]);
+            off += n as u64;
+        }
+        Ok(h.finalize().as_bytes() == &base.hash)
+    }
+}
+
+fn same_stat(a: &crate::store::Stat, b: &crate::store::Stat) -> bool {
+    a.size == b.size && a.mtime_ns == b.mtime_ns && a.ctime_ns == b.ctime_ns && a.ino == b.ino
+}
+
+fn link_len(m: &Meta) -> usize {
+    match &m.kind {
+        Kind::Symlink { target } => target.len(),
+        _ => 0,
+    }
+}

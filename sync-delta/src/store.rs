@@ -1,0 +1,635 @@
+//! Storage: the one place sync-delta touches files. Sessions take a
+//! `&mut S: Storage` in the calls that need it and hold no file handles
+//! between calls. [`FsStore`] is the real one; [`crate::mem::MemStore`]
+//! the in-memory, fault-injecting one for tests.
+//!
+//! Paths are relative to the store's root, `/`-separated, `""` for the
+//! root itself. Stores never follow a symlink in a path they write to.
+
+use crate::error::StoreError;
+use crate::exclude::Exclude;
+use crate::manifest::Hash;
+use crate::path::{RelPath, STATE_DIR};
+
+/// What a path is, as seen by `lstat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symlink.
+    Symlink,
+    /// Anything else (fifo, socket, device): never replicated.
+    Other,
+}
+
+/// `lstat` of one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// Its kind.
+    pub kind: StatKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, ns since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Status-change time, ns since the Unix epoch.
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+/// One entry of a walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalkEntry {
+    /// Its path.
+    pub path: RelPath,
+    /// Its stat.
+    pub stat: Stat,
+    /// The target, for a symlink.
+    pub target: Option<Vec<u8>>,
+}
+
+/// A walk of a tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Walk {
+    /// Entries, in any order.
+    pub entries: Vec<WalkEntry>,
+    /// Names skipped because they are not valid [`RelPath`]s (not UTF-8,
+    /// too long) or not regular files, directories or symlinks.
+    pub skipped: u64,
+}
+
+/// The result of hashing one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hashed {
+    /// BLAKE3 of what was read.
+    pub hash: Hash,
+    /// Bytes read.
+    pub len: u64,
+    /// Stat before reading.
+    pub before: Stat,
+    /// Stat after reading: differs from `before` when the file changed
+    /// while it was read.
+    pub after: Stat,
+}
+
+/// Piece size for reads and copies.
+pub const IO_CHUNK: usize = 1 << 20;
+
+/// File access for the sessions.
+pub trait Storage {
+    /// Lists the tree without following symlinks, skipping the state
+    /// folder and excluded paths (not descending into excluded
+    /// directories).
+    ///
+    /// # Errors
+    /// A [`StoreError`] when the root cannot be read.
+    fn walk(&mut self, exclude: &Exclude) -> Result<Walk, StoreError>;
+
+    /// `lstat`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] and the like.
+    fn stat(&mut self, path: &str) -> Result<Stat, StoreError>;
+
+    /// Reads up to `buf.len()` bytes at `offset`; 0 at the end.
+    ///
+    /// # Errors
+    /// A [`StoreError`].
+    fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError>;
+
+    /// A symlink's target.
+    ///
+    /// # Errors
+    /// A [`StoreError`].
+    fn read_link(&mut self, path: &str) -> Result<Vec<u8>, StoreError>;
+
+    /// Creates an empty regular file, or truncates an existing one.
+    ///
+    /// # Errors
+    /// A [`StoreError`].
+    fn create(&mut self, path: &str) -> Result<(), StoreError>;
+
+    /// Writes at `offset`.
+    ///
+    /// # Errors
+    /// A [`StoreError`].
+    fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError>;
+
+    /// Makes a file's data durable (`fsync`).
+    ///
+    /// # Errors
+    /// A [`StoreError`].
+    fn sync_file(&mut self, path: &str) -> Result<(), StoreError>;
+
+    /// Makes a directory's entries durable (`fsync` of the directory).
+    ///
+    /// # Errors
+    /// A [`StoreError`].
+    fn sync_dir(&mut self, path: &str) -> Result<(), StoreError>;
+
+    /// Atomically renames, replacing a non-directory at `to`.
+    ///
+    /// # Errors
+    /// A [`StoreError`].
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError>;
+
+    /// Removes a file or symlink ([`StoreError::IsDir`] for a directory).
+    ///
+    /// # Errors
+    /// A [`StoreError`].
+    fn remove_file(&mut self, path: &str) -> Result<(), StoreError>;
+
+    /// Removes an empty directory.
+    ///
+    /// # Errors
+    /// A [`StoreError`] ([`StoreError::NotEmpty`] when it is not).
+    fn remove_dir(&mut self, path: &str) -> Result<(), StoreError>;
+
+    /// Creates a directory.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] and the like.
+    fn create_dir(&mut self, path: &str, mode: u32) -> Result<(), StoreError>;
+
+    /// Creates a symlink at `path` pointing to `target`.
+    ///
+    /// # Errors
+    /// A [`StoreError`].
+    fn symlink(&mut self, target: &[u8], path: &str) -> Result<(), StoreError>;
+
+    /// Sets permission bits and mtime of a file or directory.
+    ///
+    /// # Errors
+    /// A [`StoreError`].
+    fn set_meta(&mut self, path: &str, mode: u32, mtime_ns: i64) -> Result<(), StoreError>;
+
+    /// Names in a directory.
+    ///
+    /// # Errors
+    /// A [`StoreError`].
+    fn list_dir(&mut self, path: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Hashes files (a real store may do it in parallel). One result per
+    /// path, in order.
+    fn hash_files(&mut self, paths: &[RelPath]) -> Vec<Result<Hashed, StoreError>> {
+        let mut buf = vec![0u8; IO_CHUNK];
+        paths
+            .iter()
+            .map(|p| hash_one(self, p.as_str(), &mut buf))
+            .collect()
+    }
+}
+
+/// Hashes one file through `read_at`.
+///
+/// # Errors
+/// A [`StoreError`].
+pub fn hash_one<S: Storage + ?Sized>(
+    s: &mut S,
+    path: &str,
+    buf: &mut [u8],
+) -> Result<Hashed, StoreError> {
+    let before = s.stat(path)?;
+    let mut h = blake3::Hasher::new();
+    let mut off = 0u64;
+    loop {
+        let n = s.read_at(path, off, buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    let after = s.stat(path)?;
+    Ok(Hashed {
+        hash: *h.finalize().as_bytes(),
+        len: off,
+        before,
+        after,
+    })
+}
+
+/// Reads a whole (state) file of at most `max` bytes.
+///
+/// # Errors
+/// A [`StoreError`]; [`StoreError::Corrupt`] when larger than `max`.
+pub fn read_all<S: Storage + ?Sized>(
+    s: &mut S,
+    path: &str,
+    max: u64,
+) -> Result<Vec<u8>, StoreError> {
+    let st = s.stat(path)?;
+    if st.size > max {
+        return Err(StoreError::Corrupt);
+    }
+    let mut out = vec![0u8; st.size as usize];
+    let mut off = 0usize;
+    while off < out.len() {
+        let n = s.read_at(path, off as u64, &mut out[off..])?;
+        if n == 0 {
+            out.truncate(off);
+            break;
+        }
+        off += n;
+    }
+    Ok(out)
+}
+
+/// Writes a whole file durably and atomically: `path.tmp`, fsync, rename,
+/// fsync of the directory.
+///
+/// # Errors
+/// A [`StoreError`].
+pub fn write_atomic<S: Storage + ?Sized>(
+    s: &mut S,
+    dir: &str,
+    name: &str,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    let tmp = format!("{dir}/{name}.tmp");
+    let path = format!("{dir}/{name}");
+    s.create(&tmp)?;
+    s.write_at(&tmp, 0, data)?;
+    s.sync_file(&tmp)?;
+    s.rename(&tmp, &path)?;
+    s.sync_dir(dir)
+}
+
+// ---------------------------------------------------------------------------
+
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The real store: `std::fs` under a root directory. Walks and hashes in
+/// parallel with scoped threads (the one place in this crate that does
+/// I/O or uses threads). Writes refuse any symlink among the ancestors of
+/// their path.
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    root: PathBuf,
+    threads: usize,
+}
+
+impl FsStore {
+    /// A store rooted at `root` (which must exist), using up to the
+    /// machine's parallelism for hashing.
+    ///
+    /// # Errors
+    /// [`StoreError::NotDir`] when `root` is not a directory.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        if !fs::metadata(&root)?.is_dir() {
+            return Err(StoreError::NotDir);
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Self { root, threads })
+    }
+
+    /// Limits the hashing threads (1 = none spawned).
+    #[must_use]
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// The root.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn full(&self, path: &str) -> PathBuf {
+        if path.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(path)
+        }
+    }
+
+    /// Full path for a write: every ancestor must be a real directory.
+    fn checked(&self, path: &str) -> Result<PathBuf, StoreError> {
+        let mut end = 0;
+        while let Some(i) = path[end..].find('/') {
+            let anc = &path[..end + i];
+            let m = fs::symlink_metadata(self.root.join(anc))?;
+            if m.file_type().is_symlink() {
+                return Err(StoreError::SymlinkInPath);
+            }
+            if !m.is_dir() {
+                return Err(StoreError::NotDir);
+            }
+            end += i + 1;
+        }
+        Ok(self.full(path))
+    }
+}
+
+fn to_stat(m: &fs::Metadata) -> Stat {
+    let ft = m.file_type();
+    let kind = if ft.is_symlink() {
+        StatKind::Symlink
+    } else if ft.is_dir() {
+        StatKind::Dir
+    } else if ft.is_file() {
+        StatKind::File
+    } else {
+        StatKind::Other
+    };
+    Stat {
+        kind,
+        size: if kind == StatKind::File { m.len() } else { 0 },
+        mode: m.mode() & 0o7777,
+        mtime_ns: m
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.mtime_nsec()),
+        ctime_ns: m
+            .ctime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.ctime_nsec()),
+        ino: m.ino(),
+    }
+}
+
+fn ns_to_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+impl FsStore {
+    fn walk_dir(&self, rel: &str, exclude: &Exclude, out: &mut Walk) -> Result<(), StoreError> {
+        let dir = self.full(rel);
+        let mut names: Vec<_> = fs::read_dir(&dir)?.collect::<Result<Vec<_>, _>>()?;
+        names.sort_by_key(|e| e.file_name());
+        for e in names {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else {
+                out.skipped += 1;
+                continue;
+            };
+            if rel.is_empty() && name == STATE_DIR {
+                continue;
+            }
+            let p = if rel.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let Ok(path) = RelPath::new(&p) else {
+                out.skipped += 1;
+                continue;
+            };
+            if exclude.matches(&p) {
+                continue;
+            }
+            let m = match fs::symlink_metadata(e.path()) {
+                Ok(m) => m,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err.into()),
+            };
+            let stat = to_stat(&m);
+            match stat.kind {
+                StatKind::Other => out.skipped += 1,
+                StatKind::Symlink => {
+                    let target = fs::read_link(e.path())?;
+                    out.entries.push(WalkEntry {
+                        path,
+                        stat,
+                        target: Some(
+                            std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()).to_vec(),
+                        ),
+                    });
+                }
+                StatKind::File => out.entries.push(WalkEntry {
+                    path,
+                    stat,
+                    target: None,
+                }),
+                StatKind::Dir => {
+                    out.entries.push(WalkEntry {
+                        path,
+                        stat,
+                        target: None,
+                    });
+                    self.walk_dir(&p, exclude, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Storage for FsStore {
+    fn walk(&mut self, exclude: &Exclude) -> Result<Walk, StoreError> {
+        let mut out = Walk::default();
+        self.walk_dir("", exclude, &mut out)?;
+        Ok(out)
+    }
+
+    fn stat(&mut self, path: &str) -> Result<Stat, StoreError> {
+        Ok(to_stat(&fs::symlink_metadata(self.full(path))?))
+    }
+
+    fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
+        let f = fs::File::open(self.checked(path)?)?;
+        let mut done = 0;
+        while done < buf.len() {
+            let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    fn read_link(&mut self, path: &str) -> Result<Vec<u8>, StoreError> {
+        let t = fs::read_link(self.full(path))?;
+        Ok(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()).to_vec())
+    }
+
+    fn create(&mut self, path: &str) -> Result<(), StoreError> {
+        let p = self.checked(path)?;
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            fs::remove_file(&p)?;
+        }
+        fs::File::create(p)?;
+        Ok(())
+    }
+
+    fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(self.checked(path)?)?;
+        f.write_all_at(data, offset)?;
+        Ok(())
+    }
+
+    fn sync_file(&mut self, path: &str) -> Result<(), StoreError> {
+        fs::File::open(self.checked(path)?)?.sync_all()?;
+        Ok(())
+    }
+
+    fn sync_dir(&mut self, path: &str) -> Result<(), StoreError> {
+        fs::File::open(self.checked(path)?)?.sync_all()?;
+        Ok(())
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
+        fs::rename(self.checked(from)?, self.checked(to)?)?;
+        Ok(())
+    }
+
+    fn remove_file(&mut self, path: &str) -> Result<(), StoreError> {
+        let p = self.checked(path)?;
+        if fs::symlink_metadata(&p)?.is_dir() {
+            return Err(StoreError::IsDir);
+        }
+        fs::remove_file(p)?;
+        Ok(())
+    }
+
+    fn remove_dir(&mut self, path: &str) -> Result<(), StoreError> {
+        let p = self.checked(path)?;
+        if !fs::symlink_metadata(&p)?.is_dir() {
+            return Err(StoreError::NotDir);
+        }
+        fs::remove_dir(p)?;
+        Ok(())
+    }
+
+    fn create_dir(&mut self, path: &str, mode: u32) -> Result<(), StoreError> {
+        let p = self.checked(path)?;
+        fs::create_dir(&p)?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode & 0o7777 | 0o700))?;
+        Ok(())
+    }
+
+    fn symlink(&mut self, target: &[u8], path: &str) -> Result<(), StoreError> {
+        let t = std::ffi::OsStr::from_bytes_compat(target);
+        std::os::unix::fs::symlink(t, self.checked(path)?)?;
+        Ok(())
+    }
+
+    fn set_meta(&mut self, path: &str, mode: u32, mtime_ns: i64) -> Result<(), StoreError> {
+        let p = self.checked(path)?;
+        let m = fs::symlink_metadata(&p)?;
+        if m.file_type().is_symlink() {
+            return Ok(());
+        }
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode & 0o7777))?;
+        let f = if m.is_dir() {
+            fs::File::open(&p)?
+        } else {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .or_else(|_| fs::File::open(&p))?
+        };
+        f.set_modified(ns_to_time(mtime_ns))?;
+        Ok(())
+    }
+
+    fn list_dir(&mut self, path: &str) -> Result<Vec<String>, StoreError> {
+        let mut v = Vec::new();
+        for e in fs::read_dir(self.checked(path)?)? {
+            if let Some(n) = e?.file_name().to_str() {
+                v.push(n.to_owned());
+            }
+        }
+        v.sort();
+        Ok(v)
+    }
+
+    fn hash_files(&mut self, paths: &[RelPath]) -> Vec<Result<Hashed, StoreError>> {
+        let threads = self.threads.min(paths.len()).max(1);
+        if threads == 1 {
+            let mut buf = vec![0u8; IO_CHUNK];
+            return paths
+                .iter()
+                .map(|p| fs_hash(&self.root, p.as_str(), &mut buf))
+                .collect();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let root = &self.root;
+        let mut parts: Vec<Vec<(usize, Result<Hashed, StoreError>)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut buf = vec![0u8; IO_CHUNK];
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(p) = paths.get(i) else { break };
+                            mine.push((i, fs_hash(root, p.as_str(), &mut buf)));
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        let mut out: Vec<Option<Result<Hashed, StoreError>>> =
+            (0..paths.len()).map(|_| None).collect();
+        for part in parts.drain(..) {
+            for (i, r) in part {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(r);
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or(Err(StoreError::Io {
+                    kind: std::io::ErrorKind::Other,
+                }))
+            })
+            .collect()
+    }
+}
+
+fn fs_hash(root: &Path, path: &str, buf: &mut [u8]) -> Result<Hashed, StoreError> {
+    use std::io::Read;
+    let p = root.join(path);
+    let mut f = fs::File::open(&p)?;
+    let before = to_stat(&f.metadata()?);
+    let mut h = blake3::Hasher::new();
+    let mut len = 0u64;
+    loop {
+        let n = f.read(buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+    let after = to_stat(&fs::symlink_metadata(&p)?);
+    Ok(Hashed {
+        hash: *h.finalize().as_bytes(),
+        len,
+        before,
+        after,
+    })
+}
+
+trait OsStrCompat {
+    fn from_bytes_compat(b: &[u8]) -> &Self;
+}
+
+impl OsStrCompat for std::ffi::OsStr {
+    fn from_bytes_compat(b: &[u8]) -> &Self {
+        std::os::unix::ffi::OsStrExt::from_bytes(b)
+    }
+}

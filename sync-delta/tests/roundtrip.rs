@@ -1,0 +1,288 @@
+//! After a round the replica equals the source, byte for byte and in
+//! metadata, whatever the edits.
+
+mod common;
+
+use common::{Pair, noise, norm};
+use proptest::prelude::*;
+use sync_delta::mem::MemStore;
+use sync_delta::{Exclude, ReplicaConfig, ReplicaEvent, SourceConfig};
+
+#[derive(Debug, Clone)]
+enum Edit {
+    Create(usize, u8, usize),
+    Modify(usize, usize, u8),
+    Append(usize, usize),
+    Truncate(usize, usize),
+    Rename(usize, usize),
+    Delete(usize),
+    Chmod(usize, u32),
+    Symlink(usize, u8),
+    Mkdir(usize),
+}
+
+const NAMES: [&str; 12] = [
+    "a", "b", "d1/a", "d1/b", "d1/d2/c", "d2/x", "voice/m1", "voice/m2", "voice/m3", "big1",
+    "big2", "d1/big",
+];
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        (
+            0..NAMES.len(),
+            any::<u8>(),
+            prop_oneof![0usize..600, 70_000usize..160_000]
+        )
+            .prop_map(|(a, b, c)| Edit::Create(a, b, c)),
+        (0..NAMES.len(), 0usize..200_000, any::<u8>()).prop_map(|(a, b, c)| Edit::Modify(a, b, c)),
+        (0..NAMES.len(), 1usize..20_000).prop_map(|(a, b)| Edit::Append(a, b)),
+        (0..NAMES.len(), 0usize..100_000).prop_map(|(a, b)| Edit::Truncate(a, b)),
+        (0..NAMES.len(), 0..NAMES.len()).prop_map(|(a, b)| Edit::Rename(a, b)),
+        (0..NAMES.len()).prop_map(Edit::Delete),
+        (
+            0..NAMES.len(),
+            prop_oneof![Just(0o600u32), Just(0o644), Just(0o755)]
+        )
+            .prop_map(|(a, b)| Edit::Chmod(a, b)),
+        (0..NAMES.len(), any::<u8>()).prop_map(|(a, b)| Edit::Symlink(a, b)),
+        (0..NAMES.len()).prop_map(Edit::Mkdir),
+    ]
+}
+
+fn file_of(s: &MemStore, p: &str) -> Option<(Vec<u8>, u32)> {
+    match s.nodes().get(p) {
+        Some(sync_delta::mem::Node::File { data, mode, .. }) => Some((data.clone(), *mode)),
+        _ => None,
+    }
+}
+
+/// Parents must be directories for a put to make sense.
+fn parents_ok(s: &MemStore, p: &str) -> bool {
+    let mut end = 0;
+    while let Some(i) = p[end..].find('/') {
+        match s.nodes().get(&p[..end + i]) {
+            None | Some(sync_delta::mem::Node::Dir { .. }) => {}
+            _ => return false,
+        }
+        end += i + 1;
+    }
+    true
+}
+
+fn apply(s: &mut MemStore, e: &Edit, t: &mut i64) {
+    *t += 1_000;
+    match *e {
+        Edit::Create(i, seed, len) => {
+            let p = NAMES[i];
+            if parents_ok(s, p)
+                && !matches!(s.nodes().get(p), Some(sync_delta::mem::Node::Dir { .. }))
+            {
+                s.put_file(p, &noise(len, u64::from(seed)), 0o644, *t);
+            }
+        }
+        Edit::Modify(i, at, v) => {
+            if let Some((mut d, mode)) = file_of(s, NAMES[i]) {
+                if !d.is_empty() {
+                    let at = at % d.len();
+                    let end = (at + 100).min(d.len());
+                    d[at..end].fill(v);
+                    s.put_file(NAMES[i], &d, mode, *t);
+                }
+            }
+        }
+        Edit::Append(i, n) => {
+            if let Some((mut d, mode)) = file_of(s, NAMES[i]) {
+                d.extend_from_slice(&noise(n, n as u64));
+                s.put_file(NAMES[i], &d, mode, *t);
+            }
+        }
+        Edit::Truncate(i, n) => {
+            if let Some((mut d, mode)) = file_of(s, NAMES[i]) {
+                d.truncate(n.min(d.len()));
+                s.put_file(NAMES[i], &d, mode, *t);
+            }
+        }
+        Edit::Rename(a, b) => {
+            let (from, to) = (NAMES[a], NAMES[b]);
+            if from != to
+                && !to.starts_with(&format!("{from}/"))
+                && s.nodes().contains_key(from)
+                && !s.nodes().contains_key(to)
+                && parents_ok(s, to)
+            {
+                s.move_tree(from, to);
+            }
+        }
+        Edit::Delete(i) => s.remove_tree(NAMES[i]),
+        Edit::Chmod(i, m) => s.chmod(NAMES[i], m),
+        Edit::Symlink(i, v) => {
+            let p = NAMES[i];
+            if parents_ok(s, p) && !s.nodes().contains_key(p) {
+                s.put_symlink(p, format!("../target{v}").as_bytes());
+            }
+        }
+        Edit::Mkdir(i) => {
+            let p = NAMES[i];
+            if parents_ok(s, p) && !s.nodes().contains_key(p) {
+                s.put_dir(p, 0o750);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn replica_equals_source(
+        initial in proptest::collection::vec(edit(), 1..20),
+        rounds in proptest::collection::vec(proptest::collection::vec(edit(), 1..12), 1..4),
+    ) {
+        let mut t = 1_000_000;
+        let mut src = MemStore::new();
+        for e in &initial {
+            apply(&mut src, e, &mut t);
+        }
+        let rc = ReplicaConfig { max_delete_percent: 100, ..ReplicaConfig::default() };
+        let mut pair = Pair::with_config(src, MemStore::new(), SourceConfig::default(), rc);
+        pair.round().unwrap();
+        prop_assert_eq!(norm(&pair.dst), norm(&pair.src));
+        for batch in &rounds {
+            for e in batch {
+                apply(&mut pair.src, e, &mut t);
+            }
+            pair.round().unwrap();
+            prop_assert_eq!(norm(&pair.dst), norm(&pair.src));
+        }
+        // A no-change round changes nothing and commits no new generation.
+        let g = pair.replica.generation().number;
+        pair.round().unwrap();
+        prop_assert_eq!(pair.replica.generation().number, g);
+        prop_assert_eq!(norm(&pair.dst), norm(&pair.src));
+    }
+}
+
+fn big_pair(len: usize) -> Pair {
+    let mut src = MemStore::new();
+    src.put_file("rec/call.wav", &noise(len, 1), 0o640, 10);
+    src.put_file("etc/pbx.conf", b"[general]\n", 0o644, 10);
+    let mut pair = Pair::new(src, MemStore::new());
+    pair.round().unwrap();
+    pair.assert_synced();
+    pair
+}
+
+#[test]
+fn append_sends_only_the_tail() {
+    let mut pair = big_pair(300_000);
+    let mut d = common::read(&mut pair.src, "rec/call.wav");
+    d.extend_from_slice(&noise(20_000, 2));
+    pair.src.put_file("rec/call.wav", &d, 0o640, 20);
+    let before = pair.source.stats();
+    pair.wire_bytes = 0;
+    pair.round().unwrap();
+    pair.assert_synced();
+    let after = pair.source.stats();
+    assert_eq!(after.appends - before.appends, 1);
+    assert_eq!(after.literal_bytes - before.literal_bytes, 20_000);
+    assert!(pair.wire_bytes < 20_000 + 4_000, "wire {}", pair.wire_bytes);
+}
+
+#[test]
+fn insert_sends_a_delta() {
+    let mut pair = big_pair(400_000);
+    let mut d = common::read(&mut pair.src, "rec/call.wav");
+    d.splice(150_000..150_000, [7u8; 100]);
+    pair.src.put_file("rec/call.wav", &d, 0o640, 20);
+    let before = pair.source.stats();
+    pair.round().unwrap();
+    pair.assert_synced();
+    let lit = pair.source.stats().literal_bytes - before.literal_bytes;
+    assert!(lit < 40_000, "literal {lit}");
+}
+
+#[test]
+fn rename_is_local() {
+    let mut pair = big_pair(200_000);
+    pair.src.move_tree("rec/call.wav", "rec/call-0001.wav");
+    pair.wire_bytes = 0;
+    pair.round().unwrap();
+    pair.assert_synced();
+    assert!(pair.wire_bytes < 2_000, "wire {}", pair.wire_bytes);
+    assert!(pair.events.iter().any(|e| matches!(
+        e,
+        ReplicaEvent::Committed {
+            copied: 1,
+            fetched: 0,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn no_change_round_reads_nothing() {
+    let mut pair = big_pair(100_000);
+    let hashed = pair.source.stats().hashed;
+    pair.round().unwrap();
+    assert_eq!(pair.source.stats().hashed, hashed);
+    assert_eq!(pair.replica.generation().number, 1);
+    // taken-at moved on: the data is as fresh as the last round
+    let st = pair.replica.status(pair.wall);
+    assert_eq!(st.age, Some(std::time::Duration::ZERO));
+}
+
+#[test]
+fn file_changing_during_round_is_retried() {
+    let mut pair = big_pair(100_000);
+    pair.src
+        .put_file("rec/call.wav", &noise(100_000, 9), 0o640, 30);
+    pair.now += std::time::Duration::from_secs(61);
+    pair.replica.handle_timeout(pair.now);
+    // The file changes between the scan and the read of its data.
+    let mut changed = false;
+    pair.pump(|m, src| {
+        if matches!(m, sync_delta::wire::Message::Want { .. }) && !changed {
+            changed = true;
+            src.put_file("rec/call.wav", &noise(100_000, 10), 0o640, 31);
+        }
+    })
+    .unwrap();
+    assert!(
+        pair.events
+            .iter()
+            .any(|e| matches!(e, ReplicaEvent::FileSkipped(_)))
+    );
+    // Never torn: the replica still has the old content.
+    assert_eq!(
+        common::read(&mut pair.dst, "rec/call.wav"),
+        noise(100_000, 1)
+    );
+    pair.round().unwrap();
+    pair.assert_synced();
+}
+
+#[test]
+fn exclusions_are_neither_sent_nor_deleted() {
+    let mut src = MemStore::new();
+    src.put_file("etc/licence.key", b"MASTER-KEY", 0o600, 1);
+    src.put_file("etc/pbx.conf", b"x", 0o644, 1);
+    let mut dst = MemStore::new();
+    dst.put_file("etc/licence.key", b"BACKUP-KEY", 0o600, 1);
+    let ex = Exclude::new(["*.key"]);
+    let mut pair = Pair::with_config(
+        src,
+        dst,
+        SourceConfig {
+            exclude: ex.clone(),
+        },
+        ReplicaConfig {
+            exclude: ex,
+            ..ReplicaConfig::default()
+        },
+    );
+    pair.round().unwrap();
+    assert_eq!(
+        common::read(&mut pair.dst, "etc/licence.key"),
+        b"BACKUP-KEY"
+    );
+    assert_eq!(common::read(&mut pair.dst, "etc/pbx.conf"), b"x");
+}
