@@ -32,6 +32,7 @@ pub struct SyncGroup {
     events: VecDeque<(usize, Event)>,
     tx_member: usize,
     unrouted: u64,
+    events_dropped: u64,
 }
 
 impl SyncGroup {
@@ -46,6 +47,7 @@ impl SyncGroup {
             events: VecDeque::with_capacity(EVENT_QUEUE),
             tx_member: 0,
             unrouted: 0,
+            events_dropped: 0,
         }
     }
 
@@ -59,6 +61,13 @@ impl SyncGroup {
     #[must_use]
     pub fn unrouted(&self) -> u64 {
         self.unrouted
+    }
+
+    /// Events lost because the group's queue was full (the driver did not
+    /// drain).
+    #[must_use]
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped
     }
 
     /// Starts every member.
@@ -233,6 +242,8 @@ impl SyncGroup {
                     }
                     if self.events.len() < EVENT_QUEUE * self.dragged.len().max(1) {
                         self.events.push_back((i, e));
+                    } else {
+                        self.events_dropped += 1;
                     }
                 }
             }

@@ -193,7 +193,7 @@ enum Role {
 /// # Driver contract
 ///
 /// The engine does no I/O and reads no clock; the driver (a tokio task,
-/// an event loop, the [`crate::sim`] simulator) owns the socket and the
+/// an event loop, the `sim` simulator) owns the socket and the
 /// clock and calls, with a monotonic `now` that never goes backwards:
 ///
 /// 1. [`VirtualRouter::new`] then [`VirtualRouter::handle_startup`] when the
@@ -223,7 +223,30 @@ enum Role {
 /// the Master: the armed Backup becomes Master on the priority-0
 /// advertisement, without waiting `Skew_Time`.
 ///
-/// # Equal priorities and timers
+/// The drain step, as a driver writes it (a tokio driver wraps this in a
+/// `select!` over the socket, a `sleep_until(poll_timeout())` and its
+/// command channel):
+///
+/// ```
+/// use std::net::IpAddr;
+/// use vrrp_fsm::{Event, VirtualRouter};
+///
+/// fn drain(
+///     router: &mut VirtualRouter,
+///     send: &mut impl FnMut(&[u8], IpAddr),
+///     report: &mut impl FnMut(Event),
+/// ) {
+///     let mut buf = [0u8; 8 + 255 * 16 + 8];
+///     while let Some(t) = router.poll_transmit(&mut buf) {
+///         send(&buf[..t.len], t.dst);
+///     }
+///     while let Some(e) = router.poll_event() {
+///         report(e); // e.g. to the failover orchestrator
+///     }
+/// }
+/// ```
+///
+/// # Timers
 ///
 /// `Skew_Time` and `Master_Down_Interval` are computed exactly as RFC 9568
 /// §6.1 (v3) / RFC 3768 §6.1 (v2) in integer microseconds (RFC 9568 calls
