@@ -1,0 +1,151 @@
+//! Commands the orchestrator asks the driver to carry out, and their results.
+
+use serde::{Deserialize, Serialize};
+
+use crate::epoch::Epoch;
+use crate::types::{BackupMode, PhoneId, Redundancy, ServiceId};
+
+/// Identifies one issued command; its result comes back with the same id
+/// through [`crate::Orchestrator::handle_command_result`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CommandId(pub u64);
+
+/// Something for the driver to do. Each maps onto a vendor hook or onto the
+/// other crates (the examples do this mapping):
+///
+/// | command | carried out by |
+/// | --- | --- |
+/// | `FinishOrRollbackRound` | sync-delta: open the replica, which rolls an interrupted round forward or back; then report [`crate::SyncStatus`] |
+/// | `SyncNow { full }` | sync-delta: run one round now (the replica pulls), even in Passive mode |
+/// | `ClaimAddress` / `ReleaseAddress` | the address hook (add / delete the virtual IP) |
+/// | `AnnounceAddress` | send the gratuitous ARP / unsolicited NA burst vrrp-fsm asked for |
+/// | `ArmTakeover { priority }` | vrrp-fsm: arm, with that priority (overrides Passive for this swap) |
+/// | `Release { new_priority }` | vrrp-fsm: release (priority 0 advertisement), then set the priority |
+/// | `StepDown` | vrrp-fsm: release, keeping the configured priority |
+/// | `SetBackupMode(m)` | vrrp-fsm: Active/Passive mode; sync-delta: periodic sync on/off |
+/// | `SetRedundancy(r)` | start / stop the election (standalone when disabled) |
+/// | `Start/Stop/CheckService` | application hooks; `Check` answers [`CommandOutcome::NotReady`] until ready |
+/// | `CheckNode` | the node's own readiness after boot or upgrade |
+/// | `NudgePhone` / `RebootPhone` | phone hooks (SIP NOTIFY check-sync / resync; provisioning reboot) |
+/// | `UpgradeFirmware`, `UpgradeLanguagePack`, `RestoreConfig`, `SaveConfig`, `RestartNode` | vendor hooks; those that reboot the node may never answer |
+/// | `Custom(tag)` | steps of vendor-built plans |
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Command {
+    /// Finish or roll back any sync round in progress.
+    FinishOrRollbackRound,
+    /// Run a sync round now; `full` compares every file.
+    SyncNow {
+        /// Compare every file instead of the quick check.
+        full: bool,
+    },
+    /// Add the virtual address to the interface.
+    ClaimAddress,
+    /// Send the gratuitous ARP / unsolicited NA burst.
+    AnnounceAddress,
+    /// Remove the virtual address.
+    ReleaseAddress,
+    /// Arm this Backup to take over when the Master releases.
+    ArmTakeover {
+        /// VRRP priority while armed and after the takeover.
+        priority: u8,
+    },
+    /// Release Mastership (priority 0), then keep `new_priority` so that the
+    /// swap holds under preempt.
+    Release {
+        /// Priority after the release, persisted by the driver.
+        new_priority: Option<u8>,
+    },
+    /// Leave Master at once (stale epoch, failed takeover).
+    StepDown,
+    /// Set the Backup mode.
+    SetBackupMode(BackupMode),
+    /// Enable or disable redundancy.
+    SetRedundancy(Redundancy),
+    /// Start an application.
+    StartService(ServiceId),
+    /// Stop an application.
+    StopService(ServiceId),
+    /// Ask whether an application is ready.
+    CheckService(ServiceId),
+    /// Ask whether this node is ready (after boot or upgrade).
+    CheckNode,
+    /// Ask a phone to re-register without rebooting.
+    NudgePhone(PhoneId),
+    /// Reboot a phone.
+    RebootPhone(PhoneId),
+    /// Install a firmware image (the node reboots afterwards).
+    UpgradeFirmware {
+        /// Firmware version to install.
+        version: String,
+    },
+    /// Install a language pack.
+    UpgradeLanguagePack {
+        /// Language pack to install.
+        pack: String,
+    },
+    /// Save the configuration.
+    SaveConfig,
+    /// Restore a saved configuration (the node may reboot).
+    RestoreConfig {
+        /// Which saved configuration.
+        backup: String,
+    },
+    /// Restart this node.
+    RestartNode,
+    /// A step of a vendor-built plan.
+    Custom(u32),
+}
+
+impl Command {
+    /// Commands after which the node reboots. In an operator procedure such
+    /// a step is not done when the command answers `Done` (the image is
+    /// installed, the reboot is still to come): it is done when the
+    /// orchestrator resumes from a journal in which the step had started
+    /// (the restart is why it resumes), and the steps after it verify the
+    /// outcome. If the node does not restart before the step's deadline, the
+    /// step fails.
+    #[must_use]
+    pub fn reboots_node(&self) -> bool {
+        matches!(
+            self,
+            Command::RestartNode | Command::UpgradeFirmware { .. } | Command::RestoreConfig { .. }
+        )
+    }
+
+    /// Steps with these commands are taken as done when a resume finds them
+    /// started: the reboot commands (see [`Command::reboots_node`]) and
+    /// [`Command::Release`], the point of no return of a swap (if the crash
+    /// came before the release went out, the restart itself silenced this
+    /// node's advertisements, and the armed peer takes over).
+    #[must_use]
+    pub fn done_once_started(&self) -> bool {
+        self.reboots_node() || matches!(self, Command::Release { .. })
+    }
+}
+
+/// A command together with its id and the epoch it was issued under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issued {
+    /// Answer with this id.
+    pub id: CommandId,
+    /// The newest epoch the node knew when it issued the command.
+    pub epoch: Epoch,
+    /// What to do.
+    pub command: Command,
+}
+
+/// The result of a command.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandOutcome {
+    /// Done (for checks: ready).
+    Done,
+    /// For checks: not ready yet, ask again later.
+    NotReady,
+    /// Failed with a vendor error code.
+    Failed {
+        /// Vendor error code.
+        code: u32,
+    },
+}
