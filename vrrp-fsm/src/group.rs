@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use vrrp_proto::{Family, RecvMeta, check_datagram};
 
+use crate::config::BackupMode;
 use crate::event::{Event, Reason, State};
 use crate::router::{
     Command, CommandError, EVENT_QUEUE, LinkState, RecvError, Release, Transmit, VirtualRouter,
@@ -16,7 +17,7 @@ use crate::stats::ConfigDrop;
 /// `vrrp_sync_group`:
 ///
 /// - one member becoming Master (by timer, takeover, …) makes every Backup
-///   member Master;
+///   member Master (a Passive member only when it was a takeover);
 /// - one member stepping down from Master makes every Master member Backup;
 /// - one member losing its link takes every member to Initialize (so the
 ///   peer's group takes over everywhere), and they start again when that
@@ -257,7 +258,15 @@ impl SyncGroup {
                     }
                     let sj = self.members[j].state();
                     match (from, to) {
-                        (_, State::Master) if sj == State::Backup => {
+                        // A Passive member follows only a takeover.
+                        (_, State::Master)
+                            if sj == State::Backup
+                                && (self.members[j].backup_mode() == BackupMode::Active
+                                    || matches!(
+                                        reason,
+                                        Reason::Takeover | Reason::ArmedTakeover
+                                    )) =>
+                        {
                             self.members[j].force(now, State::Master);
                         }
                         (State::Master, State::Backup) if sj == State::Master => {

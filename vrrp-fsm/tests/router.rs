@@ -801,3 +801,64 @@ fn sync_group_moves_together() {
         Err(CommandError::NoMember { index: 9 })
     );
 }
+
+#[test]
+fn ipv6_router_hears_link_local_master() {
+    let me: Ipv6Addr = "fe80::5".parse().unwrap();
+    let peer: Ipv6Addr = "fe80::9".parse().unwrap();
+    let vip: Ipv6Addr = "2001:db8::100".parse().unwrap();
+    let cfg = Config::builder(Version::V3, vrid(), me.into())
+        .address(vip)
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let mut r = VirtualRouter::new(cfg, t0);
+    r.handle_startup(t0);
+    let adv = Advertisement::v3(vrid(), Priority(200), cs(100), [vip].into()).unwrap();
+    let ends = Endpoints {
+        src: peer.into(),
+        dst: vrrp_proto::IPV6_GROUP.into(),
+    };
+    let mut buf = [0u8; 64];
+    let n = adv
+        .emit(&mut buf, ends, Ipv4ChecksumForm::PseudoHeader)
+        .unwrap();
+    let meta = RecvMeta {
+        src: peer.into(),
+        dst: vrrp_proto::IPV6_GROUP.into(),
+        ttl: 255,
+    };
+    r.handle_message(ms(t0, 1), &buf[..n], meta).unwrap();
+    assert_eq!(r.master(), Some(IpAddr::V6(peer)));
+    // An IPv4 advertisement never reaches an IPv6 router's state machine.
+    let (b, m) = advert_from(HIGHER_IP, 200, cs(100));
+    assert_eq!(
+        r.handle_message(ms(t0, 2), &b, m),
+        Err(RecvError::Config(ConfigDrop::Addresses))
+    );
+    r.takeover(ms(t0, 3)).unwrap();
+    let tx = r.poll_transmit(&mut buf).unwrap();
+    assert_eq!(tx.dst, IpAddr::V6(vrrp_proto::IPV6_GROUP));
+    assert_eq!(tx.src, IpAddr::V6(me));
+}
+
+#[test]
+fn sync_group_passive_member_follows_only_takeover() {
+    let t0 = Instant::now();
+    let mut passive = member(2, 100);
+    passive.set_backup_mode(t0, BackupMode::Passive);
+    let mut g = SyncGroup::new(vec![member(1, 100), passive]);
+    g.handle_startup(t0);
+    let t = g.poll_timeout().unwrap();
+    g.handle_timeout(t);
+    let states: Vec<State> = g.members().iter().map(VirtualRouter::state).collect();
+    assert_eq!(states, vec![State::Master, State::Backup]);
+    let mut g = SyncGroup::new(vec![member(1, 100), {
+        let mut p = member(2, 100);
+        p.set_backup_mode(t0, BackupMode::Passive);
+        p
+    }]);
+    g.handle_startup(t0);
+    g.handle_command(t0, 0, Command::Takeover).unwrap();
+    assert!(g.members().iter().all(|m| m.state() == State::Master));
+}

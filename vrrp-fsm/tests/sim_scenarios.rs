@@ -243,6 +243,27 @@ fn takeover_release_swap() {
 }
 
 #[test]
+fn release_without_priority_change_comes_back() {
+    // Preempt on, no priority change: the higher old Master takes the role
+    // back once its hold-off ends (the swap is durable only with a priority
+    // change in the same call).
+    let mut sim = sim_of(vec![(1, rfc(1, 200)), (2, rfc(2, 100))]);
+    sim.boot_at(s(0), 0);
+    sim.boot_at(s(1), 1);
+    sim.command_at(s(10), 1, Command::Arm);
+    sim.command_at(s(11), 0, Command::Release(vrrp_fsm::Release::new()));
+    sim.run_until(s(12));
+    states(&sim, &[B, M]);
+    sim.run_until(s(30));
+    states(&sim, &[M, B]);
+    assert_eq!(
+        masters(&sim).last().map(|x| (x.1, x.2)),
+        Some((0, Reason::Preempt))
+    );
+    golden("release_without_priority_change", &sim.transcript());
+}
+
+#[test]
 fn unarmed_takeover_bounces_back() {
     let mut sim = sim_of(vec![(1, rfc(1, 200)), (2, rfc(2, 100))]);
     sim.boot_at(s(0), 0);
