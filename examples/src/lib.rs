@@ -3,6 +3,16 @@
 //!
 //! - [`capture`]: pcap / pcapng files down to IP datagrams.
 //! - [`dump`]: the `vrrp-dump` output format.
+//! - [`config`]: the `node` configuration file.
+//! - [`net`]: interfaces, virtual address claims over netlink, gratuitous
+//!   ARP / unsolicited NA.
+//! - [`vrrp_io`]: raw and UDP VRRP transports.
+//! - [`peer`]: the authenticated TCP peer link carrying sync rounds and
+//!   the orchestrator's peer messages.
 
 pub mod capture;
+pub mod config;
 pub mod dump;
+pub mod net;
+pub mod peer;
+pub mod vrrp_io;

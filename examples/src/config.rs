@@ -1,0 +1,631 @@
+//! The `node` configuration file (TOML), validated before anything is
+//! touched. Every key is documented in `examples/node.example.toml`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration that cannot be used, naming the key and the reason.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a key of the wrong type or unknown (toml's message
+    /// names the key and the line).
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// toml's message.
+        message: String,
+    },
+    /// A key with a value this node cannot use.
+    #[error("config key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `vrrp.priority`.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// How advertisements travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// IP protocol 112 on an interface, as keepalived and routers speak it.
+    Raw,
+    /// The same advertisements over UDP between configured addresses.
+    Udp,
+}
+
+/// Which VRRPv3-over-IPv4 checksum form to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChecksumForm {
+    /// With the IPv4 pseudo-header (keepalived's default).
+    PseudoHeader,
+    /// Over the message only (keepalived's `v3_checksum_as_v2`).
+    MessageOnly,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    id: String,
+    #[serde(default = "yes")]
+    redundancy: bool,
+    state_dir: Option<PathBuf>,
+    phones: Option<PathBuf>,
+    vrrp: RawVrrp,
+    sync: Option<RawSync>,
+    status: Option<RawStatus>,
+    identity: Option<Identity>,
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVrrp {
+    transport: Option<Transport>,
+    interface: Option<String>,
+    version: Option<u8>,
+    vrid: u8,
+    priority: Option<u16>,
+    advert_interval_ms: Option<u64>,
+    preempt: Option<bool>,
+    preempt_delay_ms: Option<u64>,
+    accept: Option<bool>,
+    virtual_ips: Vec<String>,
+    #[serde(default)]
+    unicast_peers: Vec<IpAddr>,
+    v3_ipv4_checksum: Option<ChecksumForm>,
+    auth_pass: Option<String>,
+    udp_listen: Option<SocketAddr>,
+    #[serde(default)]
+    udp_peers: Vec<SocketAddr>,
+    garp_count: Option<u8>,
+    garp_interval_ms: Option<u64>,
+    startup_delay_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    listen: SocketAddr,
+    peer: SocketAddr,
+    dir: PathBuf,
+    interval_s: Option<u64>,
+    key_file: PathBuf,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatus {
+    listen: SocketAddr,
+    backup_gui_port: Option<u16>,
+}
+
+/// What the peer's parity check compares (manual: same firmware, language
+/// pack and licences on both units).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// Firmware version.
+    #[serde(default)]
+    pub firmware: String,
+    /// Language pack.
+    #[serde(default)]
+    pub language_pack: String,
+    /// Licence keys installed.
+    #[serde(default)]
+    pub licenses: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    start: String,
+    stop: Option<String>,
+    ready: Option<String>,
+    #[serde(default)]
+    after: Vec<String>,
+    start_timeout_ms: Option<u64>,
+    stop_timeout_ms: Option<u64>,
+}
+
+/// A virtual address with its prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtualIp {
+    /// The address.
+    pub addr: IpAddr,
+    /// Prefix length (default 32 / 128).
+    pub prefix: u8,
+}
+
+/// The `[vrrp]` table, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vrrp {
+    /// Transport.
+    pub transport: Transport,
+    /// Interface (raw transport).
+    pub interface: Option<String>,
+    /// 2 or 3.
+    pub version: vrrp_proto::Version,
+    /// Virtual router id.
+    pub vrid: vrrp_proto::Vrid,
+    /// Priority 1–255.
+    pub priority: vrrp_proto::Priority,
+    /// Advertisement interval.
+    pub interval: vrrp_proto::Interval,
+    /// Preempt a lower-priority Master (appliance default: off).
+    pub preempt: bool,
+    /// Preempt delay.
+    pub preempt_delay: Duration,
+    /// Accept mode (appliance default: on).
+    pub accept: bool,
+    /// Virtual addresses, one family.
+    pub virtual_ips: Vec<VirtualIp>,
+    /// Unicast peers; empty for multicast.
+    pub unicast_peers: Vec<IpAddr>,
+    /// v3/IPv4 checksum form to send.
+    pub v3_ipv4_checksum: ChecksumForm,
+    /// VRRPv2 simple password.
+    pub auth_pass: Option<String>,
+    /// UDP transport: where to listen.
+    pub udp_listen: Option<SocketAddr>,
+    /// UDP transport: where to send.
+    pub udp_peers: Vec<SocketAddr>,
+    /// Gratuitous ARP / NA burst length on becoming Master.
+    pub garp_count: u8,
+    /// Spacing of that burst.
+    pub garp_interval: Duration,
+    /// Do not claim Master for this long after start.
+    pub startup_delay: Duration,
+}
+
+/// The `[sync]` table, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sync {
+    /// Where this node accepts the peer link.
+    pub listen: SocketAddr,
+    /// Where the peer accepts it.
+    pub peer: SocketAddr,
+    /// The replicated tree.
+    pub dir: PathBuf,
+    /// Round interval.
+    pub interval: Duration,
+    /// The pre-shared key file (64 hex digits).
+    pub key_file: PathBuf,
+    /// Patterns never replicated.
+    pub exclude: Vec<String>,
+}
+
+/// The `[status]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// HTTP status endpoint.
+    pub listen: SocketAddr,
+    /// On the Master: a port forwarded to the Backup's status page.
+    pub backup_gui_port: Option<u16>,
+}
+
+/// One `[[service]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Unique name.
+    pub name: String,
+    /// Shell command the node spawns and supervises while Master.
+    pub start: String,
+    /// Shell command run before the process is ended at stop.
+    pub stop: Option<String>,
+    /// Shell command polled until it exits 0: the service is ready.
+    pub ready: Option<String>,
+    /// Services that must be ready first.
+    pub after: Vec<String>,
+    /// How long start + readiness may take.
+    pub start_timeout: Duration,
+    /// How long stop may take before the process is killed.
+    pub stop_timeout: Duration,
+}
+
+/// A whole node configuration, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's id, shown in the peer's status.
+    pub id: String,
+    /// `false`: standalone Master, no peer.
+    pub redundancy: bool,
+    /// Persistent state (epoch, backup mode, journal).
+    pub state_dir: PathBuf,
+    /// Phone inventory file.
+    pub phones: Option<PathBuf>,
+    /// `[vrrp]`.
+    pub vrrp: Vrrp,
+    /// `[sync]`.
+    pub sync: Option<Sync>,
+    /// `[status]`.
+    pub status: Option<Status>,
+    /// `[identity]`.
+    pub identity: Identity,
+    /// `[[service]]`, in file order.
+    pub services: Vec<Service>,
+}
+
+impl NodeConfig {
+    /// Reads and validates a file. Relative paths in it are taken from the
+    /// file's folder.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key and the reason.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        NodeConfig::parse(&text, base).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Validates configuration text; relative paths are taken from `base`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key and the reason.
+    pub fn parse(text: &str, base: &Path) -> Result<NodeConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: "<config>".into(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        if raw.id.trim().is_empty() {
+            return Err(invalid("id", "must not be empty"));
+        }
+        let vrrp = validate_vrrp(raw.vrrp)?;
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let sync = raw
+            .sync
+            .map(|s| -> Result<Sync, ConfigError> {
+                let interval_s = s.interval_s.unwrap_or(60);
+                if interval_s == 0 {
+                    return Err(invalid("sync.interval_s", "must be at least 1"));
+                }
+                if s.listen == s.peer {
+                    return Err(invalid("sync.peer", "must differ from sync.listen"));
+                }
+                for (i, pattern) in s.exclude.iter().enumerate() {
+                    if pattern.is_empty() {
+                        return Err(invalid(format!("sync.exclude[{i}]"), "empty pattern"));
+                    }
+                }
+                Ok(Sync {
+                    listen: s.listen,
+                    peer: s.peer,
+                    dir: abs(s.dir),
+                    interval: Duration::from_secs(interval_s),
+                    key_file: abs(s.key_file),
+                    exclude: s.exclude,
+                })
+            })
+            .transpose()?;
+        let status = raw.status.map(|s| Status {
+            listen: s.listen,
+            backup_gui_port: s.backup_gui_port,
+        });
+        if let Some(Status {
+            backup_gui_port: Some(0),
+            ..
+        }) = status
+        {
+            return Err(invalid("status.backup_gui_port", "must be 1-65535"));
+        }
+        let services = validate_services(raw.service)?;
+        let state_dir = match (raw.state_dir, &sync) {
+            (Some(d), _) => abs(d),
+            (None, Some(s)) => {
+                let name = s
+                    .dir
+                    .file_name()
+                    .map(|n| format!("{}.state", n.to_string_lossy()))
+                    .unwrap_or_else(|| "node.state".into());
+                s.dir.with_file_name(name)
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "state_dir",
+                    "required when there is no [sync] table to put it beside",
+                ));
+            }
+        };
+        Ok(NodeConfig {
+            id: raw.id,
+            redundancy: raw.redundancy,
+            state_dir,
+            phones: raw.phones.map(abs),
+            vrrp,
+            sync,
+            status,
+            identity: raw.identity.unwrap_or_default(),
+            services,
+        })
+    }
+}
+
+fn parse_virtual_ip(i: usize, s: &str) -> Result<VirtualIp, ConfigError> {
+    let key = format!("vrrp.virtual_ips[{i}]");
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let addr: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| invalid(&key, format!("`{s}` is not an IP address")))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => p
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| invalid(&key, format!("prefix `{p}` is not 0-{max}")))?,
+        None => max,
+    };
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
+        return Err(invalid(
+            &key,
+            format!("`{addr}` cannot be a virtual address"),
+        ));
+    }
+    Ok(VirtualIp { addr, prefix })
+}
+
+fn validate_vrrp(v: RawVrrp) -> Result<Vrrp, ConfigError> {
+    use vrrp_proto::{Interval, Priority, Version, Vrid};
+    let transport = v.transport.unwrap_or(Transport::Raw);
+    let version = match v.version.unwrap_or(3) {
+        2 => Version::V2,
+        3 => Version::V3,
+        n => return Err(invalid("vrrp.version", format!("must be 2 or 3, got {n}"))),
+    };
+    let vrid = Vrid::new(v.vrid).ok_or_else(|| invalid("vrrp.vrid", "must be 1-255, got 0"))?;
+    let priority = match v.priority.unwrap_or(100) {
+        p @ 1..=255 => Priority(p as u8),
+        p => return Err(invalid("vrrp.priority", format!("must be 1-255, got {p}"))),
+    };
+    let ms = v.advert_interval_ms.unwrap_or(1000);
+    let interval = match version {
+        Version::V2 => {
+            if ms % 1000 != 0 || ms == 0 || ms > 255_000 {
+                return Err(invalid(
+                    "vrrp.advert_interval_ms",
+                    format!("VRRPv2 takes whole seconds 1-255 (1000-255000 ms), got {ms}"),
+                ));
+            }
+            Interval::from_secs((ms / 1000) as u8)
+        }
+        Version::V3 => {
+            if ms % 10 != 0 || ms == 0 || ms > 40_950 {
+                return Err(invalid(
+                    "vrrp.advert_interval_ms",
+                    format!("VRRPv3 takes multiples of 10 ms from 10 to 40950, got {ms}"),
+                ));
+            }
+            Interval::from_centis((ms / 10) as u16)
+        }
+    }
+    .map_err(|e| invalid("vrrp.advert_interval_ms", e.to_string()))?;
+    if v.virtual_ips.is_empty() {
+        return Err(invalid("vrrp.virtual_ips", "at least one address"));
+    }
+    if v.virtual_ips.len() > 255 {
+        return Err(invalid("vrrp.virtual_ips", "at most 255 addresses"));
+    }
+    let virtual_ips = v
+        .virtual_ips
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse_virtual_ip(i, s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let v4 = virtual_ips[0].addr.is_ipv4();
+    if virtual_ips.iter().any(|a| a.addr.is_ipv4() != v4) {
+        return Err(invalid(
+            "vrrp.virtual_ips",
+            "one family per router: all IPv4 or all IPv6",
+        ));
+    }
+    if !v4 && version == Version::V2 {
+        return Err(invalid(
+            "vrrp.virtual_ips",
+            "VRRPv2 carries IPv4 addresses only",
+        ));
+    }
+    for (i, p) in v.unicast_peers.iter().enumerate() {
+        if p.is_ipv4() != v4 {
+            return Err(invalid(
+                format!("vrrp.unicast_peers[{i}]"),
+                "must be of the virtual addresses' family",
+            ));
+        }
+    }
+    match transport {
+        Transport::Raw => {
+            if v.interface.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid(
+                    "vrrp.interface",
+                    "required with transport = \"raw\"",
+                ));
+            }
+            if v.udp_listen.is_some() || !v.udp_peers.is_empty() {
+                return Err(invalid(
+                    "vrrp.udp_listen",
+                    "udp_listen / udp_peers are for transport = \"udp\"",
+                ));
+            }
+        }
+        Transport::Udp => {
+            let listen = v
+                .udp_listen
+                .ok_or_else(|| invalid("vrrp.udp_listen", "required with transport = \"udp\""))?;
+            if v.udp_peers.is_empty() {
+                return Err(invalid(
+                    "vrrp.udp_peers",
+                    "at least one peer with transport = \"udp\"",
+                ));
+            }
+            if v.udp_peers.contains(&listen) {
+                return Err(invalid("vrrp.udp_peers", "must not contain udp_listen"));
+            }
+        }
+    }
+    if let Some(pass) = &v.auth_pass {
+        if version != Version::V2 {
+            return Err(invalid("vrrp.auth_pass", "authentication is VRRPv2-only"));
+        }
+        if pass.len() > 8 {
+            return Err(invalid("vrrp.auth_pass", "at most 8 bytes"));
+        }
+    }
+    Ok(Vrrp {
+        transport,
+        interface: v.interface.filter(|s| !s.is_empty()),
+        version,
+        vrid,
+        priority,
+        interval,
+        preempt: v.preempt.unwrap_or(false),
+        preempt_delay: Duration::from_millis(v.preempt_delay_ms.unwrap_or(0)),
+        accept: v.accept.unwrap_or(true),
+        virtual_ips,
+        unicast_peers: v.unicast_peers,
+        v3_ipv4_checksum: v.v3_ipv4_checksum.unwrap_or(ChecksumForm::PseudoHeader),
+        auth_pass: v.auth_pass,
+        udp_listen: v.udp_listen,
+        udp_peers: v.udp_peers,
+        garp_count: v.garp_count.unwrap_or(5),
+        garp_interval: Duration::from_millis(v.garp_interval_ms.unwrap_or(1000)),
+        startup_delay: Duration::from_millis(v.startup_delay_ms.unwrap_or(0)),
+    })
+}
+
+fn validate_services(raw: Vec<RawService>) -> Result<Vec<Service>, ConfigError> {
+    let names: Vec<&str> = raw.iter().map(|s| s.name.as_str()).collect();
+    for (i, s) in raw.iter().enumerate() {
+        let key = |k: &str| format!("service[{i}].{k}");
+        if s.name.trim().is_empty() {
+            return Err(invalid(key("name"), "must not be empty"));
+        }
+        if names[..i].contains(&s.name.as_str()) {
+            return Err(invalid(key("name"), format!("`{}` is used twice", s.name)));
+        }
+        if s.start.trim().is_empty() {
+            return Err(invalid(key("start"), "must not be empty"));
+        }
+        for a in &s.after {
+            if !names.contains(&a.as_str()) {
+                return Err(invalid(key("after"), format!("no service named `{a}`")));
+            }
+            if a == &s.name {
+                return Err(invalid(key("after"), "a service cannot come after itself"));
+            }
+        }
+    }
+    // Dependency cycles: repeatedly take the services whose `after` are all
+    // placed; whatever is left is a cycle.
+    let mut placed: Vec<&str> = Vec::new();
+    while placed.len() < raw.len() {
+        let before = placed.len();
+        for s in &raw {
+            if !placed.contains(&s.name.as_str())
+                && s.after.iter().all(|a| placed.contains(&a.as_str()))
+            {
+                placed.push(&s.name);
+            }
+        }
+        if placed.len() == before {
+            let left: Vec<&str> = names
+                .iter()
+                .copied()
+                .filter(|n| !placed.contains(n))
+                .collect();
+            return Err(invalid(
+                "service.after",
+                format!("dependency cycle among {left:?}"),
+            ));
+        }
+    }
+    Ok(raw
+        .into_iter()
+        .map(|s| Service {
+            name: s.name,
+            start: s.start,
+            stop: s.stop,
+            ready: s.ready,
+            after: s.after,
+            start_timeout: Duration::from_millis(s.start_timeout_ms.unwrap_or(30_000)),
+            stop_timeout: Duration::from_millis(s.stop_timeout_ms.unwrap_or(10_000)),
+        })
+        .collect())
+}
+
+/// Reads a pre-shared key file: 64 hex digits (32 bytes), whitespace
+/// ignored.
+///
+/// # Errors
+/// [`ConfigError`] naming `sync.key_file` and what is wrong.
+pub fn read_key_file(path: &Path) -> Result<[u8; 32], ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_key(&text)
+        .map_err(|reason| invalid("sync.key_file", format!("{}: {reason}", path.display())))
+}
+
+/// Parses 64 hex digits, whitespace ignored.
+///
+/// # Errors
+/// What is wrong with the text.
+pub fn parse_key(text: &str) -> Result<[u8; 32], String> {
+    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if digits.len() != 64 {
+        return Err(format!("expected 64 hex digits, found {}", digits.len()));
+    }
+    let mut key = [0u8; 32];
+    for (i, pair) in digits.chunks_exact(2).enumerate() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (hex(pair[0]), hex(pair[1])) {
+            (Some(h), Some(l)) => key[i] = (h * 16 + l) as u8,
+            _ => return Err("not a hex digit".into()),
+        }
+    }
+    Ok(key)
+}

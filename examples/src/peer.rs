@@ -1,0 +1,1 @@
+//! The peer link (placeholder until it lands).

@@ -1,0 +1,208 @@
+//! VRRP transports for tokio: raw IP protocol 112 on an interface (what
+//! keepalived and routers speak; needs CAP_NET_RAW), or the same
+//! advertisements over UDP between configured addresses (unprivileged, for
+//! loopback runs).
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, SockRef, Socket, Type};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use vrrp_proto::{IP_PROTOCOL, IPV4_GROUP, IPV6_GROUP, RecvMeta};
+
+/// What arrived.
+#[derive(Debug, Clone, Copy)]
+pub enum Received {
+    /// A whole IP datagram of this many bytes at the start of the buffer
+    /// (IPv4 raw sockets deliver the header).
+    Datagram(usize),
+    /// A bare VRRP message of this many bytes, with what the socket told of
+    /// it.
+    Message(usize, RecvMeta),
+}
+
+/// A transport. The raw sockets are registered with tokio through its UDP
+/// socket type, which only needs a datagram file descriptor.
+pub enum VrrpSocket {
+    /// IPv4 raw socket bound to an interface: receives whole datagrams,
+    /// sends whole datagrams (IP_HDRINCL) so that TTL, DSCP and source are
+    /// exactly ours.
+    RawV4 {
+        /// The socket.
+        socket: UdpSocket,
+    },
+    /// IPv6 raw socket bound to an interface: the kernel builds the IPv6
+    /// header (hop limit 255 set on the socket) and reports the hop limit as
+    /// ancillary data.
+    RawV6 {
+        /// The socket.
+        socket: UdpSocket,
+        /// Where received advertisements count as sent to: the group, or our
+        /// link-local address with unicast peers.
+        dst: IpAddr,
+    },
+    /// UDP between configured addresses.
+    Udp {
+        /// The socket.
+        socket: UdpSocket,
+        /// Where advertisements go.
+        peers: Vec<SocketAddr>,
+    },
+}
+
+fn register(s: Socket) -> io::Result<UdpSocket> {
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(std::net::UdpSocket::from(s))
+}
+
+impl VrrpSocket {
+    /// An IPv4 raw transport on an interface, sending from `primary`.
+    ///
+    /// # Errors
+    /// What the OS said (EPERM without CAP_NET_RAW).
+    pub fn raw_v4(interface: &str, ifindex: u32, primary: Ipv4Addr) -> io::Result<VrrpSocket> {
+        let s = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(i32::from(IP_PROTOCOL))),
+        )?;
+        s.bind_device(Some(interface.as_bytes()))?;
+        s.set_header_included_v4(true)?;
+        s.set_multicast_loop_v4(false)?;
+        s.set_multicast_if_v4(&primary)?;
+        s.join_multicast_v4_n(&IPV4_GROUP, &InterfaceIndexOrAddress::Index(ifindex))?;
+        Ok(VrrpSocket::RawV4 {
+            socket: register(s)?,
+        })
+    }
+
+    /// An IPv6 raw transport on an interface. `dst` is the group, or our
+    /// link-local address when the peers are unicast.
+    ///
+    /// # Errors
+    /// What the OS said.
+    pub fn raw_v6(interface: &str, ifindex: u32, dst: IpAddr) -> io::Result<VrrpSocket> {
+        let s = Socket::new(
+            Domain::IPV6,
+            Type::RAW,
+            Some(Protocol::from(i32::from(IP_PROTOCOL))),
+        )?;
+        s.bind_device(Some(interface.as_bytes()))?;
+        s.set_multicast_hops_v6(255)?;
+        s.set_unicast_hops_v6(255)?;
+        s.set_multicast_loop_v6(false)?;
+        s.set_multicast_if_v6(ifindex)?;
+        s.join_multicast_v6(&IPV6_GROUP, ifindex)?;
+        s.set_recv_hoplimit_v6(true)?;
+        Ok(VrrpSocket::RawV6 {
+            socket: register(s)?,
+            dst,
+        })
+    }
+
+    /// A UDP transport.
+    ///
+    /// # Errors
+    /// What the OS said.
+    pub async fn udp(listen: SocketAddr, peers: Vec<SocketAddr>) -> io::Result<VrrpSocket> {
+        let socket = UdpSocket::bind(listen).await?;
+        Ok(VrrpSocket::Udp { socket, peers })
+    }
+
+    /// Waits for the next packet into `buf`.
+    ///
+    /// # Errors
+    /// What the OS said.
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
+        match self {
+            VrrpSocket::RawV4 { socket } => socket.recv(buf).await.map(Received::Datagram),
+            VrrpSocket::RawV6 { socket, dst } => {
+                socket
+                    .async_io(Interest::READABLE, || {
+                        recv_v6(&SockRef::from(socket), buf, *dst)
+                    })
+                    .await
+            }
+            VrrpSocket::Udp { socket, .. } => {
+                let (n, from) = socket.recv_from(buf).await?;
+                let dst = socket.local_addr()?.ip();
+                // UDP carries no TTL to us; the peers are configured
+                // addresses, so the TTL rule has nothing to protect here.
+                Ok(Received::Message(
+                    n,
+                    RecvMeta {
+                        src: from.ip(),
+                        dst,
+                        ttl: vrrp_proto::TTL,
+                    },
+                ))
+            }
+        }
+    }
+
+    /// Sends one advertisement. `bytes` is a whole datagram for the raw IPv4
+    /// transport and a bare message otherwise; `dst` is where the state
+    /// machine sends it (the UDP transport sends to its configured peers).
+    ///
+    /// # Errors
+    /// What the OS said.
+    pub async fn send(&self, bytes: &[u8], dst: IpAddr) -> io::Result<()> {
+        match self {
+            VrrpSocket::RawV4 { socket } | VrrpSocket::RawV6 { socket, .. } => socket
+                .send_to(bytes, SocketAddr::new(dst, 0))
+                .await
+                .map(drop),
+            VrrpSocket::Udp { socket, peers } => {
+                for p in peers {
+                    socket.send_to(bytes, p).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether [`VrrpSocket::send`] takes whole datagrams.
+    #[must_use]
+    pub fn sends_datagrams(&self) -> bool {
+        matches!(self, VrrpSocket::RawV4 { .. })
+    }
+}
+
+fn as_uninit(buf: &mut [u8]) -> &mut [std::mem::MaybeUninit<u8>] {
+    // SAFETY: u8 and MaybeUninit<u8> have the same layout, and the socket
+    // only writes initialised bytes into it.
+    unsafe { &mut *(std::ptr::from_mut::<[u8]>(buf) as *mut [std::mem::MaybeUninit<u8>]) }
+}
+
+/// recvmsg with the IPV6_HOPLIMIT ancillary data.
+fn recv_v6(s: &SockRef<'_>, buf: &mut [u8], dst: IpAddr) -> io::Result<Received> {
+    let mut control = [0u8; 128];
+    let mut bufs = [socket2::MaybeUninitSlice::new(as_uninit(buf))];
+    let mut from = SockAddr::from(SocketAddr::new(dst, 0));
+    let mut msg = socket2::MsgHdrMut::new()
+        .with_addr(&mut from)
+        .with_buffers(&mut bufs)
+        .with_control(as_uninit(&mut control));
+    let n = s.recvmsg(&mut msg, 0)?;
+    let control_len = msg.control_len();
+    let src = from.as_socket().map_or(dst, |a| a.ip());
+    let mut ttl = 0u8;
+    // Walk the cmsg headers (struct cmsghdr: len, level, type, data).
+    let hdr = std::mem::size_of::<libc::cmsghdr>();
+    let mut off = 0;
+    while off + hdr <= control_len {
+        let len = usize::from_ne_bytes(control[off..off + 8].try_into().unwrap_or_default());
+        let level = i32::from_ne_bytes(control[off + 8..off + 12].try_into().unwrap_or_default());
+        let kind = i32::from_ne_bytes(control[off + 12..off + 16].try_into().unwrap_or_default());
+        if len < hdr || off + len > control_len {
+            break;
+        }
+        let data = &control[off + hdr..off + len];
+        if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_HOPLIMIT && data.len() >= 4 {
+            ttl = i32::from_ne_bytes(data[..4].try_into().unwrap_or_default()) as u8;
+        }
+        off += (len + 7) & !7;
+    }
+    Ok(Received::Message(n, RecvMeta { src, dst, ttl }))
+}
