@@ -1,3 +1,4 @@
 #![no_main]
-//! Placeholder until the target lands.
-libfuzzer_sys::fuzz_target!(|_data: &[u8]| {});
+//! Frame and message decoders, and an established link fed hostile bytes:
+//! see `sync_delta::fuzzing::sync_frame` for the property.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sync_delta::fuzzing::sync_frame(data));

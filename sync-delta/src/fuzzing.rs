@@ -110,9 +110,14 @@ pub fn sync_apply(data: &[u8]) {
     );
 }
 
-/// Kinds of frame, for building seeds.
+/// Seed inputs for `sync_frame`: frames of every kind and messages of
+/// every type (the committed corpus is made from these).
 #[must_use]
-pub fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
+pub fn seeds_frame() -> Vec<(String, Vec<u8>)> {
+    use crate::delta::SigChunk;
+    use crate::manifest::{Change, Kind, LocalStat, Meta};
+    use crate::path::RelPath;
+    use crate::wire::{AbandonReason, Base, DataStatus};
     let mut v = Vec::new();
     let mut f = Vec::new();
     frame::encode(
@@ -124,7 +129,8 @@ pub fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
         None,
     )
     .unwrap();
-    v.push(("hello", f));
+    v.push(("frame_hello".to_owned(), f.clone()));
+    v.push(("frame_truncated".to_owned(), f[..f.len() - 5].to_vec()));
     let mut f = Vec::new();
     frame::encode(
         &mut f,
@@ -135,16 +141,123 @@ pub fn seed_frames() -> Vec<(&'static str, Vec<u8>)> {
         Some((&[9; 32], 0)),
     )
     .unwrap();
-    v.push(("data", f));
-    let mut f = Vec::new();
-    Message::Request { digest: [1; 32] }.encode(&mut f);
-    v.push(("request", f));
-    let mut f = Vec::new();
-    Message::Data {
-        id: 1,
-        ops: vec![Op::Copy { offset: 2, len: 3 }, Op::Literal(b"xyz".to_vec())],
+    v.push(("frame_data".to_owned(), f));
+    let file = Meta {
+        kind: Kind::File {
+            size: 3,
+            hash: [5; 32],
+        },
+        mode: 0o644,
+        mtime_ns: 7,
+        local: LocalStat::default(),
+    };
+    let link = Meta {
+        kind: Kind::Symlink {
+            target: b"../x".to_vec(),
+        },
+        mode: 0o777,
+        mtime_ns: 0,
+        local: LocalStat::default(),
+    };
+    let msgs = vec![
+        Message::Request { digest: [1; 32] },
+        Message::ManifestStart {
+            taken_at_ns: 1_700_000_000_000_000_000,
+            full: true,
+        },
+        Message::Entries {
+            changes: vec![
+                Change::Upsert(RelPath::new("etc/pbx.conf").unwrap(), file),
+                Change::Upsert(RelPath::new("current").unwrap(), link),
+                Change::Gone(RelPath::new("voice/old.wav").unwrap()),
+            ],
+        },
+        Message::ManifestEnd {
+            entries: 2,
+            digest: [3; 32],
+        },
+        Message::Want {
+            id: 4,
+            path: RelPath::new("rec/a.wav").unwrap(),
+            base: Some(Base {
+                size: 10_000,
+                hash: [6; 32],
+                avg: 4096,
+                chunks: vec![
+                    SigChunk { len: 5000, hash: 1 },
+                    SigChunk { len: 5000, hash: 2 },
+                ],
+            }),
+        },
+        Message::Data {
+            id: 4,
+            ops: vec![
+                Op::Copy {
+                    offset: 0,
+                    len: 5000,
+                },
+                Op::Literal(b"tail".to_vec()),
+            ],
+        },
+        Message::DataEnd {
+            id: 4,
+            status: DataStatus::Complete,
+        },
+        Message::Committed {
+            generation: 9,
+            digest: [8; 32],
+        },
+        Message::Abandon {
+            reason: AbandonReason::Refused,
+        },
+        Message::SyncNow,
+    ];
+    for (i, m) in msgs.into_iter().enumerate() {
+        let mut b = Vec::new();
+        m.encode(&mut b);
+        v.push((format!("msg_{i:02}_{:?}", m.ty()).to_lowercase(), b));
     }
-    .encode(&mut f);
-    v.push(("data_msg", f));
     v
+}
+
+/// Seed inputs for `sync_apply`.
+#[must_use]
+pub fn seeds_apply() -> Vec<(String, Vec<u8>)> {
+    let base: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let with = |base: &[u8], rest: &[u8]| {
+        let mut v = (base.len() as u16).to_le_bytes().to_vec();
+        v.extend_from_slice(base);
+        v.extend_from_slice(rest);
+        v
+    };
+    let mut edited = base.clone();
+    edited.splice(1000..1000, *b"inserted");
+    let mut data = Vec::new();
+    Message::Data {
+        id: 0,
+        ops: vec![
+            Op::Copy {
+                offset: 10,
+                len: 100,
+            },
+            Op::Literal(b"abc".to_vec()),
+        ],
+    }
+    .encode(&mut data);
+    let mut oob = Vec::new();
+    Message::Data {
+        id: 0,
+        ops: vec![Op::Copy {
+            offset: u64::MAX - 1,
+            len: 10,
+        }],
+    }
+    .encode(&mut oob);
+    vec![
+        ("empty".to_owned(), vec![0, 0]),
+        ("insert".to_owned(), with(&base, &edited)),
+        ("unrelated".to_owned(), with(&base[..100], &base[200..])),
+        ("data_ops".to_owned(), with(&base, &data)),
+        ("copy_out_of_range".to_owned(), with(&base, &oob)),
+    ]
 }

@@ -1,0 +1,137 @@
+//! The real store: a round between two temporary directories reproduces
+//! content, modes, mtimes and symlinks; symlinks in the path are refused.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+use sync_delta::store::{StatKind, Storage};
+use sync_delta::{
+    Exclude, FsStore, Replica, ReplicaConfig, SessionError, Source, SourceConfig, StoreError,
+};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("sync-delta-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn round(src: &mut FsStore, dst: &mut FsStore) -> Result<(), SessionError> {
+    let now = Instant::now();
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let mut source = Source::open(SourceConfig::default(), now, src).unwrap();
+    let (mut replica, _) = Replica::open(ReplicaConfig::default(), now, dst).unwrap();
+    replica.handle_connected(now);
+    loop {
+        let mut moved = false;
+        while let Some(m) = replica.poll_transmit() {
+            source.handle_message(now, wall, m, src)?;
+            moved = true;
+        }
+        while let Some(m) = source.poll_transmit(src) {
+            replica.handle_message(now, m, dst)?;
+            moved = true;
+        }
+        if !moved {
+            return Ok(());
+        }
+    }
+}
+
+fn snapshot(root: &Path) -> Vec<(String, StatKind, u32, i64, Vec<u8>)> {
+    let mut s = FsStore::new(root).unwrap();
+    let mut w = s.walk(&Exclude::none()).unwrap().entries;
+    w.sort_by(|a, b| a.path.cmp(&b.path));
+    w.into_iter()
+        .map(|e| {
+            let content = match e.stat.kind {
+                StatKind::File => fs::read(root.join(e.path.as_str())).unwrap(),
+                StatKind::Symlink => e.target.clone().unwrap(),
+                _ => Vec::new(),
+            };
+            let mtime = if e.stat.kind == StatKind::Symlink {
+                0
+            } else {
+                e.stat.mtime_ns
+            };
+            (e.path.to_string(), e.stat.kind, e.stat.mode, mtime, content)
+        })
+        .collect()
+}
+
+fn set_mtime(p: &Path, secs: u64) {
+    let f = fs::File::open(p).unwrap();
+    f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        .unwrap();
+}
+
+#[test]
+fn round_between_directories() {
+    let a = TempDir::new("src");
+    let b = TempDir::new("dst");
+    fs::create_dir_all(a.0.join("voice/100")).unwrap();
+    fs::write(a.0.join("voice/100/msg1.wav"), vec![7u8; 300_000]).unwrap();
+    fs::write(a.0.join("pbx.conf"), b"[general]").unwrap();
+    fs::set_permissions(a.0.join("pbx.conf"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("voice/100", a.0.join("current")).unwrap();
+    set_mtime(&a.0.join("pbx.conf"), 1_700_000_000);
+    set_mtime(&a.0.join("voice/100"), 1_700_000_001);
+    let mut src = FsStore::new(&a.0).unwrap();
+    let mut dst = FsStore::new(&b.0).unwrap();
+    round(&mut src, &mut dst).unwrap();
+    assert_eq!(snapshot(&a.0), snapshot(&b.0));
+
+    // Append, edit, rename, delete.
+    let mut d = vec![7u8; 300_000];
+    d.extend_from_slice(&[1u8; 5000]);
+    fs::write(a.0.join("voice/100/msg1.wav"), &d).unwrap();
+    fs::rename(
+        a.0.join("voice/100/msg1.wav"),
+        a.0.join("voice/100/msg0.wav"),
+    )
+    .unwrap();
+    fs::write(a.0.join("pbx.conf"), b"[general]\nport=5061").unwrap();
+    fs::remove_file(a.0.join("current")).unwrap();
+    round(&mut src, &mut dst).unwrap();
+    assert_eq!(snapshot(&a.0), snapshot(&b.0));
+    assert!(b.0.join(".sync-delta/manifest").exists());
+    assert_eq!(
+        fs::read_dir(b.0.join(".sync-delta/stage")).unwrap().count(),
+        0
+    );
+}
+
+#[test]
+fn symlink_in_the_replica_path_is_never_followed() {
+    let a = TempDir::new("src2");
+    let b = TempDir::new("dst2");
+    let outside = TempDir::new("outside");
+    fs::create_dir_all(a.0.join("evil")).unwrap();
+    fs::write(a.0.join("evil/x"), b"payload").unwrap();
+    // The replica root holds a local symlink where the source has a dir.
+    std::os::unix::fs::symlink(&outside.0, b.0.join("evil")).unwrap();
+    let mut src = FsStore::new(&a.0).unwrap();
+    let mut dst = FsStore::new(&b.0).unwrap();
+    let r = round(&mut src, &mut dst);
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(
+        fs::read_dir(&outside.0).unwrap().count(),
+        0,
+        "nothing written outside the root"
+    );
+    // Writes through the store refuse a symlinked ancestor outright.
+    assert_eq!(dst.create("evil/y"), Err(StoreError::SymlinkInPath));
+    assert_eq!(fs::read_dir(&outside.0).unwrap().count(), 0);
+    let _ = fs::metadata(&outside.0).unwrap().ino();
+}

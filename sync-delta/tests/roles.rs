@@ -1,0 +1,92 @@
+//! Role changes: takeover settles the replica; a returning old Master
+//! quarantines what its peer never confirmed, then becomes a replica.
+
+mod common;
+
+use common::{Pair, noise, read};
+use std::time::Instant;
+use sync_delta::mem::MemStore;
+use sync_delta::{Replica, ReplicaConfig, SourceConfig};
+
+#[test]
+fn returning_master_quarantines_unconfirmed_changes() {
+    let mut a = MemStore::new();
+    a.put_file("etc/pbx.conf", b"v1", 0o644, 1);
+    a.put_file("voice/100/msg1.wav", &noise(2_000, 1), 0o640, 1);
+    let mut pair = Pair::new(a, MemStore::new());
+    pair.round().unwrap();
+    pair.assert_synced();
+    let (mut a, mut b) = (pair.src, pair.dst);
+
+    // A (Master) changes things that never reach B, then dies.
+    a.put_file("etc/pbx.conf", b"v2 unconfirmed", 0o644, 50);
+    a.put_file("voice/100/msg2.wav", b"new voicemail", 0o640, 50);
+    a.put_dir("voice/300", 0o755);
+    a.put_file("voice/300/greeting.wav", b"hello", 0o640, 50);
+
+    // B takes over: settle, then serve as the source.
+    let (mut rb, _) = Replica::open(ReplicaConfig::default(), Instant::now(), &mut b).unwrap();
+    let g = rb.settle(&mut b).unwrap();
+    assert_eq!(g.number, 1);
+    b.put_file("etc/extra.conf", b"made on B", 0o644, 60);
+
+    // A returns as the Backup.
+    let (ra, report) = Replica::open(ReplicaConfig::default(), Instant::now(), &mut a).unwrap();
+    let (folder, moved) = report.quarantined.clone().expect("quarantined");
+    assert_eq!(moved, 3, "{report:?}");
+    assert_eq!(
+        ra.status(std::time::SystemTime::UNIX_EPOCH).quarantine,
+        vec![folder.clone()]
+    );
+    let q = format!(".sync-delta/quarantine/{folder}");
+    assert_eq!(
+        read(&mut a, &format!("{q}/etc/pbx.conf")),
+        b"v2 unconfirmed"
+    );
+    assert_eq!(
+        read(&mut a, &format!("{q}/voice/100/msg2.wav")),
+        b"new voicemail"
+    );
+    assert_eq!(
+        read(&mut a, &format!("{q}/voice/300/greeting.wav")),
+        b"hello"
+    );
+    drop(ra);
+
+    // B → A: A ends up exactly B's tree, the quarantine kept aside.
+    let mut pair = Pair::with_config(b, a, SourceConfig::default(), ReplicaConfig::default());
+    pair.round().unwrap();
+    pair.assert_synced();
+    assert_eq!(read(&mut pair.dst, "etc/pbx.conf"), b"v1");
+    assert_eq!(read(&mut pair.dst, "etc/extra.conf"), b"made on B");
+    assert_eq!(pair.replica.status(pair.wall).quarantine, vec![folder]);
+
+    // A second role change with nothing new quarantines nothing.
+    let (a, b) = (pair.dst, pair.src);
+    let mut a2 = a.clone();
+    let _ = sync_delta::Source::open(SourceConfig::default(), Instant::now(), &mut a2).unwrap();
+    let (_, report) = Replica::open(ReplicaConfig::default(), Instant::now(), &mut a2).unwrap();
+    assert_eq!(report.quarantined, None);
+    drop(b);
+}
+
+#[test]
+fn generation_age_is_what_takeover_loses() {
+    let mut a = MemStore::new();
+    a.put_file("x", b"1", 0o644, 1);
+    let mut pair = Pair::new(a, MemStore::new());
+    pair.round().unwrap();
+    let taken = pair.wall;
+    let later = taken + std::time::Duration::from_secs(45);
+    let st = pair.replica.status(later);
+    assert_eq!(st.generation.taken_at, Some(taken));
+    assert_eq!(st.age, Some(std::time::Duration::from_secs(45)));
+    // Persisted: a reopened replica reports the same.
+    let mut dst = pair.dst;
+    let (r, report) = Replica::open(ReplicaConfig::default(), Instant::now(), &mut dst).unwrap();
+    assert_eq!(report.generation.taken_at, Some(taken));
+    assert_eq!(
+        r.status(later).age,
+        Some(std::time::Duration::from_secs(45))
+    );
+}
