@@ -256,10 +256,7 @@ fn check(r: &mut VirtualRouter, w: &mut Watch, buf: &mut [u8]) {
             Event::StateChange { from, to, reason } => {
                 assert_eq!(from, w.state, "event from-state disagrees");
                 assert_ne!(from, to);
-                if from == State::Backup
-                    && to == State::Master
-                    && r.backup_mode() == BackupMode::Passive
-                {
+                if to == State::Master && r.backup_mode() == BackupMode::Passive {
                     assert!(
                         matches!(reason, Reason::Takeover | Reason::ArmedTakeover),
                         "passive backup became master by {reason:?}"

@@ -489,7 +489,7 @@ impl VirtualRouter {
     // ----- inputs -----
 
     /// Startup event (RFC 9568 §6.4.1): the owner (priority 255, no
-    /// startup delay) becomes Master at once; any other router becomes
+    /// startup delay, Active mode) becomes Master at once; any other router becomes
     /// Backup and waits `Master_Down_Interval` (and at least the configured
     /// startup delay). Ignored unless in Initialize.
     pub fn handle_startup(&mut self, now: Instant) {
@@ -838,7 +838,8 @@ impl VirtualRouter {
         self.master_interval = self.config.interval;
         self.recompute_timers();
         let delay = self.config.startup_delay;
-        if self.priority.is_owner() && delay.is_zero() {
+        // A Passive owner waits for a takeover like any Passive Backup.
+        if self.priority.is_owner() && delay.is_zero() && self.backup_mode == BackupMode::Active {
             self.become_master(now, Reason::Owner);
         } else {
             let hold = (!delay.is_zero()).then(|| now + delay);

@@ -167,6 +167,10 @@ fn owner_goes_master_at_once() {
     );
     // The owner always accepts (RFC 9568 §6.1 Accept_Mode).
     assert!(ev.contains(&Event::AcceptMode(true)));
+    // A Passive owner waits for a takeover.
+    let (r, _) = started(base(255).backup_mode(BackupMode::Passive));
+    assert_state(&r, State::Backup);
+    assert_eq!(r.poll_timeout(), None);
 }
 
 #[test]
