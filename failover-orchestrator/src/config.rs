@@ -10,6 +10,10 @@ use crate::plan::FailurePolicy;
 use crate::types::{Identity, ServiceId};
 use crate::wire::{MAX_LICENCES, MAX_STRING_LEN};
 
+/// Longest duration accepted anywhere (a step timeout, a pacing interval,
+/// a mode expiry): 30 days. Deadlines beyond it would only overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// One application the Master runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
@@ -373,6 +377,35 @@ impl ConfigBuilder {
         if c.services.len() > usize::from(u16::MAX) / 4 {
             return Err(ConfigError::TooManyServices(c.services.len()));
         }
+        let r = &c.rehome;
+        let t = &c.timeouts;
+        let all = [
+            r.follow_deadline,
+            r.nudge_interval,
+            r.nudge_deadline,
+            r.reboot_interval,
+            r.reboot_deadline,
+            r.expected_nudge,
+            r.expected_reboot,
+            t.command,
+            t.sync,
+            t.peer_request,
+            t.upgrade,
+            t.await_peer,
+            t.node_ready,
+            c.heartbeat_interval,
+            c.peer_timeout,
+            c.stale_sync_after,
+        ];
+        if all.iter().any(|d| *d > MAX_DURATION)
+            || c.services.iter().any(|s| {
+                s.ready_timeout > MAX_DURATION
+                    || s.check_interval > MAX_DURATION
+                    || s.expected_ready > MAX_DURATION
+            })
+        {
+            return Err(ConfigError::TooLong);
+        }
         for (i, s) in c.services.iter().enumerate() {
             for d in &s.depends_on {
                 if usize::from(d.0) >= i {
@@ -470,6 +503,9 @@ pub enum ConfigError {
     /// A duration that must be positive is zero.
     #[error("zero or inconsistent duration: {0:?}")]
     ZeroDuration(Field),
+    /// A duration exceeds [`MAX_DURATION`].
+    #[error("a duration exceeds 30 days")]
+    TooLong,
     /// A count that must be positive is zero.
     #[error("zero concurrency or capacity")]
     ZeroConcurrency,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, CommandId, CommandOutcome, Issued};
-use crate::config::Config;
+use crate::config::{Config, MAX_DURATION};
 use crate::epoch::Epoch;
 use crate::journal::{JournalEntry, JournalRecord, PersistentState, ProcedureJournal, StepMark};
 use crate::phones::{PhoneOutcome, Rehoming, min_opt};
@@ -570,9 +570,8 @@ impl Orchestrator {
     /// heartbeats, the peer timeout and the mode expiry.
     pub fn handle_timeout(&mut self, now: Instant) {
         // Heartbeats.
-        if let Some(t) = self.next_heartbeat
-            && t <= now
-        {
+        if self.next_heartbeat.is_some_and(|t| t <= now) {
+            let t = self.next_heartbeat.unwrap_or(now);
             self.send_status();
             let mut next = t + self.config.heartbeat_interval;
             if next <= now {
@@ -582,8 +581,10 @@ impl Orchestrator {
         }
         // Peer timeout.
         if self.peer.up
-            && let Some(h) = self.peer.last_heard
-            && h + self.config.peer_timeout <= now
+            && self
+                .peer
+                .last_heard
+                .is_some_and(|h| h + self.config.peer_timeout <= now)
         {
             self.peer.up = false;
             self.peer.last = None;
@@ -591,9 +592,7 @@ impl Orchestrator {
             self.push_event(Event::PeerDown);
         }
         // Mode expiry.
-        if let Some(t) = self.mode_expiry
-            && t <= now
-        {
+        if self.mode_expiry.is_some_and(|t| t <= now) {
             self.mode_expiry = None;
             self.state.mode_expires_unix_s = None;
             if self.state.backup_mode != BackupMode::Active {
@@ -613,9 +612,7 @@ impl Orchestrator {
                     let idx = u16::try_from(i).unwrap_or(u16::MAX);
                     if deadline <= now {
                         due.push((r.id, idx, true));
-                    } else if let Wait::Recheck(t) = wait
-                        && t <= now
-                    {
+                    } else if matches!(wait, Wait::Recheck(t) if t <= now) {
                         due.push((r.id, idx, false));
                     }
                 }
@@ -638,10 +635,11 @@ impl Orchestrator {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut d = self.next_heartbeat;
-        if self.peer.up
-            && let Some(h) = self.peer.last_heard
-        {
-            d = min_opt(d, Some(h + self.config.peer_timeout));
+        if self.peer.up {
+            d = min_opt(
+                d,
+                self.peer.last_heard.map(|h| h + self.config.peer_timeout),
+            );
         }
         d = min_opt(d, self.mode_expiry);
         if let Some(r) = &self.rehoming {
@@ -829,18 +827,20 @@ impl Orchestrator {
     fn wall(&self, now: Instant) -> SystemTime {
         let (base, wall) = self.wall_base;
         if now >= base {
-            wall + (now - base)
+            wall.checked_add(now - base).unwrap_or(wall)
         } else {
             wall.checked_sub(base - now).unwrap_or(wall)
         }
     }
 
     fn arm_mode_expiry(&mut self, now: Instant) {
+        // The expiry may come from the peer: never overflow, and cap it.
         self.mode_expiry = self.state.mode_expires_unix_s.map(|s| {
-            let expires = UNIX_EPOCH + Duration::from_secs(s);
-            now + expires
-                .duration_since(self.wall(now))
-                .unwrap_or(Duration::ZERO)
+            let left = UNIX_EPOCH
+                .checked_add(Duration::from_secs(s))
+                .and_then(|expires| expires.duration_since(self.wall(now)).ok())
+                .map_or(MAX_DURATION, |d| d.min(MAX_DURATION));
+            if s == 0 { now } else { now + left }
         });
     }
 
@@ -933,9 +933,7 @@ impl Orchestrator {
         for id in ids {
             self.abort_plan(now, id, false);
         }
-        if let Some(r) = self.rehoming.as_mut()
-            && !r.done()
-        {
+        if let Some(r) = self.rehoming.as_mut().filter(|r| !r.done()) {
             r.give_up(now);
         }
         let rehoming_routes: Vec<CommandId> = self
@@ -1464,8 +1462,9 @@ impl Orchestrator {
     }
 
     fn set_mark(&mut self, plan: PlanId, step: u16, m: Mark) {
-        if let Some(r) = self.running(plan)
-            && let Some(slot) = r.marks.get_mut(usize::from(step))
+        if let Some(slot) = self
+            .running(plan)
+            .and_then(|r| r.marks.get_mut(usize::from(step)))
         {
             *slot = m;
         }
@@ -1766,9 +1765,7 @@ impl Orchestrator {
             }
             StepAction::Run(Command::FinishOrRollbackRound) => {
                 let wall = self.wall(now);
-                if let Some(t) = self.timeline.as_mut()
-                    && let Some(s) = self.sync
-                {
+                if let (Some(t), Some(s)) = (self.timeline.as_mut(), self.sync) {
                     t.generation = Some(s.generation);
                     t.data_loss_window_ms = Some(ms(s.age(wall)));
                 }
@@ -1870,10 +1867,7 @@ impl Orchestrator {
             }
         }
         if self.rehoming_plan == Some(plan) {
-            if let Some(r) = self.rehoming.as_mut()
-                && r.started()
-                && !r.done()
-            {
+            if let Some(r) = self.rehoming.as_mut().filter(|r| r.started() && !r.done()) {
                 r.give_up(now);
             }
             let phone_routes: Vec<CommandId> = self
@@ -1892,9 +1886,11 @@ impl Orchestrator {
             if roll_back {
                 let mut prev: Option<u16> = None;
                 for (i, s) in r.plan.steps.iter().enumerate().rev() {
-                    if r.marks.get(i) == Some(&Mark::Done)
-                        && let Some(u) = &s.undo
-                    {
+                    let undo_action = s
+                        .undo
+                        .as_ref()
+                        .filter(|_| r.marks.get(i) == Some(&Mark::Done));
+                    if let Some(u) = undo_action {
                         let deps: Vec<u16> = prev.into_iter().collect();
                         prev = Some(
                             undo.push(
@@ -1942,11 +1938,10 @@ impl Orchestrator {
             );
         }
         if done {
-            if let Some(t) = self.timeline.as_mut()
-                && t.phones.is_empty()
-                && let Some(o) = outcomes
-            {
-                t.phones = o;
+            if let (Some(t), Some(o)) = (self.timeline.as_mut(), outcomes) {
+                if t.phones.is_empty() {
+                    t.phones = o;
+                }
             }
             if let Some(plan) = self.rehoming_plan {
                 let steps: Vec<u16> = self

@@ -229,7 +229,11 @@ pub fn orchestrator_inputs(t0: Instant, data: &[u8]) {
                         request: match kind >> 5 {
                             0 => PeerRequest::SetMode {
                                 mode: mode(kind),
-                                expires_unix_s: Some(1_790_000_100),
+                                expires_unix_s: Some(if kind & 2 == 0 {
+                                    1_790_000_100
+                                } else {
+                                    u64::MAX
+                                }),
                             },
                             1 => PeerRequest::SyncNow { full: true },
                             2 => PeerRequest::Arm { priority: 200 },

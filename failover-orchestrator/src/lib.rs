@@ -86,8 +86,8 @@ pub mod fuzzing;
 
 pub use command::{Command, CommandId, CommandOutcome, Issued};
 pub use config::{
-    Config, ConfigBuilder, ConfigError, Field, PersonReason, PhoneMethod, PhoneSpec, RehomeConfig,
-    ServiceSpec, Timeouts,
+    Config, ConfigBuilder, ConfigError, Field, MAX_DURATION, PersonReason, PhoneMethod, PhoneSpec,
+    RehomeConfig, ServiceSpec, Timeouts,
 };
 pub use engine::{Event, Orchestrator, PlanId, PlanOutcome, Stats};
 pub use epoch::Epoch;

@@ -240,9 +240,7 @@ impl Rehoming {
 
     /// A nudge or reboot command failed: escalate at once.
     pub(crate) fn action_failed(&mut self, now: Instant, phone: PhoneId) {
-        if let Some(p) = self.phones.get(phone.0 as usize)
-            && let Stage::Waiting(a) = p.stage
-        {
+        if let Some(Stage::Waiting(a)) = self.phones.get(phone.0 as usize).map(|p| p.stage) {
             self.escalate(phone.0, a, now);
             self.milestone_check();
         }

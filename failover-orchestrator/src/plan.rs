@@ -203,6 +203,9 @@ pub enum PlanError {
     /// More than [`MAX_STEPS`].
     #[error("more than {0} steps")]
     TooManySteps(usize),
+    /// A timeout or expected duration over [`crate::MAX_DURATION`].
+    #[error("step {0} has a duration over 30 days")]
+    TooLong(usize),
     /// A zero timeout would fail at once.
     #[error("step {0} has a zero timeout")]
     ZeroTimeout(usize),
@@ -233,6 +236,10 @@ impl Plan {
         }
         if step.timeout.is_zero() {
             return Err(PlanError::ZeroTimeout(idx));
+        }
+        if step.timeout > crate::config::MAX_DURATION || step.expected > crate::config::MAX_DURATION
+        {
+            return Err(PlanError::TooLong(idx));
         }
         self.steps.push(step);
         // MAX_STEPS fits u16.
