@@ -214,6 +214,9 @@ struct Running {
     procedure: Option<u64>,
     reply_to: Option<u32>,
     aborted: bool,
+    /// Resumed after the peer had been armed for a swap: if the peer is now
+    /// Master, the restart itself completed the hand-over.
+    armed_before_restart: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1348,6 +1351,10 @@ impl Orchestrator {
         });
         let id = self.start_plan(now, plan, Some(j.id), None);
         if let Some(r) = self.plans.iter_mut().find(|r| r.id == id) {
+            r.armed_before_restart = r.plan.steps.iter().zip(&j.steps).any(|(s, m)| {
+                matches!(s.action, StepAction::AskPeer(PeerRequest::Arm { .. }))
+                    && matches!(m, StepMark::Done | StepMark::Started)
+            });
             for (i, mark) in j.steps.iter().enumerate() {
                 let ours = &self.config.identity.firmware;
                 let reboots = match r.plan.steps.get(i).map(|s| &s.action) {
@@ -1445,6 +1452,7 @@ impl Orchestrator {
             procedure,
             reply_to,
             aborted: false,
+            armed_before_restart: false,
         });
         self.push_event(Event::PlanStarted { plan: id, kind });
         id
@@ -2033,7 +2041,9 @@ impl Orchestrator {
                 progress = true;
             }
             for (plan, step) in hopeless {
-                self.attempt_failed(now, plan, step);
+                if !self.handed_over_by_restart(now, plan, step) {
+                    self.attempt_failed(now, plan, step);
+                }
                 progress = true;
             }
             // Ready steps.
@@ -2080,6 +2090,56 @@ impl Orchestrator {
                 break;
             }
         }
+    }
+
+    /// A swap's hand-over guard finds the peer Master after this node
+    /// restarted with the peer armed: the restart silenced this node and the
+    /// armed peer took over, which is what the hand-over was for. Its steps
+    /// are marked done, with the release's persisted effects.
+    fn handed_over_by_restart(&mut self, now: Instant, plan: PlanId, guard: u16) -> bool {
+        let Some(r) = self.plans.iter().find(|r| r.id == plan) else {
+            return false;
+        };
+        if !r.armed_before_restart || self.role == Role::Master {
+            return false;
+        }
+        let Some(end) = r
+            .plan
+            .steps
+            .iter()
+            .enumerate()
+            .skip(usize::from(guard))
+            .find_map(|(i, s)| {
+                matches!(&s.action, StepAction::AwaitPeer(c) if c.role == Some(Role::Master))
+                    .then_some(i)
+            })
+        else {
+            return false;
+        };
+        let skipped: Vec<u16> = (usize::from(guard)..=end)
+            .filter(|i| r.marks.get(*i) != Some(&Mark::Done))
+            .filter_map(|i| u16::try_from(i).ok())
+            .collect();
+        self.state.priority = Some(self.config.released_priority);
+        if let Some(m) = self
+            .state
+            .procedure
+            .as_ref()
+            .and_then(|j| j.procedure.mode_after_swap())
+        {
+            self.state.backup_mode = m;
+        }
+        self.record(
+            now,
+            JournalEntry::PriorityChanged(self.config.released_priority),
+        );
+        for s in skipped {
+            self.cancel_wait(plan, s);
+            self.set_mark(plan, s, Mark::Done);
+            self.journal_step(now, plan, s, StepMark::Done);
+            self.push_event(Event::StepDone { plan, step: s });
+        }
+        true
     }
 
     fn plan_finished(&mut self, now: Instant, r: Running) {

@@ -199,6 +199,23 @@ fn failover_rehomes_500_phones_fast_and_beats_reboot_all() {
     assert_eq!(no_reboot.len(), 450);
     // All done (registered or listed) within 65 s of re-homing start.
     assert!(r.all_done_ms <= 65_000, "{}", r.all_done_ms);
+    // Priority classes first: phone 97 is the class-0 phone that needs a
+    // reboot, phones 194, 291, 388 and 485 the class-0 phones that need a nudge.
+    let cmds = w.commands(1);
+    let first_reboot = cmds.iter().find(|c| matches!(c, Command::RebootPhone(_)));
+    assert_eq!(
+        first_reboot,
+        Some(&Command::RebootPhone(failover_orchestrator::PhoneId(97)))
+    );
+    let nudges: Vec<u32> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            Command::NudgePhone(p) => Some(p.0),
+            _ => None,
+        })
+        .take(4)
+        .collect();
+    assert_eq!(nudges, vec![194, 291, 388, 485]);
     // Timeline: detection, address, services, phone milestones, done.
     let tl = &r.timeline;
     assert_eq!(tl.generation, Some(41));
@@ -494,10 +511,9 @@ fn rolling_upgrade_resumes_after_a_crash_at_every_step() {
             assert_eq!(outcome, Some(ProcedureOutcome::Completed));
             completed += 1;
         } else {
-            // Crashing while the Backup was still Active (or already armed)
-            // is a real failover: the resumed procedure finds the peer
-            // Master and aborts cleanly instead of acting on a plan the world
-            // has left.
+            // Crashing while the Backup was still Active is a real failover:
+            // the resumed procedure finds the peer Master and aborts cleanly
+            // instead of acting on a plan the world has left.
             assert_eq!(outcome, Some(ProcedureOutcome::Aborted), "crash after {k}");
             if std::env::var("DUMP").is_ok() {
                 dump(&w);
@@ -512,12 +528,10 @@ fn rolling_upgrade_resumes_after_a_crash_at_every_step() {
     eprintln!(
         "rolling upgrade: {completed} of {total} crash points completed, the rest aborted cleanly"
     );
-    // Crash points while the Backup is Passive and not yet armed, and all
-    // after the release, complete; the others are failovers (see above).
-    assert!(
-        completed * 3 >= total * 2,
-        "{completed} of {total} completed"
-    );
+    // Only the crash points before the Backup is Passive abort (a genuine
+    // failover); a crash while the peer is armed completes too, because the
+    // armed peer's takeover is the hand-over itself.
+    assert!(completed + 2 >= total, "{completed} of {total} completed");
 }
 
 #[test]
