@@ -809,3 +809,52 @@ fn dump(w: &World) {
         }
     }
 }
+
+#[test]
+fn planned_hand_back_stops_services_then_releases_the_address_then_the_role() {
+    let mut w = pair(inventory(20), None);
+    let now = w.now;
+    // Refused towards a Passive Backup, which would not take over.
+    w.orch(0)
+        .handle_operator(
+            now,
+            OperatorRequest::SetBackupMode {
+                mode: BackupMode::Passive,
+                expires_at: None,
+            },
+        )
+        .unwrap();
+    w.run_for(secs(2));
+    let now = w.now;
+    assert_eq!(
+        w.orch(0).handle_operator(now, OperatorRequest::HandBack),
+        Err(PreflightError::PeerPassive)
+    );
+    w.orch(0)
+        .handle_operator(
+            now,
+            OperatorRequest::SetBackupMode {
+                mode: BackupMode::Active,
+                expires_at: None,
+            },
+        )
+        .unwrap();
+    w.run_for(secs(2));
+    let now = w.now;
+    let before = w.commands(0).len();
+    w.orch(0)
+        .handle_operator(now, OperatorRequest::HandBack)
+        .unwrap();
+    w.run_for(secs(30));
+    let cmds = &w.commands(0)[before..];
+    let p = |c: &Command| position(cmds, c);
+    assert!(p(&Command::StopService(ServiceId(3))) < p(&Command::StopService(ServiceId(1))));
+    assert!(p(&Command::StopService(ServiceId(1))) < p(&Command::StopService(ServiceId(0))));
+    assert!(p(&Command::StopService(ServiceId(0))) < p(&Command::ReleaseAddress));
+    assert!(p(&Command::ReleaseAddress) < p(&Command::Release { new_priority: None }));
+    assert_eq!(w.nodes[0].role, Role::Backup);
+    assert_eq!(w.nodes[1].role, Role::Master);
+    assert!(w.nodes[1].holds_address && !w.nodes[0].holds_address);
+    assert_eq!(w.double_address, 0);
+    assert_eq!(w.stale_commands, 0);
+}

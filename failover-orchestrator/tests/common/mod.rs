@@ -545,6 +545,19 @@ impl World {
                             d,
                             Action::Role(j, Role::Master, RoleChangeReason::SwapTakeover),
                         );
+                    } else if matches!(c.command, Command::Release { .. })
+                        && j < self.nodes.len()
+                        && self.alive(j)
+                        && self.nodes[j].role == Role::Backup
+                        && self.nodes[j].mode == BackupMode::Active
+                        && self.link_up
+                    {
+                        // RFC 9568 §6.4.2: priority 0 heard, take over after
+                        // Skew_Time.
+                        self.at(
+                            Duration::from_millis(10),
+                            Action::Role(j, Role::Master, RoleChangeReason::PeerReleased),
+                        );
                     }
                 }
             }
