@@ -596,6 +596,40 @@ fn validate_services(raw: Vec<RawService>) -> Result<Vec<Service>, ConfigError> 
         .collect())
 }
 
+/// Indices of `names` in an order where every name comes after its
+/// `deps`; on a cycle, the indices that could not be placed.
+fn topological(names: &[&str], deps: &[Vec<&str>]) -> Result<Vec<usize>, Vec<usize>> {
+    let mut placed: Vec<usize> = Vec::with_capacity(names.len());
+    while placed.len() < names.len() {
+        let before = placed.len();
+        for (i, d) in deps.iter().enumerate() {
+            if !placed.contains(&i) && d.iter().all(|a| placed.iter().any(|p| names[*p] == *a)) {
+                placed.push(i);
+            }
+        }
+        if placed.len() == before {
+            return Err((0..names.len()).filter(|i| !placed.contains(i)).collect());
+        }
+    }
+    Ok(placed)
+}
+
+impl NodeConfig {
+    /// Service indices in start order (every service after those it names
+    /// in `after`); stop in the reverse.
+    #[must_use]
+    pub fn start_order(&self) -> Vec<usize> {
+        let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+        let deps: Vec<Vec<&str>> = self
+            .services
+            .iter()
+            .map(|s| s.after.iter().map(String::as_str).collect())
+            .collect();
+        // Validation rejected cycles, so this always places every service.
+        topological(&names, &deps).unwrap_or_else(|_| (0..names.len()).collect())
+    }
+}
+
 /// Reads a pre-shared key file: 64 hex digits (32 bytes), whitespace
 /// ignored.
 ///

@@ -7,6 +7,8 @@
 //! - [`net`]: interfaces, virtual address claims over netlink, gratuitous
 //!   ARP / unsolicited NA.
 //! - [`vrrp_io`]: raw and UDP VRRP transports.
+//! - [`node`]: the node daemon's runtime; [`status`] its HTTP API;
+//!   [`phones`] its phone inventory.
 //! - [`peer`]: the authenticated TCP peer link carrying sync rounds and
 //!   the orchestrator's peer messages.
 
@@ -14,5 +16,8 @@ pub mod capture;
 pub mod config;
 pub mod dump;
 pub mod net;
+pub mod node;
 pub mod peer;
+pub mod phones;
+pub mod status;
 pub mod vrrp_io;

@@ -1,0 +1,1105 @@
+//! The node daemon: the four engines wired to sockets, netlink, processes,
+//! files and the clock.
+//!
+//! Threads and tasks:
+//! - the VRRP engine runs on a thread of its own with a single-threaded
+//!   runtime, so that nothing else (file hashing, HTTP, process spawns)
+//!   can delay an advertisement or a timeout;
+//! - the main task owns the orchestrator: it feeds it role changes, peer
+//!   messages, sync status, operator requests and command results, and
+//!   carries out the commands it emits;
+//! - the peer link ([`crate::peer`]) runs sync rounds on its own threads;
+//! - the status API ([`crate::status`]) reads a snapshot the main task
+//!   publishes after every input.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use failover_orchestrator::{
+    self as orch, Command, CommandOutcome, Issued, OperatorRequest, Orchestrator, PersistentState,
+    PhoneId, Role, RoleChange, RoleChangeReason, ServiceId, ServiceSpec,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+use vrrp_fsm::{BackupMode, Event as VrrpEvent, Reason, Release, State};
+
+use crate::config::{NodeConfig, Transport};
+use crate::net::Netlink;
+use crate::phones::Phone;
+use crate::vrrp_io::{Received, VrrpSocket};
+
+/// Why the node could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The election engine's configuration.
+    #[error("vrrp: {0}")]
+    Vrrp(#[from] vrrp_fsm::ConfigError),
+    /// The orchestrator's configuration.
+    #[error("orchestrator: {0}")]
+    Orchestrator(#[from] orch::ConfigError),
+    /// Interfaces and addresses.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    /// Sockets, files.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let what = what.into();
+    move |source| NodeError::Io { what, source }
+}
+
+/// An operator request from the status API, answered on `reply`.
+#[derive(Debug)]
+pub enum ApiRequest {
+    /// Set the Backup mode (on a Backup its own, on a Master the peer's).
+    SetBackupMode(orch::BackupMode, oneshot::Sender<Result<u64, String>>),
+    /// Swap Master and Backup (on the Master).
+    Swap(oneshot::Sender<Result<u64, String>>),
+}
+
+/// What the status API shows, refreshed after every input.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Snapshot {
+    /// This node's id.
+    pub id: String,
+    /// `"Master"`, `"Backup"` or `"Initialize"`, from the election.
+    pub role: String,
+    /// The appliance's one-liner.
+    pub summary: String,
+    /// The election's view.
+    pub vrrp: VrrpView,
+    /// Whether the virtual addresses are configured here.
+    pub address_held: bool,
+    /// The orchestrator's status model, as is.
+    pub status: Option<orch::Status>,
+    /// The last failover timeline.
+    pub timeline: Option<orch::Timeline>,
+    /// Services by name: running or not.
+    pub services: Vec<ServiceView>,
+    /// Phones re-homed by the last takeover.
+    pub phones: Vec<orch::PhoneOutcome>,
+}
+
+/// The election as the status API shows it.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct VrrpView {
+    /// State.
+    pub state: String,
+    /// Current priority.
+    pub priority: u8,
+    /// Backup mode.
+    pub backup_mode: String,
+    /// The Master heard last, as Backup.
+    pub master: Option<IpAddr>,
+    /// Advertisement interval, ms.
+    pub interval_ms: u64,
+    /// Master_Down_Interval, µs.
+    pub master_down_us: u64,
+    /// State changes so far.
+    pub transitions: u64,
+    /// Advertisements received and accepted.
+    pub received: u64,
+    /// Advertisements dropped by receive rules.
+    pub dropped: u64,
+}
+
+/// One service.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceView {
+    /// Name.
+    pub name: String,
+    /// Whether its process runs.
+    pub running: bool,
+}
+
+/// A handle on a running node.
+pub struct NodeHandle {
+    /// Operator requests.
+    pub api: mpsc::Sender<ApiRequest>,
+    /// The latest snapshot.
+    pub snapshot: Arc<Mutex<Snapshot>>,
+}
+
+// ---------------------------------------------------------------------------
+// The VRRP thread
+
+/// Inputs to the VRRP thread.
+#[derive(Debug)]
+enum VrrpCmd {
+    Arm(u8),
+    Release(Option<u8>),
+    StepDown,
+    Mode(BackupMode),
+    /// Graceful stop (priority 0 as Master), then the thread ends.
+    Shutdown(oneshot::Sender<()>),
+    /// Shut down and start again (a soft restart of "this node").
+    Restart,
+}
+
+/// What the VRRP thread reports.
+#[derive(Debug)]
+enum VrrpOut {
+    Event(VrrpEvent),
+    View(VrrpView),
+}
+
+struct VrrpSetup {
+    config: vrrp_fsm::Config,
+    socket_spec: SocketSpec,
+    garp: Option<GarpSpec>,
+}
+
+enum SocketSpec {
+    RawV4 {
+        interface: String,
+        ifindex: u32,
+        primary: std::net::Ipv4Addr,
+    },
+    RawV6 {
+        interface: String,
+        ifindex: u32,
+        dst: IpAddr,
+    },
+    Udp {
+        listen: std::net::SocketAddr,
+        peers: Vec<std::net::SocketAddr>,
+    },
+}
+
+#[derive(Clone)]
+struct GarpSpec {
+    ifindex: u32,
+    mac: [u8; 6],
+    primary: IpAddr,
+    addresses: Vec<IpAddr>,
+}
+
+impl GarpSpec {
+    fn send(&self) {
+        for a in &self.addresses {
+            let frame = match (a, self.primary) {
+                (IpAddr::V4(v4), _) => crate::net::gratuitous_arp(self.mac, *v4).to_vec(),
+                (IpAddr::V6(v6), IpAddr::V6(src)) => crate::net::unsolicited_na(self.mac, src, *v6),
+                (IpAddr::V6(_), IpAddr::V4(_)) => continue,
+            };
+            if let Err(e) = crate::net::send_frame(self.ifindex, &frame) {
+                warn!(address = %a, error = %e, "gratuitous announcement failed");
+            }
+        }
+    }
+}
+
+fn view(r: &vrrp_fsm::VirtualRouter) -> VrrpView {
+    let s = r.stats();
+    VrrpView {
+        state: format!("{:?}", r.state()),
+        priority: r.priority().get(),
+        backup_mode: format!("{:?}", r.backup_mode()),
+        master: r.master(),
+        interval_ms: u64::from(r.master_interval().as_centis()) * 10,
+        master_down_us: u64::try_from(r.master_down_interval().as_micros()).unwrap_or(u64::MAX),
+        transitions: State::ALL
+            .iter()
+            .flat_map(|f| State::ALL.iter().map(move |t| (*f, *t)))
+            .map(|(f, t)| s.transitions(f, t))
+            .sum(),
+        received: s.rx_accepted,
+        dropped: s.dropped(),
+    }
+}
+
+fn spawn_vrrp(
+    setup: VrrpSetup,
+    mut cmds: mpsc::UnboundedReceiver<VrrpCmd>,
+    out: mpsc::UnboundedSender<VrrpOut>,
+) -> Result<std::thread::JoinHandle<()>, NodeError> {
+    std::thread::Builder::new()
+        .name("vrrp".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!(error = %e, "vrrp runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let socket = match open_socket(&setup.socket_spec).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "cannot open the VRRP socket");
+                        return;
+                    }
+                };
+                vrrp_loop(setup, socket, &mut cmds, &out).await;
+            });
+        })
+        .map_err(io_err("starting the vrrp thread"))
+}
+
+async fn open_socket(spec: &SocketSpec) -> std::io::Result<VrrpSocket> {
+    match spec {
+        SocketSpec::RawV4 {
+            interface,
+            ifindex,
+            primary,
+        } => VrrpSocket::raw_v4(interface, *ifindex, *primary),
+        SocketSpec::RawV6 {
+            interface,
+            ifindex,
+            dst,
+        } => VrrpSocket::raw_v6(interface, *ifindex, *dst),
+        SocketSpec::Udp { listen, peers } => VrrpSocket::udp(*listen, peers.clone()).await,
+    }
+}
+
+async fn vrrp_loop(
+    setup: VrrpSetup,
+    socket: VrrpSocket,
+    cmds: &mut mpsc::UnboundedReceiver<VrrpCmd>,
+    out: &mpsc::UnboundedSender<VrrpOut>,
+) {
+    let mut router = vrrp_fsm::VirtualRouter::new(setup.config.clone(), Instant::now());
+    router.handle_startup(Instant::now());
+    let mut rx = vec![0u8; 65_536];
+    let mut tx = vec![0u8; router.max_transmit_len().max(64) + 64];
+    let mut shutdown_reply = None;
+    loop {
+        // Outputs first: advertisements, then events.
+        loop {
+            let t = if socket.sends_datagrams() {
+                router.poll_transmit_datagram(&mut tx)
+            } else {
+                router.poll_transmit(&mut tx)
+            };
+            let Some(t) = t else { break };
+            if let Err(e) = socket.send(&tx[..t.len], t.dst).await {
+                warn!(error = %e, "advertisement not sent");
+            }
+        }
+        while let Some(ev) = router.poll_event() {
+            if let VrrpEvent::SendGratuitous(_) = ev {
+                if let Some(g) = &setup.garp {
+                    g.send();
+                }
+            }
+            let _ = out.send(VrrpOut::Event(ev));
+        }
+        let _ = out.send(VrrpOut::View(view(&router)));
+        if let Some(reply) = shutdown_reply.take() {
+            let _: oneshot::Sender<()> = reply;
+            let _ = reply.send(());
+            return;
+        }
+        let deadline = router.poll_timeout();
+        tokio::select! {
+            biased;
+            () = sleep_until(deadline) => router.handle_timeout(Instant::now()),
+            r = socket.recv(&mut rx) => match r {
+                Ok(Received::Datagram(n)) => {
+                    let _ = router.handle_datagram(Instant::now(), &rx[..n]);
+                }
+                Ok(Received::Message(n, meta)) => {
+                    let _ = router.handle_message(Instant::now(), &rx[..n], meta);
+                }
+                Err(e) => warn!(error = %e, "vrrp receive"),
+            },
+            c = cmds.recv() => {
+                let now = Instant::now();
+                let result = match c {
+                    None => {
+                        router.handle_shutdown(now);
+                        shutdown_reply = Some(oneshot::channel().0);
+                        Ok(())
+                    }
+                    Some(VrrpCmd::Shutdown(reply)) => {
+                        router.handle_shutdown(now);
+                        shutdown_reply = Some(reply);
+                        Ok(())
+                    }
+                    Some(VrrpCmd::Restart) => {
+                        router.handle_shutdown(now);
+                        // Drain what the shutdown produced before starting again.
+                        while let Some(t) = if socket.sends_datagrams() { router.poll_transmit_datagram(&mut tx) } else { router.poll_transmit(&mut tx) } {
+                            let _ = socket.send(&tx[..t.len], t.dst).await;
+                        }
+                        while let Some(ev) = router.poll_event() {
+                            let _ = out.send(VrrpOut::Event(ev));
+                        }
+                        let mode = router.backup_mode();
+                        let priority = router.priority();
+                        let mut config = setup.config.clone();
+                        config = rebuild(&config, mode, priority).unwrap_or(config);
+                        router = vrrp_fsm::VirtualRouter::new(config, now);
+                        router.handle_startup(now);
+                        Ok(())
+                    }
+                    Some(VrrpCmd::Arm(p)) => router
+                        .set_priority(now, vrrp_proto::Priority(p))
+                        .and_then(|()| router.arm_takeover(now)),
+                    Some(VrrpCmd::Release(p)) => {
+                        let mut r = Release::new();
+                        if let Some(p) = p {
+                            r = r.priority(vrrp_proto::Priority(p));
+                        }
+                        router.release(now, r)
+                    }
+                    Some(VrrpCmd::StepDown) => router.release(now, Release::new()),
+                    Some(VrrpCmd::Mode(m)) => {
+                        router.set_backup_mode(now, m);
+                        Ok(())
+                    }
+                };
+                if let Err(e) = result {
+                    warn!(error = %e, "vrrp command refused");
+                }
+            }
+        }
+    }
+}
+
+/// The configuration again with the mode and priority a restart keeps.
+fn rebuild(
+    config: &vrrp_fsm::Config,
+    mode: BackupMode,
+    priority: vrrp_proto::Priority,
+) -> Option<vrrp_fsm::Config> {
+    let mut b = vrrp_fsm::Config::builder(config.version(), config.vrid(), config.primary())
+        .priority(priority)
+        .interval(config.interval())
+        .addresses(config.addresses().iter())
+        .preempt(config.preempt())
+        .preempt_delay(config.preempt_delay())
+        .accept_mode(config.accept_mode())
+        .auth(*config.auth())
+        .checksum_form(config.checksum_form())
+        .backup_mode(mode)
+        .gratuitous(config.gratuitous())
+        .startup_delay(config.startup_delay())
+        .release_hold_off(config.release_hold_off());
+    for p in config.peers() {
+        b = b.peer(*p);
+    }
+    b.build().ok()
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The main task
+
+/// Everything `run` needs besides the configuration.
+pub struct Options {
+    /// Whether addresses and gratuitous ARP are made for real (root, raw
+    /// transport); otherwise they are logged.
+    pub privileged: bool,
+}
+
+impl Options {
+    /// Privileged when root and the transport is raw.
+    #[must_use]
+    pub fn detect(config: &NodeConfig) -> Options {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        Options {
+            privileged: root && config.vrrp.transport == Transport::Raw,
+        }
+    }
+}
+
+/// Maps an election state change to the orchestrator's mirror type.
+fn role_change(from: State, to: State, reason: Reason) -> RoleChange {
+    let role = |s| match s {
+        State::Initialize => Role::Initialize,
+        State::Backup => Role::Backup,
+        State::Master => Role::Master,
+    };
+    let reason = match reason {
+        Reason::MasterDown | Reason::Preempt => RoleChangeReason::MasterDown,
+        Reason::MasterReleased => RoleChangeReason::PeerReleased,
+        Reason::HigherPriority => RoleChangeReason::HigherPriorityMaster,
+        Reason::ArmedTakeover | Reason::Takeover => RoleChangeReason::SwapTakeover,
+        Reason::Release => RoleChangeReason::Released,
+        Reason::Shutdown | Reason::LinkDown => RoleChangeReason::Shutdown,
+        _ => RoleChangeReason::Startup,
+    };
+    RoleChange {
+        from: role(from),
+        to: role(to),
+        reason,
+    }
+}
+
+fn fsm_mode(m: orch::BackupMode) -> BackupMode {
+    match m {
+        orch::BackupMode::Active => BackupMode::Active,
+        orch::BackupMode::Passive => BackupMode::Passive,
+    }
+}
+
+fn load_state(dir: &Path) -> PersistentState {
+    std::fs::read(dir.join("state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_state(dir: &Path, record: &orch::JournalRecord) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join("state.json.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&record.state)?)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join("state.json"))?;
+    let mut j = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("journal.jsonl"))?;
+    writeln!(j, "{}", serde_json::to_string(record)?)?;
+    Ok(())
+}
+
+/// A running service process.
+struct Running {
+    child: tokio::process::Child,
+}
+
+/// A shell command in a process group of its own, so that stopping it
+/// reaches whatever it started.
+fn shell(cmd: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("/bin/sh");
+    c.arg("-c").arg(cmd).kill_on_drop(true).process_group(0);
+    c
+}
+
+/// Ends a service's process group: SIGTERM, then SIGKILL after `grace`.
+async fn end_group(child: &mut tokio::process::Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        // The group id is the child's pid (process_group(0)).
+        // SAFETY: kill(2) on a process group we created, with a valid signal.
+        unsafe { libc::kill(-(pid as i32), libc::SIGTERM) };
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+            // SAFETY: as above.
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            let _ = child.wait().await;
+        }
+    }
+}
+
+async fn run_shell(cmd: &str, timeout: Duration) -> bool {
+    let fut = shell(cmd).stdin(std::process::Stdio::null()).status();
+    matches!(tokio::time::timeout(timeout, fut).await, Ok(Ok(s)) if s.success())
+}
+
+struct Main {
+    config: NodeConfig,
+    options: Options,
+    orch: Orchestrator,
+    vrrp: mpsc::UnboundedSender<VrrpCmd>,
+    results: mpsc::UnboundedSender<(orch::CommandId, CommandOutcome)>,
+    registered: mpsc::UnboundedSender<PhoneId>,
+    netlink: Option<(Netlink, u32)>,
+    garp: Option<GarpSpec>,
+    services: HashMap<u16, Running>,
+    phones: Vec<Phone>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    vrrp_view: VrrpView,
+    address_held: bool,
+}
+
+impl Main {
+    fn wall() -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn drain(&mut self) {
+        let now = Instant::now();
+        while let Some(record) = self.orch.poll_journal() {
+            if let Err(e) = save_state(&self.config.state_dir, &record) {
+                warn!(error = %e, "cannot persist the orchestrator's state");
+            }
+        }
+        while let Some(issued) = self.orch.poll_command() {
+            self.execute(issued);
+        }
+        while let Some(_msg) = self.orch.poll_transmit() {
+            // Carried by the peer link once it is connected.
+        }
+        while let Some(ev) = self.orch.poll_event() {
+            log_event(&ev);
+        }
+        self.publish(now);
+    }
+
+    fn publish(&self, now: Instant) {
+        let status = self.orch.status(now);
+        let mut s = match self.snapshot.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        s.id.clone_from(&self.config.id);
+        s.role = self.vrrp_view.state.clone();
+        s.summary = status.one_liner();
+        s.vrrp = self.vrrp_view.clone();
+        s.address_held = self.address_held;
+        s.timeline = self.orch.timeline().cloned();
+        s.status = Some(status);
+        s.services = self
+            .config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, svc)| ServiceView {
+                name: svc.name.clone(),
+                running: self.services.contains_key(&(i as u16)),
+            })
+            .collect();
+        s.phones = self.orch.phone_outcomes();
+    }
+
+    fn done(&self, id: orch::CommandId, outcome: CommandOutcome) {
+        let _ = self.results.send((id, outcome));
+    }
+
+    fn execute(&mut self, issued: Issued) {
+        let id = issued.id;
+        info!(command = ?issued.command, "command");
+        match issued.command {
+            Command::FinishOrRollbackRound | Command::SyncNow { .. } => {
+                // Without a sync link there is no round to settle.
+                self.done(id, CommandOutcome::Done);
+            }
+            Command::ClaimAddress => {
+                self.address_held = true;
+                match self.netlink.clone() {
+                    Some((nl, index)) => {
+                        let vips = self.config.vrrp.virtual_ips.clone();
+                        let results = self.results.clone();
+                        tokio::spawn(async move {
+                            let mut ok = true;
+                            for v in vips {
+                                if let Err(e) = nl.add(index, v).await {
+                                    warn!(address = %v.addr, error = %e, "claim failed");
+                                    ok = false;
+                                }
+                            }
+                            let _ = results.send((id, outcome(ok)));
+                        });
+                    }
+                    None => {
+                        info!(addresses = ?self.config.vrrp.virtual_ips, "claim (logged, not made: unprivileged)");
+                        self.done(id, CommandOutcome::Done);
+                    }
+                }
+            }
+            Command::ReleaseAddress => {
+                self.address_held = false;
+                match self.netlink.clone() {
+                    Some((nl, index)) => {
+                        let vips = self.config.vrrp.virtual_ips.clone();
+                        let results = self.results.clone();
+                        tokio::spawn(async move {
+                            let mut ok = true;
+                            for v in vips {
+                                if let Err(e) = nl.remove(index, v).await {
+                                    warn!(address = %v.addr, error = %e, "release failed");
+                                    ok = false;
+                                }
+                            }
+                            let _ = results.send((id, outcome(ok)));
+                        });
+                    }
+                    None => {
+                        info!("release (logged, not made: unprivileged)");
+                        self.done(id, CommandOutcome::Done);
+                    }
+                }
+            }
+            Command::AnnounceAddress => {
+                if let Some(g) = &self.garp {
+                    g.send();
+                }
+                self.done(id, CommandOutcome::Done);
+                // Phones that only follow the address and have no check
+                // are home once it is announced.
+                for (i, p) in self.phones.iter().enumerate() {
+                    if p.spec.method == orch::PhoneMethod::FollowsAddress && p.check.is_none() {
+                        let _ = self.registered.send(PhoneId(i as u32));
+                    }
+                }
+            }
+            Command::ArmTakeover { priority } => {
+                let _ = self.vrrp.send(VrrpCmd::Arm(priority));
+                self.done(id, CommandOutcome::Done);
+            }
+            Command::Release { new_priority } => {
+                let _ = self.vrrp.send(VrrpCmd::Release(new_priority));
+                self.done(id, CommandOutcome::Done);
+            }
+            Command::StepDown => {
+                let _ = self.vrrp.send(VrrpCmd::StepDown);
+                self.done(id, CommandOutcome::Done);
+            }
+            Command::SetBackupMode(m) => {
+                let _ = self.vrrp.send(VrrpCmd::Mode(fsm_mode(m)));
+                self.done(id, CommandOutcome::Done);
+            }
+            Command::StartService(ServiceId(i)) => self.start_service(id, i),
+            Command::StopService(ServiceId(i)) => self.stop_service(id, i),
+            Command::CheckService(ServiceId(i)) => {
+                let Some(svc) = self.config.services.get(usize::from(i)).cloned() else {
+                    self.done(id, CommandOutcome::Failed { code: 2 });
+                    return;
+                };
+                let alive = self
+                    .services
+                    .get_mut(&i)
+                    .is_some_and(|r| matches!(r.child.try_wait(), Ok(None)));
+                if !alive {
+                    self.done(id, CommandOutcome::Failed { code: 3 });
+                    return;
+                }
+                let results = self.results.clone();
+                tokio::spawn(async move {
+                    let ready = match &svc.ready {
+                        Some(cmd) => run_shell(cmd, Duration::from_secs(5)).await,
+                        None => true,
+                    };
+                    let o = if ready {
+                        CommandOutcome::Done
+                    } else {
+                        CommandOutcome::NotReady
+                    };
+                    let _ = results.send((id, o));
+                });
+            }
+            Command::NudgePhone(p) | Command::RebootPhone(p) => {
+                let reboot = matches!(issued.command, Command::RebootPhone(_));
+                let Some(phone) = self.phones.get(p.0 as usize).cloned() else {
+                    self.done(id, CommandOutcome::Failed { code: 2 });
+                    return;
+                };
+                let template = if reboot {
+                    phone.reboot.clone()
+                } else {
+                    phone.nudge.clone()
+                };
+                let Some(template) = template else {
+                    self.done(id, CommandOutcome::Failed { code: 4 });
+                    return;
+                };
+                let results = self.results.clone();
+                let registered = self.registered.clone();
+                tokio::spawn(async move {
+                    let ok = run_shell(&phone.fill(&template), Duration::from_secs(30)).await;
+                    let _ = results.send((id, outcome(ok)));
+                    if !ok {
+                        return;
+                    }
+                    match &phone.check {
+                        None => {
+                            let _ = registered.send(p);
+                        }
+                        Some(check) => {
+                            let check = phone.fill(check);
+                            let until = Instant::now() + Duration::from_secs(120);
+                            while Instant::now() < until {
+                                if run_shell(&check, Duration::from_secs(5)).await {
+                                    let _ = registered.send(p);
+                                    return;
+                                }
+                                tokio::time::sleep(Duration::from_millis(250)).await;
+                            }
+                        }
+                    }
+                });
+            }
+            Command::RestartNode => {
+                // A soft restart: the election starts again from
+                // Initialize, keeping the persisted mode and priority.
+                let _ = self.vrrp.send(VrrpCmd::Restart);
+                self.done(id, CommandOutcome::Done);
+            }
+            Command::CheckNode | Command::SetRedundancy(_) => self.done(id, CommandOutcome::Done),
+            other => {
+                warn!(command = ?other, "no hook configured for this command");
+                self.done(id, CommandOutcome::Failed { code: 1 });
+            }
+        }
+    }
+
+    fn start_service(&mut self, id: orch::CommandId, i: u16) {
+        let Some(svc) = self.config.services.get(usize::from(i)) else {
+            self.done(id, CommandOutcome::Failed { code: 2 });
+            return;
+        };
+        if let Some(r) = self.services.get_mut(&i) {
+            if matches!(r.child.try_wait(), Ok(None)) {
+                self.done(id, CommandOutcome::Done);
+                return;
+            }
+        }
+        match shell(&svc.start).stdin(std::process::Stdio::null()).spawn() {
+            Ok(child) => {
+                info!(service = %svc.name, pid = child.id(), "service started");
+                self.services.insert(i, Running { child });
+                self.done(id, CommandOutcome::Done);
+            }
+            Err(e) => {
+                warn!(service = %svc.name, error = %e, "service failed to start");
+                self.done(id, CommandOutcome::Failed { code: 5 });
+            }
+        }
+    }
+
+    fn stop_service(&mut self, id: orch::CommandId, i: u16) {
+        let svc = self.config.services.get(usize::from(i)).cloned();
+        let running = self.services.remove(&i);
+        let results = self.results.clone();
+        tokio::spawn(async move {
+            if let (Some(svc), Some(mut r)) = (svc, running) {
+                if let Some(stop) = &svc.stop {
+                    let _ = run_shell(stop, svc.stop_timeout).await;
+                }
+                end_group(&mut r.child, svc.stop_timeout).await;
+                info!(service = %svc.name, "service stopped");
+            }
+            let _ = results.send((id, CommandOutcome::Done));
+        });
+    }
+}
+
+fn outcome(ok: bool) -> CommandOutcome {
+    if ok {
+        CommandOutcome::Done
+    } else {
+        CommandOutcome::Failed { code: 1 }
+    }
+}
+
+fn log_event(ev: &orch::Event) {
+    match ev {
+        orch::Event::Milestone(m) => info!(milestone = ?m, "timeline"),
+        orch::Event::StepStarted { .. } | orch::Event::StepDone { .. } => {
+            tracing::debug!(event = ?ev, "orchestrator");
+        }
+        _ => info!(event = ?ev, "orchestrator"),
+    }
+}
+
+/// Builds the orchestrator's configuration from the node's.
+fn orchestrator_config(config: &NodeConfig, phones: &[Phone]) -> Result<orch::Config, NodeError> {
+    let identity = orch::Identity {
+        node_id: config.id.clone(),
+        firmware: config.identity.firmware.clone(),
+        language_pack: config.identity.language_pack.clone(),
+        licences: config.identity.licenses.clone(),
+        protocol: orch::ProtocolVersion::CURRENT,
+    };
+    let mut b = orch::Config::builder(identity);
+    for svc in &config.services {
+        let deps: Vec<ServiceId> = svc
+            .after
+            .iter()
+            .filter_map(|a| config.services.iter().position(|s| &s.name == a))
+            .map(|p| ServiceId(p as u16))
+            .collect();
+        b = b.service(
+            ServiceSpec::new(svc.name.clone())
+                .after(&deps)
+                .ready_within(svc.start_timeout, 0),
+        );
+    }
+    b = b.phones(phones.iter().map(|p| p.spec).collect());
+    Ok(b.build()?)
+}
+
+/// Starts a node; returns when it has shut down (after `shutdown`
+/// resolves, gracefully: priority 0, services stopped).
+///
+/// # Errors
+/// [`NodeError`] before anything is touched for a bad configuration, and
+/// for sockets or interfaces that cannot be opened.
+pub async fn run(
+    config: NodeConfig,
+    options: Options,
+    shutdown: impl std::future::Future<Output = ()>,
+    ready: Option<oneshot::Sender<NodeHandle>>,
+) -> Result<(), NodeError> {
+    let phones = match &config.phones {
+        Some(p) => crate::phones::load(p)?,
+        None => Vec::new(),
+    };
+    let orch_config = orchestrator_config(&config, &phones)?;
+    std::fs::create_dir_all(&config.state_dir).map_err(io_err(format!(
+        "creating the state directory {}",
+        config.state_dir.display()
+    )))?;
+    let persisted = load_state(&config.state_dir);
+
+    // The interface, the primary address and leftovers of a crashed run.
+    let vrrp_cfg = &config.vrrp;
+    let v4 = vrrp_cfg.virtual_ips[0].addr.is_ipv4();
+    let (netlink, iface, primary, socket_spec) = match vrrp_cfg.transport {
+        Transport::Raw => {
+            let name = vrrp_cfg.interface.clone().unwrap_or_default();
+            let nl = Netlink::open()?;
+            let iface = nl.interface(&name).await?;
+            let primary = iface.primary(v4, &vrrp_cfg.virtual_ips)?;
+            let spec = match primary {
+                IpAddr::V4(p) => SocketSpec::RawV4 {
+                    interface: name,
+                    ifindex: iface.index,
+                    primary: p,
+                },
+                IpAddr::V6(_) => SocketSpec::RawV6 {
+                    interface: name,
+                    ifindex: iface.index,
+                    dst: if vrrp_cfg.unicast_peers.is_empty() {
+                        IpAddr::V6(vrrp_proto::IPV6_GROUP)
+                    } else {
+                        primary
+                    },
+                },
+            };
+            (Some(nl), Some(iface), primary, spec)
+        }
+        Transport::Udp => {
+            let listen =
+                vrrp_cfg
+                    .udp_listen
+                    .ok_or_else(|| crate::config::ConfigError::Invalid {
+                        key: "vrrp.udp_listen".into(),
+                        reason: "required".into(),
+                    })?;
+            (
+                None,
+                None,
+                listen.ip(),
+                SocketSpec::Udp {
+                    listen,
+                    peers: vrrp_cfg.udp_peers.clone(),
+                },
+            )
+        }
+    };
+    let privileged = options.privileged && netlink.is_some();
+    if let (true, Some(nl), Some(iface)) = (privileged, &netlink, &iface) {
+        for v in &vrrp_cfg.virtual_ips {
+            if iface.addresses.contains(&v.addr) {
+                info!(address = %v.addr, "removing a virtual address left by an earlier run");
+                nl.remove(iface.index, *v).await?;
+            }
+        }
+    }
+
+    // The election engine.
+    let mut b = vrrp_fsm::Config::builder(vrrp_cfg.version, vrrp_cfg.vrid, primary)
+        .priority(
+            persisted
+                .priority
+                .map_or(vrrp_cfg.priority, vrrp_proto::Priority),
+        )
+        .interval(vrrp_cfg.interval)
+        .addresses(vrrp_cfg.virtual_ips.iter().map(|v| v.addr))
+        .preempt(if vrrp_cfg.preempt {
+            vrrp_fsm::Preempt::Enabled
+        } else {
+            vrrp_fsm::Preempt::Disabled
+        })
+        .preempt_delay(vrrp_cfg.preempt_delay)
+        .accept_mode(if vrrp_cfg.accept {
+            vrrp_fsm::AcceptMode::Enabled
+        } else {
+            vrrp_fsm::AcceptMode::Disabled
+        })
+        .checksum_form(match vrrp_cfg.v3_ipv4_checksum {
+            crate::config::ChecksumForm::PseudoHeader => vrrp_proto::Ipv4ChecksumForm::PseudoHeader,
+            crate::config::ChecksumForm::MessageOnly => vrrp_proto::Ipv4ChecksumForm::MessageOnly,
+        })
+        .backup_mode(fsm_mode(persisted.backup_mode))
+        .startup_delay(vrrp_cfg.startup_delay)
+        .gratuitous(vrrp_fsm::GratuitousConfig {
+            count: vrrp_cfg.garp_count,
+            spacing: vrrp_cfg.garp_interval,
+            refresh: None,
+        });
+    if let Some(pass) = &vrrp_cfg.auth_pass {
+        b = b.auth(vrrp_proto::Auth::simple(pass.as_bytes()).map_err(|e| {
+            crate::config::ConfigError::Invalid {
+                key: "vrrp.auth_pass".into(),
+                reason: e.to_string(),
+            }
+        })?);
+    }
+    let peers: Vec<IpAddr> = match vrrp_cfg.transport {
+        Transport::Raw => vrrp_cfg.unicast_peers.clone(),
+        Transport::Udp => vrrp_cfg
+            .udp_peers
+            .iter()
+            .map(std::net::SocketAddr::ip)
+            .collect(),
+    };
+    for p in &peers {
+        b = b.peer(*p);
+    }
+    let fsm_config = b.build()?;
+    let garp = match (&iface, privileged) {
+        (Some(iface), true) => Some(GarpSpec {
+            ifindex: iface.index,
+            mac: iface.mac,
+            primary,
+            addresses: vrrp_cfg.virtual_ips.iter().map(|v| v.addr).collect(),
+        }),
+        _ => None,
+    };
+
+    let (vrrp_tx, vrrp_rx) = mpsc::unbounded_channel();
+    let (vrrp_out_tx, mut vrrp_out) = mpsc::unbounded_channel();
+    let vrrp_thread = spawn_vrrp(
+        VrrpSetup {
+            config: fsm_config,
+            socket_spec,
+            garp: garp.clone(),
+        },
+        vrrp_rx,
+        vrrp_out_tx,
+    )?;
+
+    let now = Instant::now();
+    let orch = Orchestrator::new(orch_config, persisted, now, SystemTime::now());
+    let (results_tx, mut results) = mpsc::unbounded_channel();
+    let (registered_tx, mut registered) = mpsc::unbounded_channel();
+    let (api_tx, mut api) = mpsc::channel(16);
+    let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+    let mut main = Main {
+        options,
+        orch,
+        vrrp: vrrp_tx,
+        results: results_tx,
+        registered: registered_tx,
+        netlink: match (netlink, &iface, privileged) {
+            (Some(nl), Some(i), true) => Some((nl, i.index)),
+            _ => None,
+        },
+        garp,
+        services: HashMap::new(),
+        phones,
+        snapshot: snapshot.clone(),
+        vrrp_view: VrrpView::default(),
+        address_held: false,
+        config,
+    };
+    let _ = main.options.privileged;
+    if let Some(status) = main.config.status {
+        crate::status::spawn(
+            status,
+            main.config.sync.as_ref().map(|s| s.peer),
+            snapshot.clone(),
+            api_tx.clone(),
+        )
+        .await
+        .map_err(io_err(format!("status endpoint on {}", status.listen)))?;
+    }
+    main.drain();
+    if let Some(r) = ready {
+        let _ = r.send(NodeHandle {
+            api: api_tx.clone(),
+            snapshot: snapshot.clone(),
+        });
+    }
+
+    tokio::pin!(shutdown);
+    loop {
+        let deadline = main.orch.poll_timeout();
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = sleep_until(deadline) => {
+                let now = Instant::now();
+                main.orch.handle_wall_clock(now, Main::wall());
+                main.orch.handle_timeout(now);
+            }
+            Some(out) = vrrp_out.recv() => match out {
+                VrrpOut::View(v) => main.vrrp_view = v,
+                VrrpOut::Event(VrrpEvent::StateChange { from, to, reason }) => {
+                    info!(?from, ?to, ?reason, "vrrp state change");
+                    let now = Instant::now();
+                    main.orch.handle_wall_clock(now, Main::wall());
+                    main.orch.handle_role_change(now, role_change(from, to, reason));
+                }
+                VrrpOut::Event(ev) => tracing::debug!(event = ?ev, "vrrp"),
+            },
+            Some((id, outcome)) = results.recv() => {
+                main.orch.handle_command_result(Instant::now(), id, outcome);
+            }
+            Some(phone) = registered.recv() => {
+                main.orch.handle_phone_registered(Instant::now(), phone);
+            }
+            Some(req) = api.recv() => {
+                let now = Instant::now();
+                let (request, reply) = match req {
+                    ApiRequest::SetBackupMode(mode, reply) => (OperatorRequest::SetBackupMode { mode, expires_at: None }, reply),
+                    ApiRequest::Swap(reply) => (OperatorRequest::Swap, reply),
+                };
+                let r = main.orch.handle_operator(now, request).map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
+        }
+        main.drain();
+    }
+
+    // Graceful stop: services in reverse order, the address, priority 0.
+    info!("shutting down");
+    for i in main.config.start_order().into_iter().rev() {
+        let i = i as u16;
+        if let Some(mut r) = main.services.remove(&i) {
+            let grace = main
+                .config
+                .services
+                .get(usize::from(i))
+                .map_or(Duration::from_secs(5), |s| s.stop_timeout);
+            end_group(&mut r.child, grace).await;
+        }
+    }
+    if let Some((nl, index)) = &main.netlink {
+        for v in &main.config.vrrp.virtual_ips {
+            let _ = nl.remove(*index, *v).await;
+        }
+    }
+    let (tx, rx) = oneshot::channel();
+    let _ = main.vrrp.send(VrrpCmd::Shutdown(tx));
+    let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+    let _ = tokio::task::spawn_blocking(move || vrrp_thread.join()).await;
+    Ok(())
+}
+
+/// The state directory a config would use, for tools.
+#[must_use]
+pub fn state_dir(config: &NodeConfig) -> PathBuf {
+    config.state_dir.clone()
+}

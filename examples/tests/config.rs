@@ -1,0 +1,199 @@
+//! The `node` configuration contract: the documented example parses, and
+//! every bad value is an error that names its key.
+
+use std::path::Path;
+
+use examples::config::{ChecksumForm, ConfigError, NodeConfig, Transport, parse_key};
+
+const MINIMAL: &str = r#"
+id = "pbx-a"
+state_dir = "/tmp/x"
+[vrrp]
+transport = "udp"
+vrid = 51
+virtual_ips = ["10.99.0.100/24"]
+udp_listen = "127.0.0.1:5112"
+udp_peers = ["127.0.0.2:5112"]
+"#;
+
+fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+    NodeConfig::parse(text, Path::new("/etc/pbx"))
+}
+
+#[test]
+fn the_documented_example_parses_with_every_key() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("node.example.toml");
+    let c = NodeConfig::load(&path).unwrap();
+    assert_eq!(c.id, "pbx-a");
+    assert_eq!(c.vrrp.transport, Transport::Raw);
+    assert_eq!(c.vrrp.interface.as_deref(), Some("eth1"));
+    assert_eq!(c.vrrp.vrid.get(), 51);
+    assert_eq!(c.vrrp.priority.get(), 150);
+    assert_eq!(c.vrrp.interval.as_centis(), 100);
+    assert!(!c.vrrp.preempt);
+    assert!(c.vrrp.accept);
+    assert_eq!(c.vrrp.v3_ipv4_checksum, ChecksumForm::PseudoHeader);
+    assert_eq!(c.vrrp.virtual_ips[0].prefix, 24);
+    let sync = c.sync.as_ref().unwrap();
+    assert_eq!(sync.interval.as_secs(), 60);
+    assert_eq!(sync.key_file, path.parent().unwrap().join("sync.key"));
+    assert_eq!(sync.exclude, ["licenses/**"]);
+    assert_eq!(c.state_dir, Path::new("/var/lib/pbx-a.state"));
+    assert_eq!(c.status.unwrap().backup_gui_port, Some(8765));
+    assert_eq!(c.identity.licenses, ["pbx-32"]);
+    assert_eq!(c.services.len(), 2);
+    assert_eq!(c.start_order(), [0, 1]);
+
+    let phones =
+        examples::phones::load(&path.parent().unwrap().join("phones.example.toml")).unwrap();
+    assert_eq!(phones.len(), 2);
+    assert_eq!(phones[0].fill("ping {address}"), "ping 10.99.0.31");
+}
+
+#[test]
+fn defaults_follow_the_appliance_profile() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.vrrp.version, vrrp_proto::Version::V3);
+    assert_eq!(c.vrrp.priority.get(), 100);
+    assert_eq!(c.vrrp.interval.as_centis(), 100);
+    assert!(!c.vrrp.preempt, "no fail-back");
+    assert!(c.vrrp.accept, "the PBX answers on the address");
+    assert!(c.redundancy);
+    assert_eq!(c.vrrp.virtual_ips[0].prefix, 24);
+    let bare = parse(&MINIMAL.replace("/24", "")).unwrap();
+    assert_eq!(bare.vrrp.virtual_ips[0].prefix, 32);
+}
+
+#[track_caller]
+fn rejects(edit: &str, key: &str) {
+    let text = format!("{MINIMAL}\n{edit}");
+    let err = parse(&text).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(key), "error `{msg}` does not name `{key}`");
+}
+
+#[track_caller]
+fn rejects_replacing(from: &str, to: &str, key: &str) {
+    assert!(MINIMAL.contains(from), "test edit `{from}`");
+    let err = parse(&MINIMAL.replace(from, to)).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(key), "error `{msg}` does not name `{key}`");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    rejects_replacing("vrid = 51", "vrid = 0", "vrrp.vrid");
+    rejects_replacing("vrid = 51", "vrid = 51\npriority = 0", "vrrp.priority");
+    rejects_replacing("vrid = 51", "vrid = 51\npriority = 256", "vrrp.priority");
+    rejects_replacing("vrid = 51", "vrid = 51\nversion = 4", "vrrp.version");
+    rejects_replacing(
+        "vrid = 51",
+        "vrid = 51\nadvert_interval_ms = 15",
+        "vrrp.advert_interval_ms",
+    );
+    rejects_replacing(
+        "vrid = 51",
+        "vrid = 51\nadvert_interval_ms = 50000",
+        "vrrp.advert_interval_ms",
+    );
+    rejects_replacing(
+        "vrid = 51",
+        "vrid = 51\nversion = 2\nadvert_interval_ms = 1500",
+        "vrrp.advert_interval_ms",
+    );
+    rejects_replacing(
+        "\"10.99.0.100/24\"",
+        "\"10.99.0.100/33\"",
+        "vrrp.virtual_ips[0]",
+    );
+    rejects_replacing("\"10.99.0.100/24\"", "\"pbx\"", "vrrp.virtual_ips[0]");
+    rejects_replacing(
+        "\"10.99.0.100/24\"",
+        "\"10.99.0.100\", \"fd99::1\"",
+        "vrrp.virtual_ips",
+    );
+    rejects_replacing(
+        "virtual_ips = [\"10.99.0.100/24\"]",
+        "virtual_ips = []",
+        "vrrp.virtual_ips",
+    );
+    rejects_replacing(
+        "vrid = 51",
+        "vrid = 51\nversion = 2\nauth_pass = \"longerthan8\"",
+        "vrrp.auth_pass",
+    );
+    rejects_replacing(
+        "vrid = 51",
+        "vrid = 51\nauth_pass = \"pw\"",
+        "vrrp.auth_pass",
+    );
+    rejects_replacing(
+        "transport = \"udp\"",
+        "transport = \"raw\"",
+        "vrrp.interface",
+    );
+    rejects_replacing("transport = \"udp\"", "transport = \"tcp\"", "transport");
+    rejects_replacing(
+        "udp_peers = [\"127.0.0.2:5112\"]",
+        "udp_peers = []",
+        "vrrp.udp_peers",
+    );
+    rejects_replacing(
+        "vrid = 51",
+        "vrid = 51\nunicast_peers = [\"fd99::2\"]",
+        "vrrp.unicast_peers[0]",
+    );
+    rejects_replacing("id = \"pbx-a\"", "id = \"\"", "id");
+    rejects_replacing("state_dir = \"/tmp/x\"\n", "", "state_dir");
+    rejects_replacing("vrid = 51", "vrid = 51\nprioritty = 5", "prioritty");
+    rejects(
+        "[[service]]\nname = \"a\"\nstart = \"x\"\nafter = [\"b\"]\n[[service]]\nname = \"b\"\nstart = \"y\"\nafter = [\"a\"]",
+        "service.after",
+    );
+    rejects(
+        "[[service]]\nname = \"a\"\nstart = \"x\"\nafter = [\"nope\"]",
+        "service[0].after",
+    );
+    rejects(
+        "[[service]]\nname = \"a\"\nstart = \"x\"\n[[service]]\nname = \"a\"\nstart = \"y\"",
+        "service[1].name",
+    );
+    rejects(
+        "[status]\nlisten = \"127.0.0.1:8080\"\nbackup_gui_port = 0",
+        "status.backup_gui_port",
+    );
+    rejects(
+        "[sync]\nlisten = \"127.0.0.1:7001\"\npeer = \"127.0.0.1:7001\"\ndir = \"d\"\nkey_file = \"k\"",
+        "sync.peer",
+    );
+    rejects(
+        "[sync]\nlisten = \"127.0.0.1:7001\"\npeer = \"127.0.0.2:7001\"\ndir = \"d\"\nkey_file = \"k\"\ninterval_s = 0",
+        "sync.interval_s",
+    );
+}
+
+#[test]
+fn services_start_in_dependency_order() {
+    let c = parse(&format!(
+        "{MINIMAL}\n[[service]]\nname = \"vm\"\nstart = \"x\"\nafter = [\"db\", \"sip\"]\n\
+         [[service]]\nname = \"sip\"\nstart = \"x\"\nafter = [\"db\"]\n[[service]]\nname = \"db\"\nstart = \"x\""
+    ))
+    .unwrap();
+    let order: Vec<&str> = c
+        .start_order()
+        .iter()
+        .map(|i| c.services[*i].name.as_str())
+        .collect();
+    assert_eq!(order, ["db", "sip", "vm"]);
+}
+
+#[test]
+fn key_files_hold_64_hex_digits() {
+    let k =
+        parse_key("00112233445566778899aabbccddeeff\n00112233445566778899AABBCCDDEEFF\n").unwrap();
+    assert_eq!(k[0], 0x00);
+    assert_eq!(k[15], 0xff);
+    assert_eq!(k[31], 0xff);
+    assert!(parse_key("0011").unwrap_err().contains("64 hex digits"));
+    assert!(parse_key(&"zz".repeat(32)).unwrap_err().contains("hex"));
+}
