@@ -19,10 +19,10 @@ pub struct CommandId(pub u64);
 /// | `SyncNow { full }` | sync-delta: run one round now (the replica pulls), even in Passive mode |
 /// | `ClaimAddress` / `ReleaseAddress` | the address hook (add / delete the virtual IP) |
 /// | `AnnounceAddress` | send the gratuitous ARP / unsolicited NA burst vrrp-fsm asked for |
-/// | `ArmTakeover { priority }` | vrrp-fsm: arm, with that priority (overrides Passive for this swap) |
-/// | `Release { new_priority }` | vrrp-fsm: release (priority 0 advertisement), then set the priority |
-/// | `StepDown` | vrrp-fsm: release, keeping the configured priority |
-/// | `SetBackupMode(m)` | vrrp-fsm: Active/Passive mode; sync-delta: periodic sync on/off |
+/// | `ArmTakeover { priority }` | vrrp-fsm: `set_priority(priority)` then `arm_takeover()` (overrides Passive for this swap) |
+/// | `Release { new_priority }` | vrrp-fsm: `release(Release::new().priority(p))` (priority 0 advertisement, then keep `p`; persist `p` for the next boot) |
+/// | `StepDown` | vrrp-fsm: `release(Release::new())`, keeping the configured priority |
+/// | `SetBackupMode(m)` | vrrp-fsm: `set_backup_mode(m)`; sync-delta: periodic sync on/off |
 /// | `SetRedundancy(r)` | start / stop the election (standalone when disabled) |
 /// | `Start/Stop/CheckService` | application hooks; `Check` answers [`CommandOutcome::NotReady`] until ready |
 /// | `CheckNode` | the node's own readiness after boot or upgrade |

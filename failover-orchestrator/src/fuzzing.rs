@@ -83,12 +83,14 @@ fn config() -> Option<Config> {
 const ROLES: [Role; 3] = [Role::Initialize, Role::Backup, Role::Master];
 
 fn reason(b: u8) -> RoleChangeReason {
-    match b % 6 {
+    match b % 8 {
         0 => RoleChangeReason::Startup,
         1 => RoleChangeReason::MasterDown,
         2 => RoleChangeReason::HigherPriorityMaster,
         3 => RoleChangeReason::PeerReleased,
         4 => RoleChangeReason::SwapTakeover,
+        5 => RoleChangeReason::Preempt,
+        6 => RoleChangeReason::LinkDown,
         _ => RoleChangeReason::Released,
     }
 }

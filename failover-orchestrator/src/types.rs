@@ -33,6 +33,16 @@ impl fmt::Display for Role {
 }
 
 /// Why the role changed; mirrors the reason on `vrrp-fsm`'s `StateChange`.
+///
+/// Expected mapping from `vrrp_fsm::Reason`: `Startup` and `Owner` →
+/// [`Startup`](Self::Startup); `MasterDown` → [`MasterDown`](Self::MasterDown);
+/// `MasterReleased` → [`PeerReleased`](Self::PeerReleased); `Preempt` →
+/// [`Preempt`](Self::Preempt); `HigherPriority` →
+/// [`HigherPriorityMaster`](Self::HigherPriorityMaster); `ArmedTakeover` and
+/// `Takeover` → [`SwapTakeover`](Self::SwapTakeover); `Release` →
+/// [`Released`](Self::Released); `Shutdown` → [`Shutdown`](Self::Shutdown);
+/// `LinkDown` → [`LinkDown`](Self::LinkDown); anything else →
+/// [`Other`](Self::Other).
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RoleChangeReason {
@@ -49,6 +59,10 @@ pub enum RoleChangeReason {
     SwapTakeover,
     /// This node released Mastership on purpose (priority 0 sent).
     Released,
+    /// This node preempted a lower-priority Master.
+    Preempt,
+    /// The driver reported the link down.
+    LinkDown,
     /// The router was shut down.
     Shutdown,
     /// Any other reason the election reports.
