@@ -27,7 +27,7 @@ pub struct CommandId(pub u64);
 /// | `Start/Stop/CheckService` | application hooks; `Check` answers [`CommandOutcome::NotReady`] until ready |
 /// | `CheckNode` | the node's own readiness after boot or upgrade |
 /// | `NudgePhone` / `RebootPhone` | phone hooks (SIP NOTIFY check-sync / resync; provisioning reboot) |
-/// | `UpgradeFirmware`, `UpgradeLanguagePack`, `RestoreConfig`, `SaveConfig`, `RestartNode` | vendor hooks; those that reboot the node may never answer |
+/// | `UpgradeFirmware`, `UpgradeLanguagePack`, `RestoreConfig`, `SaveConfig`, `RestartNode` | vendor hooks; a restore answers `Done` only if no reboot follows (else the resume after the reboot completes it); an upgrade may answer once installed, and completes with the restart |
 /// | `Custom(tag)` | steps of vendor-built plans |
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -98,19 +98,27 @@ pub enum Command {
 }
 
 impl Command {
-    /// Commands after which the node reboots. In an operator procedure such
-    /// a step is not done when the command answers `Done` (the image is
-    /// installed, the reboot is still to come): it is done when the
-    /// orchestrator resumes from a journal in which the step had started
-    /// (the restart is why it resumes), and the steps after it verify the
-    /// outcome. If the node does not restart before the step's deadline, the
-    /// step fails.
+    /// Commands after which the node may reboot: when the orchestrator
+    /// resumes from a journal in which such a step had started, the step is
+    /// taken as done (the restart is why it resumes) and the steps after it
+    /// verify the outcome.
     #[must_use]
     pub fn reboots_node(&self) -> bool {
         matches!(
             self,
             Command::RestartNode | Command::UpgradeFirmware { .. } | Command::RestoreConfig { .. }
         )
+    }
+
+    /// Commands after which the node must restart: in an operator procedure
+    /// such a step is not done when the command answers `Done` (the image is
+    /// installed, the reboot is still to come) but when the orchestrator
+    /// resumes after the restart; if the node does not restart before the
+    /// step's deadline, the step fails. A configuration restore that needs
+    /// no reboot is done on `Done`; checks after it verify the result.
+    #[must_use]
+    pub fn waits_for_restart(&self) -> bool {
+        matches!(self, Command::RestartNode | Command::UpgradeFirmware { .. })
     }
 
     /// Steps with these commands are taken as done when a resume finds them

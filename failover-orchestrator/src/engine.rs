@@ -1679,7 +1679,7 @@ impl Orchestrator {
         };
         let journaled_reboot = self.plans.iter().find(|r| r.id == plan).is_some_and(|r| {
             r.procedure.is_some()
-                && matches!(r.plan.steps.get(usize::from(step)).map(|s| &s.action), Some(StepAction::Run(c)) if c.reboots_node())
+                && matches!(r.plan.steps.get(usize::from(step)).map(|s| &s.action), Some(StepAction::Run(c)) if c.waits_for_restart())
         });
         match (wait, outcome) {
             // A procedure's reboot step is done when the node is back: the

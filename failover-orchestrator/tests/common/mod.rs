@@ -570,8 +570,8 @@ impl World {
                 self.ok(i, c.id, Duration::from_millis(10));
                 self.at(Duration::from_millis(50), Action::Crash(i));
             }
+            // The restore reboots the node: no answer (driver contract).
             Command::RestoreConfig { .. } => {
-                self.ok(i, c.id, Duration::from_millis(100));
                 self.at(Duration::from_millis(150), Action::Crash(i));
             }
             Command::RestartNode => {
