@@ -16,7 +16,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use examples::config::NodeConfig;
-use examples::node::{Options, run};
+use examples::hooks::ShellHooks;
+use examples::node::{Options, Stop, run};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// One node of a redundant PBX pair.
@@ -67,8 +68,16 @@ fn main() -> ExitCode {
                 _ = term.recv() => {},
                 _ = int.recv() => {},
             }
+            Stop::Graceful
         };
-        run(config, options, stop, None).await
+        run(
+            config,
+            options,
+            std::sync::Arc::new(ShellHooks::default()),
+            stop,
+            None,
+        )
+        .await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

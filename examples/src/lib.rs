@@ -8,13 +8,15 @@
 //!   ARP / unsolicited NA.
 //! - [`vrrp_io`]: raw and UDP VRRP transports.
 //! - [`node`]: the node daemon's runtime; [`status`] its HTTP API;
-//!   [`phones`] its phone inventory.
+//!   [`phones`] its phone inventory; [`hooks`] how services and phones
+//!   are carried out.
 //! - [`peer`]: the authenticated TCP peer link carrying sync rounds and
 //!   the orchestrator's peer messages.
 
 pub mod capture;
 pub mod config;
 pub mod dump;
+pub mod hooks;
 pub mod net;
 pub mod node;
 pub mod peer;

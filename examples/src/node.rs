@@ -12,7 +12,6 @@
 //! - the status API ([`crate::status`]) reads a snapshot the main task
 //!   publishes after every input.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -28,7 +27,9 @@ use tracing::{info, warn};
 use vrrp_fsm::{BackupMode, Event as VrrpEvent, Reason, Release, State};
 
 use crate::config::{NodeConfig, Transport};
+use crate::hooks::{Hooks, Readiness};
 use crate::net::Netlink;
+use crate::peer::{PeerCommand, PeerConfig, PeerEvent, SyncRole};
 use crate::phones::Phone;
 use crate::vrrp_io::{Received, VrrpSocket};
 
@@ -116,6 +117,8 @@ pub struct VrrpView {
     pub received: u64,
     /// Advertisements dropped by receive rules.
     pub dropped: u64,
+    /// Wall-clock time of the last state change, ms since the Unix epoch.
+    pub last_change_unix_ms: u64,
 }
 
 /// One service.
@@ -149,6 +152,8 @@ enum VrrpCmd {
     Shutdown(oneshot::Sender<()>),
     /// Shut down and start again (a soft restart of "this node").
     Restart,
+    /// Stop at once, sending nothing: a simulated power cut.
+    Crash,
 }
 
 /// What the VRRP thread reports.
@@ -204,7 +209,12 @@ impl GarpSpec {
     }
 }
 
-fn view(r: &vrrp_fsm::VirtualRouter) -> VrrpView {
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn view(r: &vrrp_fsm::VirtualRouter, last_change_unix_ms: u64) -> VrrpView {
     let s = r.stats();
     VrrpView {
         state: format!("{:?}", r.state()),
@@ -220,6 +230,7 @@ fn view(r: &vrrp_fsm::VirtualRouter) -> VrrpView {
             .sum(),
         received: s.rx_accepted,
         dropped: s.dropped(),
+        last_change_unix_ms,
     }
 }
 
@@ -282,6 +293,7 @@ async fn vrrp_loop(
     let mut rx = vec![0u8; 65_536];
     let mut tx = vec![0u8; router.max_transmit_len().max(64) + 64];
     let mut shutdown_reply = None;
+    let mut last_change = unix_ms(SystemTime::now());
     loop {
         // Outputs first: advertisements, then events.
         loop {
@@ -296,14 +308,18 @@ async fn vrrp_loop(
             }
         }
         while let Some(ev) = router.poll_event() {
-            if let VrrpEvent::SendGratuitous(_) = ev {
-                if let Some(g) = &setup.garp {
-                    g.send();
+            match ev {
+                VrrpEvent::SendGratuitous(_) => {
+                    if let Some(g) = &setup.garp {
+                        g.send();
+                    }
                 }
+                VrrpEvent::StateChange { .. } => last_change = unix_ms(SystemTime::now()),
+                _ => {}
             }
             let _ = out.send(VrrpOut::Event(ev));
         }
-        let _ = out.send(VrrpOut::View(view(&router)));
+        let _ = out.send(VrrpOut::View(view(&router, last_change)));
         if let Some(reply) = shutdown_reply.take() {
             let _: oneshot::Sender<()> = reply;
             let _ = reply.send(());
@@ -335,6 +351,7 @@ async fn vrrp_loop(
                         shutdown_reply = Some(reply);
                         Ok(())
                     }
+                    Some(VrrpCmd::Crash) => return,
                     Some(VrrpCmd::Restart) => {
                         router.handle_shutdown(now);
                         // Drain what the shutdown produced before starting again.
@@ -401,6 +418,14 @@ fn rebuild(
     b.build().ok()
 }
 
+/// Receives from an optional channel; pending forever without one.
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -410,6 +435,17 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 // ---------------------------------------------------------------------------
 // The main task
+
+/// How a node stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Services stopped in reverse order, the address released, priority 0
+    /// sent.
+    Graceful,
+    /// Everything stops at once and nothing is sent: a power cut, for demos
+    /// and tests.
+    Crash,
+}
 
 /// Everything `run` needs besides the configuration.
 pub struct Options {
@@ -484,38 +520,6 @@ fn save_state(dir: &Path, record: &orch::JournalRecord) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A running service process.
-struct Running {
-    child: tokio::process::Child,
-}
-
-/// A shell command in a process group of its own, so that stopping it
-/// reaches whatever it started.
-fn shell(cmd: &str) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new("/bin/sh");
-    c.arg("-c").arg(cmd).kill_on_drop(true).process_group(0);
-    c
-}
-
-/// Ends a service's process group: SIGTERM, then SIGKILL after `grace`.
-async fn end_group(child: &mut tokio::process::Child, grace: Duration) {
-    if let Some(pid) = child.id() {
-        // The group id is the child's pid (process_group(0)).
-        // SAFETY: kill(2) on a process group we created, with a valid signal.
-        unsafe { libc::kill(-(pid as i32), libc::SIGTERM) };
-        if tokio::time::timeout(grace, child.wait()).await.is_err() {
-            // SAFETY: as above.
-            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-            let _ = child.wait().await;
-        }
-    }
-}
-
-async fn run_shell(cmd: &str, timeout: Duration) -> bool {
-    let fut = shell(cmd).stdin(std::process::Stdio::null()).status();
-    matches!(tokio::time::timeout(timeout, fut).await, Ok(Ok(s)) if s.success())
-}
-
 struct Main {
     config: NodeConfig,
     options: Options,
@@ -523,10 +527,15 @@ struct Main {
     vrrp: mpsc::UnboundedSender<VrrpCmd>,
     results: mpsc::UnboundedSender<(orch::CommandId, CommandOutcome)>,
     registered: mpsc::UnboundedSender<PhoneId>,
+    sync_status: mpsc::UnboundedSender<orch::SyncStatus>,
     netlink: Option<(Netlink, u32)>,
     garp: Option<GarpSpec>,
-    services: HashMap<u16, Running>,
     phones: Vec<Phone>,
+    hooks: Arc<dyn Hooks>,
+    peer: Option<mpsc::Sender<PeerCommand>>,
+    vrrp_state: State,
+    orch_config: orch::Config,
+    restart_pending: bool,
     snapshot: Arc<Mutex<Snapshot>>,
     vrrp_view: VrrpView,
     address_held: bool,
@@ -547,11 +556,25 @@ impl Main {
         while let Some(issued) = self.orch.poll_command() {
             self.execute(issued);
         }
-        while let Some(_msg) = self.orch.poll_transmit() {
-            // Carried by the peer link once it is connected.
+        while let Some(msg) = self.orch.poll_transmit() {
+            let mut bytes = Vec::new();
+            match orch::wire::encode(&msg, &mut bytes) {
+                Ok(()) => self.to_peer(PeerCommand::SendPeerMessage(bytes)),
+                Err(e) => warn!(error = %e, "peer message not encoded"),
+            }
         }
         while let Some(ev) = self.orch.poll_event() {
             log_event(&ev);
+            match ev {
+                orch::Event::TermTaken(e) | orch::Event::EpochAdopted(e) => {
+                    self.to_peer(PeerCommand::SetEpoch(sync_delta::Epoch {
+                        term: e.term,
+                        node: e.node,
+                    }));
+                }
+                orch::Event::ModeChanged(_) => self.update_sync_role(),
+                _ => {}
+            }
         }
         self.publish(now);
     }
@@ -576,10 +599,93 @@ impl Main {
             .enumerate()
             .map(|(i, svc)| ServiceView {
                 name: svc.name.clone(),
-                running: self.services.contains_key(&(i as u16)),
+                running: self.hooks.service_running(i),
             })
             .collect();
         s.phones = self.orch.phone_outcomes();
+    }
+
+    /// "Restart this node" without leaving the process: the election
+    /// from Initialize, the orchestrator from its persisted state (which
+    /// resumes a procedure in progress, as after a reboot).
+    fn soft_restart(&mut self) {
+        self.restart_pending = false;
+        info!("restarting (soft): election from Initialize, orchestrator from its journal");
+        let _ = self.vrrp.send(VrrpCmd::Restart);
+        let state = self.orch.persistent_state().clone();
+        let now = Instant::now();
+        self.orch = Orchestrator::new(self.orch_config.clone(), state, now, SystemTime::now());
+        self.vrrp_state = State::Initialize;
+        self.update_sync_role();
+    }
+
+    fn to_peer(&self, cmd: PeerCommand) {
+        if let Some(p) = &self.peer {
+            if let Err(e) = p.try_send(cmd) {
+                warn!(error = %e, "peer link busy; command dropped");
+            }
+        }
+    }
+
+    /// Master serves, an Active Backup pulls, a Passive one stays idle.
+    fn update_sync_role(&self) {
+        let role = match self.vrrp_state {
+            State::Master => SyncRole::Source,
+            State::Backup
+                if self.orch.persistent_state().backup_mode == orch::BackupMode::Active =>
+            {
+                SyncRole::Replica
+            }
+            _ => SyncRole::Idle,
+        };
+        self.to_peer(PeerCommand::SetRole(role));
+    }
+
+    fn peer_event(&mut self, ev: PeerEvent) {
+        let now = Instant::now();
+        match ev {
+            PeerEvent::PeerMessage(bytes) => {
+                if let Err(e) = self.orch.handle_peer_bytes(now, &bytes) {
+                    warn!(error = %e, "peer message refused");
+                }
+            }
+            PeerEvent::Status(st) => {
+                if let Some(taken_at) = st.generation.taken_at {
+                    self.orch.handle_sync_status(
+                        now,
+                        orch::SyncStatus {
+                            generation: st.generation.number,
+                            taken_at,
+                            round_in_progress: st.round_in_progress,
+                        },
+                    );
+                }
+            }
+            PeerEvent::RoundDone(r) => info!(
+                generation = r.generation,
+                files_sent = r.files_sent,
+                files_renamed = r.files_renamed,
+                files_deleted = r.files_deleted,
+                bytes = r.bytes_received,
+                seconds = r.seconds,
+                "sync round"
+            ),
+            PeerEvent::Served { generation } => {
+                // The Master's view of what its Backup holds: the generation
+                // the replica confirmed, taken (within one round) now.
+                self.orch.handle_sync_status(
+                    now,
+                    orch::SyncStatus {
+                        generation,
+                        taken_at: SystemTime::now(),
+                        round_in_progress: false,
+                    },
+                );
+            }
+            PeerEvent::Connected => info!("peer link up"),
+            PeerEvent::Disconnected => info!("peer link down"),
+            other => info!(event = ?other, "peer link"),
+        }
     }
 
     fn done(&self, id: orch::CommandId, outcome: CommandOutcome) {
@@ -590,9 +696,66 @@ impl Main {
         let id = issued.id;
         info!(command = ?issued.command, "command");
         match issued.command {
-            Command::FinishOrRollbackRound | Command::SyncNow { .. } => {
-                // Without a sync link there is no round to settle.
-                self.done(id, CommandOutcome::Done);
+            Command::FinishOrRollbackRound => {
+                let Some(peer) = self.peer.clone() else {
+                    self.done(id, CommandOutcome::Done);
+                    return;
+                };
+                let results = self.results.clone();
+                let status = self.sync_status.clone();
+                tokio::spawn(async move {
+                    let (tx, rx) = oneshot::channel();
+                    let ok = peer
+                        .send(PeerCommand::FinishOrRollback { reply: tx })
+                        .await
+                        .is_ok();
+                    let o = match (ok, rx.await) {
+                        (true, Ok(Ok(info))) => {
+                            if let Some(taken_at) = info.taken_at {
+                                let _ = status.send(orch::SyncStatus {
+                                    generation: info.generation,
+                                    taken_at,
+                                    round_in_progress: false,
+                                });
+                            }
+                            CommandOutcome::Done
+                        }
+                        (_, Ok(Err(e))) => {
+                            warn!(error = %e, "settling the sync round failed");
+                            CommandOutcome::Failed { code: 6 }
+                        }
+                        // No replica session: nothing in progress to settle.
+                        _ => CommandOutcome::Done,
+                    };
+                    let _ = results.send((id, o));
+                });
+            }
+            Command::SyncNow { .. } => {
+                let Some(peer) = self.peer.clone() else {
+                    self.done(id, CommandOutcome::Failed { code: 7 });
+                    return;
+                };
+                let results = self.results.clone();
+                tokio::spawn(async move {
+                    let (tx, rx) = oneshot::channel();
+                    let ok = peer.send(PeerCommand::SyncNow { reply: tx }).await.is_ok();
+                    let o = match (ok, rx.await) {
+                        (true, Ok(Ok(summary))) => {
+                            info!(
+                                generation = summary.generation,
+                                seconds = summary.seconds,
+                                "sync now"
+                            );
+                            CommandOutcome::Done
+                        }
+                        (_, Ok(Err(e))) => {
+                            warn!(error = %e, "sync now failed");
+                            CommandOutcome::Failed { code: 8 }
+                        }
+                        _ => CommandOutcome::Failed { code: 8 },
+                    };
+                    let _ = results.send((id, o));
+                });
             }
             Command::ClaimAddress => {
                 self.address_held = true;
@@ -672,78 +835,49 @@ impl Main {
             Command::StartService(ServiceId(i)) => self.start_service(id, i),
             Command::StopService(ServiceId(i)) => self.stop_service(id, i),
             Command::CheckService(ServiceId(i)) => {
-                let Some(svc) = self.config.services.get(usize::from(i)).cloned() else {
+                let Some(svc) = self.config.services.get(usize::from(i)) else {
                     self.done(id, CommandOutcome::Failed { code: 2 });
                     return;
                 };
-                let alive = self
-                    .services
-                    .get_mut(&i)
-                    .is_some_and(|r| matches!(r.child.try_wait(), Ok(None)));
-                if !alive {
-                    self.done(id, CommandOutcome::Failed { code: 3 });
-                    return;
-                }
+                let check = self.hooks.check_service(usize::from(i), svc);
                 let results = self.results.clone();
                 tokio::spawn(async move {
-                    let ready = match &svc.ready {
-                        Some(cmd) => run_shell(cmd, Duration::from_secs(5)).await,
-                        None => true,
-                    };
-                    let o = if ready {
-                        CommandOutcome::Done
-                    } else {
-                        CommandOutcome::NotReady
+                    let o = match check.await {
+                        Readiness::Ready => CommandOutcome::Done,
+                        Readiness::NotReady => CommandOutcome::NotReady,
+                        Readiness::Dead => CommandOutcome::Failed { code: 3 },
                     };
                     let _ = results.send((id, o));
                 });
             }
             Command::NudgePhone(p) | Command::RebootPhone(p) => {
                 let reboot = matches!(issued.command, Command::RebootPhone(_));
-                let Some(phone) = self.phones.get(p.0 as usize).cloned() else {
+                let Some(phone) = self.phones.get(p.0 as usize) else {
                     self.done(id, CommandOutcome::Failed { code: 2 });
                     return;
                 };
-                let template = if reboot {
-                    phone.reboot.clone()
-                } else {
-                    phone.nudge.clone()
-                };
-                let Some(template) = template else {
-                    self.done(id, CommandOutcome::Failed { code: 4 });
-                    return;
-                };
+                let action = self.hooks.phone_action(phone, reboot);
+                let check = self.hooks.phone_registered(phone);
                 let results = self.results.clone();
                 let registered = self.registered.clone();
                 tokio::spawn(async move {
-                    let ok = run_shell(&phone.fill(&template), Duration::from_secs(30)).await;
+                    let ok = action.await;
                     let _ = results.send((id, outcome(ok)));
-                    if !ok {
-                        return;
-                    }
-                    match &phone.check {
-                        None => {
-                            let _ = registered.send(p);
-                        }
-                        Some(check) => {
-                            let check = phone.fill(check);
-                            let until = Instant::now() + Duration::from_secs(120);
-                            while Instant::now() < until {
-                                if run_shell(&check, Duration::from_secs(5)).await {
-                                    let _ = registered.send(p);
-                                    return;
-                                }
-                                tokio::time::sleep(Duration::from_millis(250)).await;
-                            }
-                        }
+                    let home = match (ok, check) {
+                        (false, _) => false,
+                        (true, None) => true,
+                        (true, Some(check)) => check.await,
+                    };
+                    if home {
+                        let _ = registered.send(p);
                     }
                 });
             }
             Command::RestartNode => {
-                // A soft restart: the election starts again from
-                // Initialize, keeping the persisted mode and priority.
-                let _ = self.vrrp.send(VrrpCmd::Restart);
-                self.done(id, CommandOutcome::Done);
+                // A soft restart, done by the main loop once this round of
+                // outputs is persisted: the election starts again from
+                // Initialize and the orchestrator resumes from its state.
+                self.restart_pending = true;
             }
             Command::CheckNode | Command::SetRedundancy(_) => self.done(id, CommandOutcome::Done),
             other => {
@@ -758,37 +892,29 @@ impl Main {
             self.done(id, CommandOutcome::Failed { code: 2 });
             return;
         };
-        if let Some(r) = self.services.get_mut(&i) {
-            if matches!(r.child.try_wait(), Ok(None)) {
-                self.done(id, CommandOutcome::Done);
-                return;
-            }
-        }
-        match shell(&svc.start).stdin(std::process::Stdio::null()).spawn() {
-            Ok(child) => {
-                info!(service = %svc.name, pid = child.id(), "service started");
-                self.services.insert(i, Running { child });
-                self.done(id, CommandOutcome::Done);
-            }
-            Err(e) => {
-                warn!(service = %svc.name, error = %e, "service failed to start");
-                self.done(id, CommandOutcome::Failed { code: 5 });
-            }
-        }
+        let start = self.hooks.start_service(usize::from(i), svc);
+        let results = self.results.clone();
+        tokio::spawn(async move {
+            let o = match start.await {
+                Ok(()) => CommandOutcome::Done,
+                Err(e) => {
+                    warn!(error = %e, "service failed to start");
+                    CommandOutcome::Failed { code: 5 }
+                }
+            };
+            let _ = results.send((id, o));
+        });
     }
 
     fn stop_service(&mut self, id: orch::CommandId, i: u16) {
-        let svc = self.config.services.get(usize::from(i)).cloned();
-        let running = self.services.remove(&i);
+        let Some(svc) = self.config.services.get(usize::from(i)) else {
+            self.done(id, CommandOutcome::Failed { code: 2 });
+            return;
+        };
+        let stop = self.hooks.stop_service(usize::from(i), svc);
         let results = self.results.clone();
         tokio::spawn(async move {
-            if let (Some(svc), Some(mut r)) = (svc, running) {
-                if let Some(stop) = &svc.stop {
-                    let _ = run_shell(stop, svc.stop_timeout).await;
-                }
-                end_group(&mut r.child, svc.stop_timeout).await;
-                info!(service = %svc.name, "service stopped");
-            }
+            stop.await;
             let _ = results.send((id, CommandOutcome::Done));
         });
     }
@@ -848,7 +974,8 @@ fn orchestrator_config(config: &NodeConfig, phones: &[Phone]) -> Result<orch::Co
 pub async fn run(
     config: NodeConfig,
     options: Options,
-    shutdown: impl std::future::Future<Output = ()>,
+    hooks: Arc<dyn Hooks>,
+    shutdown: impl std::future::Future<Output = Stop>,
     ready: Option<oneshot::Sender<NodeHandle>>,
 ) -> Result<(), NodeError> {
     let phones = match &config.phones {
@@ -992,10 +1119,31 @@ pub async fn run(
     )?;
 
     let now = Instant::now();
+    let orch_config_copy = orch_config.clone();
     let orch = Orchestrator::new(orch_config, persisted, now, SystemTime::now());
     let (results_tx, mut results) = mpsc::unbounded_channel();
     let (registered_tx, mut registered) = mpsc::unbounded_channel();
+    let (sync_status_tx, mut sync_status) = mpsc::unbounded_channel();
     let (api_tx, mut api) = mpsc::channel(16);
+    // The peer link: sync rounds and the orchestrator's peer messages.
+    let (peer_tx, mut peer_events) = match (&config.sync, config.redundancy) {
+        (Some(sync), true) => {
+            let key = crate::config::read_key_file(&sync.key_file)?;
+            std::fs::create_dir_all(&sync.dir).map_err(io_err(format!(
+                "creating the data directory {}",
+                sync.dir.display()
+            )))?;
+            let mut pc = PeerConfig::new(sync.dir.clone(), key);
+            pc.listen = Some(sync.listen);
+            pc.peer = Some(sync.peer);
+            pc.exclude.clone_from(&sync.exclude);
+            pc.interval = sync.interval;
+            pc.node = orch::Epoch::node_number(&config.id);
+            let (tx, rx) = crate::peer::spawn(pc, SyncRole::Idle);
+            (Some(tx), Some(rx))
+        }
+        _ => (None, None),
+    };
     let snapshot = Arc::new(Mutex::new(Snapshot::default()));
     let mut main = Main {
         options,
@@ -1008,7 +1156,12 @@ pub async fn run(
             _ => None,
         },
         garp,
-        services: HashMap::new(),
+        hooks,
+        peer: peer_tx,
+        vrrp_state: State::Initialize,
+        orch_config: orch_config_copy,
+        restart_pending: false,
+        sync_status: sync_status_tx,
         phones,
         snapshot: snapshot.clone(),
         vrrp_view: VrrpView::default(),
@@ -1035,10 +1188,10 @@ pub async fn run(
     }
 
     tokio::pin!(shutdown);
-    loop {
+    let stop = loop {
         let deadline = main.orch.poll_timeout();
         tokio::select! {
-            () = &mut shutdown => break,
+            how = &mut shutdown => break how,
             () = sleep_until(deadline) => {
                 let now = Instant::now();
                 main.orch.handle_wall_clock(now, Main::wall());
@@ -1051,6 +1204,8 @@ pub async fn run(
                     let now = Instant::now();
                     main.orch.handle_wall_clock(now, Main::wall());
                     main.orch.handle_role_change(now, role_change(from, to, reason));
+                    main.vrrp_state = to;
+                    main.update_sync_role();
                 }
                 VrrpOut::Event(ev) => tracing::debug!(event = ?ev, "vrrp"),
             },
@@ -1060,6 +1215,10 @@ pub async fn run(
             Some(phone) = registered.recv() => {
                 main.orch.handle_phone_registered(Instant::now(), phone);
             }
+            Some(st) = sync_status.recv() => {
+                main.orch.handle_sync_status(Instant::now(), st);
+            }
+            Some(ev) = recv_opt(&mut peer_events) => main.peer_event(ev),
             Some(req) = api.recv() => {
                 let now = Instant::now();
                 let (request, reply) = match req {
@@ -1071,20 +1230,36 @@ pub async fn run(
             }
         }
         main.drain();
+        if main.restart_pending {
+            main.soft_restart();
+            main.drain();
+        }
+    };
+
+    if stop == Stop::Crash {
+        info!("crash: stopping without a word to the peer");
+        let _ = main.vrrp.send(VrrpCmd::Crash);
+        for i in main.config.start_order().into_iter().rev() {
+            if let Some(svc) = main.config.services.get(i) {
+                main.hooks.stop_service(i, svc).await;
+            }
+        }
+        if let Some(p) = &main.peer {
+            let _ = p.send(PeerCommand::Shutdown).await;
+        }
+        let _ = tokio::task::spawn_blocking(move || vrrp_thread.join()).await;
+        return Ok(());
     }
 
     // Graceful stop: services in reverse order, the address, priority 0.
     info!("shutting down");
     for i in main.config.start_order().into_iter().rev() {
-        let i = i as u16;
-        if let Some(mut r) = main.services.remove(&i) {
-            let grace = main
-                .config
-                .services
-                .get(usize::from(i))
-                .map_or(Duration::from_secs(5), |s| s.stop_timeout);
-            end_group(&mut r.child, grace).await;
+        if let Some(svc) = main.config.services.get(i) {
+            main.hooks.stop_service(i, svc).await;
         }
+    }
+    if let Some(p) = &main.peer {
+        let _ = p.send(PeerCommand::Shutdown).await;
     }
     if let Some((nl, index)) = &main.netlink {
         for v in &main.config.vrrp.virtual_ips {
