@@ -1,0 +1,607 @@
+//! End-to-end interop and measurements in network namespaces (issue 7).
+//!
+//! Each test that needs the network builds its own bed (namespaces joined
+//! by a bridge, addresses from 10.99.0.0/24 and fd99::/64 that exist only
+//! inside them), captures on the bridge with tcpdump, reads the capture
+//! with our own reader and removes everything afterwards, also on panic.
+//! Those tests run one at a time (a global lock), so that timings are not
+//! disturbed by each other.
+//!
+//! Not root: the namespace tests print why and return. With `CI` set, not
+//! root or a missing tool is a failure.
+//!
+//! Durations are the short variants; `INTEROP_LONG=1` selects the full ones
+//! (`benches/scripts/interop.sh`), and `INTEROP_REPORT=FILE` collects every
+//! measured figure for one table.
+
+/// The harness, in `tests/interop/`. Not every helper is used by every
+/// test set.
+#[allow(dead_code)]
+mod interop {
+    pub mod bed;
+    pub mod keepalived;
+    pub mod report;
+    pub mod tshark;
+    pub mod wire;
+}
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use interop::bed::{self, Bed, CpuHog, wait_until};
+use interop::keepalived::{KaConfig, Keepalived};
+use interop::report::{self, Report, Row};
+use interop::tshark;
+use interop::wire::{self, Tcpdump};
+
+/// The namespace tests take this lock: one bed at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const VRID: u8 = 51;
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
+
+fn vip() -> IpAddr {
+    IpAddr::V4(VIP)
+}
+
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some()
+}
+
+fn long() -> bool {
+    std::env::var_os("INTEROP_LONG").is_some_and(|v| v != "0")
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    })
+}
+
+fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Skips (returns `None`, printing why) when the test cannot run here;
+/// fails instead when `CI` is set. Otherwise takes the bed lock.
+fn preflight(test: &str, tools: &[&str]) -> Option<MutexGuard<'static, ()>> {
+    let mut missing: Vec<String> = Vec::new();
+    if !is_root() {
+        missing.push("root".to_owned());
+    }
+    for t in tools {
+        if !have(t) {
+            missing.push((*t).to_owned());
+        }
+    }
+    if !missing.is_empty() {
+        let why = format!("{test}: needs {}", missing.join(", "));
+        assert!(!in_ci(), "{why} (CI is set, so this is a failure)");
+        eprintln!("skipping {why}");
+        return None;
+    }
+    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// A program built from this package's examples (`target/debug/examples/`).
+fn example(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join(name);
+    path.exists().then_some(path)
+}
+
+/// RFC 9568 §6.1 (v3) `Skew_Time` in ms for a Backup of `priority`.
+fn skew_ms(priority: u8, interval_ms: u32) -> f64 {
+    f64::from(256 - u32::from(priority)) * f64::from(interval_ms) / 256.0
+}
+
+/// RFC 9568 §6.1 `Master_Down_Interval` in ms.
+fn master_down_ms(priority: u8, interval_ms: u32) -> f64 {
+    3.0 * f64::from(interval_ms) + skew_ms(priority, interval_ms)
+}
+
+/// Time to let a pair settle: a few advertisements.
+fn settle(interval_ms: u32) {
+    std::thread::sleep(Duration::from_millis(u64::from(interval_ms * 3).max(300)));
+}
+
+/// The gaps of one failover run: after SIGKILL of the Master, and after
+/// its graceful stop (priority 0).
+struct Failover {
+    kill_ms: f64,
+    stop_ms: f64,
+}
+
+/// keepalived against keepalived on the bed's nodes 0 (priority 200) and
+/// 1 (priority 100): node 0 is Master, is killed, comes back, is stopped.
+/// Returns the gaps from the capture `name`.
+fn keepalived_failover(bed: &Bed, name: &str, interval_ms: u32) -> Failover {
+    let a_ip = IpAddr::V4(Bed::v4(0));
+    let b_ip = IpAddr::V4(Bed::v4(1));
+    let cap = Tcpdump::start(bed, name);
+    let a_cfg = KaConfig {
+        start_master: true,
+        ..KaConfig::v3(200, interval_ms)
+    };
+    let b_cfg = KaConfig::v3(100, interval_ms);
+    let t0 = wire::now();
+    let mut a = Keepalived::start(bed, 0, &format!("{name}-a"), &a_cfg);
+    let mut b = Keepalived::start(bed, 1, &format!("{name}-b"), &b_cfg);
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.holders(vip()) == [0]),
+        "node 0 did not become the only holder of {VIP}: {:?}",
+        bed.holders(vip())
+    );
+    settle(interval_ms);
+    assert_eq!(
+        bed.holders(vip()),
+        [0],
+        "the address moved without a failure"
+    );
+
+    a.kill_hard();
+    let limit = Duration::from_millis(master_down_ms(100, interval_ms) as u64 + 3000);
+    assert!(
+        wait_until(limit, || bed.has_addr(1, vip())),
+        "keepalived b did not take over after SIGKILL:\n{}",
+        b.log_text()
+    );
+    settle(interval_ms);
+    let t_back = wire::now();
+    drop(a);
+    let mut a = Keepalived::start(bed, 0, &format!("{name}-a2"), &a_cfg);
+    assert!(
+        wait_until(Duration::from_secs(10), || bed.holders(vip()) == [0]),
+        "node 0 did not preempt on its return: {:?}",
+        bed.holders(vip())
+    );
+    settle(interval_ms);
+    a.stop_graceful();
+    assert!(
+        wait_until(limit, || bed.has_addr(1, vip())),
+        "keepalived b did not take over after the graceful stop:\n{}",
+        b.log_text()
+    );
+    settle(interval_ms);
+    b.stop_graceful();
+    let pcap = cap.finish();
+
+    let wire = wire::read(&pcap);
+    assert!(
+        wire.rejected.is_empty(),
+        "our parser rejected keepalived's packets: {:?}",
+        wire.rejected
+    );
+    let kill = wire
+        .takeover(VRID, a_ip, b_ip, (t0, t_back))
+        .expect("takeover after SIGKILL on the wire");
+    let stop = wire
+        .takeover(VRID, a_ip, b_ip, (t_back, wire::now()))
+        .expect("takeover after the graceful stop on the wire");
+    assert_ne!(kill.last_old.priority, 0, "SIGKILL sent no priority 0");
+    assert_eq!(
+        stop.last_old.priority, 0,
+        "a graceful stop ends with priority 0"
+    );
+    let b_mac = bed.mac(1);
+    for t in [&kill, &stop] {
+        assert!(
+            wire.garp_after(VIP, b_mac, t.first_new.t).is_some(),
+            "no gratuitous ARP for {VIP} from node 1 after its takeover"
+        );
+    }
+    let verdicts = tshark::verdicts(&pcap, &[a_ip, b_ip]);
+    assert!(!verdicts.is_empty(), "tshark saw no advertisements");
+    assert!(
+        tshark::flagged(&verdicts).is_empty(),
+        "tshark flags keepalived's advertisements: {:?}",
+        tshark::flagged(&verdicts)
+    );
+    Failover {
+        kill_ms: kill.gap_ms(),
+        stop_ms: stop.gap_ms(),
+    }
+}
+
+/// Item 6 and the keepalived half of item 8: keepalived's failover after
+/// SIGKILL and after a graceful stop, at 1 s, 100 ms and 10 ms (v3/IPv4),
+/// beside the RFC values. The gap may not be shorter than the RFC allows
+/// (that would mean the measurement is wrong) nor absurdly long.
+#[test]
+fn keepalived_failover_timing() {
+    let Some(_lock) = preflight(
+        "keepalived_failover_timing",
+        &["ip", "tcpdump", "tshark", "keepalived"],
+    ) else {
+        return;
+    };
+    let mut report = Report::default();
+    let bed = Bed::new("kft", 2);
+    for interval in [1000, 100, 10] {
+        let f = keepalived_failover(&bed, &format!("ka-{interval}"), interval);
+        let mdi = master_down_ms(100, interval);
+        let skew = skew_ms(100, interval);
+        report.record(Row {
+            what: "failover after SIGKILL".into(),
+            who: "keepalived".into(),
+            version: "v3/IPv4".into(),
+            interval_ms: interval,
+            value: f.kill_ms,
+            reference: Some(mdi),
+            note: "ms, wire gap; ref = 3×interval + Skew_Time".into(),
+        });
+        report.record(Row {
+            what: "failover after graceful stop".into(),
+            who: "keepalived".into(),
+            version: "v3/IPv4".into(),
+            interval_ms: interval,
+            value: f.stop_ms,
+            reference: Some(skew),
+            note: "ms, priority 0 to first advert; ref = Skew_Time".into(),
+        });
+        // Never earlier than three missed advertisements; within a wide
+        // margin of the RFC value.
+        assert!(
+            f.kill_ms >= 3.0 * f64::from(interval) * 0.98,
+            "{interval} ms: takeover after {:.3} ms is before Master_Down_Interval",
+            f.kill_ms
+        );
+        assert!(
+            f.kill_ms <= mdi * 1.25 + 50.0,
+            "{interval} ms: takeover after {:.3} ms",
+            f.kill_ms
+        );
+        assert!(
+            f.stop_ms <= skew * 1.25 + 50.0,
+            "{interval} ms: takeover after priority 0 took {:.3} ms",
+            f.stop_ms
+        );
+    }
+}
+
+/// Item 9, keepalived's half: two keepalived instances at a 10 ms
+/// interval while every core is saturated; the Master changes seen on the
+/// wire are reported (the goal of zero is ours, not keepalived's). Run
+/// with keepalived's real-time options, as our node runs in real time.
+#[test]
+fn keepalived_flaps_under_cpu_hog() {
+    let Some(_lock) = preflight(
+        "keepalived_flaps_under_cpu_hog",
+        &["ip", "tcpdump", "keepalived"],
+    ) else {
+        return;
+    };
+    let secs = if long() { 300 } else { 60 };
+    let mut report = Report::default();
+    let bed = Bed::new("khog", 2);
+    for realtime in [true, false] {
+        if !realtime && !long() {
+            continue;
+        }
+        let name = format!("ka-hog-rt{}", u8::from(realtime));
+        let cap = Tcpdump::start(&bed, &name);
+        let a_cfg = KaConfig {
+            start_master: true,
+            realtime,
+            ..KaConfig::v3(200, 10)
+        };
+        let b_cfg = KaConfig {
+            realtime,
+            ..KaConfig::v3(100, 10)
+        };
+        let mut a = Keepalived::start(&bed, 0, &format!("{name}-a"), &a_cfg);
+        let mut b = Keepalived::start(&bed, 1, &format!("{name}-b"), &b_cfg);
+        assert!(
+            wait_until(Duration::from_secs(10), || bed.holders(vip()) == [0]),
+            "node 0 did not become Master"
+        );
+        settle(10);
+        let from = wire::now();
+        let hog = CpuHog::start();
+        std::thread::sleep(Duration::from_secs(secs));
+        drop(hog);
+        let to = wire::now();
+        let entries = b.master_entries();
+        a.stop_graceful();
+        b.stop_graceful();
+        let wire = wire::read(&cap.finish());
+        let changes = wire.master_changes(VRID, from, to);
+        let a_adverts = wire
+            .of_vrid(VRID)
+            .filter(|x| x.src == IpAddr::V4(Bed::v4(0)) && x.t >= from && x.t <= to)
+            .count();
+        // The measurement holds only if the Master kept advertising.
+        assert!(
+            a_adverts as u64 >= secs * 100 / 2,
+            "the Master sent only {a_adverts} advertisements in {secs} s"
+        );
+        report.record(Row {
+            what: format!("Master changes under CPU hog, {secs} s"),
+            who: "keepalived".into(),
+            version: "v3/IPv4".into(),
+            interval_ms: 10,
+            value: changes as f64,
+            reference: Some(0.0),
+            note: format!(
+                "count on the wire; real-time options {}; b entered MASTER {entries}×",
+                if realtime { "on" } else { "off" }
+            ),
+        });
+    }
+}
+
+// ---- checks of the harness itself (no root needed) ----
+
+fn advert(t_ms: u64, src: [u8; 4], priority: u8) -> wire::Advert {
+    wire::Advert {
+        frame: t_ms,
+        t: Duration::from_millis(t_ms),
+        src: IpAddr::from(src),
+        ttl: 255,
+        version: 3,
+        vrid: VRID,
+        priority,
+        interval_cs: 1,
+        checksum: vrrp_proto::ChecksumMatch::PseudoHeader,
+    }
+}
+
+#[test]
+fn takeover_and_master_changes_from_adverts() {
+    let a = [10, 99, 0, 1];
+    let b = [10, 99, 0, 2];
+    let w = wire::Wire {
+        adverts: vec![
+            advert(0, a, 200),
+            advert(10, a, 200),
+            advert(20, a, 200),
+            advert(56, b, 100),
+            advert(66, b, 100),
+            advert(70, a, 200),
+            advert(80, a, 0),
+            advert(86, b, 100),
+        ],
+        ..Default::default()
+    };
+    let ms = Duration::from_millis;
+    let kill = w
+        .takeover(VRID, a.into(), b.into(), (ms(0), ms(50)))
+        .unwrap();
+    assert_eq!((kill.last_old.frame, kill.first_new.frame), (20, 56));
+    assert!((kill.gap_ms() - 36.0).abs() < 1e-9);
+    let stop = w
+        .takeover(VRID, a.into(), b.into(), (ms(67), ms(100)))
+        .unwrap();
+    assert_eq!((stop.last_old.priority, stop.gap_ms()), (0, 6.0));
+    assert!(
+        w.takeover(VRID, b.into(), a.into(), (ms(87), ms(100)))
+            .is_none()
+    );
+    assert_eq!(w.master_changes(VRID, ms(0), ms(100)), 3);
+    assert_eq!(w.master_changes(VRID, ms(0), ms(20)), 0);
+    assert_eq!(w.advertisers(VRID, ms(0), ms(20)), [IpAddr::from(a)]);
+}
+
+#[test]
+fn keepalived_config_text() {
+    let mut c = KaConfig::v3(150, 10);
+    c.realtime = true;
+    c.nopreempt = true;
+    let text = c.render("r1");
+    for want in [
+        "vrrp_version 3",
+        "vrrp_rt_priority 50",
+        "vrrp_no_swap",
+        "virtual_router_id 51",
+        "priority 150",
+        "advert_int 0.01\n",
+        "nopreempt",
+        "10.99.0.100/24",
+        "state BACKUP",
+    ] {
+        assert!(text.contains(want), "{want} missing in:\n{text}");
+    }
+    assert!(KaConfig::v3(1, 1000).render("r").contains("advert_int 1\n"));
+    assert!(
+        KaConfig::v3(1, 100)
+            .render("r")
+            .contains("advert_int 0.1\n")
+    );
+    assert!(!text.contains("v3_checksum_as_v2"));
+}
+
+#[test]
+fn report_table_aligns_columns() {
+    let row = |who: &str, v: f64| Row {
+        what: "failover".into(),
+        who: who.into(),
+        version: "v3/IPv4".into(),
+        interval_ms: 10,
+        value: v,
+        reference: None,
+        note: String::new(),
+    };
+    let t = report::table(&[row("keepalived", 37.25), row("ours", 36.1)]);
+    let lines: Vec<&str> = t.lines().collect();
+    assert_eq!(lines.len(), 4);
+    assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{t}");
+    assert!(lines[2].contains("37.250") && lines[3].contains("36.100"));
+    // A run's collected rows print as one table (benches/scripts/interop.sh).
+    if let Some(file) = std::env::var_os("INTEROP_TABLE") {
+        let rows = report::read_rows(Path::new(&file));
+        assert!(
+            !rows.is_empty(),
+            "no rows in {}",
+            Path::new(&file).display()
+        );
+        println!("{}", report::table(&rows));
+    }
+}
+
+/// The tshark helper flags a bad checksum: a bundled keepalived capture
+/// is checked as is (clean), then with one checksum byte changed.
+#[test]
+fn tshark_helper_flags_a_damaged_advertisement() {
+    if !have("tshark") {
+        assert!(!in_ci(), "tshark is required in CI");
+        eprintln!("skipping: tshark is not installed");
+        return;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../vrrp-proto/tests/data/keepalived-v3-ipv4.pcap");
+    let wire = wire::read(&src);
+    let sources: Vec<IpAddr> = wire.advertisers(VRID, Duration::ZERO, Duration::MAX);
+    assert!(!sources.is_empty());
+    let clean = tshark::verdicts(&src, &sources);
+    assert!(!clean.is_empty());
+    assert!(tshark::flagged(&clean).is_empty(), "{clean:?}");
+
+    // Damage the VRRP checksum of the first advertisement.
+    let first = wire.adverts[0].frame;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let damaged = dir.join(format!("interop-damaged-{}.pcap", std::process::id()));
+    {
+        let mut reader =
+            pcap_file::pcap::PcapReader::new(std::fs::File::open(&src).unwrap()).unwrap();
+        let header = reader.header();
+        let mut writer = pcap_file::pcap::PcapWriter::with_header(
+            std::fs::File::create(&damaged).unwrap(),
+            header,
+        )
+        .unwrap();
+        let mut n = 0;
+        while let Some(p) = reader.next_packet() {
+            let mut p = p.unwrap().into_owned();
+            n += 1;
+            if n == first {
+                let mut data = p.data.into_owned();
+                let ip = examples::capture::ip_datagram(header.datalink, &data).unwrap();
+                let ihl = usize::from(ip[0] & 0x0f) * 4;
+                let at = data.len() - ip.len() + ihl + 6;
+                data[at] ^= 0x5a;
+                p.data = data.into();
+            }
+            writer.write_packet(&p).unwrap();
+        }
+    }
+    let verdicts = tshark::verdicts(&damaged, &sources);
+    let flagged = tshark::flagged(&verdicts);
+    let _ = std::fs::remove_file(&damaged);
+    assert_eq!(
+        flagged.iter().map(|v| v.frame).collect::<Vec<_>>(),
+        [first],
+        "{verdicts:?}"
+    );
+}
+
+/// The bed removes its namespaces and files when dropped, also when the
+/// test panics.
+#[test]
+fn bed_removes_what_it_made() {
+    let Some(_lock) = preflight("bed_removes_what_it_made", &["ip"]) else {
+        return;
+    };
+    let netns = || bed::run("ip", &["netns", "list"]);
+    let (names, dir) = {
+        let bed = Bed::new("clean", 2);
+        assert_eq!(bed.holders(IpAddr::V4(Bed::v4(1))), [1]);
+        let mut names = bed.nodes.clone();
+        names.push(bed.lan.clone());
+        assert!(names.iter().all(|n| netns().contains(n.as_str())));
+        (names, bed.dir.clone())
+    };
+    assert!(
+        names.iter().all(|n| !netns().contains(n.as_str())),
+        "{}",
+        netns()
+    );
+    assert!(!dir.exists());
+
+    let caught = std::panic::catch_unwind(|| {
+        let bed = Bed::new("panic", 1);
+        let names = [bed.lan.clone(), bed.nodes[0].clone()];
+        std::panic::panic_any(names)
+    });
+    let names = caught
+        .expect_err("the closure panics")
+        .downcast::<[String; 2]>()
+        .expect("the names");
+    assert!(
+        names.iter().all(|n| !netns().contains(n.as_str())),
+        "{}",
+        netns()
+    );
+}
+
+/// Runs `udp-probe probe` and returns its JSON summary.
+#[track_caller]
+fn probe_summary(proc: &mut bed::Proc, timeout: Duration) -> serde_json::Value {
+    assert!(
+        proc.wait_exit(timeout).is_some_and(|s| s.success()),
+        "udp-probe probe did not finish: {}",
+        proc.log_text()
+    );
+    let text = proc.log_text();
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("udp-probe printed {text:?}: {e}"))
+}
+
+/// The phone of item 5 on loopback: while the echo service is down for
+/// 400 ms, requests go unanswered, and the longest gap covers the outage.
+#[test]
+fn udp_probe_sees_an_outage() {
+    let Some(tool) = example("udp-probe") else {
+        assert!(
+            !in_ci(),
+            "udp-probe is not built (cargo builds examples with the tests)"
+        );
+        eprintln!("skipping: target/debug/examples/udp-probe is not built");
+        return;
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let tag = std::process::id();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let echo = |n: u32| {
+        bed::Proc::spawn_here(
+            &dir.join(format!("udp-probe-echo-{tag}-{n}.log")),
+            &tool,
+            &["echo", "--listen", &addr],
+        )
+    };
+    let mut service = echo(0);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = dir.join(format!("udp-probe-probe-{tag}.log"));
+    let mut phone = bed::Proc::spawn_here(
+        &log,
+        &tool,
+        &["probe", "--to", &addr, "--every-ms", "10", "--for-s", "2"],
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    service.kill();
+    std::thread::sleep(Duration::from_millis(400));
+    let _service = echo(1);
+    let s = probe_summary(&mut phone, Duration::from_secs(10));
+    let sent = s["sent"].as_u64().unwrap();
+    let answered = s["answered"].as_u64().unwrap();
+    let gap = s["longest_gap_ms"].as_f64().unwrap();
+    assert!(sent >= 100, "{s}");
+    assert!(answered >= sent / 4 && answered < sent, "{s}");
+    // Down for at least 400 ms; one request every 10 ms around it.
+    assert!((390.0..1500.0).contains(&gap), "{s}");
+    for n in 0..2 {
+        let _ = std::fs::remove_file(dir.join(format!("udp-probe-echo-{tag}-{n}.log")));
+    }
+    let _ = std::fs::remove_file(log);
+}
