@@ -1,0 +1,643 @@
+//! The `sync` tool against its contract, and the peer link in process.
+//! Loopback only, temporary directories, child processes ended by pid.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use examples::peer::{self, PeerCommand, PeerConfig, PeerEvent, SyncRole};
+
+const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+const OTHER_KEY: &str = "ff0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "sync-tool-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sync_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/sync_tool-… → target/debug/examples/sync
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples")
+        .join("sync");
+    assert!(bin.exists(), "{} not built", bin.display());
+    bin
+}
+
+fn key_file(dir: &TempDir, name: &str, hex: &str) -> PathBuf {
+    let p = dir.join(name);
+    // Whitespace is ignored: split the digits over two lines.
+    std::fs::write(&p, format!("{}\n{}\n", &hex[..32], &hex[32..])).unwrap();
+    p
+}
+
+/// A running `sync serve`, killed by pid on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(dir: &Path, key: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(sync_bin())
+            .arg("serve")
+            .arg("--dir")
+            .arg(dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--key-file")
+            .arg(key)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(a.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        // A hang guard, not a timing assertion.
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("serve did not report its address");
+        Self { child, addr }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pull(dir: &Path, from: SocketAddr, key: &Path, extra: &[&str]) -> Output {
+    Command::new(sync_bin())
+        .arg("pull")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--from")
+        .arg(from.to_string())
+        .arg("--key-file")
+        .arg(key)
+        .arg("--once")
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The JSON summary line of a successful pull.
+#[track_caller]
+fn summary(out: &Output) -> serde_json::Map<String, serde_json::Value> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "pull failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON line expected: {stdout:?}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    let m = v.as_object().unwrap().clone();
+    let keys: Vec<&str> = m.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "generation",
+            "files_sent",
+            "files_renamed",
+            "files_deleted",
+            "bytes_received",
+            "seconds"
+        ]
+    );
+    for k in &keys[..5] {
+        assert!(m[*k].is_u64(), "{k} is not a whole number: {}", m[*k]);
+    }
+    assert!(m["seconds"].is_f64());
+    m
+}
+
+#[track_caller]
+fn num(m: &serde_json::Map<String, serde_json::Value>, k: &str) -> u64 {
+    m[k].as_u64().unwrap()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Entry {
+    Dir {
+        mode: u32,
+    },
+    File {
+        mode: u32,
+        mtime: i64,
+        bytes: Vec<u8>,
+    },
+    Link {
+        target: PathBuf,
+    },
+}
+
+/// Everything under `root` but the engine's state folder.
+fn tree(root: &Path) -> BTreeMap<String, Entry> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == ".sync-delta" {
+                continue;
+            }
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let mode = md.permissions().mode() & 0o7777;
+            let entry = if md.file_type().is_symlink() {
+                Entry::Link {
+                    target: std::fs::read_link(&p).unwrap(),
+                }
+            } else if md.is_dir() {
+                walk(root, &p, out);
+                Entry::Dir { mode }
+            } else {
+                Entry::File {
+                    mode,
+                    mtime: md.mtime(),
+                    bytes: std::fs::read(&p).unwrap(),
+                }
+            };
+            out.insert(rel, entry);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Deterministic, incompressible-looking bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn write(root: &Path, rel: &str, bytes: &[u8], mode: u32) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, bytes).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A small PBX-like tree: config, voicemail, a prompt, a script, an empty
+/// file, a symlink, a private directory.
+fn seed_tree(root: &Path) {
+    write(
+        root,
+        "config/pbx.conf",
+        b"[general]\nextensions=32\n",
+        0o644,
+    );
+    write(root, "config/secret.conf", b"password=hunter2\n", 0o600);
+    write(root, "bin/backup.sh", b"#!/bin/sh\necho ok\n", 0o755);
+    write(root, "voicemail/100/msg0001.wav", &noise(200_000, 1), 0o640);
+    write(root, "voicemail/100/msg0002.wav", &noise(150_000, 2), 0o640);
+    write(root, "prompts/en/welcome.wav", &noise(90_000, 3), 0o644);
+    write(root, "empty.flag", b"", 0o644);
+    std::fs::set_permissions(
+        root.join("voicemail/100"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    symlink("config/pbx.conf", root.join("current.conf")).unwrap();
+}
+
+#[test]
+fn pull_once_replicates_then_follows_edits() {
+    let t = TempDir::new("edits");
+    let src = t.join("src");
+    let rep = t.join("rep");
+    std::fs::create_dir_all(&src).unwrap();
+    seed_tree(&src);
+    let key = key_file(&t, "key", KEY);
+    let server = Server::start(&src, &key, &[]);
+
+    // Round 1: everything (rep does not exist yet: created).
+    let out = pull(&rep, server.addr, &key, &[]);
+    let s = summary(&out);
+    assert_eq!(num(&s, "generation"), 1);
+    // Six files with content; the empty one is made locally.
+    assert_eq!(num(&s, "files_sent"), 6);
+    assert_eq!(num(&s, "files_renamed"), 0);
+    assert_eq!(num(&s, "files_deleted"), 0);
+    assert!(num(&s, "bytes_received") > 440_000);
+    assert_eq!(tree(&rep), tree(&src));
+    assert!(rep.join(".sync-delta").is_dir());
+
+    // Round 2: modify, append, rename, delete.
+    write(
+        &src,
+        "config/pbx.conf",
+        b"[general]\nextensions=48\n",
+        0o644,
+    );
+    let mut msg = std::fs::read(src.join("voicemail/100/msg0001.wav")).unwrap();
+    msg.extend_from_slice(&noise(5_000, 9));
+    std::fs::write(src.join("voicemail/100/msg0001.wav"), &msg).unwrap();
+    std::fs::rename(
+        src.join("voicemail/100/msg0002.wav"),
+        src.join("voicemail/100/saved0002.wav"),
+    )
+    .unwrap();
+    std::fs::remove_file(src.join("bin/backup.sh")).unwrap();
+    let s = summary(&pull(&rep, server.addr, &key, &[]));
+    assert_eq!(num(&s, "generation"), 2);
+    assert_eq!(num(&s, "files_sent"), 2, "{s:?}");
+    assert_eq!(num(&s, "files_renamed"), 1, "{s:?}");
+    assert_eq!(num(&s, "files_deleted"), 1, "{s:?}");
+    // The append and the rename did not resend their content.
+    assert!(num(&s, "bytes_received") < 100_000, "{s:?}");
+    assert_eq!(tree(&rep), tree(&src));
+
+    // Round 3: nothing changed, the generation stays.
+    let s = summary(&pull(&rep, server.addr, &key, &[]));
+    assert_eq!(num(&s, "generation"), 2);
+    assert_eq!(num(&s, "files_sent"), 0);
+    assert_eq!(tree(&rep), tree(&src));
+}
+
+#[test]
+fn mass_deletion_is_refused_until_confirmed() {
+    let t = TempDir::new("mass");
+    let src = t.join("src");
+    let rep = t.join("rep");
+    for i in 0..10 {
+        write(&src, &format!("vm/msg{i}.wav"), &noise(1000, i), 0o644);
+    }
+    let key = key_file(&t, "key", KEY);
+    let server = Server::start(&src, &key, &[]);
+    let s = summary(&pull(&rep, server.addr, &key, &[]));
+    assert_eq!(num(&s, "generation"), 1);
+    let before = tree(&rep);
+
+    for i in 0..8 {
+        std::fs::remove_file(src.join(format!("vm/msg{i}.wav"))).unwrap();
+    }
+    let out = pull(&rep, server.addr, &key, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mass-deletion"), "{err}");
+    assert!(err.contains("--allow-mass-delete"), "{err}");
+    assert_eq!(tree(&rep), before, "a refused round changed the replica");
+
+    let s = summary(&pull(&rep, server.addr, &key, &["--allow-mass-delete"]));
+    assert_eq!(num(&s, "generation"), 2);
+    assert_eq!(num(&s, "files_deleted"), 8);
+    assert_eq!(tree(&rep), tree(&src));
+}
+
+#[test]
+fn wrong_key_and_no_server_fail_without_writing() {
+    let t = TempDir::new("key");
+    let src = t.join("src");
+    let rep = t.join("rep");
+    seed_tree(&src);
+    write(&rep, "local.txt", b"mine", 0o644);
+    let before = tree(&rep);
+    let key = key_file(&t, "key", KEY);
+    let wrong = key_file(&t, "wrong", OTHER_KEY);
+    let server = Server::start(&src, &key, &[]);
+
+    let out = pull(&rep, server.addr, &wrong, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wrong key"), "{err}");
+    assert_eq!(tree(&rep), before);
+
+    // Nobody listening.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap();
+    drop(free);
+    let out = pull(&rep, addr, &key, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error:"));
+    assert_eq!(tree(&rep), before);
+
+    // A malformed key file.
+    let bad = t.join("bad");
+    std::fs::write(&bad, "abc").unwrap();
+    let out = pull(&rep, server.addr, &bad, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex digits"));
+
+    // The server survived all that and still serves the right key.
+    let s = summary(&pull(&rep, server.addr, &key, &[]));
+    assert_eq!(num(&s, "generation"), 1);
+    // The replica's own untracked file is left alone.
+    let mut expect = tree(&src);
+    expect.insert(
+        "local.txt".into(),
+        before
+            .get("local.txt")
+            .map(|e| match e {
+                Entry::File { mode, mtime, bytes } => Entry::File {
+                    mode: *mode,
+                    mtime: *mtime,
+                    bytes: bytes.clone(),
+                },
+                _ => unreachable!(),
+            })
+            .unwrap(),
+    );
+    assert_eq!(tree(&rep), expect);
+}
+
+#[test]
+fn exclusions_on_both_sides() {
+    let t = TempDir::new("exclude");
+    let src = t.join("src");
+    let rep = t.join("rep");
+    seed_tree(&src);
+    write(&src, "licenses/pbx-32.lic", b"source licence", 0o600);
+    write(&src, "config/draft.tmp", b"scratch", 0o644);
+    write(&rep, "licenses/pbx-8.lic", b"replica licence", 0o600);
+    let key = key_file(&t, "key", KEY);
+    let server = Server::start(&src, &key, &["--exclude", "*.tmp"]);
+    let s = summary(&pull(
+        &rep,
+        server.addr,
+        &key,
+        &["--exclude", "licenses/**"],
+    ));
+    assert_eq!(num(&s, "generation"), 1);
+    let got = tree(&rep);
+    // The source never sent its scratch file; the replica kept its own
+    // licence and did not take the source's.
+    assert!(!got.contains_key("config/draft.tmp"));
+    assert!(!got.contains_key("licenses/pbx-32.lic"));
+    assert_eq!(
+        std::fs::read(rep.join("licenses/pbx-8.lic")).unwrap(),
+        b"replica licence"
+    );
+    let mut expect = tree(&src);
+    expect.retain(|p, _| !p.ends_with(".tmp") && !p.starts_with("licenses"));
+    let mut got2 = got;
+    got2.retain(|p, _| !p.starts_with("licenses"));
+    assert_eq!(got2, expect);
+}
+
+// ---------------------------------------------------------------------------
+// peer.rs in process
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Waits (with a hang guard) for the first event that `f` maps to `Some`.
+async fn wait_for<T>(
+    rx: &mut tokio::sync::mpsc::Receiver<PeerEvent>,
+    what: &str,
+    mut f: impl FnMut(PeerEvent) -> Option<T>,
+) -> T {
+    let fut = async {
+        loop {
+            let e = rx
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("closed waiting for {what}"));
+            if let Some(t) = f(e) {
+                return t;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .unwrap_or_else(|_| panic!("no {what}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_links_exchange_peer_messages_and_sync_both_ways() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("examples=debug")
+        .with_test_writer()
+        .try_init();
+    let t = TempDir::new("peer");
+    let a_dir = t.join("a");
+    let b_dir = t.join("b");
+    seed_tree(&a_dir);
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let key = examples::config::parse_key(KEY).unwrap();
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let config = |dir: &Path, listen, peer, node| {
+        let mut c = PeerConfig::new(dir, key);
+        c.listen = Some(listen);
+        c.peer = Some(peer);
+        c.node = node;
+        c.interval = Duration::from_secs(3600);
+        c
+    };
+    let (a_cmd, mut a_ev) = peer::spawn(config(&a_dir, a_addr, b_addr, 1), SyncRole::Source);
+    let (b_cmd, mut b_ev) = peer::spawn(config(&b_dir, b_addr, a_addr, 2), SyncRole::Replica);
+
+    wait_for(&mut a_ev, "A connected", |e| {
+        matches!(e, PeerEvent::Connected).then_some(())
+    })
+    .await;
+    // B pulls at once when the link comes up.
+    let first = wait_for(&mut b_ev, "B's first round", |e| match e {
+        PeerEvent::RoundDone(s) => Some(s),
+        _ => None,
+    })
+    .await;
+    assert_eq!(first.generation, 1);
+    assert_eq!(first.files_sent, 6);
+    assert_eq!(tree(&b_dir), tree(&a_dir));
+    wait_for(&mut a_ev, "A served", |e| match e {
+        PeerEvent::Served { generation } => Some(generation),
+        _ => None,
+    })
+    .await;
+
+    // Opaque orchestrator bytes, both ways, beside the sync channel.
+    a_cmd
+        .send(PeerCommand::SendPeerMessage(b"hello from a".to_vec()))
+        .await
+        .unwrap();
+    let got = wait_for(&mut b_ev, "peer message at B", |e| match e {
+        PeerEvent::PeerMessage(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, b"hello from a");
+    b_cmd
+        .send(PeerCommand::SendPeerMessage(vec![0, 1, 2, 255]))
+        .await
+        .unwrap();
+    let got = wait_for(&mut a_ev, "peer message at A", |e| match e {
+        PeerEvent::PeerMessage(m) => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, [0, 1, 2, 255]);
+
+    // Sync now, on demand, after an edit.
+    write(
+        &a_dir,
+        "config/pbx.conf",
+        b"[general]\nextensions=64\n",
+        0o644,
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    b_cmd
+        .send(PeerCommand::SyncNow { reply: tx })
+        .await
+        .unwrap();
+    let s = tokio::time::timeout(Duration::from_secs(60), rx)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.generation, 2);
+    assert_eq!(s.files_sent, 1);
+    assert_eq!(tree(&b_dir), tree(&a_dir));
+
+    // Takeover: B settles and becomes the source, A returns as replica.
+    // (B's symlink was made by its replica, so its mtime differs from the
+    // recorded one: the link retries the round with a full listing.)
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    b_cmd
+        .send(PeerCommand::FinishOrRollback { reply: tx })
+        .await
+        .unwrap();
+    let g = rx.await.unwrap().unwrap();
+    assert_eq!(g.generation, 2);
+    assert!(g.taken_at.is_some());
+    b_cmd
+        .send(PeerCommand::SetRole(SyncRole::Source))
+        .await
+        .unwrap();
+    b_cmd
+        .send(PeerCommand::SetEpoch(sync_delta::Epoch::new(1, 2)))
+        .await
+        .unwrap();
+    a_cmd
+        .send(PeerCommand::SetRole(SyncRole::Replica))
+        .await
+        .unwrap();
+    write(
+        &b_dir,
+        "voicemail/100/msg0003.wav",
+        &noise(30_000, 7),
+        0o640,
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    a_cmd
+        .send(PeerCommand::SyncNow { reply: tx })
+        .await
+        .unwrap();
+    let s = tokio::time::timeout(Duration::from_secs(60), rx)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.generation, 3);
+    assert_eq!(s.files_sent, 1);
+    assert_eq!(tree(&a_dir), tree(&b_dir));
+
+    // Idle has no sync role.
+    a_cmd
+        .send(PeerCommand::SetRole(SyncRole::Idle))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    a_cmd
+        .send(PeerCommand::SyncNow { reply: tx })
+        .await
+        .unwrap();
+    assert!(rx.await.unwrap().is_err());
+
+    // Shutdown closes the event channels.
+    a_cmd.send(PeerCommand::Shutdown).await.unwrap();
+    b_cmd.send(PeerCommand::Shutdown).await.unwrap();
+    for ev in [&mut a_ev, &mut b_ev] {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while ev.recv().await.is_some() {}
+        })
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_never_connects() {
+    let t = TempDir::new("peer-key");
+    let a_dir = t.join("a");
+    let b_dir = t.join("b");
+    seed_tree(&a_dir);
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let mut a = PeerConfig::new(&a_dir, examples::config::parse_key(KEY).unwrap());
+    a.listen = Some(a_addr);
+    a.peer = Some(b_addr);
+    let mut b = PeerConfig::new(&b_dir, examples::config::parse_key(OTHER_KEY).unwrap());
+    b.listen = Some(b_addr);
+    b.peer = Some(a_addr);
+    let (_a_cmd, mut a_ev) = peer::spawn(a, SyncRole::Source);
+    let (_b_cmd, mut b_ev) = peer::spawn(b, SyncRole::Replica);
+    // Both ends report the failure; neither reports a connection first.
+    for ev in [&mut a_ev, &mut b_ev] {
+        wait_for(ev, "link failure", |e| match e {
+            PeerEvent::Connected => panic!("connected with a wrong key"),
+            PeerEvent::LinkFailed(_) => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    assert!(tree(&b_dir).is_empty());
+}
