@@ -546,6 +546,12 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
     assert_eq!(s.generation, 2);
     assert_eq!(s.files_sent, 1);
     assert_eq!(tree(&b_dir), tree(&a_dir));
+    // The source records the confirmation a moment later; a swap before it
+    // would quarantine A's unconfirmed edit (tested by sync-delta).
+    wait_for(&mut a_ev, "A served generation 2", |e| {
+        matches!(e, PeerEvent::Served { generation: 2 }).then_some(())
+    })
+    .await;
 
     // Takeover: B settles and becomes the source, A returns as replica.
     // (B's symlink was made by its replica, so its mtime differs from the
