@@ -1009,7 +1009,7 @@ impl Worker {
                         evs.push(e);
                     }
                     for e in evs {
-                        self.source_event(e);
+                        self.source_event(e).await;
                     }
                     let (Session::Source(s), Some(store)) =
                         (&mut self.session, self.store.as_mut())
@@ -1033,11 +1033,11 @@ impl Worker {
         }
     }
 
-    fn source_event(&mut self, e: SourceEvent) {
+    async fn source_event(&mut self, e: SourceEvent) {
         match e {
             SourceEvent::Confirmed { generation } => {
                 tracing::info!(generation, "replica confirmed a generation");
-                let _ = self.events.try_send(PeerEvent::Served { generation });
+                self.emit(PeerEvent::Served { generation }).await;
                 for (at, reply) in self.source_waiting.drain(..) {
                     let _ = reply.send(Ok(ReplicaSummary {
                         generation,

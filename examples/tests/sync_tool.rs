@@ -647,3 +647,122 @@ async fn wrong_key_never_connects() {
     }
     assert!(tree(&b_dir).is_empty());
 }
+
+/// A source that passes the handshake, lists one new file, then sends more
+/// data than the file's announced size: the replica must refuse the round,
+/// exit 1 and stay at its last whole generation.
+#[test]
+fn misbehaving_source_leaves_the_last_whole_generation() {
+    use sync_delta::frame::{CHANNEL_SYNC, LinkRole, PreSharedKey};
+    use sync_delta::manifest::{Change, LocalStat, Meta};
+    use sync_delta::wire::Message;
+    use sync_delta::{Epoch, Kind, Manifest, RelPath, delta::Op};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let t = TempDir::new("evil");
+    let src = t.join("src");
+    let rep = t.join("rep");
+    seed_tree(&src);
+    let key = key_file(&t, "key", KEY);
+    {
+        let server = Server::start(&src, &key, &[]);
+        assert_eq!(
+            num(&summary(&pull(&rep, server.addr, &key, &[])), "generation"),
+            1
+        );
+    }
+    let gen1 = tree(&rep);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let secret = examples::config::parse_key(KEY).unwrap();
+    let evil = rt.spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let (mut link, early) = examples::peer::handshake(
+            &mut stream,
+            LinkRole::Responder,
+            PreSharedKey::from_secret(&secret),
+            Epoch::default(),
+            Epoch::default(),
+        )
+        .await
+        .unwrap();
+        // Wait for the replica's request.
+        let mut frames = early;
+        let mut buf = vec![0u8; 65536];
+        while frames.is_empty() {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            link.handle_bytes(&buf[..n]).unwrap();
+            while let Some(f) = link.poll_frame().unwrap() {
+                frames.push(f);
+            }
+        }
+        let path = RelPath::new("new.bin").unwrap();
+        let meta = Meta {
+            kind: Kind::File {
+                size: 4,
+                hash: *blake3::hash(b"abcd").as_bytes(),
+            },
+            mode: 0o644,
+            mtime_ns: 0,
+            local: LocalStat::default(),
+        };
+        let mut m = Manifest::default();
+        m.entries.insert(path.clone(), meta.clone());
+        let msgs = [
+            Message::ManifestStart {
+                taken_at_ns: 1,
+                full: true,
+            },
+            Message::Entries {
+                changes: vec![Change::Upsert(path, meta)],
+            },
+            Message::ManifestEnd {
+                entries: 1,
+                digest: m.digest(),
+            },
+        ];
+        let send = |link: &mut sync_delta::frame::Link, m: &Message| {
+            let (mut payload, mut out) = (Vec::new(), Vec::new());
+            m.encode(&mut payload);
+            link.send(CHANNEL_SYNC, &payload, &mut out).unwrap();
+            out
+        };
+        for m in &msgs {
+            let out = send(&mut link, m);
+            stream.write_all(&out).await.unwrap();
+        }
+        // The replica wants the file (id 0 is its first want).
+        let out = send(
+            &mut link,
+            &Message::Data {
+                id: 0,
+                ops: vec![Op::Literal(b"far more than four bytes".to_vec())],
+            },
+        );
+        stream.write_all(&out).await.unwrap();
+        // Hold the connection until the replica closes it.
+        while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    });
+
+    // The listing would delete everything: let it past the guard, so that
+    // the failure comes from the data.
+    let out = pull(&rep, addr, &key, &["--allow-mass-delete"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error:") && err.contains("size"), "{err}");
+    assert_eq!(tree(&rep), gen1, "a failed round changed the replica");
+    // Nothing staged is left behind.
+    let stage = rep.join(".sync-delta/stage");
+    assert!(
+        !stage.exists() || std::fs::read_dir(&stage).unwrap().next().is_none(),
+        "staged files left in {}",
+        stage.display()
+    );
+    rt.block_on(evil).unwrap();
+}
