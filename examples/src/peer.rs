@@ -23,7 +23,10 @@
 //! ([`MIN_BACKOFF`] doubling to [`MAX_BACKOFF`]) after a loss. With only
 //! `peer`, this end only dials; with only `listen`, it only accepts. One
 //! connection at a time: a newly authenticated connection replaces the old
-//! one (the peer restarted), an unauthenticated one never does.
+//! one (the peer restarted), an unauthenticated one never does. A peer
+//! that vanishes without closing (power loss) is noticed by TCP keepalive
+//! ([`KEEPALIVE_IDLE`] + [`KEEPALIVE_PROBES`] × [`KEEPALIVE_INTERVAL`]) or,
+//! with data in flight, by [`USER_TIMEOUT`].
 //!
 //! Flow control: a source's data waits for the socket (bounded queues); a
 //! replica's requests never wait, so the two sessions cannot block each
@@ -56,6 +59,15 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A connection that has not finished the handshake in this time is
 /// dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Idle time before the first keepalive probe.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+/// Time between keepalive probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Unanswered probes before the connection is dropped.
+pub const KEEPALIVE_PROBES: u32 = 3;
+/// Longest time sent data may stay unacknowledged (`TCP_USER_TIMEOUT`).
+pub const USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
@@ -320,6 +332,21 @@ fn os_nonce() -> std::io::Result<Nonce> {
     Ok(Nonce(n))
 }
 
+/// No Nagle delay (small messages), and a peer that vanished without a
+/// FIN (power loss) is noticed in seconds, not at the kernel's default
+/// retransmission limit: keepalive probes while idle, a user timeout while
+/// data is unacknowledged.
+fn tune(stream: &TcpStream) {
+    let sock = socket2::SockRef::from(stream);
+    let _ = sock.set_tcp_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+    let _ = sock.set_tcp_user_timeout(Some(USER_TIMEOUT));
+}
+
 fn lock(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
     link.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -495,7 +522,7 @@ impl Manager {
                         let (key, epoch, floor) = (self.key.clone(), self.epoch, self.newest_peer);
                         let tx = hs_tx.clone();
                         tokio::spawn(async move {
-                            let _ = stream.set_nodelay(true);
+                            tune(&stream);
                             let r = handshake(&mut stream, LinkRole::Responder, key, epoch, floor)
                                 .await
                                 .map(|(l, f)| (stream, l, f))
@@ -523,7 +550,7 @@ impl Manager {
                                 .await
                                 .map_err(|_| format!("connect to {to}: timed out"))?
                                 .map_err(|e| format!("connect to {to}: {e}"))?;
-                                let _ = stream.set_nodelay(true);
+                                tune(&stream);
                                 let (l, f) = handshake(
                                     &mut stream,
                                     LinkRole::Initiator,

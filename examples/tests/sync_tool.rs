@@ -766,3 +766,56 @@ fn misbehaving_source_leaves_the_last_whole_generation() {
     );
     rt.block_on(evil).unwrap();
 }
+
+/// Without `--once` the tool keeps pulling every `--interval-s` and prints
+/// a line per round.
+#[test]
+fn pull_without_once_repeats() {
+    let t = TempDir::new("repeat");
+    let src = t.join("src");
+    let rep = t.join("rep");
+    seed_tree(&src);
+    let key = key_file(&t, "key", KEY);
+    let server = Server::start(&src, &key, &[]);
+    let mut child = Command::new(sync_bin())
+        .arg("pull")
+        .arg("--dir")
+        .arg(&rep)
+        .arg("--from")
+        .arg(server.addr.to_string())
+        .arg("--key-file")
+        .arg(&key)
+        .args(["--interval-s", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if tx.send(v["generation"].as_u64().unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // Hang guards, not timing assertions.
+    let wait = Duration::from_secs(60);
+    assert_eq!(rx.recv_timeout(wait).unwrap(), 1);
+    // Atomically, as rounds may run at any moment.
+    write(&t.0, "pbx.conf.new", b"[general]\nextensions=99\n", 0o644);
+    std::fs::rename(t.join("pbx.conf.new"), src.join("config/pbx.conf")).unwrap();
+    loop {
+        let g = rx.recv_timeout(wait).unwrap();
+        assert!(g == 1 || g == 2, "generation {g}");
+        if g == 2 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(tree(&rep), tree(&src));
+}
