@@ -819,3 +819,36 @@ fn pull_without_once_repeats() {
     let _ = child.wait();
     assert_eq!(tree(&rep), tree(&src));
 }
+
+/// `serve` refuses what it cannot do, with exit 1 and a reason.
+#[test]
+fn serve_failures_exit_1() {
+    let t = TempDir::new("serve-fail");
+    let src = t.join("src");
+    seed_tree(&src);
+    let key = key_file(&t, "key", KEY);
+    let server = Server::start(&src, &key, &[]);
+    let serve = |dir: &Path, listen: String| {
+        Command::new(sync_bin())
+            .arg("serve")
+            .arg("--dir")
+            .arg(dir)
+            .arg("--listen")
+            .arg(listen)
+            .arg("--key-file")
+            .arg(&key)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // The address is taken.
+    let out = serve(&src, server.addr.to_string());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen"), "{err}");
+    // No such directory.
+    let out = serve(&t.join("missing"), "127.0.0.1:0".into());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a directory"), "{err}");
+}
