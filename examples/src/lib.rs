@@ -10,11 +10,14 @@
 //! - [`node`]: the node daemon's runtime; [`status`] its HTTP API;
 //!   [`phones`] its phone inventory; [`hooks`] how services and phones
 //!   are carried out.
+//! - [`demo`]: in-process services and simulated phones for the `pair`
+//!   demo and tests.
 //! - [`peer`]: the authenticated TCP peer link carrying sync rounds and
 //!   the orchestrator's peer messages.
 
 pub mod capture;
 pub mod config;
+pub mod demo;
 pub mod dump;
 pub mod hooks;
 pub mod net;

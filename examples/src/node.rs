@@ -119,6 +119,9 @@ pub struct VrrpView {
     pub dropped: u64,
     /// Wall-clock time of the last state change, ms since the Unix epoch.
     pub last_change_unix_ms: u64,
+    /// Wall-clock time of the last advertisement accepted, ms since the
+    /// Unix epoch (0 before the first).
+    pub last_rx_unix_ms: u64,
 }
 
 /// One service.
@@ -214,7 +217,7 @@ fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn view(r: &vrrp_fsm::VirtualRouter, last_change_unix_ms: u64) -> VrrpView {
+fn view(r: &vrrp_fsm::VirtualRouter, last_change_unix_ms: u64, last_rx_unix_ms: u64) -> VrrpView {
     let s = r.stats();
     VrrpView {
         state: format!("{:?}", r.state()),
@@ -231,6 +234,7 @@ fn view(r: &vrrp_fsm::VirtualRouter, last_change_unix_ms: u64) -> VrrpView {
         received: s.rx_accepted,
         dropped: s.dropped(),
         last_change_unix_ms,
+        last_rx_unix_ms,
     }
 }
 
@@ -294,6 +298,7 @@ async fn vrrp_loop(
     let mut tx = vec![0u8; router.max_transmit_len().max(64) + 64];
     let mut shutdown_reply = None;
     let mut last_change = unix_ms(SystemTime::now());
+    let mut last_rx = 0;
     loop {
         // Outputs first: advertisements, then events.
         loop {
@@ -319,7 +324,7 @@ async fn vrrp_loop(
             }
             let _ = out.send(VrrpOut::Event(ev));
         }
-        let _ = out.send(VrrpOut::View(view(&router, last_change)));
+        let _ = out.send(VrrpOut::View(view(&router, last_change, last_rx)));
         if let Some(reply) = shutdown_reply.take() {
             let _: oneshot::Sender<()> = reply;
             let _ = reply.send(());
@@ -331,10 +336,14 @@ async fn vrrp_loop(
             () = sleep_until(deadline) => router.handle_timeout(Instant::now()),
             r = socket.recv(&mut rx) => match r {
                 Ok(Received::Datagram(n)) => {
-                    let _ = router.handle_datagram(Instant::now(), &rx[..n]);
+                    if router.handle_datagram(Instant::now(), &rx[..n]).is_ok() {
+                        last_rx = unix_ms(SystemTime::now());
+                    }
                 }
                 Ok(Received::Message(n, meta)) => {
-                    let _ = router.handle_message(Instant::now(), &rx[..n], meta);
+                    if router.handle_message(Instant::now(), &rx[..n], meta).is_ok() {
+                        last_rx = unix_ms(SystemTime::now());
+                    }
                 }
                 Err(e) => warn!(error = %e, "vrrp receive"),
             },
@@ -988,6 +997,7 @@ pub async fn run(
         config.state_dir.display()
     )))?;
     let persisted = load_state(&config.state_dir);
+    let initial_epoch = persisted.highest_epoch;
 
     // The interface, the primary address and leftovers of a crashed run.
     let vrrp_cfg = &config.vrrp;
@@ -1140,6 +1150,13 @@ pub async fn run(
             pc.interval = sync.interval;
             pc.node = orch::Epoch::node_number(&config.id);
             let (tx, rx) = crate::peer::spawn(pc, SyncRole::Idle);
+            // Frames carry the newest epoch this node knows, from the first
+            // handshake on: a peer refuses anything older than what it saw.
+            let e = initial_epoch;
+            let _ = tx.try_send(PeerCommand::SetEpoch(sync_delta::Epoch {
+                term: e.term,
+                node: e.node,
+            }));
             (Some(tx), Some(rx))
         }
         _ => (None, None),
@@ -1169,16 +1186,20 @@ pub async fn run(
         config,
     };
     let _ = main.options.privileged;
-    if let Some(status) = main.config.status {
-        crate::status::spawn(
-            status,
-            main.config.sync.as_ref().map(|s| s.peer),
-            snapshot.clone(),
-            api_tx.clone(),
+    let _status_server = if let Some(status) = main.config.status {
+        Some(
+            crate::status::spawn(
+                status,
+                main.config.sync.as_ref().map(|s| s.peer),
+                snapshot.clone(),
+                api_tx.clone(),
+            )
+            .await
+            .map_err(io_err(format!("status endpoint on {}", status.listen)))?,
         )
-        .await
-        .map_err(io_err(format!("status endpoint on {}", status.listen)))?;
-    }
+    } else {
+        None
+    };
     main.drain();
     if let Some(r) = ready {
         let _ = r.send(NodeHandle {

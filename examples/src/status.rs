@@ -96,6 +96,23 @@ async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
 
+/// The running endpoint; dropping it closes both ports.
+pub struct StatusServer {
+    stop: Option<oneshot::Sender<()>>,
+    forward: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for StatusServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(f) = self.forward.take() {
+            f.abort();
+        }
+    }
+}
+
 /// Serves the API on `config.listen`, and the Backup GUI forward on the
 /// Master's `backup_gui_port` (to the peer's host at this node's status
 /// port). Returns once both are listening.
@@ -107,7 +124,7 @@ pub async fn spawn(
     peer_host: Option<SocketAddr>,
     snapshot: Arc<Mutex<Snapshot>>,
     api: mpsc::Sender<ApiRequest>,
-) -> std::io::Result<()> {
+) -> std::io::Result<StatusServer> {
     let app = Router::new()
         .route("/", get(page))
         .route("/status", get(status))
@@ -119,19 +136,30 @@ pub async fn spawn(
         });
     let listener = TcpListener::bind(config.listen).await?;
     info!(listen = %config.listen, "status endpoint");
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        let shutdown = async move {
+            let _ = stop_rx.await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             warn!(error = %e, "status endpoint stopped");
         }
     });
+    let mut server = StatusServer {
+        stop: Some(stop_tx),
+        forward: None,
+    };
     if let (Some(port), Some(peer)) = (config.backup_gui_port, peer_host) {
         let listen = SocketAddr::new(config.listen.ip(), port);
         let target = SocketAddr::new(peer.ip(), config.listen.port());
         let gui = TcpListener::bind(listen).await?;
         info!(%listen, %target, "backup GUI forward (served while Master)");
-        tokio::spawn(forward(gui, target, snapshot));
+        server.forward = Some(tokio::spawn(forward(gui, target, snapshot)));
     }
-    Ok(())
+    Ok(server)
 }
 
 /// Forwards connections to the Backup's page while this node is Master.

@@ -1,0 +1,663 @@
+//! `pair`: two nodes of a redundant PBX pair on this machine, walked through
+//! election, sync, failover, rejoin and a swap, with a timeline of what was
+//! measured.
+//!
+//! ```text
+//! cargo run --release --example pair                  # the walk-through, then exit
+//! cargo run --release --example pair -- --interactive # keep both running, print their pages
+//! ```
+//!
+//! No root needed: the nodes speak VRRP over UDP on loopback (127.0.0.1 and
+//! 127.0.0.2), replicate temporary data directories over the authenticated
+//! peer link, run in-process services and re-home 50 simulated phones.
+//! Address claims are logged, not made.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::Parser;
+use examples::config::NodeConfig;
+use examples::demo::{DemoHooks, phone_inventory};
+use examples::node::{NodeHandle, Options, Snapshot, Stop, run};
+use tokio::sync::oneshot;
+
+/// Two nodes of a redundant pair, walked through a failover and a swap.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Keep both nodes running after they are up and print their status
+    /// pages, until Ctrl-C.
+    #[arg(long)]
+    interactive: bool,
+    /// Advertisement interval in milliseconds (a multiple of 10).
+    #[arg(long, default_value_t = 100)]
+    interval_ms: u64,
+    /// Simulated phones.
+    #[arg(long, default_value_t = 50)]
+    phones: usize,
+    /// Also print the nodes' own logs.
+    #[arg(long)]
+    verbose: bool,
+}
+
+/// One node of the demo: its configuration and, while it runs, its handle.
+struct Node {
+    name: &'static str,
+    config: NodeConfig,
+    hooks: Arc<DemoHooks>,
+    handle: Option<NodeHandle>,
+    stop: Option<oneshot::Sender<Stop>>,
+    task: Option<tokio::task::JoinHandle<Result<(), examples::node::NodeError>>>,
+}
+
+impl Node {
+    async fn start(&mut self) -> Result<(), String> {
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<Stop>();
+        let config = self.config.clone();
+        let hooks: Arc<dyn examples::hooks::Hooks> = self.hooks.clone();
+        let options = Options { privileged: false };
+        self.task = Some(tokio::spawn(run(
+            config,
+            options,
+            hooks,
+            async move { stop_rx.await.unwrap_or(Stop::Graceful) },
+            Some(ready_tx),
+        )));
+        self.stop = Some(stop_tx);
+        match ready_rx.await {
+            Ok(h) => {
+                self.handle = Some(h);
+                Ok(())
+            }
+            Err(_) => {
+                let err = match self.task.take() {
+                    Some(t) => match t.await {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "stopped during start".into(),
+                    },
+                    None => "not started".into(),
+                };
+                Err(format!("{} did not start: {err}", self.name))
+            }
+        }
+    }
+
+    async fn stop(&mut self, how: Stop) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(how);
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        self.handle = None;
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        self.handle
+            .as_ref()
+            .map(|h| match h.snapshot.lock() {
+                Ok(s) => s.clone(),
+                Err(p) => p.into_inner().clone(),
+            })
+            .unwrap_or_default()
+    }
+}
+
+struct Clock {
+    t0: Instant,
+}
+
+impl Clock {
+    fn say(&self, what: impl AsRef<str>) {
+        println!(
+            "[{:6.2} s] {}",
+            self.t0.elapsed().as_secs_f64(),
+            what.as_ref()
+        );
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Polls until `cond` holds for `node`, up to `limit`.
+async fn wait_for(
+    node: &Node,
+    limit: Duration,
+    what: &str,
+    cond: impl Fn(&Snapshot) -> bool,
+) -> Result<Snapshot, String> {
+    let until = Instant::now() + limit;
+    loop {
+        let s = node.snapshot();
+        if cond(&s) {
+            return Ok(s);
+        }
+        if Instant::now() > until {
+            return Err(format!(
+                "{}: timed out waiting for {what} (role {}, {})",
+                node.name, s.role, s.summary
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn sync_generation(s: &Snapshot) -> u64 {
+    s.status
+        .as_ref()
+        .and_then(|st| st.sync.as_ref())
+        .map_or(0, |v| v.generation)
+}
+
+/// A free port on `ip` (the kernel picks one; it stays free for the
+/// moment it takes to hand it to the node).
+fn free_udp(ip: Ipv4Addr) -> Result<SocketAddr, String> {
+    std::net::UdpSocket::bind((ip, 0))
+        .and_then(|s| s.local_addr())
+        .map_err(|e| format!("no free udp port on {ip}: {e}"))
+}
+
+fn free_tcp(ip: Ipv4Addr) -> Result<SocketAddr, String> {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|s| s.local_addr())
+        .map_err(|e| format!("no free tcp port on {ip}: {e}"))
+}
+
+fn seed_tree(dir: &Path) -> std::io::Result<usize> {
+    let mut n = 0;
+    std::fs::create_dir_all(dir.join("config/sip"))?;
+    std::fs::create_dir_all(dir.join("voicemail/100"))?;
+    std::fs::create_dir_all(dir.join("voicemail/101"))?;
+    std::fs::create_dir_all(dir.join("prompts/en"))?;
+    std::fs::create_dir_all(dir.join("licenses"))?;
+    for ext in 100..150 {
+        std::fs::write(
+            dir.join(format!("config/sip/ext-{ext}.conf")),
+            format!("[ext-{ext}]\ntype=friend\nsecret=s{ext}\ncontext=internal\n"),
+        )?;
+        n += 1;
+    }
+    std::fs::write(
+        dir.join("config/dialplan.conf"),
+        "[internal]\nexten => _1XX,1,Dial(SIP/${EXTEN})\n",
+    )?;
+    n += 1;
+    // Voice files: deterministic pseudo-audio.
+    let mut x: u32 = 0x1234_5678;
+    for (box_, count) in [(100, 3), (101, 2)] {
+        for m in 1..=count {
+            let mut audio = Vec::with_capacity(64 * 1024);
+            for _ in 0..64 * 1024 {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                audio.push((x >> 24) as u8);
+            }
+            std::fs::write(dir.join(format!("voicemail/{box_}/msg{m:04}.wav")), audio)?;
+            n += 1;
+        }
+    }
+    std::fs::write(dir.join("prompts/en/welcome.wav"), vec![0x55u8; 32 * 1024])?;
+    std::fs::write(
+        dir.join("licenses/pbx-32.lic"),
+        "licence stays with its unit\n",
+    )?;
+    Ok(n + 2)
+}
+
+/// Where one node listens and what it talks to.
+struct Ports {
+    /// VRRP over UDP: ours, the peer's.
+    vrrp: (SocketAddr, SocketAddr),
+    /// Peer link: ours, the peer's.
+    sync: (SocketAddr, SocketAddr),
+    /// Status API.
+    status: SocketAddr,
+    /// Backup GUI forward.
+    gui: u16,
+}
+
+fn node_config(
+    name: &str,
+    priority: u8,
+    interval_ms: u64,
+    ports: &Ports,
+    root: &Path,
+) -> Result<NodeConfig, String> {
+    let Ports {
+        vrrp,
+        sync,
+        status,
+        gui,
+    } = ports;
+    let text = format!(
+        r#"
+id = "{name}"
+phones = "phones.toml"
+[vrrp]
+transport = "udp"
+vrid = 51
+priority = {priority}
+advert_interval_ms = {interval_ms}
+virtual_ips = ["10.99.0.100/24"]
+udp_listen = "{vl}"
+udp_peers = ["{vp}"]
+[sync]
+listen = "{sl}"
+peer = "{sp}"
+dir = "{name}/data"
+interval_s = 2
+key_file = "sync.key"
+exclude = ["licenses/**"]
+[status]
+listen = "{status}"
+backup_gui_port = {gui}
+[identity]
+firmware = "5.1.30"
+language_pack = "en-1"
+licenses = ["pbx-32"]
+[[service]]
+name = "database"
+start = "in-process"
+[[service]]
+name = "sip"
+start = "in-process"
+after = ["database"]
+[[service]]
+name = "voicemail"
+start = "in-process"
+after = ["sip"]
+"#,
+        vl = vrrp.0,
+        vp = vrrp.1,
+        sl = sync.0,
+        sp = sync.1,
+    );
+    NodeConfig::parse(&text, root).map_err(|e| e.to_string())
+}
+
+fn timeline_lines(s: &Snapshot) -> Vec<String> {
+    let Some(t) = &s.timeline else {
+        return vec!["(no timeline)".into()];
+    };
+    let mut out = Vec::new();
+    for e in &t.entries {
+        let what = match serde_json::to_value(&e.what) {
+            Ok(serde_json::Value::String(s)) => s,
+            Ok(v) => v.to_string(),
+            Err(_) => String::new(),
+        };
+        out.push(format!("    +{:>5} ms  {what}", e.at_ms));
+    }
+    out.push(format!(
+        "    data-loss window: {}",
+        t.data_loss_window_ms.map_or_else(
+            || "none (no generation yet)".into(),
+            |ms| format!("{ms} ms (age of generation {:?} at takeover)", t.generation)
+        )
+    ));
+    out
+}
+
+async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String> {
+    let clock = Clock { t0: Instant::now() };
+    let a_ip = Ipv4Addr::new(127, 0, 0, 1);
+    let b_ip = Ipv4Addr::new(127, 0, 0, 2);
+    let (va, vb) = (free_udp(a_ip)?, free_udp(b_ip)?);
+    let (sa, sb) = (free_tcp(a_ip)?, free_tcp(b_ip)?);
+    let (ha, hb) = (free_tcp(a_ip)?, free_tcp(b_ip)?);
+    let gui = free_tcp(a_ip)?.port();
+    std::fs::write(root.join("sync.key"), "6f".repeat(32)).map_err(|e| e.to_string())?;
+    std::fs::write(root.join("phones.toml"), phone_inventory(args.phones))
+        .map_err(|e| e.to_string())?;
+    let files = seed_tree(&root.join("pbx-a/data")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(root.join("pbx-b/data")).map_err(|e| e.to_string())?;
+
+    let hooks = || {
+        Arc::new(DemoHooks::new(
+            Duration::from_millis(150),
+            Duration::from_millis(500),
+            Duration::from_secs(3),
+        ))
+    };
+    let mut a = Node {
+        name: "pbx-a",
+        config: node_config(
+            "pbx-a",
+            150,
+            args.interval_ms,
+            &Ports {
+                vrrp: (va, vb),
+                sync: (sa, sb),
+                status: ha,
+                gui,
+            },
+            root,
+        )?,
+        hooks: hooks(),
+        handle: None,
+        stop: None,
+        task: None,
+    };
+    let mut b = Node {
+        name: "pbx-b",
+        config: node_config(
+            "pbx-b",
+            100,
+            args.interval_ms,
+            &Ports {
+                vrrp: (vb, va),
+                sync: (sb, sa),
+                status: hb,
+                gui,
+            },
+            root,
+        )?,
+        hooks: hooks(),
+        handle: None,
+        stop: None,
+        task: None,
+    };
+    let mut report = Vec::new();
+
+    println!(
+        "pair: two nodes on loopback (VRRPv3 over UDP, {} ms advertisements), {files} files of \
+         config and voice data on pbx-a, {} simulated phones\n",
+        args.interval_ms, args.phones
+    );
+
+    // 1. Cold start and election.
+    clock.say("cold start: pbx-a boots (priority 150)");
+    let t = Instant::now();
+    a.start().await?;
+    let s = wait_for(&a, Duration::from_secs(10), "Master", |s| {
+        s.role == "Master"
+    })
+    .await?;
+    let election = t.elapsed();
+    clock.say(format!(
+        "pbx-a is Master after {} ms (nobody answered for Master_Down_Interval)",
+        election.as_millis()
+    ));
+    let _ = wait_for(&a, Duration::from_secs(10), "ready", |s| {
+        s.status.as_ref().is_some_and(|st| st.ready)
+    })
+    .await?;
+    clock.say(format!(
+        "pbx-a services ready: {:?}",
+        s.services
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect::<Vec<_>>()
+    ));
+    report.push((
+        "election (cold start)".into(),
+        format!("{} ms", election.as_millis()),
+    ));
+
+    clock.say("pbx-b boots (priority 100) and hears a Master");
+    b.start().await?;
+    wait_for(&b, Duration::from_secs(10), "Backup", |s| {
+        s.role == "Backup"
+    })
+    .await?;
+    clock.say("pbx-b is Backup (no fail-back, no contest)");
+
+    // 2. A sync round.
+    let t = Instant::now();
+    let s = wait_for(&b, Duration::from_secs(20), "first sync round", |s| {
+        sync_generation(s) >= 1
+    })
+    .await?;
+    let first_sync = t.elapsed();
+    clock.say(format!(
+        "sync: pbx-b holds generation {} ({} ms after joining); licences stayed on pbx-a: {}",
+        sync_generation(&s),
+        first_sync.as_millis(),
+        !root.join("pbx-b/data/licenses/pbx-32.lic").exists()
+    ));
+    report.push((
+        "first sync round".into(),
+        format!("{} ms", first_sync.as_millis()),
+    ));
+    let s = wait_for(&a, Duration::from_secs(10), "peer up", |s| {
+        s.summary.contains("is UP")
+    })
+    .await?;
+    clock.say(format!("pbx-a status: \"{}\"", s.summary));
+
+    // A new voicemail arrives and is replicated by the next round.
+    let new_msg = root.join("pbx-a/data/voicemail/101/msg0003.wav");
+    std::fs::write(&new_msg, vec![0x42u8; 48 * 1024]).map_err(|e| e.to_string())?;
+    let gen_before = sync_generation(&b.snapshot());
+    let t = Instant::now();
+    wait_for(&b, Duration::from_secs(20), "the new voicemail", |s| {
+        sync_generation(s) > gen_before
+    })
+    .await?;
+    let replicated = root.join("pbx-b/data/voicemail/101/msg0003.wav").exists();
+    clock.say(format!(
+        "a new voicemail on pbx-a is on pbx-b {} ms later (next round): {replicated}",
+        t.elapsed().as_millis()
+    ));
+    if !replicated {
+        return Err("the new voicemail did not reach pbx-b".into());
+    }
+
+    // 3. The Master dies.
+    let before = b.snapshot();
+    let down_us = before.vrrp.master_down_us;
+    clock.say("pbx-a loses power (killed: no priority 0, no goodbye)");
+    let crash_ms = unix_ms(SystemTime::now());
+    a.stop(Stop::Crash).await;
+    let s = wait_for(&b, Duration::from_secs(10), "Master", |s| {
+        s.role == "Master"
+    })
+    .await?;
+    let after_crash = s.vrrp.last_change_unix_ms.saturating_sub(crash_ms);
+    let detect = s
+        .vrrp
+        .last_change_unix_ms
+        .saturating_sub(s.vrrp.last_rx_unix_ms);
+    clock.say(format!(
+        "pbx-b is Master {after_crash} ms after the crash, {detect} ms after pbx-a's last advertisement \
+         (Master_Down_Interval: {:.1} ms)",
+        down_us as f64 / 1000.0
+    ));
+    let s = wait_for(&b, Duration::from_secs(60), "takeover done", |s| {
+        s.timeline.as_ref().is_some_and(|t| {
+            t.entries
+                .iter()
+                .any(|e| matches!(e.what, failover_orchestrator::Milestone::Done))
+        })
+    })
+    .await?;
+    clock.say("pbx-b takeover timeline (from detection):");
+    for l in timeline_lines(&s) {
+        println!("{l}");
+    }
+    let outcomes = &s.phones;
+    let person: Vec<String> = outcomes
+        .iter()
+        .filter(|o| matches!(o.result, failover_orchestrator::PhoneResult::NeedsPerson(_)))
+        .map(|o| format!("{:?}", o.phone))
+        .collect();
+    clock.say(format!(
+        "phones: {} re-homed, {} listed for a person {:?}",
+        outcomes.len() - person.len(),
+        person.len(),
+        person
+    ));
+    report.push((
+        "failover, last advertisement to Master".into(),
+        format!(
+            "{detect} ms (Master_Down_Interval {:.1} ms)",
+            down_us as f64 / 1000.0
+        ),
+    ));
+    if let Some(t) = &s.timeline {
+        if let Some(done) = t.entries.last() {
+            report.push((
+                "takeover, detection to done".into(),
+                format!("{} ms", done.at_ms),
+            ));
+        }
+        report.push((
+            "data-loss window".into(),
+            t.data_loss_window_ms
+                .map_or("n/a".into(), |ms| format!("{ms} ms")),
+        ));
+    }
+
+    // 4. The old Master returns.
+    clock.say("pbx-a powers up again");
+    a.start().await?;
+    wait_for(&a, Duration::from_secs(10), "Backup", |s| {
+        s.role == "Backup"
+    })
+    .await?;
+    clock.say("pbx-a hears pbx-b and stays Backup (no fail-back)");
+    let gen_b = sync_generation(&a.snapshot());
+    wait_for(&a, Duration::from_secs(20), "resync", |s| {
+        sync_generation(s) > gen_b
+    })
+    .await?;
+    clock.say(format!(
+        "pbx-a synced from pbx-b: generation {}",
+        sync_generation(&a.snapshot())
+    ));
+    wait_for(
+        &b,
+        Duration::from_secs(10),
+        "pbx-a reported as Backup",
+        |s| {
+            s.status
+                .as_ref()
+                .and_then(|st| st.peer.as_ref())
+                .is_some_and(|p| p.up && p.role == Some(failover_orchestrator::Role::Backup))
+        },
+    )
+    .await?;
+    clock.say(format!("pbx-b status: \"{}\"", b.snapshot().summary));
+
+    // 5. An operator swap.
+    clock.say("operator on pbx-b: \"Swap Master and Backup\"");
+    let api = b
+        .handle
+        .as_ref()
+        .map(|h| h.api.clone())
+        .ok_or("pbx-b is not running")?;
+    let (tx, rx) = oneshot::channel();
+    api.send(examples::node::ApiRequest::Swap(tx))
+        .await
+        .map_err(|_| "pbx-b stopped")?;
+    let t = Instant::now();
+    match rx.await {
+        Ok(Ok(id)) => clock.say(format!(
+            "swap accepted (procedure {id}): final sync, arm pbx-a, release pbx-b"
+        )),
+        Ok(Err(e)) => return Err(format!("swap refused: {e}")),
+        Err(_) => return Err("pbx-b stopped".into()),
+    }
+    let sa_ = wait_for(&a, Duration::from_secs(30), "Master", |s| {
+        s.role == "Master"
+    })
+    .await?;
+    let sb_ = wait_for(&b, Duration::from_secs(30), "Backup again", |s| {
+        s.role == "Backup"
+    })
+    .await?;
+    wait_for(&b, Duration::from_secs(30), "procedure finished", |s| {
+        s.status.as_ref().is_some_and(|st| st.procedure.is_none())
+    })
+    .await?;
+    let gap = i128::from(sa_.vrrp.last_change_unix_ms) - i128::from(sb_.vrrp.last_change_unix_ms);
+    clock.say(format!(
+        "swap done in {} ms: pbx-a is Master, pbx-b restarted as Backup ({} mode)",
+        t.elapsed().as_millis(),
+        b.snapshot().vrrp.backup_mode
+    ));
+    report.push((
+        "swap, request to done".into(),
+        format!("{} ms", t.elapsed().as_millis()),
+    ));
+    report.push((
+        "swap role gap (wall clock, ms resolution)".into(),
+        format!("{} ms", gap.max(0)),
+    ));
+
+    if args.interactive {
+        println!("\nboth nodes keep running; their pages:");
+        for n in [&a, &b] {
+            if let Some(st) = n.config.status {
+                println!("  {}: http://{}/", n.name, st.listen);
+            }
+        }
+        println!(
+            "  the Backup's page through the Master: http://{}:{gui}/",
+            IpAddr::V4(a_ip)
+        );
+        println!("Ctrl-C to stop.");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+
+    a.stop(Stop::Graceful).await;
+    b.stop(Stop::Graceful).await;
+    Ok(report)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.verbose {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let root = std::env::temp_dir().join(format!("pbx-pair-{}", std::process::id()));
+    let _cleanup = Cleanup(root.clone());
+    if let Err(e) = std::fs::create_dir_all(&root) {
+        eprintln!("pair: cannot create {}: {e}", root.display());
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pair: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = Instant::now();
+    let result = runtime.block_on(walk(&args, &root));
+    match result {
+        Ok(report) => {
+            println!("\nmeasured:");
+            for (what, value) in &report {
+                println!("  {what:<42} {value}");
+            }
+            println!("\npair: done in {:.1} s", started.elapsed().as_secs_f64());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pair: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Removes the demo's temporary directory, also on failure.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,125 @@
+//! In-process services and simulated phones for the `pair` demo and the
+//! integration tests: what [`crate::hooks::ShellHooks`] does with real
+//! processes, with delays instead.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use failover_orchestrator::PhoneMethod;
+
+use crate::config::Service;
+use crate::hooks::{BoxFut, Hooks, Readiness};
+use crate::phones::Phone;
+
+/// Services that are ready a fixed time after they start, and phones that
+/// register a fixed time after a nudge or a reboot.
+pub struct DemoHooks {
+    /// How long a service takes to become ready.
+    pub service_ready_after: Duration,
+    /// How long a phone takes to register after a nudge.
+    pub nudge_register_after: Duration,
+    /// How long a phone takes to register after a reboot starts.
+    pub reboot_register_after: Duration,
+    started: Mutex<HashMap<usize, Instant>>,
+}
+
+impl DemoHooks {
+    /// Hooks with the given delays.
+    #[must_use]
+    pub fn new(
+        service_ready_after: Duration,
+        nudge_register_after: Duration,
+        reboot_register_after: Duration,
+    ) -> Self {
+        DemoHooks {
+            service_ready_after,
+            nudge_register_after,
+            reboot_register_after,
+            started: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<usize, Instant>) -> R) -> R {
+        match self.started.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+}
+
+impl Hooks for DemoHooks {
+    fn start_service(&self, index: usize, _svc: &Service) -> BoxFut<Result<(), String>> {
+        self.with(|s| {
+            s.entry(index).or_insert_with(Instant::now);
+        });
+        Box::pin(async { Ok(()) })
+    }
+
+    fn check_service(&self, index: usize, _svc: &Service) -> BoxFut<Readiness> {
+        let r = match self.with(|s| s.get(&index).copied()) {
+            None => Readiness::Dead,
+            Some(t) if t.elapsed() >= self.service_ready_after => Readiness::Ready,
+            Some(_) => Readiness::NotReady,
+        };
+        Box::pin(async move { r })
+    }
+
+    fn stop_service(&self, index: usize, _svc: &Service) -> BoxFut<()> {
+        self.with(|s| s.remove(&index));
+        Box::pin(async {})
+    }
+
+    fn service_running(&self, index: usize) -> bool {
+        self.with(|s| s.contains_key(&index))
+    }
+
+    fn phone_action(&self, phone: &Phone, _reboot: bool) -> BoxFut<bool> {
+        let ok = !matches!(phone.spec.method, PhoneMethod::Person(_));
+        Box::pin(async move { ok })
+    }
+
+    fn phone_registered(&self, phone: &Phone) -> Option<BoxFut<bool>> {
+        let after = match phone.spec.method {
+            PhoneMethod::Reboot => self.reboot_register_after,
+            _ => self.nudge_register_after,
+        };
+        Some(Box::pin(async move {
+            tokio::time::sleep(after).await;
+            true
+        }))
+    }
+}
+
+/// A phone inventory of `n` simulated phones: 60 % follow the address,
+/// 30 % need a nudge, 8 % a reboot, 2 % a person (at least one of each
+/// when `n` allows); the first two nudge phones are the reception (class 1).
+#[must_use]
+pub fn phone_inventory(n: usize) -> String {
+    let person = (n / 50).max(1);
+    let reboot = (n * 8 / 100).max(1);
+    let nudge = n * 30 / 100;
+    let follow = n.saturating_sub(person + reboot + nudge);
+    let mut out = String::new();
+    for i in 0..n {
+        let (method, extra) = if i < follow {
+            ("follow", "")
+        } else if i < follow + nudge {
+            ("nudge", "nudge = \"true\"\nreboot = \"true\"\n")
+        } else if i < follow + nudge + reboot {
+            ("reboot", "reboot = \"true\"\n")
+        } else {
+            ("person", "reason = \"unsupported-model\"\n")
+        };
+        let class = if method == "nudge" && i < follow + 2 {
+            1
+        } else {
+            5
+        };
+        out.push_str(&format!(
+            "[[phone]]\nname = \"ext-{n:03}\"\nmodel = \"sim\"\naddress = \"phone-{n:03}\"\nmethod = \"{method}\"\nclass = {class}\n{extra}\n",
+            n = 100 + i
+        ));
+    }
+    out
+}
