@@ -31,6 +31,37 @@
 //! Flow control: a source's data waits for the socket (bounded queues); a
 //! replica's requests never wait, so the two sessions cannot block each
 //! other.
+//!
+//! Role changes, as a node daemon drives them:
+//! - VRRP Master ⇒ [`SyncRole::Source`]; Backup in Active mode ⇒
+//!   [`SyncRole::Replica`]; Passive, or no role yet ⇒ [`SyncRole::Idle`].
+//! - Takeover: [`PeerCommand::FinishOrRollback`] (the answer's `age` is the
+//!   data lost at most), then [`PeerCommand::SetRole`]`(Source)`.
+//! - Planned swap: on the Master, [`PeerCommand::SyncNow`]; it answers once
+//!   the source has recorded the replica's commit, so the Master's tree
+//!   has nothing unconfirmed when it becomes a replica (otherwise its
+//!   unconfirmed changes go to quarantine, see [`Replica::open`]).
+//!
+//! ```no_run
+//! use examples::peer::{self, PeerCommand, PeerConfig, PeerEvent, SyncRole};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let key = examples::config::read_key_file("sync.key".as_ref())?;
+//! let mut config = PeerConfig::new("/var/lib/pbx-a", key);
+//! config.listen = Some("10.99.0.1:7001".parse()?);
+//! config.peer = Some("10.99.0.2:7001".parse()?);
+//! config.exclude = vec!["licenses/**".into()];
+//! let (cmds, mut events) = peer::spawn(config, SyncRole::Idle);
+//! // The election made this node an Active Backup.
+//! cmds.send(PeerCommand::SetRole(SyncRole::Replica)).await?;
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         PeerEvent::PeerMessage(bytes) => { /* to the orchestrator */ }
+//!         PeerEvent::RoundDone(summary) => println!("{}", summary.to_json()),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -866,7 +897,12 @@ struct Worker {
     /// A round is being retried over a new connection: waiters survive the
     /// link reset.
     retrying: bool,
-    source_waiting: Vec<(Instant, SummaryReply)>,
+    /// Source: sync-now waiters, with when they asked and how many
+    /// requests the replica had made by then (only a round requested later
+    /// answers them).
+    source_waiting: Vec<(Instant, u64, SummaryReply)>,
+    /// Source: requests received from the replica.
+    source_requests: u64,
     events: mpsc::Sender<PeerEvent>,
     reset: mpsc::UnboundedSender<Reset>,
 }
@@ -944,6 +980,7 @@ impl Worker {
             full_next: false,
             retrying: false,
             source_waiting: Vec::new(),
+            source_requests: 0,
             events,
             reset,
         }
@@ -1065,7 +1102,8 @@ impl Worker {
             SourceEvent::Confirmed { generation } => {
                 tracing::info!(generation, "replica confirmed a generation");
                 self.emit(PeerEvent::Served { generation }).await;
-                for (at, reply) in self.source_waiting.drain(..) {
+                let requests = self.source_requests;
+                for (at, _, reply) in self.source_due(requests) {
                     let _ = reply.send(Ok(ReplicaSummary {
                         generation,
                         files_sent: 0,
@@ -1078,7 +1116,8 @@ impl Worker {
             }
             SourceEvent::Abandoned => {
                 tracing::warn!("replica abandoned a round");
-                for (_, reply) in self.source_waiting.drain(..) {
+                let requests = self.source_requests;
+                for (_, _, reply) in self.source_due(requests) {
                     let _ = reply.send(Err("the replica abandoned the round".into()));
                 }
             }
@@ -1089,6 +1128,22 @@ impl Worker {
             } => tracing::debug!(entries, hashed, unstable, "source scanned"),
             _ => {}
         }
+    }
+
+    /// Takes the source's waiters that a round requested after they asked
+    /// answers; asks the replica again for the others (a replica that was
+    /// mid-round when asked runs its next round only at its interval).
+    fn source_due(&mut self, requests: u64) -> Vec<(Instant, u64, SummaryReply)> {
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.source_waiting)
+            .into_iter()
+            .partition(|(_, after, _)| requests > *after);
+        self.source_waiting = rest;
+        if !self.source_waiting.is_empty() {
+            if let Session::Source(s) = &mut self.session {
+                s.sync_now(Instant::now());
+            }
+        }
+        due
     }
 
     async fn replica_event(&mut self, e: ReplicaEvent) {
@@ -1190,10 +1245,14 @@ impl Worker {
         };
         let now = Instant::now();
         let err = match (&mut self.session, self.role) {
-            (Session::Source(s), SyncRole::Source) if source_bound(&m.msg) => s
-                .handle_message(now, SystemTime::now(), m.msg, store)
-                .err()
-                .map(|e| format!("source session: {e}")),
+            (Session::Source(s), SyncRole::Source) if source_bound(&m.msg) => {
+                if matches!(m.msg, Message::Request { .. }) {
+                    self.source_requests += 1;
+                }
+                s.handle_message(now, SystemTime::now(), m.msg, store)
+                    .err()
+                    .map(|e| format!("source session: {e}"))
+            }
             (Session::Replica(r), SyncRole::Replica) if !source_bound(&m.msg) => {
                 if let Some(t) = &mut self.round {
                     t.bytes += m.wire_len;
@@ -1277,7 +1336,7 @@ impl Worker {
                         let _ = reply.send(Err("the peer is not connected".into()));
                     } else {
                         s.sync_now(now);
-                        self.source_waiting.push((now, reply));
+                        self.source_waiting.push((now, self.source_requests, reply));
                     }
                 }
                 _ => {
@@ -1339,7 +1398,7 @@ impl Worker {
             }
             (Session::Source(s), _) => {
                 s.handle_disconnected(now);
-                for (_, reply) in self.source_waiting.drain(..) {
+                for (_, _, reply) in self.source_waiting.drain(..) {
                     let _ = reply.send(Err("the link went down".into()));
                 }
             }
@@ -1389,7 +1448,7 @@ impl Worker {
                 }
                 if let Session::Source(s) = &mut self.session {
                     s.handle_disconnected(now);
-                    for (_, reply) in self.source_waiting.drain(..) {
+                    for (_, _, reply) in self.source_waiting.drain(..) {
                         let _ = reply.send(Err("the node became a replica".into()));
                     }
                 }
@@ -1429,7 +1488,7 @@ impl Worker {
                 }
                 Session::Source(s) => {
                     s.handle_disconnected(now);
-                    for (_, reply) in self.source_waiting.drain(..) {
+                    for (_, _, reply) in self.source_waiting.drain(..) {
                         let _ = reply.send(Err("the node became idle".into()));
                     }
                     self.session = Session::None;

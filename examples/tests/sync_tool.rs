@@ -553,6 +553,22 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
     })
     .await;
 
+    // Sync now, asked on the source (before a planned swap): it answers
+    // once the source has the replica's confirmation.
+    write(&a_dir, "prompts/en/bye.wav", &noise(20_000, 5), 0o644);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    a_cmd
+        .send(PeerCommand::SyncNow { reply: tx })
+        .await
+        .unwrap();
+    let s = tokio::time::timeout(Duration::from_secs(60), rx)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.generation, 3);
+    assert_eq!(tree(&b_dir), tree(&a_dir));
+
     // Takeover: B settles and becomes the source, A returns as replica.
     // (B's symlink was made by its replica, so its mtime differs from the
     // recorded one: the link retries the round with a full listing.)
@@ -562,7 +578,7 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
         .await
         .unwrap();
     let g = rx.await.unwrap().unwrap();
-    assert_eq!(g.generation, 2);
+    assert_eq!(g.generation, 3);
     assert!(g.taken_at.is_some());
     b_cmd
         .send(PeerCommand::SetRole(SyncRole::Source))
@@ -592,7 +608,7 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(s.generation, 3);
+    assert_eq!(s.generation, 4);
     assert_eq!(s.files_sent, 1);
     assert_eq!(tree(&a_dir), tree(&b_dir));
 
