@@ -1,2 +1,235 @@
-//! Placeholder until the bench lands.
-fn main() {}
+//! sync-delta beside `fast_rsync`, in one run:
+//! - delta generation and apply on one large file (64 MiB; set
+//!   `SYNC_DELTA_BENCH_MIB=512` for the full size) after a 64 KiB
+//!   overwrite, a 100-byte insert and a 1 MiB append, and against the same
+//!   size of unrelated data;
+//! - signature and whole-file (manifest) hashing throughput;
+//! - bytes on the wire for the edited file, printed (a real round between
+//!   two in-memory stores over an authenticated link; `fast_rsync`:
+//!   signature plus delta). rsync's own figures come from
+//!   `benches/scripts/sync_delta_tree.sh`.
+//!
+//! `cargo bench --bench sync_delta -- --warm-up-time 1 --measurement-time 3`
+
+use std::hint::black_box;
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use fast_rsync::{Signature, SignatureOptions};
+use sync_delta::chunk::ChunkParams;
+use sync_delta::delta::{self, Op};
+use sync_delta::frame::{CHANNEL_SYNC, Link, LinkRole, Nonce, PreSharedKey};
+use sync_delta::mem::MemStore;
+use sync_delta::{Epoch, Replica, ReplicaConfig, Source, SourceConfig, Storage};
+
+fn size() -> usize {
+    std::env::var("SYNC_DELTA_BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(64)
+        << 20
+}
+
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+/// The old file with a 64 KiB overwrite, a 100-byte insert and a 1 MiB append.
+fn edited(base: &[u8]) -> Vec<u8> {
+    let mut v = base.to_vec();
+    let third = v.len() / 3;
+    v[third..third + 65536].copy_from_slice(&noise(65536, 11));
+    v.splice(2 * third..2 * third, noise(100, 12));
+    v.extend_from_slice(&noise(1 << 20, 13));
+    v
+}
+
+fn rsync_options(n: usize) -> SignatureOptions {
+    // rsync's own choice: about the square root of the length, a multiple of 8.
+    let block = ((n as f64).sqrt() as u32 & !7).clamp(700, 131_072);
+    SignatureOptions {
+        block_size: block,
+        crypto_hash_size: 8,
+    }
+}
+
+fn delta_bytes(ops: &[Op]) -> (u64, u64) {
+    ops.iter().fold((0, 0), |(c, l), op| match op {
+        Op::Copy { len, .. } => (c + len, l),
+        Op::Literal(d) => (c, l + d.len() as u64),
+    })
+}
+
+/// Bytes on the wire for one round that updates `old` to `new`.
+fn wire_round(old: &[u8], new: &[u8]) -> u64 {
+    let now = Instant::now();
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let mut src = MemStore::new();
+    src.put_file("rec/call.wav", old, 0o640, 1);
+    let mut dst = MemStore::new();
+    let mut source = Source::open(SourceConfig::default(), now, &mut src).expect("source");
+    let (mut replica, _) = Replica::open(ReplicaConfig::default(), now, &mut dst).expect("replica");
+    let key = PreSharedKey::from_secret(b"bench");
+    let mut lr = Link::new(
+        LinkRole::Initiator,
+        key.clone(),
+        Nonce([1; 32]),
+        Epoch::new(1, 2),
+        Epoch::default(),
+    );
+    let mut ls = Link::new(
+        LinkRole::Responder,
+        key,
+        Nonce([2; 32]),
+        Epoch::new(1, 1),
+        Epoch::default(),
+    );
+    for _ in 0..2 {
+        let mut b = Vec::new();
+        lr.poll_transmit(&mut b);
+        ls.handle_bytes(&b).expect("hs");
+        while ls.poll_frame().expect("hs").is_some() {}
+        let mut b = Vec::new();
+        ls.poll_transmit(&mut b);
+        lr.handle_bytes(&b).expect("hs");
+        while lr.poll_frame().expect("hs").is_some() {}
+    }
+    replica.handle_connected(now);
+    let mut round =
+        |src: &mut MemStore, dst: &mut MemStore, replica: &mut Replica, bytes: &mut u64| loop {
+            let mut moved = false;
+            let mut payload = Vec::new();
+            while let Some(m) = replica.poll_transmit() {
+                payload.clear();
+                m.encode(&mut payload);
+                let mut w = Vec::new();
+                lr.send(CHANNEL_SYNC, &payload, &mut w).expect("send");
+                *bytes += w.len() as u64;
+                source.handle_message(now, wall, m, src).expect("source");
+                moved = true;
+            }
+            while let Some(m) = source.poll_transmit(src) {
+                payload.clear();
+                m.encode(&mut payload);
+                let mut w = Vec::new();
+                ls.send(CHANNEL_SYNC, &payload, &mut w).expect("send");
+                *bytes += w.len() as u64;
+                replica.handle_message(now, m, dst).expect("replica");
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        };
+    let mut first = 0;
+    round(&mut src, &mut dst, &mut replica, &mut first);
+    src.put_file("rec/call.wav", new, 0o640, 2);
+    replica.sync_now(now + Duration::from_secs(1));
+    let mut second = 0;
+    round(&mut src, &mut dst, &mut replica, &mut second);
+    assert_eq!(dst.view(), src.view(), "replicated");
+    second
+}
+
+fn bench(c: &mut Criterion) {
+    let n = size();
+    let base = noise(n, 1);
+    let similar = edited(&base);
+    let unrelated = noise(n, 2);
+    let params = ChunkParams::for_size(n as u64);
+    let sig = delta::signature(&base, params);
+    let opts = rsync_options(n);
+    let fr_sig = Signature::calculate(&base, opts);
+    let fr_index = fr_sig.index();
+
+    // Wire bytes, printed once.
+    let ops = delta::diff(params, &sig, &similar);
+    let (copied, literal) = delta_bytes(&ops);
+    let mut fr_delta = Vec::new();
+    fast_rsync::diff(&fr_index, &similar, &mut fr_delta).expect("diff");
+    let wire = wire_round(&base, &similar);
+    println!(
+        "sync_delta wire, {} MiB file edited: sync-delta round {} B (signature {} chunks, literal {} B, copied {} B); \
+         fast_rsync signature {} B + delta {} B = {} B (block {})",
+        n >> 20,
+        wire,
+        sig.len(),
+        literal,
+        copied,
+        fr_sig.serialized().len(),
+        fr_delta.len(),
+        fr_sig.serialized().len() + fr_delta.len(),
+        opts.block_size,
+    );
+
+    let mut g = c.benchmark_group("delta_generate");
+    g.throughput(Throughput::Bytes(n as u64));
+    g.sample_size(10);
+    for (name, new) in [("similar", &similar), ("unrelated", &unrelated)] {
+        g.bench_with_input(BenchmarkId::new("sync_delta", name), new, |b, new| {
+            b.iter(|| black_box(delta::diff(params, &sig, new)))
+        });
+        g.bench_with_input(BenchmarkId::new("fast_rsync", name), new, |b, new| {
+            b.iter(|| {
+                let mut out = Vec::new();
+                fast_rsync::diff(&fr_index, new, &mut out).expect("diff");
+                black_box(out)
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("delta_apply");
+    g.throughput(Throughput::Bytes(n as u64));
+    g.sample_size(10);
+    let hash = *blake3::hash(&similar).as_bytes();
+    g.bench_function("sync_delta/similar (verified)", |b| {
+        b.iter(|| black_box(delta::apply(&base, &ops, similar.len() as u64, &hash).expect("apply")))
+    });
+    g.bench_function("fast_rsync/similar", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(similar.len());
+            fast_rsync::apply(&base, &fr_delta, &mut out).expect("apply");
+            black_box(out)
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("hashing");
+    g.throughput(Throughput::Bytes(n as u64));
+    g.sample_size(10);
+    g.bench_function("sync_delta/signature", |b| {
+        b.iter(|| black_box(delta::signature(&base, params)))
+    });
+    g.bench_function("fast_rsync/signature", |b| {
+        b.iter(|| black_box(Signature::calculate(&base, opts)))
+    });
+    g.bench_function("sync_delta/manifest_hash (blake3, memory)", |b| {
+        b.iter(|| black_box(blake3::hash(&base)))
+    });
+    // Manifest hashing as a scan does it: through the real store, one thread.
+    let dir = std::env::temp_dir().join(format!("sync-delta-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    std::fs::write(dir.join("big"), &base).expect("write");
+    let mut store = sync_delta::FsStore::new(&dir)
+        .expect("store")
+        .with_threads(1);
+    let paths = [sync_delta::RelPath::new("big").expect("path")];
+    g.bench_function("sync_delta/manifest_hash (FsStore, 1 thread)", |b| {
+        b.iter(|| black_box(store.hash_files(&paths)))
+    });
+    g.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

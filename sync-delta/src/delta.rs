@@ -186,6 +186,9 @@ impl Matcher {
     }
 }
 
+/// Largest literal op built by [`OpBuilder`] (one `Data` message's worth).
+pub const MAX_LITERAL: usize = 1 << 20;
+
 /// Collects ops, merging adjacent copies and literals.
 #[derive(Debug, Default)]
 pub struct OpBuilder {
@@ -204,13 +207,17 @@ impl OpBuilder {
         self.ops.push(Op::Copy { offset, len });
     }
 
-    /// A literal.
+    /// A literal (merged into the previous one up to [`MAX_LITERAL`]).
     pub fn literal(&mut self, data: &[u8]) {
         if let Some(Op::Literal(v)) = self.ops.last_mut() {
-            v.extend_from_slice(data);
-            return;
+            if v.len() + data.len() <= MAX_LITERAL {
+                v.extend_from_slice(data);
+                return;
+            }
         }
-        self.ops.push(Op::Literal(data.to_vec()));
+        let mut v = Vec::with_capacity(MAX_LITERAL.min(data.len().max(64 * 1024)));
+        v.extend_from_slice(data);
+        self.ops.push(Op::Literal(v));
     }
 
     /// Bytes of literal data pending.

@@ -71,49 +71,60 @@ pub(crate) struct Record {
 
 impl Record {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut w = Writer(&mut out);
-        w.bytes(RECORD_MAGIC);
-        w.u64(self.generation);
-        w.i64(self.taken_at_ns);
-        w.u64(self.ops.len() as u64);
-        for op in &self.ops {
-            match op {
-                JOp::Delete(p) => {
-                    w.u8(0);
-                    w.str16(p.as_str());
-                }
-                JOp::RemoveDir(p) => {
-                    w.u8(1);
-                    w.str16(p.as_str());
-                }
-                JOp::Mkdir(p, mode) => {
-                    w.u8(2);
-                    w.str16(p.as_str());
-                    w.u32(*mode);
-                }
-                JOp::Install(stage, p) => {
-                    w.u8(3);
-                    w.str16(stage);
-                    w.str16(p.as_str());
-                }
-                JOp::SetMeta(p, mode, mtime) => {
-                    w.u8(4);
-                    w.str16(p.as_str());
-                    w.u32(*mode);
-                    w.i64(*mtime);
-                }
+        encode_record(self.generation, self.taken_at_ns, &self.ops, &self.manifest)
+    }
+}
+
+pub(crate) fn encode_record(
+    generation: u64,
+    taken_at_ns: i64,
+    ops: &[JOp],
+    manifest: &Manifest,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + manifest.len() * 96);
+    let mut w = Writer(&mut out);
+    w.bytes(RECORD_MAGIC);
+    w.u64(generation);
+    w.i64(taken_at_ns);
+    w.u64(ops.len() as u64);
+    for op in ops {
+        match op {
+            JOp::Delete(p) => {
+                w.u8(0);
+                w.str16(p.as_str());
+            }
+            JOp::RemoveDir(p) => {
+                w.u8(1);
+                w.str16(p.as_str());
+            }
+            JOp::Mkdir(p, mode) => {
+                w.u8(2);
+                w.str16(p.as_str());
+                w.u32(*mode);
+            }
+            JOp::Install(stage, p) => {
+                w.u8(3);
+                w.str16(stage);
+                w.str16(p.as_str());
+            }
+            JOp::SetMeta(p, mode, mtime) => {
+                w.u8(4);
+                w.str16(p.as_str());
+                w.u32(*mode);
+                w.i64(*mtime);
             }
         }
-        w.u64(self.manifest.len() as u64);
-        for (p, m) in &self.manifest.entries {
-            encode_entry(&mut w, p, m, true);
-        }
-        let crc = CRC32C.checksum(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
     }
+    w.u64(manifest.len() as u64);
+    for (p, m) in &manifest.entries {
+        encode_entry(&mut w, p, m, true);
+    }
+    let crc = CRC32C.checksum(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
 
+impl Record {
     pub(crate) fn decode(b: &[u8], with_ops: bool) -> Result<Self, WireError> {
         let (body, crc) = split_crc(b)?;
         let mut r = Reader(body);
@@ -369,9 +380,12 @@ pub(crate) fn write_state<S: Storage + ?Sized>(s: &mut S, st: StateFile) -> Resu
 /// its peer confirmed, or a replica after quarantine.
 pub(crate) fn write_manifest<S: Storage + ?Sized>(
     s: &mut S,
-    rec: &Record,
+    generation: u64,
+    taken_at_ns: i64,
+    manifest: &Manifest,
 ) -> Result<(), StoreError> {
-    write_atomic(s, STATE_DIR, "manifest", &rec.encode())
+    let rec = encode_record(generation, taken_at_ns, &[], manifest);
+    write_atomic(s, STATE_DIR, "manifest", &rec)
 }
 
 /// Finishes or rolls back whatever round was in progress and loads the

@@ -119,13 +119,15 @@ impl Manifest {
     #[must_use]
     pub fn digest(&self) -> Hash {
         let mut h = blake3::Hasher::new();
-        let mut buf = Vec::with_capacity(256);
+        let mut buf = Vec::with_capacity(1 << 16);
         for (p, m) in &self.entries {
-            buf.clear();
-            let mut w = Writer(&mut buf);
-            encode_entry(&mut w, p, m, false);
-            h.update(&buf);
+            encode_entry(&mut Writer(&mut buf), p, m, false);
+            if buf.len() >= 60 * 1024 {
+                h.update(&buf);
+                buf.clear();
+            }
         }
+        h.update(&buf);
         *h.finalize().as_bytes()
     }
 
@@ -176,17 +178,23 @@ impl Manifest {
     /// is missing or not a directory.
     pub fn check_shape(&self) -> Result<(), crate::PathError> {
         for p in self.entries.keys() {
-            if let Some(parent) = p.parent() {
-                let ok = RelPath::new(parent)
-                    .ok()
-                    .and_then(|pp| self.entries.get(&pp))
-                    .is_some_and(|m| m.kind == Kind::Dir);
-                if !ok {
-                    return Err(crate::PathError::ParentNotDir);
-                }
-            }
+            self.check_parent(p)?;
         }
         Ok(())
+    }
+
+    /// Checks that `p`'s parent is a directory entry (or the root).
+    ///
+    /// # Errors
+    /// [`crate::PathError::ParentNotDir`].
+    pub fn check_parent(&self, p: &RelPath) -> Result<(), crate::PathError> {
+        match p.parent() {
+            None => Ok(()),
+            Some(parent) => match self.entries.get(parent) {
+                Some(m) if m.kind == Kind::Dir => Ok(()),
+                _ => Err(crate::PathError::ParentNotDir),
+            },
+        }
     }
 }
 

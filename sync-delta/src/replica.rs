@@ -262,12 +262,9 @@ impl Replica {
             manifest = kept;
             generation::write_manifest(
                 store,
-                &Record {
-                    generation: rec.record.generation,
-                    taken_at_ns: rec.record.taken_at_ns,
-                    ops: Vec::new(),
-                    manifest: manifest.clone(),
-                },
+                rec.record.generation,
+                rec.record.taken_at_ns,
+                &manifest,
             )?;
             quarantined = name.map(|n2| (n2, n));
         }
@@ -605,7 +602,15 @@ impl Replica {
             }
             m
         } else if round.changes.is_empty() {
-            old.clone()
+            // Nothing changed: confirm the generation without copying it.
+            if round.dropped || (digest == self.digest && entries == old.len() as u64) {
+                round.phase = Phase::Fetching;
+                round.new = Manifest::default();
+                self.round = Some(round);
+                return self.confirm_unchanged(now, store);
+            }
+            self.round = Some(round);
+            return Err(SessionError::DigestMismatch);
         } else {
             let mut m = old.clone();
             for (p, meta) in &round.changes {
@@ -616,11 +621,7 @@ impl Replica {
             }
             m
         };
-        let new_digest = if !round.full && round.changes.is_empty() {
-            self.digest
-        } else {
-            new.digest()
-        };
+        let new_digest = new.digest();
         if !round.dropped && (new_digest != digest || new.len() as u64 != entries) {
             self.round = Some(round);
             return Err(SessionError::DigestMismatch);
@@ -630,14 +631,42 @@ impl Replica {
                 max: self.config.max_entries,
             });
         }
-        new.check_shape().map_err(SessionError::Path)?;
+        // Shape: every entry under a directory; checked for what changed.
+        let deleting = if round.full {
+            new.check_shape()?;
+            old.entries
+                .keys()
+                .filter(|p| !new.entries.contains_key(*p))
+                .count() as u64
+        } else {
+            let mut deleting = 0;
+            for (p, m) in &round.changes {
+                match m {
+                    Some(_) => new.check_parent(p)?,
+                    None if old.entries.contains_key(p) => {
+                        deleting += 1;
+                        let prefix = format!("{p}/");
+                        let orphan = new
+                            .entries
+                            .range::<str, _>((
+                                std::ops::Bound::Excluded(p.as_str()),
+                                std::ops::Bound::Unbounded,
+                            ))
+                            .take_while(|(k, _)| {
+                                k.as_str() < prefix.as_str() || k.as_str().starts_with(&prefix)
+                            })
+                            .any(|(k, _)| k.as_str().starts_with(&prefix));
+                        if orphan {
+                            return Err(SessionError::Path(crate::PathError::ParentNotDir));
+                        }
+                    }
+                    None => {}
+                }
+            }
+            deleting
+        };
         // Mass-deletion guard.
         let total = old.len() as u64;
-        let deleting = old
-            .entries
-            .keys()
-            .filter(|p| !new.entries.contains_key(*p))
-            .count() as u64;
         let refusal = if total > 0 && new.is_empty() {
             Some(Refusal::EmptySource { total })
         } else if total > 0 && deleting * 100 > total * u64::from(self.config.max_delete_percent) {
@@ -686,7 +715,6 @@ impl Replica {
             if *size == 0 && *hash == *blake3::hash(b"").as_bytes() {
                 store.create(&stage_path)?;
                 store.set_meta(&stage_path, m.mode, m.mtime_ns)?;
-                store.sync_file(&stage_path)?;
                 round.staged.insert(p.clone(), stage);
                 continue;
             }
@@ -706,7 +734,6 @@ impl Replica {
                     &mut self.buf,
                 )? {
                     store.set_meta(&stage_path, m.mode, m.mtime_ns)?;
-                    store.sync_file(&stage_path)?;
                     round.staged.insert(p.clone(), stage);
                     round.copied += 1;
                     continue;
@@ -845,7 +872,6 @@ impl Replica {
             if let Some(m) = m {
                 store.set_meta(&stage_path, m.mode, m.mtime_ns)?;
             }
-            store.sync_file(&stage_path)?;
             round.staged.insert(f.path, f.stage);
             round.fetched += 1;
         } else {
@@ -861,6 +887,39 @@ impl Replica {
         self.maybe_commit(now, store)
     }
 
+    fn confirm_unchanged<S: Storage + ?Sized>(
+        &mut self,
+        now: Instant,
+        store: &mut S,
+    ) -> Result<(), SessionError> {
+        let Some(round) = self.round.take() else {
+            return Ok(());
+        };
+        generation::write_state(
+            store,
+            StateFile {
+                role: Role::Replica,
+                generation: self.generation,
+                taken_at_ns: round.taken_at_ns,
+            },
+        )?;
+        self.confirmed_at_ns = Some(round.taken_at_ns);
+        self.refused = None;
+        self.stats.rounds += 1;
+        self.out.push_back(Message::Committed {
+            generation: self.generation,
+            digest: self.digest,
+        });
+        self.events.push_back(ReplicaEvent::Committed {
+            generation: self.generation,
+            changed: 0,
+            fetched: 0,
+            copied: 0,
+        });
+        self.next_round = now + self.config.interval;
+        Ok(())
+    }
+
     fn maybe_commit<S: Storage + ?Sized>(
         &mut self,
         now: Instant,
@@ -874,9 +933,38 @@ impl Replica {
         };
         let old = &self.manifest;
         let new = round.new;
-        let ops = plan(old, &new, &round.staged);
-        let changed = old.diff(&new).len() as u64;
+        // Only the paths the round names can differ (all of them for a
+        // full listing).
+        let candidates: Vec<RelPath> = if round.full {
+            let all: BTreeSet<&RelPath> = old.entries.keys().chain(new.entries.keys()).collect();
+            all.into_iter().cloned().collect()
+        } else {
+            round.changes.keys().cloned().collect()
+        };
+        let changed = candidates
+            .iter()
+            .filter(|p| match (old.entries.get(*p), new.entries.get(*p)) {
+                (Some(o), Some(n)) => !o.same(n),
+                (None, None) => false,
+                _ => true,
+            })
+            .count() as u64;
         if changed > 0 {
+            // Staged content durable before the commit record (many files
+            // at once: a real store overlaps the flushes).
+            let staged: Vec<String> = round
+                .staged
+                .iter()
+                .filter(|(p, _)| {
+                    matches!(
+                        new.entries.get(*p).map(|m| &m.kind),
+                        Some(Kind::File { .. })
+                    )
+                })
+                .map(|(_, st)| format!("{STAGE_DIR}/{st}"))
+                .collect();
+            store.sync_files(&staged)?;
+            let ops = plan(old, &new, &round.staged, &candidates);
             let rec = Record {
                 generation: self.generation + 1,
                 taken_at_ns: round.taken_at_ns,
@@ -918,7 +1006,12 @@ impl Replica {
 
 /// The journal ops that turn the tree of `old` into `new`, given the
 /// staged files and symlinks.
-fn plan(old: &Manifest, new: &Manifest, staged: &HashMap<RelPath, String>) -> Vec<JOp> {
+fn plan(
+    old: &Manifest,
+    new: &Manifest,
+    staged: &HashMap<RelPath, String>,
+    candidates: &[RelPath],
+) -> Vec<JOp> {
     let mut deletes = Vec::new();
     let mut rmdirs = Vec::new();
     let mut mkdirs = Vec::new();
@@ -930,7 +1023,10 @@ fn plan(old: &Manifest, new: &Manifest, staged: &HashMap<RelPath, String>) -> Ve
             t.insert(parent.to_owned());
         }
     };
-    for (p, o) in &old.entries {
+    for p in candidates {
+        let Some(o) = old.entries.get(p) else {
+            continue;
+        };
         let n = new.entries.get(p);
         let same_type =
             n.is_some_and(|n| std::mem::discriminant(&n.kind) == std::mem::discriminant(&o.kind));
@@ -948,7 +1044,10 @@ fn plan(old: &Manifest, new: &Manifest, staged: &HashMap<RelPath, String>) -> Ve
         }
         touch_parent(p, &mut touched_dirs);
     }
-    for (p, n) in &new.entries {
+    for p in candidates {
+        let Some(n) = new.entries.get(p) else {
+            continue;
+        };
         let o = old.entries.get(p);
         if o.is_some_and(|o| o.same(n)) {
             continue;

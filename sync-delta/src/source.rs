@@ -5,7 +5,7 @@ use crate::chunk::ChunkParams;
 use crate::delta::{Matcher, Op, OpBuilder};
 use crate::error::{SessionError, StoreError};
 use crate::exclude::Exclude;
-use crate::generation::{self, Record, Role, StateFile};
+use crate::generation::{self, Role, StateFile};
 use crate::manifest::{Change, Hash, Kind, LocalStat, Manifest, Meta};
 use crate::path::RelPath;
 use crate::store::{IO_CHUNK, StatKind, Storage};
@@ -104,12 +104,16 @@ const WINDOW: usize = 4 * IO_CHUNK;
 ///    for a round at once.
 pub struct Source {
     config: SourceConfig,
-    confirmed: Manifest,
+    /// The last scan: the quick-check cache, and what was last sent.
+    cache: Manifest,
+    cache_digest: Hash,
+    /// What the replica confirmed last; `None` when it is `cache`.
+    confirmed: Option<Manifest>,
     confirmed_digest: Hash,
     confirmed_generation: u64,
-    confirmed_taken_at_ns: i64,
-    cache: Manifest,
-    sent: Option<(Manifest, Hash, i64)>,
+    persisted_digest: Hash,
+    /// Digest and taken-at of the round in flight (its manifest is `cache`).
+    sent: Option<(Hash, i64)>,
     jobs: VecDeque<Job>,
     out: VecDeque<Message>,
     events: VecDeque<SourceEvent>,
@@ -152,14 +156,16 @@ impl Source {
                 taken_at_ns: rec.state.taken_at_ns,
             },
         )?;
-        let confirmed = rec.record.manifest;
+        let cache = rec.record.manifest;
+        let digest = cache.digest();
         Ok(Self {
             config,
-            confirmed_digest: confirmed.digest(),
+            cache,
+            cache_digest: digest,
+            confirmed: None,
+            confirmed_digest: digest,
             confirmed_generation: rec.record.generation,
-            confirmed_taken_at_ns: rec.record.taken_at_ns,
-            cache: confirmed.clone(),
-            confirmed,
+            persisted_digest: digest,
             sent: None,
             jobs: VecDeque::new(),
             out: VecDeque::new(),
@@ -208,7 +214,7 @@ impl Source {
         self.events.pop_front()
     }
 
-    /// Scans the tree: the quick check reuses the hash of every file whose
+    /// Scans the tree (sending nothing): the quick check reuses the hash of every file whose
     /// size, mtime, ctime and inode did not change; the rest are hashed
     /// (in parallel by a real store). A file that changes while hashed
     /// keeps its last confirmed entry (or none) and is sent next round.
@@ -280,7 +286,8 @@ impl Source {
                 }
                 _ => {
                     unstable += 1;
-                    if let Some(old) = self.confirmed.entries.get(p) {
+                    let confirmed = self.confirmed.as_ref().unwrap_or(&self.cache);
+                    if let Some(old) = confirmed.entries.get(p) {
                         let mut old = old.clone();
                         old.local = LocalStat::default();
                         m.entries.insert(p.clone(), old);
@@ -313,7 +320,6 @@ impl Source {
             hashed: to_hash.len() as u64,
             unstable,
         });
-        self.cache = m.clone();
         Ok(m)
     }
 
@@ -349,14 +355,20 @@ impl Source {
                 self.jobs.clear();
                 self.out.clear();
                 let new = self.scan(store)?;
+                let new_digest = new.digest();
                 let taken_at_ns = time_ns(wall_now);
                 let empty = Manifest::default();
                 let (base, full) = if digest == self.confirmed_digest {
-                    (&self.confirmed, false)
+                    (self.confirmed.as_ref().unwrap_or(&self.cache), false)
                 } else {
                     (&empty, true)
                 };
                 let changes = base.diff(&new);
+                let old = std::mem::replace(&mut self.cache, new);
+                if self.confirmed.is_none() && new_digest != self.confirmed_digest {
+                    self.confirmed = Some(old);
+                }
+                self.cache_digest = new_digest;
                 self.out
                     .push_back(Message::ManifestStart { taken_at_ns, full });
                 let mut batch = Vec::new();
@@ -377,23 +389,22 @@ impl Source {
                 if !batch.is_empty() {
                     self.out.push_back(Message::Entries { changes: batch });
                 }
-                let d = new.digest();
                 self.out.push_back(Message::ManifestEnd {
-                    entries: new.len() as u64,
-                    digest: d,
+                    entries: self.cache.len() as u64,
+                    digest: new_digest,
                 });
-                self.sent = Some((new, d, taken_at_ns));
+                self.sent = Some((new_digest, taken_at_ns));
                 self.stats.rounds += 1;
                 Ok(())
             }
             Message::Want { id, path, base } => {
-                let Some((sent, _, _)) = &self.sent else {
+                if self.sent.is_none() {
                     return Err(SessionError::Unexpected { ty });
-                };
+                }
                 let Some(Meta {
                     kind: Kind::File { size, .. },
                     ..
-                }) = sent.entries.get(&path)
+                }) = self.cache.entries.get(&path)
                 else {
                     return Err(SessionError::UnknownFile { id });
                 };
@@ -408,23 +419,15 @@ impl Source {
                 Ok(())
             }
             Message::Committed { generation, digest } => {
-                if let Some((m, d, taken)) = self.sent.take() {
+                if let Some((d, taken)) = self.sent.take() {
                     if d == digest {
-                        if d != self.confirmed_digest || generation != self.confirmed_generation {
-                            generation::write_manifest(
-                                store,
-                                &Record {
-                                    generation,
-                                    taken_at_ns: taken,
-                                    ops: Vec::new(),
-                                    manifest: m.clone(),
-                                },
-                            )?;
+                        if d != self.persisted_digest || generation != self.confirmed_generation {
+                            generation::write_manifest(store, generation, taken, &self.cache)?;
+                            self.persisted_digest = d;
                         }
-                        self.confirmed = m;
+                        self.confirmed = None;
                         self.confirmed_digest = d;
                         self.confirmed_generation = generation;
-                        self.confirmed_taken_at_ns = taken;
                         self.stats.confirmed += 1;
                         self.events.push_back(SourceEvent::Confirmed { generation });
                     }

@@ -125,6 +125,18 @@ pub trait Storage {
     /// A [`StoreError`].
     fn sync_file(&mut self, path: &str) -> Result<(), StoreError>;
 
+    /// Makes several files' data durable; a real store may overlap the
+    /// flushes. The default syncs them one by one.
+    ///
+    /// # Errors
+    /// The first [`StoreError`].
+    fn sync_files(&mut self, paths: &[String]) -> Result<(), StoreError> {
+        for p in paths {
+            self.sync_file(p)?;
+        }
+        Ok(())
+    }
+
     /// Makes a directory's entries durable (`fsync` of the directory).
     ///
     /// # Errors
@@ -366,11 +378,19 @@ fn ns_to_time(ns: i64) -> SystemTime {
 }
 
 impl FsStore {
-    fn walk_dir(&self, rel: &str, exclude: &Exclude, out: &mut Walk) -> Result<(), StoreError> {
+    /// Walks `rel` (not descending into the directories it returns in
+    /// `subdirs` when `subdirs` is given: the caller spreads those over
+    /// threads).
+    fn walk_dir(
+        &self,
+        rel: &str,
+        exclude: &Exclude,
+        out: &mut Walk,
+        mut subdirs: Option<&mut Vec<String>>,
+    ) -> Result<(), StoreError> {
         let dir = self.full(rel);
-        let mut names: Vec<_> = fs::read_dir(&dir)?.collect::<Result<Vec<_>, _>>()?;
-        names.sort_by_key(|e| e.file_name());
-        for e in names {
+        for e in fs::read_dir(&dir)? {
+            let e = e?;
             let name = e.file_name();
             let Some(name) = name.to_str() else {
                 out.skipped += 1;
@@ -382,19 +402,24 @@ impl FsStore {
             let p = if rel.is_empty() {
                 name.to_owned()
             } else {
-                format!("{rel}/{name}")
-            };
-            let Ok(path) = RelPath::new(&p) else {
-                out.skipped += 1;
-                continue;
+                let mut p = String::with_capacity(rel.len() + 1 + name.len());
+                p.push_str(rel);
+                p.push('/');
+                p.push_str(name);
+                p
             };
             if exclude.matches(&p) {
                 continue;
             }
-            let m = match fs::symlink_metadata(e.path()) {
+            // fstatat relative to the open directory: no path walk.
+            let m = match e.metadata() {
                 Ok(m) => m,
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(err) => return Err(err.into()),
+            };
+            let Ok(path) = RelPath::new(&p) else {
+                out.skipped += 1;
+                continue;
             };
             let stat = to_stat(&m);
             match stat.kind {
@@ -420,7 +445,10 @@ impl FsStore {
                         stat,
                         target: None,
                     });
-                    self.walk_dir(&p, exclude, out)?;
+                    match subdirs.as_deref_mut() {
+                        Some(v) => v.push(p),
+                        None => self.walk_dir(&p, exclude, out, None)?,
+                    }
                 }
             }
         }
@@ -431,7 +459,45 @@ impl FsStore {
 impl Storage for FsStore {
     fn walk(&mut self, exclude: &Exclude) -> Result<Walk, StoreError> {
         let mut out = Walk::default();
-        self.walk_dir("", exclude, &mut out)?;
+        let mut top = Vec::new();
+        self.walk_dir("", exclude, &mut out, Some(&mut top))?;
+        let threads = self.threads.min(top.len()).max(1);
+        if threads == 1 {
+            for d in &top {
+                self.walk_dir(d, exclude, &mut out, None)?;
+            }
+            return Ok(out);
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let this = &*self;
+        let parts: Vec<Result<Walk, StoreError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut mine = Walk::default();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(d) = top.get(i) else { break };
+                            this.walk_dir(d, exclude, &mut mine, None)?;
+                        }
+                        Ok(mine)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or(Err(StoreError::Io {
+                        kind: std::io::ErrorKind::Other,
+                    }))
+                })
+                .collect()
+        });
+        for part in parts {
+            let part = part?;
+            out.entries.extend(part.entries);
+            out.skipped += part.skipped;
+        }
         Ok(out)
     }
 
@@ -482,6 +548,40 @@ impl Storage for FsStore {
     fn sync_dir(&mut self, path: &str) -> Result<(), StoreError> {
         fs::File::open(self.checked(path)?)?.sync_all()?;
         Ok(())
+    }
+
+    fn sync_files(&mut self, paths: &[String]) -> Result<(), StoreError> {
+        // fsync waits on the device, not the CPU: overlapping many lets the
+        // file system commit them together.
+        let threads = paths.len().min(32);
+        if threads <= 1 {
+            for p in paths {
+                self.sync_file(p)?;
+            }
+            return Ok(());
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let this = &*self;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| -> Result<(), StoreError> {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(p) = paths.get(i) else {
+                                return Ok(());
+                            };
+                            fs::File::open(this.checked(p)?)?.sync_all()?;
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join().unwrap_or(Err(StoreError::Io {
+                    kind: std::io::ErrorKind::Other,
+                }))
+            })
+        })
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
@@ -600,25 +700,22 @@ impl Storage for FsStore {
     }
 }
 
-fn fs_hash(root: &Path, path: &str, buf: &mut [u8]) -> Result<Hashed, StoreError> {
-    use std::io::Read;
+fn fs_hash(root: &Path, path: &str, _buf: &mut [u8]) -> Result<Hashed, StoreError> {
     let p = root.join(path);
-    let mut f = fs::File::open(&p)?;
-    let before = to_stat(&f.metadata()?);
-    let mut h = blake3::Hasher::new();
-    let mut len = 0u64;
-    loop {
-        let n = f.read(buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        len += n as u64;
+    let before = to_stat(&fs::symlink_metadata(&p)?);
+    if before.kind != StatKind::File {
+        return Err(StoreError::Io {
+            kind: std::io::ErrorKind::InvalidInput,
+        });
     }
+    // One pass over the page cache, no copy: BLAKE3 over a memory map
+    // (small files are read).
+    let mut h = blake3::Hasher::new();
+    h.update_mmap(&p)?;
     let after = to_stat(&fs::symlink_metadata(&p)?);
     Ok(Hashed {
         hash: *h.finalize().as_bytes(),
-        len,
+        len: h.count(),
         before,
         after,
     })

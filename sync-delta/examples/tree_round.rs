@@ -1,0 +1,225 @@
+//! Drives one sync round between two directories in-process, the way the
+//! tree benchmark (`benches/scripts/sync_delta_tree.sh`) needs it; also
+//! generates and edits the synthetic tree.
+//!
+//! ```text
+//! tree_round gen <dir> <files>     # <files> small files in 100 directories
+//! tree_round mutate <dir> <seed>   # 1 % modified, 0.5 % deleted, 20 renamed
+//! tree_round round <src> <dst>     # one round; prints timings, wire bytes, VmHWM
+//! ```
+//!
+//! The round carries every message through a real authenticated
+//! `frame::Link` pair (encode, MAC, decode) in memory: a loopback without
+//! the kernel's TCP copy.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+use sync_delta::frame::{CHANNEL_SYNC, Link, LinkRole, Nonce, PreSharedKey};
+use sync_delta::wire::Message;
+use sync_delta::{Epoch, FsStore, Replica, ReplicaConfig, ReplicaEvent, Source, SourceConfig};
+
+fn rng(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+fn content(r: &mut impl FnMut() -> u64) -> Vec<u8> {
+    let len = 200 + (r() % 1800) as usize;
+    (0..len).map(|_| b'a' + (r() % 26) as u8).collect()
+}
+
+fn generate(dir: &Path, files: usize) -> std::io::Result<()> {
+    let mut r = rng(1);
+    for i in 0..files {
+        let d = dir.join(format!("d{:03}", i % 100));
+        if i < 100 {
+            std::fs::create_dir_all(&d)?;
+        }
+        std::fs::write(d.join(format!("f{i:06}.conf")), content(&mut r))?;
+    }
+    Ok(())
+}
+
+fn mutate(dir: &Path, seed: u64) -> std::io::Result<()> {
+    let mut files = Vec::new();
+    for d in std::fs::read_dir(dir)? {
+        let d = d?;
+        if d.file_name() == ".sync-delta" || !d.file_type()?.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(d.path())? {
+            files.push(f?.path());
+        }
+    }
+    files.sort();
+    let n = files.len();
+    let mut r = rng(seed);
+    let mut pick = |files: &mut Vec<std::path::PathBuf>| {
+        let i = (r() as usize) % files.len();
+        files.swap_remove(i)
+    };
+    let mut r2 = rng(seed + 1);
+    for _ in 0..n / 100 {
+        let p = pick(&mut files);
+        std::fs::write(&p, content(&mut r2))?;
+    }
+    for _ in 0..n / 200 {
+        let p = pick(&mut files);
+        std::fs::remove_file(&p)?;
+    }
+    for i in 0..20 {
+        let p = pick(&mut files);
+        let to = p.with_file_name(format!("renamed-{seed}-{i}.conf"));
+        std::fs::rename(&p, to)?;
+    }
+    Ok(())
+}
+
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn links() -> (Link, Link) {
+    let key = PreSharedKey::from_secret(b"tree bench");
+    let mut r = Link::new(
+        LinkRole::Initiator,
+        key.clone(),
+        Nonce([1; 32]),
+        Epoch::new(1, 2),
+        Epoch::default(),
+    );
+    let mut s = Link::new(
+        LinkRole::Responder,
+        key,
+        Nonce([2; 32]),
+        Epoch::new(1, 1),
+        Epoch::default(),
+    );
+    for _ in 0..2 {
+        let mut b = Vec::new();
+        r.poll_transmit(&mut b);
+        s.handle_bytes(&b).expect("handshake");
+        while s.poll_frame().expect("handshake").is_some() {}
+        let mut b = Vec::new();
+        s.poll_transmit(&mut b);
+        r.handle_bytes(&b).expect("handshake");
+        while r.poll_frame().expect("handshake").is_some() {}
+    }
+    (r, s)
+}
+
+fn carry(from: &mut Link, to: &mut Link, m: &Message, bytes: &mut u64) -> Message {
+    let mut payload = Vec::new();
+    m.encode(&mut payload);
+    let mut wire = Vec::new();
+    from.send(CHANNEL_SYNC, &payload, &mut wire).expect("send");
+    *bytes += wire.len() as u64;
+    to.handle_bytes(&wire).expect("receive");
+    let f = to.poll_frame().expect("frame").expect("whole frame");
+    Message::decode(&f.payload).expect("message")
+}
+
+fn round(src: &Path, dst: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let t0 = Instant::now();
+    let now = t0;
+    let wall = SystemTime::now();
+    let mut s = FsStore::new(src)?;
+    let mut d = FsStore::new(dst)?;
+    let mut source = Source::open(SourceConfig::default(), now, &mut s)?;
+    let (mut replica, _) = Replica::open(
+        ReplicaConfig {
+            max_delete_percent: 100,
+            ..ReplicaConfig::default()
+        },
+        now,
+        &mut d,
+    )?;
+    let open = t0.elapsed();
+    let t1 = Instant::now();
+    let (mut lr, mut ls) = links();
+    let mut bytes = 0u64;
+    replica.handle_connected(now);
+    loop {
+        let mut moved = false;
+        while let Some(m) = replica.poll_transmit() {
+            let m = carry(&mut lr, &mut ls, &m, &mut bytes);
+            source.handle_message(now, wall, m, &mut s)?;
+            moved = true;
+        }
+        while let Some(m) = source.poll_transmit(&mut s) {
+            let m = carry(&mut ls, &mut lr, &m, &mut bytes);
+            replica.handle_message(now, m, &mut d)?;
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    let round = t1.elapsed();
+    let mut changed = 0;
+    while let Some(e) = replica.poll_event() {
+        if let ReplicaEvent::Committed { changed: c, .. } = e {
+            changed = c;
+        }
+    }
+    println!(
+        "open_s={:.3} round_s={:.3} total_s={:.3} wire_bytes={bytes} changed={changed} generation={} entries={} vmhwm_kib={}",
+        open.as_secs_f64(),
+        round.as_secs_f64(),
+        (open + round).as_secs_f64(),
+        replica.generation().number,
+        replica.manifest().len(),
+        vm_hwm_kib(),
+    );
+    let _ = Duration::ZERO;
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("gen") if args.len() == 4 => generate(Path::new(&args[2]), args[3].parse()?)?,
+        Some("mutate") if args.len() == 4 => mutate(Path::new(&args[2]), args[3].parse()?)?,
+        Some("walk") if args.len() == 3 => {
+            use sync_delta::Storage;
+            let mut s = FsStore::new(&args[2])?;
+            let t = Instant::now();
+            let w = s.walk(&sync_delta::Exclude::none())?;
+            let walk = t.elapsed();
+            let mut src = Source::open(SourceConfig::default(), t, &mut s)?;
+            let t = Instant::now();
+            let m = src.scan(&mut s)?;
+            let scan = t.elapsed();
+            let t = Instant::now();
+            let d = m.digest();
+            println!(
+                "walk {} entries {:.3}s, scan {:.3}s, digest {:.3}s {}",
+                w.entries.len(),
+                walk.as_secs_f64(),
+                scan.as_secs_f64(),
+                t.elapsed().as_secs_f64(),
+                d[0]
+            );
+        }
+        Some("round") if args.len() == 4 => round(Path::new(&args[2]), Path::new(&args[3]))?,
+        _ => {
+            eprintln!(
+                "usage: tree_round gen <dir> <files> | mutate <dir> <seed> | round <src> <dst>"
+            );
+            std::process::exit(2);
+        }
+    }
+    Ok(())
+}
