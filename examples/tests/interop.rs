@@ -20,6 +20,7 @@
 mod interop {
     pub mod bed;
     pub mod keepalived;
+    pub mod node;
     pub mod report;
     pub mod tshark;
     pub mod wire;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use interop::bed::{self, Bed, CpuHog, wait_until};
 use interop::keepalived::{KaConfig, Keepalived};
+use interop::node::{Node, NodeConfig};
 use interop::report::{self, Report, Row};
 use interop::tshark;
 use interop::wire::{self, Tcpdump};
@@ -335,6 +337,322 @@ fn keepalived_flaps_under_cpu_hog() {
                 if realtime { "on" } else { "off" }
             ),
         });
+    }
+}
+
+// ---- our node against keepalived ----
+
+/// The `node` binary, or a skip (a failure in CI).
+fn node_binary(test: &str) -> Option<PathBuf> {
+    let found = example("node");
+    if found.is_none() {
+        assert!(
+            !in_ci(),
+            "{test}: target/debug/examples/node is not built (cargo test builds examples)"
+        );
+        eprintln!("skipping {test}: target/debug/examples/node is not built");
+    }
+    found
+}
+
+/// Which implementation runs on a bed node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Impl {
+    Ours,
+    Keepalived,
+}
+
+impl Impl {
+    fn name(self) -> &'static str {
+        match self {
+            Impl::Ours => "ours",
+            Impl::Keepalived => "keepalived",
+        }
+    }
+}
+
+/// A running router of either kind.
+enum Router {
+    Ours(Node),
+    Keepalived(Keepalived),
+}
+
+impl Router {
+    /// Starts `which` on bed node `i`: VRRP `version`, no preemption (the
+    /// appliance profile, keepalived's `nopreempt`).
+    fn start(
+        bed: &Bed,
+        node: &Path,
+        which: Impl,
+        i: usize,
+        name: &str,
+        (version, priority, interval_ms): (u8, u8, u32),
+    ) -> Router {
+        match which {
+            Impl::Ours => {
+                let cfg = NodeConfig {
+                    version,
+                    ..NodeConfig::v3(priority, interval_ms)
+                };
+                Router::Ours(Node::start(bed, node, i, name, &cfg))
+            }
+            Impl::Keepalived => {
+                let cfg = KaConfig {
+                    version,
+                    nopreempt: true,
+                    ..KaConfig::v3(priority, interval_ms)
+                };
+                Router::Keepalived(Keepalived::start(bed, i, name, &cfg))
+            }
+        }
+    }
+
+    fn kill_hard(&mut self) {
+        match self {
+            Router::Ours(n) => n.kill_hard(),
+            Router::Keepalived(k) => k.kill_hard(),
+        }
+    }
+
+    fn stop_graceful(&mut self) {
+        match self {
+            Router::Ours(n) => {
+                n.stop_graceful();
+            }
+            Router::Keepalived(k) => k.stop_graceful(),
+        }
+    }
+
+    fn log_text(&self) -> String {
+        match self {
+            Router::Ours(n) => n.log_text(),
+            Router::Keepalived(k) => k.log_text(),
+        }
+    }
+
+    /// For our node: it is Backup and has accepted advertisements with
+    /// none dropped (it understands the Master's packets).
+    #[track_caller]
+    fn assert_backup_hearing(&self, what: &str) {
+        if let Router::Ours(n) = self {
+            let s = n.status().expect("status");
+            assert_eq!(s["role"], "Backup", "{what}: {s}");
+            assert!(s["vrrp"]["received"].as_u64() > Some(0), "{what}: {s}");
+            assert_eq!(s["vrrp"]["dropped"].as_u64(), Some(0), "{what}: {s}");
+        }
+    }
+}
+
+/// Every advertisement our node sent is well formed on the wire (TTL 255,
+/// the configured version and checksum form) and tshark flags none of them
+/// (item 4). Returns how many were checked.
+#[track_caller]
+fn check_our_adverts(
+    pcap: &Path,
+    wire: &wire::Wire,
+    ours: &[IpAddr],
+    version: u8,
+    form: vrrp_proto::ChecksumMatch,
+) -> usize {
+    let sent: Vec<&wire::Advert> = wire
+        .adverts
+        .iter()
+        .filter(|a| ours.contains(&a.src))
+        .collect();
+    assert!(!sent.is_empty(), "no advertisement of ours on the wire");
+    for a in &sent {
+        assert_eq!(a.ttl, 255, "frame {}", a.frame);
+        assert_eq!(a.version, version, "frame {}", a.frame);
+        assert_eq!(a.checksum, form, "frame {}", a.frame);
+    }
+    let verdicts = tshark::verdicts(pcap, ours);
+    assert_eq!(verdicts.len(), sent.len(), "tshark saw as many as we did");
+    let flagged = tshark::flagged(&verdicts);
+    assert!(
+        flagged.is_empty(),
+        "tshark flags our advertisements: {flagged:?}"
+    );
+    sent.len()
+}
+
+/// Item 1 for one version and one way round: bed node 0 (priority 200)
+/// must become Master although it starts second, node 1 (priority 100)
+/// stays Backup for `window`; node 0 is killed and node 1 takes over
+/// within Master_Down_Interval + 50 ms; node 0 returns and stays Backup
+/// (no preemption); node 1 stops gracefully and node 0 takes over within
+/// Skew_Time + 50 ms. A gratuitous ARP follows each takeover.
+fn mixed_pair(
+    bed: &Bed,
+    node: &Path,
+    report: &mut Report,
+    (version, interval_ms): (u8, u32),
+    (first, second): (Impl, Impl),
+    window: Duration,
+) {
+    let tag = format!("v{version}-{}-{}", first.name(), second.name());
+    let ip = |i| IpAddr::V4(Bed::v4(i));
+    let cap = Tcpdump::start(bed, &tag);
+    let t0 = wire::now();
+    let params = |prio| (version, prio, interval_ms);
+    // The lower priority starts first: priorities, not start order, decide.
+    let mut r1 = Router::start(bed, node, second, 1, &format!("{tag}-1"), params(100));
+    let mut r0 = Router::start(bed, node, first, 0, &format!("{tag}-0"), params(200));
+    assert!(
+        wait_until(Duration::from_secs(15), || bed.holders(vip()) == [0]),
+        "{tag}: node 0 did not become the only holder of {VIP}: {:?}\n{}\n{}",
+        bed.holders(vip()),
+        r0.log_text(),
+        r1.log_text()
+    );
+    settle(interval_ms);
+    let w_from = wire::now();
+    let end = std::time::Instant::now() + window;
+    while std::time::Instant::now() < end {
+        assert_eq!(bed.holders(vip()), [0], "{tag}: the address moved");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let w_to = wire::now();
+    r1.assert_backup_hearing(&tag);
+
+    r0.kill_hard();
+    let limit = Duration::from_millis(master_down_ms(100, interval_ms) as u64 + 5000);
+    assert!(
+        wait_until(limit, || bed.has_addr(1, vip())),
+        "{tag}: node 1 did not take over after SIGKILL:\n{}",
+        r1.log_text()
+    );
+    settle(interval_ms);
+    let t_back = wire::now();
+    drop(r0);
+    let mut r0 = Router::start(bed, node, first, 0, &format!("{tag}-0b"), params(200));
+    // Long enough for node 0's own Master_Down_Interval to pass: it must
+    // hear node 1 and stay Backup.
+    std::thread::sleep(Duration::from_millis(
+        (master_down_ms(200, interval_ms) * 1.5) as u64 + 300,
+    ));
+    assert_eq!(
+        bed.holders(vip()),
+        [1],
+        "{tag}: node 0 took the address back"
+    );
+    r0.assert_backup_hearing(&tag);
+
+    r1.stop_graceful();
+    assert!(
+        wait_until(limit, || bed.has_addr(0, vip())),
+        "{tag}: node 0 did not take over after the graceful stop:\n{}",
+        r0.log_text()
+    );
+    settle(interval_ms);
+    r0.stop_graceful();
+    let pcap = cap.finish();
+
+    let wire = wire::read(&pcap);
+    assert!(wire.rejected.is_empty(), "{tag}: {:?}", wire.rejected);
+    if !window.is_zero() {
+        assert_eq!(
+            wire.master_changes(VRID, w_from, w_to),
+            0,
+            "{tag}: flapping in the window"
+        );
+        assert_eq!(wire.advertisers(VRID, w_from, w_to), [ip(0)], "{tag}");
+    }
+    let kill = wire
+        .takeover(VRID, ip(0), ip(1), (t0, t_back))
+        .unwrap_or_else(|| panic!("{tag}: no takeover after SIGKILL on the wire"));
+    let stop = wire
+        .takeover(VRID, ip(1), ip(0), (t_back, wire::now()))
+        .unwrap_or_else(|| panic!("{tag}: no takeover after the graceful stop on the wire"));
+    assert_eq!(
+        stop.last_old.priority, 0,
+        "{tag}: graceful stop sends priority 0"
+    );
+    for (t, i) in [(&kill, 1), (&stop, 0)] {
+        assert!(
+            wire.garp_after(VIP, bed.mac(i), t.first_new.t).is_some(),
+            "{tag}: no gratuitous ARP for {VIP} from node {i} after its takeover"
+        );
+    }
+    let (mdi, skew) = (master_down_ms(100, interval_ms), skew_ms(200, interval_ms));
+    let v = format!("v{version}/IPv4");
+    let row = |what: &str, who: Impl, peer: Impl, value, reference| Row {
+        what: what.into(),
+        who: format!("{} (peer {})", who.name(), peer.name()),
+        version: v.clone(),
+        interval_ms,
+        value,
+        reference: Some(reference),
+        note: "ms, wire gap".into(),
+    };
+    report.record(row(
+        "takeover after SIGKILL",
+        second,
+        first,
+        kill.gap_ms(),
+        mdi,
+    ));
+    report.record(row(
+        "takeover after graceful stop",
+        first,
+        second,
+        stop.gap_ms(),
+        skew,
+    ));
+    assert!(
+        kill.gap_ms() >= 3.0 * f64::from(interval_ms) * 0.98 && kill.gap_ms() <= mdi + 50.0,
+        "{tag}: takeover after SIGKILL in {:.3} ms, RFC {mdi:.3} ms",
+        kill.gap_ms()
+    );
+    assert!(
+        stop.gap_ms() <= skew + 50.0,
+        "{tag}: takeover after priority 0 in {:.3} ms, Skew_Time {skew:.3} ms",
+        stop.gap_ms()
+    );
+    let ours: Vec<IpAddr> = [(first, 0), (second, 1)]
+        .iter()
+        .filter(|(w, _)| *w == Impl::Ours)
+        .map(|&(_, i)| ip(i))
+        .collect();
+    let form = if version == 2 {
+        vrrp_proto::ChecksumMatch::Standard
+    } else {
+        vrrp_proto::ChecksumMatch::PseudoHeader
+    };
+    check_our_adverts(&pcap, &wire, &ours, version, form);
+}
+
+/// Item 1 (with items 2's default form and 4): our node with keepalived,
+/// VRRPv2 and VRRPv3/IPv4, each side Master in turn; a 30 s no-flap window
+/// once per version.
+#[test]
+fn ours_with_keepalived_both_roles() {
+    let test = "ours_with_keepalived_both_roles";
+    let Some(_lock) = preflight(test, &["ip", "tcpdump", "tshark", "keepalived"]) else {
+        return;
+    };
+    let Some(node) = node_binary(test) else {
+        return;
+    };
+    let mut report = Report::default();
+    let bed = Bed::new("mix", 2);
+    let window = Duration::from_secs(30);
+    for version in [2, 3] {
+        mixed_pair(
+            &bed,
+            &node,
+            &mut report,
+            (version, 1000),
+            (Impl::Ours, Impl::Keepalived),
+            window,
+        );
+        mixed_pair(
+            &bed,
+            &node,
+            &mut report,
+            (version, 1000),
+            (Impl::Keepalived, Impl::Ours),
+            Duration::ZERO,
+        );
     }
 }
 
