@@ -108,6 +108,9 @@ struct RawVrrp {
     garp_count: Option<u8>,
     garp_interval_ms: Option<u64>,
     startup_delay_ms: Option<u64>,
+    rt_priority: Option<u8>,
+    #[serde(default)]
+    no_swap: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +209,11 @@ pub struct Vrrp {
     pub garp_interval: Duration,
     /// Do not claim Master for this long after start.
     pub startup_delay: Duration,
+    /// SCHED_FIFO priority (1-99) of the election thread, as keepalived's
+    /// `vrrp_rt_priority`; `None` for normal scheduling.
+    pub rt_priority: Option<u8>,
+    /// Lock the node's memory (mlockall), as keepalived's `vrrp_no_swap`.
+    pub no_swap: bool,
 }
 
 /// The `[sync]` table, validated.
@@ -514,6 +522,14 @@ fn validate_vrrp(v: RawVrrp) -> Result<Vrrp, ConfigError> {
             return Err(invalid("vrrp.auth_pass", "at most 8 bytes"));
         }
     }
+    if let Some(p) = v.rt_priority {
+        if !(1..=99).contains(&p) {
+            return Err(invalid(
+                "vrrp.rt_priority",
+                format!("must be 1-99, got {p}"),
+            ));
+        }
+    }
     Ok(Vrrp {
         transport,
         interface: v.interface.filter(|s| !s.is_empty()),
@@ -533,6 +549,8 @@ fn validate_vrrp(v: RawVrrp) -> Result<Vrrp, ConfigError> {
         garp_count: v.garp_count.unwrap_or(5),
         garp_interval: Duration::from_millis(v.garp_interval_ms.unwrap_or(1000)),
         startup_delay: Duration::from_millis(v.startup_delay_ms.unwrap_or(0)),
+        rt_priority: v.rt_priority,
+        no_swap: v.no_swap,
     })
 }
 

@@ -170,6 +170,7 @@ struct VrrpSetup {
     config: vrrp_fsm::Config,
     socket_spec: SocketSpec,
     garp: Option<GarpSpec>,
+    rt_priority: Option<u8>,
 }
 
 enum SocketSpec {
@@ -238,39 +239,72 @@ fn view(r: &vrrp_fsm::VirtualRouter, last_change_unix_ms: u64, last_rx_unix_ms: 
     }
 }
 
-fn spawn_vrrp(
-    setup: VrrpSetup,
-    mut cmds: mpsc::UnboundedReceiver<VrrpCmd>,
-    out: mpsc::UnboundedSender<VrrpOut>,
-) -> Result<std::thread::JoinHandle<()>, NodeError> {
-    std::thread::Builder::new()
-        .name("vrrp".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    warn!(error = %e, "vrrp runtime");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let socket = match open_socket(&setup.socket_spec).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        warn!(error = %e, "cannot open the VRRP socket");
-                        return;
-                    }
-                };
-                vrrp_loop(setup, socket, &mut cmds, &out).await;
-            });
-        })
-        .map_err(io_err("starting the vrrp thread"))
+/// The sending side of the VRRP thread's command queue: a channel, and a
+/// datagram socket pair whose byte wakes the thread's `ppoll`.
+#[derive(Clone)]
+struct VrrpTx {
+    tx: std::sync::mpsc::Sender<VrrpCmd>,
+    wake: Arc<std::os::unix::net::UnixDatagram>,
 }
 
-async fn open_socket(spec: &SocketSpec) -> std::io::Result<VrrpSocket> {
+impl VrrpTx {
+    fn send(&self, cmd: VrrpCmd) -> Result<(), ()> {
+        self.tx.send(cmd).map_err(drop)?;
+        // A full wake buffer already wakes the thread: ignore that error.
+        let _ = self.wake.send(&[1]);
+        Ok(())
+    }
+}
+
+fn spawn_vrrp(
+    setup: VrrpSetup,
+    out: mpsc::UnboundedSender<VrrpOut>,
+) -> Result<(VrrpTx, std::thread::JoinHandle<()>), NodeError> {
+    let socket = open_socket(&setup.socket_spec).map_err(io_err("opening the VRRP socket"))?;
+    let (wake_tx, wake_rx) = std::os::unix::net::UnixDatagram::pair()
+        .map_err(io_err("creating the VRRP wake-up pair"))?;
+    wake_rx
+        .set_nonblocking(true)
+        .map_err(io_err("creating the VRRP wake-up pair"))?;
+    wake_tx
+        .set_nonblocking(true)
+        .map_err(io_err("creating the VRRP wake-up pair"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name("vrrp".into())
+        .spawn(move || {
+            if let Some(prio) = setup.rt_priority {
+                set_realtime(prio);
+            }
+            vrrp_loop(&setup, &socket, &rx, &wake_rx, &out);
+        })
+        .map_err(io_err("starting the vrrp thread"))?;
+    Ok((
+        VrrpTx {
+            tx,
+            wake: Arc::new(wake_tx),
+        },
+        handle,
+    ))
+}
+
+/// SCHED_FIFO at `priority` for the calling thread, as keepalived's
+/// `vrrp_rt_priority`: a loaded machine then cannot starve the timers.
+fn set_realtime(priority: u8) {
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority),
+    };
+    // SAFETY: sched_setscheduler(2) on the calling thread (pid 0) with a
+    // valid policy and a parameter that lives across the call.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) };
+    if r == 0 {
+        info!(priority, "vrrp thread runs SCHED_FIFO");
+    } else {
+        warn!(error = %std::io::Error::last_os_error(), "SCHED_FIFO refused; running at normal priority");
+    }
+}
+
+fn open_socket(spec: &SocketSpec) -> std::io::Result<VrrpSocket> {
     match spec {
         SocketSpec::RawV4 {
             interface,
@@ -282,122 +316,199 @@ async fn open_socket(spec: &SocketSpec) -> std::io::Result<VrrpSocket> {
             ifindex,
             dst,
         } => VrrpSocket::raw_v6(interface, *ifindex, *dst),
-        SocketSpec::Udp { listen, peers } => VrrpSocket::udp(*listen, peers.clone()).await,
+        SocketSpec::Udp { listen, peers } => VrrpSocket::udp(*listen, peers.clone()),
     }
 }
 
-async fn vrrp_loop(
-    setup: VrrpSetup,
-    socket: VrrpSocket,
-    cmds: &mut mpsc::UnboundedReceiver<VrrpCmd>,
+/// Sends what the router has queued and reports its events.
+fn flush(
+    router: &mut vrrp_fsm::VirtualRouter,
+    socket: &VrrpSocket,
+    tx: &mut [u8],
+    garp: Option<&GarpSpec>,
+    out: &mpsc::UnboundedSender<VrrpOut>,
+    last_change: &mut u64,
+) {
+    loop {
+        let t = if socket.sends_datagrams() {
+            router.poll_transmit_datagram(tx)
+        } else {
+            router.poll_transmit(tx)
+        };
+        let Some(t) = t else { break };
+        if let Err(e) = socket.send(&tx[..t.len], t.dst) {
+            warn!(error = %e, "advertisement not sent");
+        }
+    }
+    while let Some(ev) = router.poll_event() {
+        match ev {
+            VrrpEvent::SendGratuitous(_) => {
+                if let Some(g) = garp {
+                    g.send();
+                }
+            }
+            VrrpEvent::StateChange { .. } => *last_change = unix_ms(SystemTime::now()),
+            _ => {}
+        }
+        let _ = out.send(VrrpOut::Event(ev));
+    }
+}
+
+/// The election thread: one `ppoll` on the socket and the wake-up socket,
+/// with the engine's next deadline as a nanosecond timeout.
+fn vrrp_loop(
+    setup: &VrrpSetup,
+    socket: &VrrpSocket,
+    cmds: &std::sync::mpsc::Receiver<VrrpCmd>,
+    wake: &std::os::unix::net::UnixDatagram,
     out: &mpsc::UnboundedSender<VrrpOut>,
 ) {
+    use nix::poll::{PollFd, PollFlags, ppoll};
+    use std::os::fd::AsFd;
+
     let mut router = vrrp_fsm::VirtualRouter::new(setup.config.clone(), Instant::now());
     router.handle_startup(Instant::now());
     let mut rx = vec![0u8; 65_536];
     let mut tx = vec![0u8; router.max_transmit_len().max(64) + 64];
-    let mut shutdown_reply = None;
     let mut last_change = unix_ms(SystemTime::now());
     let mut last_rx = 0;
+    let mut wake_buf = [0u8; 64];
     loop {
-        // Outputs first: advertisements, then events.
-        loop {
-            let t = if socket.sends_datagrams() {
-                router.poll_transmit_datagram(&mut tx)
-            } else {
-                router.poll_transmit(&mut tx)
-            };
-            let Some(t) = t else { break };
-            if let Err(e) = socket.send(&tx[..t.len], t.dst).await {
-                warn!(error = %e, "advertisement not sent");
-            }
-        }
-        while let Some(ev) = router.poll_event() {
-            match ev {
-                VrrpEvent::SendGratuitous(_) => {
-                    if let Some(g) = &setup.garp {
-                        g.send();
-                    }
-                }
-                VrrpEvent::StateChange { .. } => last_change = unix_ms(SystemTime::now()),
-                _ => {}
-            }
-            let _ = out.send(VrrpOut::Event(ev));
-        }
+        flush(
+            &mut router,
+            socket,
+            &mut tx,
+            setup.garp.as_ref(),
+            out,
+            &mut last_change,
+        );
         let _ = out.send(VrrpOut::View(view(&router, last_change, last_rx)));
-        if let Some(reply) = shutdown_reply.take() {
-            let _: oneshot::Sender<()> = reply;
-            let _ = reply.send(());
-            return;
+
+        let timeout = router.poll_timeout().map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            nix::sys::time::TimeSpec::from_duration(left)
+        });
+        let mut fds = [
+            PollFd::new(socket.fd(), PollFlags::POLLIN),
+            PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+        ];
+        match ppoll(&mut fds, timeout, None) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                warn!(error = %e, "vrrp poll");
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
-        let deadline = router.poll_timeout();
-        tokio::select! {
-            biased;
-            () = sleep_until(deadline) => router.handle_timeout(Instant::now()),
-            r = socket.recv(&mut rx) => match r {
-                Ok(Received::Datagram(n)) => {
+        let now = Instant::now();
+        if router.poll_timeout().is_some_and(|d| d <= now) {
+            router.handle_timeout(now);
+        }
+        // Every packet waiting, each with the time it was read.
+        loop {
+            match socket.try_recv(&mut rx) {
+                Ok(Some(Received::Datagram(n))) => {
                     if router.handle_datagram(Instant::now(), &rx[..n]).is_ok() {
                         last_rx = unix_ms(SystemTime::now());
                     }
                 }
-                Ok(Received::Message(n, meta)) => {
-                    if router.handle_message(Instant::now(), &rx[..n], meta).is_ok() {
+                Ok(Some(Received::Message(n, meta))) => {
+                    if router
+                        .handle_message(Instant::now(), &rx[..n], meta)
+                        .is_ok()
+                    {
                         last_rx = unix_ms(SystemTime::now());
                     }
                 }
-                Err(e) => warn!(error = %e, "vrrp receive"),
-            },
-            c = cmds.recv() => {
-                let now = Instant::now();
-                let result = match c {
-                    None => {
-                        router.handle_shutdown(now);
-                        shutdown_reply = Some(oneshot::channel().0);
-                        Ok(())
-                    }
-                    Some(VrrpCmd::Shutdown(reply)) => {
-                        router.handle_shutdown(now);
-                        shutdown_reply = Some(reply);
-                        Ok(())
-                    }
-                    Some(VrrpCmd::Crash) => return,
-                    Some(VrrpCmd::Restart) => {
-                        router.handle_shutdown(now);
-                        // Drain what the shutdown produced before starting again.
-                        while let Some(t) = if socket.sends_datagrams() { router.poll_transmit_datagram(&mut tx) } else { router.poll_transmit(&mut tx) } {
-                            let _ = socket.send(&tx[..t.len], t.dst).await;
-                        }
-                        while let Some(ev) = router.poll_event() {
-                            let _ = out.send(VrrpOut::Event(ev));
-                        }
-                        let mode = router.backup_mode();
-                        let priority = router.priority();
-                        let mut config = setup.config.clone();
-                        config = rebuild(&config, mode, priority).unwrap_or(config);
-                        router = vrrp_fsm::VirtualRouter::new(config, now);
-                        router.handle_startup(now);
-                        Ok(())
-                    }
-                    Some(VrrpCmd::Arm(p)) => router
-                        .set_priority(now, vrrp_proto::Priority(p))
-                        .and_then(|()| router.arm_takeover(now)),
-                    Some(VrrpCmd::Release(p)) => {
-                        let mut r = Release::new();
-                        if let Some(p) = p {
-                            r = r.priority(vrrp_proto::Priority(p));
-                        }
-                        router.release(now, r)
-                    }
-                    Some(VrrpCmd::StepDown) => router.release(now, Release::new()),
-                    Some(VrrpCmd::Mode(m)) => {
-                        router.set_backup_mode(now, m);
-                        Ok(())
-                    }
-                };
-                if let Err(e) = result {
-                    warn!(error = %e, "vrrp command refused");
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(error = %e, "vrrp receive");
+                    break;
                 }
             }
+            flush(
+                &mut router,
+                socket,
+                &mut tx,
+                setup.garp.as_ref(),
+                out,
+                &mut last_change,
+            );
+        }
+        while wake.recv(&mut wake_buf).is_ok() {}
+        loop {
+            let now = Instant::now();
+            let result = match cmds.try_recv() {
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    router.handle_shutdown(now);
+                    flush(
+                        &mut router,
+                        socket,
+                        &mut tx,
+                        setup.garp.as_ref(),
+                        out,
+                        &mut last_change,
+                    );
+                    return;
+                }
+                Ok(VrrpCmd::Crash) => return,
+                Ok(VrrpCmd::Shutdown(reply)) => {
+                    router.handle_shutdown(now);
+                    flush(
+                        &mut router,
+                        socket,
+                        &mut tx,
+                        setup.garp.as_ref(),
+                        out,
+                        &mut last_change,
+                    );
+                    let _ = out.send(VrrpOut::View(view(&router, last_change, last_rx)));
+                    let _ = reply.send(());
+                    return;
+                }
+                Ok(VrrpCmd::Restart) => {
+                    router.handle_shutdown(now);
+                    flush(
+                        &mut router,
+                        socket,
+                        &mut tx,
+                        setup.garp.as_ref(),
+                        out,
+                        &mut last_change,
+                    );
+                    let config = rebuild(&setup.config, router.backup_mode(), router.priority())
+                        .unwrap_or_else(|| setup.config.clone());
+                    router = vrrp_fsm::VirtualRouter::new(config, now);
+                    router.handle_startup(now);
+                    Ok(())
+                }
+                Ok(VrrpCmd::Arm(p)) => router
+                    .set_priority(now, vrrp_proto::Priority(p))
+                    .and_then(|()| router.arm_takeover(now)),
+                Ok(VrrpCmd::Release(p)) => {
+                    let mut r = Release::new();
+                    if let Some(p) = p {
+                        r = r.priority(vrrp_proto::Priority(p));
+                    }
+                    router.release(now, r)
+                }
+                Ok(VrrpCmd::StepDown) => router.release(now, Release::new()),
+                Ok(VrrpCmd::Mode(m)) => {
+                    router.set_backup_mode(now, m);
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                warn!(error = %e, "vrrp command refused");
+            }
+            flush(
+                &mut router,
+                socket,
+                &mut tx,
+                setup.garp.as_ref(),
+                out,
+                &mut last_change,
+            );
         }
     }
 }
@@ -533,7 +644,7 @@ struct Main {
     config: NodeConfig,
     options: Options,
     orch: Orchestrator,
-    vrrp: mpsc::UnboundedSender<VrrpCmd>,
+    vrrp: VrrpTx,
     results: mpsc::UnboundedSender<(orch::CommandId, CommandOutcome)>,
     registered: mpsc::UnboundedSender<PhoneId>,
     sync_status: mpsc::UnboundedSender<orch::SyncStatus>,
@@ -1116,15 +1227,21 @@ pub async fn run(
         _ => None,
     };
 
-    let (vrrp_tx, vrrp_rx) = mpsc::unbounded_channel();
+    if vrrp_cfg.no_swap {
+        use nix::sys::mman::{MlockAllFlags, mlockall};
+        match mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
+            Ok(()) => info!("memory locked (no_swap)"),
+            Err(e) => warn!(error = %e, "mlockall refused; memory may be swapped"),
+        }
+    }
     let (vrrp_out_tx, mut vrrp_out) = mpsc::unbounded_channel();
-    let vrrp_thread = spawn_vrrp(
+    let (vrrp_tx, vrrp_thread) = spawn_vrrp(
         VrrpSetup {
             config: fsm_config,
             socket_spec,
             garp: garp.clone(),
+            rt_priority: vrrp_cfg.rt_priority,
         },
-        vrrp_rx,
         vrrp_out_tx,
     )?;
 

@@ -1,14 +1,16 @@
-//! VRRP transports for tokio: raw IP protocol 112 on an interface (what
-//! keepalived and routers speak; needs CAP_NET_RAW), or the same
-//! advertisements over UDP between configured addresses (unprivileged, for
-//! loopback runs).
+//! VRRP transports: raw IP protocol 112 on an interface (what keepalived
+//! and routers speak; needs CAP_NET_RAW), or the same advertisements over
+//! UDP between configured addresses (unprivileged, for loopback runs).
+//!
+//! The sockets are non-blocking and meant for a thread of their own that
+//! waits with `ppoll(2)` (nanosecond timeouts), so that timers fire within
+//! microseconds of their deadline rather than on a millisecond tick.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, BorrowedFd};
 
-use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, SockRef, Socket, Type};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type};
 use vrrp_proto::{IP_PROTOCOL, IPV4_GROUP, IPV6_GROUP, RecvMeta};
 
 /// What arrived.
@@ -22,38 +24,34 @@ pub enum Received {
     Message(usize, RecvMeta),
 }
 
-/// A transport. The raw sockets are registered with tokio through its UDP
-/// socket type, which only needs a datagram file descriptor.
+/// A transport.
 pub enum VrrpSocket {
     /// IPv4 raw socket bound to an interface: receives whole datagrams,
     /// sends whole datagrams (IP_HDRINCL) so that TTL, DSCP and source are
     /// exactly ours.
     RawV4 {
         /// The socket.
-        socket: UdpSocket,
+        socket: Socket,
     },
     /// IPv6 raw socket bound to an interface: the kernel builds the IPv6
     /// header (hop limit 255 set on the socket) and reports the hop limit as
     /// ancillary data.
     RawV6 {
         /// The socket.
-        socket: UdpSocket,
+        socket: Socket,
         /// Where received advertisements count as sent to: the group, or our
-        /// link-local address with unicast peers.
+        /// link-local address when the peers are unicast.
         dst: IpAddr,
     },
     /// UDP between configured addresses.
     Udp {
         /// The socket.
-        socket: UdpSocket,
+        socket: Socket,
+        /// Our address (the receive destination).
+        local: IpAddr,
         /// Where advertisements go.
         peers: Vec<SocketAddr>,
     },
-}
-
-fn register(s: Socket) -> io::Result<UdpSocket> {
-    s.set_nonblocking(true)?;
-    UdpSocket::from_std(std::net::UdpSocket::from(s))
 }
 
 impl VrrpSocket {
@@ -72,9 +70,8 @@ impl VrrpSocket {
         s.set_multicast_loop_v4(false)?;
         s.set_multicast_if_v4(&primary)?;
         s.join_multicast_v4_n(&IPV4_GROUP, &InterfaceIndexOrAddress::Index(ifindex))?;
-        Ok(VrrpSocket::RawV4 {
-            socket: register(s)?,
-        })
+        s.set_nonblocking(true)?;
+        Ok(VrrpSocket::RawV4 { socket: s })
     }
 
     /// An IPv6 raw transport on an interface. `dst` is the group, or our
@@ -95,49 +92,68 @@ impl VrrpSocket {
         s.set_multicast_if_v6(ifindex)?;
         s.join_multicast_v6(&IPV6_GROUP, ifindex)?;
         s.set_recv_hoplimit_v6(true)?;
-        Ok(VrrpSocket::RawV6 {
-            socket: register(s)?,
-            dst,
-        })
+        s.set_nonblocking(true)?;
+        Ok(VrrpSocket::RawV6 { socket: s, dst })
     }
 
     /// A UDP transport.
     ///
     /// # Errors
     /// What the OS said.
-    pub async fn udp(listen: SocketAddr, peers: Vec<SocketAddr>) -> io::Result<VrrpSocket> {
-        let socket = UdpSocket::bind(listen).await?;
-        Ok(VrrpSocket::Udp { socket, peers })
+    pub fn udp(listen: SocketAddr, peers: Vec<SocketAddr>) -> io::Result<VrrpSocket> {
+        let domain = if listen.is_ipv4() {
+            Domain::IPV4
+        } else {
+            Domain::IPV6
+        };
+        let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        s.bind(&listen.into())?;
+        s.set_nonblocking(true)?;
+        Ok(VrrpSocket::Udp {
+            socket: s,
+            local: listen.ip(),
+            peers,
+        })
     }
 
-    /// Waits for the next packet into `buf`.
+    /// The file descriptor to wait on.
+    #[must_use]
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            VrrpSocket::RawV4 { socket }
+            | VrrpSocket::RawV6 { socket, .. }
+            | VrrpSocket::Udp { socket, .. } => socket.as_fd(),
+        }
+    }
+
+    /// The next packet waiting, `None` when there is none.
     ///
     /// # Errors
     /// What the OS said.
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
-        match self {
-            VrrpSocket::RawV4 { socket } => socket.recv(buf).await.map(Received::Datagram),
-            VrrpSocket::RawV6 { socket, dst } => {
-                socket
-                    .async_io(Interest::READABLE, || {
-                        recv_v6(&SockRef::from(socket), buf, *dst)
-                    })
-                    .await
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<Received>> {
+        let r = match self {
+            VrrpSocket::RawV4 { socket } => socket.recv(as_uninit(buf)).map(Received::Datagram),
+            VrrpSocket::RawV6 { socket, dst } => recv_v6(socket, buf, *dst),
+            VrrpSocket::Udp { socket, local, .. } => {
+                socket.recv_from(as_uninit(buf)).map(|(n, from)| {
+                    // UDP carries no TTL to us; the peers are configured
+                    // addresses, so the TTL rule has nothing to protect here.
+                    let src = from.as_socket().map_or(*local, |a| a.ip());
+                    Received::Message(
+                        n,
+                        RecvMeta {
+                            src,
+                            dst: *local,
+                            ttl: vrrp_proto::TTL,
+                        },
+                    )
+                })
             }
-            VrrpSocket::Udp { socket, .. } => {
-                let (n, from) = socket.recv_from(buf).await?;
-                let dst = socket.local_addr()?.ip();
-                // UDP carries no TTL to us; the peers are configured
-                // addresses, so the TTL rule has nothing to protect here.
-                Ok(Received::Message(
-                    n,
-                    RecvMeta {
-                        src: from.ip(),
-                        dst,
-                        ttl: vrrp_proto::TTL,
-                    },
-                ))
-            }
+        };
+        match r {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -147,15 +163,14 @@ impl VrrpSocket {
     ///
     /// # Errors
     /// What the OS said.
-    pub async fn send(&self, bytes: &[u8], dst: IpAddr) -> io::Result<()> {
+    pub fn send(&self, bytes: &[u8], dst: IpAddr) -> io::Result<()> {
         match self {
             VrrpSocket::RawV4 { socket } | VrrpSocket::RawV6 { socket, .. } => socket
-                .send_to(bytes, SocketAddr::new(dst, 0))
-                .await
+                .send_to(bytes, &SockAddr::from(SocketAddr::new(dst, 0)))
                 .map(drop),
-            VrrpSocket::Udp { socket, peers } => {
+            VrrpSocket::Udp { socket, peers, .. } => {
                 for p in peers {
-                    socket.send_to(bytes, p).await?;
+                    socket.send_to(bytes, &SockAddr::from(*p))?;
                 }
                 Ok(())
             }
@@ -176,7 +191,7 @@ fn as_uninit(buf: &mut [u8]) -> &mut [std::mem::MaybeUninit<u8>] {
 }
 
 /// recvmsg with the IPV6_HOPLIMIT ancillary data.
-fn recv_v6(s: &SockRef<'_>, buf: &mut [u8], dst: IpAddr) -> io::Result<Received> {
+fn recv_v6(s: &Socket, buf: &mut [u8], dst: IpAddr) -> io::Result<Received> {
     let mut control = [0u8; 128];
     let mut bufs = [socket2::MaybeUninitSlice::new(as_uninit(buf))];
     let mut from = SockAddr::from(SocketAddr::new(dst, 0));
