@@ -6,6 +6,9 @@
 //! tree_round gen <dir> <files>     # <files> small files in 100 directories
 //! tree_round mutate <dir> <seed>   # 1 % modified, 0.5 % deleted, 20 renamed
 //! tree_round round <src> <dst>     # one round; prints timings, wire bytes, VmHWM
+//! tree_round big <file> <MiB>      # one large file of pseudo-random data
+//! tree_round edit-big <file>       # 64 KiB overwrite, 100-byte insert, 1 MiB append
+//! tree_round walk <dir>            # walk and scan timings alone
 //! ```
 //!
 //! The round carries every message through a real authenticated
@@ -192,6 +195,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     match args.get(1).map(String::as_str) {
         Some("gen") if args.len() == 4 => generate(Path::new(&args[2]), args[3].parse()?)?,
         Some("mutate") if args.len() == 4 => mutate(Path::new(&args[2]), args[3].parse()?)?,
+        Some("big") if args.len() == 4 => {
+            let mib: usize = args[3].parse()?;
+            let mut r = rng(5);
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&args[2])?);
+            for _ in 0..(mib << 17) {
+                std::io::Write::write_all(&mut f, &r().to_le_bytes())?;
+            }
+            std::io::Write::flush(&mut f)?;
+        }
+        Some("edit-big") if args.len() == 3 => {
+            let mut d = std::fs::read(&args[2])?;
+            let third = d.len() / 3;
+            let mut r = rng(6);
+            for b in &mut d[third..third + 65536] {
+                *b = r() as u8;
+            }
+            let ins: Vec<u8> = (0..100).map(|_| r() as u8).collect();
+            d.splice(2 * third..2 * third, ins);
+            d.extend((0..1 << 20).map(|_| r() as u8));
+            std::fs::write(&args[2], d)?;
+        }
         Some("walk") if args.len() == 3 => {
             use sync_delta::Storage;
             let mut s = FsStore::new(&args[2])?;

@@ -358,9 +358,15 @@ pub(crate) fn roll_forward<S: Storage + ?Sized>(s: &mut S, rec: &Record) -> Resu
             }
         }
     }
-    for d in &dirs {
-        ignore(s.sync_dir(d), &[StoreError::NotFound])?;
+    // The directories whose entries changed, all at once (minus those the
+    // round removed).
+    for op in &rec.ops {
+        if let JOp::RemoveDir(p) = op {
+            dirs.remove(p.as_str());
+        }
     }
+    let dirs: Vec<String> = dirs.into_iter().collect();
+    s.sync_files(&dirs)?;
     s.sync_dir(STAGE_DIR)?;
     s.rename(JOURNAL, MANIFEST)?;
     s.sync_dir(STATE_DIR)

@@ -508,12 +508,16 @@ impl Storage for MemStore {
 
     fn sync_file(&mut self, path: &str) -> Result<(), StoreError> {
         self.step()?;
+        if path.is_empty() {
+            return Ok(());
+        }
         match self.nodes.get_mut(path) {
             Some(Node::File { data, synced, .. }) => {
                 *synced = Some(data.clone());
                 Ok(())
             }
-            Some(_) => Err(StoreError::IsDir),
+            Some(Node::Dir { .. }) => Ok(()),
+            Some(Node::Symlink { .. }) => Err(StoreError::SymlinkInPath),
             None => Err(StoreError::NotFound),
         }
     }

@@ -119,14 +119,15 @@ pub trait Storage {
     /// A [`StoreError`].
     fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError>;
 
-    /// Makes a file's data durable (`fsync`).
+    /// Makes a file's data durable (`fsync`); on a directory, its entries.
     ///
     /// # Errors
     /// A [`StoreError`].
     fn sync_file(&mut self, path: &str) -> Result<(), StoreError>;
 
-    /// Makes several files' data durable; a real store may overlap the
-    /// flushes. The default syncs them one by one.
+    /// Makes several files' data (or directories' entries) durable; a
+    /// real store may overlap the flushes. The default syncs them one by
+    /// one.
     ///
     /// # Errors
     /// The first [`StoreError`].
