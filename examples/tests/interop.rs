@@ -122,54 +122,47 @@ struct Failover {
     stop_ms: f64,
 }
 
-/// keepalived against keepalived on the bed's nodes 0 (priority 200) and
-/// 1 (priority 100): node 0 is Master, is killed, comes back, is stopped.
-/// Returns the gaps from the capture `name`.
-fn keepalived_failover(bed: &Bed, name: &str, interval_ms: u32) -> Failover {
+/// Two routers of one kind on the bed's nodes 0 (priority 200) and 1
+/// (priority 100), both preempting (keepalived's default): node 0 is
+/// Master, is killed, comes back and preempts, is stopped gracefully.
+/// Returns the gaps from the capture `name`. `node` is our binary.
+fn pair_failover(bed: &Bed, node: &Path, which: Impl, name: &str, interval_ms: u32) -> Failover {
     let a_ip = IpAddr::V4(Bed::v4(0));
     let b_ip = IpAddr::V4(Bed::v4(1));
     let cap = Tcpdump::start(bed, name);
-    let a_cfg = KaConfig {
-        start_master: true,
-        ..KaConfig::v3(200, interval_ms)
-    };
-    let b_cfg = KaConfig::v3(100, interval_ms);
+    let params = |prio| (3, prio, interval_ms, true);
     let t0 = wire::now();
-    let mut a = Keepalived::start(bed, 0, &format!("{name}-a"), &a_cfg);
-    let mut b = Keepalived::start(bed, 1, &format!("{name}-b"), &b_cfg);
+    let mut a = Router::start(bed, node, which, 0, &format!("{name}-a"), params(200));
+    let mut b = Router::start(bed, node, which, 1, &format!("{name}-b"), params(100));
     assert!(
-        wait_until(Duration::from_secs(10), || bed.holders(vip()) == [0]),
-        "node 0 did not become the only holder of {VIP}: {:?}",
+        wait_until(Duration::from_secs(15), || bed.holders(vip()) == [0]),
+        "{name}: node 0 did not become the only holder of {VIP}: {:?}",
         bed.holders(vip())
     );
     settle(interval_ms);
-    assert_eq!(
-        bed.holders(vip()),
-        [0],
-        "the address moved without a failure"
-    );
+    assert_eq!(bed.holders(vip()), [0], "{name}: the address moved");
 
     a.kill_hard();
     let limit = Duration::from_millis(master_down_ms(100, interval_ms) as u64 + 3000);
     assert!(
         wait_until(limit, || bed.has_addr(1, vip())),
-        "keepalived b did not take over after SIGKILL:\n{}",
+        "{name}: node 1 did not take over after SIGKILL:\n{}",
         b.log_text()
     );
     settle(interval_ms);
     let t_back = wire::now();
     drop(a);
-    let mut a = Keepalived::start(bed, 0, &format!("{name}-a2"), &a_cfg);
+    let mut a = Router::start(bed, node, which, 0, &format!("{name}-a2"), params(200));
     assert!(
-        wait_until(Duration::from_secs(10), || bed.holders(vip()) == [0]),
-        "node 0 did not preempt on its return: {:?}",
+        wait_until(Duration::from_secs(15), || bed.holders(vip()) == [0]),
+        "{name}: node 0 did not preempt on its return: {:?}",
         bed.holders(vip())
     );
     settle(interval_ms);
     a.stop_graceful();
     assert!(
         wait_until(limit, || bed.has_addr(1, vip())),
-        "keepalived b did not take over after the graceful stop:\n{}",
+        "{name}: node 1 did not take over after the graceful stop:\n{}",
         b.log_text()
     );
     settle(interval_ms);
@@ -179,32 +172,32 @@ fn keepalived_failover(bed: &Bed, name: &str, interval_ms: u32) -> Failover {
     let wire = wire::read(&pcap);
     assert!(
         wire.rejected.is_empty(),
-        "our parser rejected keepalived's packets: {:?}",
+        "{name}: our parser rejected packets: {:?}",
         wire.rejected
     );
     let kill = wire
         .takeover(VRID, a_ip, b_ip, (t0, t_back))
-        .expect("takeover after SIGKILL on the wire");
+        .unwrap_or_else(|| panic!("{name}: no takeover after SIGKILL on the wire"));
     let stop = wire
         .takeover(VRID, a_ip, b_ip, (t_back, wire::now()))
-        .expect("takeover after the graceful stop on the wire");
-    assert_ne!(kill.last_old.priority, 0, "SIGKILL sent no priority 0");
+        .unwrap_or_else(|| panic!("{name}: no takeover after the graceful stop on the wire"));
+    assert_ne!(kill.last_old.priority, 0, "{name}: SIGKILL sent priority 0");
     assert_eq!(
         stop.last_old.priority, 0,
-        "a graceful stop ends with priority 0"
+        "{name}: a graceful stop ends with priority 0"
     );
     let b_mac = bed.mac(1);
     for t in [&kill, &stop] {
         assert!(
             wire.garp_after(VIP, b_mac, t.first_new.t).is_some(),
-            "no gratuitous ARP for {VIP} from node 1 after its takeover"
+            "{name}: no gratuitous ARP for {VIP} from node 1 after its takeover"
         );
     }
     let verdicts = tshark::verdicts(&pcap, &[a_ip, b_ip]);
-    assert!(!verdicts.is_empty(), "tshark saw no advertisements");
+    assert!(!verdicts.is_empty(), "{name}: tshark saw no advertisements");
     assert!(
         tshark::flagged(&verdicts).is_empty(),
-        "tshark flags keepalived's advertisements: {:?}",
+        "{name}: tshark flags advertisements: {:?}",
         tshark::flagged(&verdicts)
     );
     Failover {
@@ -213,59 +206,72 @@ fn keepalived_failover(bed: &Bed, name: &str, interval_ms: u32) -> Failover {
     }
 }
 
-/// Item 6 and the keepalived half of item 8: keepalived's failover after
-/// SIGKILL and after a graceful stop, at 1 s, 100 ms and 10 ms (v3/IPv4),
-/// beside the RFC values. The gap may not be shorter than the RFC allows
-/// (that would mean the measurement is wrong) nor absurdly long.
+/// Item 6 and the keepalived half of item 8: failover after SIGKILL and
+/// after a graceful stop at 1 s, 100 ms and 10 ms (v3/IPv4), keepalived's
+/// and ours in the same run on the same namespaces with the same
+/// settings, beside the RFC values. No takeover may come before three
+/// missed advertisements (that would mean the measurement is wrong), and
+/// each must come within 50 ms of the RFC value (item 1's bound; the
+/// 1 ms goal is reported, not enforced).
 #[test]
-fn keepalived_failover_timing() {
-    let Some(_lock) = preflight(
-        "keepalived_failover_timing",
-        &["ip", "tcpdump", "tshark", "keepalived"],
-    ) else {
+fn failover_timing_side_by_side() {
+    let test = "failover_timing_side_by_side";
+    let Some(_lock) = preflight(test, &["ip", "tcpdump", "tshark", "keepalived"]) else {
         return;
     };
+    let node = node_binary(test);
     let mut report = Report::default();
-    let bed = Bed::new("kft", 2);
+    let bed = Bed::new("timing", 2);
     for interval in [1000, 100, 10] {
-        let f = keepalived_failover(&bed, &format!("ka-{interval}"), interval);
         let mdi = master_down_ms(100, interval);
         let skew = skew_ms(100, interval);
-        report.record(Row {
-            what: "failover after SIGKILL".into(),
-            who: "keepalived".into(),
-            version: "v3/IPv4".into(),
-            interval_ms: interval,
-            value: f.kill_ms,
-            reference: Some(mdi),
-            note: "ms, wire gap; ref = 3×interval + Skew_Time".into(),
-        });
-        report.record(Row {
-            what: "failover after graceful stop".into(),
-            who: "keepalived".into(),
-            version: "v3/IPv4".into(),
-            interval_ms: interval,
-            value: f.stop_ms,
-            reference: Some(skew),
-            note: "ms, priority 0 to first advert; ref = Skew_Time".into(),
-        });
-        // Never earlier than three missed advertisements; within a wide
-        // margin of the RFC value.
-        assert!(
-            f.kill_ms >= 3.0 * f64::from(interval) * 0.98,
-            "{interval} ms: takeover after {:.3} ms is before Master_Down_Interval",
-            f.kill_ms
-        );
-        assert!(
-            f.kill_ms <= mdi * 1.25 + 50.0,
-            "{interval} ms: takeover after {:.3} ms",
-            f.kill_ms
-        );
-        assert!(
-            f.stop_ms <= skew * 1.25 + 50.0,
-            "{interval} ms: takeover after priority 0 took {:.3} ms",
-            f.stop_ms
-        );
+        for which in [Impl::Keepalived, Impl::Ours] {
+            if which == Impl::Ours && node.is_none() {
+                continue;
+            }
+            let node = node.as_deref().unwrap_or(Path::new("node"));
+            let name = format!("{}-{interval}", which.name());
+            let f = pair_failover(&bed, node, which, &name, interval);
+            let goal = if which == Impl::Ours {
+                "; goal: within 1 ms"
+            } else {
+                ""
+            };
+            report.record(Row {
+                what: "failover after SIGKILL".into(),
+                who: which.name().into(),
+                version: "v3/IPv4".into(),
+                interval_ms: interval,
+                value: f.kill_ms,
+                reference: Some(mdi),
+                note: format!(
+                    "ms, wire gap, {:+.3} ms vs RFC (3×interval + Skew_Time){goal}",
+                    f.kill_ms - mdi
+                ),
+            });
+            report.record(Row {
+                what: "failover after graceful stop".into(),
+                who: which.name().into(),
+                version: "v3/IPv4".into(),
+                interval_ms: interval,
+                value: f.stop_ms,
+                reference: Some(skew),
+                note: format!(
+                    "ms, priority 0 to first advert, {:+.3} ms vs Skew_Time",
+                    f.stop_ms - skew
+                ),
+            });
+            assert!(
+                f.kill_ms >= 3.0 * f64::from(interval) * 0.98 && f.kill_ms <= mdi + 50.0,
+                "{name}: takeover after SIGKILL in {:.3} ms, RFC {mdi:.3} ms",
+                f.kill_ms
+            );
+            assert!(
+                f.stop_ms <= skew + 50.0,
+                "{name}: takeover after priority 0 in {:.3} ms, Skew_Time {skew:.3} ms",
+                f.stop_ms
+            );
+        }
     }
 }
 
@@ -378,20 +384,20 @@ enum Router {
 }
 
 impl Router {
-    /// Starts `which` on bed node `i`: VRRP `version`, no preemption (the
-    /// appliance profile, keepalived's `nopreempt`).
+    /// Starts `which` on bed node `i` (`node` is our binary).
     fn start(
         bed: &Bed,
         node: &Path,
         which: Impl,
         i: usize,
         name: &str,
-        (version, priority, interval_ms): (u8, u8, u32),
+        (version, priority, interval_ms, preempt): (u8, u8, u32, bool),
     ) -> Router {
         match which {
             Impl::Ours => {
                 let cfg = NodeConfig {
                     version,
+                    preempt,
                     ..NodeConfig::v3(priority, interval_ms)
                 };
                 Router::Ours(Node::start(bed, node, i, name, &cfg))
@@ -399,7 +405,7 @@ impl Router {
             Impl::Keepalived => {
                 let cfg = KaConfig {
                     version,
-                    nopreempt: true,
+                    nopreempt: !preempt,
                     ..KaConfig::v3(priority, interval_ms)
                 };
                 Router::Keepalived(Keepalived::start(bed, i, name, &cfg))
@@ -493,7 +499,8 @@ fn mixed_pair(
     let ip = |i| IpAddr::V4(Bed::v4(i));
     let cap = Tcpdump::start(bed, &tag);
     let t0 = wire::now();
-    let params = |prio| (version, prio, interval_ms);
+    // No preemption: the appliance profile (keepalived's `nopreempt`).
+    let params = |prio| (version, prio, interval_ms, false);
     // The lower priority starts first: priorities, not start order, decide.
     let mut r1 = Router::start(bed, node, second, 1, &format!("{tag}-1"), params(100));
     let mut r0 = Router::start(bed, node, first, 0, &format!("{tag}-0"), params(200));

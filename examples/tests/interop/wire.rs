@@ -37,6 +37,9 @@ impl Tcpdump {
                 "-i",
                 "br0",
                 "-U",
+                // Without it, libpcap hands packets over in blocks (up to
+                // a second late) and a stop loses the last ones.
+                "--immediate-mode",
                 "-B",
                 "8192",
                 "-s",
@@ -61,7 +64,7 @@ impl Tcpdump {
     #[track_caller]
     pub fn finish(mut self) -> PathBuf {
         // Let the last frames reach the socket before the stop.
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
         self.proc.stop("INT", Duration::from_secs(10));
         self.file.clone()
     }
