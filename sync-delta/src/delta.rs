@@ -1,7 +1,7 @@
 //! Signatures and deltas over content-defined chunks.
 //!
 //! The replica describes its old copy as a signature ([`SigChunk`]s): the chunk
-//! lengths and 64-bit truncated BLAKE3 hashes. The source cuts its new
+//! lengths and 40-bit truncated BLAKE3 hashes. The source cuts its new
 //! file with the same [`ChunkParams`], hashes each chunk once, and emits
 //! [`Op::Copy`] for chunks the replica has and [`Op::Literal`] for the
 //! rest. A wrong match (a 64-bit collision) cannot go unnoticed: the
@@ -16,7 +16,7 @@ use std::collections::HashMap;
 pub struct SigChunk {
     /// Its length.
     pub len: u32,
-    /// The first 8 bytes of its BLAKE3 hash, little-endian.
+    /// Its [`chunk_hash`].
     pub hash: u64,
 }
 
@@ -26,12 +26,18 @@ pub struct SigChunk {
 /// 32 GiB within this bound; a replica sends no signature for larger ones).
 pub const MAX_SIG_CHUNKS: usize = 1 << 17;
 
-/// The chunk hash: 64 bits of BLAKE3.
+/// Bytes of BLAKE3 a signature keeps per chunk.
+pub const CHUNK_HASH_LEN: usize = 5;
+
+/// The chunk hash: the first [`CHUNK_HASH_LEN`] bytes (40 bits) of BLAKE3,
+/// little-endian. Short on purpose, to keep signatures small: a false
+/// match is caught by the whole-file BLAKE3 check, and the replica then
+/// fetches that file whole.
 #[must_use]
 pub fn chunk_hash(data: &[u8]) -> u64 {
     let h = blake3::hash(data);
     let mut b = [0u8; 8];
-    b.copy_from_slice(&h.as_bytes()[..8]);
+    b[..CHUNK_HASH_LEN].copy_from_slice(&h.as_bytes()[..CHUNK_HASH_LEN]);
     u64::from_le_bytes(b)
 }
 

@@ -10,7 +10,7 @@ use crate::manifest::{Change, Hash, Kind, Manifest, Meta};
 use crate::path::RelPath;
 use crate::store::{IO_CHUNK, Storage};
 use crate::wire::{AbandonReason, Base, DataStatus, Message};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Replica settings.
@@ -215,6 +215,7 @@ pub struct Replica {
     confirm: bool,
     refused: Option<Refusal>,
     quarantine: Vec<String>,
+    delta_failed: HashSet<RelPath>,
     out: VecDeque<Message>,
     events: VecDeque<ReplicaEvent>,
     stats: ReplicaStats,
@@ -305,6 +306,7 @@ impl Replica {
             confirm: false,
             refused: None,
             quarantine,
+            delta_failed: HashSet::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: ReplicaStats::default(),
@@ -743,7 +745,7 @@ impl Replica {
                 Some(Meta {
                     kind: Kind::File { size: bs, hash: bh },
                     ..
-                }) if *bs >= self.config.delta_min_size => {
+                }) if *bs >= self.config.delta_min_size && !self.delta_failed.remove(p) => {
                     signature_of(store, p.as_str(), *bs, bh, &mut self.buf)?
                 }
                 _ => None,
@@ -867,6 +869,11 @@ impl Replica {
             |h| *h.finalize().as_bytes(),
         );
         let ok = status == DataStatus::Complete && f.written == f.size && hash == f.hash;
+        if !ok && status == DataStatus::Complete && f.base.is_some() {
+            // A delta that does not verify (a chunk-hash collision, or a
+            // source that lies): next round fetches this file whole.
+            self.delta_failed.insert(f.path.clone());
+        }
         if ok {
             let m = round.new.entries.get(&f.path).cloned();
             if let Some(m) = m {

@@ -486,6 +486,7 @@ impl Source {
                 if let Some(base) = job.base.take() {
                     if base.size > 0
                         && base.size <= job.size
+                        && self.probe_append(store, path, &base)?
                         && self.prefix_matches(store, path, &base)?
                     {
                         self.stats.appends += 1;
@@ -577,6 +578,48 @@ impl Source {
                 Ok(job.pos >= job.size)
             }
         }
+    }
+
+    /// A cheap look before hashing the whole prefix: a few of the old
+    /// copy's chunks (the last one among them) must still be where they
+    /// were.
+    fn probe_append<S: Storage + ?Sized>(
+        &mut self,
+        store: &mut S,
+        path: &str,
+        base: &Base,
+    ) -> Result<bool, StoreError> {
+        let n = base.chunks.len();
+        if n == 0 {
+            return Ok(true);
+        }
+        let mut offsets = Vec::with_capacity(n);
+        let mut off = 0u64;
+        for c in &base.chunks {
+            offsets.push(off);
+            off += u64::from(c.len);
+        }
+        if off != base.size {
+            return Ok(false);
+        }
+        let probes = 8.min(n);
+        for k in 0..probes {
+            let i = if probes == 1 {
+                n - 1
+            } else {
+                k * (n - 1) / (probes - 1)
+            };
+            let (c, at) = (&base.chunks[i], offsets[i]);
+            let len = c.len as usize;
+            if self.buf.len() < len {
+                self.buf.resize(len, 0);
+            }
+            let got = store.read_at(path, at, &mut self.buf[..len])?;
+            if got != len || crate::delta::chunk_hash(&self.buf[..len]) != c.hash {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn prefix_matches<S: Storage + ?Sized>(

@@ -701,7 +701,8 @@ impl Storage for FsStore {
     }
 }
 
-fn fs_hash(root: &Path, path: &str, _buf: &mut [u8]) -> Result<Hashed, StoreError> {
+fn fs_hash(root: &Path, path: &str, buf: &mut [u8]) -> Result<Hashed, StoreError> {
+    use std::io::Read;
     let p = root.join(path);
     let before = to_stat(&fs::symlink_metadata(&p)?);
     if before.kind != StatKind::File {
@@ -709,10 +710,22 @@ fn fs_hash(root: &Path, path: &str, _buf: &mut [u8]) -> Result<Hashed, StoreErro
             kind: std::io::ErrorKind::InvalidInput,
         });
     }
-    // One pass over the page cache, no copy: BLAKE3 over a memory map
-    // (small files are read).
     let mut h = blake3::Hasher::new();
-    h.update_mmap(&p)?;
+    if before.size <= MMAP_MAX {
+        // One pass over the page cache, no copy.
+        h.update_mmap(&p)?;
+    } else {
+        // Large files through a bounded buffer: a mapping would count the
+        // whole file in the resident set.
+        let mut f = fs::File::open(&p)?;
+        loop {
+            let n = f.read(buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
     let after = to_stat(&fs::symlink_metadata(&p)?);
     Ok(Hashed {
         hash: *h.finalize().as_bytes(),
@@ -721,6 +734,9 @@ fn fs_hash(root: &Path, path: &str, _buf: &mut [u8]) -> Result<Hashed, StoreErro
         after,
     })
 }
+
+/// Files up to this size are hashed through a memory map.
+const MMAP_MAX: u64 = 8 << 20;
 
 trait OsStrCompat {
     fn from_bytes_compat(b: &[u8]) -> &Self;

@@ -14,7 +14,7 @@
 //! 5. replica commits the generation → `Committed { generation, digest }`;
 //!    or refuses it → `Abandon`.
 
-use crate::delta::{MAX_SIG_CHUNKS, Op, SigChunk};
+use crate::delta::{CHUNK_HASH_LEN, MAX_SIG_CHUNKS, Op, SigChunk};
 use crate::error::WireError;
 use crate::frame::MAX_PAYLOAD;
 use crate::manifest::{Change, Hash, decode_entry, encode_entry};
@@ -366,8 +366,9 @@ impl Message {
                         w.u32(b.avg);
                         w.u32(b.chunks.len() as u32);
                         for c in &b.chunks {
-                            w.u32(c.len);
-                            w.u64(c.hash);
+                            // 3-byte length (chunks are at most 1 MiB), 5-byte hash.
+                            w.bytes(&c.len.to_le_bytes()[..3]);
+                            w.bytes(&c.hash.to_le_bytes()[..CHUNK_HASH_LEN]);
                         }
                     }
                 }
@@ -472,12 +473,19 @@ impl Message {
                         let size = r.u64()?;
                         let hash = r.array()?;
                         let avg = r.u32()?;
-                        let n = r.count(MAX_SIG_CHUNKS, 12)?;
+                        let n = r.count(MAX_SIG_CHUNKS, 3 + CHUNK_HASH_LEN)?;
                         let mut chunks = Vec::with_capacity(n);
                         for _ in 0..n {
                             chunks.push(SigChunk {
-                                len: r.u32()?,
-                                hash: r.u64()?,
+                                len: {
+                                    let b = r.take(3)?;
+                                    u32::from_le_bytes([b[0], b[1], b[2], 0])
+                                },
+                                hash: {
+                                    let mut h = [0u8; 8];
+                                    h[..CHUNK_HASH_LEN].copy_from_slice(r.take(CHUNK_HASH_LEN)?);
+                                    u64::from_le_bytes(h)
+                                },
                             });
                         }
                         Some(Base {

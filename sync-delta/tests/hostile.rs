@@ -245,6 +245,17 @@ fn wrong_content_is_skipped_not_committed() {
     );
     assert_eq!(norm(&dst), before);
     assert!(stage_empty(&mut dst));
+    // The next round asks for that file whole, not as a delta again.
+    while r.poll_transmit().is_some() {}
+    r.sync_now(now);
+    assert!(matches!(r.poll_transmit(), Some(Message::Request { .. })));
+    let mut m = Manifest::default();
+    m.entries.insert(p("f"), file(&noise(100_000, 2)));
+    manifest(&mut r, now, &mut dst, &m).unwrap();
+    assert!(matches!(
+        r.poll_transmit(),
+        Some(Message::Want { base: None, .. })
+    ));
 }
 
 #[test]
