@@ -33,6 +33,9 @@ pub struct NodeConfig {
     pub services: Vec<(String, String)>,
     /// `[sync]`: (listen, peer, dir, interval_s, key file).
     pub sync: Option<SyncConfig>,
+    /// `rt_priority = 50` and `no_swap = true`, as keepalived's
+    /// `vrrp_rt_priority 50` and `vrrp_no_swap`.
+    pub realtime: bool,
 }
 
 /// The `[sync]` table.
@@ -64,6 +67,7 @@ impl NodeConfig {
             v3_ipv4_checksum: "pseudo-header",
             services: Vec::new(),
             sync: None,
+            realtime: false,
         }
     }
 
@@ -75,7 +79,7 @@ impl NodeConfig {
             "id = {id}\nstate_dir = {state}\n\n[vrrp]\ntransport = \"raw\"\n\
              interface = \"eth0\"\nversion = {version}\nvrid = {vrid}\npriority = {prio}\n\
              advert_interval_ms = {int}\npreempt = {preempt}\naccept = true\n\
-             virtual_ips = [{vips}]\nv3_ipv4_checksum = {ck}\n\n\
+             virtual_ips = [{vips}]\nv3_ipv4_checksum = {ck}\n{rt}\n\
              [status]\nlisten = \"127.0.0.1:{STATUS_PORT}\"\n",
             id = q(id),
             state = q(&state_dir.display().to_string()),
@@ -86,6 +90,11 @@ impl NodeConfig {
             preempt = self.preempt,
             vips = vips.join(", "),
             ck = q(self.v3_ipv4_checksum),
+            rt = if self.realtime {
+                "rt_priority = 50\nno_swap = true\n"
+            } else {
+                ""
+            },
         );
         if let Some(s) = &self.sync {
             t += &format!(
