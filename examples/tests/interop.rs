@@ -704,6 +704,142 @@ fn ours_with_keepalived_both_roles() {
     }
 }
 
+/// The service port the phone calls on the virtual address.
+const SERVICE: &str = "10.99.0.100:5060";
+
+/// Our two nodes on bed nodes 0 (priority 200, Master) and 1 (100), each
+/// with the echo service as its PBX application (started by the
+/// orchestrator when Master), and a phone in bed node 2. Returns once node
+/// 0 serves the phone.
+fn served_pair(bed: &Bed, node: &Path, probe: &Path, name: &str, interval_ms: u32) -> [Node; 2] {
+    let service = format!("exec {} echo --listen {SERVICE}", probe.display());
+    let nodes = [(1, 100), (0, 200)].map(|(i, prio)| {
+        let cfg = NodeConfig {
+            services: vec![("pbx".to_owned(), service.clone())],
+            realtime: true,
+            ..NodeConfig::v3(prio, interval_ms)
+        };
+        (i, Node::start(bed, node, i, &format!("{name}-{i}"), &cfg))
+    });
+    let [(_, n1), (_, n0)] = nodes;
+    assert!(
+        wait_until(Duration::from_secs(15), || bed.holders(vip()) == [0]),
+        "{name}: node 0 did not become Master: {:?}",
+        bed.holders(vip())
+    );
+    // The phone hears the service before the measurement starts.
+    let served = wait_until(Duration::from_secs(10), || {
+        let mut p = bed.spawn_in(
+            2,
+            &format!("{name}-phone-check.log"),
+            probe,
+            &[
+                "probe",
+                "--to",
+                SERVICE,
+                "--every-ms",
+                "10",
+                "--for-s",
+                "0.2",
+            ],
+        );
+        probe_summary(&mut p, Duration::from_secs(5))["answered"].as_u64() > Some(0)
+    });
+    assert!(
+        served,
+        "{name}: the phone gets no answer from node 0's service"
+    );
+    [n0, n1]
+}
+
+/// A node's whole box dies: its link goes silent, then every process in
+/// its namespace (node and services) is killed.
+fn box_dies(bed: &Bed, i: usize) {
+    bed::run("ip", &["-n", &bed.nodes[i], "link", "set", "eth0", "down"]);
+    let pids: Vec<u32> = bed::run("ip", &["netns", "pids", &bed.nodes[i]])
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    bed::signal("KILL", &pids);
+}
+
+/// Item 5: the client-observed outage. A phone in a third namespace sends
+/// a request to the service on the virtual address every 10 ms; the Master
+/// box dies; the Backup takes over and its orchestrator starts the
+/// service. The longest time the phone goes unanswered is measured at
+/// 1 s and 10 ms advertisement intervals and must stay within
+/// Master_Down_Interval + 250 ms (service start and ARP update included).
+#[test]
+fn client_observed_outage() {
+    let test = "client_observed_outage";
+    let Some(_lock) = preflight(test, &["ip"]) else {
+        return;
+    };
+    let Some(node) = node_binary(test) else {
+        return;
+    };
+    let Some(probe) = example("udp-probe") else {
+        assert!(!in_ci(), "{test}: udp-probe is not built");
+        eprintln!("skipping {test}: udp-probe is not built");
+        return;
+    };
+    let mut report = Report::default();
+    for interval in [1000, 10] {
+        let bed = Bed::new("outage", 3);
+        let name = format!("outage-{interval}");
+        let mdi = master_down_ms(100, interval);
+        let [_n0, n1] = served_pair(&bed, &node, &probe, &name, interval);
+        let before = 1.0;
+        let run_for = before + (mdi + 1500.0) / 1000.0;
+        let mut phone = bed.spawn_in(
+            2,
+            &format!("{name}-phone.log"),
+            &probe,
+            &[
+                "probe",
+                "--to",
+                SERVICE,
+                "--every-ms",
+                "10",
+                "--for-s",
+                &format!("{run_for:.2}"),
+            ],
+        );
+        std::thread::sleep(Duration::from_secs_f64(before));
+        box_dies(&bed, 0);
+        let s = probe_summary(&mut phone, Duration::from_secs_f64(run_for + 10.0));
+        assert!(
+            bed.has_addr(1, vip()) && n1.role().as_deref() == Some("Master"),
+            "{name}: node 1 did not take over:\n{}",
+            n1.log_text()
+        );
+        let gap = s["longest_gap_ms"].as_f64().unwrap_or(f64::INFINITY);
+        let last = s["last_answer_ms"].as_f64().unwrap_or(0.0);
+        report.record(Row {
+            what: "client-observed outage".into(),
+            who: "ours".into(),
+            version: "v3/IPv4".into(),
+            interval_ms: interval,
+            value: gap,
+            reference: Some(mdi),
+            note: format!(
+                "ms, longest unanswered stretch at the phone (every 10 ms); {} of {} answered",
+                s["answered"], s["sent"]
+            ),
+        });
+        assert!(
+            last >= run_for * 1000.0 - 200.0,
+            "{name}: the phone is not served at the end: {s}"
+        );
+        assert!(
+            // The box dies anywhere between two advertisements, so the
+            // phone's outage starts up to one interval after the last.
+            gap >= mdi - f64::from(interval) - 20.0 && gap <= mdi + 250.0,
+            "{name}: outage {gap:.1} ms, Master_Down_Interval {mdi:.1} ms: {s}"
+        );
+    }
+}
+
 // ---- checks of the harness itself (no root needed) ----
 
 fn advert(t_ms: u64, src: [u8; 4], priority: u8) -> wire::Advert {
