@@ -229,12 +229,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let t = Instant::now();
             let d = m.digest();
             println!(
-                "walk {} entries {:.3}s, scan {:.3}s, digest {:.3}s {}",
+                "walk {} entries {:.3}s, scan {:.3}s, digest {:.3}s {} vmhwm_kib={}",
                 w.entries.len(),
                 walk.as_secs_f64(),
                 scan.as_secs_f64(),
                 t.elapsed().as_secs_f64(),
-                d[0]
+                d[0],
+                vm_hwm_kib()
             );
         }
         Some("round") if args.len() == 4 => round(Path::new(&args[2]), Path::new(&args[3]))?,

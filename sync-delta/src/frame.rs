@@ -754,6 +754,38 @@ mod tests {
     }
 
     #[test]
+    fn oversized_and_undrained_input_is_refused() {
+        let (_, mut b) = pair(b"k", b"k");
+        // A header announcing more than MAX_PAYLOAD fails before any payload.
+        let mut f = Vec::new();
+        encode(
+            &mut f,
+            FrameKind::Hello,
+            0,
+            Epoch::default(),
+            &[0; 32],
+            None,
+        )
+        .unwrap();
+        f[6..10].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
+        b.handle_bytes(&f[..HEADER_LEN]).unwrap();
+        assert!(matches!(
+            b.poll_frame(),
+            Err(LinkError::Wire(WireError::TooLong { .. }))
+        ));
+        // Bytes fed without draining are bounded.
+        let (_, mut b) = pair(b"k", b"k");
+        let chunk = vec![0u8; MAX_FRAME];
+        b.handle_bytes(&chunk).unwrap();
+        b.handle_bytes(&chunk).unwrap();
+        assert!(matches!(
+            b.handle_bytes(&chunk),
+            Err(LinkError::BufferFull { .. })
+        ));
+        assert_eq!(b.handle_bytes(b"x"), Err(LinkError::Closed));
+    }
+
+    #[test]
     fn decode_errors() {
         let mut f = Vec::new();
         encode(&mut f, FrameKind::Data, 0, Epoch::default(), b"abc", None).unwrap();

@@ -21,6 +21,35 @@
 //! After any crash, [`Replica::open`] leaves the tree at exactly the
 //! previous or the new generation.
 //!
+//! # For drivers
+//!
+//! - Backup: [`Replica::open`] at start (finishes or rolls back a round,
+//!   quarantines a returning Master's unconfirmed changes), then the house
+//!   loop (`handle_*`, `poll_transmit`, `poll_event`, `poll_timeout`).
+//!   [`Replica::sync_now`] before a planned swap; [`Replica::status`] with
+//!   the wall clock gives the generation, when the source took it, its age
+//!   and the quarantine folders.
+//! - Takeover: [`Replica::settle`] finishes or rolls back the round in
+//!   progress and returns the [`Generation`] the new Master starts from;
+//!   then [`Source::open`] on the same tree.
+//! - Master: [`Source::open`], then feed it the replica's messages with the
+//!   wall clock ([`Source::handle_message`]) and drain
+//!   [`Source::poll_transmit`] as the socket accepts data.
+//! - The link: [`frame::Link`] carries both sync messages (channel
+//!   [`frame::CHANNEL_SYNC`]) and the orchestrator's peer messages (any
+//!   other channel, opaque here), with each frame's sender [`Epoch`].
+//!
+//! # Durability and limits
+//!
+//! - A round costs fsyncs: the staged files (overlapped), the journal, the
+//!   directories it touched (overlapped), the manifest and the state file.
+//!   That is the price of "exactly N or N+1" after a power cut; rsync pays
+//!   none of it and guarantees none of it.
+//! - The tree's own root directory's metadata and symlink mtimes are not
+//!   replicated; names that are not UTF-8 are skipped (counted).
+//! - Manifests live in memory as ordered maps: a few hundred bytes per
+//!   entry.
+//!
 //! ```
 //! use std::time::{Duration, Instant, SystemTime};
 //! use sync_delta::mem::MemStore;

@@ -28,7 +28,9 @@ pub struct ReplicaConfig {
     pub max_delete_percent: u32,
     /// Largest file accepted.
     pub max_file_size: u64,
-    /// Most entries a manifest may have.
+    /// Most entries a manifest may have (default 2,000,000): bounds the
+    /// memory an authenticated but misbehaving source can make a replica
+    /// use (a few hundred bytes per entry).
     pub max_entries: u64,
     /// Files at least this large are fetched as a delta against the old
     /// copy; smaller ones whole.
@@ -43,7 +45,7 @@ impl Default for ReplicaConfig {
             idle_timeout: Duration::from_secs(120),
             max_delete_percent: 50,
             max_file_size: 1 << 40,
-            max_entries: 10_000_000,
+            max_entries: 2_000_000,
             delta_min_size: 64 * 1024,
         }
     }
@@ -385,6 +387,13 @@ impl Replica {
     pub fn sync_now(&mut self, now: Instant) {
         self.next_round = now;
         self.handle_timeout(now);
+    }
+
+    /// When the next round is due (`None` while one is in progress or
+    /// the link is down).
+    #[must_use]
+    pub fn next_round_at(&self) -> Option<Instant> {
+        (self.connected && self.round.is_none()).then_some(self.next_round)
     }
 
     /// Lets the next round past the mass-deletion guard once.

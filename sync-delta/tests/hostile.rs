@@ -396,3 +396,17 @@ fn stalled_round_times_out() {
             .round_in_progress
     );
 }
+
+#[test]
+fn next_round_is_exposed() {
+    let mut dst = MemStore::new();
+    let now = Instant::now();
+    let (mut r, _) = Replica::open(ReplicaConfig::default(), now, &mut dst).unwrap();
+    assert_eq!(r.next_round_at(), None, "not connected");
+    r.handle_connected(now);
+    assert_eq!(r.next_round_at(), None, "a round started at once");
+    assert!(matches!(r.poll_transmit(), Some(Message::Request { .. })));
+    r.handle_disconnected(now, &mut dst).unwrap();
+    r.handle_connected(now);
+    assert!(r.poll_transmit().is_some());
+}
