@@ -304,3 +304,54 @@ async fn passive_backup_does_not_take_over() {
     p.b.wait_role("Master").await;
     p.b.stop(Stop::Graceful).await;
 }
+
+/// Swap there and back: after the first swap the old Master has restarted
+/// (soft) and must accept the new Master's requests for the second.
+///
+/// Ignored: fails today. A node that restarts within the peer timeout is
+/// never greeted again (the orchestrator sends its Hello only when the peer
+/// goes from down to up), so it refuses every request of the peer (`Arm`
+/// here, `SetMode` too) for want of the peer's identity; the second swap
+/// is accepted and then aborts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a peer restarted within the peer timeout gets no Hello and refuses requests"]
+async fn swap_there_and_back() {
+    let mut p = pair(&PairSpec {
+        tag: "swap-back",
+        priority_a: 150,
+        priority_b: 100,
+        phones: 0,
+    });
+    established(&mut p).await;
+    p.b.wait(Duration::from_secs(20), "first round", |s| {
+        generation(s) >= 1
+    })
+    .await;
+    let (code, answer) = p.a.post("/swap", json!({})).await;
+    assert_eq!(code, 200, "first swap refused: {answer}");
+    p.b.wait_role("Master").await;
+    for n in [&p.a, &p.b] {
+        n.wait(Duration::from_secs(20), "procedure finished", |s| {
+            s["role"]
+                == if n.name == "pbx-a" {
+                    "Backup"
+                } else {
+                    "Master"
+                }
+                && s["status"]["procedure"].is_null()
+        })
+        .await;
+    }
+    p.b.wait(Duration::from_secs(10), "pbx-a UP as Backup", |s| {
+        s["status"]["peer"]["role"] == "Backup" && s["status"]["peer"]["mode"] == "Active"
+    })
+    .await;
+    let (code, answer) = p.b.post("/swap", json!({})).await;
+    assert_eq!(code, 200, "second swap refused: {answer}");
+    p.a.wait_role("Master").await;
+    p.b.wait(Duration::from_secs(20), "Backup again", |s| {
+        s["role"] == "Backup" && s["status"]["procedure"].is_null()
+    })
+    .await;
+    p.stop().await;
+}
