@@ -178,11 +178,11 @@ impl Record {
                 max: body.len() as u64,
             });
         }
-        let mut manifest = Manifest::default();
-        for _ in 0..n {
-            let (p, m) = decode_entry(&mut r, true)?;
-            manifest.entries.insert(p, m);
-        }
+        let manifest = Manifest {
+            entries: (0..n)
+                .map(|_| decode_entry(&mut r, true))
+                .collect::<Result<_, _>>()?,
+        };
         r.end()?;
         let _ = crc;
         Ok(Self {
