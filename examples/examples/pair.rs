@@ -170,6 +170,17 @@ fn free_tcp(ip: Ipv4Addr) -> Result<SocketAddr, String> {
         .map_err(|e| format!("no free tcp port on {ip}: {e}"))
 }
 
+/// A TCP port free on both addresses.
+fn free_tcp_both(a: Ipv4Addr, b: Ipv4Addr) -> Result<u16, String> {
+    for _ in 0..50 {
+        let port = free_tcp(a)?.port();
+        if std::net::TcpListener::bind((b, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(format!("no tcp port free on both {a} and {b}"))
+}
+
 fn seed_tree(dir: &Path) -> std::io::Result<usize> {
     let mut n = 0;
     std::fs::create_dir_all(dir.join("config/sip"))?;
@@ -310,7 +321,13 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
     let b_ip = Ipv4Addr::new(127, 0, 0, 2);
     let (va, vb) = (free_udp(a_ip)?, free_udp(b_ip)?);
     let (sa, sb) = (free_tcp(a_ip)?, free_tcp(b_ip)?);
-    let (ha, hb) = (free_tcp(a_ip)?, free_tcp(b_ip)?);
+    // One status port on both addresses: the Master forwards its
+    // backup_gui_port to the peer's host at its own status port.
+    let status_port = free_tcp_both(a_ip, b_ip)?;
+    let (ha, hb) = (
+        SocketAddr::from((a_ip, status_port)),
+        SocketAddr::from((b_ip, status_port)),
+    );
     let gui = free_tcp(a_ip)?.port();
     std::fs::write(root.join("sync.key"), "6f".repeat(32)).map_err(|e| e.to_string())?;
     std::fs::write(root.join("phones.toml"), phone_inventory(args.phones))

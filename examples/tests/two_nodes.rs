@@ -306,15 +306,9 @@ async fn passive_backup_does_not_take_over() {
 }
 
 /// Swap there and back: after the first swap the old Master has restarted
-/// (soft) and must accept the new Master's requests for the second.
-///
-/// Ignored: fails today. A node that restarts within the peer timeout is
-/// never greeted again (the orchestrator sends its Hello only when the peer
-/// goes from down to up), so it refuses every request of the peer (`Arm`
-/// here, `SetMode` too) for want of the peer's identity; the second swap
-/// is accepted and then aborts.
+/// (soft, faster than the peer timeout) and must still learn the new
+/// Master's identity, and accept its requests, for the second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a peer restarted within the peer timeout gets no Hello and refuses requests"]
 async fn swap_there_and_back() {
     let mut p = pair(&PairSpec {
         tag: "swap-back",

@@ -303,6 +303,9 @@ pub struct Orchestrator {
     events: VecDeque<Event>,
     journal: VecDeque<JournalRecord>,
     next_heartbeat: Option<Instant>,
+    /// When this node last sent a hello (to answer a restarted peer's
+    /// hello without two hellos echoing).
+    hello_sent_at: Option<Instant>,
     mode_expiry: Option<Instant>,
     findings: Vec<Finding>,
     stats: Stats,
@@ -343,6 +346,7 @@ impl Orchestrator {
             events: VecDeque::new(),
             journal: VecDeque::new(),
             next_heartbeat: None,
+            hello_sent_at: None,
             mode_expiry: None,
             findings: Vec::new(),
             stats: Stats::default(),
@@ -360,7 +364,7 @@ impl Orchestrator {
             o.resume(now, j);
         }
         if o.state.redundancy == Redundancy::Enabled {
-            o.send_hello();
+            o.send_hello(now);
             o.send_status();
             o.next_heartbeat = Some(now + o.config.heartbeat_interval);
         } else {
@@ -457,13 +461,23 @@ impl Orchestrator {
             self.peer.up = true;
             self.stats.peer_flaps += 1;
             self.push_event(Event::PeerUp);
-            self.send_hello();
+            self.send_hello(now);
         }
         match msg.body {
             PeerBody::Hello(identity) => {
                 // A hello starts a new acquaintance: the status heard
                 // before it may be from before the peer restarted.
                 self.peer.last = None;
+                // A peer that greets us while we already count it as up
+                // restarted faster than the peer timeout and has forgotten
+                // who we are: greet it back. Not when we greeted it within
+                // a heartbeat interval, so that two hellos never echo.
+                let greeted_lately = self.hello_sent_at.is_some_and(|t| {
+                    now.saturating_duration_since(t) < self.config.heartbeat_interval
+                });
+                if was_up && !greeted_lately {
+                    self.send_hello(now);
+                }
                 self.peer.identity = Some(identity);
                 self.update_findings();
             }
@@ -1009,7 +1023,8 @@ impl Orchestrator {
         });
     }
 
-    fn send_hello(&mut self) {
+    fn send_hello(&mut self, now: Instant) {
+        self.hello_sent_at = Some(now);
         self.send(PeerBody::Hello(self.config.identity.clone()));
     }
 
@@ -2214,7 +2229,7 @@ impl Orchestrator {
             } else if self.state.redundancy == Redundancy::Enabled && self.next_heartbeat.is_none()
             {
                 self.next_heartbeat = Some(now + self.config.heartbeat_interval);
-                self.send_hello();
+                self.send_hello(now);
                 self.send_status();
             }
         }

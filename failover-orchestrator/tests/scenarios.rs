@@ -858,3 +858,38 @@ fn planned_hand_back_stops_services_then_releases_the_address_then_the_role() {
     assert_eq!(w.double_address, 0);
     assert_eq!(w.stale_commands, 0);
 }
+
+/// A Backup that restarts faster than the peer timeout never looks down to
+/// the Master; its hello must still be answered, or it would never learn
+/// the Master's identity and would refuse the Master's requests.
+#[test]
+fn a_peer_restarted_within_the_peer_timeout_is_greeted_again() {
+    let mut w = pair(inventory(4), None);
+    w.run_for(secs(3));
+    w.restart(1, Duration::from_millis(100));
+    w.run_for(secs(2));
+    assert_eq!(
+        w.count_events(0, |e| matches!(e, Event::PeerDown)),
+        0,
+        "the restart was quicker than the peer timeout"
+    );
+    let now = w.now;
+    w.orch(0)
+        .handle_operator(
+            now,
+            OperatorRequest::SetBackupMode {
+                mode: BackupMode::Passive,
+                expires_at: None,
+            },
+        )
+        .unwrap();
+    w.run_for(secs(3));
+    assert_eq!(
+        w.orch(1).persistent_state().backup_mode,
+        BackupMode::Passive
+    );
+    assert_eq!(
+        w.count_events(1, |e| matches!(e, Event::RequestRefused { .. })),
+        0
+    );
+}
