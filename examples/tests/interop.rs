@@ -985,6 +985,105 @@ fn planned_swap_gap() {
     }
 }
 
+/// Deterministic bytes that do not compress or repeat (xorshift).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Item 7: sync across the namespaces. A changed voice file on the Master
+/// is on the Backup after the next round; the Backup killed with SIGKILL
+/// in the middle of a round keeps its last whole generation (no partial
+/// file in its tree), and after a restart the next round completes.
+#[test]
+fn sync_across_namespaces_survives_a_killed_backup() {
+    let test = "sync_across_namespaces_survives_a_killed_backup";
+    let Some(_lock) = preflight(test, &["ip"]) else {
+        return;
+    };
+    let Some(node) = node_binary(test) else {
+        return;
+    };
+    let mut report = Report::default();
+    let bed = Bed::new("sync", 2);
+    let name = "sync";
+    let [_n0, mut n1] = synced_pair(&bed, &node, name, 1000, &[("voice/greeting.wav", b"v1")]);
+    let on = |i: usize, rel: &str| std::fs::read(bed.path(&format!("data{i}/{rel}"))).ok();
+
+    // A changed file reaches the Backup with the next round.
+    let changed = noise(64 * 1024, 7);
+    let t = std::time::Instant::now();
+    std::fs::write(bed.path("data0/voice/greeting.wav"), &changed).expect("write");
+    assert!(
+        wait_until(Duration::from_secs(15), || on(1, "voice/greeting.wav")
+            .as_ref()
+            == Some(&changed)),
+        "the changed file did not reach the Backup:\n{}",
+        n1.log_text()
+    );
+    report.record(Row {
+        what: "sync: changed 64 KiB file on the Backup".into(),
+        who: "ours".into(),
+        version: "-".into(),
+        interval_ms: 1000,
+        value: t.elapsed().as_secs_f64() * 1000.0,
+        reference: None,
+        note: "ms from the write on the Master (rounds every 1 s)".into(),
+    });
+
+    // A big file, and the Backup killed while its round stages it.
+    let big = noise(48 << 20, 11);
+    std::fs::write(bed.path("data0/voice/big.wav"), &big).expect("write");
+    let stage = bed.path("data1/.sync-delta/stage");
+    let staging = wait_until(Duration::from_secs(30), || {
+        std::fs::read_dir(&stage)
+            .is_ok_and(|d| d.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0)))
+    });
+    assert!(
+        staging,
+        "the Backup never staged the big file:\n{}",
+        n1.log_text()
+    );
+    n1.kill_hard();
+    assert!(
+        on(1, "voice/big.wav").is_none(),
+        "the round completed before the kill; nothing was interrupted"
+    );
+    assert_eq!(
+        on(1, "voice/greeting.wav").as_ref(),
+        Some(&changed),
+        "the last whole generation is gone"
+    );
+
+    let config = n1.config.clone();
+    drop(n1);
+    let t = std::time::Instant::now();
+    let n1 = Node::start_with(&bed, &node, 1, &format!("{name}-1-again"), config);
+    assert!(
+        wait_until(Duration::from_secs(120), || on(1, "voice/big.wav").as_ref()
+            == Some(&big)),
+        "the next round did not complete after the restart:\n{}",
+        n1.log_text()
+    );
+    report.record(Row {
+        what: "sync: 48 MiB file after a SIGKILL mid-round".into(),
+        who: "ours".into(),
+        version: "-".into(),
+        interval_ms: 1000,
+        value: t.elapsed().as_secs_f64() * 1000.0,
+        reference: None,
+        note: "ms from the restart of the Backup (debug build)".into(),
+    });
+    assert_eq!(on(1, "voice/greeting.wav").as_ref(), Some(&changed));
+}
+
 // ---- checks of the harness itself (no root needed) ----
 
 fn advert(t_ms: u64, src: [u8; 4], priority: u8) -> wire::Advert {

@@ -136,6 +136,14 @@ impl Node {
         // One state directory per bed node, kept across restarts.
         let state = bed.path(&format!("node{i}.state"));
         std::fs::write(&config, cfg.render(name, &state)).expect("write node config");
+        Node::start_with(bed, binary, i, name, config)
+    }
+
+    /// Starts `node` in node `i`'s namespace with an existing
+    /// configuration file (a restart); returns once its status API
+    /// answers.
+    #[track_caller]
+    pub fn start_with(bed: &Bed, binary: &Path, i: usize, name: &str, config: PathBuf) -> Node {
         let args = ["--config", config.to_str().expect("utf-8 path")];
         let proc = bed.spawn_in(i, &format!("{name}.log"), binary, &args);
         let mut node = Node {
