@@ -113,12 +113,11 @@ impl fmt::Display for Status {
         }
         match self.role {
             Role::Master => match &self.peer {
-                Some(p) if p.up => write!(
-                    f,
-                    "Backup device with ID {} is UP ({} mode)",
-                    p.id,
-                    p.mode.unwrap_or_default()
-                ),
+                // The mode is shown once the peer has reported it.
+                Some(p) if p.up => match p.mode {
+                    Some(mode) => write!(f, "Backup device with ID {} is UP ({mode} mode)", p.id),
+                    None => write!(f, "Backup device with ID {} is UP", p.id),
+                },
                 Some(p) => write!(f, "Backup device with ID {} is DOWN", p.id),
                 None => f.write_str("No backup device connected"),
             },
@@ -201,5 +200,56 @@ impl Timeline {
     #[must_use]
     pub fn at(&self, pred: impl Fn(&Milestone) -> bool) -> Option<u64> {
         self.entries.iter().find(|e| pred(&e.what)).map(|e| e.at_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn master_with(peer: Option<PeerView>) -> Status {
+        Status {
+            node_id: "06-5.1.30-005400".into(),
+            role: Role::Master,
+            epoch: Epoch { term: 1, node: 1 },
+            redundancy: Redundancy::Enabled,
+            backup_mode: BackupMode::Active,
+            ready: true,
+            peer,
+            sync: None,
+            procedure: None,
+            findings: Vec::new(),
+            timeline: None,
+        }
+    }
+
+    fn peer(up: bool, mode: Option<BackupMode>) -> PeerView {
+        PeerView {
+            id: "06-5.1.30-005401".into(),
+            up,
+            role: Some(Role::Backup),
+            mode,
+            firmware: "5.1.30".into(),
+            protocol: ProtocolVersion::CURRENT,
+            ready: true,
+            sync_generation: None,
+        }
+    }
+
+    #[test]
+    fn the_one_liner_shows_the_mode_once_the_peer_reported_it() {
+        assert_eq!(
+            master_with(Some(peer(true, Some(BackupMode::Passive)))).one_liner(),
+            "Backup device with ID 06-5.1.30-005401 is UP (Passive mode)"
+        );
+        assert_eq!(
+            master_with(Some(peer(true, None))).one_liner(),
+            "Backup device with ID 06-5.1.30-005401 is UP"
+        );
+        assert_eq!(
+            master_with(Some(peer(false, Some(BackupMode::Active)))).one_liner(),
+            "Backup device with ID 06-5.1.30-005401 is DOWN"
+        );
+        assert_eq!(master_with(None).one_liner(), "No backup device connected");
     }
 }
