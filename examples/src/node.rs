@@ -877,52 +877,8 @@ impl Main {
                     let _ = results.send((id, o));
                 });
             }
-            Command::ClaimAddress => {
-                self.address_held = true;
-                match self.netlink.clone() {
-                    Some((nl, index)) => {
-                        let vips = self.config.vrrp.virtual_ips.clone();
-                        let results = self.results.clone();
-                        tokio::spawn(async move {
-                            let mut ok = true;
-                            for v in vips {
-                                if let Err(e) = nl.add(index, v).await {
-                                    warn!(address = %v.addr, error = %e, "claim failed");
-                                    ok = false;
-                                }
-                            }
-                            let _ = results.send((id, outcome(ok)));
-                        });
-                    }
-                    None => {
-                        info!(addresses = ?self.config.vrrp.virtual_ips, "claim (logged, not made: unprivileged)");
-                        self.done(id, CommandOutcome::Done);
-                    }
-                }
-            }
-            Command::ReleaseAddress => {
-                self.address_held = false;
-                match self.netlink.clone() {
-                    Some((nl, index)) => {
-                        let vips = self.config.vrrp.virtual_ips.clone();
-                        let results = self.results.clone();
-                        tokio::spawn(async move {
-                            let mut ok = true;
-                            for v in vips {
-                                if let Err(e) = nl.remove(index, v).await {
-                                    warn!(address = %v.addr, error = %e, "release failed");
-                                    ok = false;
-                                }
-                            }
-                            let _ = results.send((id, outcome(ok)));
-                        });
-                    }
-                    None => {
-                        info!("release (logged, not made: unprivileged)");
-                        self.done(id, CommandOutcome::Done);
-                    }
-                }
-            }
+            Command::ClaimAddress => self.set_addresses(id, true),
+            Command::ReleaseAddress => self.set_addresses(id, false),
             Command::AnnounceAddress => {
                 if let Some(g) = &self.garp {
                     g.send();
@@ -1005,6 +961,35 @@ impl Main {
                 self.done(id, CommandOutcome::Failed { code: 1 });
             }
         }
+    }
+
+    /// Adds (`claim`) or removes the virtual addresses over netlink, or
+    /// logs what it would do when unprivileged.
+    fn set_addresses(&mut self, id: orch::CommandId, claim: bool) {
+        self.address_held = claim;
+        let what = if claim { "claim" } else { "release" };
+        let Some((nl, index)) = self.netlink.clone() else {
+            info!(addresses = ?self.config.vrrp.virtual_ips, "{what} (logged, not made: unprivileged)");
+            self.done(id, CommandOutcome::Done);
+            return;
+        };
+        let vips = self.config.vrrp.virtual_ips.clone();
+        let results = self.results.clone();
+        tokio::spawn(async move {
+            let mut ok = true;
+            for v in vips {
+                let r = if claim {
+                    nl.add(index, v).await
+                } else {
+                    nl.remove(index, v).await
+                };
+                if let Err(e) = r {
+                    warn!(address = %v.addr, error = %e, "{what} failed");
+                    ok = false;
+                }
+            }
+            let _ = results.send((id, outcome(ok)));
+        });
     }
 
     fn start_service(&mut self, id: orch::CommandId, i: u16) {
