@@ -11,12 +11,12 @@
 # (max RSS from /usr/bin/time; sync-delta runs source and replica in one
 # process, rsync's figure is its largest process) are printed.
 #
-# usage: benches/scripts/sync_delta_tree.sh [--quick]
+# usage: [RUNS=n] benches/scripts/sync_delta_tree.sh [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-FILES=100000 BIG_MIB=512 RUNS=5
-if [[ "${1:-}" == "--quick" ]]; then FILES=10000 BIG_MIB=64 RUNS=3; fi
+FILES=100000 BIG_MIB=512 RUNS=${RUNS:-5}
+if [[ "${1:-}" == "--quick" ]]; then FILES=10000 BIG_MIB=64 RUNS=${RUNS:-3}; fi
 
 need() {
     command -v "$1" >/dev/null 2>&1 && return

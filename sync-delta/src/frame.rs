@@ -39,7 +39,7 @@
 
 use crate::epoch::Epoch;
 use crate::error::{LinkError, WireError};
-use crc::{CRC_32_ISCSI, Crc};
+use crc::{CRC_32_ISCSI, Crc, Table};
 
 /// The frame format version this build speaks.
 pub const VERSION: u8 = 1;
@@ -57,7 +57,8 @@ pub const CHANNEL_SYNC: u8 = 0;
 pub const CHANNEL_PEER: u8 = 1;
 
 const MAGIC: [u8; 2] = *b"SD";
-const CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
+/// Slice-by-16 tables: several times the byte-table speed on 1 MiB frames.
+const CRC32C: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISCSI);
 const MAC_LEN: usize = 16;
 
 /// Frame kinds.

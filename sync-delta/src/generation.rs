@@ -1,22 +1,27 @@
-//! Generations on disk: the record format shared by the journal and the
-//! manifest, the small state file, roll-forward and roll-back, and the
-//! quarantine of a returning source.
+//! Generations on disk: the base manifest and its change log, the journal
+//! (commit record), the small state file, roll-forward and roll-back, and
+//! the quarantine of a returning source.
 //!
 //! State folder (`.sync-delta/` at the root of the tree, never
 //! replicated):
 //!
 //! | path | what |
 //! | --- | --- |
-//! | `manifest` | the current generation: number, taken-at, entries |
+//! | `manifest` | a full manifest (the base): base id, generation, taken-at, entries |
+//! | `manifest.log` | change records since the base, appended one per generation |
 //! | `journal` | a committed generation whose ops are not all applied yet |
 //! | `state` | role of this node, and the latest confirmation time |
 //! | `stage/` | files written for a round in progress |
 //! | `quarantine/` | local changes moved aside by a returning source |
 //!
 //! A round commits by renaming a fully written and synced `journal.tmp`
-//! to `journal` (the commit record). Its ops are idempotent; once applied,
-//! `journal` is renamed to `manifest`. Opening replays a `journal` if there
-//! is one (roll forward) and empties `stage/` (roll back).
+//! to `journal` (the commit record): its ops and the manifest changes.
+//! The ops are idempotent; once applied, the record is appended to
+//! `manifest.log` and `journal` is removed. So a round writes in
+//! proportion to what changed, not to the tree; the base is rewritten
+//! only when the log has grown to half its size. Opening replays a
+//! `journal` if there is one (roll forward) and empties `stage/` (roll
+//! back).
 
 use crate::error::{StoreError, WireError};
 use crate::exclude::Exclude;
@@ -24,19 +29,22 @@ use crate::manifest::{Kind, LocalStat, Manifest, Meta, decode_entry, encode_entr
 use crate::path::{RelPath, STATE_DIR};
 use crate::store::{StatKind, Storage, read_all, write_atomic};
 use crate::wire::{Reader, Writer};
-use crc::{CRC_32_ISCSI, Crc};
+use crc::{CRC_32_ISCSI, Crc, Table};
 use std::collections::BTreeSet;
 
-const CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
-const RECORD_MAGIC: &[u8; 4] = b"SDG1";
+/// Slice-by-16 tables: several times the byte-table speed on 1 MiB frames.
+const CRC32C: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISCSI);
+const BASE_MAGIC: &[u8; 4] = b"SDB1";
+const DELTA_MAGIC: &[u8; 4] = b"SDD1";
 const STATE_MAGIC: &[u8; 4] = b"SDS1";
-/// Largest state record read back (bounds memory on a corrupt file).
+/// Largest state file read back (bounds memory on a corrupt file).
 const MAX_RECORD: u64 = 1 << 32;
 
 pub(crate) const STAGE_DIR: &str = ".sync-delta/stage";
 pub(crate) const QUARANTINE_DIR: &str = ".sync-delta/quarantine";
 const JOURNAL: &str = ".sync-delta/journal";
 const MANIFEST: &str = ".sync-delta/manifest";
+const LOG: &str = ".sync-delta/manifest.log";
 const STATE: &str = ".sync-delta/state";
 
 /// Which side this node's tree was last serving as.
@@ -59,78 +67,158 @@ pub(crate) enum JOp {
     SetMeta(RelPath, u32, i64),
 }
 
-/// A generation record: the journal before it is applied, the manifest
-/// after.
+/// One generation's record: the journal before it is applied, a log
+/// record after.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Record {
+pub(crate) struct Delta {
+    /// The base this record applies to.
+    pub base_id: u64,
+    /// Position in that base's log (1, 2, ...).
+    pub seq: u64,
     pub generation: u64,
     pub taken_at_ns: i64,
     pub ops: Vec<JOp>,
+    /// New entries (`Some`) and removed paths (`None`).
+    pub changes: Vec<(RelPath, Option<Meta>)>,
+}
+
+/// The manifest as loaded, and where its log stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Persisted {
     pub manifest: Manifest,
+    pub generation: u64,
+    pub taken_at_ns: i64,
+    pub base_id: u64,
+    /// Records in the log that apply to the base.
+    pub seq: u64,
+    /// Valid bytes of the log.
+    pub log_len: u64,
+    /// Bytes of the base.
+    pub base_len: u64,
 }
 
-impl Record {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        encode_record(self.generation, self.taken_at_ns, &self.ops, &self.manifest)
-    }
-}
-
-pub(crate) fn encode_record(
-    generation: u64,
-    taken_at_ns: i64,
-    ops: &[JOp],
-    manifest: &Manifest,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + manifest.len() * 96);
-    let mut w = Writer(&mut out);
-    w.bytes(RECORD_MAGIC);
-    w.u64(generation);
-    w.i64(taken_at_ns);
-    w.u64(ops.len() as u64);
-    for op in ops {
-        match op {
-            JOp::Delete(p) => {
-                w.u8(0);
-                w.str16(p.as_str());
-            }
-            JOp::RemoveDir(p) => {
-                w.u8(1);
-                w.str16(p.as_str());
-            }
-            JOp::Mkdir(p, mode) => {
-                w.u8(2);
-                w.str16(p.as_str());
-                w.u32(*mode);
-            }
-            JOp::Install(stage, p) => {
-                w.u8(3);
-                w.str16(stage);
-                w.str16(p.as_str());
-            }
-            JOp::SetMeta(p, mode, mtime) => {
-                w.u8(4);
-                w.str16(p.as_str());
-                w.u32(*mode);
-                w.i64(*mtime);
-            }
-        }
-    }
-    w.u64(manifest.len() as u64);
-    for (p, m) in &manifest.entries {
-        encode_entry(&mut w, p, m, true);
-    }
+fn with_crc(mut out: Vec<u8>) -> Vec<u8> {
     let crc = CRC32C.checksum(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
-impl Record {
-    pub(crate) fn decode(b: &[u8], with_ops: bool) -> Result<Self, WireError> {
-        let (body, crc) = split_crc(b)?;
+fn split_crc(b: &[u8]) -> Result<&[u8], WireError> {
+    if b.len() < 4 {
+        return Err(WireError::Truncated {
+            need: 4,
+            have: b.len(),
+        });
+    }
+    let (body, tail) = b.split_at(b.len() - 4);
+    let crc = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    if CRC32C.checksum(body) != crc {
+        return Err(WireError::BadChecksum);
+    }
+    Ok(body)
+}
+
+fn encode_base(base_id: u64, generation: u64, taken_at_ns: i64, m: &Manifest) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + m.len() * 96);
+    let mut w = Writer(&mut out);
+    w.bytes(BASE_MAGIC);
+    w.u64(base_id);
+    w.u64(generation);
+    w.i64(taken_at_ns);
+    w.u64(m.len() as u64);
+    for (p, meta) in &m.entries {
+        encode_entry(&mut w, p, meta, true);
+    }
+    with_crc(out)
+}
+
+fn decode_base(b: &[u8]) -> Result<(u64, u64, i64, Manifest), WireError> {
+    let body = split_crc(b)?;
+    let mut r = Reader(body);
+    if r.take(4)? != BASE_MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    let base_id = r.u64()?;
+    let generation = r.u64()?;
+    let taken_at_ns = r.i64()?;
+    let n = r.u64()?;
+    if n > body.len() as u64 {
+        return Err(WireError::TooMany {
+            count: n,
+            max: body.len() as u64,
+        });
+    }
+    let manifest = Manifest {
+        entries: (0..n)
+            .map(|_| decode_entry(&mut r, true))
+            .collect::<Result<_, _>>()?,
+    };
+    r.end()?;
+    Ok((base_id, generation, taken_at_ns, manifest))
+}
+
+impl Delta {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = Writer(&mut out);
+        w.bytes(DELTA_MAGIC);
+        w.u64(self.base_id);
+        w.u64(self.seq);
+        w.u64(self.generation);
+        w.i64(self.taken_at_ns);
+        w.u64(self.ops.len() as u64);
+        for op in &self.ops {
+            match op {
+                JOp::Delete(p) => {
+                    w.u8(0);
+                    w.str16(p.as_str());
+                }
+                JOp::RemoveDir(p) => {
+                    w.u8(1);
+                    w.str16(p.as_str());
+                }
+                JOp::Mkdir(p, mode) => {
+                    w.u8(2);
+                    w.str16(p.as_str());
+                    w.u32(*mode);
+                }
+                JOp::Install(stage, p) => {
+                    w.u8(3);
+                    w.str16(stage);
+                    w.str16(p.as_str());
+                }
+                JOp::SetMeta(p, mode, mtime) => {
+                    w.u8(4);
+                    w.str16(p.as_str());
+                    w.u32(*mode);
+                    w.i64(*mtime);
+                }
+            }
+        }
+        w.u64(self.changes.len() as u64);
+        for (p, m) in &self.changes {
+            match m {
+                Some(m) => {
+                    w.u8(0);
+                    encode_entry(&mut w, p, m, true);
+                }
+                None => {
+                    w.u8(1);
+                    w.str16(p.as_str());
+                }
+            }
+        }
+        with_crc(out)
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> Result<Self, WireError> {
+        let body = split_crc(b)?;
         let mut r = Reader(body);
-        if r.take(4)? != RECORD_MAGIC {
+        if r.take(4)? != DELTA_MAGIC {
             return Err(WireError::BadMagic);
         }
+        let base_id = r.u64()?;
+        let seq = r.u64()?;
         let generation = r.u64()?;
         let taken_at_ns = r.i64()?;
         let n_ops = r.u64()?;
@@ -140,13 +228,12 @@ impl Record {
                 max: body.len() as u64,
             });
         }
+        let path = |r: &mut Reader<'_>| -> Result<RelPath, WireError> {
+            Ok(RelPath::from_bytes(r.bytes16()?)?)
+        };
         let mut ops = Vec::new();
         for _ in 0..n_ops {
-            let tag = r.u8()?;
-            let path = |r: &mut Reader<'_>| -> Result<RelPath, WireError> {
-                Ok(RelPath::from_bytes(r.bytes16()?)?)
-            };
-            let op = match tag {
+            ops.push(match r.u8()? {
                 0 => JOp::Delete(path(&mut r)?),
                 1 => JOp::RemoveDir(path(&mut r)?),
                 2 => JOp::Mkdir(path(&mut r)?, r.u32()?),
@@ -166,10 +253,7 @@ impl Record {
                         value: u64::from(v),
                     });
                 }
-            };
-            if with_ops {
-                ops.push(op);
-            }
+            });
         }
         let n = r.u64()?;
         if n > body.len() as u64 {
@@ -178,37 +262,32 @@ impl Record {
                 max: body.len() as u64,
             });
         }
-        let manifest = Manifest {
-            entries: (0..n)
-                .map(|_| decode_entry(&mut r, true))
-                .collect::<Result<_, _>>()?,
-        };
+        let mut changes = Vec::new();
+        for _ in 0..n {
+            changes.push(match r.u8()? {
+                0 => {
+                    let (p, m) = decode_entry(&mut r, true)?;
+                    (p, Some(m))
+                }
+                1 => (path(&mut r)?, None),
+                v => {
+                    return Err(WireError::BadValue {
+                        field: 23,
+                        value: u64::from(v),
+                    });
+                }
+            });
+        }
         r.end()?;
-        let _ = crc;
         Ok(Self {
+            base_id,
+            seq,
             generation,
             taken_at_ns,
             ops,
-            manifest,
+            changes,
         })
     }
-}
-
-fn split_crc(b: &[u8]) -> Result<(&[u8], u32), WireError> {
-    if b.len() < 4 {
-        return Err(WireError::Truncated {
-            need: 4,
-            have: b.len(),
-        });
-    }
-    let (body, tail) = b.split_at(b.len() - 4);
-    let mut c = [0u8; 4];
-    c.copy_from_slice(tail);
-    let crc = u32::from_le_bytes(c);
-    if CRC32C.checksum(body) != crc {
-        return Err(WireError::BadChecksum);
-    }
-    Ok((body, crc))
 }
 
 /// The small state file.
@@ -230,13 +309,11 @@ impl StateFile {
         });
         w.u64(self.generation);
         w.i64(self.taken_at_ns);
-        let crc = CRC32C.checksum(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
+        with_crc(out)
     }
 
     fn decode(b: &[u8]) -> Result<Self, WireError> {
-        let (body, _) = split_crc(b)?;
+        let body = split_crc(b)?;
         let mut r = Reader(body);
         if r.take(4)? != STATE_MAGIC {
             return Err(WireError::BadMagic);
@@ -264,7 +341,7 @@ impl StateFile {
 /// What [`recover`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Recovered {
-    pub record: Record,
+    pub persisted: Persisted,
     pub state: StateFile,
     pub rolled_forward: bool,
     pub rolled_back: u64,
@@ -305,9 +382,8 @@ pub(crate) fn clear_stage<S: Storage + ?Sized>(s: &mut S) -> Result<u64, StoreEr
     Ok(n)
 }
 
-/// Applies a committed record's ops (idempotent), then makes it the
-/// manifest.
-pub(crate) fn roll_forward<S: Storage + ?Sized>(s: &mut S, rec: &Record) -> Result<(), StoreError> {
+/// Applies a committed record's ops (idempotent).
+fn apply_ops<S: Storage + ?Sized>(s: &mut S, rec: &Delta) -> Result<(), StoreError> {
     let mut dirs = BTreeSet::new();
     for op in &rec.ops {
         match op {
@@ -367,42 +443,200 @@ pub(crate) fn roll_forward<S: Storage + ?Sized>(s: &mut S, rec: &Record) -> Resu
     }
     let dirs: Vec<String> = dirs.into_iter().collect();
     s.sync_files(&dirs)?;
-    s.sync_dir(STAGE_DIR)?;
-    s.rename(JOURNAL, MANIFEST)?;
-    s.sync_dir(STATE_DIR)
+    s.sync_dir(STAGE_DIR)
 }
 
-/// Writes the commit record, then applies it.
-pub(crate) fn commit<S: Storage + ?Sized>(s: &mut S, rec: &Record) -> Result<(), StoreError> {
+/// Applies a record's changes to a manifest.
+fn apply_changes(m: &mut Manifest, rec: &Delta) {
+    for (p, meta) in &rec.changes {
+        match meta {
+            Some(meta) => m.entries.insert(p.clone(), meta.clone()),
+            None => m.entries.remove(p),
+        };
+    }
+}
+
+/// Appends `rec` to the log (at its valid end) and makes it durable.
+fn append_log<S: Storage + ?Sized>(
+    s: &mut S,
+    p: &mut Persisted,
+    rec: &Delta,
+) -> Result<(), StoreError> {
+    let body = rec.encode();
+    let mut framed = Vec::with_capacity(body.len() + 4);
+    framed.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    framed.extend_from_slice(&body);
+    match s.stat(LOG) {
+        Ok(_) => {}
+        Err(StoreError::NotFound) => {
+            s.create(LOG)?;
+            s.sync_dir(STATE_DIR)?;
+        }
+        Err(e) => return Err(e),
+    }
+    s.write_at(LOG, p.log_len, &framed)?;
+    s.sync_file(LOG)?;
+    p.log_len += framed.len() as u64;
+    p.seq = rec.seq;
+    Ok(())
+}
+
+/// Writes a new base (the whole manifest) and an empty log.
+pub(crate) fn write_base<S: Storage + ?Sized>(
+    s: &mut S,
+    p: &mut Persisted,
+) -> Result<(), StoreError> {
+    let m = std::mem::take(&mut p.manifest);
+    let r = write_base_with(s, p, &m);
+    p.manifest = m;
+    r
+}
+
+/// [`write_base`] with the manifest kept by the caller.
+pub(crate) fn write_base_with<S: Storage + ?Sized>(
+    s: &mut S,
+    p: &mut Persisted,
+    m: &Manifest,
+) -> Result<(), StoreError> {
+    p.base_id += 1;
+    let b = encode_base(p.base_id, p.generation, p.taken_at_ns, m);
+    write_atomic(s, STATE_DIR, "manifest", &b)?;
+    // Records of the old base no longer apply (base id); empty the log.
+    write_atomic(s, STATE_DIR, "manifest.log", &[])?;
+    p.base_len = b.len() as u64;
+    p.log_len = 0;
+    p.seq = 0;
+    Ok(())
+}
+
+/// Makes a committed record part of the manifest: appended to the log
+/// (unless it already is), then the journal removed; the base is
+/// rewritten when the log has grown past half of it.
+fn settle_record<S: Storage + ?Sized>(
+    s: &mut S,
+    p: &mut Persisted,
+    rec: &Delta,
+    full: Option<&Manifest>,
+) -> Result<(), StoreError> {
+    if rec.base_id == p.base_id && rec.seq > p.seq {
+        if full.is_none() {
+            apply_changes(&mut p.manifest, rec);
+        }
+        p.generation = rec.generation;
+        p.taken_at_ns = rec.taken_at_ns;
+        append_log(s, p, rec)?;
+    }
+    ignore(s.remove_file(JOURNAL), &[StoreError::NotFound])?;
+    s.sync_dir(STATE_DIR)?;
+    if p.log_len > (p.base_len / 2).max(1 << 20) {
+        match full {
+            Some(m) => write_base_with(s, p, m)?,
+            None => write_base(s, p)?,
+        }
+    }
+    Ok(())
+}
+
+/// Commits a generation: the journal (commit record), the ops, then the
+/// log. `p` is updated to the new generation.
+pub(crate) fn commit<S: Storage + ?Sized>(
+    s: &mut S,
+    p: &mut Persisted,
+    mut rec: Delta,
+) -> Result<(), StoreError> {
+    rec.base_id = p.base_id;
+    rec.seq = p.seq + 1;
     write_atomic(s, STATE_DIR, "journal", &rec.encode())?;
-    roll_forward(s, rec)
+    apply_ops(s, &rec)?;
+    settle_record(s, p, &rec, None)
+}
+
+/// Records manifest changes without ops: a source persisting what its
+/// peer confirmed. The source keeps the manifest itself (`full`, after the
+/// changes), so `p.manifest` is left alone.
+pub(crate) fn record_changes<S: Storage + ?Sized>(
+    s: &mut S,
+    p: &mut Persisted,
+    generation: u64,
+    taken_at_ns: i64,
+    changes: Vec<(RelPath, Option<Meta>)>,
+    full: &Manifest,
+) -> Result<(), StoreError> {
+    let rec = Delta {
+        base_id: p.base_id,
+        seq: p.seq + 1,
+        generation,
+        taken_at_ns,
+        ops: Vec::new(),
+        changes,
+    };
+    settle_record(s, p, &rec, Some(full))
 }
 
 pub(crate) fn write_state<S: Storage + ?Sized>(s: &mut S, st: StateFile) -> Result<(), StoreError> {
     write_atomic(s, STATE_DIR, "state", &st.encode())
 }
 
-/// Writes a manifest record directly (no ops): a source persisting what
-/// its peer confirmed, or a replica after quarantine.
-pub(crate) fn write_manifest<S: Storage + ?Sized>(
-    s: &mut S,
-    generation: u64,
-    taken_at_ns: i64,
-    manifest: &Manifest,
-) -> Result<(), StoreError> {
-    let rec = encode_record(generation, taken_at_ns, &[], manifest);
-    write_atomic(s, STATE_DIR, "manifest", &rec)
+/// Loads the base and replays its log (stopping at a torn record).
+fn load<S: Storage + ?Sized>(s: &mut S) -> Result<Persisted, StoreError> {
+    let mut p = Persisted::default();
+    match read_all(s, MANIFEST, MAX_RECORD) {
+        Ok(b) => {
+            let (id, g, t, m) = decode_base(&b).map_err(|_| StoreError::Corrupt)?;
+            p = Persisted {
+                manifest: m,
+                generation: g,
+                taken_at_ns: t,
+                base_id: id,
+                seq: 0,
+                log_len: 0,
+                base_len: b.len() as u64,
+            };
+        }
+        Err(StoreError::NotFound) => {}
+        Err(e) => return Err(e),
+    }
+    let log = match read_all(s, LOG, MAX_RECORD) {
+        Ok(b) => b,
+        Err(StoreError::NotFound) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let mut at = 0usize;
+    while at + 4 <= log.len() {
+        let n = u32::from_le_bytes([log[at], log[at + 1], log[at + 2], log[at + 3]]) as usize;
+        let Some(body) = log.get(at + 4..at + 4 + n) else {
+            break;
+        };
+        let Ok(rec) = Delta::decode(body) else {
+            break;
+        };
+        if rec.base_id == p.base_id && rec.seq == p.seq + 1 {
+            apply_changes(&mut p.manifest, &rec);
+            p.generation = rec.generation;
+            p.taken_at_ns = rec.taken_at_ns;
+            p.seq = rec.seq;
+        } else if rec.base_id != p.base_id || rec.seq <= p.seq {
+            // a record of an older base, or a repeat: not ours
+        } else {
+            break;
+        }
+        at += 4 + n;
+    }
+    p.log_len = at as u64;
+    Ok(p)
 }
 
 /// Finishes or rolls back whatever round was in progress and loads the
 /// current generation.
 pub(crate) fn recover<S: Storage + ?Sized>(s: &mut S) -> Result<Recovered, StoreError> {
     ensure_dirs(s)?;
+    let mut p = load(s)?;
     let mut rolled_forward = false;
     match read_all(s, JOURNAL, MAX_RECORD) {
         Ok(b) => {
-            let rec = Record::decode(&b, true).map_err(|_| StoreError::Corrupt)?;
-            roll_forward(s, &rec)?;
+            let rec = Delta::decode(&b).map_err(|_| StoreError::Corrupt)?;
+            apply_ops(s, &rec)?;
+            settle_record(s, &mut p, &rec, None)?;
             rolled_forward = true;
         }
         Err(StoreError::NotFound) => {}
@@ -411,27 +645,23 @@ pub(crate) fn recover<S: Storage + ?Sized>(s: &mut S) -> Result<Recovered, Store
     for tmp in [
         ".sync-delta/journal.tmp",
         ".sync-delta/manifest.tmp",
+        ".sync-delta/manifest.log.tmp",
         ".sync-delta/state.tmp",
     ] {
         ignore(s.remove_file(tmp), &[StoreError::NotFound])?;
     }
     let rolled_back = clear_stage(s)?;
-    let record = match read_all(s, MANIFEST, MAX_RECORD) {
-        Ok(b) => Record::decode(&b, false).map_err(|_| StoreError::Corrupt)?,
-        Err(StoreError::NotFound) => Record::default(),
-        Err(e) => return Err(e),
-    };
     let state = match read_all(s, STATE, 1 << 16) {
         Ok(b) => StateFile::decode(&b).map_err(|_| StoreError::Corrupt)?,
         Err(StoreError::NotFound) => StateFile {
             role: Role::Replica,
-            generation: record.generation,
-            taken_at_ns: record.taken_at_ns,
+            generation: p.generation,
+            taken_at_ns: p.taken_at_ns,
         },
         Err(e) => return Err(e),
     };
     Ok(Recovered {
-        record,
+        persisted: p,
         state,
         rolled_forward,
         rolled_back,
@@ -563,4 +793,69 @@ pub(crate) fn quick_match(m: &Meta, st: &crate::store::Stat) -> bool {
         && m.local.ino != 0
         && m.local.ino == st.ino
         && m.local.ctime_ns == st.ctime_ns
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::MemStore;
+
+    fn file(n: u8) -> Meta {
+        Meta {
+            kind: Kind::File {
+                size: 1,
+                hash: [n; 32],
+            },
+            mode: 0o644,
+            mtime_ns: i64::from(n),
+            local: LocalStat::default(),
+        }
+    }
+
+    #[test]
+    fn log_replays_skips_torn_tails_and_compacts() {
+        let mut s = MemStore::new();
+        let mut p = recover(&mut s).unwrap().persisted;
+        for g in 1..=5u8 {
+            let rec = Delta {
+                generation: u64::from(g),
+                taken_at_ns: i64::from(g),
+                changes: vec![
+                    (RelPath::new(&format!("f{g}")).unwrap(), Some(file(g))),
+                    (RelPath::new(&format!("f{}", g - 1)).unwrap(), None),
+                ],
+                ..Delta::default()
+            };
+            commit(&mut s, &mut p, rec).unwrap();
+        }
+        assert_eq!(p.generation, 5);
+        assert_eq!(p.manifest.len(), 1);
+        let loaded = recover(&mut s).unwrap().persisted;
+        assert_eq!(loaded.manifest, p.manifest);
+        assert_eq!(loaded.generation, 5);
+        assert_eq!(loaded.seq, 5);
+        // A torn record at the end is ignored, and the next append
+        // overwrites it.
+        let len = s.stat(LOG).unwrap().size;
+        s.write_at(LOG, len, &[200, 0, 0, 0, 1, 2, 3]).unwrap();
+        let mut again = recover(&mut s).unwrap().persisted;
+        assert_eq!(again.manifest, p.manifest);
+        assert_eq!(again.log_len, len);
+        let rec = Delta {
+            generation: 6,
+            changes: vec![(RelPath::new("g").unwrap(), Some(file(9)))],
+            ..Delta::default()
+        };
+        commit(&mut s, &mut again, rec).unwrap();
+        let last = recover(&mut s).unwrap().persisted;
+        assert_eq!(last.generation, 6);
+        assert_eq!(last.manifest.len(), 2);
+        // A new base starts an empty log; older records no longer apply.
+        let mut base = last.clone();
+        write_base(&mut s, &mut base).unwrap();
+        assert_eq!(s.stat(LOG).unwrap().size, 0);
+        let reloaded = recover(&mut s).unwrap().persisted;
+        assert_eq!(reloaded.manifest, last.manifest);
+        assert_eq!(reloaded.generation, 6);
+    }
 }

@@ -5,7 +5,7 @@ use crate::chunk::ChunkParams;
 use crate::delta::{MAX_SIG_CHUNKS, Op, SignatureBuilder};
 use crate::error::{Refusal, SessionError, StoreError};
 use crate::exclude::Exclude;
-use crate::generation::{self, JOp, Record, Role, STAGE_DIR, StateFile};
+use crate::generation::{self, Delta, JOp, Persisted, Role, STAGE_DIR, StateFile};
 use crate::manifest::{Change, Hash, Kind, Manifest, Meta};
 use crate::path::RelPath;
 use crate::store::{IO_CHUNK, Storage};
@@ -205,10 +205,9 @@ struct Round {
 ///    progress and reports the generation the new Master starts from.
 pub struct Replica {
     config: ReplicaConfig,
-    manifest: Manifest,
+    /// The current generation's manifest, as persisted.
+    p: Persisted,
     digest: Hash,
-    generation: u64,
-    gen_taken_at_ns: i64,
     confirmed_at_ns: Option<i64>,
     connected: bool,
     next_round: Instant,
@@ -227,8 +226,8 @@ pub struct Replica {
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replica")
-            .field("generation", &self.generation)
-            .field("entries", &self.manifest.len())
+            .field("generation", &self.p.generation)
+            .field("entries", &self.p.manifest.len())
             .field("round", &self.round.is_some())
             .finish_non_exhaustive()
     }
@@ -257,49 +256,41 @@ impl Replica {
         store: &mut S,
     ) -> Result<(Self, OpenReport), StoreError> {
         let rec = generation::recover(store)?;
-        let mut manifest = rec.record.manifest;
+        let mut p = rec.persisted;
         let mut quarantined = None;
         if rec.state.role == Role::Source {
             let (kept, name, n) =
-                generation::quarantine(store, &manifest, &config.exclude, rec.record.generation)?;
-            manifest = kept;
-            generation::write_manifest(
-                store,
-                rec.record.generation,
-                rec.record.taken_at_ns,
-                &manifest,
-            )?;
+                generation::quarantine(store, &p.manifest, &config.exclude, p.generation)?;
+            p.manifest = kept;
+            generation::write_base(store, &mut p)?;
             quarantined = name.map(|n2| (n2, n));
         }
-        let confirmed_at_ns =
-            if rec.state.generation == rec.record.generation && rec.record.generation > 0 {
-                Some(rec.state.taken_at_ns.max(rec.record.taken_at_ns))
-            } else if rec.record.generation > 0 {
-                Some(rec.record.taken_at_ns)
-            } else if rec.state.role == Role::Replica
-                && rec.state.generation == 0
-                && rec.state.taken_at_ns != 0
-            {
-                Some(rec.state.taken_at_ns)
-            } else {
-                None
-            };
+        let confirmed_at_ns = if rec.state.generation == p.generation && p.generation > 0 {
+            Some(rec.state.taken_at_ns.max(p.taken_at_ns))
+        } else if p.generation > 0 {
+            Some(p.taken_at_ns)
+        } else if rec.state.role == Role::Replica
+            && rec.state.generation == 0
+            && rec.state.taken_at_ns != 0
+        {
+            Some(rec.state.taken_at_ns)
+        } else {
+            None
+        };
         generation::write_state(
             store,
             StateFile {
                 role: Role::Replica,
-                generation: rec.record.generation,
+                generation: p.generation,
                 taken_at_ns: confirmed_at_ns.unwrap_or(0),
             },
         )?;
         let quarantine = generation::quarantine_list(store)?;
-        let digest = manifest.digest();
+        let digest = p.manifest.digest();
         let r = Self {
             config,
-            manifest,
+            p,
             digest,
-            generation: rec.record.generation,
-            gen_taken_at_ns: rec.record.taken_at_ns,
             confirmed_at_ns,
             connected: false,
             next_round: now,
@@ -327,7 +318,7 @@ impl Replica {
     #[must_use]
     pub fn generation(&self) -> Generation {
         Generation {
-            number: self.generation,
+            number: self.p.generation,
             taken_at: self.confirmed_at_ns.map(ns_to_time),
         }
     }
@@ -335,7 +326,7 @@ impl Replica {
     /// The manifest of the current generation.
     #[must_use]
     pub fn manifest(&self) -> &Manifest {
-        &self.manifest
+        &self.p.manifest
     }
 
     /// Counters.
@@ -354,7 +345,7 @@ impl Replica {
             round_in_progress: self.round.is_some(),
             refused: self.refused,
             quarantine: self.quarantine.clone(),
-            entries: self.manifest.len() as u64,
+            entries: self.p.manifest.len() as u64,
         }
     }
 
@@ -469,25 +460,25 @@ impl Replica {
         self.round = None;
         self.connected = false;
         let rec = generation::recover(store)?;
-        if rec.rolled_forward || rec.record.generation != self.generation {
-            self.manifest = rec.record.manifest;
-            self.digest = self.manifest.digest();
-            self.generation = rec.record.generation;
-            self.gen_taken_at_ns = rec.record.taken_at_ns;
-            self.confirmed_at_ns = Some(rec.record.taken_at_ns);
+        if rec.rolled_forward || rec.persisted.generation != self.p.generation {
+            self.p = rec.persisted;
+            self.digest = self.p.manifest.digest();
+            self.confirmed_at_ns = Some(self.p.taken_at_ns);
+        } else {
+            self.p.log_len = rec.persisted.log_len;
         }
         Ok(self.generation())
     }
 
     fn reload<S: Storage + ?Sized>(&mut self, store: &mut S) {
         if let Ok(rec) = generation::recover(store) {
-            if rec.rolled_forward {
-                self.manifest = rec.record.manifest;
-                self.digest = self.manifest.digest();
-                self.generation = rec.record.generation;
-                self.gen_taken_at_ns = rec.record.taken_at_ns;
-                self.confirmed_at_ns = Some(rec.record.taken_at_ns);
+            // Always take what is on disk: an error may have struck after
+            // the log was appended to.
+            if rec.rolled_forward || rec.persisted.generation != self.p.generation {
+                self.confirmed_at_ns = Some(rec.persisted.taken_at_ns);
             }
+            self.p = rec.persisted;
+            self.digest = self.p.manifest.digest();
         }
     }
 
@@ -602,7 +593,7 @@ impl Replica {
         let Some(mut round) = self.round.take() else {
             return Ok(());
         };
-        let old = &self.manifest;
+        let old = &self.p.manifest;
         // The new manifest.
         let new = if round.full {
             let mut m = Manifest::default();
@@ -893,7 +884,7 @@ impl Replica {
         } else {
             store.remove_file(&stage_path)?;
             // Keep the old entry this generation; retried next round.
-            match self.manifest.entries.get(&f.path) {
+            match self.p.manifest.entries.get(&f.path) {
                 Some(o) => round.new.entries.insert(f.path.clone(), o.clone()),
                 None => round.new.entries.remove(&f.path),
             };
@@ -915,7 +906,7 @@ impl Replica {
             store,
             StateFile {
                 role: Role::Replica,
-                generation: self.generation,
+                generation: self.p.generation,
                 taken_at_ns: round.taken_at_ns,
             },
         )?;
@@ -923,11 +914,11 @@ impl Replica {
         self.refused = None;
         self.stats.rounds += 1;
         self.out.push_back(Message::Committed {
-            generation: self.generation,
+            generation: self.p.generation,
             digest: self.digest,
         });
         self.events.push_back(ReplicaEvent::Committed {
-            generation: self.generation,
+            generation: self.p.generation,
             changed: 0,
             fetched: 0,
             copied: 0,
@@ -947,7 +938,7 @@ impl Replica {
         let Some(round) = self.round.take() else {
             return Ok(());
         };
-        let old = &self.manifest;
+        let old = &self.p.manifest;
         let new = round.new;
         // Only the paths the round names can differ (all of them for a
         // full listing).
@@ -981,23 +972,34 @@ impl Replica {
                 .collect();
             store.sync_files(&staged)?;
             let ops = plan(old, &new, &round.staged, &candidates);
-            let rec = Record {
-                generation: self.generation + 1,
+            let changes = candidates
+                .iter()
+                .filter_map(|p| {
+                    let n = new.entries.get(p);
+                    let o = old.entries.get(p);
+                    match (o, n) {
+                        (Some(o), Some(n)) if o.same(n) => None,
+                        (None, None) => None,
+                        _ => Some((p.clone(), n.cloned())),
+                    }
+                })
+                .collect();
+            let rec = Delta {
+                generation: self.p.generation + 1,
                 taken_at_ns: round.taken_at_ns,
                 ops,
-                manifest: new,
+                changes,
+                ..Delta::default()
             };
-            generation::commit(store, &rec)?;
-            self.generation = rec.generation;
-            self.gen_taken_at_ns = rec.taken_at_ns;
-            self.manifest = rec.manifest;
-            self.digest = self.manifest.digest();
+            drop(new);
+            generation::commit(store, &mut self.p, rec)?;
+            self.digest = self.p.manifest.digest();
         }
         generation::write_state(
             store,
             StateFile {
                 role: Role::Replica,
-                generation: self.generation,
+                generation: self.p.generation,
                 taken_at_ns: round.taken_at_ns,
             },
         )?;
@@ -1006,11 +1008,11 @@ impl Replica {
         self.stats.fetched += round.fetched;
         self.stats.copied += round.copied;
         self.out.push_back(Message::Committed {
-            generation: self.generation,
+            generation: self.p.generation,
             digest: self.digest,
         });
         self.events.push_back(ReplicaEvent::Committed {
-            generation: self.generation,
+            generation: self.p.generation,
             changed,
             fetched: round.fetched,
             copied: round.copied,

@@ -5,7 +5,7 @@ use crate::chunk::ChunkParams;
 use crate::delta::{Matcher, Op, OpBuilder};
 use crate::error::{SessionError, StoreError};
 use crate::exclude::Exclude;
-use crate::generation::{self, Role, StateFile};
+use crate::generation::{self, Persisted, Role, StateFile};
 use crate::manifest::{Change, Hash, Kind, LocalStat, Manifest, Meta};
 use crate::path::RelPath;
 use crate::store::{IO_CHUNK, StatKind, Storage};
@@ -112,6 +112,9 @@ pub struct Source {
     confirmed_digest: Hash,
     confirmed_generation: u64,
     persisted_digest: Hash,
+    /// Where the persisted manifest's log stands (its manifest is kept in
+    /// `cache` / `confirmed`, not here).
+    p: Persisted,
     /// Digest and taken-at of the round in flight (its manifest is `cache`).
     sent: Option<(Hash, i64)>,
     jobs: VecDeque<Job>,
@@ -148,15 +151,16 @@ impl Source {
         store: &mut S,
     ) -> Result<Self, StoreError> {
         let rec = generation::recover(store)?;
+        let mut p = rec.persisted;
         generation::write_state(
             store,
             StateFile {
                 role: Role::Source,
-                generation: rec.record.generation,
+                generation: p.generation,
                 taken_at_ns: rec.state.taken_at_ns,
             },
         )?;
-        let cache = rec.record.manifest;
+        let cache = std::mem::take(&mut p.manifest);
         let digest = cache.digest();
         Ok(Self {
             config,
@@ -164,8 +168,9 @@ impl Source {
             cache_digest: digest,
             confirmed: None,
             confirmed_digest: digest,
-            confirmed_generation: rec.record.generation,
+            confirmed_generation: p.generation,
             persisted_digest: digest,
+            p,
             sent: None,
             jobs: VecDeque::new(),
             out: VecDeque::new(),
@@ -427,7 +432,27 @@ impl Source {
                 if let Some((d, taken)) = self.sent.take() {
                     if d == digest {
                         if d != self.persisted_digest || generation != self.confirmed_generation {
-                            generation::write_manifest(store, generation, taken, &self.cache)?;
+                            // Persist what the peer now has, as the changes
+                            // from what it had.
+                            let changes = match &self.confirmed {
+                                Some(prev) => prev
+                                    .diff(&self.cache)
+                                    .into_iter()
+                                    .map(|c| match c {
+                                        Change::Upsert(p, m) => (p, Some(m)),
+                                        Change::Gone(p) => (p, None),
+                                    })
+                                    .collect(),
+                                None => Vec::new(),
+                            };
+                            generation::record_changes(
+                                store,
+                                &mut self.p,
+                                generation,
+                                taken,
+                                changes,
+                                &self.cache,
+                            )?;
                             self.persisted_digest = d;
                         }
                         self.confirmed = None;

@@ -105,7 +105,7 @@ fn round_between_directories() {
     fs::remove_file(a.0.join("current")).unwrap();
     round(&mut src, &mut dst).unwrap();
     assert_eq!(snapshot(&a.0), snapshot(&b.0));
-    assert!(b.0.join(".sync-delta/manifest").exists());
+    assert!(b.0.join(".sync-delta/manifest.log").exists());
     assert_eq!(
         fs::read_dir(b.0.join(".sync-delta/stage")).unwrap().count(),
         0
