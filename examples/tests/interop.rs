@@ -222,7 +222,12 @@ fn failover_timing_side_by_side() {
     let node = node_binary(test);
     let mut report = Report::default();
     let bed = Bed::new("timing", 2);
-    for interval in [1000, 100, 10] {
+    // The long variant repeats each measurement, alternating the two.
+    let rounds = if long() { 5 } else { 1 };
+    for (interval, round) in [1000, 100, 10]
+        .into_iter()
+        .flat_map(|i| (0..rounds).map(move |r| (i, r)))
+    {
         let mdi = master_down_ms(100, interval);
         let skew = skew_ms(100, interval);
         for which in [Impl::Keepalived, Impl::Ours] {
@@ -230,7 +235,7 @@ fn failover_timing_side_by_side() {
                 continue;
             }
             let node = node.as_deref().unwrap_or(Path::new("node"));
-            let name = format!("{}-{interval}", which.name());
+            let name = format!("{}-{interval}-{round}", which.name());
             let f = pair_failover(&bed, node, which, &name, interval);
             let goal = if which == Impl::Ours {
                 "; goal: within 1 ms"
@@ -865,8 +870,8 @@ fn client_observed_outage() {
 
 /// Our two nodes with the peer link and sync (1 s rounds): bed node 0
 /// (priority 200) and 1 (100), data directories `dataN` in the bed's
-/// directory, seeded with `seed` on node 0. Returns once node 0 is Master
-/// and node 1 reports a synced generation.
+/// directory, seeded with `seed` on node 0. Returns once node 0 is Master,
+/// node 1 reports a synced generation and node 0 sees it as its Backup.
 fn synced_pair(
     bed: &Bed,
     node: &Path,
@@ -909,6 +914,13 @@ fn synced_pair(
         "{name}: node 1 never synced: {:?}\n{}",
         n1.status(),
         n1.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || n0
+            .status()
+            .is_some_and(|s| s["status"]["peer"]["role"] == "Backup")),
+        "{name}: node 0 does not see node 1 as its Backup: {:?}",
+        n0.status()
     );
     [n0, n1]
 }
