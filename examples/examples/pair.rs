@@ -20,8 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
 use examples::config::NodeConfig;
-use examples::demo::{DemoHooks, phone_inventory};
-use examples::node::{NodeHandle, Options, Snapshot, Stop, run};
+use examples::demo::{DemoHooks, InProcessNode, phone_inventory};
+use examples::node::{Snapshot, Stop};
 use tokio::sync::oneshot;
 
 /// Two nodes of a redundant pair, walked through a failover and a swap.
@@ -43,66 +43,35 @@ struct Args {
     verbose: bool,
 }
 
-/// One node of the demo: its configuration and, while it runs, its handle.
+/// One node of the demo: its configuration and, while it runs, the node.
 struct Node {
     name: &'static str,
     config: NodeConfig,
     hooks: Arc<DemoHooks>,
-    handle: Option<NodeHandle>,
-    stop: Option<oneshot::Sender<Stop>>,
-    task: Option<tokio::task::JoinHandle<Result<(), examples::node::NodeError>>>,
+    running: Option<InProcessNode>,
 }
 
 impl Node {
     async fn start(&mut self) -> Result<(), String> {
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<Stop>();
-        let config = self.config.clone();
-        let hooks: Arc<dyn examples::hooks::Hooks> = self.hooks.clone();
-        let options = Options { privileged: false };
-        self.task = Some(tokio::spawn(run(
-            config,
-            options,
-            hooks,
-            async move { stop_rx.await.unwrap_or(Stop::Graceful) },
-            Some(ready_tx),
-        )));
-        self.stop = Some(stop_tx);
-        match ready_rx.await {
-            Ok(h) => {
-                self.handle = Some(h);
-                Ok(())
-            }
-            Err(_) => {
-                let err = match self.task.take() {
-                    Some(t) => match t.await {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "stopped during start".into(),
-                    },
-                    None => "not started".into(),
-                };
-                Err(format!("{} did not start: {err}", self.name))
-            }
-        }
+        let node = InProcessNode::start(self.config.clone(), self.hooks.clone())
+            .await
+            .map_err(|e| format!("{} did not start: {e}", self.name))?;
+        self.running = Some(node);
+        Ok(())
     }
 
     async fn stop(&mut self, how: Stop) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(how);
+        if let Some(n) = self.running.take() {
+            if let Err(e) = n.stop(how).await {
+                eprintln!("pair: {} stopped with an error: {e}", self.name);
+            }
         }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
-        self.handle = None;
     }
 
     fn snapshot(&self) -> Snapshot {
-        self.handle
+        self.running
             .as_ref()
-            .map(|h| match h.snapshot.lock() {
-                Ok(s) => s.clone(),
-                Err(p) => p.into_inner().clone(),
-            })
+            .map(InProcessNode::snapshot)
             .unwrap_or_default()
     }
 }
@@ -357,9 +326,7 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
             root,
         )?,
         hooks: hooks(),
-        handle: None,
-        stop: None,
-        task: None,
+        running: None,
     };
     let mut b = Node {
         name: "pbx-b",
@@ -376,9 +343,7 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
             root,
         )?,
         hooks: hooks(),
-        handle: None,
-        stop: None,
-        task: None,
+        running: None,
     };
     let mut report = Vec::new();
 
@@ -443,7 +408,7 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
         format!("{} ms", first_sync.as_millis()),
     ));
     let s = wait_for(&a, Duration::from_secs(10), "peer up", |s| {
-        s.summary.contains("is UP")
+        s.summary.contains("is UP (")
     })
     .await?;
     clock.say(format!("pbx-a status: \"{}\"", s.summary));
@@ -565,9 +530,9 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
     // 5. An operator swap.
     clock.say("operator on pbx-b: \"Swap Master and Backup\"");
     let api = b
-        .handle
+        .running
         .as_ref()
-        .map(|h| h.api.clone())
+        .map(|n| n.handle.api.clone())
         .ok_or("pbx-b is not running")?;
     let (tx, rx) = oneshot::channel();
     api.send(examples::node::ApiRequest::Swap(tx))

@@ -123,3 +123,72 @@ pub fn phone_inventory(n: usize) -> String {
     }
     out
 }
+
+/// A node running in this process as a tokio task: what the `pair` demo
+/// and the integration tests start, stop and crash.
+pub struct InProcessNode {
+    stop: Option<tokio::sync::oneshot::Sender<crate::node::Stop>>,
+    task: tokio::task::JoinHandle<Result<(), crate::node::NodeError>>,
+    /// Operator requests and the status snapshot.
+    pub handle: crate::node::NodeHandle,
+}
+
+impl InProcessNode {
+    /// Starts a node with `hooks`, unprivileged; returns once it runs
+    /// (its status endpoint, if any, listens).
+    ///
+    /// # Errors
+    /// Why the node did not start.
+    pub async fn start(
+        config: crate::config::NodeConfig,
+        hooks: std::sync::Arc<dyn Hooks>,
+    ) -> Result<InProcessNode, String> {
+        use crate::node::{Options, Stop, run};
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Stop>();
+        let task = tokio::spawn(run(
+            config,
+            Options { privileged: false },
+            hooks,
+            async move { stop_rx.await.unwrap_or(Stop::Graceful) },
+            Some(ready_tx),
+        ));
+        match ready_rx.await {
+            Ok(handle) => Ok(InProcessNode {
+                stop: Some(stop_tx),
+                task,
+                handle,
+            }),
+            Err(_) => Err(match task.await {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(())) => "stopped during start".into(),
+                Err(e) => e.to_string(),
+            }),
+        }
+    }
+
+    /// Stops the node (`Stop::Crash`: at once, without a word to the peer)
+    /// and waits until it has.
+    ///
+    /// # Errors
+    /// What the node's run ended with, if not success.
+    pub async fn stop(mut self, how: crate::node::Stop) -> Result<(), String> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(how);
+        }
+        match self.task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The latest status snapshot.
+    #[must_use]
+    pub fn snapshot(&self) -> crate::node::Snapshot {
+        match self.handle.snapshot.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}

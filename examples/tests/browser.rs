@@ -198,7 +198,10 @@ async fn status_page_in_chromium() {
     c.goto(&format!("{}/", p.a.url()))
         .await
         .expect("Master's page");
-    let line = wait_text(&c, "line", Duration::from_secs(10), |t| t.contains("is UP")).await;
+    let line = wait_text(&c, "line", Duration::from_secs(10), |t| {
+        t.contains("is UP (")
+    })
+    .await;
     assert_eq!(line, "Backup device with ID pbx-b is UP (Active mode)");
     assert_eq!(text(&c, "id").await, "pbx-a");
     assert_eq!(text(&c, "role").await, "Master");

@@ -13,10 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use examples::config::NodeConfig;
-use examples::demo::{DemoHooks, phone_inventory};
-use examples::node::{NodeError, Options, Stop, run};
+use examples::demo::{DemoHooks, InProcessNode, phone_inventory};
+use examples::node::Stop;
 use serde_json::Value;
-use tokio::sync::oneshot;
 
 /// Advertisement interval of every test pair.
 pub const INTERVAL_MS: u64 = 100;
@@ -115,47 +114,29 @@ pub struct Node {
     pub config: NodeConfig,
     /// Its status endpoint.
     pub status: SocketAddr,
-    stop: Option<oneshot::Sender<Stop>>,
-    task: Option<tokio::task::JoinHandle<Result<(), NodeError>>>,
+    running: Option<InProcessNode>,
 }
 
 impl Node {
     /// Starts the node; returns once its status endpoint listens.
     pub async fn start(&mut self) {
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<Stop>();
         let hooks: Arc<dyn examples::hooks::Hooks> = Arc::new(DemoHooks::new(
             Duration::from_millis(30),
             Duration::from_millis(50),
             Duration::from_millis(150),
         ));
-        let task = tokio::spawn(run(
-            self.config.clone(),
-            Options { privileged: false },
-            hooks,
-            async move { stop_rx.await.unwrap_or(Stop::Graceful) },
-            Some(ready_tx),
-        ));
-        if ready_rx.await.is_err() {
-            let why = match task.await {
-                Ok(Err(e)) => e.to_string(),
-                other => format!("{other:?}"),
-            };
-            panic!("{} did not start: {why}", self.name);
+        match InProcessNode::start(self.config.clone(), hooks).await {
+            Ok(n) => self.running = Some(n),
+            Err(e) => panic!("{} did not start: {e}", self.name),
         }
-        self.task = Some(task);
-        self.stop = Some(stop_tx);
     }
 
     /// Stops the node (`Stop::Crash`: at once, without a word to the peer)
     /// and waits until it has.
     pub async fn stop(&mut self, how: Stop) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(how);
-        }
-        if let Some(t) = self.task.take() {
-            match tokio::time::timeout(Duration::from_secs(15), t).await {
-                Ok(Ok(Ok(()))) => {}
+        if let Some(n) = self.running.take() {
+            match tokio::time::timeout(Duration::from_secs(15), n.stop(how)).await {
+                Ok(Ok(())) => {}
                 other => panic!("{} did not stop cleanly: {other:?}", self.name),
             }
         }
@@ -247,8 +228,7 @@ pub fn pair(spec: &PairSpec) -> Pair {
             name,
             config,
             status,
-            stop: None,
-            task: None,
+            running: None,
         }
     };
     let a = node("pbx-a", spec.priority_a, A_IP, ports.vrrp, ports.sync);
