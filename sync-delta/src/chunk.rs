@@ -55,12 +55,15 @@ impl ChunkParams {
         }
     }
 
-    /// The parameters for a file of `size` bytes: about 8192 chunks, so
-    /// signatures stay small for large files and fine for small ones.
+    /// The parameters for a file of `size` bytes: an average near
+    /// `sqrt(2 * size)` (rounded down to a power of two), which balances the
+    /// signature's size (8 bytes a chunk) against the literal bytes an edit
+    /// costs (a few chunks), as rsync's square-root block size does.
     #[must_use]
     pub fn for_size(size: u64) -> Self {
-        let avg = u32::try_from(size / 8192).unwrap_or(MAX_AVG);
-        Self::new(avg)
+        let root = size.saturating_mul(2).isqrt();
+        let avg = if root == 0 { 0 } else { 1u64 << root.ilog2() };
+        Self::new(u32::try_from(avg).unwrap_or(MAX_AVG))
     }
 
     /// The average size.
@@ -189,7 +192,8 @@ mod tests {
     fn params_for_size() {
         assert_eq!(ChunkParams::for_size(0).avg(), MIN_AVG);
         assert_eq!(ChunkParams::for_size(64 << 20).avg(), 8192);
-        assert_eq!(ChunkParams::for_size(512 << 20).avg(), 65536);
+        assert_eq!(ChunkParams::for_size(512 << 20).avg(), 32768);
+        assert_eq!(ChunkParams::for_size(8 << 30).avg(), 131_072);
         assert_eq!(ChunkParams::for_size(1 << 40).avg(), MAX_AVG);
     }
 }

@@ -20,10 +20,9 @@ pub struct SigChunk {
     pub hash: u64,
 }
 
-/// Most chunks a signature may carry (a bound on what a peer can make us
-/// allocate, and what fits in one frame; `for_size` keeps files up to
-/// 2 GiB near 8192 chunks, and up to
-/// 32 GiB within this bound; a replica sends no signature for larger ones).
+/// Most chunks a signature may carry: a bound on what a peer can make us
+/// allocate, and what fits in one frame. `ChunkParams::for_size` stays
+/// within it up to 32 GiB; a replica offers no signature for larger files.
 pub const MAX_SIG_CHUNKS: usize = 1 << 17;
 
 /// Bytes of BLAKE3 a signature keeps per chunk.
