@@ -13,7 +13,7 @@
 //!   publishes after every input.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -642,7 +642,6 @@ fn save_state(dir: &Path, record: &orch::JournalRecord) -> std::io::Result<()> {
 
 struct Main {
     config: NodeConfig,
-    options: Options,
     orch: Orchestrator,
     vrrp: VrrpTx,
     results: mpsc::UnboundedSender<(orch::CommandId, CommandOutcome)>,
@@ -1265,7 +1264,6 @@ pub async fn run(
     };
     let snapshot = Arc::new(Mutex::new(Snapshot::default()));
     let mut main = Main {
-        options,
         orch,
         vrrp: vrrp_tx,
         results: results_tx,
@@ -1287,7 +1285,6 @@ pub async fn run(
         address_held: false,
         config,
     };
-    let _ = main.options.privileged;
     let _status_server = if let Some(status) = main.config.status {
         Some(
             crate::status::spawn(
@@ -1394,10 +1391,4 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
     let _ = tokio::task::spawn_blocking(move || vrrp_thread.join()).await;
     Ok(())
-}
-
-/// The state directory a config would use, for tools.
-#[must_use]
-pub fn state_dir(config: &NodeConfig) -> PathBuf {
-    config.state_dir.clone()
 }
