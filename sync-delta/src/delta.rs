@@ -137,6 +137,10 @@ pub enum Op {
 pub struct Matcher {
     params: ChunkParams,
     index: HashMap<u64, (u64, u32)>,
+    /// Bit per chunk length present in the signature: a chunk of another
+    /// length cannot match, so it is not hashed (most chunks of unrelated
+    /// data).
+    lens: Vec<u64>,
 }
 
 impl Matcher {
@@ -144,12 +148,20 @@ impl Matcher {
     #[must_use]
     pub fn new(params: ChunkParams, sig: &[SigChunk]) -> Self {
         let mut index = HashMap::with_capacity(sig.len().min(MAX_SIG_CHUNKS));
+        let mut lens = vec![0u64; params.max_len() / 64 + 1];
         let mut off = 0u64;
         for c in sig {
             index.entry(c.hash).or_insert((off, c.len));
+            if let Some(w) = lens.get_mut(c.len as usize / 64) {
+                *w |= 1 << (c.len % 64);
+            }
             off += u64::from(c.len);
         }
-        Self { params, index }
+        Self {
+            params,
+            index,
+            lens,
+        }
     }
 
     /// The chunk parameters.
@@ -176,7 +188,11 @@ impl Matcher {
             if !eof && !self.params.is_final(len, rest.len()) {
                 break;
             }
-            let found = if self.index.is_empty() {
+            let len_known = self
+                .lens
+                .get(len / 64)
+                .is_some_and(|w| w & (1 << (len % 64)) != 0);
+            let found = if !len_known {
                 None
             } else {
                 self.index
