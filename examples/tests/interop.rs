@@ -318,11 +318,14 @@ fn flaps_under_hog(
         "{name}: node 0 did not become Master"
     );
     settle(10);
-    let from = wire::now();
     let hog = CpuHog::start();
+    // The window opens once the machine is saturated: the moment the hog
+    // threads are placed is a scheduler transient, not the load.
+    std::thread::sleep(Duration::from_secs(1));
+    let from = wire::now();
     std::thread::sleep(Duration::from_secs(secs));
-    drop(hog);
     let to = wire::now();
+    drop(hog);
     let note = match &routers[0] {
         Router::Ours(n) if n.log_text().contains("runs SCHED_FIFO") => "SCHED_FIFO",
         Router::Ours(_) => "normal scheduling",
@@ -741,19 +744,22 @@ const SERVICE: &str = "10.99.0.100:5060";
 /// 0 serves the phone.
 fn served_pair(bed: &Bed, node: &Path, probe: &Path, name: &str, interval_ms: u32) -> [Node; 2] {
     let service = format!("exec {} echo --listen {SERVICE}", probe.display());
-    let nodes = [(1, 100), (0, 200)].map(|(i, prio)| {
-        let cfg = NodeConfig {
-            services: vec![("pbx".to_owned(), service.clone())],
-            realtime: true,
-            ..NodeConfig::v3(prio, interval_ms)
-        };
-        (i, Node::start(bed, node, i, &format!("{name}-{i}"), &cfg))
-    });
-    let [(_, n1), (_, n0)] = nodes;
+    let cfg = |prio| NodeConfig {
+        services: vec![("pbx".to_owned(), service.clone())],
+        realtime: true,
+        ..NodeConfig::v3(prio, interval_ms)
+    };
+    // Master first: at 10 ms the first one up wins before the other starts.
+    let n0 = Node::start(bed, node, 0, &format!("{name}-0"), &cfg(200));
     assert!(
         wait_until(Duration::from_secs(15), || bed.holders(vip()) == [0]),
         "{name}: node 0 did not become Master: {:?}",
         bed.holders(vip())
+    );
+    let n1 = Node::start(bed, node, 1, &format!("{name}-1"), &cfg(100));
+    assert!(
+        n1.wait_role("Backup", Duration::from_secs(10)),
+        "{name}: node 1 is not Backup"
     );
     // The phone hears the service before the measurement starts.
     let served = wait_until(Duration::from_secs(10), || {

@@ -427,11 +427,14 @@ pub struct CpuHog {
 }
 
 impl CpuHog {
-    /// Two busy threads per core, at normal priority.
+    /// One busy thread per core, at normal priority: every core is at
+    /// 100 %. (More would also starve the kernel's softirq threads that
+    /// carry frames across the bed's veth pairs and bridge, and measure
+    /// the bed rather than the routers.)
     pub fn start() -> CpuHog {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
-        let threads = (0..2 * cores)
+        let threads = (0..cores)
             .map(|_| {
                 let stop = stop.clone();
                 std::thread::spawn(move || {
