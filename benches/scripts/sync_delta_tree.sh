@@ -11,7 +11,7 @@
 # (max RSS from /usr/bin/time; sync-delta runs source and replica in one
 # process, rsync's figure is its largest process) are printed.
 #
-# usage: [RUNS=n] benches/scripts/sync_delta_tree.sh [--quick]
+# usage: [RUNS=n] [CASES=tree|big|tree,big] benches/scripts/sync_delta_tree.sh [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -74,6 +74,8 @@ collect() { # label: reads lines "ours... | rsync..." and prints medians
         "$(cut -d' ' -f7 "$f" | median)"
 }
 
+CASES=${CASES:-tree,big}
+if [[ "$CASES" == *tree* ]]; then
 echo "== tree: $FILES files, $RUNS runs, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 mkdir -p "$WORK/src" "$WORK/ours" "$WORK/rsync"
 "$TOOL" gen "$WORK/src" "$FILES"
@@ -97,7 +99,9 @@ collect "1% mod, 0.5% del, 20 ren" "$WORK/mutated"
 diffs=$(rsync -an --delete -i --exclude=/.sync-delta "$WORK/src/" "$WORK/ours/" | { grep -v '^\.d\.\.t\.\.\.\.\.\. \./$' || true; } | wc -l)
 echo "sync-delta replica differs from the source in $diffs entries"
 rm -rf "$WORK/src" "$WORK/ours" "$WORK/rsync"
+fi
 
+[[ "$CASES" == *big* ]] || exit 0
 echo "== one large file: $BIG_MIB MiB, $RUNS runs"
 : >"$WORK/big"
 for _ in $(seq "$RUNS"); do
