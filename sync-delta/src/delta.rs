@@ -136,22 +136,31 @@ pub enum Op {
 #[derive(Debug, Clone)]
 pub struct Matcher {
     params: ChunkParams,
-    index: HashMap<u64, (u64, u32)>,
+    /// Signature chunk index by hash.
+    index: HashMap<u64, usize>,
+    /// Offset, length and hash of each signature chunk, in order.
+    chunks: Vec<(u64, u32, u64)>,
     /// Bit per chunk length present in the signature: a chunk of another
     /// length cannot match, so it is not hashed (most chunks of unrelated
     /// data).
     lens: Vec<u64>,
+    /// The signature chunk expected next after a match: unchanged data
+    /// continues with it, so it is checked before running the chunker.
+    expect: Option<usize>,
 }
 
 impl Matcher {
     /// From the replica's signature.
     #[must_use]
     pub fn new(params: ChunkParams, sig: &[SigChunk]) -> Self {
-        let mut index = HashMap::with_capacity(sig.len().min(MAX_SIG_CHUNKS));
+        let n = sig.len().min(MAX_SIG_CHUNKS);
+        let mut index = HashMap::with_capacity(n);
+        let mut chunks = Vec::with_capacity(n);
         let mut lens = vec![0u64; params.max_len() / 64 + 1];
         let mut off = 0u64;
-        for c in sig {
-            index.entry(c.hash).or_insert((off, c.len));
+        for (i, c) in sig.iter().take(n).enumerate() {
+            index.entry(c.hash).or_insert(i);
+            chunks.push((off, c.len, c.hash));
             if let Some(w) = lens.get_mut(c.len as usize / 64) {
                 *w |= 1 << (c.len % 64);
             }
@@ -160,7 +169,9 @@ impl Matcher {
         Self {
             params,
             index,
+            chunks,
             lens,
+            expect: None,
         }
     }
 
@@ -176,7 +187,7 @@ impl Matcher {
     /// trailing chunk that might continue past `data`, and returns how many
     /// bytes it consumed.
     pub fn scan(
-        &self,
+        &mut self,
         data: &[u8],
         eof: bool,
         mut emit: impl FnMut(Option<u64>, usize, usize),
@@ -184,6 +195,25 @@ impl Matcher {
         let mut pos = 0;
         while pos < data.len() {
             let rest = &data[pos..];
+            // Unchanged data goes on with the old copy's next chunk: check
+            // it by hash without running the chunker (not the old copy's
+            // last chunk, which ended at its end, not at a boundary).
+            if let Some(i) = self.expect {
+                if let Some(&(off, l, h)) = self.chunks.get(i).filter(|_| i + 1 < self.chunks.len())
+                {
+                    let l = l as usize;
+                    if l > rest.len() && !eof {
+                        break; // decide with the next piece
+                    }
+                    if l <= rest.len() && chunk_hash(&rest[..l]) == h {
+                        emit(Some(off), pos, l);
+                        pos += l;
+                        self.expect = Some(i + 1);
+                        continue;
+                    }
+                }
+                self.expect = None;
+            }
             let len = self.params.cut(rest);
             if !eof && !self.params.is_final(len, rest.len()) {
                 break;
@@ -192,15 +222,17 @@ impl Matcher {
                 .lens
                 .get(len / 64)
                 .is_some_and(|w| w & (1 << (len % 64)) != 0);
-            let found = if !len_known {
-                None
-            } else {
+            let found = if len_known {
                 self.index
                     .get(&chunk_hash(&rest[..len]))
-                    .filter(|&&(_, l)| l as usize == len)
-                    .map(|&(off, _)| off)
+                    .and_then(|&i| self.chunks.get(i).map(|c| (i, c)))
+                    .filter(|(_, c)| c.1 as usize == len)
+                    .map(|(i, c)| (i, c.0))
+            } else {
+                None
             };
-            emit(found, pos, len);
+            self.expect = found.map(|(i, _)| i + 1);
+            emit(found.map(|(_, off)| off), pos, len);
             pos += len;
         }
         pos
@@ -274,7 +306,7 @@ impl OpBuilder {
 /// The delta turning the file that `sig` describes into `new`, in memory.
 #[must_use]
 pub fn diff(params: ChunkParams, sig: &[SigChunk], new: &[u8]) -> Vec<Op> {
-    let m = Matcher::new(params, sig);
+    let mut m = Matcher::new(params, sig);
     let mut b = OpBuilder::default();
     m.scan(new, true, |found, at, len| match found {
         Some(off) => b.copy(off, len as u64),

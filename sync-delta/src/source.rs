@@ -510,7 +510,7 @@ impl Source {
         store: &mut S,
     ) -> Result<bool, StoreError> {
         let path = job.path.as_str();
-        match &job.mode {
+        match &mut job.mode {
             Mode::Start => {
                 job.mode = Mode::Whole;
                 if let Some(base) = job.base.take() {
