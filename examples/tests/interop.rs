@@ -801,8 +801,9 @@ fn box_dies(bed: &Bed, i: usize) {
 /// a request to the service on the virtual address every 10 ms; the Master
 /// box dies; the Backup takes over and its orchestrator starts the
 /// service. The longest time the phone goes unanswered is measured at
-/// 1 s and 10 ms advertisement intervals and must stay within
-/// Master_Down_Interval + 250 ms (service start and ARP update included).
+/// 1 s and 10 ms advertisement intervals and reported; it must stay
+/// within Master_Down_Interval + 1 s (service start and ARP update
+/// included; a missing gratuitous ARP or service would cost far more).
 #[test]
 fn client_observed_outage() {
     let test = "client_observed_outage";
@@ -868,7 +869,7 @@ fn client_observed_outage() {
         assert!(
             // The box dies anywhere between two advertisements, so the
             // phone's outage starts up to one interval after the last.
-            gap >= mdi - f64::from(interval) - 20.0 && gap <= mdi + 250.0,
+            gap >= mdi - f64::from(interval) - 20.0 && gap <= mdi + 1000.0,
             "{name}: outage {gap:.1} ms, Master_Down_Interval {mdi:.1} ms: {s}"
         );
     }
