@@ -13,6 +13,18 @@
 //! Durations are the short variants; `INTEROP_LONG=1` selects the full ones
 //! (`benches/scripts/interop.sh`), and `INTEROP_REPORT=FILE` collects every
 //! measured figure for one table.
+//!
+//! | issue 7 item | test |
+//! | --- | --- |
+//! | 1 ours with keepalived, v2 and v3/IPv4, both roles | `ours_with_keepalived_both_roles` |
+//! | 2 both v3/IPv4 checksum forms | `v3_ipv4_checksum_forms` (+ item 1 for keepalived's default form) |
+//! | 3 VRRPv3/IPv6 | `ipv6_with_keepalived` |
+//! | 4 tshark finds nothing wrong in our advertisements | in the tests of items 1, 2, 3 |
+//! | 5 client-observed outage | `client_observed_outage` |
+//! | 6 exact failover timing beside keepalived | `failover_timing_side_by_side` |
+//! | 7 sync across the namespaces, Backup killed mid-round | `sync_across_namespaces_survives_a_killed_backup` |
+//! | 8 planned swap | `planned_swap_gap` (keepalived's graceful stop: item 6) |
+//! | 9 no false failover under a CPU hog | `no_false_failover_under_cpu_hog` |
 
 /// The harness, in `tests/interop/`. Not every helper is used by every
 /// test set.
