@@ -100,6 +100,11 @@ pub const KEEPALIVE_PROBES: u32 = 3;
 /// Longest time sent data may stay unacknowledged (`TCP_USER_TIMEOUT`).
 pub const USER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A replica round with no message from the source for this long is
+/// rolled back and asked again (long enough for a first scan of a large
+/// tree).
+pub const REPLICA_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
 /// Sync messages queued from the socket to the worker.
@@ -1455,6 +1460,10 @@ impl Worker {
                 let config = ReplicaConfig {
                     exclude: self.exclude.clone(),
                     interval: self.interval,
+                    // A request sent while the peer was still a replica
+                    // itself (both units booting at once) is never
+                    // answered: give up on it after this long, not 120 s.
+                    idle_timeout: REPLICA_IDLE_TIMEOUT,
                     ..ReplicaConfig::default()
                 };
                 match Replica::open(config, now, store) {

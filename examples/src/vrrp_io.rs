@@ -74,18 +74,30 @@ impl VrrpSocket {
         Ok(VrrpSocket::RawV4 { socket: s })
     }
 
-    /// An IPv6 raw transport on an interface. `dst` is the group, or our
-    /// link-local address when the peers are unicast.
+    /// An IPv6 raw transport on an interface, sending from `src` (the
+    /// interface's link-local address, RFC 9568 §5.1.2.1). `dst` is the
+    /// group, or `src` when the peers are unicast.
     ///
     /// # Errors
     /// What the OS said.
-    pub fn raw_v6(interface: &str, ifindex: u32, dst: IpAddr) -> io::Result<VrrpSocket> {
+    pub fn raw_v6(
+        interface: &str,
+        ifindex: u32,
+        src: std::net::Ipv6Addr,
+        dst: IpAddr,
+    ) -> io::Result<VrrpSocket> {
         let s = Socket::new(
             Domain::IPV6,
             Type::RAW,
             Some(Protocol::from(i32::from(IP_PROTOCOL))),
         )?;
         s.bind_device(Some(interface.as_bytes()))?;
+        // Bound to our own link-local address: once a link-local virtual
+        // address is claimed the kernel could otherwise pick it as the
+        // source, and the checksum (taken over ours) would not match.
+        s.bind(&SockAddr::from(std::net::SocketAddrV6::new(
+            src, 0, 0, ifindex,
+        )))?;
         s.set_multicast_hops_v6(255)?;
         s.set_unicast_hops_v6(255)?;
         s.set_multicast_loop_v6(false)?;

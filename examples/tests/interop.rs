@@ -1255,12 +1255,9 @@ fn v3_ipv4_checksum_forms() {
 /// advertisement has a link-local source and hop limit 255, and tshark
 /// flags none of ours.
 ///
-/// The virtual address is a global one only. With a link-local virtual
-/// address (which RFC 9568 §5.2.9 puts first) our node's advertisements
-/// after the claim leave with that address as their source while the
-/// checksum covers the interface's own link-local address, so receivers
-/// drop them; add `fe80::100/64` first here once the node's IPv6 socket
-/// is bound to its source.
+/// The address list starts with a link-local virtual address, as RFC 9568
+/// §5.2.9 wants: once it is claimed, advertisements must still leave from
+/// the interface's own link-local address, which their checksum covers.
 #[test]
 fn ipv6_with_keepalived() {
     let test = "ipv6_with_keepalived";
@@ -1273,7 +1270,7 @@ fn ipv6_with_keepalived() {
     let mut report = Report::default();
     let bed = Bed::new("v6", 2);
     let vip6: IpAddr = "fd99::100".parse().expect("address");
-    let vips = ["fd99::100/64"];
+    let vips = ["fe80::100/64", "fd99::100/64"];
     let interval = 100;
     let ll = [0, 1].map(|i| IpAddr::V6(bed.link_local(i)));
     for (first, second) in [
