@@ -497,6 +497,9 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
     }
 
     // 4. The old Master returns.
+    // A voicemail left on pbx-b while pbx-a is down.
+    let while_down = root.join("pbx-b/data/voicemail/100/msg0004.wav");
+    std::fs::write(&while_down, vec![0x24u8; 40 * 1024]).map_err(|e| e.to_string())?;
     clock.say("pbx-a powers up again");
     a.start().await?;
     wait_for(&a, Duration::from_secs(10), "Backup", |s| {
@@ -504,13 +507,16 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
     })
     .await?;
     clock.say("pbx-a hears pbx-b and stays Backup (no fail-back)");
-    let gen_b = sync_generation(&a.snapshot());
-    wait_for(&a, Duration::from_secs(20), "resync", |s| {
-        sync_generation(s) > gen_b
-    })
+    let arrived = root.join("pbx-a/data/voicemail/100/msg0004.wav");
+    wait_for(
+        &a,
+        Duration::from_secs(45),
+        "the voicemail left while it was down",
+        |_| arrived.exists(),
+    )
     .await?;
     clock.say(format!(
-        "pbx-a synced from pbx-b: generation {}",
+        "pbx-a synced from pbx-b (generation {}): the voicemail left on pbx-b while it was down is there",
         sync_generation(&a.snapshot())
     ));
     wait_for(
