@@ -2,9 +2,10 @@
 //! files and the clock.
 //!
 //! Threads and tasks:
-//! - the VRRP engine runs on a thread of its own with a single-threaded
-//!   runtime, so that nothing else (file hashing, HTTP, process spawns)
-//!   can delay an advertisement or a timeout;
+//! - the VRRP engine runs on a thread of its own that waits in `ppoll(2)`
+//!   on its socket with the engine's deadline (optionally SCHED_FIFO), so
+//!   that nothing else (file hashing, HTTP, process spawns) can delay an
+//!   advertisement or a timeout;
 //! - the main task owns the orchestrator: it feeds it role changes, peer
 //!   messages, sync status, operator requests and command results, and
 //!   carries out the commands it emits;
