@@ -49,12 +49,13 @@ struct Watch {
 /// panics; `poll_timeout` never goes into the past; the events agree with
 /// `state()`; addresses are claimed exactly while Master; a Passive Backup
 /// becomes Master only by takeover; every advertisement sent checks and
-/// names our VRID; counters match the events.
+/// names our VRID; counters match the events. `t0` is the virtual time
+/// the run starts at (the harness's clock; nothing depends on its value).
 ///
 /// # Panics
 /// When a property fails: that is the fuzzer's signal.
-pub fn fsm_events(data: &[u8]) {
-    fsm_events_transitions(data);
+pub fn fsm_events(t0: Instant, data: &[u8]) {
+    fsm_events_transitions(t0, data);
 }
 
 /// [`fsm_events`], returning the number of state transitions seen (so that
@@ -62,7 +63,7 @@ pub fn fsm_events(data: &[u8]) {
 ///
 /// # Panics
 /// As [`fsm_events`].
-pub fn fsm_events_transitions(data: &[u8]) -> u64 {
+pub fn fsm_events_transitions(t0: Instant, data: &[u8]) -> u64 {
     let mut b = Bytes(data);
     let sel = b.u8().unwrap_or(0);
     let prio = b.u8().unwrap_or(100).max(1);
@@ -99,7 +100,6 @@ pub fn fsm_events_transitions(data: &[u8]) -> u64 {
             .preempt_delay(Duration::from_millis(700));
     }
     let config = builder.build().expect("fuzz configs are valid");
-    let t0 = Instant::now();
     let mut now = t0;
     let mut r = VirtualRouter::new(config, now);
     let mut w = Watch {

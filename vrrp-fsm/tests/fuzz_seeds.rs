@@ -9,7 +9,10 @@ fn seeds_hold() {
     let mut n = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        let moved = vrrp_fsm::fuzzing::fsm_events_transitions(&std::fs::read(&path).unwrap());
+        let moved = vrrp_fsm::fuzzing::fsm_events_transitions(
+            std::time::Instant::now(),
+            &std::fs::read(&path).unwrap(),
+        );
         assert!(
             moved > 0,
             "{} never reaches the state machine",
@@ -26,7 +29,7 @@ proptest! {
     /// Random inputs: the property holds (no panic, invariants kept).
     #[test]
     fn random_inputs_hold(data in proptest::collection::vec(any::<u8>(), 0..512)) {
-        vrrp_fsm::fuzzing::fsm_events(&data);
+        vrrp_fsm::fuzzing::fsm_events(std::time::Instant::now(), &data);
     }
 
     /// Random inputs built from valid operations, so that most bytes reach
@@ -47,6 +50,6 @@ proptest! {
                 data.push(0);
             }
         }
-        vrrp_fsm::fuzzing::fsm_events(&data);
+        vrrp_fsm::fuzzing::fsm_events(std::time::Instant::now(), &data);
     }
 }
