@@ -18,7 +18,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use fast_rsync::{Signature, SignatureOptions};
 use sync_delta::chunk::ChunkParams;
 use sync_delta::delta::{self, Op};
-use sync_delta::frame::{CHANNEL_SYNC, Link, LinkRole, Nonce, PreSharedKey};
+use sync_delta::frame::{CHANNEL_SYNC, Link, Nonce, PreSharedKey};
 use sync_delta::mem::MemStore;
 use sync_delta::{Epoch, Replica, ReplicaConfig, Source, SourceConfig, Storage};
 
@@ -78,31 +78,7 @@ fn wire_round(old: &[u8], new: &[u8]) -> u64 {
     let mut dst = MemStore::new();
     let mut source = Source::open(SourceConfig::default(), now, &mut src).expect("source");
     let (mut replica, _) = Replica::open(ReplicaConfig::default(), now, &mut dst).expect("replica");
-    let key = PreSharedKey::from_secret(b"bench");
-    let mut lr = Link::new(
-        LinkRole::Initiator,
-        key.clone(),
-        Nonce([1; 32]),
-        Epoch::new(1, 2),
-        Epoch::default(),
-    );
-    let mut ls = Link::new(
-        LinkRole::Responder,
-        key,
-        Nonce([2; 32]),
-        Epoch::new(1, 1),
-        Epoch::default(),
-    );
-    for _ in 0..2 {
-        let mut b = Vec::new();
-        lr.poll_transmit(&mut b);
-        ls.handle_bytes(&b).expect("hs");
-        while ls.poll_frame().expect("hs").is_some() {}
-        let mut b = Vec::new();
-        ls.poll_transmit(&mut b);
-        lr.handle_bytes(&b).expect("hs");
-        while lr.poll_frame().expect("hs").is_some() {}
-    }
+    let (mut lr, mut ls) = linked(PreSharedKey::from_secret(b"bench"));
     replica.handle_connected(now);
     let mut round =
         |src: &mut MemStore, dst: &mut MemStore, replica: &mut Replica, bytes: &mut u64| loop {
@@ -141,31 +117,12 @@ fn wire_round(old: &[u8], new: &[u8]) -> u64 {
 }
 
 fn linked(key: PreSharedKey) -> (Link, Link) {
-    let mut a = Link::new(
-        LinkRole::Initiator,
-        key.clone(),
-        Nonce([1; 32]),
-        Epoch::new(1, 2),
-        Epoch::default(),
-    );
-    let mut b = Link::new(
-        LinkRole::Responder,
+    Link::connected_pair(
         key,
-        Nonce([2; 32]),
-        Epoch::new(1, 1),
-        Epoch::default(),
-    );
-    for _ in 0..2 {
-        let mut x = Vec::new();
-        a.poll_transmit(&mut x);
-        b.handle_bytes(&x).expect("hs");
-        while b.poll_frame().expect("hs").is_some() {}
-        let mut y = Vec::new();
-        b.poll_transmit(&mut y);
-        a.handle_bytes(&y).expect("hs");
-        while a.poll_frame().expect("hs").is_some() {}
-    }
-    (a, b)
+        [Nonce([1; 32]), Nonce([2; 32])],
+        [Epoch::new(1, 2), Epoch::new(1, 1)],
+    )
+    .expect("handshake")
 }
 
 fn bench(c: &mut Criterion) {

@@ -17,7 +17,7 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
-use sync_delta::frame::{CHANNEL_SYNC, Link, LinkRole, Nonce, PreSharedKey};
+use sync_delta::frame::{CHANNEL_SYNC, Link, Nonce, PreSharedKey};
 use sync_delta::wire::Message;
 use sync_delta::{Epoch, FsStore, Replica, ReplicaConfig, ReplicaEvent, Source, SourceConfig};
 
@@ -96,31 +96,12 @@ fn vm_hwm_kib() -> u64 {
 
 fn links() -> (Link, Link) {
     let key = PreSharedKey::from_secret(b"tree bench");
-    let mut r = Link::new(
-        LinkRole::Initiator,
-        key.clone(),
-        Nonce([1; 32]),
-        Epoch::new(1, 2),
-        Epoch::default(),
-    );
-    let mut s = Link::new(
-        LinkRole::Responder,
+    Link::connected_pair(
         key,
-        Nonce([2; 32]),
-        Epoch::new(1, 1),
-        Epoch::default(),
-    );
-    for _ in 0..2 {
-        let mut b = Vec::new();
-        r.poll_transmit(&mut b);
-        s.handle_bytes(&b).expect("handshake");
-        while s.poll_frame().expect("handshake").is_some() {}
-        let mut b = Vec::new();
-        s.poll_transmit(&mut b);
-        r.handle_bytes(&b).expect("handshake");
-        while r.poll_frame().expect("handshake").is_some() {}
-    }
-    (r, s)
+        [Nonce([1; 32]), Nonce([2; 32])],
+        [Epoch::new(1, 2), Epoch::new(1, 1)],
+    )
+    .expect("handshake")
 }
 
 fn carry(from: &mut Link, to: &mut Link, m: &Message, bytes: &mut u64) -> Message {

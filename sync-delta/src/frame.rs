@@ -350,6 +350,44 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
+    /// Two links that have completed the handshake with each other in
+    /// memory (`nonces[0]` and `epochs[0]` for the initiator): for tests,
+    /// benches and tools that run both ends in one process.
+    ///
+    /// # Errors
+    /// The [`LinkError`] of a failed handshake (none with one key).
+    pub fn connected_pair(
+        key: PreSharedKey,
+        nonces: [Nonce; 2],
+        epochs: [Epoch; 2],
+    ) -> Result<(Link, Link), LinkError> {
+        let mut a = Link::new(
+            LinkRole::Initiator,
+            key.clone(),
+            nonces[0],
+            epochs[0],
+            Epoch::default(),
+        );
+        let mut b = Link::new(
+            LinkRole::Responder,
+            key,
+            nonces[1],
+            epochs[1],
+            Epoch::default(),
+        );
+        for _ in 0..2 {
+            let mut x = Vec::new();
+            a.poll_transmit(&mut x);
+            b.handle_bytes(&x)?;
+            while b.poll_frame()?.is_some() {}
+            let mut y = Vec::new();
+            b.poll_transmit(&mut y);
+            a.handle_bytes(&y)?;
+            while a.poll_frame()?.is_some() {}
+        }
+        Ok((a, b))
+    }
+
     /// A link for one connection. `epoch` is this node's current epoch;
     /// `newest_peer_epoch` the newest the driver has seen from the peer
     /// (persisted across connections), older frames are refused.

@@ -5,7 +5,7 @@
 use crate::chunk::ChunkParams;
 use crate::delta::{Op, apply, diff, signature};
 use crate::epoch::Epoch;
-use crate::frame::{self, FrameKind, Link, LinkRole, Nonce, PreSharedKey};
+use crate::frame::{self, FrameKind, Link, Nonce, PreSharedKey};
 use crate::wire::Message;
 
 /// `sync_frame`: any bytes
@@ -47,30 +47,12 @@ pub fn sync_frame(data: &[u8]) {
 
 fn established() -> (Link, Link) {
     let key = PreSharedKey::from_secret(b"fuzz");
-    let mut a = Link::new(
-        LinkRole::Initiator,
-        key.clone(),
-        Nonce([1; 32]),
-        Epoch::new(1, 1),
-        Epoch::default(),
-    );
-    let mut b = Link::new(
-        LinkRole::Responder,
+    let (a, b) = Link::connected_pair(
         key,
-        Nonce([2; 32]),
-        Epoch::new(1, 2),
-        Epoch::default(),
-    );
-    for _ in 0..2 {
-        let mut x = Vec::new();
-        a.poll_transmit(&mut x);
-        b.handle_bytes(&x).unwrap();
-        while b.poll_frame().unwrap().is_some() {}
-        let mut y = Vec::new();
-        b.poll_transmit(&mut y);
-        a.handle_bytes(&y).unwrap();
-        while a.poll_frame().unwrap().is_some() {}
-    }
+        [Nonce([1; 32]), Nonce([2; 32])],
+        [Epoch::new(1, 1), Epoch::new(1, 2)],
+    )
+    .expect("one key: the handshake succeeds");
     assert!(a.is_established() && b.is_established());
     (a, b)
 }

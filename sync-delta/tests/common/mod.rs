@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
-use sync_delta::frame::{CHANNEL_SYNC, Link, LinkRole, Nonce, PreSharedKey};
+use sync_delta::frame::{CHANNEL_SYNC, Link, Nonce, PreSharedKey};
 use sync_delta::mem::MemStore;
 use sync_delta::wire::Message;
 use sync_delta::{
@@ -33,30 +33,12 @@ pub struct Pair {
 
 pub fn links() -> (Link, Link) {
     let key = PreSharedKey::from_secret(b"pair secret");
-    let mut r = Link::new(
-        LinkRole::Initiator,
-        key.clone(),
-        Nonce([3; 32]),
-        Epoch::new(1, 2),
-        Epoch::default(),
-    );
-    let mut s = Link::new(
-        LinkRole::Responder,
+    let (r, s) = Link::connected_pair(
         key,
-        Nonce([4; 32]),
-        Epoch::new(1, 1),
-        Epoch::default(),
-    );
-    for _ in 0..2 {
-        let mut b = Vec::new();
-        r.poll_transmit(&mut b);
-        s.handle_bytes(&b).unwrap();
-        while s.poll_frame().unwrap().is_some() {}
-        let mut b = Vec::new();
-        s.poll_transmit(&mut b);
-        r.handle_bytes(&b).unwrap();
-        while r.poll_frame().unwrap().is_some() {}
-    }
+        [Nonce([3; 32]), Nonce([4; 32])],
+        [Epoch::new(1, 2), Epoch::new(1, 1)],
+    )
+    .unwrap();
     assert!(r.is_established() && s.is_established());
     (r, s)
 }
