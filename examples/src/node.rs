@@ -323,37 +323,51 @@ fn open_socket(spec: &SocketSpec) -> std::io::Result<VrrpSocket> {
     }
 }
 
-/// Sends what the router has queued and reports its events.
-fn flush(
-    router: &mut vrrp_fsm::VirtualRouter,
-    socket: &VrrpSocket,
-    tx: &mut [u8],
-    garp: Option<&GarpSpec>,
-    out: &mpsc::UnboundedSender<VrrpOut>,
-    last_change: &mut u64,
-) {
-    loop {
-        let t = if socket.sends_datagrams() {
-            router.poll_transmit_datagram(tx)
-        } else {
-            router.poll_transmit(tx)
-        };
-        let Some(t) = t else { break };
-        if let Err(e) = socket.send(&tx[..t.len], t.dst) {
-            warn!(error = %e, "advertisement not sent");
+/// The election thread's side of the I/O: where advertisements go, where
+/// events are reported, and the times the status shows.
+struct ThreadIo<'a> {
+    socket: &'a VrrpSocket,
+    tx: Vec<u8>,
+    garp: Option<&'a GarpSpec>,
+    out: &'a mpsc::UnboundedSender<VrrpOut>,
+    last_change: u64,
+    last_rx: u64,
+}
+
+impl ThreadIo<'_> {
+    /// Sends what the router has queued and reports its events.
+    fn flush(&mut self, router: &mut vrrp_fsm::VirtualRouter) {
+        let (socket, tx, garp, out) = (self.socket, &mut self.tx, self.garp, self.out);
+        loop {
+            let t = if socket.sends_datagrams() {
+                router.poll_transmit_datagram(tx)
+            } else {
+                router.poll_transmit(tx)
+            };
+            let Some(t) = t else { break };
+            if let Err(e) = socket.send(&tx[..t.len], t.dst) {
+                warn!(error = %e, "advertisement not sent");
+            }
+        }
+        while let Some(ev) = router.poll_event() {
+            match ev {
+                VrrpEvent::SendGratuitous(_) => {
+                    if let Some(g) = garp {
+                        g.send();
+                    }
+                }
+                VrrpEvent::StateChange { .. } => self.last_change = unix_ms(SystemTime::now()),
+                _ => {}
+            }
+            let _ = out.send(VrrpOut::Event(ev));
         }
     }
-    while let Some(ev) = router.poll_event() {
-        match ev {
-            VrrpEvent::SendGratuitous(_) => {
-                if let Some(g) = garp {
-                    g.send();
-                }
-            }
-            VrrpEvent::StateChange { .. } => *last_change = unix_ms(SystemTime::now()),
-            _ => {}
-        }
-        let _ = out.send(VrrpOut::Event(ev));
+
+    /// Publishes the router's view.
+    fn publish(&self, router: &vrrp_fsm::VirtualRouter) {
+        let _ = self
+            .out
+            .send(VrrpOut::View(view(router, self.last_change, self.last_rx)));
     }
 }
 
@@ -386,20 +400,18 @@ fn vrrp_loop(
     let mut router = vrrp_fsm::VirtualRouter::new(setup.config.clone(), Instant::now());
     router.handle_startup(Instant::now());
     let mut rx = vec![0u8; 65_536];
-    let mut tx = vec![0u8; router.max_transmit_len().max(64) + 64];
-    let mut last_change = unix_ms(SystemTime::now());
-    let mut last_rx = 0;
+    let mut io = ThreadIo {
+        socket,
+        tx: vec![0u8; router.max_transmit_len().max(64) + 64],
+        garp: setup.garp.as_ref(),
+        out,
+        last_change: unix_ms(SystemTime::now()),
+        last_rx: 0,
+    };
     let mut wake_buf = [0u8; 64];
     loop {
-        flush(
-            &mut router,
-            socket,
-            &mut tx,
-            setup.garp.as_ref(),
-            out,
-            &mut last_change,
-        );
-        let _ = out.send(VrrpOut::View(view(&router, last_change, last_rx)));
+        io.flush(&mut router);
+        io.publish(&router);
 
         let timeout = router.poll_timeout().map(|d| {
             nix::sys::time::TimeSpec::from_duration(poll_wait(
@@ -426,7 +438,7 @@ fn vrrp_loop(
             match socket.try_recv(&mut rx) {
                 Ok(Some(Received::Datagram(n))) => {
                     if router.handle_datagram(Instant::now(), &rx[..n]).is_ok() {
-                        last_rx = unix_ms(SystemTime::now());
+                        io.last_rx = unix_ms(SystemTime::now());
                     }
                 }
                 Ok(Some(Received::Message(n, meta))) => {
@@ -434,7 +446,7 @@ fn vrrp_loop(
                         .handle_message(Instant::now(), &rx[..n], meta)
                         .is_ok()
                     {
-                        last_rx = unix_ms(SystemTime::now());
+                        io.last_rx = unix_ms(SystemTime::now());
                     }
                 }
                 Ok(None) => break,
@@ -443,14 +455,7 @@ fn vrrp_loop(
                     break;
                 }
             }
-            flush(
-                &mut router,
-                socket,
-                &mut tx,
-                setup.garp.as_ref(),
-                out,
-                &mut last_change,
-            );
+            io.flush(&mut router);
         }
         while wake.recv(&mut wake_buf).is_ok() {}
         loop {
@@ -459,41 +464,20 @@ fn vrrp_loop(
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     router.handle_shutdown(now);
-                    flush(
-                        &mut router,
-                        socket,
-                        &mut tx,
-                        setup.garp.as_ref(),
-                        out,
-                        &mut last_change,
-                    );
+                    io.flush(&mut router);
                     return;
                 }
                 Ok(VrrpCmd::Crash) => return,
                 Ok(VrrpCmd::Shutdown(reply)) => {
                     router.handle_shutdown(now);
-                    flush(
-                        &mut router,
-                        socket,
-                        &mut tx,
-                        setup.garp.as_ref(),
-                        out,
-                        &mut last_change,
-                    );
-                    let _ = out.send(VrrpOut::View(view(&router, last_change, last_rx)));
+                    io.flush(&mut router);
+                    io.publish(&router);
                     let _ = reply.send(());
                     return;
                 }
                 Ok(VrrpCmd::Restart) => {
                     router.handle_shutdown(now);
-                    flush(
-                        &mut router,
-                        socket,
-                        &mut tx,
-                        setup.garp.as_ref(),
-                        out,
-                        &mut last_change,
-                    );
+                    io.flush(&mut router);
                     let config = rebuild(&setup.config, router.backup_mode(), router.priority())
                         .unwrap_or_else(|| setup.config.clone());
                     router = vrrp_fsm::VirtualRouter::new(config, now);
@@ -519,14 +503,7 @@ fn vrrp_loop(
             if let Err(e) = result {
                 warn!(error = %e, "vrrp command refused");
             }
-            flush(
-                &mut router,
-                socket,
-                &mut tx,
-                setup.garp.as_ref(),
-                out,
-                &mut last_change,
-            );
+            io.flush(&mut router);
         }
     }
 }
