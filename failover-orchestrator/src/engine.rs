@@ -953,15 +953,7 @@ impl Orchestrator {
         if let Some(r) = self.rehoming.as_mut().filter(|r| !r.done()) {
             r.give_up(now);
         }
-        let rehoming_routes: Vec<CommandId> = self
-            .routes
-            .iter()
-            .filter(|(_, r)| matches!(r, Route::Phone(_)))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in rehoming_routes {
-            self.routes.remove(&k);
-        }
+        self.routes.retain(|_, r| !matches!(r, Route::Phone(_)));
         self.restamp();
     }
 
@@ -1893,15 +1885,7 @@ impl Orchestrator {
             if let Some(r) = self.rehoming.as_mut().filter(|r| r.started() && !r.done()) {
                 r.give_up(now);
             }
-            let phone_routes: Vec<CommandId> = self
-                .routes
-                .iter()
-                .filter(|(_, r)| matches!(r, Route::Phone(_)))
-                .map(|(k, _)| *k)
-                .collect();
-            for k in phone_routes {
-                self.routes.remove(&k);
-            }
+            self.routes.retain(|_, r| !matches!(r, Route::Phone(_)));
         }
         let mut undo = Plan::new(PlanKind::RollBack);
         if let Some(r) = self.running(plan) {
