@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
 use examples::config::NodeConfig;
-use examples::demo::{DemoHooks, InProcessNode, phone_inventory};
+use examples::demo::{DemoAddrs, DemoHooks, DemoNode, InProcessNode, demo_config, phone_inventory};
 use examples::node::{Snapshot, Stop};
 use tokio::sync::oneshot;
 
@@ -190,75 +190,23 @@ fn seed_tree(dir: &Path) -> std::io::Result<usize> {
     Ok(n + 2)
 }
 
-/// Where one node listens and what it talks to.
-struct Ports {
-    /// VRRP over UDP: ours, the peer's.
-    vrrp: (SocketAddr, SocketAddr),
-    /// Peer link: ours, the peer's.
-    sync: (SocketAddr, SocketAddr),
-    /// Status API.
-    status: SocketAddr,
-    /// Backup GUI forward.
-    gui: u16,
-}
-
+/// One of the demo's two nodes.
 fn node_config(
     name: &str,
     priority: u8,
     interval_ms: u64,
-    ports: &Ports,
+    addrs: &DemoAddrs,
     root: &Path,
 ) -> Result<NodeConfig, String> {
-    let Ports {
-        vrrp,
-        sync,
-        status,
-        gui,
-    } = ports;
-    let text = format!(
-        r#"
-id = "{name}"
-phones = "phones.toml"
-[vrrp]
-transport = "udp"
-vrid = 51
-priority = {priority}
-advert_interval_ms = {interval_ms}
-virtual_ips = ["10.99.0.100/24"]
-udp_listen = "{vl}"
-udp_peers = ["{vp}"]
-[sync]
-listen = "{sl}"
-peer = "{sp}"
-dir = "{name}/data"
-interval_s = 2
-key_file = "sync.key"
-exclude = ["licenses/**"]
-[status]
-listen = "{status}"
-backup_gui_port = {gui}
-[identity]
-firmware = "5.1.30"
-language_pack = "en-1"
-licenses = ["pbx-32"]
-[[service]]
-name = "database"
-start = "in-process"
-[[service]]
-name = "sip"
-start = "in-process"
-after = ["database"]
-[[service]]
-name = "voicemail"
-start = "in-process"
-after = ["sip"]
-"#,
-        vl = vrrp.0,
-        vp = vrrp.1,
-        sl = sync.0,
-        sp = sync.1,
-    );
-    NodeConfig::parse(&text, root).map_err(|e| e.to_string())
+    let node = DemoNode {
+        name,
+        priority,
+        interval_ms,
+        sync_interval_s: 2,
+        phones: true,
+        services: &["database", "sip", "voicemail"],
+    };
+    demo_config(&node, addrs, root).map_err(|e| e.to_string())
 }
 
 fn timeline_lines(s: &Snapshot) -> Vec<String> {
@@ -317,7 +265,7 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
             "pbx-a",
             150,
             args.interval_ms,
-            &Ports {
+            &DemoAddrs {
                 vrrp: (va, vb),
                 sync: (sa, sb),
                 status: ha,
@@ -334,7 +282,7 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
             "pbx-b",
             100,
             args.interval_ms,
-            &Ports {
+            &DemoAddrs {
                 vrrp: (vb, va),
                 sync: (sb, sa),
                 status: hb,

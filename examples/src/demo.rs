@@ -192,3 +192,101 @@ impl InProcessNode {
         }
     }
 }
+
+/// What differs between the demo nodes that the `pair` demo and the tests
+/// configure (udp transport, VRID 51, one virtual address, sync with the
+/// licences excluded, a status endpoint and the appliance's identity).
+pub struct DemoNode<'a> {
+    /// Node id; its tree is `<root>/<name>/data`.
+    pub name: &'a str,
+    /// VRRP priority.
+    pub priority: u8,
+    /// Advertisement interval.
+    pub interval_ms: u64,
+    /// Seconds between sync rounds.
+    pub sync_interval_s: u64,
+    /// Whether `<root>/phones.toml` is its phone inventory.
+    pub phones: bool,
+    /// In-process services, each started after the one before it.
+    pub services: &'a [&'a str],
+}
+
+/// Where a demo node listens and what it talks to.
+pub struct DemoAddrs {
+    /// VRRP over UDP: ours, the peer's.
+    pub vrrp: (std::net::SocketAddr, std::net::SocketAddr),
+    /// Peer link: ours, the peer's.
+    pub sync: (std::net::SocketAddr, std::net::SocketAddr),
+    /// Status API.
+    pub status: std::net::SocketAddr,
+    /// Backup GUI forward.
+    pub gui: u16,
+}
+
+/// A demo node's configuration, through the same parser as a file's
+/// (`sync.key` in `root`).
+///
+/// # Errors
+/// What the parser says of it.
+pub fn demo_config(
+    node: &DemoNode<'_>,
+    addrs: &DemoAddrs,
+    root: &std::path::Path,
+) -> Result<crate::config::NodeConfig, crate::config::ConfigError> {
+    let DemoNode {
+        name,
+        priority,
+        interval_ms,
+        sync_interval_s,
+        phones,
+        services,
+    } = node;
+    let phones = if *phones {
+        "phones = \"phones.toml\""
+    } else {
+        ""
+    };
+    let mut text = format!(
+        r#"
+id = "{name}"
+{phones}
+[vrrp]
+transport = "udp"
+vrid = 51
+priority = {priority}
+advert_interval_ms = {interval_ms}
+virtual_ips = ["10.99.0.100/24"]
+udp_listen = "{vl}"
+udp_peers = ["{vp}"]
+[sync]
+listen = "{sl}"
+peer = "{sp}"
+dir = "{name}/data"
+interval_s = {sync_interval_s}
+key_file = "sync.key"
+exclude = ["licenses/**"]
+[status]
+listen = "{status}"
+backup_gui_port = {gui}
+[identity]
+firmware = "5.1.30"
+language_pack = "en-1"
+licenses = ["pbx-32"]
+"#,
+        vl = addrs.vrrp.0,
+        vp = addrs.vrrp.1,
+        sl = addrs.sync.0,
+        sp = addrs.sync.1,
+        status = addrs.status,
+        gui = addrs.gui,
+    );
+    for (i, svc) in services.iter().enumerate() {
+        text.push_str(&format!(
+            "[[service]]\nname = \"{svc}\"\nstart = \"in-process\"\n"
+        ));
+        if let Some(prev) = i.checked_sub(1).and_then(|p| services.get(p)) {
+            text.push_str(&format!("after = [\"{prev}\"]\n"));
+        }
+    }
+    crate::config::NodeConfig::parse(&text, root)
+}

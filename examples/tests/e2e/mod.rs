@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use examples::config::NodeConfig;
-use examples::demo::{DemoHooks, InProcessNode, phone_inventory};
+use examples::demo::{DemoAddrs, DemoHooks, DemoNode, InProcessNode, demo_config, phone_inventory};
 use examples::node::Stop;
 use serde_json::Value;
 
@@ -223,7 +223,22 @@ pub fn pair(spec: &PairSpec) -> Pair {
     std::fs::create_dir_all(root.join("pbx-b/data")).expect("pbx-b data directory");
     let node = |name: &'static str, priority: u8, ip: Ipv4Addr, vrrp, sync| {
         let status = SocketAddr::from((ip, ports.status));
-        let config = node_config(name, priority, vrrp, sync, status, ports.gui, spec, &root.0);
+        let node = DemoNode {
+            name,
+            priority,
+            interval_ms: INTERVAL_MS,
+            sync_interval_s: 1,
+            phones: spec.phones > 0,
+            services: &["database", "sip"],
+        };
+        let addrs = DemoAddrs {
+            vrrp,
+            sync,
+            status,
+            gui: ports.gui,
+        };
+        let config =
+            demo_config(&node, &addrs, &root.0).unwrap_or_else(|e| panic!("config of {name}: {e}"));
         Node {
             name,
             config,
@@ -245,64 +260,6 @@ pub fn pair(spec: &PairSpec) -> Pair {
         gui: ports.gui,
         root,
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn node_config(
-    name: &str,
-    priority: u8,
-    vrrp: (SocketAddr, SocketAddr),
-    sync: (SocketAddr, SocketAddr),
-    status: SocketAddr,
-    gui: u16,
-    spec: &PairSpec,
-    root: &Path,
-) -> NodeConfig {
-    let phones = if spec.phones > 0 {
-        "phones = \"phones.toml\""
-    } else {
-        ""
-    };
-    let text = format!(
-        r#"
-id = "{name}"
-{phones}
-[vrrp]
-transport = "udp"
-vrid = 51
-priority = {priority}
-advert_interval_ms = {INTERVAL_MS}
-virtual_ips = ["10.99.0.100/24"]
-udp_listen = "{vl}"
-udp_peers = ["{vp}"]
-[sync]
-listen = "{sl}"
-peer = "{sp}"
-dir = "{name}/data"
-interval_s = 1
-key_file = "sync.key"
-exclude = ["licenses/**"]
-[status]
-listen = "{status}"
-backup_gui_port = {gui}
-[identity]
-firmware = "5.1.30"
-language_pack = "en-1"
-licenses = ["pbx-32"]
-[[service]]
-name = "database"
-start = "in-process"
-[[service]]
-name = "sip"
-start = "in-process"
-after = ["database"]
-"#,
-        vl = vrrp.0,
-        vp = vrrp.1,
-        sl = sync.0,
-        sp = sync.1,
-    );
-    NodeConfig::parse(&text, root).unwrap_or_else(|e| panic!("config of {name}: {e}"))
 }
 
 fn seed(dir: &Path) {
