@@ -12,7 +12,7 @@ use vrrp_proto::{
 
 use crate::config::{BackupMode, Config, GratuitousConfig, TrackId};
 use crate::event::{Event, Reason, State};
-use crate::router::{Command, LinkState, Release, TrackState, VirtualRouter};
+use crate::router::{Input, LinkState, Release, TrackState, VirtualRouter};
 
 const ME: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
@@ -45,7 +45,7 @@ struct Watch {
 
 /// `fsm_events`: the first bytes pick a configuration; the rest are
 /// (time step, input) pairs: timeouts, valid advertisements of any
-/// priority, interval and source, raw bytes, and every command. Nothing
+/// priority, interval and source, raw bytes, and every [`Input`]. Nothing
 /// panics; `poll_timeout` never goes into the past; the events agree with
 /// `state()`; addresses are claimed exactly while Master; a Passive Backup
 /// becomes Master only by takeover; every advertisement sent checks and
@@ -188,15 +188,15 @@ pub fn fsm_events_transitions(t0: Instant, data: &[u8]) -> u64 {
             c => {
                 let arg = b.u8().unwrap_or(0);
                 let cmd = match c {
-                    6 => Command::Startup,
-                    7 => Command::Shutdown,
-                    8 => Command::Link(if arg & 1 == 0 {
+                    6 => Input::Startup,
+                    7 => Input::Shutdown,
+                    8 => Input::Link(if arg & 1 == 0 {
                         LinkState::Down
                     } else {
                         LinkState::Up
                     }),
-                    9 => Command::SetPriority(Priority(arg)),
-                    10 => Command::Track(
+                    9 => Input::SetPriority(Priority(arg)),
+                    10 => Input::Track(
                         TrackId(u16::from(arg & 3)),
                         if arg & 4 == 0 {
                             TrackState::Down
@@ -204,24 +204,24 @@ pub fn fsm_events_transitions(t0: Instant, data: &[u8]) -> u64 {
                             TrackState::Up
                         },
                     ),
-                    11 => Command::SetBackupMode(if arg & 1 == 0 {
+                    11 => Input::SetBackupMode(if arg & 1 == 0 {
                         BackupMode::Active
                     } else {
                         BackupMode::Passive
                     }),
-                    12 => Command::Arm,
-                    13 => Command::Disarm,
-                    14 => Command::Takeover,
+                    12 => Input::Arm,
+                    13 => Input::Disarm,
+                    14 => Input::Takeover,
                     _ => {
                         let mut rel =
                             Release::new().hold_off(Duration::from_millis(u64::from(arg) * 10));
                         if arg & 1 == 1 {
                             rel = rel.priority(Priority(arg));
                         }
-                        Command::Release(rel)
+                        Input::Release(rel)
                     }
                 };
-                let _ = r.handle_command(now, cmd);
+                let _ = r.handle_input(now, cmd);
             }
         }
         if let Some(t) = r.poll_timeout() {

@@ -8,7 +8,7 @@ use vrrp_proto::{Family, RecvMeta, check_datagram};
 use crate::config::BackupMode;
 use crate::event::{Event, Reason, State};
 use crate::router::{
-    Command, CommandError, EVENT_QUEUE, LinkState, RecvError, Release, Transmit, VirtualRouter,
+    CommandError, EVENT_QUEUE, Input, LinkState, RecvError, Release, Transmit, VirtualRouter,
 };
 use crate::stats::ConfigDrop;
 
@@ -103,17 +103,17 @@ impl SyncGroup {
         Ok(())
     }
 
-    /// Applies a command to one member.
+    /// Applies an input to one member.
     ///
     /// # Errors
     /// [`CommandError::NoMember`], or the member's error.
-    pub fn handle_command(
+    pub fn handle_input(
         &mut self,
         now: Instant,
         member: usize,
-        command: Command,
+        input: Input,
     ) -> Result<(), CommandError> {
-        let r = self.member_mut(member)?.handle_command(now, command);
+        let r = self.member_mut(member)?.handle_input(now, input);
         self.settle(now);
         r
     }

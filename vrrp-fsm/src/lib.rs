@@ -82,7 +82,7 @@ pub use config::{
 pub use event::{Event, Gratuitous, Reason, State};
 pub use group::SyncGroup;
 pub use router::{
-    Command, CommandError, EVENT_QUEUE, LinkState, RecvError, Release, TRANSMIT_QUEUE, TrackState,
+    CommandError, EVENT_QUEUE, Input, LinkState, RecvError, Release, TRANSMIT_QUEUE, TrackState,
     Transmit, VirtualRouter,
 };
 pub use stats::{ConfigDrop, Stats};

@@ -86,10 +86,10 @@ impl Release {
 
 /// An operator or driver input, as one value: what the simulator schedules
 /// and the fuzz target generates. Each maps to one method of
-/// [`VirtualRouter`].
+/// [`VirtualRouter`]; [`VirtualRouter::handle_input`] applies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Command {
+pub enum Input {
     /// [`VirtualRouter::handle_startup`].
     Startup,
     /// [`VirtualRouter::handle_shutdown`].
@@ -112,7 +112,10 @@ pub enum Command {
     Release(Release),
 }
 
-/// A command that does not apply in the router's state.
+/// A command that does not apply in the router's state, or names a tracked
+/// object or sync-group member that does not exist: the error of the
+/// operator methods ([`VirtualRouter::set_priority`], the swap primitives,
+/// …) and so of [`VirtualRouter::handle_input`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CommandError {
@@ -692,22 +695,22 @@ impl VirtualRouter {
         Ok(())
     }
 
-    /// Applies a [`Command`].
+    /// Applies an [`Input`].
     ///
     /// # Errors
-    /// As the method the command maps to.
-    pub fn handle_command(&mut self, now: Instant, command: Command) -> Result<(), CommandError> {
-        match command {
-            Command::Startup => self.handle_startup(now),
-            Command::Shutdown => self.handle_shutdown(now),
-            Command::Link(l) => self.handle_link(now, l),
-            Command::SetPriority(p) => self.set_priority(now, p)?,
-            Command::Track(id, s) => self.set_track(now, id, s)?,
-            Command::SetBackupMode(m) => self.set_backup_mode(now, m),
-            Command::Arm => self.arm_takeover(now)?,
-            Command::Disarm => self.disarm(now),
-            Command::Takeover => self.takeover(now)?,
-            Command::Release(r) => self.release(now, r)?,
+    /// As the method the input maps to.
+    pub fn handle_input(&mut self, now: Instant, input: Input) -> Result<(), CommandError> {
+        match input {
+            Input::Startup => self.handle_startup(now),
+            Input::Shutdown => self.handle_shutdown(now),
+            Input::Link(l) => self.handle_link(now, l),
+            Input::SetPriority(p) => self.set_priority(now, p)?,
+            Input::Track(id, s) => self.set_track(now, id, s)?,
+            Input::SetBackupMode(m) => self.set_backup_mode(now, m),
+            Input::Arm => self.arm_takeover(now)?,
+            Input::Disarm => self.disarm(now),
+            Input::Takeover => self.takeover(now)?,
+            Input::Release(r) => self.release(now, r)?,
         }
         Ok(())
     }

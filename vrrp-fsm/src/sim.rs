@@ -58,7 +58,7 @@ use vrrp_proto::{RecvMeta, TTL};
 
 use crate::event::Event;
 use crate::group::SyncGroup;
-use crate::router::{Command, CommandError, Release, Transmit, VirtualRouter};
+use crate::router::{CommandError, Input, Release, Transmit, VirtualRouter};
 
 /// An engine the simulator can drive: the house engine shape, with inputs
 /// reduced to packets, commands and timeouts.
@@ -88,12 +88,12 @@ pub trait Engine {
 }
 
 impl Engine for VirtualRouter {
-    type Command = Command;
+    type Command = Input;
     type Error = CommandError;
     type Event = Event;
 
-    fn handle_command(&mut self, now: Instant, command: Command) -> Result<(), CommandError> {
-        VirtualRouter::handle_command(self, now, command)
+    fn handle_command(&mut self, now: Instant, command: Input) -> Result<(), CommandError> {
+        VirtualRouter::handle_input(self, now, command)
     }
     fn handle_packet(&mut self, now: Instant, packet: &[u8], meta: RecvMeta) {
         // Drops are counted in the router's stats.
@@ -118,9 +118,9 @@ impl Engine for VirtualRouter {
 pub enum GroupCommand {
     /// To the whole group (startup, shutdown, takeover and release act on
     /// the group; other commands go to every member).
-    All(Command),
+    All(Input),
     /// To one member.
-    Member(usize, Command),
+    Member(usize, Input),
 }
 
 impl Engine for SyncGroup {
@@ -130,16 +130,16 @@ impl Engine for SyncGroup {
 
     fn handle_command(&mut self, now: Instant, command: GroupCommand) -> Result<(), CommandError> {
         match command {
-            GroupCommand::All(Command::Startup) => self.handle_startup(now),
-            GroupCommand::All(Command::Shutdown) => self.handle_shutdown(now),
-            GroupCommand::All(Command::Takeover) => self.takeover(now),
-            GroupCommand::All(Command::Release(r)) => self.release(now, r),
+            GroupCommand::All(Input::Startup) => self.handle_startup(now),
+            GroupCommand::All(Input::Shutdown) => self.handle_shutdown(now),
+            GroupCommand::All(Input::Takeover) => self.takeover(now),
+            GroupCommand::All(Input::Release(r)) => self.release(now, r),
             GroupCommand::All(c) => {
                 for i in 0..self.members().len() {
-                    let _ = SyncGroup::handle_command(self, now, i, c);
+                    let _ = SyncGroup::handle_input(self, now, i, c);
                 }
             }
-            GroupCommand::Member(i, c) => SyncGroup::handle_command(self, now, i, c)?,
+            GroupCommand::Member(i, c) => SyncGroup::handle_input(self, now, i, c)?,
         }
         Ok(())
     }
@@ -701,6 +701,6 @@ fn fmt_ms(d: Duration) -> String {
 /// A convenience for scenarios: a [`Release`] that also lowers the
 /// priority (the durable swap).
 #[must_use]
-pub fn swap_release(priority: vrrp_proto::Priority) -> Command {
-    Command::Release(Release::new().priority(priority))
+pub fn swap_release(priority: vrrp_proto::Priority) -> Input {
+    Input::Release(Release::new().priority(priority))
 }

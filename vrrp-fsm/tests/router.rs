@@ -4,8 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use vrrp_fsm::{
-    AcceptMode, BackupMode, Command, CommandError, Config, ConfigBuilder, ConfigDrop, ConfigError,
-    Event, Gratuitous, GratuitousConfig, LinkState, Preempt, Reason, RecvError, Release, State,
+    AcceptMode, BackupMode, CommandError, Config, ConfigBuilder, ConfigDrop, ConfigError, Event,
+    Gratuitous, GratuitousConfig, Input, LinkState, Preempt, Reason, RecvError, Release, State,
     SyncGroup, TrackId, TrackState, VirtualRouter,
 };
 use vrrp_proto::{
@@ -632,21 +632,21 @@ fn link_down_and_up() {
 }
 
 #[test]
-fn commands_map_to_methods() {
+fn inputs_map_to_methods() {
     let (mut r, t0) = started(base(100));
     assert_eq!(
-        r.handle_command(t0, Command::Release(Release::new())),
+        r.handle_input(t0, Input::Release(Release::new())),
         Err(CommandError::NotMaster {
             state: State::Backup
         })
     );
-    r.handle_command(t0, Command::Arm).unwrap();
-    r.handle_command(t0, Command::Disarm).unwrap();
+    r.handle_input(t0, Input::Arm).unwrap();
+    r.handle_input(t0, Input::Disarm).unwrap();
     assert!(!r.is_armed());
-    r.handle_command(t0, Command::Takeover).unwrap();
+    r.handle_input(t0, Input::Takeover).unwrap();
     assert_state(&r, State::Master);
     assert_eq!(
-        r.handle_command(t0, Command::Arm),
+        r.handle_input(t0, Input::Arm),
         Err(CommandError::NotBackup {
             state: State::Master
         })
@@ -863,6 +863,6 @@ fn sync_group_passive_member_follows_only_takeover() {
         p
     }]);
     g.handle_startup(t0);
-    g.handle_command(t0, 0, Command::Takeover).unwrap();
+    g.handle_input(t0, 0, Input::Takeover).unwrap();
     assert!(g.members().iter().all(|m| m.state() == State::Master));
 }

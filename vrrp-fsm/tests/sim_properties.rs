@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use vrrp_fsm::sim::{LinkConfig, Sim, What};
 use vrrp_fsm::{
-    BackupMode, Command, Config, Event, GratuitousConfig, Reason, State, VirtualRouter, timer,
+    BackupMode, Config, Event, GratuitousConfig, Input, Reason, State, VirtualRouter, timer,
 };
 use vrrp_proto::{Interval, Priority, Version, Vrid};
 
@@ -306,7 +306,7 @@ fn check_passive(n: &Net, crashes: &[(u64, u64)]) -> Result<(), TestCaseError> {
     sim.crash_at(crash, 0);
     let landed = crash + Duration::from_micros(n.delay_us + n.jitter_us);
     let takeover = landed + Duration::from_micros(1);
-    sim.command_at(takeover, 1, Command::Takeover);
+    sim.command_at(takeover, 1, Input::Takeover);
     sim.run_until(takeover + n.max_mdi());
     prop_assert_eq!(masters(&sim, 2), vec![1]);
     Ok(())

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use vrrp_fsm::sim::{GroupCommand, LinkConfig, Sim, What, swap_release};
 use vrrp_fsm::{
-    BackupMode, Command, Config, ConfigBuilder, Event, LinkState, Reason, State, SyncGroup,
+    BackupMode, Config, ConfigBuilder, Event, Input, LinkState, Reason, State, SyncGroup,
     VirtualRouter,
 };
 use vrrp_proto::{Interval, Priority, Version, Vrid};
@@ -147,7 +147,7 @@ fn master_shuts_down_gracefully() {
     let mut sim = sim_of(vec![(1, rfc(1, 200)), (2, rfc(2, 100))]);
     sim.boot_at(s(0), 0);
     sim.boot_at(s(1), 1);
-    sim.command_at(Duration::from_millis(20_500), 0, Command::Shutdown);
+    sim.command_at(Duration::from_millis(20_500), 0, Input::Shutdown);
     sim.run_until(s(30));
     states(&sim, &[Some(State::Initialize), M]);
     // Priority 0 heard at 20.501 s: Skew_Time (0.609375 s) later.
@@ -186,7 +186,7 @@ fn priority_change() {
     let mut sim = sim_of(vec![(1, rfc(1, 200)), (2, rfc(2, 100))]);
     sim.boot_at(s(0), 0);
     sim.boot_at(s(1), 1);
-    sim.command_at(s(10), 0, Command::SetPriority(Priority(50)));
+    sim.command_at(s(10), 0, Input::SetPriority(Priority(50)));
     sim.run_until(s(30));
     states(&sim, &[B, M]);
     assert_eq!(masters(&sim).last().map(|x| x.2), Some(Reason::Preempt));
@@ -218,7 +218,7 @@ fn passive_backup_with_dead_master() {
     sim.crash_at(s(10), 0);
     sim.run_until(s(120));
     states(&sim, &[None, B]);
-    sim.command_at(s(121), 1, Command::Takeover);
+    sim.command_at(s(121), 1, Input::Takeover);
     sim.run_until(s(125));
     states(&sim, &[None, M]);
     assert_eq!(masters(&sim).last().map(|x| x.2), Some(Reason::Takeover));
@@ -233,7 +233,7 @@ fn takeover_release_swap() {
     let mut sim = sim_of(vec![(1, slow(rfc(1, 200))), (2, slow(rfc(2, 100)))]);
     sim.boot_at(s(0), 0);
     sim.boot_at(s(1), 1);
-    sim.command_at(s(60), 1, Command::Arm);
+    sim.command_at(s(60), 1, Input::Arm);
     sim.command_at(Duration::from_millis(60_500), 0, swap_release(Priority(50)));
     sim.run_until(s(200));
     states(&sim, &[B, M]);
@@ -250,8 +250,8 @@ fn release_without_priority_change_comes_back() {
     let mut sim = sim_of(vec![(1, rfc(1, 200)), (2, rfc(2, 100))]);
     sim.boot_at(s(0), 0);
     sim.boot_at(s(1), 1);
-    sim.command_at(s(10), 1, Command::Arm);
-    sim.command_at(s(11), 0, Command::Release(vrrp_fsm::Release::new()));
+    sim.command_at(s(10), 1, Input::Arm);
+    sim.command_at(s(11), 0, Input::Release(vrrp_fsm::Release::new()));
     sim.run_until(s(12));
     states(&sim, &[B, M]);
     sim.run_until(s(30));
@@ -268,7 +268,7 @@ fn unarmed_takeover_bounces_back() {
     let mut sim = sim_of(vec![(1, rfc(1, 200)), (2, rfc(2, 100))]);
     sim.boot_at(s(0), 0);
     sim.boot_at(s(1), 1);
-    sim.command_at(s(10), 1, Command::Takeover);
+    sim.command_at(s(10), 1, Input::Takeover);
     sim.run_until(s(20));
     states(&sim, &[M, B]);
 }
@@ -303,7 +303,7 @@ fn sync_group_with_one_link_down() {
     sim.command_at(
         s(20),
         0,
-        GroupCommand::Member(1, Command::Link(LinkState::Down)),
+        GroupCommand::Member(1, Input::Link(LinkState::Down)),
     );
     sim.run_until(s(30));
     let st = |sim: &Sim<SyncGroup>, n: usize| -> Vec<State> {
@@ -320,7 +320,7 @@ fn sync_group_with_one_link_down() {
     sim.command_at(
         s(40),
         0,
-        GroupCommand::Member(1, Command::Link(LinkState::Up)),
+        GroupCommand::Member(1, Input::Link(LinkState::Up)),
     );
     sim.run_until(s(60));
     assert_eq!(st(&sim, 0), vec![State::Master; 3]);
