@@ -7,12 +7,8 @@ use thiserror::Error;
 
 use crate::epoch::Epoch;
 use crate::plan::FailurePolicy;
-use crate::types::{Identity, ServiceId};
+use crate::types::{Identity, MAX_DURATION, ServiceId};
 use crate::wire::{MAX_LICENCES, MAX_STRING_LEN};
-
-/// Longest duration accepted anywhere (a step timeout, a pacing interval,
-/// a mode expiry): 30 days. Deadlines beyond it would only overflow.
-pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// One application the Master runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,20 +6,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, CommandId, CommandOutcome, Issued};
-use crate::config::{Config, MAX_DURATION};
+use crate::config::Config;
 use crate::epoch::Epoch;
 use crate::journal::{JournalEntry, JournalRecord, PersistentState, ProcedureJournal, StepMark};
 use crate::phones::{PhoneOutcome, Rehoming, min_opt};
-use crate::plan::{
-    self, FailurePolicy, PeerCondition, Plan, PlanKind, PlanPreview, Step, StepAction,
-};
+use crate::plan::{FailurePolicy, PeerCondition, Plan, PlanKind, PlanPreview, Step, StepAction};
 use crate::procedure::{OperatorRequest, ParityField, PreflightError, Procedure, ProcedureOutcome};
+use crate::role_plans;
 use crate::status::{
     Finding, Milestone, PeerView, ProcedureView, Status, SyncView, Timeline, TimelineEntry,
 };
 use crate::types::{
-    BackupMode, Identity, PhoneId, Redundancy, Role, RoleChange, RoleChangeReason, ServiceId,
-    SyncStatus, ms,
+    BackupMode, Identity, MAX_DURATION, PhoneId, Redundancy, Role, RoleChange, RoleChangeReason,
+    ServiceId, SyncStatus, ms,
 };
 use crate::wire::{
     self, DecodeError, PeerBody, PeerMessage, PeerRequest, PeerStatusReport, ReplyOutcome,
@@ -410,7 +409,7 @@ impl Orchestrator {
             if !self.relinquishing {
                 // RFC 9568 §6.4.3 / DESIGN.md §5: the address goes at once,
                 // before services stop, so that two nodes never hold it.
-                let p = plan::lost_role(&self.config);
+                let p = role_plans::lost_role(&self.config);
                 self.start_plan(now, p, None, None);
             }
             self.relinquishing = false;
@@ -821,7 +820,7 @@ impl Orchestrator {
     /// Dry run of the takeover plan with its expected timeline.
     #[must_use]
     pub fn preview_takeover(&self) -> PlanPreview {
-        plan::takeover(&self.config, PlanKind::Takeover).preview()
+        role_plans::takeover(&self.config, PlanKind::Takeover).preview()
     }
 
     /// Dry run of an operator request: preflight, then the expected
@@ -904,7 +903,7 @@ impl Orchestrator {
             // Split brain healed: the peer holds a newer term. Leave at once.
             self.push_event(Event::Superseded { by: epoch });
             self.abort_role_plans(now, true);
-            let mut p = plan::lost_role(&self.config);
+            let mut p = role_plans::lost_role(&self.config);
             p.push(
                 Step::new(StepAction::Run(Command::StepDown))
                     .timeout(self.config.timeouts.command)
@@ -964,7 +963,7 @@ impl Orchestrator {
         reason: Option<RoleChangeReason>,
         epoch: Epoch,
     ) {
-        let p = plan::takeover(&self.config, kind);
+        let p = role_plans::takeover(&self.config, kind);
         self.timeline = Some(Timeline {
             kind,
             reason,
@@ -1847,7 +1846,7 @@ impl Orchestrator {
             FailurePolicy::AbortAndRollBack => self.abort_plan(now, plan, true),
             FailurePolicy::StepDown => {
                 self.abort_plan(now, plan, false);
-                let mut p = plan::lost_role(&self.config);
+                let mut p = role_plans::lost_role(&self.config);
                 p.push(
                     Step::new(StepAction::Run(Command::StepDown))
                         .timeout(self.config.timeouts.command)

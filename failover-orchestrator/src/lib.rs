@@ -77,6 +77,7 @@ mod journal;
 mod phones;
 mod plan;
 mod procedure;
+mod role_plans;
 mod status;
 mod types;
 pub mod wire;
@@ -86,8 +87,8 @@ pub mod fuzzing;
 
 pub use command::{Command, CommandId, CommandOutcome, Issued};
 pub use config::{
-    Config, ConfigBuilder, ConfigError, Field, MAX_DURATION, PersonReason, PhoneMethod, PhoneSpec,
-    RehomeConfig, ServiceSpec, Timeouts,
+    Config, ConfigBuilder, ConfigError, Field, PersonReason, PhoneMethod, PhoneSpec, RehomeConfig,
+    ServiceSpec, Timeouts,
 };
 pub use engine::{Event, Orchestrator, PlanId, PlanOutcome, Stats};
 pub use epoch::Epoch;
@@ -102,7 +103,7 @@ pub use status::{
     Finding, Milestone, PeerView, ProcedureView, Status, SyncView, Timeline, TimelineEntry,
 };
 pub use types::{
-    BackupMode, Identity, PhoneId, ProtocolVersion, Redundancy, Role, RoleChange, RoleChangeReason,
-    ServiceId, SyncStatus,
+    BackupMode, Identity, MAX_DURATION, PhoneId, ProtocolVersion, Redundancy, Role, RoleChange,
+    RoleChangeReason, ServiceId, SyncStatus,
 };
 pub use wire::{DecodeError, PeerBody, PeerMessage, PeerRequest, PeerStatusReport, ReplyOutcome};

@@ -8,7 +8,8 @@ use thiserror::Error;
 
 use crate::command::Command;
 use crate::config::Config;
-use crate::plan::{self, FailurePolicy, PeerCondition, Plan, PlanKind, Step, StepAction};
+use crate::plan::{FailurePolicy, PeerCondition, Plan, PlanKind, Step, StepAction};
+use crate::role_plans;
 use crate::types::{BackupMode, ProtocolVersion, Redundancy, Role, ServiceId};
 use crate::wire::PeerRequest;
 
@@ -136,7 +137,7 @@ impl Procedure {
                 );
             }
             Procedure::Swap { peer_mode } => {
-                let last = plan::swap_handover(config, &mut p, None);
+                let last = role_plans::swap_handover(config, &mut p, None);
                 finish_as_backup(config, &mut p, last, None, *peer_mode);
             }
             Procedure::RollingUpgrade {
@@ -173,7 +174,7 @@ impl Procedure {
                     .timeout(t.upgrade)
                     .expected(Duration::from_secs(120)),
                 );
-                let last = plan::swap_handover(config, &mut p, Some(back));
+                let last = role_plans::swap_handover(config, &mut p, Some(back));
                 let upgrade_self = Upgrade {
                     firmware: firmware.clone(),
                     language_pack: language_pack.clone(),
@@ -181,7 +182,7 @@ impl Procedure {
                 finish_as_backup(config, &mut p, last, Some(upgrade_self), BackupMode::Active);
             }
             Procedure::HandBack => {
-                p = plan::hand_back(config);
+                p = role_plans::hand_back(config);
                 p.kind = PlanKind::Procedure;
                 let last = u16::try_from(p.steps.len().saturating_sub(1)).unwrap_or(0);
                 p.push(

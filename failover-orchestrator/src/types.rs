@@ -182,6 +182,10 @@ pub struct ServiceId(pub u16);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PhoneId(pub u32);
 
+/// Longest duration accepted anywhere (a step timeout, a pacing interval,
+/// a mode expiry): 30 days. Deadlines beyond it would only overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Milliseconds of a duration, saturating (for serializable records).
 pub(crate) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
