@@ -1,0 +1,144 @@
+//! What the engine reports: its [`Event`]s and its counters.
+
+use serde::{Deserialize, Serialize};
+
+use super::{PlanId, PlanOutcome};
+use crate::config::PersonReason;
+use crate::epoch::Epoch;
+use crate::plan::{FailurePolicy, PlanKind};
+use crate::procedure::{Procedure, ProcedureOutcome};
+use crate::status::{Finding, TimelineEntry};
+use crate::types::{BackupMode, PhoneId, RoleChange};
+
+/// Something for the log or the UI.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// The election changed this node's role.
+    RoleChanged(RoleChange),
+    /// This node took a Master term.
+    TermTaken(Epoch),
+    /// A newer epoch was learnt from the peer.
+    EpochAdopted(Epoch),
+    /// This node was Master under an older epoch than the peer's: it steps
+    /// down (a healed split brain).
+    Superseded {
+        /// The peer's newer epoch.
+        by: Epoch,
+    },
+    /// A peer message from an older epoch was refused.
+    StaleRefused {
+        /// Its epoch.
+        epoch: Epoch,
+        /// Ours.
+        newest: Epoch,
+    },
+    /// The peer's heartbeats arrive.
+    PeerUp,
+    /// The peer's heartbeats stopped.
+    PeerDown,
+    /// The parity findings changed.
+    FindingsChanged(Vec<Finding>),
+    /// A plan started.
+    PlanStarted {
+        /// Plan id.
+        plan: PlanId,
+        /// What for.
+        kind: PlanKind,
+    },
+    /// A step started (attempt 0 is the first).
+    StepStarted {
+        /// Plan id.
+        plan: PlanId,
+        /// Step index.
+        step: u16,
+        /// Attempt.
+        attempt: u8,
+    },
+    /// A step finished.
+    StepDone {
+        /// Plan id.
+        plan: PlanId,
+        /// Step index.
+        step: u16,
+    },
+    /// A step failed after its retries.
+    StepFailed {
+        /// Plan id.
+        plan: PlanId,
+        /// Step index.
+        step: u16,
+        /// The policy applied.
+        policy: FailurePolicy,
+    },
+    /// A plan ended.
+    PlanFinished {
+        /// Plan id.
+        plan: PlanId,
+        /// What for.
+        kind: PlanKind,
+        /// How.
+        outcome: PlanOutcome,
+    },
+    /// A procedure started or resumed.
+    ProcedureStarted {
+        /// Procedure id.
+        id: u64,
+        /// What it does.
+        procedure: Procedure,
+    },
+    /// A procedure ended.
+    ProcedureFinished {
+        /// Procedure id.
+        id: u64,
+        /// How.
+        outcome: ProcedureOutcome,
+    },
+    /// A takeover milestone.
+    Milestone(TimelineEntry),
+    /// A phone must be moved by a person.
+    PhoneNeedsPerson {
+        /// The phone.
+        phone: PhoneId,
+        /// Why.
+        reason: PersonReason,
+    },
+    /// Backup mode changed.
+    ModeChanged(BackupMode),
+    /// A peer request was refused.
+    RequestRefused {
+        /// Request id.
+        id: u32,
+    },
+}
+
+/// Counters, for a daemon's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Commands issued.
+    pub commands_issued: u64,
+    /// Results for unknown or already-finished commands.
+    pub unknown_results: u64,
+    /// Peer messages that did not decode.
+    pub decode_errors: u64,
+    /// Peer messages refused for an older epoch.
+    pub stale_epoch: u64,
+    /// Peer messages ignored (redundancy disabled, incompatible protocol).
+    pub peer_ignored: u64,
+    /// Step attempts that timed out.
+    pub step_timeouts: u64,
+    /// Step attempts retried.
+    pub step_retries: u64,
+    /// Steps failed after their retries.
+    pub steps_failed: u64,
+    /// Peer up/down transitions.
+    pub peer_flaps: u64,
+    /// Peer requests refused.
+    pub requests_refused: u64,
+    /// Replies that matched no request.
+    pub unknown_replies: u64,
+    /// Events dropped because the queue was full.
+    pub events_dropped: u64,
+    /// Registrations of unknown phones or outside a re-homing.
+    pub unknown_registrations: u64,
+}
