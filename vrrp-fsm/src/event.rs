@@ -22,8 +22,12 @@ impl State {
 }
 
 /// Why a state changed.
+///
+/// Exhaustive on purpose: a new reason is a breaking change, so that every
+/// consumer that maps reasons (the pair engine in `failover-orchestrator`)
+/// has to decide what the new one means instead of falling into a
+/// catch-all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
 pub enum Reason {
     /// Startup (RFC 9568 §6.4.1), or the link came back up: to Backup.
     Startup = 0,
