@@ -386,4 +386,10 @@ pub enum PreflightError {
     /// The Backup is already in that state.
     #[error("nothing to do")]
     NothingToDo,
+    /// Redundancy off here would leave the address on both units: the
+    /// peer is an up Master, or an Active Backup that would take over once
+    /// this unit stops advertising. Stop the peer, or set it Passive,
+    /// first.
+    #[error("the peer ({0}) would serve too; stop it or set it Passive first")]
+    PeerWouldServeToo(Role),
 }

@@ -172,6 +172,15 @@ impl Orchestrator {
         self.role_changed(now, change);
     }
 
+    /// The election heard a Master while this node was Backup. Becoming
+    /// Master afterwards is a takeover (phones are re-homed), not a cold
+    /// start, whether or not the peer link was ever up: the rule is "this
+    /// node had heard a Master before", from the election or from the
+    /// peer's status.
+    pub fn handle_master_heard(&mut self, _now: Instant) {
+        self.link.master_heard();
+    }
+
     /// Encoded peer message from the peer link.
     ///
     /// # Errors

@@ -119,6 +119,21 @@ impl Orchestrator {
                 if *r == self.state.redundancy {
                     return Err(PreflightError::NothingToDo);
                 }
+                if *r == Redundancy::Disabled && self.link.up() {
+                    // A standalone unit serves as Master. Beside an up
+                    // Master, or beside an Active Backup that would take
+                    // over once this unit stops advertising, the address
+                    // would be on both.
+                    match self.link.report() {
+                        Some(s) if s.role == Role::Master => {
+                            return Err(PreflightError::PeerWouldServeToo(Role::Master));
+                        }
+                        Some(s) if s.role == Role::Backup && s.mode == BackupMode::Active => {
+                            return Err(PreflightError::PeerWouldServeToo(Role::Backup));
+                        }
+                        _ => {}
+                    }
+                }
                 Ok(Procedure::SetRedundancy(*r))
             }
             OperatorRequest::Swap => {

@@ -88,6 +88,11 @@ impl PeerLink {
         self.seen_master
     }
 
+    /// The election heard a Master (see `Orchestrator::handle_master_heard`).
+    pub(super) fn master_heard(&mut self) {
+        self.seen_master = true;
+    }
+
     /// The peer is up and reports Master.
     pub(super) fn is_master(&self) -> bool {
         self.up && self.last.is_some_and(|s| s.role == Role::Master)

@@ -13,7 +13,7 @@ use crate::epoch::Epoch;
 use crate::journal::JournalEntry;
 use crate::plan::{FailurePolicy, Plan, PlanKind, Step, StepAction};
 use crate::role_plans;
-use crate::types::{Redundancy, Role, RoleChange, RoleChangeReason};
+use crate::types::{BackupMode, Redundancy, Role, RoleChange, RoleChangeReason};
 
 impl Orchestrator {
     /// A role change from the election.
@@ -61,6 +61,16 @@ impl Orchestrator {
         let epoch = self.state.highest_epoch.next_term(self.config.node);
         self.state.highest_epoch = epoch;
         self.relinquishing = false;
+        if self.state.backup_mode == BackupMode::Passive {
+            // A Master has no backup mode; the Passive one it had as Backup
+            // must not outlive the term. Kept, a Master that restarts would
+            // come back Passive beside a Passive peer, and neither would
+            // ever take the role again. A swap sets the mode the old Master
+            // returns in explicitly.
+            self.state.backup_mode = BackupMode::Active;
+            self.state.mode_expires_unix_s = None;
+            self.push_event(Event::ModeChanged(BackupMode::Active));
+        }
         self.record(now, JournalEntry::TermTaken(epoch));
         self.push_event(Event::TermTaken(epoch));
         self.abort_role_plans(now, true);
