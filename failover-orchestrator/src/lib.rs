@@ -85,6 +85,9 @@ pub mod wire;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 
+#[cfg(all(feature = "vrrp", feature = "sync"))]
+pub mod pair;
+
 pub use command::{Command, CommandId, CommandOutcome, Issued};
 pub use config::{
     Config, ConfigBuilder, ConfigError, Field, PersonReason, PhoneMethod, PhoneSpec, RehomeConfig,

@@ -1,0 +1,1005 @@
+//! The pair engine: one node of a redundant pair as one Sans-IO engine
+//! (features `vrrp` and `sync`).
+//!
+//! [`Pair`] composes the node's election (a `vrrp-fsm` `VirtualRouter`),
+//! the [`Orchestrator`], the control of the peer link (who dials, redial
+//! backoff, the handshake deadline, which connection is the link) and the
+//! control of replication (which `sync-delta` session runs, when a round
+//! must run now, when the round in progress is settled). Every policy that
+//! ties those together is here, so that a driver only moves bytes, runs
+//! commands and does file work:
+//!
+//! - the election's state changes become the orchestrator's role changes
+//!   ([`convert`], the one exhaustive mapping);
+//! - the orchestrator's election commands (arm, release, step down, backup
+//!   mode) and sync commands (sync now, settle) are carried out here; the
+//!   rest (address, services, phones, hooks) go to the driver;
+//! - Master serves its tree, an Active Backup pulls every interval, a
+//!   Passive Backup pulls only when asked (every swap first runs a round
+//!   into the Backup, whatever its mode);
+//! - the address is announced by one owner: the takeover plan's announce
+//!   step, after the address is claimed, and the election's repeats while
+//!   it is held ([`Output::Announce`]);
+//! - a takeover re-homes phones whenever this node had heard a Master
+//!   before (on the VRRP link or from the peer), peer link or not;
+//! - with redundancy off the node sends no VRRP and keeps no peer link: a
+//!   standalone Master. Switching it back on starts the election as Master,
+//!   like a healed partition: the higher priority keeps the role.
+//!
+//! # Driver contract
+//!
+//! 1. Build with [`Pair::new`] from the persisted [`PersistentState`]
+//!    ([`PersistentState::default`] on first boot), the monotonic `now` and
+//!    the wall clock.
+//! 2. Feed inputs with `now`: VRRP packets ([`Pair::handle_vrrp_message`] /
+//!    [`Pair::handle_vrrp_datagram`]), the peer link's connections and
+//!    bytes ([`Pair::handle_dialed`], [`Pair::handle_accepted`],
+//!    [`Pair::handle_link_bytes`], [`Pair::handle_link_closed`]), command
+//!    results, phone registrations, operator requests, the [`SyncWorker`]'s
+//!    messages and reports, and the wall clock from time to time.
+//! 3. After every input, drain [`Pair::poll_output`] until it returns
+//!    [`Output::Wait`], doing each output in order. The order is the
+//!    contract: a [`Output::Persist`] record must be durable before any
+//!    output after it is carried out (crash safety).
+//! 4. Call [`Pair::handle_timeout`] at the instant [`Output::Wait`] gave
+//!    (earlier is harmless).
+//!
+//! ```
+//! use std::time::{Duration, Instant, SystemTime};
+//! use failover_orchestrator::pair::{LinkConfig, Output, Pair, PairConfig};
+//! use failover_orchestrator::{Config, Identity, PersistentState, ProtocolVersion};
+//! use sync_delta::frame::PreSharedKey;
+//! use vrrp_proto::{Priority, Version, Vrid};
+//!
+//! let identity = Identity {
+//!     node_id: "pbx-a".into(),
+//!     firmware: "5.1.30".into(),
+//!     language_pack: "en".into(),
+//!     licences: vec![],
+//!     protocol: ProtocolVersion::CURRENT,
+//! };
+//! let primary = std::net::Ipv4Addr::new(127, 0, 0, 1).into();
+//! let vrrp = vrrp_fsm::Config::builder(Version::V3, Vrid::new(1).unwrap(), primary)
+//!     .priority(Priority(200))
+//!     .address(std::net::Ipv4Addr::new(127, 0, 0, 100))
+//!     .build()
+//!     .unwrap();
+//! let config = PairConfig {
+//!     vrrp,
+//!     orchestrator: Config::builder(identity).build().unwrap(),
+//!     link: LinkConfig::new(PreSharedKey::from_secret(b"secret"), true),
+//!     vrrp_datagrams: false,
+//! };
+//! let now = Instant::now();
+//! let mut pair = Pair::new(config, PersistentState::default(), now, SystemTime::now());
+//! loop {
+//!     match pair.poll_output() {
+//!         Output::Wait(deadline) => {
+//!             // Sleep until `deadline` or the next socket event.
+//!             assert!(deadline.is_some());
+//!             break;
+//!         }
+//!         Output::Persist(record) => { /* write it durably */ }
+//!         Output::Vrrp(packet) => { /* send packet.bytes to packet.dst */ }
+//!         other => { /* dial, send, run the command, order the sync worker, log */ }
+//!     }
+//! }
+//! ```
+
+pub mod convert;
+mod link;
+mod sync;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Instant, SystemTime};
+
+use sync_delta::frame::{CHANNEL_PEER, CHANNEL_SYNC, Nonce};
+
+/// The peer-link channel of the pair engine's beacon: one byte, the role
+/// the sender serves in (0 Initialize, 1 Backup, 2 Master), sent every
+/// advertisement interval and at every role change.
+pub const CHANNEL_BEACON: u8 = 2;
+use sync_delta::wire::Message;
+use vrrp_fsm::VirtualRouter;
+use vrrp_proto::RecvMeta;
+
+pub use link::{CloseReason, ConnId, LinkConfig, LinkStats};
+pub use sync::{
+    GenerationStatus, RoundSummary, SyncConfig, SyncOrder, SyncReport, SyncRole, SyncWorker,
+};
+
+use crate::command::{Command, CommandId, CommandOutcome, Issued};
+use crate::engine::{Event, Orchestrator};
+use crate::journal::{JournalRecord, PersistentState};
+use crate::procedure::{OperatorRequest, PreflightError};
+use crate::types::{PhoneId, Redundancy, Role, SyncStatus};
+use link::{LinkControl, LinkOut};
+
+/// Everything a node of the pair is configured with.
+#[derive(Debug, Clone)]
+pub struct PairConfig {
+    /// The election (priority and backup mode are overridden by the
+    /// persisted state).
+    pub vrrp: vrrp_fsm::Config,
+    /// Services, phones, timeouts.
+    pub orchestrator: crate::Config,
+    /// The peer link.
+    pub link: LinkConfig,
+    /// Send VRRP as whole IP datagrams (raw IPv4 sockets) instead of bare
+    /// messages (UDP, raw IPv6).
+    pub vrrp_datagrams: bool,
+}
+
+/// A VRRP message to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VrrpPacket {
+    /// The address to send from.
+    pub src: IpAddr,
+    /// The VRRP group or a unicast peer.
+    pub dst: IpAddr,
+    /// The message (or the whole datagram with
+    /// [`PairConfig::vrrp_datagrams`]).
+    pub bytes: Vec<u8>,
+}
+
+/// What happened, for logs and the UI.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum PairEvent {
+    /// The election's report (state changes, the Master heard, …).
+    Election(vrrp_fsm::Event),
+    /// The orchestrator's report (plans, steps, milestones, …).
+    Orchestrator(Event),
+    /// An authenticated peer link is up.
+    LinkUp,
+    /// It went down.
+    LinkDown,
+    /// The sync worker's report (rounds, refusals, failures).
+    Sync(SyncReport),
+    /// Redundancy was switched on or off.
+    Redundancy(Redundancy),
+}
+
+/// The driver's next step. [`Pair::poll_output`] returns them in the
+/// order they must be carried out, ending with [`Output::Wait`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// Persist this record durably (replace the state, append the entry)
+    /// before carrying out anything after it.
+    Persist(JournalRecord),
+    /// Send this VRRP message.
+    Vrrp(VrrpPacket),
+    /// Announce the virtual addresses now (gratuitous ARP / unsolicited
+    /// NA for each).
+    Announce,
+    /// Carry out this command and answer [`Pair::handle_command_result`]
+    /// with its id: the address, services, phones, node checks, restarts
+    /// and the vendor's hooks.
+    Command(Issued),
+    /// Open a connection to the peer; answer [`Pair::handle_dialed`] or
+    /// [`Pair::handle_dial_failed`].
+    Dial(ConnId),
+    /// Write these bytes on the connection.
+    Send {
+        /// Which connection.
+        conn: ConnId,
+        /// What to write.
+        bytes: Vec<u8>,
+    },
+    /// Close the connection.
+    Close {
+        /// Which connection.
+        conn: ConnId,
+        /// Why, for the log.
+        reason: CloseReason,
+    },
+    /// Give this order to the [`SyncWorker`].
+    Sync(SyncOrder),
+    /// For logs and the UI.
+    Event(PairEvent),
+    /// Nothing more to do until this instant (or the next input).
+    Wait(Option<Instant>),
+}
+
+/// Counters of the pair engine itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PairStats {
+    /// VRRP packets ignored because redundancy is off.
+    pub vrrp_ignored: u64,
+    /// Sync messages from the peer that did not decode.
+    pub sync_decode_errors: u64,
+    /// Orchestrator messages from the peer that did not decode.
+    pub peer_decode_errors: u64,
+    /// Frames on a channel this engine does not use.
+    pub unknown_channel: u64,
+    /// Election commands the router refused (answered as failed).
+    pub refused_by_router: u64,
+    /// Announcements of the election that came while the address was not
+    /// held (the takeover plan announces once it holds it).
+    pub announcements_deferred: u64,
+    /// Takeovers held back because the peer link showed the Master alive
+    /// (advertisements lost on the VRRP link).
+    pub takeovers_deferred: u64,
+    /// Beacons from the peer that did not decode.
+    pub bad_beacons: u64,
+}
+
+/// Where the answer of a command carried out by the sync worker goes.
+#[derive(Debug, Clone, Copy)]
+enum SyncWait {
+    Settle(CommandId),
+    RoundNow(CommandId),
+}
+
+/// One node of a redundant pair (see the module docs).
+#[derive(Debug)]
+pub struct Pair {
+    config: PairConfig,
+    router: Option<VirtualRouter>,
+    orch: Orchestrator,
+    link: LinkControl,
+    sync_role: SyncRole,
+    sync_waits: HashMap<u64, SyncWait>,
+    next_order: u64,
+    /// Commands whose result changes whether the address is held.
+    address_commands: HashMap<CommandId, bool>,
+    address_held: bool,
+    /// The election restarts as Master (redundancy re-enabled): its way
+    /// there is not reported to the orchestrator.
+    quiet_start: bool,
+    /// The peer's last beacon on the peer link: when, and the role it
+    /// serves in.
+    peer_beacon: Option<(Instant, Role)>,
+    /// When this node next sends its beacon.
+    next_beacon: Option<Instant>,
+    /// The election made this node Master while the peer link showed the
+    /// peer alive and serving as Master: not reported until that changes.
+    vetoed: bool,
+    out: VecDeque<Output>,
+    /// Results of commands carried out here, fed back in order.
+    results: VecDeque<(CommandId, CommandOutcome)>,
+    tx: Vec<u8>,
+    stats: PairStats,
+}
+
+impl Pair {
+    /// A node from its configuration and persisted state. With redundancy
+    /// off it starts as a standalone Master (no VRRP, no peer link).
+    #[must_use]
+    pub fn new(
+        config: PairConfig,
+        persisted: PersistentState,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Pair {
+        let redundancy = persisted.redundancy;
+        let epoch = persisted.highest_epoch;
+        let orch = Orchestrator::new(config.orchestrator.clone(), persisted, now, wall);
+        let link = LinkControl::new(config.link.clone(), epoch.into());
+        let tx = vec![0u8; 2048];
+        let mut pair = Pair {
+            config,
+            router: None,
+            orch,
+            link,
+            sync_role: SyncRole::Idle,
+            sync_waits: HashMap::new(),
+            next_order: 1,
+            address_commands: HashMap::new(),
+            address_held: false,
+            quiet_start: false,
+            peer_beacon: None,
+            next_beacon: None,
+            vetoed: false,
+            out: VecDeque::new(),
+            results: VecDeque::new(),
+            tx,
+            stats: PairStats::default(),
+        };
+        if redundancy == Redundancy::Enabled {
+            pair.start_election(now, false);
+        }
+        pair.pump(now);
+        pair
+    }
+
+    /// A new election engine with the persisted priority and mode.
+    fn start_election(&mut self, now: Instant, as_master: bool) {
+        let mut r = VirtualRouter::new(self.config.vrrp.clone(), now);
+        let state = self.orch.persistent_state();
+        if let Some(p) = state.priority {
+            // A persisted priority outside 1..=254 is ignored: the
+            // configured one stays.
+            let _ = r.set_priority(now, vrrp_proto::Priority(p));
+        }
+        r.set_backup_mode(now, state.backup_mode.into());
+        r.handle_startup(now);
+        if as_master && r.state() == vrrp_fsm::State::Backup {
+            // Re-enabled on a standalone Master: it keeps the role and the
+            // election decides like after a healed partition.
+            self.quiet_start = r.takeover(now).is_ok();
+        }
+        let size = r.max_transmit_len().max(64) + 64;
+        if self.tx.len() < size {
+            self.tx.resize(size, 0);
+        }
+        self.router = Some(r);
+        self.link.set_enabled(now, true);
+    }
+
+    // ----------------------------------------------------------------
+    // Inputs
+
+    /// The wall clock now (for journal and timeline times, and the age of
+    /// generations); give it from time to time.
+    pub fn handle_wall_clock(&mut self, now: Instant, wall: SystemTime) {
+        self.orch.handle_wall_clock(now, wall);
+        self.pump(now);
+    }
+
+    /// A bare VRRP message with its receive metadata (UDP, raw IPv6).
+    ///
+    /// # Errors
+    /// The election's [`vrrp_fsm::RecvError`] for a packet it drops
+    /// (counted in its stats). With redundancy off the packet is ignored.
+    pub fn handle_vrrp_message(
+        &mut self,
+        now: Instant,
+        message: &[u8],
+        meta: RecvMeta,
+    ) -> Result<(), vrrp_fsm::RecvError> {
+        let Some(r) = &mut self.router else {
+            self.stats.vrrp_ignored += 1;
+            return Ok(());
+        };
+        let res = r.handle_message(now, message, meta);
+        self.pump(now);
+        res
+    }
+
+    /// A whole VRRP datagram (raw IPv4 sockets, captures).
+    ///
+    /// # Errors
+    /// As [`Pair::handle_vrrp_message`].
+    pub fn handle_vrrp_datagram(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+    ) -> Result<(), vrrp_fsm::RecvError> {
+        let Some(r) = &mut self.router else {
+            self.stats.vrrp_ignored += 1;
+            return Ok(());
+        };
+        let res = r.handle_datagram(now, datagram);
+        self.pump(now);
+        res
+    }
+
+    /// The dial [`Output::Dial`] asked for connected; `nonce` is fresh
+    /// from the driver's CSPRNG.
+    pub fn handle_dialed(&mut self, now: Instant, conn: ConnId, nonce: Nonce) {
+        self.link.handle_dialed(now, conn, nonce);
+        self.pump(now);
+    }
+
+    /// The dial failed (refused, unreachable).
+    pub fn handle_dial_failed(&mut self, now: Instant, conn: ConnId) {
+        self.link.handle_dial_failed(now, conn);
+        self.pump(now);
+    }
+
+    /// A connection was accepted; `nonce` is fresh from the driver's
+    /// CSPRNG. Returns its id, or `None` when it must be closed at once
+    /// (redundancy off, too many handshakes waiting).
+    pub fn handle_accepted(&mut self, now: Instant, nonce: Nonce) -> Option<ConnId> {
+        let id = self.link.handle_accepted(now, nonce);
+        self.pump(now);
+        id
+    }
+
+    /// Bytes read from a connection.
+    pub fn handle_link_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        self.link.handle_bytes(now, conn, bytes);
+        self.pump(now);
+    }
+
+    /// The connection ended (EOF, reset, or after [`Output::Close`]).
+    pub fn handle_link_closed(&mut self, now: Instant, conn: ConnId) {
+        self.link.handle_closed(now, conn);
+        self.pump(now);
+    }
+
+    /// The result of an [`Output::Command`].
+    pub fn handle_command_result(&mut self, now: Instant, id: CommandId, outcome: CommandOutcome) {
+        if let Some(claim) = self.address_commands.remove(&id) {
+            if outcome == CommandOutcome::Done {
+                self.address_held = claim;
+            } else if !claim {
+                // A failed release leaves the address in an unknown state;
+                // count it as gone so that no announcement follows.
+                self.address_held = false;
+            }
+        }
+        self.orch.handle_command_result(now, id, outcome);
+        self.pump(now);
+    }
+
+    /// The registrar saw a phone register with this node.
+    pub fn handle_phone_registered(&mut self, now: Instant, phone: PhoneId) {
+        self.orch.handle_phone_registered(now, phone);
+        self.pump(now);
+    }
+
+    /// An operator request, answered after preflight.
+    ///
+    /// # Errors
+    /// The [`PreflightError`] that refuses it; nothing starts then.
+    pub fn handle_operator(
+        &mut self,
+        now: Instant,
+        request: OperatorRequest,
+    ) -> Result<u64, PreflightError> {
+        let r = self.orch.handle_operator(now, request);
+        self.pump(now);
+        r
+    }
+
+    /// A message from the [`SyncWorker`] for the peer.
+    pub fn handle_sync_message(&mut self, now: Instant, message: &Message) {
+        let mut bytes = Vec::with_capacity(message.encoded_len());
+        message.encode(&mut bytes);
+        self.link.send(CHANNEL_SYNC, &bytes);
+        self.pump(now);
+    }
+
+    /// A report from the [`SyncWorker`].
+    pub fn handle_sync_report(&mut self, now: Instant, report: SyncReport) {
+        match &report {
+            SyncReport::Status(st) => self.sync_status(now, *st),
+            SyncReport::Done { id, result } => {
+                if let Some(wait) = self.sync_waits.remove(id) {
+                    if let Ok(st) = result {
+                        self.sync_status(now, *st);
+                    }
+                    let (cid, outcome) = match (wait, result) {
+                        (SyncWait::Settle(c) | SyncWait::RoundNow(c), Ok(_)) => {
+                            (c, CommandOutcome::Done)
+                        }
+                        // Nothing to settle: the tree is whole as it is.
+                        (SyncWait::Settle(c), Err(_)) if self.sync_role == SyncRole::Idle => {
+                            (c, CommandOutcome::Done)
+                        }
+                        (SyncWait::Settle(c), Err(_)) => (c, CommandOutcome::Failed { code: 6 }),
+                        (SyncWait::RoundNow(c), Err(_)) => (c, CommandOutcome::Failed { code: 8 }),
+                    };
+                    self.orch.handle_command_result(now, cid, outcome);
+                }
+            }
+            SyncReport::RoundFailed { reset: true, .. } => {
+                self.link.close_up(now, CloseReason::SyncFailed);
+            }
+            _ => {}
+        }
+        self.out.push_back(Output::Event(PairEvent::Sync(report)));
+        self.pump(now);
+    }
+
+    fn sync_status(&mut self, now: Instant, st: GenerationStatus) {
+        if let Some(taken_at) = st.taken_at {
+            self.orch.handle_sync_status(
+                now,
+                SyncStatus {
+                    generation: st.number,
+                    taken_at,
+                    round_in_progress: st.round_in_progress,
+                },
+            );
+        }
+    }
+
+    /// Timers due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(r) = &mut self.router {
+            if r.poll_timeout().is_some_and(|t| t <= now) {
+                r.handle_timeout(now);
+            }
+        }
+        if self.orch.poll_timeout().is_some_and(|t| t <= now) {
+            self.orch.handle_timeout(now);
+        }
+        if self.link.poll_timeout().is_some_and(|t| t <= now) {
+            self.link.handle_timeout(now);
+        }
+        if self.next_beacon.is_some_and(|t| t <= now) {
+            self.send_beacon(now);
+        }
+        self.pump(now);
+    }
+
+    /// How long a beacon vouches for the peer: one Master_Down_Interval,
+    /// the time the election itself waits.
+    fn beacon_fresh(&self) -> std::time::Duration {
+        self.router.as_ref().map_or(
+            std::time::Duration::ZERO,
+            VirtualRouter::master_down_interval,
+        )
+    }
+
+    /// Sends this node's beacon (the role it serves in) and schedules the
+    /// next one, one advertisement interval later.
+    fn send_beacon(&mut self, now: Instant) {
+        if !self.link.is_up() {
+            self.next_beacon = None;
+            return;
+        }
+        let role = match self.orch.role() {
+            Role::Initialize => 0,
+            Role::Backup => 1,
+            Role::Master => 2,
+        };
+        self.link.send(CHANNEL_BEACON, &[role]);
+        let every = std::time::Duration::from_micros(self.config.vrrp.interval().as_micros());
+        self.next_beacon = Some(now + every);
+    }
+
+    /// Whether the peer link shows the peer alive and serving as Master.
+    fn peer_serving(&self, now: Instant) -> bool {
+        let fresh = self.beacon_fresh();
+        self.link.is_up()
+            && self.peer_beacon.is_some_and(|(at, role)| {
+                role == Role::Master && now.saturating_duration_since(at) <= fresh
+            })
+    }
+
+    /// A held-back takeover goes ahead once the peer stops vouching for
+    /// itself (its beacons stop, the link drops, it serves no more).
+    fn lift_veto(&mut self, now: Instant) -> bool {
+        if !self.vetoed || self.peer_serving(now) {
+            return false;
+        }
+        self.vetoed = false;
+        if self
+            .router
+            .as_ref()
+            .is_some_and(|r| r.state() == vrrp_fsm::State::Master)
+        {
+            self.orch.handle_role_change(
+                now,
+                convert::role_change(
+                    vrrp_fsm::State::Backup,
+                    vrrp_fsm::State::Master,
+                    vrrp_fsm::Reason::MasterDown,
+                ),
+            );
+        }
+        true
+    }
+
+    /// "Restart this node" without a reboot: the election from
+    /// Initialize, the orchestrator from its persisted state (which resumes
+    /// a procedure in progress, as after a reboot). For drivers that answer
+    /// [`Command::RestartNode`] in-process; persist every
+    /// [`Output::Persist`] drained so far first.
+    pub fn soft_restart(&mut self, now: Instant, wall: SystemTime) {
+        if let Some(r) = &mut self.router {
+            r.handle_shutdown(now);
+        }
+        self.drain_router(now);
+        let state = self.orch.persistent_state().clone();
+        let redundancy = state.redundancy;
+        self.orch = Orchestrator::new(self.config.orchestrator.clone(), state, now, wall);
+        self.router = None;
+        self.results.clear();
+        self.sync_waits.clear();
+        self.address_commands.clear();
+        if redundancy == Redundancy::Enabled {
+            self.start_election(now, false);
+        }
+        self.pump(now);
+    }
+
+    // ----------------------------------------------------------------
+    // Outputs and state
+
+    /// The next thing to do; [`Output::Wait`] when there is nothing more.
+    pub fn poll_output(&mut self) -> Output {
+        self.out
+            .pop_front()
+            .unwrap_or_else(|| Output::Wait(self.poll_timeout()))
+    }
+
+    /// The next deadline of the election, the orchestrator and the link.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let r = self.router.as_ref().and_then(VirtualRouter::poll_timeout);
+        let veto = self
+            .peer_beacon
+            .filter(|_| self.vetoed)
+            .map(|(at, _)| at + self.beacon_fresh() + std::time::Duration::from_micros(1));
+        [
+            r,
+            self.orch.poll_timeout(),
+            self.link.poll_timeout(),
+            self.next_beacon,
+            veto,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The orchestrator (status, timeline, previews).
+    #[must_use]
+    pub fn orchestrator(&self) -> &Orchestrator {
+        &self.orch
+    }
+
+    /// The election, `None` while redundancy is off.
+    #[must_use]
+    pub fn router(&self) -> Option<&VirtualRouter> {
+        self.router.as_ref()
+    }
+
+    /// The session the sync worker was last told to run.
+    #[must_use]
+    pub fn sync_role(&self) -> SyncRole {
+        self.sync_role
+    }
+
+    /// Whether this node holds the virtual address (a claim answered done,
+    /// no release since).
+    #[must_use]
+    pub fn address_held(&self) -> bool {
+        self.address_held
+    }
+
+    /// Whether an authenticated peer link is up.
+    #[must_use]
+    pub fn link_up(&self) -> bool {
+        self.link.is_up()
+    }
+
+    /// The engine's counters.
+    #[must_use]
+    pub fn stats(&self) -> PairStats {
+        self.stats
+    }
+
+    /// The peer link's counters.
+    #[must_use]
+    pub fn link_stats(&self) -> LinkStats {
+        self.link.stats
+    }
+
+    // ----------------------------------------------------------------
+    // The work behind every input
+
+    /// Moves everything the sub-engines produced into the output queue,
+    /// carrying out what is decided here, until nothing moves.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let mut moved = self.lift_veto(now);
+            moved |= self.drain_router(now);
+            moved |= self.drain_link(now);
+            moved |= self.drain_orchestrator(now);
+            while let Some((id, outcome)) = self.results.pop_front() {
+                self.orch.handle_command_result(now, id, outcome);
+                moved = true;
+            }
+            moved |= self.update_sync_role();
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    fn drain_router(&mut self, now: Instant) -> bool {
+        let Some(r) = &mut self.router else {
+            return false;
+        };
+        let mut moved = false;
+        loop {
+            let t = if self.config.vrrp_datagrams {
+                r.poll_transmit_datagram(&mut self.tx)
+            } else {
+                r.poll_transmit(&mut self.tx)
+            };
+            let Some(t) = t else { break };
+            let len = t.len.min(self.tx.len());
+            self.out.push_back(Output::Vrrp(VrrpPacket {
+                src: t.src,
+                dst: t.dst,
+                bytes: self.tx[..len].to_vec(),
+            }));
+            moved = true;
+        }
+        let mut events = Vec::new();
+        while let Some(ev) = r.poll_event() {
+            events.push(ev);
+        }
+        for ev in events {
+            moved = true;
+            match ev {
+                vrrp_fsm::Event::StateChange { from, to, reason } => {
+                    use vrrp_fsm::{Reason as R, State as S};
+                    if self.quiet_start {
+                        // Re-enabled as Master: the orchestrator already
+                        // is; the way through Backup is not a role change.
+                        self.quiet_start = to != S::Master;
+                    } else if from == S::Backup
+                        && to == S::Master
+                        && matches!(reason, R::MasterDown | R::Preempt)
+                        && self.peer_serving(now)
+                    {
+                        // Advertisements were lost on the VRRP link, but
+                        // the peer link shows the Master alive and serving:
+                        // taking over now would put the address on both.
+                        self.vetoed = true;
+                        self.stats.takeovers_deferred += 1;
+                    } else if self.vetoed && from == S::Master {
+                        // The election settled before the orchestrator
+                        // ever heard of it.
+                        self.vetoed = false;
+                    } else {
+                        self.orch
+                            .handle_role_change(now, convert::role_change(from, to, reason));
+                    }
+                }
+                vrrp_fsm::Event::MasterHeard { .. } => self.orch.handle_master_heard(now),
+                vrrp_fsm::Event::SendGratuitous(_) => {
+                    if self.address_held {
+                        self.out.push_back(Output::Announce);
+                    } else {
+                        self.stats.announcements_deferred += 1;
+                    }
+                    continue;
+                }
+                // The orchestrator's plans claim and release the address
+                // (claim first on takeover; at once when the role is lost).
+                vrrp_fsm::Event::ClaimAddresses
+                | vrrp_fsm::Event::ReleaseAddresses
+                | vrrp_fsm::Event::AcceptMode(_) => {}
+                _ => {}
+            }
+            self.out.push_back(Output::Event(PairEvent::Election(ev)));
+        }
+        moved
+    }
+
+    fn drain_link(&mut self, now: Instant) -> bool {
+        let mut moved = false;
+        while let Some(o) = self.link.out.pop_front() {
+            moved = true;
+            self.out.push_back(match o {
+                LinkOut::Dial(c) => Output::Dial(c),
+                LinkOut::Send(conn, bytes) => Output::Send { conn, bytes },
+                LinkOut::Close(conn, reason) => Output::Close { conn, reason },
+            });
+        }
+        while let Some(up) = self.link.changes.pop_front() {
+            moved = true;
+            let (order, ev) = if up {
+                self.next_beacon = Some(now);
+                (SyncOrder::Connected, PairEvent::LinkUp)
+            } else {
+                self.next_beacon = None;
+                self.peer_beacon = None;
+                (SyncOrder::Disconnected, PairEvent::LinkDown)
+            };
+            self.out.push_back(Output::Event(ev));
+            self.out.push_back(Output::Sync(order));
+        }
+        while let Some((channel, payload)) = self.link.frames.pop_front() {
+            moved = true;
+            match channel {
+                CHANNEL_PEER => {
+                    if self.orch.handle_peer_bytes(now, &payload).is_err() {
+                        self.stats.peer_decode_errors += 1;
+                    }
+                }
+                CHANNEL_BEACON => match payload.as_slice() {
+                    [0] => self.peer_beacon = Some((now, Role::Initialize)),
+                    [1] => self.peer_beacon = Some((now, Role::Backup)),
+                    [2] => self.peer_beacon = Some((now, Role::Master)),
+                    _ => self.stats.bad_beacons += 1,
+                },
+                CHANNEL_SYNC => match Message::decode(&payload) {
+                    Ok(m) => self.out.push_back(Output::Sync(SyncOrder::Deliver(m))),
+                    Err(_) => {
+                        self.stats.sync_decode_errors += 1;
+                        self.link.close_up(now, CloseReason::Refused);
+                    }
+                },
+                _ => self.stats.unknown_channel += 1,
+            }
+        }
+        moved
+    }
+
+    fn drain_orchestrator(&mut self, now: Instant) -> bool {
+        let mut moved = false;
+        while let Some(rec) = self.orch.poll_journal() {
+            moved = true;
+            self.out.push_back(Output::Persist(rec));
+        }
+        while let Some(issued) = self.orch.poll_command() {
+            moved = true;
+            self.command(now, issued);
+        }
+        while let Some(msg) = self.orch.poll_transmit() {
+            moved = true;
+            let mut bytes = Vec::new();
+            if crate::wire::encode(&msg, &mut bytes).is_ok() {
+                self.link.send(CHANNEL_PEER, &bytes);
+            }
+        }
+        while let Some(ev) = self.orch.poll_event() {
+            moved = true;
+            match &ev {
+                Event::TermTaken(e) | Event::EpochAdopted(e) => self.link.set_epoch((*e).into()),
+                // The peer hears of a new role at once, not at the next beat.
+                Event::RoleChanged(_) => self.send_beacon(now),
+                // The mode a Master keeps for its next time as Backup.
+                Event::ModeChanged(m) => {
+                    if let Some(r) = &mut self.router {
+                        r.set_backup_mode(now, (*m).into());
+                    }
+                }
+                // Heartbeats stopped over an open connection: start over.
+                Event::PeerDown => self.link.close_up(now, CloseReason::PeerSilent),
+                _ => {}
+            }
+            self.out
+                .push_back(Output::Event(PairEvent::Orchestrator(ev)));
+        }
+        moved
+    }
+
+    fn order(&mut self, wait: Option<SyncWait>, order: impl FnOnce(u64) -> SyncOrder) {
+        let id = self.next_order;
+        self.next_order += 1;
+        if let Some(w) = wait {
+            self.sync_waits.insert(id, w);
+        }
+        self.out.push_back(Output::Sync(order(id)));
+    }
+
+    /// Carries out an orchestrator command here, or hands it to the
+    /// driver.
+    fn command(&mut self, now: Instant, issued: Issued) {
+        let id = issued.id;
+        let done = |ok: bool| {
+            if ok {
+                CommandOutcome::Done
+            } else {
+                CommandOutcome::Failed { code: 1 }
+            }
+        };
+        match issued.command {
+            Command::FinishOrRollbackRound => {
+                self.order(Some(SyncWait::Settle(id)), |id| SyncOrder::Settle { id });
+            }
+            Command::SyncNow { .. } => {
+                self.update_sync_role();
+                self.order(Some(SyncWait::RoundNow(id)), |id| SyncOrder::RoundNow {
+                    id,
+                });
+            }
+            Command::AnnounceAddress => {
+                self.out.push_back(Output::Announce);
+                self.results.push_back((id, CommandOutcome::Done));
+            }
+            Command::ArmTakeover { priority } => {
+                let ok = self.router.as_mut().is_some_and(|r| {
+                    r.set_priority(now, vrrp_proto::Priority(priority)).is_ok()
+                        && r.arm_takeover(now).is_ok()
+                });
+                self.router_result(id, ok);
+            }
+            Command::Release { new_priority } => {
+                let ok = self.router.as_mut().is_some_and(|r| {
+                    let mut rel = vrrp_fsm::Release::new();
+                    if let Some(p) = new_priority {
+                        rel = rel.priority(vrrp_proto::Priority(p));
+                    }
+                    r.release(now, rel).is_ok()
+                });
+                self.router_result(id, ok);
+            }
+            Command::StepDown => {
+                // Already out of Master is fine: the point is not to be it.
+                if let Some(r) = &mut self.router {
+                    if r.state() == vrrp_fsm::State::Master {
+                        let _ = r.release(now, vrrp_fsm::Release::new());
+                    }
+                }
+                self.results.push_back((id, CommandOutcome::Done));
+            }
+            Command::SetBackupMode(m) => {
+                if let Some(r) = &mut self.router {
+                    r.set_backup_mode(now, m.into());
+                }
+                self.results.push_back((id, CommandOutcome::Done));
+            }
+            Command::SetRedundancy(r) => {
+                self.set_redundancy(now, r);
+                self.results.push_back((id, done(true)));
+            }
+            Command::ClaimAddress => {
+                self.address_commands.insert(id, true);
+                self.out.push_back(Output::Command(issued));
+            }
+            Command::ReleaseAddress => {
+                self.address_commands.insert(id, false);
+                self.out.push_back(Output::Command(issued));
+            }
+            Command::StartService(_)
+            | Command::StopService(_)
+            | Command::CheckService(_)
+            | Command::CheckNode
+            | Command::NudgePhone(_)
+            | Command::RebootPhone(_)
+            | Command::UpgradeFirmware { .. }
+            | Command::UpgradeLanguagePack { .. }
+            | Command::SaveConfig
+            | Command::RestoreConfig { .. }
+            | Command::RestartNode
+            | Command::Custom(_) => self.out.push_back(Output::Command(issued)),
+        }
+    }
+
+    fn router_result(&mut self, id: CommandId, ok: bool) {
+        if !ok {
+            self.stats.refused_by_router += 1;
+        }
+        let outcome = if ok {
+            CommandOutcome::Done
+        } else {
+            CommandOutcome::Failed { code: 4 }
+        };
+        self.results.push_back((id, outcome));
+    }
+
+    fn set_redundancy(&mut self, now: Instant, r: Redundancy) {
+        match r {
+            Redundancy::Enabled if self.router.is_none() => {
+                let master = self.orch.role() == Role::Master;
+                self.start_election(now, master);
+                self.out
+                    .push_back(Output::Event(PairEvent::Redundancy(Redundancy::Enabled)));
+            }
+            Redundancy::Disabled if self.router.is_some() => {
+                // Silent: no priority-0 release, so that a peer does not
+                // take over from a node that keeps serving.
+                self.router = None;
+                self.link.set_enabled(now, false);
+                self.out
+                    .push_back(Output::Event(PairEvent::Redundancy(Redundancy::Disabled)));
+            }
+            _ => {}
+        }
+    }
+
+    /// Master serves, a Backup receives (pulling every interval only when
+    /// Active), anything else runs no session.
+    fn update_sync_role(&mut self) -> bool {
+        let role = match &self.router {
+            None => SyncRole::Idle,
+            Some(r) => match r.state() {
+                vrrp_fsm::State::Master => SyncRole::Source,
+                vrrp_fsm::State::Backup => SyncRole::Replica {
+                    periodic: r.backup_mode() == vrrp_fsm::BackupMode::Active,
+                },
+                vrrp_fsm::State::Initialize => SyncRole::Idle,
+            },
+        };
+        if role == self.sync_role {
+            return false;
+        }
+        self.sync_role = role;
+        self.out.push_back(Output::Sync(SyncOrder::Become(role)));
+        true
+    }
+}

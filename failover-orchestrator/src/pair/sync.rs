@@ -1,0 +1,709 @@
+//! The replication side of the pair: the orders the pair engine gives and
+//! the [`SyncWorker`] that carries them out on a tree.
+//!
+//! The pair engine decides which session runs (Master: source; Backup:
+//! replica, with periodic rounds only when Active), when a round must run
+//! now (before a swap, whatever the Backup's mode), and when the round in
+//! progress must be settled (takeover). The worker owns the `sync-delta`
+//! session and does the file work through a [`Storage`] passed to each
+//! call, so a driver may run it on a thread of its own (hashing a large
+//! tree then never delays an advertisement) or inline; either way it is a
+//! Sans-IO engine: orders and peer messages in, messages and reports out.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant, SystemTime};
+
+use sync_delta::wire::Message;
+use sync_delta::{
+    Exclude, OpenReport, Refusal, Replica, ReplicaConfig, ReplicaEvent, SessionError, Source,
+    SourceConfig, SourceEvent, Storage,
+};
+
+/// Which session a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncRole {
+    /// No session (no role yet, or redundancy off).
+    Idle,
+    /// Master: serves its tree.
+    Source,
+    /// Backup: receives the Master's tree. `periodic` is off for a Passive
+    /// Backup, which still runs the rounds it is asked for (before a swap).
+    Replica {
+        /// Rounds every interval (Active mode).
+        periodic: bool,
+    },
+}
+
+/// What the pair engine asks of the [`SyncWorker`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncOrder {
+    /// Run this session from now on. A replica that becomes a source first
+    /// settles its round in progress (see [`SyncOrder::Settle`]).
+    Become(SyncRole),
+    /// The peer link is up.
+    Connected,
+    /// The peer link went down.
+    Disconnected,
+    /// Run a round that starts after this order and report
+    /// [`SyncReport::Done`] with `id` when it commits (replica), or when
+    /// the replica confirms one it asked for after this order (source).
+    RoundNow {
+        /// Echoed in the report.
+        id: u64,
+    },
+    /// Finish or roll back the round in progress and report the generation
+    /// the tree is at ([`SyncReport::Done`] with `id`).
+    Settle {
+        /// Echoed in the report.
+        id: u64,
+    },
+    /// Let the next round past the mass-deletion guard once.
+    ConfirmDeletions,
+    /// A sync message from the peer.
+    Deliver(Message),
+}
+
+/// The generation a node holds (or, on a source, the one its replica
+/// confirmed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenerationStatus {
+    /// Its number, 0 before the first round.
+    pub number: u64,
+    /// When the source took it (the source's wall clock), `None` before the
+    /// first round.
+    pub taken_at: Option<SystemTime>,
+    /// Whether a round is in progress.
+    pub round_in_progress: bool,
+}
+
+/// What a replica round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundSummary {
+    /// The generation now current.
+    pub generation: u64,
+    /// Paths that changed.
+    pub changed: u64,
+    /// Files whose content crossed the link.
+    pub fetched: u64,
+    /// Files made from a local copy.
+    pub copied: u64,
+    /// From the request to the commit.
+    pub took: Duration,
+}
+
+/// What the [`SyncWorker`] reports to the pair engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncReport {
+    /// A replica opened its tree (what it rolled forward, back or put in
+    /// quarantine).
+    Opened(OpenReport),
+    /// The generation this node holds changed (replica) or its replica
+    /// confirmed one (source).
+    Status(GenerationStatus),
+    /// A replica round committed.
+    RoundDone(RoundSummary),
+    /// The mass-deletion guard refused a round; nothing changed.
+    Refused(Refusal),
+    /// A round failed and was rolled back: the tree is at its last whole
+    /// generation. `reset` asks for the connection to start over (the
+    /// session's stream is out of step).
+    RoundFailed {
+        /// What happened.
+        why: String,
+        /// Close and redial the peer link.
+        reset: bool,
+    },
+    /// The answer to [`SyncOrder::RoundNow`] or [`SyncOrder::Settle`].
+    Done {
+        /// The order's id.
+        id: u64,
+        /// The generation after it, or why not.
+        result: Result<GenerationStatus, String>,
+    },
+    /// The tree cannot be opened for the role asked.
+    Error(String),
+}
+
+/// How the [`SyncWorker`] runs its sessions.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Paths neither sent nor deleted.
+    pub exclude: Exclude,
+    /// Period of an Active replica's rounds.
+    pub interval: Duration,
+    /// A round with no message from the source for this long is rolled
+    /// back (long enough for a first scan of a large tree).
+    pub idle_timeout: Duration,
+    /// Let every round past the mass-deletion guard.
+    pub allow_mass_delete: bool,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            exclude: Exclude::default(),
+            interval: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(30),
+            allow_mass_delete: false,
+        }
+    }
+}
+
+enum Session {
+    None,
+    Source(Box<Source>),
+    Replica(Box<Replica>),
+}
+
+struct Track {
+    seq: u64,
+    started: Instant,
+}
+
+/// Carries out the pair engine's [`SyncOrder`]s on one tree.
+///
+/// # Driver contract
+/// Feed every [`SyncOrder`] from [`crate::pair::Output::Sync`] to
+/// [`SyncWorker::handle_order`] in order; call
+/// [`SyncWorker::handle_timeout`] no later than
+/// [`SyncWorker::poll_timeout`]; give every message from
+/// [`SyncWorker::poll_transmit`] to [`crate::pair::Pair::handle_sync_message`]
+/// (call it when the peer link can take more: a source reads file data as
+/// it goes), and every report from [`SyncWorker::poll_report`] to
+/// [`crate::pair::Pair::handle_sync_report`].
+pub struct SyncWorker {
+    config: SyncConfig,
+    role: SyncRole,
+    session: Session,
+    connected: bool,
+    /// Replica: rounds asked for (id, first round seq that answers it).
+    waiting: Vec<(u64, u64)>,
+    rounds_started: u64,
+    round: Option<Track>,
+    /// Source: rounds asked for (id, replica requests seen when asked).
+    source_waiting: Vec<(u64, u64)>,
+    source_requests: u64,
+    /// A replica that became a source: the generation it settled at.
+    settled: Option<GenerationStatus>,
+    reports: VecDeque<SyncReport>,
+}
+
+impl std::fmt::Debug for SyncWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncWorker")
+            .field("role", &self.role)
+            .field("connected", &self.connected)
+            .finish_non_exhaustive()
+    }
+}
+
+fn status_of(g: sync_delta::Generation, round: bool) -> GenerationStatus {
+    GenerationStatus {
+        number: g.number,
+        taken_at: g.taken_at,
+        round_in_progress: round,
+    }
+}
+
+fn is_for_source(m: &Message) -> bool {
+    matches!(
+        m,
+        Message::Request { .. }
+            | Message::Want { .. }
+            | Message::Committed { .. }
+            | Message::Abandon { .. }
+    )
+}
+
+impl SyncWorker {
+    /// A worker with no session yet.
+    #[must_use]
+    pub fn new(config: SyncConfig) -> SyncWorker {
+        SyncWorker {
+            config,
+            role: SyncRole::Idle,
+            session: Session::None,
+            connected: false,
+            waiting: Vec::new(),
+            rounds_started: 0,
+            round: None,
+            source_waiting: Vec::new(),
+            source_requests: 0,
+            settled: None,
+            reports: VecDeque::new(),
+        }
+    }
+
+    /// The session it runs.
+    #[must_use]
+    pub fn role(&self) -> SyncRole {
+        self.role
+    }
+
+    /// The generation this node's tree is at (a replica's), if it runs a
+    /// replica session.
+    #[must_use]
+    pub fn replica_generation(&self) -> Option<sync_delta::Generation> {
+        match &self.session {
+            Session::Replica(r) => Some(r.generation()),
+            _ => None,
+        }
+    }
+
+    /// Carries out one order.
+    pub fn handle_order<S: Storage + ?Sized>(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        order: SyncOrder,
+        store: &mut S,
+    ) {
+        match order {
+            SyncOrder::Become(role) => self.become_role(now, role, store),
+            SyncOrder::Connected => {
+                self.connected = true;
+                self.arm_replica(now, store);
+            }
+            SyncOrder::Disconnected => {
+                self.connected = false;
+                self.disconnect(now, store);
+            }
+            SyncOrder::RoundNow { id } => self.round_now(now, id, store),
+            SyncOrder::Settle { id } => {
+                let result = self.settle(store);
+                self.reports.push_back(SyncReport::Done { id, result });
+            }
+            SyncOrder::ConfirmDeletions => {
+                if let Session::Replica(r) = &mut self.session {
+                    r.confirm_deletions();
+                }
+            }
+            SyncOrder::Deliver(m) => self.deliver(now, wall, m, store),
+        }
+        self.collect(now, wall, store);
+    }
+
+    /// When [`SyncWorker::handle_timeout`] is next needed.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.session {
+            Session::Replica(r) => r.poll_timeout(),
+            _ => None,
+        }
+    }
+
+    /// Due rounds start, stalled ones roll back.
+    pub fn handle_timeout<S: Storage + ?Sized>(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        store: &mut S,
+    ) {
+        if let Session::Replica(r) = &mut self.session {
+            if r.poll_timeout().is_some_and(|t| t <= now) {
+                r.handle_timeout(now);
+            }
+        }
+        self.collect(now, wall, store);
+    }
+
+    /// The next message for the peer. A source reads file data here, so
+    /// call it as the link can take more.
+    pub fn poll_transmit<S: Storage + ?Sized>(
+        &mut self,
+        now: Instant,
+        store: &mut S,
+    ) -> Option<Message> {
+        if !self.connected {
+            return None;
+        }
+        match &mut self.session {
+            Session::None => None,
+            Session::Replica(r) => {
+                let m = r.poll_transmit()?;
+                if matches!(m, Message::Request { .. }) {
+                    self.rounds_started += 1;
+                    self.round = Some(Track {
+                        seq: self.rounds_started,
+                        started: now,
+                    });
+                }
+                Some(m)
+            }
+            Session::Source(s) => s.poll_transmit(store),
+        }
+    }
+
+    /// The next report.
+    pub fn poll_report(&mut self) -> Option<SyncReport> {
+        self.reports.pop_front()
+    }
+
+    fn replica_config(&self) -> ReplicaConfig {
+        ReplicaConfig {
+            exclude: self.config.exclude.clone(),
+            interval: self.config.interval,
+            idle_timeout: self.config.idle_timeout,
+            ..ReplicaConfig::default()
+        }
+    }
+
+    fn become_role<S: Storage + ?Sized>(&mut self, now: Instant, role: SyncRole, store: &mut S) {
+        self.role = role;
+        match role {
+            SyncRole::Idle => {
+                self.disconnect(now, store);
+                self.fail_waiters("the node has no sync role");
+                self.session = Session::None;
+            }
+            SyncRole::Source => {
+                if matches!(self.session, Session::Source(_)) {
+                    return;
+                }
+                if matches!(self.session, Session::Replica(_)) {
+                    // The takeover's data: the round in progress finishes
+                    // or rolls back before the tree is served.
+                    self.settled = self.settle(store).ok();
+                    self.fail_waiters("the node became the source");
+                }
+                let config = SourceConfig {
+                    exclude: self.config.exclude.clone(),
+                };
+                match Source::open(config, now, store) {
+                    Ok(mut s) => {
+                        self.source_requests = 0;
+                        if self.connected {
+                            // A replica that asked while this node was a
+                            // replica itself was never answered: ask it
+                            // to start over now.
+                            s.sync_now(now);
+                        }
+                        self.session = Session::Source(Box::new(s));
+                    }
+                    Err(e) => {
+                        self.session = Session::None;
+                        self.reports
+                            .push_back(SyncReport::Error(format!("cannot serve the tree: {e}")));
+                    }
+                }
+            }
+            SyncRole::Replica { .. } => {
+                if matches!(self.session, Session::Replica(_)) {
+                    self.arm_replica(now, store);
+                    return;
+                }
+                if let Session::Source(s) = &mut self.session {
+                    s.handle_disconnected(now);
+                    for (id, _) in std::mem::take(&mut self.source_waiting) {
+                        self.reports.push_back(SyncReport::Done {
+                            id,
+                            result: Err("the node became a replica".into()),
+                        });
+                    }
+                }
+                self.settled = None;
+                match Replica::open(self.replica_config(), now, store) {
+                    Ok((mut r, report)) => {
+                        if self.config.allow_mass_delete {
+                            r.confirm_deletions();
+                        }
+                        let status = status_of(r.generation(), false);
+                        self.session = Session::Replica(Box::new(r));
+                        self.reports.push_back(SyncReport::Opened(report));
+                        self.reports.push_back(SyncReport::Status(status));
+                        self.arm_replica(now, store);
+                    }
+                    Err(e) => {
+                        self.session = Session::None;
+                        self.reports.push_back(SyncReport::Error(format!(
+                            "cannot open the tree as a replica: {e}"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    fn periodic(&self) -> bool {
+        matches!(self.role, SyncRole::Replica { periodic: true })
+    }
+
+    /// A replica runs rounds while connected and Active, or while a round
+    /// it was asked for is due; a Passive one stops asking after those.
+    fn arm_replica<S: Storage + ?Sized>(&mut self, now: Instant, store: &mut S) {
+        let want = self.connected && (self.periodic() || !self.waiting.is_empty());
+        let idle = self.round.is_none();
+        if let Session::Replica(r) = &mut self.session {
+            let armed = r.poll_timeout().is_some();
+            if want && !armed {
+                r.handle_connected(now);
+            } else if !want && armed && idle && r.next_round_at().is_some() {
+                // No round in progress: this only stops the schedule.
+                let _ = r.handle_disconnected(now, store);
+                while r.poll_transmit().is_some() {}
+            }
+        }
+    }
+
+    fn round_now<S: Storage + ?Sized>(&mut self, now: Instant, id: u64, store: &mut S) {
+        match &mut self.session {
+            Session::Replica(r) => {
+                if !self.connected {
+                    self.reports.push_back(SyncReport::Done {
+                        id,
+                        result: Err("the peer link is down".into()),
+                    });
+                    return;
+                }
+                self.waiting.push((id, self.rounds_started + 1));
+                if self.round.is_none() {
+                    r.sync_now(now);
+                }
+                self.arm_replica(now, store);
+            }
+            Session::Source(s) => {
+                if !self.connected {
+                    self.reports.push_back(SyncReport::Done {
+                        id,
+                        result: Err("the peer link is down".into()),
+                    });
+                    return;
+                }
+                s.sync_now(now);
+                self.source_waiting.push((id, self.source_requests));
+            }
+            Session::None => self.reports.push_back(SyncReport::Done {
+                id,
+                result: Err("no sync session".into()),
+            }),
+        }
+    }
+
+    fn settle<S: Storage + ?Sized>(&mut self, store: &mut S) -> Result<GenerationStatus, String> {
+        match &mut self.session {
+            Session::Replica(r) => {
+                let had = self.round.take().is_some();
+                let g = r.settle(store).map_err(|e| format!("settle: {e}"))?;
+                if had {
+                    self.fail_round("the round was settled for a takeover", false);
+                }
+                Ok(status_of(g, false))
+            }
+            Session::Source(s) => Ok(self.settled.unwrap_or(GenerationStatus {
+                number: s.confirmed_generation(),
+                taken_at: None,
+                round_in_progress: false,
+            })),
+            Session::None => Err("no sync session".into()),
+        }
+    }
+
+    fn disconnect<S: Storage + ?Sized>(&mut self, now: Instant, store: &mut S) {
+        match &mut self.session {
+            Session::Replica(r) => {
+                if let Err(e) = r.handle_disconnected(now, store) {
+                    self.reports
+                        .push_back(SyncReport::Error(format!("staged files not removed: {e}")));
+                }
+                while r.poll_transmit().is_some() {}
+                if self.round.is_some() {
+                    self.fail_round("the link went down during the round", false);
+                }
+                self.fail_waiters("the peer link went down");
+            }
+            Session::Source(s) => {
+                s.handle_disconnected(now);
+                for (id, _) in std::mem::take(&mut self.source_waiting) {
+                    self.reports.push_back(SyncReport::Done {
+                        id,
+                        result: Err("the peer link went down".into()),
+                    });
+                }
+            }
+            Session::None => {}
+        }
+    }
+
+    fn deliver<S: Storage + ?Sized>(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        m: Message,
+        store: &mut S,
+    ) {
+        let err = match &mut self.session {
+            Session::Source(s) if is_for_source(&m) => {
+                if matches!(m, Message::Request { .. }) {
+                    self.source_requests += 1;
+                }
+                s.handle_message(now, wall, m, store)
+                    .err()
+                    .map(|e| format!("source session: {e}"))
+            }
+            Session::Replica(r) if !is_for_source(&m) => match r.handle_message(now, m, store) {
+                Ok(()) => None,
+                Err(SessionError::Store(e)) => Some(format!("replica storage: {e}")),
+                Err(e) => Some(format!("replica session: {e}")),
+            },
+            // A message for the other role: the peer changed roles while
+            // it was in flight (a request sent to a node that was still a
+            // replica). The pair engine re-asks when roles settle.
+            _ => None,
+        };
+        if let Some(why) = err {
+            self.collect(now, wall, store);
+            if matches!(self.session, Session::Replica(_)) {
+                self.round = None;
+                self.fail_round(&why, true);
+            } else {
+                self.reports
+                    .push_back(SyncReport::RoundFailed { why, reset: true });
+            }
+        }
+    }
+
+    fn fail_round(&mut self, why: &str, reset: bool) {
+        self.reports.push_back(SyncReport::RoundFailed {
+            why: why.to_owned(),
+            reset,
+        });
+        let seq = self.rounds_started;
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(_, min)| *min <= seq);
+        self.waiting = rest;
+        for (id, _) in due {
+            self.reports.push_back(SyncReport::Done {
+                id,
+                result: Err(why.to_owned()),
+            });
+        }
+    }
+
+    fn fail_waiters(&mut self, why: &str) {
+        for (id, _) in std::mem::take(&mut self.waiting) {
+            self.reports.push_back(SyncReport::Done {
+                id,
+                result: Err(why.to_owned()),
+            });
+        }
+    }
+
+    /// Turns the session's events into reports.
+    fn collect<S: Storage + ?Sized>(&mut self, now: Instant, wall: SystemTime, store: &mut S) {
+        match &mut self.session {
+            Session::None => {}
+            Session::Source(s) => {
+                let mut confirmed = Vec::new();
+                while let Some(e) = s.poll_event() {
+                    match e {
+                        SourceEvent::Confirmed { generation, .. } => confirmed.push(generation),
+                        SourceEvent::Abandoned => {
+                            let requests = self.source_requests;
+                            let (due, rest): (Vec<_>, Vec<_>) =
+                                std::mem::take(&mut self.source_waiting)
+                                    .into_iter()
+                                    .partition(|(_, at)| requests > *at);
+                            self.source_waiting = rest;
+                            for (id, _) in due {
+                                self.reports.push_back(SyncReport::Done {
+                                    id,
+                                    result: Err("the replica abandoned the round".into()),
+                                });
+                            }
+                        }
+                        // Scans and events added later only inform.
+                        _ => {}
+                    }
+                }
+                for generation in confirmed {
+                    // The source's view of what its replica holds: taken
+                    // (within one round) at the wall time it was confirmed.
+                    let st = GenerationStatus {
+                        number: generation,
+                        taken_at: Some(wall),
+                        round_in_progress: false,
+                    };
+                    self.reports.push_back(SyncReport::Status(st));
+                    let requests = self.source_requests;
+                    let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.source_waiting)
+                        .into_iter()
+                        .partition(|(_, at)| requests > *at);
+                    self.source_waiting = rest;
+                    for (id, _) in due {
+                        self.reports
+                            .push_back(SyncReport::Done { id, result: Ok(st) });
+                    }
+                    if !self.source_waiting.is_empty() {
+                        if let Session::Source(s) = &mut self.session {
+                            s.sync_now(now);
+                        }
+                    }
+                }
+            }
+            Session::Replica(r) => {
+                let mut events = Vec::new();
+                while let Some(e) = r.poll_event() {
+                    events.push(e);
+                }
+                let status = status_of(r.generation(), false);
+                for e in events {
+                    match e {
+                        ReplicaEvent::Committed {
+                            generation,
+                            changed,
+                            fetched,
+                            copied,
+                            ..
+                        } => {
+                            let track = self.round.take();
+                            let seq = track.as_ref().map_or(self.rounds_started, |t| t.seq);
+                            let summary = RoundSummary {
+                                generation,
+                                changed,
+                                fetched,
+                                copied,
+                                took: track.map_or(Duration::ZERO, |t| now - t.started),
+                            };
+                            self.reports.push_back(SyncReport::RoundDone(summary));
+                            self.reports.push_back(SyncReport::Status(status));
+                            let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+                                .into_iter()
+                                .partition(|(_, min)| *min <= seq);
+                            self.waiting = rest;
+                            for (id, _) in due {
+                                self.reports.push_back(SyncReport::Done {
+                                    id,
+                                    result: Ok(status),
+                                });
+                            }
+                        }
+                        ReplicaEvent::Refused(why) => {
+                            self.round = None;
+                            self.reports.push_back(SyncReport::Refused(why));
+                            self.fail_round(&format!("round refused: {why}"), false);
+                        }
+                        ReplicaEvent::TimedOut => {
+                            self.round = None;
+                            self.fail_round("the round stalled and was rolled back", true);
+                        }
+                        // Skipped files are retried next round; events added
+                        // later only inform.
+                        _ => {}
+                    }
+                }
+                if self.config.allow_mass_delete {
+                    if let Session::Replica(r) = &mut self.session {
+                        r.confirm_deletions();
+                    }
+                }
+                if !self.waiting.is_empty() && self.round.is_none() {
+                    if let Session::Replica(r) = &mut self.session {
+                        r.sync_now(now);
+                    }
+                }
+                self.arm_replica(now, store);
+            }
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The pair's operator behaviours, each on the whole pair in simulation:
+//! a swap with a Passive Backup, swaps in a row, both units started
+//! together, redundancy off and on at run time, and the rules behind them
+//! (who may switch redundancy off, which takeover re-homes phones, the mode
+//! a Master keeps).
+
+mod pair_world;
+
+use std::time::Duration;
+
+use failover_orchestrator::{BackupMode, OperatorRequest, ProcedureOutcome, Redundancy, Role};
+use pair_world::{Ev, World, WorldConfig};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Two nodes up, node 0 (the higher priority) booted first: it is Master,
+/// node 1 an Active Backup that has synced once.
+fn settled_pair(seed: u64) -> World {
+    let mut w = World::new(WorldConfig::new(seed));
+    w.at(Duration::ZERO, Ev::Boot(0));
+    w.at(secs(3), Ev::Boot(1));
+    w.run_until(secs(30));
+    assert_eq!(w.masters(), vec![0], "{}", w.report());
+    assert!(w.violations.is_empty(), "{}", w.report());
+    w
+}
+
+fn role(w: &World, i: usize) -> Role {
+    w.nodes[i].pair.as_ref().unwrap().orchestrator().role()
+}
+
+#[test]
+fn swap_with_a_passive_backup_keeps_the_passive_mode_and_the_last_write() {
+    let mut w = settled_pair(1);
+    let id = w.request(
+        1,
+        OperatorRequest::SetBackupMode {
+            mode: BackupMode::Passive,
+            expires_at: None,
+        },
+    );
+    assert!(id.is_ok(), "{id:?}");
+    w.run_until(w.now + secs(5));
+    assert_eq!(w.mode(1), BackupMode::Passive);
+    // A voicemail left just before the swap: a Passive Backup has not
+    // synced since it went Passive, so the swap's own round must bring it.
+    w.write(0, "voicemail/last.wav", b"left just before the swap");
+    let swap = w.request(0, OperatorRequest::Swap).expect("swap accepted");
+    w.run_until(w.now + secs(60));
+    assert_eq!(
+        w.outcome(0, swap),
+        Some(ProcedureOutcome::Completed),
+        "{}",
+        w.report()
+    );
+    assert_eq!(w.masters(), vec![1]);
+    assert_eq!(role(&w, 1), Role::Master);
+    assert_eq!(role(&w, 0), Role::Backup);
+    // Manual §8: the old Master returns as Backup in the mode the Backup had.
+    assert_eq!(w.mode(0), BackupMode::Passive);
+    assert_eq!(
+        w.read(1, "voicemail/last.wav").as_deref(),
+        Some(&b"left just before the swap"[..])
+    );
+    assert!(w.violations.is_empty(), "{}", w.report());
+}
+
+#[test]
+fn five_swaps_in_a_row_all_complete() {
+    let mut w = settled_pair(2);
+    for k in 0..5u64 {
+        let master = w.masters()[0];
+        w.write(master, &format!("voicemail/before-swap-{k}.wav"), b"x");
+        let swap = w
+            .request(master, OperatorRequest::Swap)
+            .unwrap_or_else(|e| panic!("swap {k} refused on node {master}: {e}\n{}", w.report()));
+        w.run_until(w.now + secs(60));
+        assert_eq!(
+            w.outcome(master, swap),
+            Some(ProcedureOutcome::Completed),
+            "swap {k}\n{}",
+            w.report()
+        );
+        assert_eq!(w.masters(), vec![1 - master], "swap {k}");
+        assert!(
+            w.read(1 - master, &format!("voicemail/before-swap-{k}.wav"))
+                .is_some()
+        );
+    }
+    assert!(w.violations.is_empty(), "{}", w.report());
+}
+
+#[test]
+fn units_started_together_sync_within_one_interval() {
+    let mut cfg = WorldConfig::new(3);
+    // Node 0 (which has the data) wins the election; node 1's first
+    // request goes to it while it is still a replica itself.
+    cfg.priorities = [200, 100];
+    let interval = cfg.sync_interval;
+    let mut w = World::new(cfg);
+    w.at(Duration::ZERO, Ev::Boot(0));
+    w.at(Duration::ZERO, Ev::Boot(1));
+    w.run_until(secs(5));
+    let masters = w.masters();
+    assert_eq!(masters.len(), 1, "{}", w.report());
+    let m = masters[0];
+    w.write(m, "etc/after-boot.conf", b"written by the first Master");
+    // Within one sync interval and two seconds of the election, the
+    // Backup holds the Master's data.
+    w.run_until(secs(5) + interval + secs(2));
+    assert_eq!(w.tree(1 - m), w.tree(m), "{}", w.report());
+    assert!(w.violations.is_empty(), "{}", w.report());
+}
+
+#[test]
+fn redundancy_off_sends_no_vrrp_and_can_be_switched_at_run_time() {
+    let mut w = World::new(WorldConfig::new(4));
+    w.nodes[0].persisted.redundancy = Redundancy::Disabled;
+    w.at(Duration::ZERO, Ev::Boot(0));
+    w.run_until(secs(20));
+    assert_eq!(w.vrrp_sent[0], 0, "a standalone unit must not advertise");
+    let pair = w.nodes[0].pair.as_ref().unwrap();
+    assert!(pair.router().is_none());
+    assert_eq!(role(&w, 0), Role::Master);
+    assert_eq!(
+        pair.orchestrator().status(w.base + w.now).redundancy,
+        Redundancy::Disabled
+    );
+    assert!(
+        w.nodes[0].services.iter().all(|s| *s),
+        "services run standalone"
+    );
+    assert!(w.nodes[0].holds_vip);
+
+    // Switched on at run time: the election starts, as Master, and the
+    // value is persisted for the next boot.
+    let on = w
+        .request(0, OperatorRequest::SetRedundancy(Redundancy::Enabled))
+        .unwrap();
+    w.run_until(w.now + secs(5));
+    assert_eq!(w.outcome(0, on), Some(ProcedureOutcome::Completed));
+    assert_eq!(w.redundancy(0), Redundancy::Enabled);
+    assert!(w.vrrp_sent[0] > 0);
+    assert_eq!(w.masters(), vec![0]);
+    assert!(
+        w.nodes[0].services.iter().all(|s| *s),
+        "no service blip on the way"
+    );
+
+    // With no peer, off again is allowed and silences it.
+    let off = w
+        .request(0, OperatorRequest::SetRedundancy(Redundancy::Disabled))
+        .unwrap();
+    w.run_until(w.now + secs(2));
+    assert_eq!(w.outcome(0, off), Some(ProcedureOutcome::Completed));
+    let sent = w.vrrp_sent[0];
+    w.run_until(w.now + secs(10));
+    assert_eq!(w.vrrp_sent[0], sent);
+    assert!(w.violations.is_empty(), "{}", w.report());
+}
+
+#[test]
+fn redundancy_off_is_refused_where_the_address_would_be_on_both() {
+    let mut w = settled_pair(5);
+    // On the Backup, whose peer is an up Master.
+    let e = w.request(1, OperatorRequest::SetRedundancy(Redundancy::Disabled));
+    assert!(
+        e.as_ref().is_err_and(|e| e.contains("would serve too")),
+        "{e:?}"
+    );
+    // On the Master, whose Active Backup would take over.
+    let e = w.request(0, OperatorRequest::SetRedundancy(Redundancy::Disabled));
+    assert!(
+        e.as_ref().is_err_and(|e| e.contains("would serve too")),
+        "{e:?}"
+    );
+    // A Passive Backup does not take over: then the Master may leave.
+    w.request(
+        1,
+        OperatorRequest::SetBackupMode {
+            mode: BackupMode::Passive,
+            expires_at: None,
+        },
+    )
+    .unwrap();
+    w.run_until(w.now + secs(3));
+    assert!(
+        w.request(0, OperatorRequest::SetRedundancy(Redundancy::Disabled))
+            .is_ok()
+    );
+    w.run_until(w.now + secs(20));
+    assert!(w.violations.is_empty(), "{}", w.report());
+}
+
+#[test]
+fn a_takeover_rehomes_phones_after_a_master_was_heard_even_without_the_peer_link() {
+    let mut w = World::new(WorldConfig::new(6));
+    // The peer link never comes up.
+    w.at(
+        Duration::ZERO,
+        Ev::Partition {
+            lan: false,
+            link: true,
+        },
+    );
+    w.at(Duration::ZERO, Ev::Boot(0));
+    w.at(secs(3), Ev::Boot(1));
+    w.run_until(secs(20));
+    assert_eq!(w.masters(), vec![0]);
+    assert!(!w.nodes[1].pair.as_ref().unwrap().link_up());
+    w.at(w.now, Ev::Crash(0));
+    w.run_until(w.now + secs(10));
+    assert_eq!(w.masters(), vec![1]);
+    assert_eq!(
+        w.takeovers[1],
+        1,
+        "a takeover, not a cold start\n{}",
+        w.report()
+    );
+}
+
+#[test]
+fn a_master_that_restarts_beside_a_passive_backup_takes_the_role_again() {
+    let mut w = settled_pair(7);
+    w.request(
+        1,
+        OperatorRequest::SetBackupMode {
+            mode: BackupMode::Passive,
+            expires_at: None,
+        },
+    )
+    .unwrap();
+    w.run_until(w.now + secs(3));
+    // A swap makes the Passive Backup Master; the old Master returns
+    // Passive.
+    let swap = w.request(0, OperatorRequest::Swap).unwrap();
+    w.run_until(w.now + secs(60));
+    assert_eq!(
+        w.outcome(0, swap),
+        Some(ProcedureOutcome::Completed),
+        "{}",
+        w.report()
+    );
+    assert_eq!(w.masters(), vec![1]);
+    // The new Master is not Passive any more: if it restarts, it comes
+    // back able to take the role, not as a second Passive Backup.
+    assert_eq!(w.mode(1), BackupMode::Active);
+    w.at(w.now, Ev::Crash(1));
+    w.at(w.now + secs(5), Ev::Boot(1));
+    w.run_until(w.now + secs(30));
+    assert_eq!(w.masters(), vec![1], "{}", w.report());
+    assert!(w.violations.is_empty(), "{}", w.report());
+}
+
+#[test]
+fn lost_advertisements_do_not_move_the_address_while_the_peer_link_vouches() {
+    let mut w = settled_pair(8);
+    // The VRRP link fails; the peer link stays up.
+    w.at(
+        w.now,
+        Ev::Partition {
+            lan: true,
+            link: false,
+        },
+    );
+    w.run_until(w.now + secs(30));
+    assert_eq!(role(&w, 0), Role::Master);
+    assert_eq!(role(&w, 1), Role::Backup);
+    assert!(w.nodes[0].holds_vip && !w.nodes[1].holds_vip);
+    assert!(w.nodes[1].pair.as_ref().unwrap().stats().takeovers_deferred > 0);
+    // The Master then dies for real: its beacons stop and the Backup takes
+    // over within a Master_Down_Interval of the last one.
+    w.at(w.now, Ev::Crash(0));
+    let crash = w.now;
+    w.run_until(crash + secs(5));
+    assert!(w.nodes[1].holds_vip, "{}", w.report());
+    assert!(w.violations.is_empty(), "{}", w.report());
+}

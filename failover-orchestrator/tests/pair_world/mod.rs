@@ -1,0 +1,1165 @@
+//! A whole pair in virtual time: two nodes, each the real `Pair` engine
+//! with its `SyncWorker` on a `MemStore`, a driver model that answers the
+//! commands (address, services, phones, restarts, upgrades) after short
+//! delays, a VRRP LAN (loss, delay, jitter, partition) and a peer link that
+//! behaves like one TCP stream per connection (ordered, delayed, stalled
+//! by a partition, reset, half-open after a crash).
+//!
+//! Nothing reads a clock: time jumps to the next event or deadline. A
+//! node's persisted state and its tree survive a crash like a disk (the
+//! tree loses what was not synced, as `MemStore::reboot` models).
+#![allow(dead_code, clippy::unwrap_used, clippy::too_many_lines)]
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant, SystemTime};
+
+use failover_orchestrator::pair::{
+    ConnId, LinkConfig, Output, Pair, PairConfig, PairEvent, SyncConfig, SyncRole, SyncWorker,
+};
+use failover_orchestrator::{
+    BackupMode, Command, CommandId, CommandOutcome, Config, Event, Identity, Issued,
+    OperatorRequest, PersistentState, PhoneId, PhoneMethod, PhoneSpec, ProcedureOutcome,
+    ProtocolVersion, Redundancy, ServiceSpec, Timeouts,
+};
+use sync_delta::frame::{Nonce, PreSharedKey};
+use sync_delta::mem::{MemStore, View};
+use vrrp_proto::{Priority, RecvMeta, TTL, Vrid};
+
+pub const WALL0: u64 = 1_790_000_000;
+pub const NODES: usize = 2;
+
+/// A small deterministic generator (splitmix64).
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+    pub fn chance(&mut self, ppm: u64) -> bool {
+        self.below(1_000_000) < ppm
+    }
+    pub fn nonce(&mut self) -> Nonce {
+        let mut n = [0u8; 32];
+        for c in n.chunks_mut(8) {
+            c.copy_from_slice(&self.next().to_le_bytes());
+        }
+        Nonce(n)
+    }
+}
+
+pub fn ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, i as u8 + 1)
+}
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+pub const PHONES: usize = 6;
+pub const SERVICES: usize = 3;
+
+/// The VRRP LAN between the two nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Lan {
+    pub delay: Duration,
+    pub jitter: Duration,
+    pub loss_ppm: u64,
+}
+
+/// What the world is built from.
+#[derive(Debug, Clone)]
+pub struct WorldConfig {
+    pub seed: u64,
+    pub interval_cs: u16,
+    pub priorities: [u8; NODES],
+    pub sync_interval: Duration,
+    pub lan: Lan,
+    pub link_delay: Duration,
+}
+
+impl WorldConfig {
+    pub fn new(seed: u64) -> WorldConfig {
+        WorldConfig {
+            seed,
+            interval_cs: 100,
+            priorities: [150, 100],
+            sync_interval: Duration::from_secs(20),
+            lan: Lan {
+                delay: Duration::from_micros(300),
+                jitter: Duration::from_micros(200),
+                loss_ppm: 0,
+            },
+            link_delay: Duration::from_micros(500),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Ev {
+    Vrrp {
+        to: usize,
+        bytes: Vec<u8>,
+        src: IpAddr,
+        dst: IpAddr,
+    },
+    Connect {
+        from: usize,
+        conn: ConnId,
+        boot: u64,
+    },
+    Dialed {
+        node: usize,
+        conn: ConnId,
+        boot: u64,
+    },
+    DialFailed {
+        node: usize,
+        conn: ConnId,
+        boot: u64,
+    },
+    Bytes {
+        wire: usize,
+        to_end: usize,
+        bytes: Vec<u8>,
+    },
+    Closed {
+        node: usize,
+        conn: ConnId,
+        boot: u64,
+    },
+    Result {
+        node: usize,
+        boot: u64,
+        id: CommandId,
+        outcome: CommandOutcome,
+    },
+    Registered {
+        node: usize,
+        boot: u64,
+        phone: PhoneId,
+    },
+    Crash(usize),
+    Boot(usize),
+    /// A reboot the node asked for (restart, upgrade): down now, up after.
+    Restart {
+        node: usize,
+        boot: u64,
+    },
+    Operator {
+        node: usize,
+        request: OperatorRequest,
+        tag: &'static str,
+    },
+    /// An operator request on whichever node is Master at the time.
+    OperatorOnMaster {
+        request: OperatorRequest,
+        tag: &'static str,
+    },
+    WriteOnMaster {
+        path: String,
+    },
+    Partition {
+        lan: bool,
+        link: bool,
+    },
+    Heal,
+    Reset,
+    SetLan(Lan),
+}
+
+#[derive(Debug)]
+struct Keyed {
+    at: Duration,
+    seq: u64,
+    ev: Ev,
+}
+impl PartialEq for Keyed {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Keyed {}
+impl PartialOrd for Keyed {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Keyed {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// One TCP connection: two ends, bytes delivered in order per direction.
+#[derive(Debug)]
+struct Wire {
+    ends: [(usize, ConnId, u64); 2],
+    open: bool,
+    last: [Duration; 2],
+    stalled: Vec<(usize, Vec<u8>)>,
+}
+
+/// A node: the engine, its sync worker and tree, what survives a crash,
+/// and the driver model.
+pub struct Node {
+    pub up: bool,
+    pub boot: u64,
+    pub pair: Option<Pair>,
+    pub worker: Option<SyncWorker>,
+    pub store: MemStore,
+    pub persisted: PersistentState,
+    pub firmware: String,
+    pub holds_vip: bool,
+    pub services: [bool; SERVICES],
+    pub deadline: Option<Instant>,
+    pub worker_deadline: Option<Instant>,
+    pub booted_at: Option<Duration>,
+}
+
+/// Something the checks found.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub at: Duration,
+    pub what: String,
+}
+
+/// A procedure an operator started, and how it ended.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub node: usize,
+    pub id: u64,
+    pub tag: &'static str,
+    pub at: Duration,
+    pub boot: u64,
+    pub outcome: Option<ProcedureOutcome>,
+}
+
+pub struct World {
+    pub cfg: WorldConfig,
+    pub base: Instant,
+    pub now: Duration,
+    pub rng: Rng,
+    pub nodes: Vec<Node>,
+    queue: BinaryHeap<Reverse<Keyed>>,
+    seq: u64,
+    wires: Vec<Wire>,
+    wire_of: HashMap<(usize, u64, ConnId), usize>,
+    pub lan: Lan,
+    pub lan_cut: bool,
+    pub link_cut: bool,
+    /// Until when two address holders are allowed (a partition and one
+    /// Master_Down_Interval after it heals).
+    pub dual_ok_until: Duration,
+    /// Since when two nodes hold the address.
+    pub dual_since: Option<Duration>,
+    was_partitioned: bool,
+    pub violations: Vec<Violation>,
+    pub log: Vec<String>,
+    pub started: Vec<Started>,
+    pub refused: Vec<(Duration, &'static str, String)>,
+    pub writes: u64,
+    pub steps: u64,
+    /// VRRP messages each node sent.
+    pub vrrp_sent: [u64; NODES],
+    /// Takeover plans each node started.
+    pub takeovers: [u64; NODES],
+    pub trace: bool,
+}
+
+fn identity(i: usize, firmware: &str) -> Identity {
+    Identity {
+        node_id: format!("pbx-{i}"),
+        firmware: firmware.into(),
+        language_pack: "en".into(),
+        licences: vec!["sip-16".into()],
+        protocol: ProtocolVersion::CURRENT,
+    }
+}
+
+fn strip(view: BTreeMap<String, View>) -> BTreeMap<String, View> {
+    view.into_iter()
+        .filter(|(k, _)| !k.starts_with(".sync-delta") && !k.contains("quarantine"))
+        .collect()
+}
+
+impl World {
+    pub fn new(cfg: WorldConfig) -> World {
+        let nodes = (0..NODES)
+            .map(|i| {
+                let mut store = MemStore::new();
+                if i == 0 {
+                    store.put_dir("etc", 0o755);
+                    store.put_file("etc/pbx.conf", b"trunk=1\n", 0o644, 1);
+                    store.put_dir("voicemail", 0o755);
+                    store.sync_all();
+                }
+                Node {
+                    up: false,
+                    boot: 0,
+                    pair: None,
+                    worker: None,
+                    store,
+                    persisted: PersistentState::default(),
+                    firmware: "5.1.30".into(),
+                    holds_vip: false,
+                    services: [false; SERVICES],
+                    deadline: None,
+                    worker_deadline: None,
+                    booted_at: None,
+                }
+            })
+            .collect();
+        World {
+            rng: Rng(cfg.seed ^ 0x5EED),
+            lan: cfg.lan,
+            cfg,
+            base: Instant::now(),
+            now: Duration::ZERO,
+            nodes,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            wires: Vec::new(),
+            wire_of: HashMap::new(),
+            lan_cut: false,
+            link_cut: false,
+            dual_ok_until: Duration::ZERO,
+            dual_since: None,
+            was_partitioned: false,
+            violations: Vec::new(),
+            log: Vec::new(),
+            started: Vec::new(),
+            refused: Vec::new(),
+            writes: 0,
+            steps: 0,
+            vrrp_sent: [0; NODES],
+            takeovers: [0; NODES],
+            trace: false,
+        }
+    }
+
+    pub fn at(&mut self, at: Duration, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Keyed {
+            at,
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + self.now
+    }
+
+    fn wall(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(WALL0) + self.now
+    }
+
+    pub fn mdi(&self) -> Duration {
+        // 3 × interval + skew (at most one interval).
+        Duration::from_millis(u64::from(self.cfg.interval_cs) * 10 * 4)
+    }
+
+    fn note(&mut self, s: String) {
+        if self.trace {
+            eprintln!("{:>10.3} {s}", self.now.as_secs_f64());
+        }
+        if self.log.len() < 4000 {
+            self.log
+                .push(format!("{:>10.3} {s}", self.now.as_secs_f64()));
+        }
+    }
+
+    fn violation(&mut self, what: String) {
+        self.note(format!("VIOLATION {what}"));
+        self.violations.push(Violation { at: self.now, what });
+    }
+
+    pub fn pair_config(&self, i: usize) -> PairConfig {
+        // The appliance profile (preempt off, accept mode on) on VRRPv3, so
+        // that intervals below a second can be tried.
+        let vrrp =
+            vrrp_fsm::Config::builder(vrrp_proto::Version::V3, Vrid::new(7).unwrap(), ip(i).into())
+                .preempt(vrrp_fsm::Preempt::Disabled)
+                .accept_mode(vrrp_fsm::AcceptMode::Enabled)
+                .priority(Priority(self.cfg.priorities[i]))
+                .interval(vrrp_proto::Interval::from_centis(self.cfg.interval_cs).unwrap())
+                .address(VIP)
+                .build()
+                .unwrap();
+        let phones = (0..PHONES)
+            .map(|p| {
+                PhoneSpec::new(match p % 3 {
+                    0 => PhoneMethod::FollowsAddress,
+                    1 => PhoneMethod::Nudge,
+                    _ => PhoneMethod::Reboot,
+                })
+            })
+            .collect();
+        let sid = failover_orchestrator::ServiceId;
+        let orchestrator = Config::builder(identity(i, &self.nodes[i].firmware))
+            .service(ServiceSpec::new("db"))
+            .service(ServiceSpec::new("sip").after(&[sid(0)]))
+            .service(ServiceSpec::new("voicemail").after(&[sid(0), sid(1)]))
+            .phones(phones)
+            // The product's timeouts scaled down to the simulated minutes,
+            // so that a procedure cut short by a fault ends in the tail.
+            .timeouts(Timeouts {
+                command: Duration::from_secs(5),
+                sync: Duration::from_secs(30),
+                peer_request: Duration::from_secs(10),
+                upgrade: Duration::from_secs(60),
+                await_peer: Duration::from_secs(60),
+                node_ready: Duration::from_secs(30),
+            })
+            .build()
+            .unwrap();
+        let link = LinkConfig::new(PreSharedKey::from_secret(b"pair-sim"), i == 0);
+        PairConfig {
+            vrrp,
+            orchestrator,
+            link,
+            vrrp_datagrams: false,
+        }
+    }
+
+    fn sync_config(&self) -> SyncConfig {
+        SyncConfig {
+            interval: self.cfg.sync_interval,
+            ..SyncConfig::default()
+        }
+    }
+
+    fn boot(&mut self, i: usize) {
+        if self.nodes[i].up {
+            return;
+        }
+        let now = self.instant();
+        let wall = self.wall();
+        let cfg = self.pair_config(i);
+        let sync = self.sync_config();
+        let n = &mut self.nodes[i];
+        n.store.reboot();
+        n.booted_at = Some(self.now);
+        n.boot += 1;
+        n.up = true;
+        n.holds_vip = false;
+        n.services = [false; SERVICES];
+        n.worker = Some(SyncWorker::new(sync));
+        n.pair = Some(Pair::new(cfg, n.persisted.clone(), now, wall));
+        self.note(format!("node {i} boots (boot {})", self.nodes[i].boot));
+        // Two units that start within one Master_Down_Interval of each
+        // other have heard nobody: like a healed partition, the election
+        // needs up to one more interval to settle.
+        let mdi = self.mdi();
+        let other = &self.nodes[1 - i];
+        if other.up && other.booted_at.is_some_and(|b| self.now <= b + mdi) {
+            self.dual_ok_until = self.dual_ok_until.max(self.now + mdi * 3);
+        }
+        // Connections from before the crash are reset by the peer's stack.
+        let stale: Vec<usize> = (0..self.wires.len())
+            .filter(|w| self.wires[*w].open && self.wires[*w].ends.iter().any(|e| e.0 == i))
+            .collect();
+        for w in stale {
+            self.reset_wire(w);
+        }
+        self.drive(i);
+    }
+
+    fn crash(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        if !n.up {
+            return;
+        }
+        n.up = false;
+        n.pair = None;
+        n.worker = None;
+        n.holds_vip = false;
+        n.services = [false; SERVICES];
+        n.deadline = None;
+        n.worker_deadline = None;
+        // Power off: what was not synced is lost at the next boot.
+        self.note(format!("node {i} crashes"));
+    }
+
+    fn reset_wire(&mut self, w: usize) {
+        if !self.wires[w].open {
+            return;
+        }
+        self.wires[w].open = false;
+        let delay = self.cfg.link_delay;
+        for (node, conn, boot) in self.wires[w].ends {
+            self.at(self.now + delay, Ev::Closed { node, conn, boot });
+        }
+    }
+
+    /// Runs until `until`, checking the invariants after every step.
+    pub fn run_until(&mut self, until: Duration) {
+        loop {
+            let next_ev = self.queue.peek().map(|k| k.0.at);
+            let next_deadline = self
+                .nodes
+                .iter()
+                .filter(|n| n.up)
+                .flat_map(|n| [n.deadline, n.worker_deadline])
+                .flatten()
+                .min()
+                .map(|t| t.saturating_duration_since(self.base));
+            let next = [next_ev, next_deadline].into_iter().flatten().min();
+            let Some(next) = next else {
+                self.now = until;
+                return;
+            };
+            if next > until {
+                self.now = until;
+                return;
+            }
+            self.now = self.now.max(next);
+            self.step();
+        }
+    }
+
+    fn step(&mut self) {
+        self.steps += 1;
+        let now = self.now;
+        while self.queue.peek().is_some_and(|k| k.0.at <= now) {
+            let Some(Reverse(k)) = self.queue.pop() else {
+                break;
+            };
+            self.apply(k.ev);
+        }
+        let t = self.instant();
+        for i in 0..NODES {
+            let n = &mut self.nodes[i];
+            if !n.up {
+                continue;
+            }
+            let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(WALL0) + now;
+            let mut touched = false;
+            if n.worker_deadline.is_some_and(|d| d <= t) {
+                if let Some(w) = n.worker.as_mut() {
+                    w.handle_timeout(t, wall, &mut n.store);
+                }
+                touched = true;
+            }
+            if n.deadline.is_some_and(|d| d <= t) {
+                if let Some(p) = n.pair.as_mut() {
+                    p.handle_timeout(t);
+                }
+                touched = true;
+            }
+            if touched {
+                self.drive(i);
+            }
+        }
+        self.check();
+    }
+
+    fn apply(&mut self, ev: Ev) {
+        let t = self.instant();
+        match ev {
+            Ev::Vrrp {
+                to,
+                bytes,
+                src,
+                dst,
+            } => {
+                if let Some(p) = self.nodes[to].pair.as_mut() {
+                    let _ = p.handle_vrrp_message(t, &bytes, RecvMeta { src, dst, ttl: TTL });
+                    self.drive(to);
+                }
+            }
+            Ev::Connect { from, conn, boot } => {
+                let to = 1 - from;
+                let delay = self.cfg.link_delay;
+                if self.link_cut || !self.nodes[to].up {
+                    // No answer: the dial times out (a partition) or is
+                    // refused (nobody listening).
+                    let after = if self.link_cut {
+                        Duration::from_secs(1)
+                    } else {
+                        delay
+                    };
+                    self.at(
+                        self.now + after,
+                        Ev::DialFailed {
+                            node: from,
+                            conn,
+                            boot,
+                        },
+                    );
+                    return;
+                }
+                let nonce = self.rng.nonce();
+                let accepted = self.nodes[to]
+                    .pair
+                    .as_mut()
+                    .and_then(|p| p.handle_accepted(t, nonce));
+                let to_boot = self.nodes[to].boot;
+                self.drive(to);
+                match accepted {
+                    Some(pc) => {
+                        let w = self.wires.len();
+                        self.wires.push(Wire {
+                            ends: [(from, conn, boot), (to, pc, to_boot)],
+                            open: true,
+                            last: [Duration::ZERO; 2],
+                            stalled: Vec::new(),
+                        });
+                        self.wire_of.insert((from, boot, conn), w);
+                        self.wire_of.insert((to, to_boot, pc), w);
+                        self.at(
+                            self.now + delay,
+                            Ev::Dialed {
+                                node: from,
+                                conn,
+                                boot,
+                            },
+                        );
+                    }
+                    None => self.at(
+                        self.now + delay,
+                        Ev::DialFailed {
+                            node: from,
+                            conn,
+                            boot,
+                        },
+                    ),
+                }
+            }
+            Ev::Dialed { node, conn, boot } => {
+                if self.nodes[node].boot != boot || !self.nodes[node].up {
+                    return;
+                }
+                let nonce = self.rng.nonce();
+                let open = self
+                    .wire_of
+                    .get(&(node, boot, conn))
+                    .is_some_and(|w| self.wires[*w].open);
+                if let Some(p) = self.nodes[node].pair.as_mut() {
+                    if open {
+                        p.handle_dialed(t, conn, nonce);
+                    } else {
+                        p.handle_dial_failed(t, conn);
+                    }
+                }
+                self.drive(node);
+            }
+            Ev::DialFailed { node, conn, boot } => {
+                if self.nodes[node].boot == boot {
+                    if let Some(p) = self.nodes[node].pair.as_mut() {
+                        p.handle_dial_failed(t, conn);
+                    }
+                    self.drive(node);
+                }
+            }
+            Ev::Bytes {
+                wire,
+                to_end,
+                bytes,
+            } => {
+                let (node, conn, boot) = self.wires[wire].ends[to_end];
+                if !self.wires[wire].open || self.nodes[node].boot != boot {
+                    return;
+                }
+                if let Some(p) = self.nodes[node].pair.as_mut() {
+                    p.handle_link_bytes(t, conn, &bytes);
+                    self.drive(node);
+                }
+            }
+            Ev::Closed { node, conn, boot } => {
+                if self.nodes[node].boot == boot {
+                    if let Some(p) = self.nodes[node].pair.as_mut() {
+                        p.handle_link_closed(t, conn);
+                    }
+                    self.drive(node);
+                }
+            }
+            Ev::Result {
+                node,
+                boot,
+                id,
+                outcome,
+            } => {
+                if self.nodes[node].boot == boot {
+                    if let Some(p) = self.nodes[node].pair.as_mut() {
+                        p.handle_command_result(t, id, outcome);
+                    }
+                    self.drive(node);
+                }
+            }
+            Ev::Registered { node, boot, phone } => {
+                if self.nodes[node].boot == boot && self.nodes[node].holds_vip {
+                    if let Some(p) = self.nodes[node].pair.as_mut() {
+                        p.handle_phone_registered(t, phone);
+                    }
+                    self.drive(node);
+                }
+            }
+            Ev::Crash(i) => self.crash(i),
+            Ev::Boot(i) => self.boot(i),
+            Ev::Restart { node, boot } => {
+                if self.nodes[node].boot == boot && self.nodes[node].up {
+                    self.note(format!("node {node} restarts"));
+                    self.crash(node);
+                    self.at(self.now + Duration::from_secs(2), Ev::Boot(node));
+                }
+            }
+            Ev::Operator { node, request, tag } => self.operator(node, request, tag),
+            Ev::OperatorOnMaster { request, tag } => {
+                let m = (0..NODES).find(|i| {
+                    self.nodes[*i].pair.as_ref().is_some_and(|p| {
+                        p.orchestrator().role() == failover_orchestrator::Role::Master
+                    })
+                });
+                match m {
+                    Some(m) => self.operator(m, request, tag),
+                    None => self.refused.push((self.now, tag, "no Master".into())),
+                }
+            }
+            Ev::WriteOnMaster { path } => {
+                let m = (0..NODES).find(|i| self.nodes[*i].holds_vip);
+                if let Some(m) = m {
+                    self.writes += 1;
+                    let n = self.writes;
+                    let mtime = i64::try_from(self.now.as_nanos()).unwrap_or(i64::MAX);
+                    let node = &mut self.nodes[m];
+                    node.store
+                        .put_file(&path, format!("message {n}").as_bytes(), 0o640, mtime);
+                    node.store.sync_all();
+                    self.note(format!("write {path} on node {m}"));
+                }
+            }
+            Ev::Partition { lan, link } => {
+                self.lan_cut |= lan;
+                self.link_cut |= link;
+                // Bytes in flight on a cut link stall until it heals.
+                self.note(format!("partition lan={lan} link={link}"));
+            }
+            Ev::Heal => {
+                let was_cut = self.lan_cut;
+                self.lan_cut = false;
+                self.link_cut = false;
+                if was_cut {
+                    let until = self.now + self.mdi() + self.mdi() / 2;
+                    self.dual_ok_until = self.dual_ok_until.max(until);
+                }
+                self.note("heal".into());
+                for w in 0..self.wires.len() {
+                    let stalled = std::mem::take(&mut self.wires[w].stalled);
+                    for (from_end, bytes) in stalled {
+                        self.send_on(w, from_end, bytes);
+                    }
+                }
+            }
+            Ev::Reset => {
+                let open: Vec<usize> = (0..self.wires.len())
+                    .filter(|w| self.wires[*w].open)
+                    .collect();
+                self.note(format!("reset {} connection(s)", open.len()));
+                for w in open {
+                    self.reset_wire(w);
+                }
+            }
+            Ev::SetLan(lan) => self.lan = lan,
+        }
+    }
+
+    fn operator(&mut self, i: usize, request: OperatorRequest, tag: &'static str) {
+        let t = self.instant();
+        let boot = self.nodes[i].boot;
+        let Some(p) = self.nodes[i].pair.as_mut() else {
+            self.refused.push((self.now, tag, "node down".into()));
+            return;
+        };
+        match p.handle_operator(t, request) {
+            Ok(id) => {
+                self.note(format!("operator {tag} on node {i}: procedure {id}"));
+                self.started.push(Started {
+                    node: i,
+                    id,
+                    tag,
+                    at: self.now,
+                    boot,
+                    outcome: None,
+                });
+            }
+            Err(e) => {
+                self.note(format!("operator {tag} on node {i}: refused ({e})"));
+                self.refused.push((self.now, tag, e.to_string()));
+            }
+        }
+        self.drive(i);
+    }
+
+    fn send_on(&mut self, w: usize, from_end: usize, bytes: Vec<u8>) {
+        if !self.wires[w].open {
+            return;
+        }
+        if self.link_cut {
+            self.wires[w].stalled.push((from_end, bytes));
+            return;
+        }
+        let to_end = 1 - from_end;
+        let at = (self.now + self.cfg.link_delay).max(self.wires[w].last[to_end]);
+        self.wires[w].last[to_end] = at;
+        self.at(
+            at,
+            Ev::Bytes {
+                wire: w,
+                to_end,
+                bytes,
+            },
+        );
+    }
+
+    /// Carries out everything node `i`'s engine asks, in order.
+    fn drive(&mut self, i: usize) {
+        let t = self.instant();
+        let wall = self.wall();
+        loop {
+            let n = &mut self.nodes[i];
+            let (Some(pair), Some(worker)) = (n.pair.as_mut(), n.worker.as_mut()) else {
+                return;
+            };
+            // The sync worker's messages and reports go to the engine first.
+            let mut fed = false;
+            while let Some(m) = worker.poll_transmit(t, &mut n.store) {
+                pair.handle_sync_message(t, &m);
+                fed = true;
+            }
+            while let Some(r) = worker.poll_report() {
+                pair.handle_sync_report(t, r);
+                fed = true;
+            }
+            let out = pair.poll_output();
+            match out {
+                Output::Wait(d) => {
+                    n.deadline = d;
+                    n.worker_deadline = worker.poll_timeout();
+                    if !fed {
+                        return;
+                    }
+                }
+                Output::Persist(rec) => n.persisted = rec.state,
+                Output::Vrrp(p) => self.vrrp_out(i, p.bytes, p.src, p.dst),
+                Output::Announce => {}
+                Output::Command(c) => self.command(i, c),
+                Output::Dial(conn) => {
+                    let boot = n.boot;
+                    self.at(
+                        self.now + self.cfg.link_delay,
+                        Ev::Connect {
+                            from: i,
+                            conn,
+                            boot,
+                        },
+                    );
+                }
+                Output::Send { conn, bytes } => {
+                    let boot = n.boot;
+                    if let Some(w) = self.wire_of.get(&(i, boot, conn)).copied() {
+                        let end = usize::from(
+                            self.wires[w].ends[1].0 == i && self.wires[w].ends[1].1 == conn,
+                        );
+                        self.send_on(w, end, bytes);
+                    }
+                }
+                Output::Close { conn, .. } => {
+                    let boot = n.boot;
+                    match self.wire_of.get(&(i, boot, conn)).copied() {
+                        Some(w) => self.reset_wire(w),
+                        None => self.at(
+                            self.now,
+                            Ev::Closed {
+                                node: i,
+                                conn,
+                                boot,
+                            },
+                        ),
+                    }
+                }
+                Output::Sync(order) => worker.handle_order(t, wall, order, &mut n.store),
+                Output::Event(e) => self.event(i, e),
+                _ => {}
+            }
+        }
+    }
+
+    fn vrrp_out(&mut self, from: usize, bytes: Vec<u8>, src: IpAddr, dst: IpAddr) {
+        self.vrrp_sent[from] += 1;
+        let to = 1 - from;
+        if self.lan_cut || self.rng.chance(self.lan.loss_ppm) {
+            return;
+        }
+        let jitter = self.lan.jitter.as_micros() as u64;
+        let extra = Duration::from_micros(self.rng.below(jitter + 1));
+        self.at(
+            self.now + self.lan.delay + extra,
+            Ev::Vrrp {
+                to,
+                bytes,
+                src,
+                dst,
+            },
+        );
+    }
+
+    fn command(&mut self, i: usize, c: Issued) {
+        let boot = self.nodes[i].boot;
+        // No command under an epoch older than what this node persisted.
+        let floor = self.nodes[i].persisted.highest_epoch;
+        if c.epoch < floor {
+            self.violation(format!(
+                "node {i} issued {:?} under {:?}, below its persisted {:?}",
+                c.command, c.epoch, floor
+            ));
+        }
+        let ms = Duration::from_millis;
+        let result = |w: &mut World, after: Duration, outcome: CommandOutcome| {
+            w.at(
+                w.now + after,
+                Ev::Result {
+                    node: i,
+                    boot,
+                    id: c.id,
+                    outcome,
+                },
+            );
+        };
+        match &c.command {
+            Command::ClaimAddress => {
+                self.nodes[i].holds_vip = true;
+                result(self, ms(1), CommandOutcome::Done);
+            }
+            Command::ReleaseAddress => {
+                self.nodes[i].holds_vip = false;
+                result(self, ms(1), CommandOutcome::Done);
+            }
+            Command::StartService(s) => {
+                if let Some(x) = self.nodes[i].services.get_mut(usize::from(s.0)) {
+                    *x = true;
+                }
+                result(self, ms(50), CommandOutcome::Done);
+            }
+            Command::StopService(s) => {
+                if let Some(x) = self.nodes[i].services.get_mut(usize::from(s.0)) {
+                    *x = false;
+                }
+                result(self, ms(20), CommandOutcome::Done);
+            }
+            Command::NudgePhone(p) | Command::RebootPhone(p) => {
+                let reboot = matches!(c.command, Command::RebootPhone(_));
+                result(self, ms(10), CommandOutcome::Done);
+                let after = if reboot { ms(3000) } else { ms(400) };
+                let phone = *p;
+                self.at(
+                    self.now + after,
+                    Ev::Registered {
+                        node: i,
+                        boot,
+                        phone,
+                    },
+                );
+            }
+            Command::RestartNode => {
+                self.at(self.now + ms(100), Ev::Restart { node: i, boot });
+            }
+            Command::UpgradeFirmware { version } => {
+                self.nodes[i].firmware.clone_from(version);
+                result(self, ms(1000), CommandOutcome::Done);
+                self.at(self.now + ms(1500), Ev::Restart { node: i, boot });
+            }
+            _ => result(self, ms(5), CommandOutcome::Done),
+        }
+        if matches!(c.command, Command::ClaimAddress) {
+            // Phones that follow the address register once it is there.
+            for p in (0..PHONES).filter(|p| p % 3 == 0) {
+                self.at(
+                    self.now + ms(200),
+                    Ev::Registered {
+                        node: i,
+                        boot,
+                        phone: PhoneId(p as u32),
+                    },
+                );
+            }
+        }
+    }
+
+    fn event(&mut self, i: usize, e: PairEvent) {
+        match &e {
+            PairEvent::Election(vrrp_fsm::Event::StateChange { from, to, reason }) => {
+                let mode = self.nodes[i]
+                    .pair
+                    .as_ref()
+                    .and_then(|p| p.router())
+                    .map(vrrp_fsm::VirtualRouter::backup_mode);
+                if *from == vrrp_fsm::State::Backup
+                    && *to == vrrp_fsm::State::Master
+                    && mode == Some(vrrp_fsm::BackupMode::Passive)
+                    && !matches!(
+                        reason,
+                        vrrp_fsm::Reason::ArmedTakeover | vrrp_fsm::Reason::Takeover
+                    )
+                {
+                    self.violation(format!(
+                        "node {i}: a Passive Backup became Master ({reason:?})"
+                    ));
+                }
+                self.note(format!("node {i} {from:?} -> {to:?} ({reason:?})"));
+            }
+            PairEvent::Orchestrator(Event::ProcedureFinished { id, outcome }) => {
+                for s in &mut self.started {
+                    if s.node == i && s.id == *id && s.outcome.is_none() {
+                        s.outcome = Some(*outcome);
+                    }
+                }
+                self.note(format!("node {i} procedure {id} finished: {outcome:?}"));
+            }
+            PairEvent::Orchestrator(ev) => {
+                if matches!(
+                    ev,
+                    Event::PlanStarted {
+                        kind: failover_orchestrator::PlanKind::Takeover,
+                        ..
+                    }
+                ) {
+                    self.takeovers[i] += 1;
+                }
+                if !matches!(
+                    ev,
+                    Event::StepStarted { .. } | Event::StepDone { .. } | Event::Milestone(_)
+                ) {
+                    self.note(format!("node {i} {ev:?}"));
+                }
+            }
+            other => self.note(format!("node {i} {other:?}")),
+        }
+    }
+
+    /// The safety invariants, after every step.
+    ///
+    /// The address is on at most one node. Allowed exceptions: a full
+    /// partition (both networks cut: neither side can know) and one
+    /// Master_Down_Interval and a half after it heals or after both units
+    /// start at once; a node with redundancy off (a standalone unit, not
+    /// half of the pair); and, only while the peer link is cut and the
+    /// VRRP link loses packets, a spurious takeover that the next
+    /// advertisement ends within one Master_Down_Interval.
+    fn check(&mut self) {
+        let holders: Vec<usize> = (0..NODES).filter(|i| self.nodes[*i].holds_vip).collect();
+        let standalone =
+            (0..NODES).any(|i| self.nodes[i].persisted.redundancy == Redundancy::Disabled);
+        let partitioned = (self.lan_cut && self.link_cut) || standalone;
+        // The grace runs from the step that ended the partition (or turned
+        // redundancy back on), too.
+        if partitioned || self.was_partitioned {
+            self.dual_ok_until = self
+                .dual_ok_until
+                .max(self.now + self.mdi() + self.mdi() / 2);
+        }
+        self.was_partitioned = partitioned;
+        if holders.len() < 2 {
+            self.dual_since = None;
+            return;
+        }
+        let since = *self.dual_since.get_or_insert(self.now);
+        if partitioned || self.now <= self.dual_ok_until {
+            return;
+        }
+        let vrrp_alone = self.link_cut && self.lan.loss_ppm > 0;
+        let bound = self.mdi() + self.lan.delay + self.lan.jitter + Duration::from_millis(5);
+        if !vrrp_alone {
+            self.violation(format!("both nodes hold the address ({holders:?})"));
+        } else if self.now - since > bound {
+            self.violation(format!(
+                "both nodes hold the address for {:?} ({holders:?})",
+                self.now - since
+            ));
+        }
+    }
+
+    /// The tree of node `i`, without the engine's own state.
+    pub fn tree(&self, i: usize) -> BTreeMap<String, View> {
+        strip(self.nodes[i].store.view())
+    }
+
+    pub fn masters(&self) -> Vec<usize> {
+        (0..NODES)
+            .filter(|i| {
+                self.nodes[*i]
+                    .pair
+                    .as_ref()
+                    .and_then(|p| p.router())
+                    .is_some_and(|r| r.state() == vrrp_fsm::State::Master)
+            })
+            .collect()
+    }
+
+    pub fn mode(&self, i: usize) -> BackupMode {
+        self.nodes[i].persisted.backup_mode
+    }
+
+    pub fn redundancy(&self, i: usize) -> Redundancy {
+        self.nodes[i].persisted.redundancy
+    }
+
+    /// Writes a file on node `i`'s tree, as its applications would.
+    pub fn write(&mut self, i: usize, path: &str, data: &[u8]) {
+        let mtime = i64::try_from(self.now.as_nanos()).unwrap_or(i64::MAX);
+        self.nodes[i].store.put_file(path, data, 0o640, mtime);
+        self.nodes[i].store.sync_all();
+    }
+
+    /// The content of a file on node `i`'s tree.
+    pub fn read(&self, i: usize, path: &str) -> Option<Vec<u8>> {
+        match self.nodes[i].store.view().get(path) {
+            Some(View::File(data, _, _)) => Some(data.clone()),
+            _ => None,
+        }
+    }
+
+    /// Starts an operator request on node `i` now; its procedure id.
+    pub fn request(&mut self, i: usize, request: OperatorRequest) -> Result<u64, String> {
+        let refused = self.refused.len();
+        self.operator(i, request, "test");
+        if self.refused.len() > refused {
+            return Err(self.refused[refused].2.clone());
+        }
+        Ok(self.started.last().map_or(0, |s| s.id))
+    }
+
+    /// How the procedure `id` on node `i` ended, if it has.
+    pub fn outcome(&self, i: usize, id: u64) -> Option<ProcedureOutcome> {
+        self.started
+            .iter()
+            .rev()
+            .find(|s| s.node == i && s.id == id)
+            .and_then(|s| s.outcome)
+    }
+
+    pub fn sync_role(&self, i: usize) -> Option<SyncRole> {
+        self.nodes[i].pair.as_ref().map(Pair::sync_role)
+    }
+
+    /// Why the schedule failed, with its log.
+    pub fn report(&self) -> String {
+        let mut s = String::new();
+        for v in &self.violations {
+            s.push_str(&format!("violation at {:?}: {}\n", v.at, v.what));
+        }
+        let tail = self.log.len().saturating_sub(200);
+        for l in &self.log[tail..] {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s
+    }
+}
