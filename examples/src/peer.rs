@@ -1,14 +1,16 @@
 //! The peer link: one authenticated TCP connection between the two nodes
 //! of a pair, carrying sync-delta rounds on [`frame::CHANNEL_SYNC`] and the
 //! orchestrator's peer messages (opaque bytes here) on
-//! [`frame::CHANNEL_PEER`] (DESIGN.md §5).
+//! [`frame::CHANNEL_PEER`].
 //!
 //! [`spawn`] starts two parts and returns a command sender and an event
 //! receiver:
 //!
 //! - the **link manager**, a task on the caller's tokio runtime: it
 //!   listens, dials, runs the pre-shared-key handshake of
-//!   [`sync_delta::frame::Link`] with nonces from the OS, and moves frames
+//!   [`sync_delta::frame::Link`] with nonces from the OS (the link's own
+//!   deadline, [`frame::HANDSHAKE_TIMEOUT`] from its creation, bounds the
+//!   connect and the handshake together), and moves frames
 //!   between the socket and the other parts (peer messages never wait
 //!   behind file work: they go out first and are delivered as events);
 //! - the **sync worker**, a thread of its own with a small current-thread
@@ -74,8 +76,8 @@ use sync_delta::frame::{self, Frame, Link, LinkRole, Nonce, PreSharedKey};
 use sync_delta::manifest::Hash;
 use sync_delta::wire::Message;
 use sync_delta::{
-    Epoch, Exclude, FsStore, Kind, Manifest, OpenReport, Refusal, Replica, ReplicaConfig,
-    ReplicaEvent, ReplicaStatus, SessionError, Source, SourceConfig, SourceEvent,
+    Epoch, Exclude, FsStore, Kind, LinkError, Manifest, OpenReport, Refusal, Replica,
+    ReplicaConfig, ReplicaEvent, ReplicaStatus, SessionError, Source, SourceConfig, SourceEvent,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -87,9 +89,6 @@ use tokio::task::JoinHandle;
 pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest redial delay.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// A connection that has not finished the handshake in this time is
-/// dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Idle time before the first keepalive probe.
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
@@ -388,58 +387,94 @@ fn lock(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Runs the handshake on `stream`; returns the established link and any
-/// application frames that arrived right behind it.
+/// A link for one new connection (a nonce from the OS), created now: its
+/// handshake deadline starts here. Make it before connecting so that the
+/// deadline bounds the connect as well.
 ///
 /// # Errors
-/// A readable reason: I/O, a wrong key, a malformed frame, a timeout.
-pub async fn handshake(
-    stream: &mut TcpStream,
+/// The OS could not give a nonce.
+pub fn new_link(
     role: LinkRole,
     key: PreSharedKey,
     epoch: Epoch,
     newest_peer: Epoch,
-) -> Result<(Link, Vec<Frame>), String> {
-    let run = async {
-        let nonce = os_nonce().map_err(|e| format!("nonce from the OS: {e}"))?;
-        let mut link = Link::new(role, key, nonce, epoch, newest_peer);
-        let mut frames = Vec::new();
-        let mut buf = vec![0u8; READ_CHUNK];
-        loop {
-            let mut out = Vec::new();
-            if link.poll_transmit(&mut out) {
-                stream
-                    .write_all(&out)
-                    .await
-                    .map_err(|e| format!("write: {e}"))?;
-            }
-            if link.is_established() {
-                return Ok((link, frames));
-            }
-            let n = stream
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("peer closed the connection during the handshake \
-                            (wrong key?)"
-                    .to_owned());
-            }
-            link.handle_bytes(&buf[..n])
-                .map_err(|e| format!("handshake: {e}"))?;
-            while let Some(f) = link.poll_frame().map_err(|e| match e {
-                sync_delta::LinkError::BadProof => "handshake: the peer's proof does not \
-                     verify (wrong key)"
-                    .to_owned(),
-                e => format!("handshake: {e}"),
-            })? {
-                frames.push(f);
-            }
+) -> Result<Link, String> {
+    let nonce = os_nonce().map_err(|e| format!("nonce from the OS: {e}"))?;
+    Ok(Link::new(
+        role,
+        key,
+        nonce,
+        epoch,
+        newest_peer,
+        Instant::now(),
+    ))
+}
+
+fn link_failure(e: LinkError) -> String {
+    match e {
+        LinkError::BadProof => "handshake: the peer's proof does not verify (wrong key)".to_owned(),
+        LinkError::HandshakeTimeout => "handshake timed out".to_owned(),
+        e => format!("handshake: {e}"),
+    }
+}
+
+/// Runs `fut` until it finishes or `link`'s handshake deadline passes
+/// (driving [`Link::handle_timeout`]).
+///
+/// # Errors
+/// The link's [`LinkError::HandshakeTimeout`] (or earlier error), as text.
+async fn before_deadline<T>(
+    link: &mut Link,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, String> {
+    tokio::pin!(fut);
+    loop {
+        if let Some(e) = link.error() {
+            return Err(link_failure(e));
         }
-    };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, run)
-        .await
-        .map_err(|_| "handshake timed out".to_owned())?
+        tokio::select! {
+            r = &mut fut => return Ok(r),
+            () = sleep_std(link.poll_timeout()) => link.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+/// Runs the handshake of `link` (from [`new_link`]) on `stream`, until the
+/// link's own deadline; returns the established link and any application
+/// frames that arrived right behind it.
+///
+/// # Errors
+/// A readable reason: I/O, a wrong key, a malformed frame, the deadline.
+pub async fn handshake(
+    stream: &mut TcpStream,
+    mut link: Link,
+) -> Result<(Link, Vec<Frame>), String> {
+    let mut frames = Vec::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let mut out = Vec::new();
+        if link.poll_transmit(&mut out) {
+            before_deadline(&mut link, stream.write_all(&out))
+                .await?
+                .map_err(|e| format!("write: {e}"))?;
+        }
+        if link.is_established() {
+            return Ok((link, frames));
+        }
+        let n = before_deadline(&mut link, stream.read(&mut buf))
+            .await?
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("peer closed the connection during the handshake \
+                        (wrong key?)"
+                .to_owned());
+        }
+        link.handle_bytes(Instant::now(), &buf[..n])
+            .map_err(link_failure)?;
+        while let Some(f) = link.poll_frame().map_err(link_failure)? {
+            frames.push(f);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -555,14 +590,17 @@ impl Manager {
                 },
                 acc = accept_opt(listener.as_ref()) => match acc {
                     Ok((mut stream, from)) => {
-                        let (key, epoch, floor) = (self.key.clone(), self.epoch, self.newest_peer);
+                        let link = new_link(LinkRole::Responder, self.key.clone(), self.epoch, self.newest_peer);
                         let tx = hs_tx.clone();
                         tokio::spawn(async move {
                             tune(&stream);
-                            let r = handshake(&mut stream, LinkRole::Responder, key, epoch, floor)
-                                .await
-                                .map(|(l, f)| (stream, l, f))
-                                .map_err(|e| format!("from {from}: {e}"));
+                            let r = match link {
+                                Ok(link) => handshake(&mut stream, link)
+                                    .await
+                                    .map(|(l, f)| (stream, l, f)),
+                                Err(e) => Err(e),
+                            }
+                            .map_err(|e| format!("from {from}: {e}"));
                             let _ = tx.send((LinkRole::Responder, r)).await;
                         });
                     }
@@ -579,23 +617,16 @@ impl Manager {
                         let tx = hs_tx.clone();
                         tokio::spawn(async move {
                             let r = async {
-                                let mut stream = tokio::time::timeout(
-                                    HANDSHAKE_TIMEOUT,
-                                    TcpStream::connect(to),
-                                )
-                                .await
-                                .map_err(|_| format!("connect to {to}: timed out"))?
-                                .map_err(|e| format!("connect to {to}: {e}"))?;
+                                // The link's deadline covers the connect too.
+                                let mut link = new_link(LinkRole::Initiator, key, epoch, floor)?;
+                                let mut stream = before_deadline(&mut link, TcpStream::connect(to))
+                                    .await
+                                    .map_err(|e| format!("connect to {to}: {e}"))?
+                                    .map_err(|e| format!("connect to {to}: {e}"))?;
                                 tune(&stream);
-                                let (l, f) = handshake(
-                                    &mut stream,
-                                    LinkRole::Initiator,
-                                    key,
-                                    epoch,
-                                    floor,
-                                )
-                                .await
-                                .map_err(|e| format!("to {to}: {e}"))?;
+                                let (l, f) = handshake(&mut stream, link)
+                                    .await
+                                    .map_err(|e| format!("to {to}: {e}"))?;
                                 Ok((stream, l, f))
                             }
                             .await;
@@ -794,7 +825,7 @@ async fn reader(
             };
             let frames = {
                 let mut l = lock(&link);
-                l.handle_bytes(&buf[..n])
+                l.handle_bytes(Instant::now(), &buf[..n])
                     .map_err(|e| format!("link: {e}"))?;
                 let mut v = Vec::new();
                 while let Some(f) = l.poll_frame().map_err(|e| format!("link: {e}"))? {
