@@ -77,7 +77,7 @@ use sync_delta::manifest::Hash;
 use sync_delta::wire::Message;
 use sync_delta::{
     Epoch, Exclude, FsStore, Kind, LinkError, Manifest, OpenReport, Refusal, Replica,
-    ReplicaConfig, ReplicaEvent, ReplicaStatus, SessionError, Source, SourceConfig, SourceEvent,
+    ReplicaConfig, ReplicaEvent, ReplicaStatus, Source, SourceConfig, SourceEvent,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -910,8 +910,6 @@ struct RoundTrack {
     started: Instant,
     bytes: u64,
     old: Manifest,
-    /// It asked for a full listing.
-    full: bool,
 }
 
 type SummaryReply = oneshot::Sender<Result<ReplicaSummary, String>>;
@@ -928,11 +926,6 @@ struct Worker {
     round: Option<RoundTrack>,
     rounds_started: u64,
     waiting: Vec<(u64, SummaryReply)>,
-    /// Ask for a full listing in the next round (after a digest mismatch).
-    full_next: bool,
-    /// A round is being retried over a new connection: waiters survive the
-    /// link reset.
-    retrying: bool,
     /// Source: sync-now waiters, with when they asked and how many
     /// requests the replica had made by then (only a round requested later
     /// answers them).
@@ -1013,8 +1006,6 @@ impl Worker {
             round: None,
             rounds_started: 0,
             waiting: Vec::new(),
-            full_next: false,
-            retrying: false,
             source_waiting: Vec::new(),
             source_requests: 0,
             events,
@@ -1071,21 +1062,14 @@ impl Worker {
             match &mut self.session {
                 Session::None => return,
                 Session::Replica(r) => {
-                    while let Some(mut m) = r.poll_transmit() {
+                    while let Some(m) = r.poll_transmit() {
                         if matches!(m, Message::Request { .. }) {
-                            let full = std::mem::take(&mut self.full_next);
-                            if full {
-                                // A digest the source cannot have confirmed:
-                                // it answers with a full listing.
-                                m = Message::Request { digest: [0; 32] };
-                            }
                             self.rounds_started += 1;
                             self.round = Some(RoundTrack {
                                 seq: self.rounds_started,
                                 started: Instant::now(),
                                 bytes: 0,
                                 old: r.manifest().clone(),
-                                full,
                             });
                         }
                         if let Some(c) = &self.conn {
@@ -1258,9 +1242,7 @@ impl Worker {
         self.emit(PeerEvent::RoundFailed(why.clone())).await;
         let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
             .into_iter()
-            .partition(|(min, _)| {
-                seq.is_some_and(|s| *min <= s) || (self.conn.is_none() && !self.retrying)
-            });
+            .partition(|(min, _)| seq.is_some_and(|s| *min <= s) || self.conn.is_none());
         for (_, reply) in due {
             let _ = reply.send(Err(why.clone()));
         }
@@ -1293,32 +1275,9 @@ impl Worker {
                 if let Some(t) = &mut self.round {
                     t.bytes += m.wire_len;
                 }
-                match r.handle_message(now, m.msg, store) {
-                    Ok(()) => None,
-                    Err(SessionError::DigestMismatch)
-                        if self.round.as_ref().is_some_and(|t| !t.full) =>
-                    {
-                        // Workaround: sync-delta's manifest digest covers
-                        // symlink mtimes that its diff leaves out, so a
-                        // source whose symlinks were re-created (a former
-                        // replica, after a swap) never matches a delta
-                        // listing. A full listing always does: retry with
-                        // one at once, keeping the waiters.
-                        tracing::warn!("manifest digest mismatch; retrying with a full listing");
-                        self.full_next = true;
-                        self.retrying = true;
-                        let seq = self.round.take().map_or(0, |t| t.seq);
-                        for (min, _) in &mut self.waiting {
-                            *min = (*min).max(seq + 1);
-                        }
-                        let _ = self.reset.send(Reset {
-                            conn: m.conn,
-                            why: "manifest digest mismatch (retrying)".into(),
-                        });
-                        return;
-                    }
-                    Err(e) => Some(format!("replica session: {e}")),
-                }
+                r.handle_message(now, m.msg, store)
+                    .err()
+                    .map(|e| format!("replica session: {e}"))
             }
             _ => {
                 tracing::debug!("sync message not for this role ignored");
@@ -1422,15 +1381,10 @@ impl Worker {
                     tracing::warn!(error = %e, "staged files not removed");
                 }
                 while r.poll_transmit().is_some() {}
-                if self.retrying {
-                    // Not connected: the retry starts with the next link.
-                    r.sync_now(now);
-                }
-                if self.round.is_some() || (!self.waiting.is_empty() && !self.retrying) {
+                if self.round.is_some() || !self.waiting.is_empty() {
                     self.round_failed("the link went down during the round".into())
                         .await;
                 }
-                self.retrying = false;
             }
             (Session::Source(s), _) => {
                 s.handle_disconnected(now);

@@ -571,7 +571,8 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
 
     // Takeover: B settles and becomes the source, A returns as replica.
     // (B's symlink was made by its replica, so its mtime differs from the
-    // recorded one: the link retries the round with a full listing.)
+    // one A listed; symlink mtimes are not replicated, and the first round
+    // after the swap must succeed as it is.)
     let (tx, rx) = tokio::sync::oneshot::channel();
     b_cmd
         .send(PeerCommand::FinishOrRollback { reply: tx })
@@ -592,6 +593,15 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
         .send(PeerCommand::SetRole(SyncRole::Replica))
         .await
         .unwrap();
+    // A pulls at once as a replica: nothing new yet, generation 3 holds.
+    let first = wait_for(&mut a_ev, "A's first round as the replica", |e| match e {
+        PeerEvent::RoundDone(s) => Some(s),
+        PeerEvent::RoundFailed(why) => panic!("first round after the swap failed: {why}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(first.generation, 3);
+    assert_eq!(first.files_sent, 0);
     write(
         &b_dir,
         "voicemail/100/msg0003.wav",

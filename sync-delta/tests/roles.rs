@@ -90,3 +90,41 @@ fn generation_age_is_what_takeover_loses() {
         Some(std::time::Duration::from_secs(45))
     );
 }
+
+/// The former replica's symlinks were made by its own replica session, so
+/// their mtimes differ from the ones its manifest recorded from the old
+/// source: after a swap, the two must still agree on the digest.
+#[test]
+fn swapped_roles_agree_on_symlinks() {
+    use sync_delta::Storage;
+
+    let mut a = MemStore::new();
+    a.put_file("voice/100/msg1.wav", b"one", 0o640, 1);
+    a.put_symlink("current", b"voice/100");
+    a.put_symlink("voice/latest", b"100/msg1.wav");
+    let mut pair = Pair::new(a, MemStore::new());
+    pair.round().unwrap();
+    pair.assert_synced();
+    let (mut a, mut b) = (pair.src, pair.dst);
+    assert_ne!(
+        a.stat("current").unwrap().mtime_ns,
+        b.stat("current").unwrap().mtime_ns,
+        "the two links have their own mtimes"
+    );
+
+    // B takes over and takes a new voicemail; A returns as the replica.
+    b.put_file("voice/100/msg2.wav", b"two", 0o640, 2);
+    let mut pair = Pair::new(b, a);
+    pair.round().unwrap();
+    pair.assert_synced();
+    assert_eq!(pair.replica.generation().number, 2);
+    assert_eq!(pair.source.confirmed_generation(), 2);
+
+    // And back again, with nothing new: a plain confirmation.
+    let (b, a) = (pair.src, pair.dst);
+    let mut pair = Pair::new(a, b);
+    pair.round().unwrap();
+    pair.assert_synced();
+    assert_eq!(pair.replica.generation().number, 2);
+    assert_eq!(pair.replica.stats().failed, 0);
+}

@@ -289,3 +289,34 @@ fn exclusions_are_neither_sent_nor_deleted() {
     );
     assert_eq!(common::read(&mut pair.dst, "etc/pbx.conf"), b"x");
 }
+
+/// A symlink re-created with the same target (`ln -sfn`) has a new mtime,
+/// which is not replicated: the source's digest must not change with it,
+/// or the replica's manifest never matches again.
+#[test]
+fn recreated_symlink_keeps_the_digest() {
+    let mut s = MemStore::new();
+    s.put_file("voice/100/msg1.wav", b"one", 0o640, 1);
+    s.put_symlink("current", b"voice/100");
+    let mut pair = Pair::new(s, MemStore::new());
+    pair.round().unwrap();
+    pair.assert_synced();
+    assert_eq!(pair.replica.generation().number, 1);
+
+    // Only the link's mtime moves: the round confirms generation 1.
+    pair.src.remove_tree("current");
+    pair.src.put_symlink("current", b"voice/100");
+    pair.round().unwrap();
+    assert_eq!(pair.replica.generation().number, 1);
+    assert_eq!(pair.replica.stats().rounds, 2);
+
+    // With a real change beside it: generation 2, by a delta listing.
+    pair.src.remove_tree("current");
+    pair.src.put_symlink("current", b"voice/100");
+    pair.src.put_file("voice/100/msg2.wav", b"two", 0o640, 2);
+    pair.round().unwrap();
+    pair.assert_synced();
+    assert_eq!(pair.replica.generation().number, 2);
+    assert_eq!(pair.source.confirmed_generation(), 2);
+    assert_eq!(pair.replica.stats().failed, 0);
+}
