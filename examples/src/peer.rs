@@ -65,7 +65,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -73,11 +72,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use sync_delta::frame::{self, Frame, Link, LinkRole, Nonce, PreSharedKey};
-use sync_delta::manifest::Hash;
 use sync_delta::wire::Message;
 use sync_delta::{
-    Epoch, Exclude, FsStore, Kind, LinkError, Manifest, OpenReport, Refusal, Replica,
-    ReplicaConfig, ReplicaEvent, ReplicaStatus, Source, SourceConfig, SourceEvent,
+    Epoch, Exclude, FsStore, LinkError, OpenReport, Refusal, Replica, ReplicaConfig, ReplicaEvent,
+    ReplicaStatus, Source, SourceConfig, SourceEvent,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -909,7 +907,6 @@ struct RoundTrack {
     seq: u64,
     started: Instant,
     bytes: u64,
-    old: Manifest,
 }
 
 type SummaryReply = oneshot::Sender<Result<ReplicaSummary, String>>;
@@ -944,40 +941,6 @@ fn source_bound(m: &Message) -> bool {
             | Message::Committed { .. }
             | Message::Abandon { .. }
     )
-}
-
-/// Counts deletions and renames between two generations.
-fn deleted_and_renamed(old: &Manifest, new: &Manifest) -> (u64, u64) {
-    let same_type = |a: &Kind, b: &Kind| std::mem::discriminant(a) == std::mem::discriminant(b);
-    let mut gone: HashMap<Hash, u64> = HashMap::new();
-    let mut removed = 0u64;
-    for (p, m) in &old.entries {
-        if m.kind == Kind::Dir {
-            continue;
-        }
-        if new
-            .entries
-            .get(p)
-            .is_none_or(|n| !same_type(&n.kind, &m.kind))
-        {
-            removed += 1;
-            if let Some(h) = m.file_hash() {
-                *gone.entry(*h).or_default() += 1;
-            }
-        }
-    }
-    let mut renamed = 0u64;
-    for (p, m) in &new.entries {
-        let Some(h) = m.file_hash() else { continue };
-        if old.entries.get(p).is_some_and(|o| o.file_hash().is_some()) {
-            continue;
-        }
-        if let Some(n) = gone.get_mut(h).filter(|n| **n > 0) {
-            *n -= 1;
-            renamed += 1;
-        }
-    }
-    (removed - renamed, renamed)
 }
 
 async fn sleep_std(at: Option<Instant>) {
@@ -1069,7 +1032,6 @@ impl Worker {
                                 seq: self.rounds_started,
                                 started: Instant::now(),
                                 bytes: 0,
-                                old: r.manifest().clone(),
                             });
                         }
                         if let Some(c) = &self.conn {
@@ -1171,15 +1133,14 @@ impl Worker {
             ReplicaEvent::Committed {
                 generation,
                 fetched,
+                deleted,
+                renamed,
                 ..
             } => {
                 let Session::Replica(r) = &self.session else {
                     return;
                 };
                 let track = self.round.take();
-                let (deleted, renamed) = track
-                    .as_ref()
-                    .map_or((0, 0), |t| deleted_and_renamed(&t.old, r.manifest()));
                 let summary = ReplicaSummary {
                     generation,
                     files_sent: fetched,
@@ -1496,37 +1457,6 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sync_delta::RelPath;
-    use sync_delta::manifest::Meta;
-
-    fn file(hash: u8) -> Meta {
-        Meta {
-            kind: Kind::File {
-                size: 1,
-                hash: [hash; 32],
-            },
-            mode: 0o644,
-            mtime_ns: 0,
-            local: Default::default(),
-        }
-    }
-
-    fn manifest(entries: &[(&str, u8)]) -> Manifest {
-        let mut m = Manifest::default();
-        for (p, h) in entries {
-            m.entries.insert(RelPath::new(p).unwrap(), file(*h));
-        }
-        m
-    }
-
-    #[test]
-    fn counts_renames_and_deletions() {
-        let old = manifest(&[("a", 1), ("b", 2), ("c", 3), ("d", 3)]);
-        // a renamed to e, b deleted, c modified, one copy of 3 (d) renamed to f
-        let new = manifest(&[("c", 4), ("e", 1), ("f", 3)]);
-        assert_eq!(deleted_and_renamed(&old, &new), (1, 2));
-        assert_eq!(deleted_and_renamed(&old, &old), (0, 0));
-    }
 
     #[test]
     fn dial_rule() {

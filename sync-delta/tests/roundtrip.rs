@@ -320,3 +320,48 @@ fn recreated_symlink_keeps_the_digest() {
     assert_eq!(pair.source.confirmed_generation(), 2);
     assert_eq!(pair.replica.stats().failed, 0);
 }
+
+/// The replica counts what a round deleted and renamed itself.
+#[test]
+fn committed_event_counts_deletions_and_renames() {
+    let mut s = MemStore::new();
+    s.put_file("a", b"one", 0o644, 1);
+    s.put_file("b", b"two", 0o644, 1);
+    s.put_file("c", b"three", 0o644, 1);
+    s.put_file("d", b"three", 0o644, 1);
+    s.put_symlink("l", b"a");
+    s.put_file("gone/x", b"x", 0o644, 1);
+    let rc = ReplicaConfig {
+        max_delete_percent: 100,
+        ..ReplicaConfig::default()
+    };
+    let mut pair = Pair::with_config(s, MemStore::new(), SourceConfig::default(), rc);
+    pair.round().unwrap();
+    let committed = |e: &ReplicaEvent| match e {
+        ReplicaEvent::Committed {
+            deleted, renamed, ..
+        } => Some((*deleted, *renamed)),
+        _ => None,
+    };
+    assert_eq!(pair.events.iter().rev().find_map(committed), Some((0, 0)));
+
+    // a → e and d → f (renames), b, the link l and gone/x deleted, c
+    // edited, the directory gone removed (not counted).
+    pair.src.move_tree("a", "e");
+    pair.src.move_tree("d", "f");
+    pair.src.remove_tree("b");
+    pair.src.remove_tree("l");
+    pair.src.remove_tree("gone");
+    pair.src.put_file("c", b"four", 0o644, 2);
+    pair.events.clear();
+    pair.round().unwrap();
+    pair.assert_synced();
+    assert_eq!(pair.events.iter().rev().find_map(committed), Some((3, 2)));
+    assert_eq!(pair.replica.stats().deleted, 3);
+    assert_eq!(pair.replica.stats().renamed, 2);
+
+    // Nothing changed: nothing counted.
+    pair.events.clear();
+    pair.round().unwrap();
+    assert_eq!(pair.events.iter().rev().find_map(committed), Some((0, 0)));
+}
