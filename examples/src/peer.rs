@@ -288,6 +288,9 @@ pub enum PeerEvent {
     Served {
         /// Its number.
         generation: u64,
+        /// When this node took the snapshot the replica now holds (the
+        /// Backup's data is as old as this, not as the confirmation).
+        taken_at: SystemTime,
     },
     /// Replica status after each round and after opening.
     Status(ReplicaStatus),
@@ -1081,9 +1084,16 @@ impl Worker {
 
     async fn source_event(&mut self, e: SourceEvent) {
         match e {
-            SourceEvent::Confirmed { generation } => {
+            SourceEvent::Confirmed {
+                generation,
+                taken_at,
+            } => {
                 tracing::info!(generation, "replica confirmed a generation");
-                self.emit(PeerEvent::Served { generation }).await;
+                self.emit(PeerEvent::Served {
+                    generation,
+                    taken_at,
+                })
+                .await;
                 let requests = self.source_requests;
                 for (at, _, reply) in self.source_due(requests) {
                     let _ = reply.send(Ok(ReplicaSummary {
@@ -1310,11 +1320,14 @@ impl Worker {
                             age: g.age(SystemTime::now()),
                         })
                         .map_err(|e| format!("settle: {e}")),
-                    (Session::Source(s), _) => Ok(GenerationInfo {
-                        generation: s.confirmed_generation(),
-                        taken_at: None,
-                        age: None,
-                    }),
+                    (Session::Source(s), _) => {
+                        let g = s.confirmed();
+                        Ok(GenerationInfo {
+                            generation: g.number,
+                            taken_at: g.taken_at,
+                            age: g.age(SystemTime::now()),
+                        })
+                    }
                     _ => Err("no replica session to settle".into()),
                 };
                 if had_round && matches!(self.session, Session::Replica(_)) {

@@ -498,11 +498,22 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
     assert_eq!(first.generation, 1);
     assert_eq!(first.files_sent, 6);
     assert_eq!(tree(&b_dir), tree(&a_dir));
-    wait_for(&mut a_ev, "A served", |e| match e {
-        PeerEvent::Served { generation } => Some(generation),
+    let held = wait_for(&mut b_ev, "B's status", |e| match e {
+        PeerEvent::Status(st) => Some(st.generation),
         _ => None,
     })
     .await;
+    // A reports what B holds: the generation and when A took it.
+    let (generation, taken_at) = wait_for(&mut a_ev, "A served", |e| match e {
+        PeerEvent::Served {
+            generation,
+            taken_at,
+        } => Some((generation, taken_at)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(generation, 1);
+    assert_eq!(Some(taken_at), held.taken_at);
 
     // Opaque orchestrator bytes, both ways, beside the sync channel.
     a_cmd
@@ -548,10 +559,23 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
     assert_eq!(tree(&b_dir), tree(&a_dir));
     // The source records the confirmation a moment later; a swap before it
     // would quarantine A's unconfirmed edit (tested by sync-delta).
-    wait_for(&mut a_ev, "A served generation 2", |e| {
-        matches!(e, PeerEvent::Served { generation: 2 }).then_some(())
+    let taken_at = wait_for(&mut a_ev, "A served generation 2", |e| match e {
+        PeerEvent::Served {
+            generation: 2,
+            taken_at,
+        } => Some(taken_at),
+        _ => None,
     })
     .await;
+    // The source answers a takeover query with the same.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    a_cmd
+        .send(PeerCommand::FinishOrRollback { reply: tx })
+        .await
+        .unwrap();
+    let g = rx.await.unwrap().unwrap();
+    assert_eq!(g.generation, 2);
+    assert_eq!(g.taken_at, Some(taken_at));
 
     // Sync now, asked on the source (before a planned swap): it answers
     // once the source has the replica's confirmation.

@@ -11,7 +11,7 @@ use crate::path::RelPath;
 use crate::store::{IO_CHUNK, Storage};
 use crate::wire::{AbandonReason, Base, DataStatus, Message};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Replica settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,14 +244,6 @@ impl std::fmt::Debug for Replica {
     }
 }
 
-fn ns_to_time(ns: i64) -> SystemTime {
-    if ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
-    }
-}
-
 impl Replica {
     /// Opens the replica tree behind `store`: rolls an interrupted round
     /// forward (committed) or back (not committed), and, when this node's
@@ -276,18 +268,8 @@ impl Replica {
             generation::write_base(store, &mut p)?;
             quarantined = name.map(|n2| (n2, n));
         }
-        let confirmed_at_ns = if rec.state.generation == p.generation && p.generation > 0 {
-            Some(rec.state.taken_at_ns.max(p.taken_at_ns))
-        } else if p.generation > 0 {
-            Some(p.taken_at_ns)
-        } else if rec.state.role == Role::Replica
-            && rec.state.generation == 0
-            && rec.state.taken_at_ns != 0
-        {
-            Some(rec.state.taken_at_ns)
-        } else {
-            None
-        };
+        let confirmed_at_ns =
+            generation::confirmed_taken_at_ns(&rec.state, p.generation, p.taken_at_ns);
         generation::write_state(
             store,
             StateFile {
@@ -330,7 +312,7 @@ impl Replica {
     pub fn generation(&self) -> Generation {
         Generation {
             number: self.p.generation,
-            taken_at: self.confirmed_at_ns.map(ns_to_time),
+            taken_at: self.confirmed_at_ns.map(generation::ns_to_time),
         }
     }
 

@@ -128,3 +128,55 @@ fn swapped_roles_agree_on_symlinks() {
     assert_eq!(pair.replica.generation().number, 2);
     assert_eq!(pair.replica.stats().failed, 0);
 }
+
+/// The source reports each confirmed generation with the time it took the
+/// snapshot (what the replica holds), not the time of the confirmation.
+#[test]
+fn source_reports_when_it_took_the_confirmed_generation() {
+    use std::time::Duration;
+    use sync_delta::{Source, SourceEvent};
+
+    let confirmations = |s: &mut Source| {
+        let mut v = Vec::new();
+        while let Some(e) = s.poll_event() {
+            if let SourceEvent::Confirmed {
+                generation,
+                taken_at,
+            } = e
+            {
+                v.push((generation, taken_at));
+            }
+        }
+        v
+    };
+    let mut a = MemStore::new();
+    a.put_file("x", b"1", 0o644, 1);
+    let mut pair = Pair::new(a, MemStore::new());
+    assert_eq!(pair.source.confirmed().taken_at, None);
+    pair.round().unwrap();
+    let taken1 = pair.wall;
+    // The confirmation arrives later than the snapshot was taken.
+    assert_eq!(confirmations(&mut pair.source), vec![(1, taken1)]);
+    assert_eq!(pair.source.confirmed().number, 1);
+    assert_eq!(pair.source.confirmed().taken_at, Some(taken1));
+    assert_eq!(pair.replica.generation(), pair.source.confirmed());
+
+    // A round that changes nothing confirms generation 1 as of its own,
+    // later snapshot: the data is that fresh.
+    pair.round().unwrap();
+    let taken2 = pair.wall;
+    assert_eq!(taken2, taken1 + Duration::from_secs(61));
+    assert_eq!(confirmations(&mut pair.source), vec![(1, taken2)]);
+    assert_eq!(pair.replica.generation(), pair.source.confirmed());
+
+    // A change: generation 2, taken at its round.
+    pair.src.put_file("x", b"2", 0o644, 2);
+    pair.round().unwrap();
+    let taken3 = pair.wall;
+    assert_eq!(confirmations(&mut pair.source), vec![(2, taken3)]);
+
+    // Reopened, the source knows generation 2's time from its state.
+    let reopened = Source::open(SourceConfig::default(), Instant::now(), &mut pair.src).unwrap();
+    assert_eq!(reopened.confirmed().number, 2);
+    assert_eq!(reopened.confirmed().taken_at, Some(taken3));
+}
