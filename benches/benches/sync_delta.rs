@@ -78,7 +78,7 @@ fn wire_round(old: &[u8], new: &[u8]) -> u64 {
     let mut dst = MemStore::new();
     let mut source = Source::open(SourceConfig::default(), now, &mut src).expect("source");
     let (mut replica, _) = Replica::open(ReplicaConfig::default(), now, &mut dst).expect("replica");
-    let (mut lr, mut ls) = linked(PreSharedKey::from_secret(b"bench"));
+    let (mut lr, mut ls) = linked(PreSharedKey::from_secret(b"bench"), now);
     replica.handle_connected(now);
     let mut round =
         |src: &mut MemStore, dst: &mut MemStore, replica: &mut Replica, bytes: &mut u64| loop {
@@ -116,11 +116,12 @@ fn wire_round(old: &[u8], new: &[u8]) -> u64 {
     second
 }
 
-fn linked(key: PreSharedKey) -> (Link, Link) {
+fn linked(key: PreSharedKey, now: Instant) -> (Link, Link) {
     Link::connected_pair(
         key,
         [Nonce([1; 32]), Nonce([2; 32])],
         [Epoch::new(1, 2), Epoch::new(1, 1)],
+        now,
     )
     .expect("handshake")
 }
@@ -211,13 +212,14 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(blake3::keyed_hash(&[7; 32], &payload)))
     });
     let key = PreSharedKey::from_secret(b"bench");
-    let (mut fa, mut fb) = linked(key);
+    let now = Instant::now();
+    let (mut fa, mut fb) = linked(key, now);
     let mut wire = Vec::with_capacity(payload.len() + 64);
     g.bench_function("link/send+receive", |b| {
         b.iter(|| {
             wire.clear();
             fa.send(CHANNEL_SYNC, &payload, &mut wire).expect("send");
-            fb.handle_bytes(&wire).expect("receive");
+            fb.handle_bytes(now, &wire).expect("receive");
             black_box(fb.poll_frame().expect("frame").expect("whole"))
         })
     });

@@ -158,7 +158,7 @@ async fn serve(config: PeerConfig) -> Result<ExitCode, String> {
             PeerEvent::Listening(a) => eprintln!("listening on {a}"),
             PeerEvent::Connected => eprintln!("replica connected"),
             PeerEvent::Disconnected => eprintln!("replica disconnected"),
-            PeerEvent::Served { generation } => {
+            PeerEvent::Served { generation, .. } => {
                 eprintln!("replica confirmed generation {generation}");
             }
             PeerEvent::LinkFailed(e) | PeerEvent::Error(e) => eprintln!("warning: {e}"),

@@ -784,14 +784,17 @@ impl Main {
                 seconds = r.seconds,
                 "sync round"
             ),
-            PeerEvent::Served { generation } => {
+            PeerEvent::Served {
+                generation,
+                taken_at,
+            } => {
                 // The Master's view of what its Backup holds: the generation
-                // the replica confirmed, taken (within one round) now.
+                // the replica confirmed, as of when this node took it.
                 self.orch.handle_sync_status(
                     now,
                     orch::SyncStatus {
                         generation,
-                        taken_at: SystemTime::now(),
+                        taken_at,
                         round_in_progress: false,
                     },
                 );

@@ -1,14 +1,16 @@
 //! The peer link: one authenticated TCP connection between the two nodes
 //! of a pair, carrying sync-delta rounds on [`frame::CHANNEL_SYNC`] and the
 //! orchestrator's peer messages (opaque bytes here) on
-//! [`frame::CHANNEL_PEER`] (DESIGN.md §5).
+//! [`frame::CHANNEL_PEER`].
 //!
 //! [`spawn`] starts two parts and returns a command sender and an event
 //! receiver:
 //!
 //! - the **link manager**, a task on the caller's tokio runtime: it
 //!   listens, dials, runs the pre-shared-key handshake of
-//!   [`sync_delta::frame::Link`] with nonces from the OS, and moves frames
+//!   [`sync_delta::frame::Link`] with nonces from the OS (the link's own
+//!   deadline, [`frame::HANDSHAKE_TIMEOUT`] from its creation, bounds the
+//!   connect and the handshake together), and moves frames
 //!   between the socket and the other parts (peer messages never wait
 //!   behind file work: they go out first and are delivered as events);
 //! - the **sync worker**, a thread of its own with a small current-thread
@@ -63,7 +65,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -71,11 +72,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use sync_delta::frame::{self, Frame, Link, LinkRole, Nonce, PreSharedKey};
-use sync_delta::manifest::Hash;
 use sync_delta::wire::Message;
 use sync_delta::{
-    Epoch, Exclude, FsStore, Kind, Manifest, OpenReport, Refusal, Replica, ReplicaConfig,
-    ReplicaEvent, ReplicaStatus, SessionError, Source, SourceConfig, SourceEvent,
+    Epoch, Exclude, FsStore, LinkError, OpenReport, Refusal, Replica, ReplicaConfig, ReplicaEvent,
+    ReplicaStatus, Source, SourceConfig, SourceEvent,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -87,9 +87,6 @@ use tokio::task::JoinHandle;
 pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest redial delay.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// A connection that has not finished the handshake in this time is
-/// dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Idle time before the first keepalive probe.
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
@@ -291,6 +288,9 @@ pub enum PeerEvent {
     Served {
         /// Its number.
         generation: u64,
+        /// When this node took the snapshot the replica now holds (the
+        /// Backup's data is as old as this, not as the confirmation).
+        taken_at: SystemTime,
     },
     /// Replica status after each round and after opening.
     Status(ReplicaStatus),
@@ -388,58 +388,94 @@ fn lock(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Runs the handshake on `stream`; returns the established link and any
-/// application frames that arrived right behind it.
+/// A link for one new connection (a nonce from the OS), created now: its
+/// handshake deadline starts here. Make it before connecting so that the
+/// deadline bounds the connect as well.
 ///
 /// # Errors
-/// A readable reason: I/O, a wrong key, a malformed frame, a timeout.
-pub async fn handshake(
-    stream: &mut TcpStream,
+/// The OS could not give a nonce.
+pub fn new_link(
     role: LinkRole,
     key: PreSharedKey,
     epoch: Epoch,
     newest_peer: Epoch,
-) -> Result<(Link, Vec<Frame>), String> {
-    let run = async {
-        let nonce = os_nonce().map_err(|e| format!("nonce from the OS: {e}"))?;
-        let mut link = Link::new(role, key, nonce, epoch, newest_peer);
-        let mut frames = Vec::new();
-        let mut buf = vec![0u8; READ_CHUNK];
-        loop {
-            let mut out = Vec::new();
-            if link.poll_transmit(&mut out) {
-                stream
-                    .write_all(&out)
-                    .await
-                    .map_err(|e| format!("write: {e}"))?;
-            }
-            if link.is_established() {
-                return Ok((link, frames));
-            }
-            let n = stream
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("peer closed the connection during the handshake \
-                            (wrong key?)"
-                    .to_owned());
-            }
-            link.handle_bytes(&buf[..n])
-                .map_err(|e| format!("handshake: {e}"))?;
-            while let Some(f) = link.poll_frame().map_err(|e| match e {
-                sync_delta::LinkError::BadProof => "handshake: the peer's proof does not \
-                     verify (wrong key)"
-                    .to_owned(),
-                e => format!("handshake: {e}"),
-            })? {
-                frames.push(f);
-            }
+) -> Result<Link, String> {
+    let nonce = os_nonce().map_err(|e| format!("nonce from the OS: {e}"))?;
+    Ok(Link::new(
+        role,
+        key,
+        nonce,
+        epoch,
+        newest_peer,
+        Instant::now(),
+    ))
+}
+
+fn link_failure(e: LinkError) -> String {
+    match e {
+        LinkError::BadProof => "handshake: the peer's proof does not verify (wrong key)".to_owned(),
+        LinkError::HandshakeTimeout => "handshake timed out".to_owned(),
+        e => format!("handshake: {e}"),
+    }
+}
+
+/// Runs `fut` until it finishes or `link`'s handshake deadline passes
+/// (driving [`Link::handle_timeout`]).
+///
+/// # Errors
+/// The link's [`LinkError::HandshakeTimeout`] (or earlier error), as text.
+async fn before_deadline<T>(
+    link: &mut Link,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, String> {
+    tokio::pin!(fut);
+    loop {
+        if let Some(e) = link.error() {
+            return Err(link_failure(e));
         }
-    };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, run)
-        .await
-        .map_err(|_| "handshake timed out".to_owned())?
+        tokio::select! {
+            r = &mut fut => return Ok(r),
+            () = sleep_std(link.poll_timeout()) => link.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+/// Runs the handshake of `link` (from [`new_link`]) on `stream`, until the
+/// link's own deadline; returns the established link and any application
+/// frames that arrived right behind it.
+///
+/// # Errors
+/// A readable reason: I/O, a wrong key, a malformed frame, the deadline.
+pub async fn handshake(
+    stream: &mut TcpStream,
+    mut link: Link,
+) -> Result<(Link, Vec<Frame>), String> {
+    let mut frames = Vec::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let mut out = Vec::new();
+        if link.poll_transmit(&mut out) {
+            before_deadline(&mut link, stream.write_all(&out))
+                .await?
+                .map_err(|e| format!("write: {e}"))?;
+        }
+        if link.is_established() {
+            return Ok((link, frames));
+        }
+        let n = before_deadline(&mut link, stream.read(&mut buf))
+            .await?
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("peer closed the connection during the handshake \
+                        (wrong key?)"
+                .to_owned());
+        }
+        link.handle_bytes(Instant::now(), &buf[..n])
+            .map_err(link_failure)?;
+        while let Some(f) = link.poll_frame().map_err(link_failure)? {
+            frames.push(f);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -555,14 +591,17 @@ impl Manager {
                 },
                 acc = accept_opt(listener.as_ref()) => match acc {
                     Ok((mut stream, from)) => {
-                        let (key, epoch, floor) = (self.key.clone(), self.epoch, self.newest_peer);
+                        let link = new_link(LinkRole::Responder, self.key.clone(), self.epoch, self.newest_peer);
                         let tx = hs_tx.clone();
                         tokio::spawn(async move {
                             tune(&stream);
-                            let r = handshake(&mut stream, LinkRole::Responder, key, epoch, floor)
-                                .await
-                                .map(|(l, f)| (stream, l, f))
-                                .map_err(|e| format!("from {from}: {e}"));
+                            let r = match link {
+                                Ok(link) => handshake(&mut stream, link)
+                                    .await
+                                    .map(|(l, f)| (stream, l, f)),
+                                Err(e) => Err(e),
+                            }
+                            .map_err(|e| format!("from {from}: {e}"));
                             let _ = tx.send((LinkRole::Responder, r)).await;
                         });
                     }
@@ -579,23 +618,16 @@ impl Manager {
                         let tx = hs_tx.clone();
                         tokio::spawn(async move {
                             let r = async {
-                                let mut stream = tokio::time::timeout(
-                                    HANDSHAKE_TIMEOUT,
-                                    TcpStream::connect(to),
-                                )
-                                .await
-                                .map_err(|_| format!("connect to {to}: timed out"))?
-                                .map_err(|e| format!("connect to {to}: {e}"))?;
+                                // The link's deadline covers the connect too.
+                                let mut link = new_link(LinkRole::Initiator, key, epoch, floor)?;
+                                let mut stream = before_deadline(&mut link, TcpStream::connect(to))
+                                    .await
+                                    .map_err(|e| format!("connect to {to}: {e}"))?
+                                    .map_err(|e| format!("connect to {to}: {e}"))?;
                                 tune(&stream);
-                                let (l, f) = handshake(
-                                    &mut stream,
-                                    LinkRole::Initiator,
-                                    key,
-                                    epoch,
-                                    floor,
-                                )
-                                .await
-                                .map_err(|e| format!("to {to}: {e}"))?;
+                                let (l, f) = handshake(&mut stream, link)
+                                    .await
+                                    .map_err(|e| format!("to {to}: {e}"))?;
                                 Ok((stream, l, f))
                             }
                             .await;
@@ -794,7 +826,7 @@ async fn reader(
             };
             let frames = {
                 let mut l = lock(&link);
-                l.handle_bytes(&buf[..n])
+                l.handle_bytes(Instant::now(), &buf[..n])
                     .map_err(|e| format!("link: {e}"))?;
                 let mut v = Vec::new();
                 while let Some(f) = l.poll_frame().map_err(|e| format!("link: {e}"))? {
@@ -878,9 +910,6 @@ struct RoundTrack {
     seq: u64,
     started: Instant,
     bytes: u64,
-    old: Manifest,
-    /// It asked for a full listing.
-    full: bool,
 }
 
 type SummaryReply = oneshot::Sender<Result<ReplicaSummary, String>>;
@@ -897,11 +926,6 @@ struct Worker {
     round: Option<RoundTrack>,
     rounds_started: u64,
     waiting: Vec<(u64, SummaryReply)>,
-    /// Ask for a full listing in the next round (after a digest mismatch).
-    full_next: bool,
-    /// A round is being retried over a new connection: waiters survive the
-    /// link reset.
-    retrying: bool,
     /// Source: sync-now waiters, with when they asked and how many
     /// requests the replica had made by then (only a round requested later
     /// answers them).
@@ -920,40 +944,6 @@ fn source_bound(m: &Message) -> bool {
             | Message::Committed { .. }
             | Message::Abandon { .. }
     )
-}
-
-/// Counts deletions and renames between two generations.
-fn deleted_and_renamed(old: &Manifest, new: &Manifest) -> (u64, u64) {
-    let same_type = |a: &Kind, b: &Kind| std::mem::discriminant(a) == std::mem::discriminant(b);
-    let mut gone: HashMap<Hash, u64> = HashMap::new();
-    let mut removed = 0u64;
-    for (p, m) in &old.entries {
-        if m.kind == Kind::Dir {
-            continue;
-        }
-        if new
-            .entries
-            .get(p)
-            .is_none_or(|n| !same_type(&n.kind, &m.kind))
-        {
-            removed += 1;
-            if let Some(h) = m.file_hash() {
-                *gone.entry(*h).or_default() += 1;
-            }
-        }
-    }
-    let mut renamed = 0u64;
-    for (p, m) in &new.entries {
-        let Some(h) = m.file_hash() else { continue };
-        if old.entries.get(p).is_some_and(|o| o.file_hash().is_some()) {
-            continue;
-        }
-        if let Some(n) = gone.get_mut(h).filter(|n| **n > 0) {
-            *n -= 1;
-            renamed += 1;
-        }
-    }
-    (removed - renamed, renamed)
 }
 
 async fn sleep_std(at: Option<Instant>) {
@@ -982,8 +972,6 @@ impl Worker {
             round: None,
             rounds_started: 0,
             waiting: Vec::new(),
-            full_next: false,
-            retrying: false,
             source_waiting: Vec::new(),
             source_requests: 0,
             events,
@@ -1040,21 +1028,13 @@ impl Worker {
             match &mut self.session {
                 Session::None => return,
                 Session::Replica(r) => {
-                    while let Some(mut m) = r.poll_transmit() {
+                    while let Some(m) = r.poll_transmit() {
                         if matches!(m, Message::Request { .. }) {
-                            let full = std::mem::take(&mut self.full_next);
-                            if full {
-                                // A digest the source cannot have confirmed:
-                                // it answers with a full listing.
-                                m = Message::Request { digest: [0; 32] };
-                            }
                             self.rounds_started += 1;
                             self.round = Some(RoundTrack {
                                 seq: self.rounds_started,
                                 started: Instant::now(),
                                 bytes: 0,
-                                old: r.manifest().clone(),
-                                full,
                             });
                         }
                         if let Some(c) = &self.conn {
@@ -1104,9 +1084,16 @@ impl Worker {
 
     async fn source_event(&mut self, e: SourceEvent) {
         match e {
-            SourceEvent::Confirmed { generation } => {
+            SourceEvent::Confirmed {
+                generation,
+                taken_at,
+            } => {
                 tracing::info!(generation, "replica confirmed a generation");
-                self.emit(PeerEvent::Served { generation }).await;
+                self.emit(PeerEvent::Served {
+                    generation,
+                    taken_at,
+                })
+                .await;
                 let requests = self.source_requests;
                 for (at, _, reply) in self.source_due(requests) {
                     let _ = reply.send(Ok(ReplicaSummary {
@@ -1156,15 +1143,14 @@ impl Worker {
             ReplicaEvent::Committed {
                 generation,
                 fetched,
+                deleted,
+                renamed,
                 ..
             } => {
                 let Session::Replica(r) = &self.session else {
                     return;
                 };
                 let track = self.round.take();
-                let (deleted, renamed) = track
-                    .as_ref()
-                    .map_or((0, 0), |t| deleted_and_renamed(&t.old, r.manifest()));
                 let summary = ReplicaSummary {
                     generation,
                     files_sent: fetched,
@@ -1227,9 +1213,7 @@ impl Worker {
         self.emit(PeerEvent::RoundFailed(why.clone())).await;
         let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
             .into_iter()
-            .partition(|(min, _)| {
-                seq.is_some_and(|s| *min <= s) || (self.conn.is_none() && !self.retrying)
-            });
+            .partition(|(min, _)| seq.is_some_and(|s| *min <= s) || self.conn.is_none());
         for (_, reply) in due {
             let _ = reply.send(Err(why.clone()));
         }
@@ -1262,32 +1246,9 @@ impl Worker {
                 if let Some(t) = &mut self.round {
                     t.bytes += m.wire_len;
                 }
-                match r.handle_message(now, m.msg, store) {
-                    Ok(()) => None,
-                    Err(SessionError::DigestMismatch)
-                        if self.round.as_ref().is_some_and(|t| !t.full) =>
-                    {
-                        // Workaround: sync-delta's manifest digest covers
-                        // symlink mtimes that its diff leaves out, so a
-                        // source whose symlinks were re-created (a former
-                        // replica, after a swap) never matches a delta
-                        // listing. A full listing always does: retry with
-                        // one at once, keeping the waiters.
-                        tracing::warn!("manifest digest mismatch; retrying with a full listing");
-                        self.full_next = true;
-                        self.retrying = true;
-                        let seq = self.round.take().map_or(0, |t| t.seq);
-                        for (min, _) in &mut self.waiting {
-                            *min = (*min).max(seq + 1);
-                        }
-                        let _ = self.reset.send(Reset {
-                            conn: m.conn,
-                            why: "manifest digest mismatch (retrying)".into(),
-                        });
-                        return;
-                    }
-                    Err(e) => Some(format!("replica session: {e}")),
-                }
+                r.handle_message(now, m.msg, store)
+                    .err()
+                    .map(|e| format!("replica session: {e}"))
             }
             _ => {
                 tracing::debug!("sync message not for this role ignored");
@@ -1359,11 +1320,14 @@ impl Worker {
                             age: g.age(SystemTime::now()),
                         })
                         .map_err(|e| format!("settle: {e}")),
-                    (Session::Source(s), _) => Ok(GenerationInfo {
-                        generation: s.confirmed_generation(),
-                        taken_at: None,
-                        age: None,
-                    }),
+                    (Session::Source(s), _) => {
+                        let g = s.confirmed();
+                        Ok(GenerationInfo {
+                            generation: g.number,
+                            taken_at: g.taken_at,
+                            age: g.age(SystemTime::now()),
+                        })
+                    }
                     _ => Err("no replica session to settle".into()),
                 };
                 if had_round && matches!(self.session, Session::Replica(_)) {
@@ -1391,15 +1355,10 @@ impl Worker {
                     tracing::warn!(error = %e, "staged files not removed");
                 }
                 while r.poll_transmit().is_some() {}
-                if self.retrying {
-                    // Not connected: the retry starts with the next link.
-                    r.sync_now(now);
-                }
-                if self.round.is_some() || (!self.waiting.is_empty() && !self.retrying) {
+                if self.round.is_some() || !self.waiting.is_empty() {
                     self.round_failed("the link went down during the round".into())
                         .await;
                 }
-                self.retrying = false;
             }
             (Session::Source(s), _) => {
                 s.handle_disconnected(now);
@@ -1511,37 +1470,6 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sync_delta::RelPath;
-    use sync_delta::manifest::Meta;
-
-    fn file(hash: u8) -> Meta {
-        Meta {
-            kind: Kind::File {
-                size: 1,
-                hash: [hash; 32],
-            },
-            mode: 0o644,
-            mtime_ns: 0,
-            local: Default::default(),
-        }
-    }
-
-    fn manifest(entries: &[(&str, u8)]) -> Manifest {
-        let mut m = Manifest::default();
-        for (p, h) in entries {
-            m.entries.insert(RelPath::new(p).unwrap(), file(*h));
-        }
-        m
-    }
-
-    #[test]
-    fn counts_renames_and_deletions() {
-        let old = manifest(&[("a", 1), ("b", 2), ("c", 3), ("d", 3)]);
-        // a renamed to e, b deleted, c modified, one copy of 3 (d) renamed to f
-        let new = manifest(&[("c", 4), ("e", 1), ("f", 3)]);
-        assert_eq!(deleted_and_renamed(&old, &new), (1, 2));
-        assert_eq!(deleted_and_renamed(&old, &old), (0, 0));
-    }
 
     #[test]
     fn dial_rule() {

@@ -498,11 +498,22 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
     assert_eq!(first.generation, 1);
     assert_eq!(first.files_sent, 6);
     assert_eq!(tree(&b_dir), tree(&a_dir));
-    wait_for(&mut a_ev, "A served", |e| match e {
-        PeerEvent::Served { generation } => Some(generation),
+    let held = wait_for(&mut b_ev, "B's status", |e| match e {
+        PeerEvent::Status(st) => Some(st.generation),
         _ => None,
     })
     .await;
+    // A reports what B holds: the generation and when A took it.
+    let (generation, taken_at) = wait_for(&mut a_ev, "A served", |e| match e {
+        PeerEvent::Served {
+            generation,
+            taken_at,
+        } => Some((generation, taken_at)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(generation, 1);
+    assert_eq!(Some(taken_at), held.taken_at);
 
     // Opaque orchestrator bytes, both ways, beside the sync channel.
     a_cmd
@@ -548,10 +559,23 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
     assert_eq!(tree(&b_dir), tree(&a_dir));
     // The source records the confirmation a moment later; a swap before it
     // would quarantine A's unconfirmed edit (tested by sync-delta).
-    wait_for(&mut a_ev, "A served generation 2", |e| {
-        matches!(e, PeerEvent::Served { generation: 2 }).then_some(())
+    let taken_at = wait_for(&mut a_ev, "A served generation 2", |e| match e {
+        PeerEvent::Served {
+            generation: 2,
+            taken_at,
+        } => Some(taken_at),
+        _ => None,
     })
     .await;
+    // The source answers a takeover query with the same.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    a_cmd
+        .send(PeerCommand::FinishOrRollback { reply: tx })
+        .await
+        .unwrap();
+    let g = rx.await.unwrap().unwrap();
+    assert_eq!(g.generation, 2);
+    assert_eq!(g.taken_at, Some(taken_at));
 
     // Sync now, asked on the source (before a planned swap): it answers
     // once the source has the replica's confirmation.
@@ -571,7 +595,8 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
 
     // Takeover: B settles and becomes the source, A returns as replica.
     // (B's symlink was made by its replica, so its mtime differs from the
-    // recorded one: the link retries the round with a full listing.)
+    // one A listed; symlink mtimes are not replicated, and the first round
+    // after the swap must succeed as it is.)
     let (tx, rx) = tokio::sync::oneshot::channel();
     b_cmd
         .send(PeerCommand::FinishOrRollback { reply: tx })
@@ -592,6 +617,15 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
         .send(PeerCommand::SetRole(SyncRole::Replica))
         .await
         .unwrap();
+    // A pulls at once as a replica: nothing new yet, generation 3 holds.
+    let first = wait_for(&mut a_ev, "A's first round as the replica", |e| match e {
+        PeerEvent::RoundDone(s) => Some(s),
+        PeerEvent::RoundFailed(why) => panic!("first round after the swap failed: {why}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(first.generation, 3);
+    assert_eq!(first.files_sent, 0);
     write(
         &b_dir,
         "voicemail/100/msg0003.wav",
@@ -664,6 +698,62 @@ async fn wrong_key_never_connects() {
     assert!(tree(&b_dir).is_empty());
 }
 
+/// A peer that connects and never speaks is dropped at the link's
+/// handshake deadline, reported as a timed-out handshake; a connection
+/// that does the handshake afterwards still comes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connection_is_dropped_at_the_handshake_deadline() {
+    use sync_delta::frame::{HANDSHAKE_TIMEOUT, LinkRole, PreSharedKey};
+    use tokio::io::AsyncReadExt;
+
+    let t = TempDir::new("silent");
+    let a_dir = t.join("a");
+    seed_tree(&a_dir);
+    let a_addr = free_port();
+    let mut a = PeerConfig::new(&a_dir, examples::config::parse_key(KEY).unwrap());
+    a.listen = Some(a_addr);
+    let (_a_cmd, mut a_ev) = peer::spawn(a, SyncRole::Source);
+    wait_for(&mut a_ev, "listening", |e| {
+        matches!(e, PeerEvent::Listening(_)).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(a_addr).await.unwrap();
+    let why = wait_for(&mut a_ev, "the handshake deadline", |e| match e {
+        PeerEvent::Connected => panic!("a silent peer connected"),
+        PeerEvent::LinkFailed(why) => Some(why),
+        _ => None,
+    })
+    .await;
+    let waited = started.elapsed();
+    assert!(why.contains("handshake timed out"), "{why}");
+    assert!(waited >= HANDSHAKE_TIMEOUT, "dropped after {waited:?}");
+    assert!(waited < HANDSHAKE_TIMEOUT * 3, "dropped after {waited:?}");
+    // The listener closed its end.
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+
+    // A real peer still gets in.
+    let mut stream = tokio::net::TcpStream::connect(a_addr).await.unwrap();
+    let link = peer::new_link(
+        LinkRole::Initiator,
+        PreSharedKey::from_secret(&examples::config::parse_key(KEY).unwrap()),
+        sync_delta::Epoch::default(),
+        sync_delta::Epoch::default(),
+    )
+    .unwrap();
+    let (link, _) = peer::handshake(&mut stream, link).await.unwrap();
+    assert!(link.is_established());
+    wait_for(&mut a_ev, "connected", |e| {
+        matches!(e, PeerEvent::Connected).then_some(())
+    })
+    .await;
+}
+
 /// A source that passes the handshake, lists one new file, then sends more
 /// data than the file's announced size: the replica must refuse the round,
 /// exit 1 and stay at its last whole generation.
@@ -697,22 +787,22 @@ fn misbehaving_source_leaves_the_last_whole_generation() {
     let secret = examples::config::parse_key(KEY).unwrap();
     let evil = rt.spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        let (mut link, early) = examples::peer::handshake(
-            &mut stream,
+        let link = examples::peer::new_link(
             LinkRole::Responder,
             PreSharedKey::from_secret(&secret),
             Epoch::default(),
             Epoch::default(),
         )
-        .await
         .unwrap();
+        let (mut link, early) = examples::peer::handshake(&mut stream, link).await.unwrap();
         // Wait for the replica's request.
         let mut frames = early;
         let mut buf = vec![0u8; 65536];
         while frames.is_empty() {
             let n = stream.read(&mut buf).await.unwrap();
             assert!(n > 0);
-            link.handle_bytes(&buf[..n]).unwrap();
+            link.handle_bytes(std::time::Instant::now(), &buf[..n])
+                .unwrap();
             while let Some(f) = link.poll_frame().unwrap() {
                 frames.push(f);
             }

@@ -94,23 +94,24 @@ fn vm_hwm_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn links() -> (Link, Link) {
+fn links(now: Instant) -> (Link, Link) {
     let key = PreSharedKey::from_secret(b"tree bench");
     Link::connected_pair(
         key,
         [Nonce([1; 32]), Nonce([2; 32])],
         [Epoch::new(1, 2), Epoch::new(1, 1)],
+        now,
     )
     .expect("handshake")
 }
 
-fn carry(from: &mut Link, to: &mut Link, m: &Message, bytes: &mut u64) -> Message {
+fn carry(now: Instant, from: &mut Link, to: &mut Link, m: &Message, bytes: &mut u64) -> Message {
     let mut payload = Vec::new();
     m.encode(&mut payload);
     let mut wire = Vec::new();
     from.send(CHANNEL_SYNC, &payload, &mut wire).expect("send");
     *bytes += wire.len() as u64;
-    to.handle_bytes(&wire).expect("receive");
+    to.handle_bytes(now, &wire).expect("receive");
     let f = to.poll_frame().expect("frame").expect("whole frame");
     Message::decode(&f.payload).expect("message")
 }
@@ -132,18 +133,18 @@ fn round(src: &Path, dst: &Path) -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let open = t0.elapsed();
     let t1 = Instant::now();
-    let (mut lr, mut ls) = links();
+    let (mut lr, mut ls) = links(now);
     let mut bytes = 0u64;
     replica.handle_connected(now);
     loop {
         let mut moved = false;
         while let Some(m) = replica.poll_transmit() {
-            let m = carry(&mut lr, &mut ls, &m, &mut bytes);
+            let m = carry(now, &mut lr, &mut ls, &m, &mut bytes);
             source.handle_message(now, wall, m, &mut s)?;
             moved = true;
         }
         while let Some(m) = source.poll_transmit(&mut s) {
-            let m = carry(&mut ls, &mut lr, &m, &mut bytes);
+            let m = carry(now, &mut ls, &mut lr, &m, &mut bytes);
             replica.handle_message(now, m, &mut d)?;
             moved = true;
         }

@@ -170,6 +170,10 @@ pub enum LinkError {
         /// The payload length.
         len: usize,
     },
+    /// The handshake did not finish by the link's deadline (see
+    /// [`crate::frame::Link::poll_timeout`]).
+    #[error("handshake not finished by its deadline")]
+    HandshakeTimeout,
     /// The link already failed; it must be dropped.
     #[error("link closed after an earlier error")]
     Closed,

@@ -1,13 +1,14 @@
 //! Versioned, length-prefixed, checksummed and authenticated frames, and
 //! the pre-shared-key handshake: the peer link that sync and the
-//! orchestrator's peer messages share (DESIGN.md §5), multiplexed by a
-//! channel number.
+//! orchestrator's peer messages share, multiplexed by a channel number.
 //!
 //! Sans-IO: feed received bytes to [`Link::handle_bytes`], drain
 //! [`Link::poll_frame`]; handshake bytes to send come from
 //! [`Link::poll_transmit`]; [`Link::send`] encodes an application frame
 //! into a caller `Vec`. The handshake nonces come from the caller (a
-//! CSPRNG in the driver), never from configuration.
+//! CSPRNG in the driver), never from configuration; so does the time
+//! (`now`), against which the link keeps its own handshake deadline
+//! ([`Link::poll_timeout`], [`Link::handle_timeout`]).
 //!
 //! # Frame layout (version 1, little-endian)
 //!
@@ -32,10 +33,15 @@
 //! 3. initiator checks `P_r`, → `proof(P_i)`, `P_i = BLAKE3_keyed(K, "initiator" ‖ n_i ‖ n_r)`
 //! 4. responder checks `P_i`.
 //!
+//! A link that has not finished the handshake [`HANDSHAKE_TIMEOUT`] after
+//! it was created fails with [`LinkError::HandshakeTimeout`].
+//!
 //! `K` is derived from the pre-shared secret; each direction's session key
 //! is derived from `K`, both nonces and the direction. Frame sequence
 //! numbers are implicit (counted per direction), so a replayed, dropped or
 //! reordered frame fails its MAC.
+
+use std::time::{Duration, Instant};
 
 use crate::epoch::Epoch;
 use crate::error::{LinkError, WireError};
@@ -54,6 +60,9 @@ pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD as usize + TRAILER_LEN;
 pub const CHANNEL_SYNC: u8 = 0;
 /// Channel conventionally used for the orchestrator's peer messages.
 pub const CHANNEL_PEER: u8 = 1;
+/// Default time from [`Link::new`] to a finished handshake (see
+/// [`Link::with_handshake_timeout`]).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 const MAGIC: [u8; 2] = *b"SD";
 const MAC_LEN: usize = 16;
@@ -308,18 +317,27 @@ pub struct LinkStats {
     pub stale_epochs: u64,
     /// Frames that did not decode.
     pub malformed: u64,
+    /// Handshakes that did not finish before their deadline.
+    pub handshake_timeouts: u64,
 }
 
 /// One end of the authenticated peer link.
 ///
 /// # Driver contract
-/// 1. Create with [`Link::new`] and a fresh [`Nonce`] per connection.
+/// 1. Create with [`Link::new`], a fresh [`Nonce`] per connection and the
+///    current time; the handshake deadline starts then (create the link
+///    before connecting to bound the connect too).
 /// 2. After creating and after every [`Link::handle_bytes`], drain
 ///    [`Link::poll_transmit`] to the socket, and [`Link::poll_frame`]
 ///    until `Ok(None)`, dispatching frames by channel.
-/// 3. Once [`Link::is_established`], [`Link::send`] frames.
-/// 4. Any error is final: close the connection and drop the link; nothing
-///    from an unauthenticated peer was ever returned by `poll_frame`.
+/// 3. Arm a timer for [`Link::poll_timeout`] (the handshake deadline;
+///    `None` once established) and call [`Link::handle_timeout`] when it
+///    fires (early calls are harmless). A link past its deadline is
+///    closed: [`Link::error`] is [`LinkError::HandshakeTimeout`].
+/// 4. Once [`Link::is_established`], [`Link::send`] frames.
+/// 5. Any error is final ([`Link::error`] keeps the first one): close the
+///    connection and drop the link; nothing from an unauthenticated peer
+///    was ever returned by `poll_frame`.
 pub struct Link {
     role: LinkRole,
     key: PreSharedKey,
@@ -337,6 +355,9 @@ pub struct Link {
     rx_start: usize,
     tx: Vec<u8>,
     stats: LinkStats,
+    created: Instant,
+    deadline: Instant,
+    error: Option<LinkError>,
 }
 
 impl std::fmt::Debug for Link {
@@ -351,8 +372,8 @@ impl std::fmt::Debug for Link {
 
 impl Link {
     /// Two links that have completed the handshake with each other in
-    /// memory (`nonces[0]` and `epochs[0]` for the initiator): for tests,
-    /// benches and tools that run both ends in one process.
+    /// memory at `now` (`nonces[0]` and `epochs[0]` for the initiator): for
+    /// tests, benches and tools that run both ends in one process.
     ///
     /// # Errors
     /// The [`LinkError`] of a failed handshake (none with one key).
@@ -360,6 +381,7 @@ impl Link {
         key: PreSharedKey,
         nonces: [Nonce; 2],
         epochs: [Epoch; 2],
+        now: Instant,
     ) -> Result<(Link, Link), LinkError> {
         let mut a = Link::new(
             LinkRole::Initiator,
@@ -367,6 +389,7 @@ impl Link {
             nonces[0],
             epochs[0],
             Epoch::default(),
+            now,
         );
         let mut b = Link::new(
             LinkRole::Responder,
@@ -374,23 +397,26 @@ impl Link {
             nonces[1],
             epochs[1],
             Epoch::default(),
+            now,
         );
         for _ in 0..2 {
             let mut x = Vec::new();
             a.poll_transmit(&mut x);
-            b.handle_bytes(&x)?;
+            b.handle_bytes(now, &x)?;
             while b.poll_frame()?.is_some() {}
             let mut y = Vec::new();
             b.poll_transmit(&mut y);
-            a.handle_bytes(&y)?;
+            a.handle_bytes(now, &y)?;
             while a.poll_frame()?.is_some() {}
         }
         Ok((a, b))
     }
 
-    /// A link for one connection. `epoch` is this node's current epoch;
-    /// `newest_peer_epoch` the newest the driver has seen from the peer
-    /// (persisted across connections), older frames are refused.
+    /// A link for one connection, created at `now`: its handshake must
+    /// finish by `now` + [`HANDSHAKE_TIMEOUT`]. `epoch` is this node's
+    /// current epoch; `newest_peer_epoch` the newest the driver has seen
+    /// from the peer (persisted across connections), older frames are
+    /// refused.
     #[must_use]
     pub fn new(
         role: LinkRole,
@@ -398,6 +424,7 @@ impl Link {
         nonce: Nonce,
         epoch: Epoch,
         newest_peer_epoch: Epoch,
+        now: Instant,
     ) -> Self {
         let mut link = Self {
             role,
@@ -416,6 +443,9 @@ impl Link {
             rx_start: 0,
             tx: Vec::new(),
             stats: LinkStats::default(),
+            created: now,
+            deadline: now + HANDSHAKE_TIMEOUT,
+            error: None,
         };
         if role == LinkRole::Initiator {
             let nonce = link.nonce;
@@ -425,10 +455,55 @@ impl Link {
         link
     }
 
+    /// The same link with its handshake deadline at creation +
+    /// `timeout` instead of [`HANDSHAKE_TIMEOUT`].
+    #[must_use]
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.deadline = self.created + timeout;
+        self
+    }
+
     /// True once both sides proved the key.
     #[must_use]
     pub fn is_established(&self) -> bool {
         self.state == State::Established
+    }
+
+    /// The error that closed the link ([`LinkError::HandshakeTimeout`]
+    /// after a missed deadline), `None` while it is usable.
+    #[must_use]
+    pub fn error(&self) -> Option<LinkError> {
+        self.error
+    }
+
+    /// When [`Link::handle_timeout`] is next needed: the handshake
+    /// deadline while the handshake runs; `None` once established or
+    /// closed.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        matches!(
+            self.state,
+            State::AwaitHello | State::AwaitReply | State::AwaitProof
+        )
+        .then_some(self.deadline)
+    }
+
+    /// Closes a link whose handshake has not finished by its deadline
+    /// ([`Link::error`] then says [`LinkError::HandshakeTimeout`]); does
+    /// nothing before the deadline or once established.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.poll_timeout().is_some_and(|d| now >= d) {
+            self.stats.handshake_timeouts += 1;
+            self.fail(LinkError::HandshakeTimeout);
+        }
+    }
+
+    fn fail(&mut self, e: LinkError) {
+        self.state = State::Failed;
+        self.error.get_or_insert(e);
+        self.rx.clear();
+        self.rx_start = 0;
+        self.tx.clear();
     }
 
     /// The newest epoch seen in an authenticated frame from the peer (or
@@ -458,20 +533,27 @@ impl Link {
         true
     }
 
-    /// Buffers received bytes. Feed at most [`MAX_FRAME`] bytes between
-    /// calls that drain [`Link::poll_frame`].
+    /// Buffers bytes received at `now`. Feed at most [`MAX_FRAME`] bytes
+    /// between calls that drain [`Link::poll_frame`].
     ///
     /// # Errors
+    /// [`LinkError::HandshakeTimeout`] when the handshake is still
+    /// unfinished at its deadline (as [`Link::handle_timeout`] would);
     /// [`LinkError::BufferFull`] when more than two whole frames are
     /// buffered undrained; [`LinkError::Closed`] after an earlier error.
-    pub fn handle_bytes(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+    pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) -> Result<(), LinkError> {
         if self.state == State::Failed {
             return Err(LinkError::Closed);
         }
+        self.handle_timeout(now);
+        if let Some(e) = self.error {
+            return Err(e);
+        }
         let buffered = self.rx.len() - self.rx_start;
         if buffered + bytes.len() > 2 * MAX_FRAME {
-            self.state = State::Failed;
-            return Err(LinkError::BufferFull { buffered });
+            let e = LinkError::BufferFull { buffered };
+            self.fail(e);
+            return Err(e);
         }
         if self.rx_start > 0 && self.rx_start >= self.rx.len() / 2 {
             self.rx.drain(..self.rx_start);
@@ -491,8 +573,8 @@ impl Link {
             return Err(LinkError::Closed);
         }
         let r = self.poll_inner();
-        if r.is_err() {
-            self.state = State::Failed;
+        if let Err(e) = r {
+            self.fail(e);
         }
         r
     }
@@ -674,13 +756,18 @@ impl Link {
 mod tests {
     use super::*;
 
-    fn pair(secret_a: &[u8], secret_b: &[u8]) -> (Link, Link) {
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn pair_at(now: Instant, secret_a: &[u8], secret_b: &[u8]) -> (Link, Link) {
         let a = Link::new(
             LinkRole::Initiator,
             PreSharedKey::from_secret(secret_a),
             Nonce([1; 32]),
             Epoch::new(1, 1),
             Epoch::default(),
+            now,
         );
         let b = Link::new(
             LinkRole::Responder,
@@ -688,14 +775,30 @@ mod tests {
             Nonce([2; 32]),
             Epoch::new(1, 2),
             Epoch::default(),
+            now,
         );
         (a, b)
+    }
+
+    fn pair(secret_a: &[u8], secret_b: &[u8]) -> (Link, Link) {
+        pair_at(t0(), secret_a, secret_b)
+    }
+
+    fn pump_at(now: Instant, from: &mut Link, to: &mut Link) -> Result<Vec<Frame>, LinkError> {
+        let mut bytes = Vec::new();
+        from.poll_transmit(&mut bytes);
+        to.handle_bytes(now, &bytes)?;
+        let mut got = Vec::new();
+        while let Some(f) = to.poll_frame()? {
+            got.push(f);
+        }
+        Ok(got)
     }
 
     fn pump(from: &mut Link, to: &mut Link) -> Result<Vec<Frame>, LinkError> {
         let mut bytes = Vec::new();
         from.poll_transmit(&mut bytes);
-        to.handle_bytes(&bytes)?;
+        to.handle_bytes(t0(), &bytes)?;
         let mut got = Vec::new();
         while let Some(f) = to.poll_frame()? {
             got.push(f);
@@ -717,7 +820,7 @@ mod tests {
         // byte by byte
         let mut got = Vec::new();
         for byte in &wire {
-            b.handle_bytes(std::slice::from_ref(byte)).unwrap();
+            b.handle_bytes(t0(), std::slice::from_ref(byte)).unwrap();
             while let Some(f) = b.poll_frame().unwrap() {
                 got.push(f);
             }
@@ -746,10 +849,10 @@ mod tests {
         pump(&mut a, &mut b).unwrap();
         let mut f1 = Vec::new();
         a.send(0, b"one", &mut f1).unwrap();
-        b.handle_bytes(&f1).unwrap();
+        b.handle_bytes(t0(), &f1).unwrap();
         assert!(b.poll_frame().unwrap().is_some());
         // replay of the same frame: sequence moved on
-        b.handle_bytes(&f1).unwrap();
+        b.handle_bytes(t0(), &f1).unwrap();
         assert_eq!(b.poll_frame(), Err(LinkError::BadMac));
         assert_eq!(b.poll_frame(), Err(LinkError::Closed));
 
@@ -761,7 +864,7 @@ mod tests {
         a.send(0, b"two", &mut f).unwrap();
         a.set_epoch(Epoch::new(0, 9));
         a.send(0, b"old", &mut f).unwrap();
-        b.handle_bytes(&f).unwrap();
+        b.handle_bytes(t0(), &f).unwrap();
         assert!(b.poll_frame().unwrap().is_some());
         assert!(matches!(
             b.poll_frame(),
@@ -782,7 +885,7 @@ mod tests {
             Some((&[0; 32], 0)),
         )
         .unwrap();
-        b.handle_bytes(&f).unwrap();
+        b.handle_bytes(t0(), &f).unwrap();
         assert!(matches!(
             b.poll_frame(),
             Err(LinkError::UnexpectedFrame { kind: 3, .. })
@@ -804,7 +907,7 @@ mod tests {
         )
         .unwrap();
         f[6..10].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
-        b.handle_bytes(&f[..HEADER_LEN]).unwrap();
+        b.handle_bytes(t0(), &f[..HEADER_LEN]).unwrap();
         assert!(matches!(
             b.poll_frame(),
             Err(LinkError::Wire(WireError::TooLong { .. }))
@@ -812,13 +915,93 @@ mod tests {
         // Bytes fed without draining are bounded.
         let (_, mut b) = pair(b"k", b"k");
         let chunk = vec![0u8; MAX_FRAME];
-        b.handle_bytes(&chunk).unwrap();
-        b.handle_bytes(&chunk).unwrap();
+        b.handle_bytes(t0(), &chunk).unwrap();
+        b.handle_bytes(t0(), &chunk).unwrap();
         assert!(matches!(
-            b.handle_bytes(&chunk),
+            b.handle_bytes(t0(), &chunk),
             Err(LinkError::BufferFull { .. })
         ));
-        assert_eq!(b.handle_bytes(b"x"), Err(LinkError::Closed));
+        assert_eq!(b.handle_bytes(t0(), b"x"), Err(LinkError::Closed));
+    }
+
+    #[test]
+    fn handshake_deadline() {
+        let now = t0();
+        let (mut a, mut b) = pair_at(now, b"k", b"k");
+        let deadline = now + HANDSHAKE_TIMEOUT;
+        assert_eq!(a.poll_timeout(), Some(deadline));
+        assert_eq!(b.poll_timeout(), Some(deadline));
+        // Early calls change nothing.
+        a.handle_timeout(deadline - Duration::from_millis(1));
+        assert_eq!(a.error(), None);
+        assert_eq!(a.poll_timeout(), Some(deadline));
+        // The responder hears the hello; the initiator never hears back.
+        pump_at(now, &mut a, &mut b).unwrap();
+        a.handle_timeout(deadline);
+        assert_eq!(a.error(), Some(LinkError::HandshakeTimeout));
+        assert_eq!(a.poll_timeout(), None);
+        assert_eq!(a.stats().handshake_timeouts, 1);
+        assert!(!a.is_established());
+        let mut wire = Vec::new();
+        assert!(a.send(CHANNEL_SYNC, b"x", &mut wire).is_err());
+        // The reply that comes late is refused; the count stays at one.
+        let mut reply = Vec::new();
+        b.poll_transmit(&mut reply);
+        assert_eq!(a.handle_bytes(deadline, &reply), Err(LinkError::Closed));
+        a.handle_timeout(deadline + HANDSHAKE_TIMEOUT);
+        assert_eq!(a.stats().handshake_timeouts, 1);
+        assert_eq!(a.error(), Some(LinkError::HandshakeTimeout));
+
+        // A hello that arrives after the deadline, before any timer
+        // fired, is refused the same way.
+        let (mut a, mut b) = pair_at(now, b"k", b"k");
+        let late = deadline + Duration::from_secs(1);
+        assert_eq!(
+            pump_at(late, &mut a, &mut b),
+            Err(LinkError::HandshakeTimeout)
+        );
+        assert_eq!(b.error(), Some(LinkError::HandshakeTimeout));
+        assert_eq!(b.stats().handshake_timeouts, 1);
+        let mut nothing = Vec::new();
+        assert!(!b.poll_transmit(&mut nothing));
+    }
+
+    #[test]
+    fn established_link_has_no_deadline() {
+        let now = t0();
+        let (mut a, mut b) = pair_at(now, b"k", b"k");
+        let just_in_time = now + HANDSHAKE_TIMEOUT - Duration::from_nanos(1);
+        pump_at(now, &mut a, &mut b).unwrap();
+        pump_at(now, &mut b, &mut a).unwrap();
+        pump_at(just_in_time, &mut a, &mut b).unwrap();
+        assert!(a.is_established() && b.is_established());
+        assert_eq!(a.poll_timeout(), None);
+        assert_eq!(b.poll_timeout(), None);
+        let much_later = now + 100 * HANDSHAKE_TIMEOUT;
+        a.handle_timeout(much_later);
+        b.handle_timeout(much_later);
+        let mut wire = Vec::new();
+        a.send(CHANNEL_PEER, b"still up", &mut wire).unwrap();
+        b.handle_bytes(much_later, &wire).unwrap();
+        assert_eq!(b.poll_frame().unwrap().unwrap().payload, b"still up");
+        assert_eq!(b.error(), None);
+        assert_eq!(a.stats().handshake_timeouts, 0);
+    }
+
+    #[test]
+    fn handshake_timeout_is_configurable_and_errors_are_kept() {
+        let now = t0();
+        let (a, _) = pair_at(now, b"k", b"k");
+        let mut a = a.with_handshake_timeout(Duration::from_millis(200));
+        assert_eq!(a.poll_timeout(), Some(now + Duration::from_millis(200)));
+        a.handle_timeout(now + Duration::from_millis(200));
+        assert_eq!(a.error(), Some(LinkError::HandshakeTimeout));
+        // Any other failure is kept too, and closes the link.
+        let (mut a, mut b) = pair(b"k", b"other");
+        pump(&mut a, &mut b).unwrap();
+        assert_eq!(pump(&mut b, &mut a), Err(LinkError::BadProof));
+        assert_eq!(a.error(), Some(LinkError::BadProof));
+        assert_eq!(a.poll_timeout(), None);
     }
 
     #[test]

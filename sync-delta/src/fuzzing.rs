@@ -7,6 +7,7 @@ use crate::delta::{Op, apply, diff, signature};
 use crate::epoch::Epoch;
 use crate::frame::{self, FrameKind, Link, Nonce, PreSharedKey};
 use crate::wire::Message;
+use std::time::Instant;
 
 /// `sync_frame`: any bytes
 /// - through [`frame::decode`]: never panic; a decoded frame re-encodes to
@@ -16,9 +17,11 @@ use crate::wire::Message;
 /// - fed to an established [`Link`] in pieces: never panic, and never
 ///   yield a frame (nothing forged without the key gets through).
 ///
+/// `now` is the links' clock (the harness passes the time it starts).
+///
 /// # Panics
 /// When the property fails: that is the fuzzer's signal.
-pub fn sync_frame(data: &[u8]) {
+pub fn sync_frame(now: Instant, data: &[u8]) {
     if let Ok(Some((f, used))) = frame::decode(data) {
         assert!(used <= data.len());
         let mut again = Vec::new();
@@ -31,10 +34,10 @@ pub fn sync_frame(data: &[u8]) {
         m.encode(&mut b);
         assert_eq!(Message::decode(&b).expect("re-decodes"), m);
     }
-    let (mut a, mut b) = established();
+    let (mut a, mut b) = established(now);
     let _ = &mut a;
     for piece in data.chunks(97) {
-        if b.handle_bytes(piece).is_err() {
+        if b.handle_bytes(now, piece).is_err() {
             break;
         }
         match b.poll_frame() {
@@ -45,12 +48,13 @@ pub fn sync_frame(data: &[u8]) {
     }
 }
 
-fn established() -> (Link, Link) {
+fn established(now: Instant) -> (Link, Link) {
     let key = PreSharedKey::from_secret(b"fuzz");
     let (a, b) = Link::connected_pair(
         key,
         [Nonce([1; 32]), Nonce([2; 32])],
         [Epoch::new(1, 1), Epoch::new(1, 2)],
+        now,
     )
     .expect("one key: the handshake succeeds");
     assert!(a.is_established() && b.is_established());

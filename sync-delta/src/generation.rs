@@ -30,6 +30,7 @@ use crate::path::{RelPath, STATE_DIR};
 use crate::store::{StatKind, Storage, read_all, write_atomic};
 use crate::wire::{Reader, Writer};
 use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const BASE_MAGIC: &[u8; 4] = b"SDB1";
 const DELTA_MAGIC: &[u8; 4] = b"SDD1";
@@ -332,6 +333,37 @@ impl StateFile {
         };
         r.end()?;
         Ok(s)
+    }
+}
+
+/// When the snapshot of the generation a tree is at was taken (ns since
+/// the Unix epoch), from its persisted manifest (`generation`,
+/// `taken_at_ns`) and its state file: the state's time when it records the
+/// same generation (a later round that changed nothing confirmed it
+/// again), else the manifest's; for generation 0, a replica's confirmed
+/// empty source from the state; `None` when nothing was ever confirmed.
+pub(crate) fn confirmed_taken_at_ns(
+    state: &StateFile,
+    generation: u64,
+    taken_at_ns: i64,
+) -> Option<i64> {
+    if state.generation == generation && generation > 0 {
+        Some(state.taken_at_ns.max(taken_at_ns))
+    } else if generation > 0 {
+        Some(taken_at_ns)
+    } else if state.role == Role::Replica && state.generation == 0 && state.taken_at_ns != 0 {
+        Some(state.taken_at_ns)
+    } else {
+        None
+    }
+}
+
+/// A time in ns since the Unix epoch as a [`SystemTime`].
+pub(crate) fn ns_to_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
     }
 }
 

@@ -35,6 +35,8 @@
 //! - Master: [`Source::open`], then feed it the replica's messages with the
 //!   wall clock ([`Source::handle_message`]) and drain
 //!   [`Source::poll_transmit`] as the socket accepts data.
+//!   [`SourceEvent::Confirmed`] (and [`Source::confirmed`]) give the
+//!   generation the Backup holds and when this node took it.
 //! - The link: [`frame::Link`] carries both sync messages (channel
 //!   [`frame::CHANNEL_SYNC`]) and the orchestrator's peer messages (any
 //!   other channel, opaque here), with each frame's sender [`Epoch`].

@@ -50,7 +50,9 @@ pub struct Meta {
     /// Permission bits (`0o7777` at most).
     pub mode: u32,
     /// Modification time, nanoseconds since the Unix epoch. Not replicated
-    /// for symlinks (std has no portable `lutimes`).
+    /// for symlinks (std has no portable `lutimes`): a symlink's is its own
+    /// `lstat` time on the node that listed it, and neither
+    /// [`Meta::same`] nor [`Manifest::digest`] looks at it.
     pub mtime_ns: i64,
     /// Quick-check stat on this node.
     pub local: LocalStat,
@@ -63,7 +65,17 @@ impl Meta {
     pub fn same(&self, o: &Self) -> bool {
         self.kind == o.kind
             && self.mode == o.mode
-            && (matches!(self.kind, Kind::Symlink { .. }) || self.mtime_ns == o.mtime_ns)
+            && self.replicated_mtime_ns() == o.replicated_mtime_ns()
+    }
+
+    /// The mtime as replicated: [`Meta::mtime_ns`], or 0 for a symlink
+    /// (whose mtime is not replicated).
+    #[must_use]
+    pub fn replicated_mtime_ns(&self) -> i64 {
+        match self.kind {
+            Kind::Symlink { .. } => 0,
+            _ => self.mtime_ns,
+        }
     }
 
     /// The size for files, 0 otherwise.
@@ -114,14 +126,16 @@ impl Manifest {
         self.entries.is_empty()
     }
 
-    /// The BLAKE3 digest of the replicated state (paths, kinds, hashes,
-    /// modes, mtimes; not the local stat), in path order.
+    /// The BLAKE3 digest of the replicated state, in path order: exactly
+    /// what [`Meta::same`] compares (paths, kinds, hashes, link targets,
+    /// modes, mtimes except symlinks'; not the local stat). Two manifests
+    /// whose [`Manifest::diff`] is empty have the same digest.
     #[must_use]
     pub fn digest(&self) -> Hash {
         let mut h = blake3::Hasher::new();
         let mut buf = Vec::with_capacity(1 << 16);
         for (p, m) in &self.entries {
-            encode_entry(&mut Writer(&mut buf), p, m, false);
+            encode_fields(&mut Writer(&mut buf), p, m, m.replicated_mtime_ns(), false);
             if buf.len() >= 60 * 1024 {
                 h.update(&buf);
                 buf.clear();
@@ -200,6 +214,10 @@ impl Manifest {
 
 /// Encodes one entry (with the local stat only when `local`).
 pub(crate) fn encode_entry(w: &mut Writer<'_>, p: &RelPath, m: &Meta, local: bool) {
+    encode_fields(w, p, m, m.mtime_ns, local);
+}
+
+fn encode_fields(w: &mut Writer<'_>, p: &RelPath, m: &Meta, mtime_ns: i64, local: bool) {
     w.str16(p.as_str());
     match &m.kind {
         Kind::File { .. } => w.u8(0),
@@ -207,7 +225,7 @@ pub(crate) fn encode_entry(w: &mut Writer<'_>, p: &RelPath, m: &Meta, local: boo
         Kind::Symlink { .. } => w.u8(2),
     }
     w.u32(m.mode);
-    w.i64(m.mtime_ns);
+    w.i64(mtime_ns);
     match &m.kind {
         Kind::File { size, hash } => {
             w.u64(*size);
@@ -315,6 +333,51 @@ mod tests {
             .local
             .ino = 1;
         assert_eq!(b.digest(), c.digest());
+    }
+
+    #[test]
+    fn digest_covers_what_same_compares() {
+        let link = |mtime_ns| Meta {
+            kind: Kind::Symlink {
+                target: b"voice/100".to_vec(),
+            },
+            mode: 0o777,
+            mtime_ns,
+            local: LocalStat::default(),
+        };
+        let mut a = Manifest::default();
+        a.entries.insert(RelPath::new("f").unwrap(), file(1));
+        a.entries.insert(RelPath::new("current").unwrap(), link(5));
+        // The same link made later (`ln -sfn`, or by a replica).
+        let mut b = a.clone();
+        b.entries.insert(RelPath::new("current").unwrap(), link(9));
+        assert!(a.diff(&b).is_empty());
+        assert_eq!(a.digest(), b.digest());
+        // A file's mtime, a link's target and mode are replicated.
+        let mut c = a.clone();
+        c.entries
+            .get_mut(&RelPath::new("f").unwrap())
+            .unwrap()
+            .mtime_ns = 2;
+        assert_eq!(c.diff(&a).len(), 1);
+        assert_ne!(a.digest(), c.digest());
+        let mut d = a.clone();
+        d.entries.insert(
+            RelPath::new("current").unwrap(),
+            Meta {
+                kind: Kind::Symlink {
+                    target: b"voice/200".to_vec(),
+                },
+                ..link(5)
+            },
+        );
+        assert_ne!(a.digest(), d.digest());
+        let mut e = a.clone();
+        e.entries
+            .get_mut(&RelPath::new("current").unwrap())
+            .unwrap()
+            .mode = 0o755;
+        assert_ne!(a.digest(), e.digest());
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub enum Node {
     Symlink {
         /// Target.
         target: Vec<u8>,
+        /// The link's own mtime, ns (`lstat`): set when it is made, like a
+        /// real file system's; never replicated.
+        mtime_ns: i64,
     },
 }
 
@@ -68,7 +71,7 @@ pub enum View {
     File(Vec<u8>, u32, i64),
     /// Mode, mtime.
     Dir(u32, i64),
-    /// Target.
+    /// Target (a symlink's mtime is not replicated).
     Symlink(Vec<u8>),
 }
 
@@ -164,7 +167,7 @@ impl MemStore {
                         ..
                     } => View::File(data.clone(), *mode, *mtime_ns),
                     Node::Dir { mode, mtime_ns } => View::Dir(*mode, *mtime_ns),
-                    Node::Symlink { target } => View::Symlink(target.clone()),
+                    Node::Symlink { target, .. } => View::Symlink(target.clone()),
                 };
                 (k.clone(), v)
             })
@@ -209,13 +212,16 @@ impl MemStore {
         self.touch_parent(path);
     }
 
-    /// Test helper: a symlink (creating parents).
+    /// Test helper: a symlink (creating parents), with the current
+    /// clock as its mtime.
     pub fn put_symlink(&mut self, path: &str, target: &[u8]) {
         self.mkdirs(path);
+        self.clock += 1;
         self.nodes.insert(
             path.to_owned(),
             Node::Symlink {
                 target: target.to_vec(),
+                mtime_ns: self.clock,
             },
         );
         self.touch_parent(path);
@@ -359,12 +365,12 @@ fn stat_of(n: &Node) -> Stat {
             ctime_ns: *mtime_ns,
             ino: 0,
         },
-        Node::Symlink { .. } => Stat {
+        Node::Symlink { mtime_ns, .. } => Stat {
             kind: StatKind::Symlink,
             size: 0,
             mode: 0o777,
-            mtime_ns: 0,
-            ctime_ns: 0,
+            mtime_ns: *mtime_ns,
+            ctime_ns: *mtime_ns,
             ino: 0,
         },
     }
@@ -388,7 +394,7 @@ impl Storage for MemStore {
                 path,
                 stat: stat_of(n),
                 target: match n {
-                    Node::Symlink { target } => Some(target.clone()),
+                    Node::Symlink { target, .. } => Some(target.clone()),
                     _ => None,
                 },
             });
@@ -434,7 +440,7 @@ impl Storage for MemStore {
 
     fn read_link(&mut self, path: &str) -> Result<Vec<u8>, StoreError> {
         match self.nodes.get(path) {
-            Some(Node::Symlink { target }) => Ok(target.clone()),
+            Some(Node::Symlink { target, .. }) => Ok(target.clone()),
             Some(_) => Err(StoreError::Io {
                 kind: std::io::ErrorKind::InvalidInput,
             }),
@@ -608,10 +614,12 @@ impl Storage for MemStore {
         if self.nodes.contains_key(path) {
             return Err(StoreError::AlreadyExists);
         }
+        let now = self.clock;
         self.nodes.insert(
             path.to_owned(),
             Node::Symlink {
                 target: target.to_vec(),
+                mtime_ns: now,
             },
         );
         self.touch_parent(path);

@@ -11,7 +11,7 @@ use crate::path::RelPath;
 use crate::store::{IO_CHUNK, Storage};
 use crate::wire::{AbandonReason, Base, DataStatus, Message};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Replica settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +119,13 @@ pub enum ReplicaEvent {
         fetched: u64,
         /// Files made from local copies (renames, copies).
         copied: u64,
+        /// Files and symlinks removed, renames not counted (directories
+        /// not counted either).
+        deleted: u64,
+        /// Files renamed: a file the round removed whose content a path
+        /// that was not a file before now holds (each removed copy counts
+        /// once).
+        renamed: u64,
     },
     /// A round was refused by the mass-deletion guard.
     Refused(Refusal),
@@ -142,6 +149,10 @@ pub struct ReplicaStats {
     pub fetched: u64,
     /// Files copied locally.
     pub copied: u64,
+    /// Files and symlinks deleted (renames not counted).
+    pub deleted: u64,
+    /// Files renamed.
+    pub renamed: u64,
     /// Files skipped (retried next round).
     pub skipped: u64,
     /// Bytes written by copy ops (from the old copy).
@@ -233,14 +244,6 @@ impl std::fmt::Debug for Replica {
     }
 }
 
-fn ns_to_time(ns: i64) -> SystemTime {
-    if ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
-    }
-}
-
 impl Replica {
     /// Opens the replica tree behind `store`: rolls an interrupted round
     /// forward (committed) or back (not committed), and, when this node's
@@ -265,18 +268,8 @@ impl Replica {
             generation::write_base(store, &mut p)?;
             quarantined = name.map(|n2| (n2, n));
         }
-        let confirmed_at_ns = if rec.state.generation == p.generation && p.generation > 0 {
-            Some(rec.state.taken_at_ns.max(p.taken_at_ns))
-        } else if p.generation > 0 {
-            Some(p.taken_at_ns)
-        } else if rec.state.role == Role::Replica
-            && rec.state.generation == 0
-            && rec.state.taken_at_ns != 0
-        {
-            Some(rec.state.taken_at_ns)
-        } else {
-            None
-        };
+        let confirmed_at_ns =
+            generation::confirmed_taken_at_ns(&rec.state, p.generation, p.taken_at_ns);
         generation::write_state(
             store,
             StateFile {
@@ -319,7 +312,7 @@ impl Replica {
     pub fn generation(&self) -> Generation {
         Generation {
             number: self.p.generation,
-            taken_at: self.confirmed_at_ns.map(ns_to_time),
+            taken_at: self.confirmed_at_ns.map(generation::ns_to_time),
         }
     }
 
@@ -931,6 +924,8 @@ impl Replica {
             changed: 0,
             fetched: 0,
             copied: 0,
+            deleted: 0,
+            renamed: 0,
         });
         self.next_round = now + self.config.interval;
         Ok(())
@@ -965,6 +960,7 @@ impl Replica {
                 _ => true,
             })
             .count() as u64;
+        let (deleted, renamed) = deleted_and_renamed(old, &new, &candidates);
         if changed > 0 {
             // Staged content durable before the commit record (many files
             // at once: a real store overlaps the flushes).
@@ -1016,6 +1012,8 @@ impl Replica {
         self.stats.rounds += 1;
         self.stats.fetched += round.fetched;
         self.stats.copied += round.copied;
+        self.stats.deleted += deleted;
+        self.stats.renamed += renamed;
         self.out.push_back(Message::Committed {
             generation: self.p.generation,
             digest: self.digest,
@@ -1025,10 +1023,54 @@ impl Replica {
             changed,
             fetched: round.fetched,
             copied: round.copied,
+            deleted,
+            renamed,
         });
         self.next_round = now + self.config.interval;
         Ok(())
     }
+}
+
+/// Counts, among `candidates` (the paths that may differ), the files and
+/// symlinks `old` has and `new` does not (as the same type), and how many
+/// of those removed files reappear by content at a path that was not a
+/// file: `(deleted, renamed)`, renames not counted as deletions.
+fn deleted_and_renamed(old: &Manifest, new: &Manifest, candidates: &[RelPath]) -> (u64, u64) {
+    let same_type = |a: &Kind, b: &Kind| std::mem::discriminant(a) == std::mem::discriminant(b);
+    let mut gone: HashMap<&Hash, u64> = HashMap::new();
+    let mut removed = 0u64;
+    for p in candidates {
+        let Some(o) = old.entries.get(p) else {
+            continue;
+        };
+        if o.kind == Kind::Dir {
+            continue;
+        }
+        if new
+            .entries
+            .get(p)
+            .is_none_or(|n| !same_type(&n.kind, &o.kind))
+        {
+            removed += 1;
+            if let Some(h) = o.file_hash() {
+                *gone.entry(h).or_default() += 1;
+            }
+        }
+    }
+    let mut renamed = 0u64;
+    for p in candidates {
+        let Some(h) = new.entries.get(p).and_then(Meta::file_hash) else {
+            continue;
+        };
+        if old.entries.get(p).is_some_and(|o| o.file_hash().is_some()) {
+            continue;
+        }
+        if let Some(n) = gone.get_mut(h).filter(|n| **n > 0) {
+            *n -= 1;
+            renamed += 1;
+        }
+    }
+    (removed - renamed, renamed)
 }
 
 /// The journal ops that turn the tree of `old` into `new`, given the
@@ -1196,4 +1238,74 @@ fn signature_of<S: Storage + ?Sized>(
         avg: params.avg(),
         chunks,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::LocalStat;
+
+    fn file(hash: u8) -> Meta {
+        Meta {
+            kind: Kind::File {
+                size: 1,
+                hash: [hash; 32],
+            },
+            mode: 0o644,
+            mtime_ns: 0,
+            local: LocalStat::default(),
+        }
+    }
+
+    fn manifest(entries: &[(&str, u8)]) -> Manifest {
+        let mut m = Manifest::default();
+        for (p, h) in entries {
+            m.entries.insert(RelPath::new(p).unwrap(), file(*h));
+        }
+        m
+    }
+
+    fn counts(old: &Manifest, new: &Manifest) -> (u64, u64) {
+        let all: BTreeSet<RelPath> = old
+            .entries
+            .keys()
+            .chain(new.entries.keys())
+            .cloned()
+            .collect();
+        deleted_and_renamed(old, new, &all.into_iter().collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn counts_renames_and_deletions() {
+        let old = manifest(&[("a", 1), ("b", 2), ("c", 3), ("d", 3)]);
+        // a renamed to e, b deleted, c modified, one copy of 3 (d) renamed to f
+        let new = manifest(&[("c", 4), ("e", 1), ("f", 3)]);
+        assert_eq!(counts(&old, &new), (1, 2));
+        assert_eq!(counts(&old, &old), (0, 0));
+        // A file that becomes a symlink is deleted; its content reappearing
+        // elsewhere is a rename. Directories are not counted.
+        let mut new = manifest(&[("b", 2), ("c", 3), ("d", 3), ("g", 1)]);
+        new.entries.insert(
+            RelPath::new("a").unwrap(),
+            Meta {
+                kind: Kind::Symlink {
+                    target: b"g".to_vec(),
+                },
+                ..file(0)
+            },
+        );
+        let mut old_dir = old.clone();
+        old_dir.entries.insert(
+            RelPath::new("dir").unwrap(),
+            Meta {
+                kind: Kind::Dir,
+                ..file(0)
+            },
+        );
+        assert_eq!(counts(&old_dir, &new), (0, 1));
+        // Only the candidates are looked at.
+        let new = manifest(&[("c", 3), ("d", 3)]);
+        let only_a = [RelPath::new("a").unwrap()];
+        assert_eq!(deleted_and_renamed(&old, &new, &only_a), (1, 0));
+    }
 }

@@ -8,6 +8,7 @@ use crate::exclude::Exclude;
 use crate::generation::{self, Persisted, Role, StateFile};
 use crate::manifest::{Change, Hash, Kind, LocalStat, Manifest, Meta};
 use crate::path::RelPath;
+use crate::replica::Generation;
 use crate::store::{IO_CHUNK, StatKind, Storage};
 use crate::wire::{Base, DataStatus, MAX_CHANGES, Message};
 use std::collections::VecDeque;
@@ -28,6 +29,10 @@ pub enum SourceEvent {
     Confirmed {
         /// Its generation number.
         generation: u64,
+        /// When this source took the snapshot the replica now holds (the
+        /// `wall_now` given with the replica's request): the age of the
+        /// Backup's data is measured from here, not from the confirmation.
+        taken_at: SystemTime,
     },
     /// The replica abandoned a round (refused, or failed).
     Abandoned,
@@ -111,6 +116,8 @@ pub struct Source {
     confirmed: Option<Manifest>,
     confirmed_digest: Hash,
     confirmed_generation: u64,
+    /// When the confirmed generation's snapshot was taken (ns), if known.
+    confirmed_taken_at_ns: Option<i64>,
     persisted_digest: Hash,
     /// Where the persisted manifest's log stands (its manifest is kept in
     /// `cache` / `confirmed`, not here).
@@ -151,6 +158,11 @@ impl Source {
         store: &mut S,
     ) -> Result<Self, StoreError> {
         let rec = generation::recover(store)?;
+        let confirmed_taken_at_ns = generation::confirmed_taken_at_ns(
+            &rec.state,
+            rec.persisted.generation,
+            rec.persisted.taken_at_ns,
+        );
         let mut p = rec.persisted;
         generation::write_state(
             store,
@@ -169,6 +181,7 @@ impl Source {
             confirmed: None,
             confirmed_digest: digest,
             confirmed_generation: p.generation,
+            confirmed_taken_at_ns,
             persisted_digest: digest,
             p,
             sent: None,
@@ -190,6 +203,19 @@ impl Source {
     #[must_use]
     pub fn confirmed_generation(&self) -> u64 {
         self.confirmed_generation
+    }
+
+    /// The generation the replica last confirmed, with when this source
+    /// took its snapshot ([`SourceEvent::Confirmed`]'s `taken_at`). After
+    /// [`Source::open`] it is what the tree's state records: the last
+    /// generation's time, or an older one (never a newer one) when the
+    /// last confirmations changed nothing; `None` before any round.
+    #[must_use]
+    pub fn confirmed(&self) -> Generation {
+        Generation {
+            number: self.confirmed_generation,
+            taken_at: self.confirmed_taken_at_ns.map(generation::ns_to_time),
+        }
     }
 
     /// Always `None`: the replica schedules rounds.
@@ -458,8 +484,12 @@ impl Source {
                         self.confirmed = None;
                         self.confirmed_digest = d;
                         self.confirmed_generation = generation;
+                        self.confirmed_taken_at_ns = Some(taken);
                         self.stats.confirmed += 1;
-                        self.events.push_back(SourceEvent::Confirmed { generation });
+                        self.events.push_back(SourceEvent::Confirmed {
+                            generation,
+                            taken_at: generation::ns_to_time(taken),
+                        });
                     }
                 }
                 Ok(())

@@ -135,3 +135,41 @@ fn symlink_in_the_replica_path_is_never_followed() {
     assert_eq!(fs::read_dir(&outside.0).unwrap().count(), 0);
     let _ = fs::metadata(&outside.0).unwrap().ino();
 }
+
+/// Symlink mtimes are the link's own (`lstat`) and are not replicated:
+/// re-creating a link with the same target, or swapping roles so that the
+/// links the replica made are served, must not split the manifest digest.
+#[test]
+fn symlink_mtimes_do_not_split_the_digest() {
+    let a = TempDir::new("src3");
+    let b = TempDir::new("dst3");
+    fs::create_dir_all(a.0.join("voice/100")).unwrap();
+    fs::write(a.0.join("voice/100/msg1.wav"), b"one").unwrap();
+    std::os::unix::fs::symlink("voice/100", a.0.join("current")).unwrap();
+    let mut src = FsStore::new(&a.0).unwrap();
+    let mut dst = FsStore::new(&b.0).unwrap();
+    round(&mut src, &mut dst).unwrap();
+    assert_eq!(snapshot(&a.0), snapshot(&b.0));
+
+    // `ln -sfn`: same target, a new link with a later mtime.
+    let link_mtime = |root: &Path| {
+        let m = fs::symlink_metadata(root.join("current")).unwrap();
+        (m.mtime(), m.mtime_nsec())
+    };
+    let before = link_mtime(&a.0);
+    while link_mtime(&a.0) == before {
+        std::thread::sleep(Duration::from_millis(10));
+        fs::remove_file(a.0.join("current")).unwrap();
+        std::os::unix::fs::symlink("voice/100", a.0.join("current")).unwrap();
+    }
+    fs::write(a.0.join("voice/100/msg2.wav"), b"two").unwrap();
+    round(&mut src, &mut dst).unwrap();
+    assert_eq!(snapshot(&a.0), snapshot(&b.0));
+
+    // Swap: B serves the link its replica made (its own mtime).
+    assert_ne!(link_mtime(&a.0), link_mtime(&b.0));
+    fs::write(b.0.join("voice/100/msg3.wav"), b"three").unwrap();
+    round(&mut dst, &mut src).unwrap();
+    assert_eq!(snapshot(&a.0), snapshot(&b.0));
+    assert!(a.0.join("voice/100/msg3.wav").exists());
+}

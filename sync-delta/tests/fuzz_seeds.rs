@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-fn replay(target: &str, f: fn(&[u8])) {
+fn replay(target: &str, f: impl Fn(&[u8])) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fuzz/seeds")
         .join(target);
@@ -17,7 +17,10 @@ fn replay(target: &str, f: fn(&[u8])) {
 
 #[test]
 fn sync_frame_seeds() {
-    replay("sync_frame", sync_delta::fuzzing::sync_frame);
+    let now = std::time::Instant::now();
+    replay("sync_frame", |data| {
+        sync_delta::fuzzing::sync_frame(now, data)
+    });
 }
 
 #[test]

@@ -289,3 +289,79 @@ fn exclusions_are_neither_sent_nor_deleted() {
     );
     assert_eq!(common::read(&mut pair.dst, "etc/pbx.conf"), b"x");
 }
+
+/// A symlink re-created with the same target (`ln -sfn`) has a new mtime,
+/// which is not replicated: the source's digest must not change with it,
+/// or the replica's manifest never matches again.
+#[test]
+fn recreated_symlink_keeps_the_digest() {
+    let mut s = MemStore::new();
+    s.put_file("voice/100/msg1.wav", b"one", 0o640, 1);
+    s.put_symlink("current", b"voice/100");
+    let mut pair = Pair::new(s, MemStore::new());
+    pair.round().unwrap();
+    pair.assert_synced();
+    assert_eq!(pair.replica.generation().number, 1);
+
+    // Only the link's mtime moves: the round confirms generation 1.
+    pair.src.remove_tree("current");
+    pair.src.put_symlink("current", b"voice/100");
+    pair.round().unwrap();
+    assert_eq!(pair.replica.generation().number, 1);
+    assert_eq!(pair.replica.stats().rounds, 2);
+
+    // With a real change beside it: generation 2, by a delta listing.
+    pair.src.remove_tree("current");
+    pair.src.put_symlink("current", b"voice/100");
+    pair.src.put_file("voice/100/msg2.wav", b"two", 0o640, 2);
+    pair.round().unwrap();
+    pair.assert_synced();
+    assert_eq!(pair.replica.generation().number, 2);
+    assert_eq!(pair.source.confirmed_generation(), 2);
+    assert_eq!(pair.replica.stats().failed, 0);
+}
+
+/// The replica counts what a round deleted and renamed itself.
+#[test]
+fn committed_event_counts_deletions_and_renames() {
+    let mut s = MemStore::new();
+    s.put_file("a", b"one", 0o644, 1);
+    s.put_file("b", b"two", 0o644, 1);
+    s.put_file("c", b"three", 0o644, 1);
+    s.put_file("d", b"three", 0o644, 1);
+    s.put_symlink("l", b"a");
+    s.put_file("gone/x", b"x", 0o644, 1);
+    let rc = ReplicaConfig {
+        max_delete_percent: 100,
+        ..ReplicaConfig::default()
+    };
+    let mut pair = Pair::with_config(s, MemStore::new(), SourceConfig::default(), rc);
+    pair.round().unwrap();
+    let committed = |e: &ReplicaEvent| match e {
+        ReplicaEvent::Committed {
+            deleted, renamed, ..
+        } => Some((*deleted, *renamed)),
+        _ => None,
+    };
+    assert_eq!(pair.events.iter().rev().find_map(committed), Some((0, 0)));
+
+    // a → e and d → f (renames), b, the link l and gone/x deleted, c
+    // edited, the directory gone removed (not counted).
+    pair.src.move_tree("a", "e");
+    pair.src.move_tree("d", "f");
+    pair.src.remove_tree("b");
+    pair.src.remove_tree("l");
+    pair.src.remove_tree("gone");
+    pair.src.put_file("c", b"four", 0o644, 2);
+    pair.events.clear();
+    pair.round().unwrap();
+    pair.assert_synced();
+    assert_eq!(pair.events.iter().rev().find_map(committed), Some((3, 2)));
+    assert_eq!(pair.replica.stats().deleted, 3);
+    assert_eq!(pair.replica.stats().renamed, 2);
+
+    // Nothing changed: nothing counted.
+    pair.events.clear();
+    pair.round().unwrap();
+    assert_eq!(pair.events.iter().rev().find_map(committed), Some((0, 0)));
+}

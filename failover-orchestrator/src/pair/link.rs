@@ -22,7 +22,9 @@ pub struct LinkConfig {
     pub dials: bool,
     /// The pre-shared key both ends hold.
     pub key: PreSharedKey,
-    /// A connection that has not proved the key in this time is closed.
+    /// A connection that has not proved the key in this time is closed
+    /// (the `Link`'s own deadline, [`sync_delta::frame::HANDSHAKE_TIMEOUT`]
+    /// by default).
     pub handshake_timeout: Duration,
     /// First redial delay after a failure or a loss.
     pub min_backoff: Duration,
@@ -53,7 +55,7 @@ impl LinkConfig {
         LinkConfig {
             dials,
             key,
-            handshake_timeout: Duration::from_secs(5),
+            handshake_timeout: sync_delta::frame::HANDSHAKE_TIMEOUT,
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(2),
             max_pending: 4,
@@ -112,10 +114,10 @@ pub struct LinkStats {
     pub unsent: u64,
 }
 
+/// A connection; its `Link` owns the handshake deadline.
 struct Conn {
     id: ConnId,
     link: Link,
-    deadline: Instant,
 }
 
 pub(crate) struct LinkControl {
@@ -219,17 +221,14 @@ impl LinkControl {
             nonce,
             self.epoch,
             self.newest_peer,
-        );
-        let mut c = Conn {
-            id,
-            link,
-            deadline: now + self.cfg.handshake_timeout,
-        };
+            now,
+        )
+        .with_handshake_timeout(self.cfg.handshake_timeout);
+        let mut c = Conn { id, link };
         let mut bytes = Vec::new();
         if c.link.poll_transmit(&mut bytes) {
             self.out.push_back(LinkOut::Send(c.id, bytes));
         }
-        c.deadline = now + self.cfg.handshake_timeout;
         self.pending.push(c);
     }
 
@@ -273,7 +272,7 @@ impl LinkControl {
     pub(crate) fn handle_bytes(&mut self, now: Instant, id: ConnId, bytes: &[u8]) {
         if self.up.as_ref().is_some_and(|c| c.id == id) {
             let Some(mut c) = self.up.take() else { return };
-            let ok = self.feed(&mut c, bytes);
+            let ok = self.feed(now, &mut c, bytes);
             if ok {
                 self.up = Some(c);
             } else {
@@ -289,7 +288,7 @@ impl LinkControl {
             return;
         };
         let mut c = self.pending.swap_remove(i);
-        if !self.feed(&mut c, bytes) {
+        if !self.feed(now, &mut c, bytes) {
             self.stats.refused += 1;
             self.out.push_back(LinkOut::Close(id, CloseReason::Refused));
             self.schedule_redial(now);
@@ -315,11 +314,11 @@ impl LinkControl {
 
     /// Feeds bytes, collects frames and handshake answers; false when the
     /// connection must close.
-    fn feed(&mut self, c: &mut Conn, bytes: &[u8]) -> bool {
+    fn feed(&mut self, now: Instant, c: &mut Conn, bytes: &[u8]) -> bool {
         // The link buffers at most two frames undrained: feed in pieces.
         let step = sync_delta::frame::MAX_FRAME;
         for piece in bytes.chunks(step.max(1)) {
-            if c.link.handle_bytes(piece).is_err() {
+            if c.link.handle_bytes(now, piece).is_err() {
                 return false;
             }
             loop {
@@ -385,7 +384,11 @@ impl LinkControl {
     }
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let pending = self.pending.iter().map(|c| c.deadline).min();
+        let pending = self
+            .pending
+            .iter()
+            .filter_map(|c| c.link.poll_timeout())
+            .min();
         let dialing = self.dialing.map(|(_, t)| t);
         [pending, dialing, self.next_dial]
             .into_iter()
@@ -394,9 +397,12 @@ impl LinkControl {
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        for c in &mut self.pending {
+            c.link.handle_timeout(now);
+        }
         let (late, keep): (Vec<Conn>, Vec<Conn>) = std::mem::take(&mut self.pending)
             .into_iter()
-            .partition(|c| c.deadline <= now);
+            .partition(|c| c.link.error().is_some());
         self.pending = keep;
         for c in late {
             self.stats.handshake_timeouts += 1;

@@ -87,6 +87,10 @@ pub struct RoundSummary {
     pub fetched: u64,
     /// Files made from a local copy.
     pub copied: u64,
+    /// Files and symlinks removed (renames not counted).
+    pub deleted: u64,
+    /// Files made from a local copy whose old path went away.
+    pub renamed: u64,
     /// From the request to the commit.
     pub took: Duration,
 }
@@ -280,7 +284,7 @@ impl SyncWorker {
             }
             SyncOrder::Deliver(m) => self.deliver(now, wall, m, store),
         }
-        self.collect(now, wall, store);
+        self.collect(now, store);
     }
 
     /// When [`SyncWorker::handle_timeout`] is next needed.
@@ -293,18 +297,13 @@ impl SyncWorker {
     }
 
     /// Due rounds start, stalled ones roll back.
-    pub fn handle_timeout<S: Storage + ?Sized>(
-        &mut self,
-        now: Instant,
-        wall: SystemTime,
-        store: &mut S,
-    ) {
+    pub fn handle_timeout<S: Storage + ?Sized>(&mut self, now: Instant, store: &mut S) {
         if let Session::Replica(r) = &mut self.session {
             if r.poll_timeout().is_some_and(|t| t <= now) {
                 r.handle_timeout(now);
             }
         }
-        self.collect(now, wall, store);
+        self.collect(now, store);
     }
 
     /// The next message for the peer. A source reads file data here, so
@@ -551,7 +550,7 @@ impl SyncWorker {
             _ => None,
         };
         if let Some(why) = err {
-            self.collect(now, wall, store);
+            self.collect(now, store);
             if matches!(self.session, Session::Replica(_)) {
                 self.round = None;
                 self.fail_round(&why, true);
@@ -590,14 +589,17 @@ impl SyncWorker {
     }
 
     /// Turns the session's events into reports.
-    fn collect<S: Storage + ?Sized>(&mut self, now: Instant, wall: SystemTime, store: &mut S) {
+    fn collect<S: Storage + ?Sized>(&mut self, now: Instant, store: &mut S) {
         match &mut self.session {
             Session::None => {}
             Session::Source(s) => {
                 let mut confirmed = Vec::new();
                 while let Some(e) = s.poll_event() {
                     match e {
-                        SourceEvent::Confirmed { generation, .. } => confirmed.push(generation),
+                        SourceEvent::Confirmed {
+                            generation,
+                            taken_at,
+                        } => confirmed.push((generation, taken_at)),
                         SourceEvent::Abandoned => {
                             let requests = self.source_requests;
                             let (due, rest): (Vec<_>, Vec<_>) =
@@ -616,12 +618,13 @@ impl SyncWorker {
                         _ => {}
                     }
                 }
-                for generation in confirmed {
-                    // The source's view of what its replica holds: taken
-                    // (within one round) at the wall time it was confirmed.
+                for (generation, taken_at) in confirmed {
+                    // What the replica holds, stamped with the time this
+                    // source took it (not the time it was confirmed, which
+                    // would under-report the data's age).
                     let st = GenerationStatus {
                         number: generation,
-                        taken_at: Some(wall),
+                        taken_at: Some(taken_at),
                         round_in_progress: false,
                     };
                     self.reports.push_back(SyncReport::Status(st));
@@ -654,7 +657,8 @@ impl SyncWorker {
                             changed,
                             fetched,
                             copied,
-                            ..
+                            deleted,
+                            renamed,
                         } => {
                             let track = self.round.take();
                             let seq = track.as_ref().map_or(self.rounds_started, |t| t.seq);
@@ -663,6 +667,8 @@ impl SyncWorker {
                                 changed,
                                 fetched,
                                 copied,
+                                deleted,
+                                renamed,
                                 took: track.map_or(Duration::ZERO, |t| now - t.started),
                             };
                             self.reports.push_back(SyncReport::RoundDone(summary));

@@ -540,11 +540,10 @@ impl World {
             if !n.up {
                 continue;
             }
-            let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(WALL0) + now;
             let mut touched = false;
             if n.worker_deadline.is_some_and(|d| d <= t) {
                 if let Some(w) = n.worker.as_mut() {
-                    w.handle_timeout(t, wall, &mut n.store);
+                    w.handle_timeout(t, &mut n.store);
                 }
                 touched = true;
             }

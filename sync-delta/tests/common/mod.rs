@@ -31,25 +31,26 @@ pub struct Pair {
     link_s: Link,
 }
 
-pub fn links() -> (Link, Link) {
+pub fn links(now: Instant) -> (Link, Link) {
     let key = PreSharedKey::from_secret(b"pair secret");
     let (r, s) = Link::connected_pair(
         key,
         [Nonce([3; 32]), Nonce([4; 32])],
         [Epoch::new(1, 2), Epoch::new(1, 1)],
+        now,
     )
     .unwrap();
     assert!(r.is_established() && s.is_established());
     (r, s)
 }
 
-fn carry(from: &mut Link, to: &mut Link, m: &Message, bytes: &mut u64) -> Message {
+fn carry(now: Instant, from: &mut Link, to: &mut Link, m: &Message, bytes: &mut u64) -> Message {
     let mut payload = Vec::new();
     m.encode(&mut payload);
     let mut wire = Vec::new();
     from.send(CHANNEL_SYNC, &payload, &mut wire).unwrap();
     *bytes += wire.len() as u64;
-    to.handle_bytes(&wire).unwrap();
+    to.handle_bytes(now, &wire).unwrap();
     let f = to.poll_frame().unwrap().unwrap();
     assert_eq!(f.channel, CHANNEL_SYNC);
     Message::decode(&f.payload).unwrap()
@@ -70,7 +71,7 @@ impl Pair {
         let source = Source::open(sc, t0, &mut src).unwrap();
         let (mut replica, _) = Replica::open(rc, t0, &mut dst).unwrap();
         replica.handle_connected(t0);
-        let (link_r, link_s) = links();
+        let (link_r, link_s) = links(t0);
         Self {
             src,
             dst,
@@ -103,14 +104,26 @@ impl Pair {
         loop {
             let mut moved = false;
             while let Some(m) = self.replica.poll_transmit() {
-                let m = carry(&mut self.link_r, &mut self.link_s, &m, &mut self.wire_bytes);
+                let m = carry(
+                    self.now,
+                    &mut self.link_r,
+                    &mut self.link_s,
+                    &m,
+                    &mut self.wire_bytes,
+                );
                 hook(&m, &mut self.src);
                 self.source
                     .handle_message(self.now, self.wall, m, &mut self.src)?;
                 moved = true;
             }
             while let Some(m) = self.source.poll_transmit(&mut self.src) {
-                let m = carry(&mut self.link_s, &mut self.link_r, &m, &mut self.wire_bytes);
+                let m = carry(
+                    self.now,
+                    &mut self.link_s,
+                    &mut self.link_r,
+                    &m,
+                    &mut self.wire_bytes,
+                );
                 self.replica.handle_message(self.now, m, &mut self.dst)?;
                 moved = true;
             }
