@@ -1,6 +1,8 @@
-//! Master-term epochs (DESIGN.md §5): `(term, node)`, ordered by term then
-//! node, so that a node split from its peer cannot act on stale authority
-//! once they talk again.
+//! Master-term epochs: `(term, node)`, ordered by term then node, so that a
+//! node split from its peer cannot act on stale authority once they talk
+//! again. The newest one is persisted by the driver (it is part of the
+//! journaled state), and peer messages from an older one are refused; see
+//! "Epochs" in the repository's `ARCHITECTURE.md`.
 
 use core::fmt;
 

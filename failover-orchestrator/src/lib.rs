@@ -3,10 +3,11 @@
 //! phones, and walks the operator procedures of the appliance manual (backup
 //! mode, swap, rolling upgrade, configuration restore) as resumable plans.
 //!
-//! It is a Sans-IO engine (DESIGN.md §3): [`Orchestrator`] takes role
-//! changes, peer messages, sync status, operator requests and command
-//! results, each with `now`; it emits [`Command`]s for the driver, peer
-//! messages, journal records and events; it says when it next needs
+//! It is a Sans-IO engine ("The Sans-IO engine contract" in the
+//! repository's `ARCHITECTURE.md`): [`Orchestrator`] takes role changes,
+//! peer messages, sync status, operator requests and command results, each
+//! with `now`; it emits [`Command`]s for the driver, peer messages, journal
+//! records and events; it says when it next needs
 //! [`Orchestrator::handle_timeout`]. It reads no clock and does no I/O.
 //!
 //! - [`Plan`]s are graphs of [`Step`]s with deadlines, retries and a

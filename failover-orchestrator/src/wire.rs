@@ -1,4 +1,5 @@
-//! Peer messages and their encoding (DESIGN.md §5).
+//! Peer messages and their encoding ("The peer link" in the repository's
+//! `ARCHITECTURE.md`).
 //!
 //! The messages travel as the payload of sync-delta's authenticated frames on
 //! their own channel, so this module only turns a [`PeerMessage`] into opaque

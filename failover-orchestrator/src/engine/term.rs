@@ -41,8 +41,8 @@ impl Orchestrator {
         } else if prev == Role::Master && change.to != Role::Master {
             self.abort_role_plans(now, false);
             if !self.relinquishing {
-                // RFC 9568 §6.4.3 / DESIGN.md §5: the address goes at once,
-                // before services stop, so that two nodes never hold it.
+                // RFC 9568 §6.4.3: the address goes at once, before services
+                // stop, so that two nodes never hold it.
                 let p = role_plans::lost_role(&self.config);
                 self.start_plan(now, p, None, None);
             }
