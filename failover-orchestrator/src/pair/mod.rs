@@ -499,6 +499,14 @@ impl Pair {
         }
     }
 
+    /// The operator confirms the deletions the mass-deletion guard held
+    /// back ([`SyncReport::Refused`]): the next round goes through.
+    pub fn confirm_deletions(&mut self, now: Instant) {
+        self.out
+            .push_back(Output::Sync(SyncOrder::ConfirmDeletions));
+        self.pump(now);
+    }
+
     /// Timers due.
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(r) = &mut self.router {

@@ -57,7 +57,8 @@ pub enum SyncOrder {
         /// Echoed in the report.
         id: u64,
     },
-    /// Let the next round past the mass-deletion guard once.
+    /// Let the next round past the mass-deletion guard once, and run it
+    /// now.
     ConfirmDeletions,
     /// A sync message from the peer.
     Deliver(Message),
@@ -280,6 +281,11 @@ impl SyncWorker {
             SyncOrder::ConfirmDeletions => {
                 if let Session::Replica(r) = &mut self.session {
                     r.confirm_deletions();
+                    // The operator looked and confirmed: the round runs now,
+                    // not an interval later.
+                    if self.round.is_none() {
+                        r.sync_now(now);
+                    }
                 }
             }
             SyncOrder::Deliver(m) => self.deliver(now, wall, m, store),

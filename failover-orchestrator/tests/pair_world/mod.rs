@@ -270,6 +270,14 @@ pub struct World {
     pub vrrp_sent: [u64; NODES],
     /// Takeover plans each node started.
     pub takeovers: [u64; NODES],
+    /// Rounds the mass-deletion guard refused on each node.
+    pub refused_rounds: [u64; NODES],
+    /// Every application write: when, on which node, where, what.
+    pub write_log: Vec<(Duration, usize, String, Vec<u8>)>,
+    /// Takeovers whose reported data-loss window was checked, and those of
+    /// them where the new Master lacked some write.
+    pub loss_checks: u64,
+    pub loss_lacking: u64,
     pub trace: bool,
 }
 
@@ -340,6 +348,10 @@ impl World {
             steps: 0,
             vrrp_sent: [0; NODES],
             takeovers: [0; NODES],
+            refused_rounds: [0; NODES],
+            write_log: Vec::new(),
+            loss_checks: 0,
+            loss_lacking: 0,
             trace: false,
         }
     }
@@ -729,9 +741,10 @@ impl World {
                     let n = self.writes;
                     let mtime = i64::try_from(self.now.as_nanos()).unwrap_or(i64::MAX);
                     let node = &mut self.nodes[m];
-                    node.store
-                        .put_file(&path, format!("message {n}").as_bytes(), 0o640, mtime);
+                    let data = format!("message {n}").into_bytes();
+                    node.store.put_file(&path, &data, 0o640, mtime);
                     node.store.sync_all();
+                    self.write_log.push((self.now, m, path.clone(), data));
                     self.note(format!("write {path} on node {m}"));
                 }
             }
@@ -1022,6 +1035,11 @@ impl World {
                 }
                 self.note(format!("node {i} procedure {id} finished: {outcome:?}"));
             }
+            PairEvent::Orchestrator(Event::Milestone(entry))
+                if entry.what == failover_orchestrator::Milestone::SyncSettled =>
+            {
+                self.check_data_loss(i);
+            }
             PairEvent::Orchestrator(ev) => {
                 if matches!(
                     ev,
@@ -1039,7 +1057,15 @@ impl World {
                     self.note(format!("node {i} {ev:?}"));
                 }
             }
-            other => self.note(format!("node {i} {other:?}")),
+            other => {
+                if matches!(
+                    other,
+                    PairEvent::Sync(failover_orchestrator::pair::SyncReport::Refused(_))
+                ) {
+                    self.refused_rounds[i] += 1;
+                }
+                self.note(format!("node {i} {other:?}"));
+            }
         }
     }
 
@@ -1082,6 +1108,43 @@ impl World {
                 "both nodes hold the address for {:?} ({holders:?})",
                 self.now - since
             ));
+        }
+    }
+
+    /// At a takeover, the data-loss window the new Master reports is at
+    /// least the age of the oldest write of the old Master that it lacks.
+    fn check_data_loss(&mut self, i: usize) {
+        let Some(timeline) = self.nodes[i]
+            .pair
+            .as_ref()
+            .and_then(|p| p.orchestrator().timeline().cloned())
+        else {
+            return;
+        };
+        if timeline.kind != failover_orchestrator::PlanKind::Takeover {
+            return;
+        }
+        let other = 1 - i;
+        let mine = self.nodes[i].store.view();
+        let theirs = self.nodes[other].store.view();
+        let has = |tree: &BTreeMap<String, View>, path: &str, data: &[u8]| matches!(tree.get(path), Some(View::File(d, _, _)) if d == data);
+        let oldest = self
+            .write_log
+            .iter()
+            .filter(|(_, node, path, data)| {
+                *node == other && has(&theirs, path, data) && !has(&mine, path, data)
+            })
+            .map(|w| w.0)
+            .min();
+        self.loss_checks += 1;
+        let Some(t0) = oldest else { return };
+        self.loss_lacking += 1;
+        let lacking_ms = u64::try_from((self.now - t0).as_millis()).unwrap_or(u64::MAX);
+        match timeline.data_loss_window_ms {
+            Some(w) if w + 1 >= lacking_ms => {}
+            w => self.violation(format!(
+                "node {i} took over lacking a write {lacking_ms} ms old but reported a data-loss window of {w:?} ms"
+            )),
         }
     }
 
@@ -1133,6 +1196,16 @@ impl World {
             return Err(self.refused[refused].2.clone());
         }
         Ok(self.started.last().map_or(0, |s| s.id))
+    }
+
+    /// The operator confirms the deletions node `i`'s guard held back.
+    pub fn confirm_deletions(&mut self, i: usize) {
+        let t = self.instant();
+        if let Some(p) = self.nodes[i].pair.as_mut() {
+            p.confirm_deletions(t);
+            self.note(format!("operator confirms deletions on node {i}"));
+        }
+        self.drive(i);
     }
 
     /// How the procedure `id` on node `i` ended, if it has.
