@@ -173,8 +173,10 @@ fn run(seed: u64, trace: bool) -> (World, Vec<String>) {
             );
         }
     }
-    // An upgrade that a fault cut short leaves the units on different
-    // firmware, which a swap refuses: finish it the way an operator would.
+    // The mode changes above first, then: an upgrade that a fault cut
+    // short leaves the units on different firmware, which a swap refuses:
+    // finish it the way an operator would.
+    w.run_until(w.now + Duration::from_secs(5));
     if w.nodes[0].firmware != w.nodes[1].firmware {
         let newest = w
             .nodes
