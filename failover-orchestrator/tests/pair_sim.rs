@@ -122,6 +122,15 @@ fn run(seed: u64, trace: bool) -> (World, Vec<String>) {
     // The quiet tail: faults healed, both nodes up, redundancy on, both
     // Active; then a swap must complete and the pair must settle.
     let t = w.now;
+    // A Master that returned from a split with less data than its Backup
+    // kept is what the mass-deletion guard stops: the operator, having
+    // looked (the Backup's own changes are in quarantine), confirms.
+    w.auto_confirm = true;
+    for i in 0..NODES {
+        if w.refused_rounds[i] > 0 {
+            w.at(t, Ev::Confirm(i));
+        }
+    }
     w.at(t, Ev::Heal);
     w.at(
         t,
@@ -149,14 +158,6 @@ fn run(seed: u64, trace: bool) -> (World, Vec<String>) {
         );
     }
     w.run_until(t + settle);
-    // A Master that returned from a split with less data than its Backup
-    // kept is what the mass-deletion guard stops: the operator, having
-    // looked (the Backup's own changes are in quarantine), confirms.
-    for i in 0..NODES {
-        if w.refused_rounds[i] > 0 {
-            w.confirm_deletions(i);
-        }
-    }
     for i in 0..NODES {
         if w.mode(i) == BackupMode::Passive {
             // One unit after the other, as a person would.

@@ -171,6 +171,8 @@ pub enum Ev {
     },
     Heal,
     Reset,
+    /// The operator confirms the deletions node `i`'s guard held back.
+    Confirm(usize),
     SetLan(Lan),
 }
 
@@ -279,6 +281,9 @@ pub struct World {
     pub loss_checks: u64,
     pub loss_lacking: u64,
     pub trace: bool,
+    /// An operator who confirms, a second after, every round the
+    /// mass-deletion guard refuses (after looking at the quarantine).
+    pub auto_confirm: bool,
 }
 
 fn identity(i: usize, firmware: &str) -> Identity {
@@ -353,6 +358,7 @@ impl World {
             loss_checks: 0,
             loss_lacking: 0,
             trace: false,
+            auto_confirm: false,
         }
     }
 
@@ -780,6 +786,7 @@ impl World {
                 }
             }
             Ev::SetLan(lan) => self.lan = lan,
+            Ev::Confirm(i) => self.confirm_deletions(i),
         }
     }
 
@@ -1063,6 +1070,9 @@ impl World {
                     PairEvent::Sync(failover_orchestrator::pair::SyncReport::Refused(_))
                 ) {
                     self.refused_rounds[i] += 1;
+                    if self.auto_confirm {
+                        self.at(self.now + Duration::from_secs(1), Ev::Confirm(i));
+                    }
                 }
                 self.note(format!("node {i} {other:?}"));
             }
