@@ -214,7 +214,6 @@ impl World {
                     }
                     self.seen.push((i, now, e));
                 }
-                _ => {}
             }
         }
     }

@@ -393,3 +393,24 @@ pub enum PreflightError {
     #[error("the peer ({0}) would serve too; stop it or set it Passive first")]
     PeerWouldServeToo(Role),
 }
+
+impl PreflightError {
+    /// A stable `snake_case` name of the refusal, for APIs and metrics
+    /// (the text of [`std::fmt::Display`] is for people and may change).
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            PreflightError::ProcedureRunning(_) => "procedure_running",
+            PreflightError::RedundancyDisabled => "redundancy_disabled",
+            PreflightError::PeerDown => "peer_down",
+            PreflightError::ProtocolIncompatible { .. } => "protocol_incompatible",
+            PreflightError::Parity(_) => "parity",
+            PreflightError::WrongRole(_) => "wrong_role",
+            PreflightError::PeerNotBackup => "peer_not_backup",
+            PreflightError::SyncStale { .. } => "sync_stale",
+            PreflightError::PeerPassive => "peer_passive",
+            PreflightError::NothingToDo => "nothing_to_do",
+            PreflightError::PeerWouldServeToo(_) => "peer_would_serve_too",
+        }
+    }
+}

@@ -513,19 +513,10 @@ impl Replica {
         let ty = msg.ty();
         let unexpected = SessionError::Unexpected { ty };
         if let Message::SyncNow = msg {
-            match &mut self.round {
-                None => self.sync_now(now),
-                // The source asks for a round while this replica's request
-                // is still unanswered: that request went to a peer that was
-                // not a source yet (both units booting at once) and will
-                // never be answered. Ask again at once.
-                Some(r) if matches!(r.phase, Phase::Requested) => {
-                    r.deadline = now + self.config.idle_timeout;
-                    self.out.push_back(Message::Request {
-                        digest: self.digest,
-                    });
-                }
-                Some(_) => self.next_round = now,
+            if self.round.is_none() {
+                self.sync_now(now);
+            } else {
+                self.next_round = now;
             }
             return Ok(());
         }

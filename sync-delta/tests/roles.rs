@@ -91,67 +91,6 @@ fn generation_age_is_what_takeover_loses() {
     );
 }
 
-/// Both units booting at once: the replica's first request went to a peer
-/// that was not a source yet and is never answered. When that peer becomes
-/// the source and asks for a round, the replica asks again at once instead
-/// of waiting for its round's idle timeout.
-#[test]
-fn unanswered_request_is_sent_again_when_the_source_asks() {
-    use std::time::{Duration, Instant, SystemTime};
-    use sync_delta::mem::MemStore;
-    use sync_delta::wire::Message;
-    use sync_delta::{Replica, ReplicaConfig, ReplicaEvent, Source, SourceConfig};
-
-    let t0 = Instant::now();
-    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    let mut master = MemStore::new();
-    master.put_file("etc/pbx.conf", b"trunk=1", 0o644, 5);
-    let mut backup = MemStore::new();
-    let config = ReplicaConfig {
-        idle_timeout: Duration::from_secs(30),
-        ..ReplicaConfig::default()
-    };
-    let (mut replica, _) = Replica::open(config, t0, &mut backup).unwrap();
-    replica.handle_connected(t0);
-    // The first request is lost on a peer that was still a replica.
-    assert!(matches!(
-        replica.poll_transmit(),
-        Some(Message::Request { .. })
-    ));
-    assert!(replica.poll_transmit().is_none());
-
-    // A second later the peer is the source and asks for a round.
-    let t1 = t0 + Duration::from_secs(1);
-    let mut source = Source::open(SourceConfig::default(), t1, &mut master).unwrap();
-    source.sync_now(t1);
-    let ask = source.poll_transmit(&mut master).unwrap();
-    assert_eq!(ask, Message::SyncNow);
-    replica.handle_message(t1, ask, &mut backup).unwrap();
-    let again = replica.poll_transmit();
-    assert!(matches!(again, Some(Message::Request { .. })), "{again:?}");
-
-    // That request is answered and the round commits well before 30 s.
-    let mut next = again;
-    let mut committed = false;
-    for _ in 0..100 {
-        if let Some(m) = next.take() {
-            source.handle_message(t1, wall, m, &mut master).unwrap();
-        }
-        while let Some(m) = source.poll_transmit(&mut master) {
-            replica.handle_message(t1, m, &mut backup).unwrap();
-        }
-        while let Some(e) = replica.poll_event() {
-            committed |= matches!(e, ReplicaEvent::Committed { .. });
-        }
-        next = replica.poll_transmit();
-        if next.is_none() {
-            break;
-        }
-    }
-    assert!(committed);
-    assert_eq!(replica.generation().number, 1);
-}
-
 /// The former replica's symlinks were made by its own replica session, so
 /// their mtimes differ from the ones its manifest recorded from the old
 /// source: after a swap, the two must still agree on the digest.

@@ -108,6 +108,19 @@ pub(super) struct Executor {
 }
 
 impl Executor {
+    /// An executor whose command and request ids start from `seed` (the
+    /// wall clock in ms at creation): the ids of a restarted engine, soft
+    /// or not, never meet the results and replies still in flight for the
+    /// ids of the one before.
+    pub(super) fn seeded(seed: u64) -> Executor {
+        Executor {
+            next_command: seed.wrapping_mul(1_000),
+            // Truncated on purpose: the low bits change every ms.
+            next_request: seed as u32,
+            ..Executor::default()
+        }
+    }
+
     fn running(&self, plan: PlanId) -> Option<&Running> {
         self.plans.iter().find(|r| r.id == plan)
     }
@@ -442,7 +455,7 @@ impl Orchestrator {
             Command::SetBackupMode(m) if self.state.backup_mode != *m => {
                 self.state.backup_mode = *m;
                 self.record(now, JournalEntry::ModeChanged(*m));
-                self.push_event(Event::ModeChanged(*m));
+                self.mode_changed(*m);
             }
             Command::SetRedundancy(r) => {
                 self.state.redundancy = *r;

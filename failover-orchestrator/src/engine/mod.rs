@@ -125,7 +125,7 @@ impl Orchestrator {
             relinquishing: false,
             wall_base: (now, wall),
             sync: None,
-            exec: Executor::default(),
+            exec: Executor::seeded(unix_ms(wall)),
             timelines: Timelines::default(),
             rehoming: None,
             rehoming_plan: None,
@@ -158,6 +158,14 @@ impl Orchestrator {
         o
     }
 
+    /// The backup mode changed: the event, and our status to the peer at
+    /// once (a Master asked to swap must know its Backup's mode, not learn
+    /// it a heartbeat later).
+    fn mode_changed(&mut self, mode: crate::types::BackupMode) {
+        self.push_event(Event::ModeChanged(mode));
+        self.send_status();
+    }
+
     // ----- inputs -----------------------------------------------------------
 
     /// Re-anchors the wall clock: wall-clock values recorded after this are
@@ -179,6 +187,15 @@ impl Orchestrator {
     /// peer's status.
     pub fn handle_master_heard(&mut self, _now: Instant) {
         self.link.master_heard();
+    }
+
+    /// The transport to the peer (the peer link) is up: greet the peer at
+    /// once instead of at the next heartbeat, so that both sides know each
+    /// other (identity, role, mode) within a round trip of the link coming
+    /// up. Harmless to call when nothing changed.
+    pub fn handle_transport_up(&mut self, now: Instant) {
+        self.send_hello(now);
+        self.drive(now);
     }
 
     /// Encoded peer message from the peer link.

@@ -33,7 +33,7 @@ impl Orchestrator {
                 self.state.backup_mode = *mode;
                 self.state.mode_expires_unix_s = *expires_unix_s;
                 self.arm_mode_expiry(now);
-                self.push_event(Event::ModeChanged(*mode));
+                self.mode_changed(*mode);
             }
             Procedure::SetRedundancy(r) => self.state.redundancy = *r,
             _ => {}
@@ -275,7 +275,7 @@ impl Orchestrator {
             if self.state.backup_mode != BackupMode::Active {
                 self.state.backup_mode = BackupMode::Active;
                 self.record(now, JournalEntry::ModeChanged(BackupMode::Active));
-                self.push_event(Event::ModeChanged(BackupMode::Active));
+                self.mode_changed(BackupMode::Active);
                 self.issue(Command::SetBackupMode(BackupMode::Active), Route::Loose);
             }
         }

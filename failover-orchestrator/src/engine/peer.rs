@@ -37,6 +37,8 @@ pub(super) struct PeerLink {
     /// When this node last sent a hello (to answer a restarted peer's
     /// hello without two hellos echoing).
     hello_sent_at: Option<Instant>,
+    /// A hello from the peer came after our last one.
+    hello_answered: bool,
     findings: Vec<Finding>,
 }
 
@@ -52,6 +54,7 @@ impl PeerLink {
             capacity,
             next_heartbeat: None,
             hello_sent_at: None,
+            hello_answered: false,
             findings: Vec::new(),
         }
     }
@@ -241,13 +244,16 @@ impl Orchestrator {
                 // before it may be from before the peer restarted.
                 self.link.last = None;
                 // A peer that greets us while we already count it as up
-                // restarted faster than the peer timeout and has forgotten
-                // who we are: greet it back. Not when we greeted it within
-                // a heartbeat interval, so that two hellos never echo.
-                let greeted_lately = self.link.hello_sent_at.is_some_and(|t| {
-                    now.saturating_duration_since(t) < self.config.heartbeat_interval
-                });
-                if was_up && !greeted_lately {
+                // restarted (or its engine did, in a soft restart) and has
+                // forgotten who we are: greet it back. Not when this hello
+                // is the answer to ours (the first since we greeted, within
+                // a heartbeat interval), so that two hellos never echo.
+                let answer = !self.link.hello_answered
+                    && self.link.hello_sent_at.is_some_and(|t| {
+                        now.saturating_duration_since(t) < self.config.heartbeat_interval
+                    });
+                self.link.hello_answered = true;
+                if was_up && !answer {
                     self.send_hello(now);
                 }
                 self.link.identity = Some(identity);
@@ -301,9 +307,14 @@ impl Orchestrator {
         });
     }
 
+    /// A hello, always followed by our status: a hello makes the peer
+    /// forget the status it had from us (it may be from before a restart),
+    /// so the fresh one comes right behind it rather than a heartbeat later.
     pub(super) fn send_hello(&mut self, now: Instant) {
         self.link.hello_sent_at = Some(now);
+        self.link.hello_answered = false;
         self.send(PeerBody::Hello(self.config.identity.clone()));
+        self.send_status();
     }
 
     pub(super) fn send_status(&mut self) {
@@ -351,7 +362,7 @@ impl Orchestrator {
                 self.state.mode_expires_unix_s = expires_unix_s;
                 self.arm_mode_expiry(now);
                 self.record(now, JournalEntry::ModeChanged(mode));
-                self.push_event(Event::ModeChanged(mode));
+                self.mode_changed(mode);
                 p.push(
                     Step::new(StepAction::Run(Command::SetBackupMode(mode)))
                         .timeout(t.command)

@@ -69,7 +69,7 @@ impl Orchestrator {
             // returns in explicitly.
             self.state.backup_mode = BackupMode::Active;
             self.state.mode_expires_unix_s = None;
-            self.push_event(Event::ModeChanged(BackupMode::Active));
+            self.mode_changed(BackupMode::Active);
         }
         self.record(now, JournalEntry::TermTaken(epoch));
         self.push_event(Event::TermTaken(epoch));

@@ -40,7 +40,11 @@
 //! 3. After every input, drain [`Pair::poll_output`] until it returns
 //!    [`Output::Wait`], doing each output in order. The order is the
 //!    contract: a [`Output::Persist`] record must be durable before any
-//!    output after it is carried out (crash safety).
+//!    output after it is carried out (crash safety). The [`SyncWorker`]
+//!    is an engine of its own: its messages and reports are inputs here,
+//!    and after feeding them, drain again (its deadline is its own, too).
+//!    Call its `poll_transmit` while the link's send queue has room: that
+//!    is the source's flow control.
 //! 4. Call [`Pair::handle_timeout`] at the instant [`Output::Wait`] gave
 //!    (earlier is harmless).
 //!
@@ -100,6 +104,9 @@ use sync_delta::frame::{CHANNEL_PEER, CHANNEL_SYNC, Nonce};
 /// the sender serves in (0 Initialize, 1 Backup, 2 Master), sent every
 /// advertisement interval and at every role change.
 pub const CHANNEL_BEACON: u8 = 2;
+
+/// Requests and replies kept for the peer while the link is down.
+const HELD_MESSAGES: usize = 64;
 use sync_delta::wire::Message;
 use vrrp_fsm::VirtualRouter;
 use vrrp_proto::RecvMeta;
@@ -114,6 +121,7 @@ use crate::engine::{Event, Orchestrator};
 use crate::journal::{JournalRecord, PersistentState};
 use crate::procedure::{OperatorRequest, PreflightError};
 use crate::types::{PhoneId, Redundancy, Role, SyncStatus};
+use crate::wire::PeerBody;
 use link::{LinkControl, LinkOut};
 
 /// Everything a node of the pair is configured with.
@@ -163,8 +171,11 @@ pub enum PairEvent {
 
 /// The driver's next step. [`Pair::poll_output`] returns them in the
 /// order they must be carried out, ending with [`Output::Wait`].
+///
+/// Exhaustive on purpose: every output is work the driver must do, so a
+/// new kind must fail to compile in a driver rather than fall into a
+/// catch-all arm.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum Output {
     /// Persist this record durably (replace the state, append the entry)
     /// before carrying out anything after it.
@@ -175,8 +186,10 @@ pub enum Output {
     /// NA for each).
     Announce,
     /// Carry out this command and answer [`Pair::handle_command_result`]
-    /// with its id: the address, services, phones, node checks, restarts
-    /// and the vendor's hooks.
+    /// with its id: the address, services, phones, node checks and the
+    /// vendor's hooks. [`Command::RestartNode`] is answered by the restart
+    /// itself: reboot (the engine resumes from the persisted state), or
+    /// call [`Pair::soft_restart`] to restart in-process.
     Command(Issued),
     /// Open a connection to the peer; answer [`Pair::handle_dialed`] or
     /// [`Pair::handle_dial_failed`].
@@ -188,7 +201,8 @@ pub enum Output {
         /// What to write.
         bytes: Vec<u8>,
     },
-    /// Close the connection.
+    /// Close the connection, then report it with
+    /// [`Pair::handle_link_closed`] like any other end.
     Close {
         /// Which connection.
         conn: ConnId,
@@ -224,6 +238,9 @@ pub struct PairStats {
     pub takeovers_deferred: u64,
     /// Beacons from the peer that did not decode.
     pub bad_beacons: u64,
+    /// Requests and replies held for a link that stayed down too long (the
+    /// oldest are dropped past the limit).
+    pub held_dropped: u64,
 }
 
 /// Where the answer of a command carried out by the sync worker goes.
@@ -254,6 +271,8 @@ pub struct Pair {
     peer_beacon: Option<(Instant, Role)>,
     /// When this node next sends its beacon.
     next_beacon: Option<Instant>,
+    /// Requests and replies for the peer while the link is down.
+    held: VecDeque<crate::wire::PeerMessage>,
     /// The election made this node Master while the peer link showed the
     /// peer alive and serving as Master: not reported until that changes.
     vetoed: bool,
@@ -292,6 +311,7 @@ impl Pair {
             quiet_start: false,
             peer_beacon: None,
             next_beacon: None,
+            held: VecDeque::new(),
             vetoed: false,
             out: VecDeque::new(),
             results: VecDeque::new(),
@@ -585,6 +605,16 @@ impl Pair {
         true
     }
 
+    /// A graceful stop: as Master, the election sends priority 0 so that
+    /// the Backup takes over at once (RFC 9568 §6.4.3). Drain the outputs,
+    /// then drop the engine.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        if let Some(r) = &mut self.router {
+            r.handle_shutdown(now);
+        }
+        self.pump(now);
+    }
+
     /// "Restart this node" without a reboot: the election from
     /// Initialize, the orchestrator from its persisted state (which resumes
     /// a procedure in progress, as after a reboot). For drivers that answer
@@ -594,7 +624,11 @@ impl Pair {
         if let Some(r) = &mut self.router {
             r.handle_shutdown(now);
         }
+        // The old engines' last word goes out: a Master's release of the
+        // address and its services (the lost-role plan's first steps), the
+        // journal records before them.
         self.drain_router(now);
+        self.drain_orchestrator(now);
         let state = self.orch.persistent_state().clone();
         let redundancy = state.redundancy;
         self.orch = Orchestrator::new(self.config.orchestrator.clone(), state, now, wall);
@@ -790,6 +824,7 @@ impl Pair {
             moved = true;
             let (order, ev) = if up {
                 self.next_beacon = Some(now);
+                self.orch.handle_transport_up(now);
                 (SyncOrder::Connected, PairEvent::LinkUp)
             } else {
                 self.next_beacon = None;
@@ -838,9 +873,24 @@ impl Pair {
         }
         while let Some(msg) = self.orch.poll_transmit() {
             moved = true;
-            let mut bytes = Vec::new();
-            if crate::wire::encode(&msg, &mut bytes).is_ok() {
-                self.link.send(CHANNEL_PEER, &bytes);
+            if self.link.is_up() {
+                self.send_peer(&msg);
+            } else if matches!(msg.body, PeerBody::Request { .. } | PeerBody::Reply { .. }) {
+                // A request or a reply is not lost to a link that is down
+                // for a moment (a reconnect): it goes out once the link is
+                // back, behind the fresh hello and status. Heartbeats are
+                // not kept: the next one says it all.
+                if self.held.len() == HELD_MESSAGES {
+                    self.held.pop_front();
+                    self.stats.held_dropped += 1;
+                }
+                self.held.push_back(msg);
+            }
+        }
+        if self.link.is_up() {
+            while let Some(msg) = self.held.pop_front() {
+                moved = true;
+                self.send_peer(&msg);
             }
         }
         while let Some(ev) = self.orch.poll_event() {
@@ -863,6 +913,13 @@ impl Pair {
                 .push_back(Output::Event(PairEvent::Orchestrator(ev)));
         }
         moved
+    }
+
+    fn send_peer(&mut self, msg: &crate::wire::PeerMessage) {
+        let mut bytes = Vec::new();
+        if crate::wire::encode(msg, &mut bytes).is_ok() {
+            self.link.send(CHANNEL_PEER, &bytes);
+        }
     }
 
     fn order(&mut self, wait: Option<SyncWait>, order: impl FnOnce(u64) -> SyncOrder) {

@@ -190,6 +190,9 @@ pub struct SyncWorker {
     source_requests: u64,
     /// A replica that became a source: the generation it settled at.
     settled: Option<GenerationStatus>,
+    /// The peer's last request that came while this node was not a
+    /// source, and when.
+    early_request: Option<(Instant, Message)>,
     reports: VecDeque<SyncReport>,
 }
 
@@ -235,6 +238,7 @@ impl SyncWorker {
             source_waiting: Vec::new(),
             source_requests: 0,
             settled: None,
+            early_request: None,
             reports: VecDeque::new(),
         }
     }
@@ -264,7 +268,7 @@ impl SyncWorker {
         store: &mut S,
     ) {
         match order {
-            SyncOrder::Become(role) => self.become_role(now, role, store),
+            SyncOrder::Become(role) => self.become_role(now, wall, role, store),
             SyncOrder::Connected => {
                 self.connected = true;
                 self.arm_replica(now, store);
@@ -353,7 +357,13 @@ impl SyncWorker {
         }
     }
 
-    fn become_role<S: Storage + ?Sized>(&mut self, now: Instant, role: SyncRole, store: &mut S) {
+    fn become_role<S: Storage + ?Sized>(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        role: SyncRole,
+        store: &mut S,
+    ) {
         self.role = role;
         match role {
             SyncRole::Idle => {
@@ -375,15 +385,20 @@ impl SyncWorker {
                     exclude: self.config.exclude.clone(),
                 };
                 match Source::open(config, now, store) {
-                    Ok(mut s) => {
+                    Ok(s) => {
                         self.source_requests = 0;
-                        if self.connected {
-                            // A replica that asked while this node was a
-                            // replica itself was never answered: ask it
-                            // to start over now.
-                            s.sync_now(now);
-                        }
                         self.session = Session::Source(Box::new(s));
+                        // A request that came while this node was not a
+                        // source yet (both units booting at once, a swap)
+                        // is answered now, rather than left to the
+                        // replica's idle timeout.
+                        if let Some((at, m)) = self.early_request.take() {
+                            if self.connected
+                                && now.saturating_duration_since(at) < self.config.idle_timeout
+                            {
+                                self.deliver(now, wall, m, store);
+                            }
+                        }
                     }
                     Err(e) => {
                         self.session = Session::None;
@@ -550,9 +565,14 @@ impl SyncWorker {
                 Err(SessionError::Store(e)) => Some(format!("replica storage: {e}")),
                 Err(e) => Some(format!("replica session: {e}")),
             },
-            // A message for the other role: the peer changed roles while
-            // it was in flight (a request sent to a node that was still a
-            // replica). The pair engine re-asks when roles settle.
+            // A request before this node is a source: kept, and answered
+            // if it becomes one while the replica still waits.
+            _ if matches!(m, Message::Request { .. }) => {
+                self.early_request = Some((now, m));
+                None
+            }
+            // Anything else for the other role was in flight while the
+            // peer changed roles; the session it belonged to is gone.
             _ => None,
         };
         if let Some(why) = err {

@@ -148,9 +148,12 @@ pub enum Ev {
     Crash(usize),
     Boot(usize),
     /// A reboot the node asked for (restart, upgrade): down now, up after.
+    /// `soft`: it may restart in-process, as the example node does (not
+    /// after an upgrade: the new image needs a real boot).
     Restart {
         node: usize,
         boot: u64,
+        soft: bool,
     },
     Operator {
         node: usize,
@@ -721,11 +724,24 @@ impl World {
             }
             Ev::Crash(i) => self.crash(i),
             Ev::Boot(i) => self.boot(i),
-            Ev::Restart { node, boot } => {
+            Ev::Restart { node, boot, soft } => {
                 if self.nodes[node].boot == boot && self.nodes[node].up {
-                    self.note(format!("node {node} restarts"));
-                    self.crash(node);
-                    self.at(self.now + Duration::from_secs(2), Ev::Boot(node));
+                    if soft && self.rng.below(2) == 0 {
+                        // A soft restart, as the example node does it: the
+                        // engines start again from the persisted state, the
+                        // process, its tree and its connections stay.
+                        self.note(format!("node {node} restarts (soft)"));
+                        let wall = self.wall();
+                        if let Some(p) = self.nodes[node].pair.as_mut() {
+                            p.soft_restart(t, wall);
+                        }
+                        self.nodes[node].booted_at = Some(self.now);
+                        self.drive(node);
+                    } else {
+                        self.note(format!("node {node} restarts"));
+                        self.crash(node);
+                        self.at(self.now + Duration::from_secs(2), Ev::Boot(node));
+                    }
                 }
             }
             Ev::Operator { node, request, tag } => self.operator(node, request, tag),
@@ -906,7 +922,6 @@ impl World {
                 }
                 Output::Sync(order) => worker.handle_order(t, wall, order, &mut n.store),
                 Output::Event(e) => self.event(i, e),
-                _ => {}
             }
         }
     }
@@ -988,12 +1003,26 @@ impl World {
                 );
             }
             Command::RestartNode => {
-                self.at(self.now + ms(100), Ev::Restart { node: i, boot });
+                self.at(
+                    self.now + ms(100),
+                    Ev::Restart {
+                        node: i,
+                        boot,
+                        soft: true,
+                    },
+                );
             }
             Command::UpgradeFirmware { version } => {
                 self.nodes[i].firmware.clone_from(version);
                 result(self, ms(1000), CommandOutcome::Done);
-                self.at(self.now + ms(1500), Ev::Restart { node: i, boot });
+                self.at(
+                    self.now + ms(1500),
+                    Ev::Restart {
+                        node: i,
+                        boot,
+                        soft: false,
+                    },
+                );
             }
             _ => result(self, ms(5), CommandOutcome::Done),
         }
