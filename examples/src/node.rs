@@ -1,36 +1,55 @@
-//! The node daemon: the four engines wired to sockets, netlink, processes,
-//! files and the clock.
+//! The node daemon: the pair engine ([`failover_orchestrator::pair::Pair`])
+//! driven by real sockets, netlink, processes, files and the clock. No
+//! role, sync or epoch policy lives here: the engine decides, this module
+//! carries out.
 //!
 //! Threads and tasks:
-//! - the VRRP engine runs on a thread of its own that waits in `ppoll(2)`
-//!   on its socket with the engine's deadline (optionally SCHED_FIFO), so
-//!   that nothing else (file hashing, HTTP, process spawns) can delay an
-//!   advertisement or a timeout;
-//! - the main task owns the orchestrator: it feeds it role changes, peer
-//!   messages, sync status, operator requests and command results, and
-//!   carries out the commands it emits;
-//! - the peer link ([`crate::peer`]) runs sync rounds on its own threads;
-//! - the status API ([`crate::status`]) reads a snapshot the main task
-//!   publishes after every input.
+//! - the **engine thread** owns the [`Pair`] and waits in `ppoll(2)` on the
+//!   VRRP socket, the peer link's listener and connections and a wake-up
+//!   socket, with the engine's deadline as a nanosecond timeout (optionally
+//!   SCHED_FIFO), so that nothing else (file hashing, HTTP, process spawns)
+//!   delays an advertisement or a timeout. It persists the journal records
+//!   before it carries out what follows them, sends VRRP, announcements and
+//!   the link's bytes itself, and hands commands to the main task and sync
+//!   orders to the sync worker;
+//! - the **sync worker thread** owns the [`SyncWorker`] and the
+//!   [`FsStore`] of the data directory: scans, hashing and applying block
+//!   only it. A source's data is read as the link's send queue drains;
+//! - the **main task** (tokio) carries out commands through the [`Hooks`]
+//!   and netlink and answers them, and relays the status API's requests;
+//! - the status API ([`crate::status`]) reads a snapshot the engine thread
+//!   publishes after every batch of work.
 
-use std::net::IpAddr;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
+use failover_orchestrator::pair::{
+    ConnId, LinkConfig, Output, Pair, PairConfig, PairEvent, SyncConfig, SyncOrder, SyncReport,
+    SyncWorker,
+};
 use failover_orchestrator::{
-    self as orch, Command, CommandOutcome, Issued, OperatorRequest, Orchestrator, PersistentState,
-    PhoneId, Role, RoleChange, RoleChangeReason, ServiceId, ServiceSpec,
+    self as orch, Command, CommandId, CommandOutcome, Issued, OperatorRequest, PersistentState,
+    PhoneId, PreflightError, Redundancy, ServiceId, ServiceSpec,
 };
 use serde::Serialize;
+use socket2::{Domain, SockAddr, Socket, Type};
+use sync_delta::FsStore;
+use sync_delta::frame::{Nonce, PreSharedKey};
+use sync_delta::wire::Message;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
-use vrrp_fsm::{BackupMode, Event as VrrpEvent, Reason, Release, State};
+use vrrp_fsm::State;
 
 use crate::config::{NodeConfig, Transport};
 use crate::hooks::{Hooks, Readiness};
 use crate::net::Netlink;
-use crate::peer::{PeerCommand, PeerConfig, PeerEvent, SyncRole};
 use crate::phones::Phone;
 use crate::vrrp_io::{Received, VrrpSocket};
 
@@ -65,13 +84,44 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
     move |source| NodeError::Io { what, source }
 }
 
-/// An operator request from the status API, answered on `reply`.
+/// Why an operator request was refused: the words and a stable code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refused {
+    /// For people.
+    pub error: String,
+    /// `snake_case`, stable (see [`PreflightError::code`]).
+    pub code: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.error, self.code)
+    }
+}
+
+impl From<PreflightError> for Refused {
+    fn from(e: PreflightError) -> Self {
+        Refused {
+            error: e.to_string(),
+            code: e.code().to_owned(),
+        }
+    }
+}
+
+/// The answer to an operator request: the procedure's id once preflight
+/// accepted it, or why it was refused.
+pub type ApiReply = oneshot::Sender<Result<u64, Refused>>;
+
+/// An operator request from the status API, answered on its reply channel.
 #[derive(Debug)]
 pub enum ApiRequest {
     /// Set the Backup mode (on a Backup its own, on a Master the peer's).
-    SetBackupMode(orch::BackupMode, oneshot::Sender<Result<u64, String>>),
+    SetBackupMode(orch::BackupMode, ApiReply),
     /// Swap Master and Backup (on the Master).
-    Swap(oneshot::Sender<Result<u64, String>>),
+    Swap(ApiReply),
+    /// Switch redundancy on or off; the value is kept in the state
+    /// directory and overrides the configuration from then on.
+    SetRedundancy(bool, ApiReply),
 }
 
 /// What the status API shows, refreshed after every input.
@@ -143,36 +193,7 @@ pub struct NodeHandle {
 }
 
 // ---------------------------------------------------------------------------
-// The VRRP thread
-
-/// Inputs to the VRRP thread.
-#[derive(Debug)]
-enum VrrpCmd {
-    Arm(u8),
-    Release(Option<u8>),
-    StepDown,
-    Mode(BackupMode),
-    /// Graceful stop (priority 0 as Master), then the thread ends.
-    Shutdown(oneshot::Sender<()>),
-    /// Shut down and start again (a soft restart of "this node").
-    Restart,
-    /// Stop at once, sending nothing: a simulated power cut.
-    Crash,
-}
-
-/// What the VRRP thread reports.
-#[derive(Debug)]
-enum VrrpOut {
-    Event(VrrpEvent),
-    View(VrrpView),
-}
-
-struct VrrpSetup {
-    config: vrrp_fsm::Config,
-    socket_spec: SocketSpec,
-    garp: Option<GarpSpec>,
-    rt_priority: Option<u8>,
-}
+// Sockets and announcements
 
 enum SocketSpec {
     RawV4 {
@@ -215,81 +236,6 @@ impl GarpSpec {
     }
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn view(r: &vrrp_fsm::VirtualRouter, last_change_unix_ms: u64, last_rx_unix_ms: u64) -> VrrpView {
-    let s = r.stats();
-    VrrpView {
-        state: format!("{:?}", r.state()),
-        priority: r.priority().get(),
-        backup_mode: format!("{:?}", r.backup_mode()),
-        master: r.master(),
-        interval_ms: u64::from(r.master_interval().as_centis()) * 10,
-        master_down_us: u64::try_from(r.master_down_interval().as_micros()).unwrap_or(u64::MAX),
-        transitions: State::ALL
-            .iter()
-            .flat_map(|f| State::ALL.iter().map(move |t| (*f, *t)))
-            .map(|(f, t)| s.transitions(f, t))
-            .sum(),
-        received: s.rx_accepted,
-        dropped: s.dropped(),
-        last_change_unix_ms,
-        last_rx_unix_ms,
-    }
-}
-
-/// The sending side of the VRRP thread's command queue: a channel, and a
-/// datagram socket pair whose byte wakes the thread's `ppoll`.
-#[derive(Clone)]
-struct VrrpTx {
-    tx: std::sync::mpsc::Sender<VrrpCmd>,
-    wake: Arc<std::os::unix::net::UnixDatagram>,
-}
-
-impl VrrpTx {
-    fn send(&self, cmd: VrrpCmd) -> Result<(), ()> {
-        self.tx.send(cmd).map_err(drop)?;
-        // A full wake buffer already wakes the thread: ignore that error.
-        let _ = self.wake.send(&[1]);
-        Ok(())
-    }
-}
-
-fn spawn_vrrp(
-    setup: VrrpSetup,
-    out: mpsc::UnboundedSender<VrrpOut>,
-) -> Result<(VrrpTx, std::thread::JoinHandle<()>), NodeError> {
-    let socket = open_socket(&setup.socket_spec).map_err(io_err("opening the VRRP socket"))?;
-    let (wake_tx, wake_rx) = std::os::unix::net::UnixDatagram::pair()
-        .map_err(io_err("creating the VRRP wake-up pair"))?;
-    wake_rx
-        .set_nonblocking(true)
-        .map_err(io_err("creating the VRRP wake-up pair"))?;
-    wake_tx
-        .set_nonblocking(true)
-        .map_err(io_err("creating the VRRP wake-up pair"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let handle = std::thread::Builder::new()
-        .name("vrrp".into())
-        .spawn(move || {
-            if let Some(prio) = setup.rt_priority {
-                set_realtime(prio);
-            }
-            vrrp_loop(&setup, &socket, &rx, &wake_rx, &out);
-        })
-        .map_err(io_err("starting the vrrp thread"))?;
-    Ok((
-        VrrpTx {
-            tx,
-            wake: Arc::new(wake_tx),
-        },
-        handle,
-    ))
-}
-
 /// SCHED_FIFO at `priority` for the calling thread, as keepalived's
 /// `vrrp_rt_priority`: a loaded machine then cannot starve the timers.
 fn set_realtime(priority: u8) {
@@ -323,54 +269,6 @@ fn open_socket(spec: &SocketSpec) -> std::io::Result<VrrpSocket> {
     }
 }
 
-/// The election thread's side of the I/O: where advertisements go, where
-/// events are reported, and the times the status shows.
-struct ThreadIo<'a> {
-    socket: &'a VrrpSocket,
-    tx: Vec<u8>,
-    garp: Option<&'a GarpSpec>,
-    out: &'a mpsc::UnboundedSender<VrrpOut>,
-    last_change: u64,
-    last_rx: u64,
-}
-
-impl ThreadIo<'_> {
-    /// Sends what the router has queued and reports its events.
-    fn flush(&mut self, router: &mut vrrp_fsm::VirtualRouter) {
-        let (socket, tx, garp, out) = (self.socket, &mut self.tx, self.garp, self.out);
-        loop {
-            let t = if socket.sends_datagrams() {
-                router.poll_transmit_datagram(tx)
-            } else {
-                router.poll_transmit(tx)
-            };
-            let Some(t) = t else { break };
-            if let Err(e) = socket.send(&tx[..t.len], t.dst) {
-                warn!(error = %e, "advertisement not sent");
-            }
-        }
-        while let Some(ev) = router.poll_event() {
-            match ev {
-                VrrpEvent::SendGratuitous(_) => {
-                    if let Some(g) = garp {
-                        g.send();
-                    }
-                }
-                VrrpEvent::StateChange { .. } => self.last_change = unix_ms(SystemTime::now()),
-                _ => {}
-            }
-            let _ = out.send(VrrpOut::Event(ev));
-        }
-    }
-
-    /// Publishes the router's view.
-    fn publish(&self, router: &vrrp_fsm::VirtualRouter) {
-        let _ = self
-            .out
-            .send(VrrpOut::View(view(router, self.last_change, self.last_rx)));
-    }
-}
-
 /// How long to ask `ppoll` to wait for a deadline `left` away. For threads
 /// that are not real-time the kernel may wake a poll up to 0.1 % of its
 /// timeout late (3.6 ms on a 3.6 s Master_Down_Interval), so a long wait
@@ -384,172 +282,6 @@ fn poll_wait(left: Duration) -> Duration {
         left
     }
 }
-
-/// The election thread: one `ppoll` on the socket and the wake-up socket,
-/// with the engine's next deadline as a nanosecond timeout.
-fn vrrp_loop(
-    setup: &VrrpSetup,
-    socket: &VrrpSocket,
-    cmds: &std::sync::mpsc::Receiver<VrrpCmd>,
-    wake: &std::os::unix::net::UnixDatagram,
-    out: &mpsc::UnboundedSender<VrrpOut>,
-) {
-    use nix::poll::{PollFd, PollFlags, ppoll};
-    use std::os::fd::AsFd;
-
-    let mut router = vrrp_fsm::VirtualRouter::new(setup.config.clone(), Instant::now());
-    router.handle_startup(Instant::now());
-    let mut rx = vec![0u8; 65_536];
-    let mut io = ThreadIo {
-        socket,
-        tx: vec![0u8; router.max_transmit_len().max(64) + 64],
-        garp: setup.garp.as_ref(),
-        out,
-        last_change: unix_ms(SystemTime::now()),
-        last_rx: 0,
-    };
-    let mut wake_buf = [0u8; 64];
-    loop {
-        io.flush(&mut router);
-        io.publish(&router);
-
-        let timeout = router.poll_timeout().map(|d| {
-            nix::sys::time::TimeSpec::from_duration(poll_wait(
-                d.saturating_duration_since(Instant::now()),
-            ))
-        });
-        let mut fds = [
-            PollFd::new(socket.fd(), PollFlags::POLLIN),
-            PollFd::new(wake.as_fd(), PollFlags::POLLIN),
-        ];
-        match ppoll(&mut fds, timeout, None) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => {
-                warn!(error = %e, "vrrp poll");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        let now = Instant::now();
-        if router.poll_timeout().is_some_and(|d| d <= now) {
-            router.handle_timeout(now);
-        }
-        // Every packet waiting, each with the time it was read.
-        loop {
-            match socket.try_recv(&mut rx) {
-                Ok(Some(Received::Datagram(n))) => {
-                    if router.handle_datagram(Instant::now(), &rx[..n]).is_ok() {
-                        io.last_rx = unix_ms(SystemTime::now());
-                    }
-                }
-                Ok(Some(Received::Message(n, meta))) => {
-                    if router
-                        .handle_message(Instant::now(), &rx[..n], meta)
-                        .is_ok()
-                    {
-                        io.last_rx = unix_ms(SystemTime::now());
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    warn!(error = %e, "vrrp receive");
-                    break;
-                }
-            }
-            io.flush(&mut router);
-        }
-        while wake.recv(&mut wake_buf).is_ok() {}
-        loop {
-            let now = Instant::now();
-            let result = match cmds.try_recv() {
-                Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    router.handle_shutdown(now);
-                    io.flush(&mut router);
-                    return;
-                }
-                Ok(VrrpCmd::Crash) => return,
-                Ok(VrrpCmd::Shutdown(reply)) => {
-                    router.handle_shutdown(now);
-                    io.flush(&mut router);
-                    io.publish(&router);
-                    let _ = reply.send(());
-                    return;
-                }
-                Ok(VrrpCmd::Restart) => {
-                    router.handle_shutdown(now);
-                    io.flush(&mut router);
-                    let config = rebuild(&setup.config, router.backup_mode(), router.priority())
-                        .unwrap_or_else(|| setup.config.clone());
-                    router = vrrp_fsm::VirtualRouter::new(config, now);
-                    router.handle_startup(now);
-                    Ok(())
-                }
-                Ok(VrrpCmd::Arm(p)) => router
-                    .set_priority(now, vrrp_proto::Priority(p))
-                    .and_then(|()| router.arm_takeover(now)),
-                Ok(VrrpCmd::Release(p)) => {
-                    let mut r = Release::new();
-                    if let Some(p) = p {
-                        r = r.priority(vrrp_proto::Priority(p));
-                    }
-                    router.release(now, r)
-                }
-                Ok(VrrpCmd::StepDown) => router.release(now, Release::new()),
-                Ok(VrrpCmd::Mode(m)) => {
-                    router.set_backup_mode(now, m);
-                    Ok(())
-                }
-            };
-            if let Err(e) = result {
-                warn!(error = %e, "vrrp command refused");
-            }
-            io.flush(&mut router);
-        }
-    }
-}
-
-/// The configuration again with the mode and priority a restart keeps.
-fn rebuild(
-    config: &vrrp_fsm::Config,
-    mode: BackupMode,
-    priority: vrrp_proto::Priority,
-) -> Option<vrrp_fsm::Config> {
-    let mut b = vrrp_fsm::Config::builder(config.version(), config.vrid(), config.primary())
-        .priority(priority)
-        .interval(config.interval())
-        .addresses(config.addresses().iter())
-        .preempt(config.preempt())
-        .preempt_delay(config.preempt_delay())
-        .accept_mode(config.accept_mode())
-        .auth(*config.auth())
-        .checksum_form(config.checksum_form())
-        .backup_mode(mode)
-        .gratuitous(config.gratuitous())
-        .startup_delay(config.startup_delay())
-        .release_hold_off(config.release_hold_off());
-    for p in config.peers() {
-        b = b.peer(*p);
-    }
-    b.build().ok()
-}
-
-/// Receives from an optional channel; pending forever without one.
-async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The main task
 
 /// How a node stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -581,43 +313,6 @@ impl Options {
     }
 }
 
-/// Maps an election state change to the orchestrator's mirror type.
-fn role_change(from: State, to: State, reason: Reason) -> RoleChange {
-    let role = |s| match s {
-        State::Initialize => Role::Initialize,
-        State::Backup => Role::Backup,
-        State::Master => Role::Master,
-    };
-    let reason = match reason {
-        Reason::MasterDown | Reason::Preempt => RoleChangeReason::MasterDown,
-        Reason::MasterReleased => RoleChangeReason::PeerReleased,
-        Reason::HigherPriority => RoleChangeReason::HigherPriorityMaster,
-        Reason::ArmedTakeover | Reason::Takeover => RoleChangeReason::SwapTakeover,
-        Reason::Release => RoleChangeReason::Released,
-        Reason::Shutdown | Reason::LinkDown => RoleChangeReason::Shutdown,
-        _ => RoleChangeReason::Startup,
-    };
-    RoleChange {
-        from: role(from),
-        to: role(to),
-        reason,
-    }
-}
-
-fn fsm_mode(m: orch::BackupMode) -> BackupMode {
-    match m {
-        orch::BackupMode::Active => BackupMode::Active,
-        orch::BackupMode::Passive => BackupMode::Passive,
-    }
-}
-
-fn load_state(dir: &Path) -> PersistentState {
-    std::fs::read(dir.join("state.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
 fn save_state(dir: &Path, record: &orch::JournalRecord) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = dir.join("state.json.tmp");
@@ -635,408 +330,11 @@ fn save_state(dir: &Path, record: &orch::JournalRecord) -> std::io::Result<()> {
     Ok(())
 }
 
-struct Main {
-    config: NodeConfig,
-    orch: Orchestrator,
-    vrrp: VrrpTx,
-    results: mpsc::UnboundedSender<(orch::CommandId, CommandOutcome)>,
-    registered: mpsc::UnboundedSender<PhoneId>,
-    sync_status: mpsc::UnboundedSender<orch::SyncStatus>,
-    netlink: Option<(Netlink, u32)>,
-    garp: Option<GarpSpec>,
-    phones: Vec<Phone>,
-    hooks: Arc<dyn Hooks>,
-    peer: Option<mpsc::Sender<PeerCommand>>,
-    vrrp_state: State,
-    orch_config: orch::Config,
-    restart_pending: bool,
-    snapshot: Arc<Mutex<Snapshot>>,
-    vrrp_view: VrrpView,
-    address_held: bool,
-}
-
-impl Main {
-    fn wall() -> SystemTime {
-        SystemTime::now()
-    }
-
-    fn drain(&mut self) {
-        let now = Instant::now();
-        while let Some(record) = self.orch.poll_journal() {
-            if let Err(e) = save_state(&self.config.state_dir, &record) {
-                warn!(error = %e, "cannot persist the orchestrator's state");
-            }
-        }
-        while let Some(issued) = self.orch.poll_command() {
-            self.execute(issued);
-        }
-        while let Some(msg) = self.orch.poll_transmit() {
-            let mut bytes = Vec::new();
-            match orch::wire::encode(&msg, &mut bytes) {
-                Ok(()) => self.to_peer(PeerCommand::SendPeerMessage(bytes)),
-                Err(e) => warn!(error = %e, "peer message not encoded"),
-            }
-        }
-        while let Some(ev) = self.orch.poll_event() {
-            log_event(&ev);
-            match ev {
-                orch::Event::TermTaken(e) | orch::Event::EpochAdopted(e) => {
-                    self.to_peer(PeerCommand::SetEpoch(sync_delta::Epoch {
-                        term: e.term,
-                        node: e.node,
-                    }));
-                }
-                orch::Event::ModeChanged(_) => self.update_sync_role(),
-                _ => {}
-            }
-        }
-        self.publish(now);
-    }
-
-    fn publish(&self, now: Instant) {
-        let status = self.orch.status(now);
-        let mut s = match self.snapshot.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        s.id.clone_from(&self.config.id);
-        s.role = self.vrrp_view.state.clone();
-        s.summary = status.one_liner();
-        s.vrrp = self.vrrp_view.clone();
-        s.address_held = self.address_held;
-        s.timeline = self.orch.timeline().cloned();
-        s.status = Some(status);
-        s.services = self
-            .config
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, svc)| ServiceView {
-                name: svc.name.clone(),
-                running: self.hooks.service_running(i),
-            })
-            .collect();
-        s.phones = self.orch.phone_outcomes();
-    }
-
-    /// "Restart this node" without leaving the process: the election
-    /// from Initialize, the orchestrator from its persisted state (which
-    /// resumes a procedure in progress, as after a reboot).
-    fn soft_restart(&mut self) {
-        self.restart_pending = false;
-        info!("restarting (soft): election from Initialize, orchestrator from its journal");
-        let _ = self.vrrp.send(VrrpCmd::Restart);
-        let state = self.orch.persistent_state().clone();
-        let now = Instant::now();
-        self.orch = Orchestrator::new(self.orch_config.clone(), state, now, SystemTime::now());
-        self.vrrp_state = State::Initialize;
-        self.update_sync_role();
-    }
-
-    fn to_peer(&self, cmd: PeerCommand) {
-        if let Some(p) = &self.peer {
-            if let Err(e) = p.try_send(cmd) {
-                warn!(error = %e, "peer link busy; command dropped");
-            }
-        }
-    }
-
-    /// Master serves, an Active Backup pulls, a Passive one stays idle.
-    fn update_sync_role(&self) {
-        let role = match self.vrrp_state {
-            State::Master => SyncRole::Source,
-            State::Backup
-                if self.orch.persistent_state().backup_mode == orch::BackupMode::Active =>
-            {
-                SyncRole::Replica
-            }
-            _ => SyncRole::Idle,
-        };
-        self.to_peer(PeerCommand::SetRole(role));
-    }
-
-    fn peer_event(&mut self, ev: PeerEvent) {
-        let now = Instant::now();
-        match ev {
-            PeerEvent::PeerMessage(bytes) => {
-                if let Err(e) = self.orch.handle_peer_bytes(now, &bytes) {
-                    warn!(error = %e, "peer message refused");
-                }
-            }
-            PeerEvent::Status(st) => {
-                if let Some(taken_at) = st.generation.taken_at {
-                    self.orch.handle_sync_status(
-                        now,
-                        orch::SyncStatus {
-                            generation: st.generation.number,
-                            taken_at,
-                            round_in_progress: st.round_in_progress,
-                        },
-                    );
-                }
-            }
-            PeerEvent::RoundDone(r) => info!(
-                generation = r.generation,
-                files_sent = r.files_sent,
-                files_renamed = r.files_renamed,
-                files_deleted = r.files_deleted,
-                bytes = r.bytes_received,
-                seconds = r.seconds,
-                "sync round"
-            ),
-            PeerEvent::Served {
-                generation,
-                taken_at,
-            } => {
-                // The Master's view of what its Backup holds: the generation
-                // the replica confirmed, as of when this node took it.
-                self.orch.handle_sync_status(
-                    now,
-                    orch::SyncStatus {
-                        generation,
-                        taken_at,
-                        round_in_progress: false,
-                    },
-                );
-            }
-            PeerEvent::Connected => info!("peer link up"),
-            PeerEvent::Disconnected => info!("peer link down"),
-            other => info!(event = ?other, "peer link"),
-        }
-    }
-
-    fn done(&self, id: orch::CommandId, outcome: CommandOutcome) {
-        let _ = self.results.send((id, outcome));
-    }
-
-    fn execute(&mut self, issued: Issued) {
-        let id = issued.id;
-        info!(command = ?issued.command, "command");
-        match issued.command {
-            Command::FinishOrRollbackRound => {
-                let Some(peer) = self.peer.clone() else {
-                    self.done(id, CommandOutcome::Done);
-                    return;
-                };
-                let results = self.results.clone();
-                let status = self.sync_status.clone();
-                tokio::spawn(async move {
-                    let (tx, rx) = oneshot::channel();
-                    let ok = peer
-                        .send(PeerCommand::FinishOrRollback { reply: tx })
-                        .await
-                        .is_ok();
-                    let o = match (ok, rx.await) {
-                        (true, Ok(Ok(info))) => {
-                            if let Some(taken_at) = info.taken_at {
-                                let _ = status.send(orch::SyncStatus {
-                                    generation: info.generation,
-                                    taken_at,
-                                    round_in_progress: false,
-                                });
-                            }
-                            CommandOutcome::Done
-                        }
-                        (_, Ok(Err(e))) => {
-                            warn!(error = %e, "settling the sync round failed");
-                            CommandOutcome::Failed { code: 6 }
-                        }
-                        // No replica session: nothing in progress to settle.
-                        _ => CommandOutcome::Done,
-                    };
-                    let _ = results.send((id, o));
-                });
-            }
-            Command::SyncNow { .. } => {
-                let Some(peer) = self.peer.clone() else {
-                    self.done(id, CommandOutcome::Failed { code: 7 });
-                    return;
-                };
-                let results = self.results.clone();
-                tokio::spawn(async move {
-                    let (tx, rx) = oneshot::channel();
-                    let ok = peer.send(PeerCommand::SyncNow { reply: tx }).await.is_ok();
-                    let o = match (ok, rx.await) {
-                        (true, Ok(Ok(summary))) => {
-                            info!(
-                                generation = summary.generation,
-                                seconds = summary.seconds,
-                                "sync now"
-                            );
-                            CommandOutcome::Done
-                        }
-                        (_, Ok(Err(e))) => {
-                            warn!(error = %e, "sync now failed");
-                            CommandOutcome::Failed { code: 8 }
-                        }
-                        _ => CommandOutcome::Failed { code: 8 },
-                    };
-                    let _ = results.send((id, o));
-                });
-            }
-            Command::ClaimAddress => self.set_addresses(id, true),
-            Command::ReleaseAddress => self.set_addresses(id, false),
-            Command::AnnounceAddress => {
-                if let Some(g) = &self.garp {
-                    g.send();
-                }
-                self.done(id, CommandOutcome::Done);
-                // Phones that only follow the address and have no check
-                // are home once it is announced.
-                for (i, p) in self.phones.iter().enumerate() {
-                    if p.spec.method == orch::PhoneMethod::FollowsAddress && p.check.is_none() {
-                        let _ = self.registered.send(PhoneId(i as u32));
-                    }
-                }
-            }
-            Command::ArmTakeover { priority } => {
-                let _ = self.vrrp.send(VrrpCmd::Arm(priority));
-                self.done(id, CommandOutcome::Done);
-            }
-            Command::Release { new_priority } => {
-                let _ = self.vrrp.send(VrrpCmd::Release(new_priority));
-                self.done(id, CommandOutcome::Done);
-            }
-            Command::StepDown => {
-                let _ = self.vrrp.send(VrrpCmd::StepDown);
-                self.done(id, CommandOutcome::Done);
-            }
-            Command::SetBackupMode(m) => {
-                let _ = self.vrrp.send(VrrpCmd::Mode(fsm_mode(m)));
-                self.done(id, CommandOutcome::Done);
-            }
-            Command::StartService(ServiceId(i)) => self.start_service(id, i),
-            Command::StopService(ServiceId(i)) => self.stop_service(id, i),
-            Command::CheckService(ServiceId(i)) => {
-                let Some(svc) = self.config.services.get(usize::from(i)) else {
-                    self.done(id, CommandOutcome::Failed { code: 2 });
-                    return;
-                };
-                let check = self.hooks.check_service(usize::from(i), svc);
-                let results = self.results.clone();
-                tokio::spawn(async move {
-                    let o = match check.await {
-                        Readiness::Ready => CommandOutcome::Done,
-                        Readiness::NotReady => CommandOutcome::NotReady,
-                        Readiness::Dead => CommandOutcome::Failed { code: 3 },
-                    };
-                    let _ = results.send((id, o));
-                });
-            }
-            Command::NudgePhone(p) | Command::RebootPhone(p) => {
-                let reboot = matches!(issued.command, Command::RebootPhone(_));
-                let Some(phone) = self.phones.get(p.0 as usize) else {
-                    self.done(id, CommandOutcome::Failed { code: 2 });
-                    return;
-                };
-                let action = self.hooks.phone_action(phone, reboot);
-                let check = self.hooks.phone_registered(phone);
-                let results = self.results.clone();
-                let registered = self.registered.clone();
-                tokio::spawn(async move {
-                    let ok = action.await;
-                    let _ = results.send((id, outcome(ok)));
-                    let home = match (ok, check) {
-                        (false, _) => false,
-                        (true, None) => true,
-                        (true, Some(check)) => check.await,
-                    };
-                    if home {
-                        let _ = registered.send(p);
-                    }
-                });
-            }
-            Command::RestartNode => {
-                // A soft restart, done by the main loop once this round of
-                // outputs is persisted: the election starts again from
-                // Initialize and the orchestrator resumes from its state.
-                self.restart_pending = true;
-            }
-            Command::CheckNode | Command::SetRedundancy(_) => self.done(id, CommandOutcome::Done),
-            other => {
-                warn!(command = ?other, "no hook configured for this command");
-                self.done(id, CommandOutcome::Failed { code: 1 });
-            }
-        }
-    }
-
-    /// Adds (`claim`) or removes the virtual addresses over netlink, or
-    /// logs what it would do when unprivileged.
-    fn set_addresses(&mut self, id: orch::CommandId, claim: bool) {
-        self.address_held = claim;
-        let what = if claim { "claim" } else { "release" };
-        let Some((nl, index)) = self.netlink.clone() else {
-            info!(addresses = ?self.config.vrrp.virtual_ips, "{what} (logged, not made: unprivileged)");
-            self.done(id, CommandOutcome::Done);
-            return;
-        };
-        let vips = self.config.vrrp.virtual_ips.clone();
-        let results = self.results.clone();
-        tokio::spawn(async move {
-            let mut ok = true;
-            for v in vips {
-                let r = if claim {
-                    nl.add(index, v).await
-                } else {
-                    nl.remove(index, v).await
-                };
-                if let Err(e) = r {
-                    warn!(address = %v.addr, error = %e, "{what} failed");
-                    ok = false;
-                }
-            }
-            let _ = results.send((id, outcome(ok)));
-        });
-    }
-
-    fn start_service(&mut self, id: orch::CommandId, i: u16) {
-        let Some(svc) = self.config.services.get(usize::from(i)) else {
-            self.done(id, CommandOutcome::Failed { code: 2 });
-            return;
-        };
-        let start = self.hooks.start_service(usize::from(i), svc);
-        let results = self.results.clone();
-        tokio::spawn(async move {
-            let o = match start.await {
-                Ok(()) => CommandOutcome::Done,
-                Err(e) => {
-                    warn!(error = %e, "service failed to start");
-                    CommandOutcome::Failed { code: 5 }
-                }
-            };
-            let _ = results.send((id, o));
-        });
-    }
-
-    fn stop_service(&mut self, id: orch::CommandId, i: u16) {
-        let Some(svc) = self.config.services.get(usize::from(i)) else {
-            self.done(id, CommandOutcome::Failed { code: 2 });
-            return;
-        };
-        let stop = self.hooks.stop_service(usize::from(i), svc);
-        let results = self.results.clone();
-        tokio::spawn(async move {
-            stop.await;
-            let _ = results.send((id, CommandOutcome::Done));
-        });
-    }
-}
-
 fn outcome(ok: bool) -> CommandOutcome {
     if ok {
         CommandOutcome::Done
     } else {
         CommandOutcome::Failed { code: 1 }
-    }
-}
-
-fn log_event(ev: &orch::Event) {
-    match ev {
-        orch::Event::Milestone(m) => info!(milestone = ?m, "timeline"),
-        orch::Event::StepStarted { .. } | orch::Event::StepDone { .. } => {
-            tracing::debug!(event = ?ev, "orchestrator");
-        }
-        _ => info!(event = ?ev, "orchestrator"),
     }
 }
 
@@ -1067,12 +365,842 @@ fn orchestrator_config(config: &NodeConfig, phones: &[Phone]) -> Result<orch::Co
     Ok(b.build()?)
 }
 
+// ---------------------------------------------------------------------------
+// Messages between the threads
+
+/// What reaches the engine thread (each followed by a byte on its wake-up
+/// socket).
+enum Inbox {
+    Result(CommandId, CommandOutcome),
+    Registered(PhoneId),
+    Operator(OperatorRequest, ApiReply),
+    SyncMessage(Message, usize),
+    SyncReport(SyncReport),
+    Stop(Stop, oneshot::Sender<()>),
+}
+
+/// The sending side of the engine thread's inbox: a channel, and a datagram
+/// socket pair whose byte wakes its `ppoll`.
+#[derive(Clone)]
+struct EngineTx {
+    tx: std_mpsc::Sender<Inbox>,
+    wake: Arc<UnixDatagram>,
+}
+
+impl EngineTx {
+    fn send(&self, m: Inbox) -> bool {
+        let ok = self.tx.send(m).is_ok();
+        // A full wake buffer already wakes the thread: ignore that error.
+        let _ = self.wake.send(&[1]);
+        ok
+    }
+}
+
+/// What the engine thread asks of the main task.
+enum ToMain {
+    Command(Issued),
+}
+
+/// What the sync worker thread is given.
+enum ToWorker {
+    Order(SyncOrder),
+    Stop,
+}
+
+/// Bytes of sync messages the source may have queued towards the link
+/// (in the engine's inbox or a connection's send buffer) before it waits.
+const SEND_WINDOW: usize = 4 << 20;
+
+// ---------------------------------------------------------------------------
+// The sync worker thread
+
+fn spawn_worker(
+    mut worker: SyncWorker,
+    mut store: FsStore,
+    orders: std_mpsc::Receiver<ToWorker>,
+    engine: EngineTx,
+    queued: Arc<AtomicUsize>,
+    buffered: Arc<AtomicUsize>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("sync".into())
+        .spawn(move || {
+            let mut more = false;
+            loop {
+                let now = Instant::now();
+                // Wait for an order, the session's deadline, or (when the
+                // link's queue was full) room to send more.
+                let mut wait = worker
+                    .poll_timeout()
+                    .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
+                if more {
+                    wait = wait.min(Duration::from_millis(2));
+                }
+                match orders.recv_timeout(wait) {
+                    Ok(ToWorker::Order(o)) => {
+                        worker.handle_order(Instant::now(), SystemTime::now(), o, &mut store);
+                        while let Ok(next) = orders.try_recv() {
+                            match next {
+                                ToWorker::Order(o) => {
+                                    worker.handle_order(
+                                        Instant::now(),
+                                        SystemTime::now(),
+                                        o,
+                                        &mut store,
+                                    );
+                                }
+                                ToWorker::Stop => return,
+                            }
+                        }
+                    }
+                    Ok(ToWorker::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                }
+                let now = Instant::now();
+                if worker.poll_timeout().is_some_and(|t| t <= now) {
+                    worker.handle_timeout(now, &mut store);
+                }
+                more = false;
+                while queued.load(Ordering::Relaxed) + buffered.load(Ordering::Relaxed)
+                    < SEND_WINDOW
+                {
+                    let Some(m) = worker.poll_transmit(Instant::now(), &mut store) else {
+                        break;
+                    };
+                    let len = m.encoded_len();
+                    queued.fetch_add(len, Ordering::Relaxed);
+                    if !engine.send(Inbox::SyncMessage(m, len)) {
+                        return;
+                    }
+                    more = true;
+                }
+                while let Some(r) = worker.poll_report() {
+                    if !engine.send(Inbox::SyncReport(r)) {
+                        return;
+                    }
+                }
+            }
+        })
+}
+
+// ---------------------------------------------------------------------------
+// The engine thread
+
+/// One connection of the peer link.
+struct Conn {
+    socket: Socket,
+    /// A dial still connecting (non-blocking connect).
+    connecting: bool,
+    out: Vec<u8>,
+    sent: usize,
+}
+
+/// The engine thread's state: the pair and everything it does I/O on.
+struct Engine {
+    pair: Pair,
+    vrrp: VrrpSocket,
+    rx: Vec<u8>,
+    listener: Option<Socket>,
+    peer_addr: Option<SocketAddr>,
+    conns: HashMap<ConnId, Conn>,
+    garp: Option<GarpSpec>,
+    state_dir: PathBuf,
+    inbox: std_mpsc::Receiver<Inbox>,
+    wake: UnixDatagram,
+    to_main: mpsc::UnboundedSender<ToMain>,
+    to_worker: Option<std_mpsc::Sender<ToWorker>>,
+    /// Bytes of sync messages from the worker not yet handed to the pair.
+    queued: Arc<AtomicUsize>,
+    /// Bytes the connections have not written yet.
+    buffered: Arc<AtomicUsize>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    hooks: Arc<dyn Hooks>,
+    config: NodeConfig,
+    phones: Vec<Phone>,
+    last_change: u64,
+    last_rx: u64,
+    registered: Vec<PhoneId>,
+    stop: Option<(Stop, oneshot::Sender<()>)>,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A fresh handshake nonce from the OS.
+fn os_nonce() -> std::io::Result<Nonce> {
+    let mut n = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut n)?;
+    Ok(Nonce(n))
+}
+
+/// No Nagle delay (small messages), and a peer that vanished without a
+/// FIN (power loss) is noticed in seconds: keepalive probes while idle, a
+/// user timeout while data is unacknowledged. The pair engine's beacons
+/// and heartbeats notice it sooner; these bound what the kernel holds.
+fn tune(sock: &Socket) {
+    let _ = sock.set_tcp_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(1))
+        .with_retries(3);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+    let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(10)));
+    let _ = sock.set_nonblocking(true);
+}
+
+impl Engine {
+    fn run(mut self) {
+        use nix::poll::{PollFd, PollFlags, ppoll};
+
+        loop {
+            self.drain();
+            self.publish();
+            if let Some((how, done)) = self.stop.take() {
+                self.shut_down(how);
+                let _ = done.send(());
+                return;
+            }
+            let deadline = self.pair.poll_timeout();
+            let timeout = deadline.map(|d| {
+                nix::sys::time::TimeSpec::from_duration(poll_wait(
+                    d.saturating_duration_since(Instant::now()),
+                ))
+            });
+            let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+            let ready = {
+                let mut fds = vec![
+                    PollFd::new(self.vrrp.fd(), PollFlags::POLLIN),
+                    PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+                ];
+                if let Some(l) = &self.listener {
+                    fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+                }
+                for id in &ids {
+                    let c = &self.conns[id];
+                    let mut flags = PollFlags::POLLIN;
+                    if c.connecting || c.sent < c.out.len() {
+                        flags |= PollFlags::POLLOUT;
+                    }
+                    fds.push(PollFd::new(c.socket.as_fd(), flags));
+                }
+                match ppoll(&mut fds, timeout, None) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => {
+                        warn!(error = %e, "engine poll");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                let skip = 2 + usize::from(self.listener.is_some());
+                let conn_ready: Vec<(ConnId, PollFlags)> = ids
+                    .iter()
+                    .zip(fds.iter().skip(skip))
+                    .map(|(id, fd)| (*id, fd.revents().unwrap_or(PollFlags::empty())))
+                    .collect();
+                let listener_ready = self.listener.is_some()
+                    && fds[2]
+                        .revents()
+                        .is_some_and(|r| r.contains(PollFlags::POLLIN));
+                (conn_ready, listener_ready)
+            };
+            let now = Instant::now();
+            if self.pair.poll_timeout().is_some_and(|d| d <= now) {
+                self.pair.handle_timeout(now);
+            }
+            self.receive_vrrp();
+            if ready.1 {
+                self.accept();
+            }
+            for (id, flags) in ready.0 {
+                self.conn_ready(id, flags);
+            }
+            self.read_inbox();
+        }
+    }
+
+    /// Every packet waiting, each with the time it was read.
+    fn receive_vrrp(&mut self) {
+        loop {
+            let r = match self.vrrp.try_recv(&mut self.rx) {
+                Ok(Some(Received::Datagram(n))) => self
+                    .pair
+                    .handle_vrrp_datagram(Instant::now(), &self.rx[..n]),
+                Ok(Some(Received::Message(n, meta))) => {
+                    self.pair
+                        .handle_vrrp_message(Instant::now(), &self.rx[..n], meta)
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(error = %e, "vrrp receive");
+                    break;
+                }
+            };
+            if r.is_ok() {
+                self.last_rx = unix_ms(SystemTime::now());
+            }
+            self.drain();
+        }
+    }
+
+    fn accept(&mut self) {
+        let Some(l) = &self.listener else { return };
+        loop {
+            match l.accept() {
+                Ok((sock, from)) => {
+                    tune(&sock);
+                    let nonce = match os_nonce() {
+                        Ok(n) => n,
+                        Err(e) => {
+                            warn!(error = %e, "no nonce from the OS; connection refused");
+                            continue;
+                        }
+                    };
+                    match self.pair.handle_accepted(Instant::now(), nonce) {
+                        Some(id) => {
+                            info!(from = ?from.as_socket(), conn = id.0, "peer link: accepted");
+                            self.conns.insert(
+                                id,
+                                Conn {
+                                    socket: sock,
+                                    connecting: false,
+                                    out: Vec::new(),
+                                    sent: 0,
+                                },
+                            );
+                        }
+                        None => {
+                            info!(from = ?from.as_socket(), "peer link: connection turned away")
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    warn!(error = %e, "peer link: accept");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn dial(&mut self, id: ConnId) {
+        let Some(addr) = self.peer_addr else {
+            self.pair.handle_dial_failed(Instant::now(), id);
+            return;
+        };
+        let sock = match Socket::new(Domain::for_address(addr), Type::STREAM, None) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "peer link: socket");
+                self.pair.handle_dial_failed(Instant::now(), id);
+                return;
+            }
+        };
+        tune(&sock);
+        match sock.connect(&SockAddr::from(addr)) {
+            Ok(()) => {}
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINPROGRESS)
+                    || e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                info!(error = %e, peer = %addr, "peer link: dial failed");
+                self.pair.handle_dial_failed(Instant::now(), id);
+                return;
+            }
+        }
+        self.conns.insert(
+            id,
+            Conn {
+                socket: sock,
+                connecting: true,
+                out: Vec::new(),
+                sent: 0,
+            },
+        );
+    }
+
+    fn conn_ready(&mut self, id: ConnId, flags: nix::poll::PollFlags) {
+        use nix::poll::PollFlags;
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.connecting {
+            if flags.intersects(PollFlags::POLLOUT | PollFlags::POLLERR | PollFlags::POLLHUP) {
+                let failed = match c.socket.take_error() {
+                    Ok(None) => c.socket.peer_addr().is_err(),
+                    _ => true,
+                };
+                if failed {
+                    self.conns.remove(&id);
+                    self.pair.handle_dial_failed(Instant::now(), id);
+                    return;
+                }
+                c.connecting = false;
+                match os_nonce() {
+                    Ok(n) => self.pair.handle_dialed(Instant::now(), id, n),
+                    Err(e) => {
+                        warn!(error = %e, "no nonce from the OS");
+                        self.conns.remove(&id);
+                        self.pair.handle_dial_failed(Instant::now(), id);
+                    }
+                }
+            }
+            return;
+        }
+        if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            let mut buf = [0u8; 64 * 1024];
+            loop {
+                let Some(c) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                match (&c.socket).read(&mut buf) {
+                    Ok(0) => {
+                        self.close(id);
+                        return;
+                    }
+                    Ok(n) => {
+                        self.pair.handle_link_bytes(Instant::now(), id, &buf[..n]);
+                        self.drain();
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        info!(error = %e, conn = id.0, "peer link: read");
+                        self.close(id);
+                        return;
+                    }
+                }
+            }
+        }
+        self.flush(id);
+    }
+
+    /// Writes what the connection can take now.
+    fn flush(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.connecting {
+            return;
+        }
+        while c.sent < c.out.len() {
+            match (&c.socket).write(&c.out[c.sent..]) {
+                Ok(n) => c.sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    info!(error = %e, conn = id.0, "peer link: write");
+                    self.close(id);
+                    return;
+                }
+            }
+        }
+        if c.sent == c.out.len() {
+            c.out.clear();
+            c.sent = 0;
+        }
+        self.account();
+    }
+
+    /// The sync worker's window: what the connections have not written
+    /// yet counts against it.
+    fn account(&self) {
+        let buffered: usize = self.conns.values().map(|c| c.out.len() - c.sent).sum();
+        self.buffered.store(buffered, Ordering::Relaxed);
+    }
+
+    fn close(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.remove(&id) {
+            let _ = c.socket.shutdown(std::net::Shutdown::Both);
+        }
+        self.account();
+        self.pair.handle_link_closed(Instant::now(), id);
+    }
+
+    fn read_inbox(&mut self) {
+        let mut buf = [0u8; 64];
+        while self.wake.recv(&mut buf).is_ok() {}
+        while let Ok(m) = self.inbox.try_recv() {
+            let now = Instant::now();
+            match m {
+                Inbox::Result(id, outcome) => self.pair.handle_command_result(now, id, outcome),
+                Inbox::Registered(p) => self.pair.handle_phone_registered(now, p),
+                Inbox::Operator(request, reply) => {
+                    let r = self
+                        .pair
+                        .handle_operator(now, request)
+                        .map_err(Refused::from);
+                    let _ = reply.send(r);
+                }
+                Inbox::SyncMessage(m, len) => {
+                    self.queued.fetch_sub(len, Ordering::Relaxed);
+                    self.pair.handle_sync_message(now, &m);
+                }
+                Inbox::SyncReport(r) => self.pair.handle_sync_report(now, r),
+                Inbox::Stop(how, done) => self.stop = Some((how, done)),
+            }
+            self.drain();
+        }
+    }
+
+    /// Carries out everything the engine asks, in order.
+    fn drain(&mut self) {
+        loop {
+            match self.pair.poll_output() {
+                Output::Wait(_) => break,
+                Output::Persist(record) => {
+                    if let Err(e) = save_state(&self.state_dir, &record) {
+                        warn!(error = %e, "cannot persist the orchestrator's state");
+                    }
+                }
+                Output::Vrrp(p) => {
+                    if let Err(e) = self.vrrp.send(&p.bytes, p.dst) {
+                        warn!(error = %e, "advertisement not sent");
+                    }
+                }
+                Output::Announce => {
+                    if let Some(g) = &self.garp {
+                        g.send();
+                    }
+                    // Phones that only follow the address and have no
+                    // check are home once it is announced.
+                    for (i, p) in self.phones.iter().enumerate() {
+                        if p.spec.method == orch::PhoneMethod::FollowsAddress && p.check.is_none() {
+                            self.registered.push(PhoneId(i as u32));
+                        }
+                    }
+                }
+                Output::Command(issued) => {
+                    info!(command = ?issued.command, "command");
+                    if issued.command == Command::RestartNode {
+                        // A soft restart: the election from Initialize, the
+                        // orchestrator from its journal (everything before
+                        // this output is persisted).
+                        info!(
+                            "restarting (soft): election from Initialize, orchestrator from its journal"
+                        );
+                        self.pair.soft_restart(Instant::now(), SystemTime::now());
+                    } else {
+                        let _ = self.to_main.send(ToMain::Command(issued));
+                    }
+                }
+                Output::Dial(id) => self.dial(id),
+                Output::Send { conn, bytes } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.out.extend_from_slice(&bytes);
+                    }
+                    self.flush(conn);
+                }
+                Output::Close { conn, reason } => {
+                    info!(conn = conn.0, ?reason, "peer link: closing");
+                    self.close(conn);
+                }
+                Output::Sync(order) => match &self.to_worker {
+                    Some(w) => {
+                        let _ = w.send(ToWorker::Order(order));
+                    }
+                    None => self.no_sync(order),
+                },
+                Output::Event(e) => self.event(&e),
+            }
+        }
+        let now = Instant::now();
+        for p in std::mem::take(&mut self.registered) {
+            self.pair.handle_phone_registered(now, p);
+        }
+    }
+
+    /// Without a `[sync]` section there is no tree to serve or settle.
+    fn no_sync(&mut self, order: SyncOrder) {
+        let report = match order {
+            SyncOrder::Settle { id } => SyncReport::Done {
+                id,
+                result: Ok(failover_orchestrator::pair::GenerationStatus {
+                    number: 0,
+                    taken_at: None,
+                    round_in_progress: false,
+                }),
+            },
+            SyncOrder::RoundNow { id } => SyncReport::Done {
+                id,
+                result: Err("no [sync] section in the configuration".into()),
+            },
+            _ => return,
+        };
+        self.pair.handle_sync_report(Instant::now(), report);
+    }
+
+    fn event(&mut self, e: &PairEvent) {
+        match e {
+            PairEvent::Election(vrrp_fsm::Event::StateChange { from, to, reason }) => {
+                self.last_change = unix_ms(SystemTime::now());
+                info!(?from, ?to, ?reason, "vrrp state change");
+            }
+            PairEvent::Election(ev) => tracing::debug!(event = ?ev, "vrrp"),
+            PairEvent::Orchestrator(ev) => match ev {
+                orch::Event::Milestone(m) => info!(milestone = ?m, "timeline"),
+                orch::Event::StepStarted { .. } | orch::Event::StepDone { .. } => {
+                    tracing::debug!(event = ?ev, "orchestrator");
+                }
+                _ => info!(event = ?ev, "orchestrator"),
+            },
+            PairEvent::Sync(SyncReport::RoundDone(s)) => info!(
+                generation = s.generation,
+                fetched = s.fetched,
+                renamed = s.renamed,
+                deleted = s.deleted,
+                seconds = s.took.as_secs_f64(),
+                "sync round"
+            ),
+            other => info!(event = ?other, "pair"),
+        }
+    }
+
+    fn publish(&self) {
+        let now = Instant::now();
+        let o = self.pair.orchestrator();
+        let status = o.status(now);
+        let mut s = match self.snapshot.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        s.id.clone_from(&self.config.id);
+        s.vrrp = match self.pair.router() {
+            Some(r) => view(r, self.last_change, self.last_rx),
+            None => VrrpView {
+                state: "Disabled".into(),
+                ..VrrpView::default()
+            },
+        };
+        s.role = s.vrrp.state.clone();
+        s.summary = status.one_liner();
+        s.address_held = self.pair.address_held();
+        s.timeline = o.timeline().cloned();
+        s.status = Some(status);
+        s.services = self
+            .config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, svc)| ServiceView {
+                name: svc.name.clone(),
+                running: self.hooks.service_running(i),
+            })
+            .collect();
+        s.phones = o.phone_outcomes();
+    }
+
+    fn shut_down(&mut self, how: Stop) {
+        if how == Stop::Graceful {
+            // Priority 0 as Master, so that the Backup takes over at once.
+            self.pair.handle_shutdown(Instant::now());
+            self.drain();
+        }
+        for id in self.conns.keys().copied().collect::<Vec<_>>() {
+            if let Some(c) = self.conns.remove(&id) {
+                let _ = c.socket.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        if let Some(w) = &self.to_worker {
+            let _ = w.send(ToWorker::Stop);
+        }
+    }
+}
+
+fn view(r: &vrrp_fsm::VirtualRouter, last_change_unix_ms: u64, last_rx_unix_ms: u64) -> VrrpView {
+    let s = r.stats();
+    VrrpView {
+        state: format!("{:?}", r.state()),
+        priority: r.priority().get(),
+        backup_mode: format!("{:?}", r.backup_mode()),
+        master: r.master(),
+        interval_ms: u64::from(r.master_interval().as_centis()) * 10,
+        master_down_us: u64::try_from(r.master_down_interval().as_micros()).unwrap_or(u64::MAX),
+        transitions: State::ALL
+            .iter()
+            .flat_map(|f| State::ALL.iter().map(move |t| (*f, *t)))
+            .map(|(f, t)| s.transitions(f, t))
+            .sum(),
+        received: s.rx_accepted,
+        dropped: s.dropped(),
+        last_change_unix_ms,
+        last_rx_unix_ms,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The main task: commands through the hooks and netlink
+
+/// What the main task needs to carry out commands.
+struct Runner {
+    config: NodeConfig,
+    hooks: Arc<dyn Hooks>,
+    phones: Vec<Phone>,
+    netlink: Option<(Netlink, u32)>,
+    engine: EngineTx,
+}
+
+impl Runner {
+    fn done(&self, id: CommandId, outcome: CommandOutcome) {
+        self.engine.send(Inbox::Result(id, outcome));
+    }
+
+    fn execute(&self, issued: Issued) {
+        let id = issued.id;
+        let engine = self.engine.clone();
+        let answer = move |o: CommandOutcome| {
+            engine.send(Inbox::Result(id, o));
+        };
+        match issued.command {
+            Command::ClaimAddress => self.set_addresses(id, true),
+            Command::ReleaseAddress => self.set_addresses(id, false),
+            Command::StartService(ServiceId(i)) => {
+                let Some(svc) = self.config.services.get(usize::from(i)) else {
+                    self.done(id, CommandOutcome::Failed { code: 2 });
+                    return;
+                };
+                let start = self.hooks.start_service(usize::from(i), svc);
+                tokio::spawn(async move {
+                    answer(match start.await {
+                        Ok(()) => CommandOutcome::Done,
+                        Err(e) => {
+                            warn!(error = %e, "service failed to start");
+                            CommandOutcome::Failed { code: 5 }
+                        }
+                    });
+                });
+            }
+            Command::StopService(ServiceId(i)) => {
+                let Some(svc) = self.config.services.get(usize::from(i)) else {
+                    self.done(id, CommandOutcome::Failed { code: 2 });
+                    return;
+                };
+                let stop = self.hooks.stop_service(usize::from(i), svc);
+                tokio::spawn(async move {
+                    stop.await;
+                    answer(CommandOutcome::Done);
+                });
+            }
+            Command::CheckService(ServiceId(i)) => {
+                let Some(svc) = self.config.services.get(usize::from(i)) else {
+                    self.done(id, CommandOutcome::Failed { code: 2 });
+                    return;
+                };
+                let check = self.hooks.check_service(usize::from(i), svc);
+                tokio::spawn(async move {
+                    answer(match check.await {
+                        Readiness::Ready => CommandOutcome::Done,
+                        Readiness::NotReady => CommandOutcome::NotReady,
+                        Readiness::Dead => CommandOutcome::Failed { code: 3 },
+                    });
+                });
+            }
+            Command::NudgePhone(p) | Command::RebootPhone(p) => {
+                let reboot = matches!(issued.command, Command::RebootPhone(_));
+                let Some(phone) = self.phones.get(p.0 as usize) else {
+                    self.done(id, CommandOutcome::Failed { code: 2 });
+                    return;
+                };
+                let action = self.hooks.phone_action(phone, reboot);
+                let check = self.hooks.phone_registered(phone);
+                let engine = self.engine.clone();
+                tokio::spawn(async move {
+                    let ok = action.await;
+                    answer(outcome(ok));
+                    let home = match (ok, check) {
+                        (false, _) => false,
+                        (true, None) => true,
+                        (true, Some(check)) => check.await,
+                    };
+                    if home {
+                        engine.send(Inbox::Registered(p));
+                    }
+                });
+            }
+            Command::CheckNode => self.done(id, CommandOutcome::Done),
+            other => {
+                warn!(command = ?other, "no hook configured for this command");
+                self.done(id, CommandOutcome::Failed { code: 1 });
+            }
+        }
+    }
+
+    /// Adds (`claim`) or removes the virtual addresses over netlink, or
+    /// logs what it would do when unprivileged.
+    fn set_addresses(&self, id: CommandId, claim: bool) {
+        let what = if claim { "claim" } else { "release" };
+        let Some((nl, index)) = self.netlink.clone() else {
+            info!(addresses = ?self.config.vrrp.virtual_ips, "{what} (logged, not made: unprivileged)");
+            self.done(id, CommandOutcome::Done);
+            return;
+        };
+        let vips = self.config.vrrp.virtual_ips.clone();
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            let mut ok = true;
+            for v in vips {
+                let r = if claim {
+                    nl.add(index, v).await
+                } else {
+                    nl.remove(index, v).await
+                };
+                if let Err(e) = r {
+                    warn!(address = %v.addr, error = %e, "{what} failed");
+                    ok = false;
+                }
+            }
+            engine.send(Inbox::Result(id, outcome(ok)));
+        });
+    }
+}
+
+/// Where the operator's redundancy switch is kept: once set through the
+/// API, it overrides the configuration's `redundancy`.
+fn redundancy_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("redundancy")
+}
+
+/// The redundancy this node starts with: the operator's switch if it was
+/// ever used, else the configuration.
+fn start_redundancy(config: &NodeConfig) -> Redundancy {
+    let stored = std::fs::read_to_string(redundancy_file(&config.state_dir)).ok();
+    let enabled = match stored.as_deref().map(str::trim) {
+        Some("enabled") => true,
+        Some("disabled") => false,
+        _ => config.redundancy,
+    };
+    if enabled {
+        Redundancy::Enabled
+    } else {
+        Redundancy::Disabled
+    }
+}
+
+fn store_redundancy(state_dir: &Path, enabled: bool) -> std::io::Result<()> {
+    let tmp = state_dir.join("redundancy.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(if enabled { b"enabled\n" } else { b"disabled\n" })?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, redundancy_file(state_dir))
+}
+
+fn load_state(dir: &Path) -> PersistentState {
+    std::fs::read(dir.join("state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
 /// Starts a node; returns when it has shut down (after `shutdown`
-/// resolves, gracefully: priority 0, services stopped).
+/// resolves, gracefully: services stopped, the address released,
+/// priority 0 sent).
 ///
 /// # Errors
 /// [`NodeError`] before anything is touched for a bad configuration, and
 /// for sockets or interfaces that cannot be opened.
+#[allow(clippy::too_many_lines)]
 pub async fn run(
     config: NodeConfig,
     options: Options,
@@ -1085,12 +1213,17 @@ pub async fn run(
         None => Vec::new(),
     };
     let orch_config = orchestrator_config(&config, &phones)?;
+    // The key is read before anything is made or sent.
+    let key = match &config.sync {
+        Some(sync) => Some(crate::config::read_key_file(&sync.key_file)?),
+        None => None,
+    };
     std::fs::create_dir_all(&config.state_dir).map_err(io_err(format!(
         "creating the state directory {}",
         config.state_dir.display()
     )))?;
-    let persisted = load_state(&config.state_dir);
-    let initial_epoch = persisted.highest_epoch;
+    let mut persisted = load_state(&config.state_dir);
+    persisted.redundancy = start_redundancy(&config);
 
     // The interface, the primary address and leftovers of a crashed run.
     let vrrp_cfg = &config.vrrp;
@@ -1149,13 +1282,10 @@ pub async fn run(
         }
     }
 
-    // The election engine.
+    // The election's configuration (the pair engine applies the persisted
+    // priority and backup mode).
     let mut b = vrrp_fsm::Config::builder(vrrp_cfg.version, vrrp_cfg.vrid, primary)
-        .priority(
-            persisted
-                .priority
-                .map_or(vrrp_cfg.priority, vrrp_proto::Priority),
-        )
+        .priority(vrrp_cfg.priority)
         .interval(vrrp_cfg.interval)
         .addresses(vrrp_cfg.virtual_ips.iter().map(|v| v.addr))
         .preempt(if vrrp_cfg.preempt {
@@ -1173,7 +1303,6 @@ pub async fn run(
             crate::config::ChecksumForm::PseudoHeader => vrrp_proto::Ipv4ChecksumForm::PseudoHeader,
             crate::config::ChecksumForm::MessageOnly => vrrp_proto::Ipv4ChecksumForm::MessageOnly,
         })
-        .backup_mode(fsm_mode(persisted.backup_mode))
         .startup_delay(vrrp_cfg.startup_delay)
         .gratuitous(vrrp_fsm::GratuitousConfig {
             count: vrrp_cfg.garp_count,
@@ -1209,7 +1338,6 @@ pub async fn run(
         }),
         _ => None,
     };
-
     if vrrp_cfg.no_swap {
         use nix::sys::mman::{MlockAllFlags, mlockall};
         match mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
@@ -1217,78 +1345,149 @@ pub async fn run(
             Err(e) => warn!(error = %e, "mlockall refused; memory may be swapped"),
         }
     }
-    let (vrrp_out_tx, mut vrrp_out) = mpsc::unbounded_channel();
-    let (vrrp_tx, vrrp_thread) = spawn_vrrp(
-        VrrpSetup {
-            config: fsm_config,
-            socket_spec,
-            garp: garp.clone(),
-            rt_priority: vrrp_cfg.rt_priority,
-        },
-        vrrp_out_tx,
-    )?;
+    let vrrp = open_socket(&socket_spec).map_err(io_err("opening the VRRP socket"))?;
 
-    let now = Instant::now();
-    let orch_config_copy = orch_config.clone();
-    let orch = Orchestrator::new(orch_config, persisted, now, SystemTime::now());
-    let (results_tx, mut results) = mpsc::unbounded_channel();
-    let (registered_tx, mut registered) = mpsc::unbounded_channel();
-    let (sync_status_tx, mut sync_status) = mpsc::unbounded_channel();
-    let (api_tx, mut api) = mpsc::channel(16);
-    // The peer link: sync rounds and the orchestrator's peer messages.
-    let (peer_tx, mut peer_events) = match (&config.sync, config.redundancy) {
-        (Some(sync), true) => {
-            let key = crate::config::read_key_file(&sync.key_file)?;
+    // The peer link and the tree.
+    let (link, listener, peer_addr, worker) = match (&config.sync, key) {
+        (Some(sync), Some(key)) => {
             std::fs::create_dir_all(&sync.dir).map_err(io_err(format!(
                 "creating the data directory {}",
                 sync.dir.display()
             )))?;
-            let mut pc = PeerConfig::new(sync.dir.clone(), key);
-            pc.listen = Some(sync.listen);
-            pc.peer = Some(sync.peer);
-            pc.exclude.clone_from(&sync.exclude);
-            pc.interval = sync.interval;
-            pc.node = orch::Epoch::node_number(&config.id);
-            let (tx, rx) = crate::peer::spawn(pc, SyncRole::Idle);
-            // Frames carry the newest epoch this node knows, from the first
-            // handshake on: a peer refuses anything older than what it saw.
-            let e = initial_epoch;
-            let _ = tx.try_send(PeerCommand::SetEpoch(sync_delta::Epoch {
-                term: e.term,
-                node: e.node,
-            }));
-            (Some(tx), Some(rx))
+            let store = FsStore::new(&sync.dir).map_err(|e| NodeError::Io {
+                what: format!("opening {}", sync.dir.display()),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            let listener = Socket::new(Domain::for_address(sync.listen), Type::STREAM, None)
+                .and_then(|s| {
+                    s.set_reuse_address(true)?;
+                    s.bind(&SockAddr::from(sync.listen))?;
+                    s.listen(16)?;
+                    s.set_nonblocking(true)?;
+                    Ok(s)
+                })
+                .map_err(io_err(format!("peer link listener on {}", sync.listen)))?;
+            let link = LinkConfig::new(
+                PreSharedKey::from_secret(&key),
+                LinkConfig::dials_by_address(sync.listen, sync.peer),
+            );
+            let worker = SyncWorker::new(SyncConfig {
+                exclude: sync_delta::Exclude::new(&sync.exclude),
+                interval: sync.interval,
+                ..SyncConfig::default()
+            });
+            (link, Some(listener), Some(sync.peer), Some((worker, store)))
         }
-        _ => (None, None),
+        _ => {
+            // No peer link: this end never dials and nobody can prove a
+            // key made of fresh OS randomness.
+            let secret = os_nonce().map_err(io_err("a key from the OS"))?;
+            (
+                LinkConfig::new(PreSharedKey::from_secret(&secret.0), false),
+                None,
+                None,
+                None,
+            )
+        }
     };
-    let snapshot = Arc::new(Mutex::new(Snapshot::default()));
-    let mut main = Main {
-        orch,
-        vrrp: vrrp_tx,
-        results: results_tx,
-        registered: registered_tx,
-        netlink: match (netlink, &iface, privileged) {
-            (Some(nl), Some(i), true) => Some((nl, i.index)),
-            _ => None,
+
+    let pair = Pair::new(
+        PairConfig {
+            vrrp: fsm_config,
+            orchestrator: orch_config,
+            link,
+            vrrp_datagrams: vrrp.sends_datagrams(),
         },
+        persisted,
+        Instant::now(),
+        SystemTime::now(),
+    );
+
+    let (wake_tx, wake_rx) =
+        UnixDatagram::pair().map_err(io_err("creating the engine's wake-up pair"))?;
+    wake_rx
+        .set_nonblocking(true)
+        .map_err(io_err("creating the engine's wake-up pair"))?;
+    wake_tx
+        .set_nonblocking(true)
+        .map_err(io_err("creating the engine's wake-up pair"))?;
+    let (inbox_tx, inbox) = std_mpsc::channel();
+    let engine_tx = EngineTx {
+        tx: inbox_tx,
+        wake: Arc::new(wake_tx),
+    };
+    let queued = Arc::new(AtomicUsize::new(0));
+    let buffered = Arc::new(AtomicUsize::new(0));
+    let (to_worker, worker_thread) = match worker {
+        Some((worker, store)) => {
+            let (tx, rx) = std_mpsc::channel();
+            let t = spawn_worker(
+                worker,
+                store,
+                rx,
+                engine_tx.clone(),
+                queued.clone(),
+                buffered.clone(),
+            )
+            .map_err(io_err("starting the sync thread"))?;
+            (Some(tx), Some(t))
+        }
+        None => (None, None),
+    };
+    let (to_main, mut from_engine) = mpsc::unbounded_channel();
+    let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+    let netlink = match (netlink, &iface, privileged) {
+        (Some(nl), Some(i), true) => Some((nl, i.index)),
+        _ => None,
+    };
+    let engine = Engine {
+        pair,
+        rx: vec![0u8; 65_536],
+        vrrp,
+        listener,
+        peer_addr,
+        conns: HashMap::new(),
         garp,
-        hooks,
-        peer: peer_tx,
-        vrrp_state: State::Initialize,
-        orch_config: orch_config_copy,
-        restart_pending: false,
-        sync_status: sync_status_tx,
-        phones,
+        state_dir: config.state_dir.clone(),
+        inbox,
+        wake: wake_rx,
+        to_main,
+        to_worker,
+        queued,
+        buffered,
         snapshot: snapshot.clone(),
-        vrrp_view: VrrpView::default(),
-        address_held: false,
+        hooks: hooks.clone(),
+        config: config.clone(),
+        phones: phones.clone(),
+        last_change: unix_ms(SystemTime::now()),
+        last_rx: 0,
+        registered: Vec::new(),
+        stop: None,
+    };
+    let rt_priority = vrrp_cfg.rt_priority;
+    let engine_thread = std::thread::Builder::new()
+        .name("pair".into())
+        .spawn(move || {
+            if let Some(prio) = rt_priority {
+                set_realtime(prio);
+            }
+            engine.run();
+        })
+        .map_err(io_err("starting the engine thread"))?;
+
+    let runner = Runner {
+        hooks: hooks.clone(),
+        phones,
+        netlink,
+        engine: engine_tx.clone(),
         config,
     };
-    let _status_server = if let Some(status) = main.config.status {
+    let (api_tx, mut api) = mpsc::channel(16);
+    let _status_server = if let Some(status) = runner.config.status {
         Some(
             crate::status::spawn(
                 status,
-                main.config.sync.as_ref().map(|s| s.peer),
+                runner.config.sync.as_ref().map(|s| s.peer),
                 snapshot.clone(),
                 api_tx.clone(),
             )
@@ -1298,7 +1497,6 @@ pub async fn run(
     } else {
         None
     };
-    main.drain();
     if let Some(r) = ready {
         let _ = r.send(NodeHandle {
             api: api_tx.clone(),
@@ -1308,86 +1506,95 @@ pub async fn run(
 
     tokio::pin!(shutdown);
     let stop = loop {
-        let deadline = main.orch.poll_timeout();
         tokio::select! {
             how = &mut shutdown => break how,
-            () = sleep_until(deadline) => {
-                let now = Instant::now();
-                main.orch.handle_wall_clock(now, Main::wall());
-                main.orch.handle_timeout(now);
-            }
-            Some(out) = vrrp_out.recv() => match out {
-                VrrpOut::View(v) => main.vrrp_view = v,
-                VrrpOut::Event(VrrpEvent::StateChange { from, to, reason }) => {
-                    info!(?from, ?to, ?reason, "vrrp state change");
-                    let now = Instant::now();
-                    main.orch.handle_wall_clock(now, Main::wall());
-                    main.orch.handle_role_change(now, role_change(from, to, reason));
-                    main.vrrp_state = to;
-                    main.update_sync_role();
-                }
-                VrrpOut::Event(ev) => tracing::debug!(event = ?ev, "vrrp"),
-            },
-            Some((id, outcome)) = results.recv() => {
-                main.orch.handle_command_result(Instant::now(), id, outcome);
-            }
-            Some(phone) = registered.recv() => {
-                main.orch.handle_phone_registered(Instant::now(), phone);
-            }
-            Some(st) = sync_status.recv() => {
-                main.orch.handle_sync_status(Instant::now(), st);
-            }
-            Some(ev) = recv_opt(&mut peer_events) => main.peer_event(ev),
-            Some(req) = api.recv() => {
-                let now = Instant::now();
-                let (request, reply) = match req {
-                    ApiRequest::SetBackupMode(mode, reply) => (OperatorRequest::SetBackupMode { mode, expires_at: None }, reply),
-                    ApiRequest::Swap(reply) => (OperatorRequest::Swap, reply),
-                };
-                let r = main.orch.handle_operator(now, request).map_err(|e| e.to_string());
-                let _ = reply.send(r);
-            }
-        }
-        main.drain();
-        if main.restart_pending {
-            main.soft_restart();
-            main.drain();
+            Some(ToMain::Command(issued)) = from_engine.recv() => runner.execute(issued),
+            Some(req) = api.recv() => forward(&runner, req),
         }
     };
 
+    let (done_tx, done_rx) = oneshot::channel();
     if stop == Stop::Crash {
         info!("crash: stopping without a word to the peer");
-        let _ = main.vrrp.send(VrrpCmd::Crash);
-        for i in main.config.start_order().into_iter().rev() {
-            if let Some(svc) = main.config.services.get(i) {
-                main.hooks.stop_service(i, svc).await;
+        engine_tx.send(Inbox::Stop(Stop::Crash, done_tx));
+        let _ = done_rx.await;
+        stop_services(&runner).await;
+    } else {
+        // Graceful: services in reverse order, the address, priority 0.
+        info!("shutting down");
+        stop_services(&runner).await;
+        if let Some((nl, index)) = &runner.netlink {
+            for v in &runner.config.vrrp.virtual_ips {
+                let _ = nl.remove(*index, *v).await;
             }
         }
-        if let Some(p) = &main.peer {
-            let _ = p.send(PeerCommand::Shutdown).await;
+        engine_tx.send(Inbox::Stop(Stop::Graceful, done_tx));
+        let _ = tokio::time::timeout(Duration::from_secs(2), done_rx).await;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = engine_thread.join();
+        if let Some(t) = worker_thread {
+            let _ = t.join();
         }
-        let _ = tokio::task::spawn_blocking(move || vrrp_thread.join()).await;
-        return Ok(());
-    }
-
-    // Graceful stop: services in reverse order, the address, priority 0.
-    info!("shutting down");
-    for i in main.config.start_order().into_iter().rev() {
-        if let Some(svc) = main.config.services.get(i) {
-            main.hooks.stop_service(i, svc).await;
-        }
-    }
-    if let Some(p) = &main.peer {
-        let _ = p.send(PeerCommand::Shutdown).await;
-    }
-    if let Some((nl, index)) = &main.netlink {
-        for v in &main.config.vrrp.virtual_ips {
-            let _ = nl.remove(*index, *v).await;
-        }
-    }
-    let (tx, rx) = oneshot::channel();
-    let _ = main.vrrp.send(VrrpCmd::Shutdown(tx));
-    let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
-    let _ = tokio::task::spawn_blocking(move || vrrp_thread.join()).await;
+    })
+    .await;
     Ok(())
+}
+
+async fn stop_services(runner: &Runner) {
+    for i in runner.config.start_order().into_iter().rev() {
+        if let Some(svc) = runner.config.services.get(i) {
+            runner.hooks.stop_service(i, svc).await;
+        }
+    }
+}
+
+/// Hands an operator request to the engine thread; the answer comes once
+/// preflight has decided.
+fn forward(runner: &Runner, req: ApiRequest) {
+    match req {
+        ApiRequest::SetBackupMode(mode, reply) => {
+            runner.engine.send(Inbox::Operator(
+                OperatorRequest::SetBackupMode {
+                    mode,
+                    expires_at: None,
+                },
+                reply,
+            ));
+        }
+        ApiRequest::Swap(reply) => {
+            runner
+                .engine
+                .send(Inbox::Operator(OperatorRequest::Swap, reply));
+        }
+        ApiRequest::SetRedundancy(enabled, reply) => {
+            let r = if enabled {
+                Redundancy::Enabled
+            } else {
+                Redundancy::Disabled
+            };
+            let (tx, rx) = oneshot::channel();
+            runner
+                .engine
+                .send(Inbox::Operator(OperatorRequest::SetRedundancy(r), tx));
+            let state_dir = runner.config.state_dir.clone();
+            tokio::spawn(async move {
+                let answer = match rx.await {
+                    Ok(Ok(id)) => {
+                        // From now on the switch, not the configuration.
+                        if let Err(e) = store_redundancy(&state_dir, enabled) {
+                            warn!(error = %e, "the redundancy switch is not stored");
+                        }
+                        Ok(id)
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(Refused {
+                        error: "the node is stopping".into(),
+                        code: "stopping".into(),
+                    }),
+                };
+                let _ = reply.send(answer);
+            });
+        }
+    }
 }

@@ -1,15 +1,19 @@
 //! The status and control API (axum): `GET /status` returns the node's
 //! snapshot as JSON; `GET /` is a page that shows it like the appliance's
 //! status line, with the last failover timeline and buttons for the Backup
-//! mode and Swap; `POST /mode` and `POST /swap` take the operator's
-//! requests. On the Master, `backup_gui_port` forwards to the Backup's page
-//! (the manual's "Backup Device GUI Access Port").
+//! mode and Swap; `POST /mode`, `POST /swap` and `POST /redundancy`
+//! (`{"enabled": bool}`) take the operator's requests and answer once
+//! preflight has decided: `202 {"procedure": N}` when accepted, `409
+//! {"error": "<words>", "code": "<snake_case>"}` when refused, `400` for a
+//! malformed request. On the Master, `backup_gui_port` forwards to the
+//! Backup's page (the manual's "Backup Device GUI Access Port").
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Json};
 use axum::routing::{get, post};
@@ -20,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::config::Status;
-use crate::node::{ApiRequest, Snapshot};
+use crate::node::{ApiReply, ApiRequest, Snapshot};
 
 #[derive(Clone)]
 struct AppState {
@@ -46,42 +50,53 @@ async fn status(State(s): State<AppState>) -> Json<Snapshot> {
 
 async fn ask(
     s: &AppState,
-    make: impl FnOnce(oneshot::Sender<Result<u64, String>>) -> ApiRequest,
+    make: impl FnOnce(ApiReply) -> ApiRequest,
 ) -> (StatusCode, Json<serde_json::Value>) {
     let (tx, rx) = oneshot::channel();
     if s.api.send(make(tx)).await.is_err() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"error": "node is stopping"})),
+            Json(serde_json::json!({"error": "node is stopping", "code": "stopping"})),
         );
     }
     match rx.await {
-        Ok(Ok(id)) => (StatusCode::OK, Json(serde_json::json!({"procedure": id}))),
-        Ok(Err(reason)) => (
+        // Accepted after preflight: the procedure runs.
+        Ok(Ok(id)) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"procedure": id})),
+        ),
+        Ok(Err(refused)) => (
             StatusCode::CONFLICT,
-            Json(serde_json::json!({"error": reason})),
+            Json(serde_json::json!({"error": refused.error, "code": refused.code})),
         ),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"error": "node is stopping"})),
+            Json(serde_json::json!({"error": "node is stopping", "code": "stopping"})),
         ),
     }
 }
 
+/// A malformed request: 400, whatever the JSON extractor would have said.
+fn bad_request(why: &str) -> axum::response::Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({"error": why, "code": "bad_request"})),
+    )
+        .into_response()
+}
+
 async fn set_mode(
     State(s): State<AppState>,
-    Json(body): Json<ModeBody>,
+    body: Result<Json<ModeBody>, JsonRejection>,
 ) -> axum::response::Response {
+    let body = match body {
+        Ok(Json(b)) => b,
+        Err(e) => return bad_request(&e.body_text()),
+    };
     let mode = match body.mode.to_ascii_lowercase().as_str() {
         "active" => BackupMode::Active,
         "passive" => BackupMode::Passive,
-        other => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({"error": format!("mode `{other}`: expected Active or Passive")})),
-            )
-                .into_response();
-        }
+        other => return bad_request(&format!("mode `{other}`: expected Active or Passive")),
     };
     ask(&s, |tx| ApiRequest::SetBackupMode(mode, tx))
         .await
@@ -90,6 +105,24 @@ async fn set_mode(
 
 async fn swap(State(s): State<AppState>) -> axum::response::Response {
     ask(&s, ApiRequest::Swap).await.into_response()
+}
+
+#[derive(Deserialize)]
+struct RedundancyBody {
+    enabled: bool,
+}
+
+async fn set_redundancy(
+    State(s): State<AppState>,
+    body: Result<Json<RedundancyBody>, JsonRejection>,
+) -> axum::response::Response {
+    let body = match body {
+        Ok(Json(b)) => b,
+        Err(e) => return bad_request(&e.body_text()),
+    };
+    ask(&s, |tx| ApiRequest::SetRedundancy(body.enabled, tx))
+        .await
+        .into_response()
 }
 
 async fn page() -> Html<&'static str> {
@@ -130,6 +163,7 @@ pub async fn spawn(
         .route("/status", get(status))
         .route("/mode", post(set_mode))
         .route("/swap", post(swap))
+        .route("/redundancy", post(set_redundancy))
         .with_state(AppState {
             snapshot: snapshot.clone(),
             api,

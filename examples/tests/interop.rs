@@ -353,11 +353,15 @@ fn flaps_under_hog(
         .of_vrid(VRID)
         .filter(|x| x.src == IpAddr::V4(Bed::v4(0)) && x.t >= from && x.t <= to)
         .count();
-    // The count means something only if the Master kept advertising.
-    assert!(
-        a_adverts as u64 >= secs * 100 / 2,
-        "{name}: the Master sent only {a_adverts} advertisements in {secs} s"
-    );
+    // Our count means something only if our Master kept advertising.
+    // keepalived's is reported as measured: how well the reference keeps
+    // its pace on a loaded machine is not ours to assert.
+    if matches!(which, Impl::Ours) {
+        assert!(
+            a_adverts as u64 >= secs * 100 / 2,
+            "{name}: the Master sent only {a_adverts} advertisements in {secs} s"
+        );
+    }
     (
         changes,
         format!("count on the wire; {note}; {a_adverts} adverts from the Master"),
@@ -981,7 +985,7 @@ fn planned_swap_gap() {
         let answer = n0.http("POST", "/swap", "");
         assert_eq!(
             answer.as_ref().map(|a| a.0),
-            Some(200),
+            Some(202),
             "{name}: swap refused: {answer:?}"
         );
         assert!(

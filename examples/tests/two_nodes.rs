@@ -237,7 +237,7 @@ async fn swap_exchanges_roles() {
     assert!(answer["error"].is_string());
 
     let (code, answer) = p.a.post("/swap", json!({})).await;
-    assert_eq!(code, 200, "swap refused: {answer}");
+    assert_eq!(code, 202, "swap refused: {answer}");
     assert!(answer["procedure"].is_u64(), "{answer}");
     let b = p.b.wait_role("Master").await;
     p.a.wait(Duration::from_secs(20), "Backup", |s| s["role"] == "Backup")
@@ -279,7 +279,7 @@ async fn passive_backup_does_not_take_over() {
     let (code, answer) = p.b.post("/mode", json!({"mode": "Nonsense"})).await;
     assert_eq!(code, 400, "{answer}");
     let (code, answer) = p.b.post("/mode", json!({"mode": "Passive"})).await;
-    assert_eq!(code, 200, "Passive refused: {answer}");
+    assert_eq!(code, 202, "Passive refused: {answer}");
     let b =
         p.b.wait(Duration::from_secs(10), "Passive", |s| {
             s["vrrp"]["backup_mode"] == "Passive"
@@ -300,7 +300,7 @@ async fn passive_backup_does_not_take_over() {
     assert_eq!(s["address_held"], false);
 
     let (code, answer) = p.b.post("/mode", json!({"mode": "Active"})).await;
-    assert_eq!(code, 200, "Active refused: {answer}");
+    assert_eq!(code, 202, "Active refused: {answer}");
     p.b.wait_role("Master").await;
     p.b.stop(Stop::Graceful).await;
 }
@@ -322,7 +322,7 @@ async fn swap_there_and_back() {
     })
     .await;
     let (code, answer) = p.a.post("/swap", json!({})).await;
-    assert_eq!(code, 200, "first swap refused: {answer}");
+    assert_eq!(code, 202, "first swap refused: {answer}");
     p.b.wait_role("Master").await;
     for n in [&p.a, &p.b] {
         n.wait(Duration::from_secs(20), "procedure finished", |s| {
@@ -341,7 +341,7 @@ async fn swap_there_and_back() {
     })
     .await;
     let (code, answer) = p.b.post("/swap", json!({})).await;
-    assert_eq!(code, 200, "second swap refused: {answer}");
+    assert_eq!(code, 202, "second swap refused: {answer}");
     p.a.wait_role("Master").await;
     p.b.wait(Duration::from_secs(20), "Backup again", |s| {
         s["role"] == "Backup" && s["status"]["procedure"].is_null()

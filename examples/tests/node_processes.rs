@@ -1,0 +1,437 @@
+//! The pair's operator behaviours on two real `node` processes, as a user
+//! runs them: each from its own TOML file, VRRP over UDP on loopback
+//! (pbx-a on 127.0.0.1, pbx-b on 127.0.0.2), the peer link over TCP, every
+//! check and request through the status API over HTTP. Processes are ended
+//! by their id, also when a test fails.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const A_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const B_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+/// The Backups' sync interval in these tests.
+const SYNC_INTERVAL_S: u64 = 4;
+
+fn node_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .join("examples")
+        .join("node");
+    if !bin.exists() {
+        // `cargo test --test node_processes` builds only this target;
+        // `cargo test` builds the examples too.
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "examples", "--example", "node"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build --example node");
+        assert!(status.success(), "cargo build --example node failed");
+    }
+    bin
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "nodes-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temporary directory");
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_udp(ip: Ipv4Addr) -> std::net::UdpSocket {
+    std::net::UdpSocket::bind((ip, 0)).expect("free udp port")
+}
+
+fn free_tcp(ip: Ipv4Addr) -> std::net::TcpListener {
+    std::net::TcpListener::bind((ip, 0)).expect("free tcp port")
+}
+
+/// One node's process, ended by its id on drop.
+struct Node {
+    name: &'static str,
+    config: PathBuf,
+    data: PathBuf,
+    status: SocketAddr,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    fn start(&mut self) {
+        let log = std::fs::File::create(&self.log).expect("log file");
+        let child = Command::new(node_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start node");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while get(self.status, "/status").is_none() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{} did not answer on {}\n{}",
+                self.name,
+                self.status,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let keep = if std::env::var_os("NODE_FULL_LOG").is_some() {
+            usize::MAX
+        } else {
+            40
+        };
+        let tail: Vec<&str> = text.lines().rev().take(keep).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    fn status(&self) -> Value {
+        get(self.status, "/status").unwrap_or(Value::Null)
+    }
+
+    fn role(&self) -> String {
+        self.status()["role"].as_str().unwrap_or("").to_owned()
+    }
+
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        post(self.status, path, body)
+    }
+
+    /// Waits until `pred` holds on this node's status.
+    #[track_caller]
+    fn wait(&self, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "{}: not {what} within {limit:?}: {s}\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .proxy(None)
+        .build()
+        .into()
+}
+
+fn get(addr: SocketAddr, path: &str) -> Option<Value> {
+    let mut r = agent().get(&format!("http://{addr}{path}")).call().ok()?;
+    (r.status() == 200).then(|| r.body_mut().read_json::<Value>().ok())?
+}
+
+fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    let url = format!("http://{addr}{path}");
+    let mut r = agent()
+        .post(&url)
+        .send_json(&body)
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let code = r.status().as_u16();
+    let v = r.body_mut().read_json::<Value>().unwrap_or(Value::Null);
+    (code, v)
+}
+
+/// Two nodes' configuration files in `dir` (nothing started yet).
+struct Pair {
+    a: Node,
+    b: Node,
+    _dir: TempDir,
+}
+
+fn pair(tag: &str, a_redundancy: bool) -> Pair {
+    let dir = TempDir::new(tag);
+    let root = dir.0.clone();
+    std::fs::write(root.join("sync.key"), "42".repeat(32)).expect("key");
+    // Every port chosen by the kernel, held until all are picked.
+    let (va, vb) = (free_udp(A_IP), free_udp(B_IP));
+    let (sa, sb) = (free_tcp(A_IP), free_tcp(B_IP));
+    let (ha, hb) = (free_tcp(A_IP), free_tcp(B_IP));
+    let addr = |l: &std::net::TcpListener| l.local_addr().expect("address");
+    let uaddr = |u: &std::net::UdpSocket| u.local_addr().expect("address");
+    let (vra, vrb, sya, syb, sta, stb) = (
+        uaddr(&va),
+        uaddr(&vb),
+        addr(&sa),
+        addr(&sb),
+        addr(&ha),
+        addr(&hb),
+    );
+    drop((va, vb, sa, sb, ha, hb));
+    let write = |name: &str, prio: u8, redundancy: bool, vl, vp, sl, sp, st| {
+        let text = format!(
+            r#"id = "{name}"
+redundancy = {redundancy}
+state_dir = "{name}/state"
+[vrrp]
+transport = "udp"
+vrid = 51
+priority = {prio}
+advert_interval_ms = 100
+virtual_ips = ["10.99.0.100/24"]
+udp_listen = "{vl}"
+udp_peers = ["{vp}"]
+[sync]
+listen = "{sl}"
+peer = "{sp}"
+dir = "{name}/data"
+interval_s = {SYNC_INTERVAL_S}
+key_file = "sync.key"
+[status]
+listen = "{st}"
+"#
+        );
+        let path = root.join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("config");
+        std::fs::create_dir_all(root.join(name).join("data")).expect("data dir");
+        path
+    };
+    let ca = write("pbx-a", 200, a_redundancy, vra, vrb, sya, syb, sta);
+    let cb = write("pbx-b", 100, true, vrb, vra, syb, sya, stb);
+    let node = |name: &'static str, config: PathBuf, status| Node {
+        name,
+        data: root.join(name).join("data"),
+        log: root.join(format!("{name}.log")),
+        config,
+        status,
+        child: None,
+    };
+    Pair {
+        a: node("pbx-a", ca, sta),
+        b: node("pbx-b", cb, stb),
+        _dir: dir,
+    }
+}
+
+/// The node knows its peer: up, and in the given role.
+fn peer_is(s: &Value, role: &str) -> bool {
+    s["status"]["peer"]["up"] == true && s["status"]["peer"]["role"] == role
+}
+
+fn generation(s: &Value) -> u64 {
+    s["status"]["sync"]["generation"].as_u64().unwrap_or(0)
+}
+
+/// pbx-a Master, pbx-b its Backup with a first generation.
+fn settled(p: &mut Pair) {
+    p.a.start();
+    p.a.wait("Master", Duration::from_secs(10), |s| s["role"] == "Master");
+    p.b.start();
+    p.b.wait("Backup with data", Duration::from_secs(20), |s| {
+        s["role"] == "Backup" && generation(s) >= 1
+    });
+    p.a.wait("knowing its Backup", Duration::from_secs(5), |s| {
+        peer_is(s, "Backup")
+    });
+}
+
+#[test]
+fn swap_with_a_passive_backup() {
+    let mut p = pair("passive-swap", true);
+    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
+    settled(&mut p);
+    let (code, answer) = p.b.post("/mode", json!({"mode": "Passive"}));
+    assert_eq!(code, 202, "Passive refused: {answer}");
+    p.b.wait("Passive", Duration::from_secs(5), |s| {
+        s["vrrp"]["backup_mode"] == "Passive"
+    });
+    // The Master learns it at once, not a heartbeat later.
+    p.a.wait(
+        "knowing its Backup is Passive",
+        Duration::from_millis(500),
+        |s| s["status"]["peer"]["mode"] == "Passive",
+    );
+    // Left just before the swap: a Passive Backup does not sync, so only
+    // the swap's own round brings it over.
+    std::fs::write(p.a.data.join("last.wav"), "a voicemail").expect("write");
+    let (code, answer) = p.a.post("/swap", json!({}));
+    assert_eq!(code, 202, "swap refused: {answer}");
+    assert!(answer["procedure"].is_u64(), "{answer}");
+    p.b.wait("Master", Duration::from_secs(20), |s| s["role"] == "Master");
+    // Manual §8: the old Master returns as Backup, in the Passive mode the
+    // Backup had.
+    p.a.wait("Passive Backup", Duration::from_secs(20), |s| {
+        s["role"] == "Backup" && s["vrrp"]["backup_mode"] == "Passive"
+    });
+    assert_eq!(
+        std::fs::read_to_string(p.b.data.join("last.wav"))
+            .ok()
+            .as_deref(),
+        Some("a voicemail")
+    );
+}
+
+#[test]
+fn five_swaps_in_a_row() {
+    let mut p = pair("five-swaps", true);
+    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
+    settled(&mut p);
+    for k in 0..5 {
+        let (master, backup) = if p.a.role() == "Master" {
+            (&p.a, &p.b)
+        } else {
+            (&p.b, &p.a)
+        };
+        std::fs::write(master.data.join(format!("swap-{k}.txt")), "x").expect("write");
+        let (code, answer) = master.post("/swap", json!({}));
+        assert_eq!(code, 202, "swap {k} refused: {answer}");
+        backup.wait("Master", Duration::from_secs(20), |s| s["role"] == "Master");
+        master.wait("Backup", Duration::from_secs(20), |s| s["role"] == "Backup");
+        assert!(
+            backup.data.join(format!("swap-{k}.txt")).exists(),
+            "swap {k}"
+        );
+        // The procedure has finished on the old Master, and the new Master
+        // knows its Backup, before the next.
+        master.wait("done with the swap", Duration::from_secs(20), |s| {
+            s["status"]["procedure"].is_null()
+        });
+        backup.wait("knowing its Backup", Duration::from_secs(10), |s| {
+            peer_is(s, "Backup")
+        });
+    }
+}
+
+#[test]
+fn both_units_started_together() {
+    let mut p = pair("together", true);
+    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
+    p.a.start();
+    p.b.start();
+    p.a.wait("Master", Duration::from_secs(10), |s| s["role"] == "Master");
+    p.b.wait("Backup", Duration::from_secs(10), |s| s["role"] == "Backup");
+    let elected = Instant::now();
+    // Within one sync interval and two seconds, the Backup holds the
+    // Master's data.
+    let limit = Duration::from_secs(SYNC_INTERVAL_S + 2);
+    p.b.wait("holding the Master's data", limit, |s| generation(s) >= 1);
+    assert!(elected.elapsed() <= limit);
+    assert_eq!(
+        std::fs::read_to_string(p.b.data.join("pbx.conf"))
+            .ok()
+            .as_deref(),
+        Some("trunk=1\n")
+    );
+}
+
+#[test]
+fn redundancy_off_and_on_at_run_time() {
+    let mut p = pair("redundancy", false);
+    p.a.start();
+    p.b.start();
+    // pbx-a is standalone: it sends no VRRP, so pbx-b hears nobody and is
+    // Master of its own; pbx-a serves as Master and says it is disabled.
+    let a = p.a.wait("standalone", Duration::from_secs(10), |s| {
+        s["status"]["redundancy"] == "Disabled" && s["vrrp"]["state"] == "Disabled"
+    });
+    assert!(
+        a["summary"]
+            .as_str()
+            .is_some_and(|t| t.contains("Redundancy is disabled")),
+        "{a}"
+    );
+    p.b.wait("Master", Duration::from_secs(10), |s| s["role"] == "Master");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(p.b.status()["vrrp"]["received"], 0, "pbx-a advertised");
+
+    // Switched on: pbx-a's election starts, and as after a healed
+    // partition the pair settles on one Master.
+    let (code, answer) = p.a.post("/redundancy", json!({"enabled": true}));
+    assert_eq!(code, 202, "{answer}");
+    p.a.wait("in the pair", Duration::from_secs(10), |s| {
+        s["status"]["redundancy"] == "Enabled" && s["vrrp"]["state"] != "Disabled"
+    });
+    let t0 = Instant::now();
+    let (master, backup) = loop {
+        match (p.a.role().as_str(), p.b.role().as_str()) {
+            ("Master", "Backup") => break (&p.a, &p.b),
+            ("Backup", "Master") => break (&p.b, &p.a),
+            roles => assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no single Master: {roles:?}\n{}\n{}",
+                p.a.log_text(),
+                p.b.log_text()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(p.b.status()["vrrp"]["received"].as_u64().unwrap_or(0) > 0);
+    master.wait("knowing its Backup", Duration::from_secs(5), |s| {
+        peer_is(s, "Backup") && s["status"]["peer"]["mode"] == "Active"
+    });
+    backup.wait("knowing its Master", Duration::from_secs(5), |s| {
+        peer_is(s, "Master")
+    });
+    // Malformed requests are 400; refusals 409 with a code.
+    let (code, answer) = p.a.post("/redundancy", json!({"enabled": "yes"}));
+    assert_eq!(code, 400, "{answer}");
+    assert_eq!(answer["code"], "bad_request");
+    let (code, answer) = p.a.post("/redundancy", json!({"enabled": true}));
+    assert_eq!(code, 409, "{answer}");
+    assert_eq!(answer["code"], "nothing_to_do");
+    // Off is refused: beside an up Master (pbx-a Backup), or beside the
+    // Active Backup that would take over (pbx-a Master).
+    let (code, answer) = p.a.post("/redundancy", json!({"enabled": false}));
+    assert_eq!(code, 409, "{answer}");
+    assert_eq!(answer["code"], "peer_would_serve_too");
+
+    // The switch outlives a restart and overrides `redundancy = false`.
+    p.a.stop();
+    p.a.start();
+    p.a.wait("enabled after a restart", Duration::from_secs(10), |s| {
+        s["status"]["redundancy"] == "Enabled" && s["vrrp"]["state"] != "Disabled"
+    });
+}
