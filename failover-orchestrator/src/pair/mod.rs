@@ -101,9 +101,13 @@ use std::time::{Instant, SystemTime};
 use sync_delta::frame::{CHANNEL_PEER, CHANNEL_SYNC, Nonce};
 
 /// The peer-link channel of the pair engine's beacon: one byte, the role
-/// the sender serves in (0 Initialize, 1 Backup, 2 Master), sent every
-/// advertisement interval and at every role change.
+/// the sender serves in (0 Initialize, 1 Backup, 2 Master), sent when the
+/// link comes up, at each role change, and in answer to a probe (255).
 pub const CHANNEL_BEACON: u8 = 2;
+const BEACON_INITIALIZE: u8 = 0;
+const BEACON_BACKUP: u8 = 1;
+const BEACON_MASTER: u8 = 2;
+const BEACON_PROBE: u8 = 255;
 
 /// Requests and replies kept for the peer while the link is down.
 const HELD_MESSAGES: usize = 64;
@@ -269,13 +273,15 @@ pub struct Pair {
     /// The peer's last beacon on the peer link: when, and the role it
     /// serves in.
     peer_beacon: Option<(Instant, Role)>,
-    /// When this node next sends its beacon.
-    next_beacon: Option<Instant>,
     /// Requests and replies for the peer while the link is down.
     held: VecDeque<crate::wire::PeerMessage>,
-    /// The election made this node Master while the peer link showed the
-    /// peer alive and serving as Master: not reported until that changes.
+    /// The election made this node Master while the peer link said the
+    /// peer serves as Master: not reported until the peer stops vouching.
     vetoed: bool,
+    /// When the last probe went out, while a takeover is held back.
+    probe_sent_at: Option<Instant>,
+    /// When to probe again (the last one was answered).
+    next_probe: Option<Instant>,
     out: VecDeque<Output>,
     /// Results of commands carried out here, fed back in order.
     results: VecDeque<(CommandId, CommandOutcome)>,
@@ -310,9 +316,10 @@ impl Pair {
             address_held: false,
             quiet_start: false,
             peer_beacon: None,
-            next_beacon: None,
             held: VecDeque::new(),
             vetoed: false,
+            probe_sent_at: None,
+            next_probe: None,
             out: VecDeque::new(),
             results: VecDeque::new(),
             tx,
@@ -540,54 +547,78 @@ impl Pair {
         if self.link.poll_timeout().is_some_and(|t| t <= now) {
             self.link.handle_timeout(now);
         }
-        if self.next_beacon.is_some_and(|t| t <= now) {
-            self.send_beacon(now);
+        if self.vetoed && self.next_probe.is_some_and(|t| t <= now) {
+            self.send_probe(now);
         }
         self.pump(now);
     }
 
-    /// How long a beacon vouches for the peer: one Master_Down_Interval,
-    /// the time the election itself waits.
-    fn beacon_fresh(&self) -> std::time::Duration {
-        self.router.as_ref().map_or(
-            std::time::Duration::ZERO,
-            VirtualRouter::master_down_interval,
+    /// How long a probe waits for the peer's answer: one advertisement
+    /// interval, within 2 ms and 100 ms. A live peer on the LAN answers in
+    /// well under a millisecond; a dead one's takeover waits this long.
+    fn probe_timeout(&self) -> std::time::Duration {
+        let interval = std::time::Duration::from_micros(self.config.vrrp.interval().as_micros());
+        interval.clamp(
+            std::time::Duration::from_millis(2),
+            std::time::Duration::from_millis(100),
         )
     }
 
-    /// Sends this node's beacon (the role it serves in) and schedules the
-    /// next one, one advertisement interval later.
-    fn send_beacon(&mut self, now: Instant) {
+    /// Sends this node's beacon: the role it serves in. Sent when the
+    /// link comes up, at each role change, and in answer to a probe; the
+    /// steady state costs nothing.
+    fn send_beacon(&mut self) {
         if !self.link.is_up() {
-            self.next_beacon = None;
             return;
         }
         let role = match self.orch.role() {
-            Role::Initialize => 0,
-            Role::Backup => 1,
-            Role::Master => 2,
+            Role::Initialize => BEACON_INITIALIZE,
+            Role::Backup => BEACON_BACKUP,
+            Role::Master => BEACON_MASTER,
         };
         self.link.send(CHANNEL_BEACON, &[role]);
-        let every = std::time::Duration::from_micros(self.config.vrrp.interval().as_micros());
-        self.next_beacon = Some(now + every);
     }
 
-    /// Whether the peer link shows the peer alive and serving as Master.
-    fn peer_serving(&self, now: Instant) -> bool {
-        let fresh = self.beacon_fresh();
+    /// Asks the peer whether it is alive and what it serves as.
+    fn send_probe(&mut self, now: Instant) {
+        self.probe_sent_at = Some(now);
+        self.next_probe = None;
+        self.link.send(CHANNEL_BEACON, &[BEACON_PROBE]);
+    }
+
+    /// Whether the link says the peer serves as Master (its last beacon).
+    fn peer_said_master(&self) -> bool {
         self.link.is_up()
-            && self.peer_beacon.is_some_and(|(at, role)| {
-                role == Role::Master && now.saturating_duration_since(at) <= fresh
-            })
+            && self
+                .peer_beacon
+                .is_some_and(|(_, role)| role == Role::Master)
+    }
+
+    /// While a takeover is held back: the peer still vouches for itself
+    /// (it serves as Master and answered the last probe, or the answer's
+    /// time has not run out).
+    fn peer_vouches(&self, now: Instant) -> bool {
+        if !self.peer_said_master() {
+            return false;
+        }
+        match self.probe_sent_at {
+            Some(sent) => {
+                let answered = self.peer_beacon.is_some_and(|(at, _)| at >= sent);
+                answered || now < sent + self.probe_timeout()
+            }
+            None => true,
+        }
     }
 
     /// A held-back takeover goes ahead once the peer stops vouching for
     /// itself (its beacons stop, the link drops, it serves no more).
     fn lift_veto(&mut self, now: Instant) -> bool {
-        if !self.vetoed || self.peer_serving(now) {
+        if !self.vetoed || self.peer_vouches(now) {
             return false;
         }
         self.vetoed = false;
+        self.probe_sent_at = None;
+        self.next_probe = None;
         if self
             .router
             .as_ref()
@@ -656,16 +687,19 @@ impl Pair {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let r = self.router.as_ref().and_then(VirtualRouter::poll_timeout);
-        let veto = self
-            .peer_beacon
-            .filter(|_| self.vetoed)
-            .map(|(at, _)| at + self.beacon_fresh() + std::time::Duration::from_micros(1));
+        // While a takeover is held back: the answer's deadline, and the
+        // next probe once the last one was answered.
+        let answer = self
+            .probe_sent_at
+            .filter(|sent| self.vetoed && self.peer_beacon.is_none_or(|(at, _)| at < *sent))
+            .map(|t| t + self.probe_timeout());
+        let probe = self.next_probe.filter(|_| self.vetoed);
         [
             r,
             self.orch.poll_timeout(),
             self.link.poll_timeout(),
-            self.next_beacon,
-            veto,
+            answer,
+            probe,
         ]
         .into_iter()
         .flatten()
@@ -761,6 +795,7 @@ impl Pair {
         while let Some(ev) = r.poll_event() {
             events.push(ev);
         }
+
         for ev in events {
             moved = true;
             match ev {
@@ -773,17 +808,21 @@ impl Pair {
                     } else if from == S::Backup
                         && to == S::Master
                         && matches!(reason, R::MasterDown | R::Preempt)
-                        && self.peer_serving(now)
+                        && self.peer_said_master()
                     {
-                        // Advertisements were lost on the VRRP link, but
-                        // the peer link shows the Master alive and serving:
-                        // taking over now would put the address on both.
+                        // The election lost the Master's advertisements,
+                        // but the peer link last said it serves: ask it.
+                        // Taking over while it does would put the address
+                        // on both.
                         self.vetoed = true;
                         self.stats.takeovers_deferred += 1;
+                        self.send_probe(now);
                     } else if self.vetoed && from == S::Master {
                         // The election settled before the orchestrator
                         // ever heard of it.
                         self.vetoed = false;
+                        self.probe_sent_at = None;
+                        self.next_probe = None;
                     } else {
                         self.orch
                             .handle_role_change(now, convert::role_change(from, to, reason));
@@ -823,11 +862,10 @@ impl Pair {
         while let Some(up) = self.link.changes.pop_front() {
             moved = true;
             let (order, ev) = if up {
-                self.next_beacon = Some(now);
                 self.orch.handle_transport_up(now);
+                self.send_beacon();
                 (SyncOrder::Connected, PairEvent::LinkUp)
             } else {
-                self.next_beacon = None;
                 self.peer_beacon = None;
                 (SyncOrder::Disconnected, PairEvent::LinkDown)
             };
@@ -842,12 +880,29 @@ impl Pair {
                         self.stats.peer_decode_errors += 1;
                     }
                 }
-                CHANNEL_BEACON => match payload.as_slice() {
-                    [0] => self.peer_beacon = Some((now, Role::Initialize)),
-                    [1] => self.peer_beacon = Some((now, Role::Backup)),
-                    [2] => self.peer_beacon = Some((now, Role::Master)),
-                    _ => self.stats.bad_beacons += 1,
-                },
+                CHANNEL_BEACON => {
+                    let role = match payload.as_slice() {
+                        [BEACON_PROBE] => {
+                            self.send_beacon();
+                            continue;
+                        }
+                        [BEACON_INITIALIZE] => Role::Initialize,
+                        [BEACON_BACKUP] => Role::Backup,
+                        [BEACON_MASTER] => Role::Master,
+                        _ => {
+                            self.stats.bad_beacons += 1;
+                            continue;
+                        }
+                    };
+                    self.peer_beacon = Some((now, role));
+                    if self.vetoed && role == Role::Master {
+                        // Alive and serving: ask again an interval on.
+                        let every = std::time::Duration::from_micros(
+                            self.config.vrrp.interval().as_micros(),
+                        );
+                        self.next_probe = Some(now + every);
+                    }
+                }
                 CHANNEL_SYNC => match Message::decode(&payload) {
                     Ok(m) => self.out.push_back(Output::Sync(SyncOrder::Deliver(m))),
                     Err(_) => {
@@ -898,7 +953,7 @@ impl Pair {
             match &ev {
                 Event::TermTaken(e) | Event::EpochAdopted(e) => self.link.set_epoch((*e).into()),
                 // The peer hears of a new role at once, not at the next beat.
-                Event::RoleChanged(_) => self.send_beacon(now),
+                Event::RoleChanged(_) => self.send_beacon(),
                 // The mode a Master keeps for its next time as Backup.
                 Event::ModeChanged(m) => {
                     if let Some(r) = &mut self.router {

@@ -522,7 +522,21 @@ impl World {
 
     /// Runs until `until`, checking the invariants after every step.
     pub fn run_until(&mut self, until: Duration) {
+        let mut same_instant = 0u32;
+        let mut last = self.now;
         loop {
+            // An engine whose deadline does not move on would spin here.
+            if self.now == last {
+                same_instant += 1;
+                if same_instant > 100_000 {
+                    self.violation("an engine asks for the same instant forever".into());
+                    self.now = until;
+                    return;
+                }
+            } else {
+                same_instant = 0;
+                last = self.now;
+            }
             let next_ev = self.queue.peek().map(|k| k.0.at);
             let next_deadline = self
                 .nodes
