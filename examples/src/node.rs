@@ -269,19 +269,30 @@ fn open_socket(spec: &SocketSpec) -> std::io::Result<VrrpSocket> {
     }
 }
 
-/// How long to ask `ppoll` to wait for a deadline `left` away. For threads
-/// that are not real-time the kernel may wake a poll up to 0.1 % of its
-/// timeout late (3.6 ms on a 3.6 s Master_Down_Interval), so a long wait
-/// ends a little early by design and the short remainder, whose slack is
-/// microseconds, is waited for on the next round of the loop.
+/// How long to ask `ppoll` to wait for a deadline `left` away. The kernel
+/// may end a poll late by its timer slack (0.1 % of the timeout, at least
+/// 50 µs, for threads that are not real-time): asking that much less lands
+/// the wake-up at the deadline or just before it, which the loop takes as
+/// due ([`DUE_EARLY`]), so that one wake-up serves one deadline. A long wait
+/// (a 3.6 s Master_Down_Interval) ends up to 0.1 % early and waits the
+/// short remainder on the next round.
 fn poll_wait(left: Duration) -> Duration {
-    const EARLY: Duration = Duration::from_micros(200);
-    if left > Duration::from_millis(2) {
-        left - left / 500 - EARLY
-    } else {
-        left
-    }
+    let slack = (left / 1000).max(Duration::from_micros(50));
+    left.saturating_sub(slack)
 }
+
+/// The engines' clock: the monotonic clock, never behind a deadline
+/// already handed to them (see [`DUE_EARLY`]).
+fn tick(clock: &mut Instant) -> Instant {
+    let t = Instant::now().max(*clock);
+    *clock = t;
+    t
+}
+
+/// A deadline this close is taken as due: the engines see the deadline's
+/// instant, never an earlier one (the engine thread's clock only moves
+/// forward), and an advertisement leaves at most this much early.
+const DUE_EARLY: Duration = Duration::from_micros(100);
 
 /// How a node stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -521,6 +532,11 @@ struct Engine {
     last_rx: u64,
     registered: Vec<PhoneId>,
     stop: Option<(Stop, oneshot::Sender<()>)>,
+    /// Something worth showing happened since the last snapshot.
+    dirty: bool,
+    /// See [`Engine::now`].
+    clock: Instant,
+    published_at: Instant,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -551,21 +567,31 @@ fn tune(sock: &Socket) {
 }
 
 impl Engine {
+    fn now(&mut self) -> Instant {
+        tick(&mut self.clock)
+    }
+
     fn run(mut self) {
         use nix::poll::{PollFd, PollFlags, ppoll};
 
         loop {
             self.drain();
-            self.publish();
+            self.maybe_publish();
             if let Some((how, done)) = self.stop.take() {
                 self.shut_down(how);
                 let _ = done.send(());
                 return;
             }
-            let deadline = self.pair.poll_timeout();
+            let publish = self
+                .dirty
+                .then(|| self.published_at + Duration::from_millis(20));
+            let deadline = [self.pair.poll_timeout(), publish]
+                .into_iter()
+                .flatten()
+                .min();
             let timeout = deadline.map(|d| {
                 nix::sys::time::TimeSpec::from_duration(poll_wait(
-                    d.saturating_duration_since(Instant::now()),
+                    d.saturating_duration_since(self.now()),
                 ))
             });
             let ids: Vec<ConnId> = self.conns.keys().copied().collect();
@@ -598,49 +624,63 @@ impl Engine {
                     .zip(fds.iter().skip(skip))
                     .map(|(id, fd)| (*id, fd.revents().unwrap_or(PollFlags::empty())))
                     .collect();
-                let listener_ready = self.listener.is_some()
-                    && fds[2]
-                        .revents()
-                        .is_some_and(|r| r.contains(PollFlags::POLLIN));
-                (conn_ready, listener_ready)
+                let readable = |fd: &PollFd<'_>| {
+                    fd.revents()
+                        .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR))
+                };
+                let listener_ready = self.listener.is_some() && readable(&fds[2]);
+                (
+                    conn_ready,
+                    listener_ready,
+                    readable(&fds[0]),
+                    readable(&fds[1]),
+                )
             };
-            let now = Instant::now();
-            if self.pair.poll_timeout().is_some_and(|d| d <= now) {
-                self.pair.handle_timeout(now);
+            let now = self.now();
+            if let Some(d) = self.pair.poll_timeout().filter(|d| *d <= now + DUE_EARLY) {
+                self.clock = self.clock.max(d);
+                self.pair.handle_timeout(self.clock);
             }
-            self.receive_vrrp();
+            // Only what poll reported: a read that would block is a
+            // syscall for nothing, at a hundred wake-ups a second.
+            if ready.2 {
+                self.receive_vrrp();
+            }
             if ready.1 {
                 self.accept();
             }
             for (id, flags) in ready.0 {
-                self.conn_ready(id, flags);
+                if !flags.is_empty() {
+                    self.conn_ready(id, flags);
+                }
             }
-            self.read_inbox();
+            if ready.3 {
+                self.read_inbox();
+            }
         }
     }
 
     /// Every packet waiting, each with the time it was read.
+    /// The packet waiting, with the time it was read. One per wake-up: the
+    /// poll is level-triggered, so another waiting wakes it again at once,
+    /// and no read ends in EAGAIN.
     fn receive_vrrp(&mut self) {
-        loop {
-            let r = match self.vrrp.try_recv(&mut self.rx) {
-                Ok(Some(Received::Datagram(n))) => self
-                    .pair
-                    .handle_vrrp_datagram(Instant::now(), &self.rx[..n]),
-                Ok(Some(Received::Message(n, meta))) => {
-                    self.pair
-                        .handle_vrrp_message(Instant::now(), &self.rx[..n], meta)
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    warn!(error = %e, "vrrp receive");
-                    break;
-                }
-            };
-            if r.is_ok() {
-                self.last_rx = unix_ms(SystemTime::now());
+        let now = self.now();
+        let r = match self.vrrp.try_recv(&mut self.rx) {
+            Ok(Some(Received::Datagram(n))) => self.pair.handle_vrrp_datagram(now, &self.rx[..n]),
+            Ok(Some(Received::Message(n, meta))) => {
+                self.pair.handle_vrrp_message(now, &self.rx[..n], meta)
             }
-            self.drain();
+            Ok(None) => return,
+            Err(e) => {
+                warn!(error = %e, "vrrp receive");
+                return;
+            }
+        };
+        if r.is_ok() {
+            self.last_rx = unix_ms(SystemTime::now());
         }
+        self.drain();
     }
 
     fn accept(&mut self) {
@@ -656,7 +696,7 @@ impl Engine {
                             continue;
                         }
                     };
-                    match self.pair.handle_accepted(Instant::now(), nonce) {
+                    match self.pair.handle_accepted(tick(&mut self.clock), nonce) {
                         Some(id) => {
                             info!(from = ?from.as_socket(), conn = id.0, "peer link: accepted");
                             self.conns.insert(
@@ -685,14 +725,14 @@ impl Engine {
 
     fn dial(&mut self, id: ConnId) {
         let Some(addr) = self.peer_addr else {
-            self.pair.handle_dial_failed(Instant::now(), id);
+            self.pair.handle_dial_failed(tick(&mut self.clock), id);
             return;
         };
         let sock = match Socket::new(Domain::for_address(addr), Type::STREAM, None) {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "peer link: socket");
-                self.pair.handle_dial_failed(Instant::now(), id);
+                self.pair.handle_dial_failed(tick(&mut self.clock), id);
                 return;
             }
         };
@@ -704,7 +744,7 @@ impl Engine {
                     || e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 info!(error = %e, peer = %addr, "peer link: dial failed");
-                self.pair.handle_dial_failed(Instant::now(), id);
+                self.pair.handle_dial_failed(tick(&mut self.clock), id);
                 return;
             }
         }
@@ -732,16 +772,16 @@ impl Engine {
                 };
                 if failed {
                     self.conns.remove(&id);
-                    self.pair.handle_dial_failed(Instant::now(), id);
+                    self.pair.handle_dial_failed(tick(&mut self.clock), id);
                     return;
                 }
                 c.connecting = false;
                 match os_nonce() {
-                    Ok(n) => self.pair.handle_dialed(Instant::now(), id, n),
+                    Ok(n) => self.pair.handle_dialed(tick(&mut self.clock), id, n),
                     Err(e) => {
                         warn!(error = %e, "no nonce from the OS");
                         self.conns.remove(&id);
-                        self.pair.handle_dial_failed(Instant::now(), id);
+                        self.pair.handle_dial_failed(tick(&mut self.clock), id);
                     }
                 }
             }
@@ -759,7 +799,8 @@ impl Engine {
                         return;
                     }
                     Ok(n) => {
-                        self.pair.handle_link_bytes(Instant::now(), id, &buf[..n]);
+                        self.pair
+                            .handle_link_bytes(tick(&mut self.clock), id, &buf[..n]);
                         self.drain();
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -814,14 +855,15 @@ impl Engine {
             let _ = c.socket.shutdown(std::net::Shutdown::Both);
         }
         self.account();
-        self.pair.handle_link_closed(Instant::now(), id);
+        self.pair.handle_link_closed(tick(&mut self.clock), id);
     }
 
     fn read_inbox(&mut self) {
         let mut buf = [0u8; 64];
         while self.wake.recv(&mut buf).is_ok() {}
         while let Ok(m) = self.inbox.try_recv() {
-            let now = Instant::now();
+            self.dirty = true;
+            let now = self.now();
             match m {
                 Inbox::Result(id, outcome) => self.pair.handle_command_result(now, id, outcome),
                 Inbox::Registered(p) => self.pair.handle_phone_registered(now, p),
@@ -871,6 +913,7 @@ impl Engine {
                     }
                 }
                 Output::Command(issued) => {
+                    self.dirty = true;
                     info!(command = ?issued.command, "command");
                     if issued.command == Command::RestartNode {
                         // A soft restart: the election from Initialize, the
@@ -879,7 +922,8 @@ impl Engine {
                         info!(
                             "restarting (soft): election from Initialize, orchestrator from its journal"
                         );
-                        self.pair.soft_restart(Instant::now(), SystemTime::now());
+                        self.pair
+                            .soft_restart(tick(&mut self.clock), SystemTime::now());
                     } else {
                         let _ = self.to_main.send(ToMain::Command(issued));
                     }
@@ -901,10 +945,13 @@ impl Engine {
                     }
                     None => self.no_sync(order),
                 },
-                Output::Event(e) => self.event(&e),
+                Output::Event(e) => {
+                    self.dirty = true;
+                    self.event(&e);
+                }
             }
         }
-        let now = Instant::now();
+        let now = self.now();
         for p in std::mem::take(&mut self.registered) {
             self.pair.handle_phone_registered(now, p);
         }
@@ -927,7 +974,7 @@ impl Engine {
             },
             _ => return,
         };
-        self.pair.handle_sync_report(Instant::now(), report);
+        self.pair.handle_sync_report(tick(&mut self.clock), report);
     }
 
     fn event(&mut self, e: &PairEvent) {
@@ -956,8 +1003,23 @@ impl Engine {
         }
     }
 
+    /// The snapshot is rebuilt when something other than the steady beat
+    /// happened (a state change, a command, an event, a request), at most
+    /// every 20 ms, and at least every 250 ms for the counters: rebuilding
+    /// it on every advertisement would cost more than the election.
+    fn maybe_publish(&mut self) {
+        let now = self.now();
+        let since = now.saturating_duration_since(self.published_at);
+        if (self.dirty && since >= Duration::from_millis(20)) || since >= Duration::from_millis(250)
+        {
+            self.publish();
+            self.published_at = now;
+            self.dirty = false;
+        }
+    }
+
     fn publish(&self) {
-        let now = Instant::now();
+        let now = Instant::now().max(self.clock);
         let o = self.pair.orchestrator();
         let status = o.status(now);
         let mut s = match self.snapshot.lock() {
@@ -993,7 +1055,7 @@ impl Engine {
     fn shut_down(&mut self, how: Stop) {
         if how == Stop::Graceful {
             // Priority 0 as Master, so that the Backup takes over at once.
-            self.pair.handle_shutdown(Instant::now());
+            self.pair.handle_shutdown(tick(&mut self.clock));
             self.drain();
         }
         for id in self.conns.keys().copied().collect::<Vec<_>>() {
@@ -1463,6 +1525,9 @@ pub async fn run(
         last_rx: 0,
         registered: Vec::new(),
         stop: None,
+        dirty: true,
+        published_at: Instant::now(),
+        clock: Instant::now(),
     };
     let rt_priority = vrrp_cfg.rt_priority;
     let engine_thread = std::thread::Builder::new()

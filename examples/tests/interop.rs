@@ -411,6 +411,135 @@ fn no_false_failover_under_cpu_hog() {
     }
 }
 
+/// CPU time (user + system) of processes, in seconds, from `/proc`.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|stat| {
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let user: f64 = f.get(11)?.parse().ok()?;
+            let system: f64 = f.get(12)?.parse().ok()?;
+            Some((user + system) / tick)
+        })
+        .sum()
+}
+
+/// Resident memory of the largest of `pids`, MiB.
+fn rss_mib(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .fold(0.0, f64::max)
+        / 1024.0
+}
+
+/// The steady state's cost at 10 ms advertisements, ours beside
+/// keepalived in the same run: CPU per second of both nodes together and
+/// the largest process's memory. A measurement, run by
+/// `benches/scripts/steady_state.sh` (not by `cargo test`: a timing is a
+/// bench's job). Ours runs as the node does, with its peer link and sync;
+/// keepalived with its default options.
+#[test]
+#[ignore = "a measurement: benches/scripts/steady_state.sh runs it"]
+fn steady_state_cost_beside_keepalived() {
+    let test = "steady_state_cost_beside_keepalived";
+    let Some(_lock) = preflight(test, &["ip", "keepalived"]) else {
+        return;
+    };
+    let secs: u64 = std::env::var("STEADY_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if long() { 120 } else { 30 });
+    let node = node_binary(test).unwrap_or_else(|| PathBuf::from("node"));
+    let mut report = Report::default();
+    let bed = Bed::new("steady", 2);
+    let measure = |pids: &[u32]| {
+        // Past the start-up and the first sync round.
+        std::thread::sleep(Duration::from_secs(3));
+        let c0 = cpu_seconds(pids);
+        let t0 = std::time::Instant::now();
+        std::thread::sleep(Duration::from_secs(secs));
+        let per_s = (cpu_seconds(pids) - c0) / t0.elapsed().as_secs_f64();
+        (per_s * 1000.0, rss_mib(pids))
+    };
+    let (ours_cpu, ours_rss) = {
+        // As keepalived runs here: no real-time scheduling, no memory lock.
+        let key = bed.path("steady.key");
+        std::fs::write(&key, "5a".repeat(32)).expect("key file");
+        let cfg = |i: usize, prio| NodeConfig {
+            sync: Some(interop::node::SyncConfig {
+                listen: format!("{}:7001", Bed::v4(i)),
+                peer: format!("{}:7001", Bed::v4(1 - i)),
+                dir: bed.path(&format!("steady-data{i}")),
+                interval_s: 60,
+                key_file: key.clone(),
+            }),
+            realtime: false,
+            ..NodeConfig::v3(prio, 10)
+        };
+        let mut pair = [
+            Node::start(&bed, &node, 0, "steady-ours-0", &cfg(0, 200)),
+            Node::start(&bed, &node, 1, "steady-ours-1", &cfg(1, 100)),
+        ];
+        assert!(
+            wait_until(Duration::from_secs(10), || bed.holders(vip()) == [0]),
+            "ours: node 0 did not become Master"
+        );
+        let pids: Vec<u32> = pair.iter().filter_map(Node::pid).collect();
+        let m = measure(&pids);
+        for n in &mut pair {
+            n.stop_graceful();
+        }
+        m
+    };
+    let (ka_cpu, ka_rss) = {
+        let mut ka: Vec<Keepalived> = [(0, 200), (1, 100)]
+            .into_iter()
+            .map(|(i, prio)| {
+                let cfg = KaConfig {
+                    nopreempt: true,
+                    ..KaConfig::v3(prio, 10)
+                };
+                Keepalived::start(&bed, i, &format!("steady-ka-{i}"), &cfg)
+            })
+            .collect();
+        assert!(
+            wait_until(Duration::from_secs(10), || bed.holders(vip()) == [0]),
+            "keepalived: node 0 did not become Master"
+        );
+        let pids: Vec<u32> = ka.iter().flat_map(Keepalived::pids).collect();
+        let m = measure(&pids);
+        for k in &mut ka {
+            k.stop_graceful();
+        }
+        m
+    };
+    for (who, cpu, rss, reference) in [
+        ("ours", ours_cpu, ours_rss, Some(ka_cpu)),
+        ("keepalived", ka_cpu, ka_rss, None),
+    ] {
+        report.record(Row {
+            what: format!("CPU of both nodes, ms per s ({secs} s)"),
+            who: who.into(),
+            version: "v3/IPv4".into(),
+            interval_ms: 10,
+            value: cpu,
+            reference,
+            note: format!("largest process {rss:.1} MiB RSS"),
+        });
+    }
+    println!(
+        "steady state at 10 ms, {secs} s: ours {ours_cpu:.1} ms/s ({ours_rss:.1} MiB), \
+         keepalived {ka_cpu:.1} ms/s ({ka_rss:.1} MiB), ratio {:.2}",
+        ours_cpu / ka_cpu.max(0.001)
+    );
+}
+
 // ---- our node against keepalived ----
 
 /// The `node` binary, or a skip (a failure in CI).

@@ -59,6 +59,9 @@ async fn higher_priority_is_elected() {
             |s| {
                 s["summary"] == "Backup device with ID pbx-a is UP (Active mode)"
                     && s["status"]["peer"]["role"] == "Backup"
+                    // The status is a snapshot: the claim's answer may
+                    // come a moment after the role.
+                    && s["address_held"] == true
             },
         )
         .await;

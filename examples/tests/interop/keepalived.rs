@@ -148,6 +148,13 @@ impl Keepalived {
 
     /// SIGKILL: the VRRP process first (so that it cannot hear of its
     /// parent's death and stop gracefully), then the parent.
+    /// Its processes: the parent and the VRRP child.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.proc.pid().into_iter().collect();
+        pids.extend(self.vrrp_pid());
+        pids
+    }
+
     pub fn kill_hard(&mut self) {
         // Once the parent is reaped, its VRRP child is gone too (killed
         // here, or ended by the parent's graceful stop): no pid is reused.

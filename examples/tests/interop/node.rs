@@ -202,6 +202,11 @@ impl Node {
     }
 
     /// SIGKILL (no priority 0, addresses left behind, as a crash).
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
     pub fn kill_hard(&mut self) {
         self.proc.kill();
     }
