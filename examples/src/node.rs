@@ -145,6 +145,11 @@ pub struct Snapshot {
     pub services: Vec<ServiceView>,
     /// Phones re-homed by the last takeover.
     pub phones: Vec<orch::PhoneOutcome>,
+    /// Quarantine folders (in the data directory's
+    /// `.sync-delta/quarantine/`) where a returning Master's changes that
+    /// its peer never received were moved: those there at start, then any
+    /// made since.
+    pub quarantine: Vec<String>,
 }
 
 /// The election as the status API shows it.
@@ -536,6 +541,8 @@ struct Engine {
     dirty: bool,
     /// See [`Engine::now`].
     clock: Instant,
+    /// Quarantine folders reported since start.
+    quarantine: Vec<String>,
     published_at: Instant,
 }
 
@@ -991,6 +998,15 @@ impl Engine {
                 }
                 _ => info!(event = ?ev, "orchestrator"),
             },
+            PairEvent::Sync(SyncReport::Opened(report)) => {
+                if let Some((folder, files)) = &report.quarantined {
+                    warn!(folder = %folder, files, "unconfirmed changes moved to quarantine");
+                    if !self.quarantine.contains(folder) {
+                        self.quarantine.push(folder.clone());
+                    }
+                }
+                info!(?report, "replica opened");
+            }
             PairEvent::Sync(SyncReport::RoundDone(s)) => info!(
                 generation = s.generation,
                 fetched = s.fetched,
@@ -1050,6 +1066,7 @@ impl Engine {
             })
             .collect();
         s.phones = o.phone_outcomes();
+        s.quarantine.clone_from(&self.quarantine);
     }
 
     fn shut_down(&mut self, how: Stop) {
@@ -1246,6 +1263,20 @@ fn store_redundancy(state_dir: &Path, enabled: bool) -> std::io::Result<()> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, redundancy_file(state_dir))
+}
+
+/// The quarantine folders already in a data directory, by name.
+fn quarantine_folders(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join(".sync-delta").join("quarantine"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 fn load_state(dir: &Path) -> PersistentState {
@@ -1528,6 +1559,11 @@ pub async fn run(
         dirty: true,
         published_at: Instant::now(),
         clock: Instant::now(),
+        quarantine: config
+            .sync
+            .as_ref()
+            .map(|s| quarantine_folders(&s.dir))
+            .unwrap_or_default(),
     };
     let rt_priority = vrrp_cfg.rt_priority;
     let engine_thread = std::thread::Builder::new()

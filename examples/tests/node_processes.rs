@@ -435,3 +435,74 @@ fn redundancy_off_and_on_at_run_time() {
         s["status"]["redundancy"] == "Enabled" && s["vrrp"]["state"] != "Disabled"
     });
 }
+
+/// The `/status` document keeps its fields: what an operator's tools read
+/// is a contract.
+#[test]
+fn status_json_keeps_its_fields() {
+    let mut p = pair("schema", true);
+    p.a.start();
+    let s =
+        p.a.wait("Master", Duration::from_secs(10), |s| s["role"] == "Master");
+    let keys = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        k.sort();
+        k
+    };
+    let want = |names: &[&str]| -> Vec<String> {
+        let mut k: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(&s),
+        want(&[
+            "id",
+            "role",
+            "summary",
+            "vrrp",
+            "address_held",
+            "status",
+            "timeline",
+            "services",
+            "phones",
+            "quarantine",
+        ])
+    );
+    assert_eq!(
+        keys(&s["vrrp"]),
+        want(&[
+            "state",
+            "priority",
+            "backup_mode",
+            "master",
+            "interval_ms",
+            "master_down_us",
+            "transitions",
+            "received",
+            "dropped",
+            "last_change_unix_ms",
+            "last_rx_unix_ms",
+        ])
+    );
+    assert_eq!(
+        keys(&s["status"]),
+        want(&[
+            "node_id",
+            "role",
+            "epoch",
+            "redundancy",
+            "backup_mode",
+            "ready",
+            "peer",
+            "sync",
+            "procedure",
+            "findings",
+            "timeline",
+        ])
+    );
+    assert!(s["quarantine"].is_array());
+}
