@@ -4,10 +4,14 @@
 //! check and request through the status API over HTTP. Processes are ended
 //! by their id, also when a test fails.
 
+mod e2e;
+mod run;
+
+use e2e::TempDir;
+
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -16,50 +20,6 @@ const A_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const B_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// The Backups' sync interval in these tests.
 const SYNC_INTERVAL_S: u64 = 4;
-
-fn node_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .join("examples")
-        .join("node");
-    if !bin.exists() {
-        // `cargo test --test node_processes` builds only this target;
-        // `cargo test` builds the examples too.
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "examples", "--example", "node"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo build --example node");
-        assert!(status.success(), "cargo build --example node failed");
-    }
-    bin
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "nodes-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temporary directory");
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn free_udp(ip: Ipv4Addr) -> std::net::UdpSocket {
     std::net::UdpSocket::bind((ip, 0)).expect("free udp port")
@@ -82,7 +42,7 @@ struct Node {
 impl Node {
     fn start(&mut self) {
         let log = std::fs::File::create(&self.log).expect("log file");
-        let child = Command::new(node_bin())
+        let child = Command::new(run::example_bin("node"))
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -160,23 +120,17 @@ impl Drop for Node {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .proxy(None)
-        .build()
-        .into()
-}
-
 fn get(addr: SocketAddr, path: &str) -> Option<Value> {
-    let mut r = agent().get(&format!("http://{addr}{path}")).call().ok()?;
+    let mut r = e2e::agent()
+        .get(&format!("http://{addr}{path}"))
+        .call()
+        .ok()?;
     (r.status() == 200).then(|| r.body_mut().read_json::<Value>().ok())?
 }
 
 fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
     let url = format!("http://{addr}{path}");
-    let mut r = agent()
+    let mut r = e2e::agent()
         .post(&url)
         .send_json(&body)
         .unwrap_or_else(|e| panic!("POST {url}: {e}"));
@@ -394,19 +348,25 @@ fn redundancy_off_and_on_at_run_time() {
     p.a.wait("in the pair", Duration::from_secs(10), |s| {
         s["status"]["redundancy"] == "Enabled" && s["vrrp"]["state"] != "Disabled"
     });
+    // Settled: the same single Master twice, a second apart (the
+    // election and the epochs may pass the role once on the way: the
+    // newest term keeps it).
     let t0 = Instant::now();
+    let roles = |p: &Pair| (p.a.role(), p.b.role());
     let (master, backup) = loop {
-        match (p.a.role().as_str(), p.b.role().as_str()) {
-            ("Master", "Backup") => break (&p.a, &p.b),
-            ("Backup", "Master") => break (&p.b, &p.a),
-            roles => assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "no single Master: {roles:?}\n{}\n{}",
+        let first = roles(&p);
+        std::thread::sleep(Duration::from_secs(1));
+        let second = roles(&p);
+        match (first == second, second.0.as_str(), second.1.as_str()) {
+            (true, "Master", "Backup") => break (&p.a, &p.b),
+            (true, "Backup", "Master") => break (&p.b, &p.a),
+            (_, a, b) => assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "no settled single Master: {a} {b}\n{}\n{}",
                 p.a.log_text(),
                 p.b.log_text()
             ),
         }
-        std::thread::sleep(Duration::from_millis(50));
     };
     assert!(p.b.status()["vrrp"]["received"].as_u64().unwrap_or(0) > 0);
     master.wait("knowing its Backup", Duration::from_secs(5), |s| {

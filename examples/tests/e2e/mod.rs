@@ -331,7 +331,8 @@ pub fn milestones(s: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn agent() -> ureq::Agent {
+/// A blocking HTTP client for loopback: no proxy, statuses as values.
+pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(5)))
