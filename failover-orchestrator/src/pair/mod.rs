@@ -22,6 +22,11 @@
 //!   it is held ([`Output::Announce`]);
 //! - a takeover re-homes phones whenever this node had heard a Master
 //!   before (on the VRRP link or from the peer), peer link or not;
+//! - lost advertisements do not move the address: when the election makes
+//!   a Backup Master while the peer link last said the peer serves as
+//!   Master, the node probes the peer and holds the takeover until it
+//!   stops answering (within one advertisement interval, 2-100 ms), says
+//!   it serves no more, or the link drops;
 //! - with redundancy off the node sends no VRRP and keeps no peer link: a
 //!   standalone Master. Switching it back on starts the election as Master,
 //!   like a healed partition: the higher priority keeps the role.
@@ -611,7 +616,8 @@ impl Pair {
     }
 
     /// A held-back takeover goes ahead once the peer stops vouching for
-    /// itself (its beacons stop, the link drops, it serves no more).
+    /// itself (it does not answer a probe in time, says it serves no more,
+    /// or the link drops).
     fn lift_veto(&mut self, now: Instant) -> bool {
         if !self.vetoed || self.peer_vouches(now) {
             return false;
