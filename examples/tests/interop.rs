@@ -1225,23 +1225,44 @@ fn sync_across_namespaces_survives_a_killed_backup() {
         note: "ms from the write on the Master (rounds every 1 s)".into(),
     });
 
-    // A big file, and the Backup killed while its round stages it.
-    let big = noise(48 << 20, 11);
-    std::fs::write(bed.path("data0/voice/big.wav"), &big).expect("write");
+    // A big file, and the Backup killed while its round stages it. A round
+    // can finish between the moment the test sees it staging and the kill
+    // (a fast link, a quiet machine): then a new, bigger file is written
+    // and the kill is tried again, at most three times.
     let stage = bed.path("data1/.sync-delta/stage");
-    let staging = wait_until(Duration::from_secs(30), || {
-        std::fs::read_dir(&stage)
-            .is_ok_and(|d| d.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0)))
-    });
+    let mut big = Vec::new();
+    let mut interrupted = false;
+    for (attempt, mib) in [(0u64, 48usize), (1, 96), (2, 192)] {
+        big = noise(mib << 20, 11 + attempt);
+        std::fs::write(bed.path("data0/voice/big.wav"), &big).expect("write");
+        let staging = wait_until(Duration::from_secs(30), || {
+            std::fs::read_dir(&stage)
+                .is_ok_and(|d| d.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0)))
+        });
+        assert!(
+            staging,
+            "the Backup never staged the big file:\n{}",
+            n1.log_text()
+        );
+        if on(1, "voice/big.wav").as_ref() == Some(&big) {
+            // Already committed: too fast to interrupt; a bigger file.
+            continue;
+        }
+        n1.kill_hard();
+        if on(1, "voice/big.wav").as_ref() == Some(&big) {
+            // Committed in the instant before the kill: restart, and try
+            // again with a bigger file.
+            let config = n1.config.clone();
+            drop(n1);
+            n1 = Node::start_with(&bed, &node, 1, &format!("{name}-1-r{attempt}"), config);
+            continue;
+        }
+        interrupted = true;
+        break;
+    }
     assert!(
-        staging,
-        "the Backup never staged the big file:\n{}",
-        n1.log_text()
-    );
-    n1.kill_hard();
-    assert!(
-        on(1, "voice/big.wav").is_none(),
-        "the round completed before the kill; nothing was interrupted"
+        interrupted,
+        "every round completed before the kill; nothing was interrupted"
     );
     assert_eq!(
         on(1, "voice/greeting.wav").as_ref(),
@@ -1260,7 +1281,10 @@ fn sync_across_namespaces_survives_a_killed_backup() {
         n1.log_text()
     );
     report.record(Row {
-        what: "sync: 48 MiB file after a SIGKILL mid-round".into(),
+        what: format!(
+            "sync: {} MiB file after a SIGKILL mid-round",
+            big.len() >> 20
+        ),
         who: "ours".into(),
         version: "-".into(),
         interval_ms: 1000,
