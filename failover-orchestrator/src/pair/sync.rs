@@ -415,10 +415,7 @@ impl SyncWorker {
                 if let Session::Source(s) = &mut self.session {
                     s.handle_disconnected(now);
                     for (id, _) in std::mem::take(&mut self.source_waiting) {
-                        self.reports.push_back(SyncReport::Done {
-                            id,
-                            result: Err("the node became a replica".into()),
-                        });
+                        self.answer_err(id, "the node became a replica");
                     }
                 }
                 self.settled = None;
@@ -466,15 +463,16 @@ impl SyncWorker {
     }
 
     fn round_now<S: Storage + ?Sized>(&mut self, now: Instant, id: u64, store: &mut S) {
+        if matches!(self.session, Session::None) {
+            self.answer_err(id, "no sync session");
+            return;
+        }
+        if !self.connected {
+            self.answer_err(id, "the peer link is down");
+            return;
+        }
         match &mut self.session {
             Session::Replica(r) => {
-                if !self.connected {
-                    self.reports.push_back(SyncReport::Done {
-                        id,
-                        result: Err("the peer link is down".into()),
-                    });
-                    return;
-                }
                 self.waiting.push((id, self.rounds_started + 1));
                 if self.round.is_none() {
                     r.sync_now(now);
@@ -482,21 +480,19 @@ impl SyncWorker {
                 self.arm_replica(now, store);
             }
             Session::Source(s) => {
-                if !self.connected {
-                    self.reports.push_back(SyncReport::Done {
-                        id,
-                        result: Err("the peer link is down".into()),
-                    });
-                    return;
-                }
                 s.sync_now(now);
                 self.source_waiting.push((id, self.source_requests));
             }
-            Session::None => self.reports.push_back(SyncReport::Done {
-                id,
-                result: Err("no sync session".into()),
-            }),
+            Session::None => {}
         }
+    }
+
+    /// Answers order `id` with why it could not be done.
+    fn answer_err(&mut self, id: u64, why: &str) {
+        self.reports.push_back(SyncReport::Done {
+            id,
+            result: Err(why.to_owned()),
+        });
     }
 
     fn settle<S: Storage + ?Sized>(&mut self, store: &mut S) -> Result<GenerationStatus, String> {
@@ -534,10 +530,7 @@ impl SyncWorker {
             Session::Source(s) => {
                 s.handle_disconnected(now);
                 for (id, _) in std::mem::take(&mut self.source_waiting) {
-                    self.reports.push_back(SyncReport::Done {
-                        id,
-                        result: Err("the peer link went down".into()),
-                    });
+                    self.answer_err(id, "the peer link went down");
                 }
             }
             Session::None => {}
