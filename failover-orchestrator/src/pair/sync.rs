@@ -585,7 +585,11 @@ impl SyncWorker {
             why: why.to_owned(),
             reset,
         });
-        let seq = self.rounds_started;
+        self.answer_waiters(self.rounds_started, &Err(why.to_owned()));
+    }
+
+    /// Answers the rounds asked for that round `seq` serves; the rest wait.
+    fn answer_waiters(&mut self, seq: u64, result: &Result<GenerationStatus, String>) {
         let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
             .into_iter()
             .partition(|(_, min)| *min <= seq);
@@ -593,7 +597,7 @@ impl SyncWorker {
         for (id, _) in due {
             self.reports.push_back(SyncReport::Done {
                 id,
-                result: Err(why.to_owned()),
+                result: result.clone(),
             });
         }
     }
@@ -692,16 +696,7 @@ impl SyncWorker {
                             };
                             self.reports.push_back(SyncReport::RoundDone(summary));
                             self.reports.push_back(SyncReport::Status(status));
-                            let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
-                                .into_iter()
-                                .partition(|(_, min)| *min <= seq);
-                            self.waiting = rest;
-                            for (id, _) in due {
-                                self.reports.push_back(SyncReport::Done {
-                                    id,
-                                    result: Ok(status),
-                                });
-                            }
+                            self.answer_waiters(seq, &Ok(status));
                         }
                         ReplicaEvent::Refused(why) => {
                             self.round = None;
