@@ -9,7 +9,7 @@
 //! - [`vrrp_io`]: raw and UDP VRRP transports.
 //! - [`node`]: the node daemon's runtime; [`status`] its HTTP API;
 //!   [`phones`] its phone inventory; [`hooks`] how services and phones
-//!   are carried out.
+//!   are carried out; [`poller`] the engine thread's epoll wait.
 //! - [`demo`]: in-process services and simulated phones for the `pair`
 //!   demo and tests.
 //! - [`peer`]: the authenticated TCP peer link carrying sync rounds and
@@ -24,5 +24,6 @@ pub mod net;
 pub mod node;
 pub mod peer;
 pub mod phones;
+pub mod poller;
 pub mod status;
 pub mod vrrp_io;

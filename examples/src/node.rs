@@ -51,6 +51,7 @@ use crate::config::{NodeConfig, Transport};
 use crate::hooks::{Hooks, Readiness};
 use crate::net::Netlink;
 use crate::phones::Phone;
+use crate::poller::{Interest, Poller, Ready};
 use crate::vrrp_io::{Received, VrrpSocket};
 
 /// Why the node could not start or had to stop.
@@ -509,11 +510,51 @@ struct Conn {
     connecting: bool,
     out: Vec<u8>,
     sent: usize,
+    /// What the poller watches it for.
+    interest: Interest,
+}
+
+impl Conn {
+    fn new(socket: Socket, connecting: bool) -> Conn {
+        Conn {
+            socket,
+            connecting,
+            out: Vec::new(),
+            sent: 0,
+            // A dial in progress is watched for writable (connected).
+            interest: if connecting {
+                Interest::ReadWrite
+            } else {
+                Interest::Read
+            },
+        }
+    }
+
+    fn wants(&self) -> Interest {
+        if self.connecting || self.sent < self.out.len() {
+            Interest::ReadWrite
+        } else {
+            Interest::Read
+        }
+    }
+}
+
+/// The poller's tokens: the fixed sockets, then one per connection.
+const TOKEN_VRRP: u64 = 0;
+const TOKEN_WAKE: u64 = 1;
+const TOKEN_LISTENER: u64 = 2;
+const TOKEN_CONN0: u64 = 3;
+
+fn conn_token(id: ConnId) -> u64 {
+    TOKEN_CONN0.saturating_add(id.0)
 }
 
 /// The engine thread's state: the pair and everything it does I/O on.
 struct Engine {
     pair: Pair,
+    poller: Poller,
+    /// The last wait's ready list (kept to reuse its allocation).
+    ready: Vec<(u64, Ready)>,
     vrrp: VrrpSocket,
     rx: Vec<u8>,
     listener: Option<Socket>,
@@ -579,8 +620,6 @@ impl Engine {
     }
 
     fn run(mut self) {
-        use nix::poll::{PollFd, PollFlags, ppoll};
-
         loop {
             self.drain();
             self.maybe_publish();
@@ -589,6 +628,7 @@ impl Engine {
                 let _ = done.send(());
                 return;
             }
+            self.rearm();
             let publish = self
                 .dirty
                 .then(|| self.published_at + Duration::from_millis(20));
@@ -596,73 +636,43 @@ impl Engine {
                 .into_iter()
                 .flatten()
                 .min();
-            let timeout = deadline.map(|d| {
-                nix::sys::time::TimeSpec::from_duration(poll_wait(
-                    d.saturating_duration_since(self.now()),
-                ))
-            });
-            let ids: Vec<ConnId> = self.conns.keys().copied().collect();
-            let ready = {
-                let mut fds = vec![
-                    PollFd::new(self.vrrp.fd(), PollFlags::POLLIN),
-                    PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
-                ];
-                if let Some(l) = &self.listener {
-                    fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
-                }
-                for id in &ids {
-                    let c = &self.conns[id];
-                    let mut flags = PollFlags::POLLIN;
-                    if c.connecting || c.sent < c.out.len() {
-                        flags |= PollFlags::POLLOUT;
-                    }
-                    fds.push(PollFd::new(c.socket.as_fd(), flags));
-                }
-                match ppoll(&mut fds, timeout, None) {
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => {
-                        warn!(error = %e, "engine poll");
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                }
-                let skip = 2 + usize::from(self.listener.is_some());
-                let conn_ready: Vec<(ConnId, PollFlags)> = ids
-                    .iter()
-                    .zip(fds.iter().skip(skip))
-                    .map(|(id, fd)| (*id, fd.revents().unwrap_or(PollFlags::empty())))
-                    .collect();
-                let readable = |fd: &PollFd<'_>| {
-                    fd.revents()
-                        .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR))
-                };
-                let listener_ready = self.listener.is_some() && readable(&fds[2]);
-                (
-                    conn_ready,
-                    listener_ready,
-                    readable(&fds[0]),
-                    readable(&fds[1]),
-                )
-            };
+            let timeout = deadline.map(|d| poll_wait(d.saturating_duration_since(self.now())));
+            if let Err(e) = self.poller.wait(timeout) {
+                warn!(error = %e, "engine poll");
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let now = self.now();
             if let Some(d) = self.pair.poll_timeout().filter(|d| *d <= now + DUE_EARLY) {
                 self.clock = self.clock.max(d);
                 self.pair.handle_timeout(self.clock);
             }
-            // Only what poll reported: a read that would block is a
+            // Only what the poller reported: a read that would block is a
             // syscall for nothing, at a hundred wake-ups a second.
-            if ready.2 {
-                self.receive_vrrp();
-            }
-            if ready.1 {
-                self.accept();
-            }
-            for (id, flags) in ready.0 {
-                if !flags.is_empty() {
-                    self.conn_ready(id, flags);
+            let mut ready = std::mem::take(&mut self.ready);
+            ready.clear();
+            ready.extend(self.poller.ready());
+            for &(token, r) in &ready {
+                match token {
+                    TOKEN_VRRP => self.receive_vrrp(),
+                    TOKEN_LISTENER => self.accept(),
+                    TOKEN_WAKE => self.read_inbox(),
+                    t => self.conn_ready(ConnId(t - TOKEN_CONN0), r),
                 }
             }
-            if ready.3 {
-                self.read_inbox();
+            self.ready = ready;
+        }
+    }
+
+    /// Watches each connection for writable only while it has something
+    /// to write (or is connecting).
+    fn rearm(&mut self) {
+        for (id, c) in &mut self.conns {
+            let wants = c.wants();
+            if wants != c.interest {
+                match self.poller.modify(&c.socket, conn_token(*id), wants) {
+                    Ok(()) => c.interest = wants,
+                    Err(e) => warn!(error = %e, conn = id.0, "peer link: poller"),
+                }
             }
         }
     }
@@ -691,8 +701,8 @@ impl Engine {
     }
 
     fn accept(&mut self) {
-        let Some(l) = &self.listener else { return };
         loop {
+            let Some(l) = &self.listener else { return };
             match l.accept() {
                 Ok((sock, from)) => {
                     tune(&sock);
@@ -706,15 +716,7 @@ impl Engine {
                     match self.pair.handle_accepted(tick(&mut self.clock), nonce) {
                         Some(id) => {
                             info!(from = ?from.as_socket(), conn = id.0, "peer link: accepted");
-                            self.conns.insert(
-                                id,
-                                Conn {
-                                    socket: sock,
-                                    connecting: false,
-                                    out: Vec::new(),
-                                    sent: 0,
-                                },
-                            );
+                            self.add_conn(id, Conn::new(sock, false));
                         }
                         None => {
                             info!(from = ?from.as_socket(), "peer link: connection turned away")
@@ -755,24 +757,29 @@ impl Engine {
                 return;
             }
         }
-        self.conns.insert(
-            id,
-            Conn {
-                socket: sock,
-                connecting: true,
-                out: Vec::new(),
-                sent: 0,
-            },
-        );
+        self.add_conn(id, Conn::new(sock, true));
     }
 
-    fn conn_ready(&mut self, id: ConnId, flags: nix::poll::PollFlags) {
-        use nix::poll::PollFlags;
+    /// A connection joins the poller and the table, or is given up.
+    fn add_conn(&mut self, id: ConnId, c: Conn) {
+        if let Err(e) = self.poller.add(&c.socket, conn_token(id), c.interest) {
+            warn!(error = %e, conn = id.0, "peer link: poller");
+            if c.connecting {
+                self.pair.handle_dial_failed(tick(&mut self.clock), id);
+            } else {
+                self.pair.handle_link_closed(tick(&mut self.clock), id);
+            }
+            return;
+        }
+        self.conns.insert(id, c);
+    }
+
+    fn conn_ready(&mut self, id: ConnId, ready: Ready) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
         if c.connecting {
-            if flags.intersects(PollFlags::POLLOUT | PollFlags::POLLERR | PollFlags::POLLHUP) {
+            if ready.write || ready.error {
                 let failed = match c.socket.take_error() {
                     Ok(None) => c.socket.peer_addr().is_err(),
                     _ => true,
@@ -794,7 +801,7 @@ impl Engine {
             }
             return;
         }
-        if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+        if ready.read || ready.error {
             let mut buf = [0u8; 64 * 1024];
             loop {
                 let Some(c) = self.conns.get_mut(&id) else {
@@ -1533,8 +1540,19 @@ pub async fn run(
         (Some(nl), Some(i), true) => Some((nl, i.index)),
         _ => None,
     };
+    let poller = Poller::new().map_err(io_err("creating the engine's poller"))?;
+    poller
+        .add(vrrp.fd(), TOKEN_VRRP, Interest::Read)
+        .and_then(|()| poller.add(wake_rx.as_fd(), TOKEN_WAKE, Interest::Read))
+        .and_then(|()| match &listener {
+            Some(l) => poller.add(l, TOKEN_LISTENER, Interest::Read),
+            None => Ok(()),
+        })
+        .map_err(io_err("creating the engine's poller"))?;
     let engine = Engine {
         pair,
+        poller,
+        ready: Vec::new(),
         rx: vec![0u8; 65_536],
         vrrp,
         listener,

@@ -440,7 +440,8 @@ fn rss_mib(pids: &[u32]) -> f64 {
 
 /// The steady state's cost at 10 ms advertisements, ours beside
 /// keepalived in the same run: CPU per second of both nodes together and
-/// the largest process's memory. A measurement, run by
+/// the largest process's memory. Both pairs run at once, each in its own
+/// namespaces, and are measured over the same window. A measurement, run by
 /// `benches/scripts/steady_state.sh` (not by `cargo test`: a timing is a
 /// bench's job). Ours runs as the node does, with its peer link and sync;
 /// keepalived with its default options.
@@ -457,68 +458,67 @@ fn steady_state_cost_beside_keepalived() {
         .unwrap_or(if long() { 120 } else { 30 });
     let node = node_binary(test).unwrap_or_else(|| PathBuf::from("node"));
     let mut report = Report::default();
-    let bed = Bed::new("steady", 2);
-    let measure = |pids: &[u32]| {
-        // Past the start-up and the first sync round.
-        std::thread::sleep(Duration::from_secs(3));
-        let c0 = cpu_seconds(pids);
-        let t0 = std::time::Instant::now();
-        std::thread::sleep(Duration::from_secs(secs));
-        let per_s = (cpu_seconds(pids) - c0) / t0.elapsed().as_secs_f64();
-        (per_s * 1000.0, rss_mib(pids))
+    // Both pairs run at the same time, each in its own namespaces, so the
+    // machine's other load falls on both alike over the same window.
+    let ours_bed = Bed::new("steady-ours", 2);
+    let ka_bed = Bed::new("steady-ka", 2);
+    // As keepalived runs here: no real-time scheduling, no memory lock.
+    let key = ours_bed.path("steady.key");
+    std::fs::write(&key, "5a".repeat(32)).expect("key file");
+    let cfg = |i: usize, prio| NodeConfig {
+        sync: Some(interop::node::SyncConfig {
+            listen: format!("{}:7001", Bed::v4(i)),
+            peer: format!("{}:7001", Bed::v4(1 - i)),
+            dir: ours_bed.path(&format!("steady-data{i}")),
+            interval_s: 60,
+            key_file: key.clone(),
+        }),
+        realtime: false,
+        ..NodeConfig::v3(prio, 10)
     };
-    let (ours_cpu, ours_rss) = {
-        // As keepalived runs here: no real-time scheduling, no memory lock.
-        let key = bed.path("steady.key");
-        std::fs::write(&key, "5a".repeat(32)).expect("key file");
-        let cfg = |i: usize, prio| NodeConfig {
-            sync: Some(interop::node::SyncConfig {
-                listen: format!("{}:7001", Bed::v4(i)),
-                peer: format!("{}:7001", Bed::v4(1 - i)),
-                dir: bed.path(&format!("steady-data{i}")),
-                interval_s: 60,
-                key_file: key.clone(),
-            }),
-            realtime: false,
-            ..NodeConfig::v3(prio, 10)
-        };
-        let mut pair = [
-            Node::start(&bed, &node, 0, "steady-ours-0", &cfg(0, 200)),
-            Node::start(&bed, &node, 1, "steady-ours-1", &cfg(1, 100)),
-        ];
-        assert!(
-            wait_until(Duration::from_secs(10), || bed.holders(vip()) == [0]),
-            "ours: node 0 did not become Master"
-        );
-        let pids: Vec<u32> = pair.iter().filter_map(Node::pid).collect();
-        let m = measure(&pids);
-        for n in &mut pair {
-            n.stop_graceful();
-        }
-        m
-    };
-    let (ka_cpu, ka_rss) = {
-        let mut ka: Vec<Keepalived> = [(0, 200), (1, 100)]
-            .into_iter()
-            .map(|(i, prio)| {
-                let cfg = KaConfig {
-                    nopreempt: true,
-                    ..KaConfig::v3(prio, 10)
-                };
-                Keepalived::start(&bed, i, &format!("steady-ka-{i}"), &cfg)
-            })
-            .collect();
-        assert!(
-            wait_until(Duration::from_secs(10), || bed.holders(vip()) == [0]),
-            "keepalived: node 0 did not become Master"
-        );
-        let pids: Vec<u32> = ka.iter().flat_map(Keepalived::pids).collect();
-        let m = measure(&pids);
-        for k in &mut ka {
-            k.stop_graceful();
-        }
-        m
-    };
+    let mut ours = [
+        Node::start(&ours_bed, &node, 0, "steady-ours-0", &cfg(0, 200)),
+        Node::start(&ours_bed, &node, 1, "steady-ours-1", &cfg(1, 100)),
+    ];
+    let mut ka: Vec<Keepalived> = [(0, 200), (1, 100)]
+        .into_iter()
+        .map(|(i, prio)| {
+            let cfg = KaConfig {
+                nopreempt: true,
+                ..KaConfig::v3(prio, 10)
+            };
+            Keepalived::start(&ka_bed, i, &format!("steady-ka-{i}"), &cfg)
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(10), || ours_bed.holders(vip()) == [0]),
+        "ours: node 0 did not become Master"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || ka_bed.holders(vip()) == [0]),
+        "keepalived: node 0 did not become Master"
+    );
+    let ours_pids: Vec<u32> = ours.iter().filter_map(Node::pid).collect();
+    let ka_pids: Vec<u32> = ka.iter().flat_map(Keepalived::pids).collect();
+    // Past the start-up and the first sync round.
+    std::thread::sleep(Duration::from_secs(3));
+    let (ours0, ka0) = (cpu_seconds(&ours_pids), cpu_seconds(&ka_pids));
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let (ours1, ka1) = (cpu_seconds(&ours_pids), cpu_seconds(&ka_pids));
+    let elapsed = t0.elapsed().as_secs_f64();
+    let ours_cpu = (ours1 - ours0) * 1000.0 / elapsed;
+    let ka_cpu = (ka1 - ka0) * 1000.0 / elapsed;
+    let (ours_rss, ka_rss) = (rss_mib(&ours_pids), rss_mib(&ka_pids));
+    // Still one Master each: the figures are of a working pair.
+    assert_eq!(ours_bed.holders(vip()), [0], "ours: the Master changed");
+    assert_eq!(ka_bed.holders(vip()), [0], "keepalived: the Master changed");
+    for n in &mut ours {
+        n.stop_graceful();
+    }
+    for k in &mut ka {
+        k.stop_graceful();
+    }
     for (who, cpu, rss, reference) in [
         ("ours", ours_cpu, ours_rss, Some(ka_cpu)),
         ("keepalived", ka_cpu, ka_rss, None),
