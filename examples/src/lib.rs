@@ -20,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod dump;
 pub mod hooks;
+mod link_io;
 pub mod net;
 pub mod node;
 pub mod peer;

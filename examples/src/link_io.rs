@@ -1,0 +1,548 @@
+//! The peer link's I/O apart from any engine, for the node's engine thread
+//! ([`crate::node`], driving the pair engine) and any other driver of the
+//! library's link control (`SyncLink`). Non-blocking sockets
+//! waited on with `ppoll(2)`, a wake-up socket for the thread's inbox, and
+//! the sync worker thread that does the file work. No policy: who dials,
+//! when, which connection is the link and what a sync failure does are the
+//! engines'.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant, SystemTime};
+
+use failover_orchestrator::pair::{ConnId, Pair, SyncLink, SyncOrder, SyncReport, SyncWorker};
+use nix::poll::{PollFd, PollFlags};
+use socket2::{Domain, SockAddr, Socket, Type};
+use sync_delta::FsStore;
+use sync_delta::frame::Nonce;
+use sync_delta::wire::Message;
+use tracing::{info, warn};
+
+/// The inputs an engine takes from the peer link's sockets.
+pub(crate) trait LinkEngine {
+    fn handle_dialed(&mut self, now: Instant, conn: ConnId, nonce: Nonce);
+    fn handle_dial_failed(&mut self, now: Instant, conn: ConnId);
+    fn handle_accepted(&mut self, now: Instant, nonce: Nonce) -> Option<ConnId>;
+    fn handle_link_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]);
+    fn handle_link_closed(&mut self, now: Instant, conn: ConnId);
+}
+
+macro_rules! link_engine {
+    ($t:ty) => {
+        impl LinkEngine for $t {
+            fn handle_dialed(&mut self, now: Instant, conn: ConnId, nonce: Nonce) {
+                <$t>::handle_dialed(self, now, conn, nonce);
+            }
+            fn handle_dial_failed(&mut self, now: Instant, conn: ConnId) {
+                <$t>::handle_dial_failed(self, now, conn);
+            }
+            fn handle_accepted(&mut self, now: Instant, nonce: Nonce) -> Option<ConnId> {
+                <$t>::handle_accepted(self, now, nonce)
+            }
+            fn handle_link_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+                <$t>::handle_link_bytes(self, now, conn, bytes);
+            }
+            fn handle_link_closed(&mut self, now: Instant, conn: ConnId) {
+                <$t>::handle_link_closed(self, now, conn);
+            }
+        }
+    };
+}
+link_engine!(Pair);
+link_engine!(SyncLink);
+
+/// A fresh handshake nonce from the OS.
+pub(crate) fn os_nonce() -> std::io::Result<Nonce> {
+    let mut n = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut n)?;
+    Ok(Nonce(n))
+}
+
+/// No Nagle delay (small messages), and a peer that vanished without a
+/// FIN (power loss) is noticed in seconds: keepalive probes while idle, a
+/// user timeout while data is unacknowledged. The engines' own deadlines
+/// (handshake, heartbeats) notice it sooner; these bound what the kernel
+/// holds.
+fn tune(sock: &Socket) {
+    let _ = sock.set_tcp_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(1))
+        .with_retries(3);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+    let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(10)));
+    let _ = sock.set_nonblocking(true);
+}
+
+/// A non-blocking listener on `addr`.
+///
+/// # Errors
+/// The address cannot be bound.
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&SockAddr::from(addr))?;
+    s.listen(16)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// One connection of the peer link.
+struct Conn {
+    socket: Socket,
+    /// A dial still connecting (non-blocking connect).
+    connecting: bool,
+    out: Vec<u8>,
+    sent: usize,
+}
+
+/// The peer link's listener and connections, numbered by the engine.
+pub(crate) struct Sockets {
+    listener: Option<Socket>,
+    peer: Option<SocketAddr>,
+    conns: HashMap<ConnId, Conn>,
+    /// Bytes the connections have not written yet (the sync worker's
+    /// window counts them).
+    buffered: Arc<AtomicUsize>,
+}
+
+/// What `ppoll` found ready, from [`Sockets::poll_fds`].
+pub(crate) struct Polled {
+    ids: Vec<ConnId>,
+    first: usize,
+    listener: bool,
+}
+
+fn readable(fd: &PollFd<'_>) -> bool {
+    fd.revents()
+        .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR))
+}
+
+impl Sockets {
+    pub(crate) fn new(
+        listener: Option<Socket>,
+        peer: Option<SocketAddr>,
+        buffered: Arc<AtomicUsize>,
+    ) -> Sockets {
+        Sockets {
+            listener,
+            peer,
+            conns: HashMap::new(),
+            buffered,
+        }
+    }
+
+    /// Adds the listener and the connections to `fds` (after what the
+    /// caller put there).
+    pub(crate) fn poll_fds<'a>(&'a self, fds: &mut Vec<PollFd<'a>>) -> Polled {
+        let first = fds.len();
+        if let Some(l) = &self.listener {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in &ids {
+            let c = &self.conns[id];
+            let mut flags = PollFlags::POLLIN;
+            if c.connecting || c.sent < c.out.len() {
+                flags |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(c.socket.as_fd(), flags));
+        }
+        Polled {
+            ids,
+            first,
+            listener: self.listener.is_some(),
+        }
+    }
+
+    /// Whether the listener is readable, and each connection's events.
+    pub(crate) fn ready(polled: &Polled, fds: &[PollFd<'_>]) -> (bool, Vec<(ConnId, PollFlags)>) {
+        let listener = polled.listener && fds.get(polled.first).is_some_and(readable);
+        let skip = polled.first + usize::from(polled.listener);
+        let conns = polled
+            .ids
+            .iter()
+            .zip(fds.iter().skip(skip))
+            .map(|(id, fd)| (*id, fd.revents().unwrap_or(PollFlags::empty())))
+            .filter(|(_, f)| !f.is_empty())
+            .collect();
+        (listener, conns)
+    }
+
+    /// Accepts every waiting connection.
+    pub(crate) fn accept(&mut self, engine: &mut impl LinkEngine, now: Instant) {
+        let Some(l) = &self.listener else { return };
+        loop {
+            match l.accept() {
+                Ok((sock, from)) => {
+                    tune(&sock);
+                    let nonce = match os_nonce() {
+                        Ok(n) => n,
+                        Err(e) => {
+                            warn!(error = %e, "no nonce from the OS; connection refused");
+                            continue;
+                        }
+                    };
+                    match engine.handle_accepted(now, nonce) {
+                        Some(id) => {
+                            info!(from = ?from.as_socket(), conn = id.0, "peer link: accepted");
+                            self.conns.insert(
+                                id,
+                                Conn {
+                                    socket: sock,
+                                    connecting: false,
+                                    out: Vec::new(),
+                                    sent: 0,
+                                },
+                            );
+                        }
+                        None => {
+                            info!(from = ?from.as_socket(), "peer link: connection turned away");
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    warn!(error = %e, "peer link: accept");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn dial_failed(&mut self, engine: &mut impl LinkEngine, now: Instant, id: ConnId, why: String) {
+        info!(error = %why, conn = id.0, "peer link: dial failed");
+        engine.handle_dial_failed(now, id);
+    }
+
+    /// Starts the dial the engine asked for (a non-blocking connect).
+    pub(crate) fn dial(&mut self, engine: &mut impl LinkEngine, now: Instant, id: ConnId) {
+        let Some(addr) = self.peer else {
+            self.dial_failed(engine, now, id, "no peer address".into());
+            return;
+        };
+        let sock = match Socket::new(Domain::for_address(addr), Type::STREAM, None) {
+            Ok(s) => s,
+            Err(e) => {
+                self.dial_failed(engine, now, id, format!("socket: {e}"));
+                return;
+            }
+        };
+        tune(&sock);
+        match sock.connect(&SockAddr::from(addr)) {
+            Ok(()) => {}
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINPROGRESS)
+                    || e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                self.dial_failed(engine, now, id, format!("connect to {addr}: {e}"));
+                return;
+            }
+        }
+        self.conns.insert(
+            id,
+            Conn {
+                socket: sock,
+                connecting: true,
+                out: Vec::new(),
+                sent: 0,
+            },
+        );
+    }
+
+    /// A dial that is still connecting: finishes it when `flags` say so.
+    /// Returns false when the connection is established (or gone) and the
+    /// caller may read it.
+    pub(crate) fn connect_ready(
+        &mut self,
+        engine: &mut impl LinkEngine,
+        now: Instant,
+        id: ConnId,
+        flags: PollFlags,
+    ) -> bool {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return true;
+        };
+        if !c.connecting {
+            return false;
+        }
+        if flags.intersects(PollFlags::POLLOUT | PollFlags::POLLERR | PollFlags::POLLHUP) {
+            let error = match c.socket.take_error() {
+                Ok(None) => c.socket.peer_addr().err(),
+                Ok(Some(e)) | Err(e) => Some(e),
+            };
+            if let Some(e) = error {
+                self.conns.remove(&id);
+                let to = self.peer.map_or_else(String::new, |a| a.to_string());
+                self.dial_failed(engine, now, id, format!("connect to {to}: {e}"));
+                return true;
+            }
+            c.connecting = false;
+            match os_nonce() {
+                Ok(n) => engine.handle_dialed(now, id, n),
+                Err(e) => {
+                    self.conns.remove(&id);
+                    self.dial_failed(engine, now, id, format!("no nonce from the OS: {e}"));
+                }
+            }
+        }
+        true
+    }
+
+    /// Reads once from a readable connection into the engine. Returns true
+    /// when there may be more to read (drain the engine, then call again).
+    pub(crate) fn read(&mut self, engine: &mut impl LinkEngine, now: Instant, id: ConnId) -> bool {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return false;
+            };
+            match (&c.socket).read(&mut buf) {
+                Ok(0) => {
+                    self.close(engine, now, id);
+                    return false;
+                }
+                Ok(n) => {
+                    engine.handle_link_bytes(now, id, &buf[..n]);
+                    return true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    info!(error = %e, conn = id.0, "peer link: read");
+                    self.close(engine, now, id);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Queues bytes the engine asked to send, and writes what the
+    /// connection takes now.
+    pub(crate) fn send(
+        &mut self,
+        engine: &mut impl LinkEngine,
+        now: Instant,
+        id: ConnId,
+        bytes: &[u8],
+    ) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.out.extend_from_slice(bytes);
+        }
+        self.flush(engine, now, id);
+    }
+
+    /// Writes what the connection can take now.
+    pub(crate) fn flush(&mut self, engine: &mut impl LinkEngine, now: Instant, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.connecting {
+            return;
+        }
+        while c.sent < c.out.len() {
+            match (&c.socket).write(&c.out[c.sent..]) {
+                Ok(n) => c.sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    info!(error = %e, conn = id.0, "peer link: write");
+                    self.close(engine, now, id);
+                    return;
+                }
+            }
+        }
+        if c.sent == c.out.len() {
+            c.out.clear();
+            c.sent = 0;
+        }
+        self.account();
+    }
+
+    fn account(&self) {
+        let buffered: usize = self.conns.values().map(|c| c.out.len() - c.sent).sum();
+        self.buffered.store(buffered, Ordering::Relaxed);
+    }
+
+    /// Closes the connection and tells the engine.
+    pub(crate) fn close(&mut self, engine: &mut impl LinkEngine, now: Instant, id: ConnId) {
+        if let Some(c) = self.conns.remove(&id) {
+            let _ = c.socket.shutdown(std::net::Shutdown::Both);
+        }
+        self.account();
+        engine.handle_link_closed(now, id);
+    }
+
+    /// Shuts every connection down (the thread is stopping).
+    pub(crate) fn shut_all(&mut self) {
+        for (_, c) in self.conns.drain() {
+            let _ = c.socket.shutdown(std::net::Shutdown::Both);
+        }
+        self.account();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A thread's inbox
+
+/// The sending side of a thread's inbox: a channel, and a datagram socket
+/// pair whose byte wakes the thread's `ppoll`.
+pub(crate) struct InboxTx<T> {
+    tx: mpsc::Sender<T>,
+    wake: Arc<UnixDatagram>,
+}
+
+impl<T> Clone for InboxTx<T> {
+    fn clone(&self) -> Self {
+        InboxTx {
+            tx: self.tx.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+}
+
+impl<T> InboxTx<T> {
+    /// False when the thread is gone.
+    pub(crate) fn send(&self, m: T) -> bool {
+        let ok = self.tx.send(m).is_ok();
+        // A full wake buffer already wakes the thread: ignore that error.
+        let _ = self.wake.send(&[1]);
+        ok
+    }
+}
+
+/// The receiving side: poll [`Inbox::wake`], then [`Inbox::drain`].
+pub(crate) struct Inbox<T> {
+    rx: mpsc::Receiver<T>,
+    pub(crate) wake: UnixDatagram,
+}
+
+impl<T> Inbox<T> {
+    /// A new inbox and its sender.
+    ///
+    /// # Errors
+    /// The socket pair cannot be made.
+    pub(crate) fn new() -> std::io::Result<(InboxTx<T>, Inbox<T>)> {
+        let (a, b) = UnixDatagram::pair()?;
+        a.set_nonblocking(true)?;
+        b.set_nonblocking(true)?;
+        let (tx, rx) = mpsc::channel();
+        Ok((
+            InboxTx {
+                tx,
+                wake: Arc::new(a),
+            },
+            Inbox { rx, wake: b },
+        ))
+    }
+
+    /// Clears the wake-up bytes and takes the next message.
+    pub(crate) fn next(&self) -> Option<T> {
+        let mut buf = [0u8; 64];
+        while self.wake.recv(&mut buf).is_ok() {}
+        self.rx.try_recv().ok()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The sync worker thread
+
+/// What the sync worker thread is given.
+pub(crate) enum ToWorker {
+    Order(SyncOrder),
+    Stop,
+}
+
+/// What the sync worker thread hands back: a message for the link (with
+/// its encoded length, counted in the window until the engine takes it)
+/// or a report.
+pub(crate) enum FromWorker {
+    Message(Message, usize),
+    Report(SyncReport),
+}
+
+/// Bytes of sync messages the source may have queued towards the link
+/// (in the engine's inbox or a connection's send buffer) before it waits.
+const SEND_WINDOW: usize = 4 << 20;
+
+/// Runs the [`SyncWorker`] and its [`FsStore`] on a thread of their own:
+/// scans, hashing and applying block only it. `queued` counts the bytes
+/// of messages handed to `out` that the engine has not taken yet,
+/// `buffered` those the connections have not written: together they are
+/// the source's send window.
+///
+/// # Errors
+/// The thread cannot be spawned.
+pub(crate) fn spawn_worker(
+    mut worker: SyncWorker,
+    mut store: FsStore,
+    orders: mpsc::Receiver<ToWorker>,
+    out: impl Fn(FromWorker) -> bool + Send + 'static,
+    queued: Arc<AtomicUsize>,
+    buffered: Arc<AtomicUsize>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("sync".into())
+        .spawn(move || {
+            let mut more = false;
+            loop {
+                let now = Instant::now();
+                // Wait for an order, the session's deadline, or (when the
+                // link's queue was full) room to send more.
+                let mut wait = worker
+                    .poll_timeout()
+                    .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
+                if more {
+                    wait = wait.min(Duration::from_millis(2));
+                }
+                match orders.recv_timeout(wait) {
+                    Ok(ToWorker::Order(o)) => {
+                        worker.handle_order(Instant::now(), SystemTime::now(), o, &mut store);
+                        while let Ok(next) = orders.try_recv() {
+                            match next {
+                                ToWorker::Order(o) => {
+                                    worker.handle_order(
+                                        Instant::now(),
+                                        SystemTime::now(),
+                                        o,
+                                        &mut store,
+                                    );
+                                }
+                                ToWorker::Stop => return,
+                            }
+                        }
+                    }
+                    Ok(ToWorker::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                }
+                let now = Instant::now();
+                if worker.poll_timeout().is_some_and(|t| t <= now) {
+                    worker.handle_timeout(now, &mut store);
+                }
+                more = false;
+                while queued.load(Ordering::Relaxed) + buffered.load(Ordering::Relaxed)
+                    < SEND_WINDOW
+                {
+                    let Some(m) = worker.poll_transmit(Instant::now(), &mut store) else {
+                        break;
+                    };
+                    let len = m.encoded_len();
+                    queued.fetch_add(len, Ordering::Relaxed);
+                    if !out(FromWorker::Message(m, len)) {
+                        return;
+                    }
+                    more = true;
+                }
+                while let Some(r) = worker.poll_report() {
+                    if !out(FromWorker::Report(r)) {
+                        return;
+                    }
+                }
+            }
+        })
+}
