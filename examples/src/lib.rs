@@ -12,8 +12,9 @@
 //!   are carried out.
 //! - [`demo`]: in-process services and simulated phones for the `pair`
 //!   demo and tests.
-//! - [`peer`]: the authenticated TCP peer link carrying sync rounds and
-//!   the orchestrator's peer messages.
+//! - [`peer`]: the `sync` tool's peer link, a thin driver of the pair
+//!   engine's `SyncLink` and `SyncWorker` (sockets and threads shared with
+//!   [`node`]).
 
 pub mod capture;
 pub mod config;

@@ -1,6 +1,6 @@
-//! The peer link's I/O apart from any engine, for the node's engine thread
-//! ([`crate::node`], driving the pair engine) and any other driver of the
-//! library's link control (`SyncLink`). Non-blocking sockets
+//! The I/O both peer-link drivers share: the node's engine thread
+//! ([`crate::node`], driving the pair engine) and the sync tool's link
+//! thread ([`crate::peer`], driving `SyncLink`). Non-blocking sockets
 //! waited on with `ppoll(2)`, a wake-up socket for the thread's inbox, and
 //! the sync worker thread that does the file work. No policy: who dials,
 //! when, which connection is the link and what a sync failure does are the
@@ -109,6 +109,8 @@ pub(crate) struct Sockets {
     /// Bytes the connections have not written yet (the sync worker's
     /// window counts them).
     buffered: Arc<AtomicUsize>,
+    /// Why the last dial failed, for a tool that reports it.
+    last_dial_error: Option<(ConnId, String)>,
 }
 
 /// What `ppoll` found ready, from [`Sockets::poll_fds`].
@@ -134,6 +136,7 @@ impl Sockets {
             peer,
             conns: HashMap::new(),
             buffered,
+            last_dial_error: None,
         }
     }
 
@@ -217,6 +220,7 @@ impl Sockets {
 
     fn dial_failed(&mut self, engine: &mut impl LinkEngine, now: Instant, id: ConnId, why: String) {
         info!(error = %why, conn = id.0, "peer link: dial failed");
+        self.last_dial_error = Some((id, why));
         engine.handle_dial_failed(now, id);
     }
 
@@ -253,6 +257,17 @@ impl Sockets {
                 sent: 0,
             },
         );
+    }
+
+    /// Why dial `id` failed, if it was the last one that did.
+    pub(crate) fn take_dial_error(&mut self, id: ConnId) -> Option<String> {
+        match self.last_dial_error.take() {
+            Some((d, why)) if d == id => Some(why),
+            other => {
+                self.last_dial_error = other;
+                None
+            }
+        }
     }
 
     /// A dial that is still connecting: finishes it when `flags` say so.
@@ -384,6 +399,11 @@ impl Sockets {
             let _ = c.socket.shutdown(std::net::Shutdown::Both);
         }
         self.account();
+    }
+
+    /// The connections' ids.
+    pub(crate) fn ids(&self) -> Vec<ConnId> {
+        self.conns.keys().copied().collect()
     }
 }
 
