@@ -158,8 +158,8 @@ async fn serve(config: PeerConfig) -> Result<ExitCode, String> {
             PeerEvent::Listening(a) => eprintln!("listening on {a}"),
             PeerEvent::Connected => eprintln!("replica connected"),
             PeerEvent::Disconnected => eprintln!("replica disconnected"),
-            PeerEvent::Served { generation, .. } => {
-                eprintln!("replica confirmed generation {generation}");
+            PeerEvent::Status(st) => {
+                eprintln!("replica confirmed generation {}", st.number);
             }
             PeerEvent::LinkFailed(e) | PeerEvent::Error(e) => eprintln!("warning: {e}"),
             PeerEvent::Fatal(e) => return Err(e),
@@ -170,7 +170,9 @@ async fn serve(config: PeerConfig) -> Result<ExitCode, String> {
 }
 
 async fn pull(config: PeerConfig, once: bool) -> Result<ExitCode, String> {
-    let (cmds, mut events) = peer::spawn(config, SyncRole::Replica);
+    // The replica's first round starts as soon as the link is up, the next
+    // ones every interval: the library's schedule.
+    let (cmds, mut events) = peer::spawn(config, SyncRole::Replica { periodic: true });
     let result = loop {
         let Some(e) = events.recv().await else {
             break Err("the peer link stopped".into());
@@ -191,7 +193,7 @@ async fn pull(config: PeerConfig, once: bool) -> Result<ExitCode, String> {
                 }
             }
             PeerEvent::RoundDone(s) => {
-                println!("{}", s.to_json());
+                println!("{}", peer::summary_json(&s));
                 if once {
                     break Ok(ExitCode::SUCCESS);
                 }

@@ -12,14 +12,16 @@
 //!   are carried out; [`poller`] the engine thread's epoll wait.
 //! - [`demo`]: in-process services and simulated phones for the `pair`
 //!   demo and tests.
-//! - [`peer`]: the authenticated TCP peer link carrying sync rounds and
-//!   the orchestrator's peer messages.
+//! - [`peer`]: the `sync` tool's peer link, a thin driver of the pair
+//!   engine's `SyncLink` and `SyncWorker` (sockets and threads shared with
+//!   [`node`]).
 
 pub mod capture;
 pub mod config;
 pub mod demo;
 pub mod dump;
 pub mod hooks;
+mod link_io;
 pub mod net;
 pub mod node;
 pub mod peer;

@@ -4,7 +4,7 @@
 //! carries out.
 //!
 //! Threads and tasks:
-//! - the **engine thread** owns the [`Pair`] and waits in `ppoll(2)` on the
+//! - the **engine thread** owns the [`Pair`] and waits in one epoll set on the
 //!   VRRP socket, the peer link's listener and connections and a wake-up
 //!   socket, with the engine's deadline as a nanosecond timeout (optionally
 //!   SCHED_FIFO), so that nothing else (file hashing, HTTP, process spawns)
@@ -20,11 +20,8 @@
 //! - the status API ([`crate::status`]) reads a snapshot the engine thread
 //!   publishes after every batch of work.
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsFd;
-use std::os::unix::net::UnixDatagram;
+use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
@@ -39,19 +36,18 @@ use failover_orchestrator::{
     PhoneId, PreflightError, Redundancy, ServiceId, ServiceSpec,
 };
 use serde::Serialize;
-use socket2::{Domain, SockAddr, Socket, Type};
 use sync_delta::FsStore;
-use sync_delta::frame::{Nonce, PreSharedKey};
-use sync_delta::wire::Message;
+use sync_delta::frame::PreSharedKey;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 use vrrp_fsm::State;
 
 use crate::config::{NodeConfig, Transport};
 use crate::hooks::{Hooks, Readiness};
+use crate::link_io::{self, FromWorker, InboxTx, Sockets, ToWorker, Woken};
 use crate::net::Netlink;
 use crate::phones::Phone;
-use crate::poller::{Interest, Poller, Ready};
+use crate::poller::Ready;
 use crate::vrrp_io::{Received, VrrpSocket};
 
 /// Why the node could not start or had to stop.
@@ -275,7 +271,7 @@ fn open_socket(spec: &SocketSpec) -> std::io::Result<VrrpSocket> {
     }
 }
 
-/// How long to ask `ppoll` to wait for a deadline `left` away. The kernel
+/// How long to ask the poller to wait for a deadline `left` away. The kernel
 /// may end a poll late by its timer slack (0.1 % of the timeout, at least
 /// 50 µs, for threads that are not real-time): asking that much less lands
 /// the wake-up at the deadline or just before it, which the loop takes as
@@ -299,6 +295,10 @@ fn tick(clock: &mut Instant) -> Instant {
 /// instant, never an earlier one (the engine thread's clock only moves
 /// forward), and an advertisement leaves at most this much early.
 const DUE_EARLY: Duration = Duration::from_micros(100);
+
+/// The engine thread's own descriptors in its poller.
+const TOKEN_VRRP: u64 = 0;
+const TOKEN_WAKE: u64 = 1;
 
 /// How a node stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,185 +391,35 @@ enum Inbox {
     Result(CommandId, CommandOutcome),
     Registered(PhoneId),
     Operator(OperatorRequest, ApiReply),
-    SyncMessage(Message, usize),
-    SyncReport(SyncReport),
+    Worker(FromWorker),
     Stop(Stop, oneshot::Sender<()>),
 }
 
-/// The sending side of the engine thread's inbox: a channel, and a datagram
-/// socket pair whose byte wakes its `ppoll`.
-#[derive(Clone)]
-struct EngineTx {
-    tx: std_mpsc::Sender<Inbox>,
-    wake: Arc<UnixDatagram>,
-}
-
-impl EngineTx {
-    fn send(&self, m: Inbox) -> bool {
-        let ok = self.tx.send(m).is_ok();
-        // A full wake buffer already wakes the thread: ignore that error.
-        let _ = self.wake.send(&[1]);
-        ok
-    }
-}
+/// The sending side of the engine thread's inbox.
+type EngineTx = InboxTx<Inbox>;
 
 /// What the engine thread asks of the main task.
 enum ToMain {
     Command(Issued),
 }
 
-/// What the sync worker thread is given.
-enum ToWorker {
-    Order(SyncOrder),
-    Stop,
-}
-
-/// Bytes of sync messages the source may have queued towards the link
-/// (in the engine's inbox or a connection's send buffer) before it waits.
-const SEND_WINDOW: usize = 4 << 20;
-
-// ---------------------------------------------------------------------------
-// The sync worker thread
-
-fn spawn_worker(
-    mut worker: SyncWorker,
-    mut store: FsStore,
-    orders: std_mpsc::Receiver<ToWorker>,
-    engine: EngineTx,
-    queued: Arc<AtomicUsize>,
-    buffered: Arc<AtomicUsize>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("sync".into())
-        .spawn(move || {
-            let mut more = false;
-            loop {
-                let now = Instant::now();
-                // Wait for an order, the session's deadline, or (when the
-                // link's queue was full) room to send more.
-                let mut wait = worker
-                    .poll_timeout()
-                    .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
-                if more {
-                    wait = wait.min(Duration::from_millis(2));
-                }
-                match orders.recv_timeout(wait) {
-                    Ok(ToWorker::Order(o)) => {
-                        worker.handle_order(Instant::now(), SystemTime::now(), o, &mut store);
-                        while let Ok(next) = orders.try_recv() {
-                            match next {
-                                ToWorker::Order(o) => {
-                                    worker.handle_order(
-                                        Instant::now(),
-                                        SystemTime::now(),
-                                        o,
-                                        &mut store,
-                                    );
-                                }
-                                ToWorker::Stop => return,
-                            }
-                        }
-                    }
-                    Ok(ToWorker::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
-                    Err(std_mpsc::RecvTimeoutError::Timeout) => {}
-                }
-                let now = Instant::now();
-                if worker.poll_timeout().is_some_and(|t| t <= now) {
-                    worker.handle_timeout(now, &mut store);
-                }
-                more = false;
-                while queued.load(Ordering::Relaxed) + buffered.load(Ordering::Relaxed)
-                    < SEND_WINDOW
-                {
-                    let Some(m) = worker.poll_transmit(Instant::now(), &mut store) else {
-                        break;
-                    };
-                    let len = m.encoded_len();
-                    queued.fetch_add(len, Ordering::Relaxed);
-                    if !engine.send(Inbox::SyncMessage(m, len)) {
-                        return;
-                    }
-                    more = true;
-                }
-                while let Some(r) = worker.poll_report() {
-                    if !engine.send(Inbox::SyncReport(r)) {
-                        return;
-                    }
-                }
-            }
-        })
-}
-
 // ---------------------------------------------------------------------------
 // The engine thread
-
-/// One connection of the peer link.
-struct Conn {
-    socket: Socket,
-    /// A dial still connecting (non-blocking connect).
-    connecting: bool,
-    out: Vec<u8>,
-    sent: usize,
-    /// What the poller watches it for.
-    interest: Interest,
-}
-
-impl Conn {
-    fn new(socket: Socket, connecting: bool) -> Conn {
-        Conn {
-            socket,
-            connecting,
-            out: Vec::new(),
-            sent: 0,
-            // A dial in progress is watched for writable (connected).
-            interest: if connecting {
-                Interest::ReadWrite
-            } else {
-                Interest::Read
-            },
-        }
-    }
-
-    fn wants(&self) -> Interest {
-        if self.connecting || self.sent < self.out.len() {
-            Interest::ReadWrite
-        } else {
-            Interest::Read
-        }
-    }
-}
-
-/// The poller's tokens: the fixed sockets, then one per connection.
-const TOKEN_VRRP: u64 = 0;
-const TOKEN_WAKE: u64 = 1;
-const TOKEN_LISTENER: u64 = 2;
-const TOKEN_CONN0: u64 = 3;
-
-fn conn_token(id: ConnId) -> u64 {
-    TOKEN_CONN0.saturating_add(id.0)
-}
 
 /// The engine thread's state: the pair and everything it does I/O on.
 struct Engine {
     pair: Pair,
-    poller: Poller,
-    /// The last wait's ready list (kept to reuse its allocation).
-    ready: Vec<(u64, Ready)>,
     vrrp: VrrpSocket,
     rx: Vec<u8>,
-    listener: Option<Socket>,
-    peer_addr: Option<SocketAddr>,
-    conns: HashMap<ConnId, Conn>,
+    /// The peer link's listener and connections.
+    sockets: Sockets,
     garp: Option<GarpSpec>,
     state_dir: PathBuf,
-    inbox: std_mpsc::Receiver<Inbox>,
-    wake: UnixDatagram,
+    inbox: link_io::Inbox<Inbox>,
     to_main: mpsc::UnboundedSender<ToMain>,
     to_worker: Option<std_mpsc::Sender<ToWorker>>,
     /// Bytes of sync messages from the worker not yet handed to the pair.
     queued: Arc<AtomicUsize>,
-    /// Bytes the connections have not written yet.
-    buffered: Arc<AtomicUsize>,
     snapshot: Arc<Mutex<Snapshot>>,
     hooks: Arc<dyn Hooks>,
     config: NodeConfig,
@@ -592,34 +442,13 @@ fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// A fresh handshake nonce from the OS.
-fn os_nonce() -> std::io::Result<Nonce> {
-    let mut n = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut n)?;
-    Ok(Nonce(n))
-}
-
-/// No Nagle delay (small messages), and a peer that vanished without a
-/// FIN (power loss) is noticed in seconds: keepalive probes while idle, a
-/// user timeout while data is unacknowledged. The pair engine's beacons
-/// and heartbeats notice it sooner; these bound what the kernel holds.
-fn tune(sock: &Socket) {
-    let _ = sock.set_tcp_nodelay(true);
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(5))
-        .with_interval(Duration::from_secs(1))
-        .with_retries(3);
-    let _ = sock.set_tcp_keepalive(&keepalive);
-    let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(10)));
-    let _ = sock.set_nonblocking(true);
-}
-
 impl Engine {
     fn now(&mut self) -> Instant {
         tick(&mut self.clock)
     }
 
     fn run(mut self) {
+        let mut woken = Woken::default();
         loop {
             self.drain();
             self.maybe_publish();
@@ -628,7 +457,6 @@ impl Engine {
                 let _ = done.send(());
                 return;
             }
-            self.rearm();
             let publish = self
                 .dirty
                 .then(|| self.published_at + Duration::from_millis(20));
@@ -637,10 +465,7 @@ impl Engine {
                 .flatten()
                 .min();
             let timeout = deadline.map(|d| poll_wait(d.saturating_duration_since(self.now())));
-            if let Err(e) = self.poller.wait(timeout) {
-                warn!(error = %e, "engine poll");
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            self.sockets.wait(timeout, &mut woken);
             let now = self.now();
             if let Some(d) = self.pair.poll_timeout().filter(|d| *d <= now + DUE_EARLY) {
                 self.clock = self.clock.max(d);
@@ -648,31 +473,19 @@ impl Engine {
             }
             // Only what the poller reported: a read that would block is a
             // syscall for nothing, at a hundred wake-ups a second.
-            let mut ready = std::mem::take(&mut self.ready);
-            ready.clear();
-            ready.extend(self.poller.ready());
-            for &(token, r) in &ready {
+            for &token in &woken.own {
                 match token {
                     TOKEN_VRRP => self.receive_vrrp(),
-                    TOKEN_LISTENER => self.accept(),
-                    TOKEN_WAKE => self.read_inbox(),
-                    t => self.conn_ready(ConnId(t - TOKEN_CONN0), r),
+                    _ => self.read_inbox(),
                 }
             }
-            self.ready = ready;
-        }
-    }
-
-    /// Watches each connection for writable only while it has something
-    /// to write (or is connecting).
-    fn rearm(&mut self) {
-        for (id, c) in &mut self.conns {
-            let wants = c.wants();
-            if wants != c.interest {
-                match self.poller.modify(&c.socket, conn_token(*id), wants) {
-                    Ok(()) => c.interest = wants,
-                    Err(e) => warn!(error = %e, conn = id.0, "peer link: poller"),
-                }
+            if woken.listener {
+                let now = self.now();
+                self.sockets.accept(&mut self.pair, now);
+                self.drain();
+            }
+            for &(id, ready) in &woken.conns {
+                self.conn_ready(id, ready);
             }
         }
     }
@@ -700,182 +513,26 @@ impl Engine {
         self.drain();
     }
 
-    fn accept(&mut self) {
-        loop {
-            let Some(l) = &self.listener else { return };
-            match l.accept() {
-                Ok((sock, from)) => {
-                    tune(&sock);
-                    let nonce = match os_nonce() {
-                        Ok(n) => n,
-                        Err(e) => {
-                            warn!(error = %e, "no nonce from the OS; connection refused");
-                            continue;
-                        }
-                    };
-                    match self.pair.handle_accepted(tick(&mut self.clock), nonce) {
-                        Some(id) => {
-                            info!(from = ?from.as_socket(), conn = id.0, "peer link: accepted");
-                            self.add_conn(id, Conn::new(sock, false));
-                        }
-                        None => {
-                            info!(from = ?from.as_socket(), "peer link: connection turned away")
-                        }
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    warn!(error = %e, "peer link: accept");
-                    break;
-                }
-            }
-        }
-    }
-
-    fn dial(&mut self, id: ConnId) {
-        let Some(addr) = self.peer_addr else {
-            self.pair.handle_dial_failed(tick(&mut self.clock), id);
-            return;
-        };
-        let sock = match Socket::new(Domain::for_address(addr), Type::STREAM, None) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "peer link: socket");
-                self.pair.handle_dial_failed(tick(&mut self.clock), id);
-                return;
-            }
-        };
-        tune(&sock);
-        match sock.connect(&SockAddr::from(addr)) {
-            Ok(()) => {}
-            Err(e)
-                if e.raw_os_error() == Some(libc::EINPROGRESS)
-                    || e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                info!(error = %e, peer = %addr, "peer link: dial failed");
-                self.pair.handle_dial_failed(tick(&mut self.clock), id);
-                return;
-            }
-        }
-        self.add_conn(id, Conn::new(sock, true));
-    }
-
-    /// A connection joins the poller and the table, or is given up.
-    fn add_conn(&mut self, id: ConnId, c: Conn) {
-        if let Err(e) = self.poller.add(&c.socket, conn_token(id), c.interest) {
-            warn!(error = %e, conn = id.0, "peer link: poller");
-            if c.connecting {
-                self.pair.handle_dial_failed(tick(&mut self.clock), id);
-            } else {
-                self.pair.handle_link_closed(tick(&mut self.clock), id);
-            }
-            return;
-        }
-        self.conns.insert(id, c);
-    }
-
     fn conn_ready(&mut self, id: ConnId, ready: Ready) {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        if c.connecting {
-            if ready.write || ready.error {
-                let failed = match c.socket.take_error() {
-                    Ok(None) => c.socket.peer_addr().is_err(),
-                    _ => true,
-                };
-                if failed {
-                    self.conns.remove(&id);
-                    self.pair.handle_dial_failed(tick(&mut self.clock), id);
-                    return;
-                }
-                c.connecting = false;
-                match os_nonce() {
-                    Ok(n) => self.pair.handle_dialed(tick(&mut self.clock), id, n),
-                    Err(e) => {
-                        warn!(error = %e, "no nonce from the OS");
-                        self.conns.remove(&id);
-                        self.pair.handle_dial_failed(tick(&mut self.clock), id);
-                    }
-                }
-            }
+        let now = self.now();
+        if self.sockets.connect_ready(&mut self.pair, now, id, ready) {
             return;
         }
         if ready.read || ready.error {
-            let mut buf = [0u8; 64 * 1024];
             loop {
-                let Some(c) = self.conns.get_mut(&id) else {
-                    return;
-                };
-                match (&c.socket).read(&mut buf) {
-                    Ok(0) => {
-                        self.close(id);
-                        return;
-                    }
-                    Ok(n) => {
-                        self.pair
-                            .handle_link_bytes(tick(&mut self.clock), id, &buf[..n]);
-                        self.drain();
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        info!(error = %e, conn = id.0, "peer link: read");
-                        self.close(id);
-                        return;
-                    }
+                let now = self.now();
+                if !self.sockets.read(&mut self.pair, now, id) {
+                    break;
                 }
+                self.drain();
             }
         }
-        self.flush(id);
-    }
-
-    /// Writes what the connection can take now.
-    fn flush(&mut self, id: ConnId) {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        if c.connecting {
-            return;
-        }
-        while c.sent < c.out.len() {
-            match (&c.socket).write(&c.out[c.sent..]) {
-                Ok(n) => c.sent += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    info!(error = %e, conn = id.0, "peer link: write");
-                    self.close(id);
-                    return;
-                }
-            }
-        }
-        if c.sent == c.out.len() {
-            c.out.clear();
-            c.sent = 0;
-        }
-        self.account();
-    }
-
-    /// The sync worker's window: what the connections have not written
-    /// yet counts against it.
-    fn account(&self) {
-        let buffered: usize = self.conns.values().map(|c| c.out.len() - c.sent).sum();
-        self.buffered.store(buffered, Ordering::Relaxed);
-    }
-
-    fn close(&mut self, id: ConnId) {
-        if let Some(c) = self.conns.remove(&id) {
-            let _ = c.socket.shutdown(std::net::Shutdown::Both);
-        }
-        self.account();
-        self.pair.handle_link_closed(tick(&mut self.clock), id);
+        let now = self.now();
+        self.sockets.flush(&mut self.pair, now, id);
     }
 
     fn read_inbox(&mut self) {
-        let mut buf = [0u8; 64];
-        while self.wake.recv(&mut buf).is_ok() {}
-        while let Ok(m) = self.inbox.try_recv() {
+        while let Some(m) = self.inbox.next() {
             self.dirty = true;
             let now = self.now();
             match m {
@@ -888,11 +545,11 @@ impl Engine {
                         .map_err(Refused::from);
                     let _ = reply.send(r);
                 }
-                Inbox::SyncMessage(m, len) => {
+                Inbox::Worker(FromWorker::Message(m, len)) => {
                     self.queued.fetch_sub(len, Ordering::Relaxed);
                     self.pair.handle_sync_message(now, &m);
                 }
-                Inbox::SyncReport(r) => self.pair.handle_sync_report(now, r),
+                Inbox::Worker(FromWorker::Report(r)) => self.pair.handle_sync_report(now, r),
                 Inbox::Stop(how, done) => self.stop = Some((how, done)),
             }
             self.drain();
@@ -942,16 +599,18 @@ impl Engine {
                         let _ = self.to_main.send(ToMain::Command(issued));
                     }
                 }
-                Output::Dial(id) => self.dial(id),
+                Output::Dial(id) => {
+                    let now = self.now();
+                    self.sockets.dial(&mut self.pair, now, id);
+                }
                 Output::Send { conn, bytes } => {
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        c.out.extend_from_slice(&bytes);
-                    }
-                    self.flush(conn);
+                    let now = self.now();
+                    self.sockets.send(&mut self.pair, now, conn, &bytes);
                 }
                 Output::Close { conn, reason } => {
                     info!(conn = conn.0, ?reason, "peer link: closing");
-                    self.close(conn);
+                    let now = self.now();
+                    self.sockets.close(&mut self.pair, now, conn);
                 }
                 Output::Sync(order) => match &self.to_worker {
                     Some(w) => {
@@ -1082,11 +741,7 @@ impl Engine {
             self.pair.handle_shutdown(tick(&mut self.clock));
             self.drain();
         }
-        for id in self.conns.keys().copied().collect::<Vec<_>>() {
-            if let Some(c) = self.conns.remove(&id) {
-                let _ = c.socket.shutdown(std::net::Shutdown::Both);
-            }
-        }
+        self.sockets.shut_all();
         if let Some(w) = &self.to_worker {
             let _ = w.send(ToWorker::Stop);
         }
@@ -1458,14 +1113,7 @@ pub async fn run(
                 what: format!("opening {}", sync.dir.display()),
                 source: std::io::Error::other(e.to_string()),
             })?;
-            let listener = Socket::new(Domain::for_address(sync.listen), Type::STREAM, None)
-                .and_then(|s| {
-                    s.set_reuse_address(true)?;
-                    s.bind(&SockAddr::from(sync.listen))?;
-                    s.listen(16)?;
-                    s.set_nonblocking(true)?;
-                    Ok(s)
-                })
+            let listener = link_io::listen(sync.listen)
                 .map_err(io_err(format!("peer link listener on {}", sync.listen)))?;
             let link = LinkConfig::new(
                 PreSharedKey::from_secret(&key),
@@ -1481,7 +1129,7 @@ pub async fn run(
         _ => {
             // No peer link: this end never dials and nobody can prove a
             // key made of fresh OS randomness.
-            let secret = os_nonce().map_err(io_err("a key from the OS"))?;
+            let secret = link_io::os_nonce().map_err(io_err("a key from the OS"))?;
             (
                 LinkConfig::new(PreSharedKey::from_secret(&secret.0), false),
                 None,
@@ -1503,29 +1151,19 @@ pub async fn run(
         SystemTime::now(),
     );
 
-    let (wake_tx, wake_rx) =
-        UnixDatagram::pair().map_err(io_err("creating the engine's wake-up pair"))?;
-    wake_rx
-        .set_nonblocking(true)
-        .map_err(io_err("creating the engine's wake-up pair"))?;
-    wake_tx
-        .set_nonblocking(true)
-        .map_err(io_err("creating the engine's wake-up pair"))?;
-    let (inbox_tx, inbox) = std_mpsc::channel();
-    let engine_tx = EngineTx {
-        tx: inbox_tx,
-        wake: Arc::new(wake_tx),
-    };
+    let (engine_tx, inbox) =
+        link_io::Inbox::new().map_err(io_err("creating the engine's wake-up pair"))?;
     let queued = Arc::new(AtomicUsize::new(0));
     let buffered = Arc::new(AtomicUsize::new(0));
     let (to_worker, worker_thread) = match worker {
         Some((worker, store)) => {
             let (tx, rx) = std_mpsc::channel();
-            let t = spawn_worker(
+            let to_engine = engine_tx.clone();
+            let t = link_io::spawn_worker(
                 worker,
                 store,
                 rx,
-                engine_tx.clone(),
+                move |m| to_engine.send(Inbox::Worker(m)),
                 queued.clone(),
                 buffered.clone(),
             )
@@ -1540,32 +1178,24 @@ pub async fn run(
         (Some(nl), Some(i), true) => Some((nl, i.index)),
         _ => None,
     };
-    let poller = Poller::new().map_err(io_err("creating the engine's poller"))?;
-    poller
-        .add(vrrp.fd(), TOKEN_VRRP, Interest::Read)
-        .and_then(|()| poller.add(wake_rx.as_fd(), TOKEN_WAKE, Interest::Read))
-        .and_then(|()| match &listener {
-            Some(l) => poller.add(l, TOKEN_LISTENER, Interest::Read),
-            None => Ok(()),
+    let sockets = Sockets::new(listener, peer_addr, buffered)
+        .and_then(|s| {
+            s.watch(vrrp.fd(), TOKEN_VRRP)?;
+            s.watch(&inbox.wake, TOKEN_WAKE)?;
+            Ok(s)
         })
         .map_err(io_err("creating the engine's poller"))?;
     let engine = Engine {
         pair,
-        poller,
-        ready: Vec::new(),
         rx: vec![0u8; 65_536],
         vrrp,
-        listener,
-        peer_addr,
-        conns: HashMap::new(),
+        sockets,
         garp,
         state_dir: config.state_dir.clone(),
         inbox,
-        wake: wake_rx,
         to_main,
         to_worker,
         queued,
-        buffered,
         snapshot: snapshot.clone(),
         hooks: hooks.clone(),
         config: config.clone(),

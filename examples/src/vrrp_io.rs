@@ -3,7 +3,7 @@
 //! UDP between configured addresses (unprivileged, for loopback runs).
 //!
 //! The sockets are non-blocking and meant for a thread of their own that
-//! waits with `ppoll(2)` (nanosecond timeouts), so that timers fire within
+//! waits with nanosecond timeouts (an epoll set), so that timers fire within
 //! microseconds of their deadline rather than on a millisecond tick.
 
 use std::io;

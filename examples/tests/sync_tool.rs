@@ -14,6 +14,8 @@ use examples::peer::{self, PeerCommand, PeerConfig, PeerEvent, SyncRole};
 
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 const OTHER_KEY: &str = "ff0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+/// A replica that pulls every interval (the first round at once).
+const REPLICA: SyncRole = SyncRole::Replica { periodic: true };
 
 /// A directory removed on drop.
 struct TempDir(PathBuf);
@@ -439,6 +441,45 @@ fn free_port() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// A test peer's side of the link's handshake under `KEY` on `stream`:
+/// the established link and any frames that came right behind it.
+async fn handshake(
+    stream: &mut tokio::net::TcpStream,
+    role: sync_delta::frame::LinkRole,
+) -> (sync_delta::frame::Link, Vec<sync_delta::frame::Frame>) {
+    use sync_delta::frame::{Link, Nonce, PreSharedKey};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = PreSharedKey::from_secret(&examples::config::parse_key(KEY).unwrap());
+    let now = std::time::Instant::now();
+    let epoch = sync_delta::Epoch::default();
+    let mut link = Link::new(role, key, Nonce([7; 32]), epoch, epoch, now);
+    let mut frames = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let fut = async {
+        loop {
+            let mut out = Vec::new();
+            if link.poll_transmit(&mut out) {
+                stream.write_all(&out).await.unwrap();
+            }
+            if link.is_established() {
+                return;
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed in the handshake");
+            link.handle_bytes(std::time::Instant::now(), &buf[..n])
+                .unwrap();
+            while let Some(f) = link.poll_frame().unwrap() {
+                frames.push(f);
+            }
+        }
+    };
+    // A hang guard, not a timing assertion.
+    tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .expect("handshake");
+    (link, frames)
+}
+
 /// Waits (with a hang guard) for the first event that `f` maps to `Some`.
 async fn wait_for<T>(
     rx: &mut tokio::sync::mpsc::Receiver<PeerEvent>,
@@ -483,7 +524,7 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
         c
     };
     let (a_cmd, mut a_ev) = peer::spawn(config(&a_dir, a_addr, b_addr, 1), SyncRole::Source);
-    let (b_cmd, mut b_ev) = peer::spawn(config(&b_dir, b_addr, a_addr, 2), SyncRole::Replica);
+    let (b_cmd, mut b_ev) = peer::spawn(config(&b_dir, b_addr, a_addr, 2), REPLICA);
 
     wait_for(&mut a_ev, "A connected", |e| {
         matches!(e, PeerEvent::Connected).then_some(())
@@ -496,24 +537,22 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
     })
     .await;
     assert_eq!(first.generation, 1);
-    assert_eq!(first.files_sent, 6);
+    assert_eq!(first.fetched, 6);
     assert_eq!(tree(&b_dir), tree(&a_dir));
     let held = wait_for(&mut b_ev, "B's status", |e| match e {
-        PeerEvent::Status(st) => Some(st.generation),
+        PeerEvent::Status(st) => Some(st),
         _ => None,
     })
     .await;
     // A reports what B holds: the generation and when A took it.
-    let (generation, taken_at) = wait_for(&mut a_ev, "A served", |e| match e {
-        PeerEvent::Served {
-            generation,
-            taken_at,
-        } => Some((generation, taken_at)),
+    let served = wait_for(&mut a_ev, "A served", |e| match e {
+        PeerEvent::Status(st) => Some(st),
         _ => None,
     })
     .await;
-    assert_eq!(generation, 1);
-    assert_eq!(Some(taken_at), held.taken_at);
+    assert_eq!(served.number, 1);
+    assert_eq!(served.taken_at, held.taken_at);
+    assert!(served.taken_at.is_some());
 
     // Opaque orchestrator bytes, both ways, beside the sync channel.
     a_cmd
@@ -554,19 +593,24 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(s.generation, 2);
-    assert_eq!(s.files_sent, 1);
+    assert_eq!(s.number, 2);
+    // The round's counts came with it.
+    let done = wait_for(&mut b_ev, "B's round 2", |e| match e {
+        PeerEvent::RoundDone(s) => Some(s),
+        _ => None,
+    })
+    .await;
+    assert_eq!(done.generation, 2);
+    assert_eq!(done.fetched, 1);
     assert_eq!(tree(&b_dir), tree(&a_dir));
     // The source records the confirmation a moment later; a swap before it
     // would quarantine A's unconfirmed edit (tested by sync-delta).
     let taken_at = wait_for(&mut a_ev, "A served generation 2", |e| match e {
-        PeerEvent::Served {
-            generation: 2,
-            taken_at,
-        } => Some(taken_at),
+        PeerEvent::Status(st) if st.number == 2 => Some(st.taken_at),
         _ => None,
     })
     .await;
+    assert!(taken_at.is_some());
     // The source answers a takeover query with the same.
     let (tx, rx) = tokio::sync::oneshot::channel();
     a_cmd
@@ -574,8 +618,8 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
         .await
         .unwrap();
     let g = rx.await.unwrap().unwrap();
-    assert_eq!(g.generation, 2);
-    assert_eq!(g.taken_at, Some(taken_at));
+    assert_eq!(g.number, 2);
+    assert_eq!(g.taken_at, taken_at);
 
     // Sync now, asked on the source (before a planned swap): it answers
     // once the source has the replica's confirmation.
@@ -590,7 +634,7 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(s.generation, 3);
+    assert_eq!(s.number, 3);
     assert_eq!(tree(&b_dir), tree(&a_dir));
 
     // Takeover: B settles and becomes the source, A returns as replica.
@@ -603,7 +647,7 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
         .await
         .unwrap();
     let g = rx.await.unwrap().unwrap();
-    assert_eq!(g.generation, 3);
+    assert_eq!(g.number, 3);
     assert!(g.taken_at.is_some());
     b_cmd
         .send(PeerCommand::SetRole(SyncRole::Source))
@@ -613,10 +657,7 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
         .send(PeerCommand::SetEpoch(sync_delta::Epoch::new(1, 2)))
         .await
         .unwrap();
-    a_cmd
-        .send(PeerCommand::SetRole(SyncRole::Replica))
-        .await
-        .unwrap();
+    a_cmd.send(PeerCommand::SetRole(REPLICA)).await.unwrap();
     // A pulls at once as a replica: nothing new yet, generation 3 holds.
     let first = wait_for(&mut a_ev, "A's first round as the replica", |e| match e {
         PeerEvent::RoundDone(s) => Some(s),
@@ -625,7 +666,7 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
     })
     .await;
     assert_eq!(first.generation, 3);
-    assert_eq!(first.files_sent, 0);
+    assert_eq!(first.fetched, 0);
     write(
         &b_dir,
         "voicemail/100/msg0003.wav",
@@ -642,8 +683,14 @@ async fn two_links_exchange_peer_messages_and_sync_both_ways() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(s.generation, 4);
-    assert_eq!(s.files_sent, 1);
+    assert_eq!(s.number, 4);
+    let done = wait_for(&mut a_ev, "A's round 4", |e| match e {
+        PeerEvent::RoundDone(s) => Some(s),
+        _ => None,
+    })
+    .await;
+    assert_eq!(done.generation, 4);
+    assert_eq!(done.fetched, 1);
     assert_eq!(tree(&a_dir), tree(&b_dir));
 
     // Idle has no sync role.
@@ -685,7 +732,7 @@ async fn wrong_key_never_connects() {
     b.listen = Some(b_addr);
     b.peer = Some(a_addr);
     let (_a_cmd, mut a_ev) = peer::spawn(a, SyncRole::Source);
-    let (_b_cmd, mut b_ev) = peer::spawn(b, SyncRole::Replica);
+    let (_b_cmd, mut b_ev) = peer::spawn(b, REPLICA);
     // Both ends report the failure; neither reports a connection first.
     for ev in [&mut a_ev, &mut b_ev] {
         wait_for(ev, "link failure", |e| match e {
@@ -703,7 +750,7 @@ async fn wrong_key_never_connects() {
 /// that does the handshake afterwards still comes up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connection_is_dropped_at_the_handshake_deadline() {
-    use sync_delta::frame::{HANDSHAKE_TIMEOUT, LinkRole, PreSharedKey};
+    use sync_delta::frame::{HANDSHAKE_TIMEOUT, LinkRole};
     use tokio::io::AsyncReadExt;
 
     let t = TempDir::new("silent");
@@ -739,14 +786,7 @@ async fn silent_connection_is_dropped_at_the_handshake_deadline() {
 
     // A real peer still gets in.
     let mut stream = tokio::net::TcpStream::connect(a_addr).await.unwrap();
-    let link = peer::new_link(
-        LinkRole::Initiator,
-        PreSharedKey::from_secret(&examples::config::parse_key(KEY).unwrap()),
-        sync_delta::Epoch::default(),
-        sync_delta::Epoch::default(),
-    )
-    .unwrap();
-    let (link, _) = peer::handshake(&mut stream, link).await.unwrap();
+    let (link, _) = handshake(&mut stream, LinkRole::Initiator).await;
     assert!(link.is_established());
     wait_for(&mut a_ev, "connected", |e| {
         matches!(e, PeerEvent::Connected).then_some(())
@@ -759,10 +799,10 @@ async fn silent_connection_is_dropped_at_the_handshake_deadline() {
 /// exit 1 and stay at its last whole generation.
 #[test]
 fn misbehaving_source_leaves_the_last_whole_generation() {
-    use sync_delta::frame::{CHANNEL_SYNC, LinkRole, PreSharedKey};
+    use sync_delta::frame::{CHANNEL_SYNC, LinkRole};
     use sync_delta::manifest::{Change, LocalStat, Meta};
     use sync_delta::wire::Message;
-    use sync_delta::{Epoch, Kind, Manifest, RelPath, delta::Op};
+    use sync_delta::{Kind, Manifest, RelPath, delta::Op};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let t = TempDir::new("evil");
@@ -784,17 +824,9 @@ fn misbehaving_source_leaves_the_last_whole_generation() {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let secret = examples::config::parse_key(KEY).unwrap();
     let evil = rt.spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        let link = examples::peer::new_link(
-            LinkRole::Responder,
-            PreSharedKey::from_secret(&secret),
-            Epoch::default(),
-            Epoch::default(),
-        )
-        .unwrap();
-        let (mut link, early) = examples::peer::handshake(&mut stream, link).await.unwrap();
+        let (mut link, early) = handshake(&mut stream, LinkRole::Responder).await;
         // Wait for the replica's request.
         let mut frames = early;
         let mut buf = vec![0u8; 65536];

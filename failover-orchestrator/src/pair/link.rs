@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use sync_delta::LinkError;
 use sync_delta::frame::{Link, LinkRole, Nonce, PreSharedKey};
 
 /// One connection of the peer link, numbered by the engine: dials get their
@@ -88,6 +89,34 @@ pub enum CloseReason {
     SyncFailed,
 }
 
+/// Why a connection never became the link (a dialling end tries again
+/// after its backoff).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkFailure {
+    /// The dial did not connect (refused, unreachable).
+    DialFailed,
+    /// The connect and the handshake did not finish in time.
+    HandshakeTimeout,
+    /// The peer's handshake proof did not verify: it holds another key.
+    WrongKey,
+    /// The handshake's frames were malformed.
+    Refused,
+    /// The peer closed the connection before the handshake finished (a
+    /// responder does that when the initiator's proof fails: another key).
+    ClosedInHandshake,
+}
+
+impl LinkFailure {
+    fn of(e: &LinkError) -> LinkFailure {
+        match e {
+            LinkError::BadProof => LinkFailure::WrongKey,
+            LinkError::HandshakeTimeout => LinkFailure::HandshakeTimeout,
+            _ => LinkFailure::Refused,
+        }
+    }
+}
+
 pub(crate) enum LinkOut {
     Dial(ConnId),
     Send(ConnId, Vec<u8>),
@@ -136,6 +165,9 @@ pub(crate) struct LinkControl {
     /// `Some(true)` when the link came up, `Some(false)` when it went down,
     /// since the engine last looked.
     pub(crate) changes: VecDeque<bool>,
+    /// Connections that never became the link, since the engine last
+    /// looked.
+    pub(crate) failures: VecDeque<(ConnId, LinkFailure)>,
     pub(crate) stats: LinkStats,
 }
 
@@ -168,6 +200,7 @@ impl LinkControl {
             out: VecDeque::new(),
             frames: VecDeque::new(),
             changes: VecDeque::new(),
+            failures: VecDeque::new(),
             stats: LinkStats::default(),
         }
     }
@@ -246,6 +279,7 @@ impl LinkControl {
     pub(crate) fn handle_dial_failed(&mut self, now: Instant, id: ConnId) {
         if self.dialing.is_some_and(|(d, _)| d == id) {
             self.dialing = None;
+            self.failures.push_back((id, LinkFailure::DialFailed));
             self.schedule_redial(now);
         }
     }
@@ -272,7 +306,7 @@ impl LinkControl {
     pub(crate) fn handle_bytes(&mut self, now: Instant, id: ConnId, bytes: &[u8]) {
         if self.up.as_ref().is_some_and(|c| c.id == id) {
             let Some(mut c) = self.up.take() else { return };
-            let ok = self.feed(now, &mut c, bytes);
+            let ok = self.feed(now, &mut c, bytes).is_ok();
             if ok {
                 self.up = Some(c);
             } else {
@@ -288,8 +322,9 @@ impl LinkControl {
             return;
         };
         let mut c = self.pending.swap_remove(i);
-        if !self.feed(now, &mut c, bytes) {
+        if let Err(e) = self.feed(now, &mut c, bytes) {
             self.stats.refused += 1;
+            self.failures.push_back((id, LinkFailure::of(&e)));
             self.out.push_back(LinkOut::Close(id, CloseReason::Refused));
             self.schedule_redial(now);
             return;
@@ -312,24 +347,16 @@ impl LinkControl {
         self.changes.push_back(true);
     }
 
-    /// Feeds bytes, collects frames and handshake answers; false when the
-    /// connection must close.
-    fn feed(&mut self, now: Instant, c: &mut Conn, bytes: &[u8]) -> bool {
+    /// Feeds bytes, collects frames and handshake answers; the error when
+    /// the connection must close.
+    fn feed(&mut self, now: Instant, c: &mut Conn, bytes: &[u8]) -> Result<(), LinkError> {
         // The link buffers at most two frames undrained: feed in pieces.
         let step = sync_delta::frame::MAX_FRAME;
         for piece in bytes.chunks(step.max(1)) {
-            if c.link.handle_bytes(now, piece).is_err() {
-                return false;
-            }
-            loop {
-                match c.link.poll_frame() {
-                    Ok(Some(f)) => {
-                        self.stats.frames_in += 1;
-                        self.frames.push_back((f.channel, f.payload));
-                    }
-                    Ok(None) => break,
-                    Err(_) => return false,
-                }
+            c.link.handle_bytes(now, piece)?;
+            while let Some(f) = c.link.poll_frame()? {
+                self.stats.frames_in += 1;
+                self.frames.push_back((f.channel, f.payload));
             }
             let mut out = Vec::new();
             if c.link.poll_transmit(&mut out) {
@@ -337,7 +364,7 @@ impl LinkControl {
             }
         }
         self.newest_peer = self.newest_peer.max(c.link.newest_peer_epoch());
-        true
+        Ok(())
     }
 
     /// The driver saw connection `id` end.
@@ -350,9 +377,12 @@ impl LinkControl {
             self.schedule_redial(now);
         } else if let Some(i) = self.pending.iter().position(|c| c.id == id) {
             self.pending.swap_remove(i);
+            self.failures
+                .push_back((id, LinkFailure::ClosedInHandshake));
             self.schedule_redial(now);
         } else if self.dialing.is_some_and(|(d, _)| d == id) {
             self.dialing = None;
+            self.failures.push_back((id, LinkFailure::DialFailed));
             self.schedule_redial(now);
         }
     }
@@ -406,6 +436,8 @@ impl LinkControl {
         self.pending = keep;
         for c in late {
             self.stats.handshake_timeouts += 1;
+            self.failures
+                .push_back((c.id, LinkFailure::HandshakeTimeout));
             self.out
                 .push_back(LinkOut::Close(c.id, CloseReason::HandshakeTimeout));
             self.schedule_redial(now);
@@ -416,6 +448,7 @@ impl LinkControl {
                 self.dialing = None;
                 self.out
                     .push_back(LinkOut::Close(id, CloseReason::HandshakeTimeout));
+                self.failures.push_back((id, LinkFailure::HandshakeTimeout));
                 self.stats.handshake_timeouts += 1;
                 self.schedule_redial(now);
             }

@@ -98,6 +98,7 @@
 pub mod convert;
 mod link;
 mod sync;
+mod sync_link;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -120,10 +121,11 @@ use sync_delta::wire::Message;
 use vrrp_fsm::VirtualRouter;
 use vrrp_proto::RecvMeta;
 
-pub use link::{CloseReason, ConnId, LinkConfig, LinkStats};
+pub use link::{CloseReason, ConnId, LinkConfig, LinkFailure, LinkStats};
 pub use sync::{
     GenerationStatus, RoundSummary, SyncConfig, SyncOrder, SyncReport, SyncRole, SyncWorker,
 };
+pub use sync_link::{SyncLink, SyncLinkEvent, SyncLinkOutput, SyncLinkStats};
 
 use crate::command::{Command, CommandId, CommandOutcome, Issued};
 use crate::engine::{Event, Orchestrator};
@@ -865,6 +867,9 @@ impl Pair {
                 LinkOut::Close(conn, reason) => Output::Close { conn, reason },
             });
         }
+        // Connections that never became the link show in the link's
+        // counters; the pair engine redials without reporting each one.
+        self.link.failures.clear();
         while let Some(up) = self.link.changes.pop_front() {
             moved = true;
             let (order, ev) = if up {

@@ -92,6 +92,9 @@ pub struct RoundSummary {
     pub deleted: u64,
     /// Files made from a local copy whose old path went away.
     pub renamed: u64,
+    /// Bytes of the source's sync frames delivered during the round
+    /// (each message with its frame's header and trailer).
+    pub received: u64,
     /// From the request to the commit.
     pub took: Duration,
 }
@@ -107,7 +110,9 @@ pub enum SyncReport {
     Status(GenerationStatus),
     /// A replica round committed.
     RoundDone(RoundSummary),
-    /// The mass-deletion guard refused a round; nothing changed.
+    /// The mass-deletion guard refused a round; nothing changed. It is not
+    /// reported as a failed round too; a round asked for is answered with
+    /// an error.
     Refused(Refusal),
     /// A round failed and was rolled back: the tree is at its last whole
     /// generation. `reset` asks for the connection to start over (the
@@ -163,6 +168,7 @@ enum Session {
 struct Track {
     seq: u64,
     started: Instant,
+    received: u64,
 }
 
 /// Carries out the pair engine's [`SyncOrder`]s on one tree.
@@ -335,6 +341,7 @@ impl SyncWorker {
                     self.round = Some(Track {
                         seq: self.rounds_started,
                         started: now,
+                        received: 0,
                     });
                 }
                 Some(m)
@@ -505,11 +512,10 @@ impl SyncWorker {
                 }
                 Ok(status_of(g, false))
             }
-            Session::Source(s) => Ok(self.settled.unwrap_or(GenerationStatus {
-                number: s.confirmed_generation(),
-                taken_at: None,
-                round_in_progress: false,
-            })),
+            // What the replica holds, with when this node took it.
+            Session::Source(s) => Ok(self
+                .settled
+                .unwrap_or_else(|| status_of(s.confirmed(), false))),
             Session::None => Err("no sync session".into()),
         }
     }
@@ -553,11 +559,17 @@ impl SyncWorker {
                     .err()
                     .map(|e| format!("source session: {e}"))
             }
-            Session::Replica(r) if !is_for_source(&m) => match r.handle_message(now, m, store) {
-                Ok(()) => None,
-                Err(SessionError::Store(e)) => Some(format!("replica storage: {e}")),
-                Err(e) => Some(format!("replica session: {e}")),
-            },
+            Session::Replica(r) if !is_for_source(&m) => {
+                if let Some(t) = &mut self.round {
+                    let frame = sync_delta::frame::HEADER_LEN + sync_delta::frame::TRAILER_LEN;
+                    t.received += (m.encoded_len() + frame) as u64;
+                }
+                match r.handle_message(now, m, store) {
+                    Ok(()) => None,
+                    Err(SessionError::Store(e)) => Some(format!("replica storage: {e}")),
+                    Err(e) => Some(format!("replica session: {e}")),
+                }
+            }
             // A request before this node is a source: kept, and answered
             // if it becomes one while the replica still waits.
             _ if matches!(m, Message::Request { .. }) => {
@@ -692,6 +704,7 @@ impl SyncWorker {
                                 copied,
                                 deleted,
                                 renamed,
+                                received: track.as_ref().map_or(0, |t| t.received),
                                 took: track.map_or(Duration::ZERO, |t| now - t.started),
                             };
                             self.reports.push_back(SyncReport::RoundDone(summary));
@@ -699,9 +712,12 @@ impl SyncWorker {
                             self.answer_waiters(seq, &Ok(status));
                         }
                         ReplicaEvent::Refused(why) => {
+                            // Reported once, as a refusal: nothing was
+                            // changed, so it is no failed round.
                             self.round = None;
                             self.reports.push_back(SyncReport::Refused(why));
-                            self.fail_round(&format!("round refused: {why}"), false);
+                            let seq = self.rounds_started;
+                            self.answer_waiters(seq, &Err(format!("round refused: {why}")));
                         }
                         ReplicaEvent::TimedOut => {
                             self.round = None;

@@ -1,0 +1,613 @@
+//! The I/O both peer-link drivers share: the node's engine thread
+//! ([`crate::node`], driving the pair engine) and the sync tool's link
+//! thread ([`crate::peer`], driving `SyncLink`). Non-blocking sockets
+//! waited on in one epoll set ([`crate::poller`]), a wake-up socket for
+//! the thread's inbox, and
+//! the sync worker thread that does the file work. No policy: who dials,
+//! when, which connection is the link and what a sync failure does are the
+//! engines'.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant, SystemTime};
+
+use failover_orchestrator::pair::{ConnId, Pair, SyncLink, SyncOrder, SyncReport, SyncWorker};
+use socket2::{Domain, SockAddr, Socket, Type};
+use sync_delta::FsStore;
+use sync_delta::frame::Nonce;
+use sync_delta::wire::Message;
+use tracing::{info, warn};
+
+use crate::poller::{Interest, Poller, Ready};
+
+/// The inputs an engine takes from the peer link's sockets.
+pub(crate) trait LinkEngine {
+    fn handle_dialed(&mut self, now: Instant, conn: ConnId, nonce: Nonce);
+    fn handle_dial_failed(&mut self, now: Instant, conn: ConnId);
+    fn handle_accepted(&mut self, now: Instant, nonce: Nonce) -> Option<ConnId>;
+    fn handle_link_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]);
+    fn handle_link_closed(&mut self, now: Instant, conn: ConnId);
+}
+
+macro_rules! link_engine {
+    ($t:ty) => {
+        impl LinkEngine for $t {
+            fn handle_dialed(&mut self, now: Instant, conn: ConnId, nonce: Nonce) {
+                <$t>::handle_dialed(self, now, conn, nonce);
+            }
+            fn handle_dial_failed(&mut self, now: Instant, conn: ConnId) {
+                <$t>::handle_dial_failed(self, now, conn);
+            }
+            fn handle_accepted(&mut self, now: Instant, nonce: Nonce) -> Option<ConnId> {
+                <$t>::handle_accepted(self, now, nonce)
+            }
+            fn handle_link_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+                <$t>::handle_link_bytes(self, now, conn, bytes);
+            }
+            fn handle_link_closed(&mut self, now: Instant, conn: ConnId) {
+                <$t>::handle_link_closed(self, now, conn);
+            }
+        }
+    };
+}
+link_engine!(Pair);
+link_engine!(SyncLink);
+
+/// A fresh handshake nonce from the OS.
+pub(crate) fn os_nonce() -> std::io::Result<Nonce> {
+    let mut n = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut n)?;
+    Ok(Nonce(n))
+}
+
+/// No Nagle delay (small messages), and a peer that vanished without a
+/// FIN (power loss) is noticed in seconds: keepalive probes while idle, a
+/// user timeout while data is unacknowledged. The engines' own deadlines
+/// (handshake, heartbeats) notice it sooner; these bound what the kernel
+/// holds.
+fn tune(sock: &Socket) {
+    let _ = sock.set_tcp_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(1))
+        .with_retries(3);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+    let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(10)));
+    let _ = sock.set_nonblocking(true);
+}
+
+/// A non-blocking listener on `addr`.
+///
+/// # Errors
+/// The address cannot be bound.
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&SockAddr::from(addr))?;
+    s.listen(16)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// One connection of the peer link.
+struct Conn {
+    socket: Socket,
+    /// A dial still connecting (non-blocking connect).
+    connecting: bool,
+    out: Vec<u8>,
+    sent: usize,
+    /// What the poller watches it for.
+    interest: Interest,
+}
+
+impl Conn {
+    fn new(socket: Socket, connecting: bool) -> Conn {
+        let mut c = Conn {
+            socket,
+            connecting,
+            out: Vec::new(),
+            sent: 0,
+            interest: Interest::Read,
+        };
+        c.interest = c.wants();
+        c
+    }
+
+    /// Writable matters while connecting or with bytes left to write.
+    fn wants(&self) -> Interest {
+        if self.connecting || self.sent < self.out.len() {
+            Interest::ReadWrite
+        } else {
+            Interest::Read
+        }
+    }
+}
+
+/// Tokens below this are the caller's ([`Sockets::watch`]).
+pub(crate) const OWN_TOKENS: u64 = 16;
+const TOKEN_LISTENER: u64 = OWN_TOKENS;
+
+fn conn_token(id: ConnId) -> u64 {
+    (OWN_TOKENS + 1).saturating_add(id.0)
+}
+
+/// What one wait found ready.
+#[derive(Default)]
+pub(crate) struct Woken {
+    /// The caller's own descriptors, by token.
+    pub(crate) own: Vec<u64>,
+    /// A connection waits to be accepted.
+    pub(crate) listener: bool,
+    /// Connections and what they are ready for.
+    pub(crate) conns: Vec<(ConnId, Ready)>,
+}
+
+/// The peer link's listener and connections, numbered by the engine, in
+/// one epoll set with the caller's own descriptors.
+pub(crate) struct Sockets {
+    poller: Poller,
+    listener: Option<Socket>,
+    peer: Option<SocketAddr>,
+    conns: HashMap<ConnId, Conn>,
+    /// Bytes the connections have not written yet (the sync worker's
+    /// window counts them).
+    buffered: Arc<AtomicUsize>,
+    /// Why the last dial failed, for a tool that reports it.
+    last_dial_error: Option<(ConnId, String)>,
+}
+
+impl Sockets {
+    ///
+    /// # Errors
+    /// No epoll set, or the listener cannot join it.
+    pub(crate) fn new(
+        listener: Option<Socket>,
+        peer: Option<SocketAddr>,
+        buffered: Arc<AtomicUsize>,
+    ) -> std::io::Result<Sockets> {
+        let poller = Poller::new()?;
+        if let Some(l) = &listener {
+            poller.add(l, TOKEN_LISTENER, Interest::Read)?;
+        }
+        Ok(Sockets {
+            poller,
+            listener,
+            peer,
+            conns: HashMap::new(),
+            buffered,
+            last_dial_error: None,
+        })
+    }
+
+    /// Watches one of the caller's descriptors (readable) under `token`,
+    /// below [`OWN_TOKENS`].
+    ///
+    /// # Errors
+    /// The kernel refused the registration.
+    pub(crate) fn watch(&self, fd: impl AsFd, token: u64) -> std::io::Result<()> {
+        debug_assert!(token < OWN_TOKENS);
+        self.poller.add(fd, token, Interest::Read)
+    }
+
+    /// Waits for something to be ready, or `timeout` (`None`: no limit).
+    /// What was found goes into `woken` (cleared first).
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>, woken: &mut Woken) {
+        woken.own.clear();
+        woken.listener = false;
+        woken.conns.clear();
+        // Writable only while something waits to be written.
+        for (id, c) in &mut self.conns {
+            let wants = c.wants();
+            if wants != c.interest {
+                match self.poller.modify(&c.socket, conn_token(*id), wants) {
+                    Ok(()) => c.interest = wants,
+                    Err(e) => warn!(error = %e, conn = id.0, "peer link: poller"),
+                }
+            }
+        }
+        if let Err(e) = self.poller.wait(timeout) {
+            warn!(error = %e, "poll");
+            std::thread::sleep(Duration::from_millis(10));
+            return;
+        }
+        for (token, ready) in self.poller.ready() {
+            match token {
+                t if t < OWN_TOKENS => woken.own.push(t),
+                TOKEN_LISTENER => woken.listener = true,
+                t => woken.conns.push((ConnId(t - OWN_TOKENS - 1), ready)),
+            }
+        }
+    }
+
+    /// A new connection joins the table and the poller, or is given up.
+    fn add_conn(&mut self, engine: &mut impl LinkEngine, now: Instant, id: ConnId, c: Conn) {
+        if let Err(e) = self.poller.add(&c.socket, conn_token(id), c.interest) {
+            if c.connecting {
+                self.dial_failed(engine, now, id, format!("poller: {e}"));
+            } else {
+                warn!(error = %e, conn = id.0, "peer link: poller");
+                engine.handle_link_closed(now, id);
+            }
+            return;
+        }
+        self.conns.insert(id, c);
+    }
+
+    /// Accepts every waiting connection.
+    pub(crate) fn accept(&mut self, engine: &mut impl LinkEngine, now: Instant) {
+        loop {
+            let Some(l) = &self.listener else { return };
+            match l.accept() {
+                Ok((sock, from)) => {
+                    tune(&sock);
+                    let nonce = match os_nonce() {
+                        Ok(n) => n,
+                        Err(e) => {
+                            warn!(error = %e, "no nonce from the OS; connection refused");
+                            continue;
+                        }
+                    };
+                    match engine.handle_accepted(now, nonce) {
+                        Some(id) => {
+                            info!(from = ?from.as_socket(), conn = id.0, "peer link: accepted");
+                            self.add_conn(engine, now, id, Conn::new(sock, false));
+                        }
+                        None => {
+                            info!(from = ?from.as_socket(), "peer link: connection turned away");
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    warn!(error = %e, "peer link: accept");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn dial_failed(&mut self, engine: &mut impl LinkEngine, now: Instant, id: ConnId, why: String) {
+        info!(error = %why, conn = id.0, "peer link: dial failed");
+        self.last_dial_error = Some((id, why));
+        engine.handle_dial_failed(now, id);
+    }
+
+    /// Starts the dial the engine asked for (a non-blocking connect).
+    pub(crate) fn dial(&mut self, engine: &mut impl LinkEngine, now: Instant, id: ConnId) {
+        let Some(addr) = self.peer else {
+            self.dial_failed(engine, now, id, "no peer address".into());
+            return;
+        };
+        let sock = match Socket::new(Domain::for_address(addr), Type::STREAM, None) {
+            Ok(s) => s,
+            Err(e) => {
+                self.dial_failed(engine, now, id, format!("socket: {e}"));
+                return;
+            }
+        };
+        tune(&sock);
+        match sock.connect(&SockAddr::from(addr)) {
+            Ok(()) => {}
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINPROGRESS)
+                    || e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                self.dial_failed(engine, now, id, format!("connect to {addr}: {e}"));
+                return;
+            }
+        }
+        self.add_conn(engine, now, id, Conn::new(sock, true));
+    }
+
+    /// Why dial `id` failed, if it was the last one that did.
+    pub(crate) fn take_dial_error(&mut self, id: ConnId) -> Option<String> {
+        match self.last_dial_error.take() {
+            Some((d, why)) if d == id => Some(why),
+            other => {
+                self.last_dial_error = other;
+                None
+            }
+        }
+    }
+
+    /// A dial that is still connecting: finishes it when `ready` says so.
+    /// Returns false when the connection is established (or gone) and the
+    /// caller may read it.
+    pub(crate) fn connect_ready(
+        &mut self,
+        engine: &mut impl LinkEngine,
+        now: Instant,
+        id: ConnId,
+        ready: Ready,
+    ) -> bool {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return true;
+        };
+        if !c.connecting {
+            return false;
+        }
+        if ready.write || ready.error {
+            let error = match c.socket.take_error() {
+                Ok(None) => c.socket.peer_addr().err(),
+                Ok(Some(e)) | Err(e) => Some(e),
+            };
+            if let Some(e) = error {
+                self.conns.remove(&id);
+                let to = self.peer.map_or_else(String::new, |a| a.to_string());
+                self.dial_failed(engine, now, id, format!("connect to {to}: {e}"));
+                return true;
+            }
+            c.connecting = false;
+            match os_nonce() {
+                Ok(n) => engine.handle_dialed(now, id, n),
+                Err(e) => {
+                    self.conns.remove(&id);
+                    self.dial_failed(engine, now, id, format!("no nonce from the OS: {e}"));
+                }
+            }
+        }
+        true
+    }
+
+    /// Reads once from a readable connection into the engine. Returns true
+    /// when there may be more to read (drain the engine, then call again).
+    pub(crate) fn read(&mut self, engine: &mut impl LinkEngine, now: Instant, id: ConnId) -> bool {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return false;
+            };
+            match (&c.socket).read(&mut buf) {
+                Ok(0) => {
+                    self.close(engine, now, id);
+                    return false;
+                }
+                Ok(n) => {
+                    engine.handle_link_bytes(now, id, &buf[..n]);
+                    return true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    info!(error = %e, conn = id.0, "peer link: read");
+                    self.close(engine, now, id);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Queues bytes the engine asked to send, and writes what the
+    /// connection takes now.
+    pub(crate) fn send(
+        &mut self,
+        engine: &mut impl LinkEngine,
+        now: Instant,
+        id: ConnId,
+        bytes: &[u8],
+    ) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.out.extend_from_slice(bytes);
+        }
+        self.flush(engine, now, id);
+    }
+
+    /// Writes what the connection can take now.
+    pub(crate) fn flush(&mut self, engine: &mut impl LinkEngine, now: Instant, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.connecting {
+            return;
+        }
+        while c.sent < c.out.len() {
+            match (&c.socket).write(&c.out[c.sent..]) {
+                Ok(n) => c.sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    info!(error = %e, conn = id.0, "peer link: write");
+                    self.close(engine, now, id);
+                    return;
+                }
+            }
+        }
+        if c.sent == c.out.len() {
+            c.out.clear();
+            c.sent = 0;
+        }
+        self.account();
+    }
+
+    fn account(&self) {
+        let buffered: usize = self.conns.values().map(|c| c.out.len() - c.sent).sum();
+        self.buffered.store(buffered, Ordering::Relaxed);
+    }
+
+    /// Closes the connection and tells the engine.
+    pub(crate) fn close(&mut self, engine: &mut impl LinkEngine, now: Instant, id: ConnId) {
+        if let Some(c) = self.conns.remove(&id) {
+            let _ = c.socket.shutdown(std::net::Shutdown::Both);
+        }
+        self.account();
+        engine.handle_link_closed(now, id);
+    }
+
+    /// Shuts every connection down (the thread is stopping).
+    pub(crate) fn shut_all(&mut self) {
+        for (_, c) in self.conns.drain() {
+            let _ = c.socket.shutdown(std::net::Shutdown::Both);
+        }
+        self.account();
+    }
+
+    /// The connections' ids.
+    pub(crate) fn ids(&self) -> Vec<ConnId> {
+        self.conns.keys().copied().collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A thread's inbox
+
+/// The sending side of a thread's inbox: a channel, and a datagram socket
+/// pair whose byte wakes the thread's wait.
+pub(crate) struct InboxTx<T> {
+    tx: mpsc::Sender<T>,
+    wake: Arc<UnixDatagram>,
+}
+
+impl<T> Clone for InboxTx<T> {
+    fn clone(&self) -> Self {
+        InboxTx {
+            tx: self.tx.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+}
+
+impl<T> InboxTx<T> {
+    /// False when the thread is gone.
+    pub(crate) fn send(&self, m: T) -> bool {
+        let ok = self.tx.send(m).is_ok();
+        // A full wake buffer already wakes the thread: ignore that error.
+        let _ = self.wake.send(&[1]);
+        ok
+    }
+}
+
+/// The receiving side: poll [`Inbox::wake`], then [`Inbox::drain`].
+pub(crate) struct Inbox<T> {
+    rx: mpsc::Receiver<T>,
+    pub(crate) wake: UnixDatagram,
+}
+
+impl<T> Inbox<T> {
+    /// A new inbox and its sender.
+    ///
+    /// # Errors
+    /// The socket pair cannot be made.
+    pub(crate) fn new() -> std::io::Result<(InboxTx<T>, Inbox<T>)> {
+        let (a, b) = UnixDatagram::pair()?;
+        a.set_nonblocking(true)?;
+        b.set_nonblocking(true)?;
+        let (tx, rx) = mpsc::channel();
+        Ok((
+            InboxTx {
+                tx,
+                wake: Arc::new(a),
+            },
+            Inbox { rx, wake: b },
+        ))
+    }
+
+    /// Clears the wake-up bytes and takes the next message.
+    pub(crate) fn next(&self) -> Option<T> {
+        let mut buf = [0u8; 64];
+        while self.wake.recv(&mut buf).is_ok() {}
+        self.rx.try_recv().ok()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The sync worker thread
+
+/// What the sync worker thread is given.
+pub(crate) enum ToWorker {
+    Order(SyncOrder),
+    Stop,
+}
+
+/// What the sync worker thread hands back: a message for the link (with
+/// its encoded length, counted in the window until the engine takes it)
+/// or a report.
+pub(crate) enum FromWorker {
+    Message(Message, usize),
+    Report(SyncReport),
+}
+
+/// Bytes of sync messages the source may have queued towards the link
+/// (in the engine's inbox or a connection's send buffer) before it waits.
+const SEND_WINDOW: usize = 4 << 20;
+
+/// Runs the [`SyncWorker`] and its [`FsStore`] on a thread of their own:
+/// scans, hashing and applying block only it. `queued` counts the bytes
+/// of messages handed to `out` that the engine has not taken yet,
+/// `buffered` those the connections have not written: together they are
+/// the source's send window.
+///
+/// # Errors
+/// The thread cannot be spawned.
+pub(crate) fn spawn_worker(
+    mut worker: SyncWorker,
+    mut store: FsStore,
+    orders: mpsc::Receiver<ToWorker>,
+    out: impl Fn(FromWorker) -> bool + Send + 'static,
+    queued: Arc<AtomicUsize>,
+    buffered: Arc<AtomicUsize>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("sync".into())
+        .spawn(move || {
+            let mut more = false;
+            loop {
+                let now = Instant::now();
+                // Wait for an order, the session's deadline, or (when the
+                // link's queue was full) room to send more.
+                let mut wait = worker
+                    .poll_timeout()
+                    .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
+                if more {
+                    wait = wait.min(Duration::from_millis(2));
+                }
+                match orders.recv_timeout(wait) {
+                    Ok(ToWorker::Order(o)) => {
+                        worker.handle_order(Instant::now(), SystemTime::now(), o, &mut store);
+                        while let Ok(next) = orders.try_recv() {
+                            match next {
+                                ToWorker::Order(o) => {
+                                    worker.handle_order(
+                                        Instant::now(),
+                                        SystemTime::now(),
+                                        o,
+                                        &mut store,
+                                    );
+                                }
+                                ToWorker::Stop => return,
+                            }
+                        }
+                    }
+                    Ok(ToWorker::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                }
+                let now = Instant::now();
+                if worker.poll_timeout().is_some_and(|t| t <= now) {
+                    worker.handle_timeout(now, &mut store);
+                }
+                more = false;
+                while queued.load(Ordering::Relaxed) + buffered.load(Ordering::Relaxed)
+                    < SEND_WINDOW
+                {
+                    let Some(m) = worker.poll_transmit(Instant::now(), &mut store) else {
+                        break;
+                    };
+                    let len = m.encoded_len();
+                    queued.fetch_add(len, Ordering::Relaxed);
+                    if !out(FromWorker::Message(m, len)) {
+                        return;
+                    }
+                    more = true;
+                }
+                while let Some(r) = worker.poll_report() {
+                    if !out(FromWorker::Report(r)) {
+                        return;
+                    }
+                }
+            }
+        })
+}

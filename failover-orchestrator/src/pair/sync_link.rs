@@ -1,0 +1,355 @@
+//! [`SyncLink`]: one end of a peer link that carries replication and
+//! nothing else, for a sync tool that runs without an election.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use sync_delta::Epoch;
+use sync_delta::frame::{CHANNEL_PEER, CHANNEL_SYNC, Nonce};
+use sync_delta::wire::Message;
+
+use super::link::{CloseReason, ConnId, LinkConfig, LinkControl, LinkFailure, LinkOut, LinkStats};
+use super::sync::{SyncOrder, SyncReport, SyncRole};
+
+/// What happened, for the tool's output and logs.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SyncLinkEvent {
+    /// An authenticated connection is the link now.
+    LinkUp,
+    /// It went down.
+    LinkDown,
+    /// A connection never became the link; a dialling end tries again
+    /// after its backoff.
+    LinkFailed {
+        /// Which connection.
+        conn: ConnId,
+        /// Why.
+        why: LinkFailure,
+    },
+    /// Bytes from the peer on [`CHANNEL_PEER`] (opaque here).
+    PeerMessage(Vec<u8>),
+    /// The sync worker's report, after the engine acted on it.
+    Sync(SyncReport),
+}
+
+/// The driver's next step; [`SyncLink::poll_output`] returns them in order,
+/// ending with [`SyncLinkOutput::Wait`].
+///
+/// Exhaustive on purpose, like [`crate::pair::Output`]: every output is
+/// work for the driver.
+#[derive(Debug)]
+pub enum SyncLinkOutput {
+    /// Open a connection to the peer; answer [`SyncLink::handle_dialed`]
+    /// or [`SyncLink::handle_dial_failed`].
+    Dial(ConnId),
+    /// Write these bytes on the connection.
+    Send {
+        /// Which connection.
+        conn: ConnId,
+        /// What to write.
+        bytes: Vec<u8>,
+    },
+    /// Close the connection, then report it with
+    /// [`SyncLink::handle_link_closed`].
+    Close {
+        /// Which connection.
+        conn: ConnId,
+        /// Why, for the log.
+        reason: CloseReason,
+    },
+    /// Give this order to the [`crate::pair::SyncWorker`].
+    Sync(SyncOrder),
+    /// For the tool's output and logs.
+    Event(SyncLinkEvent),
+    /// Nothing more to do until this instant (or the next input).
+    Wait(Option<Instant>),
+}
+
+/// Counters of the [`SyncLink`] itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncLinkStats {
+    /// Sync messages from the peer that did not decode (the connection is
+    /// closed and started over).
+    pub sync_decode_errors: u64,
+    /// Frames on a channel this engine does not use.
+    pub unknown_channel: u64,
+}
+
+/// One end of a peer link that carries a [`crate::pair::SyncWorker`]'s
+/// rounds, and opaque peer messages beside them, without an election or
+/// an orchestrator: what a standalone sync tool (serve a tree, pull it)
+/// runs. The link's rules are the pair engine's own (who dials, the redial
+/// backoff, the handshake deadline, how many handshakes may wait, a newer
+/// authenticated connection replacing the old), and so are the sync
+/// rules: the worker is told when the link comes up and goes down, and a
+/// round that leaves the session's stream out of step
+/// ([`SyncReport::RoundFailed`] with `reset`) closes the connection, which
+/// starts over. A replica runs its rounds on the worker's schedule (the
+/// first as soon as the link is up); a round on request is
+/// [`SyncLink::round_now`].
+///
+/// # Driver contract
+/// The same as [`crate::pair::Pair`]'s for the link and the worker: feed
+/// the connections and their bytes with `now` ([`SyncLink::handle_dialed`],
+/// [`SyncLink::handle_dial_failed`], [`SyncLink::handle_accepted`],
+/// [`SyncLink::handle_link_bytes`], [`SyncLink::handle_link_closed`]), the
+/// worker's messages and reports ([`SyncLink::handle_sync_message`],
+/// [`SyncLink::handle_sync_report`]); after each input drain
+/// [`SyncLink::poll_output`] until [`SyncLinkOutput::Wait`], and call
+/// [`SyncLink::handle_timeout`] at the instant it gives.
+///
+/// ```
+/// use std::time::Instant;
+/// use failover_orchestrator::pair::{LinkConfig, SyncLink, SyncLinkOutput, SyncOrder, SyncRole};
+/// use sync_delta::frame::PreSharedKey;
+///
+/// let link = LinkConfig::new(PreSharedKey::from_secret(b"secret"), true);
+/// let role = SyncRole::Replica { periodic: true };
+/// let now = Instant::now();
+/// let mut replica = SyncLink::new(link, role, sync_delta::Epoch::default(), now);
+/// assert!(matches!(replica.poll_output(), SyncLinkOutput::Sync(SyncOrder::Become(r)) if r == role));
+/// // A dialling end dials at once.
+/// assert!(matches!(replica.poll_output(), SyncLinkOutput::Wait(Some(t)) if t == now));
+/// replica.handle_timeout(now);
+/// assert!(matches!(replica.poll_output(), SyncLinkOutput::Dial(_)));
+/// ```
+#[derive(Debug)]
+pub struct SyncLink {
+    link: LinkControl,
+    role: SyncRole,
+    next_order: u64,
+    out: VecDeque<SyncLinkOutput>,
+    stats: SyncLinkStats,
+}
+
+impl SyncLink {
+    /// An end that runs `role` and starts the link at once (dialling now
+    /// when [`LinkConfig::dials`]); its frames carry `epoch`.
+    #[must_use]
+    pub fn new(config: LinkConfig, role: SyncRole, epoch: Epoch, now: Instant) -> SyncLink {
+        let mut link = LinkControl::new(config, epoch);
+        link.set_enabled(now, true);
+        let mut s = SyncLink {
+            link,
+            role,
+            next_order: 1,
+            out: VecDeque::new(),
+            stats: SyncLinkStats::default(),
+        };
+        s.out
+            .push_back(SyncLinkOutput::Sync(SyncOrder::Become(role)));
+        s.pump(now);
+        s
+    }
+
+    /// Runs `role` from now on (asking again for the same role re-arms a
+    /// replica after [`SyncLink::settle`]).
+    pub fn set_role(&mut self, now: Instant, role: SyncRole) {
+        self.role = role;
+        self.out
+            .push_back(SyncLinkOutput::Sync(SyncOrder::Become(role)));
+        self.pump(now);
+    }
+
+    /// The epoch the frames carry from now on.
+    pub fn set_epoch(&mut self, epoch: Epoch) {
+        self.link.set_epoch(epoch);
+    }
+
+    /// Asks for a round that starts after now (see [`SyncOrder::RoundNow`]);
+    /// returns the id its [`SyncReport::Done`] carries.
+    pub fn round_now(&mut self, now: Instant) -> u64 {
+        let id = self.fresh_order();
+        self.out
+            .push_back(SyncLinkOutput::Sync(SyncOrder::RoundNow { id }));
+        self.pump(now);
+        id
+    }
+
+    /// Asks to finish or roll back the round in progress (see
+    /// [`SyncOrder::Settle`]); returns the id its [`SyncReport::Done`]
+    /// carries.
+    pub fn settle(&mut self, now: Instant) -> u64 {
+        let id = self.fresh_order();
+        self.out
+            .push_back(SyncLinkOutput::Sync(SyncOrder::Settle { id }));
+        self.pump(now);
+        id
+    }
+
+    /// Lets the next round past the mass-deletion guard once.
+    pub fn confirm_deletions(&mut self, now: Instant) {
+        self.out
+            .push_back(SyncLinkOutput::Sync(SyncOrder::ConfirmDeletions));
+        self.pump(now);
+    }
+
+    /// Sends opaque bytes to the peer on [`CHANNEL_PEER`]; false when no
+    /// link is up (they are dropped).
+    pub fn send_peer_message(&mut self, now: Instant, payload: &[u8]) -> bool {
+        let sent = self.link.send(CHANNEL_PEER, payload);
+        self.pump(now);
+        sent
+    }
+
+    /// The dial [`SyncLinkOutput::Dial`] asked for connected; `nonce` is
+    /// fresh from the driver's CSPRNG.
+    pub fn handle_dialed(&mut self, now: Instant, conn: ConnId, nonce: Nonce) {
+        self.link.handle_dialed(now, conn, nonce);
+        self.pump(now);
+    }
+
+    /// The dial failed (refused, unreachable).
+    pub fn handle_dial_failed(&mut self, now: Instant, conn: ConnId) {
+        self.link.handle_dial_failed(now, conn);
+        self.pump(now);
+    }
+
+    /// A connection was accepted; `nonce` is fresh from the driver's
+    /// CSPRNG. Returns its id, or `None` when it must be closed at once
+    /// (too many handshakes waiting).
+    pub fn handle_accepted(&mut self, now: Instant, nonce: Nonce) -> Option<ConnId> {
+        let id = self.link.handle_accepted(now, nonce);
+        self.pump(now);
+        id
+    }
+
+    /// Bytes read from a connection.
+    pub fn handle_link_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        self.link.handle_bytes(now, conn, bytes);
+        self.pump(now);
+    }
+
+    /// The connection ended (EOF, reset, or after
+    /// [`SyncLinkOutput::Close`]).
+    pub fn handle_link_closed(&mut self, now: Instant, conn: ConnId) {
+        self.link.handle_closed(now, conn);
+        self.pump(now);
+    }
+
+    /// A message from the worker for the peer.
+    pub fn handle_sync_message(&mut self, now: Instant, message: &Message) {
+        let mut bytes = Vec::with_capacity(message.encoded_len());
+        message.encode(&mut bytes);
+        self.link.send(CHANNEL_SYNC, &bytes);
+        self.pump(now);
+    }
+
+    /// A report from the worker.
+    pub fn handle_sync_report(&mut self, now: Instant, report: SyncReport) {
+        if let SyncReport::RoundFailed { reset: true, .. } = &report {
+            self.link.close_up(now, CloseReason::SyncFailed);
+        }
+        self.out
+            .push_back(SyncLinkOutput::Event(SyncLinkEvent::Sync(report)));
+        self.pump(now);
+    }
+
+    /// Timers due (the handshake deadlines, the next dial).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.link.poll_timeout().is_some_and(|t| t <= now) {
+            self.link.handle_timeout(now);
+        }
+        self.pump(now);
+    }
+
+    /// The next thing to do; [`SyncLinkOutput::Wait`] when there is
+    /// nothing more.
+    pub fn poll_output(&mut self) -> SyncLinkOutput {
+        self.out
+            .pop_front()
+            .unwrap_or_else(|| SyncLinkOutput::Wait(self.link.poll_timeout()))
+    }
+
+    /// The link's next deadline.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.link.poll_timeout()
+    }
+
+    /// The role the worker was last told to run.
+    #[must_use]
+    pub fn role(&self) -> SyncRole {
+        self.role
+    }
+
+    /// Whether an authenticated link is up.
+    #[must_use]
+    pub fn link_up(&self) -> bool {
+        self.link.is_up()
+    }
+
+    /// The link's counters.
+    #[must_use]
+    pub fn link_stats(&self) -> LinkStats {
+        self.link.stats
+    }
+
+    /// This engine's counters.
+    #[must_use]
+    pub fn stats(&self) -> SyncLinkStats {
+        self.stats
+    }
+
+    fn fresh_order(&mut self) -> u64 {
+        let id = self.next_order;
+        self.next_order += 1;
+        id
+    }
+
+    /// Moves what the link produced into the output queue, until nothing
+    /// moves (closing a connection produces more).
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let mut moved = false;
+            while let Some(o) = self.link.out.pop_front() {
+                moved = true;
+                self.out.push_back(match o {
+                    LinkOut::Dial(c) => SyncLinkOutput::Dial(c),
+                    LinkOut::Send(conn, bytes) => SyncLinkOutput::Send { conn, bytes },
+                    LinkOut::Close(conn, reason) => SyncLinkOutput::Close { conn, reason },
+                });
+            }
+            while let Some((conn, why)) = self.link.failures.pop_front() {
+                moved = true;
+                self.out
+                    .push_back(SyncLinkOutput::Event(SyncLinkEvent::LinkFailed {
+                        conn,
+                        why,
+                    }));
+            }
+            while let Some(up) = self.link.changes.pop_front() {
+                moved = true;
+                let (ev, order) = if up {
+                    (SyncLinkEvent::LinkUp, SyncOrder::Connected)
+                } else {
+                    (SyncLinkEvent::LinkDown, SyncOrder::Disconnected)
+                };
+                self.out.push_back(SyncLinkOutput::Event(ev));
+                self.out.push_back(SyncLinkOutput::Sync(order));
+            }
+            while let Some((channel, payload)) = self.link.frames.pop_front() {
+                moved = true;
+                match channel {
+                    CHANNEL_SYNC => match Message::decode(&payload) {
+                        Ok(m) => self
+                            .out
+                            .push_back(SyncLinkOutput::Sync(SyncOrder::Deliver(m))),
+                        Err(_) => {
+                            self.stats.sync_decode_errors += 1;
+                            self.link.close_up(now, CloseReason::Refused);
+                        }
+                    },
+                    CHANNEL_PEER => self
+                        .out
+                        .push_back(SyncLinkOutput::Event(SyncLinkEvent::PeerMessage(payload))),
+                    _ => self.stats.unknown_channel += 1,
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+}

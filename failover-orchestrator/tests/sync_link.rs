@@ -1,0 +1,385 @@
+//! `pair::SyncLink` with two `SyncWorker`s on `MemStore` trees in virtual
+//! time: a source that only listens and a replica that only dials, joined
+//! by in-memory connections.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use failover_orchestrator::pair::{
+    CloseReason, ConnId, LinkConfig, LinkFailure, SyncConfig, SyncLink, SyncLinkEvent,
+    SyncLinkOutput, SyncReport, SyncRole, SyncWorker,
+};
+use sync_delta::frame::{Nonce, PreSharedKey};
+use sync_delta::mem::MemStore;
+
+const SOURCE: usize = 0;
+const REPLICA: usize = 1;
+
+struct End {
+    link: SyncLink,
+    worker: SyncWorker,
+    store: MemStore,
+    events: Vec<(Duration, SyncLinkEvent)>,
+    dials: Vec<Duration>,
+    closes: Vec<CloseReason>,
+}
+
+struct World {
+    t0: Instant,
+    now: Instant,
+    ends: [End; 2],
+    /// (end, conn) → (other end, its conn).
+    conns: HashMap<(usize, ConnId), (usize, ConnId)>,
+    /// Whether the source accepts connections.
+    listening: bool,
+    nonces: u8,
+}
+
+fn end(secret: &[u8], role: SyncRole, dials: bool, now: Instant, store: MemStore) -> End {
+    let link = LinkConfig::new(PreSharedKey::from_secret(secret), dials);
+    End {
+        link: SyncLink::new(link, role, sync_delta::Epoch::default(), now),
+        worker: SyncWorker::new(SyncConfig {
+            interval: Duration::from_secs(3600),
+            ..SyncConfig::default()
+        }),
+        store,
+        events: Vec::new(),
+        dials: Vec::new(),
+        closes: Vec::new(),
+    }
+}
+
+impl World {
+    /// A source tree of `files` files of `size` bytes each.
+    fn new(replica_secret: &[u8], files: usize, size: usize) -> World {
+        let now = Instant::now();
+        let mut src = MemStore::new();
+        for i in 0..files {
+            let data: Vec<u8> = (0..size).map(|b| (b * 7 + i) as u8).collect();
+            src.put_file(&format!("voice/msg{i}.wav"), &data, 0o640, 1);
+        }
+        src.sync_all();
+        let source = end(b"the key", SyncRole::Source, false, now, src);
+        let replica = end(
+            replica_secret,
+            SyncRole::Replica { periodic: true },
+            true,
+            now,
+            MemStore::new(),
+        );
+        World {
+            t0: now,
+            now,
+            ends: [source, replica],
+            conns: HashMap::new(),
+            listening: true,
+            nonces: 0,
+        }
+    }
+
+    fn wall(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000) + (self.now - self.t0)
+    }
+
+    fn nonce(&mut self) -> Nonce {
+        self.nonces += 1;
+        Nonce([self.nonces; 32])
+    }
+
+    /// Carries out every output of both ends and their workers until
+    /// nothing moves.
+    fn settle(&mut self) {
+        loop {
+            let mut moved = false;
+            for i in 0..2 {
+                moved |= self.drain(i);
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    fn drain(&mut self, i: usize) -> bool {
+        let now = self.now;
+        let wall = self.wall();
+        let mut moved = false;
+        let mut bytes_out = Vec::new();
+        loop {
+            let e = &mut self.ends[i];
+            match e.link.poll_output() {
+                SyncLinkOutput::Wait(_) => break,
+                SyncLinkOutput::Dial(id) => {
+                    e.dials.push(now - self.t0);
+                    if self.listening {
+                        let (na, nb) = (self.nonce(), self.nonce());
+                        if let Some(theirs) = self.ends[1 - i].link.handle_accepted(now, na) {
+                            self.conns.insert((i, id), (1 - i, theirs));
+                            self.conns.insert((1 - i, theirs), (i, id));
+                        }
+                        self.ends[i].link.handle_dialed(now, id, nb);
+                    } else {
+                        e.link.handle_dial_failed(now, id);
+                    }
+                }
+                SyncLinkOutput::Send { conn, bytes } => bytes_out.push((conn, bytes)),
+                SyncLinkOutput::Close { conn, reason } => {
+                    e.closes.push(reason);
+                    e.link.handle_link_closed(now, conn);
+                    if let Some((j, theirs)) = self.conns.remove(&(i, conn)) {
+                        self.conns.remove(&(j, theirs));
+                        self.ends[j].link.handle_link_closed(now, theirs);
+                    }
+                }
+                SyncLinkOutput::Sync(order) => {
+                    e.worker.handle_order(now, wall, order, &mut e.store)
+                }
+                SyncLinkOutput::Event(ev) => e.events.push((now - self.t0, ev)),
+            }
+            moved = true;
+        }
+        let e = &mut self.ends[i];
+        while let Some(m) = e.worker.poll_transmit(now, &mut e.store) {
+            e.link.handle_sync_message(now, &m);
+            moved = true;
+        }
+        while let Some(r) = e.worker.poll_report() {
+            e.link.handle_sync_report(now, r);
+            moved = true;
+        }
+        for (conn, bytes) in bytes_out {
+            if let Some((j, theirs)) = self.conns.get(&(i, conn)).copied() {
+                self.ends[j].link.handle_link_bytes(now, theirs, &bytes);
+            }
+        }
+        moved
+    }
+
+    /// Jumps to the next deadline of either end and runs it.
+    fn step(&mut self) {
+        self.settle();
+        let next = self
+            .ends
+            .iter()
+            .flat_map(|e| [e.link.poll_timeout(), e.worker.poll_timeout()])
+            .flatten()
+            .min()
+            .expect("a deadline");
+        self.now = self.now.max(next);
+        let now = self.now;
+        for e in &mut self.ends {
+            e.link.handle_timeout(now);
+            if e.worker.poll_timeout().is_some_and(|t| t <= now) {
+                e.worker.handle_timeout(now, &mut e.store);
+            }
+        }
+        self.settle();
+    }
+
+    /// Steps until `f` finds an event of end `i` (at most a virtual hour).
+    #[track_caller]
+    fn until<T>(&mut self, i: usize, mut f: impl FnMut(&SyncLinkEvent) -> Option<T>) -> T {
+        let from = self.ends[i].events.len();
+        self.settle();
+        let limit = self.now + Duration::from_secs(3600);
+        loop {
+            if let Some(t) = self.ends[i].events[from..].iter().find_map(|(_, e)| f(e)) {
+                return t;
+            }
+            assert!(self.now < limit, "nothing found within an hour");
+            self.step();
+        }
+    }
+
+    fn has(&self, i: usize, f: impl Fn(&SyncLinkEvent) -> bool) -> bool {
+        self.ends[i].events.iter().any(|(_, e)| f(e))
+    }
+}
+
+#[test]
+fn the_replica_pulls_when_the_link_comes_up_and_counts_the_bytes() {
+    let mut w = World::new(b"the key", 3, 20_000);
+    let summary = w.until(REPLICA, |e| match e {
+        SyncLinkEvent::Sync(SyncReport::RoundDone(s)) => Some(*s),
+        _ => None,
+    });
+    assert_eq!(summary.generation, 1);
+    assert_eq!(summary.fetched, 3);
+    // Every file's content came over, framed.
+    assert!(summary.received > 60_000, "{summary:?}");
+    assert!(summary.received < 70_000, "{summary:?}");
+    assert!(w.has(REPLICA, |e| *e == SyncLinkEvent::LinkUp));
+    assert!(w.has(SOURCE, |e| *e == SyncLinkEvent::LinkUp));
+    // The source hears what its replica holds.
+    let st = w.until(SOURCE, |e| match e {
+        SyncLinkEvent::Sync(SyncReport::Status(st)) => Some(*st),
+        _ => None,
+    });
+    assert_eq!(st.number, 1);
+    assert!(st.taken_at.is_some());
+
+    // Opaque bytes beside the sync channel, both ways.
+    let now = w.now;
+    assert!(w.ends[REPLICA].link.send_peer_message(now, b"hello"));
+    let got = w.until(SOURCE, |e| match e {
+        SyncLinkEvent::PeerMessage(m) => Some(m.clone()),
+        _ => None,
+    });
+    assert_eq!(got, b"hello");
+    assert!(w.ends[SOURCE].link.send_peer_message(now, &[0, 255]));
+    let got = w.until(REPLICA, |e| match e {
+        SyncLinkEvent::PeerMessage(m) => Some(m.clone()),
+        _ => None,
+    });
+    assert_eq!(got, [0, 255]);
+    assert_eq!(w.ends[SOURCE].link.stats().unknown_channel, 0);
+}
+
+#[test]
+fn the_source_settles_at_what_its_replica_confirmed_with_when_it_took_it() {
+    let mut w = World::new(b"the key", 2, 1000);
+    let confirmed = w.until(SOURCE, |e| match e {
+        SyncLinkEvent::Sync(SyncReport::Status(st)) => Some(*st),
+        _ => None,
+    });
+    let now = w.now;
+    let id = w.ends[SOURCE].link.settle(now);
+    let got = w.until(SOURCE, |e| match e {
+        SyncLinkEvent::Sync(SyncReport::Done { id: d, result }) if *d == id => Some(result.clone()),
+        _ => None,
+    });
+    let st = got.expect("a source settles");
+    assert_eq!(st.number, 1);
+    assert_eq!(st.taken_at, confirmed.taken_at);
+    assert!(st.taken_at.is_some());
+}
+
+#[test]
+fn a_refused_round_is_reported_once_and_answers_a_round_asked_for() {
+    let mut w = World::new(b"the key", 10, 100);
+    w.until(REPLICA, |e| {
+        matches!(e, SyncLinkEvent::Sync(SyncReport::RoundDone(_))).then_some(())
+    });
+    let before = w.ends[REPLICA].store.tree();
+    for i in 0..8 {
+        w.ends[SOURCE]
+            .store
+            .remove_tree(&format!("voice/msg{i}.wav"));
+    }
+    w.ends[SOURCE].store.sync_all();
+    let now = w.now;
+    let id = w.ends[REPLICA].link.round_now(now);
+    let answer = w.until(REPLICA, |e| match e {
+        SyncLinkEvent::Sync(SyncReport::Done { id: d, result }) if *d == id => Some(result.clone()),
+        _ => None,
+    });
+    let why = answer.expect_err("a refused round is no round done");
+    assert!(why.contains("refused"), "{why}");
+    assert!(w.has(REPLICA, |e| matches!(
+        e,
+        SyncLinkEvent::Sync(SyncReport::Refused(_))
+    )));
+    assert!(!w.has(REPLICA, |e| matches!(
+        e,
+        SyncLinkEvent::Sync(SyncReport::RoundFailed { .. })
+    )));
+    // Nothing was changed, and the link stays up.
+    assert_eq!(w.ends[REPLICA].store.tree(), before);
+    assert!(w.ends[REPLICA].link.link_up());
+}
+
+#[test]
+fn a_session_out_of_step_closes_the_link_which_starts_over() {
+    let mut w = World::new(b"the key", 1, 100);
+    w.until(REPLICA, |e| {
+        matches!(e, SyncLinkEvent::Sync(SyncReport::RoundDone(_))).then_some(())
+    });
+    let now = w.now;
+    w.ends[REPLICA].link.handle_sync_report(
+        now,
+        SyncReport::RoundFailed {
+            why: "replica session: out of step".into(),
+            reset: true,
+        },
+    );
+    w.until(REPLICA, |e| (*e == SyncLinkEvent::LinkDown).then_some(()));
+    assert_eq!(w.ends[REPLICA].closes, [CloseReason::SyncFailed]);
+    // The dialling end comes back after its first backoff.
+    let ups = |w: &World| {
+        w.ends[REPLICA]
+            .events
+            .iter()
+            .filter(|(_, e)| *e == SyncLinkEvent::LinkUp)
+            .count()
+    };
+    assert_eq!(ups(&w), 1);
+    w.until(REPLICA, |e| (*e == SyncLinkEvent::LinkUp).then_some(()));
+    assert_eq!(ups(&w), 2);
+    let dials = &w.ends[REPLICA].dials;
+    assert_eq!(dials[1] - dials[0], Duration::from_millis(200), "{dials:?}");
+}
+
+#[test]
+fn a_wrong_key_is_named_and_redialled_with_a_growing_backoff() {
+    let mut w = World::new(b"another key", 1, 100);
+    let why = w.until(REPLICA, |e| match e {
+        SyncLinkEvent::LinkFailed { why, .. } => Some(*why),
+        _ => None,
+    });
+    assert_eq!(why, LinkFailure::WrongKey);
+    // The responder sees the initiator hang up in the handshake.
+    let theirs = w.until(SOURCE, |e| match e {
+        SyncLinkEvent::LinkFailed { why, .. } => Some(*why),
+        _ => None,
+    });
+    assert_eq!(theirs, LinkFailure::ClosedInHandshake);
+    while w.ends[REPLICA].dials.len() < 7 {
+        w.step();
+    }
+    let d = &w.ends[REPLICA].dials;
+    let gaps: Vec<u64> = d
+        .windows(2)
+        .map(|p| u64::try_from((p[1] - p[0]).as_millis()).unwrap())
+        .collect();
+    assert_eq!(gaps, [200, 400, 800, 1600, 2000, 2000]);
+    assert!(!w.has(REPLICA, |e| *e == SyncLinkEvent::LinkUp));
+    assert!(!w.has(SOURCE, |e| *e == SyncLinkEvent::LinkUp));
+}
+
+#[test]
+fn a_failed_dial_is_reported_and_tried_again() {
+    let mut w = World::new(b"the key", 1, 100);
+    w.listening = false;
+    let why = w.until(REPLICA, |e| match e {
+        SyncLinkEvent::LinkFailed { why, .. } => Some(*why),
+        _ => None,
+    });
+    assert_eq!(why, LinkFailure::DialFailed);
+    w.listening = true;
+    w.until(REPLICA, |e| (*e == SyncLinkEvent::LinkUp).then_some(()));
+    let d = &w.ends[REPLICA].dials;
+    assert_eq!(d[1] - d[0], Duration::from_millis(200));
+}
+
+#[test]
+fn a_silent_connection_is_closed_at_the_handshake_deadline() {
+    let mut w = World::new(b"the key", 1, 100);
+    w.listening = false;
+    let now = w.now;
+    let nonce = w.nonce();
+    let silent = w.ends[SOURCE]
+        .link
+        .handle_accepted(now, nonce)
+        .expect("room for a handshake");
+    let (at, why) = loop {
+        w.step();
+        if let Some((at, SyncLinkEvent::LinkFailed { conn, why })) = w.ends[SOURCE].events.last() {
+            assert_eq!(*conn, silent);
+            break (*at, *why);
+        }
+    };
+    assert_eq!(why, LinkFailure::HandshakeTimeout);
+    assert_eq!(at, sync_delta::frame::HANDSHAKE_TIMEOUT);
+    assert_eq!(w.ends[SOURCE].closes, [CloseReason::HandshakeTimeout]);
+}
