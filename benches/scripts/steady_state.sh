@@ -17,8 +17,9 @@ if [ "$(id -u)" != 0 ]; then
     echo "steady_state.sh: needs root (network namespaces)" >&2
     exit 1
 fi
-# The release node, as a vendor ships it.
-cargo build --release -p examples --example node --tests
+# The node as a vendor ships it (the `dist` profile: release with LTO),
+# and the measuring test beside it in the same profile.
+cargo build --profile dist -p examples --example node --test interop
 STEADY_SECS=${STEADY_SECS:-30} \
-    cargo test --release -p examples --test interop -- --ignored --exact \
+    cargo test --profile dist -p examples --test interop -- --ignored --exact \
     steady_state_cost_beside_keepalived --nocapture 2>&1 | grep -E '^steady state|FAILED|panicked' 

@@ -425,7 +425,8 @@ struct Engine {
     config: NodeConfig,
     phones: Vec<Phone>,
     last_change: u64,
-    last_rx: u64,
+    /// When the last valid advertisement was read.
+    last_rx: Option<Instant>,
     registered: Vec<PhoneId>,
     stop: Option<(Stop, oneshot::Sender<()>)>,
     /// Something worth showing happened since the last snapshot.
@@ -435,6 +436,16 @@ struct Engine {
     /// Quarantine folders reported since start.
     quarantine: Vec<String>,
     published_at: Instant,
+}
+
+/// An instant of this run as Unix milliseconds (for the status).
+fn wall_ms(at: Instant) -> u64 {
+    let ago = Instant::now().saturating_duration_since(at);
+    unix_ms(
+        SystemTime::now()
+            .checked_sub(ago)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+    )
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -450,8 +461,14 @@ impl Engine {
     fn run(mut self) {
         let mut woken = Woken::default();
         loop {
-            self.drain();
-            self.maybe_publish();
+            // One deadline per round: nothing reaches the pair between
+            // the drain and the check after the wait.
+            let deadline = self.drain();
+            // The clock as last read (after the wait, or by an input since):
+            // the wait below may end later by the time this round took,
+            // tens of microseconds, for one clock read less per wake-up.
+            let now = self.clock;
+            self.maybe_publish(now);
             if let Some((how, done)) = self.stop.take() {
                 self.shut_down(how);
                 let _ = done.send(());
@@ -460,14 +477,11 @@ impl Engine {
             let publish = self
                 .dirty
                 .then(|| self.published_at + Duration::from_millis(20));
-            let deadline = [self.pair.poll_timeout(), publish]
-                .into_iter()
-                .flatten()
-                .min();
-            let timeout = deadline.map(|d| poll_wait(d.saturating_duration_since(self.now())));
+            let wake_at = [deadline, publish].into_iter().flatten().min();
+            let timeout = wake_at.map(|d| poll_wait(d.saturating_duration_since(now)));
             self.sockets.wait(timeout, &mut woken);
             let now = self.now();
-            if let Some(d) = self.pair.poll_timeout().filter(|d| *d <= now + DUE_EARLY) {
+            if let Some(d) = deadline.filter(|d| *d <= now + DUE_EARLY) {
                 self.clock = self.clock.max(d);
                 self.pair.handle_timeout(self.clock);
             }
@@ -475,7 +489,7 @@ impl Engine {
             // syscall for nothing, at a hundred wake-ups a second.
             for &token in &woken.own {
                 match token {
-                    TOKEN_VRRP => self.receive_vrrp(),
+                    TOKEN_VRRP => self.receive_vrrp(now),
                     _ => self.read_inbox(),
                 }
             }
@@ -494,8 +508,7 @@ impl Engine {
     /// The packet waiting, with the time it was read. One per wake-up: the
     /// poll is level-triggered, so another waiting wakes it again at once,
     /// and no read ends in EAGAIN.
-    fn receive_vrrp(&mut self) {
-        let now = self.now();
+    fn receive_vrrp(&mut self, now: Instant) {
         let r = match self.vrrp.try_recv(&mut self.rx) {
             Ok(Some(Received::Datagram(n))) => self.pair.handle_vrrp_datagram(now, &self.rx[..n]),
             Ok(Some(Received::Message(n, meta))) => {
@@ -508,9 +521,9 @@ impl Engine {
             }
         };
         if r.is_ok() {
-            self.last_rx = unix_ms(SystemTime::now());
+            self.last_rx = Some(now);
         }
-        self.drain();
+        // What it asks for is carried out at the top of the loop.
     }
 
     fn conn_ready(&mut self, id: ConnId, ready: Ready) {
@@ -557,10 +570,19 @@ impl Engine {
     }
 
     /// Carries out everything the engine asks, in order.
-    fn drain(&mut self) {
+    /// Returns the pair's next deadline.
+    fn drain(&mut self) -> Option<Instant> {
         loop {
             match self.pair.poll_output() {
-                Output::Wait(_) => break,
+                Output::Wait(deadline) => {
+                    if self.registered.is_empty() {
+                        return deadline;
+                    }
+                    let now = self.now();
+                    for p in std::mem::take(&mut self.registered) {
+                        self.pair.handle_phone_registered(now, p);
+                    }
+                }
                 Output::Persist(record) => {
                     if let Err(e) = save_state(&self.state_dir, &record) {
                         warn!(error = %e, "cannot persist the orchestrator's state");
@@ -624,10 +646,6 @@ impl Engine {
                 }
             }
         }
-        let now = self.now();
-        for p in std::mem::take(&mut self.registered) {
-            self.pair.handle_phone_registered(now, p);
-        }
     }
 
     /// Without a `[sync]` section there is no tree to serve or settle.
@@ -687,13 +705,11 @@ impl Engine {
 
     /// The snapshot is rebuilt when something other than the steady beat
     /// happened (a state change, a command, an event, a request), at most
-    /// every 20 ms, and at least every 250 ms for the counters: rebuilding
+    /// every 20 ms, and at least every second for the counters: rebuilding
     /// it on every advertisement would cost more than the election.
-    fn maybe_publish(&mut self) {
-        let now = self.now();
+    fn maybe_publish(&mut self, now: Instant) {
         let since = now.saturating_duration_since(self.published_at);
-        if (self.dirty && since >= Duration::from_millis(20)) || since >= Duration::from_millis(250)
-        {
+        if (self.dirty && since >= Duration::from_millis(20)) || since >= Duration::from_secs(1) {
             self.publish();
             self.published_at = now;
             self.dirty = false;
@@ -710,7 +726,7 @@ impl Engine {
         };
         s.id.clone_from(&self.config.id);
         s.vrrp = match self.pair.router() {
-            Some(r) => view(r, self.last_change, self.last_rx),
+            Some(r) => view(r, self.last_change, self.last_rx.map_or(0, wall_ms)),
             None => VrrpView {
                 state: "Disabled".into(),
                 ..VrrpView::default()
@@ -1201,7 +1217,7 @@ pub async fn run(
         config: config.clone(),
         phones: phones.clone(),
         last_change: unix_ms(SystemTime::now()),
-        last_rx: 0,
+        last_rx: None,
         registered: Vec::new(),
         stop: None,
         dirty: true,

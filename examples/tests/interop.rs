@@ -503,10 +503,21 @@ fn steady_state_cost_beside_keepalived() {
     // Past the start-up and the first sync round.
     std::thread::sleep(Duration::from_secs(3));
     let (ours0, ka0) = (cpu_seconds(&ours_pids), cpu_seconds(&ka_pids));
+    let per_node: Vec<Vec<u32>> = ours
+        .iter()
+        .map(|n| n.pid().into_iter().collect())
+        .chain(ka.iter().map(Keepalived::pids))
+        .collect();
+    let per0: Vec<f64> = per_node.iter().map(|p| cpu_seconds(p)).collect();
     let t0 = std::time::Instant::now();
     std::thread::sleep(Duration::from_secs(secs));
     let (ours1, ka1) = (cpu_seconds(&ours_pids), cpu_seconds(&ka_pids));
     let elapsed = t0.elapsed().as_secs_f64();
+    let per: Vec<f64> = per_node
+        .iter()
+        .zip(&per0)
+        .map(|(p, c0)| (cpu_seconds(p) - c0) * 1000.0 / elapsed)
+        .collect();
     let ours_cpu = (ours1 - ours0) * 1000.0 / elapsed;
     let ka_cpu = (ka1 - ka0) * 1000.0 / elapsed;
     let (ours_rss, ka_rss) = (rss_mib(&ours_pids), rss_mib(&ka_pids));
@@ -537,6 +548,11 @@ fn steady_state_cost_beside_keepalived() {
         "steady state at 10 ms, {secs} s: ours {ours_cpu:.1} ms/s ({ours_rss:.1} MiB), \
          keepalived {ka_cpu:.1} ms/s ({ka_rss:.1} MiB), ratio {:.2}",
         ours_cpu / ka_cpu.max(0.001)
+    );
+    println!(
+        "steady state per node, ms/s: ours Master {:.1}, Backup {:.1}; \
+         keepalived Master {:.1}, Backup {:.1}",
+        per[0], per[1], per[2], per[3]
     );
 }
 
