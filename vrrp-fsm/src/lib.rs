@@ -18,7 +18,8 @@
 //!   [`vrrp_proto::DropReason`]s and this crate's [`ConfigDrop`]s) and per
 //!   transition.
 //! - `sim` (feature `sim`): a deterministic simulator of several engines on
-//!   lossy, delayed, partitionable links in virtual time.
+//!   lossy, delayed, partitionable links in virtual time, generic over the
+//!   engine and the packets its network carries.
 //!
 //! RFC 9568 renamed Master to Active (`Active_Down_Interval`,
 //! `Active_Adver_Interval`); this crate keeps RFC 3768's Master, as

@@ -2,10 +2,13 @@
 //! virtual time.
 //!
 //! - Generic over [`Engine`] (handle a packet, a command, a timeout; poll
-//!   transmits, events and the next deadline), implemented here for
-//!   [`VirtualRouter`] and [`SyncGroup`]; other crates implement it for
-//!   their own engines (e.g. a router plus an orchestrator) and reuse the
-//!   network.
+//!   transmits, events and the next deadline) and over what the network
+//!   carries ([`Engine::Packet`]): each transmit says what is sent and
+//!   where ([`Outgoing`]: the LAN, or one node). Implemented here for
+//!   [`VirtualRouter`] and [`SyncGroup`], whose packets are VRRP messages
+//!   ([`VrrpMessage`]); other crates implement it for their own engines
+//!   (e.g. a router plus an orchestrator, whose packets are either VRRP or
+//!   peer messages) and reuse the network.
 //! - Virtual time jumps straight to the next deadline, delivery or
 //!   scheduled action: an hour of a pair at a 10 ms interval runs in well
 //!   under a second in release builds.
@@ -17,6 +20,8 @@
 //!   property checks.
 //!
 //! Nothing here reads a clock: [`Sim::new`] takes the base instant.
+//! [`Sim::run_until`] runs to an instant; [`Sim::step_until`] runs one
+//! instant at a time, for a driver that checks or acts between steps.
 //!
 //! ```
 //! use std::net::Ipv4Addr;
@@ -63,6 +68,9 @@ use crate::router::{CommandError, Input, Release, Transmit, VirtualRouter};
 /// An engine the simulator can drive: the house engine shape, with inputs
 /// reduced to packets, commands and timeouts.
 pub trait Engine {
+    /// What the network carries, as a receiver gets it. A packet for the
+    /// LAN is cloned for every receiver but the last.
+    type Packet: Clone;
     /// Operator / driver inputs a scenario schedules.
     type Command: Debug + Clone;
     /// What a command can answer instead of `Ok`.
@@ -75,19 +83,84 @@ pub trait Engine {
     /// # Errors
     /// The engine's refusal; the simulator records it.
     fn handle_command(&mut self, now: Instant, command: Self::Command) -> Result<(), Self::Error>;
-    /// A packet delivered by the network (a bare message with metadata).
-    fn handle_packet(&mut self, now: Instant, packet: &[u8], meta: RecvMeta);
+    /// A packet delivered by the network.
+    fn handle_packet(&mut self, now: Instant, packet: Self::Packet);
     /// Timers due.
     fn handle_timeout(&mut self, now: Instant);
     /// Next deadline.
     fn poll_timeout(&self) -> Option<Instant>;
-    /// Next packet to send, written into `buf`.
-    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit>;
+    /// Next packet to send, and where.
+    fn poll_transmit(&mut self) -> Option<Outgoing<Self::Packet>>;
     /// Next event.
     fn poll_event(&mut self) -> Option<Self::Event>;
 }
 
+/// Where a packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum To {
+    /// Every other node on the LAN (a multicast group).
+    Lan,
+    /// The node with this unicast address (nowhere if none has it).
+    Node(IpAddr),
+}
+
+/// A packet an engine sends, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing<P> {
+    /// Where it goes.
+    pub to: To,
+    /// What is sent.
+    pub packet: P,
+}
+
+/// What a [`VirtualRouter`] or a [`SyncGroup`] sends and receives in the
+/// simulator: a bare VRRP message with the metadata a receiving socket
+/// gives (source, destination, TTL 255).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VrrpMessage {
+    /// The receive metadata.
+    pub meta: RecvMeta,
+    /// The message.
+    pub bytes: Vec<u8>,
+}
+
+impl VrrpMessage {
+    /// Where a router's [`Transmit`] goes: the LAN for the VRRP group, one
+    /// node for a unicast peer.
+    #[must_use]
+    pub fn to(transmit: &Transmit) -> To {
+        if transmit.dst.is_multicast() {
+            To::Lan
+        } else {
+            To::Node(transmit.dst)
+        }
+    }
+
+    /// A router's [`Transmit`] and the bytes it wrote, as the simulator
+    /// sends them.
+    #[must_use]
+    pub fn outgoing(transmit: &Transmit, buf: &[u8]) -> Outgoing<VrrpMessage> {
+        let len = transmit.len.min(buf.len());
+        Outgoing {
+            to: VrrpMessage::to(transmit),
+            packet: VrrpMessage {
+                meta: RecvMeta {
+                    src: transmit.src,
+                    dst: transmit.dst,
+                    ttl: TTL,
+                },
+                bytes: buf[..len].to_vec(),
+            },
+        }
+    }
+}
+
+/// A buffer no advertisement outgrows: 255 IPv6 addresses, the header, and
+/// an IP header for datagrams.
+const MAX_MESSAGE: usize = 8 + 255 * 16 + 8 + 40;
+
 impl Engine for VirtualRouter {
+    type Packet = VrrpMessage;
     type Command = Input;
     type Error = CommandError;
     type Event = Event;
@@ -95,9 +168,9 @@ impl Engine for VirtualRouter {
     fn handle_command(&mut self, now: Instant, command: Input) -> Result<(), CommandError> {
         VirtualRouter::handle_input(self, now, command)
     }
-    fn handle_packet(&mut self, now: Instant, packet: &[u8], meta: RecvMeta) {
+    fn handle_packet(&mut self, now: Instant, packet: VrrpMessage) {
         // Drops are counted in the router's stats.
-        let _ = self.handle_message(now, packet, meta);
+        let _ = self.handle_message(now, &packet.bytes, packet.meta);
     }
     fn handle_timeout(&mut self, now: Instant) {
         VirtualRouter::handle_timeout(self, now);
@@ -105,8 +178,9 @@ impl Engine for VirtualRouter {
     fn poll_timeout(&self) -> Option<Instant> {
         VirtualRouter::poll_timeout(self)
     }
-    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        VirtualRouter::poll_transmit(self, buf)
+    fn poll_transmit(&mut self) -> Option<Outgoing<VrrpMessage>> {
+        let mut buf = [0u8; MAX_MESSAGE];
+        VirtualRouter::poll_transmit(self, &mut buf).map(|t| VrrpMessage::outgoing(&t, &buf))
     }
     fn poll_event(&mut self) -> Option<Event> {
         VirtualRouter::poll_event(self)
@@ -124,6 +198,7 @@ pub enum GroupCommand {
 }
 
 impl Engine for SyncGroup {
+    type Packet = VrrpMessage;
     type Command = GroupCommand;
     type Error = CommandError;
     type Event = (usize, Event);
@@ -143,8 +218,8 @@ impl Engine for SyncGroup {
         }
         Ok(())
     }
-    fn handle_packet(&mut self, now: Instant, packet: &[u8], meta: RecvMeta) {
-        let _ = self.handle_message(now, packet, meta);
+    fn handle_packet(&mut self, now: Instant, packet: VrrpMessage) {
+        let _ = self.handle_message(now, &packet.bytes, packet.meta);
     }
     fn handle_timeout(&mut self, now: Instant) {
         SyncGroup::handle_timeout(self, now);
@@ -152,8 +227,9 @@ impl Engine for SyncGroup {
     fn poll_timeout(&self) -> Option<Instant> {
         SyncGroup::poll_timeout(self)
     }
-    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        SyncGroup::poll_transmit(self, buf).map(|(_, t)| t)
+    fn poll_transmit(&mut self) -> Option<Outgoing<VrrpMessage>> {
+        let mut buf = [0u8; MAX_MESSAGE];
+        SyncGroup::poll_transmit(self, &mut buf).map(|(_, t)| VrrpMessage::outgoing(&t, &buf))
     }
     fn poll_event(&mut self) -> Option<(usize, Event)> {
         SyncGroup::poll_event(self)
@@ -257,11 +333,10 @@ impl<T> Ord for Keyed<T> {
     }
 }
 
-struct Flight {
+struct Flight<P> {
     from: usize,
     to: usize,
-    meta: RecvMeta,
-    bytes: Vec<u8>,
+    packet: P,
 }
 
 /// SplitMix64: tiny, seeded, good enough for loss and jitter.
@@ -298,16 +373,17 @@ pub struct Sim<E: Engine> {
     links: Vec<LinkConfig>,
     cut: Vec<bool>,
     default_link: LinkConfig,
-    flights: BinaryHeap<Reverse<Keyed<Flight>>>,
+    flights: BinaryHeap<Reverse<Keyed<Flight<E::Packet>>>>,
     actions: BinaryHeap<Reverse<Keyed<Action<E::Command>>>>,
     seq: u64,
     rng: Rng,
     records: Vec<Record<E::Event>>,
     traffic: bool,
-    buf: Vec<u8>,
-    pool: Vec<Vec<u8>>,
     steps: u64,
     delivered: u64,
+    /// Steps in a row at the same instant, and that instant.
+    same: u32,
+    last: Instant,
 }
 
 impl<E: Engine> Debug for Sim<E> {
@@ -342,10 +418,10 @@ impl<E: Engine> Sim<E> {
             rng: Rng(seed),
             records: Vec::new(),
             traffic: false,
-            buf: vec![0; 8 + 255 * 16 + 8 + 40],
-            pool: Vec::new(),
             steps: 0,
             delivered: 0,
+            same: 0,
+            last: base,
         }
     }
 
@@ -489,31 +565,43 @@ impl<E: Engine> Sim<E> {
     /// If an engine keeps asking for a timeout it does not move past
     /// (a deadline in the past that `handle_timeout` never clears).
     pub fn run_until(&mut self, until: Duration) {
+        while self.step_until(until) {}
+    }
+
+    /// Runs the next instant at which anything is due, if it is at or
+    /// before virtual time `until`: scheduled actions, then deliveries,
+    /// then timers, then every node's outputs. Returns `false` when
+    /// nothing is due by `until`; time then stands at `until`.
+    ///
+    /// A driver that checks invariants, stops on a condition or acts on
+    /// what the engines did (schedules a crash, changes a link) between
+    /// instants loops on this instead of [`Sim::run_until`].
+    ///
+    /// # Panics
+    /// As [`Sim::run_until`].
+    pub fn step_until(&mut self, until: Duration) -> bool {
         let limit = self.base + until;
-        let mut same = 0u32;
-        let mut last = self.now;
-        while let Some(next) = self.next_instant() {
-            if next > limit {
-                break;
+        let Some(next) = self.next_instant().filter(|t| *t <= limit) else {
+            if limit > self.now {
+                self.now = limit;
             }
-            let at = next.max(self.now);
-            if at == last {
-                same += 1;
-                assert!(
-                    same < STUCK_STEPS,
-                    "an engine is stuck at {:?}",
-                    at - self.base
-                );
-            } else {
-                same = 0;
-                last = at;
-            }
-            self.now = at;
-            self.step();
+            return false;
+        };
+        let at = next.max(self.now);
+        if at == self.last {
+            self.same += 1;
+            assert!(
+                self.same < STUCK_STEPS,
+                "an engine is stuck at {:?}",
+                at - self.base
+            );
+        } else {
+            self.same = 0;
+            self.last = at;
         }
-        if limit > self.now {
-            self.now = limit;
-        }
+        self.now = at;
+        self.step();
+        true
     }
 
     fn schedule(&mut self, at: Duration, action: Action<E::Command>) {
@@ -556,13 +644,12 @@ impl<E: Engine> Sim<E> {
             if let Some(Reverse(k)) = self.flights.pop() {
                 let f = k.item;
                 if let Some(e) = self.nodes.get_mut(f.to).and_then(|n| n.engine.as_mut()) {
-                    e.handle_packet(now, &f.bytes, f.meta);
+                    e.handle_packet(now, f.packet);
                     self.delivered += 1;
                     if self.traffic {
                         self.record(f.to, What::Delivered { from: f.from });
                     }
                 }
-                self.pool.push(f.bytes);
             }
         }
         for n in &mut self.nodes {
@@ -627,20 +714,20 @@ impl<E: Engine> Sim<E> {
 
     fn drain(&mut self, i: usize) {
         let n = self.nodes.len();
+        let mut receivers = Vec::with_capacity(n);
         loop {
             let Some(e) = self.nodes.get_mut(i).and_then(|n| n.engine.as_mut()) else {
                 return;
             };
-            let Some(tx) = e.poll_transmit(&mut self.buf) else {
+            let Some(tx) = e.poll_transmit() else {
                 break;
             };
-            let len = tx.len.min(self.buf.len());
+            receivers.clear();
             for to in 0..n {
                 if to == i {
                     continue;
                 }
-                let unicast = !tx.dst.is_multicast();
-                if unicast && self.nodes[to].addr != tx.dst {
+                if matches!(tx.to, To::Node(addr) if self.nodes[to].addr != addr) {
                     continue;
                 }
                 let link = self.links[i * n + to];
@@ -658,22 +745,25 @@ impl<E: Engine> Sim<E> {
                 } else {
                     0
                 };
-                let mut bytes = self.pool.pop().unwrap_or_default();
-                bytes.clear();
-                bytes.extend_from_slice(&self.buf[..len]);
+                receivers.push((to, link.delay + Duration::from_micros(extra)));
+            }
+            // The last receiver takes the packet itself; the others a copy.
+            let mut packet = Some(tx.packet);
+            for (k, &(to, delay)) in receivers.iter().enumerate() {
+                let p = if k + 1 == receivers.len() {
+                    packet.take()
+                } else {
+                    packet.clone()
+                };
+                let Some(p) = p else { break };
                 self.seq += 1;
                 self.flights.push(Reverse(Keyed {
-                    at: self.now + link.delay + Duration::from_micros(extra),
+                    at: self.now + delay,
                     seq: self.seq,
                     item: Flight {
                         from: i,
                         to,
-                        meta: RecvMeta {
-                            src: tx.src,
-                            dst: tx.dst,
-                            ttl: TTL,
-                        },
-                        bytes,
+                        packet: p,
                     },
                 }));
             }
@@ -703,4 +793,156 @@ fn fmt_ms(d: Duration) -> String {
 #[must_use]
 pub fn swap_release(priority: vrrp_proto::Priority) -> Input {
     Input::Release(Release::new().priority(priority))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    /// An engine whose packets are not VRRP: a command sends a word to the
+    /// LAN or to one node; what it hears is its event.
+    #[derive(Default)]
+    struct Talker {
+        out: VecDeque<Outgoing<String>>,
+        heard: VecDeque<String>,
+        /// Answers each word heard after this delay.
+        echo: Option<(Duration, Vec<(Instant, String)>)>,
+    }
+
+    impl Engine for Talker {
+        type Packet = String;
+        type Command = (To, &'static str);
+        type Error = Infallible;
+        type Event = String;
+
+        fn handle_command(
+            &mut self,
+            _: Instant,
+            (to, w): (To, &'static str),
+        ) -> Result<(), Infallible> {
+            self.out.push_back(Outgoing {
+                to,
+                packet: w.to_owned(),
+            });
+            Ok(())
+        }
+        fn handle_packet(&mut self, now: Instant, packet: String) {
+            if let Some((d, due)) = &mut self.echo {
+                due.push((now + *d, format!("re: {packet}")));
+            }
+            self.heard.push_back(packet);
+        }
+        fn handle_timeout(&mut self, now: Instant) {
+            if let Some((_, due)) = &mut self.echo {
+                let (now_due, later) = due.drain(..).partition(|(t, _)| *t <= now);
+                *due = later;
+                for (_, w) in now_due {
+                    self.out.push_back(Outgoing {
+                        to: To::Lan,
+                        packet: w,
+                    });
+                }
+            }
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            self.echo
+                .as_ref()
+                .and_then(|(_, due)| due.iter().map(|(t, _)| *t).min())
+        }
+        fn poll_transmit(&mut self) -> Option<Outgoing<String>> {
+            self.out.pop_front()
+        }
+        fn poll_event(&mut self) -> Option<String> {
+            self.heard.pop_front()
+        }
+    }
+
+    fn addr(n: u8) -> IpAddr {
+        Ipv4Addr::new(192, 0, 2, n).into()
+    }
+
+    fn heard(sim: &Sim<Talker>) -> Vec<(u128, usize, String)> {
+        sim.records()
+            .iter()
+            .filter_map(|r| match &r.what {
+                What::Event(w) => Some((r.at.as_millis(), r.node, w.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_packet_goes_to_the_lan_or_to_one_node() {
+        let mut sim = Sim::new(Instant::now(), 1);
+        sim.set_all_links(LinkConfig::delay(Duration::from_millis(2)));
+        for n in 1..=3 {
+            sim.add_node(addr(n), |_| Talker::default());
+            sim.boot_at(Duration::ZERO, usize::from(n - 1));
+        }
+        sim.command_at(Duration::from_millis(10), 0, (To::Lan, "all"));
+        sim.command_at(Duration::from_millis(20), 0, (To::Node(addr(3)), "three"));
+        sim.command_at(Duration::from_millis(30), 1, (To::Node(addr(9)), "nobody"));
+        sim.run_until(Duration::from_secs(1));
+        assert_eq!(
+            heard(&sim),
+            vec![
+                (12, 1, "all".to_owned()),
+                (12, 2, "all".to_owned()),
+                (22, 2, "three".to_owned()),
+            ]
+        );
+        assert_eq!(sim.delivered(), 3);
+    }
+
+    #[test]
+    fn partitions_and_crashes_hold_for_any_packet() {
+        let mut sim = Sim::new(Instant::now(), 1);
+        sim.set_all_links(LinkConfig::delay(Duration::from_millis(1)));
+        for n in 1..=2 {
+            sim.add_node(addr(n), |_| Talker::default());
+            sim.boot_at(Duration::ZERO, usize::from(n - 1));
+        }
+        sim.partition_at(Duration::from_millis(5), &[&[0], &[1]]);
+        sim.command_at(Duration::from_millis(10), 0, (To::Lan, "cut"));
+        sim.heal_at(Duration::from_millis(15));
+        sim.crash_at(Duration::from_millis(15), 1);
+        sim.command_at(Duration::from_millis(20), 0, (To::Lan, "down"));
+        sim.boot_at(Duration::from_millis(25), 1);
+        sim.command_at(Duration::from_millis(30), 0, (To::Lan, "up"));
+        sim.run_until(Duration::from_secs(1));
+        assert_eq!(heard(&sim), vec![(31, 1, "up".to_owned())]);
+    }
+
+    #[test]
+    fn step_until_runs_one_instant_at_a_time() {
+        let mut sim = Sim::new(Instant::now(), 1);
+        sim.set_all_links(LinkConfig::delay(Duration::from_millis(3)));
+        for n in 1..=2 {
+            sim.add_node(addr(n), |_| Talker {
+                echo: Some((Duration::from_millis(4), Vec::new())),
+                ..Talker::default()
+            });
+            sim.boot_at(Duration::ZERO, usize::from(n - 1));
+        }
+        sim.command_at(Duration::from_millis(10), 0, (To::Lan, "hi"));
+        let until = Duration::from_millis(30);
+        let mut instants = Vec::new();
+        while sim.step_until(until) {
+            instants.push(sim.elapsed().as_millis());
+        }
+        // Boot, the command, delivered, echoed, delivered, echoed back,
+        // delivered; the next echo at 31 ms is past `until`, so not yet.
+        assert_eq!(instants, vec![0, 10, 13, 17, 20, 24, 27]);
+        assert_eq!(sim.elapsed(), until);
+        assert_eq!(heard(&sim).len(), 3);
+        sim.run_until(Duration::from_millis(34));
+        assert_eq!(
+            heard(&sim).last(),
+            Some(&(34, 0, "re: re: re: hi".to_owned()))
+        );
+    }
 }
