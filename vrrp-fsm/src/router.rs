@@ -610,6 +610,8 @@ impl VirtualRouter {
         self.backup_mode = mode;
         if let Role::Backup(mut b) = self.role {
             match mode {
+                // An armed takeover keeps watching the Master.
+                BackupMode::Passive if self.armed => b.cause = Reason::ArmedTakeover,
                 BackupMode::Passive => b.down_at = None,
                 BackupMode::Active => {
                     b.down_at = Some(now + self.down_interval);
@@ -625,13 +627,23 @@ impl VirtualRouter {
     /// arm lasts until it fires, [`VirtualRouter::disarm`], or the state
     /// changes.
     ///
+    /// An armed Passive Backup also watches the Master as an Active one
+    /// does: if the Master falls silent for `Master_Down_Interval` before
+    /// it releases (it died in the middle of the swap), the armed Backup
+    /// takes over then ([`Reason::ArmedTakeover`]), so that a swap never
+    /// leaves the pair without a Master.
+    ///
     /// # Errors
     /// [`CommandError::NotBackup`] unless in Backup.
     pub fn arm_takeover(&mut self, now: Instant) -> Result<(), CommandError> {
-        let _ = now;
         match self.role {
-            Role::Backup(_) => {
+            Role::Backup(mut b) => {
                 self.armed = true;
+                if b.down_at.is_none() {
+                    b.down_at = Some(now + self.down_interval);
+                    b.cause = Reason::ArmedTakeover;
+                    self.role = Role::Backup(b);
+                }
                 Ok(())
             }
             _ => Err(CommandError::NotBackup {
@@ -640,10 +652,15 @@ impl VirtualRouter {
         }
     }
 
-    /// Cancels an armed takeover.
+    /// Cancels an armed takeover (a Passive Backup stops watching the
+    /// Master again).
     pub fn disarm(&mut self, now: Instant) {
         let _ = now;
         self.armed = false;
+        if let (Role::Backup(mut b), BackupMode::Passive) = (self.role, self.backup_mode) {
+            b.down_at = None;
+            self.role = Role::Backup(b);
+        }
     }
 
     /// Becomes Master now (an explicit takeover; the only way out of
@@ -1069,10 +1086,19 @@ impl VirtualRouter {
         match self.role {
             Role::Initialize => {}
             Role::Backup(mut b) => {
-                let armed_release = self.armed && prio == Priority::RELEASE;
-                if self.backup_mode == BackupMode::Passive && !armed_release {
-                    self.stats.rx_ignored_passive += 1;
-                    return;
+                if self.backup_mode == BackupMode::Passive {
+                    if !self.armed {
+                        self.stats.rx_ignored_passive += 1;
+                        return;
+                    }
+                    if prio != Priority::RELEASE {
+                        // Armed: the Master still speaks; keep watching.
+                        b.down_at = Some(now + self.down_interval);
+                        b.cause = Reason::ArmedTakeover;
+                        self.role = Role::Backup(b);
+                        self.heard(src, prio);
+                        return;
+                    }
                 }
                 if prio == Priority::RELEASE {
                     if self.armed {

@@ -482,6 +482,39 @@ fn armed_backup_takes_over_on_release_at_once() {
 }
 
 #[test]
+fn armed_passive_backup_takes_over_when_the_master_dies_before_releasing() {
+    let (mut r, t0) = started(base(100).backup_mode(BackupMode::Passive));
+    r.arm_takeover(ms(t0, 100)).unwrap();
+    let down = r.master_down_interval();
+    assert_eq!(r.poll_timeout(), Some(ms(t0, 100) + down));
+    // The Master still speaks: the watch restarts, nothing else moves.
+    advert(&mut r, ms(t0, 1_000), HIGHER_IP, 200).unwrap();
+    assert_eq!(r.stats().rx_ignored_passive, 0);
+    assert_eq!(r.poll_timeout(), Some(ms(t0, 1_000) + down));
+    r.handle_timeout(ms(t0, 1_000) + down - Duration::from_millis(1));
+    assert_state(&r, State::Backup);
+    // Then silence: the armed Backup takes over, as the swap meant.
+    r.handle_timeout(ms(t0, 1_000) + down);
+    assert_state(&r, State::Master);
+    assert!(!r.is_armed());
+    let changes = state_changes(&drain(&mut r));
+    assert_eq!(
+        changes.last(),
+        Some(&(State::Backup, State::Master, Reason::ArmedTakeover))
+    );
+
+    // Disarmed, a Passive Backup is passive again: no timer, adverts ignored.
+    let (mut r, t0) = started(base(100).backup_mode(BackupMode::Passive));
+    r.arm_takeover(ms(t0, 100)).unwrap();
+    r.disarm(ms(t0, 200));
+    assert_eq!(r.poll_timeout(), None);
+    advert(&mut r, ms(t0, 300), HIGHER_IP, 200).unwrap();
+    assert_eq!(r.stats().rx_ignored_passive, 1);
+    r.handle_timeout(ms(t0, 3_600_000));
+    assert_state(&r, State::Backup);
+}
+
+#[test]
 fn release_sends_zero_and_holds_off() {
     let (mut r, t0) = started(base(200).release_hold_off(Duration::from_secs(10)));
     r.takeover(t0).unwrap();
