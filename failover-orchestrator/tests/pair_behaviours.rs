@@ -2,7 +2,7 @@
 //! a swap with a Passive Backup, swaps in a row, both units started
 //! together, redundancy off and on at run time, and the rules behind them
 //! (who may switch redundancy off, which takeover re-homes phones, the mode
-//! a Master keeps).
+//! a Master keeps, a swap whose Master dies midway).
 
 mod pair_world;
 
@@ -276,5 +276,40 @@ fn lost_advertisements_do_not_move_the_address_while_the_peer_link_vouches() {
     let crash = w.now;
     w.run_until(crash + secs(5));
     assert!(w.nodes[1].holds_vip, "{}", w.report());
+    assert!(w.violations.is_empty(), "{}", w.report());
+}
+
+#[test]
+fn a_master_that_dies_in_the_middle_of_a_swap_leaves_the_passive_backup_serving() {
+    let mut w = settled_pair(9);
+    let passive = OperatorRequest::SetBackupMode {
+        mode: BackupMode::Passive,
+        expires_at: None,
+    };
+    assert!(w.request(1, passive).is_ok());
+    w.run_until(w.now + secs(5));
+    assert_eq!(w.mode(1), BackupMode::Passive);
+    w.request(0, OperatorRequest::Swap).expect("swap accepted");
+    // Up to the moment the Backup is armed for the hand-over...
+    let armed = |w: &World| {
+        w.nodes[1]
+            .pair
+            .as_ref()
+            .and_then(|p| p.router())
+            .is_some_and(vrrp_fsm::VirtualRouter::is_armed)
+    };
+    let limit = w.now + secs(60);
+    while !armed(&w) && w.now < limit {
+        w.run_until(w.now + Duration::from_millis(1));
+    }
+    assert!(armed(&w), "the Backup was never armed\n{}", w.report());
+    // ...then the Master dies before it releases, and stays down.
+    let crash_at = w.now;
+    w.at(crash_at, Ev::Crash(0));
+    w.run_until(crash_at + secs(30));
+    // The armed Passive Backup took over: the pair is not left without a
+    // Master, and no invariant broke on the way.
+    assert_eq!(w.masters(), vec![1], "{}", w.report());
+    assert_eq!(role(&w, 1), Role::Master);
     assert!(w.violations.is_empty(), "{}", w.report());
 }
