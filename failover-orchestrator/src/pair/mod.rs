@@ -105,7 +105,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
-use sync_delta::frame::{CHANNEL_PEER, Nonce};
+use sync_delta::frame::CHANNEL_PEER;
 
 /// The peer-link channel of the pair engine's beacon: one byte, the role
 /// the sender serves in (0 Initialize, 1 Backup, 2 Master), sent when the
@@ -122,6 +122,7 @@ use sync_delta::wire::Message;
 use vrrp_fsm::VirtualRouter;
 use vrrp_proto::RecvMeta;
 
+use link::link_inputs;
 pub use link::{CloseReason, ConnId, LinkConfig, LinkFailure, LinkStats};
 pub use sync::{
     GenerationStatus, RoundSummary, SyncConfig, SyncOrder, SyncReport, SyncRole, SyncWorker,
@@ -410,39 +411,7 @@ impl Pair {
         res
     }
 
-    /// The dial [`Output::Dial`] asked for connected; `nonce` is fresh
-    /// from the driver's CSPRNG.
-    pub fn handle_dialed(&mut self, now: Instant, conn: ConnId, nonce: Nonce) {
-        self.link.handle_dialed(now, conn, nonce);
-        self.pump(now);
-    }
-
-    /// The dial failed (refused, unreachable).
-    pub fn handle_dial_failed(&mut self, now: Instant, conn: ConnId) {
-        self.link.handle_dial_failed(now, conn);
-        self.pump(now);
-    }
-
-    /// A connection was accepted; `nonce` is fresh from the driver's
-    /// CSPRNG. Returns its id, or `None` when it must be closed at once
-    /// (redundancy off, too many handshakes waiting).
-    pub fn handle_accepted(&mut self, now: Instant, nonce: Nonce) -> Option<ConnId> {
-        let id = self.link.handle_accepted(now, nonce);
-        self.pump(now);
-        id
-    }
-
-    /// Bytes read from a connection.
-    pub fn handle_link_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
-        self.link.handle_link_bytes(now, conn, bytes);
-        self.pump(now);
-    }
-
-    /// The connection ended (EOF, reset, or after [`Output::Close`]).
-    pub fn handle_link_closed(&mut self, now: Instant, conn: ConnId) {
-        self.link.handle_link_closed(now, conn);
-        self.pump(now);
-    }
+    link_inputs!("Output");
 
     /// The result of an [`Output::Command`].
     pub fn handle_command_result(&mut self, now: Instant, id: CommandId, outcome: CommandOutcome) {

@@ -7,10 +7,12 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use sync_delta::Epoch;
-use sync_delta::frame::{CHANNEL_PEER, CHANNEL_SYNC, Nonce};
+use sync_delta::frame::{CHANNEL_PEER, CHANNEL_SYNC};
 use sync_delta::wire::Message;
 
-use super::link::{CloseReason, ConnId, LinkConfig, LinkControl, LinkFailure, LinkOut, LinkStats};
+use super::link::{
+    CloseReason, ConnId, LinkConfig, LinkControl, LinkFailure, LinkOut, LinkStats, link_inputs,
+};
 use super::sync::{SyncOrder, SyncReport, SyncRole};
 
 /// What happened, for the tool's output and logs.
@@ -217,40 +219,7 @@ impl SyncLink {
         sent
     }
 
-    /// The dial [`SyncLinkOutput::Dial`] asked for connected; `nonce` is
-    /// fresh from the driver's CSPRNG.
-    pub fn handle_dialed(&mut self, now: Instant, conn: ConnId, nonce: Nonce) {
-        self.link.handle_dialed(now, conn, nonce);
-        self.pump(now);
-    }
-
-    /// The dial failed (refused, unreachable).
-    pub fn handle_dial_failed(&mut self, now: Instant, conn: ConnId) {
-        self.link.handle_dial_failed(now, conn);
-        self.pump(now);
-    }
-
-    /// A connection was accepted; `nonce` is fresh from the driver's
-    /// CSPRNG. Returns its id, or `None` when it must be closed at once
-    /// (too many handshakes waiting).
-    pub fn handle_accepted(&mut self, now: Instant, nonce: Nonce) -> Option<ConnId> {
-        let id = self.link.handle_accepted(now, nonce);
-        self.pump(now);
-        id
-    }
-
-    /// Bytes read from a connection.
-    pub fn handle_link_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
-        self.link.handle_bytes(now, conn, bytes);
-        self.pump(now);
-    }
-
-    /// The connection ended (EOF, reset, or after
-    /// [`SyncLinkOutput::Close`]).
-    pub fn handle_link_closed(&mut self, now: Instant, conn: ConnId) {
-        self.link.handle_closed(now, conn);
-        self.pump(now);
-    }
+    link_inputs!("SyncLinkOutput");
 
     /// A message from the worker for the peer.
     pub fn handle_sync_message(&mut self, now: Instant, message: &Message) {
