@@ -107,6 +107,20 @@ pub enum LinkFailure {
     ClosedInHandshake,
 }
 
+impl std::fmt::Display for LinkFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinkFailure::DialFailed => "connect failed",
+            LinkFailure::HandshakeTimeout => "handshake timed out",
+            LinkFailure::WrongKey => "handshake: the peer's proof does not verify (wrong key)",
+            LinkFailure::Refused => "handshake: malformed frames",
+            LinkFailure::ClosedInHandshake => {
+                "the peer closed the connection during the handshake (wrong key?)"
+            }
+        })
+    }
+}
+
 impl LinkFailure {
     fn of(e: &LinkError) -> LinkFailure {
         match e {

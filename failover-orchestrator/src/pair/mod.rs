@@ -175,6 +175,16 @@ pub enum PairEvent {
     LinkUp,
     /// It went down.
     LinkDown,
+    /// A connection never became the link: the peer holds another key,
+    /// the handshake timed out, the dial failed (its words are the
+    /// failure's `Display`). A dialling node tries again after its
+    /// backoff.
+    LinkFailed {
+        /// Which connection.
+        conn: ConnId,
+        /// Why.
+        why: LinkFailure,
+    },
     /// The sync worker's report (rounds, refusals, failures).
     Sync(SyncReport),
     /// Redundancy was switched on or off.
@@ -845,10 +855,7 @@ impl Pair {
                         self.peer_beacon = None;
                         PairEvent::LinkDown
                     }
-                    // Connections that never became the link show in the
-                    // link's counters; the pair engine redials without
-                    // reporting each one.
-                    SyncLinkEvent::LinkFailed { .. } => continue,
+                    SyncLinkEvent::LinkFailed { conn, why } => PairEvent::LinkFailed { conn, why },
                     SyncLinkEvent::Sync(report) => PairEvent::Sync(report),
                     // Not on the pair's link: its peer channel comes
                     // through `poll_owner_frame`.
