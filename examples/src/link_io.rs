@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use failover_orchestrator::pair::{ConnId, Pair, SyncLink, SyncOrder, SyncReport, SyncWorker};
+use failover_orchestrator::pair::{
+    ConnId, LinkFailure, Pair, SyncLink, SyncOrder, SyncReport, SyncWorker,
+};
 use socket2::{Domain, SockAddr, Socket, Type};
 use sync_delta::FsStore;
 use sync_delta::frame::Nonce;
@@ -304,13 +306,15 @@ impl Sockets {
         self.add_conn(engine, now, id, Conn::new(sock, true));
     }
 
-    /// Why dial `id` failed, if it was the last one that did.
-    pub(crate) fn take_dial_error(&mut self, id: ConnId) -> Option<String> {
+    /// Why connection `id` never became the link, in words: a failed
+    /// dial's own (the OS error) when it was the last one that failed,
+    /// else the engine's.
+    pub(crate) fn failure_text(&mut self, id: ConnId, why: LinkFailure) -> String {
         match self.last_dial_error.take() {
-            Some((d, why)) if d == id => Some(why),
+            Some((d, text)) if d == id => text,
             other => {
                 self.last_dial_error = other;
-                None
+                why.to_string()
             }
         }
     }

@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use failover_orchestrator::pair::{
-    ConnId, LinkConfig, Output, Pair, PairConfig, PairEvent, SyncConfig, SyncOrder, SyncReport,
-    SyncWorker,
+    ConnId, LinkConfig, LinkFailure, Output, Pair, PairConfig, PairEvent, SyncConfig, SyncOrder,
+    SyncReport, SyncWorker,
 };
 use failover_orchestrator::{
     self as orch, Command, CommandId, CommandOutcome, Issued, OperatorRequest, PersistentState,
@@ -682,6 +682,15 @@ impl Engine {
                 }
                 _ => info!(event = ?ev, "orchestrator"),
             },
+            PairEvent::LinkFailed { conn, why } => {
+                let text = self.sockets.failure_text(*conn, *why);
+                if *why == LinkFailure::DialFailed {
+                    // The socket layer logged the dial's failure already.
+                    tracing::debug!(conn = conn.0, error = %text, "peer link failed");
+                } else {
+                    warn!(conn = conn.0, error = %text, "peer link failed");
+                }
+            }
             PairEvent::Sync(SyncReport::Opened(report)) => {
                 if let Some((folder, files)) = &report.quarantined {
                     warn!(folder = %folder, files, "unconfirmed changes moved to quarantine");

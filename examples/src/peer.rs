@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 
 pub use failover_orchestrator::pair::SyncRole;
 use failover_orchestrator::pair::{
-    GenerationStatus, LinkConfig, LinkFailure, RoundSummary, SyncConfig, SyncLink, SyncLinkEvent,
+    GenerationStatus, LinkConfig, RoundSummary, SyncConfig, SyncLink, SyncLinkEvent,
     SyncLinkOutput, SyncReport, SyncWorker,
 };
 use sync_delta::frame::PreSharedKey;
@@ -335,18 +335,6 @@ struct Driver {
     stopping: bool,
 }
 
-fn failure_text(why: LinkFailure) -> &'static str {
-    match why {
-        LinkFailure::WrongKey => "handshake: the peer's proof does not verify (wrong key)",
-        LinkFailure::ClosedInHandshake => {
-            "peer closed the connection during the handshake (wrong key?)"
-        }
-        LinkFailure::HandshakeTimeout => "handshake timed out",
-        LinkFailure::DialFailed => "connect failed",
-        _ => "handshake: malformed frames",
-    }
-}
-
 impl Driver {
     fn emit(&self, e: PeerEvent) -> bool {
         self.events.blocking_send(e).is_ok()
@@ -466,11 +454,7 @@ impl Driver {
             SyncLinkEvent::LinkUp => PeerEvent::Connected,
             SyncLinkEvent::LinkDown => PeerEvent::Disconnected,
             SyncLinkEvent::LinkFailed { conn, why } => {
-                // A failed dial's own words (the OS error) say more.
-                let text = self
-                    .sockets
-                    .take_dial_error(conn)
-                    .unwrap_or_else(|| failure_text(why).to_owned());
+                let text = self.sockets.failure_text(conn, why);
                 tracing::warn!(error = %text, "peer link failed");
                 PeerEvent::LinkFailed(text)
             }

@@ -8,6 +8,7 @@ mod pair_world;
 
 use std::time::Duration;
 
+use failover_orchestrator::pair::LinkFailure;
 use failover_orchestrator::{BackupMode, OperatorRequest, ProcedureOutcome, Redundancy, Role};
 use pair_world::{Ev, World, WorldConfig};
 
@@ -312,4 +313,41 @@ fn a_master_that_dies_in_the_middle_of_a_swap_leaves_the_passive_backup_serving(
     assert_eq!(w.masters(), vec![1], "{}", w.report());
     assert_eq!(role(&w, 1), Role::Master);
     assert!(w.violations.is_empty(), "{}", w.report());
+
+fn a_wrong_key_on_the_peer_link_is_reported_as_a_link_failure() {
+    let mut cfg = WorldConfig::new(9);
+    cfg.link_secrets[1] = b"another key";
+    let mut w = World::new(cfg);
+    // Node 1 listens before node 0, the dialling end, starts.
+    w.at(Duration::ZERO, Ev::Boot(1));
+    w.at(secs(1), Ev::Boot(0));
+    w.run_until(secs(10));
+    let failures = |i: usize| -> Vec<LinkFailure> {
+        w.link_failures
+            .iter()
+            .filter(|f| f.1 == i)
+            .map(|f| f.2)
+            .collect()
+    };
+    // The dialling end finds the responder's proof wrong, the responder
+    // sees it hang up in the handshake; the dials go on after the backoff.
+    let dialler = failures(0);
+    assert!(dialler.len() >= 3, "{dialler:?}\n{}", w.report());
+    assert!(
+        dialler.iter().all(|f| *f == LinkFailure::WrongKey),
+        "{dialler:?}"
+    );
+    let responder = failures(1);
+    assert_eq!(responder.len(), dialler.len(), "{responder:?}");
+    assert!(
+        responder
+            .iter()
+            .all(|f| *f == LinkFailure::ClosedInHandshake),
+        "{responder:?}"
+    );
+    assert!(w.nodes.iter().all(|n| !n.pair.as_ref().unwrap().link_up()));
+    assert_eq!(
+        w.nodes[0].pair.as_ref().unwrap().link_stats().established,
+        0
+    );
 }

@@ -107,6 +107,20 @@ pub enum LinkFailure {
     ClosedInHandshake,
 }
 
+impl std::fmt::Display for LinkFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinkFailure::DialFailed => "connect failed",
+            LinkFailure::HandshakeTimeout => "handshake timed out",
+            LinkFailure::WrongKey => "handshake: the peer's proof does not verify (wrong key)",
+            LinkFailure::Refused => "handshake: malformed frames",
+            LinkFailure::ClosedInHandshake => {
+                "the peer closed the connection during the handshake (wrong key?)"
+            }
+        })
+    }
+}
+
 impl LinkFailure {
     fn of(e: &LinkError) -> LinkFailure {
         match e {
@@ -116,6 +130,69 @@ impl LinkFailure {
         }
     }
 }
+
+/// The connection inputs of an engine that owns a peer link
+/// ([`crate::pair::Pair`], [`crate::pair::SyncLink`]), written once: each
+/// hands the input to the engine's `link` and moves what came of it with
+/// the engine's `pump`. `$out` names the engine's output type, for the
+/// docs.
+macro_rules! link_inputs {
+    ($out:literal) => {
+        #[doc = concat!(
+            "The dial [`", $out, "::Dial`](crate::pair::", $out, "::Dial) asked for ",
+            "connected; `nonce` is fresh from the driver's CSPRNG."
+        )]
+        pub fn handle_dialed(
+            &mut self,
+            now: ::std::time::Instant,
+            conn: $crate::pair::ConnId,
+            nonce: ::sync_delta::frame::Nonce,
+        ) {
+            self.link.handle_dialed(now, conn, nonce);
+            self.pump(now);
+        }
+
+        /// The dial failed (refused, unreachable).
+        pub fn handle_dial_failed(&mut self, now: ::std::time::Instant, conn: $crate::pair::ConnId) {
+            self.link.handle_dial_failed(now, conn);
+            self.pump(now);
+        }
+
+        /// A connection was accepted; `nonce` is fresh from the driver's
+        /// CSPRNG. Returns its id, or `None` when it must be closed at once
+        /// (the link is off, or too many handshakes are waiting).
+        pub fn handle_accepted(
+            &mut self,
+            now: ::std::time::Instant,
+            nonce: ::sync_delta::frame::Nonce,
+        ) -> Option<$crate::pair::ConnId> {
+            let id = self.link.handle_accepted(now, nonce);
+            self.pump(now);
+            id
+        }
+
+        /// Bytes read from a connection.
+        pub fn handle_link_bytes(
+            &mut self,
+            now: ::std::time::Instant,
+            conn: $crate::pair::ConnId,
+            bytes: &[u8],
+        ) {
+            self.link.handle_link_bytes(now, conn, bytes);
+            self.pump(now);
+        }
+
+        #[doc = concat!(
+            "The connection ended (EOF, reset, or after [`", $out, "::Close`](crate::pair::",
+            $out, "::Close))."
+        )]
+        pub fn handle_link_closed(&mut self, now: ::std::time::Instant, conn: $crate::pair::ConnId) {
+            self.link.handle_link_closed(now, conn);
+            self.pump(now);
+        }
+    };
+}
+pub(super) use link_inputs;
 
 pub(crate) enum LinkOut {
     Dial(ConnId),
@@ -303,7 +380,7 @@ impl LinkControl {
     }
 
     /// Bytes read from connection `id`.
-    pub(crate) fn handle_bytes(&mut self, now: Instant, id: ConnId, bytes: &[u8]) {
+    pub(crate) fn handle_link_bytes(&mut self, now: Instant, id: ConnId, bytes: &[u8]) {
         if self.up.as_ref().is_some_and(|c| c.id == id) {
             let Some(mut c) = self.up.take() else { return };
             let ok = self.feed(now, &mut c, bytes).is_ok();
@@ -368,7 +445,7 @@ impl LinkControl {
     }
 
     /// The driver saw connection `id` end.
-    pub(crate) fn handle_closed(&mut self, now: Instant, id: ConnId) {
+    pub(crate) fn handle_link_closed(&mut self, now: Instant, id: ConnId) {
         if self.up.as_ref().is_some_and(|c| c.id == id) {
             if let Some(c) = self.up.take() {
                 self.newest_peer = self.newest_peer.max(c.link.newest_peer_epoch());

@@ -2,12 +2,13 @@
 //! (features `vrrp` and `sync`).
 //!
 //! [`Pair`] composes the node's election (a `vrrp-fsm` `VirtualRouter`),
-//! the [`Orchestrator`], the control of the peer link (who dials, redial
-//! backoff, the handshake deadline, which connection is the link) and the
-//! control of replication (which `sync-delta` session runs, when a round
-//! must run now, when the round in progress is settled). Every policy that
-//! ties those together is here, so that a driver only moves bytes, runs
-//! commands and does file work:
+//! the [`Orchestrator`], and a [`SyncLink`], the sync tool's engine: the
+//! control of the peer link (who dials, redial backoff, the handshake
+//! deadline, which connection is the link) and of replication (which
+//! `sync-delta` session runs, when a round must run now, when the round in
+//! progress is settled), to which the pair adds its own channels and the
+//! role the election gives. Every policy that ties those together is here,
+//! so that a driver only moves bytes, runs commands and does file work:
 //!
 //! - the election's state changes become the orchestrator's role changes
 //!   ([`convert`], the one exhaustive mapping);
@@ -104,7 +105,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
-use sync_delta::frame::{CHANNEL_PEER, CHANNEL_SYNC, Nonce};
+use sync_delta::frame::CHANNEL_PEER;
 
 /// The peer-link channel of the pair engine's beacon: one byte, the role
 /// the sender serves in (0 Initialize, 1 Backup, 2 Master), sent when the
@@ -121,6 +122,7 @@ use sync_delta::wire::Message;
 use vrrp_fsm::VirtualRouter;
 use vrrp_proto::RecvMeta;
 
+use link::link_inputs;
 pub use link::{CloseReason, ConnId, LinkConfig, LinkFailure, LinkStats};
 pub use sync::{
     GenerationStatus, RoundSummary, SyncConfig, SyncOrder, SyncReport, SyncRole, SyncWorker,
@@ -133,7 +135,6 @@ use crate::journal::{JournalRecord, PersistentState};
 use crate::procedure::{OperatorRequest, PreflightError};
 use crate::types::{PhoneId, Redundancy, Role, SyncStatus};
 use crate::wire::PeerBody;
-use link::{LinkControl, LinkOut};
 
 /// Everything a node of the pair is configured with.
 #[derive(Debug, Clone)]
@@ -174,6 +175,16 @@ pub enum PairEvent {
     LinkUp,
     /// It went down.
     LinkDown,
+    /// A connection never became the link: the peer holds another key,
+    /// the handshake timed out, the dial failed (its words are the
+    /// failure's `Display`). A dialling node tries again after its
+    /// backoff.
+    LinkFailed {
+        /// Which connection.
+        conn: ConnId,
+        /// Why.
+        why: LinkFailure,
+    },
     /// The sync worker's report (rounds, refusals, failures).
     Sync(SyncReport),
     /// Redundancy was switched on or off.
@@ -233,7 +244,8 @@ pub enum Output {
 pub struct PairStats {
     /// VRRP packets ignored because redundancy is off.
     pub vrrp_ignored: u64,
-    /// Sync messages from the peer that did not decode.
+    /// Sync messages from the peer that did not decode (the connection is
+    /// closed and started over).
     pub sync_decode_errors: u64,
     /// Orchestrator messages from the peer that did not decode.
     pub peer_decode_errors: u64,
@@ -267,10 +279,10 @@ pub struct Pair {
     config: PairConfig,
     router: Option<VirtualRouter>,
     orch: Orchestrator,
-    link: LinkControl,
-    sync_role: SyncRole,
+    /// The peer link and the sync worker's orders, run like the sync
+    /// tool's with the role the election gives.
+    link: SyncLink,
     sync_waits: HashMap<u64, SyncWait>,
-    next_order: u64,
     /// Commands whose result changes whether the address is held.
     address_commands: HashMap<CommandId, bool>,
     address_held: bool,
@@ -309,16 +321,14 @@ impl Pair {
         let redundancy = persisted.redundancy;
         let epoch = persisted.highest_epoch;
         let orch = Orchestrator::new(config.orchestrator.clone(), persisted, now, wall);
-        let link = LinkControl::new(config.link.clone(), epoch.into());
+        let link = SyncLink::for_pair(config.link.clone(), epoch.into());
         let tx = vec![0u8; 2048];
         let mut pair = Pair {
             config,
             router: None,
             orch,
             link,
-            sync_role: SyncRole::Idle,
             sync_waits: HashMap::new(),
-            next_order: 1,
             address_commands: HashMap::new(),
             address_held: false,
             quiet_start: false,
@@ -411,39 +421,7 @@ impl Pair {
         res
     }
 
-    /// The dial [`Output::Dial`] asked for connected; `nonce` is fresh
-    /// from the driver's CSPRNG.
-    pub fn handle_dialed(&mut self, now: Instant, conn: ConnId, nonce: Nonce) {
-        self.link.handle_dialed(now, conn, nonce);
-        self.pump(now);
-    }
-
-    /// The dial failed (refused, unreachable).
-    pub fn handle_dial_failed(&mut self, now: Instant, conn: ConnId) {
-        self.link.handle_dial_failed(now, conn);
-        self.pump(now);
-    }
-
-    /// A connection was accepted; `nonce` is fresh from the driver's
-    /// CSPRNG. Returns its id, or `None` when it must be closed at once
-    /// (redundancy off, too many handshakes waiting).
-    pub fn handle_accepted(&mut self, now: Instant, nonce: Nonce) -> Option<ConnId> {
-        let id = self.link.handle_accepted(now, nonce);
-        self.pump(now);
-        id
-    }
-
-    /// Bytes read from a connection.
-    pub fn handle_link_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
-        self.link.handle_bytes(now, conn, bytes);
-        self.pump(now);
-    }
-
-    /// The connection ended (EOF, reset, or after [`Output::Close`]).
-    pub fn handle_link_closed(&mut self, now: Instant, conn: ConnId) {
-        self.link.handle_closed(now, conn);
-        self.pump(now);
-    }
+    link_inputs!("Output");
 
     /// The result of an [`Output::Command`].
     pub fn handle_command_result(&mut self, now: Instant, id: CommandId, outcome: CommandOutcome) {
@@ -482,13 +460,12 @@ impl Pair {
 
     /// A message from the [`SyncWorker`] for the peer.
     pub fn handle_sync_message(&mut self, now: Instant, message: &Message) {
-        let mut bytes = Vec::with_capacity(message.encoded_len());
-        message.encode(&mut bytes);
-        self.link.send(CHANNEL_SYNC, &bytes);
+        self.link.handle_sync_message(now, message);
         self.pump(now);
     }
 
-    /// A report from the [`SyncWorker`].
+    /// A report from the [`SyncWorker`]. A round that left the session's
+    /// stream out of step closes the link, which starts over.
     pub fn handle_sync_report(&mut self, now: Instant, report: SyncReport) {
         match &report {
             SyncReport::Status(st) => self.sync_status(now, *st),
@@ -502,7 +479,7 @@ impl Pair {
                             (c, CommandOutcome::Done)
                         }
                         // Nothing to settle: the tree is whole as it is.
-                        (SyncWait::Settle(c), Err(_)) if self.sync_role == SyncRole::Idle => {
+                        (SyncWait::Settle(c), Err(_)) if self.link.role() == SyncRole::Idle => {
                             (c, CommandOutcome::Done)
                         }
                         (SyncWait::Settle(c), Err(_)) => (c, CommandOutcome::Failed { code: 6 }),
@@ -511,12 +488,9 @@ impl Pair {
                     self.orch.handle_command_result(now, cid, outcome);
                 }
             }
-            SyncReport::RoundFailed { reset: true, .. } => {
-                self.link.close_up(now, CloseReason::SyncFailed);
-            }
             _ => {}
         }
-        self.out.push_back(Output::Event(PairEvent::Sync(report)));
+        self.link.handle_sync_report(now, report);
         self.pump(now);
     }
 
@@ -536,8 +510,7 @@ impl Pair {
     /// The operator confirms the deletions the mass-deletion guard held
     /// back ([`SyncReport::Refused`]): the next round goes through.
     pub fn confirm_deletions(&mut self, now: Instant) {
-        self.out
-            .push_back(Output::Sync(SyncOrder::ConfirmDeletions));
+        self.link.confirm_deletions(now);
         self.pump(now);
     }
 
@@ -551,9 +524,7 @@ impl Pair {
         if self.orch.poll_timeout().is_some_and(|t| t <= now) {
             self.orch.handle_timeout(now);
         }
-        if self.link.poll_timeout().is_some_and(|t| t <= now) {
-            self.link.handle_timeout(now);
-        }
+        self.link.handle_timeout(now);
         if self.vetoed && self.next_probe.is_some_and(|t| t <= now) {
             self.send_probe(now);
         }
@@ -575,7 +546,7 @@ impl Pair {
     /// link comes up, at each role change, and in answer to a probe; the
     /// steady state costs nothing.
     fn send_beacon(&mut self) {
-        if !self.link.is_up() {
+        if !self.link.link_up() {
             return;
         }
         let role = match self.orch.role() {
@@ -595,7 +566,7 @@ impl Pair {
 
     /// Whether the link says the peer serves as Master (its last beacon).
     fn peer_said_master(&self) -> bool {
-        self.link.is_up()
+        self.link.link_up()
             && self
                 .peer_beacon
                 .is_some_and(|(_, role)| role == Role::Master)
@@ -729,7 +700,7 @@ impl Pair {
     /// The session the sync worker was last told to run.
     #[must_use]
     pub fn sync_role(&self) -> SyncRole {
-        self.sync_role
+        self.link.role()
     }
 
     /// Whether this node holds the virtual address (a claim answered done,
@@ -742,19 +713,22 @@ impl Pair {
     /// Whether an authenticated peer link is up.
     #[must_use]
     pub fn link_up(&self) -> bool {
-        self.link.is_up()
+        self.link.link_up()
     }
 
     /// The engine's counters.
     #[must_use]
     pub fn stats(&self) -> PairStats {
-        self.stats
+        PairStats {
+            sync_decode_errors: self.link.stats().sync_decode_errors,
+            ..self.stats
+        }
     }
 
     /// The peer link's counters.
     #[must_use]
     pub fn link_stats(&self) -> LinkStats {
-        self.link.stats
+        self.link.link_stats()
     }
 
     // ----------------------------------------------------------------
@@ -772,7 +746,7 @@ impl Pair {
                 self.orch.handle_command_result(now, id, outcome);
                 moved = true;
             }
-            moved |= self.update_sync_role();
+            moved |= self.update_sync_role(now);
             if !moved {
                 break;
             }
@@ -857,33 +831,41 @@ impl Pair {
         moved
     }
 
+    /// Carries the link's outputs over, doing the pair's part on the way:
+    /// the orchestrator hears of the link coming up, the peer hears this
+    /// node's beacon, and the frames on the pair's own channels (the
+    /// orchestrator's messages, the beacons) are read here.
     fn drain_link(&mut self, now: Instant) -> bool {
+        self.link.pump(now);
         let mut moved = false;
-        while let Some(o) = self.link.out.pop_front() {
-            moved = true;
-            self.out.push_back(match o {
-                LinkOut::Dial(c) => Output::Dial(c),
-                LinkOut::Send(conn, bytes) => Output::Send { conn, bytes },
-                LinkOut::Close(conn, reason) => Output::Close { conn, reason },
-            });
-        }
-        // Connections that never became the link show in the link's
-        // counters; the pair engine redials without reporting each one.
-        self.link.failures.clear();
-        while let Some(up) = self.link.changes.pop_front() {
-            moved = true;
-            let (order, ev) = if up {
-                self.orch.handle_transport_up(now);
-                self.send_beacon();
-                (SyncOrder::Connected, PairEvent::LinkUp)
-            } else {
-                self.peer_beacon = None;
-                (SyncOrder::Disconnected, PairEvent::LinkDown)
+        loop {
+            let out = match self.link.poll_output() {
+                SyncLinkOutput::Wait(_) => break,
+                SyncLinkOutput::Dial(conn) => Output::Dial(conn),
+                SyncLinkOutput::Send { conn, bytes } => Output::Send { conn, bytes },
+                SyncLinkOutput::Close { conn, reason } => Output::Close { conn, reason },
+                SyncLinkOutput::Sync(order) => Output::Sync(order),
+                SyncLinkOutput::Event(ev) => Output::Event(match ev {
+                    SyncLinkEvent::LinkUp => {
+                        self.orch.handle_transport_up(now);
+                        self.send_beacon();
+                        PairEvent::LinkUp
+                    }
+                    SyncLinkEvent::LinkDown => {
+                        self.peer_beacon = None;
+                        PairEvent::LinkDown
+                    }
+                    SyncLinkEvent::LinkFailed { conn, why } => PairEvent::LinkFailed { conn, why },
+                    SyncLinkEvent::Sync(report) => PairEvent::Sync(report),
+                    // Not on the pair's link: its peer channel comes
+                    // through `poll_owner_frame`.
+                    SyncLinkEvent::PeerMessage(_) => continue,
+                }),
             };
-            self.out.push_back(Output::Event(ev));
-            self.out.push_back(Output::Sync(order));
+            moved = true;
+            self.out.push_back(out);
         }
-        while let Some((channel, payload)) = self.link.frames.pop_front() {
+        while let Some((channel, payload)) = self.link.poll_owner_frame() {
             moved = true;
             match channel {
                 CHANNEL_PEER => {
@@ -914,13 +896,6 @@ impl Pair {
                         self.next_probe = Some(now + every);
                     }
                 }
-                CHANNEL_SYNC => match Message::decode(&payload) {
-                    Ok(m) => self.out.push_back(Output::Sync(SyncOrder::Deliver(m))),
-                    Err(_) => {
-                        self.stats.sync_decode_errors += 1;
-                        self.link.close_up(now, CloseReason::Refused);
-                    }
-                },
                 _ => self.stats.unknown_channel += 1,
             }
         }
@@ -939,7 +914,7 @@ impl Pair {
         }
         while let Some(msg) = self.orch.poll_transmit() {
             moved = true;
-            if self.link.is_up() {
+            if self.link.link_up() {
                 self.send_peer(&msg);
             } else if matches!(msg.body, PeerBody::Request { .. } | PeerBody::Reply { .. }) {
                 // A request or a reply is not lost to a link that is down
@@ -953,7 +928,7 @@ impl Pair {
                 self.held.push_back(msg);
             }
         }
-        if self.link.is_up() {
+        if self.link.link_up() {
             while let Some(msg) = self.held.pop_front() {
                 moved = true;
                 self.send_peer(&msg);
@@ -972,7 +947,7 @@ impl Pair {
                     }
                 }
                 // Heartbeats stopped over an open connection: start over.
-                Event::PeerDown => self.link.close_up(now, CloseReason::PeerSilent),
+                Event::PeerDown => self.link.close(now, CloseReason::PeerSilent),
                 _ => {}
             }
             self.out
@@ -988,15 +963,6 @@ impl Pair {
         }
     }
 
-    fn order(&mut self, wait: Option<SyncWait>, order: impl FnOnce(u64) -> SyncOrder) {
-        let id = self.next_order;
-        self.next_order += 1;
-        if let Some(w) = wait {
-            self.sync_waits.insert(id, w);
-        }
-        self.out.push_back(Output::Sync(order(id)));
-    }
-
     /// Carries out an orchestrator command here, or hands it to the
     /// driver.
     fn command(&mut self, now: Instant, issued: Issued) {
@@ -1010,13 +976,13 @@ impl Pair {
         };
         match issued.command {
             Command::FinishOrRollbackRound => {
-                self.order(Some(SyncWait::Settle(id)), |id| SyncOrder::Settle { id });
+                let order = self.link.settle(now);
+                self.sync_waits.insert(order, SyncWait::Settle(id));
             }
             Command::SyncNow { .. } => {
-                self.update_sync_role();
-                self.order(Some(SyncWait::RoundNow(id)), |id| SyncOrder::RoundNow {
-                    id,
-                });
+                self.update_sync_role(now);
+                let order = self.link.round_now(now);
+                self.sync_waits.insert(order, SyncWait::RoundNow(id));
             }
             Command::AnnounceAddress => {
                 self.out.push_back(Output::Announce);
@@ -1115,7 +1081,7 @@ impl Pair {
 
     /// Master serves, a Backup receives (pulling every interval only when
     /// Active), anything else runs no session.
-    fn update_sync_role(&mut self) -> bool {
+    fn update_sync_role(&mut self, now: Instant) -> bool {
         let role = match &self.router {
             None => SyncRole::Idle,
             Some(r) => match r.state() {
@@ -1126,11 +1092,10 @@ impl Pair {
                 vrrp_fsm::State::Initialize => SyncRole::Idle,
             },
         };
-        if role == self.sync_role {
+        if role == self.link.role() {
             return false;
         }
-        self.sync_role = role;
-        self.out.push_back(Output::Sync(SyncOrder::Become(role)));
+        self.link.set_role(now, role);
         true
     }
 }

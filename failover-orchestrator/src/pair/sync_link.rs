@@ -1,14 +1,18 @@
 //! [`SyncLink`]: one end of a peer link that carries replication and
-//! nothing else, for a sync tool that runs without an election.
+//! nothing else, for a sync tool that runs without an election; and the
+//! part of the pair engine that runs its peer link, with the role the
+//! election gives and the pair's own channels beside.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use sync_delta::Epoch;
-use sync_delta::frame::{CHANNEL_PEER, CHANNEL_SYNC, Nonce};
+use sync_delta::frame::{CHANNEL_PEER, CHANNEL_SYNC};
 use sync_delta::wire::Message;
 
-use super::link::{CloseReason, ConnId, LinkConfig, LinkControl, LinkFailure, LinkOut, LinkStats};
+use super::link::{
+    CloseReason, ConnId, LinkConfig, LinkControl, LinkFailure, LinkOut, LinkStats, link_inputs,
+};
 use super::sync::{SyncOrder, SyncReport, SyncRole};
 
 /// What happened, for the tool's output and logs.
@@ -89,6 +93,10 @@ pub struct SyncLinkStats {
 /// first as soon as the link is up); a round on request is
 /// [`SyncLink::round_now`].
 ///
+/// [`crate::pair::Pair`] runs its peer link through one of these too: the
+/// same link, the same orders to the worker, with the role its election
+/// gives and its own channels beside [`CHANNEL_SYNC`].
+///
 /// # Driver contract
 /// The same as [`crate::pair::Pair`]'s for the link and the worker: feed
 /// the connections and their bytes with `now` ([`SyncLink::handle_dialed`],
@@ -119,6 +127,11 @@ pub struct SyncLink {
     link: LinkControl,
     role: SyncRole,
     next_order: u64,
+    /// Frames on channels other than [`CHANNEL_SYNC`] for the engine that
+    /// owns this link (the pair engine), in the order they came; `None`
+    /// when they are this engine's: [`CHANNEL_PEER`] as
+    /// [`SyncLinkEvent::PeerMessage`], any other counted as unknown.
+    owner_frames: Option<VecDeque<(u8, Vec<u8>)>>,
     out: VecDeque<SyncLinkOutput>,
     stats: SyncLinkStats,
 }
@@ -128,19 +141,32 @@ impl SyncLink {
     /// when [`LinkConfig::dials`]); its frames carry `epoch`.
     #[must_use]
     pub fn new(config: LinkConfig, role: SyncRole, epoch: Epoch, now: Instant) -> SyncLink {
-        let mut link = LinkControl::new(config, epoch);
-        link.set_enabled(now, true);
-        let mut s = SyncLink {
-            link,
-            role,
+        let mut s = SyncLink::idle(config, epoch, None);
+        s.link.set_enabled(now, true);
+        s.set_role(now, role);
+        s
+    }
+
+    /// The pair engine's link: off until [`SyncLink::set_enabled`], no
+    /// session until [`SyncLink::set_role`], and the frames on channels
+    /// other than [`CHANNEL_SYNC`] kept for [`SyncLink::poll_owner_frame`].
+    pub(super) fn for_pair(config: LinkConfig, epoch: Epoch) -> SyncLink {
+        SyncLink::idle(config, epoch, Some(VecDeque::new()))
+    }
+
+    fn idle(
+        config: LinkConfig,
+        epoch: Epoch,
+        owner_frames: Option<VecDeque<(u8, Vec<u8>)>>,
+    ) -> SyncLink {
+        SyncLink {
+            link: LinkControl::new(config, epoch),
+            role: SyncRole::Idle,
             next_order: 1,
+            owner_frames,
             out: VecDeque::new(),
             stats: SyncLinkStats::default(),
-        };
-        s.out
-            .push_back(SyncLinkOutput::Sync(SyncOrder::Become(role)));
-        s.pump(now);
-        s
+        }
     }
 
     /// Runs `role` from now on (asking again for the same role re-arms a
@@ -188,45 +214,12 @@ impl SyncLink {
     /// Sends opaque bytes to the peer on [`CHANNEL_PEER`]; false when no
     /// link is up (they are dropped).
     pub fn send_peer_message(&mut self, now: Instant, payload: &[u8]) -> bool {
-        let sent = self.link.send(CHANNEL_PEER, payload);
+        let sent = self.send(CHANNEL_PEER, payload);
         self.pump(now);
         sent
     }
 
-    /// The dial [`SyncLinkOutput::Dial`] asked for connected; `nonce` is
-    /// fresh from the driver's CSPRNG.
-    pub fn handle_dialed(&mut self, now: Instant, conn: ConnId, nonce: Nonce) {
-        self.link.handle_dialed(now, conn, nonce);
-        self.pump(now);
-    }
-
-    /// The dial failed (refused, unreachable).
-    pub fn handle_dial_failed(&mut self, now: Instant, conn: ConnId) {
-        self.link.handle_dial_failed(now, conn);
-        self.pump(now);
-    }
-
-    /// A connection was accepted; `nonce` is fresh from the driver's
-    /// CSPRNG. Returns its id, or `None` when it must be closed at once
-    /// (too many handshakes waiting).
-    pub fn handle_accepted(&mut self, now: Instant, nonce: Nonce) -> Option<ConnId> {
-        let id = self.link.handle_accepted(now, nonce);
-        self.pump(now);
-        id
-    }
-
-    /// Bytes read from a connection.
-    pub fn handle_link_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
-        self.link.handle_bytes(now, conn, bytes);
-        self.pump(now);
-    }
-
-    /// The connection ended (EOF, reset, or after
-    /// [`SyncLinkOutput::Close`]).
-    pub fn handle_link_closed(&mut self, now: Instant, conn: ConnId) {
-        self.link.handle_closed(now, conn);
-        self.pump(now);
-    }
+    link_inputs!("SyncLinkOutput");
 
     /// A message from the worker for the peer.
     pub fn handle_sync_message(&mut self, now: Instant, message: &Message) {
@@ -298,9 +291,36 @@ impl SyncLink {
         id
     }
 
+    // ----------------------------------------------------------------
+    // For the pair engine, which owns one of these. These calls queue
+    // work in the link without moving it to the output queue: the pair
+    // engine's `drain_link` does, with `pump`, in the order its own queue
+    // keeps.
+
+    /// Runs the link (listening, and dialling when
+    /// [`LinkConfig::dials`]) or closes every connection.
+    pub(super) fn set_enabled(&mut self, now: Instant, enabled: bool) {
+        self.link.set_enabled(now, enabled);
+    }
+
+    /// Closes the authenticated connection, which starts over.
+    pub(super) fn close(&mut self, now: Instant, why: CloseReason) {
+        self.link.close_up(now, why);
+    }
+
+    /// Sends `payload` on `channel`; false when no link is up.
+    pub(super) fn send(&mut self, channel: u8, payload: &[u8]) -> bool {
+        self.link.send(channel, payload)
+    }
+
+    /// The next frame for the owner (see [`SyncLink::for_pair`]).
+    pub(super) fn poll_owner_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        self.owner_frames.as_mut()?.pop_front()
+    }
+
     /// Moves what the link produced into the output queue, until nothing
     /// moves (closing a connection produces more).
-    fn pump(&mut self, now: Instant) {
+    pub(super) fn pump(&mut self, now: Instant) {
         loop {
             let mut moved = false;
             while let Some(o) = self.link.out.pop_front() {
@@ -331,8 +351,8 @@ impl SyncLink {
             }
             while let Some((channel, payload)) = self.link.frames.pop_front() {
                 moved = true;
-                match channel {
-                    CHANNEL_SYNC => match Message::decode(&payload) {
+                match (channel, &mut self.owner_frames) {
+                    (CHANNEL_SYNC, _) => match Message::decode(&payload) {
                         Ok(m) => self
                             .out
                             .push_back(SyncLinkOutput::Sync(SyncOrder::Deliver(m))),
@@ -341,10 +361,11 @@ impl SyncLink {
                             self.link.close_up(now, CloseReason::Refused);
                         }
                     },
-                    CHANNEL_PEER => self
+                    (_, Some(owner)) => owner.push_back((channel, payload)),
+                    (CHANNEL_PEER, None) => self
                         .out
                         .push_back(SyncLinkOutput::Event(SyncLinkEvent::PeerMessage(payload))),
-                    _ => self.stats.unknown_channel += 1,
+                    (_, None) => self.stats.unknown_channel += 1,
                 }
             }
             if !moved {

@@ -16,7 +16,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant, SystemTime};
 
 use failover_orchestrator::pair::{
-    ConnId, LinkConfig, Output, Pair, PairConfig, PairEvent, SyncConfig, SyncRole, SyncWorker,
+    ConnId, LinkConfig, LinkFailure, Output, Pair, PairConfig, PairEvent, SyncConfig, SyncRole,
+    SyncWorker,
 };
 use failover_orchestrator::{
     BackupMode, Command, CommandId, CommandOutcome, Config, Event, Identity, Issued,
@@ -82,6 +83,8 @@ pub struct WorldConfig {
     pub sync_interval: Duration,
     pub lan: Lan,
     pub link_delay: Duration,
+    /// The pre-shared key each node's peer link holds.
+    pub link_secrets: [&'static [u8]; NODES],
 }
 
 impl WorldConfig {
@@ -97,6 +100,7 @@ impl WorldConfig {
                 loss_ppm: 0,
             },
             link_delay: Duration::from_micros(500),
+            link_secrets: [b"pair-sim"; NODES],
         }
     }
 }
@@ -277,6 +281,8 @@ pub struct World {
     pub takeovers: [u64; NODES],
     /// Rounds the mass-deletion guard refused on each node.
     pub refused_rounds: [u64; NODES],
+    /// Connections that never became the link: when, on which node, why.
+    pub link_failures: Vec<(Duration, usize, LinkFailure)>,
     /// Every application write: when, on which node, where, what.
     pub write_log: Vec<(Duration, usize, String, Vec<u8>)>,
     /// Takeovers whose reported data-loss window was checked, and those of
@@ -357,6 +363,7 @@ impl World {
             vrrp_sent: [0; NODES],
             takeovers: [0; NODES],
             refused_rounds: [0; NODES],
+            link_failures: Vec::new(),
             write_log: Vec::new(),
             loss_checks: 0,
             loss_lacking: 0,
@@ -441,7 +448,8 @@ impl World {
             })
             .build()
             .unwrap();
-        let link = LinkConfig::new(PreSharedKey::from_secret(b"pair-sim"), i == 0);
+        let key = PreSharedKey::from_secret(self.cfg.link_secrets[i]);
+        let link = LinkConfig::new(key, i == 0);
         PairConfig {
             vrrp,
             orchestrator,
@@ -1106,6 +1114,10 @@ impl World {
                 ) {
                     self.note(format!("node {i} {ev:?}"));
                 }
+            }
+            PairEvent::LinkFailed { why, .. } => {
+                self.link_failures.push((self.now, i, *why));
+                self.note(format!("node {i} {e:?}"));
             }
             other => {
                 if matches!(
