@@ -95,6 +95,7 @@
 //! }
 //! ```
 
+mod config;
 pub mod convert;
 mod link;
 mod sync;
