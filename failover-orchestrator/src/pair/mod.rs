@@ -97,6 +97,7 @@
 
 mod config;
 pub mod convert;
+mod inline;
 mod link;
 mod sync;
 mod sync_link;
@@ -122,6 +123,7 @@ use sync_delta::wire::Message;
 use vrrp_fsm::VirtualRouter;
 use vrrp_proto::RecvMeta;
 
+pub use inline::{InlinePair, SYNC_BACKLOG_LIMIT};
 pub use link::{CloseReason, ConnId, LinkConfig, LinkFailure, LinkStats};
 pub use sync::{
     GenerationStatus, RoundSummary, SyncConfig, SyncOrder, SyncReport, SyncRole, SyncWorker,
