@@ -26,17 +26,11 @@
 //! ```
 //! use std::time::{Duration, Instant, SystemTime};
 //! use failover_orchestrator::{
-//!     Command, CommandOutcome, Config, Identity, Orchestrator, PersistentState, ProtocolVersion,
-//!     Role, RoleChange, RoleChangeReason, ServiceSpec,
+//!     Command, CommandOutcome, Config, Identity, Orchestrator, PersistentState, Role, RoleChange,
+//!     RoleChangeReason, ServiceSpec,
 //! };
 //!
-//! let identity = Identity {
-//!     node_id: "06-5.1.30-005400".into(),
-//!     firmware: "5.1.30".into(),
-//!     language_pack: "en".into(),
-//!     licences: vec![],
-//!     protocol: ProtocolVersion::CURRENT,
-//! };
+//! let identity = Identity::new("06-5.1.30-005400", "5.1.30", "en");
 //! let config = Config::builder(identity)
 //!     .service(ServiceSpec::new("sip"))
 //!     .build()?;

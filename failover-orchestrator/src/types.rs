@@ -174,6 +174,35 @@ pub struct Identity {
     pub protocol: ProtocolVersion,
 }
 
+impl Identity {
+    /// A node's identity with no licences, speaking
+    /// [`ProtocolVersion::CURRENT`]; set [`Identity::licences`] on the
+    /// result where the vendor's licences must match across the pair.
+    ///
+    /// ```
+    /// use failover_orchestrator::{Identity, ProtocolVersion};
+    ///
+    /// let id = Identity::new("06-5.1.30-005400", "5.1.30", "en");
+    /// assert_eq!(id.firmware, "5.1.30");
+    /// assert!(id.licences.is_empty());
+    /// assert_eq!(id.protocol, ProtocolVersion::CURRENT);
+    /// ```
+    #[must_use]
+    pub fn new(
+        node_id: impl Into<String>,
+        firmware: impl Into<String>,
+        language_pack: impl Into<String>,
+    ) -> Identity {
+        Identity {
+            node_id: node_id.into(),
+            firmware: firmware.into(),
+            language_pack: language_pack.into(),
+            licences: Vec::new(),
+            protocol: ProtocolVersion::CURRENT,
+        }
+    }
+}
+
 /// Index of a service (application) in [`crate::Config`]'s service list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ServiceId(pub u16);

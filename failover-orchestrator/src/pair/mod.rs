@@ -96,7 +96,9 @@
 //! }
 //! ```
 
+mod config;
 pub mod convert;
+mod inline;
 mod link;
 mod sync;
 mod sync_link;
@@ -122,6 +124,7 @@ use sync_delta::wire::Message;
 use vrrp_fsm::VirtualRouter;
 use vrrp_proto::RecvMeta;
 
+pub use inline::{InlinePair, SYNC_BACKLOG_LIMIT};
 use link::link_inputs;
 pub use link::{CloseReason, ConnId, LinkConfig, LinkFailure, LinkStats};
 pub use sync::{
