@@ -313,7 +313,9 @@ fn a_master_that_dies_in_the_middle_of_a_swap_leaves_the_passive_backup_serving(
     assert_eq!(w.masters(), vec![1], "{}", w.report());
     assert_eq!(role(&w, 1), Role::Master);
     assert!(w.violations.is_empty(), "{}", w.report());
+}
 
+#[test]
 fn a_wrong_key_on_the_peer_link_is_reported_as_a_link_failure() {
     let mut cfg = WorldConfig::new(9);
     cfg.link_secrets[1] = b"another key";
