@@ -532,6 +532,9 @@ impl Engine {
             return;
         }
         if ready.read || ready.error {
+            // What the peer says (its status, mode, generation) shows in
+            // the snapshot without waiting for the idle refresh.
+            self.dirty = true;
             loop {
                 let now = self.now();
                 if !self.sockets.read(&mut self.pair, now, id) {
