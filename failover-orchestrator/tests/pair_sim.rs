@@ -277,6 +277,11 @@ fn env_u64(name: &str) -> Option<u64> {
 #[test]
 fn random_schedules_keep_the_invariants() {
     if let Some(seed) = env_u64("PAIR_SEED") {
+        let (cfg, evs) = schedule(seed);
+        eprintln!(
+            "seed {seed}: interval {} cs, priorities {:?}\nschedule: {evs:#?}",
+            cfg.interval_cs, cfg.priorities
+        );
         let (w, fails) = run(seed, true);
         assert!(fails.is_empty(), "seed {seed}: {fails:#?}\n{}", w.report());
         return;

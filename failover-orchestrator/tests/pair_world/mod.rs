@@ -1140,9 +1140,11 @@ impl World {
     /// partition (both networks cut: neither side can know) and one
     /// Master_Down_Interval and a half after it heals or after both units
     /// start at once; a node with redundancy off (a standalone unit, not
-    /// half of the pair); and, only while the peer link is cut and the
-    /// VRRP link loses packets, a spurious takeover that the next
-    /// advertisement ends within one Master_Down_Interval.
+    /// half of the pair); and, only while the peer link is down (cut, or
+    /// healed but not yet dialled again) and the VRRP link loses packets, a
+    /// spurious takeover that the next advertisement ends within one
+    /// Master_Down_Interval: without the link, nothing can tell a lost
+    /// advertisement from a dead Master.
     fn check(&mut self) {
         let holders: Vec<usize> = (0..NODES).filter(|i| self.nodes[*i].holds_vip).collect();
         let standalone =
@@ -1164,7 +1166,12 @@ impl World {
         if partitioned || self.now <= self.dual_ok_until {
             return;
         }
-        let vrrp_alone = self.link_cut && self.lan.loss_ppm > 0;
+        let link_down = self.link_cut
+            || self
+                .nodes
+                .iter()
+                .any(|n| n.pair.as_ref().is_none_or(|p| !p.link_up()));
+        let vrrp_alone = link_down && self.lan.loss_ppm > 0;
         let bound = self.mdi() + self.lan.delay + self.lan.jitter + Duration::from_millis(5);
         if !vrrp_alone {
             self.violation(format!("both nodes hold the address ({holders:?})"));
