@@ -65,7 +65,8 @@ impl Poller {
         })
     }
 
-    /// Watches `fd` under `token`.
+    /// Watches `fd` under `token` until it is closed (closing leaves the
+    /// set).
     ///
     /// # Errors
     /// The kernel refused the registration.
@@ -82,11 +83,6 @@ impl Poller {
     pub fn modify(&self, fd: impl AsFd, token: u64, interest: Interest) -> std::io::Result<()> {
         let mut ev = EpollEvent::new(interest.flags(), token);
         Ok(self.epoll.modify(fd, &mut ev)?)
-    }
-
-    /// Stops watching `fd` (closing it also does).
-    pub fn delete(&self, fd: impl AsFd) {
-        let _ = self.epoll.delete(fd);
     }
 
     /// Waits until something is ready or `timeout` passes (`None`: no

@@ -502,7 +502,7 @@ fn steady_state_cost_beside_keepalived() {
     let ka_pids: Vec<u32> = ka.iter().flat_map(Keepalived::pids).collect();
     // Past the start-up and the first sync round.
     std::thread::sleep(Duration::from_secs(3));
-    let (ours0, ka0) = (cpu_seconds(&ours_pids), cpu_seconds(&ka_pids));
+    // Each node's processes (keepalived's parent and its VRRP child).
     let per_node: Vec<Vec<u32>> = ours
         .iter()
         .map(|n| n.pid().into_iter().collect())
@@ -511,15 +511,13 @@ fn steady_state_cost_beside_keepalived() {
     let per0: Vec<f64> = per_node.iter().map(|p| cpu_seconds(p)).collect();
     let t0 = std::time::Instant::now();
     std::thread::sleep(Duration::from_secs(secs));
-    let (ours1, ka1) = (cpu_seconds(&ours_pids), cpu_seconds(&ka_pids));
     let elapsed = t0.elapsed().as_secs_f64();
     let per: Vec<f64> = per_node
         .iter()
         .zip(&per0)
         .map(|(p, c0)| (cpu_seconds(p) - c0) * 1000.0 / elapsed)
         .collect();
-    let ours_cpu = (ours1 - ours0) * 1000.0 / elapsed;
-    let ka_cpu = (ka1 - ka0) * 1000.0 / elapsed;
+    let (ours_cpu, ka_cpu) = (per[0] + per[1], per[2] + per[3]);
     let (ours_rss, ka_rss) = (rss_mib(&ours_pids), rss_mib(&ka_pids));
     // Still one Master each: the figures are of a working pair.
     assert_eq!(ours_bed.holders(vip()), [0], "ours: the Master changed");

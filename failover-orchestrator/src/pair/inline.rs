@@ -6,6 +6,7 @@ use std::time::{Instant, SystemTime};
 use sync_delta::Storage;
 
 use super::{Output, Pair, SyncWorker};
+use crate::phones::min_opt;
 
 /// The peer-link backlog (bytes handed out in [`Output::Send`] that the
 /// driver's socket has not taken yet) at which [`InlinePair::poll_output`]
@@ -166,7 +167,7 @@ impl<S: Storage> InlinePair<S> {
                     match message {
                         Some(m) => self.pair.handle_sync_message(now, &m),
                         None => {
-                            return Output::Wait(earliest(deadline, self.worker.poll_timeout()));
+                            return Output::Wait(min_opt(deadline, self.worker.poll_timeout()));
                         }
                     }
                 }
@@ -179,7 +180,7 @@ impl<S: Storage> InlinePair<S> {
     /// the pair's and the worker's deadlines.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        earliest(self.pair.poll_timeout(), self.worker.poll_timeout())
+        min_opt(self.pair.poll_timeout(), self.worker.poll_timeout())
     }
 
     /// The pair's and the worker's timers that are due; then drain with
@@ -189,12 +190,5 @@ impl<S: Storage> InlinePair<S> {
             self.worker.handle_timeout(now, &mut self.store);
         }
         self.pair.handle_timeout(now);
-    }
-}
-
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
