@@ -3,11 +3,12 @@
 //! would drive them: VRRPv3 over UDP on loopback (127.0.0.1 and 127.0.0.2:
 //! the election tells the nodes apart by their primary address), the peer
 //! link over TCP, each tree a temporary directory. Each node is an
-//! `InlinePair`: the engine with its sync worker run inline. It prints the
-//! election, a file replicated, the Master's crash and the takeover, its
-//! restart and an operator swap back; exit status 1 names a step that did
-//! not happen within 20 s. Address claims and services are printed, not
-//! carried out.
+//! `InlinePair`: the engine with its sync worker run inline. It walks
+//! through the election, a file replicated, the Master's crash and the
+//! takeover, its restart and an operator swap back, printing every event
+//! of both engines (their `Display` lines) and every command; exit status
+//! 1 names a step that did not happen within 20 s. Address claims and
+//! services are printed, not carried out.
 //!
 //! ```text
 //! cargo run --example minimal-pair
@@ -16,13 +17,13 @@
 use std::collections::HashMap;
 use std::error::Error;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use failover_orchestrator::pair::{ConnId, InlinePair, LinkConfig, Output, Pair, PairConfig};
-use failover_orchestrator::pair::{PairEvent, SyncConfig, SyncReport, SyncWorker};
+use failover_orchestrator::pair::{SyncConfig, SyncWorker};
 use failover_orchestrator::{Command, CommandOutcome, Config, Identity, OperatorRequest};
 use failover_orchestrator::{PersistentState, Role, ServiceId, ServiceSpec};
 use sync_delta::FsStore;
@@ -35,30 +36,26 @@ const LIMIT: Duration = Duration::from_secs(20);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
 const NAMES: [&str; 2] = ["pbx-a", "pbx-b"];
 
-/// What survives a crash: the addresses, the tree, the persisted state.
+/// What survives a crash: the addresses, the tree, the persisted state;
+/// and, while it runs, the engine with its sockets.
 struct Node {
     dir: PathBuf,
-    vrrp: SocketAddr,
-    link: SocketAddr,
+    addr: [SocketAddr; 2],
     persisted: PersistentState,
     run: Option<Running>,
 }
 
-/// A running node: the engine (with its sync worker and tree) and its
-/// sockets, each connection with the bytes its socket has not taken yet.
-struct Running {
-    node: InlinePair<FsStore>,
-    udp: UdpSocket,
-    listener: TcpListener,
-    conns: HashMap<ConnId, (TcpStream, Vec<u8>)>,
-}
+/// The engine (with its sync worker and tree), its UDP socket and
+/// listener, each connection with the bytes its socket has not taken yet.
+struct Running(InlinePair<FsStore>, UdpSocket, TcpListener, Conns);
+type Conns = HashMap<ConnId, (TcpStream, Vec<u8>)>;
 
 struct World {
     t0: Instant,
     key: PreSharedKey,
     nodes: [Node; 2],
-    /// Every event of the engines: the node, when the driver saw it, what.
-    seen: Vec<(usize, Instant, PairEvent)>,
+    /// Every event's line: the node, when the driver saw it, the line.
+    seen: Vec<(usize, Instant, String)>,
 }
 
 fn random32() -> std::io::Result<[u8; 32]> {
@@ -73,186 +70,138 @@ impl World {
         println!("[{secs:6.3} s] {}: {line}", NAMES[i]);
     }
 
-    /// Boots node `i` from its persisted state, on its addresses (port 0,
-    /// any, the first time; the peer's ports are read when used).
+    /// Boots node `i` from its persisted state on its addresses (VRRP,
+    /// peer link; port 0, any, the first time).
     fn start(&mut self, i: usize) -> Res<()> {
-        let (me, peer) = (&self.nodes[i], &self.nodes[1 - i]);
-        let (udp, listener) = (UdpSocket::bind(me.vrrp)?, TcpListener::bind(me.link)?);
+        let ([vrrp, link], [peer_vrrp, peer_link]) = (self.nodes[i].addr, self.nodes[1 - i].addr);
+        let (udp, listener) = (UdpSocket::bind(vrrp)?, TcpListener::bind(link)?);
         let vrid = vrrp_proto::Vrid::new(51).ok_or("vrid")?;
-        let vrrp = vrrp_fsm::Config::builder(vrrp_proto::Version::V3, vrid, me.vrrp.ip())
+        let election = vrrp_fsm::Config::builder(vrrp_proto::Version::V3, vrid, vrrp.ip())
             .priority(vrrp_proto::Priority([200, 100][i]))
-            .interval(vrrp_proto::Interval::from_centis(10)?)
+            .interval(vrrp_proto::Interval::from_centis(30)?)
             .preempt(vrrp_fsm::Preempt::Disabled)
-            .accept_mode(vrrp_fsm::AcceptMode::Enabled)
             .address(VIP)
-            .peer(peer.vrrp.ip())
+            .peer(peer_vrrp.ip())
             .build()?;
         let orchestrator = Config::builder(Identity::new(NAMES[i], "5.1.30", "en"))
             .service(ServiceSpec::new("db"))
             .service(ServiceSpec::new("sip").after(&[ServiceId(0)]))
             .build()?;
-        let dials = LinkConfig::dials_by_address(me.link, peer.link);
-        let config = PairConfig::new(vrrp, orchestrator, LinkConfig::new(self.key.clone(), dials));
-        let (now, state) = (Instant::now(), me.persisted.clone());
-        let pair = Pair::new(config, state, now, SystemTime::now());
+        let dials = LinkConfig::dials_by_address(link, peer_link);
+        let link_config = LinkConfig::new(self.key.clone(), dials);
+        let config = PairConfig::new(election, orchestrator, link_config);
+        let state = self.nodes[i].persisted.clone();
+        let pair = Pair::new(config, state, Instant::now(), SystemTime::now());
         let interval = Duration::from_secs(2);
         let worker = SyncWorker::new(SyncConfig {
             interval,
             ..SyncConfig::default()
         });
         // One hashing thread: none is spawned.
-        let store = FsStore::new(&me.dir)?.with_threads(1);
+        let store = FsStore::new(&self.nodes[i].dir)?.with_threads(1);
         udp.set_nonblocking(true)?;
         listener.set_nonblocking(true)?;
-        let n = &mut self.nodes[i];
-        (n.vrrp, n.link) = (udp.local_addr()?, listener.local_addr()?);
+        self.nodes[i].addr = [udp.local_addr()?, listener.local_addr()?];
         let node = InlinePair::new(pair, worker, store);
-        let conns = HashMap::new();
-        n.run = Some(Running {
-            node,
-            udp,
-            listener,
-            conns,
-        });
+        self.nodes[i].run = Some(Running(node, udp, listener, HashMap::new()));
         self.drive(i);
         Ok(())
     }
 
     /// Carries out node `i`'s outputs in order until it waits.
     fn drive(&mut self, i: usize) {
-        let (peer_link, peer_vrrp) = (self.nodes[1 - i].link, self.nodes[1 - i].vrrp);
-        let Some(mut r) = self.nodes[i].run.take() else {
+        let [peer_vrrp, peer_link] = self.nodes[1 - i].addr;
+        let Some(Running(mut node, udp, listener, mut conns)) = self.nodes[i].run.take() else {
             return;
         };
         loop {
             let (now, wall) = (Instant::now(), SystemTime::now());
-            let backlog = r.conns.values().map(|c| c.1.len()).sum();
-            let output = r.node.poll_output(now, wall, backlog);
-            let pair = r.node.pair_mut();
+            let backlog = conns.values().map(|c| c.1.len()).sum();
+            let output = node.poll_output(now, wall, backlog);
+            let pair = node.pair_mut();
             match output {
                 Output::Wait(_) => break,
                 Output::Persist(record) => self.nodes[i].persisted = record.state,
-                Output::Vrrp(p) => drop(r.udp.send_to(&p.bytes, peer_vrrp)),
-                Output::Announce => self.say(i, "Announce (printed, not sent)"),
+                Output::Vrrp(p) => drop(udp.send_to(&p.bytes, peer_vrrp)),
+                Output::Announce => self.say(i, "announce the address (printed, not sent)"),
                 // The in-process answer to a restart (the swap's last step).
                 Output::Command(c) if c.command == Command::RestartNode => {
                     self.say(i, "RestartNode: a soft restart");
                     pair.soft_restart(now, wall);
                 }
                 Output::Command(c) => {
-                    use Command::{ClaimAddress, ReleaseAddress, StartService, StopService};
-                    let (id, c) = (c.id, c.command);
-                    if let ClaimAddress | ReleaseAddress | StartService(_) | StopService(_) = c {
-                        self.say(i, &format!("{c:?} (printed, not done)"));
-                    }
-                    pair.handle_command_result(now, id, CommandOutcome::Done);
+                    self.say(i, &format!("{:?} (printed, not done)", c.command));
+                    pair.handle_command_result(now, c.id, CommandOutcome::Done);
                 }
-                Output::Dial(conn) => {
-                    let s = TcpStream::connect_timeout(&peer_link, Duration::from_secs(1));
-                    let s = s.and_then(|s| s.set_nonblocking(true).map(|()| s));
-                    match (s, random32()) {
-                        (Ok(s), Ok(nonce)) => {
-                            r.conns.insert(conn, (s, Vec::new()));
-                            pair.handle_dialed(now, conn, Nonce(nonce));
-                        }
-                        _ => pair.handle_dial_failed(now, conn),
+                Output::Dial(conn) => match (TcpStream::connect(peer_link), random32()) {
+                    (Ok(s), Ok(nonce)) if s.set_nonblocking(true).is_ok() => {
+                        conns.insert(conn, (s, Vec::new()));
+                        pair.handle_dialed(now, conn, Nonce(nonce));
                     }
-                }
-                Output::Send { conn, bytes } => {
-                    let c = r.conns.get_mut(&conn);
-                    if c.is_some_and(|c| flush(c, &bytes).is_err()) {
-                        r.conns.remove(&conn);
-                        pair.handle_link_closed(now, conn);
-                    }
-                }
-                Output::Close { conn, .. } => {
-                    if let Some((s, _)) = r.conns.remove(&conn) {
-                        let _ = s.shutdown(Shutdown::Both);
-                    }
+                    _ => pair.handle_dial_failed(now, conn),
+                },
+                // A write that fails ends the connection, as a close does.
+                Output::Send { conn, bytes } if !failed(conns.get_mut(&conn), &bytes) => {}
+                // Dropping the stream closes it.
+                Output::Send { conn, .. } | Output::Close { conn, .. } => {
+                    conns.remove(&conn);
                     pair.handle_link_closed(now, conn);
                 }
                 // `InlinePair` hands the sync worker its orders itself.
                 Output::Sync(_) => {}
                 Output::Event(e) => {
-                    if let Some(line) = describe(&e) {
-                        self.say(i, &line);
-                    }
-                    self.seen.push((i, now, e));
+                    self.say(i, &e.to_string());
+                    self.seen.push((i, now, e.to_string()));
                 }
             }
         }
-        self.nodes[i].run = Some(r);
+        self.nodes[i].run = Some(Running(node, udp, listener, conns));
     }
 
     /// Feeds node `i` one input from its sockets; false when none waits.
     fn input(&mut self, i: usize, buf: &mut [u8]) -> bool {
-        let dst = self.nodes[i].vrrp.ip();
-        let Some(r) = self.nodes[i].run.as_mut() else {
+        let dst = self.nodes[i].addr[0].ip();
+        let Some(Running(node, udp, listener, conns)) = self.nodes[i].run.as_mut() else {
             return false;
         };
-        let (now, pair) = (Instant::now(), r.node.pair_mut());
-        if let Ok((n, from)) = r.udp.recv_from(buf) {
+        let (now, pair) = (Instant::now(), node.pair_mut());
+        if let Ok((n, from)) = udp.recv_from(buf) {
             // UDP carries no TTL: 255, as the examples' UDP transport.
-            let meta = RecvMeta {
-                src: from.ip(),
-                dst,
-                ttl: TTL,
-            };
-            let _ = pair.handle_vrrp_message(now, &buf[..n], meta);
+            let (src, ttl) = (from.ip(), TTL);
+            let _ = pair.handle_vrrp_message(now, &buf[..n], RecvMeta { src, dst, ttl });
             return true;
         }
-        if let Ok((s, _)) = r.listener.accept() {
+        if let Ok((s, _)) = listener.accept() {
             if let (Ok(nonce), Ok(())) = (random32(), s.set_nonblocking(true)) {
                 if let Some(id) = pair.handle_accepted(now, Nonce(nonce)) {
-                    r.conns.insert(id, (s, Vec::new()));
+                    conns.insert(id, (s, Vec::new()));
                 }
             }
             return true;
         }
         // Each connection writes what it holds, then reads.
-        let read = r.conns.iter_mut().find_map(|(id, c)| {
-            match flush(c, &[]).and_then(|()| c.0.read(buf)) {
-                Err(e) if e.kind() == ErrorKind::WouldBlock => None,
-                res => Some((*id, res)),
-            }
-        });
+        let read =
+            conns
+                .iter_mut()
+                .find_map(|(id, c)| match flush(c, &[]).and_then(|()| c.0.read(buf)) {
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+                    res => Some((*id, res)),
+                });
         match read {
             None => return false,
             Some((id, Ok(n))) if n > 0 => pair.handle_link_bytes(now, id, &buf[..n]),
             // End of stream or an error: the connection is gone.
             Some((id, _)) => {
-                r.conns.remove(&id);
+                conns.remove(&id);
                 pair.handle_link_closed(now, id);
             }
         }
         true
     }
 
-    /// One turn of the loop: each node's inputs, then its timers, then a
-    /// nap until the earliest deadline, at most 2 ms (this loop polls).
-    fn step(&mut self, buf: &mut [u8]) {
-        for i in 0..2 {
-            while self.input(i, buf) {
-                self.drive(i);
-            }
-            let now = Instant::now();
-            let Some(r) = self.nodes[i].run.as_mut() else {
-                continue;
-            };
-            if r.node.poll_timeout().is_some_and(|t| t <= now) {
-                // The wall clock goes in with the timers (heartbeats: 1 s).
-                r.node.pair_mut().handle_wall_clock(now, SystemTime::now());
-                r.node.handle_timeout(now);
-                self.drive(i);
-            }
-        }
-        let runs = self.nodes.iter().filter_map(|n| n.run.as_ref());
-        let next = runs.filter_map(|r| r.node.poll_timeout()).min();
-        let nap = next.map_or(LIMIT, |t| t.saturating_duration_since(Instant::now()));
-        std::thread::sleep(nap.min(Duration::from_millis(2)));
-    }
-
-    /// Runs the loop until `found` gives something, at most [`LIMIT`].
+    /// Runs the loop until `found` gives something, at most [`LIMIT`]:
+    /// each node's inputs, then its timers, then a nap until the earliest
+    /// deadline, at most 2 ms (this loop polls its sockets).
     fn wait<T>(&mut self, what: &str, found: impl Fn(&World) -> Option<T>) -> Res<T> {
         let (until, mut buf) = (Instant::now() + LIMIT, vec![0u8; 64 * 1024]);
         loop {
@@ -262,27 +211,49 @@ impl World {
             if Instant::now() > until {
                 return Err(format!("missing after {} s: {what}", LIMIT.as_secs()).into());
             }
-            self.step(&mut buf);
+            for i in 0..2 {
+                while self.input(i, &mut buf) {
+                    self.drive(i);
+                }
+                let now = Instant::now();
+                if let Some(Running(node, ..)) = self.nodes[i].run.as_mut() {
+                    if node.poll_timeout().is_some_and(|t| t <= now) {
+                        node.handle_timeout(now, SystemTime::now());
+                        self.drive(i);
+                    }
+                }
+            }
+            let next = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.run.as_ref()?.0.poll_timeout())
+                .min();
+            let nap = next.map_or(LIMIT, |t| t.saturating_duration_since(Instant::now()));
+            std::thread::sleep(nap.min(Duration::from_millis(2)));
         }
     }
 
-    /// Runs the loop until node `i` prints a line with `what` (among the
-    /// events after the first `mark`); ms from the start to when it was seen.
+    /// Runs the loop until node `i` has an event whose line holds `what`,
+    /// among those after the first `mark`; ms from the start to when it
+    /// was seen.
     fn until(&mut self, mark: usize, i: usize, what: &str) -> Res<u128> {
         let found = |w: &World| {
             let mut seen = w.seen[mark..].iter().filter(|e| e.0 == i);
-            let line =
-                |e: &&(usize, Instant, PairEvent)| describe(&e.2).is_some_and(|l| l.contains(what));
-            seen.find(line).map(|e| e.1)
+            seen.find(|e| e.2.contains(what)).map(|e| e.1)
         };
         let at = self.wait(&format!("{}: \"{what}\"", NAMES[i]), found)?;
         Ok((at - self.t0).as_millis())
     }
 
-    /// Milliseconds since the start.
     fn ms(&self) -> u128 {
         self.t0.elapsed().as_millis()
     }
+}
+
+/// Queues `bytes` on a connection and writes what its socket takes; true
+/// when the socket failed (an unknown connection is gone already).
+fn failed(c: Option<&mut (TcpStream, Vec<u8>)>, bytes: &[u8]) -> bool {
+    c.is_some_and(|c| flush(c, bytes).is_err())
 }
 
 /// Queues `bytes` and writes what the socket takes.
@@ -297,36 +268,6 @@ fn flush(c: &mut (TcpStream, Vec<u8>), bytes: &[u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The line printed for an event, if any.
-fn describe(e: &PairEvent) -> Option<String> {
-    use PairEvent::{Election, LinkDown, LinkUp, Orchestrator, Sync};
-    use failover_orchestrator::Event::{Milestone, PlanFinished, PlanStarted, ProcedureFinished};
-    use vrrp_fsm::Event::{MasterHeard, StateChange};
-    Some(match e {
-        Election(StateChange { from, to, reason }) => format!("{from:?} -> {to:?} ({reason:?})"),
-        Election(MasterHeard { address, priority }) => {
-            format!("hears the Master {address} (priority {})", priority.0)
-        }
-        Orchestrator(PlanStarted { kind, .. }) => format!("plan {kind:?} started"),
-        Orchestrator(PlanFinished { kind, outcome, .. }) => {
-            format!("plan {kind:?} finished: {outcome:?}")
-        }
-        Orchestrator(Milestone(m)) => {
-            format!("milestone {:?} at {} ms from detection", m.what, m.at_ms)
-        }
-        Orchestrator(ProcedureFinished { id, outcome }) => {
-            format!("procedure {id} finished: {outcome:?}")
-        }
-        LinkUp => "peer link up".into(),
-        LinkDown => "peer link down".into(),
-        Sync(SyncReport::RoundDone(r)) => format!(
-            "sync round committed generation {} ({} changed, {} fetched)",
-            r.generation, r.changed, r.fetched
-        ),
-        _ => return None,
-    })
 }
 
 /// The walk-through (pbx-a, the higher priority, is elected first); `Err`
@@ -356,8 +297,11 @@ fn scenario(w: &mut World) -> Res<()> {
     let t_p = w.until(mark, b, "plan Takeover finished")? - t_c;
     println!("-- takeover: pbx-b Master {t_m} ms and its plan done {t_p} ms after the crash");
 
-    let (mark, term) = (w.seen.len(), w.nodes[a].persisted.highest_epoch.term);
-    let t_r = w.ms();
+    let (mark, t_r, term) = (
+        w.seen.len(),
+        w.ms(),
+        w.nodes[a].persisted.highest_epoch.term,
+    );
     println!("-- pbx-a restarts at {t_r} ms from its persisted state (newest term {term})");
     w.start(a)?;
     let t_b = w.until(mark, a, "hears the Master")?;
@@ -365,7 +309,7 @@ fn scenario(w: &mut World) -> Res<()> {
     println!("-- rejoined: pbx-a Backup, hears pbx-b at {t_b} ms, synced at {t_s} ms");
     // The swap's preflight wants the Master to know its peer as Backup.
     let known = |w: &World| {
-        let pair = w.nodes[b].run.as_ref()?.node.pair();
+        let pair = w.nodes[b].run.as_ref()?.0.pair();
         let status = pair.orchestrator().status(Instant::now());
         let p = status.peer.as_ref()?;
         (p.up && p.role == Some(Role::Backup)).then(|| status.one_liner())
@@ -374,8 +318,8 @@ fn scenario(w: &mut World) -> Res<()> {
     println!("-- pbx-b status at {} ms: {line}", w.ms());
 
     let (mark, t_q) = (w.seen.len(), w.ms());
-    let pair = w.nodes[b].run.as_mut().ok_or("no Master")?.node.pair_mut();
-    let swap = pair.handle_operator(Instant::now(), OperatorRequest::Swap);
+    let master = w.nodes[b].run.as_mut().ok_or("no Master")?.0.pair_mut();
+    let swap = master.handle_operator(Instant::now(), OperatorRequest::Swap);
     w.drive(b);
     let id = swap.map_err(|e| format!("the swap was refused: {e}"))?;
     println!("-- operator on pbx-b at {t_q} ms: swap (procedure {id})");
@@ -387,43 +331,36 @@ fn scenario(w: &mut World) -> Res<()> {
     Ok(())
 }
 
-/// Two nodes on 127.0.0.1 and 127.0.0.2, their trees under `root`.
-fn run(t0: Instant, root: &Path) -> Res<()> {
-    let node = |i: usize| -> Res<Node> {
-        let (dir, addr) = (
-            root.join(NAMES[i]),
-            SocketAddr::from(([127, 0, 0, 1 + i as u8], 0)),
-        );
-        std::fs::create_dir_all(&dir)?;
-        let (persisted, run) = (PersistentState::default(), None);
-        Ok(Node {
-            dir,
-            vrrp: addr,
-            link: addr,
-            persisted,
-            run,
-        })
-    };
-    let (nodes, key) = (
-        [node(0)?, node(1)?],
-        PreSharedKey::from_secret(&random32()?),
-    );
-    let mut w = World {
-        t0,
-        key,
-        nodes,
-        seen: Vec::new(),
-    };
-    w.start(0)?;
-    w.start(1)?;
-    scenario(&mut w)
-}
-
 fn main() -> ExitCode {
     let (t0, pid) = (Instant::now(), std::process::id());
     let nanos = SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos());
     let root = std::env::temp_dir().join(format!("minimal-pair-{pid}-{nanos}"));
-    let result = run(t0, &root);
+    // Two nodes on 127.0.0.1 and 127.0.0.2, their trees under `root`.
+    let node = |i: u8| -> Res<Node> {
+        let dir = root.join(NAMES[usize::from(i)]);
+        std::fs::create_dir_all(&dir)?;
+        let addr = [SocketAddr::from(([127, 0, 0, 1 + i], 0)); 2];
+        let persisted = PersistentState::default();
+        Ok(Node {
+            dir,
+            addr,
+            persisted,
+            run: None,
+        })
+    };
+    let result = (|| -> Res<()> {
+        let key = PreSharedKey::from_secret(&random32()?);
+        let (nodes, seen) = ([node(0)?, node(1)?], Vec::new());
+        let mut w = World {
+            t0,
+            key,
+            nodes,
+            seen,
+        };
+        w.start(0)?;
+        w.start(1)?;
+        scenario(&mut w)
+    })();
     let _ = std::fs::remove_dir_all(&root);
     if let Err(e) = result {
         println!("minimal-pair: FAILED: {e}");

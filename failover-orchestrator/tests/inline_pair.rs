@@ -172,8 +172,9 @@ impl World {
             if self.now - start > limit {
                 return None;
             }
+            let (now, wall) = (self.now, self.wall());
             for n in &mut self.nodes {
-                n.handle_timeout(self.now);
+                n.handle_timeout(now, wall);
             }
         }
     }

@@ -114,3 +114,53 @@ pub enum Event {
         priority: Priority,
     },
 }
+
+/// One line for a log: `Backup -> Master (MasterDown)`, `hears the Master
+/// 10.0.0.1 (priority 200)`, ….
+impl core::fmt::Display for Event {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Event::StateChange { from, to, reason } => write!(f, "{from:?} -> {to:?} ({reason:?})"),
+            Event::ClaimAddresses => f.write_str("claim the virtual addresses"),
+            Event::ReleaseAddresses => f.write_str("release the virtual addresses"),
+            Event::SendGratuitous(Gratuitous::Burst { index, count }) => {
+                write!(f, "announce the virtual addresses ({index} of {count})")
+            }
+            Event::SendGratuitous(Gratuitous::Refresh) => {
+                f.write_str("announce the virtual addresses (refresh)")
+            }
+            Event::AcceptMode(true) => f.write_str("accept packets to the virtual addresses"),
+            Event::AcceptMode(false) => {
+                f.write_str("stop accepting packets to the virtual addresses")
+            }
+            Event::MasterHeard { address, priority } => {
+                write!(f, "hears the Master {address} (priority {priority})")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_name_the_states_reason_and_master() {
+        let change = Event::StateChange {
+            from: State::Backup,
+            to: State::Master,
+            reason: Reason::MasterDown,
+        };
+        assert_eq!(change.to_string(), "Backup -> Master (MasterDown)");
+        let heard = Event::MasterHeard {
+            address: IpAddr::from([10, 0, 0, 1]),
+            priority: Priority(200),
+        };
+        assert_eq!(
+            heard.to_string(),
+            "hears the Master 10.0.0.1 (priority 200)"
+        );
+        let burst = Event::SendGratuitous(Gratuitous::Burst { index: 2, count: 5 });
+        assert_eq!(burst.to_string(), "announce the virtual addresses (2 of 5)");
+    }
+}

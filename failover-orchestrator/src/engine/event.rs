@@ -112,6 +112,62 @@ pub enum Event {
     },
 }
 
+/// One line for a log: `plan Takeover started`, `milestone AddressClaimed
+/// at 12 ms from detection`, ….
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::RoleChanged(c) => write!(f, "role {} -> {} ({:?})", c.from, c.to, c.reason),
+            Event::TermTaken(e) => write!(f, "took the Master term {e}"),
+            Event::EpochAdopted(e) => write!(f, "adopted the peer's epoch {e}"),
+            Event::Superseded { by } => {
+                write!(f, "superseded by the peer's epoch {by}: steps down")
+            }
+            Event::StaleRefused { epoch, newest } => {
+                write!(
+                    f,
+                    "refused a peer message of epoch {epoch} (newest {newest})"
+                )
+            }
+            Event::PeerUp => f.write_str("peer heartbeats arrive"),
+            Event::PeerDown => f.write_str("peer heartbeats stopped"),
+            Event::FindingsChanged(v) if v.is_empty() => f.write_str("parity: no findings"),
+            Event::FindingsChanged(v) => write!(f, "parity findings: {v:?}"),
+            Event::PlanStarted { plan, kind } => {
+                write!(f, "plan {kind:?} started (plan {})", plan.0)
+            }
+            Event::StepStarted {
+                plan,
+                step,
+                attempt,
+            } => write!(f, "plan {} step {step} started (attempt {attempt})", plan.0),
+            Event::StepDone { plan, step } => write!(f, "plan {} step {step} done", plan.0),
+            Event::StepFailed { plan, step, policy } => {
+                write!(f, "plan {} step {step} failed ({policy:?})", plan.0)
+            }
+            Event::PlanFinished {
+                plan,
+                kind,
+                outcome,
+            } => write!(f, "plan {kind:?} finished: {outcome:?} (plan {})", plan.0),
+            Event::ProcedureStarted { id, procedure } => {
+                write!(f, "procedure {id} started: {procedure:?}")
+            }
+            Event::ProcedureFinished { id, outcome } => {
+                write!(f, "procedure {id} finished: {outcome:?}")
+            }
+            Event::Milestone(m) => {
+                write!(f, "milestone {:?} at {} ms from detection", m.what, m.at_ms)
+            }
+            Event::PhoneNeedsPerson { phone, reason } => {
+                write!(f, "phone {} needs a person ({reason:?})", phone.0)
+            }
+            Event::ModeChanged(mode) => write!(f, "Backup mode {mode}"),
+            Event::RequestRefused { id } => write!(f, "peer request {id} refused"),
+        }
+    }
+}
+
 /// Counters, for a daemon's metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Stats {

@@ -183,9 +183,12 @@ impl<S: Storage> InlinePair<S> {
         min_opt(self.pair.poll_timeout(), self.worker.poll_timeout())
     }
 
-    /// The pair's and the worker's timers that are due; then drain with
+    /// The pair's and the worker's timers that are due, with the wall
+    /// clock (as [`Pair::handle_wall_clock`]: the pair's timers include its
+    /// heartbeats, which carry it); then drain with
     /// [`InlinePair::poll_output`].
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub fn handle_timeout(&mut self, now: Instant, wall: SystemTime) {
+        self.pair.handle_wall_clock(now, wall);
         if self.worker.poll_timeout().is_some_and(|t| t <= now) {
             self.worker.handle_timeout(now, &mut self.store);
         }

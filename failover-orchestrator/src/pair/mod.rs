@@ -194,6 +194,26 @@ pub enum PairEvent {
     Redundancy(Redundancy),
 }
 
+/// One line for a log, the engines' own lines: `Backup -> Master
+/// (MasterDown)`, `plan Takeover started (plan 1)`, `peer link up`,
+/// `sync round committed generation 3 (…)`, ….
+impl std::fmt::Display for PairEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PairEvent::Election(e) => e.fmt(f),
+            PairEvent::Orchestrator(e) => e.fmt(f),
+            PairEvent::LinkUp => f.write_str("peer link up"),
+            PairEvent::LinkDown => f.write_str("peer link down"),
+            PairEvent::LinkFailed { conn, why } => {
+                write!(f, "peer link connection {} failed: {why}", conn.0)
+            }
+            PairEvent::Sync(r) => r.fmt(f),
+            PairEvent::Redundancy(Redundancy::Enabled) => f.write_str("redundancy enabled"),
+            PairEvent::Redundancy(Redundancy::Disabled) => f.write_str("redundancy disabled"),
+        }
+    }
+}
+
 /// The driver's next step. [`Pair::poll_output`] returns them in the
 /// order they must be carried out, ending with [`Output::Wait`].
 ///

@@ -134,6 +134,58 @@ pub enum SyncReport {
     Error(String),
 }
 
+/// One line for a log: `sync round committed generation 4 (2 changed,
+/// 1 fetched, …)`, ….
+impl std::fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncReport::Opened(r) => {
+                write!(f, "replica opened at generation {}", r.generation.number)?;
+                if r.rolled_forward {
+                    f.write_str(", its last round rolled forward")?;
+                }
+                if r.rolled_back > 0 {
+                    write!(f, ", {} changes rolled back", r.rolled_back)?;
+                }
+                match &r.quarantined {
+                    Some((folder, n)) => write!(f, ", {n} paths moved to quarantine {folder}"),
+                    None => Ok(()),
+                }
+            }
+            SyncReport::Status(g) if g.round_in_progress => {
+                write!(f, "sync generation {} (a round in progress)", g.number)
+            }
+            SyncReport::Status(g) => write!(f, "sync generation {}", g.number),
+            SyncReport::RoundDone(r) => write!(
+                f,
+                "sync round committed generation {} ({} changed, {} fetched, {} copied, \
+                 {} renamed, {} deleted; {} bytes in {} ms)",
+                r.generation,
+                r.changed,
+                r.fetched,
+                r.copied,
+                r.renamed,
+                r.deleted,
+                r.received,
+                r.took.as_millis()
+            ),
+            SyncReport::Refused(why) => write!(f, "sync round refused: {why}"),
+            SyncReport::RoundFailed { why, reset: false } => write!(f, "sync round failed: {why}"),
+            SyncReport::RoundFailed { why, reset: true } => {
+                write!(f, "sync round failed: {why}; the connection starts over")
+            }
+            SyncReport::Done { id, result: Ok(g) } => {
+                write!(f, "sync order {id} done at generation {}", g.number)
+            }
+            SyncReport::Done {
+                id,
+                result: Err(why),
+            } => write!(f, "sync order {id} failed: {why}"),
+            SyncReport::Error(why) => write!(f, "sync: {why}"),
+        }
+    }
+}
+
 /// How the [`SyncWorker`] runs its sessions.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -741,5 +793,34 @@ impl SyncWorker {
                 self.arm_replica(now, store);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod display_tests {
+    use super::*;
+
+    #[test]
+    fn a_round_and_a_failed_order_read_as_log_lines() {
+        let round = SyncReport::RoundDone(RoundSummary {
+            generation: 4,
+            changed: 3,
+            fetched: 2,
+            copied: 1,
+            deleted: 0,
+            renamed: 5,
+            received: 4096,
+            took: Duration::from_millis(12),
+        });
+        assert_eq!(
+            round.to_string(),
+            "sync round committed generation 4 (3 changed, 2 fetched, 1 copied, 5 renamed, \
+             0 deleted; 4096 bytes in 12 ms)"
+        );
+        let failed = SyncReport::Done {
+            id: 7,
+            result: Err("no peer".into()),
+        };
+        assert_eq!(failed.to_string(), "sync order 7 failed: no peer");
     }
 }
