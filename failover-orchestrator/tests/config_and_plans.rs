@@ -6,8 +6,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use failover_orchestrator::{
     Command, Config, ConfigError, Epoch, Identity, Orchestrator, PeerBody, PeerMessage,
-    PeerRequest, PersistentState, Plan, PlanError, PlanKind, ProtocolVersion, ServiceId,
-    ServiceSpec, Step, StepAction, Timeouts,
+    PeerRequest, PersistentState, Plan, PlanError, PlanKind, ProtocolVersion, ReplyOutcome,
+    ServiceId, ServiceSpec, Step, StepAction, Timeouts,
 };
 
 fn id(node: &str) -> Identity {
@@ -112,7 +112,7 @@ fn stale_and_malformed_peer_input_is_refused_and_counted() {
     );
     while o.poll_command().is_some() {}
     let before = o.stats().commands_issued;
-    // A request from an older epoch does nothing.
+    // A request from an older epoch is not carried out.
     o.handle_peer_message(
         t0,
         PeerMessage {
@@ -126,6 +126,20 @@ fn stale_and_malformed_peer_input_is_refused_and_counted() {
     assert_eq!(o.stats().stale_epoch, 1);
     assert_eq!(o.stats().commands_issued, before);
     assert!(o.poll_command().is_none());
+    // It is answered, refused, under the newer epoch, so that the peer
+    // learns the epoch and does not wait out its step's timeout.
+    let replies: Vec<PeerMessage> = std::iter::from_fn(|| o.poll_transmit())
+        .filter(|m| matches!(m.body, PeerBody::Reply { .. }))
+        .collect();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].epoch, Epoch { term: 5, node: 1 });
+    assert!(matches!(
+        replies[0].body,
+        PeerBody::Reply {
+            id: 1,
+            outcome: ReplyOutcome::Refused
+        }
+    ));
     assert!(o.handle_peer_bytes(t0, &[1, 0xff, 0xff, 0xff]).is_err());
     assert_eq!(o.stats().decode_errors, 1);
     // A newer epoch is adopted and journaled before anything else.

@@ -316,6 +316,43 @@ fn a_master_that_dies_in_the_middle_of_a_swap_leaves_the_passive_backup_serving(
 }
 
 #[test]
+fn a_swap_whose_backup_took_over_meanwhile_ends_soon_after_the_pair_hears_again() {
+    let mut w = settled_pair(10);
+    let swap = w.request(0, OperatorRequest::Swap).expect("swap accepted");
+    // The Backup hears nothing from the Master for a moment (a stalled
+    // node): no advertisement, the peer link's bytes held. Long enough
+    // for it to take over under a newer term, not for the link to drop.
+    let cut = w.now;
+    w.at(
+        cut,
+        Ev::Partition {
+            lan: true,
+            link: true,
+        },
+    );
+    w.run_until(cut + Duration::from_millis(3_300));
+    assert_eq!(role(&w, 1), Role::Master, "{}", w.report());
+    assert!(
+        w.nodes[0].pair.as_ref().unwrap().link_up(),
+        "{}",
+        w.report()
+    );
+    let heal = w.now;
+    w.at(heal, Ev::Heal);
+    // The swap's request reaches the new Master under the older term. It
+    // is answered, refused, so the swap ends now rather than after its
+    // step's timeout (a minute or more).
+    w.run_until(heal + secs(10));
+    assert!(
+        w.outcome(0, swap).is_some(),
+        "the swap still runs 10 s after the heal\n{}",
+        w.report()
+    );
+    assert_eq!(w.masters().len(), 1, "{}", w.report());
+    assert!(w.violations.is_empty(), "{}", w.report());
+}
+
+#[test]
 fn a_wrong_key_on_the_peer_link_is_reported_as_a_link_failure() {
     let mut cfg = WorldConfig::new(9);
     cfg.link_secrets[1] = b"another key";

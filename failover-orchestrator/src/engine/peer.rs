@@ -225,6 +225,18 @@ impl Orchestrator {
                 epoch: msg.epoch,
                 newest,
             });
+            // A request is answered, under the newer epoch: the peer learns
+            // it and fails the step now instead of waiting out the step's
+            // timeout (a swap whose Backup took over meanwhile would wait
+            // minutes for an answer that never comes).
+            if let PeerBody::Request { id, .. } = msg.body {
+                self.stats.requests_refused += 1;
+                self.push_event(Event::RequestRefused { id });
+                self.send(PeerBody::Reply {
+                    id,
+                    outcome: ReplyOutcome::Refused,
+                });
+            }
             return;
         }
         if msg.epoch > newest {
