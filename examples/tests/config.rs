@@ -1,9 +1,15 @@
 //! The `node` configuration contract: the documented example parses, and
-//! every bad value is an error that names its key.
+//! every bad value is an error that names its key; phone templates quote
+//! the values they are given.
+
+mod e2e;
 
 use std::path::Path;
+use std::time::Duration;
 
+use e2e::TempDir;
 use examples::config::{ChecksumForm, ConfigError, NodeConfig, Transport, parse_key};
+use examples::hooks::{Hooks, ShellHooks};
 
 const MINIMAL: &str = r#"
 id = "pbx-a"
@@ -196,4 +202,69 @@ fn key_files_hold_64_hex_digits() {
     assert_eq!(k[31], 0xff);
     assert!(parse_key("0011").unwrap_err().contains("64 hex digits"));
     assert!(parse_key(&"zz".repeat(32)).unwrap_err().contains("hex"));
+}
+
+fn phone(name: &str, model: &str, address: &str) -> examples::phones::Phone {
+    let text = format!(
+        "[[phone]]\nname = {name:?}\nmodel = {model:?}\naddress = {address:?}\nmethod = \"follow\"\n"
+    );
+    examples::phones::parse(&text).unwrap().remove(0)
+}
+
+/// Phone template values are quoted, in one pass: whatever a value holds
+/// reaches the command as one word, and the shell evaluates none of it.
+#[tokio::test]
+async fn phone_template_values_are_one_word_never_evaluated() {
+    let dir = TempDir::new("phone-quoting");
+    let out = dir.join("out");
+    let pwned = dir.join("pwned");
+    let p = pwned.display();
+    let hostile = [
+        format!("$(touch {p})"),
+        format!("a; touch {p}"),
+        format!("it's \"quoted\" `touch {p}`"),
+        format!("' ; touch {p} ; '"),
+        "{model}".to_owned(),
+    ];
+    for name in &hostile {
+        let mut ph = phone(name, &format!("$(touch {p})"), "10.99.0.31");
+        ph.nudge = Some(format!(
+            "printf '%s|%s|%s' {{name}} {{model}} {{address}} > {}",
+            out.display()
+        ));
+        let _ = std::fs::remove_file(&out);
+        let hooks = ShellHooks::default();
+        let done = tokio::time::timeout(Duration::from_secs(10), hooks.phone_action(&ph, false))
+            .await
+            .expect("the command ended");
+        assert!(done, "{name}: the command failed");
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            format!("{name}|$(touch {p})|10.99.0.31"),
+            "{name}: the values did not arrive as they are"
+        );
+        assert!(!pwned.exists(), "{name}: the shell evaluated a value");
+    }
+    // Plain values stay as they are.
+    assert_eq!(
+        phone("r", "m", "10.99.0.31").fill("ping {address}"),
+        "ping 10.99.0.31"
+    );
+}
+
+#[test]
+fn phone_templates_leave_placeholders_bare() {
+    for (template, key) in [
+        ("notify '{name}'", "phone[0].nudge"),
+        ("notify \"{address}\"", "phone[0].nudge"),
+    ] {
+        let text = format!(
+            "[[phone]]\nname = \"r\"\naddress = \"a\"\nmethod = \"nudge\"\nnudge = {template:?}\n"
+        );
+        let msg = examples::phones::parse(&text).unwrap_err().to_string();
+        assert!(msg.contains(key), "{msg}");
+    }
+    let text = "[[phone]]\nname = \"r\\u0000\"\naddress = \"a\"\nmethod = \"follow\"\n";
+    let msg = examples::phones::parse(text).unwrap_err().to_string();
+    assert!(msg.contains("phone[0].name"), "{msg}");
 }
