@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Every configuration key is documented in `examples/node.example.toml`.
-//! A bad configuration is an error naming the key and the reason, and exit
-//! status 2, before anything is touched. Logs go to stderr (`RUST_LOG`
+//! A bad configuration (the files it names included: the key, the phone
+//! inventory, the API token) is an error naming the key and the reason,
+//! and exit status 2, before a file is created or a packet sent. Logs go to stderr (`RUST_LOG`
 //! sets the level; default `info`).
 
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use examples::config::NodeConfig;
 use examples::hooks::ShellHooks;
-use examples::node::{Options, Stop, run};
+use examples::node::{NodeError, Options, Stop, run};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// One node of a redundant PBX pair.
@@ -81,6 +82,12 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A configuration error the node found itself (every file it names
+        // was read above, so this is rare) is still one: exit 2.
+        Err(e @ (NodeError::Config(_) | NodeError::Vrrp(_) | NodeError::Orchestrator(_))) => {
+            eprintln!("node: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("node: {e}");
             ExitCode::FAILURE

@@ -530,7 +530,7 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
     if args.interactive {
         println!("\nboth nodes keep running; their pages:");
         for n in [&a, &b] {
-            if let Some(st) = n.config.status {
+            if let Some(st) = &n.config.status {
                 println!("  {}: http://{}/", n.name, st.listen);
             }
         }

@@ -130,6 +130,8 @@ struct RawSync {
 struct RawStatus {
     listen: SocketAddr,
     backup_gui_port: Option<u16>,
+    token_file: Option<PathBuf>,
+    allowed_hosts: Option<Vec<String>>,
 }
 
 /// What the peer's parity check compares (manual: same firmware, language
@@ -233,13 +235,22 @@ pub struct Sync {
     pub exclude: Vec<String>,
 }
 
-/// The `[status]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The `[status]` table, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     /// HTTP status endpoint.
     pub listen: SocketAddr,
     /// On the Master: a port forwarded to the Backup's status page.
     pub backup_gui_port: Option<u16>,
+    /// The API token's file; required unless `listen` is a loopback
+    /// address.
+    pub token_file: Option<PathBuf>,
+    /// The `Host` (and `Origin`) values accepted, as `host:port` in lower
+    /// case ([`crate::status::host_key`]). Default: `listen`, and with
+    /// `backup_gui_port` the GUI-forward address on this node's and on the
+    /// peer's address (the peer's is `[sync] peer`'s address), plus
+    /// `localhost` at those ports when `listen` is loopback.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// One `[[service]]`.
@@ -282,6 +293,10 @@ pub struct NodeConfig {
     pub identity: Identity,
     /// `[[service]]`, in file order.
     pub services: Vec<Service>,
+    /// The files the configuration names, read and checked
+    /// ([`NodeConfig::load`] fills it; [`NodeConfig::parse`] leaves it
+    /// `None`, and the node reads them before it touches anything).
+    pub files: Option<Files>,
 }
 
 impl NodeConfig {
@@ -296,13 +311,46 @@ impl NodeConfig {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        NodeConfig::parse(&text, base).map_err(|e| match e {
+        let mut config = NodeConfig::parse(&text, base).map_err(|e| match e {
             ConfigError::Syntax { message, .. } => ConfigError::Syntax {
                 path: path.display().to_string(),
                 message,
             },
             other => other,
-        })
+        })?;
+        // Every file it names is read and checked now, so that a bad one
+        // stops the node before it creates a file or sends a packet.
+        config.files = Some(config.read_files()?);
+        Ok(config)
+    }
+
+    /// Reads and checks the files the configuration names: `sync.key_file`,
+    /// `phones` and `status.token_file`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key and what is wrong with its file.
+    pub fn read_files(&self) -> Result<Files, ConfigError> {
+        // An unreadable or malformed file is an error of the key naming it.
+        let naming = |key: &'static str| {
+            move |e: ConfigError| match e {
+                ConfigError::Read { path, source } => invalid(key, format!("{path}: {source}")),
+                ConfigError::Syntax { path, message } => invalid(key, format!("{path}: {message}")),
+                other => other,
+            }
+        };
+        let key = match &self.sync {
+            Some(sync) => Some(read_key_file(&sync.key_file).map_err(naming("sync.key_file"))?),
+            None => None,
+        };
+        let phones = match &self.phones {
+            Some(p) => crate::phones::load(p).map_err(naming("phones"))?,
+            None => Vec::new(),
+        };
+        let token = match self.status.as_ref().and_then(|s| s.token_file.as_deref()) {
+            Some(path) => Some(crate::status::read_token_file(path)?),
+            None => None,
+        };
+        Ok(Files { key, phones, token })
     }
 
     /// Validates configuration text; relative paths are taken from `base`.
@@ -344,17 +392,11 @@ impl NodeConfig {
                 })
             })
             .transpose()?;
-        let status = raw.status.map(|s| Status {
-            listen: s.listen,
-            backup_gui_port: s.backup_gui_port,
-        });
-        if let Some(Status {
-            backup_gui_port: Some(0),
-            ..
-        }) = status
-        {
-            return Err(invalid("status.backup_gui_port", "must be 1-65535"));
-        }
+        let peer_ip = sync.as_ref().map(|s| s.peer.ip());
+        let status = raw
+            .status
+            .map(|s| validate_status(s, peer_ip, &abs))
+            .transpose()?;
         let services = validate_services(raw.service)?;
         let state_dir = match (raw.state_dir, &sync) {
             (Some(d), _) => abs(d),
@@ -383,8 +425,101 @@ impl NodeConfig {
             status,
             identity: raw.identity.unwrap_or_default(),
             services,
+            files: None,
         })
     }
+}
+
+/// The contents of the files a configuration names.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Files {
+    /// `sync.key_file`'s key.
+    pub key: Option<[u8; 32]>,
+    /// The `phones` inventory (empty without one).
+    pub phones: Vec<crate::phones::Phone>,
+    /// `status.token_file`'s token.
+    pub token: Option<crate::status::Token>,
+}
+
+impl std::fmt::Debug for Files {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Files")
+            .field("key", &self.key.map(|_| ".."))
+            .field("phones", &self.phones.len())
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+fn validate_status(
+    s: RawStatus,
+    peer_ip: Option<IpAddr>,
+    abs: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<Status, ConfigError> {
+    if s.backup_gui_port == Some(0) {
+        return Err(invalid("status.backup_gui_port", "must be 1-65535"));
+    }
+    let ip = s.listen.ip().to_canonical();
+    if !ip.is_loopback() && s.token_file.is_none() {
+        return Err(invalid(
+            "status.token_file",
+            format!(
+                "required when status.listen ({}) is not a loopback address: \
+                 the API would be open to the network",
+                s.listen
+            ),
+        ));
+    }
+    let allowed_hosts = match s.allowed_hosts {
+        Some(hosts) => {
+            if hosts.is_empty() {
+                return Err(invalid("status.allowed_hosts", "at least one host"));
+            }
+            hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    crate::status::host_key(h, 80).ok_or_else(|| {
+                        invalid(
+                            format!("status.allowed_hosts[{i}]"),
+                            format!("`{h}` is not a host or host:port"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        None if ip.is_unspecified() => {
+            return Err(invalid(
+                "status.allowed_hosts",
+                format!(
+                    "required when status.listen ({}) is a wildcard address: \
+                     list the names and addresses the page is opened by",
+                    s.listen
+                ),
+            ));
+        }
+        None => {
+            let mut hosts = vec![s.listen];
+            if let Some(port) = s.backup_gui_port {
+                hosts.push(SocketAddr::new(s.listen.ip(), port));
+                if let Some(peer) = peer_ip {
+                    hosts.push(SocketAddr::new(peer, port));
+                }
+            }
+            let mut keys: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+            if ip.is_loopback() {
+                keys.push(format!("localhost:{}", s.listen.port()));
+                keys.extend(s.backup_gui_port.map(|p| format!("localhost:{p}")));
+            }
+            keys
+        }
+    };
+    Ok(Status {
+        listen: s.listen,
+        backup_gui_port: s.backup_gui_port,
+        token_file: s.token_file.map(abs),
+        allowed_hosts,
+    })
 }
 
 fn parse_virtual_ip(i: usize, s: &str) -> Result<VirtualIp, ConfigError> {

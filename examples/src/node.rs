@@ -355,6 +355,52 @@ fn outcome(ok: bool) -> CommandOutcome {
     }
 }
 
+/// The election's configuration error as the node's, naming the key that
+/// led to it.
+fn vrrp_key(e: vrrp_fsm::ConfigError, transport: Transport) -> NodeError {
+    use vrrp_fsm::ConfigError as E;
+    let key = match (&e, transport) {
+        (E::PrimaryFamily | E::PrimaryNotUnicast | E::PrimaryNotLinkLocal, Transport::Udp) => {
+            "vrrp.udp_listen"
+        }
+        (E::PrimaryFamily | E::PrimaryNotUnicast | E::PrimaryNotLinkLocal, Transport::Raw) => {
+            "vrrp.interface"
+        }
+        _ => "vrrp",
+    };
+    NodeError::Config(crate::config::ConfigError::Invalid {
+        key: key.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// The orchestrator's configuration error as the node's, naming the key
+/// that led to it.
+fn orchestrator_key(e: NodeError) -> NodeError {
+    use orch::ConfigError as E;
+    let NodeError::Orchestrator(e) = e else {
+        return e;
+    };
+    let key = match &e {
+        E::EmptyNodeId => "id",
+        E::IdentityTooLarge => {
+            return NodeError::Config(crate::config::ConfigError::Invalid {
+                key: "identity".into(),
+                reason: format!(
+                    "{e} (id, identity.firmware, identity.language_pack, identity.licenses)"
+                ),
+            });
+        }
+        E::TooManyPhones => "phones",
+        E::TooManyServices(_) | E::ServiceOrder { .. } => "service",
+        _ => return NodeError::Orchestrator(e),
+    };
+    NodeError::Config(crate::config::ConfigError::Invalid {
+        key: key.into(),
+        reason: e.to_string(),
+    })
+}
+
 /// Builds the orchestrator's configuration from the node's.
 fn orchestrator_config(config: &NodeConfig, phones: &[Phone]) -> Result<orch::Config, NodeError> {
     let identity = orch::Identity {
@@ -991,22 +1037,16 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = Stop>,
     ready: Option<oneshot::Sender<NodeHandle>>,
 ) -> Result<(), NodeError> {
-    let phones = match &config.phones {
-        Some(p) => crate::phones::load(p)?,
-        None => Vec::new(),
+    // Everything the configuration names is read, and every engine's
+    // configuration built, before a file is made or a packet sent: a bad
+    // configuration touches nothing.
+    let files = match &config.files {
+        Some(files) => files.clone(),
+        None => config.read_files()?,
     };
-    let orch_config = orchestrator_config(&config, &phones)?;
-    // The key is read before anything is made or sent.
-    let key = match &config.sync {
-        Some(sync) => Some(crate::config::read_key_file(&sync.key_file)?),
-        None => None,
-    };
-    std::fs::create_dir_all(&config.state_dir).map_err(io_err(format!(
-        "creating the state directory {}",
-        config.state_dir.display()
-    )))?;
-    let mut persisted = load_state(&config.state_dir);
-    persisted.redundancy = start_redundancy(&config);
+    let phones = files.phones;
+    let key = files.key;
+    let orch_config = orchestrator_config(&config, &phones).map_err(orchestrator_key)?;
 
     // The interface, the primary address and leftovers of a crashed run.
     let vrrp_cfg = &config.vrrp;
@@ -1056,14 +1096,6 @@ pub async fn run(
         }
     };
     let privileged = options.privileged && netlink.is_some();
-    if let (true, Some(nl), Some(iface)) = (privileged, &netlink, &iface) {
-        for v in &vrrp_cfg.virtual_ips {
-            if iface.addresses.contains(&v.addr) {
-                info!(address = %v.addr, "removing a virtual address left by an earlier run");
-                nl.remove(iface.index, *v).await?;
-            }
-        }
-    }
 
     // The election's configuration (the pair engine applies the persisted
     // priority and backup mode).
@@ -1111,7 +1143,23 @@ pub async fn run(
     for p in &peers {
         b = b.peer(*p);
     }
-    let fsm_config = b.build()?;
+    let fsm_config = b.build().map_err(|e| vrrp_key(e, vrrp_cfg.transport))?;
+
+    // From here on, things are made.
+    std::fs::create_dir_all(&config.state_dir).map_err(io_err(format!(
+        "creating the state directory {}",
+        config.state_dir.display()
+    )))?;
+    let mut persisted = load_state(&config.state_dir);
+    persisted.redundancy = start_redundancy(&config);
+    if let (true, Some(nl), Some(iface)) = (privileged, &netlink, &iface) {
+        for v in &vrrp_cfg.virtual_ips {
+            if iface.addresses.contains(&v.addr) {
+                info!(address = %v.addr, "removing a virtual address left by an earlier run");
+                nl.remove(iface.index, *v).await?;
+            }
+        }
+    }
     let garp = match (&iface, privileged) {
         (Some(iface), true) => Some(GarpSpec {
             ifindex: iface.index,
@@ -1260,16 +1308,18 @@ pub async fn run(
         config,
     };
     let (api_tx, mut api) = mpsc::channel(16);
-    let _status_server = if let Some(status) = runner.config.status {
+    let _status_server = if let Some(status) = runner.config.status.clone() {
+        let listen = status.listen;
         Some(
             crate::status::spawn(
                 status,
+                files.token,
                 runner.config.sync.as_ref().map(|s| s.peer),
                 snapshot.clone(),
                 api_tx.clone(),
             )
             .await
-            .map_err(io_err(format!("status endpoint on {}", status.listen)))?,
+            .map_err(io_err(format!("status endpoint on {listen}")))?,
         )
     } else {
         None

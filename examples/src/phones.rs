@@ -13,8 +13,13 @@
 //! check = "sip-registered {name}"   # exits 0 once the phone is registered
 //! ```
 //!
-//! Templates are shell commands; `{name}`, `{model}` and `{address}` are
-//! replaced. Without `check`, a phone counts as registered when its action
+//! Templates are shell commands (`sh -c`); `{name}`, `{model}` and
+//! `{address}` are replaced by the phone's values, each shell-quoted (by
+//! `shlex`) and substituted in one pass, so that a value is always one
+//! word and never evaluated by the shell: `$(…)`, `;`, quotes or a
+//! placeholder inside a value stay text. A placeholder must therefore not
+//! be quoted in the template itself (`'{name}'` is refused when the file
+//! is read). Without `check`, a phone counts as registered when its action
 //! command exits 0 (a `follow` phone: as soon as the address is announced).
 
 use std::path::Path;
@@ -43,15 +48,51 @@ pub struct Phone {
     pub check: Option<String>,
 }
 
+/// The placeholders a template may hold.
+const PLACEHOLDERS: [&str; 3] = ["{name}", "{model}", "{address}"];
+
 impl Phone {
-    /// A template with this phone's values filled in.
+    /// A template with this phone's values filled in, each shell-quoted,
+    /// in one pass (a value that holds a placeholder is not filled again).
     #[must_use]
     pub fn fill(&self, template: &str) -> String {
-        template
-            .replace("{name}", &self.name)
-            .replace("{model}", &self.model)
-            .replace("{address}", &self.address)
+        let mut out = String::with_capacity(template.len());
+        let mut rest = template;
+        while let Some(at) = rest.find('{') {
+            out.push_str(&rest[..at]);
+            rest = &rest[at..];
+            let value = PLACEHOLDERS
+                .iter()
+                .zip([&self.name, &self.model, &self.address])
+                .find(|(p, _)| rest.starts_with(**p));
+            match value {
+                Some((p, v)) => {
+                    // Values with a NUL byte are refused when the file is
+                    // read; should one get here, it becomes an empty word.
+                    out.push_str(&shlex::try_quote(v).unwrap_or("''".into()));
+                    rest = &rest[p.len()..];
+                }
+                None => {
+                    out.push('{');
+                    rest = &rest[1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
     }
+}
+
+/// A template's placeholder written inside quotes: the value, quoted
+/// again by [`Phone::fill`], would come out of its quotes.
+fn quoted_placeholder(template: &str) -> Option<&'static str> {
+    PLACEHOLDERS.into_iter().find(|p| {
+        template.match_indices(p).any(|(at, _)| {
+            let before = template[..at].chars().next_back();
+            let after = template[at + p.len()..].chars().next();
+            matches!(before, Some('\'' | '"')) || matches!(after, Some('\'' | '"'))
+        })
+    })
 }
 
 #[derive(Deserialize)]
@@ -137,6 +178,30 @@ pub fn parse(text: &str) -> Result<Vec<Phone>, ConfigError> {
                 ));
             }
         };
+        for (k, v) in [
+            ("name", &p.name),
+            ("model", &p.model),
+            ("address", &p.address),
+        ] {
+            if v.chars().any(char::is_control) {
+                return Err(bad(k, "must not hold control characters".into()));
+            }
+        }
+        for (k, t) in [
+            ("nudge", &p.nudge),
+            ("reboot", &p.reboot),
+            ("check", &p.check),
+        ] {
+            if let Some(placeholder) = t.as_deref().and_then(quoted_placeholder) {
+                return Err(bad(
+                    k,
+                    format!(
+                        "{placeholder} is quoted; the node quotes each value itself, \
+                         so write it bare"
+                    ),
+                ));
+            }
+        }
         let mut spec = PhoneSpec::new(method).class(p.class.unwrap_or(5));
         spec.can_nudge &= p.nudge.is_some();
         spec.can_reboot &= p.reboot.is_some();

@@ -1,6 +1,8 @@
 //! The status page in a real browser: headless Chromium driven through
 //! chromedriver (WebDriver, by `fantoccini`), against two nodes running in
-//! this process on loopback.
+//! this process on loopback, with the API token set (`[status]
+//! token_file`): opened without credentials the page is refused, opened
+//! with them (`http://admin:TOKEN@host/`, HTTP Basic) its buttons work.
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian packages
 //! `chromium` and `chromium-driver`; `CHROMIUM` and `CHROMEDRIVER` name
@@ -131,9 +133,30 @@ async fn wait_text(c: &Client, id: &str, limit: Duration, cond: impl Fn(&str) ->
     }
 }
 
-/// The Master's page shows the appliance's status line and the last
-/// failover; its button sets the Backup Passive and the page shows it; the
-/// Backup's page loads through the Master's forwarded port.
+/// The API token, the same on both units.
+const TOKEN: &str = "browser-test-token-0123456789";
+
+/// What the browser made of the last navigation: the HTTP status it got
+/// (the Navigation Timing entry's `responseStatus`) and whether the
+/// status page's line is in the document.
+async fn navigated(c: &Client) -> (u64, bool) {
+    let v = c
+        .execute(
+            "const n = performance.getEntriesByType('navigation')[0];\
+             return [n ? n.responseStatus : 0, document.getElementById('line') !== null];",
+            vec![],
+        )
+        .await
+        .expect("read the navigation");
+    (v[0].as_u64().unwrap_or(0), v[1].as_bool().unwrap_or(true))
+}
+
+/// Without credentials the Master's page and the forwarded Backup's page
+/// are refused (401); with the token as Basic credentials in the address,
+/// the Master's page shows the appliance's status line and the last
+/// failover, its button sets the Backup Passive and the page shows it, and
+/// the Backup's page loads through the Master's forwarded port, where its
+/// own button sets it Active again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_in_chromium() {
     let (Some(chromium), Some(chromedriver)) = (
@@ -156,6 +179,7 @@ async fn status_page_in_chromium() {
         priority_b: 100,
         phones: 4,
     });
+    p.use_token(TOKEN);
     p.b.start().await;
     p.b.wait_role("Master").await;
     p.a.start().await;
@@ -194,10 +218,25 @@ async fn status_page_in_chromium() {
     let profile = TempDir::new("chromium-profile");
     let c = browser(&driver, &chromium, &profile).await;
 
-    // The Master's page.
-    c.goto(&format!("{}/", p.a.url()))
+    // Without credentials: refused, nothing of the status shown.
+    let gui = format!("127.0.0.1:{}", p.gui);
+    for url in [format!("{}/", p.a.url()), format!("http://{gui}/")] {
+        c.goto(&url).await.expect("a page without credentials");
+        // Headless, nobody answers the Basic prompt: the browser shows
+        // its error page for the 401.
+        assert_eq!(
+            navigated(&c).await,
+            (401, false),
+            "{url} without credentials"
+        );
+    }
+
+    // The Master's page, the token as Basic credentials in the address.
+    let with_token = |host: &str| format!("http://admin:{TOKEN}@{host}/");
+    c.goto(&with_token(&p.a.status.to_string()))
         .await
         .expect("Master's page");
+    assert_eq!(navigated(&c).await, (200, true), "with the token");
     let line = wait_text(&c, "line", Duration::from_secs(10), |t| {
         t.contains("is UP (")
     })
@@ -257,7 +296,7 @@ async fn status_page_in_chromium() {
     .await;
 
     // The Backup's page through the Master's Backup GUI port.
-    c.goto(&format!("http://127.0.0.1:{}/", p.gui))
+    c.goto(&with_token(&gui))
         .await
         .expect("Backup's page through the forward");
     wait_text(&c, "id", Duration::from_secs(10), |t| t == "pbx-b").await;
@@ -266,6 +305,23 @@ async fn status_page_in_chromium() {
     assert_eq!(line, "Device with ID pbx-b is in Backup mode");
     let vrrp = text(&c, "vrrp").await;
     assert!(vrrp.contains("Passive"), "{vrrp}");
+    // The Backup's own /mode through the forward (manual §10).
+    c.find(Locator::Id("active"))
+        .await
+        .expect("Active button")
+        .click()
+        .await
+        .expect("click");
+    let answer = wait_text(&c, "answer", Duration::from_secs(5), |t| !t.is_empty()).await;
+    assert_eq!(answer, "accepted", "the Backup's Active button, forwarded");
+    wait_text(&c, "vrrp", Duration::from_secs(10), |t| {
+        t.contains("Active")
+    })
+    .await;
+    p.b.wait(Duration::from_secs(5), "Active", |s| {
+        s["vrrp"]["backup_mode"] == "Active"
+    })
+    .await;
 
     c.close().await.expect("end the WebDriver session");
     drop(driver);

@@ -1,9 +1,17 @@
 //! The `node` configuration contract: the documented example parses, and
-//! every bad value is an error that names its key.
+//! every bad value is an error that names its key, the files the
+//! configuration names included; phone templates quote the values they
+//! are given.
 
+mod e2e;
+
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
+use e2e::TempDir;
 use examples::config::{ChecksumForm, ConfigError, NodeConfig, Transport, parse_key};
+use examples::hooks::{Hooks, ShellHooks};
 
 const MINIMAL: &str = r#"
 id = "pbx-a"
@@ -23,7 +31,9 @@ fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
 #[test]
 fn the_documented_example_parses_with_every_key() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("node.example.toml");
-    let c = NodeConfig::load(&path).unwrap();
+    // Parsed, not loaded: the files it names are the operator's.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = NodeConfig::parse(&text, path.parent().unwrap()).unwrap();
     assert_eq!(c.id, "pbx-a");
     assert_eq!(c.vrrp.transport, Transport::Raw);
     assert_eq!(c.vrrp.interface.as_deref(), Some("eth1"));
@@ -39,7 +49,10 @@ fn the_documented_example_parses_with_every_key() {
     assert_eq!(sync.key_file, path.parent().unwrap().join("sync.key"));
     assert_eq!(sync.exclude, ["licenses/**"]);
     assert_eq!(c.state_dir, Path::new("/var/lib/pbx-a.state"));
-    assert_eq!(c.status.unwrap().backup_gui_port, Some(8765));
+    let status = c.status.as_ref().unwrap();
+    assert_eq!(status.backup_gui_port, Some(8765));
+    assert_eq!(status.token_file, None);
+    assert!(c.files.is_none());
     assert_eq!(c.identity.licenses, ["pbx-32"]);
     assert_eq!(c.services.len(), 2);
     assert_eq!(c.start_order(), [0, 1]);
@@ -196,4 +209,228 @@ fn key_files_hold_64_hex_digits() {
     assert_eq!(k[31], 0xff);
     assert!(parse_key("0011").unwrap_err().contains("64 hex digits"));
     assert!(parse_key(&"zz".repeat(32)).unwrap_err().contains("hex"));
+}
+
+const STATUS_SYNC: &str = "[sync]\nlisten = \"10.99.0.1:7001\"\npeer = \"10.99.0.2:7001\"\n\
+                           dir = \"d\"\nkey_file = \"k\"\n";
+
+#[test]
+fn a_status_api_beyond_loopback_needs_a_token() {
+    rejects("[status]\nlisten = \"10.99.0.1:8080\"", "status.token_file");
+    rejects("[status]\nlisten = \"0.0.0.0:8080\"", "status.token_file");
+    rejects("[status]\nlisten = \"[fd99::1]:8080\"", "status.token_file");
+    let c = parse(&format!(
+        "{MINIMAL}\n[status]\nlisten = \"10.99.0.1:8080\"\ntoken_file = \"api.token\""
+    ))
+    .unwrap();
+    let s = c.status.unwrap();
+    assert_eq!(
+        s.token_file.as_deref(),
+        Some(Path::new("/etc/pbx/api.token"))
+    );
+    // Loopback needs none.
+    for listen in ["127.0.0.1:8080", "127.0.0.2:8080", "[::1]:8080"] {
+        let c = parse(&format!("{MINIMAL}\n[status]\nlisten = \"{listen}\"")).unwrap();
+        assert_eq!(c.status.unwrap().token_file, None, "{listen}");
+    }
+}
+
+#[test]
+fn allowed_hosts_default_to_the_listen_and_forward_addresses() {
+    let c = parse(&format!(
+        "{MINIMAL}\n{STATUS_SYNC}[status]\nlisten = \"10.99.0.1:8080\"\nbackup_gui_port = 8765\n\
+         token_file = \"t\""
+    ))
+    .unwrap();
+    assert_eq!(
+        c.status.unwrap().allowed_hosts,
+        ["10.99.0.1:8080", "10.99.0.1:8765", "10.99.0.2:8765"]
+    );
+    let c = parse(&format!(
+        "{MINIMAL}\n[status]\nlisten = \"127.0.0.1:8080\"\nbackup_gui_port = 8765"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.status.unwrap().allowed_hosts,
+        [
+            "127.0.0.1:8080",
+            "127.0.0.1:8765",
+            "localhost:8080",
+            "localhost:8765"
+        ]
+    );
+    // Given, they replace the default, in the compared form.
+    let c = parse(&format!(
+        "{MINIMAL}\n[status]\nlisten = \"0.0.0.0:8080\"\ntoken_file = \"t\"\n\
+         allowed_hosts = [\"PBX-A.example\", \"10.99.0.1:8080\", \"[fd99::1]:8080\"]"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.status.unwrap().allowed_hosts,
+        ["pbx-a.example:80", "10.99.0.1:8080", "[fd99::1]:8080"]
+    );
+    rejects(
+        "[status]\nlisten = \"0.0.0.0:8080\"\ntoken_file = \"t\"",
+        "status.allowed_hosts",
+    );
+    rejects(
+        "[status]\nlisten = \"127.0.0.1:8080\"\nallowed_hosts = []",
+        "status.allowed_hosts",
+    );
+    rejects(
+        "[status]\nlisten = \"127.0.0.1:8080\"\nallowed_hosts = [\"ok:1\", \"http://x/\"]",
+        "status.allowed_hosts[1]",
+    );
+}
+
+/// A configuration in `dir` naming a key, a phone inventory and a token
+/// file there.
+fn config_with_files(dir: &TempDir) -> std::path::PathBuf {
+    let path = dir.join("node.toml");
+    let text = format!(
+        "{}\n{}[status]\nlisten = \"10.99.0.1:8080\"\ntoken_file = \"api.token\"\n",
+        MINIMAL.replace("state_dir", "phones = \"phones.toml\"\nstate_dir"),
+        STATUS_SYNC.replace("\"k\"", "\"sync.key\""),
+    );
+    std::fs::write(&path, text).unwrap();
+    std::fs::write(dir.join("sync.key"), "42".repeat(32)).unwrap();
+    std::fs::write(
+        dir.join("phones.toml"),
+        "[[phone]]\nname = \"r\"\naddress = \"10.99.0.31\"\nmethod = \"follow\"\n",
+    )
+    .unwrap();
+    write_token(dir, "0123456789abcdef0123\n", 0o600);
+    path
+}
+
+fn write_token(dir: &TempDir, text: &str, mode: u32) {
+    let path = dir.join("api.token");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[track_caller]
+fn load_names(path: &Path, key: &str) {
+    let msg = NodeConfig::load(path).unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!("`{key}`")),
+        "error `{msg}` does not name `{key}`"
+    );
+}
+
+#[test]
+fn the_files_it_names_are_read_with_the_configuration() {
+    let dir = TempDir::new("config-files");
+    let path = config_with_files(&dir);
+    let c = NodeConfig::load(&path).unwrap();
+    let files = c.files.as_ref().expect("files read");
+    assert_eq!(files.key, Some([0x42; 32]));
+    assert_eq!(files.phones.len(), 1);
+    assert!(
+        files
+            .token
+            .as_ref()
+            .is_some_and(|t| t.matches(b"0123456789abcdef0123"))
+    );
+    // The token never shows in a debug print.
+    assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
+
+    std::fs::remove_file(dir.join("sync.key")).unwrap();
+    load_names(&path, "sync.key_file");
+    std::fs::write(dir.join("sync.key"), "not a key").unwrap();
+    load_names(&path, "sync.key_file");
+    std::fs::write(dir.join("sync.key"), "42".repeat(32)).unwrap();
+
+    std::fs::remove_file(dir.join("phones.toml")).unwrap();
+    load_names(&path, "phones");
+    std::fs::write(dir.join("phones.toml"), "[[phone]]\nname = ").unwrap();
+    load_names(&path, "phones");
+    std::fs::write(
+        dir.join("phones.toml"),
+        "[[phone]]\nname = \"r\"\naddress = \"a\"\nmethod = \"fly\"\n",
+    )
+    .unwrap();
+    load_names(&path, "phone[0].method");
+    std::fs::write(
+        dir.join("phones.toml"),
+        "[[phone]]\nname = \"r\"\naddress = \"a\"\nmethod = \"follow\"\n",
+    )
+    .unwrap();
+
+    write_token(&dir, "0123456789abcdef0123\n", 0o644);
+    load_names(&path, "status.token_file");
+    write_token(&dir, "0123456789abcdef0123\n", 0o602);
+    load_names(&path, "status.token_file");
+    write_token(&dir, "0123456789abcde\n", 0o600);
+    load_names(&path, "status.token_file");
+    std::fs::remove_file(dir.join("api.token")).unwrap();
+    load_names(&path, "status.token_file");
+    // Group-readable is the operator's choice (a group of admins).
+    write_token(&dir, "0123456789abcdef\n", 0o640);
+    assert!(NodeConfig::load(&path).is_ok());
+}
+
+fn phone(name: &str, model: &str, address: &str) -> examples::phones::Phone {
+    let text = format!(
+        "[[phone]]\nname = {name:?}\nmodel = {model:?}\naddress = {address:?}\nmethod = \"follow\"\n"
+    );
+    examples::phones::parse(&text).unwrap().remove(0)
+}
+
+/// Phone template values are quoted, in one pass: whatever a value holds
+/// reaches the command as one word, and the shell evaluates none of it.
+#[tokio::test]
+async fn phone_template_values_are_one_word_never_evaluated() {
+    let dir = TempDir::new("phone-quoting");
+    let out = dir.join("out");
+    let pwned = dir.join("pwned");
+    let p = pwned.display();
+    let hostile = [
+        format!("$(touch {p})"),
+        format!("a; touch {p}"),
+        format!("it's \"quoted\" `touch {p}`"),
+        format!("' ; touch {p} ; '"),
+        "{model}".to_owned(),
+    ];
+    for name in &hostile {
+        let mut ph = phone(name, &format!("$(touch {p})"), "10.99.0.31");
+        ph.nudge = Some(format!(
+            "printf '%s|%s|%s' {{name}} {{model}} {{address}} > {}",
+            out.display()
+        ));
+        let _ = std::fs::remove_file(&out);
+        let hooks = ShellHooks::default();
+        let done = tokio::time::timeout(Duration::from_secs(10), hooks.phone_action(&ph, false))
+            .await
+            .expect("the command ended");
+        assert!(done, "{name}: the command failed");
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            format!("{name}|$(touch {p})|10.99.0.31"),
+            "{name}: the values did not arrive as they are"
+        );
+        assert!(!pwned.exists(), "{name}: the shell evaluated a value");
+    }
+    // Plain values stay as they are.
+    assert_eq!(
+        phone("r", "m", "10.99.0.31").fill("ping {address}"),
+        "ping 10.99.0.31"
+    );
+}
+
+#[test]
+fn phone_templates_leave_placeholders_bare() {
+    for (template, key) in [
+        ("notify '{name}'", "phone[0].nudge"),
+        ("notify \"{address}\"", "phone[0].nudge"),
+    ] {
+        let text = format!(
+            "[[phone]]\nname = \"r\"\naddress = \"a\"\nmethod = \"nudge\"\nnudge = {template:?}\n"
+        );
+        let msg = examples::phones::parse(&text).unwrap_err().to_string();
+        assert!(msg.contains(key), "{msg}");
+    }
+    let text = "[[phone]]\nname = \"r\\u0000\"\naddress = \"a\"\nmethod = \"follow\"\n";
+    let msg = examples::phones::parse(text).unwrap_err().to_string();
+    assert!(msg.contains("phone[0].name"), "{msg}");
 }

@@ -2,15 +2,20 @@
 //! runs them: each from its own TOML file, VRRP over UDP on loopback
 //! (pbx-a on 127.0.0.1, pbx-b on 127.0.0.2), the peer link over TCP, every
 //! check and request through the status API over HTTP. Processes are ended
-//! by their id, also when a test fails.
+//! by their id, also when a test fails. Also here: the authenticated
+//! control plane (token, `Host`, `Origin`, content type, the GUI forward)
+//! and configuration errors, which stop a node with exit status 2 before it
+//! creates a file or sends a packet.
 
 mod e2e;
 mod run;
 
 use e2e::TempDir;
 
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,6 +42,8 @@ struct Node {
     status: SocketAddr,
     child: Option<Child>,
     log: PathBuf,
+    /// The `Authorization` value every request of the test carries.
+    auth: Option<String>,
 }
 
 impl Node {
@@ -52,7 +59,7 @@ impl Node {
             .expect("start node");
         self.child = Some(child);
         let t0 = Instant::now();
-        while get(self.status, "/status").is_none() {
+        while get(self.status, "/status", self.auth.as_deref()).is_none() {
             assert!(
                 t0.elapsed() < Duration::from_secs(20),
                 "{} did not answer on {}\n{}",
@@ -83,7 +90,7 @@ impl Node {
     }
 
     fn status(&self) -> Value {
-        get(self.status, "/status").unwrap_or(Value::Null)
+        get(self.status, "/status", self.auth.as_deref()).unwrap_or(Value::Null)
     }
 
     fn role(&self) -> String {
@@ -91,7 +98,7 @@ impl Node {
     }
 
     fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        post(self.status, path, body)
+        post(self.status, path, body, self.auth.as_deref())
     }
 
     /// Waits until `pred` holds on this node's status.
@@ -120,18 +127,22 @@ impl Drop for Node {
     }
 }
 
-fn get(addr: SocketAddr, path: &str) -> Option<Value> {
-    let mut r = e2e::agent()
-        .get(&format!("http://{addr}{path}"))
-        .call()
-        .ok()?;
+fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> Option<Value> {
+    let mut req = e2e::agent().get(&format!("http://{addr}{path}"));
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let mut r = req.call().ok()?;
     (r.status() == 200).then(|| r.body_mut().read_json::<Value>().ok())?
 }
 
-fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+fn post(addr: SocketAddr, path: &str, body: Value, auth: Option<&str>) -> (u16, Value) {
     let url = format!("http://{addr}{path}");
-    let mut r = e2e::agent()
-        .post(&url)
+    let mut req = e2e::agent().post(&url);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let mut r = req
         .send_json(&body)
         .unwrap_or_else(|e| panic!("POST {url}: {e}"));
     let code = r.status().as_u16();
@@ -143,28 +154,60 @@ fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
 struct Pair {
     a: Node,
     b: Node,
+    /// pbx-a's Backup GUI forward (served while it is Master).
+    gui: SocketAddr,
     _dir: TempDir,
 }
 
+/// A TCP port free on both addresses, held by the two listeners returned.
+fn free_on_both() -> (std::net::TcpListener, std::net::TcpListener) {
+    loop {
+        let a = free_tcp(A_IP);
+        let port = a.local_addr().expect("address").port();
+        if let Ok(b) = std::net::TcpListener::bind((B_IP, port)) {
+            break (a, b);
+        }
+    }
+}
+
 fn pair(tag: &str, a_redundancy: bool) -> Pair {
+    pair_with(tag, a_redundancy, None)
+}
+
+/// A pair whose status API, on the same port on both addresses, forwards
+/// the Backup's page on a GUI port; with `token`, both units read it from
+/// their `[status] token_file`.
+fn pair_with(tag: &str, a_redundancy: bool, token: Option<&str>) -> Pair {
     let dir = TempDir::new(tag);
     let root = dir.0.clone();
     std::fs::write(root.join("sync.key"), "42".repeat(32)).expect("key");
+    if let Some(t) = token {
+        let path = root.join("api.token");
+        std::fs::write(&path, format!("{t}\n")).expect("token");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
     // Every port chosen by the kernel, held until all are picked.
     let (va, vb) = (free_udp(A_IP), free_udp(B_IP));
     let (sa, sb) = (free_tcp(A_IP), free_tcp(B_IP));
-    let (ha, hb) = (free_tcp(A_IP), free_tcp(B_IP));
+    let (ha, hb) = free_on_both();
+    let (ga, gb) = free_on_both();
     let addr = |l: &std::net::TcpListener| l.local_addr().expect("address");
     let uaddr = |u: &std::net::UdpSocket| u.local_addr().expect("address");
-    let (vra, vrb, sya, syb, sta, stb) = (
+    let (vra, vrb, sya, syb, sta, stb, gui) = (
         uaddr(&va),
         uaddr(&vb),
         addr(&sa),
         addr(&sb),
         addr(&ha),
         addr(&hb),
+        addr(&ga).port(),
     );
-    drop((va, vb, sa, sb, ha, hb));
+    drop((va, vb, sa, sb, ha, hb, ga, gb));
+    let token_line = if token.is_some() {
+        "token_file = \"api.token\"\n"
+    } else {
+        ""
+    };
     let write = |name: &str, prio: u8, redundancy: bool, vl, vp, sl, sp, st| {
         let text = format!(
             r#"id = "{name}"
@@ -186,7 +229,8 @@ interval_s = {SYNC_INTERVAL_S}
 key_file = "sync.key"
 [status]
 listen = "{st}"
-"#
+backup_gui_port = {gui}
+{token_line}"#
         );
         let path = root.join(format!("{name}.toml"));
         std::fs::write(&path, text).expect("config");
@@ -202,10 +246,12 @@ listen = "{st}"
         config,
         status,
         child: None,
+        auth: token.map(|t| format!("Bearer {t}")),
     };
     Pair {
         a: node("pbx-a", ca, sta),
         b: node("pbx-b", cb, stb),
+        gui: SocketAddr::from((A_IP, gui)),
         _dir: dir,
     }
 }
@@ -465,4 +511,401 @@ fn status_json_keeps_its_fields() {
         ])
     );
     assert!(s["quarantine"].is_array());
+}
+
+// ---------------------------------------------------------------------------
+// The authenticated control plane
+
+const TOKEN: &str = "c0ffee-0123456789abcdef-token";
+
+/// One HTTP/1.1 request written by hand (so that `Host`, `Origin` and the
+/// content type are exactly what the test says): the status code, the
+/// head and the body.
+fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("answer");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_owned(), body.to_owned())
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {b64}")
+}
+
+fn code_of(body: &str) -> String {
+    serde_json::from_str::<Value>(body).unwrap_or(Value::Null)["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// With `[status] token_file`, every endpoint of both units needs the
+/// token (Bearer, or Basic with user admin) and answers 401 with a Basic
+/// challenge without it; a foreign `Host` or `Origin` is 403; a POST body
+/// not declared JSON is 415; the Master's GUI forward reaches the Backup's
+/// page and API, the Backup checking the credentials and the `Host`
+/// itself; and an empty JSON `POST /swap` swaps.
+#[test]
+fn the_control_plane_needs_the_token() {
+    let mut p = pair_with("auth", true, Some(TOKEN));
+    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
+    settled(&mut p);
+    let a = p.a.status;
+    let host = a.to_string();
+    let bearer = format!("Bearer {TOKEN}");
+    let h = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
+        let mut v: Vec<(&str, &str)> = vec![("Host", host.as_str())];
+        v.extend_from_slice(extra);
+        v
+    };
+
+    // No credentials, or wrong ones: 401 and a Basic challenge, on every
+    // path.
+    for path in ["/status", "/", "/no-such-page"] {
+        let (code, head, body) = raw(a, "GET", path, &h(&[]), "");
+        assert_eq!(code, 401, "GET {path}: {head}\n{body}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: basic realm="),
+            "{head}"
+        );
+        assert_eq!(code_of(&body), "unauthorized");
+    }
+    let wrong_user = basic("root", TOKEN);
+    let wrong_token = basic("admin", "c0ffee-0123456789abcdef-tokem");
+    for auth in [wrong_user.as_str(), wrong_token.as_str(), "Bearer nope"] {
+        let mut hs = h(&[]);
+        hs.push(("Authorization", auth));
+        assert_eq!(raw(a, "GET", "/status", &hs, "").0, 401, "{auth}");
+    }
+    let (code, ..) = raw(
+        a,
+        "POST",
+        "/mode",
+        &h(&[("Content-Type", "application/json")]),
+        r#"{"mode":"Passive"}"#,
+    );
+    assert_eq!(code, 401, "a POST without the token");
+
+    // The token as Bearer or as Basic admin's password.
+    let good_basic = basic("admin", TOKEN);
+    for auth in [bearer.as_str(), good_basic.as_str()] {
+        let mut hs = h(&[]);
+        hs.push(("Authorization", auth));
+        let (code, _, body) = raw(a, "GET", "/status", &hs, "");
+        assert_eq!(code, 200, "{auth}: {body}");
+        let (code, _, page) = raw(a, "GET", "/", &hs, "");
+        assert_eq!(code, 200);
+        assert!(page.contains("<title>Redundancy status</title>"));
+    }
+
+    // A foreign Host (DNS rebinding) or Origin (a cross-site form) is 403,
+    // token or not.
+    let with_token = |extra: &[(&'static str, &'static str)]| {
+        let mut v = h(extra);
+        v.push(("Authorization", bearer.as_str()));
+        v
+    };
+    let (code, _, body) = raw(
+        a,
+        "GET",
+        "/status",
+        &[("Host", "rebound.example"), ("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!((code, code_of(&body)), (403, "host_not_allowed".into()));
+    let (code, _, body) = raw(
+        a,
+        "POST",
+        "/mode",
+        &with_token(&[
+            ("Origin", "http://evil.example"),
+            ("Content-Type", "application/json"),
+        ]),
+        r#"{"mode":"Passive"}"#,
+    );
+    assert_eq!((code, code_of(&body)), (403, "origin_not_allowed".into()));
+
+    // JSON endpoints take JSON only: what an HTML form can send is 415.
+    for (path, ct, body) in [
+        ("/mode", "text/plain", r#"{"mode":"Passive"}"#),
+        ("/mode", "application/x-www-form-urlencoded", "mode=Passive"),
+        ("/swap", "text/plain", ""),
+        ("/swap", "multipart/form-data; boundary=x", "--x--"),
+        ("/redundancy", "text/plain", r#"{"enabled":false}"#),
+    ] {
+        let (code, _, answer) = raw(a, "POST", path, &with_token(&[("Content-Type", ct)]), body);
+        assert_eq!(
+            (code, code_of(&answer)),
+            (415, "unsupported_media_type".into()),
+            "POST {path} as {ct}: {answer}"
+        );
+    }
+    let mut no_type = h(&[]);
+    no_type.push(("Authorization", &bearer));
+    assert_eq!(raw(a, "POST", "/swap", &no_type, "").0, 415);
+    // None of it reached the pair.
+    assert_eq!(p.b.status()["vrrp"]["backup_mode"], "Active");
+    assert_eq!(p.a.role(), "Master");
+
+    // The Backup's page and API through the Master's GUI forward: the
+    // Backup asks for the token and checks the Host itself.
+    let gui = p.gui;
+    let gui_host = gui.to_string();
+    let (code, head, _) = raw(gui, "GET", "/status", &[("Host", &gui_host)], "");
+    assert_eq!(code, 401, "{head}");
+    let (code, _, body) = raw(
+        gui,
+        "GET",
+        "/status",
+        &[("Host", &gui_host), ("Authorization", &good_basic)],
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+    let through: Value = serde_json::from_str(&body).expect("status JSON");
+    assert_eq!(through["id"], "pbx-b");
+    let (code, _, body) = raw(
+        gui,
+        "GET",
+        "/status",
+        &[("Host", "rebound.example"), ("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!((code, code_of(&body)), (403, "host_not_allowed".into()));
+    // Manual §10: the Backup's own /mode, through the forward.
+    let origin = format!("http://{gui_host}");
+    let (code, _, body) = raw(
+        gui,
+        "POST",
+        "/mode",
+        &[
+            ("Host", &gui_host),
+            ("Origin", &origin),
+            ("Authorization", &bearer),
+            ("Content-Type", "application/json"),
+        ],
+        r#"{"mode":"Passive"}"#,
+    );
+    assert_eq!(code, 202, "{body}");
+    p.b.wait("Passive", Duration::from_secs(5), |s| {
+        s["vrrp"]["backup_mode"] == "Passive"
+    });
+
+    // An empty JSON POST /swap (the page's button sends `{}`) swaps.
+    let (code, _, body) = raw(
+        a,
+        "POST",
+        "/swap",
+        &with_token(&[("Content-Type", "application/json")]),
+        "",
+    );
+    assert_eq!(code, 202, "{body}");
+    p.b.wait("Master", Duration::from_secs(20), |s| s["role"] == "Master");
+}
+
+// ---------------------------------------------------------------------------
+// Configuration errors
+
+/// A node's configuration in a fresh directory, with priority 255 (an
+/// address owner advertises at once), its key, phone inventory and token
+/// file, and `edit` applied to the configuration's text; and the socket
+/// its advertisements go to, reading with `wait` as its time limit.
+fn lone_node(
+    tag: &str,
+    wait: Duration,
+    edit: &dyn Fn(String) -> String,
+) -> (TempDir, std::net::UdpSocket) {
+    let dir = TempDir::new(tag);
+    let peer_socket = free_udp(B_IP);
+    peer_socket.set_read_timeout(Some(wait)).expect("timeout");
+    let peer = peer_socket.local_addr().expect("address");
+    let vrrp = free_udp(A_IP).local_addr().expect("address");
+    std::fs::write(dir.join("sync.key"), "42".repeat(32)).expect("key");
+    std::fs::write(
+        dir.join("phones.toml"),
+        "[[phone]]\nname = \"r\"\naddress = \"10.99.0.31\"\nmethod = \"follow\"\n",
+    )
+    .expect("phones");
+    let token = dir.join("api.token");
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let text = format!(
+        r#"id = "pbx-a"
+state_dir = "state"
+phones = "phones.toml"
+[vrrp]
+transport = "udp"
+vrid = 51
+priority = 255
+advert_interval_ms = 100
+virtual_ips = ["10.99.0.100/24"]
+udp_listen = "{vrrp}"
+udp_peers = ["{peer}"]
+[sync]
+listen = "127.0.0.1:1"
+peer = "127.0.0.2:1"
+dir = "data"
+key_file = "sync.key"
+[status]
+listen = "127.0.0.1:0"
+token_file = "api.token"
+"#
+    );
+    std::fs::write(dir.join("node.toml"), edit(text)).expect("config");
+    (dir, peer_socket)
+}
+
+/// Every configuration error, the files the configuration names included,
+/// stops `node` with exit status 2 and the key on stderr before it creates
+/// a file or sends a packet: no state or data directory, and not one
+/// datagram at the VRRP peer's address (a priority-255 node advertises at
+/// once).
+#[test]
+fn config_errors_exit_2_before_anything_is_touched() {
+    type Case = (&'static str, &'static str, fn(&Path));
+    let cases: &[Case] = &[
+        ("no key file", "sync.key_file", |d| {
+            let _ = std::fs::remove_file(d.join("sync.key"));
+        }),
+        ("a key file that is no key", "sync.key_file", |d| {
+            std::fs::write(d.join("sync.key"), "not a key\n").expect("write");
+        }),
+        ("no phones file", "phones", |d| {
+            let _ = std::fs::remove_file(d.join("phones.toml"));
+        }),
+        ("a phones file that is not TOML", "phones", |d| {
+            std::fs::write(d.join("phones.toml"), "[[phone]\n").expect("write");
+        }),
+        ("a phone with an unknown method", "phone[0].method", |d| {
+            std::fs::write(
+                d.join("phones.toml"),
+                "[[phone]]\nname = \"r\"\naddress = \"10.99.0.31\"\nmethod = \"fly\"\n",
+            )
+            .expect("write");
+        }),
+        ("a world-readable token file", "status.token_file", |d| {
+            std::fs::set_permissions(d.join("api.token"), std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
+        }),
+        ("a 15-byte token", "status.token_file", |d| {
+            std::fs::write(d.join("api.token"), "0123456789abcde\n").expect("write");
+        }),
+        ("no token file", "status.token_file", |d| {
+            let _ = std::fs::remove_file(d.join("api.token"));
+        }),
+    ];
+    type Edit = (&'static str, &'static str, fn(String) -> String);
+    let edits: &[Edit] = &[
+        (
+            "a status API on the network without a token",
+            "status.token_file",
+            |t: String| {
+                t.replace("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:0\"")
+                    .replace("token_file = \"api.token\"\n", "")
+            },
+        ),
+        (
+            "a VRRP address the election cannot send from",
+            "vrrp.udp_listen",
+            |t: String| t.replace("udp_listen = \"127.0.0.1:", "udp_listen = \"0.0.0.0:"),
+        ),
+    ];
+    let run = |what: &str, key: &str, file: &dyn Fn(&Path), edit: &dyn Fn(String) -> String| {
+        let (dir, peer) = lone_node("config-error", Duration::from_millis(300), edit);
+        file(&dir.0);
+
+        let child = Command::new(run::example_bin("node"))
+            .arg("--config")
+            .arg(dir.join("node.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start node");
+        let mut guard = run::Kill(Some(child));
+        let t0 = Instant::now();
+        let status = loop {
+            let c = guard.0.as_mut().expect("child");
+            if let Some(st) = c.try_wait().expect("wait") {
+                break st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{what}: node still running"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        if let Some(mut e) = guard.0.take().and_then(|mut c| c.stderr.take()) {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        assert_eq!(status.code(), Some(2), "{what}: {stderr}");
+        assert!(
+            stderr.contains(&format!("`{key}`")),
+            "{what}: stderr does not name `{key}`: {stderr}"
+        );
+        for made in ["state", "data"] {
+            assert!(
+                !dir.join(made).exists(),
+                "{what}: the {made} directory was created"
+            );
+        }
+        let mut buf = [0u8; 2048];
+        match peer.recv_from(&mut buf) {
+            Ok((n, from)) => panic!("{what}: {n} bytes of VRRP sent from {from}"),
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "{what}: {e}"
+            ),
+        }
+    };
+    for (what, key, file) in cases {
+        run(what, key, file, &|t| t);
+    }
+    for (what, key, edit) in edits {
+        run(what, key, &|_| {}, edit);
+    }
+    // And the same files, right, make a node that starts: the cases above
+    // fail for the reason they name.
+    let (dir, peer) = lone_node("config-good", Duration::from_secs(5), &|t| t);
+    let child = Command::new(run::example_bin("node"))
+        .arg("--config")
+        .arg(dir.join("node.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start node");
+    let _guard = run::Kill(Some(child));
+    let mut buf = [0u8; 2048];
+    let (n, _) = peer
+        .recv_from(&mut buf)
+        .expect("the good configuration's node advertises");
+    assert!(n > 0);
+    assert!(dir.join("state").exists());
 }

@@ -114,6 +114,9 @@ pub struct Node {
     pub config: NodeConfig,
     /// Its status endpoint.
     pub status: SocketAddr,
+    /// The `Authorization` value its requests carry (see
+    /// [`Pair::use_token`]).
+    pub auth: Option<String>,
     running: Option<InProcessNode>,
 }
 
@@ -149,12 +152,12 @@ impl Node {
 
     /// `GET /status`.
     pub async fn status(&self) -> Value {
-        get_json(format!("{}/status", self.url())).await
+        get_json_as(format!("{}/status", self.url()), self.auth.clone()).await
     }
 
     /// `POST path` with a JSON body: the HTTP status code and the answer.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        post_json(format!("{}{path}", self.url()), body).await
+        post_json_as(format!("{}{path}", self.url()), body, self.auth.clone()).await
     }
 
     /// Polls `GET /status` every 10 ms until `cond` holds; panics after
@@ -205,6 +208,21 @@ impl Pair {
         self.root.join("pbx-b/data")
     }
 
+    /// Gives both units `[status] token_file` with `token` (before they
+    /// start); every request of the test then carries it as a Bearer token.
+    pub fn use_token(&mut self, token: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.root.join("api.token");
+        std::fs::write(&path, format!("{token}\n")).expect("token file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .expect("token file mode");
+        for node in [&mut self.a, &mut self.b] {
+            let status = node.config.status.as_mut().expect("a [status] table");
+            status.token_file = Some(path.clone());
+            node.auth = Some(format!("Bearer {token}"));
+        }
+    }
+
     /// Stops both nodes gracefully, the Backup and the Master together.
     pub async fn stop(&mut self) {
         let (a, b) = (&mut self.a, &mut self.b);
@@ -243,6 +261,7 @@ pub fn pair(spec: &PairSpec) -> Pair {
             name,
             config,
             status,
+            auth: None,
             running: None,
         }
     };
@@ -343,11 +362,17 @@ pub fn agent() -> ureq::Agent {
 
 /// `GET url` as JSON (a blocking client on the blocking pool).
 pub async fn get_json(url: String) -> Value {
+    get_json_as(url, None).await
+}
+
+/// `GET url` as JSON, with `auth` as its `Authorization`.
+pub async fn get_json_as(url: String, auth: Option<String>) -> Value {
     tokio::task::spawn_blocking(move || {
-        let mut r = agent()
-            .get(&url)
-            .call()
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let mut req = agent().get(&url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let mut r = req.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
         assert_eq!(r.status(), 200, "GET {url}");
         r.body_mut()
             .read_json::<Value>()
@@ -377,9 +402,17 @@ pub async fn get_text(url: String) -> (u16, String) {
 
 /// `POST url` with a JSON body: the status code and the JSON answer.
 pub async fn post_json(url: String, body: Value) -> (u16, Value) {
+    post_json_as(url, body, None).await
+}
+
+/// `POST url` with a JSON body and `auth` as its `Authorization`.
+pub async fn post_json_as(url: String, body: Value, auth: Option<String>) -> (u16, Value) {
     tokio::task::spawn_blocking(move || {
-        let mut r = agent()
-            .post(&url)
+        let mut req = agent().post(&url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let mut r = req
             .send_json(&body)
             .unwrap_or_else(|e| panic!("POST {url}: {e}"));
         let code = r.status().as_u16();

@@ -166,7 +166,7 @@ impl Node {
     /// (status code, body).
     pub fn http(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
         let request = format!(
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{STATUS_PORT}\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\n\r\n{body}",
             body.len()
         );
