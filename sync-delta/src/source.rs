@@ -635,6 +635,13 @@ impl Source {
                 self.stats.literal_bytes += lit;
                 self.stats.copy_bytes += copy;
                 job.pos += consumed as u64;
+                if consumed == 0 {
+                    // No progress on a whole window: never call again with
+                    // the same bytes (a loop at full CPU); send the rest
+                    // whole. The matcher guarantees progress, so this is a
+                    // second line of defence.
+                    job.mode = Mode::Whole;
+                }
                 Ok(job.pos >= job.size)
             }
         }

@@ -410,3 +410,150 @@ fn next_round_is_exposed() {
     r.handle_connected(now);
     assert!(r.poll_transmit().is_some());
 }
+
+/// A store that counts reads and refuses them past a bound: a loop that
+/// reads without end fails the test by its step count, not by a timer.
+struct Bounded {
+    inner: MemStore,
+    reads: u64,
+    max: u64,
+}
+
+impl Storage for Bounded {
+    fn walk(
+        &mut self,
+        e: &sync_delta::Exclude,
+    ) -> Result<sync_delta::store::Walk, sync_delta::StoreError> {
+        self.inner.walk(e)
+    }
+    fn stat(&mut self, p: &str) -> Result<sync_delta::store::Stat, sync_delta::StoreError> {
+        self.inner.stat(p)
+    }
+    fn read_at(
+        &mut self,
+        p: &str,
+        off: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, sync_delta::StoreError> {
+        self.reads += 1;
+        assert!(
+            self.reads <= self.max,
+            "{} reads: the source is looping",
+            self.reads
+        );
+        self.inner.read_at(p, off, buf)
+    }
+    fn read_link(&mut self, p: &str) -> Result<Vec<u8>, sync_delta::StoreError> {
+        self.inner.read_link(p)
+    }
+    fn create(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.create(p)
+    }
+    fn write_at(&mut self, p: &str, off: u64, d: &[u8]) -> Result<(), sync_delta::StoreError> {
+        self.inner.write_at(p, off, d)
+    }
+    fn sync_file(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.sync_file(p)
+    }
+    fn sync_dir(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.sync_dir(p)
+    }
+    fn rename(&mut self, a: &str, b: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.rename(a, b)
+    }
+    fn remove_file(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.remove_file(p)
+    }
+    fn remove_dir(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.remove_dir(p)
+    }
+    fn create_dir(&mut self, p: &str, mode: u32) -> Result<(), sync_delta::StoreError> {
+        self.inner.create_dir(p, mode)
+    }
+    fn symlink(&mut self, t: &[u8], p: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.symlink(t, p)
+    }
+    fn set_meta(&mut self, p: &str, mode: u32, mtime: i64) -> Result<(), sync_delta::StoreError> {
+        self.inner.set_meta(p, mode, mtime)
+    }
+    fn list_dir(&mut self, p: &str) -> Result<Vec<String>, sync_delta::StoreError> {
+        self.inner.list_dir(p)
+    }
+}
+
+/// F6: a replica's signature with a chunk longer than the source's read
+/// window, after one chunk that matches, made the source read the same
+/// window forever. Now the file is sent in a bounded number of reads.
+#[test]
+fn a_signature_chunk_longer_than_the_read_window_cannot_stall_the_source() {
+    use sync_delta::chunk::ChunkParams;
+    use sync_delta::delta::{SigChunk, chunk_hash};
+    use sync_delta::wire::Base;
+    let data = noise(10 << 20, 42);
+    let mut store = MemStore::new();
+    store.put_file("big.wav", &data, 0o644, 5);
+    let now = Instant::now();
+    let wall = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let mut source =
+        sync_delta::Source::open(sync_delta::SourceConfig::default(), now, &mut store).unwrap();
+    source
+        .handle_message(now, wall, Message::Request { digest: [0; 32] }, &mut store)
+        .unwrap();
+    while source.poll_transmit(&mut store).is_some() {}
+    // The first chunk as the source cuts it, then one of 5 MiB, then one
+    // more (a chunk is only expected when another follows it).
+    let params = ChunkParams::new(4096);
+    let first = params.cut(&data);
+    let chunks = vec![
+        SigChunk {
+            len: first as u32,
+            hash: chunk_hash(&data[..first]),
+        },
+        SigChunk {
+            len: 5 << 20,
+            hash: 1,
+        },
+        SigChunk { len: 100, hash: 2 },
+    ];
+    let base = Base {
+        size: chunks.iter().map(|c| u64::from(c.len)).sum(),
+        hash: [7; 32],
+        avg: 4096,
+        chunks,
+    };
+    source
+        .handle_message(
+            now,
+            wall,
+            Message::Want {
+                id: 0,
+                path: p("big.wav"),
+                base: Some(base),
+            },
+            &mut store,
+        )
+        .unwrap();
+    let mut bounded = Bounded {
+        inner: store,
+        reads: 0,
+        max: 1_000,
+    };
+    let (mut sent, mut end) = (0u64, None);
+    while let Some(m) = source.poll_transmit(&mut bounded) {
+        match m {
+            Message::Data { ops, .. } => {
+                for op in ops {
+                    sent += match op {
+                        Op::Copy { len, .. } => len,
+                        Op::Literal(d) => d.len() as u64,
+                    };
+                }
+            }
+            Message::DataEnd { status, .. } => end = Some(status),
+            m => panic!("unexpected {m:?}"),
+        }
+    }
+    assert_eq!(end, Some(DataStatus::Complete));
+    assert_eq!(sent, data.len() as u64);
+    assert!(bounded.reads < 100, "{} reads", bounded.reads);
+}
