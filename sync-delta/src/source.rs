@@ -455,6 +455,12 @@ impl Source {
                 Ok(())
             }
             Message::Committed { generation, digest } => {
+                // The peer's number is stored and, after a role change,
+                // counted up from: one that cannot be is refused.
+                if generation.checked_add(1).is_none() {
+                    self.sent = None;
+                    return Err(SessionError::GenerationOutOfRange { generation });
+                }
                 if let Some((d, taken)) = self.sent.take() {
                     if d == digest {
                         if d != self.persisted_digest || generation != self.confirmed_generation {
