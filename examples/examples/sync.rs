@@ -191,6 +191,15 @@ async fn pull(config: PeerConfig, once: bool) -> Result<ExitCode, String> {
                 if let Some((folder, n)) = report.quarantined {
                     eprintln!("moved {n} unconfirmed local changes to quarantine {folder}");
                 }
+                if let Some(d) = report.repaired {
+                    eprintln!(
+                        "the interrupted round met local changes: {} paths moved to quarantine \
+                         {}, {} missing entries to fetch again",
+                        d.quarantined,
+                        d.folder.as_deref().unwrap_or("-"),
+                        d.missing
+                    );
+                }
             }
             PeerEvent::RoundDone(s) => {
                 println!("{}", peer::summary_json(&s));

@@ -311,6 +311,71 @@ fn pull_once_replicates_then_follows_edits() {
     assert_eq!(tree(&rep), tree(&src));
 }
 
+/// The files under `root/.sync-delta/quarantine/` (path below the
+/// quarantine folder's name, content).
+fn quarantined(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let q = root.join(".sync-delta/quarantine");
+    let mut out = Vec::new();
+    let Ok(folders) = std::fs::read_dir(&q) else {
+        return out;
+    };
+    for f in folders {
+        let f = f.unwrap().path();
+        for (rel, e) in tree(&f) {
+            if let Entry::File { bytes, .. } = e {
+                out.push((rel, bytes));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A Backup's tree that diverged locally (a stray file where the Master
+/// makes a directory, a tracked directory deleted) does not wedge the
+/// replica: the pull moves what is in its way into quarantine and
+/// commits; the next pull fetches what the tree lost.
+#[test]
+fn local_divergence_is_set_aside_not_wedged() {
+    let t = TempDir::new("diverge");
+    let src = t.join("src");
+    let rep = t.join("rep");
+    std::fs::create_dir_all(&src).unwrap();
+    seed_tree(&src);
+    let key = key_file(&t, "key", KEY);
+    let server = Server::start(&src, &key, &[]);
+    let s = summary(&pull(&rep, server.addr, &key, &[]));
+    assert_eq!(num(&s, "generation"), 1);
+
+    // The Master: a new mailbox directory, a new prompt.
+    write(&src, "voicemail/200/msg0001.wav", &noise(20_000, 5), 0o640);
+    write(&src, "prompts/en/goodbye.wav", &noise(30_000, 6), 0o644);
+    // The Backup, locally: a stray file where the mailbox comes, and the
+    // prompts deleted.
+    std::fs::write(rep.join("voicemail/200"), b"stray local file").unwrap();
+    std::fs::remove_dir_all(rep.join("prompts")).unwrap();
+
+    let s = summary(&pull(&rep, server.addr, &key, &[]));
+    assert_eq!(num(&s, "generation"), 2);
+    assert!(rep.join("voicemail/200/msg0001.wav").is_file());
+    assert!(rep.join("prompts/en/goodbye.wav").is_file());
+    assert_eq!(
+        quarantined(&rep),
+        vec![("voicemail/200".to_owned(), b"stray local file".to_vec())]
+    );
+    // The prompt the tree lost is fetched by the next round.
+    assert!(!rep.join("prompts/en/welcome.wav").exists());
+    let s = summary(&pull(&rep, server.addr, &key, &[]));
+    assert_eq!(num(&s, "generation"), 3);
+    assert_eq!(num(&s, "files_sent"), 1, "{s:?}");
+    assert_eq!(tree(&rep), tree(&src));
+    // And it stays a working replica.
+    let s = summary(&pull(&rep, server.addr, &key, &[]));
+    assert_eq!(num(&s, "generation"), 3);
+    assert_eq!(num(&s, "files_sent"), 0);
+    assert_eq!(quarantined(&rep).len(), 1);
+}
+
 #[test]
 fn mass_deletion_is_refused_until_confirmed() {
     let t = TempDir::new("mass");

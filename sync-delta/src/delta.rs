@@ -159,12 +159,20 @@ impl Matcher {
         let mut lens = vec![0u64; params.max_len() / 64 + 1];
         let mut off = 0u64;
         for (i, c) in sig.iter().take(n).enumerate() {
-            index.entry(c.hash).or_insert(i);
-            chunks.push((off, c.len, c.hash));
-            if let Some(w) = lens.get_mut(c.len as usize / 64) {
-                *w |= 1 << (c.len % 64);
+            // A chunk these parameters cannot cut (empty, or longer than
+            // the largest chunk: a signature made with other parameters,
+            // or a hostile one) never matches; it only moves the offsets.
+            // Left in, a chunk longer than the caller's read window would
+            // be waited for forever (see [`Matcher::scan`]).
+            let usable = c.len > 0 && c.len as usize <= params.max_len();
+            if usable {
+                index.entry(c.hash).or_insert(i);
+                if let Some(w) = lens.get_mut(c.len as usize / 64) {
+                    *w |= 1 << (c.len % 64);
+                }
             }
-            off += u64::from(c.len);
+            chunks.push((off, if usable { c.len } else { 0 }, c.hash));
+            off = off.saturating_add(u64::from(c.len));
         }
         Self {
             params,
@@ -186,6 +194,11 @@ impl Matcher {
     /// `emit(None, at, len)` for one it lacks. Unless `eof`, stops before a
     /// trailing chunk that might continue past `data`, and returns how many
     /// bytes it consumed.
+    ///
+    /// Progress: every chunk it waits for is at most
+    /// [`ChunkParams::max_len`] long, so a call with at least that many
+    /// bytes (or with `eof`) consumes at least one byte, whatever the
+    /// signature holds.
     pub fn scan(
         &mut self,
         data: &[u8],
@@ -199,7 +212,10 @@ impl Matcher {
             // it by hash without running the chunker (not the old copy's
             // last chunk, which ended at its end, not at a boundary).
             if let Some(i) = self.expect {
-                if let Some(&(off, l, h)) = self.chunks.get(i).filter(|_| i + 1 < self.chunks.len())
+                if let Some(&(off, l, h)) = self
+                    .chunks
+                    .get(i)
+                    .filter(|c| c.1 > 0 && i + 1 < self.chunks.len())
                 {
                     let l = l as usize;
                     if l > rest.len() && !eof {
@@ -409,6 +425,39 @@ mod tests {
         assert!(lit < 50_000 + 8 * p.max_len(), "literal {lit}");
         let hash = *blake3::hash(&new).as_bytes();
         assert_eq!(apply(&old, &ops, new.len() as u64, &hash).unwrap(), new);
+    }
+
+    /// A signature chunk longer than the caller's window, after a match,
+    /// must not stop the scan from consuming a full window (F6: the source
+    /// spun on the same window forever). Bounded by steps, not time.
+    #[test]
+    fn an_oversized_signature_chunk_cannot_stall_a_window() {
+        let p = ChunkParams::new(4096);
+        let window = 4 * p.max_len();
+        let data = noise(6 * window + 123, 11);
+        let first = p.cut(&data);
+        for huge in [window as u32 + 1, 5 << 20, 0] {
+            let sig = [
+                SigChunk {
+                    len: first as u32,
+                    hash: chunk_hash(&data[..first]),
+                },
+                SigChunk { len: huge, hash: 1 },
+                SigChunk { len: 100, hash: 2 },
+            ];
+            let mut m = Matcher::new(p, &sig);
+            let (mut pos, mut steps, mut covered) = (0, 0, 0);
+            while pos < data.len() {
+                steps += 1;
+                assert!(steps <= 7, "chunk of {huge}: no progress at {pos}");
+                let end = (pos + window).min(data.len());
+                let eof = end == data.len();
+                let n = m.scan(&data[pos..end], eof, |_, _, len| covered += len);
+                assert!(n > 0, "chunk of {huge}: a whole window consumed nothing");
+                pos += n;
+            }
+            assert_eq!(covered, data.len());
+        }
     }
 
     #[test]

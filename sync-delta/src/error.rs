@@ -301,6 +301,29 @@ pub enum SessionError {
         /// Length in bytes.
         len: usize,
     },
+    /// A generation number that cannot be counted up from: claimed by the
+    /// replica in its `Committed` (a source stores it, and counts from it
+    /// after a role change), or reached by the replica's own tree.
+    #[error("generation {generation} is out of range")]
+    GenerationOutOfRange {
+        /// The number.
+        generation: u64,
+    },
+    /// The manifest would take more memory than the configured budget
+    /// (`ReplicaConfig::max_manifest_bytes`): its paths and symlink
+    /// targets, plus a fixed cost per entry.
+    #[error("manifest of at least {bytes} bytes exceeds the budget of {max}")]
+    ManifestTooLarge {
+        /// Bytes counted so far.
+        bytes: u64,
+        /// The budget.
+        max: u64,
+    },
+    /// A change would leave entries under a path that is no longer a
+    /// directory: a directory that still has children turned into a file
+    /// or a symlink, or removed (a hostile or broken source).
+    #[error("a change would orphan the entries under a path")]
+    OrphansEntries,
 }
 
 /// Why the replica refused to commit a round (until the operator confirms

@@ -12,7 +12,7 @@
 //! | `journal` | a committed generation whose ops are not all applied yet |
 //! | `state` | role of this node, and the latest confirmation time |
 //! | `stage/` | files written for a round in progress |
-//! | `quarantine/` | local changes moved aside by a returning source |
+//! | `quarantine/` | local changes moved aside: by a returning source, or found in a round's way |
 //!
 //! A round commits by renaming a fully written and synced `journal.tmp`
 //! to `journal` (the commit record): its ops and the manifest changes.
@@ -22,6 +22,17 @@
 //! only when the log has grown to half its size. Opening replays a
 //! `journal` if there is one (roll forward) and empties `stage/` (roll
 //! back).
+//!
+//! Local divergence (a Backup's tree that is not the generation its
+//! manifest records: a stray file or symlink where the round makes a
+//! directory, a tracked directory deleted or replaced by a file) is found
+//! before the commit record is written ([`prepare`]): what is in the way
+//! moves into a new quarantine folder, and tracked entries found missing
+//! leave the round's manifest (the next round fetches them again). Applying
+//! a record also clears its own way ([`apply_ops`]): a record that cannot
+//! be applied as written (left by an older version, or a local change that
+//! raced the round) moves what blocks an op aside, recreates missing
+//! parents and goes on, so opening never fails the same way forever.
 
 use crate::error::{StoreError, WireError};
 use crate::exclude::Exclude;
@@ -374,6 +385,8 @@ pub(crate) struct Recovered {
     pub state: StateFile,
     pub rolled_forward: bool,
     pub rolled_back: u64,
+    /// What rolling forward had to move aside or drop.
+    pub repair: Repair,
 }
 
 fn ignore(r: Result<(), StoreError>, ok: &[StoreError]) -> Result<(), StoreError> {
@@ -411,55 +424,218 @@ pub(crate) fn clear_stage<S: Storage + ?Sized>(s: &mut S) -> Result<u64, StoreEr
     Ok(n)
 }
 
-/// Applies a committed record's ops (idempotent).
-fn apply_ops<S: Storage + ?Sized>(s: &mut S, rec: &Delta) -> Result<(), StoreError> {
+/// Errors of a path whose shape is not what an op expects: the tree
+/// diverged locally from its generation, or an op ran before.
+const SHAPE: [StoreError; 6] = [
+    StoreError::NotFound,
+    StoreError::AlreadyExists,
+    StoreError::NotDir,
+    StoreError::IsDir,
+    StoreError::NotEmpty,
+    StoreError::SymlinkInPath,
+];
+
+/// A new quarantine folder (`.sync-delta/quarantine/qN-gG`), made on first
+/// use, that local paths are moved into with their relative path kept.
+#[derive(Debug)]
+pub(crate) struct Aside {
+    generation: u64,
+    name: Option<String>,
+    made: BTreeSet<String>,
+    /// Paths moved into the folder.
+    pub moved: Vec<String>,
+}
+
+impl Aside {
+    pub(crate) fn new(generation: u64) -> Self {
+        Self {
+            generation,
+            name: None,
+            made: BTreeSet::new(),
+            moved: Vec::new(),
+        }
+    }
+
+    /// The folder's name, once something was moved.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    fn base<S: Storage + ?Sized>(&mut self, s: &mut S) -> Result<String, StoreError> {
+        if let Some(n) = &self.name {
+            return Ok(format!("{QUARANTINE_DIR}/{n}"));
+        }
+        match s.create_dir(QUARANTINE_DIR, 0o700) {
+            Ok(()) | Err(StoreError::AlreadyExists) => {}
+            Err(e) => return Err(e),
+        }
+        let existing = quarantine_list(s)?;
+        let mut n = existing.len() + 1;
+        let mut name = format!("q{n}-g{}", self.generation);
+        while existing.contains(&name) {
+            n += 1;
+            name = format!("q{n}-g{}", self.generation);
+        }
+        let base = format!("{QUARANTINE_DIR}/{name}");
+        s.create_dir(&base, 0o700)?;
+        self.name = Some(name);
+        Ok(base)
+    }
+
+    /// Moves `path` (a file, symlink or whole directory) into the folder.
+    pub(crate) fn put<S: Storage + ?Sized>(
+        &mut self,
+        s: &mut S,
+        path: &str,
+    ) -> Result<(), StoreError> {
+        let base = self.base(s)?;
+        // Recreate the path's directories inside the folder.
+        let mut end = 0;
+        while let Some(i) = path[end..].find('/') {
+            let d = format!("{base}/{}", &path[..end + i]);
+            if self.made.insert(d.clone()) {
+                match s.create_dir(&d, 0o700) {
+                    Ok(()) | Err(StoreError::AlreadyExists) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            end += i + 1;
+        }
+        let mut to = format!("{base}/{path}");
+        let mut n = 1;
+        while s.stat(&to).is_ok() {
+            to = format!("{base}/{path}~{n}");
+            n += 1;
+        }
+        s.rename(path, &to)?;
+        self.moved.push(path.to_owned());
+        Ok(())
+    }
+
+    /// Makes the moves durable.
+    pub(crate) fn finish<S: Storage + ?Sized>(&mut self, s: &mut S) -> Result<(), StoreError> {
+        if let Some(n) = &self.name {
+            s.sync_dir(&format!("{QUARANTINE_DIR}/{n}"))?;
+            s.sync_dir("")?;
+        }
+        Ok(())
+    }
+}
+
+/// What clearing the way for a round or a record did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Repair {
+    /// The quarantine folder things were moved into.
+    pub folder: Option<String>,
+    /// Paths moved into it.
+    pub moved: u64,
+    /// Manifest entries dropped because the tree does not hold them (the
+    /// next round fetches them again).
+    pub dropped: u64,
+}
+
+impl Repair {
+    pub(crate) fn merge(&mut self, o: Self) {
+        if self.folder.is_none() {
+            self.folder = o.folder;
+        }
+        self.moved += o.moved;
+        self.dropped += o.dropped;
+    }
+}
+
+/// Makes room for an op at `p` that failed: every ancestor a real
+/// directory (a file or symlink in the way moved aside, a missing one
+/// made), and at `p` nothing of the wrong kind (a directory where a file
+/// goes, a non-directory where a directory goes).
+fn clear_way<S: Storage + ?Sized>(
+    s: &mut S,
+    p: &str,
+    want_dir: bool,
+    aside: &mut Aside,
+    created: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    let mut end = 0;
+    while let Some(i) = p[end..].find('/') {
+        let a = &p[..end + i];
+        match s.stat(a) {
+            Ok(st) if st.kind == StatKind::Dir => {}
+            Ok(_) => {
+                aside.put(s, a)?;
+                s.create_dir(a, 0o755)?;
+                created.push(a.to_owned());
+            }
+            Err(StoreError::NotFound) => {
+                s.create_dir(a, 0o755)?;
+                created.push(a.to_owned());
+            }
+            Err(e) => return Err(e),
+        }
+        end += i + 1;
+    }
+    match s.stat(p) {
+        Ok(st) if (st.kind == StatKind::Dir) != want_dir => aside.put(s, p),
+        Ok(_) | Err(StoreError::NotFound) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn mkdir_once<S: Storage + ?Sized>(s: &mut S, p: &str, mode: u32) -> Result<(), StoreError> {
+    match s.create_dir(p, mode) {
+        Err(StoreError::AlreadyExists) if s.stat(p)?.kind == StatKind::Dir => Ok(()),
+        r => r,
+    }
+}
+
+/// Applies a committed record's ops (idempotent). An op the tree's shape
+/// blocks clears its way ([`clear_way`]) and is tried again; the
+/// directories it had to make are returned.
+fn apply_ops<S: Storage + ?Sized>(
+    s: &mut S,
+    rec: &Delta,
+    aside: &mut Aside,
+) -> Result<Vec<String>, StoreError> {
     let mut dirs = BTreeSet::new();
+    let mut created = Vec::new();
     for op in &rec.ops {
         match op {
             JOp::Delete(p) => {
-                ignore(
-                    s.remove_file(p.as_str()),
-                    &[StoreError::NotFound, StoreError::IsDir],
-                )?;
+                // A directory here stays (not the record's to remove); a
+                // missing or non-directory parent means it is gone.
+                ignore(s.remove_file(p.as_str()), &SHAPE)?;
                 dirs.insert(p.parent().unwrap_or("").to_owned());
             }
             JOp::RemoveDir(p) => {
                 // NotEmpty: something excluded lives in it; it stays.
-                ignore(
-                    s.remove_dir(p.as_str()),
-                    &[
-                        StoreError::NotFound,
-                        StoreError::NotDir,
-                        StoreError::NotEmpty,
-                    ],
-                )?;
+                ignore(s.remove_dir(p.as_str()), &SHAPE)?;
                 dirs.insert(p.parent().unwrap_or("").to_owned());
             }
             JOp::Mkdir(p, mode) => {
-                match s.create_dir(p.as_str(), *mode) {
-                    Ok(()) => {}
-                    Err(StoreError::AlreadyExists) if s.stat(p.as_str())?.kind == StatKind::Dir => {
+                if let Err(e) = mkdir_once(s, p.as_str(), *mode) {
+                    if !SHAPE.contains(&e) {
+                        return Err(e);
                     }
-                    Err(e) => return Err(e),
+                    clear_way(s, p.as_str(), true, aside, &mut created)?;
+                    mkdir_once(s, p.as_str(), *mode)?;
                 }
                 dirs.insert(p.parent().unwrap_or("").to_owned());
             }
             JOp::Install(stage, p) => {
                 let from = format!("{STAGE_DIR}/{stage}");
-                match s.rename(&from, p.as_str()) {
-                    Ok(()) => {}
-                    Err(e) => match s.stat(&from) {
+                if let Err(e) = s.rename(&from, p.as_str()) {
+                    match s.stat(&from) {
                         Err(StoreError::NotFound) => {} // installed before the crash
+                        _ if SHAPE.contains(&e) => {
+                            clear_way(s, p.as_str(), false, aside, &mut created)?;
+                            s.rename(&from, p.as_str())?;
+                        }
                         _ => return Err(e),
-                    },
+                    }
                 }
                 dirs.insert(p.parent().unwrap_or("").to_owned());
             }
             JOp::SetMeta(p, mode, mtime) => {
-                ignore(
-                    s.set_meta(p.as_str(), *mode, *mtime),
-                    &[StoreError::NotFound],
-                )?;
+                ignore(s.set_meta(p.as_str(), *mode, *mtime), &SHAPE)?;
             }
         }
     }
@@ -470,9 +646,156 @@ fn apply_ops<S: Storage + ?Sized>(s: &mut S, rec: &Delta) -> Result<(), StoreErr
             dirs.remove(p.as_str());
         }
     }
+    dirs.extend(created.iter().cloned());
     let dirs: Vec<String> = dirs.into_iter().collect();
-    s.sync_files(&dirs)?;
-    s.sync_dir(STAGE_DIR)
+    if let Err(e) = s.sync_files(&dirs) {
+        if !SHAPE.contains(&e) {
+            return Err(e);
+        }
+        // One of them is gone (a parent missing locally): the others.
+        for d in &dirs {
+            ignore(s.sync_file(d), &SHAPE)?;
+        }
+    }
+    aside.finish(s)?;
+    s.sync_dir(STAGE_DIR)?;
+    Ok(created)
+}
+
+/// After a record was applied with its way cleared: drops the manifest
+/// entries at or under the paths moved aside or made that the tree does
+/// not hold as recorded, and gives the directories made their recorded
+/// metadata. Returns how many entries were dropped.
+fn reconcile<S: Storage + ?Sized>(
+    s: &mut S,
+    m: &mut Manifest,
+    moved: &[String],
+    created: &[String],
+) -> Result<u64, StoreError> {
+    let mut check: Vec<RelPath> = Vec::new();
+    for a in moved.iter().chain(created) {
+        let prefix = format!("{a}/");
+        check.extend(
+            m.entries
+                .range::<str, _>((
+                    std::ops::Bound::Included(a.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(k, _)| {
+                    k.as_str() <= prefix.as_str() || k.as_str().starts_with(&prefix)
+                })
+                .filter(|(k, _)| k.as_str() == a || k.as_str().starts_with(&prefix))
+                .map(|(k, _)| k.clone()),
+        );
+    }
+    check.sort();
+    check.dedup();
+    let mut dropped = 0;
+    let mut gone: BTreeSet<String> = BTreeSet::new();
+    for p in check {
+        let under_gone = ancestors(p.as_str()).any(|a| gone.contains(a));
+        let Some(meta) = m.entries.get(&p) else {
+            continue;
+        };
+        let holds = !under_gone
+            && match s.stat(p.as_str()) {
+                Ok(st) => st.kind == stat_kind(&meta.kind),
+                Err(e) if SHAPE.contains(&e) => false,
+                Err(e) => return Err(e),
+            };
+        if !holds {
+            gone.insert(p.as_str().to_owned());
+            m.entries.remove(&p);
+            dropped += 1;
+        }
+    }
+    let mut made: Vec<&String> = created.iter().collect();
+    made.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+    for d in made {
+        if let Some(meta) = m.entries.get(d.as_str()) {
+            ignore(s.set_meta(d, meta.mode, meta.mtime_ns), &SHAPE)?;
+        }
+    }
+    Ok(dropped)
+}
+
+/// The ancestors of a relative path, nearest last (`a`, `a/b` for
+/// `a/b/c`).
+pub(crate) fn ancestors(p: &str) -> impl Iterator<Item = &str> {
+    p.match_indices('/').map(move |(i, _)| &p[..i])
+}
+
+/// What a manifest kind looks like to `lstat`.
+pub(crate) fn stat_kind(k: &Kind) -> StatKind {
+    match k {
+        Kind::File { .. } => StatKind::File,
+        Kind::Dir => StatKind::Dir,
+        Kind::Symlink { .. } => StatKind::Symlink,
+    }
+}
+
+/// The paths a round changes, checked against the tree before its commit
+/// record is written: for each changed path and each of its ancestors
+/// (parents first), what the tree holds is compared with what the old
+/// manifest records. What differs in a way that would block the round's
+/// ops (a stray file or symlink where a directory is wanted, a directory
+/// where a file goes, a tracked file replaced by a directory or the
+/// reverse) is moved into `aside`; a stray directory where the round
+/// wants one stays, and a file where a file goes is replaced.
+/// Returns the paths the old manifest records that the tree no longer
+/// holds (moved aside or missing): everything at or under them is absent.
+pub(crate) fn prepare<'a, S: Storage + ?Sized>(
+    s: &mut S,
+    old: &Manifest,
+    new: &Manifest,
+    changed: impl Iterator<Item = &'a RelPath>,
+    aside: &mut Aside,
+) -> Result<BTreeSet<String>, StoreError> {
+    let mut check: BTreeSet<&str> = BTreeSet::new();
+    for p in changed {
+        check.extend(ancestors(p.as_str()));
+        check.insert(p.as_str());
+    }
+    let mut gone: BTreeSet<String> = BTreeSet::new();
+    // Kept paths that are not directories: nothing can be under them.
+    let mut flat: BTreeSet<&str> = BTreeSet::new();
+    for q in check {
+        if ancestors(q).any(|a| gone.contains(a) || flat.contains(a)) {
+            continue;
+        }
+        let expected = old.entries.get(q).map(|m| stat_kind(&m.kind));
+        let wanted = new.entries.get(q).map(|m| stat_kind(&m.kind));
+        let actual = match s.stat(q) {
+            Ok(st) => Some(st.kind),
+            Err(StoreError::NotFound | StoreError::NotDir) => None,
+            Err(e) => return Err(e),
+        };
+        let dir = StatKind::Dir;
+        let keep = match actual {
+            None => true,
+            Some(a) if Some(a) == expected => true,
+            // Only a kind that blocks the ops is in the way: a file or
+            // symlink where a directory is wanted, a directory where a
+            // file or symlink goes (a file over a file is replaced, as
+            // always), or one the round's removal would leave behind.
+            Some(a) => match wanted {
+                Some(w) if w == dir => a == dir,
+                Some(_) => a != dir,
+                None => (a == dir) == (expected == Some(dir)),
+            },
+        };
+        if !keep {
+            aside.put(s, q)?;
+        }
+        if keep && actual.is_some_and(|a| a != StatKind::Dir) {
+            flat.insert(q);
+        }
+        if expected.is_some() && (!keep || actual.is_none()) {
+            gone.insert(q.to_owned());
+        }
+    }
+    aside.finish(s)?;
+    Ok(gone)
 }
 
 /// Applies a record's changes to a manifest.
@@ -554,6 +877,10 @@ fn settle_record<S: Storage + ?Sized>(
         p.generation = rec.generation;
         p.taken_at_ns = rec.taken_at_ns;
         append_log(s, p, rec)?;
+    } else if p.log_len > 0 {
+        // Appended before, but perhaps never made durable (its fsync
+        // failed): it must be before the journal goes.
+        s.sync_file(LOG)?;
     }
     ignore(s.remove_file(JOURNAL), &[StoreError::NotFound])?;
     s.sync_dir(STATE_DIR)?;
@@ -572,12 +899,36 @@ pub(crate) fn commit<S: Storage + ?Sized>(
     s: &mut S,
     p: &mut Persisted,
     mut rec: Delta,
-) -> Result<(), StoreError> {
+) -> Result<Repair, StoreError> {
     rec.base_id = p.base_id;
     rec.seq = p.seq + 1;
     write_atomic(s, STATE_DIR, "journal", &rec.encode())?;
-    apply_ops(s, &rec)?;
-    settle_record(s, p, &rec, None)
+    apply_settle(s, p, &rec)
+}
+
+/// Applies a committed record (clearing its way where the tree blocks it),
+/// makes it part of the manifest, and drops from the manifest what the
+/// tree then does not hold.
+fn apply_settle<S: Storage + ?Sized>(
+    s: &mut S,
+    p: &mut Persisted,
+    rec: &Delta,
+) -> Result<Repair, StoreError> {
+    let mut aside = Aside::new(rec.generation);
+    let created = apply_ops(s, rec, &mut aside)?;
+    settle_record(s, p, rec, None)?;
+    let mut repair = Repair {
+        folder: aside.name().map(str::to_owned),
+        moved: aside.moved.len() as u64,
+        dropped: 0,
+    };
+    if !aside.moved.is_empty() || !created.is_empty() {
+        repair.dropped = reconcile(s, &mut p.manifest, &aside.moved, &created)?;
+        if repair.dropped > 0 {
+            write_base(s, p)?;
+        }
+    }
+    Ok(repair)
 }
 
 /// Records manifest changes without ops: a source persisting what its
@@ -639,7 +990,7 @@ fn load<S: Storage + ?Sized>(s: &mut S) -> Result<Persisted, StoreError> {
         let Ok(rec) = Delta::decode(body) else {
             break;
         };
-        if rec.base_id == p.base_id && rec.seq == p.seq + 1 {
+        if rec.base_id == p.base_id && p.seq.checked_add(1) == Some(rec.seq) {
             apply_changes(&mut p.manifest, &rec);
             p.generation = rec.generation;
             p.taken_at_ns = rec.taken_at_ns;
@@ -661,11 +1012,11 @@ pub(crate) fn recover<S: Storage + ?Sized>(s: &mut S) -> Result<Recovered, Store
     ensure_dirs(s)?;
     let mut p = load(s)?;
     let mut rolled_forward = false;
+    let mut repair = Repair::default();
     match read_all(s, JOURNAL, MAX_RECORD) {
         Ok(b) => {
             let rec = Delta::decode(&b).map_err(|_| StoreError::Corrupt)?;
-            apply_ops(s, &rec)?;
-            settle_record(s, &mut p, &rec, None)?;
+            repair = apply_settle(s, &mut p, &rec)?;
             rolled_forward = true;
         }
         Err(StoreError::NotFound) => {}
@@ -694,6 +1045,7 @@ pub(crate) fn recover<S: Storage + ?Sized>(s: &mut S) -> Result<Recovered, Store
         state,
         rolled_forward,
         rolled_back,
+        repair,
     })
 }
 
@@ -780,39 +1132,12 @@ pub(crate) fn quarantine<S: Storage + ?Sized>(
     if to_move.is_empty() {
         return Ok((kept, None, 0));
     }
-    match s.create_dir(QUARANTINE_DIR, 0o700) {
-        Ok(()) | Err(StoreError::AlreadyExists) => {}
-        Err(e) => return Err(e),
-    }
-    let existing = quarantine_list(s)?;
-    let mut n = existing.len() + 1;
-    let mut name = format!("q{n}-g{generation}");
-    while existing.contains(&name) {
-        n += 1;
-        name = format!("q{n}-g{generation}");
-    }
-    let base = format!("{QUARANTINE_DIR}/{name}");
-    s.create_dir(&base, 0o700)?;
-    let mut made = BTreeSet::new();
+    let mut aside = Aside::new(generation);
     for p in &to_move {
-        // Recreate the path's directories inside the quarantine folder.
-        let mut end = 0;
-        let ps = p.as_str();
-        while let Some(i) = ps[end..].find('/') {
-            let d = format!("{base}/{}", &ps[..end + i]);
-            if made.insert(d.clone()) {
-                match s.create_dir(&d, 0o700) {
-                    Ok(()) | Err(StoreError::AlreadyExists) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            end += i + 1;
-        }
-        s.rename(ps, &format!("{base}/{ps}"))?;
+        aside.put(s, p.as_str())?;
     }
-    s.sync_dir(&base)?;
-    s.sync_dir("")?;
-    Ok((kept, Some(name), to_move.len() as u64))
+    aside.finish(s)?;
+    Ok((kept, aside.name().map(str::to_owned), to_move.len() as u64))
 }
 
 /// The quick check: size, mtime, ctime and inode unchanged (and known).

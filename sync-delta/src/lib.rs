@@ -19,7 +19,12 @@
 //! `.sync-delta/stage/` and verified against its BLAKE3 hash, a journal
 //! (the commit record) is made durable, then files are renamed into place.
 //! After any crash, [`Replica::open`] leaves the tree at exactly the
-//! previous or the new generation.
+//! previous or the new generation. A tree that diverged locally (a stray
+//! file where the round makes a directory, a tracked directory deleted)
+//! does not stop it: what is in a round's way moves into a quarantine
+//! folder before the commit record is written ([`ReplicaEvent::Diverged`]),
+//! and a record that cannot be applied as written is rolled forward by
+//! clearing its way ([`OpenReport::repaired`]).
 //!
 //! # For drivers
 //!
@@ -50,7 +55,11 @@
 //! - The tree's own root directory's metadata and symlink mtimes are not
 //!   replicated; names that are not UTF-8 are skipped (counted).
 //! - Manifests live in memory as ordered maps: a few hundred bytes per
-//!   entry.
+//!   entry. A replica bounds what a source can make it hold in entries
+//!   ([`ReplicaConfig::max_entries`]) and in bytes
+//!   ([`ReplicaConfig::max_manifest_bytes`]).
+//! - A replica writes no setuid, setgid or sticky bit unless
+//!   [`ReplicaConfig::keep_special_bits`].
 //!
 //! ```
 //! use std::time::{Duration, Instant, SystemTime};
@@ -114,7 +123,8 @@ pub use generation::Role;
 pub use manifest::{Kind, Manifest, Meta};
 pub use path::RelPath;
 pub use replica::{
-    Generation, OpenReport, Replica, ReplicaConfig, ReplicaEvent, ReplicaStats, ReplicaStatus,
+    Divergence, Generation, OpenReport, Replica, ReplicaConfig, ReplicaEvent, ReplicaStats,
+    ReplicaStatus,
 };
 pub use source::{Source, SourceConfig, SourceEvent, SourceStats};
 pub use store::{FsStore, Storage};

@@ -12,6 +12,22 @@ pub type Hash = [u8; 32];
 /// Longest symlink target accepted, in bytes.
 pub const MAX_LINK_LEN: usize = 4096;
 
+/// The fixed memory an entry costs beside its path and symlink target
+/// (the map's node share, [`Meta`], the path's header), in bytes, as
+/// counted against a replica's manifest budget.
+pub const ENTRY_COST: u64 = 128;
+
+/// The memory an entry is counted for: [`ENTRY_COST`], its path, and its
+/// symlink target.
+#[must_use]
+pub fn entry_bytes(p: &RelPath, m: Option<&Meta>) -> u64 {
+    let target = match m.map(|m| &m.kind) {
+        Some(Kind::Symlink { target }) => target.len() as u64,
+        _ => 0,
+    };
+    ENTRY_COST + p.as_str().len() as u64 + target
+}
+
 /// What a path is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -118,6 +134,15 @@ impl Manifest {
     #[must_use]
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// The memory its entries are counted for ([`entry_bytes`] summed).
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|(p, m)| entry_bytes(p, Some(m)))
+            .fold(0, u64::saturating_add)
     }
 
     /// True when empty.

@@ -35,6 +35,17 @@ pub struct ReplicaConfig {
     /// Files at least this large are fetched as a delta against the old
     /// copy; smaller ones whole.
     pub delta_min_size: u64,
+    /// Memory budget of a manifest, in bytes (default 512 MiB): each
+    /// entry counts its path, its symlink target and
+    /// [`crate::manifest::ENTRY_COST`]. Checked as a round's changes
+    /// arrive and on the manifest they make, so long paths and link
+    /// targets cannot make a source's round cost more than this
+    /// ([`SessionError::ManifestTooLarge`]).
+    pub max_manifest_bytes: u64,
+    /// Keep the setuid, setgid and sticky bits the source sends (default
+    /// off: files and directories are written without them; the manifest
+    /// still records the source's mode).
+    pub keep_special_bits: bool,
 }
 
 impl Default for ReplicaConfig {
@@ -47,6 +58,8 @@ impl Default for ReplicaConfig {
             max_file_size: 1 << 40,
             max_entries: 2_000_000,
             delta_min_size: 64 * 1024,
+            max_manifest_bytes: 512 << 20,
+            keep_special_bits: false,
         }
     }
 }
@@ -86,6 +99,38 @@ pub struct OpenReport {
     /// peer confirmed were moved into this quarantine folder (under
     /// `.sync-delta/quarantine/`), with how many paths.
     pub quarantined: Option<(String, u64)>,
+    /// The committed round rolled forward could not be applied as
+    /// recorded (the tree had diverged locally, or an older version left
+    /// it half-applied): what blocked it was moved aside, and entries the
+    /// tree does not hold left the manifest (the next round fetches them).
+    /// The tree is at the new generation ([`OpenReport::rolled_forward`]).
+    pub repaired: Option<Divergence>,
+}
+
+/// Local divergence found on the replica's tree and what was done: the
+/// tree was not the generation its manifest records where a round (or a
+/// committed round being rolled forward) writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Divergence {
+    /// The quarantine folder (under `.sync-delta/quarantine/`) that what
+    /// was in the way moved into; `None` when nothing moved.
+    pub folder: Option<String>,
+    /// Paths moved into it (a directory counts once, with its contents).
+    pub quarantined: u64,
+    /// Tracked entries the tree no longer held (deleted locally, or inside
+    /// what was moved aside): left out of the generation, and fetched again
+    /// by the next round, which starts at once.
+    pub missing: u64,
+}
+
+impl Divergence {
+    fn of(r: generation::Repair) -> Option<Self> {
+        (r.moved > 0 || r.dropped > 0).then_some(Self {
+            folder: r.folder,
+            quarantined: r.moved,
+            missing: r.dropped,
+        })
+    }
 }
 
 /// Status, for an admin page or the orchestrator.
@@ -129,6 +174,9 @@ pub enum ReplicaEvent {
     },
     /// A round was refused by the mass-deletion guard.
     Refused(Refusal),
+    /// The round found the tree diverged locally where it writes; comes
+    /// before the round's [`ReplicaEvent::Committed`].
+    Diverged(Divergence),
     /// A file changed on the source while it was read, or did not verify;
     /// it keeps its old content this generation and is retried next round.
     FileSkipped(RelPath),
@@ -163,6 +211,15 @@ pub struct ReplicaStats {
     pub excluded: u64,
     /// Messages refused as invalid.
     pub protocol_errors: u64,
+    /// Rounds refused because the tree they describe is not a tree: an
+    /// entry whose parent is not a directory, or a change that would
+    /// orphan a directory's entries.
+    pub shape_refused: u64,
+    /// Local paths moved into quarantine because they were in a round's
+    /// way (see [`ReplicaEvent::Diverged`]).
+    pub quarantined: u64,
+    /// Tracked entries found missing locally and fetched again.
+    pub missing: u64,
 }
 
 struct Fetch {
@@ -194,6 +251,9 @@ struct Round {
     copied: u64,
     deadline: Instant,
     seq: u64,
+    /// Memory the round's changes take, as counted against
+    /// [`ReplicaConfig::max_manifest_bytes`].
+    bytes: u64,
 }
 
 /// The replica session.
@@ -206,7 +266,10 @@ struct Round {
 ///    when it goes down, [`Replica::handle_disconnected`].
 /// 3. Feed each sync message with [`Replica::handle_message`]. An error
 ///    ends the session: close the connection (the round is already rolled
-///    back, the tree is at its last whole generation).
+///    back, the tree is at its last whole generation). Before a round's
+///    commit record is written, the paths it changes are checked against
+///    the tree: local divergence in its way is moved into quarantine and
+///    reported ([`ReplicaEvent::Diverged`]), and the round completes.
 /// 4. After every input, drain [`Replica::poll_transmit`] (send each
 ///    message on [`crate::frame::CHANNEL_SYNC`]) and
 ///    [`Replica::poll_event`], then arm a timer for
@@ -249,6 +312,14 @@ impl Replica {
     /// forward (committed) or back (not committed), and, when this node's
     /// tree was last a source, moves every change since the generation its
     /// peer confirmed into a quarantine folder.
+    ///
+    /// The tree ends at the previous generation or the committed one
+    /// ([`OpenReport::rolled_forward`]). A committed round whose ops the
+    /// tree blocks (it diverged locally, or an older version left it
+    /// half-applied) is still rolled forward: what is in the way moves into
+    /// a quarantine folder, missing parents are made, and
+    /// [`OpenReport::repaired`] says so. A shape the tree has cannot make
+    /// opening fail again and again.
     ///
     /// # Errors
     /// A [`StoreError`] from storage, [`StoreError::Corrupt`] for an
@@ -303,6 +374,7 @@ impl Replica {
             rolled_forward: rec.rolled_forward,
             rolled_back: rec.rolled_back,
             quarantined,
+            repaired: Divergence::of(rec.repair),
         };
         Ok((r, report))
     }
@@ -423,6 +495,7 @@ impl Replica {
                 copied: 0,
                 deadline: now + self.config.idle_timeout,
                 seq: self.round_seq,
+                bytes: 0,
             });
             self.out.push_back(Message::Request {
                 digest: self.digest,
@@ -463,6 +536,15 @@ impl Replica {
         Ok(self.generation())
     }
 
+    /// The permission bits this replica writes.
+    fn mode_mask(&self) -> u32 {
+        if self.config.keep_special_bits {
+            0o7777
+        } else {
+            0o777
+        }
+    }
+
     fn reload<S: Storage + ?Sized>(&mut self, store: &mut S) {
         if let Ok(rec) = generation::recover(store) {
             // Always take what is on disk: an error may have struck after
@@ -492,6 +574,13 @@ impl Replica {
             self.stats.failed += 1;
             if !matches!(r, Err(SessionError::Store(_))) {
                 self.stats.protocol_errors += 1;
+            }
+            if matches!(
+                r,
+                Err(SessionError::OrphansEntries
+                    | SessionError::Path(crate::PathError::ParentNotDir))
+            ) {
+                self.stats.shape_refused += 1;
             }
             self.round = None;
             if had_round {
@@ -555,6 +644,15 @@ impl Replica {
                                 max: self.config.max_file_size,
                             });
                         }
+                    }
+                    round.bytes = round
+                        .bytes
+                        .saturating_add(crate::manifest::entry_bytes(&p, m.as_ref()));
+                    if round.bytes > self.config.max_manifest_bytes {
+                        return Err(SessionError::ManifestTooLarge {
+                            bytes: round.bytes,
+                            max: self.config.max_manifest_bytes,
+                        });
                     }
                     round.changes.insert(p, m);
                     if round.changes.len() as u64 > self.config.max_entries {
@@ -626,6 +724,13 @@ impl Replica {
                 max: self.config.max_entries,
             });
         }
+        let bytes = new.bytes();
+        if bytes > self.config.max_manifest_bytes {
+            return Err(SessionError::ManifestTooLarge {
+                bytes,
+                max: self.config.max_manifest_bytes,
+            });
+        }
         // Shape: every entry under a directory; checked for what changed.
         let deleting = if round.full {
             new.check_shape()?;
@@ -637,22 +742,18 @@ impl Replica {
             let mut deleting = 0;
             for (p, m) in &round.changes {
                 match m {
-                    Some(_) => new.check_parent(p)?,
+                    Some(m) => {
+                        new.check_parent(p)?;
+                        // A directory that became a file or a symlink
+                        // must have lost its entries too.
+                        if m.kind != Kind::Dir && has_entries_under(&new, p) {
+                            return Err(SessionError::OrphansEntries);
+                        }
+                    }
                     None if old.entries.contains_key(p) => {
                         deleting += 1;
-                        let prefix = format!("{p}/");
-                        let orphan = new
-                            .entries
-                            .range::<str, _>((
-                                std::ops::Bound::Excluded(p.as_str()),
-                                std::ops::Bound::Unbounded,
-                            ))
-                            .take_while(|(k, _)| {
-                                k.as_str() < prefix.as_str() || k.as_str().starts_with(&prefix)
-                            })
-                            .any(|(k, _)| k.as_str().starts_with(&prefix));
-                        if orphan {
-                            return Err(SessionError::Path(crate::PathError::ParentNotDir));
+                        if has_entries_under(&new, p) {
+                            return Err(SessionError::OrphansEntries);
                         }
                     }
                     None => {}
@@ -685,6 +786,7 @@ impl Replica {
         }
         self.refused = None;
         // Plan the files.
+        let mask = self.mode_mask();
         let mut by_hash: Option<HashMap<Hash, RelPath>> = None;
         let mut next_id = 0u32;
         for (p, m) in &new.entries {
@@ -709,7 +811,7 @@ impl Replica {
             let stage_path = format!("{STAGE_DIR}/{stage}");
             if *size == 0 && *hash == *blake3::hash(b"").as_bytes() {
                 store.create(&stage_path)?;
-                store.set_meta(&stage_path, m.mode, m.mtime_ns)?;
+                store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
                 round.staged.insert(p.clone(), stage);
                 continue;
             }
@@ -728,7 +830,7 @@ impl Replica {
                     hash,
                     &mut self.buf,
                 )? {
-                    store.set_meta(&stage_path, m.mode, m.mtime_ns)?;
+                    store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
                     round.staged.insert(p.clone(), stage);
                     round.copied += 1;
                     continue;
@@ -870,7 +972,12 @@ impl Replica {
         if ok {
             let m = round.new.entries.get(&f.path).cloned();
             if let Some(m) = m {
-                store.set_meta(&stage_path, m.mode, m.mtime_ns)?;
+                let mask = if self.config.keep_special_bits {
+                    0o7777
+                } else {
+                    0o777
+                };
+                store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
             }
             round.staged.insert(f.path, f.stage);
             round.fetched += 1;
@@ -934,10 +1041,10 @@ impl Replica {
             return Ok(());
         };
         let old = &self.p.manifest;
-        let new = round.new;
+        let mut new = round.new;
         // Only the paths the round names can differ (all of them for a
         // full listing).
-        let candidates: Vec<RelPath> = if round.full {
+        let mut candidates: Vec<RelPath> = if round.full {
             let all: BTreeSet<&RelPath> = old.entries.keys().chain(new.entries.keys()).collect();
             all.into_iter().cloned().collect()
         } else {
@@ -952,7 +1059,15 @@ impl Replica {
             })
             .count() as u64;
         let (deleted, renamed) = deleted_and_renamed(old, &new, &candidates);
+        let mut divergence = generation::Repair::default();
         if changed > 0 {
+            let next =
+                self.p
+                    .generation
+                    .checked_add(1)
+                    .ok_or(SessionError::GenerationOutOfRange {
+                        generation: self.p.generation,
+                    })?;
             // Staged content durable before the commit record (many files
             // at once: a real store overlaps the flushes).
             let staged: Vec<String> = round
@@ -967,7 +1082,53 @@ impl Replica {
                 .map(|(_, st)| format!("{STAGE_DIR}/{st}"))
                 .collect();
             store.sync_files(&staged)?;
-            let ops = plan(old, &new, &round.staged, &candidates);
+            // Local divergence where the round writes, before the commit
+            // record: what is in the way moves aside; what the old manifest
+            // records and the tree lacks (`gone`, and all under it) is
+            // made again when it is a directory, and otherwise left out of
+            // this generation (the next round fetches it).
+            let mut aside = generation::Aside::new(self.p.generation);
+            let differs = |p: &&RelPath| match (old.entries.get(*p), new.entries.get(*p)) {
+                (Some(o), Some(n)) => !o.same(n),
+                (None, None) => false,
+                _ => true,
+            };
+            let gone = generation::prepare(
+                store,
+                old,
+                &new,
+                candidates.iter().filter(differs),
+                &mut aside,
+            )?;
+            divergence.folder = aside.name().map(str::to_owned);
+            divergence.moved = aside.moved.len() as u64;
+            if !gone.is_empty() {
+                let mut extra: BTreeSet<RelPath> = BTreeSet::new();
+                for g in &gone {
+                    extra.extend(paths_at_or_under(old, g));
+                    extra.extend(paths_at_or_under(&new, g));
+                }
+                for p in &extra {
+                    if new
+                        .entries
+                        .get(p)
+                        .is_some_and(|m| m.kind != Kind::Dir && !round.staged.contains_key(p))
+                    {
+                        new.entries.remove(p);
+                        divergence.dropped += 1;
+                    }
+                }
+                extra.extend(candidates);
+                candidates = extra.into_iter().collect();
+            }
+            let ops = plan(
+                old,
+                &new,
+                &round.staged,
+                &candidates,
+                &gone,
+                self.mode_mask(),
+            );
             let changes = candidates
                 .iter()
                 .filter_map(|p| {
@@ -981,14 +1142,16 @@ impl Replica {
                 })
                 .collect();
             let rec = Delta {
-                generation: self.p.generation + 1,
+                generation: next,
                 taken_at_ns: round.taken_at_ns,
                 ops,
                 changes,
                 ..Delta::default()
             };
             drop(new);
-            generation::commit(store, &mut self.p, rec)?;
+            // A local change racing the round is cleared from its way too.
+            let raced = generation::commit(store, &mut self.p, rec)?;
+            divergence.merge(raced);
             self.digest = self.p.manifest.digest();
         }
         generation::write_state(
@@ -1009,6 +1172,21 @@ impl Replica {
             generation: self.p.generation,
             digest: self.digest,
         });
+        self.next_round = now + self.config.interval;
+        if let Some(d) = Divergence::of(divergence) {
+            self.stats.quarantined += d.quarantined;
+            self.stats.missing += d.missing;
+            if let Some(f) = &d.folder {
+                if !self.quarantine.contains(f) {
+                    self.quarantine.push(f.clone());
+                }
+            }
+            if d.missing > 0 {
+                // This generation lacks what the tree lost: fetch it now.
+                self.next_round = now;
+            }
+            self.events.push_back(ReplicaEvent::Diverged(d));
+        }
         self.events.push_back(ReplicaEvent::Committed {
             generation: self.p.generation,
             changed,
@@ -1017,9 +1195,31 @@ impl Replica {
             deleted,
             renamed,
         });
-        self.next_round = now + self.config.interval;
         Ok(())
     }
+}
+
+/// Whether `m` has entries under the directory path `p`.
+fn has_entries_under(m: &Manifest, p: &RelPath) -> bool {
+    let prefix = format!("{p}/");
+    m.entries
+        .range::<str, _>((
+            std::ops::Bound::Excluded(p.as_str()),
+            std::ops::Bound::Unbounded,
+        ))
+        .take_while(|(k, _)| k.as_str() < prefix.as_str() || k.as_str().starts_with(&prefix))
+        .any(|(k, _)| k.as_str().starts_with(&prefix))
+}
+
+/// The paths of `m` at or under `p`.
+fn paths_at_or_under(m: &Manifest, p: &str) -> Vec<RelPath> {
+    let prefix = format!("{p}/");
+    m.entries
+        .range::<str, _>((std::ops::Bound::Included(p), std::ops::Bound::Unbounded))
+        .take_while(|(k, _)| k.as_str() <= prefix.as_str() || k.as_str().starts_with(&prefix))
+        .filter(|(k, _)| k.as_str() == p || k.as_str().starts_with(&prefix))
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// Counts, among `candidates` (the paths that may differ), the files and
@@ -1066,12 +1266,28 @@ fn deleted_and_renamed(old: &Manifest, new: &Manifest, candidates: &[RelPath]) -
 
 /// The journal ops that turn the tree of `old` into `new`, given the
 /// staged files and symlinks.
+///
+/// `gone`: paths (with all under them) the old manifest records that the
+/// tree does not hold (see [`generation::prepare`]); the ops start from the
+/// tree as it is. `mask`: the permission bits written.
 fn plan(
     old: &Manifest,
     new: &Manifest,
     staged: &HashMap<RelPath, String>,
     candidates: &[RelPath],
+    gone: &BTreeSet<String>,
+    mask: u32,
 ) -> Vec<JOp> {
+    let old_at = |p: &RelPath| {
+        if gone.is_empty()
+            || !(gone.contains(p.as_str())
+                || generation::ancestors(p.as_str()).any(|a| gone.contains(a)))
+        {
+            old.entries.get(p)
+        } else {
+            None
+        }
+    };
     let mut deletes = Vec::new();
     let mut rmdirs = Vec::new();
     let mut mkdirs = Vec::new();
@@ -1084,7 +1300,7 @@ fn plan(
         }
     };
     for p in candidates {
-        let Some(o) = old.entries.get(p) else {
+        let Some(o) = old_at(p) else {
             continue;
         };
         let n = new.entries.get(p);
@@ -1108,7 +1324,7 @@ fn plan(
         let Some(n) = new.entries.get(p) else {
             continue;
         };
-        let o = old.entries.get(p);
+        let o = old_at(p);
         if o.is_some_and(|o| o.same(n)) {
             continue;
         }
@@ -1118,14 +1334,14 @@ fn plan(
                 if o.is_some_and(|o| o.kind == Kind::Dir) {
                     touched_dirs.insert(p.as_str().to_owned());
                 } else {
-                    mkdirs.push(JOp::Mkdir(p.clone(), n.mode));
+                    mkdirs.push(JOp::Mkdir(p.clone(), n.mode & mask));
                     touched_dirs.insert(p.as_str().to_owned());
                 }
             }
             Kind::File { .. } | Kind::Symlink { .. } => match staged.get(p) {
                 Some(stage) => installs.push(JOp::Install(stage.clone(), p.clone())),
                 None if !matches!(n.kind, Kind::Symlink { .. }) => {
-                    metas.push(JOp::SetMeta(p.clone(), n.mode, n.mtime_ns))
+                    metas.push(JOp::SetMeta(p.clone(), n.mode & mask, n.mtime_ns))
                 }
                 None => {}
             },
@@ -1137,9 +1353,10 @@ fn plan(
         .iter()
         .filter_map(|d| RelPath::new(d).ok())
         .filter_map(|d| match new.entries.get(&d) {
-            Some(m) if m.kind == Kind::Dir => {
-                Some((d.depth(), JOp::SetMeta(d.clone(), m.mode, m.mtime_ns)))
-            }
+            Some(m) if m.kind == Kind::Dir => Some((
+                d.depth(),
+                JOp::SetMeta(d.clone(), m.mode & mask, m.mtime_ns),
+            )),
             _ => None,
         })
         .collect();
@@ -1172,7 +1389,13 @@ fn copy_local<S: Storage + ?Sized>(
     loop {
         let n = match store.read_at(from, off, buf) {
             Ok(n) => n,
-            Err(StoreError::NotFound) => break,
+            // Not there as recorded (changed locally): fetch instead.
+            Err(
+                StoreError::NotFound
+                | StoreError::NotDir
+                | StoreError::IsDir
+                | StoreError::SymlinkInPath,
+            ) => break,
             Err(e) => return Err(e),
         };
         if n == 0 || off + n as u64 > size {
@@ -1209,7 +1432,17 @@ fn signature_of<S: Storage + ?Sized>(
     let mut b = SignatureBuilder::new(params);
     let mut off = 0u64;
     while off < size {
-        let n = store.read_at(path, off, buf)?;
+        let n = match store.read_at(path, off, buf) {
+            Ok(n) => n,
+            // Not there as recorded (changed locally): no base.
+            Err(
+                StoreError::NotFound
+                | StoreError::NotDir
+                | StoreError::IsDir
+                | StoreError::SymlinkInPath,
+            ) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             break;
         }
@@ -1264,6 +1497,75 @@ mod tests {
             .cloned()
             .collect();
         deleted_and_renamed(old, new, &all.into_iter().collect::<Vec<_>>())
+    }
+
+    /// F8: a tree at the last generation number (a source that stored a
+    /// peer's claim before it was checked) cannot overflow: the round is
+    /// refused with a typed error and nothing changes.
+    #[test]
+    fn a_generation_at_the_top_cannot_commit() {
+        use crate::mem::MemStore;
+        use crate::wire::Message;
+        let mut dst = MemStore::new();
+        let mut p = generation::recover(&mut dst).unwrap().persisted;
+        let top = Delta {
+            generation: u64::MAX,
+            taken_at_ns: 1,
+            ..Delta::default()
+        };
+        generation::commit(&mut dst, &mut p, top).unwrap();
+        let now = Instant::now();
+        let (mut r, report) = Replica::open(ReplicaConfig::default(), now, &mut dst).unwrap();
+        assert_eq!(report.generation.number, u64::MAX);
+        r.handle_connected(now);
+        assert!(matches!(r.poll_transmit(), Some(Message::Request { .. })));
+        let f = RelPath::new("f").unwrap();
+        let meta = Meta {
+            kind: Kind::File {
+                size: 0,
+                hash: *blake3::hash(b"").as_bytes(),
+            },
+            mode: 0o644,
+            mtime_ns: 3,
+            local: LocalStat::default(),
+        };
+        let mut m = Manifest::default();
+        m.entries.insert(f.clone(), meta.clone());
+        r.handle_message(
+            now,
+            Message::ManifestStart {
+                taken_at_ns: 2,
+                full: true,
+            },
+            &mut dst,
+        )
+        .unwrap();
+        r.handle_message(
+            now,
+            Message::Entries {
+                changes: vec![Change::Upsert(f, meta)],
+            },
+            &mut dst,
+        )
+        .unwrap();
+        let e = r.handle_message(
+            now,
+            Message::ManifestEnd {
+                entries: 1,
+                digest: m.digest(),
+            },
+            &mut dst,
+        );
+        assert_eq!(
+            e,
+            Err(SessionError::GenerationOutOfRange {
+                generation: u64::MAX
+            })
+        );
+        assert!(dst.view().is_empty());
+        assert_eq!(r.generation().number, u64::MAX);
+        let (_, report) = Replica::open(ReplicaConfig::default(), now, &mut dst).unwrap();
+        assert_eq!(report.generation.number, u64::MAX);
     }
 
     #[test]

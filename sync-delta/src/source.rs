@@ -455,6 +455,12 @@ impl Source {
                 Ok(())
             }
             Message::Committed { generation, digest } => {
+                // The peer's number is stored and, after a role change,
+                // counted up from: one that cannot be is refused.
+                if generation.checked_add(1).is_none() {
+                    self.sent = None;
+                    return Err(SessionError::GenerationOutOfRange { generation });
+                }
                 if let Some((d, taken)) = self.sent.take() {
                     if d == digest {
                         if d != self.persisted_digest || generation != self.confirmed_generation {
@@ -635,6 +641,13 @@ impl Source {
                 self.stats.literal_bytes += lit;
                 self.stats.copy_bytes += copy;
                 job.pos += consumed as u64;
+                if consumed == 0 {
+                    // No progress on a whole window: never call again with
+                    // the same bytes (a loop at full CPU); send the rest
+                    // whole. The matcher guarantees progress, so this is a
+                    // second line of defence.
+                    job.mode = Mode::Whole;
+                }
                 Ok(job.pos >= job.size)
             }
         }

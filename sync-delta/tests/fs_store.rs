@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 use sync_delta::store::{StatKind, Storage};
 use sync_delta::{
-    Exclude, FsStore, Replica, ReplicaConfig, SessionError, Source, SourceConfig, StoreError,
+    Exclude, FsStore, Replica, ReplicaConfig, ReplicaEvent, SessionError, Source, SourceConfig,
+    StoreError,
 };
 
 struct TempDir(PathBuf);
@@ -28,11 +29,21 @@ impl Drop for TempDir {
 }
 
 fn round(src: &mut FsStore, dst: &mut FsStore) -> Result<(), SessionError> {
+    round_with(src, dst, ReplicaConfig::default()).map(|_| ())
+}
+
+/// One round; returns the paths it changed.
+fn round_with(
+    src: &mut FsStore,
+    dst: &mut FsStore,
+    config: ReplicaConfig,
+) -> Result<u64, SessionError> {
     let now = Instant::now();
     let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let mut source = Source::open(SourceConfig::default(), now, src).unwrap();
-    let (mut replica, _) = Replica::open(ReplicaConfig::default(), now, dst).unwrap();
+    let (mut replica, _) = Replica::open(config, now, dst).unwrap();
     replica.handle_connected(now);
+    let mut changed = 0;
     loop {
         let mut moved = false;
         while let Some(m) = replica.poll_transmit() {
@@ -43,8 +54,13 @@ fn round(src: &mut FsStore, dst: &mut FsStore) -> Result<(), SessionError> {
             replica.handle_message(now, m, dst)?;
             moved = true;
         }
+        while let Some(e) = replica.poll_event() {
+            if let ReplicaEvent::Committed { changed: c, .. } = e {
+                changed += c;
+            }
+        }
         if !moved {
-            return Ok(());
+            return Ok(changed);
         }
     }
 }
@@ -119,21 +135,136 @@ fn symlink_in_the_replica_path_is_never_followed() {
     let outside = TempDir::new("outside");
     fs::create_dir_all(a.0.join("evil")).unwrap();
     fs::write(a.0.join("evil/x"), b"payload").unwrap();
-    // The replica root holds a local symlink where the source has a dir.
+    // The replica root holds a local symlink where the source has a dir:
+    // it is moved into quarantine (never followed), and the round makes
+    // the directory.
     std::os::unix::fs::symlink(&outside.0, b.0.join("evil")).unwrap();
     let mut src = FsStore::new(&a.0).unwrap();
     let mut dst = FsStore::new(&b.0).unwrap();
-    let r = round(&mut src, &mut dst);
-    assert!(r.is_err(), "{r:?}");
+    round(&mut src, &mut dst).unwrap();
     assert_eq!(
         fs::read_dir(&outside.0).unwrap().count(),
         0,
         "nothing written outside the root"
     );
+    assert_eq!(snapshot(&a.0), snapshot(&b.0));
+    assert!(fs::symlink_metadata(b.0.join("evil")).unwrap().is_dir());
+    let moved = b.0.join(".sync-delta/quarantine/q1-g0/evil");
+    assert_eq!(fs::read_link(&moved).unwrap(), outside.0);
     // Writes through the store refuse a symlinked ancestor outright.
-    assert_eq!(dst.create("evil/y"), Err(StoreError::SymlinkInPath));
+    std::os::unix::fs::symlink(&outside.0, b.0.join("evil2")).unwrap();
+    assert_eq!(dst.create("evil2/y"), Err(StoreError::SymlinkInPath));
     assert_eq!(fs::read_dir(&outside.0).unwrap().count(), 0);
     let _ = fs::metadata(&outside.0).unwrap().ino();
+}
+
+/// Local divergence on the real file system: a stray file where the
+/// source makes a directory, a tracked file replaced by a directory, a
+/// tracked directory deleted. The round sets aside what is in its way and
+/// completes; the next one fetches what the tree lost.
+#[test]
+fn local_divergence_is_set_aside_on_disk() {
+    let a = TempDir::new("src4");
+    let b = TempDir::new("dst4");
+    fs::create_dir_all(a.0.join("voice/100")).unwrap();
+    fs::write(a.0.join("voice/100/msg1.wav"), vec![1u8; 70_000]).unwrap();
+    fs::write(a.0.join("voice/100/msg2.wav"), b"two").unwrap();
+    fs::write(a.0.join("users.conf"), b"100,200").unwrap();
+    let mut src = FsStore::new(&a.0).unwrap();
+    let mut dst = FsStore::new(&b.0).unwrap();
+    round(&mut src, &mut dst).unwrap();
+    assert_eq!(snapshot(&a.0), snapshot(&b.0));
+
+    // The source: a new directory, an edit, a file in the old directory.
+    fs::create_dir_all(a.0.join("voice/300")).unwrap();
+    fs::write(a.0.join("voice/300/msg1.wav"), b"three hundred").unwrap();
+    fs::write(a.0.join("users.conf"), b"100,200,300").unwrap();
+    fs::write(a.0.join("voice/100/msg3.wav"), b"three").unwrap();
+    // The Backup, locally.
+    fs::write(b.0.join("voice/300"), b"stray").unwrap();
+    fs::remove_file(b.0.join("users.conf")).unwrap();
+    fs::create_dir(b.0.join("users.conf")).unwrap();
+    fs::write(b.0.join("users.conf/mine"), b"local").unwrap();
+    fs::remove_dir_all(b.0.join("voice/100")).unwrap();
+
+    let now = Instant::now();
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let mut source = Source::open(SourceConfig::default(), now, &mut src).unwrap();
+    let (mut replica, _) = Replica::open(ReplicaConfig::default(), now, &mut dst).unwrap();
+    replica.handle_connected(now);
+    let mut diverged = Vec::new();
+    for _ in 0..3 {
+        loop {
+            let mut moved = false;
+            while let Some(m) = replica.poll_transmit() {
+                source.handle_message(now, wall, m, &mut src).unwrap();
+                moved = true;
+            }
+            while let Some(m) = source.poll_transmit(&mut src) {
+                replica.handle_message(now, m, &mut dst).unwrap();
+                moved = true;
+            }
+            while let Some(e) = replica.poll_event() {
+                if let ReplicaEvent::Diverged(d) = e {
+                    diverged.push(d);
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        if snapshot(&a.0) == snapshot(&b.0) {
+            break;
+        }
+        // The round after a divergence that lost entries is due at once.
+        replica.handle_timeout(now);
+    }
+    assert_eq!(snapshot(&a.0), snapshot(&b.0));
+    assert_eq!(diverged.len(), 1, "{diverged:?}");
+    assert_eq!(diverged[0].quarantined, 2, "{diverged:?}");
+    assert_eq!(diverged[0].missing, 2, "msg1 and msg2: {diverged:?}");
+    let q = b.0.join(".sync-delta/quarantine/q1-g1");
+    assert_eq!(fs::read(q.join("voice/300")).unwrap(), b"stray");
+    assert_eq!(fs::read(q.join("users.conf/mine")).unwrap(), b"local");
+    assert_eq!(replica.stats().quarantined, 2);
+}
+
+/// setuid, setgid and sticky bits are written only when configured.
+#[test]
+fn special_bits_are_stripped_unless_kept() {
+    for keep in [false, true] {
+        let a = TempDir::new(&format!("src5-{keep}"));
+        let b = TempDir::new(&format!("dst5-{keep}"));
+        fs::create_dir(a.0.join("shared")).unwrap();
+        fs::write(a.0.join("shared/tool"), b"#!/bin/sh\n").unwrap();
+        fs::write(a.0.join("plain"), b"x").unwrap();
+        fs::set_permissions(a.0.join("shared/tool"), fs::Permissions::from_mode(0o6755)).unwrap();
+        fs::set_permissions(a.0.join("shared"), fs::Permissions::from_mode(0o3775)).unwrap();
+        let mut src = FsStore::new(&a.0).unwrap();
+        let mut dst = FsStore::new(&b.0).unwrap();
+        let config = ReplicaConfig {
+            keep_special_bits: keep,
+            ..ReplicaConfig::default()
+        };
+        let changed = round_with(&mut src, &mut dst, config.clone()).unwrap();
+        assert!(changed > 0);
+        let mode = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(
+            mode(&a.0.join("shared/tool")),
+            0o6755,
+            "the source keeps them"
+        );
+        if keep {
+            assert_eq!(mode(&b.0.join("shared/tool")), 0o6755);
+            assert_eq!(mode(&b.0.join("shared")), 0o3775);
+        } else {
+            assert_eq!(mode(&b.0.join("shared/tool")), 0o755);
+            assert_eq!(mode(&b.0.join("shared")), 0o775);
+        }
+        assert_eq!(mode(&b.0.join("plain")), mode(&a.0.join("plain")));
+        // The manifests agree: the next round changes nothing.
+        assert_eq!(round_with(&mut src, &mut dst, config).unwrap(), 0);
+    }
 }
 
 /// Symlink mtimes are the link's own (`lstat`) and are not replicated:

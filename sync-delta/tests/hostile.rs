@@ -410,3 +410,426 @@ fn next_round_is_exposed() {
     r.handle_connected(now);
     assert!(r.poll_transmit().is_some());
 }
+
+/// Generation 1 holding `d/` with two files, and a replica that has sent
+/// its next Request.
+fn with_dir() -> (MemStore, Replica, Instant) {
+    let mut src = MemStore::new();
+    src.put_file("d/a", b"a", 0o644, 5);
+    src.put_file("d/b", b"b", 0o644, 5);
+    src.put_file("keep", b"k", 0o644, 5);
+    let mut pair = Pair::new(src, MemStore::new());
+    pair.round().unwrap();
+    let mut dst = pair.dst;
+    let (r, now) = started(&mut dst, ReplicaConfig::default());
+    (dst, r, now)
+}
+
+/// Sends changes from the replica's manifest (an incremental round) with
+/// the digest of the manifest they make.
+fn changes(
+    r: &mut Replica,
+    now: Instant,
+    dst: &mut MemStore,
+    list: Vec<Change>,
+) -> Result<(), SessionError> {
+    let mut m = r.manifest().clone();
+    for c in &list {
+        match c {
+            Change::Upsert(p, meta) => m.entries.insert(p.clone(), meta.clone()),
+            Change::Gone(p) => m.entries.remove(p),
+        };
+    }
+    r.handle_message(
+        now,
+        Message::ManifestStart {
+            taken_at_ns: 9,
+            full: false,
+        },
+        dst,
+    )?;
+    r.handle_message(now, Message::Entries { changes: list }, dst)?;
+    r.handle_message(
+        now,
+        Message::ManifestEnd {
+            entries: m.len() as u64,
+            digest: m.digest(),
+        },
+        dst,
+    )
+}
+
+/// F2: a directory that still has entries turned into a file or a symlink
+/// is refused before anything is written (it would orphan them and leave
+/// a commit record that cannot be applied).
+#[test]
+fn a_directory_with_entries_cannot_become_a_file_or_symlink() {
+    let link = Meta {
+        kind: Kind::Symlink {
+            target: b"/etc".to_vec(),
+        },
+        mode: 0o777,
+        mtime_ns: 0,
+        local: LocalStat::default(),
+    };
+    for meta in [file(b"now a file"), link] {
+        let (mut dst, mut r, now) = with_dir();
+        let before = norm(&dst);
+        let generation = r.generation().number;
+        assert_eq!(
+            changes(
+                &mut r,
+                now,
+                &mut dst,
+                vec![Change::Upsert(p("d"), meta.clone())]
+            ),
+            Err(SessionError::OrphansEntries)
+        );
+        assert_eq!(norm(&dst), before);
+        assert!(stage_empty(&mut dst));
+        assert_eq!(r.stats().shape_refused, 1);
+        assert_eq!(r.stats().protocol_errors, 1);
+        // The same change with the entries gone is a valid round.
+        let (mut dst, mut r, now) = with_dir();
+        changes(
+            &mut r,
+            now,
+            &mut dst,
+            vec![
+                Change::Upsert(p("d"), meta),
+                Change::Gone(p("d/a")),
+                Change::Gone(p("d/b")),
+            ],
+        )
+        .unwrap();
+        if let Some(Message::Want { id, .. }) = r.poll_transmit() {
+            r.handle_message(
+                now,
+                Message::Data {
+                    id,
+                    ops: vec![Op::Literal(b"now a file".to_vec())],
+                },
+                &mut dst,
+            )
+            .unwrap();
+            r.handle_message(
+                now,
+                Message::DataEnd {
+                    id,
+                    status: DataStatus::Complete,
+                },
+                &mut dst,
+            )
+            .unwrap();
+        }
+        assert_eq!(r.generation().number, generation + 1);
+        assert!(!dst.nodes().contains_key("d/a"));
+        // Opening again finds nothing to roll forward or repair.
+        let (_, report) = Replica::open(ReplicaConfig::default(), now, &mut dst).unwrap();
+        assert_eq!(report.generation.number, generation + 1);
+        assert_eq!(report.repaired, None);
+    }
+}
+
+/// F7: the manifest budget counts bytes (paths and symlink targets), not
+/// only entries.
+#[test]
+fn the_manifest_budget_counts_bytes() {
+    let link = |n: usize| Meta {
+        kind: Kind::Symlink {
+            target: vec![b'x'; n],
+        },
+        mode: 0o777,
+        mtime_ns: 0,
+        local: LocalStat::default(),
+    };
+    let long = |i: usize| p(&format!("{}/{i}", "d".repeat(200)));
+    // 40 entries of about 4.3 KB each: well under the entry limit, over
+    // a 64 KiB budget.
+    let mut m = Manifest::default();
+    m.entries.insert(
+        p(&"d".repeat(200)),
+        Meta {
+            kind: Kind::Dir,
+            ..file(b"")
+        },
+    );
+    for i in 0..40 {
+        m.entries.insert(long(i), link(4000));
+    }
+    let small = ReplicaConfig {
+        max_manifest_bytes: 64 << 10,
+        ..ReplicaConfig::default()
+    };
+    let mut dst = MemStore::new();
+    let (mut r, now) = started(&mut dst, small.clone());
+    let e = manifest(&mut r, now, &mut dst, &m);
+    assert!(
+        matches!(e, Err(SessionError::ManifestTooLarge { max, .. }) if max == 64 << 10),
+        "{e:?}"
+    );
+    assert!(dst.view().is_empty());
+    assert_eq!(r.stats().protocol_errors, 1);
+    // The default budget takes it.
+    let (mut r, now) = started(&mut dst, ReplicaConfig::default());
+    manifest(&mut r, now, &mut dst, &m).unwrap();
+    assert_eq!(r.generation().number, 1);
+    // The manifest a small round makes is counted whole: a replica
+    // holding 40 long links refuses one more entry under a budget that
+    // the change alone fits in.
+    let total = r.manifest().bytes();
+    let tight = ReplicaConfig {
+        max_manifest_bytes: total + 100,
+        ..ReplicaConfig::default()
+    };
+    let (mut r, now) = started(&mut dst, tight);
+    let before = norm(&dst);
+    let e = changes(
+        &mut r,
+        now,
+        &mut dst,
+        vec![Change::Upsert(long(99), link(100))],
+    );
+    assert!(
+        matches!(e, Err(SessionError::ManifestTooLarge { bytes, .. }) if bytes > total + 100),
+        "{e:?}"
+    );
+    assert_eq!(norm(&dst), before);
+}
+
+/// F8: a replica's claimed generation is a peer's number: one that cannot
+/// be counted up from is refused with a typed error.
+#[test]
+fn a_generation_claim_that_would_overflow_is_refused() {
+    let mut src = MemStore::new();
+    src.put_file("f", b"data", 0o644, 1);
+    let mut pair = Pair::new(src, MemStore::new());
+    pair.round().unwrap();
+    let confirmed = pair.source.confirmed_generation();
+    let digest = pair.replica.manifest().digest();
+    let now = pair.now;
+    pair.source
+        .handle_message(now, pair.wall, Message::Request { digest }, &mut pair.src)
+        .unwrap();
+    while pair.source.poll_transmit(&mut pair.src).is_some() {}
+    let e = pair.source.handle_message(
+        now,
+        pair.wall,
+        Message::Committed {
+            generation: u64::MAX,
+            digest,
+        },
+        &mut pair.src,
+    );
+    assert_eq!(
+        e,
+        Err(SessionError::GenerationOutOfRange {
+            generation: u64::MAX
+        })
+    );
+    assert_eq!(pair.source.confirmed_generation(), confirmed);
+    assert_eq!(pair.source.stats().protocol_errors, 1);
+    // Nothing of it was stored: the tree opens as a replica at the same
+    // generation.
+    let (_, report) = Replica::open(ReplicaConfig::default(), now, &mut pair.src).unwrap();
+    assert_eq!(report.generation.number, confirmed);
+}
+
+/// F9: setuid, setgid and sticky bits are not written unless configured;
+/// the manifest keeps the source's mode, so the digests still agree.
+#[test]
+fn special_bits_are_stripped_unless_kept() {
+    for keep in [false, true] {
+        let mut src = MemStore::new();
+        src.put_dir("shared", 0o3775);
+        src.put_file("shared/tool", b"#!/bin/sh", 0o6755, 5);
+        src.put_file("plain", b"x", 0o640, 5);
+        let config = ReplicaConfig {
+            keep_special_bits: keep,
+            ..ReplicaConfig::default()
+        };
+        let mut pair = Pair::with_config(
+            src,
+            MemStore::new(),
+            sync_delta::SourceConfig::default(),
+            config,
+        );
+        pair.round().unwrap();
+        let mode = |s: &MemStore, k: &str| match s.nodes().get(k) {
+            Some(
+                sync_delta::mem::Node::File { mode, .. } | sync_delta::mem::Node::Dir { mode, .. },
+            ) => *mode,
+            n => panic!("{k}: {n:?}"),
+        };
+        let mask = if keep { 0o7777 } else { 0o777 };
+        assert_eq!(mode(&pair.dst, "shared/tool"), 0o6755 & mask);
+        assert_eq!(mode(&pair.dst, "shared"), 0o3775 & mask);
+        assert_eq!(mode(&pair.dst, "plain"), 0o640);
+        assert_eq!(pair.replica.manifest().digest(), {
+            let mut s = pair.src.clone();
+            sync_delta::Source::open(sync_delta::SourceConfig::default(), pair.now, &mut s)
+                .unwrap()
+                .scan(&mut s)
+                .unwrap()
+                .digest()
+        });
+        // A second round changes nothing.
+        pair.events.clear();
+        pair.round().unwrap();
+        assert!(
+            pair.events
+                .iter()
+                .any(|e| matches!(e, ReplicaEvent::Committed { changed: 0, .. }))
+        );
+        if keep {
+            pair.assert_synced();
+        }
+    }
+}
+
+/// A store that counts reads and refuses them past a bound: a loop that
+/// reads without end fails the test by its step count, not by a timer.
+struct Bounded {
+    inner: MemStore,
+    reads: u64,
+    max: u64,
+}
+
+impl Storage for Bounded {
+    fn walk(
+        &mut self,
+        e: &sync_delta::Exclude,
+    ) -> Result<sync_delta::store::Walk, sync_delta::StoreError> {
+        self.inner.walk(e)
+    }
+    fn stat(&mut self, p: &str) -> Result<sync_delta::store::Stat, sync_delta::StoreError> {
+        self.inner.stat(p)
+    }
+    fn read_at(
+        &mut self,
+        p: &str,
+        off: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, sync_delta::StoreError> {
+        self.reads += 1;
+        assert!(
+            self.reads <= self.max,
+            "{} reads: the source is looping",
+            self.reads
+        );
+        self.inner.read_at(p, off, buf)
+    }
+    fn read_link(&mut self, p: &str) -> Result<Vec<u8>, sync_delta::StoreError> {
+        self.inner.read_link(p)
+    }
+    fn create(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.create(p)
+    }
+    fn write_at(&mut self, p: &str, off: u64, d: &[u8]) -> Result<(), sync_delta::StoreError> {
+        self.inner.write_at(p, off, d)
+    }
+    fn sync_file(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.sync_file(p)
+    }
+    fn sync_dir(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.sync_dir(p)
+    }
+    fn rename(&mut self, a: &str, b: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.rename(a, b)
+    }
+    fn remove_file(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.remove_file(p)
+    }
+    fn remove_dir(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.remove_dir(p)
+    }
+    fn create_dir(&mut self, p: &str, mode: u32) -> Result<(), sync_delta::StoreError> {
+        self.inner.create_dir(p, mode)
+    }
+    fn symlink(&mut self, t: &[u8], p: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.symlink(t, p)
+    }
+    fn set_meta(&mut self, p: &str, mode: u32, mtime: i64) -> Result<(), sync_delta::StoreError> {
+        self.inner.set_meta(p, mode, mtime)
+    }
+    fn list_dir(&mut self, p: &str) -> Result<Vec<String>, sync_delta::StoreError> {
+        self.inner.list_dir(p)
+    }
+}
+
+/// F6: a replica's signature with a chunk longer than the source's read
+/// window, after one chunk that matches, made the source read the same
+/// window forever. Now the file is sent in a bounded number of reads.
+#[test]
+fn a_signature_chunk_longer_than_the_read_window_cannot_stall_the_source() {
+    use sync_delta::chunk::ChunkParams;
+    use sync_delta::delta::{SigChunk, chunk_hash};
+    use sync_delta::wire::Base;
+    let data = noise(10 << 20, 42);
+    let mut store = MemStore::new();
+    store.put_file("big.wav", &data, 0o644, 5);
+    let now = Instant::now();
+    let wall = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let mut source =
+        sync_delta::Source::open(sync_delta::SourceConfig::default(), now, &mut store).unwrap();
+    source
+        .handle_message(now, wall, Message::Request { digest: [0; 32] }, &mut store)
+        .unwrap();
+    while source.poll_transmit(&mut store).is_some() {}
+    // The first chunk as the source cuts it, then one of 5 MiB, then one
+    // more (a chunk is only expected when another follows it).
+    let params = ChunkParams::new(4096);
+    let first = params.cut(&data);
+    let chunks = vec![
+        SigChunk {
+            len: first as u32,
+            hash: chunk_hash(&data[..first]),
+        },
+        SigChunk {
+            len: 5 << 20,
+            hash: 1,
+        },
+        SigChunk { len: 100, hash: 2 },
+    ];
+    let base = Base {
+        size: chunks.iter().map(|c| u64::from(c.len)).sum(),
+        hash: [7; 32],
+        avg: 4096,
+        chunks,
+    };
+    source
+        .handle_message(
+            now,
+            wall,
+            Message::Want {
+                id: 0,
+                path: p("big.wav"),
+                base: Some(base),
+            },
+            &mut store,
+        )
+        .unwrap();
+    let mut bounded = Bounded {
+        inner: store,
+        reads: 0,
+        max: 1_000,
+    };
+    let (mut sent, mut end) = (0u64, None);
+    while let Some(m) = source.poll_transmit(&mut bounded) {
+        match m {
+            Message::Data { ops, .. } => {
+                for op in ops {
+                    sent += match op {
+                        Op::Copy { len, .. } => len,
+                        Op::Literal(d) => d.len() as u64,
+                    };
+                }
+            }
+            Message::DataEnd { status, .. } => end = Some(status),
+            m => panic!("unexpected {m:?}"),
+        }
+    }
+    assert_eq!(end, Some(DataStatus::Complete));
+    assert_eq!(sent, data.len() as u64);
+    assert!(bounded.reads < 100, "{} reads", bounded.reads);
+}
