@@ -201,6 +201,13 @@ async fn pull(config: PeerConfig, once: bool) -> Result<ExitCode, String> {
                     );
                 }
             }
+            PeerEvent::Diverged(d) => eprintln!(
+                "local changes were in the round's way: {} paths moved to quarantine {}, {} \
+                 missing entries fetched again",
+                d.quarantined,
+                d.folder.as_deref().unwrap_or("-"),
+                d.missing
+            ),
             PeerEvent::RoundDone(s) => {
                 println!("{}", peer::summary_json(&s));
                 if once {

@@ -749,6 +749,19 @@ impl Engine {
                 }
                 info!(?report, "replica opened");
             }
+            PairEvent::Sync(SyncReport::Diverged(d)) => {
+                warn!(
+                    folder = d.folder.as_deref().unwrap_or("-"),
+                    quarantined = d.quarantined,
+                    missing = d.missing,
+                    "local changes in the sync round's way, set aside"
+                );
+                if let Some(folder) = &d.folder {
+                    if !self.quarantine.contains(folder) {
+                        self.quarantine.push(folder.clone());
+                    }
+                }
+            }
             PairEvent::Sync(SyncReport::RoundDone(s)) => info!(
                 generation = s.generation,
                 fetched = s.fetched,

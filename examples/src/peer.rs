@@ -183,6 +183,10 @@ pub enum PeerEvent {
     /// A replica opened its tree (what it rolled forward, back or put in
     /// quarantine).
     Opened(OpenReport),
+    /// Replica: a round found local changes in its way and set them
+    /// aside (quarantine), or fetches what was deleted locally again; the
+    /// round goes on.
+    Diverged(sync_delta::Divergence),
     /// Replica: a round committed.
     RoundDone(RoundSummary),
     /// Replica: the mass-deletion guard refused a round; nothing was
@@ -462,6 +466,7 @@ impl Driver {
             SyncLinkEvent::Sync(r) => match r {
                 SyncReport::Opened(o) => PeerEvent::Opened(o),
                 SyncReport::Status(st) => PeerEvent::Status(st),
+                SyncReport::Diverged(d) => PeerEvent::Diverged(d),
                 SyncReport::RoundDone(s) => PeerEvent::RoundDone(s),
                 SyncReport::Refused(r) => PeerEvent::RoundRefused(r),
                 SyncReport::RoundFailed { why, .. } => PeerEvent::RoundFailed(why),

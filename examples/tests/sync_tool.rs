@@ -355,7 +355,14 @@ fn local_divergence_is_set_aside_not_wedged() {
     std::fs::write(rep.join("voicemail/200"), b"stray local file").unwrap();
     std::fs::remove_dir_all(rep.join("prompts")).unwrap();
 
-    let s = summary(&pull(&rep, server.addr, &key, &[]));
+    let out = pull(&rep, server.addr, &key, &[]);
+    // The tool says what it set aside and where.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("1 paths moved to quarantine q") && err.contains("missing entries"),
+        "{err}"
+    );
+    let s = summary(&out);
     assert_eq!(num(&s, "generation"), 2);
     assert!(rep.join("voicemail/200/msg0001.wav").is_file());
     assert!(rep.join("prompts/en/goodbye.wav").is_file());

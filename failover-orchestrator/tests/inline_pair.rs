@@ -247,3 +247,43 @@ fn a_full_link_backlog_holds_the_sources_messages_back() {
     let arrived = w.run_until(Duration::from_secs(10), |w| w.holds(1, file.0, file.1));
     assert!(arrived.is_some(), "not replicated once the backlog cleared");
 }
+
+#[test]
+fn local_changes_in_a_rounds_way_are_reported_as_divergence() {
+    let first = ("voicemail/100/msg0001.txt", b"hello".as_slice());
+    let mut w = World::new(&[first]);
+    let synced = w.run_until(Duration::from_secs(30), |w| w.holds(1, first.0, first.1));
+    assert!(synced.is_some(), "not replicated; events: {:#?}", w.events);
+    // The Master creates a mailbox directory; the Backup holds a stray
+    // file of its own at that very path.
+    w.nodes[0]
+        .store_mut()
+        .put_file("voicemail/200/msg0001.txt", b"new box", 0o640, 3);
+    w.nodes[1]
+        .store_mut()
+        .put_file("voicemail/200", b"stray", 0o640, 3);
+    let arrived = w.run_until(Duration::from_secs(10), |w| {
+        w.holds(1, "voicemail/200/msg0001.txt", b"new box")
+    });
+    assert!(
+        arrived.is_some(),
+        "the round wedged; events: {:#?}",
+        w.events
+    );
+    let diverged: Vec<_> = w
+        .events
+        .iter()
+        .filter_map(|e| match &e.2 {
+            PairEvent::Sync(SyncReport::Diverged(d)) if e.0 == 1 => Some(d.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(diverged.len(), 1, "{diverged:?}");
+    assert_eq!(diverged[0].quarantined, 1);
+    let folder = diverged[0].folder.clone().expect("a quarantine folder");
+    assert!(
+        PairEvent::Sync(SyncReport::Diverged(diverged[0].clone()))
+            .to_string()
+            .contains(&folder)
+    );
+}

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sync_delta::wire::Message;
 use sync_delta::{
-    Exclude, OpenReport, Refusal, Replica, ReplicaConfig, ReplicaEvent, SessionError, Source,
-    SourceConfig, SourceEvent, Storage,
+    Divergence, Exclude, OpenReport, Refusal, Replica, ReplicaConfig, ReplicaEvent, SessionError,
+    Source, SourceConfig, SourceEvent, Storage,
 };
 
 /// Which session a node runs.
@@ -110,6 +110,12 @@ pub enum SyncReport {
     Status(GenerationStatus),
     /// A replica round committed.
     RoundDone(RoundSummary),
+    /// A replica round found local changes in the way of the source's
+    /// (a stray file where a directory comes, a tracked directory deleted
+    /// on this unit): they were moved into a quarantine folder, or left
+    /// out and fetched again, and the round went on. Comes before its
+    /// [`SyncReport::RoundDone`].
+    Diverged(Divergence),
     /// The mass-deletion guard refused a round; nothing changed. It is not
     /// reported as a failed round too; a round asked for is answered with
     /// an error.
@@ -169,6 +175,16 @@ impl std::fmt::Display for SyncReport {
                 r.received,
                 r.took.as_millis()
             ),
+            SyncReport::Diverged(d) => {
+                f.write_str("local changes in the round's way")?;
+                if let Some(folder) = &d.folder {
+                    write!(f, ": {} paths moved to quarantine {folder}", d.quarantined)?;
+                }
+                if d.missing > 0 {
+                    write!(f, "; {} missing entries fetched again", d.missing)?;
+                }
+                Ok(())
+            }
             SyncReport::Refused(why) => write!(f, "sync round refused: {why}"),
             SyncReport::RoundFailed { why, reset: false } => write!(f, "sync round failed: {why}"),
             SyncReport::RoundFailed { why, reset: true } => {
@@ -770,6 +786,9 @@ impl SyncWorker {
                             self.reports.push_back(SyncReport::Refused(why));
                             let seq = self.rounds_started;
                             self.answer_waiters(seq, &Err(format!("round refused: {why}")));
+                        }
+                        ReplicaEvent::Diverged(d) => {
+                            self.reports.push_back(SyncReport::Diverged(d));
                         }
                         ReplicaEvent::TimedOut => {
                             self.round = None;
