@@ -406,7 +406,8 @@ fn run(t0: Instant, root: &Path) -> Res<()> {
     };
     let (nodes, key) = (
         [node(0)?, node(1)?],
-        PreSharedKey::from_secret(&random32()?),
+        // 32 random bytes, as a key file holds them.
+        PreSharedKey::new(random32()?).map_err(std::io::Error::other)?,
     );
     let mut w = World {
         t0,

@@ -81,6 +81,12 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A configuration the node finds unusable when it reads the files
+        // the configuration names (the key files): also exit 2.
+        Err(e @ examples::node::NodeError::Config(_)) => {
+            eprintln!("node: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("node: {e}");
             ExitCode::FAILURE

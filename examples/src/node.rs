@@ -976,6 +976,30 @@ fn load_state(dir: &Path) -> PersistentState {
         .unwrap_or_default()
 }
 
+/// The peer link's key and, during a rotation, the next one, from their
+/// files (checked as [`crate::config::read_key_file`] says).
+fn link_keys(
+    sync: &crate::config::Sync,
+) -> Result<(PreSharedKey, Option<PreSharedKey>), NodeError> {
+    let read = |path: &Path, key: &str| -> Result<PreSharedKey, NodeError> {
+        let bytes = crate::config::read_key_file_as(path, key)?;
+        // read_key_file_as checked it; a refusal here is the same error.
+        PreSharedKey::new(bytes).map_err(|e| {
+            NodeError::Config(crate::config::ConfigError::Invalid {
+                key: key.into(),
+                reason: e.to_string(),
+            })
+        })
+    };
+    let primary = read(&sync.key_file, "sync.key_file")?;
+    let next = sync
+        .key_file_next
+        .as_deref()
+        .map(|p| read(p, "sync.key_file_next"))
+        .transpose()?;
+    Ok((primary, next))
+}
+
 /// Starts a node; returns when it has shut down (after `shutdown`
 /// resolves, gracefully: services stopped, the address released,
 /// priority 0 sent).
@@ -996,9 +1020,9 @@ pub async fn run(
         None => Vec::new(),
     };
     let orch_config = orchestrator_config(&config, &phones)?;
-    // The key is read before anything is made or sent.
+    // The keys are read before anything is made or sent.
     let key = match &config.sync {
-        Some(sync) => Some(crate::config::read_key_file(&sync.key_file)?),
+        Some(sync) => Some(link_keys(sync)?),
         None => None,
     };
     std::fs::create_dir_all(&config.state_dir).map_err(io_err(format!(
@@ -1143,10 +1167,9 @@ pub async fn run(
             })?;
             let listener = link_io::listen(sync.listen)
                 .map_err(io_err(format!("peer link listener on {}", sync.listen)))?;
-            let link = LinkConfig::new(
-                PreSharedKey::from_secret(&key),
-                LinkConfig::dials_by_address(sync.listen, sync.peer),
-            );
+            let mut link =
+                LinkConfig::new(key.0, LinkConfig::dials_by_address(sync.listen, sync.peer));
+            link.next_key = key.1;
             let worker = SyncWorker::new(SyncConfig {
                 exclude: sync_delta::Exclude::new(&sync.exclude),
                 interval: sync.interval,
@@ -1158,12 +1181,9 @@ pub async fn run(
             // No peer link: this end never dials and nobody can prove a
             // key made of fresh OS randomness.
             let secret = link_io::os_nonce().map_err(io_err("a key from the OS"))?;
-            (
-                LinkConfig::new(PreSharedKey::from_secret(&secret.0), false),
-                None,
-                None,
-                None,
-            )
+            let key = PreSharedKey::new(secret.0)
+                .map_err(|e| io_err("a key from the OS")(std::io::Error::other(e)))?;
+            (LinkConfig::new(key, false), None, None, None)
         }
     };
 

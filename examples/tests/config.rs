@@ -197,3 +197,46 @@ fn key_files_hold_64_hex_digits() {
     assert!(parse_key("0011").unwrap_err().contains("64 hex digits"));
     assert!(parse_key(&"zz".repeat(32)).unwrap_err().contains("hex"));
 }
+
+#[test]
+fn a_next_key_file_is_optional_and_taken_from_the_config_folder() {
+    let sync = "[sync]\nlisten = \"127.0.0.1:7001\"\npeer = \"127.0.0.2:7001\"\ndir = \"d\"\nkey_file = \"k\"";
+    let c = parse(&format!("{MINIMAL}\n{sync}")).unwrap();
+    assert_eq!(c.sync.unwrap().key_file_next, None);
+    let c = parse(&format!("{MINIMAL}\n{sync}\nkey_file_next = \"k2\"")).unwrap();
+    assert_eq!(
+        c.sync.unwrap().key_file_next.as_deref(),
+        Some(Path::new("/etc/pbx/k2"))
+    );
+}
+
+#[test]
+fn key_files_are_checked_for_weak_keys_and_their_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("key-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = "5be0c3a91f7d2e846a0b9c5d3f1e7a2684c9d0b5e3f6a7182c4b9e0d1f3a5c7e";
+    let write = |name: &str, text: &str, mode: u32| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    };
+    let key = examples::config::read_key_file(&write("good", good, 0o600)).unwrap();
+    assert_eq!(key, parse_key(good).unwrap());
+    // Group-readable is the owner's choice; every user is not.
+    assert!(examples::config::read_key_file(&write("group", good, 0o640)).is_ok());
+    for (name, text, mode, why) in [
+        ("open", good, 0o644, "readable by every user"),
+        ("zero", &"00".repeat(32)[..], 0o600, "all zero"),
+        ("same", &"7e".repeat(32)[..], 0o600, "distinct byte values"),
+    ] {
+        let p = write(name, text, mode);
+        let e = examples::config::read_key_file_as(&p, "sync.key_file_next")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sync.key_file_next") && e.contains(why), "{e}");
+        assert!(e.contains(&p.display().to_string()), "{e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
