@@ -11,8 +11,8 @@
 //! tree_round walk <dir>            # walk and scan timings alone
 //! ```
 //!
-//! The round carries every message through a real authenticated
-//! `frame::Link` pair (encode, MAC, decode) in memory: a loopback without
+//! The round carries every message through a real encrypted
+//! `frame::Link` pair (encrypt, decrypt) in memory: a loopback without
 //! the kernel's TCP copy.
 
 use std::path::Path;
