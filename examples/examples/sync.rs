@@ -43,7 +43,7 @@ use examples::peer::{self, PeerCommand, PeerConfig, PeerEvent, SyncRole};
 #[derive(Parser, Debug)]
 #[command(
     name = "sync",
-    about = "Delta replication of a directory tree over an authenticated link"
+    about = "Delta replication of a directory tree over an encrypted, authenticated link"
 )]
 struct Cli {
     #[command(subcommand)]

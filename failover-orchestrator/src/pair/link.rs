@@ -82,7 +82,8 @@ impl LinkConfig {
 pub enum CloseReason {
     /// The handshake did not finish in time.
     HandshakeTimeout,
-    /// The frames were bad (wrong key, MAC, checksum, buffer limit).
+    /// The records were bad (wrong key, a record that fails
+    /// authentication, another frame version, buffer limit).
     Refused,
     /// A newer authenticated connection replaced this one (the peer
     /// restarted).
@@ -235,7 +236,8 @@ pub struct LinkStats {
     pub established: u64,
     /// Connections closed for a handshake that did not finish in time.
     pub handshake_timeouts: u64,
-    /// Connections closed for bad frames (wrong key, MAC, checksum).
+    /// Connections closed for bad records (wrong key, failed
+    /// authentication, another frame version).
     pub refused: u64,
     /// Accepted connections turned away (redundancy off, too many
     /// handshakes waiting).
