@@ -50,7 +50,10 @@ fn node(i: usize, now: Instant, wall: SystemTime) -> InlinePair<MemStore> {
         .unwrap();
     let identity = Identity::new(format!("pbx-{i}"), "5.1.30", "en");
     let orchestrator = Config::builder(identity).build().unwrap();
-    let link = LinkConfig::new(PreSharedKey::from_secret(b"bench"), i == 0);
+    let link = LinkConfig::new(
+        PreSharedKey::new(*blake3::hash(b"bench").as_bytes()).unwrap(),
+        i == 0,
+    );
     let pair = Pair::new(
         PairConfig::new(vrrp, orchestrator, link),
         PersistentState::default(),

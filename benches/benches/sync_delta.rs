@@ -78,7 +78,7 @@ fn wire_round(old: &[u8], new: &[u8]) -> u64 {
     let mut dst = MemStore::new();
     let mut source = Source::open(SourceConfig::default(), now, &mut src).expect("source");
     let (mut replica, _) = Replica::open(ReplicaConfig::default(), now, &mut dst).expect("replica");
-    let (mut lr, mut ls) = linked(PreSharedKey::from_secret(b"bench"), now);
+    let (mut lr, mut ls) = linked(bench_key(), now);
     replica.handle_connected(now);
     let mut round =
         |src: &mut MemStore, dst: &mut MemStore, replica: &mut Replica, bytes: &mut u64| loop {
@@ -114,6 +114,10 @@ fn wire_round(old: &[u8], new: &[u8]) -> u64 {
     round(&mut src, &mut dst, &mut replica, &mut second);
     assert_eq!(dst.view(), src.view(), "replicated");
     second
+}
+
+fn bench_key() -> PreSharedKey {
+    PreSharedKey::new(*blake3::hash(b"bench").as_bytes()).expect("a random-looking key")
 }
 
 fn linked(key: PreSharedKey, now: Instant) -> (Link, Link) {
@@ -191,9 +195,11 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     // The frame layer on 1 MiB payloads: CRC-32C (the crc crate's byte
-    // table and slice-by-16, and the hardware instruction the frames use),
-    // the keyed
-    // BLAKE3 MAC, and a whole authenticated encode + decode.
+    // table and slice-by-16, and the hardware instruction the state
+    // records use), the keyed BLAKE3 MAC, the version 1 MAC-only frame
+    // (CRC-32C + keyed BLAKE3, the link before encryption) as the
+    // reference, and the encrypted link (Noise, AES-256-GCM): a whole
+    // send + receive on one core.
     let mut g = c.benchmark_group("frame");
     let payload = noise(1 << 20, 3);
     g.throughput(Throughput::Bytes(payload.len() as u64));
@@ -211,11 +217,17 @@ fn bench(c: &mut Criterion) {
     g.bench_function("mac/blake3_keyed", |b| {
         b.iter(|| black_box(blake3::keyed_hash(&[7; 32], &payload)))
     });
-    let key = PreSharedKey::from_secret(b"bench");
-    let now = Instant::now();
-    let (mut fa, mut fb) = linked(key, now);
     let mut wire = Vec::with_capacity(payload.len() + 64);
-    g.bench_function("link/send+receive", |b| {
+    g.bench_function("link_v1_mac_only/send+receive (reference)", |b| {
+        b.iter(|| {
+            wire.clear();
+            v1_send(&payload, &mut wire);
+            black_box(v1_receive(&wire).expect("authentic"))
+        })
+    });
+    let now = Instant::now();
+    let (mut fa, mut fb) = linked(bench_key(), now);
+    g.bench_function("link/send+receive (noise aesgcm, used)", |b| {
         b.iter(|| {
             wire.clear();
             fa.send(CHANNEL_SYNC, &payload, &mut wire).expect("send");
@@ -250,6 +262,42 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The version 1 frame's work, as the link did it before encryption: a
+/// 26-byte header, the payload copied, CRC-32C over both, a keyed BLAKE3
+/// MAC over a sequence number, the header and the payload.
+fn v1_send(payload: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(b"SD\x01\x03\x00\x00");
+    out.extend_from_slice(&u32::try_from(payload.len()).expect("small").to_le_bytes());
+    out.extend_from_slice(&[0; 16]);
+    out.extend_from_slice(payload);
+    let crc = crc32c::crc32c(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    let mac = v1_mac(&out[start..start + 26], payload);
+    out.extend_from_slice(&mac);
+}
+
+fn v1_mac(header: &[u8], payload: &[u8]) -> [u8; 16] {
+    let mut h = blake3::Hasher::new_keyed(&[7; 32]);
+    h.update(&0u64.to_le_bytes());
+    h.update(header);
+    h.update(payload);
+    let mut mac = [0u8; 16];
+    mac.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    mac
+}
+
+/// The version 1 receive side: CRC, MAC, and the payload copied out.
+fn v1_receive(wire: &[u8]) -> Option<Vec<u8>> {
+    let body_end = wire.len().checked_sub(20)?;
+    let crc = u32::from_le_bytes(wire[body_end..body_end + 4].try_into().ok()?);
+    if crc32c::crc32c(&wire[..body_end]) != crc {
+        return None;
+    }
+    let payload = &wire[26..body_end];
+    (v1_mac(&wire[..26], payload)[..] == wire[body_end + 4..]).then(|| payload.to_vec())
 }
 
 criterion_group!(benches, bench);

@@ -349,7 +349,8 @@ fn main() -> ExitCode {
         })
     };
     let result = (|| -> Res<()> {
-        let key = PreSharedKey::from_secret(&random32()?);
+        // 32 random bytes, as a key file holds them.
+        let key = PreSharedKey::new(random32()?)?;
         let (nodes, seen) = ([node(0)?, node(1)?], Vec::new());
         let mut w = World {
             t0,

@@ -246,7 +246,7 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
         SocketAddr::from((b_ip, status_port)),
     );
     let gui = free_tcp(a_ip)?.port();
-    std::fs::write(root.join("sync.key"), "6f".repeat(32)).map_err(|e| e.to_string())?;
+    write_key(&root.join("sync.key")).map_err(|e| e.to_string())?;
     std::fs::write(root.join("phones.toml"), phone_inventory(args.phones))
         .map_err(|e| e.to_string())?;
     let files = seed_tree(&root.join("pbx-a/data")).map_err(|e| e.to_string())?;
@@ -596,4 +596,16 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A fresh key file as an installer makes one: 32 random bytes in hex,
+/// readable by its owner only.
+fn write_key(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(path, hex)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }

@@ -1,7 +1,7 @@
 //! The sync engine on its own, for trying it and for scripting.
 //!
 //! ```text
-//! sync serve --dir DIR --listen ADDR --key-file F [--exclude PATTERN]...
+//! sync serve --dir DIR --listen ADDR --key-file F [--key-next F] [--exclude PATTERN]...
 //! sync pull  --dir DIR --from ADDR --key-file F [--once] [--interval-s 60]
 //!            [--allow-mass-delete] [--exclude PATTERN]...
 //! ```
@@ -21,7 +21,13 @@
 //! 1, with the replica left at its last whole generation. Without `--once`
 //! it pulls every `--interval-s` seconds and prints a line per round.
 //!
-//! The key file holds 64 hex digits (whitespace ignored). The replica's
+//! The key file holds 64 hex digits (whitespace ignored): 32 random bytes
+//! (`od -An -tx1 -N32 /dev/urandom`), in a file other users cannot read.
+//! A key file that is readable by every user, or whose key is all zero or
+//! a pattern, is an error naming the file, and exit 2. During a key
+//! rotation `serve --key-next F` also accepts a replica that proves the
+//! next key; `pull` always proves `--key-file`. The link is encrypted
+//! (Noise, AES-256-GCM). The replica's
 //! tree is DIR itself; the engine's state lives in `DIR/.sync-delta/` on
 //! both sides and is never replicated.
 
@@ -31,13 +37,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use examples::config::read_key_file;
+use examples::config::read_key_file_as;
 use examples::peer::{self, PeerCommand, PeerConfig, PeerEvent, SyncRole};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "sync",
-    about = "Delta replication of a directory tree over an authenticated link"
+    about = "Delta replication of a directory tree over an encrypted, authenticated link"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -57,6 +63,10 @@ enum Cmd {
         /// File with the pre-shared key (64 hex digits).
         #[arg(long)]
         key_file: PathBuf,
+        /// During a key rotation: the next key's file; a replica proving
+        /// either key is served.
+        #[arg(long)]
+        key_next: Option<PathBuf>,
         /// Paths never served (glob; repeat for more).
         #[arg(long)]
         exclude: Vec<String>,
@@ -118,13 +128,25 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             dir,
             listen,
             key_file,
+            key_next,
             exclude,
         } => {
-            let key = read_key_file(&key_file).map_err(|e| e.to_string())?;
+            let key = match read_key_file_as(&key_file, "--key-file") {
+                Ok(k) => k,
+                Err(e) => return Ok(usage_error(&e)),
+            };
+            let key_next = match key_next
+                .map(|p| read_key_file_as(&p, "--key-next"))
+                .transpose()
+            {
+                Ok(k) => k,
+                Err(e) => return Ok(usage_error(&e)),
+            };
             if !dir.is_dir() {
                 return Err(format!("{} is not a directory", dir.display()));
             }
             let mut config = PeerConfig::new(dir, key);
+            config.key_next = key_next;
             config.listen = Some(listen);
             config.exclude = exclude;
             serve(config).await
@@ -138,7 +160,10 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             allow_mass_delete,
             exclude,
         } => {
-            let key = read_key_file(&key_file).map_err(|e| e.to_string())?;
+            let key = match read_key_file_as(&key_file, "--key-file") {
+                Ok(k) => k,
+                Err(e) => return Ok(usage_error(&e)),
+            };
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             let mut config = PeerConfig::new(dir, key);
@@ -149,6 +174,13 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             pull(config, once).await
         }
     }
+}
+
+/// A key file that cannot be used: an argument error, exit 2 (clap's
+/// convention), before anything is created or sent.
+fn usage_error(e: &examples::config::ConfigError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
 }
 
 async fn serve(config: PeerConfig) -> Result<ExitCode, String> {

@@ -121,6 +121,7 @@ struct RawSync {
     dir: PathBuf,
     interval_s: Option<u64>,
     key_file: PathBuf,
+    key_file_next: Option<PathBuf>,
     #[serde(default)]
     exclude: Vec<String>,
 }
@@ -231,6 +232,9 @@ pub struct Sync {
     pub interval: Duration,
     /// The pre-shared key file (64 hex digits).
     pub key_file: PathBuf,
+    /// During a key rotation, the next key's file: the peer may prove
+    /// either key when it dials (this node dials with `key_file`).
+    pub key_file_next: Option<PathBuf>,
     /// Patterns never replicated.
     pub exclude: Vec<String>,
 }
@@ -339,7 +343,14 @@ impl NodeConfig {
             }
         };
         let key = match &self.sync {
-            Some(sync) => Some(read_key_file(&sync.key_file).map_err(naming("sync.key_file"))?),
+            Some(sync) => {
+                let key = read_key_file(&sync.key_file).map_err(naming("sync.key_file"))?;
+                let next = sync.key_file_next.as_deref().map(|path| {
+                    read_key_file_as(path, "sync.key_file_next")
+                        .map_err(naming("sync.key_file_next"))
+                });
+                Some((key, next.transpose()?))
+            }
             None => None,
         };
         let phones = match &self.phones {
@@ -388,6 +399,7 @@ impl NodeConfig {
                     dir: abs(s.dir),
                     interval: Duration::from_secs(interval_s),
                     key_file: abs(s.key_file),
+                    key_file_next: s.key_file_next.map(abs),
                     exclude: s.exclude,
                 })
             })
@@ -433,8 +445,9 @@ impl NodeConfig {
 /// The contents of the files a configuration names.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Files {
-    /// `sync.key_file`'s key.
-    pub key: Option<[u8; 32]>,
+    /// `sync.key_file`'s key, with `sync.key_file_next`'s during a
+    /// rotation.
+    pub key: Option<([u8; 32], Option<[u8; 32]>)>,
     /// The `phones` inventory (empty without one).
     pub phones: Vec<crate::phones::Phone>,
     /// `status.token_file`'s token.
@@ -784,17 +797,48 @@ impl NodeConfig {
 }
 
 /// Reads a pre-shared key file: 64 hex digits (32 bytes), whitespace
-/// ignored.
+/// ignored, that the peer link accepts as a key (random bytes, not all
+/// zero nor a pattern: `sync_delta::frame::PreSharedKey::new`), in a file
+/// no other user can read.
 ///
 /// # Errors
 /// [`ConfigError`] naming `sync.key_file` and what is wrong.
 pub fn read_key_file(path: &Path) -> Result<[u8; 32], ConfigError> {
+    read_key_file_as(path, "sync.key_file")
+}
+
+/// [`read_key_file`] for the key named `key` in errors (`sync.key_file_next`,
+/// a tool's `--key-file`).
+///
+/// # Errors
+/// [`ConfigError`] naming `key`, the file and what is wrong.
+pub fn read_key_file_as(path: &Path, key: &str) -> Result<[u8; 32], ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bad = |reason: String| invalid(key, format!("{}: {reason}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    parse_key(&text)
-        .map_err(|reason| invalid("sync.key_file", format!("{}: {reason}", path.display())))
+    let mode = std::fs::metadata(path)
+        .map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o004 != 0 {
+        return Err(bad(format!(
+            "readable by every user (mode {:o}); `chmod 600` it",
+            mode & 0o777
+        )));
+    }
+    let bytes = parse_key(&text).map_err(bad)?;
+    sync_delta::frame::PreSharedKey::new(bytes).map_err(|e| {
+        bad(format!(
+            "{e}; make one with `od -An -tx1 -N32 /dev/urandom`"
+        ))
+    })?;
+    Ok(bytes)
 }
 
 /// Parses 64 hex digits, whitespace ignored.

@@ -1035,6 +1035,17 @@ fn load_state(dir: &Path) -> PersistentState {
         .unwrap_or_default()
 }
 
+/// A key the configuration read (`read_files` checked it already: a
+/// refusal here is the same error, naming `key`).
+fn link_key(bytes: [u8; 32], key: &str) -> Result<PreSharedKey, NodeError> {
+    PreSharedKey::new(bytes).map_err(|e| {
+        NodeError::Config(crate::config::ConfigError::Invalid {
+            key: key.into(),
+            reason: e.to_string(),
+        })
+    })
+}
+
 /// Starts a node; returns when it has shut down (after `shutdown`
 /// resolves, gracefully: services stopped, the address released,
 /// priority 0 sent).
@@ -1058,8 +1069,16 @@ pub async fn run(
         None => config.read_files()?,
     };
     let phones = files.phones;
-    let key = files.key;
     let orch_config = orchestrator_config(&config, &phones).map_err(orchestrator_key)?;
+    let key = match files.key {
+        Some((key, next)) => {
+            let next = next
+                .map(|n| link_key(n, "sync.key_file_next"))
+                .transpose()?;
+            Some((link_key(key, "sync.key_file")?, next))
+        }
+        None => None,
+    };
 
     // The interface, the primary address and leftovers of a crashed run.
     let vrrp_cfg = &config.vrrp;
@@ -1204,10 +1223,9 @@ pub async fn run(
             })?;
             let listener = link_io::listen(sync.listen)
                 .map_err(io_err(format!("peer link listener on {}", sync.listen)))?;
-            let link = LinkConfig::new(
-                PreSharedKey::from_secret(&key),
-                LinkConfig::dials_by_address(sync.listen, sync.peer),
-            );
+            let mut link =
+                LinkConfig::new(key.0, LinkConfig::dials_by_address(sync.listen, sync.peer));
+            link.next_key = key.1;
             let worker = SyncWorker::new(SyncConfig {
                 exclude: sync_delta::Exclude::new(&sync.exclude),
                 interval: sync.interval,
@@ -1219,12 +1237,9 @@ pub async fn run(
             // No peer link: this end never dials and nobody can prove a
             // key made of fresh OS randomness.
             let secret = link_io::os_nonce().map_err(io_err("a key from the OS"))?;
-            (
-                LinkConfig::new(PreSharedKey::from_secret(&secret.0), false),
-                None,
-                None,
-                None,
-            )
+            let key = PreSharedKey::new(secret.0)
+                .map_err(|e| io_err("a key from the OS")(std::io::Error::other(e)))?;
+            (LinkConfig::new(key, false), None, None, None)
         }
     };
 

@@ -67,9 +67,12 @@ pub struct PeerConfig {
     pub listen: Option<SocketAddr>,
     /// Where the peer accepts it (`None`: this end only accepts).
     pub peer: Option<SocketAddr>,
-    /// The pre-shared key ([`crate::config::read_key_file`] parses the
-    /// file).
+    /// The pre-shared key ([`crate::config::read_key_file`] reads and
+    /// checks the file); this end dials with it.
     pub key: [u8; 32],
+    /// During a key rotation, the next key: a peer that dials with it is
+    /// accepted too.
+    pub key_next: Option<[u8; 32]>,
     /// The replicated tree. A replica's tree is this directory itself; the
     /// engine's state lives in `dir/.sync-delta/` on both sides.
     pub dir: PathBuf,
@@ -95,6 +98,7 @@ impl PeerConfig {
             listen: None,
             peer: None,
             key,
+            key_next: None,
             dir: dir.into(),
             exclude: Vec::new(),
             interval: Duration::from_secs(60),
@@ -224,6 +228,17 @@ pub fn spawn(
     let fatal = |ev_tx: &mpsc::Sender<PeerEvent>, why: String| {
         let _ = ev_tx.try_send(PeerEvent::Fatal(why));
     };
+    let keys = PreSharedKey::new(config.key).and_then(|key| {
+        let next = config.key_next.map(PreSharedKey::new).transpose()?;
+        Ok((key, next))
+    });
+    let (key, next_key) = match keys {
+        Ok(k) => k,
+        Err(e) => {
+            fatal(&ev_tx, format!("the pre-shared key: {e}"));
+            return (cmd_tx, ev_rx);
+        }
+    };
     let store = match FsStore::new(&config.dir) {
         Ok(s) => s,
         Err(e) => {
@@ -278,7 +293,8 @@ pub fn spawn(
             return (cmd_tx, ev_rx);
         }
     };
-    let link = LinkConfig::new(PreSharedKey::from_secret(&config.key), config.dials());
+    let mut link = LinkConfig::new(key, config.dials());
+    link.next_key = next_key;
     let sockets = match Sockets::new(listener, config.peer, buffered)
         .and_then(|s| s.watch(&inbox.wake, 0).map(|()| s))
     {

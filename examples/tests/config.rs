@@ -293,7 +293,7 @@ fn config_with_files(dir: &TempDir) -> std::path::PathBuf {
         STATUS_SYNC.replace("\"k\"", "\"sync.key\""),
     );
     std::fs::write(&path, text).unwrap();
-    std::fs::write(dir.join("sync.key"), "42".repeat(32)).unwrap();
+    write_key(dir, KEY_HEX);
     std::fs::write(
         dir.join("phones.toml"),
         "[[phone]]\nname = \"r\"\naddress = \"10.99.0.31\"\nmethod = \"follow\"\n",
@@ -301,6 +301,16 @@ fn config_with_files(dir: &TempDir) -> std::path::PathBuf {
     .unwrap();
     write_token(dir, "0123456789abcdef0123\n", 0o600);
     path
+}
+
+/// A key as a key file holds it: random-looking bytes (the link refuses
+/// patterns), in a file only its owner reads.
+const KEY_HEX: &str = "5be0c3a91f7d2e846a0b9c5d3f1e7a2684c9d0b5e3f6a7182c4b9e0d1f3a5c7e";
+
+fn write_key(dir: &TempDir, text: &str) {
+    let path = dir.join("sync.key");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn write_token(dir: &TempDir, text: &str, mode: u32) {
@@ -319,12 +329,24 @@ fn load_names(path: &Path, key: &str) {
 }
 
 #[test]
+fn a_next_key_file_is_optional_and_taken_from_the_config_folder() {
+    let sync = "[sync]\nlisten = \"127.0.0.1:7001\"\npeer = \"127.0.0.2:7001\"\ndir = \"d\"\nkey_file = \"k\"";
+    let c = parse(&format!("{MINIMAL}\n{sync}")).unwrap();
+    assert_eq!(c.sync.unwrap().key_file_next, None);
+    let c = parse(&format!("{MINIMAL}\n{sync}\nkey_file_next = \"k2\"")).unwrap();
+    assert_eq!(
+        c.sync.unwrap().key_file_next.as_deref(),
+        Some(Path::new("/etc/pbx/k2"))
+    );
+}
+
+#[test]
 fn the_files_it_names_are_read_with_the_configuration() {
     let dir = TempDir::new("config-files");
     let path = config_with_files(&dir);
     let c = NodeConfig::load(&path).unwrap();
     let files = c.files.as_ref().expect("files read");
-    assert_eq!(files.key, Some([0x42; 32]));
+    assert_eq!(files.key, Some((parse_key(KEY_HEX).unwrap(), None)));
     assert_eq!(files.phones.len(), 1);
     assert!(
         files
@@ -339,7 +361,7 @@ fn the_files_it_names_are_read_with_the_configuration() {
     load_names(&path, "sync.key_file");
     std::fs::write(dir.join("sync.key"), "not a key").unwrap();
     load_names(&path, "sync.key_file");
-    std::fs::write(dir.join("sync.key"), "42".repeat(32)).unwrap();
+    write_key(&dir, KEY_HEX);
 
     std::fs::remove_file(dir.join("phones.toml")).unwrap();
     load_names(&path, "phones");
@@ -433,4 +455,35 @@ fn phone_templates_leave_placeholders_bare() {
     let text = "[[phone]]\nname = \"r\\u0000\"\naddress = \"a\"\nmethod = \"follow\"\n";
     let msg = examples::phones::parse(text).unwrap_err().to_string();
     assert!(msg.contains("phone[0].name"), "{msg}");
+}
+
+#[test]
+fn key_files_are_checked_for_weak_keys_and_their_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("key-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = "5be0c3a91f7d2e846a0b9c5d3f1e7a2684c9d0b5e3f6a7182c4b9e0d1f3a5c7e";
+    let write = |name: &str, text: &str, mode: u32| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    };
+    let key = examples::config::read_key_file(&write("good", good, 0o600)).unwrap();
+    assert_eq!(key, parse_key(good).unwrap());
+    // Group-readable is the owner's choice; every user is not.
+    assert!(examples::config::read_key_file(&write("group", good, 0o640)).is_ok());
+    for (name, text, mode, why) in [
+        ("open", good, 0o644, "readable by every user"),
+        ("zero", &"00".repeat(32)[..], 0o600, "all zero"),
+        ("same", &"7e".repeat(32)[..], 0o600, "distinct byte values"),
+    ] {
+        let p = write(name, text, mode);
+        let e = examples::config::read_key_file_as(&p, "sync.key_file_next")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sync.key_file_next") && e.contains(why), "{e}");
+        assert!(e.contains(&p.display().to_string()), "{e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

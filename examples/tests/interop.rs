@@ -464,7 +464,14 @@ fn steady_state_cost_beside_keepalived() {
     let ka_bed = Bed::new("steady-ka", 2);
     // As keepalived runs here: no real-time scheduling, no memory lock.
     let key = ours_bed.path("steady.key");
-    std::fs::write(&key, "5a".repeat(32)).expect("key file");
+    // 32 random bytes, readable by the owner only (anything else is refused).
+    std::fs::write(
+        &key,
+        "5be0c3a91f7d2e846a0b9c5d3f1e7a2684c9d0b5e3f6a7182c4b9e0d1f3a5c7e",
+    )
+    .expect("key file");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("key file mode");
     let cfg = |i: usize, prio| NodeConfig {
         sync: Some(interop::node::SyncConfig {
             listen: format!("{}:7001", Bed::v4(i)),
@@ -1046,7 +1053,14 @@ fn synced_pair(
     seed: &[(&str, &[u8])],
 ) -> [Node; 2] {
     let key = bed.path("sync.key");
-    std::fs::write(&key, "5a".repeat(32)).expect("key file");
+    // 32 random bytes, readable by the owner only (anything else is refused).
+    std::fs::write(
+        &key,
+        "5be0c3a91f7d2e846a0b9c5d3f1e7a2684c9d0b5e3f6a7182c4b9e0d1f3a5c7e",
+    )
+    .expect("key file");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("key file mode");
     let data = |i: usize| bed.path(&format!("data{i}"));
     for (rel, bytes) in seed {
         let path = data(0).join(rel);

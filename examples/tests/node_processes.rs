@@ -180,7 +180,11 @@ fn pair(tag: &str, a_redundancy: bool) -> Pair {
 fn pair_with(tag: &str, a_redundancy: bool, token: Option<&str>) -> Pair {
     let dir = TempDir::new(tag);
     let root = dir.0.clone();
-    std::fs::write(root.join("sync.key"), "42".repeat(32)).expect("key");
+    // 32 random bytes, readable by the owner only (anything else is refused).
+    key_file(
+        &root.join("sync.key"),
+        "5be0c3a91f7d2e846a0b9c5d3f1e7a2684c9d0b5e3f6a7182c4b9e0d1f3a5c7e",
+    );
     if let Some(t) = token {
         let path = root.join("api.token");
         std::fs::write(&path, format!("{t}\n")).expect("token");
@@ -742,7 +746,10 @@ fn lone_node(
     peer_socket.set_read_timeout(Some(wait)).expect("timeout");
     let peer = peer_socket.local_addr().expect("address");
     let vrrp = free_udp(A_IP).local_addr().expect("address");
-    std::fs::write(dir.join("sync.key"), "42".repeat(32)).expect("key");
+    key_file(
+        &dir.join("sync.key"),
+        "5be0c3a91f7d2e846a0b9c5d3f1e7a2684c9d0b5e3f6a7182c4b9e0d1f3a5c7e",
+    );
     std::fs::write(
         dir.join("phones.toml"),
         "[[phone]]\nname = \"r\"\naddress = \"10.99.0.31\"\nmethod = \"follow\"\n",
@@ -908,4 +915,97 @@ fn config_errors_exit_2_before_anything_is_touched() {
         .expect("the good configuration's node advertises");
     assert!(n > 0);
     assert!(dir.join("state").exists());
+}
+
+/// Writes `hex` as a key file readable by its owner only.
+fn key_file(path: &std::path::Path, hex: &str) {
+    std::fs::write(path, hex).expect("key file");
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("key file mode");
+}
+
+/// F14: a key file whose key is all zero or a pattern, or that every user
+/// can read, stops the node with exit 2 naming the key and the file,
+/// before the state directory is created or a packet sent.
+#[test]
+fn a_weak_or_world_readable_key_file_exits_2_before_anything() {
+    let p = pair("weak-key", true);
+    let root = p.a.config.parent().expect("folder").to_path_buf();
+    let key = root.join("sync.key");
+    for (hex, mode, why) in [
+        ("00".repeat(32), 0o600, "all zero"),
+        ("42".repeat(32), 0o600, "distinct byte values"),
+        (
+            "5be0c3a91f7d2e846a0b9c5d3f1e7a2684c9d0b5e3f6a7182c4b9e0d1f3a5c7e".to_owned(),
+            0o644,
+            "readable by every user",
+        ),
+    ] {
+        key_file(&key, &hex);
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .expect("mode");
+        let mut child = Command::new(run::example_bin("node"))
+            .arg("--config")
+            .arg(&p.a.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start node");
+        // A hang guard, not a timing assertion: the node must exit on its own.
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the node kept running with a {why} key file");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+            .expect("stderr");
+        assert_eq!(status.code(), Some(2), "{err}");
+        assert!(err.contains("sync.key_file") && err.contains(why), "{err}");
+        assert!(err.contains(&key.display().to_string()), "{err}");
+        assert!(!root.join("pbx-a").join("state").exists(), "{err}");
+    }
+}
+
+/// Key rotation on running units: pbx-b holds the old key and, in its
+/// rotation window, the next one (`[sync] key_file_next`); pbx-a, the
+/// dialling end, has moved to the next key. The link comes up and the
+/// Backup syncs.
+#[test]
+fn a_unit_in_its_rotation_window_accepts_the_next_key() {
+    let mut p = pair("rotation", true);
+    let root = p.a.config.parent().expect("folder").to_path_buf();
+    key_file(
+        &root.join("next.key"),
+        "c4e1a7f3092b5d86e0f1c3a5b7d9e2f4061a8c3e5b7d9f1a2c4e6b8d0f1e3a5c",
+    );
+    let edit = |config: &std::path::Path, with: &str| {
+        let text = std::fs::read_to_string(config).expect("config");
+        let text = text.replace("key_file = \"sync.key\"", with);
+        std::fs::write(config, text).expect("config");
+    };
+    edit(&p.a.config, "key_file = \"next.key\"");
+    edit(
+        &p.b.config,
+        "key_file = \"sync.key\"\nkey_file_next = \"next.key\"",
+    );
+    std::fs::write(p.a.data.join("pbx.conf"), "trunk=rotated\n").expect("write");
+    settled(&mut p);
+    p.b.wait("holding the Master's data", Duration::from_secs(30), |s| {
+        generation(s) >= 1
+    });
+    assert_eq!(
+        std::fs::read_to_string(p.b.data.join("pbx.conf"))
+            .ok()
+            .as_deref(),
+        Some("trunk=rotated\n")
+    );
 }

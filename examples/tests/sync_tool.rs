@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use examples::peer::{self, PeerCommand, PeerConfig, PeerEvent, SyncRole};
 
-const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-const OTHER_KEY: &str = "ff0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+/// Keys are 32 random bytes (weak ones are refused).
+const KEY: &str = "3f9a61c2e0b84d17a5c6f2903e7b1d48c05a9e6f12b4d8739a0c5e27f1b68d34";
+const OTHER_KEY: &str = "8e21d4b09f37c65a1e8b7f02d93a64c5b7f0e1a2938c4d5e6f708192a3b4c5d6";
 /// A replica that pulls every interval (the first round at once).
 const REPLICA: SyncRole = SyncRole::Replica { periodic: true };
 
@@ -61,6 +62,8 @@ fn key_file(dir: &TempDir, name: &str, hex: &str) -> PathBuf {
     let p = dir.join(name);
     // Whitespace is ignored: split the digits over two lines.
     std::fs::write(&p, format!("{}\n{}\n", &hex[..32], &hex[32..])).unwrap();
+    // Readable by its owner only: a key file others can read is refused.
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     p
 }
 
@@ -68,6 +71,8 @@ fn key_file(dir: &TempDir, name: &str, hex: &str) -> PathBuf {
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// Its stderr lines so far.
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -88,19 +93,39 @@ impl Server {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(a) = line.strip_prefix("listening on ") {
                     let _ = tx.send(a.parse::<SocketAddr>().unwrap());
                 }
+                kept.lock().unwrap().push(line);
             }
         });
         // A hang guard, not a timing assertion.
         let addr = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("serve did not report its address");
-        Self { child, addr }
+        Self { child, addr, lines }
+    }
+
+    /// Waits (with a hang guard) for a stderr line containing `what`.
+    #[track_caller]
+    fn wait_line(&self, what: &str) -> String {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(what)) {
+                return l.clone();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no line with {what:?}: {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -442,11 +467,12 @@ fn wrong_key_and_no_server_fail_without_writing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("error:"));
     assert_eq!(tree(&rep), before);
 
-    // A malformed key file.
+    // A malformed key file: an argument error, exit 2.
     let bad = t.join("bad");
     std::fs::write(&bad, "abc").unwrap();
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = pull(&rep, server.addr, &bad, &[]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex digits"));
 
     // The server survived all that and still serves the right key.
@@ -521,7 +547,7 @@ async fn handshake(
 ) -> (sync_delta::frame::Link, Vec<sync_delta::frame::Frame>) {
     use sync_delta::frame::{Link, Nonce, PreSharedKey};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let key = PreSharedKey::from_secret(&examples::config::parse_key(KEY).unwrap());
+    let key = PreSharedKey::new(examples::config::parse_key(KEY).unwrap()).unwrap();
     let now = std::time::Instant::now();
     let epoch = sync_delta::Epoch::default();
     let mut link = Link::new(role, key, Nonce([7; 32]), epoch, epoch, now);
@@ -1061,4 +1087,238 @@ fn serve_failures_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a directory"), "{err}");
+}
+
+/// A TCP relay on loopback between a client and `to`: copies both ways
+/// and keeps every byte it saw, as an eavesdropper on the LAN would.
+struct Relay {
+    addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Relay {
+    fn start(to: SocketAddr) -> Relay {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = seen.clone();
+        std::thread::spawn(move || {
+            // Every connection the client makes, each relayed until either
+            // side closes; the thread ends when the test drops nothing more
+            // to accept (the listener lives as long as the thread).
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let Ok(server) = std::net::TcpStream::connect(to) else {
+                    break;
+                };
+                for (mut from, mut into) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let kept = kept.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 65536];
+                        loop {
+                            match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    kept.lock().unwrap().extend_from_slice(&buf[..n]);
+                                    if into.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let _ = into.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Relay { addr, seen }
+    }
+}
+
+/// F3: a relay between `pull` and `serve` read a SIP trunk password from
+/// the replicated config. The link is encrypted now: the password and a
+/// marker crossed (the replica has them) and the relay saw neither.
+#[test]
+fn nothing_crosses_the_link_in_clear() {
+    let t = TempDir::new("clear");
+    let src = t.join("src");
+    let rep = t.join("rep");
+    seed_tree(&src);
+    let marker = b"MARKER-sip-trunk-password-7f3e9c";
+    let mut big = noise(300_000, 9);
+    big.extend_from_slice(marker);
+    write(&src, "config/sip.conf", marker, 0o600);
+    write(&src, "voicemail/100/msg0003.wav", &big, 0o640);
+    let key = key_file(&t, "key", KEY);
+    let server = Server::start(&src, &key, &[]);
+    let relay = Relay::start(server.addr);
+    let s = summary(&pull(&rep, relay.addr, &key, &[]));
+    assert_eq!(num(&s, "generation"), 1);
+    assert_eq!(tree(&rep), tree(&src));
+    let seen = relay.seen.lock().unwrap().clone();
+    // The relay carried the round: at least the file data, in version 2
+    // records.
+    assert!(seen.len() > big.len(), "relay saw {} bytes", seen.len());
+    assert!(seen.windows(3).any(|w| w == b"SD\x02"));
+    for clear in [
+        &marker[..],
+        b"password=hunter2",
+        b"extensions=32",
+        b"msg0001.wav",
+    ] {
+        assert!(
+            !seen.windows(clear.len()).any(|w| w == clear),
+            "{} crossed in clear",
+            String::from_utf8_lossy(clear)
+        );
+    }
+}
+
+/// F14: a key file that is readable by every user, or whose key is all
+/// zero or a pattern, is refused by both commands with exit 2, naming the
+/// file, before anything is created or a connection made.
+#[test]
+fn weak_or_world_readable_key_files_exit_2_naming_the_file() {
+    let t = TempDir::new("weak");
+    let src = t.join("src");
+    seed_tree(&src);
+    let zero = key_file(&t, "zero.key", &"00".repeat(32));
+    let same = key_file(&t, "same.key", &"41".repeat(32));
+    let counting = key_file(
+        &t,
+        "counting.key",
+        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+    );
+    let open = key_file(&t, "open.key", KEY);
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (file, why) in [
+        (&zero, "all zero"),
+        (&same, "distinct byte values"),
+        (&counting, "counting sequence"),
+        (&open, "readable by every user"),
+    ] {
+        let rep = t.join("rep");
+        // Nobody listens there: the key is refused before any dial.
+        let out = pull(&rep, free_port(), file, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(err.contains("--key-file") && err.contains(why), "{err}");
+        assert!(!rep.exists(), "the replica was created");
+        let out = Command::new(sync_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(&src)
+            .arg("--key-file")
+            .arg(file)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains(why),
+            "{err}"
+        );
+        assert!(!err.contains("listening on"), "{err}");
+        // The next key is checked the same way.
+        let out = Command::new(sync_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(&src)
+            .arg("--key-file")
+            .arg(key_file(&t, "good.key", KEY))
+            .arg("--key-next")
+            .arg(file)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("--key-next") && err.contains(why), "{err}");
+    }
+}
+
+/// Key rotation: `serve --key-next` accepts a replica that proves either
+/// key, so each unit can move to the new key on its own; a third key is
+/// still refused.
+#[test]
+fn serve_with_a_next_key_accepts_either_key() {
+    let t = TempDir::new("rotate");
+    let src = t.join("src");
+    seed_tree(&src);
+    let old = key_file(&t, "old.key", KEY);
+    let new = key_file(&t, "new.key", OTHER_KEY);
+    let third = key_file(
+        &t,
+        "third.key",
+        "c4e1a7f3092b5d86e0f1c3a5b7d9e2f4061a8c3e5b7d9f1a2c4e6b8d0f1e3a5c",
+    );
+    let next = new.display().to_string();
+    let server = Server::start(&src, &old, &["--key-next", &next]);
+    for (i, key) in [&old, &new].into_iter().enumerate() {
+        let rep = t.join(&format!("rep{i}"));
+        let s = summary(&pull(&rep, server.addr, key, &[]));
+        assert_eq!(num(&s, "generation"), 1);
+        assert_eq!(tree(&rep), tree(&src));
+    }
+    let rep = t.join("rep-third");
+    let out = pull(&rep, server.addr, &third, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong key"));
+    assert!(tree(&rep).is_empty());
+}
+
+/// A peer on the link's old version (1, authenticated, not encrypted) is
+/// named with both versions: by `serve` when an old replica dials it, and
+/// by `pull` when it reaches an old source (which closes without a word).
+#[test]
+fn a_peer_on_the_old_version_is_named_with_both_versions() {
+    use std::io::{Read, Write};
+    let t = TempDir::new("version");
+    let src = t.join("src");
+    seed_tree(&src);
+    let key = key_file(&t, "key", KEY);
+    let server = Server::start(&src, &key, &[]);
+    // An old replica's hello.
+    let mut old = std::net::TcpStream::connect(server.addr).unwrap();
+    let mut hello = b"SD\x01\x00\x00\x00".to_vec();
+    hello.extend_from_slice(&32u32.to_le_bytes());
+    hello.resize(78, 7);
+    old.write_all(&hello).unwrap();
+    old.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut answer = Vec::new();
+    let _ = old.read_to_end(&mut answer);
+    // What the old peer reads: a header of version 2, long enough for its
+    // decoder to name that version.
+    assert!(
+        answer.len() >= 26 && answer.starts_with(b"SD\x02"),
+        "{answer:?}"
+    );
+    let line = server.wait_line("frame version");
+    assert!(
+        line.contains("version 1") && line.contains("version 2"),
+        "{line}"
+    );
+
+    // An old source: reads the hello it cannot parse and closes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let old_source = std::thread::spawn(move || {
+        // Every dial of the one `pull --once`: it gives up at the first.
+        if let Ok((mut c, _)) = listener.accept() {
+            let mut buf = [0u8; 64];
+            let _ = c.read(&mut buf);
+        }
+    });
+    let out = pull(&t.join("rep"), addr, &key, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("version 1") && err.contains("version 2"),
+        "{err}"
+    );
+    old_source.join().unwrap();
 }

@@ -142,8 +142,10 @@ pub struct ProtocolVersion {
 }
 
 impl ProtocolVersion {
-    /// The version this crate speaks.
-    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+    /// The version this crate speaks. Major 2: the peer link is encrypted
+    /// (`sync_delta::frame::VERSION` 2); a unit on major 1 cannot talk to
+    /// it, so a rolling upgrade across it is refused at preflight.
+    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 2, minor: 0 };
 
     /// Same major version.
     #[must_use]

@@ -50,7 +50,10 @@ fn node(i: usize, store: MemStore, now: Instant, wall: SystemTime) -> InlinePair
         .unwrap();
     let identity = Identity::new(format!("pbx-{i}"), "5.1.30", "en");
     let orchestrator = Config::builder(identity).build().unwrap();
-    let link = LinkConfig::new(PreSharedKey::from_secret(b"inline"), i == 0);
+    let link = LinkConfig::new(
+        PreSharedKey::new(*blake3::hash(b"inline").as_bytes()).unwrap(),
+        i == 0,
+    );
     let config = PairConfig::new(vrrp, orchestrator, link);
     let pair = Pair::new(config, PersistentState::default(), now, wall);
     let worker = SyncWorker::new(SyncConfig {

@@ -461,8 +461,50 @@ fn upgrade_request() -> OperatorRequest {
     OperatorRequest::RollingUpgrade {
         firmware: "5.2.0".into(),
         language_pack: None,
-        protocol: ProtocolVersion { major: 1, minor: 1 },
+        protocol: ProtocolVersion {
+            major: ProtocolVersion::CURRENT.major,
+            minor: ProtocolVersion::CURRENT.minor + 1,
+        },
     }
+}
+
+/// A pair installed on the release before the encrypted peer link (peer
+/// protocol 1.x) is asked for a rolling upgrade to this one: refused at
+/// preflight, nothing started, because the two units could not talk
+/// halfway through. The CHANGELOG gives the offline upgrade path.
+#[test]
+fn a_rolling_upgrade_across_the_encrypted_link_is_refused_at_preflight() {
+    let old = ProtocolVersion { major: 1, minor: 0 };
+    let mut ids = [
+        identity("06-5.1.30-005400", "5.1.30"),
+        identity("06-5.1.31-005400", "5.1.30"),
+    ];
+    for id in &mut ids {
+        id.protocol = old;
+    }
+    let mut w = World::new(&ids, inventory(20), None);
+    w.boot(0);
+    w.run_for(secs(4));
+    w.boot(1);
+    w.run_for(secs(5));
+    assert_eq!((w.role(0), w.role(1)), (Role::Master, Role::Backup));
+    let now = w.now();
+    let req = OperatorRequest::RollingUpgrade {
+        firmware: "5.2.0".into(),
+        language_pack: None,
+        protocol: ProtocolVersion::CURRENT,
+    };
+    assert_eq!(ProtocolVersion::CURRENT.major, 2);
+    assert!(matches!(
+        w.orch(0).handle_operator(now, req),
+        Err(PreflightError::ProtocolIncompatible { ours, theirs })
+            if ours == ProtocolVersion::CURRENT && theirs == old
+    ));
+    assert!(w.node(0).persisted.procedure.is_none());
+    // Within the new major version, an upgrade still goes ahead.
+    let mut w = pair(inventory(20), None);
+    let now = w.now();
+    assert!(w.orch(0).handle_operator(now, upgrade_request()).is_ok());
 }
 
 fn rolling_upgrade(crash_after: Option<usize>) -> World {
@@ -591,7 +633,10 @@ fn rolling_upgrade_aborts_cleanly_when_the_upgraded_backup_is_not_ready() {
     req = OperatorRequest::RollingUpgrade {
         firmware: "6.0".into(),
         language_pack: None,
-        protocol: ProtocolVersion { major: 2, minor: 0 },
+        protocol: ProtocolVersion {
+            major: ProtocolVersion::CURRENT.major + 1,
+            minor: 0,
+        },
     };
     let now = w.now();
     assert!(matches!(

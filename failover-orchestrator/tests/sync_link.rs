@@ -35,8 +35,20 @@ struct World {
     nonces: u8,
 }
 
-fn end(secret: &[u8], role: SyncRole, dials: bool, now: Instant, store: MemStore) -> End {
-    let link = LinkConfig::new(PreSharedKey::from_secret(secret), dials);
+fn key(secret: &[u8]) -> PreSharedKey {
+    PreSharedKey::new(*blake3::hash(secret).as_bytes()).unwrap()
+}
+
+fn end(
+    secret: &[u8],
+    next: Option<&[u8]>,
+    role: SyncRole,
+    dials: bool,
+    now: Instant,
+    store: MemStore,
+) -> End {
+    let mut link = LinkConfig::new(key(secret), dials);
+    link.next_key = next.map(key);
     End {
         link: SyncLink::new(link, role, sync_delta::Epoch::default(), now),
         worker: SyncWorker::new(SyncConfig {
@@ -53,6 +65,17 @@ fn end(secret: &[u8], role: SyncRole, dials: bool, now: Instant, store: MemStore
 impl World {
     /// A source tree of `files` files of `size` bytes each.
     fn new(replica_secret: &[u8], files: usize, size: usize) -> World {
+        World::with_keys((b"the key", None), replica_secret, files, size)
+    }
+
+    /// The source listens with `source_keys` (its key and a next key),
+    /// the replica dials with `replica_secret`.
+    fn with_keys(
+        source_keys: (&[u8], Option<&[u8]>),
+        replica_secret: &[u8],
+        files: usize,
+        size: usize,
+    ) -> World {
         let now = Instant::now();
         let mut src = MemStore::new();
         for i in 0..files {
@@ -60,9 +83,17 @@ impl World {
             src.put_file(&format!("voice/msg{i}.wav"), &data, 0o640, 1);
         }
         src.sync_all();
-        let source = end(b"the key", SyncRole::Source, false, now, src);
+        let source = end(
+            source_keys.0,
+            source_keys.1,
+            SyncRole::Source,
+            false,
+            now,
+            src,
+        );
         let replica = end(
             replica_secret,
+            None,
             SyncRole::Replica { periodic: true },
             true,
             now,
@@ -126,6 +157,19 @@ impl World {
                 SyncLinkOutput::Send { conn, bytes } => bytes_out.push((conn, bytes)),
                 SyncLinkOutput::Close { conn, reason } => {
                     e.closes.push(reason);
+                    // A stream delivers what was written before the close
+                    // (a refused handshake's answer).
+                    let (mine, rest) = std::mem::take(&mut bytes_out)
+                        .into_iter()
+                        .partition(|(c, _)| *c == conn);
+                    bytes_out = rest;
+                    let mine: Vec<(ConnId, Vec<u8>)> = mine;
+                    if let Some((j, theirs)) = self.conns.get(&(i, conn)).copied() {
+                        for (_, bytes) in mine {
+                            self.ends[j].link.handle_link_bytes(now, theirs, &bytes);
+                        }
+                    }
+                    let e = &mut self.ends[i];
                     e.link.handle_link_closed(now, conn);
                     if let Some((j, theirs)) = self.conns.remove(&(i, conn)) {
                         self.conns.remove(&(j, theirs));
@@ -328,12 +372,13 @@ fn a_wrong_key_is_named_and_redialled_with_a_growing_backoff() {
         _ => None,
     });
     assert_eq!(why, LinkFailure::WrongKey);
-    // The responder sees the initiator hang up in the handshake.
+    // The listener found the dialer's proof wrong (and said so, which is
+    // how the dialer knows).
     let theirs = w.until(SOURCE, |e| match e {
         SyncLinkEvent::LinkFailed { why, .. } => Some(*why),
         _ => None,
     });
-    assert_eq!(theirs, LinkFailure::ClosedInHandshake);
+    assert_eq!(theirs, LinkFailure::WrongKey);
     while w.ends[REPLICA].dials.len() < 7 {
         w.step();
     }
@@ -382,4 +427,118 @@ fn a_silent_connection_is_closed_at_the_handshake_deadline() {
     assert_eq!(why, LinkFailure::HandshakeTimeout);
     assert_eq!(at, sync_delta::frame::HANDSHAKE_TIMEOUT);
     assert_eq!(w.ends[SOURCE].closes, [CloseReason::HandshakeTimeout]);
+}
+
+#[test]
+fn during_a_rotation_the_listener_accepts_either_key() {
+    // The listener holds the old key and the next one: a dialer still on
+    // the old key and one already on the next both come up and sync.
+    for dialer in [&b"old key"[..], b"next key"] {
+        let mut w = World::with_keys((b"old key", Some(b"next key")), dialer, 2, 1000);
+        let summary = w.until(REPLICA, |e| match e {
+            SyncLinkEvent::Sync(SyncReport::RoundDone(s)) => Some(*s),
+            _ => None,
+        });
+        assert_eq!(summary.generation, 1);
+        assert!(!w.has(SOURCE, |e| matches!(e, SyncLinkEvent::LinkFailed { .. })));
+    }
+    // After the rotation (the next key is the key, the old one gone), the
+    // old key is refused.
+    let mut w = World::with_keys((b"next key", None), b"old key", 2, 1000);
+    let why = w.until(SOURCE, |e| match e {
+        SyncLinkEvent::LinkFailed { why, .. } => Some(*why),
+        _ => None,
+    });
+    assert_eq!(why, LinkFailure::WrongKey);
+}
+
+#[test]
+fn a_peer_on_the_old_frame_version_is_named_at_both_ends() {
+    let now = Instant::now();
+    // A version 1 dialer reaching this listener.
+    let mut listener = SyncLink::new(
+        LinkConfig::new(key(b"k"), false),
+        SyncRole::Source,
+        sync_delta::Epoch::default(),
+        now,
+    );
+    let drain = |l: &mut SyncLink| {
+        let mut out = Vec::new();
+        loop {
+            match l.poll_output() {
+                SyncLinkOutput::Wait(_) => return out,
+                o => out.push(o),
+            }
+        }
+    };
+    drain(&mut listener);
+    let conn = listener.handle_accepted(now, Nonce([1; 32])).unwrap();
+    // A version 1 hello is 78 bytes after "SD", version 1; the version
+    // byte is all this end reads of it.
+    let mut v1_hello = b"SD\x01".to_vec();
+    v1_hello.resize(78, 0);
+    listener.handle_link_bytes(now, conn, &v1_hello);
+    let out = drain(&mut listener);
+    // It tells the old peer in bytes that peer reads as "version 2", then
+    // closes, and reports both versions.
+    let sent = out.iter().position(|o| {
+        matches!(o, SyncLinkOutput::Send { bytes, .. } if bytes.starts_with(b"SD\x02") && bytes.len() >= 26)
+    });
+    let closed = out.iter().position(|o| {
+        matches!(
+            o,
+            SyncLinkOutput::Close {
+                reason: CloseReason::Refused,
+                ..
+            }
+        )
+    });
+    assert!(sent.is_some() && sent < closed, "{out:?}");
+    let why = out
+        .iter()
+        .find_map(|o| match o {
+            SyncLinkOutput::Event(SyncLinkEvent::LinkFailed { why, .. }) => Some(*why),
+            _ => None,
+        })
+        .expect("reported");
+    assert_eq!(why, LinkFailure::PeerVersion { theirs: 1 });
+    let text = why.to_string();
+    assert!(
+        text.contains("version 1") && text.contains("version 2"),
+        "{text}"
+    );
+
+    // This version dialing a version 1 listener: that one closes without
+    // a word on a hello it cannot read; the text names both versions.
+    let mut dialer = SyncLink::new(
+        LinkConfig::new(key(b"k"), true),
+        SyncRole::Replica { periodic: true },
+        sync_delta::Epoch::default(),
+        now,
+    );
+    drain(&mut dialer);
+    dialer.handle_timeout(now);
+    let id = drain(&mut dialer)
+        .iter()
+        .find_map(|o| match o {
+            SyncLinkOutput::Dial(id) => Some(*id),
+            _ => None,
+        })
+        .expect("dials");
+    dialer.handle_dialed(now, id, Nonce([2; 32]));
+    drain(&mut dialer);
+    dialer.handle_link_closed(now, id);
+    let why = drain(&mut dialer)
+        .iter()
+        .find_map(|o| match o {
+            SyncLinkOutput::Event(SyncLinkEvent::LinkFailed { why, .. }) => Some(*why),
+            _ => None,
+        })
+        .expect("reported");
+    assert_eq!(why, LinkFailure::ClosedInHandshake);
+    let text = why.to_string();
+    assert!(
+        text.contains("version 1") && text.contains("version 2"),
+        "{text}"
+    );
 }

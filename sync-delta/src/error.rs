@@ -126,13 +126,31 @@ pub enum LinkError {
     /// A frame could not be decoded.
     #[error("frame: {0}")]
     Wire(#[from] WireError),
-    /// The frame's MAC does not verify (wrong key, tampering, replay or
-    /// reordering).
-    #[error("frame authentication failed")]
+    /// A record does not decrypt and authenticate (tampering, replay,
+    /// reordering, or bytes that were never sent by the peer).
+    #[error("record authentication failed")]
     BadMac,
-    /// The peer's handshake proof does not verify (wrong pre-shared key).
-    #[error("handshake proof does not verify")]
+    /// The peer's handshake message does not verify under the pre-shared
+    /// key (or either key during a rotation): it holds another key.
+    #[error("handshake: the peer's key proof does not verify (wrong key)")]
     BadProof,
+    /// The responder refused this end's handshake message: the peer holds
+    /// another key.
+    #[error("handshake: the peer refused this end's key proof (wrong key)")]
+    KeyRefused,
+    /// The peer speaks another frame version (an older or newer release):
+    /// both units must run the same one.
+    #[error("the peer speaks frame version {theirs}, this node speaks version {ours}")]
+    PeerVersion {
+        /// The version this build speaks ([`crate::frame::VERSION`]).
+        ours: u8,
+        /// The version the peer's bytes carry.
+        theirs: u8,
+    },
+    /// The Noise implementation refused an operation this link should never
+    /// ask of it (a bug, reported instead of a panic).
+    #[error("noise state error")]
+    Crypto,
     /// A handshake frame arrived out of order, or data before the
     /// handshake finished.
     #[error("unexpected frame kind {kind} in handshake state {state}")]
@@ -177,6 +195,30 @@ pub enum LinkError {
     /// The link already failed; it must be dropped.
     #[error("link closed after an earlier error")]
     Closed,
+}
+
+/// Why bytes cannot be a pre-shared key: a key must be 32 random bytes
+/// (`head -c 32 /dev/urandom`), and a pattern a person typed, a zeroed
+/// buffer or a short secret spread over 32 bytes is refused. The checks
+/// are cheap and catch mistakes, not every weak key: 32 random bytes have
+/// about 30 distinct values, the bound below sits far under that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// Every byte is zero.
+    #[error("the key is all zero bytes")]
+    AllZero,
+    /// Fewer distinct byte values than [`crate::frame::MIN_DISTINCT_KEY_BYTES`].
+    #[error(
+        "the key has only {distinct} distinct byte values (random keys have about 30; at least 16 are needed)"
+    )]
+    LowEntropy {
+        /// Distinct byte values found.
+        distinct: u8,
+    },
+    /// The bytes count up or down by a fixed step (`00 01 02 …`).
+    #[error("the key is a counting sequence, not random bytes")]
+    Sequence,
 }
 
 /// What a storage operation failed with.

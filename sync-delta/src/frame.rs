@@ -1,61 +1,109 @@
-//! Versioned, length-prefixed, checksummed and authenticated frames, and
-//! the pre-shared-key handshake: the peer link that sync and the
-//! orchestrator's peer messages share, multiplexed by a channel number.
+//! The peer link that sync and the orchestrator's peer messages share:
+//! an encrypted, mutually authenticated byte stream carrying frames
+//! multiplexed by a channel number.
+//!
+//! The link is the Noise protocol framework's
+//! `Noise_NNpsk0_25519_AESGCM_SHA256` ([`NOISE_PARAMS`]), implemented by
+//! the `snow` crate: both ends hold the same 32-byte pre-shared key; each
+//! connection makes fresh X25519 ephemeral keys, so a connection's
+//! records stay secret even if the pre-shared key leaks later (forward
+//! secrecy), and every record is encrypted and authenticated with
+//! AES-256-GCM under a per-direction key and an implicit counter, so a
+//! tampered, replayed, dropped or reordered record fails.
 //!
 //! Sans-IO: feed received bytes to [`Link::handle_bytes`], drain
 //! [`Link::poll_frame`]; handshake bytes to send come from
-//! [`Link::poll_transmit`]; [`Link::send`] encodes an application frame
-//! into a caller `Vec`. The handshake nonces come from the caller (a
-//! CSPRNG in the driver), never from configuration; so does the time
-//! (`now`), against which the link keeps its own handshake deadline
+//! [`Link::poll_transmit`]; [`Link::send`] encrypts an application frame
+//! onto a caller `Vec`. The randomness comes from the caller: each
+//! connection's [`Nonce`] is 32 bytes from the driver's CSPRNG, which seed
+//! the ChaCha20 generator the handshake draws its ephemeral key from; the
+//! library reads no OS randomness and no clock. The time (`now`) comes
+//! with the calls; against it the link keeps its own handshake deadline
 //! ([`Link::poll_timeout`], [`Link::handle_timeout`]).
 //!
-//! # Frame layout (version 1, little-endian)
+//! # Records (version 2)
+//!
+//! Everything on the wire is a record:
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 2 | magic `"SD"` |
-//! | 2 | 1 | version (1) |
-//! | 3 | 1 | kind: 0 hello, 1 reply, 2 proof, 3 data |
-//! | 4 | 1 | channel ([`CHANNEL_SYNC`], [`CHANNEL_PEER`], others opaque) |
-//! | 5 | 1 | flags (0) |
-//! | 6 | 4 | payload length (≤ [`MAX_PAYLOAD`]) |
-//! | 10 | 8 | sender epoch term |
-//! | 18 | 8 | sender epoch node |
-//! | 26 | n | payload |
-//! | 26+n | 4 | CRC-32C of the header and payload |
-//! | 30+n | 16 | MAC: keyed BLAKE3 of (sequence number, header, payload) under the direction's session key; zero in handshake frames |
+//! | 2 | 1 | version ([`VERSION`], 2) |
+//! | 3 | 1 | kind: 0 hello, 1 reply, 2 data, 3 refused |
+//! | 4 | 2 | body length, little-endian (≤ [`MAX_RECORD_BODY`]; ≤ [`MAX_HANDSHAKE_BODY`] for the others) |
+//! | 6 | n | body |
 //!
-//! # Handshake (mutual challenge)
+//! The first three bytes are those of version 1, the MAC-only link this
+//! one replaces, so a peer on another version is named
+//! ([`LinkError::PeerVersion`]) rather than failing a check.
 //!
-//! 1. initiator → `hello(n_i)`
-//! 2. responder → `reply(n_r, P_r)`, `P_r = BLAKE3_keyed(K, "responder" ‖ n_i ‖ n_r)`
-//! 3. initiator checks `P_r`, → `proof(P_i)`, `P_i = BLAKE3_keyed(K, "initiator" ‖ n_i ‖ n_r)`
-//! 4. responder checks `P_i`.
+//! # Handshake
+//!
+//! 1. dialer (initiator) → `hello`: Noise message `psk, e` (48 bytes). Its
+//!    tag is keyed by the pre-shared key: it proves the key.
+//! 2. The listener (responder) checks it against its key (and, during a
+//!    key rotation, the next key: [`Link::with_next_key`]). Only then does
+//!    it answer `reply`: Noise message `e, ee` (48 bytes), which proves
+//!    the key back and completes the ephemeral exchange. A hello that
+//!    fails gets `refused`, a constant body that depends on no key, and
+//!    the connection closes ([`LinkError::BadProof`] there,
+//!    [`LinkError::KeyRefused`] at the dialer).
+//!
+//! So the listener says nothing that depends on the key to a caller that
+//! has not proved it: a stranger who connects gets nothing to guess the
+//! key against offline. The dialer's hello can be tested offline by
+//! whoever receives it (the configured peer address, or someone who took
+//! it over); that is what keys of 32 random bytes are for
+//! ([`PreSharedKey::new`] refuses a weak one).
 //!
 //! A link that has not finished the handshake [`HANDSHAKE_TIMEOUT`] after
 //! it was created fails with [`LinkError::HandshakeTimeout`].
 //!
-//! `K` is derived from the pre-shared secret; each direction's session key
-//! is derived from `K`, both nonces and the direction. Frame sequence
-//! numbers are implicit (counted per direction), so a replayed, dropped or
-//! reordered frame fails its MAC.
+//! # Frames
+//!
+//! After the handshake, `data` records carry Noise transport messages
+//! (each at most 65,535 bytes: [`MAX_RECORD_BODY`]). Their plaintexts
+//! carry frames; a frame larger than one record is split over as many
+//! records as it needs, and a record never carries bytes of two frames:
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 1 | channel ([`CHANNEL_SYNC`], [`CHANNEL_PEER`], others opaque) |
+//! | 1 | 8 | sender epoch term |
+//! | 9 | 8 | sender epoch node |
+//! | 17 | 4 | payload length (≤ [`MAX_PAYLOAD`]) |
+//! | 21 | n | payload |
 
 use std::time::{Duration, Instant};
 
-use crate::epoch::Epoch;
-use crate::error::{LinkError, WireError};
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use snow::params::{CipherChoice, DHChoice, HashChoice};
+use snow::resolvers::{CryptoResolver, DefaultResolver, RingResolver};
+use snow::types::{Cipher, Dh, Hash, Random};
+use snow::{HandshakeState, TransportState};
 
-/// The frame format version this build speaks.
-pub const VERSION: u8 = 1;
-/// Header length in bytes.
-pub const HEADER_LEN: usize = 26;
-/// Trailer (CRC + MAC) length in bytes.
-pub const TRAILER_LEN: usize = 20;
+use crate::epoch::Epoch;
+use crate::error::{KeyError, LinkError, WireError};
+
+/// The frame format version this build speaks. Version 1 was the MAC-only
+/// link (authenticated, not encrypted).
+pub const VERSION: u8 = 2;
+/// The Noise protocol the link runs.
+pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
+/// Record header length in bytes.
+pub const RECORD_HEADER_LEN: usize = 6;
+/// Largest record body: a Noise message (ciphertext and its 16-byte tag).
+pub const MAX_RECORD_BODY: usize = 65_535;
+/// Largest body of a handshake or refusal record; longer ones are refused
+/// from their header, before the body is awaited.
+pub const MAX_HANDSHAKE_BODY: usize = 128;
+/// Frame header length in bytes (inside the encrypted stream).
+pub const FRAME_HEADER_LEN: usize = 21;
 /// Largest payload accepted or sent.
 pub const MAX_PAYLOAD: u32 = 1 << 21;
-/// Largest whole frame.
-pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD as usize + TRAILER_LEN;
+/// Most bytes the largest frame takes on the wire (all its records).
+pub const MAX_FRAME: usize = wire_len(MAX_PAYLOAD as usize);
 /// Channel of sync-delta's messages.
 pub const CHANNEL_SYNC: u8 = 0;
 /// Channel conventionally used for the orchestrator's peer messages.
@@ -63,190 +111,170 @@ pub const CHANNEL_PEER: u8 = 1;
 /// Default time from [`Link::new`] to a finished handshake (see
 /// [`Link::with_handshake_timeout`]).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Fewest distinct byte values a key may have ([`PreSharedKey::new`]).
+pub const MIN_DISTINCT_KEY_BYTES: u8 = 16;
 
 const MAGIC: [u8; 2] = *b"SD";
-const MAC_LEN: usize = 16;
+const TAG_LEN: usize = 16;
+/// Most plaintext one data record carries.
+const MAX_RECORD_PLAIN: usize = MAX_RECORD_BODY - TAG_LEN;
+/// Binds both ends to this version and suite (a Noise prologue).
+const PROLOGUE: &[u8] = b"sync-delta frame v2";
+/// The handshake messages: 32 bytes of ephemeral key and a 16-byte tag.
+const HANDSHAKE_MSG_LEN: usize = 48;
+/// The refusal reasons (first body byte).
+const REFUSED_KEY: u8 = 1;
+const REFUSED_VERSION: u8 = 2;
 
-/// Frame kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum FrameKind {
-    /// Handshake step 1.
-    Hello = 0,
-    /// Handshake step 2.
-    Reply = 1,
-    /// Handshake step 3.
-    Proof = 2,
-    /// Authenticated application data.
-    Data = 3,
+/// The bytes a frame with `payload_len` bytes of payload takes on the wire.
+#[must_use]
+pub const fn wire_len(payload_len: usize) -> usize {
+    let plain = FRAME_HEADER_LEN + payload_len;
+    let records = plain.div_ceil(MAX_RECORD_PLAIN);
+    plain + records * (RECORD_HEADER_LEN + TAG_LEN)
 }
 
-impl FrameKind {
+/// Record kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordKind {
+    /// Handshake message 1, dialer to listener.
+    Hello = 0,
+    /// Handshake message 2, listener to dialer.
+    Reply = 1,
+    /// A Noise transport message.
+    Data = 2,
+    /// The listener refused the hello (plaintext, no key involved).
+    Refused = 3,
+}
+
+impl RecordKind {
     fn from_u8(v: u8) -> Result<Self, WireError> {
         Ok(match v {
             0 => Self::Hello,
             1 => Self::Reply,
-            2 => Self::Proof,
-            3 => Self::Data,
+            2 => Self::Data,
+            3 => Self::Refused,
             kind => return Err(WireError::UnknownKind { kind }),
         })
     }
 }
 
-/// A decoded frame (before authentication).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawFrame<'a> {
+/// A record as read from the wire (before decryption).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
     /// Its kind.
-    pub kind: FrameKind,
-    /// Its channel.
-    pub channel: u8,
-    /// The sender's epoch.
-    pub epoch: Epoch,
-    /// The header bytes (covered by the MAC).
-    pub header: &'a [u8],
-    /// The payload.
-    pub payload: &'a [u8],
-    /// The MAC field.
-    pub mac: [u8; MAC_LEN],
+    pub kind: RecordKind,
+    /// Its body.
+    pub body: &'a [u8],
 }
 
-/// Decodes one frame from the front of `buf`.
+/// Decodes one record from the front of `buf`.
 ///
-/// Returns `Ok(None)` when more bytes are needed, else the frame and the
-/// bytes it used. The header is checked before the payload is awaited, so
-/// an oversized length is refused without buffering it.
+/// Returns `Ok(None)` when more bytes are needed, else the record and the
+/// bytes it used. The header is checked before the body is awaited, so an
+/// oversized length is refused without buffering it.
 ///
 /// # Errors
-/// [`WireError`] for a bad magic, version, kind, flags, length or checksum.
-pub fn decode(buf: &[u8]) -> Result<Option<(RawFrame<'_>, usize)>, WireError> {
-    if buf.len() < HEADER_LEN {
-        if buf.len() >= 2 && buf[..2] != MAGIC {
-            return Err(WireError::BadMagic);
-        }
-        return Ok(None);
-    }
-    let header = &buf[..HEADER_LEN];
-    if header[..2] != MAGIC {
+/// [`WireError`] for a bad magic, version, kind or length.
+pub fn decode_record(buf: &[u8]) -> Result<Option<(Record<'_>, usize)>, WireError> {
+    if buf.len() >= 2 && buf[..2] != MAGIC {
         return Err(WireError::BadMagic);
     }
-    if header[2] != VERSION {
-        return Err(WireError::UnsupportedVersion { version: header[2] });
+    if buf.len() >= 3 && buf[2] != VERSION {
+        return Err(WireError::UnsupportedVersion { version: buf[2] });
     }
-    let kind = FrameKind::from_u8(header[3])?;
-    if header[5] != 0 {
-        return Err(WireError::Reserved);
+    if buf.len() < RECORD_HEADER_LEN {
+        return Ok(None);
     }
-    let len = u32::from_le_bytes([header[6], header[7], header[8], header[9]]);
-    if len > MAX_PAYLOAD {
+    let kind = RecordKind::from_u8(buf[3])?;
+    let len = usize::from(u16::from_le_bytes([buf[4], buf[5]]));
+    let max = if kind == RecordKind::Data {
+        MAX_RECORD_BODY
+    } else {
+        MAX_HANDSHAKE_BODY
+    };
+    if len > max {
         return Err(WireError::TooLong {
-            len,
-            max: MAX_PAYLOAD,
+            len: u32::from(u16::from_le_bytes([buf[4], buf[5]])),
+            max: u32::try_from(max).unwrap_or(u32::MAX),
         });
     }
-    let total = HEADER_LEN + len as usize + TRAILER_LEN;
+    let total = RECORD_HEADER_LEN + len;
     if buf.len() < total {
         return Ok(None);
     }
-    let body_end = HEADER_LEN + len as usize;
-    let crc = u32::from_le_bytes(le4(&buf[body_end..body_end + 4]));
-    if crc32c::crc32c(&buf[..body_end]) != crc {
-        return Err(WireError::BadChecksum);
-    }
-    let mut mac = [0u8; MAC_LEN];
-    mac.copy_from_slice(&buf[body_end + 4..total]);
-    let epoch = Epoch {
-        term: u64::from_le_bytes(le8(&header[10..18])),
-        node: u64::from_le_bytes(le8(&header[18..26])),
-    };
     Ok(Some((
-        RawFrame {
+        Record {
             kind,
-            channel: header[4],
-            epoch,
-            header,
-            payload: &buf[HEADER_LEN..body_end],
-            mac,
+            body: &buf[RECORD_HEADER_LEN..total],
         },
         total,
     )))
 }
 
-fn le4(b: &[u8]) -> [u8; 4] {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(b);
-    a
-}
-
-fn le8(b: &[u8]) -> [u8; 8] {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(b);
-    a
-}
-
-/// Encodes one frame onto `out`; `mac_key` and `seq` authenticate it (no
-/// key: a zero MAC, for handshake frames).
-///
-/// # Errors
-/// [`WireError::TooLong`] when the payload exceeds [`MAX_PAYLOAD`].
-pub fn encode(
-    out: &mut Vec<u8>,
-    kind: FrameKind,
-    channel: u8,
-    epoch: Epoch,
-    payload: &[u8],
-    mac_key: Option<(&[u8; 32], u64)>,
-) -> Result<(), WireError> {
-    let len = u32::try_from(payload.len())
-        .ok()
-        .filter(|&l| l <= MAX_PAYLOAD)
-        .ok_or(WireError::TooLong {
-            len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
-            max: MAX_PAYLOAD,
-        })?;
-    let start = out.len();
-    out.reserve(HEADER_LEN + payload.len() + TRAILER_LEN);
+/// Appends a record header for a body of `len` bytes.
+fn record_header(out: &mut Vec<u8>, kind: RecordKind, len: usize) {
+    // Every caller bounds `len` by MAX_RECORD_BODY (u16::MAX).
+    let len = u16::try_from(len).unwrap_or(u16::MAX);
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
     out.push(kind as u8);
-    out.push(channel);
-    out.push(0);
     out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&epoch.term.to_le_bytes());
-    out.extend_from_slice(&epoch.node.to_le_bytes());
-    out.extend_from_slice(payload);
-    let crc = crc32c::crc32c(&out[start..]);
-    out.extend_from_slice(&crc.to_le_bytes());
-    let mac = match mac_key {
-        Some((key, seq)) => frame_mac(key, seq, &out[start..start + HEADER_LEN], payload),
-        None => [0u8; MAC_LEN],
+}
+
+/// Encodes one record with a plaintext `body` onto `out` (handshake and
+/// refusal records, tests and fuzzing; data records are encrypted by
+/// [`Link::send`]).
+///
+/// # Errors
+/// [`WireError::TooLong`] when the body exceeds its kind's limit.
+pub fn encode_record(out: &mut Vec<u8>, kind: RecordKind, body: &[u8]) -> Result<(), WireError> {
+    let max = if kind == RecordKind::Data {
+        MAX_RECORD_BODY
+    } else {
+        MAX_HANDSHAKE_BODY
     };
-    out.extend_from_slice(&mac);
+    if body.len() > max {
+        return Err(WireError::TooLong {
+            len: u32::try_from(body.len()).unwrap_or(u32::MAX),
+            max: u32::try_from(max).unwrap_or(u32::MAX),
+        });
+    }
+    record_header(out, kind, body.len());
+    out.extend_from_slice(body);
     Ok(())
 }
 
-fn frame_mac(key: &[u8; 32], seq: u64, header: &[u8], payload: &[u8]) -> [u8; MAC_LEN] {
-    let mut h = blake3::Hasher::new_keyed(key);
-    h.update(&seq.to_le_bytes());
-    h.update(header);
-    h.update(payload);
-    let mut mac = [0u8; MAC_LEN];
-    mac.copy_from_slice(&h.finalize().as_bytes()[..MAC_LEN]);
-    mac
-}
-
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The pre-shared key, derived from the configured secret.
+/// The pre-shared key: 32 random bytes, the same on both units.
 #[derive(Clone)]
 pub struct PreSharedKey([u8; 32]);
 
 impl PreSharedKey {
-    /// Derives the key from a secret of any length (BLAKE3 `derive_key`).
-    #[must_use]
-    pub fn from_secret(secret: &[u8]) -> Self {
-        Self(blake3::derive_key("sync-delta v1 pre-shared key", secret))
+    /// The key, if the bytes can be one: not all zero, at least
+    /// [`MIN_DISTINCT_KEY_BYTES`] distinct byte values, not a counting
+    /// sequence. Make one with `head -c 32 /dev/urandom`.
+    ///
+    /// # Errors
+    /// The [`KeyError`] that names what is wrong.
+    pub fn new(bytes: [u8; 32]) -> Result<Self, KeyError> {
+        if bytes == [0; 32] {
+            return Err(KeyError::AllZero);
+        }
+        let mut seen = [false; 256];
+        for b in bytes {
+            seen[usize::from(b)] = true;
+        }
+        let distinct = seen.iter().filter(|&&s| s).count();
+        let distinct = u8::try_from(distinct).unwrap_or(u8::MAX);
+        if distinct < MIN_DISTINCT_KEY_BYTES {
+            return Err(KeyError::LowEntropy { distinct });
+        }
+        let step = bytes[1].wrapping_sub(bytes[0]);
+        if bytes.windows(2).all(|w| w[1].wrapping_sub(w[0]) == step) {
+            return Err(KeyError::Sequence);
+        }
+        Ok(Self(bytes))
     }
 }
 
@@ -256,9 +284,16 @@ impl std::fmt::Debug for PreSharedKey {
     }
 }
 
-/// A fresh 32-byte handshake nonce from the driver's CSPRNG.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// 32 fresh bytes from the driver's CSPRNG, one per connection: they seed
+/// the generator the handshake draws this end's ephemeral key from.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Nonce(pub [u8; 32]);
+
+impl std::fmt::Debug for Nonce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Nonce(..)")
+    }
+}
 
 /// Which side of the handshake this link is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,24 +304,13 @@ pub enum LinkRole {
     Responder,
 }
 
+/// Which key authenticated a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    AwaitHello,
-    AwaitReply,
-    AwaitProof,
-    Established,
-    Failed,
-}
-
-impl State {
-    fn code(self) -> u8 {
-        match self {
-            Self::AwaitHello => 0,
-            Self::AwaitReply => 1,
-            Self::AwaitProof => 2,
-            Self::Established | Self::Failed => 3,
-        }
-    }
+pub enum KeySlot {
+    /// The primary key.
+    Primary,
+    /// The next key of a rotation ([`Link::with_next_key`]).
+    Next,
 }
 
 /// An authenticated application frame.
@@ -307,29 +331,108 @@ pub struct LinkStats {
     pub frames_in: u64,
     /// Frames sent.
     pub frames_out: u64,
-    /// Bytes received (whole frames).
+    /// Bytes received (whole records).
     pub bytes_in: u64,
-    /// Bytes sent (whole frames).
+    /// Bytes sent (whole records, handshake included).
     pub bytes_out: u64,
-    /// Frames refused for a bad MAC or proof.
+    /// Handshake messages and records that failed authentication.
     pub auth_failures: u64,
     /// Frames refused for a stale epoch.
     pub stale_epochs: u64,
-    /// Frames that did not decode.
+    /// Records or frames that did not decode.
     pub malformed: u64,
     /// Handshakes that did not finish before their deadline.
     pub handshake_timeouts: u64,
 }
 
-/// One end of the authenticated peer link.
+/// snow's primitives for [`NOISE_PARAMS`] (X25519 and SHA-256 from its
+/// default resolver, AES-256-GCM from its ring resolver), with the
+/// randomness from the driver's seed instead of the OS.
+struct SeededResolver {
+    seed: [u8; 32],
+}
+
+struct SeededRng(ChaCha20Rng);
+
+impl Random for SeededRng {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        self.0.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl CryptoResolver for SeededResolver {
+    fn resolve_rng(&self) -> Option<Box<dyn Random>> {
+        Some(Box::new(SeededRng(ChaCha20Rng::from_seed(self.seed))))
+    }
+    fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
+        DefaultResolver.resolve_dh(choice)
+    }
+    fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
+        DefaultResolver.resolve_hash(choice)
+    }
+    fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
+        // ring's AES-GCM: AES-NI, carry-less multiplication and, where the
+        // CPU has them, VAES and AVX2, detected at run time.
+        RingResolver.resolve_cipher(choice)
+    }
+}
+
+fn handshake(
+    role: LinkRole,
+    key: &PreSharedKey,
+    seed: [u8; 32],
+) -> Result<HandshakeState, LinkError> {
+    let params = NOISE_PARAMS.parse().map_err(|_| LinkError::Crypto)?;
+    let builder = snow::Builder::with_resolver(params, Box::new(SeededResolver { seed }))
+        .prologue(PROLOGUE)
+        .and_then(|b| b.psk(0, &key.0))
+        .map_err(|_| LinkError::Crypto)?;
+    match role {
+        LinkRole::Initiator => builder.build_initiator(),
+        LinkRole::Responder => builder.build_responder(),
+    }
+    .map_err(|_| LinkError::Crypto)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Responder: waiting for the dialer's proof.
+    AwaitHello,
+    /// Initiator: hello sent, waiting for the listener's answer.
+    AwaitReply,
+    Established,
+    Failed,
+}
+
+impl State {
+    fn code(self) -> u8 {
+        match self {
+            Self::AwaitHello => 0,
+            Self::AwaitReply => 1,
+            Self::Established | Self::Failed => 3,
+        }
+    }
+}
+
+/// A frame being received over several records.
+struct Partial {
+    channel: u8,
+    epoch: Epoch,
+    len: usize,
+    payload: Vec<u8>,
+}
+
+/// One end of the encrypted peer link.
 ///
 /// # Driver contract
 /// 1. Create with [`Link::new`], a fresh [`Nonce`] per connection and the
 ///    current time; the handshake deadline starts then (create the link
 ///    before connecting to bound the connect too).
 /// 2. After creating and after every [`Link::handle_bytes`], drain
-///    [`Link::poll_transmit`] to the socket, and [`Link::poll_frame`]
-///    until `Ok(None)`, dispatching frames by channel.
+///    [`Link::poll_frame`] until `Ok(None)` (or an error), dispatching
+///    frames by channel, then [`Link::poll_transmit`] to the socket (also
+///    after an error: a refused handshake leaves its `refused` record).
 /// 3. Arm a timer for [`Link::poll_timeout`] (the handshake deadline;
 ///    `None` once established) and call [`Link::handle_timeout`] when it
 ///    fires (early calls are harmless). A link past its deadline is
@@ -341,18 +444,18 @@ pub struct LinkStats {
 pub struct Link {
     role: LinkRole,
     key: PreSharedKey,
-    nonce: [u8; 32],
-    peer_nonce: [u8; 32],
+    next_key: Option<PreSharedKey>,
+    seed: [u8; 32],
     state: State,
+    handshake: Option<HandshakeState>,
+    transport: Option<TransportState>,
+    key_used: Option<KeySlot>,
     epoch: Epoch,
     newest_peer: Epoch,
-    seen_peer: bool,
-    send_key: [u8; 32],
-    recv_key: [u8; 32],
-    send_seq: u64,
-    recv_seq: u64,
     rx: Vec<u8>,
     rx_start: usize,
+    partial: Option<Partial>,
+    scratch: Vec<u8>,
     tx: Vec<u8>,
     stats: LinkStats,
     created: Instant,
@@ -399,24 +502,23 @@ impl Link {
             Epoch::default(),
             now,
         );
-        for _ in 0..2 {
-            let mut x = Vec::new();
-            a.poll_transmit(&mut x);
-            b.handle_bytes(now, &x)?;
-            while b.poll_frame()?.is_some() {}
-            let mut y = Vec::new();
-            b.poll_transmit(&mut y);
-            a.handle_bytes(now, &y)?;
-            while a.poll_frame()?.is_some() {}
-        }
+        let mut x = Vec::new();
+        a.poll_transmit(&mut x);
+        b.handle_bytes(now, &x)?;
+        while b.poll_frame()?.is_some() {}
+        let mut y = Vec::new();
+        b.poll_transmit(&mut y);
+        a.handle_bytes(now, &y)?;
+        while a.poll_frame()?.is_some() {}
         Ok((a, b))
     }
 
     /// A link for one connection, created at `now`: its handshake must
-    /// finish by `now` + [`HANDSHAKE_TIMEOUT`]. `epoch` is this node's
-    /// current epoch; `newest_peer_epoch` the newest the driver has seen
-    /// from the peer (persisted across connections), older frames are
-    /// refused.
+    /// finish by `now` + [`HANDSHAKE_TIMEOUT`]. `nonce` seeds this end's
+    /// ephemeral key; `epoch` is this node's current epoch;
+    /// `newest_peer_epoch` the newest the driver has seen from the peer
+    /// (persisted across connections), older frames are refused. An
+    /// initiator's hello is ready in [`Link::poll_transmit`] at once.
     #[must_use]
     pub fn new(
         role: LinkRole,
@@ -429,18 +531,18 @@ impl Link {
         let mut link = Self {
             role,
             key,
-            nonce: nonce.0,
-            peer_nonce: [0; 32],
+            next_key: None,
+            seed: nonce.0,
             state: State::AwaitHello,
+            handshake: None,
+            transport: None,
+            key_used: None,
             epoch,
             newest_peer: newest_peer_epoch,
-            seen_peer: false,
-            send_key: [0; 32],
-            recv_key: [0; 32],
-            send_seq: 0,
-            recv_seq: 0,
             rx: Vec::new(),
             rx_start: 0,
+            partial: None,
+            scratch: Vec::new(),
             tx: Vec::new(),
             stats: LinkStats::default(),
             created: now,
@@ -448,11 +550,23 @@ impl Link {
             error: None,
         };
         if role == LinkRole::Initiator {
-            let nonce = link.nonce;
-            link.push_handshake(FrameKind::Hello, &nonce);
-            link.state = State::AwaitReply;
+            if let Err(e) = link.start_initiator() {
+                link.fail(e);
+            }
         }
         link
+    }
+
+    fn start_initiator(&mut self) -> Result<(), LinkError> {
+        let mut hs = handshake(LinkRole::Initiator, &self.key, self.seed)?;
+        let mut msg = [0u8; HANDSHAKE_MSG_LEN];
+        let n = hs
+            .write_message(&[], &mut msg)
+            .map_err(|_| LinkError::Crypto)?;
+        self.push_record(RecordKind::Hello, &msg[..n]);
+        self.handshake = Some(hs);
+        self.state = State::AwaitReply;
+        Ok(())
     }
 
     /// The same link with its handshake deadline at creation +
@@ -463,10 +577,26 @@ impl Link {
         self
     }
 
+    /// The same link accepting, as a responder, a dialer that proves
+    /// `next` instead of the primary key: the rotation window, while the
+    /// two units move from one key to the next. An initiator always uses
+    /// the primary key.
+    #[must_use]
+    pub fn with_next_key(mut self, next: Option<PreSharedKey>) -> Self {
+        self.next_key = next;
+        self
+    }
+
     /// True once both sides proved the key.
     #[must_use]
     pub fn is_established(&self) -> bool {
         self.state == State::Established
+    }
+
+    /// Which key authenticated the connection (`None` before).
+    #[must_use]
+    pub fn key_used(&self) -> Option<KeySlot> {
+        self.key_used
     }
 
     /// The error that closed the link ([`LinkError::HandshakeTimeout`]
@@ -481,11 +611,7 @@ impl Link {
     /// closed.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        matches!(
-            self.state,
-            State::AwaitHello | State::AwaitReply | State::AwaitProof
-        )
-        .then_some(self.deadline)
+        matches!(self.state, State::AwaitHello | State::AwaitReply).then_some(self.deadline)
     }
 
     /// Closes a link whose handshake has not finished by its deadline
@@ -501,9 +627,12 @@ impl Link {
     fn fail(&mut self, e: LinkError) {
         self.state = State::Failed;
         self.error.get_or_insert(e);
-        self.rx.clear();
+        self.rx = Vec::new();
         self.rx_start = 0;
+        self.partial = None;
         self.tx.clear();
+        self.handshake = None;
+        self.transport = None;
     }
 
     /// The newest epoch seen in an authenticated frame from the peer (or
@@ -529,6 +658,7 @@ impl Link {
         if self.tx.is_empty() {
             return false;
         }
+        self.stats.bytes_out += self.tx.len() as u64;
         out.append(&mut self.tx);
         true
     }
@@ -564,25 +694,56 @@ impl Link {
     }
 
     /// The next authenticated application frame, if a whole one is
-    /// buffered. Handshake frames are consumed here.
+    /// buffered. Handshake records are consumed here.
     ///
     /// # Errors
-    /// Any [`LinkError`]; the link is then closed.
+    /// Any [`LinkError`]; the link is then closed (a refused hello leaves
+    /// its `refused` record in [`Link::poll_transmit`]).
     pub fn poll_frame(&mut self) -> Result<Option<Frame>, LinkError> {
         if self.state == State::Failed {
             return Err(LinkError::Closed);
         }
         let r = self.poll_inner();
         if let Err(e) = r {
+            let notice = self.refusal_for(e);
             self.fail(e);
+            if let Some(body) = notice {
+                self.push_record(RecordKind::Refused, &body);
+            }
         }
         r
+    }
+
+    /// What a responder tells a dialer it refuses: constant bodies that
+    /// depend on no key. The version notice is long enough for a version 1
+    /// peer to read its header (26 bytes) and name version 2.
+    fn refusal_for(&self, e: LinkError) -> Option<Vec<u8>> {
+        if self.role != LinkRole::Responder {
+            return None;
+        }
+        let (reason, text): (u8, &[u8]) = match e {
+            LinkError::BadProof => (REFUSED_KEY, b"key proof does not verify"),
+            LinkError::PeerVersion { .. } => {
+                (REFUSED_VERSION, b"this end speaks frame version 2 only")
+            }
+            _ => return None,
+        };
+        let mut body = vec![reason];
+        body.extend_from_slice(text);
+        Some(body)
     }
 
     fn poll_inner(&mut self) -> Result<Option<Frame>, LinkError> {
         loop {
             let buf = &self.rx[self.rx_start..];
-            let (frame, used) = match decode(buf) {
+            if buf.len() >= 3 && buf[..2] == MAGIC && buf[2] != VERSION {
+                self.stats.malformed += 1;
+                return Err(LinkError::PeerVersion {
+                    ours: VERSION,
+                    theirs: buf[2],
+                });
+            }
+            let (record, used) = match decode_record(buf) {
                 Ok(Some(x)) => x,
                 Ok(None) => return Ok(None),
                 Err(e) => {
@@ -590,79 +751,40 @@ impl Link {
                     return Err(e.into());
                 }
             };
-            if frame.epoch < self.newest_peer {
-                self.stats.stale_epochs += 1;
-                return Err(LinkError::StaleEpoch {
-                    term: frame.epoch.term,
-                    node: frame.epoch.node,
-                    newest_term: self.newest_peer.term,
-                    newest_node: self.newest_peer.node,
-                });
-            }
-            let kind = frame.kind;
             let unexpected = LinkError::UnexpectedFrame {
-                kind: kind as u8,
+                kind: record.kind as u8,
                 state: self.state.code(),
             };
-            let out = match (self.state, kind) {
-                (State::AwaitHello, FrameKind::Hello) if self.role == LinkRole::Responder => {
-                    let n: [u8; 32] = frame.payload.try_into().map_err(|_| unexpected)?;
-                    self.peer_nonce = n;
-                    let mut reply = [0u8; 64];
-                    reply[..32].copy_from_slice(&self.nonce);
-                    reply[32..].copy_from_slice(&self.proof(LinkRole::Responder));
-                    self.rx_start += used;
-                    self.push_handshake(FrameKind::Reply, &reply);
-                    self.state = State::AwaitProof;
+            // Borrow the body out of `rx` while `self` changes.
+            let body_range = self.rx_start + RECORD_HEADER_LEN..self.rx_start + used;
+            self.stats.bytes_in += used as u64;
+            let out = match (self.state, record.kind) {
+                (State::AwaitHello, RecordKind::Hello) => {
+                    self.answer_hello(body_range)?;
                     None
                 }
-                (State::AwaitReply, FrameKind::Reply) => {
-                    if frame.payload.len() != 64 {
-                        return Err(unexpected);
-                    }
-                    self.peer_nonce.copy_from_slice(&frame.payload[..32]);
-                    let expect = self.proof(LinkRole::Responder);
-                    if !ct_eq(&expect, &frame.payload[32..]) {
+                (State::AwaitReply, RecordKind::Reply) => {
+                    let mut hs = self.handshake.take().ok_or(LinkError::Crypto)?;
+                    let mut scratch = [0u8; MAX_HANDSHAKE_BODY];
+                    if hs.read_message(&self.rx[body_range], &mut scratch).is_err() {
                         self.stats.auth_failures += 1;
                         return Err(LinkError::BadProof);
                     }
-                    self.rx_start += used;
-                    let proof = self.proof(LinkRole::Initiator);
-                    self.push_handshake(FrameKind::Proof, &proof);
-                    self.establish();
+                    self.transport = Some(hs.into_transport_mode().map_err(|_| LinkError::Crypto)?);
+                    self.key_used = Some(KeySlot::Primary);
+                    self.state = State::Established;
                     None
                 }
-                (State::AwaitProof, FrameKind::Proof) => {
-                    let expect = self.proof(LinkRole::Initiator);
-                    if !ct_eq(&expect, frame.payload) {
-                        self.stats.auth_failures += 1;
-                        return Err(LinkError::BadProof);
-                    }
-                    self.rx_start += used;
-                    self.establish();
-                    None
+                (State::AwaitReply, RecordKind::Refused) => {
+                    return Err(match self.rx.get(body_range.start) {
+                        Some(&REFUSED_KEY) => LinkError::KeyRefused,
+                        _ => unexpected,
+                    });
                 }
-                (State::Established, FrameKind::Data) => {
-                    let mac = frame_mac(&self.recv_key, self.recv_seq, frame.header, frame.payload);
-                    if !ct_eq(&mac, &frame.mac) {
-                        self.stats.auth_failures += 1;
-                        return Err(LinkError::BadMac);
-                    }
-                    self.recv_seq += 1;
-                    self.newest_peer = self.newest_peer.max(frame.epoch);
-                    self.seen_peer = true;
-                    let f = Frame {
-                        channel: frame.channel,
-                        epoch: frame.epoch,
-                        payload: frame.payload.to_vec(),
-                    };
-                    self.stats.frames_in += 1;
-                    self.stats.bytes_in += used as u64;
-                    self.rx_start += used;
-                    Some(f)
-                }
+                (State::Established, RecordKind::Data) => self.open_record(body_range)?,
                 _ => return Err(unexpected),
             };
+            self.rx_start += used;
             if self.rx_start == self.rx.len() {
                 self.rx.clear();
                 self.rx_start = 0;
@@ -673,8 +795,139 @@ impl Link {
         }
     }
 
-    /// Encodes an authenticated frame with `payload` on `channel` onto
-    /// `out`.
+    /// The listener's step: check the dialer's proof under each key it
+    /// holds; answer only one that verifies.
+    fn answer_hello(&mut self, body: std::ops::Range<usize>) -> Result<(), LinkError> {
+        let keys = [
+            Some((KeySlot::Primary, &self.key)),
+            self.next_key.as_ref().map(|k| (KeySlot::Next, k)),
+        ];
+        let mut scratch = [0u8; MAX_HANDSHAKE_BODY];
+        let mut accepted = None;
+        for (slot, key) in keys.into_iter().flatten() {
+            let mut hs = handshake(LinkRole::Responder, key, self.seed)?;
+            if hs
+                .read_message(&self.rx[body.clone()], &mut scratch)
+                .is_ok()
+            {
+                accepted = Some((slot, hs));
+                break;
+            }
+        }
+        let Some((slot, mut hs)) = accepted else {
+            self.stats.auth_failures += 1;
+            return Err(LinkError::BadProof);
+        };
+        let mut msg = [0u8; HANDSHAKE_MSG_LEN];
+        let n = hs
+            .write_message(&[], &mut msg)
+            .map_err(|_| LinkError::Crypto)?;
+        self.push_record(RecordKind::Reply, &msg[..n]);
+        self.transport = Some(hs.into_transport_mode().map_err(|_| LinkError::Crypto)?);
+        self.key_used = Some(slot);
+        self.state = State::Established;
+        Ok(())
+    }
+
+    /// Decrypts one data record into the frame it belongs to; the frame
+    /// when it is whole.
+    fn open_record(&mut self, body: std::ops::Range<usize>) -> Result<Option<Frame>, LinkError> {
+        let transport = self.transport.as_mut().ok_or(LinkError::Crypto)?;
+        let plain_len = body.len().checked_sub(TAG_LEN).ok_or(LinkError::BadMac)?;
+        let partial = match self.partial.take() {
+            Some(mut p) => {
+                let at = p.payload.len();
+                if at + plain_len > p.len {
+                    self.stats.malformed += 1;
+                    return Err(WireError::Trailing {
+                        extra: at + plain_len - p.len,
+                    }
+                    .into());
+                }
+                p.payload.resize(at + plain_len, 0);
+                if transport
+                    .read_message(&self.rx[body], &mut p.payload[at..])
+                    .is_err()
+                {
+                    self.stats.auth_failures += 1;
+                    return Err(LinkError::BadMac);
+                }
+                p
+            }
+            None => {
+                self.scratch.resize(plain_len, 0);
+                if transport
+                    .read_message(&self.rx[body], &mut self.scratch)
+                    .is_err()
+                {
+                    self.stats.auth_failures += 1;
+                    return Err(LinkError::BadMac);
+                }
+                let Some(h) = self.scratch.first_chunk::<FRAME_HEADER_LEN>() else {
+                    self.stats.malformed += 1;
+                    return Err(WireError::Truncated {
+                        need: FRAME_HEADER_LEN,
+                        have: self.scratch.len(),
+                    }
+                    .into());
+                };
+                let channel = h[0];
+                let epoch = Epoch {
+                    term: u64::from_le_bytes(le8(&h[1..9])),
+                    node: u64::from_le_bytes(le8(&h[9..17])),
+                };
+                let len = u32::from_le_bytes([h[17], h[18], h[19], h[20]]);
+                if len > MAX_PAYLOAD {
+                    self.stats.malformed += 1;
+                    return Err(WireError::TooLong {
+                        len,
+                        max: MAX_PAYLOAD,
+                    }
+                    .into());
+                }
+                let len = len as usize;
+                let first = &self.scratch[FRAME_HEADER_LEN..];
+                if first.len() > len {
+                    self.stats.malformed += 1;
+                    return Err(WireError::Trailing {
+                        extra: first.len() - len,
+                    }
+                    .into());
+                }
+                if epoch < self.newest_peer {
+                    self.stats.stale_epochs += 1;
+                    return Err(LinkError::StaleEpoch {
+                        term: epoch.term,
+                        node: epoch.node,
+                        newest_term: self.newest_peer.term,
+                        newest_node: self.newest_peer.node,
+                    });
+                }
+                let mut payload = Vec::with_capacity(len);
+                payload.extend_from_slice(first);
+                Partial {
+                    channel,
+                    epoch,
+                    len,
+                    payload,
+                }
+            }
+        };
+        if partial.payload.len() < partial.len {
+            self.partial = Some(partial);
+            return Ok(None);
+        }
+        self.newest_peer = self.newest_peer.max(partial.epoch);
+        self.stats.frames_in += 1;
+        Ok(Some(Frame {
+            channel: partial.channel,
+            epoch: partial.epoch,
+            payload: partial.payload,
+        }))
+    }
+
+    /// Encrypts a frame with `payload` on `channel` onto `out`, in as many
+    /// records as it needs.
     ///
     /// # Errors
     /// [`LinkError::CannotSend`] before the handshake finished or for a
@@ -689,340 +942,65 @@ impl Link {
             channel,
             len: payload.len(),
         };
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|&l| l <= MAX_PAYLOAD)
+            .ok_or(cannot)?;
         if self.state != State::Established {
             return Err(cannot);
         }
+        let Some(transport) = self.transport.as_mut() else {
+            return Err(cannot);
+        };
         let before = out.len();
-        encode(
-            out,
-            FrameKind::Data,
-            channel,
-            self.epoch,
-            payload,
-            Some((&self.send_key, self.send_seq)),
-        )
-        .map_err(|_| cannot)?;
-        self.send_seq += 1;
+        out.reserve(wire_len(payload.len()));
+        let first = payload.len().min(MAX_RECORD_PLAIN - FRAME_HEADER_LEN);
+        self.scratch.clear();
+        self.scratch.push(channel);
+        self.scratch
+            .extend_from_slice(&self.epoch.term.to_le_bytes());
+        self.scratch
+            .extend_from_slice(&self.epoch.node.to_le_bytes());
+        self.scratch.extend_from_slice(&len.to_le_bytes());
+        self.scratch.extend_from_slice(&payload[..first]);
+        let sealed = seal(transport, out, &self.scratch).and_then(|()| {
+            payload[first..]
+                .chunks(MAX_RECORD_PLAIN)
+                .try_for_each(|chunk| seal(transport, out, chunk))
+        });
+        if let Err(e) = sealed {
+            out.truncate(before);
+            self.fail(e);
+            return Err(e);
+        }
         self.stats.frames_out += 1;
         self.stats.bytes_out += (out.len() - before) as u64;
         Ok(())
     }
 
-    fn push_handshake(&mut self, kind: FrameKind, payload: &[u8]) {
-        // Handshake payloads are at most 64 bytes: encoding cannot fail.
-        let _ = encode(&mut self.tx, kind, CHANNEL_SYNC, self.epoch, payload, None);
-        self.stats.frames_out += 1;
-    }
-
-    fn nonces(&self) -> ([u8; 32], [u8; 32]) {
-        match self.role {
-            LinkRole::Initiator => (self.nonce, self.peer_nonce),
-            LinkRole::Responder => (self.peer_nonce, self.nonce),
-        }
-    }
-
-    fn proof(&self, by: LinkRole) -> [u8; 32] {
-        let (ni, nr) = self.nonces();
-        let mut h = blake3::Hasher::new_keyed(&self.key.0);
-        h.update(match by {
-            LinkRole::Initiator => b"initiator",
-            LinkRole::Responder => b"responder",
-        });
-        h.update(&ni);
-        h.update(&nr);
-        *h.finalize().as_bytes()
-    }
-
-    fn establish(&mut self) {
-        let (ni, nr) = self.nonces();
-        let derive = |ctx: &str| {
-            let mut h = blake3::Hasher::new_derive_key(ctx);
-            h.update(&self.key.0);
-            h.update(&ni);
-            h.update(&nr);
-            *h.finalize().as_bytes()
-        };
-        let i2r = derive("sync-delta v1 session initiator to responder");
-        let r2i = derive("sync-delta v1 session responder to initiator");
-        (self.send_key, self.recv_key) = match self.role {
-            LinkRole::Initiator => (i2r, r2i),
-            LinkRole::Responder => (r2i, i2r),
-        };
-        self.state = State::Established;
+    fn push_record(&mut self, kind: RecordKind, body: &[u8]) {
+        // Handshake and refusal bodies are at most MAX_HANDSHAKE_BODY.
+        let _ = encode_record(&mut self.tx, kind, body);
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn t0() -> Instant {
-        Instant::now()
-    }
-
-    fn pair_at(now: Instant, secret_a: &[u8], secret_b: &[u8]) -> (Link, Link) {
-        let a = Link::new(
-            LinkRole::Initiator,
-            PreSharedKey::from_secret(secret_a),
-            Nonce([1; 32]),
-            Epoch::new(1, 1),
-            Epoch::default(),
-            now,
-        );
-        let b = Link::new(
-            LinkRole::Responder,
-            PreSharedKey::from_secret(secret_b),
-            Nonce([2; 32]),
-            Epoch::new(1, 2),
-            Epoch::default(),
-            now,
-        );
-        (a, b)
-    }
-
-    fn pair(secret_a: &[u8], secret_b: &[u8]) -> (Link, Link) {
-        pair_at(t0(), secret_a, secret_b)
-    }
-
-    fn pump_at(now: Instant, from: &mut Link, to: &mut Link) -> Result<Vec<Frame>, LinkError> {
-        let mut bytes = Vec::new();
-        from.poll_transmit(&mut bytes);
-        to.handle_bytes(now, &bytes)?;
-        let mut got = Vec::new();
-        while let Some(f) = to.poll_frame()? {
-            got.push(f);
+/// Appends one data record sealing `plain` (at most one record's worth).
+fn seal(transport: &mut TransportState, out: &mut Vec<u8>, plain: &[u8]) -> Result<(), LinkError> {
+    let start = out.len();
+    record_header(out, RecordKind::Data, plain.len() + TAG_LEN);
+    let body = out.len();
+    out.resize(body + plain.len() + TAG_LEN, 0);
+    match transport.write_message(plain, &mut out[body..]) {
+        Ok(n) if n == plain.len() + TAG_LEN => Ok(()),
+        _ => {
+            out.truncate(start);
+            Err(LinkError::Crypto)
         }
-        Ok(got)
     }
+}
 
-    fn pump(from: &mut Link, to: &mut Link) -> Result<Vec<Frame>, LinkError> {
-        let mut bytes = Vec::new();
-        from.poll_transmit(&mut bytes);
-        to.handle_bytes(t0(), &bytes)?;
-        let mut got = Vec::new();
-        while let Some(f) = to.poll_frame()? {
-            got.push(f);
-        }
-        Ok(got)
-    }
-
-    #[test]
-    fn handshake_and_data() {
-        let (mut a, mut b) = pair(b"k", b"k");
-        pump(&mut a, &mut b).unwrap();
-        pump(&mut b, &mut a).unwrap();
-        assert!(a.is_established());
-        pump(&mut a, &mut b).unwrap();
-        assert!(b.is_established());
-        let mut wire = Vec::new();
-        a.send(CHANNEL_PEER, b"hello", &mut wire).unwrap();
-        a.send(CHANNEL_SYNC, b"", &mut wire).unwrap();
-        // byte by byte
-        let mut got = Vec::new();
-        for byte in &wire {
-            b.handle_bytes(t0(), std::slice::from_ref(byte)).unwrap();
-            while let Some(f) = b.poll_frame().unwrap() {
-                got.push(f);
-            }
-        }
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0].payload, b"hello");
-        assert_eq!(got[0].channel, CHANNEL_PEER);
-        assert_eq!(got[1].epoch, Epoch::new(1, 1));
-    }
-
-    #[test]
-    fn wrong_key_fails_both_ways() {
-        let (mut a, mut b) = pair(b"k", b"other");
-        pump(&mut a, &mut b).unwrap();
-        assert_eq!(pump(&mut b, &mut a), Err(LinkError::BadProof));
-        assert!(!a.is_established());
-        let mut wire = Vec::new();
-        assert!(a.send(0, b"x", &mut wire).is_err());
-    }
-
-    #[test]
-    fn replay_tamper_and_stale_epoch() {
-        let (mut a, mut b) = pair(b"k", b"k");
-        pump(&mut a, &mut b).unwrap();
-        pump(&mut b, &mut a).unwrap();
-        pump(&mut a, &mut b).unwrap();
-        let mut f1 = Vec::new();
-        a.send(0, b"one", &mut f1).unwrap();
-        b.handle_bytes(t0(), &f1).unwrap();
-        assert!(b.poll_frame().unwrap().is_some());
-        // replay of the same frame: sequence moved on
-        b.handle_bytes(t0(), &f1).unwrap();
-        assert_eq!(b.poll_frame(), Err(LinkError::BadMac));
-        assert_eq!(b.poll_frame(), Err(LinkError::Closed));
-
-        let (mut a, mut b) = pair(b"k", b"k");
-        pump(&mut a, &mut b).unwrap();
-        pump(&mut b, &mut a).unwrap();
-        pump(&mut a, &mut b).unwrap();
-        let mut f = Vec::new();
-        a.send(0, b"two", &mut f).unwrap();
-        a.set_epoch(Epoch::new(0, 9));
-        a.send(0, b"old", &mut f).unwrap();
-        b.handle_bytes(t0(), &f).unwrap();
-        assert!(b.poll_frame().unwrap().is_some());
-        assert!(matches!(
-            b.poll_frame(),
-            Err(LinkError::StaleEpoch { term: 0, .. })
-        ));
-    }
-
-    #[test]
-    fn data_before_handshake_refused() {
-        let (_, mut b) = pair(b"k", b"k");
-        let mut f = Vec::new();
-        encode(
-            &mut f,
-            FrameKind::Data,
-            0,
-            Epoch::default(),
-            b"x",
-            Some((&[0; 32], 0)),
-        )
-        .unwrap();
-        b.handle_bytes(t0(), &f).unwrap();
-        assert!(matches!(
-            b.poll_frame(),
-            Err(LinkError::UnexpectedFrame { kind: 3, .. })
-        ));
-    }
-
-    #[test]
-    fn oversized_and_undrained_input_is_refused() {
-        let (_, mut b) = pair(b"k", b"k");
-        // A header announcing more than MAX_PAYLOAD fails before any payload.
-        let mut f = Vec::new();
-        encode(
-            &mut f,
-            FrameKind::Hello,
-            0,
-            Epoch::default(),
-            &[0; 32],
-            None,
-        )
-        .unwrap();
-        f[6..10].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
-        b.handle_bytes(t0(), &f[..HEADER_LEN]).unwrap();
-        assert!(matches!(
-            b.poll_frame(),
-            Err(LinkError::Wire(WireError::TooLong { .. }))
-        ));
-        // Bytes fed without draining are bounded.
-        let (_, mut b) = pair(b"k", b"k");
-        let chunk = vec![0u8; MAX_FRAME];
-        b.handle_bytes(t0(), &chunk).unwrap();
-        b.handle_bytes(t0(), &chunk).unwrap();
-        assert!(matches!(
-            b.handle_bytes(t0(), &chunk),
-            Err(LinkError::BufferFull { .. })
-        ));
-        assert_eq!(b.handle_bytes(t0(), b"x"), Err(LinkError::Closed));
-    }
-
-    #[test]
-    fn handshake_deadline() {
-        let now = t0();
-        let (mut a, mut b) = pair_at(now, b"k", b"k");
-        let deadline = now + HANDSHAKE_TIMEOUT;
-        assert_eq!(a.poll_timeout(), Some(deadline));
-        assert_eq!(b.poll_timeout(), Some(deadline));
-        // Early calls change nothing.
-        a.handle_timeout(deadline - Duration::from_millis(1));
-        assert_eq!(a.error(), None);
-        assert_eq!(a.poll_timeout(), Some(deadline));
-        // The responder hears the hello; the initiator never hears back.
-        pump_at(now, &mut a, &mut b).unwrap();
-        a.handle_timeout(deadline);
-        assert_eq!(a.error(), Some(LinkError::HandshakeTimeout));
-        assert_eq!(a.poll_timeout(), None);
-        assert_eq!(a.stats().handshake_timeouts, 1);
-        assert!(!a.is_established());
-        let mut wire = Vec::new();
-        assert!(a.send(CHANNEL_SYNC, b"x", &mut wire).is_err());
-        // The reply that comes late is refused; the count stays at one.
-        let mut reply = Vec::new();
-        b.poll_transmit(&mut reply);
-        assert_eq!(a.handle_bytes(deadline, &reply), Err(LinkError::Closed));
-        a.handle_timeout(deadline + HANDSHAKE_TIMEOUT);
-        assert_eq!(a.stats().handshake_timeouts, 1);
-        assert_eq!(a.error(), Some(LinkError::HandshakeTimeout));
-
-        // A hello that arrives after the deadline, before any timer
-        // fired, is refused the same way.
-        let (mut a, mut b) = pair_at(now, b"k", b"k");
-        let late = deadline + Duration::from_secs(1);
-        assert_eq!(
-            pump_at(late, &mut a, &mut b),
-            Err(LinkError::HandshakeTimeout)
-        );
-        assert_eq!(b.error(), Some(LinkError::HandshakeTimeout));
-        assert_eq!(b.stats().handshake_timeouts, 1);
-        let mut nothing = Vec::new();
-        assert!(!b.poll_transmit(&mut nothing));
-    }
-
-    #[test]
-    fn established_link_has_no_deadline() {
-        let now = t0();
-        let (mut a, mut b) = pair_at(now, b"k", b"k");
-        let just_in_time = now + HANDSHAKE_TIMEOUT - Duration::from_nanos(1);
-        pump_at(now, &mut a, &mut b).unwrap();
-        pump_at(now, &mut b, &mut a).unwrap();
-        pump_at(just_in_time, &mut a, &mut b).unwrap();
-        assert!(a.is_established() && b.is_established());
-        assert_eq!(a.poll_timeout(), None);
-        assert_eq!(b.poll_timeout(), None);
-        let much_later = now + 100 * HANDSHAKE_TIMEOUT;
-        a.handle_timeout(much_later);
-        b.handle_timeout(much_later);
-        let mut wire = Vec::new();
-        a.send(CHANNEL_PEER, b"still up", &mut wire).unwrap();
-        b.handle_bytes(much_later, &wire).unwrap();
-        assert_eq!(b.poll_frame().unwrap().unwrap().payload, b"still up");
-        assert_eq!(b.error(), None);
-        assert_eq!(a.stats().handshake_timeouts, 0);
-    }
-
-    #[test]
-    fn handshake_timeout_is_configurable_and_errors_are_kept() {
-        let now = t0();
-        let (a, _) = pair_at(now, b"k", b"k");
-        let mut a = a.with_handshake_timeout(Duration::from_millis(200));
-        assert_eq!(a.poll_timeout(), Some(now + Duration::from_millis(200)));
-        a.handle_timeout(now + Duration::from_millis(200));
-        assert_eq!(a.error(), Some(LinkError::HandshakeTimeout));
-        // Any other failure is kept too, and closes the link.
-        let (mut a, mut b) = pair(b"k", b"other");
-        pump(&mut a, &mut b).unwrap();
-        assert_eq!(pump(&mut b, &mut a), Err(LinkError::BadProof));
-        assert_eq!(a.error(), Some(LinkError::BadProof));
-        assert_eq!(a.poll_timeout(), None);
-    }
-
-    #[test]
-    fn decode_errors() {
-        let mut f = Vec::new();
-        encode(&mut f, FrameKind::Data, 0, Epoch::default(), b"abc", None).unwrap();
-        for cut in 0..f.len() {
-            assert!(matches!(decode(&f[..cut]), Ok(None)), "cut {cut}");
-        }
-        let mut bad = f.clone();
-        bad[HEADER_LEN] ^= 1;
-        assert_eq!(decode(&bad), Err(WireError::BadChecksum));
-        let mut bad = f.clone();
-        bad[2] = 9;
-        assert_eq!(
-            decode(&bad),
-            Err(WireError::UnsupportedVersion { version: 9 })
-        );
-        let mut bad = f.clone();
-        bad[6..10].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(decode(&bad), Err(WireError::TooLong { .. })));
-        assert_eq!(decode(b"XX"), Err(WireError::BadMagic));
-    }
+fn le8(b: &[u8]) -> [u8; 8] {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    a
 }

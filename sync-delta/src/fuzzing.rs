@@ -5,29 +5,32 @@
 use crate::chunk::ChunkParams;
 use crate::delta::{Op, apply, diff, signature};
 use crate::epoch::Epoch;
-use crate::frame::{self, FrameKind, Link, Nonce, PreSharedKey};
+use crate::frame::{self, Link, Nonce, PreSharedKey, RecordKind};
 use crate::wire::Message;
 use std::time::Instant;
 
 /// `sync_frame`: any bytes
-/// - through [`frame::decode`]: never panic; a decoded frame re-encodes to
-///   the same bytes (up to its MAC field);
+/// - through [`frame::decode_record`]: never panic; a decoded record
+///   re-encodes to the same bytes;
 /// - through [`Message::decode`]: never panic; a decoded message
 ///   re-encodes and decodes to itself;
 /// - fed to an established [`Link`] in pieces: never panic, and never
-///   yield a frame (nothing forged without the key gets through).
+///   yield a frame (nothing forged without the session keys gets
+///   through);
+/// - fed to a listener waiting for the handshake: never panic, and never
+///   answer anything but the constant refusal (nothing that depends on the
+///   key goes to a caller who has not proved it).
 ///
 /// `now` is the links' clock (the harness passes the time it starts).
 ///
 /// # Panics
 /// When the property fails: that is the fuzzer's signal.
 pub fn sync_frame(now: Instant, data: &[u8]) {
-    if let Ok(Some((f, used))) = frame::decode(data) {
+    if let Ok(Some((r, used))) = frame::decode_record(data) {
         assert!(used <= data.len());
         let mut again = Vec::new();
-        frame::encode(&mut again, f.kind, f.channel, f.epoch, f.payload, None)
-            .expect("payload fits");
-        assert_eq!(again[..used - 16], data[..used - 16]);
+        frame::encode_record(&mut again, r.kind, r.body).expect("body fits");
+        assert_eq!(again, data[..used]);
     }
     if let Ok(m) = Message::decode(data) {
         let mut b = Vec::new();
@@ -46,12 +49,42 @@ pub fn sync_frame(now: Instant, data: &[u8]) {
             Err(_) => break,
         }
     }
+    let mut listener = Link::new(
+        frame::LinkRole::Responder,
+        PreSharedKey::new(*blake3::hash(b"fuzz listener").as_bytes()).expect("random-looking"),
+        Nonce([5; 32]),
+        Epoch::new(1, 2),
+        Epoch::default(),
+        now,
+    );
+    let mut said = Vec::new();
+    for piece in data.chunks(97) {
+        if listener.handle_bytes(now, piece).is_err() {
+            break;
+        }
+        let r = listener.poll_frame();
+        listener.poll_transmit(&mut said);
+        match r {
+            Ok(None) => assert!(said.is_empty(), "answered a stranger: {said:?}"),
+            Ok(Some(f)) => panic!("frame from an unauthenticated caller: {f:?}"),
+            Err(_) => break,
+        }
+    }
+    if !said.is_empty() {
+        let (r, used) = frame::decode_record(&said)
+            .expect("own record")
+            .expect("whole");
+        assert_eq!((r.kind, used), (RecordKind::Refused, said.len()));
+    }
+}
+
+fn key() -> PreSharedKey {
+    PreSharedKey::new(*blake3::hash(b"fuzz").as_bytes()).expect("a random-looking key")
 }
 
 fn established(now: Instant) -> (Link, Link) {
-    let key = PreSharedKey::from_secret(b"fuzz");
     let (a, b) = Link::connected_pair(
-        key,
+        key(),
         [Nonce([1; 32]), Nonce([2; 32])],
         [Epoch::new(1, 1), Epoch::new(1, 2)],
         now,
@@ -59,6 +92,23 @@ fn established(now: Instant) -> (Link, Link) {
     .expect("one key: the handshake succeeds");
     assert!(a.is_established() && b.is_established());
     (a, b)
+}
+
+/// A hello of frame version 1 (the MAC-only link): a 26-byte header
+/// (magic, version 1, kind 0, channel, flags, length 32, epoch), a 32-byte
+/// nonce, CRC-32C and a zero MAC. For tests of what a peer on the old
+/// version is told.
+#[must_use]
+pub fn v1_hello() -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(b"SD\x01\x00\x00\x00");
+    f.extend_from_slice(&32u32.to_le_bytes());
+    f.extend_from_slice(&[0; 16]);
+    f.extend_from_slice(&[7; 32]);
+    let crc = crc32c::crc32c(&f);
+    f.extend_from_slice(&crc.to_le_bytes());
+    f.extend_from_slice(&[0; 16]);
+    f
 }
 
 /// `sync_apply`: the first two bytes give a base length; the base follows,
@@ -105,29 +155,44 @@ pub fn seeds_frame() -> Vec<(String, Vec<u8>)> {
     use crate::path::RelPath;
     use crate::wire::{AbandonReason, Base, DataStatus};
     let mut v = Vec::new();
-    let mut f = Vec::new();
-    frame::encode(
-        &mut f,
-        FrameKind::Hello,
-        0,
+    let now = Instant::now();
+    let dialer = Link::new(
+        frame::LinkRole::Initiator,
+        key(),
+        Nonce([3; 32]),
         Epoch::new(3, 4),
-        &[7; 32],
-        None,
+        Epoch::default(),
+        now,
+    );
+    let mut hello = Vec::new();
+    let mut dialer = dialer;
+    dialer.poll_transmit(&mut hello);
+    v.push(("frame_hello".to_owned(), hello.clone()));
+    v.push((
+        "frame_truncated".to_owned(),
+        hello[..hello.len() - 5].to_vec(),
+    ));
+    // From another connection than the property's: its session keys
+    // differ, so the record must be refused.
+    let (mut a, _) = Link::connected_pair(
+        key(),
+        [Nonce([7; 32]), Nonce([8; 32])],
+        [Epoch::new(3, 4), Epoch::new(3, 5)],
+        now,
     )
-    .unwrap();
-    v.push(("frame_hello".to_owned(), f.clone()));
-    v.push(("frame_truncated".to_owned(), f[..f.len() - 5].to_vec()));
+    .expect("one key");
     let mut f = Vec::new();
-    frame::encode(
-        &mut f,
-        FrameKind::Data,
-        1,
-        Epoch::new(3, 4),
-        b"peer message",
-        Some((&[9; 32], 0)),
-    )
-    .unwrap();
+    a.send(1, b"peer message", &mut f).expect("established");
     v.push(("frame_data".to_owned(), f));
+    let mut f = Vec::new();
+    frame::encode_record(
+        &mut f,
+        RecordKind::Refused,
+        b"\x01key proof does not verify",
+    )
+    .expect("short");
+    v.push(("frame_refused".to_owned(), f));
+    v.push(("frame_v1_hello".to_owned(), v1_hello()));
     let file = Meta {
         kind: Kind::File {
             size: 3,

@@ -1,10 +1,11 @@
 //! Delta replication of a directory tree, from the Master (the *source*)
 //! to the Backup (the *replica*), in atomic, verified generations.
 //!
-//! - [`frame`]: the peer link: versioned, length-prefixed, CRC-32C-checked
-//!   frames, a pre-shared-key mutual challenge and a keyed BLAKE3 MAC on
-//!   every frame, multiplexed by channel so the orchestrator's peer
-//!   messages share the connection. Sans-IO; nonces come from the driver.
+//! - [`frame`]: the peer link: Noise (`Noise_NNpsk0_25519_AESGCM_SHA256`,
+//!   the `snow` crate) keyed by a pre-shared key of 32 random bytes, the
+//!   dialer proving it first; encrypted, authenticated records carrying
+//!   frames multiplexed by channel so the orchestrator's peer messages
+//!   share the connection. Sans-IO; the randomness comes from the driver.
 //! - [`wire`]: the sync messages on channel [`frame::CHANNEL_SYNC`].
 //! - [`Source`] and [`Replica`]: the two sessions, Sans-IO engines in the
 //!   house shape. They read and write files only through a [`Storage`]
@@ -117,7 +118,9 @@ pub mod store;
 pub mod wire;
 
 pub use epoch::Epoch;
-pub use error::{ApplyError, LinkError, PathError, Refusal, SessionError, StoreError, WireError};
+pub use error::{
+    ApplyError, KeyError, LinkError, PathError, Refusal, SessionError, StoreError, WireError,
+};
 pub use exclude::Exclude;
 pub use generation::Role;
 pub use manifest::{Kind, Manifest, Meta};

@@ -235,7 +235,17 @@ impl Pair {
 pub fn pair(spec: &PairSpec) -> Pair {
     let root = TempDir::new(spec.tag);
     let ports = pick_ports();
-    std::fs::write(root.join("sync.key"), "5a".repeat(32)).expect("key file");
+    // 32 random bytes, readable by the owner only (anything else is refused).
+    std::fs::write(
+        root.join("sync.key"),
+        "5be0c3a91f7d2e846a0b9c5d3f1e7a2684c9d0b5e3f6a7182c4b9e0d1f3a5c7e",
+    )
+    .expect("key file");
+    std::fs::set_permissions(
+        root.join("sync.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("key file mode");
     std::fs::write(root.join("phones.toml"), phone_inventory(spec.phones)).expect("phones");
     seed(&root.join("pbx-a/data"));
     std::fs::create_dir_all(root.join("pbx-b/data")).expect("pbx-b data directory");

@@ -63,7 +63,9 @@ pub const SYNC_BACKLOG_LIMIT: usize = 1 << 20;
 ///     .address(std::net::Ipv4Addr::new(127, 0, 0, 100))
 ///     .build()?;
 /// let orchestrator = Config::builder(Identity::new("pbx-a", "5.1.30", "en")).build()?;
-/// let link = LinkConfig::new(PreSharedKey::from_secret(b"secret"), true);
+/// # let key_file_bytes = *b"k0Tq9vX2LmZ8aB3nR7yC1eW5uH4sJ6dF";
+/// // 32 random bytes, the same on both units (weak keys are refused).
+/// let link = LinkConfig::new(PreSharedKey::new(key_file_bytes)?, true);
 /// let config = PairConfig::new(vrrp, orchestrator, link);
 /// let (now, wall) = (Instant::now(), SystemTime::now());
 /// let pair = Pair::new(config, PersistentState::default(), now, wall);

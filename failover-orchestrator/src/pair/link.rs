@@ -1,7 +1,8 @@
 //! Peer-link control: who dials, redial backoff, the handshake deadline,
 //! how many unauthenticated connections may wait, and which connection is
 //! the link. The bytes are the driver's (a TCP stream per connection); the
-//! frames, the handshake and the MACs are `sync_delta::frame::Link`'s.
+//! frames, the Noise handshake and the encryption are
+//! `sync_delta::frame::Link`'s.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -21,8 +22,11 @@ pub struct LinkConfig {
     /// Whether this end dials. Both ends listen; exactly one should dial
     /// (see [`LinkConfig::dials_by_address`]).
     pub dials: bool,
-    /// The pre-shared key both ends hold.
+    /// The pre-shared key both ends hold; this end proves it when it dials.
     pub key: PreSharedKey,
+    /// During a key rotation, the next key: a dialer that proves it is
+    /// accepted too (see `sync_delta::frame::Link::with_next_key`).
+    pub next_key: Option<PreSharedKey>,
     /// A connection that has not proved the key in this time is closed
     /// (the `Link`'s own deadline, [`sync_delta::frame::HANDSHAKE_TIMEOUT`]
     /// by default).
@@ -40,6 +44,7 @@ impl std::fmt::Debug for LinkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LinkConfig")
             .field("dials", &self.dials)
+            .field("next_key", &self.next_key.is_some())
             .field("handshake_timeout", &self.handshake_timeout)
             .field("min_backoff", &self.min_backoff)
             .field("max_backoff", &self.max_backoff)
@@ -49,13 +54,14 @@ impl std::fmt::Debug for LinkConfig {
 }
 
 impl LinkConfig {
-    /// The defaults: 5 s handshake, redial after 200 ms doubling to 2 s,
-    /// four handshakes at once.
+    /// The defaults: no next key, 5 s handshake, redial after 200 ms
+    /// doubling to 2 s, four handshakes at once.
     #[must_use]
     pub fn new(key: PreSharedKey, dials: bool) -> LinkConfig {
         LinkConfig {
             dials,
             key,
+            next_key: None,
             handshake_timeout: sync_delta::frame::HANDSHAKE_TIMEOUT,
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(2),
@@ -76,7 +82,8 @@ impl LinkConfig {
 pub enum CloseReason {
     /// The handshake did not finish in time.
     HandshakeTimeout,
-    /// The frames were bad (wrong key, MAC, checksum, buffer limit).
+    /// The records were bad (wrong key, a record that fails
+    /// authentication, another frame version, buffer limit).
     Refused,
     /// A newer authenticated connection replaced this one (the peer
     /// restarted).
@@ -98,34 +105,54 @@ pub enum LinkFailure {
     DialFailed,
     /// The connect and the handshake did not finish in time.
     HandshakeTimeout,
-    /// The peer's handshake proof did not verify: it holds another key.
+    /// The peer's handshake proof did not verify, or the peer refused
+    /// this end's: one of the two holds another key.
     WrongKey,
-    /// The handshake's frames were malformed.
+    /// The handshake's records were malformed.
     Refused,
-    /// The peer closed the connection before the handshake finished (a
-    /// responder does that when the initiator's proof fails: another key).
+    /// The peer speaks another frame version (`sync_delta::frame::VERSION`
+    /// here): both units must run the same release.
+    PeerVersion {
+        /// The version the peer's bytes carry.
+        theirs: u8,
+    },
+    /// The peer closed the connection before the handshake finished
+    /// without a word: a listener on frame version 1 does that with a
+    /// version 2 hello (one on this version says why it refuses).
     ClosedInHandshake,
 }
 
 impl std::fmt::Display for LinkFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            LinkFailure::DialFailed => "connect failed",
-            LinkFailure::HandshakeTimeout => "handshake timed out",
-            LinkFailure::WrongKey => "handshake: the peer's proof does not verify (wrong key)",
-            LinkFailure::Refused => "handshake: malformed frames",
-            LinkFailure::ClosedInHandshake => {
-                "the peer closed the connection during the handshake (wrong key?)"
+        let ours = sync_delta::frame::VERSION;
+        match self {
+            LinkFailure::DialFailed => f.write_str("connect failed"),
+            LinkFailure::HandshakeTimeout => f.write_str("handshake timed out"),
+            LinkFailure::WrongKey => {
+                f.write_str("handshake: the key proof does not verify (wrong key)")
             }
-        })
+            LinkFailure::Refused => f.write_str("handshake: malformed records"),
+            LinkFailure::PeerVersion { theirs } => write!(
+                f,
+                "the peer speaks frame version {theirs}, this node speaks version {ours}: \
+                 both units must run the same release (see the CHANGELOG's upgrade path)"
+            ),
+            LinkFailure::ClosedInHandshake => write!(
+                f,
+                "the peer closed the connection during the handshake without an answer \
+                 (a peer on frame version {} does that; this node speaks version {ours})",
+                ours - 1
+            ),
+        }
     }
 }
 
 impl LinkFailure {
     fn of(e: &LinkError) -> LinkFailure {
         match e {
-            LinkError::BadProof => LinkFailure::WrongKey,
+            LinkError::BadProof | LinkError::KeyRefused => LinkFailure::WrongKey,
             LinkError::HandshakeTimeout => LinkFailure::HandshakeTimeout,
+            LinkError::PeerVersion { theirs, .. } => LinkFailure::PeerVersion { theirs: *theirs },
             _ => LinkFailure::Refused,
         }
     }
@@ -209,7 +236,8 @@ pub struct LinkStats {
     pub established: u64,
     /// Connections closed for a handshake that did not finish in time.
     pub handshake_timeouts: u64,
-    /// Connections closed for bad frames (wrong key, MAC, checksum).
+    /// Connections closed for bad records (wrong key, failed
+    /// authentication, another frame version).
     pub refused: u64,
     /// Accepted connections turned away (redundancy off, too many
     /// handshakes waiting).
@@ -333,7 +361,8 @@ impl LinkControl {
             self.newest_peer,
             now,
         )
-        .with_handshake_timeout(self.cfg.handshake_timeout);
+        .with_handshake_timeout(self.cfg.handshake_timeout)
+        .with_next_key(self.cfg.next_key.clone());
         let mut c = Conn { id, link };
         let mut bytes = Vec::new();
         if c.link.poll_transmit(&mut bytes) {
@@ -424,24 +453,30 @@ impl LinkControl {
         self.changes.push_back(true);
     }
 
-    /// Feeds bytes, collects frames and handshake answers; the error when
-    /// the connection must close.
+    /// Feeds bytes, collects frames and handshake answers (a refusal too,
+    /// sent before the close); the error when the connection must close.
     fn feed(&mut self, now: Instant, c: &mut Conn, bytes: &[u8]) -> Result<(), LinkError> {
         // The link buffers at most two frames undrained: feed in pieces.
         let step = sync_delta::frame::MAX_FRAME;
+        let mut result = Ok(());
         for piece in bytes.chunks(step.max(1)) {
-            c.link.handle_bytes(now, piece)?;
-            while let Some(f) = c.link.poll_frame()? {
-                self.stats.frames_in += 1;
-                self.frames.push_back((f.channel, f.payload));
-            }
+            result = c.link.handle_bytes(now, piece).and_then(|()| {
+                while let Some(f) = c.link.poll_frame()? {
+                    self.stats.frames_in += 1;
+                    self.frames.push_back((f.channel, f.payload));
+                }
+                Ok(())
+            });
             let mut out = Vec::new();
             if c.link.poll_transmit(&mut out) {
                 self.out.push_back(LinkOut::Send(c.id, out));
             }
+            if result.is_err() {
+                break;
+            }
         }
         self.newest_peer = self.newest_peer.max(c.link.newest_peer_epoch());
-        Ok(())
+        result
     }
 
     /// The driver saw connection `id` end.

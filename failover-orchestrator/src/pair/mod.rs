@@ -77,7 +77,8 @@
 //! let config = PairConfig {
 //!     vrrp,
 //!     orchestrator: Config::builder(identity).build().unwrap(),
-//!     link: LinkConfig::new(PreSharedKey::from_secret(b"secret"), true),
+//!     // 32 random bytes, the same on both units (weak keys are refused).
+//!     link: LinkConfig::new(PreSharedKey::new(*b"k0Tq9vX2LmZ8aB3nR7yC1eW5uH4sJ6dF").unwrap(), true),
 //!     vrrp_datagrams: false,
 //! };
 //! let now = Instant::now();

@@ -629,8 +629,7 @@ impl SyncWorker {
             }
             Session::Replica(r) if !is_for_source(&m) => {
                 if let Some(t) = &mut self.round {
-                    let frame = sync_delta::frame::HEADER_LEN + sync_delta::frame::TRAILER_LEN;
-                    t.received += (m.encoded_len() + frame) as u64;
+                    t.received += sync_delta::frame::wire_len(m.encoded_len()) as u64;
                 }
                 match r.handle_message(now, m, store) {
                     Ok(()) => None,

@@ -112,7 +112,10 @@ pub struct SyncLinkStats {
 /// use failover_orchestrator::pair::{LinkConfig, SyncLink, SyncLinkOutput, SyncOrder, SyncRole};
 /// use sync_delta::frame::PreSharedKey;
 ///
-/// let link = LinkConfig::new(PreSharedKey::from_secret(b"secret"), true);
+/// # let key_file_bytes = *b"k0Tq9vX2LmZ8aB3nR7yC1eW5uH4sJ6dF";
+/// // 32 random bytes, the same on both ends (weak keys are refused).
+/// let key = PreSharedKey::new(key_file_bytes).expect("32 random bytes");
+/// let link = LinkConfig::new(key, true);
 /// let role = SyncRole::Replica { periodic: true };
 /// let now = Instant::now();
 /// let mut replica = SyncLink::new(link, role, sync_delta::Epoch::default(), now);

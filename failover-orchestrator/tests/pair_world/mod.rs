@@ -211,6 +211,9 @@ impl Ord for Keyed {
 struct Wire {
     ends: [(usize, ConnId, u64); 2],
     open: bool,
+    /// An engine closed it: nothing more is sent, what was sent before
+    /// still arrives, then both ends see the close (a FIN after the data).
+    shut: bool,
     last: [Duration; 2],
     stalled: Vec<(usize, Vec<u8>)>,
 }
@@ -448,7 +451,7 @@ impl World {
             })
             .build()
             .unwrap();
-        let key = PreSharedKey::from_secret(self.cfg.link_secrets[i]);
+        let key = PreSharedKey::new(*blake3::hash(self.cfg.link_secrets[i]).as_bytes()).unwrap();
         let link = LinkConfig::new(key, i == 0);
         PairConfig {
             vrrp,
@@ -522,6 +525,10 @@ impl World {
             return;
         }
         self.wires[w].open = false;
+        if self.wires[w].shut {
+            // Its closes are on their way already; bytes in flight are lost.
+            return;
+        }
         let delay = self.cfg.link_delay;
         for (node, conn, boot) in self.wires[w].ends {
             self.at(self.now + delay, Ev::Closed { node, conn, boot });
@@ -651,6 +658,7 @@ impl World {
                         self.wires.push(Wire {
                             ends: [(from, conn, boot), (to, pc, to_boot)],
                             open: true,
+                            shut: false,
                             last: [Duration::ZERO; 2],
                             stalled: Vec::new(),
                         });
@@ -855,8 +863,25 @@ impl World {
         self.drive(i);
     }
 
+    /// An engine closed its end of wire `w` (see [`Wire::shut`]).
+    fn close_wire(&mut self, w: usize) {
+        if !self.wires[w].open || self.wires[w].shut {
+            return;
+        }
+        if self.link_cut {
+            self.reset_wire(w);
+            return;
+        }
+        self.wires[w].shut = true;
+        let delay = self.cfg.link_delay;
+        for (end, (node, conn, boot)) in self.wires[w].ends.into_iter().enumerate() {
+            let at = (self.now + delay).max(self.wires[w].last[end]);
+            self.at(at, Ev::Closed { node, conn, boot });
+        }
+    }
+
     fn send_on(&mut self, w: usize, from_end: usize, bytes: Vec<u8>) {
-        if !self.wires[w].open {
+        if !self.wires[w].open || self.wires[w].shut {
             return;
         }
         if self.link_cut {
@@ -931,7 +956,7 @@ impl World {
                 Output::Close { conn, .. } => {
                     let boot = n.boot;
                     match self.wire_of.get(&(i, boot, conn)).copied() {
-                        Some(w) => self.reset_wire(w),
+                        Some(w) => self.close_wire(w),
                         None => self.at(
                             self.now,
                             Ev::Closed {
