@@ -1,6 +1,8 @@
 //! `node --config node.toml`: one redundant-pair node, until SIGINT or
 //! SIGTERM, then a graceful stop (services stopped in reverse order, the
-//! address released, priority 0 sent).
+//! address released, priority 0 sent). SIGHUP reads the configuration
+//! again for the peer link's keys (`[sync] key_file`, `key_file_next`): a
+//! key rotation without a restart. Other settings apply at the next start.
 //!
 //! ```text
 //! cargo run --release --example node -- --config examples/node.example.toml
@@ -18,7 +20,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use examples::config::NodeConfig;
 use examples::hooks::ShellHooks;
-use examples::node::{NodeError, Options, Stop, run};
+use examples::node::{ApiRequest, NodeError, NodeHandle, Options, Stop, run};
+use sync_delta::frame::PreSharedKey;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// One node of a redundant PBX pair.
@@ -28,6 +31,42 @@ struct Args {
     /// The node's configuration file (TOML).
     #[arg(long)]
     config: PathBuf,
+}
+
+/// At each SIGHUP, the configuration read again, its key files checked as
+/// at the start; their keys go to the running node. A configuration that
+/// does not load changes nothing (the keys in use stay), and says why.
+async fn reload_keys_on_hangup(
+    mut hup: tokio::signal::unix::Signal,
+    path: PathBuf,
+    handle: tokio::sync::oneshot::Receiver<NodeHandle>,
+) {
+    let Ok(handle) = handle.await else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let keys = NodeConfig::load(&path).map(|c| c.files.and_then(|f| f.key));
+        let keys = keys.map_err(|e| e.to_string()).and_then(|k| match k {
+            Some((key, next)) => {
+                let psk = |b| PreSharedKey::new(b).map_err(|e| e.to_string());
+                Ok((psk(key)?, next.map(psk).transpose()?))
+            }
+            None => Err("no [sync] section: no peer link key to reload".into()),
+        });
+        match keys {
+            Ok((key, next)) => {
+                if handle
+                    .api
+                    .send(ApiRequest::ReloadKeys(key, next))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: the keys in use stay"),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -71,12 +110,16 @@ fn main() -> ExitCode {
             }
             Stop::Graceful
         };
+        let (ready, handle) = tokio::sync::oneshot::channel();
+        if let Ok(hup) = signal(SignalKind::hangup()) {
+            tokio::spawn(reload_keys_on_hangup(hup, args.config.clone(), handle));
+        }
         run(
             config,
             options,
             std::sync::Arc::new(ShellHooks::default()),
             stop,
-            None,
+            Some(ready),
         )
         .await
     });

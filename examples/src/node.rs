@@ -119,6 +119,10 @@ pub enum ApiRequest {
     /// Switch redundancy on or off; the value is kept in the state
     /// directory and overrides the configuration from then on.
     SetRedundancy(bool, ApiReply),
+    /// New peer-link keys (a reload of the key files, `SIGHUP`): the key
+    /// this node proves, and the next key it accepts during a rotation.
+    /// The link that is up stays; the next connection uses them.
+    ReloadKeys(PreSharedKey, Option<PreSharedKey>),
 }
 
 /// What the status API shows, refreshed after every input.
@@ -439,6 +443,7 @@ enum Inbox {
     Operator(OperatorRequest, ApiReply),
     Worker(FromWorker),
     Stop(Stop, oneshot::Sender<()>),
+    Keys(PreSharedKey, Option<PreSharedKey>),
 }
 
 /// The sending side of the engine thread's inbox.
@@ -613,6 +618,10 @@ impl Engine {
                 }
                 Inbox::Worker(FromWorker::Report(r)) => self.pair.handle_sync_report(now, r),
                 Inbox::Stop(how, done) => self.stop = Some((how, done)),
+                Inbox::Keys(key, next) => {
+                    info!(next_key = next.is_some(), "peer link keys reloaded");
+                    self.pair.set_link_keys(key, next);
+                }
             }
             self.drain();
         }
@@ -1408,6 +1417,9 @@ async fn stop_services(runner: &Runner) {
 /// preflight has decided.
 fn forward(runner: &Runner, req: ApiRequest) {
     match req {
+        ApiRequest::ReloadKeys(key, next) => {
+            runner.engine.send(Inbox::Keys(key, next));
+        }
         ApiRequest::SetBackupMode(mode, reply) => {
             runner.engine.send(Inbox::Operator(
                 OperatorRequest::SetBackupMode {

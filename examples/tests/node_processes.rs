@@ -1009,3 +1009,92 @@ fn a_unit_in_its_rotation_window_accepts_the_next_key() {
         Some("trunk=rotated\n")
     );
 }
+
+/// Key rotation on running units, without a restart: at each step both
+/// units' configurations change and each gets a SIGHUP (sent to its
+/// process id). The link stays up and the data keeps flowing; at the end
+/// pbx-a, never restarted, holds only the new key: a restarted pbx-b on
+/// the new key alone links with it.
+#[test]
+fn keys_rotate_on_sighup_without_a_restart() {
+    let mut p = pair("rotation-hup", true);
+    let root = p.a.config.parent().expect("folder").to_path_buf();
+    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
+    settled(&mut p);
+    key_file(
+        &root.join("next.key"),
+        "c4e1a7f3092b5d86e0f1c3a5b7d9e2f4061a8c3e5b7d9f1a2c4e6b8d0f1e3a5c",
+    );
+    let set_keys = |node: &Node, keys: &str| {
+        let text = std::fs::read_to_string(&node.config).expect("config");
+        let start = text.find("key_file =").expect("key_file");
+        let end = text[start..].find("\n[status]").expect("[status]") + start;
+        let text = format!("{}{keys}{}", &text[..start], &text[end..]);
+        std::fs::write(&node.config, text).expect("config");
+    };
+    let hup = |node: &Node, reloads: usize| {
+        let pid = node.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .arg("-HUP")
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        let t0 = Instant::now();
+        while node.log_text().matches("peer link keys reloaded").count() < reloads {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{}: no reload\n{}",
+                node.name,
+                node.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let steps = [
+        "key_file = \"sync.key\"\nkey_file_next = \"next.key\"",
+        "key_file = \"next.key\"\nkey_file_next = \"sync.key\"",
+        "key_file = \"next.key\"",
+    ];
+    for (i, keys) in steps.into_iter().enumerate() {
+        for node in [&p.a, &p.b] {
+            set_keys(node, keys);
+            hup(node, i + 1);
+        }
+    }
+    // The link never dropped, and the data still flows.
+    std::fs::write(p.a.data.join("after-rotation.conf"), "rotated\n").expect("write");
+    let before = generation(&p.b.status());
+    p.b.wait("the next round", Duration::from_secs(30), |s| {
+        generation(s) > before
+    });
+    assert!(p.b.data.join("after-rotation.conf").exists());
+    assert!(
+        !p.a.log_text().contains("peer link failed"),
+        "{}",
+        p.a.log_text()
+    );
+    // The old key is gone from the files; pbx-b restarts on the new one.
+    std::fs::write(root.join("sync.key"), "").expect("wipe the old key");
+    p.b.stop();
+    p.b.start();
+    // pbx-b's view is fresh (it just started): the link is up again.
+    p.b.wait(
+        "linked to pbx-a over the new key",
+        Duration::from_secs(20),
+        |s| peer_is(s, "Master"),
+    );
+    // A reload that cannot be used changes nothing.
+    set_keys(&p.a, "key_file = \"sync.key\"");
+    let pid = p.a.child.as_ref().expect("running").id();
+    let _ = Command::new("kill")
+        .arg("-HUP")
+        .arg(pid.to_string())
+        .status();
+    let t0 = Instant::now();
+    while !p.a.log_text().contains("SIGHUP: the keys in use stay") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{}", p.a.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(peer_is(&p.a.status(), "Backup"));
+}

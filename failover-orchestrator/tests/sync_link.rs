@@ -453,6 +453,73 @@ fn during_a_rotation_the_listener_accepts_either_key() {
 }
 
 #[test]
+fn keys_rotate_on_running_ends_without_a_restart() {
+    // Both ends on the old key, linked and synced once.
+    let mut w = World::with_keys((b"old key", None), b"old key", 2, 1000);
+    let round = |e: &SyncLinkEvent| match e {
+        SyncLinkEvent::Sync(SyncReport::RoundDone(s)) => Some(*s),
+        _ => None,
+    };
+    assert_eq!(w.until(REPLICA, round).generation, 1);
+    // The rotation, as a driver's reload applies it: the listener
+    // accepts either key, then the dialler moves to the next one. The
+    // link that is up stays up.
+    w.ends[SOURCE]
+        .link
+        .set_link_keys(key(b"next key"), Some(key(b"old key")));
+    w.ends[REPLICA].link.set_link_keys(key(b"next key"), None);
+    w.settle();
+    assert!(w.ends[REPLICA].link.link_up() && w.ends[SOURCE].link.link_up());
+    // The next connection proves the next key: drop this one.
+    let now = w.now;
+    let conns: Vec<(usize, ConnId)> = w.conns.keys().copied().collect();
+    w.conns.clear();
+    for (i, conn) in conns {
+        w.ends[i].link.handle_link_closed(now, conn);
+    }
+    let from = w.ends[REPLICA].events.len();
+    w.until(REPLICA, |e| {
+        matches!(e, SyncLinkEvent::LinkUp).then_some(())
+    });
+    // The old key retired on the listener too: the link comes up again,
+    // with no failed handshake on the way.
+    w.ends[SOURCE].link.set_link_keys(key(b"next key"), None);
+    let now = w.now;
+    let conns: Vec<(usize, ConnId)> = w.conns.keys().copied().collect();
+    w.conns.clear();
+    for (i, conn) in conns {
+        w.ends[i].link.handle_link_closed(now, conn);
+    }
+    let ups = |w: &World| {
+        w.ends[REPLICA].events[from..]
+            .iter()
+            .filter(|(_, e)| matches!(e, SyncLinkEvent::LinkUp))
+            .count()
+    };
+    while ups(&w) < 2 {
+        w.step();
+    }
+    let failed = |e: &SyncLinkEvent| matches!(e, SyncLinkEvent::LinkFailed { .. });
+    assert!(
+        !w.has(REPLICA, failed) && !w.has(SOURCE, failed),
+        "a handshake failed during the rotation"
+    );
+    // And an end still on the old key alone is refused now.
+    w.ends[REPLICA].link.set_link_keys(key(b"old key"), None);
+    let now = w.now;
+    let conns: Vec<(usize, ConnId)> = w.conns.keys().copied().collect();
+    w.conns.clear();
+    for (i, conn) in conns {
+        w.ends[i].link.handle_link_closed(now, conn);
+    }
+    let why = w.until(REPLICA, |e| match e {
+        SyncLinkEvent::LinkFailed { why, .. } => Some(*why),
+        _ => None,
+    });
+    assert_eq!(why, LinkFailure::WrongKey);
+}
+
+#[test]
 fn a_peer_on_the_old_frame_version_is_named_at_both_ends() {
     let now = Instant::now();
     // A version 1 dialer reaching this listener.

@@ -289,6 +289,13 @@ impl std::fmt::Debug for LinkControl {
 }
 
 impl LinkControl {
+    /// New keys for the connections made from now on (a rotation); the
+    /// link that is up, already authenticated, stays.
+    pub(crate) fn set_keys(&mut self, key: PreSharedKey, next: Option<PreSharedKey>) {
+        self.cfg.key = key;
+        self.cfg.next_key = next;
+    }
+
     pub(crate) fn new(cfg: LinkConfig, epoch: sync_delta::Epoch) -> LinkControl {
         let backoff = cfg.min_backoff;
         LinkControl {

@@ -740,6 +740,16 @@ impl Pair {
         self.link.link_up()
     }
 
+    /// Rotates the peer link's keys without a restart (a driver's reload
+    /// of its key files): see [`SyncLink::set_link_keys`].
+    pub fn set_link_keys(
+        &mut self,
+        key: sync_delta::frame::PreSharedKey,
+        next: Option<sync_delta::frame::PreSharedKey>,
+    ) {
+        self.link.set_link_keys(key, next);
+    }
+
     /// The engine's counters.
     #[must_use]
     pub fn stats(&self) -> PairStats {

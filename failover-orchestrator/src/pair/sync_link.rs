@@ -276,6 +276,18 @@ impl SyncLink {
         self.link.is_up()
     }
 
+    /// Rotates the keys without a restart: connections made from now on
+    /// prove `key` when dialling and accept a dialler that proves `key`
+    /// or `next` (as [`LinkConfig::key`] and [`LinkConfig::next_key`]).
+    /// The link that is up stays: it was authenticated already.
+    pub fn set_link_keys(
+        &mut self,
+        key: sync_delta::frame::PreSharedKey,
+        next: Option<sync_delta::frame::PreSharedKey>,
+    ) {
+        self.link.set_keys(key, next);
+    }
+
     /// The link's counters.
     #[must_use]
     pub fn link_stats(&self) -> LinkStats {
