@@ -3,7 +3,8 @@
 //! ```text
 //! sync serve --dir DIR --listen ADDR --key-file F [--key-next F] [--exclude PATTERN]...
 //! sync pull  --dir DIR --from ADDR --key-file F [--once] [--interval-s 60]
-//!            [--allow-mass-delete] [--exclude PATTERN]...
+//!            [--allow-mass-delete] [--mass-delete-fraction 0.5]
+//!            [--mass-delete-window-h 24] [--exclude PATTERN]...
 //! ```
 //!
 //! `serve` serves DIR as a source until killed (it prints
@@ -16,10 +17,15 @@
 //! {"generation":N,"files_sent":N,"files_renamed":N,"files_deleted":N,"bytes_received":N,"seconds":F}
 //! ```
 //!
-//! A round refused by the mass-deletion guard exits 2 (confirm with
-//! `--allow-mass-delete`); any other failure is an error on stderr and exit
-//! 1, with the replica left at its last whole generation. Without `--once`
-//! it pulls every `--interval-s` seconds and prints a line per round.
+//! A round refused by the mass-deletion guard exits 3 (confirm with
+//! `--allow-mass-delete`): one that would lose more than
+//! `--mass-delete-fraction` of the replica's content bytes, counting what
+//! the rounds of the last `--mass-delete-window-h` hours lost (renames,
+//! moves and copies lose nothing; truncation does), or an empty source.
+//! Argument errors exit 2 (clap's convention); any other failure is an
+//! error on stderr and exit 1, with the replica left at its last whole
+//! generation. Without `--once` it pulls every `--interval-s` seconds and
+//! prints a line per round.
 //!
 //! The key file holds 64 hex digits (whitespace ignored): 32 random bytes
 //! (`od -An -tx1 -N32 /dev/urandom`), in a file other users cannot read.
@@ -37,7 +43,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use examples::config::read_key_file_as;
+use examples::config::{mass_delete_settings, read_key_file_as};
 use examples::peer::{self, PeerCommand, PeerConfig, PeerEvent, SyncRole};
 
 #[derive(Parser, Debug)]
@@ -88,14 +94,42 @@ enum Cmd {
         /// Seconds between rounds without `--once`.
         #[arg(long, default_value_t = 60)]
         interval_s: u64,
-        /// Let a round delete more than half of the replica's entries.
+        /// Let a round past the mass-deletion guard.
         #[arg(long)]
         allow_mass_delete: bool,
+        /// The mass-deletion guard: the share of the replica's content
+        /// bytes, in (0, 1], that a round, with the rounds of the window,
+        /// may lose before it is refused.
+        #[arg(long, default_value_t = 0.5, value_parser = fraction, allow_negative_numbers = true)]
+        mass_delete_fraction: f64,
+        /// Hours back that lost content counts for the guard (0: each
+        /// round on its own).
+        #[arg(long, default_value_t = 24.0, value_parser = window_h, allow_negative_numbers = true)]
+        mass_delete_window_h: f64,
         /// Paths never written or deleted here (glob; repeat for more).
         #[arg(long)]
         exclude: Vec<String>,
     },
 }
+
+/// `--mass-delete-fraction`: a share in (0, 1].
+fn fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    mass_delete_settings("", Some(v), None)
+        .map(|(f, _)| f.get())
+        .map_err(|_| "must be a share of the tree in (0, 1]".into())
+}
+
+/// `--mass-delete-window-h`: hours, 0 or more.
+fn window_h(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    mass_delete_settings("", None, Some(v))
+        .map(|_| v)
+        .map_err(|_| "must be a number of hours, 0 or more".into())
+}
+
+/// The exit status of a round the mass-deletion guard refused.
+const EXIT_REFUSED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -158,6 +192,8 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             once,
             interval_s,
             allow_mass_delete,
+            mass_delete_fraction,
+            mass_delete_window_h,
             exclude,
         } => {
             let key = match read_key_file_as(&key_file, "--key-file") {
@@ -171,6 +207,11 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             config.exclude = exclude;
             config.interval = Duration::from_secs(interval_s.max(1));
             config.allow_mass_delete = allow_mass_delete;
+            let (fraction, window) =
+                mass_delete_settings("--", Some(mass_delete_fraction), Some(mass_delete_window_h))
+                    .map_err(|e| e.to_string())?;
+            config.mass_delete_fraction = fraction.get();
+            config.mass_delete_window = window;
             pull(config, once).await
         }
     }
@@ -252,7 +293,7 @@ async fn pull(config: PeerConfig, once: bool) -> Result<ExitCode, String> {
                      (rerun with --allow-mass-delete to confirm)"
                 );
                 if once {
-                    break Ok(ExitCode::from(2));
+                    break Ok(ExitCode::from(EXIT_REFUSED));
                 }
             }
             PeerEvent::RoundFailed(e) | PeerEvent::LinkFailed(e) | PeerEvent::Error(e) => {

@@ -124,6 +124,8 @@ struct RawSync {
     key_file_next: Option<PathBuf>,
     #[serde(default)]
     exclude: Vec<String>,
+    mass_delete_fraction: Option<f64>,
+    mass_delete_window_h: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,6 +239,65 @@ pub struct Sync {
     pub key_file_next: Option<PathBuf>,
     /// Patterns never replicated.
     pub exclude: Vec<String>,
+    /// `mass_delete_fraction`: the share of the tree's content bytes a
+    /// round, with the rounds of the window, may lose before it needs a
+    /// confirmation (default 0.5).
+    pub mass_delete_fraction: Fraction,
+    /// `mass_delete_window_h`: how far back lost content counts (default
+    /// 24 h; 0: each round on its own).
+    pub mass_delete_window: Duration,
+}
+
+/// A share in (0, 1], checked when read: never NaN, so it compares as a
+/// whole number would.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Fraction(f64);
+
+impl Eq for Fraction {}
+
+impl Fraction {
+    /// `value` if it is in (0, 1].
+    #[must_use]
+    pub fn new(value: f64) -> Option<Fraction> {
+        (value > 0.0 && value <= 1.0).then_some(Fraction(value))
+    }
+
+    /// The share.
+    #[must_use]
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+/// The mass-deletion guard's settings, as the `[sync]` keys
+/// `mass_delete_fraction` and `mass_delete_window_h` (and the `sync`
+/// tool's flags) give them: a share in (0, 1] and a window of hours ≥ 0.
+///
+/// # Errors
+/// What is wrong, naming the key (`key_prefix` then the key's name).
+pub fn mass_delete_settings(
+    key_prefix: &str,
+    fraction: Option<f64>,
+    window_h: Option<f64>,
+) -> Result<(Fraction, Duration), ConfigError> {
+    let fraction = fraction.unwrap_or(0.5);
+    let fraction = Fraction::new(fraction).ok_or_else(|| {
+        invalid(
+            format!("{key_prefix}mass_delete_fraction"),
+            format!("{fraction} is not a share of the tree in (0, 1]"),
+        )
+    })?;
+    let hours = window_h.unwrap_or(24.0);
+    let window = (hours >= 0.0)
+        .then(|| Duration::try_from_secs_f64(hours * 3600.0).ok())
+        .flatten()
+        .ok_or_else(|| {
+            invalid(
+                format!("{key_prefix}mass_delete_window_h"),
+                format!("{hours} is not a number of hours, 0 or more"),
+            )
+        })?;
+    Ok((fraction, window))
 }
 
 /// The `[status]` table, validated.
@@ -393,6 +454,8 @@ impl NodeConfig {
                         return Err(invalid(format!("sync.exclude[{i}]"), "empty pattern"));
                     }
                 }
+                let (mass_delete_fraction, mass_delete_window) =
+                    mass_delete_settings("sync.", s.mass_delete_fraction, s.mass_delete_window_h)?;
                 Ok(Sync {
                     listen: s.listen,
                     peer: s.peer,
@@ -401,6 +464,8 @@ impl NodeConfig {
                     key_file: abs(s.key_file),
                     key_file_next: s.key_file_next.map(abs),
                     exclude: s.exclude,
+                    mass_delete_fraction,
+                    mass_delete_window,
                 })
             })
             .transpose()?;

@@ -123,6 +123,78 @@ pub enum ApiRequest {
     /// this node proves, and the next key it accepts during a rotation.
     /// The link that is up stays; the next connection uses them.
     ReloadKeys(PreSharedKey, Option<PreSharedKey>),
+    /// Confirm the deletions the mass-deletion guard held back (on the
+    /// Backup): the refused round runs now and goes through. Answered with
+    /// the refusal confirmed, or `nothing_to_confirm`.
+    ConfirmDeletions(oneshot::Sender<Result<RefusedRound, Refused>>),
+}
+
+/// Replication as the status API shows it (`/status`'s `sync`).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SyncSnapshot {
+    /// The last round the mass-deletion guard refused, while it waits for
+    /// `POST /sync/confirm-deletions` (until a round commits or the node
+    /// is no longer a Backup).
+    pub refused: Option<RefusedRound>,
+}
+
+/// A round the mass-deletion guard refused: the words and the figures.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RefusedRound {
+    /// For people.
+    pub error: String,
+    /// `mass_deletion` (too much content lost) or `empty_source`.
+    pub code: String,
+    /// Content bytes the round would lose (`mass_deletion`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub losing_bytes: Option<u64>,
+    /// Content bytes the rounds committed within the window lost
+    /// (`mass_deletion`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_in_window_bytes: Option<u64>,
+    /// The tree's content bytes the share is taken of (`mass_deletion`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tree_bytes: Option<u64>,
+    /// The most the window may lose unconfirmed (`mass_deletion`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_bytes: Option<u64>,
+    /// Entries the Backup holds (`empty_source`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entries: Option<u64>,
+}
+
+impl From<sync_delta::Refusal> for RefusedRound {
+    fn from(r: sync_delta::Refusal) -> Self {
+        let mut v = RefusedRound {
+            error: r.to_string(),
+            code: String::new(),
+            losing_bytes: None,
+            lost_in_window_bytes: None,
+            tree_bytes: None,
+            limit_bytes: None,
+            entries: None,
+        };
+        match r {
+            sync_delta::Refusal::MassDeletion {
+                losing,
+                lost,
+                total,
+                limit,
+            } => {
+                v.code = "mass_deletion".into();
+                v.losing_bytes = Some(losing);
+                v.lost_in_window_bytes = Some(lost);
+                v.tree_bytes = Some(total);
+                v.limit_bytes = Some(limit);
+            }
+            sync_delta::Refusal::EmptySource { total } => {
+                v.code = "empty_source".into();
+                v.entries = Some(total);
+            }
+            _ => v.code = "refused".into(),
+        }
+        v
+    }
 }
 
 /// What the status API shows, refreshed after every input.
@@ -151,6 +223,8 @@ pub struct Snapshot {
     /// its peer never received were moved: those there at start, then any
     /// made since.
     pub quarantine: Vec<String>,
+    /// Replication: a round waiting for a confirmation.
+    pub sync: SyncSnapshot,
 }
 
 /// The election as the status API shows it.
@@ -441,6 +515,7 @@ enum Inbox {
     Result(CommandId, CommandOutcome),
     Registered(PhoneId),
     Operator(OperatorRequest, ApiReply),
+    ConfirmDeletions(oneshot::Sender<Result<RefusedRound, Refused>>),
     Worker(FromWorker),
     Stop(Stop, oneshot::Sender<()>),
     Keys(PreSharedKey, Option<PreSharedKey>),
@@ -612,6 +687,20 @@ impl Engine {
                         .map_err(Refused::from);
                     let _ = reply.send(r);
                 }
+                Inbox::ConfirmDeletions(reply) => {
+                    let waiting = self.pair.sync_refused();
+                    let r = match waiting {
+                        Some(why) if self.pair.confirm_deletions(now) => {
+                            warn!(refusal = %why, "the operator confirmed the deletions");
+                            Ok(RefusedRound::from(why))
+                        }
+                        _ => Err(Refused {
+                            error: "no sync round is waiting for a confirmation".into(),
+                            code: "nothing_to_confirm".into(),
+                        }),
+                    };
+                    let _ = reply.send(r);
+                }
                 Inbox::Worker(FromWorker::Message(m, len)) => {
                     self.queued.fetch_sub(len, Ordering::Relaxed);
                     self.pair.handle_sync_message(now, &m);
@@ -771,6 +860,11 @@ impl Engine {
                     }
                 }
             }
+            PairEvent::Sync(SyncReport::Refused(why)) => warn!(
+                refusal = %why,
+                "sync round refused by the mass-deletion guard; nothing changed \
+                 (POST /sync/confirm-deletions confirms)"
+            ),
             PairEvent::Sync(SyncReport::RoundDone(s)) => info!(
                 generation = s.generation,
                 fetched = s.fetched,
@@ -829,6 +923,7 @@ impl Engine {
             .collect();
         s.phones = o.phone_outcomes();
         s.quarantine.clone_from(&self.quarantine);
+        s.sync.refused = self.pair.sync_refused().map(RefusedRound::from);
     }
 
     fn shut_down(&mut self, how: Stop) {
@@ -1238,6 +1333,8 @@ pub async fn run(
             let worker = SyncWorker::new(SyncConfig {
                 exclude: sync_delta::Exclude::new(&sync.exclude),
                 interval: sync.interval,
+                mass_delete_fraction: sync.mass_delete_fraction.get(),
+                mass_delete_window: sync.mass_delete_window,
                 ..SyncConfig::default()
             });
             (link, Some(listener), Some(sync.peer), Some((worker, store)))
@@ -1419,6 +1516,9 @@ fn forward(runner: &Runner, req: ApiRequest) {
     match req {
         ApiRequest::ReloadKeys(key, next) => {
             runner.engine.send(Inbox::Keys(key, next));
+        }
+        ApiRequest::ConfirmDeletions(reply) => {
+            runner.engine.send(Inbox::ConfirmDeletions(reply));
         }
         ApiRequest::SetBackupMode(mode, reply) => {
             runner.engine.send(Inbox::Operator(

@@ -87,6 +87,11 @@ pub struct PeerConfig {
     /// tool's `--allow-mass-delete`); otherwise a refused round needs
     /// [`PeerCommand::ConfirmDeletions`].
     pub allow_mass_delete: bool,
+    /// Replica: the mass-deletion guard's share of the tree's content
+    /// bytes (default 0.5; see `sync_delta::ReplicaConfig`).
+    pub mass_delete_fraction: f64,
+    /// Replica: how far back lost content counts (default 24 h).
+    pub mass_delete_window: Duration,
 }
 
 impl PeerConfig {
@@ -104,6 +109,8 @@ impl PeerConfig {
             interval: Duration::from_secs(60),
             node: 0,
             allow_mass_delete: false,
+            mass_delete_fraction: 0.5,
+            mass_delete_window: Duration::from_secs(24 * 3600),
         }
     }
 
@@ -275,6 +282,8 @@ pub fn spawn(
         exclude: Exclude::new(&config.exclude),
         interval: config.interval,
         allow_mass_delete: config.allow_mass_delete,
+        mass_delete_fraction: config.mass_delete_fraction,
+        mass_delete_window: config.mass_delete_window,
         ..SyncConfig::default()
     });
     let (to_worker, orders) = std_mpsc::channel();

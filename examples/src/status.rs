@@ -7,6 +7,10 @@
 //! {"error": "<words>", "code": "<snake_case>"}` when refused, `400` for a
 //! malformed request, `415` for a body that is not `application/json`. On
 //! the Master, `backup_gui_port` forwards to the Backup's page and API.
+//! `POST /sync/confirm-deletions` (an empty body or a JSON object, as
+//! `application/json`) confirms the round the mass-deletion guard refused
+//! (`/status`'s `sync.refused`): `202 {"confirmed": {…}}` with the refusal
+//! it confirmed, `409` with code `nothing_to_confirm` when no round waits.
 //!
 //! Every request, on every path, passes [`Guard`] first:
 //! - its `Host` (and its `Origin`, when it has one) must be one of
@@ -156,20 +160,62 @@ async fn set_mode(
         .into_response()
 }
 
+/// A JSON request whose body is empty or a JSON object (fields ignored):
+/// `None` when it is one, else the answer (415, 400).
+fn empty_json(headers: &HeaderMap, body: &Bytes) -> Option<Response> {
+    if !declares_json(headers) {
+        return Some(not_json());
+    }
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(_)) => {}
+            Ok(_) => return Some(bad_request("expected an empty body or a JSON object")),
+            Err(e) => return Some(bad_request(&e.to_string())),
+        }
+    }
+    None
+}
+
 /// `POST /swap`: a JSON request with an empty body or a JSON object
 /// (`{}`, as the page sends), whose fields are ignored.
 async fn swap(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if !declares_json(&headers) {
-        return not_json();
-    }
-    if !body.iter().all(u8::is_ascii_whitespace) {
-        match serde_json::from_slice::<serde_json::Value>(&body) {
-            Ok(serde_json::Value::Object(_)) => {}
-            Ok(_) => return bad_request("expected an empty body or a JSON object"),
-            Err(e) => return bad_request(&e.to_string()),
-        }
+    if let Some(refused) = empty_json(&headers, &body) {
+        return refused;
     }
     ask(&s, ApiRequest::Swap).await.into_response()
+}
+
+/// `POST /sync/confirm-deletions`: like `POST /swap`, an empty body or a
+/// JSON object. `202 {"confirmed": <the refusal>}`, or `409` with
+/// `nothing_to_confirm`.
+async fn confirm_deletions(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refused) = empty_json(&headers, &body) {
+        return refused;
+    }
+    let stopping = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": "node is stopping", "code": "stopping"})),
+        )
+            .into_response()
+    };
+    let (tx, rx) = oneshot::channel();
+    if s.api.send(ApiRequest::ConfirmDeletions(tx)).await.is_err() {
+        return stopping();
+    }
+    match rx.await {
+        Ok(Ok(round)) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"confirmed": round})),
+        )
+            .into_response(),
+        Ok(Err(refused)) => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({"error": refused.error, "code": refused.code})),
+        )
+            .into_response(),
+        Err(_) => stopping(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -514,6 +560,7 @@ pub async fn spawn(
         .route("/mode", post(set_mode))
         .route("/swap", post(swap))
         .route("/redundancy", post(set_redundancy))
+        .route("/sync/confirm-deletions", post(confirm_deletions))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(guarded, guard))
         .with_state(AppState {
@@ -591,6 +638,10 @@ const PAGE: &str = r#"<!doctype html>
 <h1>Redundancy</h1>
 <div>Node <span id="id"></span>, role <span id="role"></span> <span class="muted" id="vrrp"></span></div>
 <div id="line">loading…</div>
+<div id="refused" hidden>
+ <strong>Replication held back:</strong> <span id="refused-why"></span>
+ <button id="confirm" type="button">Confirm the deletions</button>
+</div>
 <div>
  <button id="active" type="button">Backup mode: Active</button>
  <button id="passive" type="button">Backup mode: Passive</button>
@@ -613,6 +664,9 @@ async function refresh() {
     document.getElementById('vrrp').textContent =
       '(priority ' + s.vrrp.priority + ', ' + s.vrrp.backup_mode + ')';
     document.getElementById('line').textContent = s.summary;
+    const refused = s.sync && s.sync.refused;
+    document.getElementById('refused').hidden = !refused;
+    document.getElementById('refused-why').textContent = refused ? refused.error : '';
     const body = document.querySelector('#timeline tbody');
     body.innerHTML = '';
     if (s.timeline) {
@@ -650,6 +704,7 @@ async function post(path, body) {
 document.getElementById('active').onclick = () => post('/mode', {mode: 'Active'});
 document.getElementById('passive').onclick = () => post('/mode', {mode: 'Passive'});
 document.getElementById('swap').onclick = () => post('/swap');
+document.getElementById('confirm').onclick = () => post('/sync/confirm-deletions');
 refresh();
 setInterval(refresh, 500);
 </script>

@@ -183,6 +183,33 @@ fn bad_values_name_their_key() {
         "[sync]\nlisten = \"127.0.0.1:7001\"\npeer = \"127.0.0.2:7001\"\ndir = \"d\"\nkey_file = \"k\"\ninterval_s = 0",
         "sync.interval_s",
     );
+    for (edit, key) in [
+        ("mass_delete_fraction = 0", "sync.mass_delete_fraction"),
+        ("mass_delete_fraction = 1.5", "sync.mass_delete_fraction"),
+        ("mass_delete_fraction = -0.5", "sync.mass_delete_fraction"),
+        ("mass_delete_fraction = nan", "sync.mass_delete_fraction"),
+        ("mass_delete_window_h = -1", "sync.mass_delete_window_h"),
+        ("mass_delete_window_h = inf", "sync.mass_delete_window_h"),
+    ] {
+        rejects(&format!("{STATUS_SYNC}{edit}"), key);
+    }
+}
+
+#[test]
+fn the_mass_deletion_guard_has_defaults_and_takes_its_keys() {
+    let c = parse(&format!("{MINIMAL}\n{STATUS_SYNC}")).unwrap();
+    let s = c.sync.unwrap();
+    assert_eq!(s.mass_delete_fraction.get(), 0.5);
+    assert_eq!(s.mass_delete_window, Duration::from_secs(24 * 3600));
+    let c = parse(&format!(
+        "{MINIMAL}\n{STATUS_SYNC}mass_delete_fraction = 1\nmass_delete_window_h = 0.5"
+    ))
+    .unwrap();
+    let s = c.sync.unwrap();
+    assert_eq!(s.mass_delete_fraction.get(), 1.0);
+    assert_eq!(s.mass_delete_window, Duration::from_secs(1800));
+    let c = parse(&format!("{MINIMAL}\n{STATUS_SYNC}mass_delete_window_h = 0")).unwrap();
+    assert_eq!(c.sync.unwrap().mass_delete_window, Duration::ZERO);
 }
 
 #[test]

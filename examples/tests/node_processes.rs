@@ -480,8 +480,11 @@ fn status_json_keeps_its_fields() {
             "services",
             "phones",
             "quarantine",
+            "sync",
         ])
     );
+    assert_eq!(keys(&s["sync"]), want(&["refused"]));
+    assert!(s["sync"]["refused"].is_null());
     assert_eq!(
         keys(&s["vrrp"]),
         want(&[
@@ -515,6 +518,103 @@ fn status_json_keeps_its_fields() {
         ])
     );
     assert!(s["quarantine"].is_array());
+}
+
+/// The Backup's mass-deletion guard on two real nodes: a round that would
+/// lose most of the content is refused and shows in `/status` (`sync.
+/// refused`, with the figures) while the Backup keeps its files; `POST
+/// /sync/confirm-deletions` (token-checked, JSON only) confirms it and the
+/// next round goes through; with nothing refused it answers 409.
+#[test]
+fn a_refused_round_shows_in_the_status_until_confirmed() {
+    let mut p = pair_with("guard", true, Some(TOKEN));
+    for i in 0..10u8 {
+        std::fs::write(p.a.data.join(format!("prompt{i}.wav")), [i; 1000]).expect("write");
+    }
+    settled(&mut p);
+    let files = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .expect("data dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n != ".sync-delta")
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(files(&p.b.data).len(), 10);
+    let b = p.b.status;
+    let host = b.to_string();
+    let bearer = format!("Bearer {TOKEN}");
+    let confirm = |auth: Option<&str>, content_type: &str| -> (u16, Value) {
+        let mut hs = vec![("Host", host.as_str()), ("Content-Type", content_type)];
+        if let Some(a) = auth {
+            hs.push(("Authorization", a));
+        }
+        let (code, _, body) = raw(b, "POST", "/sync/confirm-deletions", &hs, "{}");
+        (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+    };
+
+    // Nothing refused yet: 409; and the endpoint checks the token and the
+    // content type like every other.
+    let (code, answer) = confirm(Some(&bearer), "application/json");
+    assert_eq!(
+        (code, answer["code"].as_str()),
+        (409, Some("nothing_to_confirm"))
+    );
+    assert_eq!(confirm(None, "application/json").0, 401);
+    assert_eq!(confirm(Some(&bearer), "text/plain").0, 415);
+
+    // Eight of the ten prompts deleted on the Master: 8,000 of 10,000
+    // content bytes.
+    let g = generation(&p.b.status());
+    for i in 0..8 {
+        std::fs::remove_file(p.a.data.join(format!("prompt{i}.wav"))).expect("remove");
+    }
+    let s = p.b.wait(
+        "showing the refused round",
+        Duration::from_secs(SYNC_INTERVAL_S * 3),
+        |s| !s["sync"]["refused"].is_null(),
+    );
+    let r = &s["sync"]["refused"];
+    assert_eq!(r["code"], "mass_deletion", "{r}");
+    assert_eq!(r["losing_bytes"], 8000, "{r}");
+    assert_eq!(r["lost_in_window_bytes"], 0, "{r}");
+    assert_eq!(r["tree_bytes"], 10_000, "{r}");
+    assert_eq!(r["limit_bytes"], 5000, "{r}");
+    assert!(
+        r["error"].as_str().unwrap_or("").contains("8000 bytes"),
+        "{r}"
+    );
+    assert_eq!(generation(&s), g, "a refused round commits nothing");
+    assert_eq!(files(&p.b.data).len(), 10, "the Backup kept its files");
+    // The page shows it: it has the place and the button for it.
+    let (code, _, page) = raw(
+        b,
+        "GET",
+        "/",
+        &[("Host", &host), ("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!(code, 200);
+    assert!(page.contains("sync.refused") && page.contains("/sync/confirm-deletions"));
+
+    let (code, answer) = confirm(Some(&bearer), "application/json");
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(answer["confirmed"]["code"], "mass_deletion", "{answer}");
+    assert_eq!(answer["confirmed"]["losing_bytes"], 8000, "{answer}");
+    let s = p.b.wait(
+        "through the confirmed round",
+        Duration::from_secs(SYNC_INTERVAL_S * 2),
+        |s| s["sync"]["refused"].is_null() && generation(s) > g,
+    );
+    assert!(generation(&s) > g);
+    assert_eq!(files(&p.b.data), files(&p.a.data));
+    assert_eq!(files(&p.b.data).len(), 2);
+    let (code, answer) = confirm(Some(&bearer), "application/json");
+    assert_eq!(
+        (code, answer["code"].as_str()),
+        (409, Some("nothing_to_confirm"))
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -837,6 +937,26 @@ fn config_errors_exit_2_before_anything_is_touched() {
             "a VRRP address the election cannot send from",
             "vrrp.udp_listen",
             |t: String| t.replace("udp_listen = \"127.0.0.1:", "udp_listen = \"0.0.0.0:"),
+        ),
+        (
+            "a mass-deletion share above the whole tree",
+            "sync.mass_delete_fraction",
+            |t: String| {
+                t.replace(
+                    "key_file = \"sync.key\"\n",
+                    "key_file = \"sync.key\"\nmass_delete_fraction = 1.5\n",
+                )
+            },
+        ),
+        (
+            "a negative mass-deletion window",
+            "sync.mass_delete_window_h",
+            |t: String| {
+                t.replace(
+                    "key_file = \"sync.key\"\n",
+                    "key_file = \"sync.key\"\nmass_delete_window_h = -1\n",
+                )
+            },
         ),
     ];
     let run = |what: &str, key: &str, file: &dyn Fn(&Path), edit: &dyn Fn(String) -> String| {

@@ -408,6 +408,9 @@ fn local_divergence_is_set_aside_not_wedged() {
     assert_eq!(quarantined(&rep).len(), 1);
 }
 
+/// The mass-deletion guard counts lost content: a refused round exits 3
+/// and changes nothing, argument errors stay at exit 2, and the guard's
+/// flags take effect.
 #[test]
 fn mass_deletion_is_refused_until_confirmed() {
     let t = TempDir::new("mass");
@@ -422,20 +425,53 @@ fn mass_deletion_is_refused_until_confirmed() {
     assert_eq!(num(&s, "generation"), 1);
     let before = tree(&rep);
 
+    // 8 of 10 files: 8,000 of 10,000 content bytes.
     for i in 0..8 {
         std::fs::remove_file(src.join(format!("vm/msg{i}.wav"))).unwrap();
     }
     let out = pull(&rep, server.addr, &key, &[]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(3));
     assert!(out.stdout.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("mass-deletion"), "{err}");
+    assert!(err.contains("8000 bytes"), "{err}");
     assert!(err.contains("--allow-mass-delete"), "{err}");
     assert_eq!(tree(&rep), before, "a refused round changed the replica");
+
+    // Argument errors are clap's exit 2, and change nothing either.
+    for bad in [
+        ["--mass-delete-fraction", "1.5"],
+        ["--mass-delete-fraction", "0"],
+        ["--mass-delete-window-h", "-1"],
+    ] {
+        let out = pull(&rep, server.addr, &key, &bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(bad[0]), "{bad:?}: {err}");
+        assert_eq!(tree(&rep), before);
+    }
 
     let s = summary(&pull(&rep, server.addr, &key, &["--allow-mass-delete"]));
     assert_eq!(num(&s, "generation"), 2);
     assert_eq!(num(&s, "files_deleted"), 8);
+    assert_eq!(tree(&rep), tree(&src));
+
+    // Truncation is loss: the two files left, emptied, are refused...
+    for i in 8..10 {
+        std::fs::write(src.join(format!("vm/msg{i}.wav")), b"").unwrap();
+    }
+    let kept = tree(&rep);
+    let out = pull(&rep, server.addr, &key, &[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(tree(&rep), kept);
+    // ... unless the guard allows all of the tree in one round.
+    let s = summary(&pull(
+        &rep,
+        server.addr,
+        &key,
+        &["--mass-delete-fraction", "1", "--mass-delete-window-h", "0"],
+    ));
+    assert_eq!(num(&s, "generation"), 3);
     assert_eq!(tree(&rep), tree(&src));
 }
 

@@ -389,3 +389,59 @@ fn a_wrong_key_on_the_peer_link_is_reported_as_a_link_failure() {
         0
     );
 }
+
+/// The mass-deletion guard on a pair: a round that would lose most of the
+/// Backup's content is refused, shows on the Backup's engine
+/// (`Pair::sync_refused`) with the figures, and goes through once the
+/// operator confirms; a confirmation with nothing refused is turned down.
+#[test]
+fn a_refused_round_waits_for_the_operator_and_a_confirmation_lets_it_through() {
+    let mut w = settled_pair(21);
+    for k in 0..10u8 {
+        w.write(0, &format!("prompts/p{k}.wav"), &[k; 1000]);
+    }
+    w.run_until(w.now + w.cfg.sync_interval + secs(2));
+    assert_eq!(w.tree(1), w.tree(0), "{}", w.report());
+    let refused = |w: &World| w.nodes[1].pair.as_ref().unwrap().sync_refused();
+    assert_eq!(refused(&w), None);
+    // Nothing to confirm: turned down, nothing changes.
+    assert!(!w.confirm_deletions(1));
+
+    // Six of the ten prompts deleted on the Master: 6,000 bytes, more than
+    // half of the Backup's content.
+    let content = |w: &World, i: usize| -> u64 {
+        w.tree(i)
+            .values()
+            .map(|v| match v {
+                sync_delta::mem::View::File(data, ..) => data.len() as u64,
+                _ => 0,
+            })
+            .sum()
+    };
+    let total = content(&w, 1);
+    assert!(total < 12_000, "the test's prompts are most of the tree");
+    for k in 0..6u8 {
+        w.nodes[0].store.remove_tree(&format!("prompts/p{k}.wav"));
+    }
+    w.nodes[0].store.sync_all();
+    let kept = w.tree(1);
+    w.run_until(w.now + w.cfg.sync_interval * 2 + secs(2));
+    assert_eq!(
+        refused(&w),
+        Some(sync_delta::Refusal::MassDeletion {
+            losing: 6000,
+            lost: 0,
+            total,
+            limit: total / 2,
+        }),
+        "{}",
+        w.report()
+    );
+    assert_eq!(w.tree(1), kept, "a refused round changes nothing");
+
+    assert!(w.confirm_deletions(1));
+    w.run_until(w.now + secs(5));
+    assert_eq!(refused(&w), None, "{}", w.report());
+    assert_eq!(w.tree(1), w.tree(0), "{}", w.report());
+    assert!(w.violations.is_empty(), "{}", w.report());
+}

@@ -126,7 +126,8 @@ fn round(src: &Path, dst: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let mut source = Source::open(SourceConfig::default(), now, &mut s)?;
     let (mut replica, _) = Replica::open(
         ReplicaConfig {
-            max_delete_percent: 100,
+            mass_delete_fraction: 1.0,
+            mass_delete_window: Duration::ZERO,
             ..ReplicaConfig::default()
         },
         now,

@@ -373,13 +373,27 @@ pub enum SessionError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Refusal {
-    /// The round would delete more than the configured share of the replica.
-    #[error("round would delete {deleting} of {total} entries")]
+    /// The round would lose more content than the guard lets through: what
+    /// it loses, with what rounds committed within the window
+    /// (`ReplicaConfig::mass_delete_window`) lost, is more than
+    /// `ReplicaConfig::mass_delete_fraction` of the tree's content bytes.
+    /// Content the new generation still holds at any path (renames, moves,
+    /// copies) is not lost; a deleted file loses its size, a file that
+    /// shrinks the bytes it no longer holds.
+    #[error(
+        "round would lose {losing} bytes of content, {lost} more were lost earlier in the \
+         window: more than the {limit} allowed of the tree's {total}"
+    )]
     MassDeletion {
-        /// Entries the round would delete.
-        deleting: u64,
-        /// Entries the replica has.
+        /// Content bytes this round would lose.
+        losing: u64,
+        /// Content bytes rounds committed within the window lost.
+        lost: u64,
+        /// The tree's content bytes the share is taken of: the most it
+        /// held before any round in the window.
         total: u64,
+        /// The most the window may lose without a confirmation.
+        limit: u64,
     },
     /// The source root is empty while the replica is not.
     #[error("source is empty, replica has {total} entries")]

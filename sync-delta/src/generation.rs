@@ -11,6 +11,7 @@
 //! | `manifest.log` | change records since the base, appended one per generation |
 //! | `journal` | a committed generation whose ops are not all applied yet |
 //! | `state` | role of this node, and the latest confirmation time |
+//! | `guard` | the mass-deletion guard's window: what recent rounds lost (see `guard`) |
 //! | `stage/` | files written for a round in progress |
 //! | `quarantine/` | local changes moved aside: by a returning source, or found in a round's way |
 //!
@@ -106,13 +107,13 @@ pub(crate) struct Persisted {
     pub base_len: u64,
 }
 
-fn with_crc(mut out: Vec<u8>) -> Vec<u8> {
+pub(crate) fn with_crc(mut out: Vec<u8>) -> Vec<u8> {
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
-fn split_crc(b: &[u8]) -> Result<&[u8], WireError> {
+pub(crate) fn split_crc(b: &[u8]) -> Result<&[u8], WireError> {
     if b.len() < 4 {
         return Err(WireError::Truncated {
             need: 4,
@@ -1027,6 +1028,7 @@ pub(crate) fn recover<S: Storage + ?Sized>(s: &mut S) -> Result<Recovered, Store
         ".sync-delta/manifest.tmp",
         ".sync-delta/manifest.log.tmp",
         ".sync-delta/state.tmp",
+        ".sync-delta/guard.tmp",
     ] {
         ignore(s.remove_file(tmp), &[StoreError::NotFound])?;
     }

@@ -34,7 +34,11 @@
 //!   loop (`handle_*`, `poll_transmit`, `poll_event`, `poll_timeout`).
 //!   [`Replica::sync_now`] before a planned swap; [`Replica::status`] with
 //!   the wall clock gives the generation, when the source took it, its age
-//!   and the quarantine folders.
+//!   and the quarantine folders. Give the wall clock with
+//!   [`Replica::handle_wall_clock`]: the mass-deletion guard's window of
+//!   lost content is measured in it; a refused round
+//!   ([`ReplicaEvent::Refused`]) goes through after
+//!   [`Replica::confirm_deletions`].
 //! - Takeover: [`Replica::settle`] finishes or rolls back the round in
 //!   progress and returns the [`Generation`] the new Master starts from;
 //!   then [`Source::open`] on the same tree.
@@ -109,6 +113,7 @@ pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod generation;
+mod guard;
 pub mod manifest;
 pub mod mem;
 pub mod path;

@@ -6,6 +6,7 @@ use crate::delta::{MAX_SIG_CHUNKS, Op, SignatureBuilder};
 use crate::error::{Refusal, SessionError, StoreError};
 use crate::exclude::Exclude;
 use crate::generation::{self, Delta, JOp, Persisted, Role, STAGE_DIR, StateFile};
+use crate::guard::{self, Window};
 use crate::manifest::{Change, Hash, Kind, Manifest, Meta};
 use crate::path::RelPath;
 use crate::store::{IO_CHUNK, Storage};
@@ -14,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Replica settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReplicaConfig {
     /// Paths never replicated: not written, not deleted.
     pub exclude: Exclude,
@@ -23,9 +24,20 @@ pub struct ReplicaConfig {
     /// A round stalls when no message arrives for this long; it is rolled
     /// back.
     pub idle_timeout: Duration,
-    /// Largest share of the replica's entries one round may delete, in
-    /// percent, before it needs [`Replica::confirm_deletions`] (default 50).
-    pub max_delete_percent: u32,
+    /// The mass-deletion guard: the largest share of the tree's content
+    /// bytes that one round, or the rounds of one
+    /// [`ReplicaConfig::mass_delete_window`] together, may lose before a
+    /// round needs [`Replica::confirm_deletions`] (default 0.5; in
+    /// (0, 1]). Renames, moves and copies lose nothing; a deleted file
+    /// loses its size, a file that shrinks the bytes it no longer holds
+    /// (see [`Refusal::MassDeletion`]).
+    pub mass_delete_fraction: f64,
+    /// How far back the losses of committed rounds count against
+    /// [`ReplicaConfig::mass_delete_fraction`] together with a round's own
+    /// (default 24 h; zero: each round on its own). Measured in the wall
+    /// time the driver gives ([`Replica::handle_wall_clock`]); kept in
+    /// `.sync-delta/guard`, so it survives restarts.
+    pub mass_delete_window: Duration,
     /// Largest file accepted.
     pub max_file_size: u64,
     /// Most entries a manifest may have (default 2,000,000): bounds the
@@ -54,7 +66,8 @@ impl Default for ReplicaConfig {
             exclude: Exclude::none(),
             interval: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(120),
-            max_delete_percent: 50,
+            mass_delete_fraction: 0.5,
+            mass_delete_window: Duration::from_secs(24 * 3600),
             max_file_size: 1 << 40,
             max_entries: 2_000_000,
             delta_min_size: 64 * 1024,
@@ -144,6 +157,9 @@ pub struct ReplicaStatus {
     pub round_in_progress: bool,
     /// The last round was refused, until confirmed.
     pub refused: Option<Refusal>,
+    /// Content bytes the rounds committed within the guard's window lost,
+    /// as of `wall_now` (see [`ReplicaConfig::mass_delete_window`]).
+    pub lost_in_window: u64,
     /// Quarantine folders under `.sync-delta/quarantine/`.
     pub quarantine: Vec<String>,
     /// Entries in the manifest.
@@ -182,6 +198,11 @@ pub enum ReplicaEvent {
     FileSkipped(RelPath),
     /// A round stalled and was rolled back.
     TimedOut,
+    /// The mass-deletion guard's window file (`.sync-delta/guard`) could
+    /// not be read ([`StoreError::Corrupt`]: it did not decode): the window
+    /// starts empty. Comes from [`Replica::open`] or a reload after an
+    /// error.
+    GuardStateReset(StoreError),
 }
 
 /// Counters.
@@ -220,6 +241,9 @@ pub struct ReplicaStats {
     pub quarantined: u64,
     /// Tracked entries found missing locally and fetched again.
     pub missing: u64,
+    /// The guard's window file could not be read or did not decode and
+    /// was started afresh (see [`ReplicaEvent::GuardStateReset`]).
+    pub guard_state_resets: u64,
 }
 
 struct Fetch {
@@ -254,6 +278,9 @@ struct Round {
     /// Memory the round's changes take, as counted against
     /// [`ReplicaConfig::max_manifest_bytes`].
     bytes: u64,
+    /// What the guard saw: the record the window gets when the round
+    /// commits (it lost content, or it used the operator's confirmation).
+    guard: Option<guard::Record>,
 }
 
 /// The replica session.
@@ -289,6 +316,10 @@ pub struct Replica {
     round_seq: u64,
     confirm: bool,
     refused: Option<Refusal>,
+    /// The losses of the rounds committed within the guard's window.
+    window: Window,
+    /// The wall clock the driver gave last, with the instant it was given.
+    wall: Option<(Instant, SystemTime)>,
     quarantine: Vec<String>,
     delta_failed: HashSet<RelPath>,
     out: VecDeque<Message>,
@@ -351,7 +382,8 @@ impl Replica {
         )?;
         let quarantine = generation::quarantine_list(store)?;
         let digest = p.manifest.digest();
-        let r = Self {
+        let (window, window_err) = Window::load(store, p.generation);
+        let mut r = Self {
             config,
             p,
             digest,
@@ -362,6 +394,8 @@ impl Replica {
             round_seq: 0,
             confirm: false,
             refused: None,
+            window,
+            wall: None,
             quarantine,
             delta_failed: HashSet::new(),
             out: VecDeque::new(),
@@ -369,6 +403,9 @@ impl Replica {
             stats: ReplicaStats::default(),
             buf: Vec::new(),
         };
+        if let Some(e) = window_err {
+            r.guard_state_reset(e);
+        }
         let report = OpenReport {
             generation: r.generation(),
             rolled_forward: rec.rolled_forward,
@@ -409,6 +446,13 @@ impl Replica {
             age: generation.age(wall_now),
             round_in_progress: self.round.is_some(),
             refused: self.refused,
+            lost_in_window: self
+                .window
+                .within(
+                    crate::source::time_ns(wall_now),
+                    self.config.mass_delete_window,
+                )
+                .0,
             quarantine: self.quarantine.clone(),
             entries: self.p.manifest.len() as u64,
         }
@@ -452,9 +496,51 @@ impl Replica {
         (self.connected && self.round.is_none()).then_some(self.next_round)
     }
 
-    /// Lets the next round past the mass-deletion guard once.
+    /// Lets the next round past the mass-deletion guard once: the next
+    /// round whose manifest arrives (one that needs no confirmation uses
+    /// it up too, so a confirmation never waits for a later mass
+    /// deletion). A round that passes with it clears the guard's window:
+    /// what was lost until then is confirmed.
     pub fn confirm_deletions(&mut self) {
         self.confirm = true;
+    }
+
+    /// The wall clock at `now` (an input; never read here): the guard's
+    /// window is measured in it. Give it before rounds (with every input is
+    /// fine); without it the window does not slide, and losses add up until
+    /// the operator confirms.
+    pub fn handle_wall_clock(&mut self, now: Instant, wall: SystemTime) {
+        self.wall = Some((now, wall));
+    }
+
+    /// The wall time at `now`, ns since the Unix epoch: from the driver's
+    /// clock, else the newest time the window holds (time stands still).
+    fn wall_ns(&self, now: Instant) -> i64 {
+        match self.wall {
+            Some((at, wall)) => {
+                let t = if now >= at {
+                    wall.checked_add(now - at)
+                } else {
+                    wall.checked_sub(at - now)
+                };
+                crate::source::time_ns(t.unwrap_or(wall))
+            }
+            None => self.window.newest_ns().unwrap_or(0),
+        }
+    }
+
+    fn guard_state_reset(&mut self, e: StoreError) {
+        self.stats.guard_state_resets += 1;
+        self.events.push_back(ReplicaEvent::GuardStateReset(e));
+    }
+
+    /// The guard's window as the tree at `self.p.generation` has it.
+    fn reload_window<S: Storage + ?Sized>(&mut self, store: &mut S) {
+        let (w, err) = Window::load(store, self.p.generation);
+        self.window = w;
+        if let Some(e) = err {
+            self.guard_state_reset(e);
+        }
     }
 
     /// When [`Replica::handle_timeout`] is next needed: the next round, or
@@ -496,6 +582,7 @@ impl Replica {
                 deadline: now + self.config.idle_timeout,
                 seq: self.round_seq,
                 bytes: 0,
+                guard: None,
             });
             self.out.push_back(Message::Request {
                 digest: self.digest,
@@ -533,6 +620,7 @@ impl Replica {
         } else {
             self.p.log_len = rec.persisted.log_len;
         }
+        self.reload_window(store);
         Ok(self.generation())
     }
 
@@ -554,6 +642,7 @@ impl Replica {
             }
             self.p = rec.persisted;
             self.digest = self.p.manifest.digest();
+            self.reload_window(store);
         }
     }
 
@@ -684,6 +773,8 @@ impl Replica {
         let Some(mut round) = self.round.take() else {
             return Ok(());
         };
+        // A confirmation is for the round whose manifest comes next.
+        let confirmed = std::mem::take(&mut self.confirm);
         let old = &self.p.manifest;
         // The new manifest.
         let new = if round.full {
@@ -732,14 +823,10 @@ impl Replica {
             });
         }
         // Shape: every entry under a directory; checked for what changed.
-        let deleting = if round.full {
+        let losing = if round.full {
             new.check_shape()?;
-            old.entries
-                .keys()
-                .filter(|p| !new.entries.contains_key(*p))
-                .count() as u64
+            guard::content_loss(old, &new, old.entries.keys())
         } else {
-            let mut deleting = 0;
             for (p, m) in &round.changes {
                 match m {
                     Some(m) => {
@@ -750,29 +837,55 @@ impl Replica {
                             return Err(SessionError::OrphansEntries);
                         }
                     }
-                    None if old.entries.contains_key(p) => {
-                        deleting += 1;
-                        if has_entries_under(&new, p) {
-                            return Err(SessionError::OrphansEntries);
-                        }
+                    None if old.entries.contains_key(p) && has_entries_under(&new, p) => {
+                        return Err(SessionError::OrphansEntries);
                     }
                     None => {}
                 }
             }
-            deleting
+            guard::content_loss(old, &new, round.changes.keys())
         };
-        // Mass-deletion guard.
-        let total = old.len() as u64;
-        let refusal = if total > 0 && new.is_empty() {
-            Some(Refusal::EmptySource { total })
-        } else if total > 0 && deleting * 100 > total * u64::from(self.config.max_delete_percent) {
-            Some(Refusal::MassDeletion { deleting, total })
+        // Mass-deletion guard: the content this round loses, with what the
+        // rounds within the window lost, against a share of the most the
+        // tree held meanwhile.
+        let entries = old.len() as u64;
+        let wall_ns = self.wall_ns(now);
+        let mut note = None;
+        let refusal = if entries > 0 && new.is_empty() {
+            Some(Refusal::EmptySource { total: entries })
+        } else if losing > 0 {
+            let tree = guard::content_bytes(old);
+            let (lost, before) = self.window.within(wall_ns, self.config.mass_delete_window);
+            let total = tree.max(before);
+            let fraction = self.config.mass_delete_fraction.clamp(0.0, 1.0);
+            #[allow(clippy::cast_precision_loss, clippy::cast_sign_loss)]
+            let limit = (fraction * total as f64).floor() as u64;
+            note = Some(guard::Record {
+                generation: 0,
+                at_ns: wall_ns,
+                lost: losing,
+                tree,
+                barrier: false,
+            });
+            (losing.saturating_add(lost) > limit).then_some(Refusal::MassDeletion {
+                losing,
+                lost,
+                total,
+                limit,
+            })
         } else {
             None
         };
         if let Some(reason) = refusal {
-            if self.confirm {
-                self.confirm = false;
+            if confirmed {
+                let n = note.get_or_insert(guard::Record {
+                    generation: 0,
+                    at_ns: wall_ns,
+                    lost: losing,
+                    tree: guard::content_bytes(old),
+                    barrier: true,
+                });
+                n.barrier = true;
             } else {
                 self.refused = Some(reason);
                 self.stats.refused += 1;
@@ -785,6 +898,7 @@ impl Replica {
             }
         }
         self.refused = None;
+        round.guard = note;
         // Plan the files.
         let mask = self.mode_mask();
         let mut by_hash: Option<HashMap<Hash, RelPath>> = None;
@@ -1149,10 +1263,31 @@ impl Replica {
                 ..Delta::default()
             };
             drop(new);
+            // The guard's window with this round, durable before the commit
+            // record: a crash between the two leaves a record of a
+            // generation the tree never reached, which reading drops.
+            let window = match round.guard {
+                Some(g) if !self.config.mass_delete_window.is_zero() => {
+                    let w = self.window.with(
+                        guard::Record {
+                            generation: next,
+                            ..g
+                        },
+                        self.config.mass_delete_window,
+                    );
+                    w.save(store)?;
+                    Some(w)
+                }
+                _ => None,
+            };
             // A local change racing the round is cleared from its way too.
             let raced = generation::commit(store, &mut self.p, rec)?;
             divergence.merge(raced);
             self.digest = self.p.manifest.digest();
+            if let Some(mut w) = window {
+                w.settle(self.p.generation);
+                self.window = w;
+            }
         }
         generation::write_state(
             store,

@@ -140,7 +140,7 @@ impl std::fmt::Debug for Source {
     }
 }
 
-fn time_ns(t: SystemTime) -> i64 {
+pub(crate) fn time_ns(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),

@@ -11,7 +11,8 @@ use sync_delta::{Replica, ReplicaConfig, SourceConfig};
 
 fn rc() -> ReplicaConfig {
     ReplicaConfig {
-        max_delete_percent: 100,
+        mass_delete_fraction: 1.0,
+        mass_delete_window: std::time::Duration::ZERO,
         ..ReplicaConfig::default()
     }
 }

@@ -20,7 +20,8 @@ const STRAY: &[u8] = b"stray local data, not replicated";
 
 fn rc() -> ReplicaConfig {
     ReplicaConfig {
-        max_delete_percent: 100,
+        mass_delete_fraction: 1.0,
+        mass_delete_window: std::time::Duration::ZERO,
         ..ReplicaConfig::default()
     }
 }

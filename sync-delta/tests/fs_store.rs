@@ -28,8 +28,16 @@ impl Drop for TempDir {
     }
 }
 
+/// One round, the mass-deletion guard off: these trees are a few files,
+/// where one edited and renamed in the same round is most of the content
+/// lost by digest (the guard has its own tests).
 fn round(src: &mut FsStore, dst: &mut FsStore) -> Result<(), SessionError> {
-    round_with(src, dst, ReplicaConfig::default()).map(|_| ())
+    let config = ReplicaConfig {
+        mass_delete_fraction: 1.0,
+        mass_delete_window: Duration::ZERO,
+        ..ReplicaConfig::default()
+    };
+    round_with(src, dst, config).map(|_| ())
 }
 
 /// One round; returns the paths it changed.

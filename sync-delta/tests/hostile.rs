@@ -343,7 +343,7 @@ fn bounds_on_entries_sizes_and_digest() {
 fn mass_deletion_needs_confirmation() {
     let mut src = MemStore::new();
     for i in 0..10 {
-        src.put_file(&format!("f{i}"), b"data", 0o644, 1);
+        src.put_file(&format!("f{i}"), format!("dat{i}").as_bytes(), 0o644, 1);
     }
     let mut pair = Pair::new(src, MemStore::new());
     pair.round().unwrap();
@@ -352,9 +352,12 @@ fn mass_deletion_needs_confirmation() {
     }
     let before = norm(&pair.dst);
     pair.round().unwrap();
+    // 6 of 10 four-byte files: 24 of 40 content bytes, over half.
     let refusal = Refusal::MassDeletion {
-        deleting: 6,
-        total: 10,
+        losing: 24,
+        lost: 0,
+        total: 40,
+        limit: 20,
     };
     assert!(pair.events.contains(&ReplicaEvent::Refused(refusal)));
     assert_eq!(pair.replica.status(pair.wall).refused, Some(refusal));
@@ -417,7 +420,9 @@ fn with_dir() -> (MemStore, Replica, Instant) {
     let mut src = MemStore::new();
     src.put_file("d/a", b"a", 0o644, 5);
     src.put_file("d/b", b"b", 0o644, 5);
-    src.put_file("keep", b"k", 0o644, 5);
+    // Most of the content stays: the mass-deletion guard lets a round
+    // that removes d/a and d/b through.
+    src.put_file("keep", b"kept content", 0o644, 5);
     let mut pair = Pair::new(src, MemStore::new());
     pair.round().unwrap();
     let mut dst = pair.dst;

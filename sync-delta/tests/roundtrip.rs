@@ -142,7 +142,11 @@ proptest! {
         for e in &initial {
             apply(&mut src, e, &mut t);
         }
-        let rc = ReplicaConfig { max_delete_percent: 100, ..ReplicaConfig::default() };
+        let rc = ReplicaConfig {
+            mass_delete_fraction: 1.0,
+            mass_delete_window: std::time::Duration::ZERO,
+            ..ReplicaConfig::default()
+        };
         let mut pair = Pair::with_config(src, MemStore::new(), SourceConfig::default(), rc);
         pair.round().unwrap();
         prop_assert_eq!(norm(&pair.dst), norm(&pair.src));
@@ -332,7 +336,8 @@ fn committed_event_counts_deletions_and_renames() {
     s.put_symlink("l", b"a");
     s.put_file("gone/x", b"x", 0o644, 1);
     let rc = ReplicaConfig {
-        max_delete_percent: 100,
+        mass_delete_fraction: 1.0,
+        mass_delete_window: std::time::Duration::ZERO,
         ..ReplicaConfig::default()
     };
     let mut pair = Pair::with_config(s, MemStore::new(), SourceConfig::default(), rc);

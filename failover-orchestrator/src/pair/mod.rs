@@ -325,6 +325,9 @@ pub struct Pair {
     probe_sent_at: Option<Instant>,
     /// When to probe again (the last one was answered).
     next_probe: Option<Instant>,
+    /// The replica's last round the mass-deletion guard refused, until a
+    /// round commits or the node stops being a replica.
+    sync_refused: Option<sync_delta::Refusal>,
     out: VecDeque<Output>,
     /// Results of commands carried out here, fed back in order.
     results: VecDeque<(CommandId, CommandOutcome)>,
@@ -361,6 +364,7 @@ impl Pair {
             vetoed: false,
             probe_sent_at: None,
             next_probe: None,
+            sync_refused: None,
             out: VecDeque::new(),
             results: VecDeque::new(),
             tx,
@@ -492,6 +496,8 @@ impl Pair {
     /// stream out of step closes the link, which starts over.
     pub fn handle_sync_report(&mut self, now: Instant, report: SyncReport) {
         match &report {
+            SyncReport::Refused(why) => self.sync_refused = Some(*why),
+            SyncReport::RoundDone(_) => self.sync_refused = None,
             SyncReport::Status(st) => self.sync_status(now, *st),
             SyncReport::Done { id, result } => {
                 if let Some(wait) = self.sync_waits.remove(id) {
@@ -532,10 +538,25 @@ impl Pair {
     }
 
     /// The operator confirms the deletions the mass-deletion guard held
-    /// back ([`SyncReport::Refused`]): the next round goes through.
-    pub fn confirm_deletions(&mut self, now: Instant) {
+    /// back ([`SyncReport::Refused`], [`Pair::sync_refused`]): the next
+    /// round goes through, now. False, and nothing done, when no refused
+    /// round waits for a confirmation (a confirmation is for what the
+    /// operator saw, never for a later round).
+    pub fn confirm_deletions(&mut self, now: Instant) -> bool {
+        if self.sync_refused.is_none() {
+            return false;
+        }
         self.link.confirm_deletions(now);
         self.pump(now);
+        true
+    }
+
+    /// The round the mass-deletion guard refused last, while this node is
+    /// a replica and no round has committed since: what the operator
+    /// confirms with [`Pair::confirm_deletions`].
+    #[must_use]
+    pub fn sync_refused(&self) -> Option<sync_delta::Refusal> {
+        self.sync_refused
     }
 
     /// Timers due.
@@ -1128,6 +1149,9 @@ impl Pair {
         };
         if role == self.link.role() {
             return false;
+        }
+        if !matches!(role, SyncRole::Replica { .. }) {
+            self.sync_refused = None;
         }
         self.link.set_role(now, role);
         true

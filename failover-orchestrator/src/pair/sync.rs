@@ -214,6 +214,14 @@ pub struct SyncConfig {
     pub idle_timeout: Duration,
     /// Let every round past the mass-deletion guard.
     pub allow_mass_delete: bool,
+    /// The mass-deletion guard's share of the tree's content bytes (see
+    /// [`ReplicaConfig::mass_delete_fraction`]; default 0.5).
+    pub mass_delete_fraction: f64,
+    /// How far back lost content counts (see
+    /// [`ReplicaConfig::mass_delete_window`]; default 24 h). The window
+    /// is measured in the wall clock each [`SyncWorker::handle_order`]
+    /// gives.
+    pub mass_delete_window: Duration,
 }
 
 impl Default for SyncConfig {
@@ -223,6 +231,8 @@ impl Default for SyncConfig {
             interval: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(30),
             allow_mass_delete: false,
+            mass_delete_fraction: 0.5,
+            mass_delete_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -333,7 +343,9 @@ impl SyncWorker {
         }
     }
 
-    /// Carries out one order.
+    /// Carries out one order. `wall` is the wall clock at `now`: a
+    /// source stamps its generations with it, and a replica's
+    /// mass-deletion guard measures its window in it.
     pub fn handle_order<S: Storage + ?Sized>(
         &mut self,
         now: Instant,
@@ -341,6 +353,9 @@ impl SyncWorker {
         order: SyncOrder,
         store: &mut S,
     ) {
+        if let Session::Replica(r) = &mut self.session {
+            r.handle_wall_clock(now, wall);
+        }
         match order {
             SyncOrder::Become(role) => self.become_role(now, wall, role, store),
             SyncOrder::Connected => {
@@ -428,6 +443,8 @@ impl SyncWorker {
             exclude: self.config.exclude.clone(),
             interval: self.config.interval,
             idle_timeout: self.config.idle_timeout,
+            mass_delete_fraction: self.config.mass_delete_fraction,
+            mass_delete_window: self.config.mass_delete_window,
             ..ReplicaConfig::default()
         }
     }
@@ -496,6 +513,7 @@ impl SyncWorker {
                 self.settled = None;
                 match Replica::open(self.replica_config(), now, store) {
                     Ok((mut r, report)) => {
+                        r.handle_wall_clock(now, wall);
                         if self.config.allow_mass_delete {
                             r.confirm_deletions();
                         }

@@ -832,7 +832,9 @@ impl World {
                 }
             }
             Ev::SetLan(lan) => self.lan = lan,
-            Ev::Confirm(i) => self.confirm_deletions(i),
+            Ev::Confirm(i) => {
+                self.confirm_deletions(i);
+            }
         }
     }
 
@@ -1295,14 +1297,24 @@ impl World {
         Ok(self.started.last().map_or(0, |s| s.id))
     }
 
-    /// The operator confirms the deletions node `i`'s guard held back.
-    pub fn confirm_deletions(&mut self, i: usize) {
+    /// The operator confirms the deletions node `i`'s guard held back;
+    /// whether there was a refused round to confirm.
+    pub fn confirm_deletions(&mut self, i: usize) -> bool {
         let t = self.instant();
+        let mut pending = false;
         if let Some(p) = self.nodes[i].pair.as_mut() {
-            p.confirm_deletions(t);
-            self.note(format!("operator confirms deletions on node {i}"));
+            pending = p.confirm_deletions(t);
+            self.note(format!(
+                "operator confirms deletions on node {i}: {}",
+                if pending {
+                    "accepted"
+                } else {
+                    "nothing to confirm"
+                }
+            ));
         }
         self.drive(i);
+        pending
     }
 
     /// How the procedure `id` on node `i` ended, if it has.

@@ -125,6 +125,7 @@ impl Pair {
                     &m,
                     &mut self.wire_bytes,
                 );
+                self.replica.handle_wall_clock(self.now, self.wall);
                 self.replica.handle_message(self.now, m, &mut self.dst)?;
                 moved = true;
             }
