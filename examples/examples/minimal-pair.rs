@@ -171,22 +171,23 @@ impl World {
             let _ = pair.handle_vrrp_message(now, &buf[..n], RecvMeta { src, dst, ttl });
             return true;
         }
-        if let Ok((s, _)) = listener.accept() {
+        if let Ok((s, from)) = listener.accept() {
             if let (Ok(nonce), Ok(())) = (random32(), s.set_nonblocking(true)) {
-                if let Some(id) = pair.handle_accepted(now, Nonce(nonce)) {
+                if let Some(id) = pair.handle_accepted(now, Nonce(nonce), from.ip()) {
                     conns.insert(id, (s, Vec::new()));
                 }
             }
             return true;
         }
         // Each connection writes what it holds, then reads.
-        let read =
-            conns
-                .iter_mut()
-                .find_map(|(id, c)| match flush(c, &[]).and_then(|()| c.0.read(buf)) {
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => None,
-                    res => Some((*id, res)),
-                });
+        let read = conns.iter_mut().find_map(|(id, c)| {
+            // No more than the link takes: 1 KiB before the key is proved.
+            let window = pair.link_receive_window(*id).clamp(1, buf.len());
+            match flush(c, &[]).and_then(|()| c.0.read(&mut buf[..window])) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+                res => Some((*id, res)),
+            }
+        });
         match read {
             None => return false,
             Some((id, Ok(n))) if n > 0 => pair.handle_link_bytes(now, id, &buf[..n]),

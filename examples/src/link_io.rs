@@ -4,12 +4,15 @@
 //! waited on in one epoll set ([`crate::poller`]), a wake-up socket for
 //! the thread's inbox, and
 //! the sync worker thread that does the file work. No policy: who dials,
-//! when, which connection is the link and what a sync failure does are the
-//! engines'.
+//! when, which connection is the link, how many handshakes may wait and
+//! what a sync failure does are the engines'. A connection that has not
+//! proved the key is read at most the engine's receive window at a time
+//! (1 KiB in all), into the one read buffer the thread has, so a stranger
+//! costs no buffer of its own.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,7 +34,8 @@ use crate::poller::{Interest, Poller, Ready};
 pub(crate) trait LinkEngine {
     fn handle_dialed(&mut self, now: Instant, conn: ConnId, nonce: Nonce);
     fn handle_dial_failed(&mut self, now: Instant, conn: ConnId);
-    fn handle_accepted(&mut self, now: Instant, nonce: Nonce) -> Option<ConnId>;
+    fn handle_accepted(&mut self, now: Instant, nonce: Nonce, from: IpAddr) -> Option<ConnId>;
+    fn link_receive_window(&self, conn: ConnId) -> usize;
     fn handle_link_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]);
     fn handle_link_closed(&mut self, now: Instant, conn: ConnId);
 }
@@ -45,8 +49,16 @@ macro_rules! link_engine {
             fn handle_dial_failed(&mut self, now: Instant, conn: ConnId) {
                 <$t>::handle_dial_failed(self, now, conn);
             }
-            fn handle_accepted(&mut self, now: Instant, nonce: Nonce) -> Option<ConnId> {
-                <$t>::handle_accepted(self, now, nonce)
+            fn handle_accepted(
+                &mut self,
+                now: Instant,
+                nonce: Nonce,
+                from: IpAddr,
+            ) -> Option<ConnId> {
+                <$t>::handle_accepted(self, now, nonce, from)
+            }
+            fn link_receive_window(&self, conn: ConnId) -> usize {
+                <$t>::link_receive_window(self, conn)
             }
             fn handle_link_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
                 <$t>::handle_link_bytes(self, now, conn, bytes);
@@ -240,13 +252,18 @@ impl Sockets {
         self.conns.insert(id, c);
     }
 
-    /// Accepts every waiting connection.
+    /// Accepts every waiting connection. The engine decides which may
+    /// wait for their handshake; the others are closed at once (dropped).
+    /// Failures of accepted connections are the engine's events, paced by
+    /// it: nothing is logged here per connection above debug level.
     pub(crate) fn accept(&mut self, engine: &mut impl LinkEngine, now: Instant) {
         loop {
             let Some(l) = &self.listener else { return };
             match l.accept() {
                 Ok((sock, from)) => {
-                    tune(&sock);
+                    let Some(from) = from.as_socket() else {
+                        continue;
+                    };
                     let nonce = match os_nonce() {
                         Ok(n) => n,
                         Err(e) => {
@@ -254,13 +271,14 @@ impl Sockets {
                             continue;
                         }
                     };
-                    match engine.handle_accepted(now, nonce) {
+                    match engine.handle_accepted(now, nonce, from.ip()) {
                         Some(id) => {
-                            info!(from = ?from.as_socket(), conn = id.0, "peer link: accepted");
+                            tune(&sock);
+                            tracing::debug!(%from, conn = id.0, "peer link: accepted");
                             self.add_conn(engine, now, id, Conn::new(sock, false));
                         }
                         None => {
-                            info!(from = ?from.as_socket(), "peer link: connection turned away");
+                            tracing::debug!(%from, "peer link: connection turned away");
                         }
                     }
                 }
@@ -293,6 +311,15 @@ impl Sockets {
             }
         };
         tune(&sock);
+        // From the listening address, when it is a specific one: the peer
+        // sees this end's connections come from the address it knows (and
+        // keeps a handshake slot for).
+        if let Some(local) = self.dial_from(addr) {
+            if let Err(e) = sock.bind(&SockAddr::from(local)) {
+                self.dial_failed(engine, now, id, format!("bind to {local}: {e}"));
+                return;
+            }
+        }
         match sock.connect(&SockAddr::from(addr)) {
             Ok(()) => {}
             Err(e)
@@ -304,6 +331,18 @@ impl Sockets {
             }
         }
         self.add_conn(engine, now, id, Conn::new(sock, true));
+    }
+
+    /// The address dials go out from: the listener's, when it is a
+    /// specific address of the peer's family and scope (port chosen by the
+    /// kernel).
+    fn dial_from(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        let local = self.listener.as_ref()?.local_addr().ok()?.as_socket()?;
+        let ip = local.ip();
+        let fits = !ip.is_unspecified()
+            && ip.is_ipv4() == peer.is_ipv4()
+            && ip.is_loopback() == peer.ip().is_loopback();
+        fits.then_some(SocketAddr::new(ip, 0))
     }
 
     /// Why connection `id` never became the link, in words: a failed
@@ -358,15 +397,21 @@ impl Sockets {
         true
     }
 
-    /// Reads once from a readable connection into the engine. Returns true
-    /// when there may be more to read (drain the engine, then call again).
+    /// Reads once from a readable connection into the engine, at most
+    /// what the engine's link takes now (1 KiB in all before the peer
+    /// proved the key). Returns true when there may be more to read (drain
+    /// the engine, then call again).
     pub(crate) fn read(&mut self, engine: &mut impl LinkEngine, now: Instant, id: ConnId) -> bool {
         let mut buf = [0u8; 64 * 1024];
+        // At least one byte: a connection the engine gave up on is read to
+        // its end (or refused on that byte) rather than polled forever.
+        let window = engine.link_receive_window(id).clamp(1, buf.len());
+        let buf = &mut buf[..window];
         loop {
             let Some(c) = self.conns.get_mut(&id) else {
                 return false;
             };
-            match (&c.socket).read(&mut buf) {
+            match (&c.socket).read(buf) {
                 Ok(0) => {
                     self.close(engine, now, id);
                     return false;

@@ -777,7 +777,13 @@ impl Engine {
                     self.sockets.send(&mut self.pair, now, conn, &bytes);
                 }
                 Output::Close { conn, reason } => {
-                    info!(conn = conn.0, ?reason, "peer link: closing");
+                    use failover_orchestrator::pair::CloseReason as Why;
+                    if matches!(reason, Why::HandshakeFailed | Why::HandshakeTimeout) {
+                        // Its failure is the engine's event, paced per address.
+                        tracing::debug!(conn = conn.0, ?reason, "peer link: closing");
+                    } else {
+                        info!(conn = conn.0, ?reason, "peer link: closing");
+                    }
                     let now = self.now();
                     self.sockets.close(&mut self.pair, now, conn);
                 }
@@ -829,15 +835,18 @@ impl Engine {
                 }
                 _ => info!(event = ?ev, "orchestrator"),
             },
-            PairEvent::LinkFailed { conn, why } => {
+            PairEvent::LinkFailed { conn, why, from } => {
                 let text = self.sockets.failure_text(*conn, *why);
+                let from = from.map(|a| a.to_string());
+                let from = from.as_deref().unwrap_or("-");
                 if *why == LinkFailure::DialFailed {
                     // The socket layer logged the dial's failure already.
                     tracing::debug!(conn = conn.0, error = %text, "peer link failed");
                 } else {
-                    warn!(conn = conn.0, error = %text, "peer link failed");
+                    warn!(conn = conn.0, from, error = %text, "peer link failed");
                 }
             }
+            PairEvent::LinkFailuresSuppressed { .. } => warn!("{e}"),
             PairEvent::Sync(SyncReport::Opened(report)) => {
                 if let Some((folder, files)) = &report.quarantined {
                     warn!(folder = %folder, files, "unconfirmed changes moved to quarantine");
@@ -1330,6 +1339,8 @@ pub async fn run(
             let mut link =
                 LinkConfig::new(key.0, LinkConfig::dials_by_address(sync.listen, sync.peer));
             link.next_key = key.1;
+            // One handshake slot is always the peer's.
+            link.peer = Some(sync.peer.ip());
             let worker = SyncWorker::new(SyncConfig {
                 exclude: sync_delta::Exclude::new(&sync.exclude),
                 interval: sync.interval,

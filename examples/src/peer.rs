@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 
 pub use failover_orchestrator::pair::SyncRole;
 use failover_orchestrator::pair::{
-    GenerationStatus, LinkConfig, RoundSummary, SyncConfig, SyncLink, SyncLinkEvent,
+    CloseReason, GenerationStatus, LinkConfig, RoundSummary, SyncConfig, SyncLink, SyncLinkEvent,
     SyncLinkOutput, SyncReport, SyncWorker,
 };
 use sync_delta::frame::PreSharedKey;
@@ -304,6 +304,9 @@ pub fn spawn(
     };
     let mut link = LinkConfig::new(key, config.dials());
     link.next_key = next_key;
+    // A known peer keeps one handshake slot (the 8 / 16 limits apply
+    // either way).
+    link.peer = config.peer.map(|a| a.ip());
     let sockets = match Sockets::new(listener, config.peer, buffered)
         .and_then(|s| s.watch(&inbox.wake, 0).map(|()| s))
     {
@@ -462,7 +465,15 @@ impl Driver {
                     self.sockets.send(&mut self.link, now, conn, &bytes);
                 }
                 SyncLinkOutput::Close { conn, reason } => {
-                    tracing::info!(conn = conn.0, ?reason, "peer link: closing");
+                    if matches!(
+                        reason,
+                        CloseReason::HandshakeFailed | CloseReason::HandshakeTimeout
+                    ) {
+                        // Its failure is the engine's event, paced per address.
+                        tracing::debug!(conn = conn.0, ?reason, "peer link: closing");
+                    } else {
+                        tracing::info!(conn = conn.0, ?reason, "peer link: closing");
+                    }
                     self.sockets.close(&mut self.link, now, conn);
                 }
                 SyncLinkOutput::Sync(order) => {
@@ -482,9 +493,21 @@ impl Driver {
         let ev = match e {
             SyncLinkEvent::LinkUp => PeerEvent::Connected,
             SyncLinkEvent::LinkDown => PeerEvent::Disconnected,
-            SyncLinkEvent::LinkFailed { conn, why } => {
+            SyncLinkEvent::LinkFailed { conn, why, from } => {
                 let text = self.sockets.failure_text(conn, why);
+                let text = match from {
+                    Some(from) => format!("connection from {from}: {text}"),
+                    None => text,
+                };
                 tracing::warn!(error = %text, "peer link failed");
+                PeerEvent::LinkFailed(text)
+            }
+            SyncLinkEvent::LinkFailuresSuppressed { count, sources } => {
+                let text = format!(
+                    "{count} more failed connections from {sources} addresses \
+                     (not reported one by one)"
+                );
+                tracing::warn!("peer link: {text}");
                 PeerEvent::LinkFailed(text)
             }
             SyncLinkEvent::PeerMessage(m) => PeerEvent::PeerMessage(m),

@@ -598,7 +598,9 @@ async fn handshake(
             if link.is_established() {
                 return;
             }
-            let n = stream.read(&mut buf).await.unwrap();
+            // No more than the link takes before the key is proved.
+            let window = link.receive_window().min(buf.len());
+            let n = stream.read(&mut buf[..window]).await.unwrap();
             assert!(n > 0, "closed in the handshake");
             link.handle_bytes(std::time::Instant::now(), &buf[..n])
                 .unwrap();

@@ -109,7 +109,11 @@ impl World {
                 }
                 Output::Dial(conn) => {
                     let (mine, theirs) = (self.nonce(), self.nonce());
-                    if let Some(far) = self.nodes[1 - i].pair_mut().handle_accepted(now, theirs) {
+                    if let Some(far) = self.nodes[1 - i].pair_mut().handle_accepted(
+                        now,
+                        theirs,
+                        [127, 0, 0, 1 + i as u8].into(),
+                    ) {
                         self.wires.insert((i, conn), (1 - i, far));
                         self.wires.insert((1 - i, far), (i, conn));
                         self.nodes[i].pair_mut().handle_dialed(now, conn, mine);

@@ -3,6 +3,7 @@
 //! by in-memory connections.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant, SystemTime};
 
 use failover_orchestrator::pair::{
@@ -14,6 +15,10 @@ use sync_delta::mem::MemStore;
 
 const SOURCE: usize = 0;
 const REPLICA: usize = 1;
+/// The replica's address, as the source's listener sees it.
+const REPLICA_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+/// Another host.
+const STRANGER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 66));
 
 struct End {
     link: SyncLink,
@@ -49,6 +54,10 @@ fn end(
 ) -> End {
     let mut link = LinkConfig::new(key(secret), dials);
     link.next_key = next.map(key);
+    if !dials {
+        // The listening source knows its replica's address.
+        link.peer = Some(REPLICA_IP);
+    }
     End {
         link: SyncLink::new(link, role, sync_delta::Epoch::default(), now),
         worker: SyncWorker::new(SyncConfig {
@@ -114,7 +123,7 @@ impl World {
     }
 
     fn nonce(&mut self) -> Nonce {
-        self.nonces += 1;
+        self.nonces = self.nonces.wrapping_add(1);
         Nonce([self.nonces; 32])
     }
 
@@ -145,7 +154,9 @@ impl World {
                     e.dials.push(now - self.t0);
                     if self.listening {
                         let (na, nb) = (self.nonce(), self.nonce());
-                        if let Some(theirs) = self.ends[1 - i].link.handle_accepted(now, na) {
+                        if let Some(theirs) =
+                            self.ends[1 - i].link.handle_accepted(now, na, REPLICA_IP)
+                        {
                             self.conns.insert((i, id), (1 - i, theirs));
                             self.conns.insert((1 - i, theirs), (i, id));
                         }
@@ -415,11 +426,13 @@ fn a_silent_connection_is_closed_at_the_handshake_deadline() {
     let nonce = w.nonce();
     let silent = w.ends[SOURCE]
         .link
-        .handle_accepted(now, nonce)
+        .handle_accepted(now, nonce, STRANGER_IP)
         .expect("room for a handshake");
     let (at, why) = loop {
         w.step();
-        if let Some((at, SyncLinkEvent::LinkFailed { conn, why })) = w.ends[SOURCE].events.last() {
+        if let Some((at, SyncLinkEvent::LinkFailed { conn, why, .. })) =
+            w.ends[SOURCE].events.last()
+        {
             assert_eq!(*conn, silent);
             break (*at, *why);
         }
@@ -539,7 +552,9 @@ fn a_peer_on_the_old_frame_version_is_named_at_both_ends() {
         }
     };
     drain(&mut listener);
-    let conn = listener.handle_accepted(now, Nonce([1; 32])).unwrap();
+    let conn = listener
+        .handle_accepted(now, Nonce([1; 32]), STRANGER_IP)
+        .unwrap();
     // A version 1 hello is 78 bytes after "SD", version 1; the version
     // byte is all this end reads of it.
     let mut v1_hello = b"SD\x01".to_vec();
@@ -555,7 +570,7 @@ fn a_peer_on_the_old_frame_version_is_named_at_both_ends() {
         matches!(
             o,
             SyncLinkOutput::Close {
-                reason: CloseReason::Refused,
+                reason: CloseReason::HandshakeFailed,
                 ..
             }
         )
@@ -608,4 +623,214 @@ fn a_peer_on_the_old_frame_version_is_named_at_both_ends() {
         text.contains("version 1") && text.contains("version 2"),
         "{text}"
     );
+}
+
+/// The attacker's host in the flood test.
+const ATTACKER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99));
+
+impl World {
+    /// Moves virtual time on by `d`, running every deadline due.
+    fn advance(&mut self, d: Duration) {
+        self.settle();
+        self.now += d;
+        let now = self.now;
+        for e in &mut self.ends {
+            e.link.handle_timeout(now);
+            if e.worker.poll_timeout().is_some_and(|t| t <= now) {
+                e.worker.handle_timeout(now, &mut e.store);
+            }
+        }
+        self.settle();
+    }
+
+    /// A stranger's connection to the source from `from`, with what it
+    /// sends at once (variant `k` of a few hostile openings). Returns
+    /// whether the source let it wait for its handshake.
+    fn stranger(&mut self, from: IpAddr, k: usize) -> bool {
+        let now = self.now;
+        let nonce = self.nonce();
+        let Some(conn) = self.ends[SOURCE].link.handle_accepted(now, nonce, from) else {
+            return false;
+        };
+        let bytes: Vec<u8> = match k % 5 {
+            // Silent: waits for the handshake deadline.
+            0 => Vec::new(),
+            // A data record announcing 64 KiB (F5's claimed hello).
+            1 => {
+                let mut b = vec![b'S', b'D', sync_delta::frame::VERSION, 2, 0xff, 0xff];
+                b.resize(4000, 0xaa);
+                b
+            }
+            // A hello under another key.
+            2 => {
+                let mut l = sync_delta::frame::Link::new(
+                    sync_delta::frame::LinkRole::Initiator,
+                    key(b"a guess"),
+                    Nonce([9; 32]),
+                    sync_delta::Epoch::default(),
+                    sync_delta::Epoch::default(),
+                    now,
+                );
+                let mut b = Vec::new();
+                l.poll_transmit(&mut b);
+                b
+            }
+            // A hello header and part of its body: waits, holding 86 bytes.
+            3 => {
+                let mut b = vec![b'S', b'D', sync_delta::frame::VERSION, 0, 48, 0];
+                b.resize(86, 1);
+                b
+            }
+            // Two kilobytes of noise.
+            _ => vec![0x5a; 2048],
+        };
+        if !bytes.is_empty() {
+            self.ends[SOURCE].link.handle_link_bytes(now, conn, &bytes);
+        }
+        true
+    }
+
+    /// The source's handshake limits hold and no waiting connection holds
+    /// more than the pre-authentication bound.
+    #[track_caller]
+    fn check_limits(&self) {
+        let pending: Vec<_> = self.ends[SOURCE].link.pending_handshakes().collect();
+        let accepted = pending.iter().filter(|p| p.from.is_some()).count();
+        assert!(accepted <= 16, "{pending:?}");
+        for p in &pending {
+            let same = pending.iter().filter(|q| q.from == p.from).count();
+            assert!(p.from.is_none() || same <= 8, "{pending:?}");
+            assert!(p.buffered <= sync_delta::frame::MAX_PRE_AUTH, "{p:?}");
+        }
+        let strangers = pending
+            .iter()
+            .filter(|p| p.from.is_some_and(|a| a != REPLICA_IP))
+            .count();
+        assert!(strangers <= 15, "the peer's slot was taken: {pending:?}");
+    }
+}
+
+#[test]
+fn a_handshake_flood_stays_within_the_limits_and_the_peer_still_gets_through() {
+    let mut w = World::new(b"the key", 3, 20_000);
+    // Before the replica dials, strangers fill every slot they may: 8
+    // from one host, then one each from others up to 15 in all. The 16th
+    // is the configured peer's.
+    for k in 0..20 {
+        w.stranger(ATTACKER_IP, k * 5);
+        w.check_limits();
+    }
+    let from_attacker = |w: &World| {
+        w.ends[SOURCE]
+            .link
+            .pending_handshakes()
+            .filter(|p| p.from == Some(ATTACKER_IP))
+            .count()
+    };
+    assert_eq!(from_attacker(&w), 8);
+    for i in 0..10u8 {
+        w.stranger(IpAddr::V4(Ipv4Addr::new(198, 51, 100, i)), 0);
+        w.check_limits();
+    }
+    assert_eq!(w.ends[SOURCE].link.pending_handshakes().count(), 15);
+    let stats = w.ends[SOURCE].link.link_stats();
+    assert_eq!(stats.over_limit, 12 + 3);
+    assert_eq!(stats.turned_away, stats.over_limit);
+    // The replica dials and comes up in the kept slot, and syncs.
+    let summary = w.until(REPLICA, |e| match e {
+        SyncLinkEvent::Sync(SyncReport::RoundDone(s)) => Some(*s),
+        _ => None,
+    });
+    assert_eq!(summary.generation, 1);
+
+    // 600 connections from one host over six seconds, of every kind,
+    // while the link is cut once (the replica redials through the flood)
+    // and a round runs.
+    let t_flood = w.now;
+    let downs = |w: &World| {
+        w.ends[REPLICA]
+            .events
+            .iter()
+            .filter(|(_, e)| *e == SyncLinkEvent::LinkDown)
+            .count()
+    };
+    for k in 0..600 {
+        w.stranger(ATTACKER_IP, k);
+        w.check_limits();
+        if k == 200 {
+            let (&(i, mine), &(j, theirs)) = w.conns.iter().next().expect("the link");
+            w.conns.clear();
+            w.ends[i].link.handle_link_closed(w.now, mine);
+            w.ends[j].link.handle_link_closed(w.now, theirs);
+        }
+        w.advance(Duration::from_millis(10));
+    }
+    assert_eq!(downs(&w), 1, "the cut, nothing else");
+    assert!(w.ends[REPLICA].link.link_up() && w.ends[SOURCE].link.link_up());
+    w.ends[SOURCE]
+        .store
+        .put_file("voice/new.wav", &[3; 5000], 0o640, 2);
+    w.ends[SOURCE].store.sync_all();
+    let now = w.now;
+    let id = w.ends[REPLICA].link.round_now(now);
+    let done = w.until(REPLICA, |e| match e {
+        SyncLinkEvent::Sync(SyncReport::Done { id: d, result }) if *d == id => Some(result.clone()),
+        _ => None,
+    });
+    assert!(done.is_ok(), "{done:?}");
+    assert!(
+        w.ends[REPLICA].store.view() == w.ends[SOURCE].store.view(),
+        "the replica holds the source's tree"
+    );
+
+    // Every stranger's connection ended without a byte buffered beyond
+    // the bound, and the failures were reported at most once a second per
+    // address; the rest in summaries that add up.
+    let stats = w.ends[SOURCE].link.link_stats();
+    assert!(stats.over_limit > 300, "{stats:?}");
+    let events = &w.ends[SOURCE].events;
+    let reported: Vec<Duration> = events
+        .iter()
+        .filter_map(|(at, e)| match e {
+            SyncLinkEvent::LinkFailed {
+                from: Some(ATTACKER_IP),
+                ..
+            } => Some(*at),
+            _ => None,
+        })
+        .collect();
+    for pair in reported.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_secs(1), "{reported:?}");
+    }
+    let flood_s = (w.now - t_flood).as_secs() + 1;
+    assert!(reported.len() as u64 <= flood_s + 1, "{reported:?}");
+    let summarised: u64 = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            SyncLinkEvent::LinkFailuresSuppressed { count, .. } => Some(*count),
+            _ => None,
+        })
+        .sum();
+    // Let the last summary go out.
+    w.advance(Duration::from_secs(6));
+    let summarised_after: u64 = w.ends[SOURCE]
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            SyncLinkEvent::LinkFailuresSuppressed { count, .. } => Some(*count),
+            _ => None,
+        })
+        .sum();
+    assert!(summarised <= summarised_after);
+    let stats = w.ends[SOURCE].link.link_stats();
+    assert_eq!(summarised_after, stats.failures_suppressed);
+    let failures = w.ends[SOURCE]
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, SyncLinkEvent::LinkFailed { .. }))
+        .count() as u64;
+    // Every stranger's connection failed (turned away, refused or timed
+    // out) and was either reported or summarised.
+    assert_eq!(failures + stats.failures_suppressed, 630);
+    assert_eq!(w.ends[SOURCE].link.pending_handshakes().count(), 0);
 }

@@ -179,6 +179,16 @@ pub enum LinkError {
         /// Bytes buffered.
         buffered: usize,
     },
+    /// Before the peer proved the key, more bytes arrived (or a record
+    /// announced more) than the link buffers for an unauthenticated
+    /// caller ([`crate::frame::MAX_PRE_AUTH`]).
+    #[error("{len} bytes before the key was proved, over the {max}-byte bound")]
+    PreAuthOverflow {
+        /// The bytes buffered with the new ones, or the record's length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
     /// Sending before the handshake finished, on the reserved channel, or a
     /// payload that is too long.
     #[error("cannot send {len} bytes on channel {channel} now")]

@@ -59,6 +59,18 @@
 //! A link that has not finished the handshake [`HANDSHAKE_TIMEOUT`] after
 //! it was created fails with [`LinkError::HandshakeTimeout`].
 //!
+//! # Bounded before authentication
+//!
+//! Until the peer has proved the key, a link holds at most
+//! [`MAX_PRE_AUTH`] (1 KiB) of its bytes: more fed at once, or a record
+//! whose header announces more, fails at once with
+//! [`LinkError::PreAuthOverflow`] (counted in
+//! [`LinkStats::pre_auth_overflows`]), and a record of a kind the
+//! handshake does not expect is refused from its header, before its body
+//! is awaited. A driver reads at most [`Link::receive_window`] bytes for
+//! it, so it needs no larger buffer per connection either (the handshake
+//! records are 54 bytes).
+//!
 //! # Frames
 //!
 //! After the handshake, `data` records carry Noise transport messages
@@ -98,6 +110,9 @@ pub const MAX_RECORD_BODY: usize = 65_535;
 /// Largest body of a handshake or refusal record; longer ones are refused
 /// from their header, before the body is awaited.
 pub const MAX_HANDSHAKE_BODY: usize = 128;
+/// Most bytes a link buffers before the peer has proved the key (see
+/// "Bounded before authentication" above).
+pub const MAX_PRE_AUTH: usize = 1024;
 /// Frame header length in bytes (inside the encrypted stream).
 pub const FRAME_HEADER_LEN: usize = 21;
 /// Largest payload accepted or sent.
@@ -343,6 +358,9 @@ pub struct LinkStats {
     pub malformed: u64,
     /// Handshakes that did not finish before their deadline.
     pub handshake_timeouts: u64,
+    /// Bytes or records refused before the key was proved for exceeding
+    /// [`MAX_PRE_AUTH`].
+    pub pre_auth_overflows: u64,
 }
 
 /// snow's primitives for [`NOISE_PARAMS`] (X25519 and SHA-256 from its
@@ -663,12 +681,39 @@ impl Link {
         true
     }
 
-    /// Buffers bytes received at `now`. Feed at most [`MAX_FRAME`] bytes
-    /// between calls that drain [`Link::poll_frame`].
+    /// Bytes received and not yet consumed by [`Link::poll_frame`] (at
+    /// most [`MAX_PRE_AUTH`] until the peer has proved the key).
+    #[must_use]
+    pub fn buffered(&self) -> usize {
+        self.rx.len() - self.rx_start
+    }
+
+    /// How many bytes [`Link::handle_bytes`] takes now: up to
+    /// [`MAX_PRE_AUTH`] in all before the peer has proved the key, two
+    /// whole frames after; 0 once closed. A driver reads at most this
+    /// much from the connection before feeding it and draining
+    /// [`Link::poll_frame`], so that a caller who has not proved the key
+    /// gets no large buffer (the dialer's reply and the peer's first
+    /// frames arriving together are read in two steps).
+    #[must_use]
+    pub fn receive_window(&self) -> usize {
+        let limit = match self.state {
+            State::AwaitHello | State::AwaitReply => MAX_PRE_AUTH,
+            State::Established => 2 * MAX_FRAME,
+            State::Failed => return 0,
+        };
+        limit.saturating_sub(self.buffered())
+    }
+
+    /// Buffers bytes received at `now`. Before the handshake finished,
+    /// feed at most [`Link::receive_window`] bytes; after, at most
+    /// [`MAX_FRAME`] between calls that drain [`Link::poll_frame`].
     ///
     /// # Errors
     /// [`LinkError::HandshakeTimeout`] when the handshake is still
     /// unfinished at its deadline (as [`Link::handle_timeout`] would);
+    /// [`LinkError::PreAuthOverflow`] when, before the peer proved the
+    /// key, more than [`MAX_PRE_AUTH`] bytes would be buffered;
     /// [`LinkError::BufferFull`] when more than two whole frames are
     /// buffered undrained; [`LinkError::Closed`] after an earlier error.
     pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) -> Result<(), LinkError> {
@@ -679,7 +724,16 @@ impl Link {
         if let Some(e) = self.error {
             return Err(e);
         }
-        let buffered = self.rx.len() - self.rx_start;
+        let buffered = self.buffered();
+        if self.state != State::Established && buffered + bytes.len() > MAX_PRE_AUTH {
+            self.stats.pre_auth_overflows += 1;
+            let e = LinkError::PreAuthOverflow {
+                len: buffered + bytes.len(),
+                max: MAX_PRE_AUTH,
+            };
+            self.fail(e);
+            return Err(e);
+        }
         if buffered + bytes.len() > 2 * MAX_FRAME {
             let e = LinkError::BufferFull { buffered };
             self.fail(e);
@@ -743,6 +797,12 @@ impl Link {
                     theirs: buf[2],
                 });
             }
+            if self.state != State::Established {
+                if let Some(&h) = buf.first_chunk::<RECORD_HEADER_LEN>() {
+                    self.check_pre_auth_header(h)?;
+                }
+            }
+            let buf = &self.rx[self.rx_start..];
             let (record, used) = match decode_record(buf) {
                 Ok(Some(x)) => x,
                 Ok(None) => return Ok(None),
@@ -793,6 +853,34 @@ impl Link {
                 return Ok(out);
             }
         }
+    }
+
+    /// Before the key is proved: refuses a data record from its header
+    /// alone (one longer than [`MAX_PRE_AUTH`] as an overflow), so that
+    /// its body is never awaited.
+    fn check_pre_auth_header(&mut self, h: [u8; RECORD_HEADER_LEN]) -> Result<(), LinkError> {
+        if h[..2] != MAGIC || h[2] != VERSION {
+            // decode_record names it.
+            return Ok(());
+        }
+        // Handshake and refusal records are bounded by MAX_HANDSHAKE_BODY,
+        // unknown kinds refused, by decode_record.
+        if h[3] == RecordKind::Data as u8 {
+            let len = RECORD_HEADER_LEN + usize::from(u16::from_le_bytes([h[4], h[5]]));
+            if len > MAX_PRE_AUTH {
+                self.stats.pre_auth_overflows += 1;
+                return Err(LinkError::PreAuthOverflow {
+                    len,
+                    max: MAX_PRE_AUTH,
+                });
+            }
+            self.stats.malformed += 1;
+            return Err(LinkError::UnexpectedFrame {
+                kind: h[3],
+                state: self.state.code(),
+            });
+        }
+        Ok(())
     }
 
     /// The listener's step: check the dialer's proof under each key it

@@ -312,3 +312,6 @@ pub fn seeds_apply() -> Vec<(String, Vec<u8>)> {
         ("copy_out_of_range".to_owned(), with(&base, &oob)),
     ]
 }
+
+mod handshake;
+pub use handshake::{Ending, peer_handshake, seeds_handshake};

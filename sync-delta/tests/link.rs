@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use sync_delta::frame::{
     self, CHANNEL_PEER, CHANNEL_SYNC, Frame, HANDSHAKE_TIMEOUT, KeySlot, Link, LinkRole,
-    MAX_PAYLOAD, MAX_RECORD_BODY, Nonce, PreSharedKey, RECORD_HEADER_LEN, RecordKind, VERSION,
+    MAX_PAYLOAD, MAX_PRE_AUTH, MAX_RECORD_BODY, Nonce, PreSharedKey, RECORD_HEADER_LEN, RecordKind,
+    VERSION,
 };
 use sync_delta::{Epoch, KeyError, LinkError, WireError};
 
@@ -526,4 +527,78 @@ fn handshake_deadline() {
         feed(much_later, &mut b, &wire).unwrap()[0].payload,
         b"still up"
     );
+}
+
+#[test]
+fn before_the_key_is_proved_at_most_1_kib_is_buffered() {
+    let now = Instant::now();
+    // A listener takes 1 KiB in all from a caller that has not proved the
+    // key; one byte more fails at once, counted, and answers nothing.
+    let mut b = listener(now, "k");
+    assert_eq!(b.receive_window(), MAX_PRE_AUTH);
+    let mut partial = Vec::new();
+    frame::encode_record(&mut partial, RecordKind::Hello, &[9; 100]).unwrap();
+    partial[4] = 128; // announces 128 bytes, 100 came
+    b.handle_bytes(now, &partial).unwrap();
+    assert_eq!(b.poll_frame(), Ok(None));
+    assert_eq!(b.buffered(), partial.len());
+    assert_eq!(b.receive_window(), MAX_PRE_AUTH - partial.len());
+    let more = vec![0u8; MAX_PRE_AUTH - partial.len() + 1];
+    assert_eq!(
+        b.handle_bytes(now, &more),
+        Err(LinkError::PreAuthOverflow {
+            len: MAX_PRE_AUTH + 1,
+            max: MAX_PRE_AUTH
+        })
+    );
+    assert_eq!(b.stats().pre_auth_overflows, 1);
+    assert_eq!((b.buffered(), b.receive_window()), (0, 0));
+    let mut said = Vec::new();
+    assert!(!b.poll_transmit(&mut said));
+    assert_eq!(b.handle_bytes(now, b"x"), Err(LinkError::Closed));
+
+    // A data record announcing more than the bound is refused from its
+    // header (the F5 attack: a claimed 64 KiB the listener would wait for).
+    let mut b = listener(now, "k");
+    let header = [b'S', b'D', VERSION, RecordKind::Data as u8, 0xff, 0xff];
+    assert_eq!(
+        feed(now, &mut b, &header),
+        Err(LinkError::PreAuthOverflow {
+            len: RECORD_HEADER_LEN + 65_535,
+            max: MAX_PRE_AUTH
+        })
+    );
+    assert_eq!(b.stats().pre_auth_overflows, 1);
+
+    // The dialer is bounded the same way until the listener proved the
+    // key: its reply and the first frames, arriving together, are read in
+    // two steps (the window, then the rest).
+    let (mut a, mut b) = (dialer(now, "k"), listener(now, "k"));
+    pump(now, &mut a, &mut b).unwrap();
+    assert!(b.is_established());
+    let mut wire = Vec::new();
+    b.poll_transmit(&mut wire);
+    let reply_len = wire.len();
+    let payload = vec![7u8; 5000];
+    b.send(CHANNEL_SYNC, &payload, &mut wire).unwrap();
+    assert!(wire.len() > MAX_PRE_AUTH);
+    // All at once is more than the dialer takes yet.
+    let mut eager = dialer(now, "k");
+    let mut hello = Vec::new();
+    eager.poll_transmit(&mut hello);
+    assert!(matches!(
+        eager.handle_bytes(now, &wire),
+        Err(LinkError::PreAuthOverflow { .. })
+    ));
+    // Within the window it works.
+    assert_eq!(a.receive_window(), MAX_PRE_AUTH);
+    let first = a.receive_window();
+    let mut got = feed(now, &mut a, &wire[..first]).unwrap();
+    assert!(a.is_established());
+    assert_eq!(a.buffered(), first - reply_len);
+    assert_eq!(a.receive_window(), 2 * frame::MAX_FRAME - a.buffered());
+    got.extend(feed(now, &mut a, &wire[first..]).unwrap());
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, payload);
+    assert_eq!(a.stats().pre_auth_overflows, 0);
 }

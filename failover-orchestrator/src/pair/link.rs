@@ -1,10 +1,13 @@
 //! Peer-link control: who dials, redial backoff, the handshake deadline,
-//! how many unauthenticated connections may wait, and which connection is
-//! the link. The bytes are the driver's (a TCP stream per connection); the
-//! frames, the Noise handshake and the encryption are
-//! `sync_delta::frame::Link`'s.
+//! how many unauthenticated connections may wait (per source address and
+//! in all, one slot kept for the configured peer), how often their
+//! failures are reported, and which connection is the link. The bytes are
+//! the driver's (a TCP stream per connection); the frames, the Noise
+//! handshake, the encryption and the bound on what an unauthenticated
+//! connection may buffer are `sync_delta::frame::Link`'s.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use sync_delta::LinkError;
@@ -35,9 +38,28 @@ pub struct LinkConfig {
     pub min_backoff: Duration,
     /// Longest redial delay (the delay doubles up to it).
     pub max_backoff: Duration,
-    /// Unauthenticated connections that may wait for their handshake at
-    /// once; more are refused.
+    /// Accepted connections that may wait for their handshake at once, in
+    /// all; more are closed at once ([`LinkFailure::TooManyHandshakes`]).
+    /// With [`LinkConfig::peer`] set, one of them is kept for the peer.
+    /// This end's own dials are not counted.
     pub max_pending: usize,
+    /// Accepted connections from one source address that may wait for
+    /// their handshake at once; more are closed at once.
+    pub max_pending_per_source: usize,
+    /// The configured peer's address: the last of
+    /// [`LinkConfig::max_pending`] slots is kept for connections from it,
+    /// so that strangers flooding the listener cannot keep the peer out.
+    pub peer: Option<IpAddr>,
+    /// Failures of accepted connections reported one by one
+    /// ([`crate::pair::SyncLinkEvent::LinkFailed`]): at most one per
+    /// source address per this interval, and at most
+    /// [`LinkConfig::failure_reports`] from all sources in one; the rest
+    /// are counted and reported together once per interval
+    /// ([`crate::pair::SyncLinkEvent::LinkFailuresSuppressed`]).
+    pub failure_report_interval: Duration,
+    /// Most failures of accepted connections reported one by one per
+    /// [`LinkConfig::failure_report_interval`], from all sources.
+    pub failure_reports: u32,
 }
 
 impl std::fmt::Debug for LinkConfig {
@@ -49,13 +71,20 @@ impl std::fmt::Debug for LinkConfig {
             .field("min_backoff", &self.min_backoff)
             .field("max_backoff", &self.max_backoff)
             .field("max_pending", &self.max_pending)
+            .field("max_pending_per_source", &self.max_pending_per_source)
+            .field("peer", &self.peer)
+            .field("failure_report_interval", &self.failure_report_interval)
+            .field("failure_reports", &self.failure_reports)
             .finish_non_exhaustive()
     }
 }
 
 impl LinkConfig {
     /// The defaults: no next key, 5 s handshake, redial after 200 ms
-    /// doubling to 2 s, four handshakes at once.
+    /// doubling to 2 s, at most 16 accepted handshakes waiting at once and
+    /// 8 from one address, no peer address (no slot kept), failures of
+    /// accepted connections reported at most once a second per address
+    /// and 8 times a second in all.
     #[must_use]
     pub fn new(key: PreSharedKey, dials: bool) -> LinkConfig {
         LinkConfig {
@@ -65,7 +94,11 @@ impl LinkConfig {
             handshake_timeout: sync_delta::frame::HANDSHAKE_TIMEOUT,
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(2),
-            max_pending: 4,
+            max_pending: 16,
+            max_pending_per_source: 8,
+            peer: None,
+            failure_report_interval: Duration::from_secs(1),
+            failure_reports: 8,
         }
     }
 
@@ -82,9 +115,14 @@ impl LinkConfig {
 pub enum CloseReason {
     /// The handshake did not finish in time.
     HandshakeTimeout,
-    /// The records were bad (wrong key, a record that fails
-    /// authentication, another frame version, buffer limit).
+    /// The authenticated connection's records were bad (a record that
+    /// fails authentication or does not decode, a stale epoch, buffer
+    /// limit).
     Refused,
+    /// The handshake failed (wrong key, malformed records, another frame
+    /// version, more bytes than an unauthenticated caller may send); the
+    /// connection is reported with its [`LinkFailure`].
+    HandshakeFailed,
     /// A newer authenticated connection replaced this one (the peer
     /// restarted).
     Replaced,
@@ -120,6 +158,14 @@ pub enum LinkFailure {
     /// without a word: a listener on frame version 1 does that with a
     /// version 2 hello (one on this version says why it refuses).
     ClosedInHandshake,
+    /// The caller sent more than an unauthenticated connection may
+    /// buffer (`sync_delta::frame::MAX_PRE_AUTH`, 1 KiB) before it proved
+    /// the key.
+    PreAuthOverflow,
+    /// An accepted connection closed at once: too many handshakes were
+    /// waiting from its address ([`LinkConfig::max_pending_per_source`])
+    /// or in all ([`LinkConfig::max_pending`]).
+    TooManyHandshakes,
 }
 
 impl std::fmt::Display for LinkFailure {
@@ -132,6 +178,14 @@ impl std::fmt::Display for LinkFailure {
                 f.write_str("handshake: the key proof does not verify (wrong key)")
             }
             LinkFailure::Refused => f.write_str("handshake: malformed records"),
+            LinkFailure::PreAuthOverflow => write!(
+                f,
+                "handshake: more than {} bytes before the key was proved",
+                sync_delta::frame::MAX_PRE_AUTH
+            ),
+            LinkFailure::TooManyHandshakes => {
+                f.write_str("too many handshakes waiting: closed at once")
+            }
             LinkFailure::PeerVersion { theirs } => write!(
                 f,
                 "the peer speaks frame version {theirs}, this node speaks version {ours}: \
@@ -152,6 +206,7 @@ impl LinkFailure {
         match e {
             LinkError::BadProof | LinkError::KeyRefused => LinkFailure::WrongKey,
             LinkError::HandshakeTimeout => LinkFailure::HandshakeTimeout,
+            LinkError::PreAuthOverflow { .. } => LinkFailure::PreAuthOverflow,
             LinkError::PeerVersion { theirs, .. } => LinkFailure::PeerVersion { theirs: *theirs },
             _ => LinkFailure::Refused,
         }
@@ -185,17 +240,33 @@ macro_rules! link_inputs {
             self.pump(now);
         }
 
-        /// A connection was accepted; `nonce` is fresh from the driver's
-        /// CSPRNG. Returns its id, or `None` when it must be closed at once
-        /// (the link is off, or too many handshakes are waiting).
+        /// A connection from `from` (its source address) was accepted;
+        /// `nonce` is fresh from the driver's CSPRNG. Returns its id, or
+        /// `None` when it must be closed at once: the link is off, or too
+        /// many handshakes are waiting from that address or in all (see
+        /// [`LinkConfig::max_pending`](crate::pair::LinkConfig::max_pending);
+        /// counted, and reported like a failed handshake).
         pub fn handle_accepted(
             &mut self,
             now: ::std::time::Instant,
             nonce: ::sync_delta::frame::Nonce,
+            from: ::std::net::IpAddr,
         ) -> Option<$crate::pair::ConnId> {
-            let id = self.link.handle_accepted(now, nonce);
+            let id = self.link.handle_accepted(now, nonce, from);
             self.pump(now);
             id
+        }
+
+        /// How many bytes to read from connection `conn` before passing
+        /// them to [`Self::handle_link_bytes`]: at most
+        /// [`sync_delta::frame::MAX_PRE_AUTH`] (1 KiB) in all until its
+        /// peer has proved the key, unbounded (`usize::MAX`) once it is
+        /// the link; 0 for a connection the engine does not hold. Reading
+        /// no more than this keeps a caller that has not proved the key
+        /// from filling a buffer.
+        #[must_use]
+        pub fn link_receive_window(&self, conn: $crate::pair::ConnId) -> usize {
+            self.link.receive_window(conn)
         }
 
         /// Bytes read from a connection.
@@ -242,6 +313,12 @@ pub struct LinkStats {
     /// Accepted connections turned away (redundancy off, too many
     /// handshakes waiting).
     pub turned_away: u64,
+    /// Of those, the ones over a handshake limit (per source address or
+    /// in all).
+    pub over_limit: u64,
+    /// Failures of accepted connections not reported one by one (counted
+    /// in a [`crate::pair::SyncLinkEvent::LinkFailuresSuppressed`]).
+    pub failures_suppressed: u64,
     /// Authenticated frames received.
     pub frames_in: u64,
     /// Frames that could not be sent (no link up).
@@ -252,6 +329,97 @@ pub struct LinkStats {
 struct Conn {
     id: ConnId,
     link: Link,
+    /// The source address of an accepted connection; `None` for a dial.
+    from: Option<IpAddr>,
+}
+
+/// A connection waiting for its handshake, as
+/// [`crate::pair::SyncLink::pending_handshakes`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingHandshake {
+    /// The connection.
+    pub conn: ConnId,
+    /// Its source address (`None`: this end dialled it).
+    pub from: Option<IpAddr>,
+    /// The bytes its link holds (at most
+    /// [`sync_delta::frame::MAX_PRE_AUTH`]).
+    pub buffered: usize,
+}
+
+/// A connection that never became the link, for the engine's event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub(crate) conn: ConnId,
+    pub(crate) why: LinkFailure,
+    pub(crate) from: Option<IpAddr>,
+}
+
+/// Failures reported together: how many, from how many addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Suppressed {
+    pub(crate) count: u64,
+    pub(crate) sources: u64,
+}
+
+/// Paces the reports of accepted connections' failures, so that a flood
+/// of strangers costs a log line a second per address at most, plus one
+/// summary.
+#[derive(Debug, Default)]
+struct FailureReports {
+    /// Addresses reported one by one in the current interval, and when.
+    reported: Vec<(IpAddr, Instant)>,
+    /// The current interval's start.
+    window: Option<Instant>,
+    /// Reports one by one in the current interval.
+    in_window: u32,
+    /// Suppressed since the last summary.
+    count: u64,
+    /// Their distinct addresses, up to [`SUMMARY_ADDRESSES`].
+    addresses: Vec<IpAddr>,
+    /// When the summary goes out.
+    due: Option<Instant>,
+}
+
+/// Distinct addresses a summary counts, at most.
+const SUMMARY_ADDRESSES: usize = 64;
+
+impl FailureReports {
+    /// Whether a failure from `from` at `now` is reported one by one;
+    /// false when it is counted for the summary instead.
+    fn admit(&mut self, now: Instant, from: IpAddr, every: Duration, most: u32) -> bool {
+        if self.window.is_none_or(|w| now >= w + every) {
+            self.window = Some(now);
+            self.in_window = 0;
+        }
+        self.reported.retain(|&(_, t)| now < t + every);
+        let quiet = !self.reported.iter().any(|&(a, _)| a == from);
+        if quiet && self.in_window < most {
+            self.in_window += 1;
+            self.reported.push((from, now));
+            return true;
+        }
+        self.count += 1;
+        if !self.addresses.contains(&from) && self.addresses.len() < SUMMARY_ADDRESSES {
+            self.addresses.push(from);
+        }
+        self.due.get_or_insert(now + every);
+        false
+    }
+
+    /// The summary, when it is due at `now`.
+    fn summary(&mut self, now: Instant) -> Option<Suppressed> {
+        if self.due.is_none_or(|d| now < d) {
+            return None;
+        }
+        self.due = None;
+        let s = Suppressed {
+            count: self.count,
+            sources: self.addresses.len() as u64,
+        };
+        self.count = 0;
+        self.addresses.clear();
+        Some(s)
+    }
 }
 
 pub(crate) struct LinkControl {
@@ -272,7 +440,10 @@ pub(crate) struct LinkControl {
     pub(crate) changes: VecDeque<bool>,
     /// Connections that never became the link, since the engine last
     /// looked.
-    pub(crate) failures: VecDeque<(ConnId, LinkFailure)>,
+    pub(crate) failures: VecDeque<Failure>,
+    /// Summaries of the failures not reported one by one.
+    pub(crate) suppressed: VecDeque<Suppressed>,
+    reports: FailureReports,
     pub(crate) stats: LinkStats,
 }
 
@@ -313,6 +484,8 @@ impl LinkControl {
             frames: VecDeque::new(),
             changes: VecDeque::new(),
             failures: VecDeque::new(),
+            suppressed: VecDeque::new(),
+            reports: FailureReports::default(),
             stats: LinkStats::default(),
         }
     }
@@ -359,7 +532,14 @@ impl LinkControl {
         id
     }
 
-    fn open(&mut self, now: Instant, id: ConnId, role: LinkRole, nonce: Nonce) {
+    fn open(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        role: LinkRole,
+        nonce: Nonce,
+        from: Option<IpAddr>,
+    ) {
         let link = Link::new(
             role,
             self.cfg.key.clone(),
@@ -370,7 +550,7 @@ impl LinkControl {
         )
         .with_handshake_timeout(self.cfg.handshake_timeout)
         .with_next_key(self.cfg.next_key.clone());
-        let mut c = Conn { id, link };
+        let mut c = Conn { id, link, from };
         let mut bytes = Vec::new();
         if c.link.poll_transmit(&mut bytes) {
             self.out.push_back(LinkOut::Send(c.id, bytes));
@@ -381,7 +561,7 @@ impl LinkControl {
     pub(crate) fn handle_dialed(&mut self, now: Instant, id: ConnId, nonce: Nonce) {
         if self.dialing.is_some_and(|(d, _)| d == id) && self.enabled {
             self.dialing = None;
-            self.open(now, id, LinkRole::Initiator, nonce);
+            self.open(now, id, LinkRole::Initiator, nonce, None);
         } else {
             // A dial the engine gave up on, or redundancy went off.
             self.out
@@ -392,19 +572,82 @@ impl LinkControl {
     pub(crate) fn handle_dial_failed(&mut self, now: Instant, id: ConnId) {
         if self.dialing.is_some_and(|(d, _)| d == id) {
             self.dialing = None;
-            self.failures.push_back((id, LinkFailure::DialFailed));
+            self.fail(now, id, LinkFailure::DialFailed, None);
             self.schedule_redial(now);
         }
     }
 
-    pub(crate) fn handle_accepted(&mut self, now: Instant, nonce: Nonce) -> Option<ConnId> {
-        if !self.enabled || self.pending.len() >= self.cfg.max_pending {
+    /// Reports a connection that never became the link: a dial's at once,
+    /// an accepted one's paced by [`FailureReports`].
+    fn fail(&mut self, now: Instant, conn: ConnId, why: LinkFailure, from: Option<IpAddr>) {
+        if let Some(addr) = from {
+            let every = self.cfg.failure_report_interval;
+            if !self
+                .reports
+                .admit(now, addr, every, self.cfg.failure_reports)
+            {
+                self.stats.failures_suppressed += 1;
+                return;
+            }
+        }
+        self.failures.push_back(Failure { conn, why, from });
+    }
+
+    pub(crate) fn handle_accepted(
+        &mut self,
+        now: Instant,
+        nonce: Nonce,
+        from: IpAddr,
+    ) -> Option<ConnId> {
+        if !self.enabled {
             self.stats.turned_away += 1;
             return None;
         }
+        // A dual-stack listener sees IPv4 callers as ::ffff:a.b.c.d.
+        let from = from.to_canonical();
+        let (mut all, mut same) = (0, 0);
+        for c in &self.pending {
+            if let Some(a) = c.from {
+                all += 1;
+                same += usize::from(a == from);
+            }
+        }
+        // One slot of the total is the configured peer's.
+        let total = match self.cfg.peer {
+            Some(peer) if peer.to_canonical() != from => self.cfg.max_pending.saturating_sub(1),
+            _ => self.cfg.max_pending,
+        };
+        if all >= total || same >= self.cfg.max_pending_per_source {
+            self.stats.turned_away += 1;
+            self.stats.over_limit += 1;
+            let id = self.fresh_id();
+            self.fail(now, id, LinkFailure::TooManyHandshakes, Some(from));
+            return None;
+        }
         let id = self.fresh_id();
-        self.open(now, id, LinkRole::Responder, nonce);
+        self.open(now, id, LinkRole::Responder, nonce, Some(from));
         Some(id)
+    }
+
+    /// How many bytes connection `id` takes now (see
+    /// `link_receive_window`).
+    pub(crate) fn receive_window(&self, id: ConnId) -> usize {
+        if self.up.as_ref().is_some_and(|c| c.id == id) {
+            return usize::MAX;
+        }
+        self.pending
+            .iter()
+            .find(|c| c.id == id)
+            .map_or(0, |c| c.link.receive_window())
+    }
+
+    /// The connections waiting for their handshake.
+    pub(crate) fn pending_handshakes(&self) -> impl Iterator<Item = PendingHandshake> + '_ {
+        self.pending.iter().map(|c| PendingHandshake {
+            conn: c.id,
+            from: c.from,
+            buffered: c.link.buffered(),
+        })
     }
 
     fn schedule_redial(&mut self, now: Instant) {
@@ -437,8 +680,9 @@ impl LinkControl {
         let mut c = self.pending.swap_remove(i);
         if let Err(e) = self.feed(now, &mut c, bytes) {
             self.stats.refused += 1;
-            self.failures.push_back((id, LinkFailure::of(&e)));
-            self.out.push_back(LinkOut::Close(id, CloseReason::Refused));
+            self.fail(now, id, LinkFailure::of(&e), c.from);
+            self.out
+                .push_back(LinkOut::Close(id, CloseReason::HandshakeFailed));
             self.schedule_redial(now);
             return;
         }
@@ -462,11 +706,20 @@ impl LinkControl {
 
     /// Feeds bytes, collects frames and handshake answers (a refusal too,
     /// sent before the close); the error when the connection must close.
-    fn feed(&mut self, now: Instant, c: &mut Conn, bytes: &[u8]) -> Result<(), LinkError> {
-        // The link buffers at most two frames undrained: feed in pieces.
-        let step = sync_delta::frame::MAX_FRAME;
+    fn feed(&mut self, now: Instant, c: &mut Conn, mut bytes: &[u8]) -> Result<(), LinkError> {
         let mut result = Ok(());
-        for piece in bytes.chunks(step.max(1)) {
+        while !bytes.is_empty() {
+            // The link buffers at most two frames undrained, and 1 KiB
+            // before the handshake finished: feed in pieces it takes (a
+            // driver that read more than the window, say the peer's reply
+            // and its first frames together, is served too; a piece it
+            // cannot take fails the link).
+            let step = c
+                .link
+                .receive_window()
+                .clamp(1, sync_delta::frame::MAX_FRAME);
+            let (piece, rest) = bytes.split_at(step.min(bytes.len()));
+            bytes = rest;
             result = c.link.handle_bytes(now, piece).and_then(|()| {
                 while let Some(f) = c.link.poll_frame()? {
                     self.stats.frames_in += 1;
@@ -495,13 +748,12 @@ impl LinkControl {
             self.changes.push_back(false);
             self.schedule_redial(now);
         } else if let Some(i) = self.pending.iter().position(|c| c.id == id) {
-            self.pending.swap_remove(i);
-            self.failures
-                .push_back((id, LinkFailure::ClosedInHandshake));
+            let c = self.pending.swap_remove(i);
+            self.fail(now, id, LinkFailure::ClosedInHandshake, c.from);
             self.schedule_redial(now);
         } else if self.dialing.is_some_and(|(d, _)| d == id) {
             self.dialing = None;
-            self.failures.push_back((id, LinkFailure::DialFailed));
+            self.fail(now, id, LinkFailure::DialFailed, None);
             self.schedule_redial(now);
         }
     }
@@ -539,7 +791,7 @@ impl LinkControl {
             .filter_map(|c| c.link.poll_timeout())
             .min();
         let dialing = self.dialing.map(|(_, t)| t);
-        [pending, dialing, self.next_dial]
+        [pending, dialing, self.next_dial, self.reports.due]
             .into_iter()
             .flatten()
             .min()
@@ -555,8 +807,7 @@ impl LinkControl {
         self.pending = keep;
         for c in late {
             self.stats.handshake_timeouts += 1;
-            self.failures
-                .push_back((c.id, LinkFailure::HandshakeTimeout));
+            self.fail(now, c.id, LinkFailure::HandshakeTimeout, c.from);
             self.out
                 .push_back(LinkOut::Close(c.id, CloseReason::HandshakeTimeout));
             self.schedule_redial(now);
@@ -567,10 +818,13 @@ impl LinkControl {
                 self.dialing = None;
                 self.out
                     .push_back(LinkOut::Close(id, CloseReason::HandshakeTimeout));
-                self.failures.push_back((id, LinkFailure::HandshakeTimeout));
+                self.fail(now, id, LinkFailure::HandshakeTimeout, None);
                 self.stats.handshake_timeouts += 1;
                 self.schedule_redial(now);
             }
+        }
+        if let Some(s) = self.reports.summary(now) {
+            self.suppressed.push_back(s);
         }
         if self.next_dial.is_some_and(|t| t <= now) {
             self.next_dial = None;

@@ -42,7 +42,12 @@
 //!    bytes ([`Pair::handle_dialed`], [`Pair::handle_accepted`],
 //!    [`Pair::handle_link_bytes`], [`Pair::handle_link_closed`]), command
 //!    results, phone registrations, operator requests, the [`SyncWorker`]'s
-//!    messages and reports, and the wall clock from time to time.
+//!    messages and reports, and the wall clock from time to time. An
+//!    accepted connection comes with its source address (the engine
+//!    limits how many handshakes wait per address and in all, and closes
+//!    the rest at once); read at most [`Pair::link_receive_window`] bytes
+//!    from a connection before each [`Pair::handle_link_bytes`] (1 KiB
+//!    until its peer proved the key).
 //! 3. After every input, drain [`Pair::poll_output`] until it returns
 //!    [`Output::Wait`], doing each output in order. The order is the
 //!    contract: a [`Output::Persist`] record must be durable before any
@@ -127,7 +132,7 @@ use vrrp_proto::RecvMeta;
 
 pub use inline::{InlinePair, SYNC_BACKLOG_LIMIT};
 use link::link_inputs;
-pub use link::{CloseReason, ConnId, LinkConfig, LinkFailure, LinkStats};
+pub use link::{CloseReason, ConnId, LinkConfig, LinkFailure, LinkStats, PendingHandshake};
 pub use sync::{
     GenerationStatus, RoundSummary, SyncConfig, SyncOrder, SyncReport, SyncRole, SyncWorker,
 };
@@ -188,6 +193,18 @@ pub enum PairEvent {
         conn: ConnId,
         /// Why.
         why: LinkFailure,
+        /// Its source address, for an accepted connection (`None`: this
+        /// node dialled it). Failures of accepted connections are paced:
+        /// see [`SyncLinkEvent::LinkFailed`].
+        from: Option<IpAddr>,
+    },
+    /// Failures of accepted connections not reported one by one (see
+    /// [`SyncLinkEvent::LinkFailuresSuppressed`]).
+    LinkFailuresSuppressed {
+        /// How many.
+        count: u64,
+        /// From how many source addresses (counted up to 64).
+        sources: u64,
     },
     /// The sync worker's report (rounds, refusals, failures).
     Sync(SyncReport),
@@ -205,9 +222,25 @@ impl std::fmt::Display for PairEvent {
             PairEvent::Orchestrator(e) => e.fmt(f),
             PairEvent::LinkUp => f.write_str("peer link up"),
             PairEvent::LinkDown => f.write_str("peer link down"),
-            PairEvent::LinkFailed { conn, why } => {
-                write!(f, "peer link connection {} failed: {why}", conn.0)
-            }
+            PairEvent::LinkFailed {
+                conn,
+                why,
+                from: Some(from),
+            } => write!(
+                f,
+                "peer link connection {} from {from} failed: {why}",
+                conn.0
+            ),
+            PairEvent::LinkFailed {
+                conn,
+                why,
+                from: None,
+            } => write!(f, "peer link connection {} failed: {why}", conn.0),
+            PairEvent::LinkFailuresSuppressed { count, sources } => write!(
+                f,
+                "peer link: {count} more failed connections from {sources} addresses \
+                 (not reported one by one)"
+            ),
             PairEvent::Sync(r) => r.fmt(f),
             PairEvent::Redundancy(Redundancy::Enabled) => f.write_str("redundancy enabled"),
             PairEvent::Redundancy(Redundancy::Disabled) => f.write_str("redundancy disabled"),
@@ -786,6 +819,12 @@ impl Pair {
         self.link.link_stats()
     }
 
+    /// The peer link's connections waiting for their handshake (see
+    /// [`SyncLink::pending_handshakes`]).
+    pub fn pending_handshakes(&self) -> impl Iterator<Item = PendingHandshake> + '_ {
+        self.link.pending_handshakes()
+    }
+
     // ----------------------------------------------------------------
     // The work behind every input
 
@@ -910,7 +949,12 @@ impl Pair {
                         self.peer_beacon = None;
                         PairEvent::LinkDown
                     }
-                    SyncLinkEvent::LinkFailed { conn, why } => PairEvent::LinkFailed { conn, why },
+                    SyncLinkEvent::LinkFailed { conn, why, from } => {
+                        PairEvent::LinkFailed { conn, why, from }
+                    }
+                    SyncLinkEvent::LinkFailuresSuppressed { count, sources } => {
+                        PairEvent::LinkFailuresSuppressed { count, sources }
+                    }
                     SyncLinkEvent::Sync(report) => PairEvent::Sync(report),
                     // Not on the pair's link: its peer channel comes
                     // through `poll_owner_frame`.

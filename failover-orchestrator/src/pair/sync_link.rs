@@ -4,6 +4,7 @@
 //! election gives and the pair's own channels beside.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use sync_delta::Epoch;
@@ -11,7 +12,8 @@ use sync_delta::frame::{CHANNEL_PEER, CHANNEL_SYNC};
 use sync_delta::wire::Message;
 
 use super::link::{
-    CloseReason, ConnId, LinkConfig, LinkControl, LinkFailure, LinkOut, LinkStats, link_inputs,
+    CloseReason, ConnId, Failure, LinkConfig, LinkControl, LinkFailure, LinkOut, LinkStats,
+    PendingHandshake, link_inputs,
 };
 use super::sync::{SyncOrder, SyncReport, SyncRole};
 
@@ -24,12 +26,28 @@ pub enum SyncLinkEvent {
     /// It went down.
     LinkDown,
     /// A connection never became the link; a dialling end tries again
-    /// after its backoff.
+    /// after its backoff. Failures of accepted connections are reported
+    /// at most once a second per source address (and a few a second in
+    /// all, see [`LinkConfig::failure_report_interval`]); the rest come
+    /// together in [`SyncLinkEvent::LinkFailuresSuppressed`].
     LinkFailed {
-        /// Which connection.
+        /// Which connection (for one turned away at once, the number it
+        /// would have had).
         conn: ConnId,
         /// Why.
         why: LinkFailure,
+        /// Its source address, for an accepted connection (`None`: this
+        /// end dialled it).
+        from: Option<IpAddr>,
+    },
+    /// Failures of accepted connections not reported one by one since the
+    /// last such summary (at most one per
+    /// [`LinkConfig::failure_report_interval`]).
+    LinkFailuresSuppressed {
+        /// How many.
+        count: u64,
+        /// From how many source addresses (counted up to 64).
+        sources: u64,
     },
     /// Bytes from the peer on [`CHANNEL_PEER`] (opaque here).
     PeerMessage(Vec<u8>),
@@ -101,8 +119,9 @@ pub struct SyncLinkStats {
 /// The same as [`crate::pair::Pair`]'s for the link and the worker: feed
 /// the connections and their bytes with `now` ([`SyncLink::handle_dialed`],
 /// [`SyncLink::handle_dial_failed`], [`SyncLink::handle_accepted`],
-/// [`SyncLink::handle_link_bytes`], [`SyncLink::handle_link_closed`]), the
-/// worker's messages and reports ([`SyncLink::handle_sync_message`],
+/// [`SyncLink::handle_link_bytes`], reading at most
+/// [`SyncLink::link_receive_window`] bytes each time,
+/// [`SyncLink::handle_link_closed`]), the worker's messages and reports ([`SyncLink::handle_sync_message`],
 /// [`SyncLink::handle_sync_report`]); after each input drain
 /// [`SyncLink::poll_output`] until [`SyncLinkOutput::Wait`], and call
 /// [`SyncLink::handle_timeout`] at the instant it gives.
@@ -294,6 +313,13 @@ impl SyncLink {
         self.link.stats
     }
 
+    /// The connections waiting for their handshake: at most
+    /// [`LinkConfig::max_pending`] accepted ones (and this end's dial),
+    /// each holding at most [`sync_delta::frame::MAX_PRE_AUTH`] bytes.
+    pub fn pending_handshakes(&self) -> impl Iterator<Item = PendingHandshake> + '_ {
+        self.link.pending_handshakes()
+    }
+
     /// This engine's counters.
     #[must_use]
     pub fn stats(&self) -> SyncLinkStats {
@@ -323,6 +349,12 @@ impl SyncLink {
         self.link.close_up(now, why);
     }
 
+    /// How many bytes connection `conn` takes now (the pair engine's
+    /// `link_receive_window`).
+    pub(super) fn receive_window(&self, conn: ConnId) -> usize {
+        self.link.receive_window(conn)
+    }
+
     /// Sends `payload` on `channel`; false when no link is up.
     pub(super) fn send(&mut self, channel: u8, payload: &[u8]) -> bool {
         self.link.send(channel, payload)
@@ -346,13 +378,23 @@ impl SyncLink {
                     LinkOut::Close(conn, reason) => SyncLinkOutput::Close { conn, reason },
                 });
             }
-            while let Some((conn, why)) = self.link.failures.pop_front() {
+            while let Some(Failure { conn, why, from }) = self.link.failures.pop_front() {
                 moved = true;
                 self.out
                     .push_back(SyncLinkOutput::Event(SyncLinkEvent::LinkFailed {
                         conn,
                         why,
+                        from,
                     }));
+            }
+            while let Some(s) = self.link.suppressed.pop_front() {
+                moved = true;
+                self.out.push_back(SyncLinkOutput::Event(
+                    SyncLinkEvent::LinkFailuresSuppressed {
+                        count: s.count,
+                        sources: s.sources,
+                    },
+                ));
             }
             while let Some(up) = self.link.changes.pop_front() {
                 moved = true;

@@ -649,7 +649,7 @@ impl World {
                 let accepted = self.nodes[to]
                     .pair
                     .as_mut()
-                    .and_then(|p| p.handle_accepted(t, nonce));
+                    .and_then(|p| p.handle_accepted(t, nonce, [10, 0, 0, 1 + from as u8].into()));
                 let to_boot = self.nodes[to].boot;
                 self.drive(to);
                 match accepted {
