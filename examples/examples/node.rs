@@ -1,8 +1,9 @@
 //! `node --config node.toml`: one redundant-pair node, until SIGINT or
 //! SIGTERM, then a graceful stop (services stopped in reverse order, the
 //! address released, priority 0 sent). SIGHUP reads the configuration
-//! again for the peer link's keys (`[sync] key_file`, `key_file_next`): a
-//! key rotation without a restart. Other settings apply at the next start.
+//! again for the peer link's keys (`[sync] key_file`, `key_file_next`) and
+//! the status API's token (`[status] token_file`): a rotation without a
+//! restart. Other settings apply at the next start.
 //!
 //! ```text
 //! cargo run --release --example node -- --config examples/node.example.toml
@@ -33,9 +34,10 @@ struct Args {
     config: PathBuf,
 }
 
-/// At each SIGHUP, the configuration read again, its key files checked as
-/// at the start; their keys go to the running node. A configuration that
-/// does not load changes nothing (the keys in use stay), and says why.
+/// At each SIGHUP, the configuration read again, its key and token files
+/// checked as at the start; the peer link's keys and the status API's
+/// token go to the running node. A configuration that does not load
+/// changes nothing (the keys and token in use stay), and says why.
 async fn reload_keys_on_hangup(
     mut hup: tokio::signal::unix::Signal,
     path: PathBuf,
@@ -45,26 +47,27 @@ async fn reload_keys_on_hangup(
         return;
     };
     while hup.recv().await.is_some() {
-        let keys = NodeConfig::load(&path).map(|c| c.files.and_then(|f| f.key));
-        let keys = keys.map_err(|e| e.to_string()).and_then(|k| match k {
-            Some((key, next)) => {
+        let reload = NodeConfig::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                let files = c.files.unwrap_or_default();
                 let psk = |b| PreSharedKey::new(b).map_err(|e| e.to_string());
-                Ok((psk(key)?, next.map(psk).transpose()?))
-            }
-            None => Err("no [sync] section: no peer link key to reload".into()),
-        });
-        match keys {
-            Ok((key, next)) => {
-                if handle
-                    .api
-                    .send(ApiRequest::ReloadKeys(key, next))
-                    .await
-                    .is_err()
-                {
+                let keys = match files.key {
+                    Some((key, next)) => Some((psk(key)?, next.map(psk).transpose()?)),
+                    None => None,
+                };
+                Ok(ApiRequest::Reload {
+                    keys,
+                    token: files.token,
+                })
+            });
+        match reload {
+            Ok(request) => {
+                if handle.api.send(request).await.is_err() {
                     return;
                 }
             }
-            Err(e) => tracing::error!(error = %e, "SIGHUP: the keys in use stay"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: the keys and token in use stay"),
         }
     }
 }

@@ -119,10 +119,16 @@ pub enum ApiRequest {
     /// Switch redundancy on or off; the value is kept in the state
     /// directory and overrides the configuration from then on.
     SetRedundancy(bool, ApiReply),
-    /// New peer-link keys (a reload of the key files, `SIGHUP`): the key
-    /// this node proves, and the next key it accepts during a rotation.
-    /// The link that is up stays; the next connection uses them.
-    ReloadKeys(PreSharedKey, Option<PreSharedKey>),
+    /// The files reloaded (`SIGHUP`): the peer link's keys (the key this
+    /// node proves, and the next key it accepts during a rotation; the
+    /// link that is up stays, the next connection uses them) and the
+    /// status API's token.
+    Reload {
+        /// `[sync] key_file` and `key_file_next`, with a `[sync]` section.
+        keys: Option<(PreSharedKey, Option<PreSharedKey>)>,
+        /// `[status] token_file`'s token, if set.
+        token: Option<crate::status::Token>,
+    },
     /// Confirm the deletions the mass-deletion guard held back (on the
     /// Backup): the refused round runs now and goes through. Answered with
     /// the refusal confirmed, or `nothing_to_confirm`.
@@ -1453,7 +1459,7 @@ pub async fn run(
         config,
     };
     let (api_tx, mut api) = mpsc::channel(16);
-    let _status_server = if let Some(status) = runner.config.status.clone() {
+    let status_server = if let Some(status) = runner.config.status.clone() {
         let listen = status.listen;
         Some(
             crate::status::spawn(
@@ -1481,7 +1487,18 @@ pub async fn run(
         tokio::select! {
             how = &mut shutdown => break how,
             Some(ToMain::Command(issued)) = from_engine.recv() => runner.execute(issued),
-            Some(req) = api.recv() => forward(&runner, req),
+            Some(req) = api.recv() => match req {
+                ApiRequest::Reload { keys, token } => {
+                    if let Some((key, next)) = keys {
+                        runner.engine.send(Inbox::Keys(key, next));
+                    }
+                    if let Some(server) = &status_server {
+                        server.set_token(token);
+                        info!("status API token reloaded");
+                    }
+                }
+                other => forward(&runner, other),
+            },
         }
     };
 
@@ -1525,9 +1542,8 @@ async fn stop_services(runner: &Runner) {
 /// preflight has decided.
 fn forward(runner: &Runner, req: ApiRequest) {
     match req {
-        ApiRequest::ReloadKeys(key, next) => {
-            runner.engine.send(Inbox::Keys(key, next));
-        }
+        // Answered where the status server is.
+        ApiRequest::Reload { .. } => {}
         ApiRequest::ConfirmDeletions(reply) => {
             runner.engine.send(Inbox::ConfirmDeletions(reply));
         }

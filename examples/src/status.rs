@@ -438,10 +438,11 @@ impl IntoResponse for Refusal {
 
 /// The checks every request passes before any endpoint: `Host` and
 /// `Origin` against the allowed hosts, then the token when one is set.
-#[derive(Debug, Clone)]
+/// The token can be replaced while the server runs (a reload).
+#[derive(Debug)]
 pub struct Guard {
     allowed_hosts: Vec<String>,
-    token: Option<Token>,
+    token: std::sync::RwLock<Option<Token>>,
 }
 
 impl Guard {
@@ -451,7 +452,15 @@ impl Guard {
     pub fn new(allowed_hosts: Vec<String>, token: Option<Token>) -> Guard {
         Guard {
             allowed_hosts,
-            token,
+            token: std::sync::RwLock::new(token),
+        }
+    }
+
+    /// Replaces the token: requests from now on need the new one.
+    pub fn set_token(&self, token: Option<Token>) {
+        match self.token.write() {
+            Ok(mut t) => *t = token,
+            Err(poisoned) => *poisoned.into_inner() = token,
         }
     }
 
@@ -475,7 +484,11 @@ impl Guard {
                 return Err(Refusal::Origin(origin));
             }
         }
-        match &self.token {
+        let token = match self.token.read() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match &*token {
             None => Ok(()),
             Some(token) => {
                 let mut presented = headers.get_all(header::AUTHORIZATION).iter();
@@ -525,6 +538,15 @@ async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Respons
 pub struct StatusServer {
     stop: Option<oneshot::Sender<()>>,
     forward: Option<tokio::task::JoinHandle<()>>,
+    guard: Arc<Guard>,
+}
+
+impl StatusServer {
+    /// Replaces the token every request must carry (a reload of
+    /// `[status] token_file`).
+    pub fn set_token(&self, token: Option<Token>) {
+        self.guard.set_token(token);
+    }
 }
 
 impl Drop for StatusServer {
@@ -562,7 +584,7 @@ pub async fn spawn(
         .route("/redundancy", post(set_redundancy))
         .route("/sync/confirm-deletions", post(confirm_deletions))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(guarded, guard))
+        .layer(axum::middleware::from_fn_with_state(guarded.clone(), guard))
         .with_state(AppState {
             snapshot: snapshot.clone(),
             api,
@@ -584,6 +606,7 @@ pub async fn spawn(
     let mut server = StatusServer {
         stop: Some(stop_tx),
         forward: None,
+        guard: guarded,
     };
     if let (Some(port), Some(peer)) = (config.backup_gui_port, peer_host) {
         let listen = SocketAddr::new(config.listen.ip(), port);

@@ -1212,9 +1212,48 @@ fn keys_rotate_on_sighup_without_a_restart() {
         .arg(pid.to_string())
         .status();
     let t0 = Instant::now();
-    while !p.a.log_text().contains("SIGHUP: the keys in use stay") {
+    while !p
+        .a
+        .log_text()
+        .contains("SIGHUP: the keys and token in use stay")
+    {
         assert!(t0.elapsed() < Duration::from_secs(10), "{}", p.a.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(peer_is(&p.a.status(), "Backup"));
+}
+
+/// The status API's token rotates on a running unit: a new token in
+/// `[status] token_file` and a SIGHUP (to the process id), and the old
+/// token is refused, the new one accepted, no restart.
+#[test]
+fn the_api_token_rotates_on_sighup() {
+    let mut p = pair_with("token-hup", true, Some(TOKEN));
+    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
+    settled(&mut p);
+    let root = p.a.config.parent().expect("folder").to_path_buf();
+    let new = "a-new-token-0123456789abcdef";
+    let path = root.join("api.token");
+    std::fs::write(&path, format!("{new}\n")).expect("token");
+    let pid = p.a.child.as_ref().expect("running").id();
+    let ok = Command::new("kill")
+        .arg("-HUP")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    let old = format!("Bearer {TOKEN}");
+    let t0 = Instant::now();
+    while get(p.a.status, "/status", Some(&old)).is_some() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the old token still works\n{}",
+            p.a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(get(p.a.status, "/status", Some(&format!("Bearer {new}"))).is_some());
+    // pbx-b was not told: it keeps the token it read.
+    assert!(get(p.b.status, "/status", Some(&old)).is_some());
+    assert!(p.a.log_text().contains("status API token reloaded"));
 }
