@@ -408,6 +408,126 @@ fn local_divergence_is_set_aside_not_wedged() {
     assert_eq!(quarantined(&rep).len(), 1);
 }
 
+/// Copies a tree, modes and symlinks kept (a replica's state to start
+/// each attempt from).
+fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+/// The divergent round killed (SIGKILL, by the child's id) at a spread of
+/// moments, from before its handshake to after its commit: every time the
+/// next pull opens the replica and reaches generation 2 (or 3, when the
+/// killed pull had committed), with the stray file set aside exactly once
+/// (never lost, never twice), and a further pull makes the tree the
+/// source's.
+#[test]
+fn a_divergent_round_killed_at_any_moment_still_opens_and_finishes() {
+    let t = TempDir::new("diverge-kill");
+    let (src, base) = (t.join("src"), t.join("base"));
+    std::fs::create_dir_all(&src).unwrap();
+    seed_tree(&src);
+    // Enough data that the round takes a while: kills land inside it.
+    for i in 0..60 {
+        write(
+            &src,
+            &format!("voicemail/101/m{i:03}.wav"),
+            &noise(40_000, 100 + i),
+            0o640,
+        );
+    }
+    let key = key_file(&t, "key", KEY);
+    let server = Server::start(&src, &key, &[]);
+    assert_eq!(
+        num(&summary(&pull(&base, server.addr, &key, &[])), "generation"),
+        1
+    );
+    // The round to come: new data on the source, and local divergence on
+    // the replica (a stray file where a directory comes, a tracked
+    // directory deleted).
+    for i in 0..60 {
+        write(
+            &src,
+            &format!("voicemail/200/m{i:03}.wav"),
+            &noise(40_000, 500 + i),
+            0o640,
+        );
+    }
+    // A new prompt: the round writes under the directory deleted locally
+    // (what a round does not touch, it does not check).
+    write(&src, "prompts/en/goodbye.wav", &noise(30_000, 6), 0o644);
+    std::fs::write(base.join("voicemail/200"), b"stray local file").unwrap();
+    std::fs::remove_dir_all(base.join("prompts")).unwrap();
+
+    let mut committed_before_the_kill = 0;
+    for (k, delay_ms) in [0u64, 3, 8, 15, 25, 40, 60, 90, 130, 180, 250, 400]
+        .into_iter()
+        .enumerate()
+    {
+        let rep = t.join(&format!("rep{k}"));
+        copy_tree(&base, &rep);
+        let mut child = Command::new(sync_bin())
+            .arg("pull")
+            .arg("--dir")
+            .arg(&rep)
+            .arg("--from")
+            .arg(server.addr.to_string())
+            .arg("--key-file")
+            .arg(&key)
+            .arg("--once")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Opening after the kill: a whole generation, 1 or 2, and on: to
+        // 2, or to 3 when the killed pull had committed 2 already (this one
+        // then fetches what the tree lost).
+        let s = summary(&pull(&rep, server.addr, &key, &[]));
+        let g = num(&s, "generation");
+        assert!(g == 2 || g == 3, "killed after {delay_ms} ms: {s:?}");
+        committed_before_the_kill += usize::from(g == 3);
+        assert!(
+            rep.join("voicemail/200/m059.wav").is_file(),
+            "after {delay_ms} ms"
+        );
+        assert_eq!(
+            quarantined(&rep),
+            vec![("voicemail/200".to_owned(), b"stray local file".to_vec())],
+            "killed after {delay_ms} ms"
+        );
+        // What the tree lost locally comes back with the next round.
+        summary(&pull(&rep, server.addr, &key, &[]));
+        let (got, want) = (tree(&rep), tree(&src));
+        let differ: Vec<&String> = want
+            .keys()
+            .chain(got.keys())
+            .filter(|k| got.get(*k) != want.get(*k))
+            .collect();
+        assert!(differ.is_empty(), "killed after {delay_ms} ms: {differ:?}");
+        std::fs::remove_dir_all(&rep).unwrap();
+    }
+    // Not every kill came after the commit: the spread of delays reaches
+    // into the round.
+    assert!(
+        committed_before_the_kill < 12,
+        "every kill came after the commit"
+    );
+}
+
 /// The mass-deletion guard counts lost content: a refused round exits 3
 /// and changes nothing, argument errors stay at exit 2, and the guard's
 /// flags take effect.
