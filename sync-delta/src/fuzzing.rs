@@ -9,6 +9,10 @@ use crate::frame::{self, FrameKind, Link, Nonce, PreSharedKey};
 use crate::wire::Message;
 use std::time::Instant;
 
+mod session;
+
+pub use session::{SessionSummary, session_summary, sync_session};
+
 /// `sync_frame`: any bytes
 /// - through [`frame::decode`]: never panic; a decoded frame re-encodes to
 ///   the same bytes (up to its MAC field);
