@@ -25,7 +25,10 @@ fn sync_frame_seeds() {
 
 #[test]
 fn sync_apply_seeds() {
-    replay("sync_apply", sync_delta::fuzzing::sync_apply);
+    let now = std::time::Instant::now();
+    replay("sync_apply", |data| {
+        sync_delta::fuzzing::sync_apply(now, data)
+    });
 }
 
 /// The `sync_session` seeds are inputs the fuzzer found: each replays
