@@ -15,8 +15,9 @@
 //!
 //! - nothing panics; an input the session refuses is a [`SessionError`],
 //!   and a storage error only where storage really failed (an injected
-//!   fault, a power cut) or the tree was changed behind the session's back:
-//!   never from messages alone;
+//!   fault, a power cut) or the tree changed while that round ran: never
+//!   from messages alone, nor from a tree that diverged locally before the
+//!   round (the round moves what is in its way aside and completes);
 //! - every node of either store is inside the root (a checked relative
 //!   path, or inside the state folder) under a directory;
 //! - every message a session sends fits a frame and decodes to itself;
@@ -482,6 +483,9 @@ struct ReplicaRun {
     diverged: bool,
     /// A storage fault was armed since the last restart.
     faulted: bool,
+    /// The tree was changed locally while the round in progress ran (a
+    /// round may fail on that, and the next one must not).
+    raced: bool,
     wants: BTreeMap<u32, RelPath>,
     contents: HashMap<Hash, Vec<u8>>,
     shadow: Option<Shadow>,
@@ -512,6 +516,7 @@ impl ReplicaRun {
             connected: false,
             diverged: false,
             faulted: false,
+            raced: false,
             wants: BTreeMap::new(),
             contents,
             shadow: None,
@@ -595,6 +600,10 @@ impl ReplicaRun {
                 let known = self.known_paths();
                 local_edit(u, &mut self.store, &known)?;
                 self.diverged = true;
+                self.raced |= self
+                    .replica
+                    .status(SystemTime::UNIX_EPOCH)
+                    .round_in_progress;
                 self.reopened = None;
             }
             13 => {
@@ -648,6 +657,7 @@ impl ReplicaRun {
             self.store.reboot();
         }
         self.faulted = false;
+        self.raced = false;
         self.reopened = None;
         let (r, report) = Replica::open(self.config.clone(), self.now, &mut self.store)
             .unwrap_or_else(|e| panic!("a replica always opens: {e}"));
@@ -663,8 +673,9 @@ impl ReplicaRun {
 
     fn assert_store_error_explained(&self, e: &dyn std::fmt::Display) {
         assert!(
-            self.faulted || self.diverged || self.store.is_off(),
-            "a storage error from messages alone: {e}"
+            self.faulted || self.store.is_off() || self.raced,
+            "a storage error from messages alone, or from a tree that \
+             diverged before the round: {e}"
         );
     }
 
@@ -727,6 +738,7 @@ impl ReplicaRun {
             match m {
                 Message::Request { digest } => {
                     assert_eq!(digest, self.replica.manifest().digest());
+                    self.raced = false;
                     self.wants.clear();
                     self.shadow = None;
                 }
@@ -1180,6 +1192,7 @@ impl SourceRun {
         let r = self
             .source
             .handle_message(self.now, self.wall, m, &mut self.store);
+
         match r {
             Ok(()) => {
                 if request {
