@@ -14,12 +14,20 @@
 # FUZZ_WORK/artifacts/TARGET/, each run's log into FUZZ_WORK/TARGET.log.
 # Each target runs on one core under `nice`. Exits 1 if any target crashed.
 # CI only builds the targets (.ci/run, "fuzz targets compile").
+#
+# FUZZ_SANITIZER (default none) is cargo-fuzz's --sanitizer. The library
+# crates forbid unsafe code, so AddressSanitizer finds little in them and
+# costs a lot here: the sessions allocate their 1-4 MiB I/O buffers per
+# object, and under ASan each one is fresh pages (sync_session ran about
+# 4 times slower). Debug assertions and overflow checks stay on (cargo-fuzz
+# builds with them unless -O). FUZZ_SANITIZER=address for the default.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 execs=${FUZZ_EXECS:-10000000}
 secs=${FUZZ_SECS:-3600}
 work=${FUZZ_WORK:-target/fuzz-bench}
+sanitizer=${FUZZ_SANITIZER:-none}
 
 if [ "$#" -gt 0 ]; then
     targets=("$@")
@@ -27,7 +35,7 @@ else
     mapfile -t targets < <(cargo +nightly fuzz list)
 fi
 
-cargo +nightly fuzz build >/dev/null
+cargo +nightly fuzz build --sanitizer="$sanitizer" >/dev/null
 
 status=0
 rows=()
@@ -41,7 +49,7 @@ for t in "${targets[@]}"; do
     echo "==> $t (at most $execs executions or $secs s)" >&2
     start=$(date +%s)
     result=ok
-    if ! nice cargo +nightly fuzz run "$t" "$corpus" "${seeds[@]}" -- \
+    if ! nice cargo +nightly fuzz run --sanitizer="$sanitizer" "$t" "$corpus" "${seeds[@]}" -- \
         -runs="$execs" -max_total_time="$secs" -print_final_stats=1 \
         -artifact_prefix="$artifacts" >"$log" 2>&1; then
         result="CRASH (see $log, $artifacts)"
@@ -58,6 +66,7 @@ for t in "${targets[@]}"; do
         "${cov:-?}" "${ft:-?}" "${corp:-?}" "$result")")
 done
 
-printf '\n%-20s %12s %7s %7s %8s %7s  %s\n' target execs secs cov ft corpus result
+printf '\nsanitizer: %s; at most %s executions or %s s each\n' "$sanitizer" "$execs" "$secs"
+printf '%-20s %12s %7s %7s %8s %7s  %s\n' target execs secs cov ft corpus result
 printf '%s\n' "${rows[@]}"
 exit "$status"
