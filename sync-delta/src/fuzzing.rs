@@ -2,12 +2,17 @@
 //! their seed corpora on stable.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed property must panic: that is what the fuzzer looks for
 
-use crate::chunk::ChunkParams;
-use crate::delta::{Op, apply, diff, signature};
+use crate::delta::Op;
 use crate::epoch::Epoch;
 use crate::frame::{self, Link, Nonce, PreSharedKey, RecordKind};
 use crate::wire::Message;
 use std::time::Instant;
+
+mod apply;
+mod session;
+
+pub use apply::{seeds_apply, sync_apply};
+pub use session::{SessionSummary, session_summary, sync_session};
 
 /// `sync_frame`: any bytes
 /// - through [`frame::decode_record`]: never panic; a decoded record
@@ -109,41 +114,6 @@ pub fn v1_hello() -> Vec<u8> {
     f.extend_from_slice(&crc.to_le_bytes());
     f.extend_from_slice(&[0; 16]);
     f
-}
-
-/// `sync_apply`: the first two bytes give a base length; the base follows,
-/// the rest is a message.
-/// - A `Data` message's ops applied to the base never panic, never read
-///   outside it and never produce more than the announced size.
-/// - The rest, taken as a new version of the base, round-trips: the delta
-///   from the base's signature applies back to exactly it.
-///
-/// # Panics
-/// When the property fails.
-pub fn sync_apply(data: &[u8]) {
-    let Some((len, rest)) = data.split_first_chunk::<2>() else {
-        return;
-    };
-    let n = (u16::from_le_bytes(*len) as usize).min(rest.len());
-    let (base, msg) = rest.split_at(n);
-    if let Ok(Message::Data { ops, .. }) = Message::decode(msg) {
-        let size = 1 << 16;
-        if let Ok(out) = apply(base, &ops, size, &[0; 32]) {
-            assert!(out.len() as u64 <= size);
-        }
-    }
-    let params = ChunkParams::new(crate::chunk::MIN_AVG);
-    let ops = diff(params, &signature(base, params), msg);
-    for op in &ops {
-        if let Op::Copy { offset, len } = op {
-            assert!(offset + len <= base.len() as u64);
-        }
-    }
-    let hash = *blake3::hash(msg).as_bytes();
-    assert_eq!(
-        apply(base, &ops, msg.len() as u64, &hash).expect("round trip"),
-        msg
-    );
 }
 
 /// Seed inputs for `sync_frame`: frames of every kind and messages of
@@ -270,48 +240,5 @@ pub fn seeds_frame() -> Vec<(String, Vec<u8>)> {
     }
     v
 }
-
-/// Seed inputs for `sync_apply`.
-#[must_use]
-pub fn seeds_apply() -> Vec<(String, Vec<u8>)> {
-    let base: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let with = |base: &[u8], rest: &[u8]| {
-        let mut v = (base.len() as u16).to_le_bytes().to_vec();
-        v.extend_from_slice(base);
-        v.extend_from_slice(rest);
-        v
-    };
-    let mut edited = base.clone();
-    edited.splice(1000..1000, *b"inserted");
-    let mut data = Vec::new();
-    Message::Data {
-        id: 0,
-        ops: vec![
-            Op::Copy {
-                offset: 10,
-                len: 100,
-            },
-            Op::Literal(b"abc".to_vec()),
-        ],
-    }
-    .encode(&mut data);
-    let mut oob = Vec::new();
-    Message::Data {
-        id: 0,
-        ops: vec![Op::Copy {
-            offset: u64::MAX - 1,
-            len: 10,
-        }],
-    }
-    .encode(&mut oob);
-    vec![
-        ("empty".to_owned(), vec![0, 0]),
-        ("insert".to_owned(), with(&base, &edited)),
-        ("unrelated".to_owned(), with(&base[..100], &base[200..])),
-        ("data_ops".to_owned(), with(&base, &data)),
-        ("copy_out_of_range".to_owned(), with(&base, &oob)),
-    ]
-}
-
 mod handshake;
 pub use handshake::{Ending, peer_handshake, seeds_handshake};

@@ -1012,6 +1012,13 @@ fn load<S: Storage + ?Sized>(s: &mut S) -> Result<Persisted, StoreError> {
 pub(crate) fn recover<S: Storage + ?Sized>(s: &mut S) -> Result<Recovered, StoreError> {
     ensure_dirs(s)?;
     let mut p = load(s)?;
+    if p.log_len > 0 {
+        // What was just read must be what a power cut leaves: a record
+        // written but whose fsync failed (a source's confirmation, which
+        // has no journal to roll it forward) is readable after a crash but
+        // not durable.
+        s.sync_file(LOG)?;
+    }
     let mut rolled_forward = false;
     let mut repair = Repair::default();
     match read_all(s, JOURNAL, MAX_RECORD) {

@@ -25,7 +25,42 @@ fn sync_frame_seeds() {
 
 #[test]
 fn sync_apply_seeds() {
-    replay("sync_apply", sync_delta::fuzzing::sync_apply);
+    let now = std::time::Instant::now();
+    replay("sync_apply", |data| {
+        sync_delta::fuzzing::sync_apply(now, data)
+    });
+}
+
+/// The `sync_session` seeds are inputs the fuzzer found: each replays
+/// with every property checked, and together they reach deep into both
+/// sessions (a seed that no longer does after a change to the harness
+/// shows here).
+#[test]
+fn sync_session_seeds() {
+    use sync_delta::fuzzing::{SessionSummary, session_summary};
+    let now = std::time::Instant::now();
+    let sums = std::cell::RefCell::new(Vec::new());
+    replay("sync_session", |data| {
+        sums.borrow_mut().push(session_summary(now, data))
+    });
+    let sums = sums.into_inner();
+    let reached = |what: &str, f: &dyn Fn(&SessionSummary) -> bool| {
+        assert!(sums.iter().any(f), "no seed reaches {what}");
+    };
+    reached("two replica commits", &|s| s.replica && s.commits >= 2);
+    reached("a commit that found divergence", &|s| {
+        s.replica && s.diverged >= 1
+    });
+    reached("a replica restart after a commit", &|s| {
+        s.replica && s.commits >= 1 && s.restarts >= 1
+    });
+    reached("replica refusals", &|s| s.replica && s.refused >= 5);
+    reached("a source's recorded confirmation", &|s| {
+        !s.replica && s.confirmed >= 1
+    });
+    reached("a source restart", &|s| !s.replica && s.restarts >= 1);
+    reached("a source's delta", &|s| !s.replica && s.deltas >= 1);
+    reached("source refusals", &|s| !s.replica && s.refused >= 5);
 }
 
 /// Rewrites the committed seed corpora from `sync_delta::fuzzing`'s seed
