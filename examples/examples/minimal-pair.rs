@@ -150,8 +150,9 @@ impl World {
                 // `InlinePair` hands the sync worker its orders itself.
                 Output::Sync(_) => {}
                 Output::Event(e) => {
-                    self.say(i, &e.to_string());
-                    self.seen.push((i, now, e.to_string()));
+                    let line = e.to_string();
+                    self.say(i, &line);
+                    self.seen.push((i, now, line));
                 }
             }
         }

@@ -22,7 +22,6 @@ use clap::Parser;
 use examples::config::NodeConfig;
 use examples::hooks::ShellHooks;
 use examples::node::{ApiRequest, NodeError, NodeHandle, Options, Stop, run};
-use sync_delta::frame::PreSharedKey;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// One node of a redundant PBX pair.
@@ -51,11 +50,7 @@ async fn reload_keys_on_hangup(
             .map_err(|e| e.to_string())
             .and_then(|c| {
                 let files = c.files.unwrap_or_default();
-                let psk = |b| PreSharedKey::new(b).map_err(|e| e.to_string());
-                let keys = match files.key {
-                    Some((key, next)) => Some((psk(key)?, next.map(psk).transpose()?)),
-                    None => None,
-                };
+                let keys = files.link_keys().map_err(|e| e.to_string())?;
                 Ok(ApiRequest::Reload {
                     keys,
                     token: files.token,

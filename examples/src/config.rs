@@ -519,6 +519,31 @@ pub struct Files {
     pub token: Option<crate::status::Token>,
 }
 
+impl Files {
+    /// The peer link's keys from `key`: the one this node proves, and
+    /// the next one it accepts during a rotation.
+    ///
+    /// # Errors
+    /// A key the link refuses, naming `sync.key_file` or
+    /// `sync.key_file_next` (never, for files `read_files` checked).
+    pub fn link_keys(&self) -> Result<Option<LinkKeys>, ConfigError> {
+        let psk = |bytes: [u8; 32], key: &str| {
+            sync_delta::frame::PreSharedKey::new(bytes).map_err(|e| invalid(key, e.to_string()))
+        };
+        let Some((key, next)) = self.key else {
+            return Ok(None);
+        };
+        let next = next.map(|n| psk(n, "sync.key_file_next")).transpose()?;
+        Ok(Some((psk(key, "sync.key_file")?, next)))
+    }
+}
+
+/// The key a node proves and, during a rotation, the next key it accepts.
+pub type LinkKeys = (
+    sync_delta::frame::PreSharedKey,
+    Option<sync_delta::frame::PreSharedKey>,
+);
+
 impl std::fmt::Debug for Files {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Files")

@@ -1154,17 +1154,6 @@ fn load_state(dir: &Path) -> PersistentState {
         .unwrap_or_default()
 }
 
-/// A key the configuration read (`read_files` checked it already: a
-/// refusal here is the same error, naming `key`).
-fn link_key(bytes: [u8; 32], key: &str) -> Result<PreSharedKey, NodeError> {
-    PreSharedKey::new(bytes).map_err(|e| {
-        NodeError::Config(crate::config::ConfigError::Invalid {
-            key: key.into(),
-            reason: e.to_string(),
-        })
-    })
-}
-
 /// Starts a node; returns when it has shut down (after `shutdown`
 /// resolves, gracefully: services stopped, the address released,
 /// priority 0 sent).
@@ -1187,17 +1176,9 @@ pub async fn run(
         Some(files) => files.clone(),
         None => config.read_files()?,
     };
+    let key = files.link_keys()?;
     let phones = files.phones;
     let orch_config = orchestrator_config(&config, &phones).map_err(orchestrator_key)?;
-    let key = match files.key {
-        Some((key, next)) => {
-            let next = next
-                .map(|n| link_key(n, "sync.key_file_next"))
-                .transpose()?;
-            Some((link_key(key, "sync.key_file")?, next))
-        }
-        None => None,
-    };
 
     // The interface, the primary address and leftovers of a crashed run.
     let vrrp_cfg = &config.vrrp;
@@ -1487,18 +1468,7 @@ pub async fn run(
         tokio::select! {
             how = &mut shutdown => break how,
             Some(ToMain::Command(issued)) = from_engine.recv() => runner.execute(issued),
-            Some(req) = api.recv() => match req {
-                ApiRequest::Reload { keys, token } => {
-                    if let Some((key, next)) = keys {
-                        runner.engine.send(Inbox::Keys(key, next));
-                    }
-                    if let Some(server) = &status_server {
-                        server.set_token(token);
-                        info!("status API token reloaded");
-                    }
-                }
-                other => forward(&runner, other),
-            },
+            Some(req) = api.recv() => forward(&runner, status_server.as_ref(), req),
         }
     };
 
@@ -1539,11 +1509,19 @@ async fn stop_services(runner: &Runner) {
 }
 
 /// Hands an operator request to the engine thread; the answer comes once
-/// preflight has decided.
-fn forward(runner: &Runner, req: ApiRequest) {
+/// preflight has decided. A reload goes to the engine (the keys) and to
+/// the status server (the token).
+fn forward(runner: &Runner, status: Option<&crate::status::StatusServer>, req: ApiRequest) {
     match req {
-        // Answered where the status server is.
-        ApiRequest::Reload { .. } => {}
+        ApiRequest::Reload { keys, token } => {
+            if let Some((key, next)) = keys {
+                runner.engine.send(Inbox::Keys(key, next));
+            }
+            if let Some(server) = status {
+                server.set_token(token);
+                info!("status API token reloaded");
+            }
+        }
         ApiRequest::ConfirmDeletions(reply) => {
             runner.engine.send(Inbox::ConfirmDeletions(reply));
         }

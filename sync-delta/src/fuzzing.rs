@@ -117,15 +117,15 @@ pub fn v1_hello() -> Vec<u8> {
 }
 
 /// Seed inputs for `sync_frame`: frames of every kind and messages of
-/// every type (the committed corpus is made from these).
+/// every type (the committed corpus is made from these). `now` starts the
+/// links' clocks; the seeds do not depend on it.
 #[must_use]
-pub fn seeds_frame() -> Vec<(String, Vec<u8>)> {
+pub fn seeds_frame(now: Instant) -> Vec<(String, Vec<u8>)> {
     use crate::delta::SigChunk;
     use crate::manifest::{Change, Kind, LocalStat, Meta};
     use crate::path::RelPath;
     use crate::wire::{AbandonReason, Base, DataStatus};
     let mut v = Vec::new();
-    let now = Instant::now();
     let dialer = Link::new(
         frame::LinkRole::Initiator,
         key(),

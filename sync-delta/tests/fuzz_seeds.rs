@@ -68,7 +68,10 @@ fn sync_session_seeds() {
 #[test]
 fn seeds_are_current() {
     for (target, seeds) in [
-        ("sync_frame", sync_delta::fuzzing::seeds_frame()),
+        (
+            "sync_frame",
+            sync_delta::fuzzing::seeds_frame(std::time::Instant::now()),
+        ),
         ("sync_apply", sync_delta::fuzzing::seeds_apply()),
     ] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

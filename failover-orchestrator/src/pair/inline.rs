@@ -190,7 +190,9 @@ impl<S: Storage> InlinePair<S> {
     /// heartbeats, which carry it); then drain with
     /// [`InlinePair::poll_output`].
     pub fn handle_timeout(&mut self, now: Instant, wall: SystemTime) {
-        self.pair.handle_wall_clock(now, wall);
+        // Into the orchestrator only: the pair's own timeout below pumps
+        // once for both.
+        self.pair.orch.handle_wall_clock(now, wall);
         if self.worker.poll_timeout().is_some_and(|t| t <= now) {
             self.worker.handle_timeout(now, &mut self.store);
         }
