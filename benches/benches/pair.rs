@@ -90,7 +90,11 @@ impl World {
         loop {
             match self.nodes[i].poll_output(now, wall, 0) {
                 Output::Wait(_) => return,
-                Output::Persist(_) | Output::Announce | Output::Event(_) | Output::Sync(_) => {}
+                Output::Persist(_)
+                | Output::Announce
+                | Output::Event(_)
+                | Output::Sync(_)
+                | Output::Transfer(_) => {}
                 Output::Vrrp(p) => self
                     .pending
                     .push_back((1 - i, Delivery::Vrrp(p.bytes, p.src, p.dst))),

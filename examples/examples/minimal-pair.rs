@@ -147,8 +147,9 @@ impl World {
                     conns.remove(&conn);
                     pair.handle_link_closed(now, conn);
                 }
-                // `InlinePair` hands the sync worker its orders itself.
-                Output::Sync(_) => {}
+                // `InlinePair` hands the sync worker its orders itself; this
+                // demo hands over no images.
+                Output::Sync(_) | Output::Transfer(_) => {}
                 Output::Event(e) => {
                     let line = e.to_string();
                     self.say(i, &line);

@@ -27,7 +27,7 @@ pub struct CommandId(pub u64);
 /// | `Start/Stop/CheckService` | application hooks; `Check` answers [`CommandOutcome::NotReady`] until ready |
 /// | `CheckNode` | the node's own readiness after boot or upgrade |
 /// | `NudgePhone` / `RebootPhone` | phone hooks (SIP NOTIFY check-sync / resync; provisioning reboot) |
-/// | `UpgradeFirmware`, `UpgradeLanguagePack`, `RestoreConfig`, `SaveConfig`, `RestartNode` | vendor hooks; a restore answers `Done` only if no reboot follows (else the resume after the reboot completes it); an upgrade may answer once installed, and completes with the restart |
+/// | `UpgradeFirmware`, `UpgradeLanguagePack`, `RestoreConfig`, `SaveConfig`, `StageImageOnPeer`, `RestartNode` | vendor hooks; a restore answers `Done` only if no reboot follows (else the resume after the reboot completes it); an upgrade may answer once installed, and completes with the restart |
 /// | `Custom(tag)` | steps of vendor-built plans |
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -86,6 +86,11 @@ pub enum Command {
     },
     /// Save the configuration.
     SaveConfig,
+    /// Hand the upgrade's image to the peer (a Passive Backup does not
+    /// sync): `Done` once the peer has it, its size and hash checked. A
+    /// driver whose peer gets its images another way answers `Done` at
+    /// once.
+    StageImageOnPeer,
     /// Restore a saved configuration (the node may reboot).
     RestoreConfig {
         /// Which saved configuration.

@@ -144,20 +144,36 @@ impl Procedure {
                 firmware,
                 language_pack,
             } => {
+                // The manual's order: the Master's configuration saved
+                // first, the Backup Passive, the image on the Backup, the
+                // Backup upgraded (it saves its own configuration first).
+                let save = p.push(
+                    Step::new(StepAction::Run(Command::SaveConfig))
+                        .timeout(t.command)
+                        .retries(1),
+                );
                 let passive = p.push(
                     Step::new(StepAction::AskPeer(PeerRequest::SetMode {
                         mode: BackupMode::Passive,
                         expires_unix_s: None,
                     }))
+                    .after(&[save])
                     .timeout(t.peer_request)
                     .retries(2),
+                );
+                let stage = p.push(
+                    Step::new(StepAction::Run(Command::StageImageOnPeer))
+                        .after(&[passive])
+                        .timeout(t.upgrade)
+                        .retries(1)
+                        .expected(Duration::from_secs(10)),
                 );
                 let upgrade = p.push(
                     Step::new(StepAction::AskPeer(PeerRequest::Upgrade {
                         firmware: firmware.clone(),
                         language_pack: language_pack.clone(),
                     }))
-                    .after(&[passive])
+                    .after(&[stage])
                     .timeout(t.upgrade)
                     .expected(Duration::from_secs(300)),
                 );

@@ -99,7 +99,7 @@ impl World {
         loop {
             match self.nodes[i].poll_output(now, wall, self.backlog[i]) {
                 Output::Wait(_) => return,
-                Output::Persist(_) | Output::Announce => {}
+                Output::Persist(_) | Output::Announce | Output::Transfer(_) => {}
                 Output::Vrrp(p) => self
                     .pending
                     .push_back((1 - i, Delivery::Vrrp(p.bytes, p.src, p.dst))),

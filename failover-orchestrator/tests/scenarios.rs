@@ -536,11 +536,99 @@ fn rolling_upgrade_completes() {
     assert_eq!(w.node(1).became_master.len(), 1);
 }
 
+/// The manual's order across the two units: the Master saves its
+/// configuration, the Backup goes Passive, the image is handed to it, the
+/// Backup saves its own configuration and installs; the Master installs
+/// last, after the swap.
+#[test]
+fn rolling_upgrade_saves_each_configuration_first_and_stages_the_image_before_the_backup_installs()
+{
+    let w = rolling_upgrade(None);
+    assert_upgraded(&w);
+    let at = |node: usize, want: &dyn Fn(&Command) -> bool| -> Vec<std::time::Instant> {
+        w.node(node)
+            .issued
+            .iter()
+            .filter(|(_, c)| want(&c.command))
+            .map(|(t, _)| *t)
+            .collect()
+    };
+    let save0 = at(0, &|c| *c == Command::SaveConfig);
+    let save1 = at(1, &|c| *c == Command::SaveConfig);
+    let stage = at(0, &|c| *c == Command::StageImageOnPeer);
+    let passive1 = at(1, &|c| *c == Command::SetBackupMode(BackupMode::Passive));
+    let install1 = at(1, &|c| matches!(c, Command::UpgradeFirmware { .. }));
+    let install0 = at(0, &|c| matches!(c, Command::UpgradeFirmware { .. }));
+    assert_eq!(
+        (
+            save0.len(),
+            save1.len(),
+            stage.len(),
+            install1.len(),
+            install0.len()
+        ),
+        (1, 1, 1, 1, 1)
+    );
+    assert!(
+        save0[0] < passive1[0],
+        "the Master saves before the Backup is touched"
+    );
+    assert!(
+        passive1[0] <= stage[0],
+        "the Backup is Passive before the image goes"
+    );
+    assert!(stage[0] < save1[0] && save1[0] < install1[0]);
+    assert!(install1[0] < install0[0], "the Master installs last");
+}
+
+/// Swap preflight with the units on different firmware: refused beside an
+/// Active Backup, accepted beside a Passive one (the manual's upgrade
+/// swaps to a Passive Backup already upgraded).
+#[test]
+fn swap_accepts_a_firmware_difference_only_beside_a_passive_backup() {
+    let ids = [
+        identity("06-5.1.30-005400", "5.1.30"),
+        identity("06-5.1.31-005400", "5.2.0"),
+    ];
+    let mut w = World::new(&ids, inventory(20), None);
+    w.boot(0);
+    w.run_for(secs(4));
+    w.boot(1);
+    w.run_for(secs(5));
+    assert_eq!((w.role(0), w.role(1)), (Role::Master, Role::Backup));
+    let now = w.now();
+    assert!(matches!(
+        w.orch(0).handle_operator(now, OperatorRequest::Swap),
+        Err(PreflightError::Parity(
+            failover_orchestrator::ParityField::Firmware
+        ))
+    ));
+    let now = w.now();
+    w.orch(0)
+        .handle_operator(
+            now,
+            OperatorRequest::SetBackupMode {
+                mode: BackupMode::Passive,
+                expires_at: None,
+            },
+        )
+        .unwrap();
+    w.run_for(secs(5));
+    assert_eq!(w.mode(1), BackupMode::Passive);
+    let now = w.now();
+    assert!(
+        w.orch(0)
+            .handle_operator(now, OperatorRequest::Swap)
+            .is_ok()
+    );
+}
+
 #[test]
 fn rolling_upgrade_resumes_after_a_crash_at_every_step() {
     let total = rolling_upgrade(None).node(0).journal.len();
     assert!(total > 10);
     let mut completed = 0;
+    let mut aborted = Vec::new();
     for k in 0..total {
         // Node 0 (the Master running the procedure) crashes right after its
         // k-th journal record and restarts 30 s later.
@@ -579,6 +667,7 @@ fn rolling_upgrade_resumes_after_a_crash_at_every_step() {
             // after the upgraded peer was armed and before the release: the
             // armed Backup takes over when the Master falls silent.
             assert_eq!(outcome, Some(ProcedureOutcome::Aborted), "crash after {k}");
+            aborted.push(k);
             if std::env::var("DUMP").is_ok() {
                 dump(&w);
             }
@@ -593,10 +682,13 @@ fn rolling_upgrade_resumes_after_a_crash_at_every_step() {
         "rolling upgrade: {completed} of {total} crash points completed, \
          the rest aborted cleanly"
     );
-    // Only the crash points before the release abort with a genuine
-    // failover; after it, a crash completes too, because the armed peer's
+    // Only the crash points while the Backup is still Active abort with a
+    // genuine failover: the procedure's start, the configuration save's
+    // start and end, the request for Passive. After that a crash
+    // completes, also one after the arming, because the armed peer's
     // takeover is the hand-over itself.
-    assert!(completed + 2 >= total, "{completed} of {total} completed");
+    assert!(completed + 4 >= total, "{completed} of {total} completed");
+    assert!(aborted.iter().all(|&k| k < 4), "aborted after {aborted:?}");
 }
 
 #[test]

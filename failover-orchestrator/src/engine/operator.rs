@@ -138,7 +138,15 @@ impl Orchestrator {
             }
             OperatorRequest::Swap => {
                 master_with_backup(self)?;
-                if let Some(f) = self.link.findings().first() {
+                // The manual's upgrade swaps to a Passive Backup already on
+                // the new firmware or language pack: that difference is
+                // expected then. Anything else, and any difference beside
+                // an Active Backup, blocks.
+                let upgrading = peer_mode == BackupMode::Passive;
+                if let Some(f) = self.link.findings().iter().find(|f| {
+                    !(upgrading
+                        && matches!(f.field, ParityField::Firmware | ParityField::LanguagePack))
+                }) {
                     return Err(PreflightError::Parity(f.field));
                 }
                 if peer_mode == BackupMode::Active {

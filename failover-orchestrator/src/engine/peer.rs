@@ -212,6 +212,22 @@ impl PeerLink {
 }
 
 impl Orchestrator {
+    /// This node's identity changed (an upgrade installed new firmware or
+    /// a language pack): the parity findings are recomputed and, with the
+    /// peer up, a new hello tells it.
+    pub fn set_identity(&mut self, now: Instant, identity: Identity) {
+        if self.config.identity == identity {
+            return;
+        }
+        self.config.identity = identity;
+        if let Some(f) = self.link.update_findings(&self.config.identity) {
+            self.push_event(Event::FindingsChanged(f));
+        }
+        if self.link.up() {
+            self.send_hello(now);
+        }
+    }
+
     /// A decoded peer message: the epoch check, liveness, then its body.
     pub(super) fn peer_message(&mut self, now: Instant, msg: PeerMessage) {
         if self.state.redundancy == Redundancy::Disabled {
@@ -394,14 +410,21 @@ impl Orchestrator {
                 firmware,
                 language_pack,
             } => {
-                let mut deps = Vec::new();
+                // Its configuration saved first, as on the Master.
+                let save = p.push(
+                    Step::new(StepAction::Run(Command::SaveConfig))
+                        .timeout(t.command)
+                        .retries(1),
+                );
+                let mut deps = vec![save];
                 if let Some(pack) = language_pack {
-                    deps.push(
+                    deps = vec![
                         p.push(
                             Step::new(StepAction::Run(Command::UpgradeLanguagePack { pack }))
+                                .after(&deps)
                                 .timeout(t.upgrade),
                         ),
-                    );
+                    ];
                 }
                 p.push(
                     Step::new(StepAction::Run(Command::UpgradeFirmware {

@@ -119,6 +119,12 @@ use sync_delta::frame::CHANNEL_PEER;
 /// the sender serves in (0 Initialize, 1 Backup, 2 Master), sent when the
 /// link comes up, at each role change, and in answer to a probe (255).
 pub const CHANNEL_BEACON: u8 = 2;
+/// The peer-link channel the driver may use for its own bulk transfers
+/// (a firmware image the Master hands its Backup, say): opaque to the
+/// engine, encrypted, authenticated and ordered like everything on the
+/// link. Send with [`Pair::send_transfer`]; what the peer sent comes out as
+/// [`Output::Transfer`].
+pub const CHANNEL_TRANSFER: u8 = 3;
 const BEACON_INITIALIZE: u8 = 0;
 const BEACON_BACKUP: u8 = 1;
 const BEACON_MASTER: u8 = 2;
@@ -290,6 +296,9 @@ pub enum Output {
     },
     /// Give this order to the [`SyncWorker`].
     Sync(SyncOrder),
+    /// A payload the peer's driver sent on [`CHANNEL_TRANSFER`]
+    /// ([`Pair::send_transfer`]), in order; the engine does not read it.
+    Transfer(Vec<u8>),
     /// For logs and the UI.
     Event(PairEvent),
     /// Nothing more to do until this instant (or the next input).
@@ -733,6 +742,29 @@ impl Pair {
     // ----------------------------------------------------------------
     // Outputs and state
 
+    /// Sends `payload` to the peer's driver on [`CHANNEL_TRANSFER`]; false
+    /// when the link is down or the payload is longer than
+    /// [`sync_delta::frame::MAX_PAYLOAD`]. The bytes come out as
+    /// [`Output::Send`]; a driver sending much paces itself by what it has
+    /// not yet written to the connection.
+    pub fn send_transfer(&mut self, now: Instant, payload: &[u8]) -> bool {
+        if !self.link.link_up() || payload.len() > sync_delta::frame::MAX_PAYLOAD as usize {
+            return false;
+        }
+        let sent = self.link.send(CHANNEL_TRANSFER, payload);
+        self.pump(now);
+        sent
+    }
+
+    /// This node's identity changed (an upgrade installed new firmware or
+    /// a new language pack): the orchestrator takes it, tells the peer in a
+    /// new hello, and keeps it across [`Pair::soft_restart`].
+    pub fn set_identity(&mut self, now: Instant, identity: crate::Identity) {
+        self.config.orchestrator.identity = identity.clone();
+        self.orch.set_identity(now, identity);
+        self.pump(now);
+    }
+
     /// The next thing to do; [`Output::Wait`] when there is nothing more.
     pub fn poll_output(&mut self) -> Output {
         self.out
@@ -995,6 +1027,7 @@ impl Pair {
                         self.next_probe = Some(now + every);
                     }
                 }
+                CHANNEL_TRANSFER => self.out.push_back(Output::Transfer(payload)),
                 _ => self.stats.unknown_channel += 1,
             }
         }
@@ -1140,6 +1173,7 @@ impl Pair {
             | Command::UpgradeFirmware { .. }
             | Command::UpgradeLanguagePack { .. }
             | Command::SaveConfig
+            | Command::StageImageOnPeer
             | Command::RestoreConfig { .. }
             | Command::RestartNode
             | Command::Custom(_) => self.out.push_back(Output::Command(issued)),

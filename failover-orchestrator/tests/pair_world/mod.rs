@@ -970,6 +970,8 @@ impl World {
                     }
                 }
                 Output::Sync(order) => worker.handle_order(t, wall, order, &mut n.store),
+                // This world's drivers hand over no images.
+                Output::Transfer(_) => {}
                 Output::Event(e) => self.event(i, e),
             }
         }
