@@ -102,6 +102,48 @@ pub enum Command {
     Custom(u32),
 }
 
+impl core::fmt::Display for Command {
+    /// In words, for a status page: `save the configuration`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Command::FinishOrRollbackRound => f.write_str("finish or roll back the sync round"),
+            Command::SyncNow { full: true } => f.write_str("sync now, every file compared"),
+            Command::SyncNow { full: false } => f.write_str("sync now"),
+            Command::ClaimAddress => f.write_str("claim the virtual address"),
+            Command::AnnounceAddress => f.write_str("announce the virtual address"),
+            Command::ReleaseAddress => f.write_str("release the virtual address"),
+            Command::ArmTakeover { priority } => {
+                write!(f, "arm the takeover at priority {priority}")
+            }
+            Command::Release {
+                new_priority: Some(p),
+            } => write!(f, "release Mastership, then priority {p}"),
+            Command::Release { new_priority: None } => f.write_str("release Mastership"),
+            Command::StepDown => f.write_str("step down"),
+            Command::SetBackupMode(m) => write!(f, "set the Backup mode to {m}"),
+            Command::SetRedundancy(crate::types::Redundancy::Enabled) => {
+                f.write_str("enable redundancy")
+            }
+            Command::SetRedundancy(crate::types::Redundancy::Disabled) => {
+                f.write_str("disable redundancy")
+            }
+            Command::StartService(s) => write!(f, "start service {}", s.0),
+            Command::StopService(s) => write!(f, "stop service {}", s.0),
+            Command::CheckService(s) => write!(f, "check service {}", s.0),
+            Command::CheckNode => f.write_str("check this unit"),
+            Command::NudgePhone(p) => write!(f, "nudge phone {}", p.0),
+            Command::RebootPhone(p) => write!(f, "reboot phone {}", p.0),
+            Command::UpgradeFirmware { version } => write!(f, "install firmware {version}"),
+            Command::UpgradeLanguagePack { pack } => write!(f, "install language pack {pack}"),
+            Command::SaveConfig => f.write_str("save the configuration"),
+            Command::StageImageOnPeer => f.write_str("hand the image to the peer"),
+            Command::RestoreConfig { backup } => write!(f, "restore the configuration {backup}"),
+            Command::RestartNode => f.write_str("restart"),
+            Command::Custom(tag) => write!(f, "vendor step {tag}"),
+        }
+    }
+}
+
 impl Command {
     /// Commands after which the node may reboot: when the orchestrator
     /// resumes from a journal in which such a step had started, the step is

@@ -39,6 +39,26 @@ pub struct PeerCondition {
     pub ready: bool,
 }
 
+impl fmt::Display for PeerCondition {
+    /// In words: `to be Backup, Passive, on firmware 5.2.0, ready`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(r) = self.role {
+            parts.push(format!("to be {r}"));
+        }
+        if let Some(m) = self.mode {
+            parts.push(format!("{m}"));
+        }
+        if let Some(fw) = &self.firmware {
+            parts.push(format!("on firmware {fw}"));
+        }
+        if self.ready {
+            parts.push("ready".into());
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
 /// The action of one step.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -64,14 +84,14 @@ pub enum StepAction {
 impl fmt::Display for StepAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StepAction::Run(c) => write!(f, "run {c:?}"),
+            StepAction::Run(c) => c.fmt(f),
             StepAction::ServiceUp(s) => write!(f, "start service {}", s.0),
             StepAction::ServiceReady(s) => write!(f, "service {} ready", s.0),
-            StepAction::NodeReady => f.write_str("node ready"),
-            StepAction::RehomePhones => f.write_str("re-home phones"),
-            StepAction::AskPeer(r) => write!(f, "ask peer {r:?}"),
-            StepAction::AwaitPeer(c) => write!(f, "await peer {c:?}"),
-            StepAction::AwaitRole(r) => write!(f, "await role {r}"),
+            StepAction::NodeReady => f.write_str("this unit ready"),
+            StepAction::RehomePhones => f.write_str("re-home the phones"),
+            StepAction::AskPeer(r) => write!(f, "ask the peer to {r}"),
+            StepAction::AwaitPeer(c) => write!(f, "wait for the peer {c}"),
+            StepAction::AwaitRole(r) => write!(f, "wait to be {r}"),
         }
     }
 }

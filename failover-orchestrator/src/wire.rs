@@ -109,6 +109,31 @@ pub enum PeerRequest {
     Restart,
 }
 
+impl core::fmt::Display for PeerRequest {
+    /// In words, after "ask the peer to": `go Passive`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PeerRequest::SetMode {
+                mode,
+                expires_unix_s: None,
+            } => write!(f, "go {mode}"),
+            PeerRequest::SetMode { mode, .. } => write!(f, "go {mode} for a while"),
+            PeerRequest::SyncNow { full: true } => f.write_str("sync now, every file compared"),
+            PeerRequest::SyncNow { full: false } => f.write_str("sync now"),
+            PeerRequest::Arm { priority } => write!(f, "arm its takeover at priority {priority}"),
+            PeerRequest::Upgrade {
+                firmware,
+                language_pack: Some(pack),
+            } => write!(f, "install firmware {firmware} and language pack {pack}"),
+            PeerRequest::Upgrade {
+                firmware,
+                language_pack: None,
+            } => write!(f, "install firmware {firmware}"),
+            PeerRequest::Restart => f.write_str("restart"),
+        }
+    }
+}
+
 /// Result of a request.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

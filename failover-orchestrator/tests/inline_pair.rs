@@ -35,6 +35,8 @@ struct World {
     wires: HashMap<(usize, ConnId), (usize, ConnId)>,
     pending: VecDeque<(usize, Delivery)>,
     events: Vec<(usize, Duration, PairEvent)>,
+    /// Payloads each node's driver received on the transfer channel.
+    transfers: [Vec<Vec<u8>>; 2],
     nonces: u8,
 }
 
@@ -80,6 +82,7 @@ impl World {
             wires: HashMap::new(),
             pending: VecDeque::new(),
             events: Vec::new(),
+            transfers: [Vec::new(), Vec::new()],
             nonces: 0,
         }
     }
@@ -99,7 +102,8 @@ impl World {
         loop {
             match self.nodes[i].poll_output(now, wall, self.backlog[i]) {
                 Output::Wait(_) => return,
-                Output::Persist(_) | Output::Announce | Output::Transfer(_) => {}
+                Output::Persist(_) | Output::Announce => {}
+                Output::Transfer(payload) => self.transfers[i].push(payload),
                 Output::Vrrp(p) => self
                     .pending
                     .push_back((1 - i, Delivery::Vrrp(p.bytes, p.src, p.dst))),
@@ -293,4 +297,44 @@ fn local_changes_in_a_rounds_way_are_reported_as_divergence() {
             .to_string()
             .contains(&folder)
     );
+}
+
+/// The driver's transfer channel: payloads arrive whole and in order at
+/// the peer's driver, nothing is sent without a link or past the frame
+/// limit; and a new identity (an install) reaches the peer's view.
+#[test]
+fn transfers_reach_the_peers_driver_in_order_and_identities_follow_installs() {
+    let mut w = World::new(&[("pbx.conf", b"trunk=1".as_slice())]);
+    let now = w.now;
+    assert!(
+        !w.nodes[0].pair_mut().send_transfer(now, b"too early"),
+        "sent without a link"
+    );
+    let linked = w.run_until(Duration::from_secs(30), |w| {
+        w.nodes[0].pair().link_up() && w.nodes[1].pair().link_up()
+    });
+    assert!(linked.is_some(), "no link; events: {:#?}", w.events);
+    let payloads: Vec<Vec<u8>> = (0..20u8)
+        .map(|k| vec![k; 1000 + usize::from(k) * 7919])
+        .collect();
+    let now = w.now;
+    for p in &payloads {
+        assert!(w.nodes[0].pair_mut().send_transfer(now, p));
+    }
+    let too_big = vec![0u8; sync_delta::frame::MAX_PAYLOAD as usize + 1];
+    assert!(!w.nodes[0].pair_mut().send_transfer(now, &too_big));
+    w.settle();
+    assert_eq!(w.transfers[1], payloads);
+    assert!(w.transfers[0].is_empty());
+
+    // An install on node 1: its new firmware shows in node 0's view of
+    // its peer, and as a parity finding there.
+    let now = w.now;
+    w.nodes[1]
+        .pair_mut()
+        .set_identity(now, Identity::new("pbx-1", "5.2.0", "en"));
+    w.settle();
+    let status = w.nodes[0].pair().orchestrator().status(w.now);
+    assert_eq!(status.peer.map(|p| p.firmware).as_deref(), Some("5.2.0"));
+    assert_eq!(status.findings.len(), 1, "{:?}", status.findings);
 }
