@@ -73,7 +73,10 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        // Standard error, and the recent log that GET /logs downloads
+        // (plain text: no colour codes in the file).
+        .with_writer(examples::procedures::LogTee)
+        .with_ansi(false)
         .init();
     let config = match NodeConfig::load(&args.config) {
         Ok(c) => c,

@@ -77,8 +77,20 @@ struct RawConfig {
     sync: Option<RawSync>,
     status: Option<RawStatus>,
     identity: Option<Identity>,
+    hooks: Option<RawHooks>,
     #[serde(default)]
     service: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    staging_dir: Option<PathBuf>,
+    max_image_mib: Option<u64>,
+    save_config: Option<String>,
+    upgrade: Option<String>,
+    version: Option<String>,
+    restore: Option<String>,
 }
 
 fn yes() -> bool {
@@ -135,6 +147,30 @@ struct RawStatus {
     backup_gui_port: Option<u16>,
     token_file: Option<PathBuf>,
     allowed_hosts: Option<Vec<String>>,
+}
+
+/// `[hooks]`: the vendor's commands behind the operator's procedures, and
+/// the folder where images and archives wait for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcedureHooks {
+    /// Where uploaded firmware images, language packs and configuration
+    /// archives are kept, and the only folder a request may name a file
+    /// in. Default: `staging` in the state directory.
+    pub staging_dir: PathBuf,
+    /// The largest image or archive accepted, in bytes (`max_image_mib`,
+    /// default 1024 MiB).
+    pub max_image_bytes: u64,
+    /// Saves the configuration (run on each unit before an upgrade).
+    pub save_config: Option<String>,
+    /// Installs an image: `$1` is its path; `PBX_IMAGE_KIND` is
+    /// `firmware` or `language_pack`, `PBX_IMAGE_VERSION` its version.
+    pub upgrade: Option<String>,
+    /// Prints the installed versions as `firmware=…` and
+    /// `language_pack=…` lines; read at start and after each install,
+    /// and overriding `[identity]`'s two fields.
+    pub version: Option<String>,
+    /// Restores a configuration archive: `$1` is its path.
+    pub restore: Option<String>,
 }
 
 /// What the peer's parity check compares (manual: same firmware, language
@@ -356,6 +392,9 @@ pub struct NodeConfig {
     pub status: Option<Status>,
     /// `[identity]`.
     pub identity: Identity,
+    /// `[hooks]` (the staging folder defaults to the state directory's
+    /// `staging` without the section).
+    pub hooks: ProcedureHooks,
     /// `[[service]]`, in file order.
     pub services: Vec<Service>,
     /// The files the configuration names, read and checked
@@ -492,6 +531,7 @@ impl NodeConfig {
                 ));
             }
         };
+        let hooks = validate_hooks(raw.hooks, &state_dir, &abs)?;
         Ok(NodeConfig {
             id: raw.id,
             redundancy: raw.redundancy,
@@ -501,10 +541,59 @@ impl NodeConfig {
             sync,
             status,
             identity: raw.identity.unwrap_or_default(),
+            hooks,
             services,
             files: None,
         })
     }
+}
+
+/// The default `[hooks] max_image_mib`.
+pub const DEFAULT_MAX_IMAGE_MIB: u64 = 1024;
+
+fn validate_hooks(
+    raw: Option<RawHooks>,
+    state_dir: &Path,
+    abs: &impl Fn(PathBuf) -> PathBuf,
+) -> Result<ProcedureHooks, ConfigError> {
+    let raw = raw.unwrap_or(RawHooks {
+        staging_dir: None,
+        max_image_mib: None,
+        save_config: None,
+        upgrade: None,
+        version: None,
+        restore: None,
+    });
+    let mib = raw.max_image_mib.unwrap_or(DEFAULT_MAX_IMAGE_MIB);
+    if mib == 0 || mib > 1 << 20 {
+        return Err(ConfigError::Invalid {
+            key: "hooks.max_image_mib".into(),
+            reason: format!("{mib}: expected 1 to {}", 1u64 << 20),
+        });
+    }
+    for (key, cmd) in [
+        ("hooks.save_config", &raw.save_config),
+        ("hooks.upgrade", &raw.upgrade),
+        ("hooks.version", &raw.version),
+        ("hooks.restore", &raw.restore),
+    ] {
+        if cmd.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(ConfigError::Invalid {
+                key: key.into(),
+                reason: "empty command (leave the key out instead)".into(),
+            });
+        }
+    }
+    Ok(ProcedureHooks {
+        staging_dir: raw
+            .staging_dir
+            .map_or_else(|| state_dir.join("staging"), abs),
+        max_image_bytes: mib << 20,
+        save_config: raw.save_config,
+        upgrade: raw.upgrade,
+        version: raw.version,
+        restore: raw.restore,
+    })
 }
 
 /// The contents of the files a configuration names.

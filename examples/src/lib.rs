@@ -9,7 +9,9 @@
 //! - [`vrrp_io`]: raw and UDP VRRP transports.
 //! - [`node`]: the node daemon's runtime; [`status`] its HTTP API;
 //!   [`phones`] its phone inventory; [`hooks`] how services and phones
-//!   are carried out; [`poller`] the engine thread's epoll wait.
+//!   are carried out; [`poller`] the engine thread's epoll wait;
+//!   [`procedures`] the staging folder, image hand-over, `[hooks]` and
+//!   the recent log behind the operator's procedures.
 //! - [`demo`]: in-process services and simulated phones for the `pair`
 //!   demo and tests.
 //! - [`peer`]: the `sync` tool's peer link, a thin driver of the pair
@@ -27,5 +29,7 @@ pub mod node;
 pub mod peer;
 pub mod phones;
 pub mod poller;
+pub mod procedures;
 pub mod status;
 pub mod vrrp_io;
+pub mod words;

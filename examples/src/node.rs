@@ -50,6 +50,9 @@ use crate::phones::Phone;
 use crate::poller::Ready;
 use crate::vrrp_io::{Received, VrrpSocket};
 
+mod ops;
+pub use ops::{Operations, TransferView, UpgradeReply};
+
 /// Why the node could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -112,8 +115,15 @@ pub type ApiReply = oneshot::Sender<Result<u64, Refused>>;
 /// An operator request from the status API, answered on its reply channel.
 #[derive(Debug)]
 pub enum ApiRequest {
-    /// Set the Backup mode (on a Backup its own, on a Master the peer's).
-    SetBackupMode(orch::BackupMode, ApiReply),
+    /// Set the Backup mode (on a Backup its own, on a Master the peer's),
+    /// for this many seconds when given (back to Active then).
+    SetBackupMode(orch::BackupMode, Option<u64>, ApiReply),
+    /// Upgrade with this staged image: on the Master the rolling upgrade of
+    /// both units (the manual's order), on a Passive Backup this unit
+    /// alone.
+    Upgrade(crate::procedures::ImageMeta, UpgradeReply),
+    /// Restore this staged configuration archive (on the Master).
+    Restore(crate::procedures::StagedFile, ApiReply),
     /// Swap Master and Backup (on the Master).
     Swap(ApiReply),
     /// Switch redundancy on or off; the value is kept in the state
@@ -231,6 +241,28 @@ pub struct Snapshot {
     pub quarantine: Vec<String>,
     /// Replication: a round waiting for a confirmation.
     pub sync: SyncSnapshot,
+    /// The procedures' files: the image to install, its hand-over to the
+    /// peer, a Passive Backup's own install, the archive to restore.
+    pub operations: Operations,
+    /// How the last operator procedure ended (kept across restarts).
+    pub last_procedure: Option<LastProcedure>,
+    /// The page's words, from all of the above.
+    pub words: crate::words::Words,
+}
+
+/// How an operator procedure ended.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct LastProcedure {
+    /// Its id.
+    pub id: u64,
+    /// Its name (`rolling upgrade`, `swap`, …).
+    pub name: String,
+    /// `Completed`, `Degraded` or `Aborted`.
+    pub outcome: String,
+    /// The steps that failed, in words.
+    pub failed_steps: Vec<String>,
+    /// When it ended, ms since the Unix epoch.
+    pub finished_unix_ms: u64,
 }
 
 /// The election as the status API shows it.
@@ -486,15 +518,18 @@ fn orchestrator_key(e: NodeError) -> NodeError {
 }
 
 /// Builds the orchestrator's configuration from the node's.
-fn orchestrator_config(config: &NodeConfig, phones: &[Phone]) -> Result<orch::Config, NodeError> {
-    let identity = orch::Identity {
+fn orch_identity(config: &NodeConfig) -> orch::Identity {
+    orch::Identity {
         node_id: config.id.clone(),
         firmware: config.identity.firmware.clone(),
         language_pack: config.identity.language_pack.clone(),
         licences: config.identity.licenses.clone(),
         protocol: orch::ProtocolVersion::CURRENT,
-    };
-    let mut b = orch::Config::builder(identity);
+    }
+}
+
+fn orchestrator_config(config: &NodeConfig, phones: &[Phone]) -> Result<orch::Config, NodeError> {
+    let mut b = orch::Config::builder(orch_identity(config));
     for svc in &config.services {
         let deps: Vec<ServiceId> = svc
             .after
@@ -525,6 +560,14 @@ enum Inbox {
     Worker(FromWorker),
     Stop(Stop, oneshot::Sender<()>),
     Keys(PreSharedKey, Option<PreSharedKey>),
+    /// A payload for the peer's driver on the transfer channel.
+    Transfer(Vec<u8>),
+    /// An install changed this unit's identity; `restart`: restart softly
+    /// now (a firmware's install ends with the restart).
+    Installed {
+        identity: orch::Identity,
+        restart: bool,
+    },
 }
 
 /// The sending side of the engine thread's inbox.
@@ -533,6 +576,8 @@ type EngineTx = InboxTx<Inbox>;
 /// What the engine thread asks of the main task.
 enum ToMain {
     Command(Issued),
+    /// A payload from the peer's driver on the transfer channel.
+    Transfer(Vec<u8>),
 }
 
 // ---------------------------------------------------------------------------
@@ -568,6 +613,51 @@ struct Engine {
     /// Quarantine folders reported since start.
     quarantine: Vec<String>,
     published_at: Instant,
+    /// The procedures' files and hooks, as the main task updates them.
+    operations: Arc<Mutex<Operations>>,
+    /// The running procedure: its id, name and plan, the words of its
+    /// steps as they ran, and those that failed.
+    procedure: Option<RunningProcedure>,
+    /// Kept in the state directory: the last procedure's end and the last
+    /// failover's timeline (a soft restart or a reboot keeps them).
+    kept: Kept,
+}
+
+/// See [`Engine::procedure`].
+struct RunningProcedure {
+    id: u64,
+    name: String,
+    plan: Option<orch::PlanId>,
+    steps: std::collections::HashMap<u16, String>,
+    failed: Vec<String>,
+}
+
+/// What the page keeps across restarts (`operator.json` in the state
+/// directory).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+struct Kept {
+    last_procedure: Option<LastProcedure>,
+    timeline: Option<orch::Timeline>,
+}
+
+impl Kept {
+    fn load(dir: &Path) -> Kept {
+        std::fs::read(dir.join("operator.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, dir: &Path) {
+        let tmp = dir.join("operator.json.tmp");
+        let r = serde_json::to_vec(self)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, dir.join("operator.json")));
+        if let Err(e) = r {
+            warn!(error = %e, "cannot keep the last procedure and timeline");
+        }
+    }
 }
 
 /// An instant of this run as Unix milliseconds (for the status).
@@ -717,6 +807,27 @@ impl Engine {
                     info!(next_key = next.is_some(), "peer link keys reloaded");
                     self.pair.set_link_keys(key, next);
                 }
+                Inbox::Transfer(payload) => {
+                    if !self.pair.send_transfer(now, &payload) {
+                        warn!("image frame not sent: the peer link is down");
+                    }
+                }
+                Inbox::Installed { identity, restart } => {
+                    info!(firmware = %identity.firmware, language_pack = %identity.language_pack,
+                          "this unit's versions");
+                    self.config.identity.firmware.clone_from(&identity.firmware);
+                    self.config
+                        .identity
+                        .language_pack
+                        .clone_from(&identity.language_pack);
+                    self.pair.set_identity(now, identity);
+                    if restart {
+                        info!("restarting (soft) after the install");
+                        self.drain();
+                        self.pair
+                            .soft_restart(tick(&mut self.clock), SystemTime::now());
+                    }
+                }
             }
             self.drain();
         }
@@ -799,6 +910,9 @@ impl Engine {
                     }
                     None => self.no_sync(order),
                 },
+                Output::Transfer(payload) => {
+                    let _ = self.to_main.send(ToMain::Transfer(payload));
+                }
                 Output::Event(e) => {
                     self.dirty = true;
                     self.event(&e);
@@ -835,8 +949,75 @@ impl Engine {
             }
             PairEvent::Election(ev) => tracing::debug!(event = ?ev, "vrrp"),
             PairEvent::Orchestrator(ev) => match ev {
-                orch::Event::Milestone(m) => info!(milestone = ?m, "timeline"),
-                orch::Event::StepStarted { .. } | orch::Event::StepDone { .. } => {
+                orch::Event::Milestone(m) => {
+                    info!(milestone = ?m, "timeline");
+                    if let Some(t) = self.pair.orchestrator().timeline() {
+                        self.kept.timeline = Some(t.clone());
+                        self.kept.save(&self.state_dir);
+                    }
+                }
+                orch::Event::ProcedureStarted { id, procedure } => {
+                    info!(id, procedure = procedure.name(), "procedure started");
+                    self.procedure = Some(RunningProcedure {
+                        id: *id,
+                        name: procedure.name().into(),
+                        plan: None,
+                        steps: std::collections::HashMap::new(),
+                        failed: Vec::new(),
+                    });
+                }
+                orch::Event::PlanStarted {
+                    plan,
+                    kind: orch::PlanKind::Procedure,
+                } => {
+                    if let Some(p) = &mut self.procedure {
+                        p.plan.get_or_insert(*plan);
+                    }
+                }
+                orch::Event::StepStarted { plan, .. } => {
+                    tracing::debug!(event = ?ev, "orchestrator");
+                    if let Some(p) = &mut self.procedure {
+                        if p.plan == Some(*plan) {
+                            let o = self
+                                .pair
+                                .orchestrator()
+                                .status(Instant::now().max(self.clock));
+                            if let Some(v) = o.procedure {
+                                for (i, words) in v.active_steps {
+                                    p.steps.insert(i, words);
+                                }
+                            }
+                        }
+                    }
+                }
+                orch::Event::StepFailed { plan, step, policy } => {
+                    warn!(?plan, step, ?policy, "step failed");
+                    if let Some(p) = &mut self.procedure {
+                        if p.plan == Some(*plan) {
+                            let words = p
+                                .steps
+                                .get(step)
+                                .cloned()
+                                .unwrap_or_else(|| format!("step {step}"));
+                            p.failed.push(words);
+                        }
+                    }
+                }
+                orch::Event::ProcedureFinished { id, outcome } => {
+                    info!(id, ?outcome, "procedure finished");
+                    let running = self.procedure.take().filter(|p| p.id == *id);
+                    self.kept.last_procedure = Some(LastProcedure {
+                        id: *id,
+                        name: running
+                            .as_ref()
+                            .map_or_else(|| "procedure".into(), |p| p.name.clone()),
+                        outcome: format!("{outcome:?}"),
+                        failed_steps: running.map(|p| p.failed).unwrap_or_default(),
+                        finished_unix_ms: unix_ms(SystemTime::now()),
+                    });
+                    self.kept.save(&self.state_dir);
+                }
+                orch::Event::StepDone { .. } => {
                     tracing::debug!(event = ?ev, "orchestrator");
                 }
                 _ => info!(event = ?ev, "orchestrator"),
@@ -924,8 +1105,14 @@ impl Engine {
         s.role = s.vrrp.state.clone();
         s.summary = status.one_liner();
         s.address_held = self.pair.address_held();
-        s.timeline = o.timeline().cloned();
+        s.timeline = o.timeline().cloned().or_else(|| self.kept.timeline.clone());
         s.status = Some(status);
+        s.operations = self
+            .operations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        s.last_procedure.clone_from(&self.kept.last_procedure);
         s.services = self
             .config
             .services
@@ -939,6 +1126,7 @@ impl Engine {
         s.phones = o.phone_outcomes();
         s.quarantine.clone_from(&self.quarantine);
         s.sync.refused = self.pair.sync_refused().map(RefusedRound::from);
+        s.words = crate::words::Words::of(&s, &self.phones, &self.config);
     }
 
     fn shut_down(&mut self, how: Stop) {
@@ -985,6 +1173,8 @@ struct Runner {
     phones: Vec<Phone>,
     netlink: Option<(Netlink, u32)>,
     engine: EngineTx,
+    ops: ops::Ops,
+    snapshot: Arc<Mutex<Snapshot>>,
 }
 
 impl Runner {
@@ -994,6 +1184,9 @@ impl Runner {
 
     fn execute(&self, issued: Issued) {
         let id = issued.id;
+        if self.ops.execute(id, &issued.command) {
+            return;
+        }
         let engine = self.engine.clone();
         let answer = move |o: CommandOutcome| {
             engine.send(Inbox::Result(id, o));
@@ -1163,7 +1356,7 @@ fn load_state(dir: &Path) -> PersistentState {
 /// for sockets or interfaces that cannot be opened.
 #[allow(clippy::too_many_lines)]
 pub async fn run(
-    config: NodeConfig,
+    mut config: NodeConfig,
     options: Options,
     hooks: Arc<dyn Hooks>,
     shutdown: impl std::future::Future<Output = Stop>,
@@ -1178,6 +1371,24 @@ pub async fn run(
     };
     let key = files.link_keys()?;
     let phones = files.phones;
+    // The installed versions, from the vendor's hook when there is one.
+    if let Some(cmd) = &config.hooks.version {
+        let out = crate::procedures::run_hook("version", cmd, None, &[], Duration::from_secs(60))
+            .await
+            .map_err(|e| io_err("[hooks] version")(std::io::Error::other(e)))?;
+        let (fw, lp) = crate::procedures::parse_versions(&out);
+        if fw.is_none() && lp.is_none() {
+            return Err(io_err("[hooks] version")(std::io::Error::other(
+                "printed no firmware= or language_pack= line",
+            )));
+        }
+        if let Some(fw) = fw {
+            config.identity.firmware = fw;
+        }
+        if let Some(lp) = lp {
+            config.identity.language_pack = lp;
+        }
+    }
     let orch_config = orchestrator_config(&config, &phones).map_err(orchestrator_key)?;
 
     // The interface, the primary address and leftovers of a crashed run.
@@ -1386,7 +1597,15 @@ pub async fn run(
         (Some(nl), Some(i), true) => Some((nl, i.index)),
         _ => None,
     };
-    let sockets = Sockets::new(listener, peer_addr, buffered)
+    let staging =
+        crate::procedures::Staging::new(&config.hooks.staging_dir, config.hooks.max_image_bytes)
+            .map_err(io_err(format!(
+                "creating the staging folder {}",
+                config.hooks.staging_dir.display()
+            )))?;
+    let operations = Arc::new(Mutex::new(Operations::default()));
+    let identity = orch_identity(&config);
+    let sockets = Sockets::new(listener, peer_addr, buffered.clone())
         .and_then(|s| {
             s.watch(vrrp.fd(), TOKEN_VRRP)?;
             s.watch(&inbox.wake, TOKEN_WAKE)?;
@@ -1420,6 +1639,9 @@ pub async fn run(
             .as_ref()
             .map(|s| quarantine_folders(&s.dir))
             .unwrap_or_default(),
+        operations: operations.clone(),
+        procedure: None,
+        kept: Kept::load(&config.state_dir),
     };
     let rt_priority = vrrp_cfg.rt_priority;
     let engine_thread = std::thread::Builder::new()
@@ -1432,12 +1654,23 @@ pub async fn run(
         })
         .map_err(io_err("starting the engine thread"))?;
 
+    let ops = ops::Ops::new(
+        staging,
+        config.hooks.clone(),
+        engine_tx.clone(),
+        operations,
+        identity,
+        buffered,
+    )
+    .map_err(io_err("starting the image receiver"))?;
     let runner = Runner {
         hooks: hooks.clone(),
         phones,
         netlink,
         engine: engine_tx.clone(),
         config,
+        ops,
+        snapshot: snapshot.clone(),
     };
     let (api_tx, mut api) = mpsc::channel(16);
     let status_server = if let Some(status) = runner.config.status.clone() {
@@ -1449,6 +1682,7 @@ pub async fn run(
                 runner.config.sync.as_ref().map(|s| s.peer),
                 snapshot.clone(),
                 api_tx.clone(),
+                Some(runner.ops.staging.clone()),
             )
             .await
             .map_err(io_err(format!("status endpoint on {listen}")))?,
@@ -1467,7 +1701,10 @@ pub async fn run(
     let stop = loop {
         tokio::select! {
             how = &mut shutdown => break how,
-            Some(ToMain::Command(issued)) = from_engine.recv() => runner.execute(issued),
+            Some(m) = from_engine.recv() => match m {
+                ToMain::Command(issued) => runner.execute(issued),
+                ToMain::Transfer(payload) => runner.ops.transfer_in(payload),
+            },
             Some(req) = api.recv() => forward(&runner, status_server.as_ref(), req),
         }
     };
@@ -1525,15 +1762,25 @@ fn forward(runner: &Runner, status: Option<&crate::status::StatusServer>, req: A
         ApiRequest::ConfirmDeletions(reply) => {
             runner.engine.send(Inbox::ConfirmDeletions(reply));
         }
-        ApiRequest::SetBackupMode(mode, reply) => {
+        ApiRequest::SetBackupMode(mode, expires_s, reply) => {
             runner.engine.send(Inbox::Operator(
                 OperatorRequest::SetBackupMode {
                     mode,
-                    expires_at: None,
+                    expires_at: expires_s
+                        .and_then(|s| SystemTime::now().checked_add(Duration::from_secs(s))),
                 },
                 reply,
             ));
         }
+        ApiRequest::Upgrade(image, reply) => {
+            let snapshot = runner
+                .snapshot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            runner.ops.upgrade(image, &snapshot, reply);
+        }
+        ApiRequest::Restore(archive, reply) => runner.ops.restore(archive, reply),
         ApiRequest::Swap(reply) => {
             runner
                 .engine

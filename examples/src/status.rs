@@ -12,6 +12,17 @@
 //! (`/status`'s `sync.refused`): `202 {"confirmed": {…}}` with the refusal
 //! it confirmed, `409` with code `nothing_to_confirm` when no round waits.
 //!
+//! The procedures (see `status/ops_api.rs`): `POST /upgrade/stage` stages
+//! an image (multipart field `image`) and answers its name, size and
+//! BLAKE3; `POST /upgrade` (multipart `image`, `version`, `kind`, or JSON
+//! `{"path", "version", "kind"}` naming a staged file) starts the rolling
+//! upgrade on the Master, or this unit's own install on a Passive Backup;
+//! `POST /restore` (multipart `archive`, or JSON `{"path"}`) the
+//! configuration restore; `POST /mode` takes `"expires_s"` for a timed
+//! Passive; `GET /logs` downloads the node's recent log. The page (`GET
+//! /`) renders `/status`'s `words` and offers the actions its `actions`
+//! allow.
+//!
 //! Every request, on every path, passes [`Guard`] first:
 //! - its `Host` (and its `Origin`, when it has one) must be one of
 //!   `[status] allowed_hosts`, or the answer is `403` (DNS rebinding,
@@ -48,15 +59,21 @@ use tracing::{info, warn};
 use crate::config::{ConfigError, Status};
 use crate::node::{ApiReply, ApiRequest, Snapshot};
 
+mod ops_api;
+
 #[derive(Clone)]
 struct AppState {
     snapshot: Arc<Mutex<Snapshot>>,
     api: mpsc::Sender<ApiRequest>,
+    /// Where uploads go (`[hooks] staging_dir`).
+    staging: Option<crate::procedures::Staging>,
 }
 
 #[derive(Deserialize)]
 struct ModeBody {
     mode: String,
+    /// Back to Active after this many seconds (a maintenance window).
+    expires_s: Option<u64>,
 }
 
 fn read(snapshot: &Mutex<Snapshot>) -> Snapshot {
@@ -155,7 +172,10 @@ async fn set_mode(
         "passive" => BackupMode::Passive,
         other => return bad_request(&format!("mode `{other}`: expected Active or Passive")),
     };
-    ask(&s, |tx| ApiRequest::SetBackupMode(mode, tx))
+    if body.expires_s == Some(0) {
+        return bad_request("expires_s: at least 1 second");
+    }
+    ask(&s, |tx| ApiRequest::SetBackupMode(mode, body.expires_s, tx))
         .await
         .into_response()
 }
@@ -574,8 +594,20 @@ pub async fn spawn(
     peer_host: Option<SocketAddr>,
     snapshot: Arc<Mutex<Snapshot>>,
     api: mpsc::Sender<ApiRequest>,
+    staging: Option<crate::procedures::Staging>,
 ) -> std::io::Result<StatusServer> {
     let guarded = Arc::new(Guard::new(config.allowed_hosts.clone(), token));
+    // Uploads up to the staging limit, plus room for the form around them.
+    let upload_limit = staging.as_ref().map_or(2 << 20, |s| {
+        usize::try_from(s.max_bytes())
+            .unwrap_or(usize::MAX)
+            .saturating_add(1 << 20)
+    });
+    let uploads = Router::new()
+        .route("/upgrade", post(ops_api::upgrade))
+        .route("/upgrade/stage", post(ops_api::stage))
+        .route("/restore", post(ops_api::restore))
+        .layer(axum::extract::DefaultBodyLimit::max(upload_limit));
     let app = Router::new()
         .route("/", get(page))
         .route("/status", get(status))
@@ -583,11 +615,14 @@ pub async fn spawn(
         .route("/swap", post(swap))
         .route("/redundancy", post(set_redundancy))
         .route("/sync/confirm-deletions", post(confirm_deletions))
+        .route("/logs", get(ops_api::logs))
+        .merge(uploads)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(guarded.clone(), guard))
         .with_state(AppState {
             snapshot: snapshot.clone(),
             api,
+            staging,
         });
     let listener = TcpListener::bind(config.listen).await?;
     info!(listen = %config.listen, "status endpoint");
@@ -643,97 +678,8 @@ async fn forward(listener: TcpListener, target: SocketAddr, snapshot: Arc<Mutex<
     }
 }
 
-const PAGE: &str = r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>Redundancy status</title>
-<style>
- body { font-family: sans-serif; margin: 2em; max-width: 60em; }
- #line { font-size: 1.3em; font-weight: bold; margin: 1em 0; }
- table { border-collapse: collapse; }
- td, th { border: 1px solid #bbb; padding: .2em .6em; text-align: left; }
- button { margin-right: .5em; }
- .muted { color: #666; }
-</style>
-</head>
-<body>
-<h1>Redundancy</h1>
-<div>Node <span id="id"></span>, role <span id="role"></span> <span class="muted" id="vrrp"></span></div>
-<div id="line">loading…</div>
-<div id="refused" hidden>
- <strong>Replication held back:</strong> <span id="refused-why"></span>
- <button id="confirm" type="button">Confirm the deletions</button>
-</div>
-<div>
- <button id="active" type="button">Backup mode: Active</button>
- <button id="passive" type="button">Backup mode: Passive</button>
- <button id="swap" type="button">Swap Master and Backup</button>
- <span id="answer" class="muted"></span>
-</div>
-<h2>Last failover</h2>
-<div id="timeline-summary" class="muted">none yet</div>
-<table id="timeline"><thead><tr><th>at (ms)</th><th>milestone</th></tr></thead><tbody></tbody></table>
-<script>
-// Requests go to this page's origin: a page opened as
-// http://admin:TOKEN@host/ has the credentials in its own address, which
-// a request may not carry; the browser sends them from its cache.
-const api = path => new URL(path, location.origin);
-async function refresh() {
-  try {
-    const s = await (await fetch(api('/status'))).json();
-    document.getElementById('id').textContent = s.id;
-    document.getElementById('role').textContent = s.role;
-    document.getElementById('vrrp').textContent =
-      '(priority ' + s.vrrp.priority + ', ' + s.vrrp.backup_mode + ')';
-    document.getElementById('line').textContent = s.summary;
-    const refused = s.sync && s.sync.refused;
-    document.getElementById('refused').hidden = !refused;
-    document.getElementById('refused-why').textContent = refused ? refused.error : '';
-    const body = document.querySelector('#timeline tbody');
-    body.innerHTML = '';
-    if (s.timeline) {
-      const t = s.timeline;
-      document.getElementById('timeline-summary').textContent =
-        'reason ' + t.reason + ', data-loss window ' +
-        (t.data_loss_window_ms === null ? 'n/a' : t.data_loss_window_ms + ' ms');
-      for (const e of t.entries) {
-        const tr = document.createElement('tr');
-        const what = typeof e.what === 'string' ? e.what : JSON.stringify(e.what);
-        tr.innerHTML = '<td></td><td></td>';
-        tr.children[0].textContent = e.at_ms;
-        tr.children[1].textContent = what;
-        body.appendChild(tr);
-      }
-    }
-  } catch (e) {
-    document.getElementById('line').textContent = 'status unavailable';
-  }
-}
-async function post(path, body) {
-  let text;
-  try {
-    const r = await fetch(api(path), {method: 'POST',
-                                      headers: {'content-type': 'application/json'},
-                                      body: JSON.stringify(body || {})});
-    const a = await r.json().catch(() => ({error: 'HTTP ' + r.status}));
-    text = r.ok ? 'accepted' : ('refused: ' + a.error);
-  } catch (e) {
-    text = 'failed: ' + e;
-  }
-  document.getElementById('answer').textContent = text;
-  refresh();
-}
-document.getElementById('active').onclick = () => post('/mode', {mode: 'Active'});
-document.getElementById('passive').onclick = () => post('/mode', {mode: 'Passive'});
-document.getElementById('swap').onclick = () => post('/swap');
-document.getElementById('confirm').onclick = () => post('/sync/confirm-deletions');
-refresh();
-setInterval(refresh, 500);
-</script>
-</body>
-</html>
-"#;
+/// The status page (`GET /`): it renders `/status`'s `words`.
+const PAGE: &str = include_str!("status/page.html");
 
 #[cfg(test)]
 mod tests {

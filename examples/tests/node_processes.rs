@@ -178,6 +178,17 @@ fn pair(tag: &str, a_redundancy: bool) -> Pair {
 /// the Backup's page on a GUI port; with `token`, both units read it from
 /// their `[status] token_file`.
 fn pair_with(tag: &str, a_redundancy: bool, token: Option<&str>) -> Pair {
+    pair_full(tag, a_redundancy, token, &|_, _| String::new())
+}
+
+/// [`pair_with`], each node's file ending with `extra(name, dir)` (TOML
+/// sections such as `[hooks]`; `dir` is the pair's folder).
+fn pair_full(
+    tag: &str,
+    a_redundancy: bool,
+    token: Option<&str>,
+    extra: &dyn Fn(&str, &Path) -> String,
+) -> Pair {
     let dir = TempDir::new(tag);
     let root = dir.0.clone();
     // 32 random bytes, readable by the owner only (anything else is refused).
@@ -234,7 +245,9 @@ key_file = "sync.key"
 [status]
 listen = "{st}"
 backup_gui_port = {gui}
-{token_line}"#
+{token_line}
+{extra}"#,
+            extra = extra(name, &root),
         );
         let path = root.join(format!("{name}.toml"));
         std::fs::write(&path, text).expect("config");
@@ -1256,4 +1269,418 @@ fn the_api_token_rotates_on_sighup() {
     // pbx-b was not told: it keeps the token it read.
     assert!(get(p.b.status, "/status", Some(&old)).is_some());
     assert!(p.a.log_text().contains("status API token reloaded"));
+}
+
+// ---------------------------------------------------------------------
+// The operator's procedures: upgrade, restore, redundancy, timed Passive,
+// logs. Each unit's `[hooks]` record their calls, in order, in one file
+// both processes append to.
+
+/// `[identity]` and `[hooks]` for a unit whose hooks append
+/// `<unit> <hook> …` lines to `calls.log`, install by copying the image
+/// beside the unit, and report the version the install wrote.
+fn recording_hooks(name: &str, root: &Path) -> String {
+    let unit = root.join(name);
+    std::fs::create_dir_all(&unit).expect("unit dir");
+    std::fs::write(
+        unit.join("version.txt"),
+        "firmware=5.1.30\nlanguage_pack=en-1\n",
+    )
+    .expect("version file");
+    let log = root.join("calls.log");
+    let (log, unit) = (log.display(), unit.display());
+    format!(
+        r#"[identity]
+firmware = "5.1.30"
+language_pack = "en-1"
+[hooks]
+max_image_mib = 8
+save_config = 'echo "{name} save_config" >> {log}'
+upgrade = 'echo "{name} upgrade $PBX_IMAGE_KIND $PBX_IMAGE_VERSION" >> {log} && cp "$1" {unit}/installed.img && if [ "$PBX_IMAGE_KIND" = firmware ]; then echo "firmware=$PBX_IMAGE_VERSION" > {unit}/version.txt; else echo "language_pack=$PBX_IMAGE_VERSION" >> {unit}/version.txt; fi'
+version = 'cat {unit}/version.txt'
+restore = 'echo "{name} restore" >> {log} && cp "$1" {unit}/restored.tar'
+"#
+    )
+}
+
+const PROC_TOKEN: &str = "procedures-token-0123456789";
+
+/// The hooks' calls so far, `unit hook …` per line.
+fn calls(p: &Pair) -> Vec<String> {
+    let root = p.a.config.parent().expect("dir");
+    std::fs::read_to_string(root.join("calls.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `curl` as an operator types it: a multipart upload with the token.
+fn curl_form(node: &Node, path: &str, fields: &[(&str, String)]) -> (u16, Value) {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-o", "-", "-w", "\n%{http_code}"])
+        .arg("-H")
+        .arg(
+            node.auth
+                .as_deref()
+                .map_or(String::new(), |a| format!("Authorization: {a}")),
+        );
+    for (k, v) in fields {
+        c.arg("-F").arg(format!("{k}={v}"));
+    }
+    let out = c
+        .arg(format!("http://{}{path}", node.status))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (
+        code.trim().parse().expect("HTTP status"),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn firmware(s: &Value) -> String {
+    s["words"]["unit"].as_str().unwrap_or("").to_owned()
+}
+
+/// The manual's §9 from the Master's API: the image uploaded once, shown
+/// with its size and BLAKE3, handed to the Passive Backup over the peer
+/// link, each unit's configuration saved before its install, the Backup
+/// upgraded first, the swap, the old Master upgraded last and back as an
+/// Active Backup. Both units end on the new firmware, pbx-b Master.
+#[test]
+fn rolling_upgrade_of_both_units_in_the_manuals_order() {
+    let mut p = pair_full("upgrade", true, Some(PROC_TOKEN), &recording_hooks);
+    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
+    settled(&mut p);
+    let root = p.a.config.parent().expect("dir").to_path_buf();
+    // 3 MiB and a bit: several chunks on the link.
+    let image: Vec<u8> = (0..(3 << 20) + 4321u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let image_path = root.join("fw-5.2.0.img");
+    std::fs::write(&image_path, &image).expect("image");
+
+    // Refusals first: an Active Backup does not install on its own.
+    let (code, answer) = curl_form(
+        &p.b,
+        "/upgrade",
+        &[
+            ("image", format!("@{}", image_path.display())),
+            ("version", "5.2.0".into()),
+        ],
+    );
+    assert_eq!(code, 409, "{answer}");
+    assert_eq!(answer["code"], "not_passive", "{answer}");
+    // A path outside the staging folder, and an image over the limit.
+    let (code, answer) = p.a.post(
+        "/upgrade",
+        json!({"path": image_path.display().to_string(), "version": "5.2.0"}),
+    );
+    assert_eq!(
+        (code, answer["code"].as_str()),
+        (400, Some("outside_staging")),
+        "{answer}"
+    );
+    let big = root.join("big.img");
+    std::fs::write(&big, vec![7u8; 9 << 20]).expect("big image");
+    let (code, answer) = curl_form(
+        &p.a,
+        "/upgrade",
+        &[
+            ("image", format!("@{}", big.display())),
+            ("version", "5.2.0".into()),
+        ],
+    );
+    assert_eq!(code, 413, "{answer}");
+    assert!(
+        calls(&p).is_empty(),
+        "a refused request ran a hook: {:?}",
+        calls(&p)
+    );
+
+    let (code, answer) = curl_form(
+        &p.a,
+        "/upgrade",
+        &[
+            ("image", format!("@{}", image_path.display())),
+            ("version", "5.2.0".into()),
+            ("kind", "firmware".into()),
+        ],
+    );
+    assert_eq!(code, 202, "{answer}");
+    assert!(answer["procedure"].is_u64(), "{answer}");
+    let hash = blake3::hash(&image).to_hex().to_string();
+    assert_eq!(answer["image"]["blake3"], hash.as_str());
+    assert_eq!(answer["image"]["size"], image.len() as u64);
+    // While it runs, the Master's page shows the image and the steps.
+    let s =
+        p.a.wait("showing the procedure", Duration::from_secs(5), |s| {
+            s["words"]["procedure"].is_string()
+        });
+    assert!(
+        s["words"]["image"]
+            .as_str()
+            .is_some_and(|w| w.contains(&hash)),
+        "{}",
+        s["words"]
+    );
+    // Another procedure meanwhile is refused with its reason.
+    let (code, answer) = p.a.post("/swap", json!({}));
+    assert_eq!(code, 409, "{answer}");
+
+    let done = |s: &Value| {
+        s["last_procedure"]["name"] == "rolling upgrade" && s["status"]["procedure"].is_null()
+    };
+    let s =
+        p.a.wait("done with the upgrade", Duration::from_secs(90), done);
+    assert_eq!(
+        s["last_procedure"]["outcome"], "Completed",
+        "{}",
+        s["words"]
+    );
+    // The roles at the end, as the manual's §9 leaves them: the upgraded
+    // Backup became Master by the swap, the old Master is its Active
+    // Backup, both on the new firmware.
+    let b =
+        p.b.wait("Master", Duration::from_secs(10), |s| s["role"] == "Master");
+    let a = p.a.wait("Active Backup", Duration::from_secs(10), |s| {
+        s["role"] == "Backup" && s["vrrp"]["backup_mode"] == "Active"
+    });
+    assert!(firmware(&a).contains("firmware 5.2.0"), "{}", firmware(&a));
+    assert!(firmware(&b).contains("firmware 5.2.0"), "{}", firmware(&b));
+    assert!(
+        b["status"]["findings"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "{b}"
+    );
+    // The order across both units.
+    assert_eq!(
+        calls(&p),
+        [
+            "pbx-a save_config",
+            "pbx-b save_config",
+            "pbx-b upgrade firmware 5.2.0",
+            "pbx-a upgrade firmware 5.2.0",
+        ],
+        "hooks ran out of order"
+    );
+    // The Backup installed exactly the bytes uploaded to the Master.
+    for unit in ["pbx-a", "pbx-b"] {
+        let got = std::fs::read(root.join(unit).join("installed.img")).expect("installed");
+        assert!(got == image, "{unit} installed other bytes");
+    }
+    // The old Master's page still shows the last failover (the swap's
+    // takeover happened on pbx-b; pbx-a restarted twice since).
+    assert!(
+        a["words"]["last_procedure"]
+            .as_str()
+            .is_some_and(|w| w.contains("rolling upgrade completed"))
+    );
+}
+
+/// The manual's §10 from the Master's API: the archive uploaded, the
+/// Backup Passive for the restore, `[hooks] restore` run with it on the
+/// Master, the Backup back in its mode after a full sync.
+#[test]
+fn configuration_restore_from_the_api() {
+    let mut p = pair_full("restore", true, Some(PROC_TOKEN), &recording_hooks);
+    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
+    settled(&mut p);
+    let root = p.a.config.parent().expect("dir").to_path_buf();
+    let archive = root.join("config-2026-12-01.tar");
+    std::fs::write(&archive, b"a configuration archive").expect("archive");
+    let (code, answer) = curl_form(
+        &p.a,
+        "/restore",
+        &[("archive", format!("@{}", archive.display()))],
+    );
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(answer["archive"]["name"], "config-2026-12-01.tar");
+    let s =
+        p.a.wait("done with the restore", Duration::from_secs(60), |s| {
+            s["last_procedure"]["name"] == "configuration restore"
+        });
+    assert_eq!(
+        s["last_procedure"]["outcome"], "Completed",
+        "{}",
+        s["words"]
+    );
+    assert_eq!(calls(&p), ["pbx-a restore"]);
+    assert_eq!(
+        std::fs::read(root.join("pbx-a").join("restored.tar")).expect("restored"),
+        b"a configuration archive"
+    );
+    p.b.wait("Active again", Duration::from_secs(10), |s| {
+        s["vrrp"]["backup_mode"] == "Active"
+    });
+    assert_eq!(p.a.role(), "Master");
+    // The Backup's API refuses: a restore runs on the Master.
+    let (code, answer) = curl_form(
+        &p.b,
+        "/restore",
+        &[("archive", format!("@{}", archive.display()))],
+    );
+    assert_eq!(code, 409, "{answer}");
+}
+
+/// Redundancy off and on at run time, a timed Passive for a maintenance
+/// window, and the system log as a download.
+#[test]
+fn redundancy_switch_timed_passive_and_logs() {
+    let mut p = pair_full("switch", true, Some(PROC_TOKEN), &recording_hooks);
+    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
+    settled(&mut p);
+    // A timed Passive: back to Active by itself.
+    let (code, answer) =
+        p.a.post("/mode", json!({"mode": "Passive", "expires_s": 2}));
+    assert_eq!(code, 202, "{answer}");
+    p.b.wait("Passive", Duration::from_secs(5), |s| {
+        s["vrrp"]["backup_mode"] == "Passive"
+    });
+    p.b.wait("Active again", Duration::from_secs(10), |s| {
+        s["vrrp"]["backup_mode"] == "Active"
+    });
+    let (code, answer) =
+        p.a.post("/mode", json!({"mode": "Passive", "expires_s": 0}));
+    assert_eq!(code, 400, "{answer}");
+
+    // Off beside an Active Backup would put the address on both: refused.
+    let (code, answer) = p.a.post("/redundancy", json!({"enabled": false}));
+    assert_eq!(code, 409, "{answer}");
+    let (code, answer) = p.a.post("/mode", json!({"mode": "Passive"}));
+    assert_eq!(code, 202, "{answer}");
+    p.b.wait("Passive", Duration::from_secs(5), |s| {
+        s["vrrp"]["backup_mode"] == "Passive"
+    });
+    let (code, answer) = p.a.post("/redundancy", json!({"enabled": false}));
+    assert_eq!(code, 202, "{answer}");
+    let s = p.a.wait("standalone", Duration::from_secs(10), |s| {
+        s["summary"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("Redundancy is disabled"))
+    });
+    assert_eq!(s["words"]["actions"]["redundancy_on"], true);
+    let (code, answer) = p.a.post("/redundancy", json!({"enabled": true}));
+    assert_eq!(code, 202, "{answer}");
+    p.a.wait("Master with its Backup", Duration::from_secs(15), |s| {
+        s["role"] == "Master" && peer_is(s, "Backup")
+    });
+
+    // The log, as the page's link downloads it.
+    let mut r = e2e::agent()
+        .get(&format!("http://{}/logs", p.a.status))
+        .header("authorization", &format!("Bearer {PROC_TOKEN}"))
+        .call()
+        .expect("GET /logs");
+    assert_eq!(r.status(), 200);
+    let disposition = r
+        .headers()
+        .get("content-disposition")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert!(disposition.starts_with("attachment"), "{disposition}");
+    let log = r.body_mut().read_to_string().expect("log text");
+    assert!(
+        log.contains("redundancy"),
+        "the log lacks the switch:\n{log}"
+    );
+    // Without the token: refused like every endpoint.
+    let code = e2e::agent()
+        .get(&format!("http://{}/logs", p.a.status))
+        .call()
+        .map_or_else(
+            |e| match e {
+                ureq::Error::StatusCode(c) => c,
+                _ => 0,
+            },
+            |r| r.status().as_u16(),
+        );
+    assert_eq!(code, 401);
+}
+
+/// The manual's §9 step by step, each unit from its own API as its page
+/// offers it: the Backup set Passive installs alone (Firmware Update) and
+/// comes back Passive on the new firmware; the swap, refused over that
+/// difference beside an Active Backup, goes ahead beside the Passive one;
+/// the old Master, now a Passive Backup, installs alone; set Active.
+#[test]
+fn manual_upgrade_through_each_units_own_page() {
+    let mut p = pair_full("manual-upgrade", true, Some(PROC_TOKEN), &recording_hooks);
+    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
+    settled(&mut p);
+    let root = p.a.config.parent().expect("dir").to_path_buf();
+    let image_path = root.join("fw.img");
+    std::fs::write(&image_path, b"firmware 5.2.0").expect("image");
+    let upload = |node: &Node| {
+        curl_form(
+            node,
+            "/upgrade",
+            &[
+                ("image", format!("@{}", image_path.display())),
+                ("version", "5.2.0".into()),
+            ],
+        )
+    };
+    let (code, answer) = p.b.post("/mode", json!({"mode": "Passive"}));
+    assert_eq!(code, 202, "{answer}");
+    let s = p.b.wait("Passive", Duration::from_secs(5), |s| {
+        s["vrrp"]["backup_mode"] == "Passive"
+    });
+    assert_eq!(s["words"]["actions"]["firmware_update"], true);
+    assert_eq!(s["words"]["actions"]["swap"], false);
+    let (code, answer) = upload(&p.b);
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(answer["local"], true, "{answer}");
+    let b = p.b.wait("upgraded, Passive", Duration::from_secs(30), |s| {
+        firmware(s).contains("firmware 5.2.0")
+            && s["role"] == "Backup"
+            && s["vrrp"]["backup_mode"] == "Passive"
+    });
+    assert!(
+        b["words"]["local_upgrade"]
+            .as_str()
+            .is_some_and(|w| w.contains("done")),
+        "{}",
+        b["words"]
+    );
+    // The Master sees the difference, and swaps anyway: the Backup is
+    // Passive, as the manual's upgrade has it.
+    p.a.wait("seeing the new firmware", Duration::from_secs(10), |s| {
+        s["words"]["findings"].as_array().is_some_and(|f| {
+            f.iter()
+                .any(|w| w.as_str().is_some_and(|w| w.contains("5.2.0")))
+        })
+    });
+    let (code, answer) = p.a.post("/swap", json!({}));
+    assert_eq!(code, 202, "{answer}");
+    p.b.wait("Master", Duration::from_secs(30), |s| s["role"] == "Master");
+    p.a.wait("Passive Backup", Duration::from_secs(30), |s| {
+        s["role"] == "Backup" && s["vrrp"]["backup_mode"] == "Passive"
+    });
+    let (code, answer) = upload(&p.a);
+    assert_eq!(code, 202, "{answer}");
+    p.a.wait("upgraded", Duration::from_secs(30), |s| {
+        firmware(s).contains("firmware 5.2.0") && s["vrrp"]["backup_mode"] == "Passive"
+    });
+    let (code, answer) = p.a.post("/mode", json!({"mode": "Active"}));
+    assert_eq!(code, 202, "{answer}");
+    p.b.wait("without findings", Duration::from_secs(10), |s| {
+        s["status"]["peer"]["mode"] == "Active"
+            && s["status"]["findings"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+    });
+    assert_eq!(
+        calls(&p),
+        [
+            "pbx-b save_config",
+            "pbx-b upgrade firmware 5.2.0",
+            "pbx-a save_config",
+            "pbx-a upgrade firmware 5.2.0",
+        ]
+    );
 }
