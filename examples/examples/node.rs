@@ -14,23 +14,103 @@
 //! inventory, the API token) is an error naming the key and the reason,
 //! and exit status 2, before a file is created or a packet sent. Logs go to stderr (`RUST_LOG`
 //! sets the level; default `info`).
+//!
+//! `node import-keepalived FILE [--instance NAME]` converts one
+//! `vrrp_instance` of a `keepalived.conf` to this node's configuration:
+//! the TOML on stdout (exit 0), and each item it could not carry on stderr
+//! as `line N: keyword: hint`. A file with no `vrrp_instance`, or with
+//! several and no `--instance`, exits 2 (the instances are listed on
+//! stderr); an unreadable file, an unknown `--instance` or a value the node
+//! cannot take exits 1. `include` is not followed (a note says so). What is
+//! carried is listed in `examples::keepalived`.
+//!
+//! ```text
+//! cargo run --example node -- import-keepalived /etc/keepalived/keepalived.conf --instance VI_1 > node.toml
+//! ```
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use examples::config::NodeConfig;
 use examples::hooks::ShellHooks;
+use examples::keepalived::{self, KeepalivedError};
 use examples::node::{ApiRequest, NodeError, NodeHandle, Options, Stop, run};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// One node of a redundant PBX pair.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
     /// The node's configuration file (TOML).
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print the node configuration (TOML) for one vrrp_instance of a
+    /// keepalived.conf; what cannot be carried is listed on stderr.
+    ImportKeepalived {
+        /// The keepalived configuration file.
+        file: PathBuf,
+        /// The vrrp_instance to convert (required when the file has
+        /// several).
+        #[arg(long)]
+        instance: Option<String>,
+    },
+}
+
+/// `node import-keepalived`: TOML on stdout and exit 0; no instance, or
+/// several and none named, exit 2; anything else that stops the
+/// conversion, exit 1.
+fn import_keepalived(file: &std::path::Path, instance: Option<&str>) -> ExitCode {
+    let text = match std::fs::read(file) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => {
+            eprintln!("node: cannot read {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match keepalived::convert(&text, instance) {
+        Ok(c) => {
+            print!("{}", c.toml);
+            for note in &c.notes {
+                eprintln!("{note}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(KeepalivedError::NoInstance { includes }) => {
+            eprintln!("node: {}: no vrrp_instance to convert", file.display());
+            for note in &includes {
+                eprintln!("{note}");
+            }
+            ExitCode::from(2)
+        }
+        Err(KeepalivedError::SeveralInstances { instances }) => {
+            eprintln!(
+                "node: {}: {} vrrp_instance blocks and a node runs one; choose one with \
+                 --instance NAME:",
+                file.display(),
+                instances.len()
+            );
+            for i in &instances {
+                eprintln!("  {i}");
+            }
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("node: {}: {e}", file.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// At each SIGHUP, the configuration read again, its key and token files
@@ -69,6 +149,14 @@ async fn reload_keys_on_hangup(
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let config_path = match (args.cmd, args.config) {
+        (Some(Cmd::ImportKeepalived { file, instance }), _) => {
+            return import_keepalived(&file, instance.as_deref());
+        }
+        (None, Some(path)) => path,
+        // clap requires --config without a subcommand.
+        (None, None) => return ExitCode::from(2),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -78,7 +166,7 @@ fn main() -> ExitCode {
         .with_writer(examples::procedures::LogTee)
         .with_ansi(false)
         .init();
-    let config = match NodeConfig::load(&args.config) {
+    let config = match NodeConfig::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("node: {e}");
@@ -113,7 +201,7 @@ fn main() -> ExitCode {
         };
         let (ready, handle) = tokio::sync::oneshot::channel();
         if let Ok(hup) = signal(SignalKind::hangup()) {
-            tokio::spawn(reload_keys_on_hangup(hup, args.config.clone(), handle));
+            tokio::spawn(reload_keys_on_hangup(hup, config_path.clone(), handle));
         }
         run(
             config,

@@ -27,6 +27,14 @@
 //! generation. Without `--once` it pulls every `--interval-s` seconds and
 //! prints a line per round.
 //!
+//! On a terminal, a round that runs longer than 2 s shows a progress bar on
+//! stderr: the files the round fetches (done of planned), the bytes written
+//! into them of their size, and the rate, all as the round applies them;
+//! its last line stays with the round's final figures. With stderr not a
+//! terminal nothing is drawn, and stdout always carries only the JSON
+//! lines. `SYNC_PROGRESS_AFTER_MS` sets the 2 s (in milliseconds; 0 draws
+//! every round, as the tests do).
+//!
 //! The key file holds 64 hex digits (whitespace ignored): 32 random bytes
 //! (`od -An -tx1 -N32 /dev/urandom`), in a file other users cannot read.
 //! A key file that is readable by every user, or whose key is all zero or
@@ -42,9 +50,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::io::IsTerminal;
+use std::time::Instant;
+
 use clap::{Parser, Subcommand};
 use examples::config::{mass_delete_settings, read_key_file_as};
-use examples::peer::{self, PeerCommand, PeerConfig, PeerEvent, SyncRole};
+use examples::peer::{self, PeerCommand, PeerConfig, PeerEvent, RoundWatch, SyncRole};
+use failover_orchestrator::pair::RoundSummary;
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -212,7 +225,12 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                     .map_err(|e| e.to_string())?;
             config.mass_delete_fraction = fraction.get();
             config.mass_delete_window = window;
-            pull(config, once).await
+            let progress = std::io::stderr().is_terminal().then(|| {
+                let watch = RoundWatch::default();
+                config.progress = Some(watch.clone());
+                Progress::new(watch, progress_after())
+            });
+            pull(config, once, progress).await
         }
     }
 }
@@ -242,52 +260,222 @@ async fn serve(config: PeerConfig) -> Result<ExitCode, String> {
     Err("the peer link stopped".into())
 }
 
-async fn pull(config: PeerConfig, once: bool) -> Result<ExitCode, String> {
+/// How long a round runs before its progress bar shows.
+const PROGRESS_AFTER: Duration = Duration::from_secs(2);
+
+/// [`PROGRESS_AFTER`], or `SYNC_PROGRESS_AFTER_MS`.
+fn progress_after() -> Duration {
+    std::env::var("SYNC_PROGRESS_AFTER_MS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map_or(PROGRESS_AFTER, Duration::from_millis)
+}
+
+/// How often the bar reads the worker's figures.
+const PROGRESS_TICK: Duration = Duration::from_millis(100);
+
+/// `pull`'s progress bar on a terminal's stderr: the round's own figures
+/// as the sync worker last showed them ([`RoundWatch`]).
+struct Progress {
+    watch: RoundWatch,
+    after: Duration,
+    /// When this round was first seen in progress.
+    since: Option<Instant>,
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new(watch: RoundWatch, after: Duration) -> Self {
+        Progress {
+            watch,
+            after,
+            since: None,
+            bar: None,
+        }
+    }
+
+    fn bar() -> ProgressBar {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "pull {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} \
+                 {binary_bytes_per_sec} {elapsed}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    }
+
+    fn files(p: &sync_delta::RoundProgress, done: u64) -> String {
+        if p.files_total == 0 && p.bytes_total == 0 {
+            "(the source lists its changes)".to_owned()
+        } else {
+            format!("files {done}/{}", p.files_total)
+        }
+    }
+
+    /// Every tick: the bar, once the round has run `after`.
+    fn tick(&mut self) {
+        let Some(p) = self.watch.current() else {
+            return;
+        };
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if self.bar.is_none() && since.elapsed() >= self.after {
+            self.bar = Some(Self::bar());
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_length(p.bytes_total);
+            bar.set_position(p.bytes_done);
+            bar.set_message(Self::files(&p, p.files_done));
+        }
+    }
+
+    /// The round committed: a round that ran `after` or longer leaves its
+    /// final figures (files and bytes of what it fetched, its rate).
+    fn done(&mut self, s: &RoundSummary) {
+        let bar = self.bar.take();
+        self.since = None;
+        if bar.is_none() && s.took < self.after {
+            return;
+        }
+        let bar = bar.unwrap_or_else(Self::bar);
+        let last = self.watch.last().unwrap_or_default();
+        // Every planned file ended with the commit; `fetched` counts those
+        // that verified (a file skipped keeps its old content).
+        let bytes = if s.fetched == last.files_total {
+            last.bytes_total
+        } else {
+            last.bytes_done
+        };
+        let secs = s.took.as_secs_f64();
+        let rate = if secs > 0.0 {
+            format!("{}/s", HumanBytes((bytes as f64 / secs) as u64))
+        } else {
+            "-".to_owned()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("pull {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.finish_with_message(format!(
+            "{}, {} of {}, {rate}, {secs:.1} s: generation {}",
+            Self::files(&last, s.fetched),
+            HumanBytes(bytes),
+            HumanBytes(last.bytes_total),
+            s.generation
+        ));
+        // The bar leaves the cursor on its line: what follows (the JSON,
+        // when stdout is the same terminal) starts on the next one.
+        eprintln!();
+    }
+
+    /// The round ended without a commit: the bar stays where it stopped.
+    fn stopped(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.abandon();
+            eprintln!();
+        }
+        self.since = None;
+    }
+
+    /// A line on stderr, above the bar.
+    fn say(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+/// A line on stderr, above the bar when there is one.
+fn say(progress: Option<&Progress>, line: &str) {
+    match progress {
+        Some(p) => p.say(line),
+        None => eprintln!("{line}"),
+    }
+}
+
+async fn pull(
+    config: PeerConfig,
+    once: bool,
+    mut progress: Option<Progress>,
+) -> Result<ExitCode, String> {
     // The replica's first round starts as soon as the link is up, the next
     // ones every interval: the library's schedule.
     let (cmds, mut events) = peer::spawn(config, SyncRole::Replica { periodic: true });
+    let mut ticks = tokio::time::interval(PROGRESS_TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
-        let Some(e) = events.recv().await else {
+        let e = tokio::select! {
+            e = events.recv() => e,
+            _ = ticks.tick(), if progress.is_some() => {
+                if let Some(p) = &mut progress {
+                    p.tick();
+                }
+                continue;
+            }
+        };
+        let Some(e) = e else {
             break Err("the peer link stopped".into());
         };
+        let p = progress.as_ref();
         match e {
             PeerEvent::Opened(report) => {
                 if report.rolled_forward {
-                    eprintln!("finished an interrupted round that had committed");
+                    say(p, "finished an interrupted round that had committed");
                 }
                 if report.rolled_back > 0 {
-                    eprintln!(
-                        "rolled back an interrupted round ({} staged files removed)",
-                        report.rolled_back
+                    say(
+                        p,
+                        &format!(
+                            "rolled back an interrupted round ({} staged files removed)",
+                            report.rolled_back
+                        ),
                     );
                 }
                 if let Some((folder, n)) = report.quarantined {
-                    eprintln!("moved {n} unconfirmed local changes to quarantine {folder}");
+                    say(
+                        p,
+                        &format!("moved {n} unconfirmed local changes to quarantine {folder}"),
+                    );
                 }
                 if let Some(d) = report.repaired {
-                    eprintln!(
-                        "the interrupted round met local changes: {} paths moved to quarantine \
-                         {}, {} missing entries to fetch again",
-                        d.quarantined,
-                        d.folder.as_deref().unwrap_or("-"),
-                        d.missing
+                    say(
+                        p,
+                        &format!(
+                            "the interrupted round met local changes: {} paths moved to \
+                             quarantine {}, {} missing entries to fetch again",
+                            d.quarantined,
+                            d.folder.as_deref().unwrap_or("-"),
+                            d.missing
+                        ),
                     );
                 }
             }
-            PeerEvent::Diverged(d) => eprintln!(
-                "local changes were in the round's way: {} paths moved to quarantine {}, {} \
-                 missing entries fetched again",
-                d.quarantined,
-                d.folder.as_deref().unwrap_or("-"),
-                d.missing
+            PeerEvent::Diverged(d) => say(
+                p,
+                &format!(
+                    "local changes were in the round's way: {} paths moved to quarantine {}, \
+                     {} missing entries fetched again",
+                    d.quarantined,
+                    d.folder.as_deref().unwrap_or("-"),
+                    d.missing
+                ),
             ),
             PeerEvent::RoundDone(s) => {
+                if let Some(p) = &mut progress {
+                    p.done(&s);
+                }
                 println!("{}", peer::summary_json(&s));
                 if once {
                     break Ok(ExitCode::SUCCESS);
                 }
             }
             PeerEvent::RoundRefused(r) => {
+                if let Some(p) = &mut progress {
+                    p.stopped();
+                }
                 eprintln!(
                     "error: round refused by the mass-deletion guard: {r}; nothing was changed \
                      (rerun with --allow-mass-delete to confirm)"
@@ -297,6 +485,9 @@ async fn pull(config: PeerConfig, once: bool) -> Result<ExitCode, String> {
                 }
             }
             PeerEvent::RoundFailed(e) | PeerEvent::LinkFailed(e) | PeerEvent::Error(e) => {
+                if let Some(p) = &mut progress {
+                    p.stopped();
+                }
                 if once {
                     break Err(e);
                 }

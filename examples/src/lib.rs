@@ -3,7 +3,8 @@
 //!
 //! - [`capture`]: pcap / pcapng files down to IP datagrams.
 //! - [`dump`]: the `vrrp-dump` output format.
-//! - [`config`]: the `node` configuration file.
+//! - [`config`]: the `node` configuration file; [`keepalived`] converts a
+//!   `keepalived.conf` instance to it (`node import-keepalived`).
 //! - [`net`]: interfaces, virtual address claims over netlink, gratuitous
 //!   ARP / unsolicited NA.
 //! - [`vrrp_io`]: raw and UDP VRRP transports.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod demo;
 pub mod dump;
 pub mod hooks;
+pub mod keepalived;
 mod link_io;
 pub mod net;
 pub mod node;

@@ -23,9 +23,9 @@ use failover_orchestrator::pair::{
     ConnId, LinkFailure, Pair, SyncLink, SyncOrder, SyncReport, SyncWorker,
 };
 use socket2::{Domain, SockAddr, Socket, Type};
-use sync_delta::FsStore;
 use sync_delta::frame::Nonce;
 use sync_delta::wire::Message;
+use sync_delta::{FsStore, RoundProgress};
 use tracing::{info, warn};
 
 use crate::poller::{Interest, Poller, Ready};
@@ -593,12 +593,61 @@ const SEND_WINDOW: usize = 4 << 20;
 /// # Errors
 /// The thread cannot be spawned.
 pub(crate) fn spawn_worker(
+    worker: SyncWorker,
+    store: FsStore,
+    orders: mpsc::Receiver<ToWorker>,
+    out: impl Fn(FromWorker) -> bool + Send + 'static,
+    queued: Arc<AtomicUsize>,
+    buffered: Arc<AtomicUsize>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    spawn_worker_watched(worker, store, orders, out, queued, buffered, None)
+}
+
+/// The replica's round in progress as the sync worker thread last saw it
+/// ([`SyncWorker::round_progress`]), for a progress display on another
+/// thread. The worker updates it after every order and timeout.
+#[derive(Debug, Clone, Default)]
+pub struct RoundWatch(Arc<std::sync::Mutex<Watched>>);
+
+#[derive(Debug, Default)]
+struct Watched {
+    current: Option<RoundProgress>,
+    last: Option<RoundProgress>,
+}
+
+impl RoundWatch {
+    /// The round in progress, `None` between rounds.
+    #[must_use]
+    pub fn current(&self) -> Option<RoundProgress> {
+        self.0.lock().map_or(None, |w| w.current)
+    }
+
+    /// The last progress the latest round showed before it ended (the
+    /// round in progress, while one runs).
+    #[must_use]
+    pub fn last(&self) -> Option<RoundProgress> {
+        self.0.lock().map_or(None, |w| w.last)
+    }
+
+    fn set(&self, p: Option<RoundProgress>) {
+        if let Ok(mut w) = self.0.lock() {
+            w.current = p;
+            if p.is_some() {
+                w.last = p;
+            }
+        }
+    }
+}
+
+/// [`spawn_worker`], updating `watch` (when given) as rounds go.
+pub(crate) fn spawn_worker_watched(
     mut worker: SyncWorker,
     mut store: FsStore,
     orders: mpsc::Receiver<ToWorker>,
     out: impl Fn(FromWorker) -> bool + Send + 'static,
     queued: Arc<AtomicUsize>,
     buffered: Arc<AtomicUsize>,
+    watch: Option<RoundWatch>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("sync".into())
@@ -651,6 +700,11 @@ pub(crate) fn spawn_worker(
                         return;
                     }
                     more = true;
+                }
+                // Before the reports: a round's last figures are there
+                // when its end is reported.
+                if let Some(w) = &watch {
+                    w.set(worker.round_progress());
                 }
                 while let Some(r) = worker.poll_report() {
                     if !out(FromWorker::Report(r)) {

@@ -58,6 +58,7 @@ use sync_delta::frame::PreSharedKey;
 use sync_delta::{Epoch, Exclude, FsStore, OpenReport, Refusal};
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::link_io::RoundWatch;
 use crate::link_io::{self, FromWorker, InboxTx, Sockets, ToWorker, Woken};
 
 /// What [`spawn`] needs.
@@ -92,6 +93,9 @@ pub struct PeerConfig {
     pub mass_delete_fraction: f64,
     /// Replica: how far back lost content counts (default 24 h).
     pub mass_delete_window: Duration,
+    /// Replica: where the sync worker shows how far the round in progress
+    /// has got (the `sync` tool's progress bar); `None`: nowhere.
+    pub progress: Option<RoundWatch>,
 }
 
 impl PeerConfig {
@@ -111,6 +115,7 @@ impl PeerConfig {
             allow_mass_delete: false,
             mass_delete_fraction: 0.5,
             mass_delete_window: Duration::from_secs(24 * 3600),
+            progress: None,
         }
     }
 
@@ -288,13 +293,14 @@ pub fn spawn(
     });
     let (to_worker, orders) = std_mpsc::channel();
     let to_link: InboxTx<In> = inbox_tx.clone();
-    let worker_thread = match link_io::spawn_worker(
+    let worker_thread = match link_io::spawn_worker_watched(
         worker,
         store,
         orders,
         move |m| to_link.send(In::Worker(m)),
         queued.clone(),
         buffered.clone(),
+        config.progress.clone(),
     ) {
         Ok(t) => t,
         Err(e) => {

@@ -162,6 +162,12 @@ fn summary(out: &Output) -> serde_json::Map<String, serde_json::Value> {
         "pull failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    summary_of(&stdout)
+}
+
+/// The JSON summary line that is all of `stdout`.
+#[track_caller]
+fn summary_of(stdout: &str) -> serde_json::Map<String, serde_json::Value> {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "one JSON line expected: {stdout:?}");
     let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
@@ -334,6 +340,144 @@ fn pull_once_replicates_then_follows_edits() {
     assert_eq!(num(&s, "generation"), 2);
     assert_eq!(num(&s, "files_sent"), 0);
     assert_eq!(tree(&rep), tree(&src));
+}
+
+/// `sync pull --once` with `env` set, stdout and stderr piped.
+fn pull_env(dir: &Path, from: SocketAddr, key: &Path, env: &[(&str, &str)]) -> Output {
+    Command::new(sync_bin())
+        .arg("pull")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--from")
+        .arg(from.to_string())
+        .arg("--key-file")
+        .arg(key)
+        .arg("--once")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A tree of `n` voicemail files of 64 KiB.
+fn voicemail_tree(root: &Path, n: usize) {
+    for i in 0..n {
+        write(
+            root,
+            &format!("voicemail/200/msg{i:04}.wav"),
+            &noise(65_536, i as u64 + 100),
+            0o640,
+        );
+    }
+}
+
+#[test]
+fn no_progress_bar_when_stderr_is_not_a_terminal() {
+    let t = TempDir::new("progress-pipe");
+    let src = t.join("src");
+    voicemail_tree(&src, 20);
+    let key = key_file(&t, "key", KEY);
+    let server = Server::start(&src, &key, &[]);
+    // Even with the bar due at once, a pipe gets nothing from it.
+    let out = pull_env(
+        &t.join("rep"),
+        server.addr,
+        &key,
+        &[("SYNC_PROGRESS_AFTER_MS", "0")],
+    );
+    let s = summary(&out);
+    assert_eq!(num(&s, "files_sent"), 20);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(tree(&t.join("rep")), tree(&src));
+}
+
+/// `sync pull --once` under a pseudo-terminal (util-linux `script`), stdout
+/// to `json`: what the terminal showed.
+fn pull_on_a_terminal(
+    dir: &Path,
+    from: SocketAddr,
+    key: &Path,
+    json: &Path,
+    after_ms: &str,
+) -> String {
+    let bin = sync_bin();
+    let words = [
+        bin.to_str().unwrap(),
+        "pull",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--from",
+        &from.to_string(),
+        "--key-file",
+        key.to_str().unwrap(),
+        "--once",
+    ];
+    // A wide terminal, so that no line is cut at its edge.
+    let command = format!(
+        "stty cols 200 rows 50 2>/dev/null; {} > {}",
+        shlex::try_join(words).unwrap(),
+        shlex::try_quote(json.to_str().unwrap()).unwrap()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("SYNC_PROGRESS_AFTER_MS", after_ms)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{:?}: {shown}", out.status);
+    shown
+}
+
+#[test]
+fn a_progress_bar_on_a_terminal_from_the_round_itself() {
+    let have_script = Command::new("sh")
+        .args(["-c", "command -v script"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_script {
+        let why = "script (util-linux) is not installed: no pseudo-terminal";
+        assert!(std::env::var_os("CI").is_none(), "{why} (CI is set)");
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let t = TempDir::new("progress-tty");
+    let src = t.join("src");
+    voicemail_tree(&src, 20);
+    let key = key_file(&t, "key", KEY);
+    let server = Server::start(&src, &key, &[]);
+
+    // A round that has run past the threshold (0 here: every round) ends
+    // with the bar's last line: the round's files and bytes.
+    let json = t.join("round1.json");
+    let shown = pull_on_a_terminal(&t.join("rep"), server.addr, &key, &json, "0");
+    let bytes = 20 * 65_536;
+    assert!(
+        shown.contains(&format!(
+            "pull files 20/20, {} of {}, ",
+            indicatif::HumanBytes(bytes),
+            indicatif::HumanBytes(bytes)
+        )),
+        "{shown:?}"
+    );
+    assert!(shown.contains(": generation 1"), "{shown:?}");
+    // stdout, not the terminal, has the JSON, unchanged.
+    let s = summary_of(&std::fs::read_to_string(&json).unwrap());
+    assert_eq!((num(&s, "generation"), num(&s, "files_sent")), (1, 20));
+    assert!(!shown.contains("generation\":"), "{shown:?}");
+    assert_eq!(tree(&t.join("rep")), tree(&src));
+
+    // A round shorter than the threshold draws nothing.
+    write(&src, "voicemail/200/msg0000.wav", &noise(65_536, 7), 0o640);
+    let json = t.join("round2.json");
+    let shown = pull_on_a_terminal(&t.join("rep"), server.addr, &key, &json, "600000");
+    assert!(!shown.contains("pull "), "{shown:?}");
+    let s = summary_of(&std::fs::read_to_string(&json).unwrap());
+    assert_eq!((num(&s, "generation"), num(&s, "files_sent")), (2, 1));
 }
 
 /// The files under `root/.sync-delta/quarantine/` (path below the

@@ -27,6 +27,8 @@ struct End {
     events: Vec<(Duration, SyncLinkEvent)>,
     dials: Vec<Duration>,
     closes: Vec<CloseReason>,
+    /// The worker's round progress after each order it carried out.
+    progress: Vec<Option<sync_delta::RoundProgress>>,
 }
 
 struct World {
@@ -68,6 +70,7 @@ fn end(
         events: Vec::new(),
         dials: Vec::new(),
         closes: Vec::new(),
+        progress: Vec::new(),
     }
 }
 
@@ -188,7 +191,8 @@ impl World {
                     }
                 }
                 SyncLinkOutput::Sync(order) => {
-                    e.worker.handle_order(now, wall, order, &mut e.store)
+                    e.worker.handle_order(now, wall, order, &mut e.store);
+                    e.progress.push(e.worker.round_progress());
                 }
                 SyncLinkOutput::Event(ev) => e.events.push((now - self.t0, ev)),
             }
@@ -289,6 +293,35 @@ fn the_replica_pulls_when_the_link_comes_up_and_counts_the_bytes() {
     });
     assert_eq!(got, [0, 255]);
     assert_eq!(w.ends[SOURCE].link.stats().unknown_channel, 0);
+}
+
+#[test]
+fn the_replica_worker_shows_its_round_progress() {
+    let mut w = World::new(b"the key", 3, 20_000);
+    w.until(REPLICA, |e| match e {
+        SyncLinkEvent::Sync(SyncReport::RoundDone(s)) => Some(*s),
+        _ => None,
+    });
+    let seen: Vec<sync_delta::RoundProgress> =
+        w.ends[REPLICA].progress.iter().flatten().copied().collect();
+    // The round's own figures: three files of 20,000 bytes, written as
+    // their data arrived.
+    assert!(
+        seen.iter()
+            .all(|p| p.files_total == 0 || p.files_total == 3),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|p| p.files_total == 3 && p.bytes_done < 60_000),
+        "{seen:?}"
+    );
+    let last = seen.last().expect("progress during the round");
+    assert_eq!((last.bytes_total, last.bytes_done), (60_000, 60_000));
+    // None once it committed, and never on the source.
+    assert_eq!(w.ends[REPLICA].worker.round_progress(), None);
+    assert_eq!(w.ends[REPLICA].progress.last(), Some(&None));
+    assert!(w.ends[SOURCE].progress.iter().all(Option::is_none));
 }
 
 #[test]

@@ -132,7 +132,7 @@ pub use manifest::{Kind, Manifest, Meta};
 pub use path::RelPath;
 pub use replica::{
     Divergence, Generation, OpenReport, Replica, ReplicaConfig, ReplicaEvent, ReplicaStats,
-    ReplicaStatus,
+    ReplicaStatus, RoundProgress,
 };
 pub use source::{Source, SourceConfig, SourceEvent, SourceStats};
 pub use store::{FsStore, Storage};

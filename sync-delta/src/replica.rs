@@ -281,6 +281,30 @@ struct Round {
     /// What the guard saw: the record the window gets when the round
     /// commits (it lost content, or it used the operator's confirmation).
     guard: Option<guard::Record>,
+    /// Files planned for fetching, and their total size.
+    planned: u64,
+    planned_bytes: u64,
+    /// Bytes written into the fetched files' staged copies so far.
+    written: u64,
+}
+
+/// How far the round in progress has got ([`Replica::round_progress`]):
+/// the files it fetches from the source and the bytes written into them.
+/// Files made from a local copy (renames, copies) are not counted; they
+/// take no transfer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundProgress {
+    /// Files the round fetches; 0 until the source's list of changes has
+    /// arrived and been planned.
+    pub files_total: u64,
+    /// Of those, files finished: written and verified, or skipped (kept
+    /// at their old content and retried next round).
+    pub files_done: u64,
+    /// The size of the files it fetches, in bytes.
+    pub bytes_total: u64,
+    /// Bytes written into them so far: literal data received and blocks
+    /// copied from the old content by a delta.
+    pub bytes_done: u64,
 }
 
 /// The replica session.
@@ -437,6 +461,19 @@ impl Replica {
         self.stats
     }
 
+    /// How far the round in progress has got, `None` between rounds: for a
+    /// progress display. It changes as the driver feeds the source's
+    /// messages; read it after any input.
+    #[must_use]
+    pub fn round_progress(&self) -> Option<RoundProgress> {
+        self.round.as_ref().map(|r| RoundProgress {
+            files_total: r.planned,
+            files_done: r.planned - r.fetches.len() as u64,
+            bytes_total: r.planned_bytes,
+            bytes_done: r.written,
+        })
+    }
+
     /// Status at wall-clock time `wall_now` (an input; never read here).
     #[must_use]
     pub fn status(&self, wall_now: SystemTime) -> ReplicaStatus {
@@ -583,6 +620,9 @@ impl Replica {
                 seq: self.round_seq,
                 bytes: 0,
                 guard: None,
+                planned: 0,
+                planned_bytes: 0,
+                written: 0,
             });
             self.out.push_back(Message::Request {
                 digest: self.digest,
@@ -960,6 +1000,8 @@ impl Replica {
                 _ => None,
             };
             store.create(&stage_path)?;
+            round.planned += 1;
+            round.planned_bytes += *size;
             round.fetches.insert(
                 id,
                 Fetch {
@@ -1011,6 +1053,7 @@ impl Replica {
                     store.write_at(&stage_path, f.written, d)?;
                     hasher.update(d);
                     f.written += len;
+                    round.written += len;
                     self.stats.literal_bytes += len;
                 }
                 Op::Copy { offset, len } => {
@@ -1049,6 +1092,7 @@ impl Replica {
                         store.write_at(&stage_path, f.written, &self.buf[..n])?;
                         hasher.update(&self.buf[..n]);
                         f.written += n as u64;
+                        round.written += n as u64;
                         at += n as u64;
                     }
                     self.stats.copy_bytes += len;

@@ -343,6 +343,19 @@ impl SyncWorker {
         }
     }
 
+    /// How far the replica's round in progress has got: the files it
+    /// fetches and the bytes written into them so far (see
+    /// [`sync_delta::Replica::round_progress`]). `None` between rounds and
+    /// on a node that runs no replica session. For a progress display:
+    /// read it after any call; it never changes what the worker does.
+    #[must_use]
+    pub fn round_progress(&self) -> Option<sync_delta::RoundProgress> {
+        match &self.session {
+            Session::Replica(r) => r.round_progress(),
+            _ => None,
+        }
+    }
+
     /// Carries out one order. `wall` is the wall clock at `now`: a
     /// source stamps its generations with it, and a replica's
     /// mass-deletion guard measures its window in it.

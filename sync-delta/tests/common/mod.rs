@@ -98,9 +98,16 @@ impl Pair {
 
     /// Carries messages until neither side has anything to send; `hook`
     /// sees every message the source is about to receive.
-    pub fn pump(
+    pub fn pump(&mut self, hook: impl FnMut(&Message, &mut MemStore)) -> Result<(), SessionError> {
+        self.pump_watching(hook, |_| {})
+    }
+
+    /// [`Pair::pump`], with `after` seeing the replica after each message
+    /// it was given.
+    pub fn pump_watching(
         &mut self,
         mut hook: impl FnMut(&Message, &mut MemStore),
+        mut after: impl FnMut(&Replica),
     ) -> Result<(), SessionError> {
         loop {
             let mut moved = false;
@@ -127,6 +134,7 @@ impl Pair {
                 );
                 self.replica.handle_wall_clock(self.now, self.wall);
                 self.replica.handle_message(self.now, m, &mut self.dst)?;
+                after(&self.replica);
                 moved = true;
             }
             while let Some(e) = self.replica.poll_event() {
