@@ -9,7 +9,8 @@
 //! - [`vrrp_io`]: raw and UDP VRRP transports.
 //! - [`node`]: the node daemon's runtime; [`status`] its HTTP API;
 //!   [`phones`] its phone inventory; [`hooks`] how services and phones
-//!   are carried out; [`poller`] the engine thread's epoll wait.
+//!   are carried out; [`poller`] the engine thread's epoll wait;
+//!   [`metrics`] the API's `GET /metrics`.
 //! - [`demo`]: in-process services and simulated phones for the `pair`
 //!   demo and tests.
 //! - [`peer`]: the `sync` tool's peer link, a thin driver of the pair
@@ -22,6 +23,7 @@ pub mod demo;
 pub mod dump;
 pub mod hooks;
 mod link_io;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod peer;

@@ -40,7 +40,6 @@ use sync_delta::FsStore;
 use sync_delta::frame::PreSharedKey;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
-use vrrp_fsm::State;
 
 use crate::config::{NodeConfig, Transport};
 use crate::hooks::{Hooks, Readiness};
@@ -231,6 +230,8 @@ pub struct Snapshot {
     pub quarantine: Vec<String>,
     /// Replication: a round waiting for a confirmation.
     pub sync: SyncSnapshot,
+    /// Counters and figures `GET /metrics` renders with the fields above.
+    pub counters: crate::metrics::Counters,
 }
 
 /// The election as the status API shows it.
@@ -248,11 +249,11 @@ pub struct VrrpView {
     pub interval_ms: u64,
     /// Master_Down_Interval, µs.
     pub master_down_us: u64,
-    /// State changes so far.
+    /// State changes since the node started.
     pub transitions: u64,
-    /// Advertisements received and accepted.
+    /// Advertisements received and accepted since the node started.
     pub received: u64,
-    /// Advertisements dropped by receive rules.
+    /// Advertisements dropped by receive rules since the node started.
     pub dropped: u64,
     /// Wall-clock time of the last state change, ms since the Unix epoch.
     pub last_change_unix_ms: u64,
@@ -568,6 +569,8 @@ struct Engine {
     /// Quarantine folders reported since start.
     quarantine: Vec<String>,
     published_at: Instant,
+    /// What `/metrics` counts beyond the engines' current state.
+    tally: crate::metrics::Tally,
 }
 
 /// An instant of this run as Unix milliseconds (for the status).
@@ -768,6 +771,9 @@ impl Engine {
                         info!(
                             "restarting (soft): election from Initialize, orchestrator from its journal"
                         );
+                        if let Some(r) = self.pair.router() {
+                            self.tally.retire_router(r.stats());
+                        }
                         self.pair
                             .soft_restart(tick(&mut self.clock), SystemTime::now());
                     } else {
@@ -828,6 +834,7 @@ impl Engine {
     }
 
     fn event(&mut self, e: &PairEvent) {
+        self.tally.on_event(e, self.pair.orchestrator().timeline());
         match e {
             PairEvent::Election(vrrp_fsm::Event::StateChange { from, to, reason }) => {
                 self.last_change = unix_ms(SystemTime::now());
@@ -905,8 +912,10 @@ impl Engine {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         let now = Instant::now().max(self.clock);
+        let totals = self.tally.vrrp(self.pair.router().map(|r| r.stats()));
+        let counters = self.tally.counters(&totals, self.pair.stats().vrrp_ignored);
         let o = self.pair.orchestrator();
         let status = o.status(now);
         let mut s = match self.snapshot.lock() {
@@ -915,9 +924,17 @@ impl Engine {
         };
         s.id.clone_from(&self.config.id);
         s.vrrp = match self.pair.router() {
-            Some(r) => view(r, self.last_change, self.last_rx.map_or(0, wall_ms)),
+            Some(r) => view(
+                r,
+                &totals,
+                self.last_change,
+                self.last_rx.map_or(0, wall_ms),
+            ),
             None => VrrpView {
                 state: "Disabled".into(),
+                transitions: totals.transitions,
+                received: totals.received,
+                dropped: totals.dropped(),
                 ..VrrpView::default()
             },
         };
@@ -939,6 +956,7 @@ impl Engine {
         s.phones = o.phone_outcomes();
         s.quarantine.clone_from(&self.quarantine);
         s.sync.refused = self.pair.sync_refused().map(RefusedRound::from);
+        s.counters = counters;
     }
 
     fn shut_down(&mut self, how: Stop) {
@@ -954,8 +972,12 @@ impl Engine {
     }
 }
 
-fn view(r: &vrrp_fsm::VirtualRouter, last_change_unix_ms: u64, last_rx_unix_ms: u64) -> VrrpView {
-    let s = r.stats();
+fn view(
+    r: &vrrp_fsm::VirtualRouter,
+    totals: &crate::metrics::VrrpTotals,
+    last_change_unix_ms: u64,
+    last_rx_unix_ms: u64,
+) -> VrrpView {
     VrrpView {
         state: format!("{:?}", r.state()),
         priority: r.priority().get(),
@@ -963,13 +985,9 @@ fn view(r: &vrrp_fsm::VirtualRouter, last_change_unix_ms: u64, last_rx_unix_ms: 
         master: r.master(),
         interval_ms: u64::from(r.master_interval().as_centis()) * 10,
         master_down_us: u64::try_from(r.master_down_interval().as_micros()).unwrap_or(u64::MAX),
-        transitions: State::ALL
-            .iter()
-            .flat_map(|f| State::ALL.iter().map(move |t| (*f, *t)))
-            .map(|(f, t)| s.transitions(f, t))
-            .sum(),
-        received: s.rx_accepted,
-        dropped: s.dropped(),
+        transitions: totals.transitions,
+        received: totals.received,
+        dropped: totals.dropped(),
         last_change_unix_ms,
         last_rx_unix_ms,
     }
@@ -1420,6 +1438,7 @@ pub async fn run(
             .as_ref()
             .map(|s| quarantine_folders(&s.dir))
             .unwrap_or_default(),
+        tally: crate::metrics::Tally::default(),
     };
     let rt_priority = vrrp_cfg.rt_priority;
     let engine_thread = std::thread::Builder::new()

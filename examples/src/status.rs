@@ -11,6 +11,8 @@
 //! `application/json`) confirms the round the mass-deletion guard refused
 //! (`/status`'s `sync.refused`): `202 {"confirmed": {…}}` with the refusal
 //! it confirmed, `409` with code `nothing_to_confirm` when no round waits.
+//! `GET /metrics` renders the same snapshot in the OpenMetrics text format
+//! (see [`crate::metrics`]).
 //!
 //! Every request, on every path, passes [`Guard`] first:
 //! - its `Host` (and its `Origin`, when it has one) must be one of
@@ -68,6 +70,19 @@ fn read(snapshot: &Mutex<Snapshot>) -> Snapshot {
 
 async fn status(State(s): State<AppState>) -> Json<Snapshot> {
     Json(read(&s.snapshot))
+}
+
+/// `GET /metrics`: the snapshot `GET /status` returns, as metrics.
+async fn metrics(State(s): State<AppState>) -> Response {
+    let text = crate::metrics::render(&read(&s.snapshot));
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn ask(
@@ -579,6 +594,7 @@ pub async fn spawn(
     let app = Router::new()
         .route("/", get(page))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/mode", post(set_mode))
         .route("/swap", post(swap))
         .route("/redundancy", post(set_redundancy))
