@@ -19,7 +19,7 @@
 //! | `sync_round_bytes` | gauge | bytes the last committed replica round received |
 //! | `sync_round_seconds` | gauge | that round's duration, request to commit |
 //! | `procedures_total{kind,outcome}` | counter | operator procedures that ended |
-//! | `phones{outcome}` | gauge | the last takeover's phones by outcome |
+//! | `phones{outcome}` | gauge | the last takeover's phones by outcome (`registered`: confirmed by a check; `unchecked`: no check to confirm it; `needs_person`; `pending`) |
 //! | `failover_seconds` | histogram | takeovers, detection to done |
 //!
 //! The counters count from the node's start (a soft restart or the
@@ -336,11 +336,12 @@ fn phone_label(r: PhoneResult) -> &'static str {
         PhoneResult::Pending => "pending",
         PhoneResult::Registered(_) => "registered",
         PhoneResult::NeedsPerson(_) => "needs_person",
+        PhoneResult::Unchecked(_) => "unchecked",
     }
 }
 
 /// The outcomes `phones{outcome}` lists.
-const PHONE_OUTCOMES: [&str; 3] = ["registered", "needs_person", "pending"];
+const PHONE_OUTCOMES: [&str; 4] = ["registered", "unchecked", "needs_person", "pending"];
 
 /// The buckets of `failover_seconds`: 0.25 s doubling to 512 s (a takeover
 /// ends when its last phone is resolved; a reboot takes tens of seconds).
@@ -618,6 +619,7 @@ mod tests {
             phone(0, PhoneResult::Registered(PhoneAction::Followed)),
             phone(1, PhoneResult::Registered(PhoneAction::Nudged)),
             phone(2, PhoneResult::NeedsPerson(PersonReason::UnsupportedModel)),
+            phone(3, PhoneResult::Unchecked(PhoneAction::Followed)),
         ];
         s.counters = Counters {
             adverts_sent: 17,
@@ -677,6 +679,7 @@ mod tests {
         assert_eq!(one(&m, &phones, &[("outcome", "registered")]), 2.0);
         assert_eq!(one(&m, &phones, &[("outcome", "needs_person")]), 1.0);
         assert_eq!(one(&m, &phones, &[("outcome", "pending")]), 0.0);
+        assert_eq!(one(&m, &phones, &[("outcome", "unchecked")]), 1.0);
         let hist = &m[&format!("{p}failover_seconds")];
         let OpenMetricsValue::Histogram(h) = &hist[0].1 else {
             panic!("not a histogram: {hist:?}");

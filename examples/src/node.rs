@@ -521,6 +521,9 @@ fn orchestrator_config(config: &NodeConfig, phones: &[Phone]) -> Result<orch::Co
 enum Inbox {
     Result(CommandId, CommandOutcome),
     Registered(PhoneId),
+    /// A phone's action was carried out (or the address it follows
+    /// announced), and nothing can check its registration.
+    Unchecked(PhoneId),
     Operator(OperatorRequest, ApiReply),
     ConfirmDeletions(oneshot::Sender<Result<RefusedRound, Refused>>),
     Worker(FromWorker),
@@ -534,6 +537,9 @@ type EngineTx = InboxTx<Inbox>;
 /// What the engine thread asks of the main task.
 enum ToMain {
     Command(Issued),
+    /// The address was announced: check whether this phone, which follows
+    /// the address, registers.
+    WatchPhone(PhoneId),
 }
 
 // ---------------------------------------------------------------------------
@@ -560,7 +566,9 @@ struct Engine {
     last_change: u64,
     /// When the last valid advertisement was read.
     last_rx: Option<Instant>,
-    registered: Vec<PhoneId>,
+    /// The phones that follow the address are being checked (since the
+    /// first announcement of this Master term).
+    watching_phones: bool,
     stop: Option<(Stop, oneshot::Sender<()>)>,
     /// Something worth showing happened since the last snapshot.
     dirty: bool,
@@ -689,6 +697,7 @@ impl Engine {
             match m {
                 Inbox::Result(id, outcome) => self.pair.handle_command_result(now, id, outcome),
                 Inbox::Registered(p) => self.pair.handle_phone_registered(now, p),
+                Inbox::Unchecked(p) => self.pair.handle_phone_unchecked(now, p),
                 Inbox::Operator(request, reply) => {
                     let r = self
                         .pair
@@ -730,15 +739,7 @@ impl Engine {
     fn drain(&mut self) -> Option<Instant> {
         loop {
             match self.pair.poll_output() {
-                Output::Wait(deadline) => {
-                    if self.registered.is_empty() {
-                        return deadline;
-                    }
-                    let now = self.now();
-                    for p in std::mem::take(&mut self.registered) {
-                        self.pair.handle_phone_registered(now, p);
-                    }
-                }
+                Output::Wait(deadline) => return deadline,
                 Output::Persist(record) => {
                     if let Err(e) = save_state(&self.state_dir, &record) {
                         warn!(error = %e, "cannot persist the orchestrator's state");
@@ -753,11 +754,15 @@ impl Engine {
                     if let Some(g) = &self.garp {
                         g.send();
                     }
-                    // Phones that only follow the address and have no
-                    // check are home once it is announced.
-                    for (i, p) in self.phones.iter().enumerate() {
-                        if p.spec.method == orch::PhoneMethod::FollowsAddress && p.check.is_none() {
-                            self.registered.push(PhoneId(i as u32));
+                    // Phones that only follow the address: their checks
+                    // start with the term's first announcement (a phone
+                    // without a check is reported unchecked, never home).
+                    if !self.watching_phones {
+                        self.watching_phones = true;
+                        for (i, p) in self.phones.iter().enumerate() {
+                            if p.spec.method == orch::PhoneMethod::FollowsAddress {
+                                let _ = self.to_main.send(ToMain::WatchPhone(PhoneId(i as u32)));
+                            }
                         }
                     }
                 }
@@ -838,6 +843,9 @@ impl Engine {
         match e {
             PairEvent::Election(vrrp_fsm::Event::StateChange { from, to, reason }) => {
                 self.last_change = unix_ms(SystemTime::now());
+                if *to != vrrp_fsm::State::Master {
+                    self.watching_phones = false;
+                }
                 info!(?from, ?to, ?reason, "vrrp state change");
             }
             PairEvent::Election(ev) => tracing::debug!(event = ?ev, "vrrp"),
@@ -1072,13 +1080,18 @@ impl Runner {
                 tokio::spawn(async move {
                     let ok = action.await;
                     answer(outcome(ok));
-                    let home = match (ok, check) {
-                        (false, _) => false,
-                        (true, None) => true,
-                        (true, Some(check)) => check.await,
-                    };
-                    if home {
-                        engine.send(Inbox::Registered(p));
+                    // Home only when a check says so; without one the
+                    // action's success leaves the phone unchecked.
+                    match (ok, check) {
+                        (false, _) => {}
+                        (true, None) => {
+                            engine.send(Inbox::Unchecked(p));
+                        }
+                        (true, Some(check)) => {
+                            if check.await {
+                                engine.send(Inbox::Registered(p));
+                            }
+                        }
                     }
                 });
             }
@@ -1086,6 +1099,27 @@ impl Runner {
             other => {
                 warn!(command = ?other, "no hook configured for this command");
                 self.done(id, CommandOutcome::Failed { code: 1 });
+            }
+        }
+    }
+
+    /// Checks whether a phone that follows the address registers once it
+    /// is announced; reports it unchecked when it has no check.
+    fn watch_phone(&self, p: PhoneId) {
+        let Some(phone) = self.phones.get(p.0 as usize) else {
+            return;
+        };
+        let engine = self.engine.clone();
+        match self.hooks.phone_registered(phone) {
+            None => {
+                engine.send(Inbox::Unchecked(p));
+            }
+            Some(check) => {
+                tokio::spawn(async move {
+                    if check.await {
+                        engine.send(Inbox::Registered(p));
+                    }
+                });
             }
         }
     }
@@ -1428,7 +1462,7 @@ pub async fn run(
         phones: phones.clone(),
         last_change: unix_ms(SystemTime::now()),
         last_rx: None,
-        registered: Vec::new(),
+        watching_phones: false,
         stop: None,
         dirty: true,
         published_at: Instant::now(),
@@ -1486,7 +1520,10 @@ pub async fn run(
     let stop = loop {
         tokio::select! {
             how = &mut shutdown => break how,
-            Some(ToMain::Command(issued)) = from_engine.recv() => runner.execute(issued),
+            Some(m) = from_engine.recv() => match m {
+                ToMain::Command(issued) => runner.execute(issued),
+                ToMain::WatchPhone(p) => runner.watch_phone(p),
+            },
             Some(req) = api.recv() => forward(&runner, status_server.as_ref(), req),
         }
     };
