@@ -9,8 +9,11 @@
 //!
 //! No root needed: the nodes speak VRRP over UDP on loopback (127.0.0.1 and
 //! 127.0.0.2), replicate temporary data directories over the authenticated
-//! peer link, run in-process services and re-home 50 simulated phones.
-//! Address claims are logged, not made.
+//! peer link, run in-process services and re-home 50 simulated phones,
+//! which follow the project's phone model (printed at the start) and are
+//! checked against a simulated registrar. Address claims are logged, not
+//! made. Every time shown comes from the event it names (a state change,
+//! a readiness milestone, a phone's outcome).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -20,8 +23,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
 use examples::config::NodeConfig;
-use examples::demo::{DemoAddrs, DemoHooks, DemoNode, InProcessNode, demo_config, phone_inventory};
+use examples::demo::{
+    DemoAddrs, DemoHooks, DemoNode, InProcessNode, PhoneModel, demo_config, phone_inventory,
+};
 use examples::node::{Snapshot, Stop};
+use failover_orchestrator::{Milestone, PhoneAction, PhoneOutcome, PhoneResult, PlanKind};
 use tokio::sync::oneshot;
 
 /// Two nodes of a redundant pair, walked through a failover and a swap.
@@ -78,9 +84,18 @@ impl Node {
 
 struct Clock {
     t0: Instant,
+    /// The wall clock at `t0`, ms since the Unix epoch: events carry wall
+    /// times, shown on this clock.
+    t0_unix_ms: u64,
 }
 
 impl Clock {
+    /// An event's wall time on this clock, in seconds.
+    #[allow(clippy::cast_precision_loss)]
+    fn at(&self, unix_ms: u64) -> f64 {
+        (unix_ms as f64 - self.t0_unix_ms as f64) / 1000.0
+    }
+
     fn say(&self, what: impl AsRef<str>) {
         println!(
             "[{:6.2} s] {}",
@@ -190,6 +205,9 @@ fn seed_tree(dir: &Path) -> std::io::Result<usize> {
     Ok(n + 2)
 }
 
+/// The demo's services, each started once the one before is ready.
+const SERVICES: &[&str] = &["database", "sip", "voicemail"];
+
 /// One of the demo's two nodes.
 fn node_config(
     name: &str,
@@ -204,9 +222,89 @@ fn node_config(
         interval_ms,
         sync_interval_s: 2,
         phones: true,
-        services: &["database", "sip", "voicemail"],
+        services: SERVICES,
     };
     demo_config(&node, addrs, root).map_err(|e| e.to_string())
+}
+
+/// The services' `ServiceReady` milestones of the node's timeline: each
+/// service's name and wall time, once every one of `services` is there.
+fn services_ready(s: &Snapshot, services: &[&str]) -> Option<Vec<(String, u64)>> {
+    let t = s.timeline.as_ref()?;
+    let ready: Vec<(String, u64)> = t
+        .entries
+        .iter()
+        .filter_map(|e| match &e.what {
+            Milestone::ServiceReady { name, .. } => Some((name.clone(), e.unix_ms)),
+            _ => None,
+        })
+        .collect();
+    services
+        .iter()
+        .all(|n| ready.iter().any(|(r, _)| r == n))
+        .then_some(ready)
+}
+
+/// `services ready at T s (database a s, sip b s, …)`, from the
+/// milestones' own times; and T, the latest, as a wall time.
+fn ready_line(clock: &Clock, ready: &[(String, u64)]) -> (String, u64) {
+    let last = ready.iter().map(|(_, t)| *t).max().unwrap_or(0);
+    let each: Vec<String> = ready
+        .iter()
+        .map(|(n, t)| format!("{n} {:.2} s", clock.at(*t)))
+        .collect();
+    (
+        format!(
+            "services ready at {:.2} s ({}; from the timeline)",
+            clock.at(last),
+            each.join(", ")
+        ),
+        last,
+    )
+}
+
+/// Whether the node's timeline is a takeover that reached `Done`.
+fn takeover_done(s: &Snapshot) -> bool {
+    s.timeline.as_ref().is_some_and(|t| {
+        t.kind == PlanKind::Takeover && t.entries.iter().any(|e| e.what == Milestone::Done)
+    })
+}
+
+/// The phones of a re-homing: how many registered after each action, and
+/// when (from the re-homing's start), how many were listed for a person,
+/// left unchecked or pending.
+fn phones_line(outcomes: &[PhoneOutcome]) -> String {
+    let mut parts = Vec::new();
+    let mut registered = 0;
+    for (action, words) in [
+        (PhoneAction::Followed, "followed the address"),
+        (PhoneAction::Nudged, "nudged"),
+        (PhoneAction::Rebooted, "rebooted"),
+    ] {
+        let at: Vec<u64> = outcomes
+            .iter()
+            .filter(|o| o.result == PhoneResult::Registered(action))
+            .filter_map(|o| o.at_ms)
+            .collect();
+        if let (Some(lo), Some(hi)) = (at.iter().min(), at.iter().max()) {
+            registered += at.len();
+            parts.push(format!(
+                "{} {words} +{:.2}..+{:.2} s",
+                at.len(),
+                *lo as f64 / 1000.0,
+                *hi as f64 / 1000.0
+            ));
+        }
+    }
+    let count = |f: fn(&PhoneResult) -> bool| outcomes.iter().filter(|o| f(&o.result)).count();
+    let person = count(|r| matches!(r, PhoneResult::NeedsPerson(_)));
+    let unchecked = count(|r| matches!(r, PhoneResult::Unchecked(_)));
+    let pending = count(|r| *r == PhoneResult::Pending);
+    format!(
+        "phones: {registered} registered, each seen by the registrar's check ({}; from the \
+         re-homing's start), {person} listed for a person, {unchecked} unchecked, {pending} pending",
+        parts.join(", ")
+    )
 }
 
 fn timeline_lines(s: &Snapshot) -> Vec<String> {
@@ -226,14 +324,20 @@ fn timeline_lines(s: &Snapshot) -> Vec<String> {
         "    data-loss window: {}",
         t.data_loss_window_ms.map_or_else(
             || "none (no generation yet)".into(),
-            |ms| format!("{ms} ms (age of generation {:?} at takeover)", t.generation)
+            |ms| match t.generation {
+                Some(g) => format!("{ms} ms (age of generation {g} at takeover)"),
+                None => format!("{ms} ms"),
+            }
         )
     ));
     out
 }
 
 async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String> {
-    let clock = Clock { t0: Instant::now() };
+    let clock = Clock {
+        t0: Instant::now(),
+        t0_unix_ms: unix_ms(SystemTime::now()),
+    };
     let a_ip = Ipv4Addr::new(127, 0, 0, 1);
     let b_ip = Ipv4Addr::new(127, 0, 0, 2);
     let (va, vb) = (free_udp(a_ip)?, free_udp(b_ip)?);
@@ -252,13 +356,8 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
     let files = seed_tree(&root.join("pbx-a/data")).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(root.join("pbx-b/data")).map_err(|e| e.to_string())?;
 
-    let hooks = || {
-        Arc::new(DemoHooks::new(
-            Duration::from_millis(150),
-            Duration::from_millis(500),
-            Duration::from_secs(3),
-        ))
-    };
+    let model = PhoneModel::PROJECT;
+    let hooks = || Arc::new(DemoHooks::new(Duration::from_millis(150), model));
     let mut a = Node {
         name: "pbx-a",
         config: node_config(
@@ -300,35 +399,34 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
          config and voice data on pbx-a, {} simulated phones\n",
         args.interval_ms, args.phones
     );
+    println!(
+        "services: database, sip, voicemail, each started once the one before is ready, \
+         ready 150 ms after it starts"
+    );
+    println!("phone model: {model}\n");
 
     // 1. Cold start and election.
     clock.say("cold start: pbx-a boots (priority 150)");
-    let t = Instant::now();
     a.start().await?;
+    let booted_ms = unix_ms(SystemTime::now());
     let s = wait_for(&a, Duration::from_secs(10), "Master", |s| {
         s.role == "Master"
     })
     .await?;
-    let election = t.elapsed();
+    let master_ms = s.vrrp.last_change_unix_ms;
+    let election = master_ms.saturating_sub(booted_ms);
     clock.say(format!(
-        "pbx-a is Master after {} ms (nobody answered for Master_Down_Interval)",
-        election.as_millis()
+        "pbx-a is Master at {:.2} s, {election} ms after it booted (nobody answered for \
+         Master_Down_Interval)",
+        clock.at(master_ms)
     ));
-    let _ = wait_for(&a, Duration::from_secs(10), "ready", |s| {
-        s.status.as_ref().is_some_and(|st| st.ready)
+    let s = wait_for(&a, Duration::from_secs(10), "services ready", |s| {
+        services_ready(s, SERVICES).is_some()
     })
     .await?;
-    clock.say(format!(
-        "pbx-a services ready: {:?}",
-        s.services
-            .iter()
-            .map(|v| v.name.as_str())
-            .collect::<Vec<_>>()
-    ));
-    report.push((
-        "election (cold start)".into(),
-        format!("{} ms", election.as_millis()),
-    ));
+    let (line, _) = ready_line(&clock, &services_ready(&s, SERVICES).unwrap_or_default());
+    clock.say(format!("pbx-a {line}"));
+    report.push(("election (cold start)".into(), format!("{election} ms")));
 
     clock.say("pbx-b boots (priority 100) and hears a Master");
     b.start().await?;
@@ -395,34 +493,26 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
         .last_change_unix_ms
         .saturating_sub(s.vrrp.last_rx_unix_ms);
     clock.say(format!(
-        "pbx-b is Master {after_crash} ms after the crash, {detect} ms after pbx-a's last advertisement \
-         (Master_Down_Interval: {:.1} ms)",
+        "pbx-b is Master at {:.2} s, {after_crash} ms after the crash, {detect} ms after pbx-a's \
+         last advertisement (Master_Down_Interval: {:.1} ms)",
+        clock.at(s.vrrp.last_change_unix_ms),
         down_us as f64 / 1000.0
     ));
-    let s = wait_for(&b, Duration::from_secs(60), "takeover done", |s| {
-        s.timeline.as_ref().is_some_and(|t| {
-            t.entries
-                .iter()
-                .any(|e| matches!(e.what, failover_orchestrator::Milestone::Done))
-        })
+    let s = wait_for(&b, Duration::from_secs(20), "services ready", |s| {
+        s.timeline
+            .as_ref()
+            .is_some_and(|t| t.kind == PlanKind::Takeover)
+            && services_ready(s, SERVICES).is_some()
     })
     .await?;
+    let (line, _) = ready_line(&clock, &services_ready(&s, SERVICES).unwrap_or_default());
+    clock.say(format!("pbx-b {line}; re-homing the phones"));
+    let s = wait_for(&b, Duration::from_secs(90), "takeover done", takeover_done).await?;
     clock.say("pbx-b takeover timeline (from detection):");
     for l in timeline_lines(&s) {
         println!("{l}");
     }
-    let outcomes = &s.phones;
-    let person: Vec<String> = outcomes
-        .iter()
-        .filter(|o| matches!(o.result, failover_orchestrator::PhoneResult::NeedsPerson(_)))
-        .map(|o| format!("{:?}", o.phone))
-        .collect();
-    clock.say(format!(
-        "phones: {} re-homed, {} listed for a person {:?}",
-        outcomes.len() - person.len(),
-        person.len(),
-        person
-    ));
+    clock.say(phones_line(&s.phones));
     report.push((
         "failover, last advertisement to Master".into(),
         format!(
@@ -431,9 +521,21 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
         ),
     ));
     if let Some(t) = &s.timeline {
+        let ready = t
+            .entries
+            .iter()
+            .filter(|e| matches!(e.what, Milestone::ServiceReady { .. }))
+            .map(|e| e.at_ms)
+            .max();
+        if let Some(ready) = ready {
+            report.push((
+                "takeover, detection to services ready".into(),
+                format!("{ready} ms"),
+            ));
+        }
         if let Some(done) = t.entries.last() {
             report.push((
-                "takeover, detection to done".into(),
+                "takeover, detection to done (phones too)".into(),
                 format!("{} ms", done.at_ms),
             ));
         }
@@ -492,7 +594,7 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
     api.send(examples::node::ApiRequest::Swap(tx))
         .await
         .map_err(|_| "pbx-b stopped")?;
-    let t = Instant::now();
+    let requested_ms = unix_ms(SystemTime::now());
     match rx.await {
         Ok(Ok(id)) => clock.say(format!(
             "swap accepted (procedure {id}): final sync, arm pbx-a, release pbx-b"
@@ -504,6 +606,25 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
         s.role == "Master"
     })
     .await?;
+    clock.say(format!(
+        "pbx-a is Master at {:.2} s",
+        clock.at(sa_.vrrp.last_change_unix_ms)
+    ));
+    let s = wait_for(&a, Duration::from_secs(30), "services ready", |s| {
+        s.timeline
+            .as_ref()
+            .is_some_and(|t| t.kind == PlanKind::Takeover)
+            && services_ready(s, SERVICES).is_some()
+    })
+    .await?;
+    let (line, ready_ms) = ready_line(&clock, &services_ready(&s, SERVICES).unwrap_or_default());
+    clock.say(format!("pbx-a {line}"));
+    let swap_ms = ready_ms.saturating_sub(requested_ms);
+    clock.say(format!(
+        "swap done at {:.2} s, {swap_ms} ms after the request: pbx-a is Master with its \
+         services ready",
+        clock.at(ready_ms)
+    ));
     let sb_ = wait_for(&b, Duration::from_secs(30), "Backup again", |s| {
         s.role == "Backup"
     })
@@ -514,18 +635,26 @@ async fn walk(args: &Args, root: &Path) -> Result<Vec<(String, String)>, String>
     .await?;
     let gap = i128::from(sa_.vrrp.last_change_unix_ms) - i128::from(sb_.vrrp.last_change_unix_ms);
     clock.say(format!(
-        "swap done in {} ms: pbx-a is Master, pbx-b restarted as Backup ({} mode)",
-        t.elapsed().as_millis(),
-        b.snapshot().vrrp.backup_mode
+        "pbx-b restarted as Backup ({} mode) at {:.2} s; its swap procedure finished",
+        b.snapshot().vrrp.backup_mode,
+        clock.at(sb_.vrrp.last_change_unix_ms)
     ));
     report.push((
-        "swap, request to done".into(),
-        format!("{} ms", t.elapsed().as_millis()),
+        "swap, request to new Master's services ready".into(),
+        format!("{swap_ms} ms"),
     ));
     report.push((
         "swap role gap (wall clock, ms resolution)".into(),
         format!("{} ms", gap.max(0)),
     ));
+    let s = wait_for(
+        &a,
+        Duration::from_secs(90),
+        "phones re-homed",
+        takeover_done,
+    )
+    .await?;
+    clock.say(format!("pbx-a {}", phones_line(&s.phones)));
 
     if args.interactive {
         println!("\nboth nodes keep running; their pages:");

@@ -1,9 +1,10 @@
 //! In-process services and simulated phones for the `pair` demo and the
 //! integration tests: what [`crate::hooks::ShellHooks`] does with real
-//! processes, with delays instead.
+//! processes, with delays instead, and a simulated registrar that the
+//! phones' registration checks ask.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use failover_orchestrator::PhoneMethod;
@@ -12,52 +13,164 @@ use crate::config::Service;
 use crate::hooks::{BoxFut, Hooks, Readiness};
 use crate::phones::Phone;
 
-/// Services that are ready a fixed time after they start, and phones that
-/// register a fixed time after a nudge or a reboot.
+/// The service the simulated phones register with.
+pub const REGISTRAR: &str = "sip";
+
+/// When a simulated phone registers with the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhoneModel {
+    /// A phone that follows the address registers by its own retry timer,
+    /// between these two delays (spread by phone) after the node's
+    /// registrar ([`REGISTRAR`]) is ready.
+    pub follow: (Duration, Duration),
+    /// A phone that follows the address or is nudged registers this long
+    /// after a nudge.
+    pub nudge: Duration,
+    /// Any phone but one listed for a person registers this long after its
+    /// reboot starts.
+    pub reboot: Duration,
+}
+
+impl PhoneModel {
+    /// The project's phone model, as the orchestrator's simulation runs it
+    /// and its `RehomeConfig` expects: a phone that follows the address
+    /// re-registers 0.2 to 3.0 s after the registrar is back, a nudged one
+    /// 0.5 s after the nudge, a rebooted one 20 s after the reboot.
+    pub const PROJECT: PhoneModel = PhoneModel {
+        follow: (Duration::from_millis(200), Duration::from_millis(3_000)),
+        nudge: Duration::from_millis(500),
+        reboot: Duration::from_secs(20),
+    };
+
+    /// When a phone that follows the address registers, after the
+    /// registrar is ready: the same delay for the same phone every time.
+    #[must_use]
+    pub fn follow_delay(&self, phone: &str) -> Duration {
+        let (lo, hi) = self.follow;
+        let span = u64::try_from(hi.saturating_sub(lo).as_millis()).unwrap_or(u64::MAX);
+        if span == 0 {
+            return lo;
+        }
+        // FNV-1a, then SplitMix64's finaliser: names that differ in one
+        // digit land far apart.
+        let mut h = phone.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+        lo + Duration::from_millis(h % span)
+    }
+}
+
+impl std::fmt::Display for PhoneModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+        write!(
+            f,
+            "a phone that follows the address registers {} to {} after the registrar ({REGISTRAR}) \
+             is ready, a nudged one {} after the nudge, a rebooted one {} after the reboot; \
+             each counts as home once the registrar's check sees it",
+            s(self.follow.0),
+            s(self.follow.1),
+            s(self.nudge),
+            s(self.reboot)
+        )
+    }
+}
+
+/// What the simulated services and phones remember.
+#[derive(Default)]
+struct DemoState {
+    /// Services started, by index.
+    started: HashMap<usize, Instant>,
+    /// When the registrar was started.
+    registrar_started: Option<Instant>,
+    /// Each phone's last action: when, and whether it was a reboot.
+    acted: HashMap<String, (Instant, bool)>,
+}
+
+/// Services that are ready a fixed time after they start, and simulated
+/// phones that register with the node as [`PhoneModel`] says; the
+/// registration check asks that simulated registrar.
 pub struct DemoHooks {
     /// How long a service takes to become ready.
     pub service_ready_after: Duration,
-    /// How long a phone takes to register after a nudge.
-    pub nudge_register_after: Duration,
-    /// How long a phone takes to register after a reboot starts.
-    pub reboot_register_after: Duration,
-    started: Mutex<HashMap<usize, Instant>>,
+    /// When phones register.
+    pub phones: PhoneModel,
+    state: Arc<Mutex<DemoState>>,
 }
 
+/// The longest a registration check waits.
+const CHECK_LIMIT: Duration = Duration::from_secs(120);
+
 impl DemoHooks {
-    /// Hooks with the given delays.
+    /// Hooks with the given service delay and phone model.
     #[must_use]
-    pub fn new(
-        service_ready_after: Duration,
-        nudge_register_after: Duration,
-        reboot_register_after: Duration,
-    ) -> Self {
+    pub fn new(service_ready_after: Duration, phones: PhoneModel) -> Self {
         DemoHooks {
             service_ready_after,
-            nudge_register_after,
-            reboot_register_after,
-            started: Mutex::new(HashMap::new()),
+            phones,
+            state: Arc::new(Mutex::new(DemoState::default())),
         }
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut HashMap<usize, Instant>) -> R) -> R {
-        match self.started.lock() {
-            Ok(mut g) => f(&mut g),
-            Err(p) => f(&mut p.into_inner()),
+    fn with<R>(&self, f: impl FnOnce(&mut DemoState) -> R) -> R {
+        lock(&self.state, f)
+    }
+}
+
+fn lock<R>(state: &Mutex<DemoState>, f: impl FnOnce(&mut DemoState) -> R) -> R {
+    match state.lock() {
+        Ok(mut g) => f(&mut g),
+        Err(p) => f(&mut p.into_inner()),
+    }
+}
+
+/// When the simulated phone registers with this node, if it does.
+fn registers_at(
+    st: &DemoState,
+    model: &PhoneModel,
+    ready_after: Duration,
+    phone: &Phone,
+) -> Option<Instant> {
+    let method = phone.spec.method;
+    if matches!(method, PhoneMethod::Person(_)) {
+        return None;
+    }
+    let after_action = st.acted.get(&phone.name).and_then(|(at, reboot)| {
+        if *reboot {
+            Some(*at + model.reboot)
+        } else if method == PhoneMethod::Reboot {
+            None
+        } else {
+            Some(*at + model.nudge)
         }
+    });
+    let by_itself = (method == PhoneMethod::FollowsAddress)
+        .then_some(st.registrar_started)
+        .flatten()
+        .map(|t| t + ready_after + model.follow_delay(&phone.name));
+    match (after_action, by_itself) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
 impl Hooks for DemoHooks {
-    fn start_service(&self, index: usize, _svc: &Service) -> BoxFut<Result<(), String>> {
+    fn start_service(&self, index: usize, svc: &Service) -> BoxFut<Result<(), String>> {
+        let registrar = svc.name == REGISTRAR;
         self.with(|s| {
-            s.entry(index).or_insert_with(Instant::now);
+            let at = *s.started.entry(index).or_insert_with(Instant::now);
+            if registrar {
+                s.registrar_started = Some(at);
+            }
         });
         Box::pin(async { Ok(()) })
     }
 
     fn check_service(&self, index: usize, _svc: &Service) -> BoxFut<Readiness> {
-        let r = match self.with(|s| s.get(&index).copied()) {
+        let r = match self.with(|s| s.started.get(&index).copied()) {
             None => Readiness::Dead,
             Some(t) if t.elapsed() >= self.service_ready_after => Readiness::Ready,
             Some(_) => Readiness::NotReady,
@@ -65,28 +178,49 @@ impl Hooks for DemoHooks {
         Box::pin(async move { r })
     }
 
-    fn stop_service(&self, index: usize, _svc: &Service) -> BoxFut<()> {
-        self.with(|s| s.remove(&index));
+    fn stop_service(&self, index: usize, svc: &Service) -> BoxFut<()> {
+        let registrar = svc.name == REGISTRAR;
+        self.with(|s| {
+            s.started.remove(&index);
+            if registrar {
+                // The phones registered with it are gone with it.
+                s.registrar_started = None;
+                s.acted.clear();
+            }
+        });
         Box::pin(async {})
     }
 
     fn service_running(&self, index: usize) -> bool {
-        self.with(|s| s.contains_key(&index))
+        self.with(|s| s.started.contains_key(&index))
     }
 
-    fn phone_action(&self, phone: &Phone, _reboot: bool) -> BoxFut<bool> {
+    fn phone_action(&self, phone: &Phone, reboot: bool) -> BoxFut<bool> {
         let ok = !matches!(phone.spec.method, PhoneMethod::Person(_));
+        if ok {
+            self.with(|s| s.acted.insert(phone.name.clone(), (Instant::now(), reboot)));
+        }
         Box::pin(async move { ok })
     }
 
+    /// Asks the simulated registrar every 10 ms until the phone is there.
     fn phone_registered(&self, phone: &Phone) -> Option<BoxFut<bool>> {
-        let after = match phone.spec.method {
-            PhoneMethod::Reboot => self.reboot_register_after,
-            _ => self.nudge_register_after,
-        };
+        let (state, model, ready_after) =
+            (self.state.clone(), self.phones, self.service_ready_after);
+        let phone = phone.clone();
         Some(Box::pin(async move {
-            tokio::time::sleep(after).await;
-            true
+            let until = Instant::now() + CHECK_LIMIT;
+            loop {
+                let at = lock(&state, |s| registers_at(s, &model, ready_after, &phone));
+                let now = Instant::now();
+                if at.is_some_and(|t| t <= now) {
+                    return true;
+                }
+                if now >= until {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }))
     }
 }

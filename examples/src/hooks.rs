@@ -43,9 +43,10 @@ pub trait Hooks: Send + Sync + 'static {
     /// Nudges (or, with `reboot`, reboots) a phone; `true` when the action
     /// was carried out.
     fn phone_action(&self, phone: &Phone, reboot: bool) -> BoxFut<bool>;
-    /// Waits until a phone has registered after an action (`true`) or gives
-    /// up (`false`); `None` when there is no way to tell, in which case the
-    /// action's success counts as registered.
+    /// Waits until a phone has registered after an action, or after the
+    /// address it follows was announced (`true`), or gives up (`false`);
+    /// `None` when there is no way to tell, in which case the phone is
+    /// reported unchecked (never as registered).
     fn phone_registered(&self, phone: &Phone) -> Option<BoxFut<bool>>;
 }
 

@@ -12,7 +12,8 @@
 //!   [`phones`] its phone inventory; [`hooks`] how services and phones
 //!   are carried out; [`poller`] the engine thread's epoll wait;
 //!   [`procedures`] the staging folder, image hand-over, `[hooks]` and
-//!   the recent log behind the operator's procedures.
+//!   the recent log behind the operator's procedures;
+//!   [`metrics`] the API's `GET /metrics`.
 //! - [`demo`]: in-process services and simulated phones for the `pair`
 //!   demo and tests.
 //! - [`peer`]: the `sync` tool's peer link, a thin driver of the pair
@@ -26,6 +27,7 @@ pub mod dump;
 pub mod hooks;
 pub mod keepalived;
 mod link_io;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod peer;

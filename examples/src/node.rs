@@ -40,7 +40,6 @@ use sync_delta::FsStore;
 use sync_delta::frame::PreSharedKey;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
-use vrrp_fsm::State;
 
 use crate::config::{NodeConfig, Transport};
 use crate::hooks::{Hooks, Readiness};
@@ -241,6 +240,8 @@ pub struct Snapshot {
     pub quarantine: Vec<String>,
     /// Replication: a round waiting for a confirmation.
     pub sync: SyncSnapshot,
+    /// Counters and figures `GET /metrics` renders with the fields above.
+    pub counters: crate::metrics::Counters,
     /// The procedures' files: the image to install, its hand-over to the
     /// peer, a Passive Backup's own install, the archive to restore.
     pub operations: Operations,
@@ -280,11 +281,11 @@ pub struct VrrpView {
     pub interval_ms: u64,
     /// Master_Down_Interval, µs.
     pub master_down_us: u64,
-    /// State changes so far.
+    /// State changes since the node started.
     pub transitions: u64,
-    /// Advertisements received and accepted.
+    /// Advertisements received and accepted since the node started.
     pub received: u64,
-    /// Advertisements dropped by receive rules.
+    /// Advertisements dropped by receive rules since the node started.
     pub dropped: u64,
     /// Wall-clock time of the last state change, ms since the Unix epoch.
     pub last_change_unix_ms: u64,
@@ -555,6 +556,9 @@ fn orchestrator_config(config: &NodeConfig, phones: &[Phone]) -> Result<orch::Co
 enum Inbox {
     Result(CommandId, CommandOutcome),
     Registered(PhoneId),
+    /// A phone's action was carried out (or the address it follows
+    /// announced), and nothing can check its registration.
+    Unchecked(PhoneId),
     Operator(OperatorRequest, ApiReply),
     ConfirmDeletions(oneshot::Sender<Result<RefusedRound, Refused>>),
     Worker(FromWorker),
@@ -576,6 +580,9 @@ type EngineTx = InboxTx<Inbox>;
 /// What the engine thread asks of the main task.
 enum ToMain {
     Command(Issued),
+    /// The address was announced: check whether this phone, which follows
+    /// the address, registers.
+    WatchPhone(PhoneId),
     /// A payload from the peer's driver on the transfer channel.
     Transfer(Vec<u8>),
 }
@@ -604,7 +611,9 @@ struct Engine {
     last_change: u64,
     /// When the last valid advertisement was read.
     last_rx: Option<Instant>,
-    registered: Vec<PhoneId>,
+    /// The phones that follow the address are being checked (since the
+    /// first announcement of this Master term).
+    watching_phones: bool,
     stop: Option<(Stop, oneshot::Sender<()>)>,
     /// Something worth showing happened since the last snapshot.
     dirty: bool,
@@ -613,6 +622,8 @@ struct Engine {
     /// Quarantine folders reported since start.
     quarantine: Vec<String>,
     published_at: Instant,
+    /// What `/metrics` counts beyond the engines' current state.
+    tally: crate::metrics::Tally,
     /// The procedures' files and hooks, as the main task updates them.
     operations: Arc<Mutex<Operations>>,
     /// The running procedure: its id, name and plan, the words of its
@@ -776,6 +787,7 @@ impl Engine {
             match m {
                 Inbox::Result(id, outcome) => self.pair.handle_command_result(now, id, outcome),
                 Inbox::Registered(p) => self.pair.handle_phone_registered(now, p),
+                Inbox::Unchecked(p) => self.pair.handle_phone_unchecked(now, p),
                 Inbox::Operator(request, reply) => {
                     let r = self
                         .pair
@@ -823,9 +835,9 @@ impl Engine {
                     self.pair.set_identity(now, identity);
                     if restart {
                         info!("restarting (soft) after the install");
+                        // The reply to the peer's request goes out first.
                         self.drain();
-                        self.pair
-                            .soft_restart(tick(&mut self.clock), SystemTime::now());
+                        self.soft_restart();
                     }
                 }
             }
@@ -838,15 +850,7 @@ impl Engine {
     fn drain(&mut self) -> Option<Instant> {
         loop {
             match self.pair.poll_output() {
-                Output::Wait(deadline) => {
-                    if self.registered.is_empty() {
-                        return deadline;
-                    }
-                    let now = self.now();
-                    for p in std::mem::take(&mut self.registered) {
-                        self.pair.handle_phone_registered(now, p);
-                    }
-                }
+                Output::Wait(deadline) => return deadline,
                 Output::Persist(record) => {
                     if let Err(e) = save_state(&self.state_dir, &record) {
                         warn!(error = %e, "cannot persist the orchestrator's state");
@@ -861,11 +865,15 @@ impl Engine {
                     if let Some(g) = &self.garp {
                         g.send();
                     }
-                    // Phones that only follow the address and have no
-                    // check are home once it is announced.
-                    for (i, p) in self.phones.iter().enumerate() {
-                        if p.spec.method == orch::PhoneMethod::FollowsAddress && p.check.is_none() {
-                            self.registered.push(PhoneId(i as u32));
+                    // Phones that only follow the address: their checks
+                    // start with the term's first announcement (a phone
+                    // without a check is reported unchecked, never home).
+                    if !self.watching_phones {
+                        self.watching_phones = true;
+                        for (i, p) in self.phones.iter().enumerate() {
+                            if p.spec.method == orch::PhoneMethod::FollowsAddress {
+                                let _ = self.to_main.send(ToMain::WatchPhone(PhoneId(i as u32)));
+                            }
                         }
                     }
                 }
@@ -879,8 +887,7 @@ impl Engine {
                         info!(
                             "restarting (soft): election from Initialize, orchestrator from its journal"
                         );
-                        self.pair
-                            .soft_restart(tick(&mut self.clock), SystemTime::now());
+                        self.soft_restart();
                     } else {
                         let _ = self.to_main.send(ToMain::Command(issued));
                     }
@@ -921,6 +928,17 @@ impl Engine {
         }
     }
 
+    /// Restarts the engines in-process: the election from Initialize, the
+    /// orchestrator from its journal. The election's counters so far are
+    /// kept for `/metrics`.
+    fn soft_restart(&mut self) {
+        if let Some(r) = self.pair.router() {
+            self.tally.retire_router(r.stats());
+        }
+        self.pair
+            .soft_restart(tick(&mut self.clock), SystemTime::now());
+    }
+
     /// Without a `[sync]` section there is no tree to serve or settle.
     fn no_sync(&mut self, order: SyncOrder) {
         let report = match order {
@@ -942,9 +960,13 @@ impl Engine {
     }
 
     fn event(&mut self, e: &PairEvent) {
+        self.tally.on_event(e, self.pair.orchestrator().timeline());
         match e {
             PairEvent::Election(vrrp_fsm::Event::StateChange { from, to, reason }) => {
                 self.last_change = unix_ms(SystemTime::now());
+                if *to != vrrp_fsm::State::Master {
+                    self.watching_phones = false;
+                }
                 info!(?from, ?to, ?reason, "vrrp state change");
             }
             PairEvent::Election(ev) => tracing::debug!(event = ?ev, "vrrp"),
@@ -1086,8 +1108,10 @@ impl Engine {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         let now = Instant::now().max(self.clock);
+        let totals = self.tally.vrrp(self.pair.router().map(|r| r.stats()));
+        let counters = self.tally.counters(&totals, self.pair.stats().vrrp_ignored);
         let o = self.pair.orchestrator();
         let status = o.status(now);
         let mut s = match self.snapshot.lock() {
@@ -1096,9 +1120,17 @@ impl Engine {
         };
         s.id.clone_from(&self.config.id);
         s.vrrp = match self.pair.router() {
-            Some(r) => view(r, self.last_change, self.last_rx.map_or(0, wall_ms)),
+            Some(r) => view(
+                r,
+                &totals,
+                self.last_change,
+                self.last_rx.map_or(0, wall_ms),
+            ),
             None => VrrpView {
                 state: "Disabled".into(),
+                transitions: totals.transitions,
+                received: totals.received,
+                dropped: totals.dropped(),
                 ..VrrpView::default()
             },
         };
@@ -1126,6 +1158,7 @@ impl Engine {
         s.phones = o.phone_outcomes();
         s.quarantine.clone_from(&self.quarantine);
         s.sync.refused = self.pair.sync_refused().map(RefusedRound::from);
+        s.counters = counters;
         s.words = crate::words::Words::of(&s, &self.phones, &self.config);
     }
 
@@ -1142,8 +1175,12 @@ impl Engine {
     }
 }
 
-fn view(r: &vrrp_fsm::VirtualRouter, last_change_unix_ms: u64, last_rx_unix_ms: u64) -> VrrpView {
-    let s = r.stats();
+fn view(
+    r: &vrrp_fsm::VirtualRouter,
+    totals: &crate::metrics::VrrpTotals,
+    last_change_unix_ms: u64,
+    last_rx_unix_ms: u64,
+) -> VrrpView {
     VrrpView {
         state: format!("{:?}", r.state()),
         priority: r.priority().get(),
@@ -1151,13 +1188,9 @@ fn view(r: &vrrp_fsm::VirtualRouter, last_change_unix_ms: u64, last_rx_unix_ms: 
         master: r.master(),
         interval_ms: u64::from(r.master_interval().as_centis()) * 10,
         master_down_us: u64::try_from(r.master_down_interval().as_micros()).unwrap_or(u64::MAX),
-        transitions: State::ALL
-            .iter()
-            .flat_map(|f| State::ALL.iter().map(move |t| (*f, *t)))
-            .map(|(f, t)| s.transitions(f, t))
-            .sum(),
-        received: s.rx_accepted,
-        dropped: s.dropped(),
+        transitions: totals.transitions,
+        received: totals.received,
+        dropped: totals.dropped(),
         last_change_unix_ms,
         last_rx_unix_ms,
     }
@@ -1247,13 +1280,18 @@ impl Runner {
                 tokio::spawn(async move {
                     let ok = action.await;
                     answer(outcome(ok));
-                    let home = match (ok, check) {
-                        (false, _) => false,
-                        (true, None) => true,
-                        (true, Some(check)) => check.await,
-                    };
-                    if home {
-                        engine.send(Inbox::Registered(p));
+                    // Home only when a check says so; without one the
+                    // action's success leaves the phone unchecked.
+                    match (ok, check) {
+                        (false, _) => {}
+                        (true, None) => {
+                            engine.send(Inbox::Unchecked(p));
+                        }
+                        (true, Some(check)) => {
+                            if check.await {
+                                engine.send(Inbox::Registered(p));
+                            }
+                        }
                     }
                 });
             }
@@ -1261,6 +1299,27 @@ impl Runner {
             other => {
                 warn!(command = ?other, "no hook configured for this command");
                 self.done(id, CommandOutcome::Failed { code: 1 });
+            }
+        }
+    }
+
+    /// Checks whether a phone that follows the address registers once it
+    /// is announced; reports it unchecked when it has no check.
+    fn watch_phone(&self, p: PhoneId) {
+        let Some(phone) = self.phones.get(p.0 as usize) else {
+            return;
+        };
+        let engine = self.engine.clone();
+        match self.hooks.phone_registered(phone) {
+            None => {
+                engine.send(Inbox::Unchecked(p));
+            }
+            Some(check) => {
+                tokio::spawn(async move {
+                    if check.await {
+                        engine.send(Inbox::Registered(p));
+                    }
+                });
             }
         }
     }
@@ -1629,7 +1688,7 @@ pub async fn run(
         phones: phones.clone(),
         last_change: unix_ms(SystemTime::now()),
         last_rx: None,
-        registered: Vec::new(),
+        watching_phones: false,
         stop: None,
         dirty: true,
         published_at: Instant::now(),
@@ -1639,6 +1698,7 @@ pub async fn run(
             .as_ref()
             .map(|s| quarantine_folders(&s.dir))
             .unwrap_or_default(),
+        tally: crate::metrics::Tally::default(),
         operations: operations.clone(),
         procedure: None,
         kept: Kept::load(&config.state_dir),
@@ -1703,6 +1763,7 @@ pub async fn run(
             how = &mut shutdown => break how,
             Some(m) = from_engine.recv() => match m {
                 ToMain::Command(issued) => runner.execute(issued),
+                ToMain::WatchPhone(p) => runner.watch_phone(p),
                 ToMain::Transfer(payload) => runner.ops.transfer_in(payload),
             },
             Some(req) = api.recv() => forward(&runner, status_server.as_ref(), req),

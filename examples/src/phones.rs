@@ -19,8 +19,11 @@
 //! word and never evaluated by the shell: `$(…)`, `;`, quotes or a
 //! placeholder inside a value stay text. A placeholder must therefore not
 //! be quoted in the template itself (`'{name}'` is refused when the file
-//! is read). Without `check`, a phone counts as registered when its action
-//! command exits 0 (a `follow` phone: as soon as the address is announced).
+//! is read). A phone counts as registered only when its `check` passes
+//! (run after its action, or, for a `follow` phone, from the address's
+//! announcement). Without `check`, a phone whose action command exits 0
+//! (a `follow` phone: once the address is announced) is reported
+//! unchecked: resolved, not confirmed, and not counted as registered.
 
 use std::path::Path;
 

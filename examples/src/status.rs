@@ -11,6 +11,8 @@
 //! `application/json`) confirms the round the mass-deletion guard refused
 //! (`/status`'s `sync.refused`): `202 {"confirmed": {…}}` with the refusal
 //! it confirmed, `409` with code `nothing_to_confirm` when no round waits.
+//! `GET /metrics` renders the same snapshot in the OpenMetrics text format
+//! (see [`crate::metrics`]).
 //!
 //! The procedures (see `status/ops_api.rs`): `POST /upgrade/stage` stages
 //! an image (multipart field `image`) and answers its name, size and
@@ -85,6 +87,19 @@ fn read(snapshot: &Mutex<Snapshot>) -> Snapshot {
 
 async fn status(State(s): State<AppState>) -> Json<Snapshot> {
     Json(read(&s.snapshot))
+}
+
+/// `GET /metrics`: the snapshot `GET /status` returns, as metrics.
+async fn metrics(State(s): State<AppState>) -> Response {
+    let text = crate::metrics::render(&read(&s.snapshot));
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn ask(
@@ -611,6 +626,7 @@ pub async fn spawn(
     let app = Router::new()
         .route("/", get(page))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/mode", post(set_mode))
         .route("/swap", post(swap))
         .route("/redundancy", post(set_redundancy))

@@ -212,6 +212,14 @@ impl Words {
             if let Some(g) = st.peer.as_ref().and_then(|p| p.sync_generation) {
                 w.sync.push(format!("Peer at generation {g}"));
             }
+            if let Some(r) = &s.counters.last_round {
+                w.sync.push(format!(
+                    "Last round: generation {}, {} received in {}",
+                    r.generation,
+                    bytes(r.bytes),
+                    ms(r.took_ms)
+                ));
+            }
             for f in &st.findings {
                 w.findings.push(format!(
                     "{} differs: this unit {}, peer {}",
@@ -336,4 +344,138 @@ impl Words {
 
 fn nonempty(s: &str) -> &str {
     if s.is_empty() { "(none)" } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use failover_orchestrator::{
+        Epoch, Finding, PeerView, ProtocolVersion, RoleChangeReason, Status, Timeline,
+        TimelineEntry,
+    };
+
+    fn config() -> NodeConfig {
+        let mut c = NodeConfig::parse(
+            r#"id = "pbx-a"
+state_dir = "state"
+[vrrp]
+transport = "udp"
+vrid = 51
+virtual_ips = ["10.99.0.100/24"]
+udp_listen = "127.0.0.1:1"
+udp_peers = ["127.0.0.2:1"]
+"#,
+            std::path::Path::new("/nonexistent"),
+        )
+        .expect("config");
+        c.identity.firmware = "5.1.30".into();
+        c
+    }
+
+    fn status(role: Role, peer_role: Role, mode: BackupMode) -> Status {
+        Status {
+            node_id: "pbx-a".into(),
+            role,
+            epoch: Epoch { term: 3, node: 1 },
+            redundancy: Redundancy::Enabled,
+            backup_mode: BackupMode::Active,
+            ready: true,
+            peer: Some(PeerView {
+                id: "pbx-b".into(),
+                up: true,
+                role: Some(peer_role),
+                mode: Some(mode),
+                firmware: "5.2.0".into(),
+                protocol: ProtocolVersion::CURRENT,
+                ready: true,
+                sync_generation: Some(7),
+            }),
+            sync: None,
+            procedure: None,
+            findings: vec![Finding {
+                field: ParityField::Firmware,
+                ours: "5.1.30".into(),
+                theirs: "5.2.0".into(),
+            }],
+            timeline: None,
+        }
+    }
+
+    #[test]
+    fn a_masters_words_and_actions() {
+        let mut s = Snapshot {
+            id: "pbx-a".into(),
+            status: Some(status(Role::Master, Role::Backup, BackupMode::Passive)),
+            ..Snapshot::default()
+        };
+        s.timeline = Some(Timeline {
+            kind: PlanKind::Takeover,
+            reason: Some(RoleChangeReason::MasterDown),
+            epoch: Epoch { term: 3, node: 1 },
+            entries: vec![
+                TimelineEntry {
+                    at_ms: 0,
+                    unix_ms: 1_796_227_702_989,
+                    what: Milestone::Detected,
+                },
+                TimelineEntry {
+                    at_ms: 608,
+                    unix_ms: 1_796_227_703_597,
+                    what: Milestone::ServiceReady {
+                        service: 1,
+                        name: "voicemail".into(),
+                    },
+                },
+            ],
+            generation: Some(7),
+            data_loss_window_ms: Some(1_250),
+            phones: Vec::new(),
+        });
+        let w = Words::of(&s, &[], &config());
+        assert_eq!(
+            w.peer.as_deref(),
+            Some("Peer pbx-b: UP, Backup, Passive mode, firmware 5.2.0")
+        );
+        assert_eq!(
+            w.findings,
+            ["Firmware differs: this unit 5.1.30, peer 5.2.0"]
+        );
+        assert_eq!(
+            w.timeline,
+            ["failure detected +0 ms", "voicemail ready +608 ms"]
+        );
+        assert_eq!(
+            w.timeline_title.as_deref(),
+            Some("Takeover (MasterDown) at 2026-12-02 16:08:22 UTC, from generation 7")
+        );
+        assert!(
+            w.sync
+                .contains(&"Data-loss window at the last takeover: 1.2 s".to_string())
+        );
+        assert!(w.actions.swap && w.actions.rolling_upgrade && w.actions.restore);
+        assert!(!w.actions.firmware_update && !w.actions.redundancy_on);
+    }
+
+    #[test]
+    fn a_passive_backup_offers_its_own_install_and_no_swap() {
+        let mut st = status(Role::Backup, Role::Master, BackupMode::Active);
+        st.backup_mode = BackupMode::Passive;
+        let s = Snapshot {
+            id: "pbx-a".into(),
+            status: Some(st),
+            ..Snapshot::default()
+        };
+        let w = Words::of(&s, &[], &config());
+        assert!(
+            w.unit
+                .starts_with("This unit pbx-a: Backup, Passive mode, firmware 5.1.30")
+        );
+        assert_eq!(
+            w.peer.as_deref(),
+            Some("Peer pbx-b: UP, Master, firmware 5.2.0")
+        );
+        assert!(w.actions.firmware_update && w.actions.set_mode);
+        assert!(!w.actions.swap && !w.actions.rolling_upgrade && !w.actions.restore);
+        assert!(!w.actions.redundancy_off);
+    }
 }

@@ -494,6 +494,7 @@ fn status_json_keeps_its_fields() {
             "phones",
             "quarantine",
             "sync",
+            "counters",
         ])
     );
     assert_eq!(keys(&s["sync"]), want(&["refused"]));
@@ -840,6 +841,241 @@ fn the_control_plane_needs_the_token() {
     );
     assert_eq!(code, 202, "{body}");
     p.b.wait("Master", Duration::from_secs(20), |s| s["role"] == "Master");
+}
+
+// ---------------------------------------------------------------------------
+// Metrics
+
+/// A sample: its family's name, its labels, its value.
+type Sample = (
+    String,
+    Vec<(String, String)>,
+    openmetrics_parser::OpenMetricsValue,
+);
+
+/// One `/metrics` scrape: every sample's value by family name and labels.
+struct Scrape(Vec<Sample>);
+
+impl Scrape {
+    /// The value of the sample of `family` with these labels (a counter's
+    /// or a gauge's value, a histogram's count).
+    #[track_caller]
+    fn get(&self, family: &str, labels: &[(&str, &str)]) -> f64 {
+        use openmetrics_parser::OpenMetricsValue as V;
+        let (_, _, v) = self
+            .0
+            .iter()
+            .find(|(name, l, _)| {
+                name == family
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .unwrap_or_else(|| panic!("no {family}{labels:?} in the scrape"));
+        match v {
+            V::Gauge(n) | V::Unknown(n) => n.as_f64(),
+            V::Counter(c) => c.value.as_f64(),
+            V::Histogram(h) => h.count.map_or(f64::NAN, |c| c as f64),
+            other => panic!("{family}: {other:?}"),
+        }
+    }
+
+    /// A histogram's sum.
+    fn sum(&self, family: &str) -> f64 {
+        self.0
+            .iter()
+            .find_map(|(name, _, v)| match v {
+                openmetrics_parser::OpenMetricsValue::Histogram(h) if name == family => {
+                    h.sum.map(|s| s.as_f64())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no histogram {family}"))
+    }
+}
+
+/// `GET /metrics` with the node's credentials, checked and parsed by an
+/// OpenMetrics parser.
+fn scrape(n: &Node) -> Scrape {
+    let host = n.status.to_string();
+    let mut headers = vec![("Host", host.as_str())];
+    if let Some(a) = n.auth.as_deref() {
+        headers.push(("Authorization", a));
+    }
+    let (code, head, body) = raw(n.status, "GET", "/metrics", &headers, "");
+    assert_eq!(code, 200, "{head}\n{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    let exposition = openmetrics_parser::openmetrics::parse_openmetrics(&body)
+        .unwrap_or_else(|e| panic!("{}: not OpenMetrics: {e:?}\n{body}", n.name));
+    let mut samples = Vec::new();
+    for (name, family) in exposition.families {
+        for s in family.iter_samples() {
+            let labels = s
+                .get_labelset()
+                .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
+            samples.push((name.clone(), labels, s.value.clone()));
+        }
+    }
+    Scrape(samples)
+}
+
+/// `/status`, `/metrics`, `/status` again, until the two status reads
+/// agree on what the test compares (the node's figures move between
+/// reads: a sync round, a state change).
+fn status_and_metrics(n: &Node) -> (Value, Scrape, Value) {
+    let steady = |s: &Value| {
+        (
+            s["role"].clone(),
+            s["vrrp"]["priority"].clone(),
+            s["vrrp"]["transitions"].clone(),
+            s["status"]["sync"]["generation"].clone(),
+            s["counters"]["failovers_ms"].clone(),
+        )
+    };
+    for _ in 0..50 {
+        let before = n.status();
+        let m = scrape(n);
+        let after = n.status();
+        if steady(&before) == steady(&after) {
+            return (before, m, after);
+        }
+    }
+    panic!("{}: the status never held still over a scrape", n.name);
+}
+
+/// `/metrics` shows `/status`'s figures: for each unit, its role, priority,
+/// transitions and generation equal those of the status read just before
+/// and after, and its advertisement counters lie between the two; the
+/// Master has sent advertisements, the Backup received them. After the
+/// Master is killed, the new Master's `failover_seconds` holds its one
+/// takeover, with the timeline's duration, its transitions grew and
+/// `sync_window_seconds` is the timeline's data-loss window. The API's
+/// guard covers `/metrics` too.
+#[test]
+fn metrics_show_the_status_figures_and_a_failover() {
+    let mut p = pair_with("metrics", true, Some(TOKEN));
+    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
+    settled(&mut p);
+
+    let host = p.a.status.to_string();
+    let bearer = format!("Bearer {TOKEN}");
+    let (code, ..) = raw(p.a.status, "GET", "/metrics", &[("Host", &host)], "");
+    assert_eq!(code, 401, "no token");
+    let (code, ..) = raw(
+        p.a.status,
+        "GET",
+        "/metrics",
+        &[("Host", "rebound.example"), ("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!(code, 403, "a foreign Host");
+
+    let n = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let mut backup_transitions = 0.0;
+    for (node, role, counter) in [
+        (&p.a, "master", "pbx_redundancy_vrrp_adverts_sent"),
+        (&p.b, "backup", "pbx_redundancy_vrrp_adverts_received"),
+    ] {
+        let (before, m, after) = status_and_metrics(node);
+        assert_eq!(
+            before["role"].as_str().map(str::to_lowercase).as_deref(),
+            Some(role)
+        );
+        assert_eq!(
+            m.get("pbx_redundancy_role", &[("role", role)]),
+            1.0,
+            "{}",
+            node.name
+        );
+        for other in ["master", "backup", "initialize", "disabled"]
+            .into_iter()
+            .filter(|r| *r != role)
+        {
+            assert_eq!(m.get("pbx_redundancy_role", &[("role", other)]), 0.0);
+        }
+        assert_eq!(
+            m.get("pbx_redundancy_vrrp_priority", &[]),
+            n(&before["vrrp"]["priority"])
+        );
+        assert_eq!(
+            m.get("pbx_redundancy_vrrp_transitions", &[]),
+            n(&before["vrrp"]["transitions"])
+        );
+        assert_eq!(
+            m.get("pbx_redundancy_sync_generation", &[]),
+            n(&before["status"]["sync"]["generation"])
+        );
+        assert!(m.get("pbx_redundancy_sync_generation", &[]) >= 1.0);
+        for (family, field) in [
+            (
+                "pbx_redundancy_vrrp_adverts_sent",
+                &["counters", "adverts_sent"][..],
+            ),
+            (
+                "pbx_redundancy_vrrp_adverts_received",
+                &["vrrp", "received"][..],
+            ),
+        ] {
+            let at = |s: &Value| n(&s[field[0]][field[1]]);
+            let v = m.get(family, &[]);
+            assert!(
+                at(&before) <= v && v <= at(&after),
+                "{}: {family} {v} outside [{}, {}]",
+                node.name,
+                at(&before),
+                at(&after)
+            );
+        }
+        assert!(m.get(counter, &[]) > 0.0, "{}: {counter}", node.name);
+        assert_eq!(m.get("pbx_redundancy_failover_seconds", &[]), 0.0);
+        if role == "backup" {
+            backup_transitions = m.get("pbx_redundancy_vrrp_transitions", &[]);
+            // The replica's rounds: the last one's bytes, as /status has them.
+            assert_eq!(
+                m.get("pbx_redundancy_sync_round_bytes", &[]),
+                n(&before["counters"]["last_round"]["bytes"])
+            );
+        }
+    }
+
+    // The Master loses power.
+    p.a.stop();
+    let s = p.b.wait("done taking over", Duration::from_secs(20), |s| {
+        s["role"] == "Master"
+            && s["timeline"]["entries"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["what"] == "Done"))
+    });
+    let done_ms = s["timeline"]["entries"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["what"] == "Done"))
+        .map_or(f64::NAN, |e| n(&e["at_ms"]));
+    let (before, m, _) = status_and_metrics(&p.b);
+    assert_eq!(m.get("pbx_redundancy_role", &[("role", "master")]), 1.0);
+    assert_eq!(m.get("pbx_redundancy_failover_seconds", &[]), 1.0);
+    let sum_ms = m.sum("pbx_redundancy_failover_seconds") * 1000.0;
+    assert!(
+        (sum_ms - done_ms).abs() < 0.5,
+        "{sum_ms} ms, timeline {done_ms} ms"
+    );
+    assert_eq!(before["counters"]["failovers_ms"], json!([done_ms as u64]));
+    let transitions = m.get("pbx_redundancy_vrrp_transitions", &[]);
+    assert!(
+        transitions > backup_transitions,
+        "{transitions} after {backup_transitions}"
+    );
+    assert_eq!(transitions, n(&before["vrrp"]["transitions"]));
+    let window_ms = m.get("pbx_redundancy_sync_window_seconds", &[]) * 1000.0;
+    assert!(
+        (window_ms - n(&s["timeline"]["data_loss_window_ms"])).abs() < 0.5,
+        "{window_ms} ms, timeline {}",
+        s["timeline"]["data_loss_window_ms"]
+    );
 }
 
 // ---------------------------------------------------------------------------

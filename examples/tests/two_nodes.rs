@@ -9,8 +9,14 @@ mod e2e;
 
 use std::time::{Duration, SystemTime};
 
-use e2e::{PairSpec, established, generation, milestones, pair, start_both};
+use std::sync::Arc;
+
+use e2e::{PairSpec, established, generation, milestones, pair, quick_hooks, start_both};
+use examples::config::Service;
+use examples::demo::DemoHooks;
+use examples::hooks::{BoxFut, Hooks, Readiness};
 use examples::node::Stop;
+use examples::phones::Phone;
 use serde_json::json;
 
 /// How late a takeover may be, past Master_Down_Interval, measured in whole
@@ -351,4 +357,78 @@ async fn swap_there_and_back() {
     })
     .await;
     p.stop().await;
+}
+
+/// Simulated services and phones with no way to check a phone's
+/// registration.
+struct NoCheck(DemoHooks);
+
+impl Hooks for NoCheck {
+    fn start_service(&self, index: usize, svc: &Service) -> BoxFut<Result<(), String>> {
+        self.0.start_service(index, svc)
+    }
+    fn check_service(&self, index: usize, svc: &Service) -> BoxFut<Readiness> {
+        self.0.check_service(index, svc)
+    }
+    fn stop_service(&self, index: usize, svc: &Service) -> BoxFut<()> {
+        self.0.stop_service(index, svc)
+    }
+    fn service_running(&self, index: usize) -> bool {
+        self.0.service_running(index)
+    }
+    fn phone_action(&self, phone: &Phone, reboot: bool) -> BoxFut<bool> {
+        self.0.phone_action(phone, reboot)
+    }
+    fn phone_registered(&self, _phone: &Phone) -> Option<BoxFut<bool>> {
+        None
+    }
+}
+
+/// No phone counts as home without a check: on a node that cannot check
+/// registrations, the takeover reports the phone that follows the address
+/// unchecked at the announcement, and the nudged and rebooted ones
+/// unchecked once their commands succeeded; none registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phones_without_a_check_are_unchecked_not_home() {
+    let mut p = pair(&PairSpec {
+        tag: "unchecked",
+        priority_a: 150,
+        priority_b: 100,
+        phones: 4,
+    });
+    p.b.hooks = Some(Arc::new(NoCheck(quick_hooks())));
+    established(&mut p).await;
+    p.a.stop(Stop::Crash).await;
+    let s =
+        p.b.wait(Duration::from_secs(20), "takeover done", |s| {
+            milestones(s).iter().any(|m| m == "Done")
+        })
+        .await;
+    // The inventory: follow, nudge, reboot, person.
+    let results: Vec<serde_json::Value> = s["phones"]
+        .as_array()
+        .expect("phones")
+        .iter()
+        .map(|o| o["result"].clone())
+        .collect();
+    assert_eq!(
+        results,
+        [
+            json!({"Unchecked": "Followed"}),
+            json!({"Unchecked": "Nudged"}),
+            json!({"Unchecked": "Rebooted"}),
+            json!({"NeedsPerson": "UnsupportedModel"}),
+        ],
+        "{s:#}"
+    );
+    // The timeline counts them resolved, none registered.
+    let phones: Vec<&serde_json::Value> = s["timeline"]["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["what"].get("Phones"))
+        .collect();
+    assert_eq!(phones.last().map(|p| &p["percent"]), Some(&json!(100)));
+    assert!(phones.iter().all(|p| p["registered"] == 0), "{phones:?}");
+    p.b.stop(Stop::Graceful).await;
 }

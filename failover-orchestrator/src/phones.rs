@@ -31,6 +31,12 @@ pub enum PhoneResult {
     Registered(PhoneAction),
     /// Listed for a person.
     NeedsPerson(PersonReason),
+    /// The action was carried out (for [`PhoneAction::Followed`]: the
+    /// address was announced) but the driver has no way to check the
+    /// phone's registration ([`crate::Orchestrator::handle_phone_unchecked`]):
+    /// not confirmed, so not counted as registered. Resolved all the same:
+    /// nothing the re-homing could do next would be checked either.
+    Unchecked(PhoneAction),
 }
 
 /// Per-phone outcome of a re-homing.
@@ -77,7 +83,9 @@ pub(crate) struct Rehoming {
     rebooting: u32,
     resolved: u32,
     registered: u32,
-    early: Vec<u32>,
+    /// Phones reported before acting, resolved when it starts: registered
+    /// (`true`) or unchecked.
+    early: Vec<(u32, bool)>,
     milestones_hit: [bool; 3],
     pub(crate) out: VecDeque<(PhoneId, Command)>,
     pub(crate) milestones: VecDeque<u8>,
@@ -147,8 +155,12 @@ impl Rehoming {
                 }
             }
         }
-        for idx in core::mem::take(&mut self.early) {
-            self.registered(now, PhoneId(idx));
+        for (idx, registered) in core::mem::take(&mut self.early) {
+            if registered {
+                self.registered(now, PhoneId(idx));
+            } else {
+                self.unchecked(now, PhoneId(idx));
+            }
         }
         self.milestone_check();
     }
@@ -209,21 +221,33 @@ impl Rehoming {
             match result {
                 PhoneResult::Registered(_) => self.registered += 1,
                 PhoneResult::NeedsPerson(r) => self.person.push_back((p.outcome.phone, r)),
-                PhoneResult::Pending => {}
+                PhoneResult::Pending | PhoneResult::Unchecked(_) => {}
             }
         }
     }
 
     /// The registrar saw the phone register with this node.
     pub(crate) fn registered(&mut self, now: Instant, phone: PhoneId) -> bool {
+        self.report(now, phone, true)
+    }
+
+    /// The driver carried out the phone's action (or announced the address
+    /// it follows) and cannot check its registration.
+    pub(crate) fn unchecked(&mut self, now: Instant, phone: PhoneId) -> bool {
+        self.report(now, phone, false)
+    }
+
+    fn report(&mut self, now: Instant, phone: PhoneId, registered: bool) -> bool {
         let idx = phone.0;
         let Some(p) = self.phones.get(idx as usize) else {
             return false;
         };
         if self.start.is_none() {
-            // Before acting (services still starting): remember it.
-            if !self.early.contains(&idx) {
-                self.early.push(idx);
+            // Before acting (services still starting): remember it; a
+            // registration outranks an unchecked report.
+            match self.early.iter_mut().find(|(i, _)| *i == idx) {
+                Some(e) => e.1 |= registered,
+                None => self.early.push((idx, registered)),
             }
             return true;
         }
@@ -233,7 +257,12 @@ impl Rehoming {
             // Registered while still queued: it followed the address after all.
             Stage::QueuedNudge | Stage::QueuedReboot => PhoneAction::Followed,
         };
-        self.resolve(idx, now, PhoneResult::Registered(action));
+        let result = if registered {
+            PhoneResult::Registered(action)
+        } else {
+            PhoneResult::Unchecked(action)
+        };
+        self.resolve(idx, now, result);
         self.milestone_check();
         true
     }
@@ -378,5 +407,66 @@ pub(crate) fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant>
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, None) => x,
         (None, y) => y,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn phones() -> Vec<PhoneSpec> {
+        vec![
+            PhoneSpec::new(PhoneMethod::FollowsAddress),
+            PhoneSpec::new(PhoneMethod::Nudge),
+            PhoneSpec::new(PhoneMethod::FollowsAddress),
+        ]
+    }
+
+    fn result(r: &Rehoming, i: u32) -> PhoneResult {
+        r.outcomes()[i as usize].result
+    }
+
+    #[test]
+    fn an_unchecked_phone_is_resolved_but_not_registered() {
+        let t0 = Instant::now();
+        let mut r = Rehoming::new(RehomeConfig::default(), &phones());
+        // Reported at the announcement, before acting: kept until the
+        // re-homing starts; a registration outranks an unchecked report.
+        assert!(r.unchecked(t0, PhoneId(0)));
+        assert!(r.unchecked(t0, PhoneId(2)));
+        assert!(r.registered(t0, PhoneId(2)));
+        assert!(r.unchecked(t0, PhoneId(2)));
+        r.start(t0);
+        assert_eq!(result(&r, 0), PhoneResult::Unchecked(PhoneAction::Followed));
+        assert_eq!(
+            result(&r, 2),
+            PhoneResult::Registered(PhoneAction::Followed)
+        );
+        // The nudge goes out; its command succeeded and nothing can check.
+        r.poll(t0);
+        assert_eq!(
+            r.out.pop_front(),
+            Some((PhoneId(1), Command::NudgePhone(PhoneId(1))))
+        );
+        let t1 = t0 + Duration::from_millis(10);
+        assert!(r.unchecked(t1, PhoneId(1)));
+        assert_eq!(result(&r, 1), PhoneResult::Unchecked(PhoneAction::Nudged));
+        assert!(r.done());
+        // Resolved once: a later report is not taken.
+        assert!(!r.registered(t1, PhoneId(1)));
+        assert_eq!(result(&r, 1), PhoneResult::Unchecked(PhoneAction::Nudged));
+        let (registered, not_registered, total) = r.counts();
+        assert_eq!((registered, not_registered, total), (1, 2, 3));
+        // Every phone is resolved: the milestones are reached, no one is
+        // listed for a person.
+        assert_eq!(
+            r.milestones.iter().copied().collect::<Vec<_>>(),
+            [50, 95, 100]
+        );
+        assert!(r.person.is_empty());
+        // An unchecked phone is not escalated: its deadline is gone.
+        assert_eq!(r.next_deadline(), None);
     }
 }

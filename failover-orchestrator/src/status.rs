@@ -151,7 +151,8 @@ pub enum Milestone {
         /// Its name.
         name: String,
     },
-    /// This share of phones is resolved (registered or listed for a person).
+    /// This share of phones is resolved (registered, listed for a person,
+    /// or unchecked: see [`crate::PhoneResult::Unchecked`]).
     Phones {
         /// 50, 95 or 100.
         percent: u8,

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use examples::config::NodeConfig;
-use examples::demo::{DemoAddrs, DemoHooks, DemoNode, InProcessNode, demo_config, phone_inventory};
+use examples::demo::{
+    DemoAddrs, DemoHooks, DemoNode, InProcessNode, PhoneModel, demo_config, phone_inventory,
+};
 use examples::node::Stop;
 use serde_json::Value;
 
@@ -117,17 +119,18 @@ pub struct Node {
     /// The `Authorization` value its requests carry (see
     /// [`Pair::use_token`]).
     pub auth: Option<String>,
+    /// Its services and phones; `None`: [`DemoHooks`] with short delays.
+    pub hooks: Option<Arc<dyn examples::hooks::Hooks>>,
     running: Option<InProcessNode>,
 }
 
 impl Node {
     /// Starts the node; returns once its status endpoint listens.
     pub async fn start(&mut self) {
-        let hooks: Arc<dyn examples::hooks::Hooks> = Arc::new(DemoHooks::new(
-            Duration::from_millis(30),
-            Duration::from_millis(50),
-            Duration::from_millis(150),
-        ));
+        let hooks = self
+            .hooks
+            .clone()
+            .unwrap_or_else(|| Arc::new(quick_hooks()));
         match InProcessNode::start(self.config.clone(), hooks).await {
             Ok(n) => self.running = Some(n),
             Err(e) => panic!("{} did not start: {e}", self.name),
@@ -183,6 +186,19 @@ impl Node {
         self.wait(Duration::from_secs(10), role, |s| s["role"] == role)
             .await
     }
+}
+
+/// In-process services ready 30 ms after they start, and simulated phones
+/// that register within 150 ms.
+pub fn quick_hooks() -> DemoHooks {
+    DemoHooks::new(
+        Duration::from_millis(30),
+        PhoneModel {
+            follow: (Duration::from_millis(20), Duration::from_millis(80)),
+            nudge: Duration::from_millis(50),
+            reboot: Duration::from_millis(150),
+        },
+    )
 }
 
 /// Two nodes and their directories (not started).
@@ -272,6 +288,7 @@ pub fn pair(spec: &PairSpec) -> Pair {
             config,
             status,
             auth: None,
+            hooks: None,
             running: None,
         }
     };

@@ -195,6 +195,7 @@ pub struct Stats {
     pub unknown_replies: u64,
     /// Events dropped because the queue was full.
     pub events_dropped: u64,
-    /// Registrations of unknown phones or outside a re-homing.
+    /// Registrations (or unchecked reports) of unknown phones, of phones
+    /// already resolved, or outside a re-homing.
     pub unknown_registrations: u64,
 }

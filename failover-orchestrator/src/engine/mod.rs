@@ -68,7 +68,9 @@ use crate::wire::{self, DecodeError, PeerMessage};
 ///    [`handle_sync_status`](Self::handle_sync_status) after every committed
 ///    sync generation, [`handle_command_result`](Self::handle_command_result)
 ///    for each finished command, [`handle_phone_registered`](Self::handle_phone_registered)
-///    when the registrar sees a phone, [`handle_operator`](Self::handle_operator)
+///    when the registrar sees a phone (or [`handle_phone_unchecked`](Self::handle_phone_unchecked)
+///    when a phone's action was carried out and nothing can check its
+///    registration), [`handle_operator`](Self::handle_operator)
 ///    for operator requests, and [`handle_wall_clock`](Self::handle_wall_clock)
 ///    from time to time (wall-clock values for the journal and timeline are
 ///    derived from the last one given, never read).
@@ -232,6 +234,18 @@ impl Orchestrator {
     /// The registrar saw a phone register with this node.
     pub fn handle_phone_registered(&mut self, now: Instant, phone: PhoneId) {
         if !self.phone_registered(now, phone) {
+            self.stats.unknown_registrations += 1;
+        }
+        self.drive(now);
+    }
+
+    /// The driver carried out a phone's action (for a phone that follows
+    /// the address: announced the address) and has no way to check its
+    /// registration. The phone is resolved as
+    /// [`PhoneResult::Unchecked`](crate::PhoneResult::Unchecked), not as
+    /// registered.
+    pub fn handle_phone_unchecked(&mut self, now: Instant, phone: PhoneId) {
+        if !self.phone_unchecked(now, phone) {
             self.stats.unknown_registrations += 1;
         }
         self.drive(now);

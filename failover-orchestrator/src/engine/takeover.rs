@@ -164,6 +164,15 @@ impl Orchestrator {
         known
     }
 
+    pub(super) fn phone_unchecked(&mut self, now: Instant, phone: PhoneId) -> bool {
+        let known = self
+            .rehoming
+            .as_mut()
+            .is_some_and(|r| r.unchecked(now, phone));
+        self.pump_rehoming(now);
+        known
+    }
+
     /// The result of a phone command.
     pub(super) fn phone_result(&mut self, now: Instant, phone: PhoneId, failed: bool) {
         if failed {

@@ -514,6 +514,14 @@ impl Pair {
         self.pump(now);
     }
 
+    /// A phone's action was carried out (or the address it follows
+    /// announced) and its registration cannot be checked (see
+    /// [`Orchestrator::handle_phone_unchecked`]).
+    pub fn handle_phone_unchecked(&mut self, now: Instant, phone: PhoneId) {
+        self.orch.handle_phone_unchecked(now, phone);
+        self.pump(now);
+    }
+
     /// An operator request, answered after preflight.
     ///
     /// # Errors
