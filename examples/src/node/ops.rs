@@ -62,6 +62,9 @@ const HOOK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Bytes buffered on the link before the image's sender waits.
 const SEND_WINDOW: usize = 8 << 20;
 
+/// Where the peer's answer to the image in flight goes.
+type AnswerSlot = Arc<Mutex<Option<oneshot::Sender<(bool, String)>>>>;
+
 /// The procedures' side of the node's main task.
 pub(super) struct Ops {
     pub(super) staging: Staging,
@@ -72,7 +75,7 @@ pub(super) struct Ops {
     /// Bytes the link has not written yet (the sender's flow control).
     buffered: Arc<AtomicUsize>,
     /// The sender waiting for the peer's answer.
-    awaiting: Arc<Mutex<Option<oneshot::Sender<(bool, String)>>>>,
+    awaiting: AnswerSlot,
     to_receiver: std::sync::mpsc::Sender<Vec<u8>>,
 }
 
