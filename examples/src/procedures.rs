@@ -904,6 +904,41 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever the peer sends, the receiver answers or waits: no
+        /// panic, and nothing but checked images lands in the folder.
+        #[test]
+        fn hostile_frames_are_refused_never_a_panic(
+            frames in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48), 0..12),
+            tags in proptest::collection::vec(0u8..4, 0..12),
+        ) {
+            let (_d, s) = staging(64);
+            let mut r = Receiver::new(s.clone());
+            for (f, t) in frames.iter().zip(tags.iter().chain(std::iter::repeat(&9))) {
+                let mut payload = vec![*t];
+                payload.extend_from_slice(f);
+                let _ = r.handle(&payload);
+            }
+            let _ = r.handle(&TransferFrame::End.encode());
+            // After an end, only checked images (and their record) stay.
+            let kept = s.upgrade_image();
+            for e in std::fs::read_dir(s.dir()).expect("list").flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name == "upgrade.json" {
+                    continue;
+                }
+                let image = kept.as_ref().filter(|k| k.file.name == name);
+                proptest::prop_assert!(image.is_some(), "{} left behind", name);
+                let data = std::fs::read(e.path()).expect("read");
+                proptest::prop_assert_eq!(
+                    blake3::hash(&data).to_hex().to_string(),
+                    image.map(|k| k.file.blake3.clone()).unwrap_or_default()
+                );
+            }
+        }
+    }
+
     #[test]
     fn frames_round_trip() {
         let m = meta(b"abc", "fw.img");

@@ -495,6 +495,9 @@ fn status_json_keeps_its_fields() {
             "quarantine",
             "sync",
             "counters",
+            "operations",
+            "last_procedure",
+            "words",
         ])
     );
     assert_eq!(keys(&s["sync"]), want(&["refused"]));
@@ -610,7 +613,11 @@ fn a_refused_round_shows_in_the_status_until_confirmed() {
         "",
     );
     assert_eq!(code, 200);
-    assert!(page.contains("sync.refused") && page.contains("/sync/confirm-deletions"));
+    assert!(page.contains("refused_round") && page.contains("/sync/confirm-deletions"));
+    // In words, with its button among the page's actions.
+    let s = p.b.status();
+    assert_eq!(s["words"]["refused_round"], r["error"], "{}", s["words"]);
+    assert_eq!(s["words"]["actions"]["confirm_deletions"], true);
 
     let (code, answer) = confirm(Some(&bearer), "application/json");
     assert_eq!(code, 202, "{answer}");
