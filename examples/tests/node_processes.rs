@@ -1927,3 +1927,53 @@ fn manual_upgrade_through_each_units_own_page() {
         ]
     );
 }
+
+/// The manual's "Upload Language Pack" as a rolling upgrade from the
+/// Master: the same order, the firmware untouched, each unit restarted
+/// after its install, both on the new pack at the end.
+#[test]
+fn rolling_language_pack_upgrade() {
+    let mut p = pair_full("language-pack", true, Some(PROC_TOKEN), &recording_hooks);
+    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
+    settled(&mut p);
+    let root = p.a.config.parent().expect("dir").to_path_buf();
+    let pack = root.join("en-2.pack");
+    std::fs::write(&pack, b"a language pack").expect("pack");
+    let (code, answer) = curl_form(
+        &p.a,
+        "/upgrade",
+        &[
+            ("image", format!("@{}", pack.display())),
+            ("version", "en-2".into()),
+            ("kind", "language_pack".into()),
+        ],
+    );
+    assert_eq!(code, 202, "{answer}");
+    let s =
+        p.a.wait("done with the upgrade", Duration::from_secs(90), |s| {
+            s["last_procedure"]["name"] == "rolling upgrade" && s["status"]["procedure"].is_null()
+        });
+    assert_eq!(
+        s["last_procedure"]["outcome"], "Completed",
+        "{}",
+        s["words"]
+    );
+    for node in [&p.a, &p.b] {
+        let unit = firmware(&node.status());
+        assert!(
+            unit.contains("firmware 5.1.30, language pack en-2"),
+            "{}: {unit}",
+            node.name
+        );
+    }
+    assert_eq!(
+        calls(&p),
+        [
+            "pbx-a save_config",
+            "pbx-b save_config",
+            "pbx-b upgrade language_pack en-2",
+            "pbx-a upgrade language_pack en-2",
+        ]
+    );
+    assert_eq!(p.b.role(), "Master");
+}
