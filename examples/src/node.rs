@@ -869,10 +869,10 @@ impl Engine {
                     missing = d.missing,
                     "local changes in the sync round's way, set aside"
                 );
-                if let Some(folder) = &d.folder {
-                    if !self.quarantine.contains(folder) {
-                        self.quarantine.push(folder.clone());
-                    }
+                if let Some(folder) = &d.folder
+                    && !self.quarantine.contains(folder)
+                {
+                    self.quarantine.push(folder.clone());
                 }
             }
             PairEvent::Sync(SyncReport::Refused(why)) => warn!(

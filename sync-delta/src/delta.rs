@@ -267,22 +267,22 @@ pub struct OpBuilder {
 impl OpBuilder {
     /// A copy.
     pub fn copy(&mut self, offset: u64, len: u64) {
-        if let Some(Op::Copy { offset: o, len: l }) = self.ops.last_mut() {
-            if *o + *l == offset {
-                *l += len;
-                return;
-            }
+        if let Some(Op::Copy { offset: o, len: l }) = self.ops.last_mut()
+            && *o + *l == offset
+        {
+            *l += len;
+            return;
         }
         self.ops.push(Op::Copy { offset, len });
     }
 
     /// A literal (merged into the previous one up to [`MAX_LITERAL`]).
     pub fn literal(&mut self, data: &[u8]) {
-        if let Some(Op::Literal(v)) = self.ops.last_mut() {
-            if v.len() + data.len() <= MAX_LITERAL {
-                v.extend_from_slice(data);
-                return;
-            }
+        if let Some(Op::Literal(v)) = self.ops.last_mut()
+            && v.len() + data.len() <= MAX_LITERAL
+        {
+            v.extend_from_slice(data);
+            return;
         }
         let mut v = Vec::with_capacity(MAX_LITERAL.min(data.len().max(64 * 1024)));
         v.extend_from_slice(data);

@@ -567,10 +567,10 @@ impl Link {
             deadline: now + HANDSHAKE_TIMEOUT,
             error: None,
         };
-        if role == LinkRole::Initiator {
-            if let Err(e) = link.start_initiator() {
-                link.fail(e);
-            }
+        if role == LinkRole::Initiator
+            && let Err(e) = link.start_initiator()
+        {
+            link.fail(e);
         }
         link
     }
@@ -797,10 +797,10 @@ impl Link {
                     theirs: buf[2],
                 });
             }
-            if self.state != State::Established {
-                if let Some(&h) = buf.first_chunk::<RECORD_HEADER_LEN>() {
-                    self.check_pre_auth_header(h)?;
-                }
+            if self.state != State::Established
+                && let Some(&h) = buf.first_chunk::<RECORD_HEADER_LEN>()
+            {
+                self.check_pre_auth_header(h)?;
             }
             let buf = &self.rx[self.rx_start..];
             let (record, used) = match decode_record(buf) {

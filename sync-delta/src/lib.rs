@@ -102,6 +102,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
+// docs.rs builds with `--cfg docsrs`: each item behind a feature says which.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod chunk;
@@ -110,7 +112,8 @@ mod epoch;
 mod error;
 pub mod exclude;
 pub mod frame;
-#[cfg(feature = "fuzzing")]
+#[cfg(feature = "__fuzzing")]
+#[doc(hidden)]
 pub mod fuzzing;
 mod generation;
 mod guard;
@@ -136,3 +139,8 @@ pub use replica::{
 };
 pub use source::{Source, SourceConfig, SourceEvent, SourceStats};
 pub use store::{FsStore, Storage};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -726,13 +726,12 @@ impl Replica {
                         kind: Kind::File { size, .. },
                         ..
                     }) = &m
+                        && *size > self.config.max_file_size
                     {
-                        if *size > self.config.max_file_size {
-                            return Err(SessionError::FileTooLarge {
-                                size: *size,
-                                max: self.config.max_file_size,
-                            });
-                        }
+                        return Err(SessionError::FileTooLarge {
+                            size: *size,
+                            max: self.config.max_file_size,
+                        });
                     }
                     round.bytes = round
                         .bytes
@@ -906,13 +905,13 @@ impl Replica {
         for (p, m) in &new.entries {
             let o = old.entries.get(p);
             let Kind::File { size, hash } = &m.kind else {
-                if let Kind::Symlink { target } = &m.kind {
-                    if o.map(|o| &o.kind) != Some(&m.kind) {
-                        let stage = format!("r{}-l{next_id}", round.seq);
-                        next_id += 1;
-                        store.symlink(target, &format!("{STAGE_DIR}/{stage}"))?;
-                        round.staged.insert(p.clone(), stage);
-                    }
+                if let Kind::Symlink { target } = &m.kind
+                    && o.map(|o| &o.kind) != Some(&m.kind)
+                {
+                    let stage = format!("r{}-l{next_id}", round.seq);
+                    next_id += 1;
+                    store.symlink(target, &format!("{STAGE_DIR}/{stage}"))?;
+                    round.staged.insert(p.clone(), stage);
                 }
                 continue;
             };
@@ -935,20 +934,20 @@ impl Replica {
                     .filter_map(|(p, m)| m.file_hash().map(|h| (*h, p.clone())))
                     .collect()
             });
-            if let Some(from) = index.get(hash) {
-                if copy_local(
+            if let Some(from) = index.get(hash)
+                && copy_local(
                     store,
                     from.as_str(),
                     &stage_path,
                     *size,
                     hash,
                     &mut self.buf,
-                )? {
-                    store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
-                    round.staged.insert(p.clone(), stage);
-                    round.copied += 1;
-                    continue;
-                }
+                )?
+            {
+                store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
+                round.staged.insert(p.clone(), stage);
+                round.copied += 1;
+                continue;
             }
             let base = match o {
                 Some(Meta {
@@ -1311,10 +1310,10 @@ impl Replica {
         if let Some(d) = Divergence::of(divergence) {
             self.stats.quarantined += d.quarantined;
             self.stats.missing += d.missing;
-            if let Some(f) = &d.folder {
-                if !self.quarantine.contains(f) {
-                    self.quarantine.push(f.clone());
-                }
+            if let Some(f) = &d.folder
+                && !self.quarantine.contains(f)
+            {
+                self.quarantine.push(f.clone());
             }
             if d.missing > 0 {
                 // This generation lacks what the tree lost: fetch it now.

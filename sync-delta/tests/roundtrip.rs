@@ -81,13 +81,13 @@ fn apply(s: &mut MemStore, e: &Edit, t: &mut i64) {
             }
         }
         Edit::Modify(i, at, v) => {
-            if let Some((mut d, mode)) = file_of(s, NAMES[i]) {
-                if !d.is_empty() {
-                    let at = at % d.len();
-                    let end = (at + 100).min(d.len());
-                    d[at..end].fill(v);
-                    s.put_file(NAMES[i], &d, mode, *t);
-                }
+            if let Some((mut d, mode)) = file_of(s, NAMES[i])
+                && !d.is_empty()
+            {
+                let at = at % d.len();
+                let end = (at + 100).min(d.len());
+                d[at..end].fill(v);
+                s.put_file(NAMES[i], &d, mode, *t);
             }
         }
         Edit::Append(i, n) => {

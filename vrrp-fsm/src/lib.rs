@@ -62,6 +62,8 @@
 //! [RFC 9568]: https://www.rfc-editor.org/rfc/rfc9568
 //! [RFC 3768]: https://www.rfc-editor.org/rfc/rfc3768
 #![forbid(unsafe_code)]
+// docs.rs builds with `--cfg docsrs`: each item behind a feature says which.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod config;
@@ -71,7 +73,8 @@ mod router;
 mod stats;
 pub mod timer;
 
-#[cfg(feature = "fuzzing")]
+#[cfg(feature = "__fuzzing")]
+#[doc(hidden)]
 pub mod fuzzing;
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -87,3 +90,8 @@ pub use router::{
     Transmit, VirtualRouter,
 };
 pub use stats::{ConfigDrop, Stats};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -50,6 +50,8 @@
 //! [RFC 9568]: https://www.rfc-editor.org/rfc/rfc9568
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
+// docs.rs builds with `--cfg docsrs`: each item behind a feature says which.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod checksum;
@@ -59,7 +61,8 @@ mod repr;
 mod types;
 pub mod wire;
 
-#[cfg(feature = "fuzzing")]
+#[cfg(feature = "__fuzzing")]
+#[doc(hidden)]
 pub mod fuzzing;
 
 pub use error::{BuildError, DropReason, EmitError, ParseError, Warning, Warnings};
@@ -72,3 +75,8 @@ pub use types::{
     Priority, TTL, Version, Vrid,
 };
 pub use wire::Packet;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -594,10 +594,10 @@ impl Pair {
 
     /// Timers due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(r) = &mut self.router {
-            if r.poll_timeout().is_some_and(|t| t <= now) {
-                r.handle_timeout(now);
-            }
+        if let Some(r) = &mut self.router
+            && r.poll_timeout().is_some_and(|t| t <= now)
+        {
+            r.handle_timeout(now);
         }
         if self.orch.poll_timeout().is_some_and(|t| t <= now) {
             self.orch.handle_timeout(now);
@@ -1106,10 +1106,10 @@ impl Pair {
             }
             Command::StepDown => {
                 // Already out of Master is fine: the point is not to be it.
-                if let Some(r) = &mut self.router {
-                    if r.state() == vrrp_fsm::State::Master {
-                        let _ = r.release(now, vrrp_fsm::Release::new());
-                    }
+                if let Some(r) = &mut self.router
+                    && r.state() == vrrp_fsm::State::Master
+                {
+                    let _ = r.release(now, vrrp_fsm::Release::new());
                 }
                 self.results.push_back((id, CommandOutcome::Done));
             }
