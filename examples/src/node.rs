@@ -1317,7 +1317,7 @@ pub async fn run(
                 "creating the data directory {}",
                 sync.dir.display()
             )))?;
-            let store = FsStore::new(&sync.dir).map_err(|e| NodeError::Io {
+            let store = FsStore::parallel(&sync.dir).map_err(|e| NodeError::Io {
                 what: format!("opening {}", sync.dir.display()),
                 source: std::io::Error::other(e.to_string()),
             })?;
