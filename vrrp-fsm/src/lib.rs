@@ -21,6 +21,10 @@
 //!   lossy, delayed, partitionable links in virtual time, generic over the
 //!   engine and the packets its network carries.
 //!
+//! This crate needs `std`: the engine takes `std::time::Instant`, the
+//! driver's monotonic clock, in every input. The wire codec underneath,
+//! vrrp-proto, is `no_std`.
+//!
 //! RFC 9568 renamed Master to Active (`Active_Down_Interval`,
 //! `Active_Adver_Interval`); this crate keeps RFC 3768's Master, as
 //! keepalived and the appliance manuals do.
