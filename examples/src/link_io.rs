@@ -24,8 +24,8 @@ use failover_orchestrator::pair::{
 };
 use socket2::{Domain, SockAddr, Socket, Type};
 use sync_delta::FsStore;
+use sync_delta::Message;
 use sync_delta::frame::Nonce;
-use sync_delta::wire::Message;
 use tracing::{info, warn};
 
 use crate::poller::{Interest, Poller, Ready};

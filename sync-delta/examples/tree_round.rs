@@ -17,8 +17,8 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
+use sync_delta::Message;
 use sync_delta::frame::{CHANNEL_SYNC, Link, Nonce, PreSharedKey};
-use sync_delta::wire::Message;
 use sync_delta::{Epoch, FsStore, Replica, ReplicaConfig, ReplicaEvent, Source, SourceConfig};
 
 fn rng(seed: u64) -> impl FnMut() -> u64 {

@@ -49,7 +49,7 @@ pub struct ReplicaConfig {
     pub delta_min_size: u64,
     /// Memory budget of a manifest, in bytes (default 512 MiB): each
     /// entry counts its path, its symlink target and
-    /// [`crate::manifest::ENTRY_COST`]. Checked as a round's changes
+    /// [`crate::ENTRY_COST`]. Checked as a round's changes
     /// arrive and on the manifest they make, so long paths and link
     /// targets cannot make a source's round cost more than this
     /// ([`SessionError::ManifestTooLarge`]).
@@ -101,6 +101,7 @@ impl Generation {
 
 /// What [`Replica::open`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OpenReport {
     /// The generation the tree is at.
     pub generation: Generation,
@@ -124,6 +125,7 @@ pub struct OpenReport {
 /// tree was not the generation its manifest records where a round (or a
 /// committed round being rolled forward) writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Divergence {
     /// The quarantine folder (under `.sync-delta/quarantine/`) that what
     /// was in the way moved into; `None` when nothing moved.
@@ -148,6 +150,7 @@ impl Divergence {
 
 /// Status, for an admin page or the orchestrator.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReplicaStatus {
     /// The current generation.
     pub generation: Generation,
@@ -207,6 +210,7 @@ pub enum ReplicaEvent {
 
 /// Counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReplicaStats {
     /// Rounds committed.
     pub rounds: u64,

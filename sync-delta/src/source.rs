@@ -49,6 +49,7 @@ pub enum SourceEvent {
 
 /// Counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SourceStats {
     /// Rounds served.
     pub rounds: u64,

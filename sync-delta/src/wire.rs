@@ -235,8 +235,18 @@ pub enum AbandonReason {
     Storage = 1,
 }
 
-/// A sync message.
+/// A sync message, between a [`Source`](crate::Source) and a
+/// [`Replica`](crate::Replica).
+///
+/// A driver carries messages and does not look inside them: it takes them
+/// from one session's `poll_transmit`, sends them on the link's
+/// [`CHANNEL_SYNC`](crate::frame::CHANNEL_SYNC) ([`Message::encode`],
+/// [`Message::decode`]) and gives them to the other session's
+/// `handle_message`. [`Message::ty`] says which kind a message is. The
+/// variants' contents are the protocol's, not API: their types are not
+/// nameable outside this crate, and new variants may come in any release.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Message {
     /// Replica asks for a round.
     Request {

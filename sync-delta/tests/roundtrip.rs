@@ -247,7 +247,7 @@ fn file_changing_during_round_is_retried() {
     // The file changes between the scan and the read of its data.
     let mut changed = false;
     pair.pump(|m, src| {
-        if matches!(m, sync_delta::wire::Message::Want { .. }) && !changed {
+        if matches!(m, sync_delta::Message::Want { .. }) && !changed {
             changed = true;
             src.put_file("rec/call.wav", &noise(100_000, 10), 0o640, 31);
         }

@@ -300,6 +300,7 @@ pub(crate) enum LinkOut {
 
 /// Counters of the peer link.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LinkStats {
     /// Dials asked of the driver.
     pub dials: u64,

@@ -126,7 +126,7 @@ const BEACON_PROBE: u8 = 255;
 
 /// Requests and replies kept for the peer while the link is down.
 const HELD_MESSAGES: usize = 64;
-use sync_delta::wire::Message;
+use sync_delta::Message;
 use vrrp_fsm::VirtualRouter;
 use vrrp_proto::RecvMeta;
 
@@ -298,6 +298,7 @@ pub enum Output {
 
 /// Counters of the pair engine itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PairStats {
     /// VRRP packets ignored because redundancy is off.
     pub vrrp_ignored: u64,

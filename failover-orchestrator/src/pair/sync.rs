@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 
-use sync_delta::wire::Message;
+use sync_delta::Message;
 use sync_delta::{
     Divergence, Exclude, OpenReport, Refusal, Replica, ReplicaConfig, ReplicaEvent, SessionError,
     Source, SourceConfig, SourceEvent, Storage,
