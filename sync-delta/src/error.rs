@@ -120,6 +120,7 @@ pub enum WireError {
 }
 
 /// The authenticated link failed; the connection must be closed.
+#[cfg(feature = "link")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LinkError {
@@ -212,6 +213,7 @@ pub enum LinkError {
 /// buffer or a short secret spread over 32 bytes is refused. The checks
 /// are cheap and catch mistakes, not every weak key: 32 random bytes have
 /// about 30 distinct values, the bound below sits far under that.
+#[cfg(feature = "link")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {

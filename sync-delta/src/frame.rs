@@ -116,7 +116,7 @@ pub const MAX_PRE_AUTH: usize = 1024;
 /// Frame header length in bytes (inside the encrypted stream).
 pub const FRAME_HEADER_LEN: usize = 21;
 /// Largest payload accepted or sent.
-pub const MAX_PAYLOAD: u32 = 1 << 21;
+pub use crate::wire::MAX_PAYLOAD;
 /// Most bytes the largest frame takes on the wire (all its records).
 pub const MAX_FRAME: usize = wire_len(MAX_PAYLOAD as usize);
 /// Channel of sync-delta's messages.

@@ -19,6 +19,9 @@
 //!
 //! # Features
 //!
+//! - `link` (default): the peer link, [`frame`] (the `snow` and
+//!   `rand_chacha` crates). Without it, a driver carries the sessions'
+//!   [`Message`]s over a transport of its own.
 //! - `mmap` (default): [`FsStore`] hashes files of up to 8 MiB through a
 //!   memory map; without it, through a buffer.
 //! - `internals` and `__fuzzing`: not API. They make the codec internals
@@ -136,6 +139,7 @@ internal!(chunk, delta, exclude, files, manifest, path, wire);
 
 mod epoch;
 mod error;
+#[cfg(feature = "link")]
 pub mod frame;
 #[cfg(feature = "__fuzzing")]
 #[doc(hidden)]
@@ -148,9 +152,9 @@ mod source;
 pub mod store;
 
 pub use epoch::Epoch;
-pub use error::{
-    ApplyError, KeyError, LinkError, PathError, Refusal, SessionError, StoreError, WireError,
-};
+pub use error::{ApplyError, PathError, Refusal, SessionError, StoreError, WireError};
+#[cfg(feature = "link")]
+pub use error::{KeyError, LinkError};
 pub use exclude::Exclude;
 pub use generation::Role;
 pub use manifest::{ENTRY_COST, Kind, MAX_LINK_LEN, Manifest, Meta};

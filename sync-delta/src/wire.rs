@@ -16,7 +16,6 @@
 
 use crate::delta::{CHUNK_HASH_LEN, MAX_SIG_CHUNKS, Op, SigChunk};
 use crate::error::WireError;
-use crate::frame::MAX_PAYLOAD;
 use crate::manifest::{Change, Hash, decode_entry, encode_entry};
 use crate::path::RelPath;
 
@@ -311,6 +310,9 @@ pub enum Message {
     SyncNow,
 }
 
+/// Largest frame payload accepted or sent (a message and the orchestrator's
+/// peer messages alike).
+pub const MAX_PAYLOAD: u32 = 1 << 21;
 /// Most changes in one `Entries` message.
 pub const MAX_CHANGES: usize = 16 * 1024;
 /// Most ops in one `Data` message.
