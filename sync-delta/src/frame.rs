@@ -246,7 +246,7 @@ mod record {
 
     /// Encodes one record with a plaintext `body` onto `out` (handshake and
     /// refusal records, tests and fuzzing; data records are encrypted by
-    /// [`Link::send`]).
+    /// [`Link::send`](super::Link::send)).
     ///
     /// # Errors
     /// [`WireError::TooLong`] when the body exceeds its kind's limit.

@@ -121,6 +121,9 @@
 #![forbid(unsafe_code)]
 // docs.rs builds with `--cfg docsrs`: each item behind a feature says which.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// The items re-exported from the internal modules are public in every
+// build: no badge for the feature that only makes their modules public.
+#![cfg_attr(docsrs, doc(auto_cfg(hide(feature = "internals"))))]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 // The codec and engine internals: private, or public with the `internals`
