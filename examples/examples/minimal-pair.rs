@@ -97,8 +97,8 @@ impl World {
             interval,
             ..SyncConfig::default()
         });
-        // One hashing thread: none is spawned.
-        let store = FsStore::new(&self.nodes[i].dir)?.with_threads(1);
+        // Single-threaded (the default): the store spawns no thread.
+        let store = FsStore::new(&self.nodes[i].dir)?;
         udp.set_nonblocking(true)?;
         listener.set_nonblocking(true)?;
         self.nodes[i].addr = [udp.local_addr()?, listener.local_addr()?];
