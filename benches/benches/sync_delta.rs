@@ -249,17 +249,31 @@ fn bench(c: &mut Criterion) {
     g.bench_function("sync_delta/manifest_hash (blake3, memory)", |b| {
         b.iter(|| black_box(blake3::hash(&base)))
     });
-    // Manifest hashing as a scan does it: through the real store, one thread.
+    // Manifest hashing as a scan does it: through the real store, the
+    // default single-threaded store and the opt-in parallel one
+    // (`FsStore::parallel`: the machine's parallelism), on the same bytes
+    // split into 8 files so that the parallel store has work to spread.
     let dir = std::env::temp_dir().join(format!("sync-delta-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
-    std::fs::write(dir.join("big"), &base).expect("write");
-    let mut store = sync_delta::FsStore::new(&dir)
-        .expect("store")
-        .with_threads(1);
-    let paths = [sync_delta::RelPath::new("big").expect("path")];
-    g.bench_function("sync_delta/manifest_hash (FsStore, 1 thread)", |b| {
-        b.iter(|| black_box(store.hash_files(&paths)))
+    let piece = base.len().div_ceil(8).max(1);
+    let paths: Vec<sync_delta::RelPath> = base
+        .chunks(piece)
+        .enumerate()
+        .map(|(i, part)| {
+            std::fs::write(dir.join(format!("part{i}")), part).expect("write");
+            sync_delta::RelPath::new(&format!("part{i}")).expect("path")
+        })
+        .collect();
+    let mut single = sync_delta::FsStore::new(&dir).expect("store");
+    g.bench_function("sync_delta/manifest_hash (FsStore::new, no thread)", |b| {
+        b.iter(|| black_box(single.hash_files(&paths)))
     });
+    let mut parallel = sync_delta::FsStore::parallel(&dir).expect("store");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    g.bench_function(
+        format!("sync_delta/manifest_hash (FsStore::parallel, {cores} threads)"),
+        |b| b.iter(|| black_box(parallel.hash_files(&paths))),
+    );
     g.finish();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -97,8 +97,8 @@ impl World {
             interval,
             ..SyncConfig::default()
         });
-        // One hashing thread: none is spawned.
-        let store = FsStore::new(&self.nodes[i].dir)?.with_threads(1);
+        // Single-threaded (the default): the store spawns no thread.
+        let store = FsStore::new(&self.nodes[i].dir)?;
         udp.set_nonblocking(true)?;
         listener.set_nonblocking(true)?;
         self.nodes[i].addr = [udp.local_addr()?, listener.local_addr()?];
@@ -174,10 +174,10 @@ impl World {
             return true;
         }
         if let Ok((s, from)) = listener.accept() {
-            if let (Ok(nonce), Ok(())) = (random32(), s.set_nonblocking(true)) {
-                if let Some(id) = pair.handle_accepted(now, Nonce(nonce), from.ip()) {
-                    conns.insert(id, (s, Vec::new()));
-                }
+            if let (Ok(nonce), Ok(())) = (random32(), s.set_nonblocking(true))
+                && let Some(id) = pair.handle_accepted(now, Nonce(nonce), from.ip())
+            {
+                conns.insert(id, (s, Vec::new()));
             }
             return true;
         }
@@ -219,11 +219,11 @@ impl World {
                     self.drive(i);
                 }
                 let now = Instant::now();
-                if let Some(Running(node, ..)) = self.nodes[i].run.as_mut() {
-                    if node.poll_timeout().is_some_and(|t| t <= now) {
-                        node.handle_timeout(now, SystemTime::now());
-                        self.drive(i);
-                    }
+                if let Some(Running(node, ..)) = self.nodes[i].run.as_mut()
+                    && node.poll_timeout().is_some_and(|t| t <= now)
+                {
+                    node.handle_timeout(now, SystemTime::now());
+                    self.drive(i);
                 }
             }
             let next = self

@@ -67,10 +67,10 @@ impl Node {
     }
 
     async fn stop(&mut self, how: Stop) {
-        if let Some(n) = self.running.take() {
-            if let Err(e) = n.stop(how).await {
-                eprintln!("pair: {} stopped with an error: {e}", self.name);
-            }
+        if let Some(n) = self.running.take()
+            && let Err(e) = n.stop(how).await
+        {
+            eprintln!("pair: {} stopped with an error: {e}", self.name);
         }
     }
 

@@ -759,7 +759,7 @@ fn validate_vrrp(v: RawVrrp) -> Result<Vrrp, ConfigError> {
     let ms = v.advert_interval_ms.unwrap_or(1000);
     let interval = match version {
         Version::V2 => {
-            if ms % 1000 != 0 || ms == 0 || ms > 255_000 {
+            if !ms.is_multiple_of(1000) || ms == 0 || ms > 255_000 {
                 return Err(invalid(
                     "vrrp.advert_interval_ms",
                     format!("VRRPv2 takes whole seconds 1-255 (1000-255000 ms), got {ms}"),
@@ -768,7 +768,7 @@ fn validate_vrrp(v: RawVrrp) -> Result<Vrrp, ConfigError> {
             Interval::from_secs((ms / 1000) as u8)
         }
         Version::V3 => {
-            if ms % 10 != 0 || ms == 0 || ms > 40_950 {
+            if !ms.is_multiple_of(10) || ms == 0 || ms > 40_950 {
                 return Err(invalid(
                     "vrrp.advert_interval_ms",
                     format!("VRRPv3 takes multiples of 10 ms from 10 to 40950, got {ms}"),
@@ -849,13 +849,13 @@ fn validate_vrrp(v: RawVrrp) -> Result<Vrrp, ConfigError> {
             return Err(invalid("vrrp.auth_pass", "at most 8 bytes"));
         }
     }
-    if let Some(p) = v.rt_priority {
-        if !(1..=99).contains(&p) {
-            return Err(invalid(
-                "vrrp.rt_priority",
-                format!("must be 1-99, got {p}"),
-            ));
-        }
+    if let Some(p) = v.rt_priority
+        && !(1..=99).contains(&p)
+    {
+        return Err(invalid(
+            "vrrp.rt_priority",
+            format!("must be 1-99, got {p}"),
+        ));
     }
     Ok(Vrrp {
         transport,

@@ -141,10 +141,10 @@ impl Hooks for ShellHooks {
         let (name, stop, grace) = (svc.name.clone(), svc.stop.clone(), svc.stop_timeout);
         Box::pin(async move {
             let Some(mut child) = child else { return };
-            if let Some(stop) = stop {
-                if !run_shell(&stop, grace).await {
-                    warn!(service = %name, "stop command failed; ending the process group");
-                }
+            if let Some(stop) = stop
+                && !run_shell(&stop, grace).await
+            {
+                warn!(service = %name, "stop command failed; ending the process group");
             }
             end_group(&mut child, grace).await;
             info!(service = %name, "service stopped");

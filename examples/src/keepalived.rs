@@ -358,10 +358,10 @@ pub fn parse(text: &str) -> Result<Vec<Item>, KeepalivedError> {
     }
     let top = stack.len() - 1;
     stack[top].0.extend(current.take());
-    if let Some((_, Some((_, line)))) = stack.last() {
-        if top > 0 {
-            return Err(KeepalivedError::Unclosed { line: *line });
-        }
+    if let Some((_, Some((_, line)))) = stack.last()
+        && top > 0
+    {
+        return Err(KeepalivedError::Unclosed { line: *line });
     }
     Ok(stack.pop().map(|(items, _)| items).unwrap_or_default())
 }

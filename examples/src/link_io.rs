@@ -24,8 +24,7 @@ use failover_orchestrator::pair::{
 };
 use socket2::{Domain, SockAddr, Socket, Type};
 use sync_delta::frame::Nonce;
-use sync_delta::wire::Message;
-use sync_delta::{FsStore, RoundProgress};
+use sync_delta::{FsStore, Message, RoundProgress};
 use tracing::{info, warn};
 
 use crate::poller::{Interest, Poller, Ready};
@@ -314,11 +313,11 @@ impl Sockets {
         // From the listening address, when it is a specific one: the peer
         // sees this end's connections come from the address it knows (and
         // keeps a handshake slot for).
-        if let Some(local) = self.dial_from(addr) {
-            if let Err(e) = sock.bind(&SockAddr::from(local)) {
-                self.dial_failed(engine, now, id, format!("bind to {local}: {e}"));
-                return;
-            }
+        if let Some(local) = self.dial_from(addr)
+            && let Err(e) = sock.bind(&SockAddr::from(local))
+        {
+            self.dial_failed(engine, now, id, format!("bind to {local}: {e}"));
+            return;
         }
         match sock.connect(&SockAddr::from(addr)) {
             Ok(()) => {}

@@ -517,7 +517,7 @@ mod tests {
 
     use failover_orchestrator::{
         BackupMode, Epoch, PersonReason, PhoneAction, PhoneId, PhoneOutcome, Procedure, Redundancy,
-        Role, Status, SyncView, TimelineEntry,
+        Role, SyncView, TimelineEntry,
     };
     use openmetrics_parser::{MetricNumber, OpenMetricsValue};
 
@@ -585,22 +585,18 @@ mod tests {
         s.vrrp.priority = 100;
         s.vrrp.transitions = 2;
         s.vrrp.received = 40;
-        s.status = Some(Status {
-            node_id: "pbx-b".into(),
-            role: Role::Master,
-            epoch: Epoch { term: 2, node: 7 },
-            redundancy: Redundancy::Enabled,
-            backup_mode: BackupMode::Active,
-            ready: true,
-            peer: None,
-            sync: Some(SyncView {
-                generation: 5,
-                age_ms: 1_500,
-            }),
-            procedure: None,
-            findings: Vec::new(),
-            timeline: None,
+        // `Status` grows (non-exhaustive): one from an engine, then set.
+        let mut st = crate::words::tests_support::status("pbx-b");
+        st.role = Role::Master;
+        st.epoch = Epoch { term: 2, node: 7 };
+        st.redundancy = Redundancy::Enabled;
+        st.backup_mode = BackupMode::Active;
+        st.ready = true;
+        st.sync = Some(SyncView {
+            generation: 5,
+            age_ms: 1_500,
         });
+        s.status = Some(st);
         s.timeline = Some(Timeline {
             kind: PlanKind::Takeover,
             reason: None,

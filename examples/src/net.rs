@@ -108,10 +108,10 @@ impl Netlink {
         let index = link.header.index;
         let mut mac = [0u8; 6];
         for attr in &link.attributes {
-            if let LinkAttribute::Address(bytes) = attr {
-                if bytes.len() == 6 {
-                    mac.copy_from_slice(bytes);
-                }
+            if let LinkAttribute::Address(bytes) = attr
+                && bytes.len() == 6
+            {
+                mac.copy_from_slice(bytes);
             }
         }
         let mut addresses = Vec::new();

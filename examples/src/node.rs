@@ -998,31 +998,31 @@ impl Engine {
                 }
                 orch::Event::StepStarted { plan, .. } => {
                     tracing::debug!(event = ?ev, "orchestrator");
-                    if let Some(p) = &mut self.procedure {
-                        if p.plan == Some(*plan) {
-                            let o = self
-                                .pair
-                                .orchestrator()
-                                .status(Instant::now().max(self.clock));
-                            if let Some(v) = o.procedure {
-                                for (i, words) in v.active_steps {
-                                    p.steps.insert(i, words);
-                                }
+                    if let Some(p) = &mut self.procedure
+                        && p.plan == Some(*plan)
+                    {
+                        let o = self
+                            .pair
+                            .orchestrator()
+                            .status(Instant::now().max(self.clock));
+                        if let Some(v) = o.procedure {
+                            for (i, words) in v.active_steps {
+                                p.steps.insert(i, words);
                             }
                         }
                     }
                 }
                 orch::Event::StepFailed { plan, step, policy } => {
                     warn!(?plan, step, ?policy, "step failed");
-                    if let Some(p) = &mut self.procedure {
-                        if p.plan == Some(*plan) {
-                            let words = p
-                                .steps
-                                .get(step)
-                                .cloned()
-                                .unwrap_or_else(|| format!("step {step}"));
-                            p.failed.push(words);
-                        }
+                    if let Some(p) = &mut self.procedure
+                        && p.plan == Some(*plan)
+                    {
+                        let words = p
+                            .steps
+                            .get(step)
+                            .cloned()
+                            .unwrap_or_else(|| format!("step {step}"));
+                        p.failed.push(words);
                     }
                 }
                 orch::Event::ProcedureFinished { id, outcome } => {
@@ -1072,10 +1072,10 @@ impl Engine {
                     missing = d.missing,
                     "local changes in the sync round's way, set aside"
                 );
-                if let Some(folder) = &d.folder {
-                    if !self.quarantine.contains(folder) {
-                        self.quarantine.push(folder.clone());
-                    }
+                if let Some(folder) = &d.folder
+                    && !self.quarantine.contains(folder)
+                {
+                    self.quarantine.push(folder.clone());
                 }
             }
             PairEvent::Sync(SyncReport::Refused(why)) => warn!(
@@ -1587,7 +1587,7 @@ pub async fn run(
                 "creating the data directory {}",
                 sync.dir.display()
             )))?;
-            let store = FsStore::new(&sync.dir).map_err(|e| NodeError::Io {
+            let store = FsStore::parallel(&sync.dir).map_err(|e| NodeError::Io {
                 what: format!("opening {}", sync.dir.display()),
                 source: std::io::Error::other(e.to_string()),
             })?;

@@ -251,7 +251,7 @@ pub fn spawn(
             return (cmd_tx, ev_rx);
         }
     };
-    let store = match FsStore::new(&config.dir) {
+    let store = match FsStore::parallel(&config.dir) {
         Ok(s) => s,
         Err(e) => {
             fatal(&ev_tx, format!("cannot open {}: {e}", config.dir.display()));

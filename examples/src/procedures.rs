@@ -729,10 +729,10 @@ pub fn recent_log() -> Vec<u8> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let v: Vec<u8> = r.iter().copied().collect();
-    if v.len() >= LOG_KEEP {
-        if let Some(nl) = v.iter().position(|&b| b == b'\n') {
-            return v[nl + 1..].to_vec();
-        }
+    if v.len() >= LOG_KEEP
+        && let Some(nl) = v.iter().position(|&b| b == b'\n')
+    {
+        return v[nl + 1..].to_vec();
     }
     v
 }

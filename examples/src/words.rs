@@ -189,10 +189,10 @@ impl Words {
                     if let Some(r) = p.role {
                         line += &format!(", {r}");
                     }
-                    if p.role == Some(Role::Backup) {
-                        if let Some(m) = p.mode {
-                            line += &format!(", {m} mode");
-                        }
+                    if p.role == Some(Role::Backup)
+                        && let Some(m) = p.mode
+                    {
+                        line += &format!(", {m} mode");
                     }
                 }
                 line += &format!(", firmware {}", nonempty(&p.firmware));
@@ -346,6 +346,28 @@ fn nonempty(s: &str) -> &str {
     if s.is_empty() { "(none)" } else { s }
 }
 
+/// What the crate's unit tests share.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use failover_orchestrator::{Config, Identity, Orchestrator, PersistentState, Status};
+
+    /// A fresh engine's status (`Status` is non-exhaustive: tests set
+    /// its public fields on one).
+    pub(crate) fn status(node: &str) -> Status {
+        let config = Config::builder(Identity::new(node, "5.1.30", "en-1"))
+            .build()
+            .expect("config");
+        let now = std::time::Instant::now();
+        let o = Orchestrator::new(
+            config,
+            PersistentState::default(),
+            now,
+            std::time::SystemTime::now(),
+        );
+        o.status(now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,32 +395,25 @@ udp_peers = ["127.0.0.2:1"]
     }
 
     fn status(role: Role, peer_role: Role, mode: BackupMode) -> Status {
-        Status {
-            node_id: "pbx-a".into(),
-            role,
-            epoch: Epoch { term: 3, node: 1 },
-            redundancy: Redundancy::Enabled,
-            backup_mode: BackupMode::Active,
+        let mut s = super::tests_support::status("pbx-a");
+        s.role = role;
+        s.epoch = Epoch { term: 3, node: 1 };
+        s.peer = Some(PeerView {
+            id: "pbx-b".into(),
+            up: true,
+            role: Some(peer_role),
+            mode: Some(mode),
+            firmware: "5.2.0".into(),
+            protocol: ProtocolVersion::CURRENT,
             ready: true,
-            peer: Some(PeerView {
-                id: "pbx-b".into(),
-                up: true,
-                role: Some(peer_role),
-                mode: Some(mode),
-                firmware: "5.2.0".into(),
-                protocol: ProtocolVersion::CURRENT,
-                ready: true,
-                sync_generation: Some(7),
-            }),
-            sync: None,
-            procedure: None,
-            findings: vec![Finding {
-                field: ParityField::Firmware,
-                ours: "5.1.30".into(),
-                theirs: "5.2.0".into(),
-            }],
-            timeline: None,
-        }
+            sync_generation: Some(7),
+        });
+        s.findings = vec![Finding {
+            field: ParityField::Firmware,
+            ours: "5.1.30".into(),
+            theirs: "5.2.0".into(),
+        }];
+        s
     }
 
     #[test]

@@ -610,10 +610,10 @@ fn a_node_runs_on_a_converted_configuration() {
     let agent: ureq::Agent = agent.into();
     let t0 = Instant::now();
     let status: serde_json::Value = loop {
-        if let Ok(mut r) = agent.get(&format!("http://127.0.0.1:{port}/status")).call() {
-            if r.status() == 200 {
-                break r.body_mut().read_json().expect("JSON");
-            }
+        if let Ok(mut r) = agent.get(&format!("http://127.0.0.1:{port}/status")).call()
+            && r.status() == 200
+        {
+            break r.body_mut().read_json().expect("JSON");
         }
         let child = guard.0.as_mut().expect("child");
         if let Some(st) = child.try_wait().expect("wait") {

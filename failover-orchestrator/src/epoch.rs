@@ -30,7 +30,9 @@ impl Epoch {
 
     /// A stable 64-bit number for a node id: the first eight bytes of the
     /// BLAKE3 hash of the id, little-endian. Both nodes compute the same
-    /// number for the same id, and it never changes across firmware.
+    /// number for the same id, and it never changes across firmware: it
+    /// travels in every peer message's epoch, so the hash is part of the
+    /// peer protocol (2.0) and changes only with a new protocol version.
     #[must_use]
     pub fn node_number(node_id: &str) -> u64 {
         let hash = blake3::hash(node_id.as_bytes());
@@ -78,5 +80,19 @@ mod tests {
             Epoch::node_number("06-5.1.30-005400"),
             Epoch::node_number("06-5.1.31-005400")
         );
+    }
+
+    /// The number goes on the wire in every peer message's epoch (peer
+    /// protocol 2.0): a different hash or byte order would split a pair of
+    /// units on different firmware. Pinned to BLAKE3's first eight bytes,
+    /// little-endian.
+    #[test]
+    fn node_number_is_pinned_to_the_protocol() {
+        assert_eq!(
+            Epoch::node_number("06-5.1.30-005400"),
+            9_883_489_641_682_496_888
+        );
+        // BLAKE3("") is af1349b9f5f9a1a6…, the specification's test vector.
+        assert_eq!(Epoch::node_number(""), 0xa6a1_f9f5_b949_13af);
     }
 }

@@ -62,6 +62,8 @@
 //! ```
 
 #![forbid(unsafe_code)]
+// docs.rs builds with `--cfg docsrs`: each item behind a feature says which.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod command;
@@ -77,7 +79,8 @@ mod status;
 mod types;
 pub mod wire;
 
-#[cfg(feature = "fuzzing")]
+#[cfg(feature = "__fuzzing")]
+#[doc(hidden)]
 pub mod fuzzing;
 
 #[cfg(all(feature = "vrrp", feature = "sync"))]
@@ -105,3 +108,8 @@ pub use types::{
     RoleChangeReason, ServiceId, SyncStatus,
 };
 pub use wire::{DecodeError, PeerBody, PeerMessage, PeerRequest, PeerStatusReport, ReplyOutcome};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

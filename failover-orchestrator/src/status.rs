@@ -68,6 +68,7 @@ pub struct ProcedureView {
 
 /// Everything a UI shows about redundancy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Status {
     /// This node's device id.
     pub node_id: String,

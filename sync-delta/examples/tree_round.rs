@@ -17,8 +17,8 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
+use sync_delta::Message;
 use sync_delta::frame::{CHANNEL_SYNC, Link, Nonce, PreSharedKey};
-use sync_delta::wire::Message;
 use sync_delta::{Epoch, FsStore, Replica, ReplicaConfig, ReplicaEvent, Source, SourceConfig};
 
 fn rng(seed: u64) -> impl FnMut() -> u64 {
@@ -121,8 +121,8 @@ fn round(src: &Path, dst: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let now = t0;
     let wall = SystemTime::now();
-    let mut s = FsStore::new(src)?;
-    let mut d = FsStore::new(dst)?;
+    let mut s = FsStore::parallel(src)?;
+    let mut d = FsStore::parallel(dst)?;
     let mut source = Source::open(SourceConfig::default(), now, &mut s)?;
     let (mut replica, _) = Replica::open(
         ReplicaConfig {
@@ -202,7 +202,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Some("walk") if args.len() == 3 => {
             use sync_delta::Storage;
-            let mut s = FsStore::new(&args[2])?;
+            let mut s = FsStore::parallel(&args[2])?;
             let t = Instant::now();
             let w = s.walk(&sync_delta::Exclude::none())?;
             let walk = t.elapsed();

@@ -119,6 +119,7 @@ impl ChunkParams {
 
 /// Iterates over `(offset, len)` of the chunks of a whole buffer.
 #[must_use]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // the benches and tests use it
 pub fn chunks(data: &[u8], params: ChunkParams) -> Chunks<'_> {
     Chunks {
         data,
@@ -129,6 +130,7 @@ pub fn chunks(data: &[u8], params: ChunkParams) -> Chunks<'_> {
 
 /// Iterator returned by [`chunks`].
 #[derive(Debug)]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // the benches and tests use it
 pub struct Chunks<'a> {
     data: &'a [u8],
     pos: usize,

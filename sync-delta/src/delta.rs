@@ -109,6 +109,7 @@ impl SignatureBuilder {
 
 /// The signature of a whole buffer.
 #[must_use]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // the benches and tests use it
 pub fn signature(data: &[u8], params: ChunkParams) -> Vec<SigChunk> {
     chunks(data, params)
         .map(|(at, len)| SigChunk {
@@ -185,6 +186,7 @@ impl Matcher {
 
     /// The chunk parameters.
     #[must_use]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // the benches and tests use it
     pub fn params(&self) -> ChunkParams {
         self.params
     }
@@ -267,22 +269,22 @@ pub struct OpBuilder {
 impl OpBuilder {
     /// A copy.
     pub fn copy(&mut self, offset: u64, len: u64) {
-        if let Some(Op::Copy { offset: o, len: l }) = self.ops.last_mut() {
-            if *o + *l == offset {
-                *l += len;
-                return;
-            }
+        if let Some(Op::Copy { offset: o, len: l }) = self.ops.last_mut()
+            && *o + *l == offset
+        {
+            *l += len;
+            return;
         }
         self.ops.push(Op::Copy { offset, len });
     }
 
     /// A literal (merged into the previous one up to [`MAX_LITERAL`]).
     pub fn literal(&mut self, data: &[u8]) {
-        if let Some(Op::Literal(v)) = self.ops.last_mut() {
-            if v.len() + data.len() <= MAX_LITERAL {
-                v.extend_from_slice(data);
-                return;
-            }
+        if let Some(Op::Literal(v)) = self.ops.last_mut()
+            && v.len() + data.len() <= MAX_LITERAL
+        {
+            v.extend_from_slice(data);
+            return;
         }
         let mut v = Vec::with_capacity(MAX_LITERAL.min(data.len().max(64 * 1024)));
         v.extend_from_slice(data);
@@ -321,6 +323,7 @@ impl OpBuilder {
 
 /// The delta turning the file that `sig` describes into `new`, in memory.
 #[must_use]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // the benches and tests use it
 pub fn diff(params: ChunkParams, sig: &[SigChunk], new: &[u8]) -> Vec<Op> {
     let mut m = Matcher::new(params, sig);
     let mut b = OpBuilder::default();
@@ -338,6 +341,7 @@ pub fn diff(params: ChunkParams, sig: &[SigChunk], new: &[u8]) -> Vec<Op> {
 /// # Errors
 /// [`ApplyError`] for a copy outside the base, output beyond or short of
 /// `size`, or a hash mismatch.
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // the benches and tests use it
 pub fn apply(base: &[u8], ops: &[Op], size: u64, hash: &[u8; 32]) -> Result<Vec<u8>, ApplyError> {
     let mut out = Vec::new();
     for op in ops {

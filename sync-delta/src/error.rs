@@ -9,13 +9,13 @@ pub enum PathError {
     /// The path is empty.
     #[error("empty path")]
     Empty,
-    /// The whole path is longer than [`crate::path::MAX_PATH_LEN`] bytes.
+    /// The whole path is longer than [`crate::MAX_PATH_LEN`] bytes.
     #[error("path of {len} bytes is too long")]
     TooLong {
         /// Its length in bytes.
         len: usize,
     },
-    /// One component is longer than [`crate::path::MAX_NAME_LEN`] bytes.
+    /// One component is longer than [`crate::MAX_NAME_LEN`] bytes.
     #[error("path component of {len} bytes is too long")]
     NameTooLong {
         /// The component's length in bytes.
@@ -120,6 +120,7 @@ pub enum WireError {
 }
 
 /// The authenticated link failed; the connection must be closed.
+#[cfg(feature = "link")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LinkError {
@@ -212,6 +213,7 @@ pub enum LinkError {
 /// buffer or a short secret spread over 32 bytes is refused. The checks
 /// are cheap and catch mistakes, not every weak key: 32 random bytes have
 /// about 30 distinct values, the bound below sits far under that.
+#[cfg(feature = "link")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
@@ -413,7 +415,7 @@ pub enum Refusal {
     },
 }
 
-/// Applying a delta in memory failed (see [`crate::delta::apply`]).
+/// Applying a delta to a file's old copy failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApplyError {

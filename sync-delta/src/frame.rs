@@ -116,7 +116,7 @@ pub const MAX_PRE_AUTH: usize = 1024;
 /// Frame header length in bytes (inside the encrypted stream).
 pub const FRAME_HEADER_LEN: usize = 21;
 /// Largest payload accepted or sent.
-pub const MAX_PAYLOAD: u32 = 1 << 21;
+pub use crate::wire::MAX_PAYLOAD;
 /// Most bytes the largest frame takes on the wire (all its records).
 pub const MAX_FRAME: usize = wire_len(MAX_PAYLOAD as usize);
 /// Channel of sync-delta's messages.
@@ -149,117 +149,135 @@ pub const fn wire_len(payload_len: usize) -> usize {
     plain + records * (RECORD_HEADER_LEN + TAG_LEN)
 }
 
-/// Record kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RecordKind {
-    /// Handshake message 1, dialer to listener.
-    Hello = 0,
-    /// Handshake message 2, listener to dialer.
-    Reply = 1,
-    /// A Noise transport message.
-    Data = 2,
-    /// The listener refused the hello (plaintext, no key involved).
-    Refused = 3,
+// The record codec: the wire format above, before decryption. Internal
+// (the `internals` feature shows it to the fuzz and bench harnesses).
+mod record {
+    use super::{MAGIC, MAX_HANDSHAKE_BODY, MAX_RECORD_BODY, RECORD_HEADER_LEN, VERSION};
+    use crate::error::WireError;
+
+    /// Record kinds.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub enum RecordKind {
+        /// Handshake message 1, dialer to listener.
+        Hello = 0,
+        /// Handshake message 2, listener to dialer.
+        Reply = 1,
+        /// A Noise transport message.
+        Data = 2,
+        /// The listener refused the hello (plaintext, no key involved).
+        Refused = 3,
+    }
+
+    impl RecordKind {
+        fn from_u8(v: u8) -> Result<Self, WireError> {
+            Ok(match v {
+                0 => Self::Hello,
+                1 => Self::Reply,
+                2 => Self::Data,
+                3 => Self::Refused,
+                kind => return Err(WireError::UnknownKind { kind }),
+            })
+        }
+    }
+
+    /// A record as read from the wire (before decryption).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Record<'a> {
+        /// Its kind.
+        pub kind: RecordKind,
+        /// Its body.
+        pub body: &'a [u8],
+    }
+
+    /// Decodes one record from the front of `buf`.
+    ///
+    /// Returns `Ok(None)` when more bytes are needed, else the record and the
+    /// bytes it used. The header is checked before the body is awaited, so an
+    /// oversized length is refused without buffering it.
+    ///
+    /// # Errors
+    /// [`WireError`] for a bad magic, version, kind or length.
+    pub fn decode_record(buf: &[u8]) -> Result<Option<(Record<'_>, usize)>, WireError> {
+        if buf.len() >= 2 && buf[..2] != MAGIC {
+            return Err(WireError::BadMagic);
+        }
+        if buf.len() >= 3 && buf[2] != VERSION {
+            return Err(WireError::UnsupportedVersion { version: buf[2] });
+        }
+        if buf.len() < RECORD_HEADER_LEN {
+            return Ok(None);
+        }
+        let kind = RecordKind::from_u8(buf[3])?;
+        let len = usize::from(u16::from_le_bytes([buf[4], buf[5]]));
+        let max = if kind == RecordKind::Data {
+            MAX_RECORD_BODY
+        } else {
+            MAX_HANDSHAKE_BODY
+        };
+        if len > max {
+            return Err(WireError::TooLong {
+                len: u32::from(u16::from_le_bytes([buf[4], buf[5]])),
+                max: u32::try_from(max).unwrap_or(u32::MAX),
+            });
+        }
+        let total = RECORD_HEADER_LEN + len;
+        if buf.len() < total {
+            return Ok(None);
+        }
+        Ok(Some((
+            Record {
+                kind,
+                body: &buf[RECORD_HEADER_LEN..total],
+            },
+            total,
+        )))
+    }
+
+    /// Appends a record header for a body of `len` bytes.
+    pub(super) fn record_header(out: &mut Vec<u8>, kind: RecordKind, len: usize) {
+        // Every caller bounds `len` by MAX_RECORD_BODY (u16::MAX).
+        let len = u16::try_from(len).unwrap_or(u16::MAX);
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(kind as u8);
+        out.extend_from_slice(&len.to_le_bytes());
+    }
+
+    /// Encodes one record with a plaintext `body` onto `out` (handshake and
+    /// refusal records, tests and fuzzing; data records are encrypted by
+    /// [`Link::send`](super::Link::send)).
+    ///
+    /// # Errors
+    /// [`WireError::TooLong`] when the body exceeds its kind's limit.
+    pub fn encode_record(
+        out: &mut Vec<u8>,
+        kind: RecordKind,
+        body: &[u8],
+    ) -> Result<(), WireError> {
+        let max = if kind == RecordKind::Data {
+            MAX_RECORD_BODY
+        } else {
+            MAX_HANDSHAKE_BODY
+        };
+        if body.len() > max {
+            return Err(WireError::TooLong {
+                len: u32::try_from(body.len()).unwrap_or(u32::MAX),
+                max: u32::try_from(max).unwrap_or(u32::MAX),
+            });
+        }
+        record_header(out, kind, body.len());
+        out.extend_from_slice(body);
+        Ok(())
+    }
 }
 
-impl RecordKind {
-    fn from_u8(v: u8) -> Result<Self, WireError> {
-        Ok(match v {
-            0 => Self::Hello,
-            1 => Self::Reply,
-            2 => Self::Data,
-            3 => Self::Refused,
-            kind => return Err(WireError::UnknownKind { kind }),
-        })
-    }
-}
-
-/// A record as read from the wire (before decryption).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Record<'a> {
-    /// Its kind.
-    pub kind: RecordKind,
-    /// Its body.
-    pub body: &'a [u8],
-}
-
-/// Decodes one record from the front of `buf`.
-///
-/// Returns `Ok(None)` when more bytes are needed, else the record and the
-/// bytes it used. The header is checked before the body is awaited, so an
-/// oversized length is refused without buffering it.
-///
-/// # Errors
-/// [`WireError`] for a bad magic, version, kind or length.
-pub fn decode_record(buf: &[u8]) -> Result<Option<(Record<'_>, usize)>, WireError> {
-    if buf.len() >= 2 && buf[..2] != MAGIC {
-        return Err(WireError::BadMagic);
-    }
-    if buf.len() >= 3 && buf[2] != VERSION {
-        return Err(WireError::UnsupportedVersion { version: buf[2] });
-    }
-    if buf.len() < RECORD_HEADER_LEN {
-        return Ok(None);
-    }
-    let kind = RecordKind::from_u8(buf[3])?;
-    let len = usize::from(u16::from_le_bytes([buf[4], buf[5]]));
-    let max = if kind == RecordKind::Data {
-        MAX_RECORD_BODY
-    } else {
-        MAX_HANDSHAKE_BODY
-    };
-    if len > max {
-        return Err(WireError::TooLong {
-            len: u32::from(u16::from_le_bytes([buf[4], buf[5]])),
-            max: u32::try_from(max).unwrap_or(u32::MAX),
-        });
-    }
-    let total = RECORD_HEADER_LEN + len;
-    if buf.len() < total {
-        return Ok(None);
-    }
-    Ok(Some((
-        Record {
-            kind,
-            body: &buf[RECORD_HEADER_LEN..total],
-        },
-        total,
-    )))
-}
-
-/// Appends a record header for a body of `len` bytes.
-fn record_header(out: &mut Vec<u8>, kind: RecordKind, len: usize) {
-    // Every caller bounds `len` by MAX_RECORD_BODY (u16::MAX).
-    let len = u16::try_from(len).unwrap_or(u16::MAX);
-    out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
-    out.push(kind as u8);
-    out.extend_from_slice(&len.to_le_bytes());
-}
-
-/// Encodes one record with a plaintext `body` onto `out` (handshake and
-/// refusal records, tests and fuzzing; data records are encrypted by
-/// [`Link::send`]).
-///
-/// # Errors
-/// [`WireError::TooLong`] when the body exceeds its kind's limit.
-pub fn encode_record(out: &mut Vec<u8>, kind: RecordKind, body: &[u8]) -> Result<(), WireError> {
-    let max = if kind == RecordKind::Data {
-        MAX_RECORD_BODY
-    } else {
-        MAX_HANDSHAKE_BODY
-    };
-    if body.len() > max {
-        return Err(WireError::TooLong {
-            len: u32::try_from(body.len()).unwrap_or(u32::MAX),
-            max: u32::try_from(max).unwrap_or(u32::MAX),
-        });
-    }
-    record_header(out, kind, body.len());
-    out.extend_from_slice(body);
-    Ok(())
-}
+use record::record_header;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub use record::{Record, RecordKind, decode_record, encode_record};
+#[cfg(not(feature = "internals"))]
+pub(crate) use record::{RecordKind, decode_record, encode_record};
 
 /// The pre-shared key: 32 random bytes, the same on both units.
 #[derive(Clone)]
@@ -341,6 +359,7 @@ pub struct Frame {
 
 /// Counters of a link.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LinkStats {
     /// Frames received and authenticated.
     pub frames_in: u64,
@@ -567,10 +586,10 @@ impl Link {
             deadline: now + HANDSHAKE_TIMEOUT,
             error: None,
         };
-        if role == LinkRole::Initiator {
-            if let Err(e) = link.start_initiator() {
-                link.fail(e);
-            }
+        if role == LinkRole::Initiator
+            && let Err(e) = link.start_initiator()
+        {
+            link.fail(e);
         }
         link
     }
@@ -797,10 +816,10 @@ impl Link {
                     theirs: buf[2],
                 });
             }
-            if self.state != State::Established {
-                if let Some(&h) = buf.first_chunk::<RECORD_HEADER_LEN>() {
-                    self.check_pre_auth_header(h)?;
-                }
+            if self.state != State::Established
+                && let Some(&h) = buf.first_chunk::<RECORD_HEADER_LEN>()
+            {
+                self.check_pre_auth_header(h)?;
             }
             let buf = &self.rx[self.rx_start..];
             let (record, used) = match decode_record(buf) {

@@ -1095,10 +1095,10 @@ pub(crate) fn quarantine<S: Storage + ?Sized>(
     let mut moved_prefix: Option<String> = None;
     let mut to_move = Vec::new();
     for e in &entries {
-        if let Some(mp) = &moved_prefix {
-            if e.path.as_str().starts_with(mp.as_str()) {
-                continue;
-            }
+        if let Some(mp) = &moved_prefix
+            && e.path.as_str().starts_with(mp.as_str())
+        {
+            continue;
         }
         let same = match (confirmed.entries.get(&e.path), e.stat.kind) {
             (Some(m), StatKind::Dir) => m.kind == Kind::Dir,

@@ -6,15 +6,32 @@
 //!   dialer proving it first; encrypted, authenticated records carrying
 //!   frames multiplexed by channel so the orchestrator's peer messages
 //!   share the connection. Sans-IO; the randomness comes from the driver.
-//! - [`wire`]: the sync messages on channel [`frame::CHANNEL_SYNC`].
+//! - [`Message`]: the sync messages on channel [`frame::CHANNEL_SYNC`],
+//!   opaque to a driver.
 //! - [`Source`] and [`Replica`]: the two sessions, Sans-IO engines in the
 //!   house shape. They read and write files only through a [`Storage`]
 //!   passed as `&mut S` to the calls that need it, and hold no file
 //!   handles between calls. [`FsStore`] is the real store; [`mem::MemStore`]
 //!   an in-memory, fault-injecting one.
-//! - [`chunk`] and [`delta`]: content-defined chunking (Gear hash,
-//!   FastCDC-style normalized cuts) and chunk deltas; renames and copies
-//!   are done locally from content hashes, appends travel as the tail.
+//! - Inside: content-defined chunking (Gear hash, FastCDC-style normalized
+//!   cuts) and chunk deltas; renames and copies are done locally from
+//!   content hashes, appends travel as the tail.
+//!
+//! # Features
+//!
+//! - `link` (default): the peer link, [`frame`] (the `snow` and
+//!   `rand_chacha` crates). Without it, a driver carries the sessions'
+//!   [`Message`]s over a transport of its own.
+//! - `mmap` (default): [`FsStore`] hashes files of up to 8 MiB through a
+//!   memory map; without it, through a buffer.
+//! - `internals` and `__fuzzing`: not API. They make the codec internals
+//!   and the fuzz properties public for this repository's benches, tests
+//!   and fuzz targets; hidden from these docs, and any release may change
+//!   them.
+//!
+//! No thread is spawned unless asked for: [`FsStore::new`] walks, hashes
+//! and fsyncs in the calling thread; [`FsStore::parallel`] and
+//! [`FsStore::with_threads`] opt in (see [`FsStore`]).
 //!
 //! A replica applies each round as a generation: new content is written in
 //! `.sync-delta/stage/` and verified against its BLAKE3 hash, a journal
@@ -102,37 +119,58 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
+// docs.rs builds with `--cfg docsrs`: each item behind a feature says which.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// The items re-exported from the internal modules are public in every
+// build: no badge for the feature that only makes their modules public.
+#![cfg_attr(docsrs, doc(auto_cfg(hide(feature = "internals"))))]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod chunk;
-pub mod delta;
+// The codec and engine internals: private, or public with the `internals`
+// feature for the repository's bench and test harnesses (not API).
+macro_rules! internal {
+    ($($name:ident),* $(,)?) => {$(
+        #[cfg(feature = "internals")]
+        #[doc(hidden)]
+        pub mod $name;
+        #[cfg(not(feature = "internals"))]
+        mod $name;
+    )*};
+}
+
+internal!(chunk, delta, exclude, files, manifest, path, wire);
+
 mod epoch;
 mod error;
-pub mod exclude;
+#[cfg(feature = "link")]
 pub mod frame;
-#[cfg(feature = "fuzzing")]
+#[cfg(feature = "__fuzzing")]
+#[doc(hidden)]
 pub mod fuzzing;
 mod generation;
 mod guard;
-pub mod manifest;
 pub mod mem;
-pub mod path;
 mod replica;
 mod source;
 pub mod store;
-pub mod wire;
 
 pub use epoch::Epoch;
-pub use error::{
-    ApplyError, KeyError, LinkError, PathError, Refusal, SessionError, StoreError, WireError,
-};
+pub use error::{ApplyError, PathError, Refusal, SessionError, StoreError, WireError};
+#[cfg(feature = "link")]
+pub use error::{KeyError, LinkError};
 pub use exclude::Exclude;
 pub use generation::Role;
-pub use manifest::{Kind, Manifest, Meta};
-pub use path::RelPath;
+pub use manifest::{ENTRY_COST, Kind, MAX_LINK_LEN, Manifest, Meta};
+pub use path::{MAX_NAME_LEN, MAX_PATH_LEN, RelPath, STATE_DIR};
 pub use replica::{
     Divergence, Generation, OpenReport, Replica, ReplicaConfig, ReplicaEvent, ReplicaStats,
     ReplicaStatus, RoundProgress,
 };
 pub use source::{Source, SourceConfig, SourceEvent, SourceStats};
 pub use store::{FsStore, Storage};
+pub use wire::{Message, MessageType};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -136,7 +136,8 @@ impl Manifest {
         self.entries.len()
     }
 
-    /// The memory its entries are counted for ([`entry_bytes`] summed).
+    /// The memory its entries are counted for: per entry its path, its
+    /// symlink target and a fixed [`ENTRY_COST`].
     #[must_use]
     pub fn bytes(&self) -> u64 {
         self.entries

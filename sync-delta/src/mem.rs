@@ -284,10 +284,10 @@ impl MemStore {
     fn touch_parent(&mut self, path: &str) {
         self.clock += 1;
         let now = self.clock;
-        if let Some(i) = path.rfind('/') {
-            if let Some(Node::Dir { mtime_ns, .. }) = self.nodes.get_mut(&path[..i]) {
-                *mtime_ns = now;
-            }
+        if let Some(i) = path.rfind('/')
+            && let Some(Node::Dir { mtime_ns, .. }) = self.nodes.get_mut(&path[..i])
+        {
+            *mtime_ns = now;
         }
     }
 
@@ -297,17 +297,17 @@ impl MemStore {
         }
         self.steps += 1;
         self.clock += 1;
-        if let Some((at, fault)) = self.fault {
-            if at == self.steps {
-                self.fault = None;
-                return Err(match fault {
-                    Fault::Error => StoreError::Injected { step: at },
-                    Fault::PowerOff => {
-                        self.off = true;
-                        StoreError::PowerOff
-                    }
-                });
-            }
+        if let Some((at, fault)) = self.fault
+            && at == self.steps
+        {
+            self.fault = None;
+            return Err(match fault {
+                Fault::Error => StoreError::Injected { step: at },
+                Fault::PowerOff => {
+                    self.off = true;
+                    StoreError::PowerOff
+                }
+            });
         }
         Ok(())
     }

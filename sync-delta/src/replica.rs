@@ -49,7 +49,7 @@ pub struct ReplicaConfig {
     pub delta_min_size: u64,
     /// Memory budget of a manifest, in bytes (default 512 MiB): each
     /// entry counts its path, its symlink target and
-    /// [`crate::manifest::ENTRY_COST`]. Checked as a round's changes
+    /// [`crate::ENTRY_COST`]. Checked as a round's changes
     /// arrive and on the manifest they make, so long paths and link
     /// targets cannot make a source's round cost more than this
     /// ([`SessionError::ManifestTooLarge`]).
@@ -101,6 +101,7 @@ impl Generation {
 
 /// What [`Replica::open`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OpenReport {
     /// The generation the tree is at.
     pub generation: Generation,
@@ -124,6 +125,7 @@ pub struct OpenReport {
 /// tree was not the generation its manifest records where a round (or a
 /// committed round being rolled forward) writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Divergence {
     /// The quarantine folder (under `.sync-delta/quarantine/`) that what
     /// was in the way moved into; `None` when nothing moved.
@@ -148,6 +150,7 @@ impl Divergence {
 
 /// Status, for an admin page or the orchestrator.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReplicaStatus {
     /// The current generation.
     pub generation: Generation,
@@ -207,6 +210,7 @@ pub enum ReplicaEvent {
 
 /// Counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReplicaStats {
     /// Rounds committed.
     pub rounds: u64,
@@ -766,13 +770,12 @@ impl Replica {
                         kind: Kind::File { size, .. },
                         ..
                     }) = &m
+                        && *size > self.config.max_file_size
                     {
-                        if *size > self.config.max_file_size {
-                            return Err(SessionError::FileTooLarge {
-                                size: *size,
-                                max: self.config.max_file_size,
-                            });
-                        }
+                        return Err(SessionError::FileTooLarge {
+                            size: *size,
+                            max: self.config.max_file_size,
+                        });
                     }
                     round.bytes = round
                         .bytes
@@ -946,13 +949,13 @@ impl Replica {
         for (p, m) in &new.entries {
             let o = old.entries.get(p);
             let Kind::File { size, hash } = &m.kind else {
-                if let Kind::Symlink { target } = &m.kind {
-                    if o.map(|o| &o.kind) != Some(&m.kind) {
-                        let stage = format!("r{}-l{next_id}", round.seq);
-                        next_id += 1;
-                        store.symlink(target, &format!("{STAGE_DIR}/{stage}"))?;
-                        round.staged.insert(p.clone(), stage);
-                    }
+                if let Kind::Symlink { target } = &m.kind
+                    && o.map(|o| &o.kind) != Some(&m.kind)
+                {
+                    let stage = format!("r{}-l{next_id}", round.seq);
+                    next_id += 1;
+                    store.symlink(target, &format!("{STAGE_DIR}/{stage}"))?;
+                    round.staged.insert(p.clone(), stage);
                 }
                 continue;
             };
@@ -975,20 +978,20 @@ impl Replica {
                     .filter_map(|(p, m)| m.file_hash().map(|h| (*h, p.clone())))
                     .collect()
             });
-            if let Some(from) = index.get(hash) {
-                if copy_local(
+            if let Some(from) = index.get(hash)
+                && copy_local(
                     store,
                     from.as_str(),
                     &stage_path,
                     *size,
                     hash,
                     &mut self.buf,
-                )? {
-                    store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
-                    round.staged.insert(p.clone(), stage);
-                    round.copied += 1;
-                    continue;
-                }
+                )?
+            {
+                store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
+                round.staged.insert(p.clone(), stage);
+                round.copied += 1;
+                continue;
             }
             let base = match o {
                 Some(Meta {
@@ -1355,10 +1358,10 @@ impl Replica {
         if let Some(d) = Divergence::of(divergence) {
             self.stats.quarantined += d.quarantined;
             self.stats.missing += d.missing;
-            if let Some(f) = &d.folder {
-                if !self.quarantine.contains(f) {
-                    self.quarantine.push(f.clone());
-                }
+            if let Some(f) = &d.folder
+                && !self.quarantine.contains(f)
+            {
+                self.quarantine.push(f.clone());
             }
             if d.missing > 0 {
                 // This generation lacks what the tree lost: fetch it now.

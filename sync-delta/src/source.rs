@@ -49,6 +49,7 @@ pub enum SourceEvent {
 
 /// Counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SourceStats {
     /// Rounds served.
     pub rounds: u64,
@@ -274,11 +275,11 @@ impl Source {
                     _ => continue,
                 },
                 StatKind::File => {
-                    if let Some(old) = self.cache.entries.get(&e.path) {
-                        if generation::quick_match(old, &st) {
-                            items.push((e.path, old.clone()));
-                            continue;
-                        }
+                    if let Some(old) = self.cache.entries.get(&e.path)
+                        && generation::quick_match(old, &st)
+                    {
+                        items.push((e.path, old.clone()));
+                        continue;
                     }
                     to_hash.push(e.path);
                     stats_of.push(st);
@@ -461,42 +462,42 @@ impl Source {
                     self.sent = None;
                     return Err(SessionError::GenerationOutOfRange { generation });
                 }
-                if let Some((d, taken)) = self.sent.take() {
-                    if d == digest {
-                        if d != self.persisted_digest || generation != self.confirmed_generation {
-                            // Persist what the peer now has, as the changes
-                            // from what it had.
-                            let changes = match &self.confirmed {
-                                Some(prev) => prev
-                                    .diff(&self.cache)
-                                    .into_iter()
-                                    .map(|c| match c {
-                                        Change::Upsert(p, m) => (p, Some(m)),
-                                        Change::Gone(p) => (p, None),
-                                    })
-                                    .collect(),
-                                None => Vec::new(),
-                            };
-                            generation::record_changes(
-                                store,
-                                &mut self.p,
-                                generation,
-                                taken,
-                                changes,
-                                &self.cache,
-                            )?;
-                            self.persisted_digest = d;
-                        }
-                        self.confirmed = None;
-                        self.confirmed_digest = d;
-                        self.confirmed_generation = generation;
-                        self.confirmed_taken_at_ns = Some(taken);
-                        self.stats.confirmed += 1;
-                        self.events.push_back(SourceEvent::Confirmed {
+                if let Some((d, taken)) = self.sent.take()
+                    && d == digest
+                {
+                    if d != self.persisted_digest || generation != self.confirmed_generation {
+                        // Persist what the peer now has, as the changes
+                        // from what it had.
+                        let changes = match &self.confirmed {
+                            Some(prev) => prev
+                                .diff(&self.cache)
+                                .into_iter()
+                                .map(|c| match c {
+                                    Change::Upsert(p, m) => (p, Some(m)),
+                                    Change::Gone(p) => (p, None),
+                                })
+                                .collect(),
+                            None => Vec::new(),
+                        };
+                        generation::record_changes(
+                            store,
+                            &mut self.p,
                             generation,
-                            taken_at: generation::ns_to_time(taken),
-                        });
+                            taken,
+                            changes,
+                            &self.cache,
+                        )?;
+                        self.persisted_digest = d;
                     }
+                    self.confirmed = None;
+                    self.confirmed_digest = d;
+                    self.confirmed_generation = generation;
+                    self.confirmed_taken_at_ns = Some(taken);
+                    self.stats.confirmed += 1;
+                    self.events.push_back(SourceEvent::Confirmed {
+                        generation,
+                        taken_at: generation::ns_to_time(taken),
+                    });
                 }
                 Ok(())
             }

@@ -8,6 +8,7 @@
 
 use crate::error::StoreError;
 use crate::exclude::Exclude;
+pub(crate) use crate::files::{hash_one, read_all, write_atomic};
 use crate::manifest::Hash;
 use crate::path::{RelPath, STATE_DIR};
 
@@ -197,81 +198,6 @@ pub trait Storage {
     }
 }
 
-/// Hashes one file through `read_at`.
-///
-/// # Errors
-/// A [`StoreError`].
-pub fn hash_one<S: Storage + ?Sized>(
-    s: &mut S,
-    path: &str,
-    buf: &mut [u8],
-) -> Result<Hashed, StoreError> {
-    let before = s.stat(path)?;
-    let mut h = blake3::Hasher::new();
-    let mut off = 0u64;
-    loop {
-        let n = s.read_at(path, off, buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        off += n as u64;
-    }
-    let after = s.stat(path)?;
-    Ok(Hashed {
-        hash: *h.finalize().as_bytes(),
-        len: off,
-        before,
-        after,
-    })
-}
-
-/// Reads a whole (state) file of at most `max` bytes.
-///
-/// # Errors
-/// A [`StoreError`]; [`StoreError::Corrupt`] when larger than `max`.
-pub fn read_all<S: Storage + ?Sized>(
-    s: &mut S,
-    path: &str,
-    max: u64,
-) -> Result<Vec<u8>, StoreError> {
-    let st = s.stat(path)?;
-    if st.size > max {
-        return Err(StoreError::Corrupt);
-    }
-    let mut out = vec![0u8; st.size as usize];
-    let mut off = 0usize;
-    while off < out.len() {
-        let n = s.read_at(path, off as u64, &mut out[off..])?;
-        if n == 0 {
-            out.truncate(off);
-            break;
-        }
-        off += n;
-    }
-    Ok(out)
-}
-
-/// Writes a whole file durably and atomically: `path.tmp`, fsync, rename,
-/// fsync of the directory.
-///
-/// # Errors
-/// A [`StoreError`].
-pub fn write_atomic<S: Storage + ?Sized>(
-    s: &mut S,
-    dir: &str,
-    name: &str,
-    data: &[u8],
-) -> Result<(), StoreError> {
-    let tmp = format!("{dir}/{name}.tmp");
-    let path = format!("{dir}/{name}");
-    s.create(&tmp)?;
-    s.write_at(&tmp, 0, data)?;
-    s.sync_file(&tmp)?;
-    s.rename(&tmp, &path)?;
-    s.sync_dir(dir)
-}
-
 // ---------------------------------------------------------------------------
 
 use std::fs;
@@ -279,19 +205,43 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The real store: `std::fs` under a root directory. Walks and hashes in
-/// parallel with scoped threads (the one place in this crate that does
-/// I/O or uses threads). Writes refuse any symlink among the ancestors of
-/// their path.
+/// The real store: `std::fs` under a root directory. Writes refuse any
+/// symlink among the ancestors of their path.
+///
+/// # Threads
+///
+/// [`FsStore::new`] makes a single-threaded store: walks, hashes and
+/// fsyncs run in the calling thread, one after another, and no thread is
+/// ever spawned, so it fits a vendor's single-threaded loop. Threads are
+/// opt-in, and they are scoped: spawned inside the call that uses them and
+/// joined before it returns, never left running between calls.
+///
+/// - [`FsStore::with_threads`]`(n)`: a walk spreads the root's
+///   subdirectories over up to `n` threads, and hashing a scan's files
+///   over up to `n` threads (never more threads than directories or
+///   files).
+/// - [`FsStore::with_sync_threads`]`(n)`: a round's fsyncs (its staged
+///   files and the directories it touched) overlap on up to `n` threads,
+///   so the file system can commit them together.
+/// - [`FsStore::parallel`]: both, with the machine's parallelism
+///   (`std::thread::available_parallelism`) for walking and hashing and
+///   [`PARALLEL_SYNC_THREADS`] for fsyncs.
+///
+/// This is the one place in the crate that does I/O or may use threads.
 #[derive(Debug, Clone)]
 pub struct FsStore {
     root: PathBuf,
     threads: usize,
+    sync_threads: usize,
 }
 
+/// The fsync threads of [`FsStore::parallel`]: fsync waits on the device,
+/// not the CPU, so more than the machine's cores pay off.
+pub const PARALLEL_SYNC_THREADS: usize = 32;
+
 impl FsStore {
-    /// A store rooted at `root` (which must exist), using up to the
-    /// machine's parallelism for hashing.
+    /// A single-threaded store rooted at `root` (which must exist): no
+    /// thread is spawned by any call.
     ///
     /// # Errors
     /// [`StoreError::NotDir`] when `root` is not a directory.
@@ -300,14 +250,39 @@ impl FsStore {
         if !fs::metadata(&root)?.is_dir() {
             return Err(StoreError::NotDir);
         }
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Ok(Self { root, threads })
+        Ok(Self {
+            root,
+            threads: 1,
+            sync_threads: 1,
+        })
     }
 
-    /// Limits the hashing threads (1 = none spawned).
+    /// A store rooted at `root` that walks and hashes on up to the
+    /// machine's parallelism and overlaps fsyncs on up to
+    /// [`PARALLEL_SYNC_THREADS`] threads (see [Threads](FsStore#threads)).
+    ///
+    /// # Errors
+    /// [`StoreError::NotDir`] when `root` is not a directory.
+    pub fn parallel(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Self::new(root)?
+            .with_threads(threads)
+            .with_sync_threads(PARALLEL_SYNC_THREADS))
+    }
+
+    /// Walks and hashes on up to `threads` scoped threads; 0 or 1 (the
+    /// default) keeps them in the calling thread.
     #[must_use]
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
+        self
+    }
+
+    /// Overlaps fsyncs on up to `threads` scoped threads; 0 or 1 (the
+    /// default) syncs one file after another in the calling thread.
+    #[must_use]
+    pub fn with_sync_threads(mut self, threads: usize) -> Self {
+        self.sync_threads = threads.max(1);
         self
     }
 
@@ -553,8 +528,8 @@ impl Storage for FsStore {
 
     fn sync_files(&mut self, paths: &[String]) -> Result<(), StoreError> {
         // fsync waits on the device, not the CPU: overlapping many lets the
-        // file system commit them together.
-        let threads = paths.len().min(32);
+        // file system commit them together (only when asked for).
+        let threads = self.sync_threads.min(paths.len());
         if threads <= 1 {
             for p in paths {
                 self.sync_file(p)?;
@@ -711,8 +686,9 @@ fn fs_hash(root: &Path, path: &str, buf: &mut [u8]) -> Result<Hashed, StoreError
         });
     }
     let mut h = blake3::Hasher::new();
-    if before.size <= MMAP_MAX {
+    if cfg!(feature = "mmap") && before.size <= MMAP_MAX {
         // One pass over the page cache, no copy.
+        #[cfg(feature = "mmap")]
         h.update_mmap(&p)?;
     } else {
         // Large files through a bounded buffer: a mapping would count the

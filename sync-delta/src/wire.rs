@@ -16,7 +16,6 @@
 
 use crate::delta::{CHUNK_HASH_LEN, MAX_SIG_CHUNKS, Op, SigChunk};
 use crate::error::WireError;
-use crate::frame::MAX_PAYLOAD;
 use crate::manifest::{Change, Hash, decode_entry, encode_entry};
 use crate::path::RelPath;
 
@@ -235,8 +234,18 @@ pub enum AbandonReason {
     Storage = 1,
 }
 
-/// A sync message.
+/// A sync message, between a [`Source`](crate::Source) and a
+/// [`Replica`](crate::Replica).
+///
+/// A driver carries messages and does not look inside them: it takes them
+/// from one session's `poll_transmit`, sends them on the link's
+/// [`CHANNEL_SYNC`](crate::frame::CHANNEL_SYNC) ([`Message::encode`],
+/// [`Message::decode`]) and gives them to the other session's
+/// `handle_message`. [`Message::ty`] says which kind a message is. The
+/// variants' contents are the protocol's, not API: their types are not
+/// nameable outside this crate, and new variants may come in any release.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Message {
     /// Replica asks for a round.
     Request {
@@ -301,6 +310,9 @@ pub enum Message {
     SyncNow,
 }
 
+/// Largest frame payload accepted or sent (a message and the orchestrator's
+/// peer messages alike).
+pub const MAX_PAYLOAD: u32 = 1 << 21;
 /// Most changes in one `Entries` message.
 pub const MAX_CHANGES: usize = 16 * 1024;
 /// Most ops in one `Data` message.

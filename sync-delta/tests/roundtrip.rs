@@ -81,13 +81,13 @@ fn apply(s: &mut MemStore, e: &Edit, t: &mut i64) {
             }
         }
         Edit::Modify(i, at, v) => {
-            if let Some((mut d, mode)) = file_of(s, NAMES[i]) {
-                if !d.is_empty() {
-                    let at = at % d.len();
-                    let end = (at + 100).min(d.len());
-                    d[at..end].fill(v);
-                    s.put_file(NAMES[i], &d, mode, *t);
-                }
+            if let Some((mut d, mode)) = file_of(s, NAMES[i])
+                && !d.is_empty()
+            {
+                let at = at % d.len();
+                let end = (at + 100).min(d.len());
+                d[at..end].fill(v);
+                s.put_file(NAMES[i], &d, mode, *t);
             }
         }
         Edit::Append(i, n) => {
@@ -247,7 +247,7 @@ fn file_changing_during_round_is_retried() {
     // The file changes between the scan and the read of its data.
     let mut changed = false;
     pair.pump(|m, src| {
-        if matches!(m, sync_delta::wire::Message::Want { .. }) && !changed {
+        if matches!(m, sync_delta::Message::Want { .. }) && !changed {
             changed = true;
             src.put_file("rec/call.wav", &noise(100_000, 10), 0o640, 31);
         }

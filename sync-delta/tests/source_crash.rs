@@ -5,8 +5,8 @@ mod common;
 
 use common::{Pair, noise};
 use std::time::{Duration, Instant};
+use sync_delta::Message;
 use sync_delta::mem::{Fault, MemStore};
-use sync_delta::wire::Message;
 use sync_delta::{Source, SourceConfig};
 
 fn tree() -> MemStore {

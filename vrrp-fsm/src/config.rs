@@ -489,10 +489,11 @@ impl ConfigBuilder {
         if !is_unicast(&self.primary) {
             return Err(ConfigError::PrimaryNotUnicast);
         }
-        if let IpAddr::V6(p) = self.primary {
-            if self.peers.is_empty() && !p.is_unicast_link_local() {
-                return Err(ConfigError::PrimaryNotLinkLocal);
-            }
+        if let IpAddr::V6(p) = self.primary
+            && self.peers.is_empty()
+            && !p.is_unicast_link_local()
+        {
+            return Err(ConfigError::PrimaryNotLinkLocal);
         }
         for (index, peer) in self.peers.iter().enumerate() {
             if Family::of(peer) != family || !is_unicast(peer) || *peer == self.primary {

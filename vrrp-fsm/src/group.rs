@@ -236,10 +236,10 @@ impl SyncGroup {
             let mut moves: Vec<(usize, State, State, Reason)> = Vec::new();
             for (i, m) in self.members.iter_mut().enumerate() {
                 while let Some(e) = m.poll_event() {
-                    if let Event::StateChange { from, to, reason } = e {
-                        if reason != Reason::SyncGroup {
-                            moves.push((i, from, to, reason));
-                        }
+                    if let Event::StateChange { from, to, reason } = e
+                        && reason != Reason::SyncGroup
+                    {
+                        moves.push((i, from, to, reason));
                     }
                     if self.events.len() < EVENT_QUEUE * self.dragged.len().max(1) {
                         self.events.push_back((i, e));

@@ -21,6 +21,10 @@
 //!   lossy, delayed, partitionable links in virtual time, generic over the
 //!   engine and the packets its network carries.
 //!
+//! This crate needs `std`: the engine takes `std::time::Instant`, the
+//! driver's monotonic clock, in every input. The wire codec underneath,
+//! vrrp-proto, is `no_std`.
+//!
 //! RFC 9568 renamed Master to Active (`Active_Down_Interval`,
 //! `Active_Adver_Interval`); this crate keeps RFC 3768's Master, as
 //! keepalived and the appliance manuals do.
@@ -62,6 +66,8 @@
 //! [RFC 9568]: https://www.rfc-editor.org/rfc/rfc9568
 //! [RFC 3768]: https://www.rfc-editor.org/rfc/rfc3768
 #![forbid(unsafe_code)]
+// docs.rs builds with `--cfg docsrs`: each item behind a feature says which.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod config;
@@ -71,7 +77,8 @@ mod router;
 mod stats;
 pub mod timer;
 
-#[cfg(feature = "fuzzing")]
+#[cfg(feature = "__fuzzing")]
+#[doc(hidden)]
 pub mod fuzzing;
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -87,3 +94,8 @@ pub use router::{
     Transmit, VirtualRouter,
 };
 pub use stats::{ConfigDrop, Stats};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

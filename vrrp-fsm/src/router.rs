@@ -430,20 +430,20 @@ impl VirtualRouter {
                     self.queue_advert(self.priority);
                     m.adver_at = now + self.interval_duration();
                 }
-                if let Some(g) = m.garp_at {
-                    if now >= g {
-                        let cfg = self.config.gratuitous;
-                        if m.garp_sent < cfg.count {
-                            m.garp_sent += 1;
-                            self.push_event(Event::SendGratuitous(Gratuitous::Burst {
-                                index: m.garp_sent,
-                                count: cfg.count,
-                            }));
-                        } else {
-                            self.push_event(Event::SendGratuitous(Gratuitous::Refresh));
-                        }
-                        m.garp_at = self.next_garp(now, m.garp_sent);
+                if let Some(g) = m.garp_at
+                    && now >= g
+                {
+                    let cfg = self.config.gratuitous;
+                    if m.garp_sent < cfg.count {
+                        m.garp_sent += 1;
+                        self.push_event(Event::SendGratuitous(Gratuitous::Burst {
+                            index: m.garp_sent,
+                            count: cfg.count,
+                        }));
+                    } else {
+                        self.push_event(Event::SendGratuitous(Gratuitous::Refresh));
                     }
+                    m.garp_at = self.next_garp(now, m.garp_sent);
                 }
                 self.role = Role::Master(m);
             }
@@ -452,12 +452,12 @@ impl VirtualRouter {
                 if now < down {
                     return;
                 }
-                if let Some(h) = b.hold_until {
-                    if now < h {
-                        b.down_at = Some(h);
-                        self.role = Role::Backup(b);
-                        return;
-                    }
+                if let Some(h) = b.hold_until
+                    && now < h
+                {
+                    b.down_at = Some(h);
+                    self.role = Role::Backup(b);
+                    return;
                 }
                 // RFC 9568 §6.4.2: Master_Down_Timer fires: become Master.
                 self.become_master(now, b.cause);

@@ -653,10 +653,10 @@ impl<E: Engine> Sim<E> {
             }
         }
         for n in &mut self.nodes {
-            if let Some(e) = n.engine.as_mut() {
-                if e.poll_timeout().is_some_and(|t| t <= now) {
-                    e.handle_timeout(now);
-                }
+            if let Some(e) = n.engine.as_mut()
+                && e.poll_timeout().is_some_and(|t| t <= now)
+            {
+                e.handle_timeout(now);
             }
         }
         for i in 0..self.nodes.len() {
@@ -781,7 +781,7 @@ impl<E: Engine> Sim<E> {
 
 fn fmt_ms(d: Duration) -> String {
     let us = d.as_micros();
-    if us % 1000 == 0 {
+    if us.is_multiple_of(1000) {
         format!("{}", us / 1000)
     } else {
         format!("{}.{:03}", us / 1000, us % 1000)

@@ -71,6 +71,7 @@ impl ConfigDrop {
 
 /// The engine's counters. Read with [`crate::VirtualRouter::stats`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Advertisements that passed every rule.
     pub rx_accepted: u64,

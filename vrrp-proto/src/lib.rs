@@ -20,7 +20,10 @@
 //! matched ([`ChecksumMatch`]); sending takes an [`Ipv4ChecksumForm`].
 //!
 //! `no_std` (with `alloc`, for more than a few addresses) when the default
-//! `std` feature is off. Checking a packet and emitting one never allocate.
+//! `std` feature is off: nothing in the dependency graph links `std` then,
+//! which the repository's CI proves by building a `#![no_std]` static
+//! library with its own panic handler on top of it. Checking a packet and
+//! emitting one never allocate.
 //!
 //! ```
 //! use core::net::{IpAddr, Ipv4Addr};
@@ -50,6 +53,8 @@
 //! [RFC 9568]: https://www.rfc-editor.org/rfc/rfc9568
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
+// docs.rs builds with `--cfg docsrs`: each item behind a feature says which.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod checksum;
@@ -59,7 +64,8 @@ mod repr;
 mod types;
 pub mod wire;
 
-#[cfg(feature = "fuzzing")]
+#[cfg(feature = "__fuzzing")]
+#[doc(hidden)]
 pub mod fuzzing;
 
 pub use error::{BuildError, DropReason, EmitError, ParseError, Warning, Warnings};
@@ -72,3 +78,8 @@ pub use types::{
     Priority, TTL, Version, Vrid,
 };
 pub use wire::Packet;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

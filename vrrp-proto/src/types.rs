@@ -210,7 +210,7 @@ impl Interval {
     /// intervals VRRPv2 can carry.
     #[must_use]
     pub const fn as_whole_secs(self) -> Option<u8> {
-        if self.0 % 100 == 0 && self.0 / 100 <= 255 {
+        if self.0.is_multiple_of(100) && self.0 / 100 <= 255 {
             Some((self.0 / 100) as u8)
         } else {
             None

@@ -53,7 +53,7 @@ impl KaConfig {
     /// keepalived's `advert_int`: seconds, fractions allowed for v3.
     fn advert_int(&self) -> String {
         let ms = self.interval_ms;
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             (ms / 1000).to_string()
         } else {
             format!("{}.{:03}", ms / 1000, ms % 1000)

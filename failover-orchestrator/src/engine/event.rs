@@ -170,6 +170,7 @@ impl std::fmt::Display for Event {
 
 /// Counters, for a daemon's metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Stats {
     /// Commands issued.
     pub commands_issued: u64,

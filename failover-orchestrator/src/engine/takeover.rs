@@ -239,10 +239,10 @@ impl Orchestrator {
             );
         }
         if done {
-            if let (Some(t), Some(o)) = (self.timelines.current.as_mut(), outcomes) {
-                if t.phones.is_empty() {
-                    t.phones = o;
-                }
+            if let (Some(t), Some(o)) = (self.timelines.current.as_mut(), outcomes)
+                && t.phones.is_empty()
+            {
+                t.phones = o;
             }
             if let Some(plan) = self.rehoming_plan {
                 for s in self.exec.waiting_for_rehoming(plan) {

@@ -300,6 +300,7 @@ pub(crate) enum LinkOut {
 
 /// Counters of the peer link.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LinkStats {
     /// Dials asked of the driver.
     pub dials: u64,
@@ -812,16 +813,16 @@ impl LinkControl {
                 .push_back(LinkOut::Close(c.id, CloseReason::HandshakeTimeout));
             self.schedule_redial(now);
         }
-        if let Some((id, t)) = self.dialing {
-            if t <= now {
-                // The driver never reported the dial: give up on it.
-                self.dialing = None;
-                self.out
-                    .push_back(LinkOut::Close(id, CloseReason::HandshakeTimeout));
-                self.fail(now, id, LinkFailure::HandshakeTimeout, None);
-                self.stats.handshake_timeouts += 1;
-                self.schedule_redial(now);
-            }
+        if let Some((id, t)) = self.dialing
+            && t <= now
+        {
+            // The driver never reported the dial: give up on it.
+            self.dialing = None;
+            self.out
+                .push_back(LinkOut::Close(id, CloseReason::HandshakeTimeout));
+            self.fail(now, id, LinkFailure::HandshakeTimeout, None);
+            self.stats.handshake_timeouts += 1;
+            self.schedule_redial(now);
         }
         if let Some(s) = self.reports.summary(now) {
             self.suppressed.push_back(s);

@@ -132,7 +132,7 @@ const BEACON_PROBE: u8 = 255;
 
 /// Requests and replies kept for the peer while the link is down.
 const HELD_MESSAGES: usize = 64;
-use sync_delta::wire::Message;
+use sync_delta::Message;
 use vrrp_fsm::VirtualRouter;
 use vrrp_proto::RecvMeta;
 
@@ -307,6 +307,7 @@ pub enum Output {
 
 /// Counters of the pair engine itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PairStats {
     /// VRRP packets ignored because redundancy is off.
     pub vrrp_ignored: u64,
@@ -611,10 +612,10 @@ impl Pair {
 
     /// Timers due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(r) = &mut self.router {
-            if r.poll_timeout().is_some_and(|t| t <= now) {
-                r.handle_timeout(now);
-            }
+        if let Some(r) = &mut self.router
+            && r.poll_timeout().is_some_and(|t| t <= now)
+        {
+            r.handle_timeout(now);
         }
         if self.orch.poll_timeout().is_some_and(|t| t <= now) {
             self.orch.handle_timeout(now);
@@ -1147,10 +1148,10 @@ impl Pair {
             }
             Command::StepDown => {
                 // Already out of Master is fine: the point is not to be it.
-                if let Some(r) = &mut self.router {
-                    if r.state() == vrrp_fsm::State::Master {
-                        let _ = r.release(now, vrrp_fsm::Release::new());
-                    }
+                if let Some(r) = &mut self.router
+                    && r.state() == vrrp_fsm::State::Master
+                {
+                    let _ = r.release(now, vrrp_fsm::Release::new());
                 }
                 self.results.push_back((id, CommandOutcome::Done));
             }

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 
-use sync_delta::wire::Message;
+use sync_delta::Message;
 use sync_delta::{
     Divergence, Exclude, OpenReport, Refusal, Replica, ReplicaConfig, ReplicaEvent, SessionError,
     Source, SourceConfig, SourceEvent, Storage,
@@ -410,10 +410,10 @@ impl SyncWorker {
 
     /// Due rounds start, stalled ones roll back.
     pub fn handle_timeout<S: Storage + ?Sized>(&mut self, now: Instant, store: &mut S) {
-        if let Session::Replica(r) = &mut self.session {
-            if r.poll_timeout().is_some_and(|t| t <= now) {
-                r.handle_timeout(now);
-            }
+        if let Session::Replica(r) = &mut self.session
+            && r.poll_timeout().is_some_and(|t| t <= now)
+        {
+            r.handle_timeout(now);
         }
         self.collect(now, store);
     }
@@ -497,12 +497,11 @@ impl SyncWorker {
                         // source yet (both units booting at once, a swap)
                         // is answered now, rather than left to the
                         // replica's idle timeout.
-                        if let Some((at, m)) = self.early_request.take() {
-                            if self.connected
-                                && now.saturating_duration_since(at) < self.config.idle_timeout
-                            {
-                                self.deliver(now, wall, m, store);
-                            }
+                        if let Some((at, m)) = self.early_request.take()
+                            && self.connected
+                            && now.saturating_duration_since(at) < self.config.idle_timeout
+                        {
+                            self.deliver(now, wall, m, store);
                         }
                     }
                     Err(e) => {
@@ -770,10 +769,10 @@ impl SyncWorker {
                         self.reports
                             .push_back(SyncReport::Done { id, result: Ok(st) });
                     }
-                    if !self.source_waiting.is_empty() {
-                        if let Session::Source(s) = &mut self.session {
-                            s.sync_now(now);
-                        }
+                    if !self.source_waiting.is_empty()
+                        && let Session::Source(s) = &mut self.session
+                    {
+                        s.sync_now(now);
                     }
                 }
             }
@@ -829,15 +828,16 @@ impl SyncWorker {
                         _ => {}
                     }
                 }
-                if self.config.allow_mass_delete {
-                    if let Session::Replica(r) = &mut self.session {
-                        r.confirm_deletions();
-                    }
+                if self.config.allow_mass_delete
+                    && let Session::Replica(r) = &mut self.session
+                {
+                    r.confirm_deletions();
                 }
-                if !self.waiting.is_empty() && self.round.is_none() {
-                    if let Session::Replica(r) = &mut self.session {
-                        r.sync_now(now);
-                    }
+                if !self.waiting.is_empty()
+                    && self.round.is_none()
+                    && let Session::Replica(r) = &mut self.session
+                {
+                    r.sync_now(now);
                 }
                 self.arm_replica(now, store);
             }

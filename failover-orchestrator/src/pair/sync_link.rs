@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use sync_delta::Epoch;
+use sync_delta::Message;
 use sync_delta::frame::{CHANNEL_PEER, CHANNEL_SYNC};
-use sync_delta::wire::Message;
 
 use super::link::{
     CloseReason, ConnId, Failure, LinkConfig, LinkControl, LinkFailure, LinkOut, LinkStats,
@@ -90,6 +90,7 @@ pub enum SyncLinkOutput {
 
 /// Counters of the [`SyncLink`] itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SyncLinkStats {
     /// Sync messages from the peer that did not decode (the connection is
     /// closed and started over).

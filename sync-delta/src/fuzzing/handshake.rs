@@ -238,10 +238,10 @@ impl Subject {
 
     fn wait(&mut self, now: Instant) {
         self.link.handle_timeout(now);
-        if let Some(e) = self.link.error() {
-            if !self.dead {
-                self.closed(now, e);
-            }
+        if let Some(e) = self.link.error()
+            && !self.dead
+        {
+            self.closed(now, e);
         }
         self.check();
     }

@@ -1302,10 +1302,10 @@ impl SourceRun {
                         if let Some(size) = a.size {
                             assert_eq!(a.sent, size, "a complete file of the wrong size");
                         }
-                        if let Some((file, base)) = &a.rebuild {
-                            if base.is_some() || !a.has_base {
-                                assert!(a.out == *file, "the data does not rebuild the file");
-                            }
+                        if let Some((file, base)) = &a.rebuild
+                            && (base.is_some() || !a.has_base)
+                        {
+                            assert!(a.out == *file, "the data does not rebuild the file");
                         }
                     }
                 }
