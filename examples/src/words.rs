@@ -66,7 +66,7 @@ pub struct Actions {
     /// The manual's Firmware Update / Upload Language Pack on a Passive
     /// Backup (this unit alone).
     pub firmware_update: bool,
-    /// Configuration restore (the Master).
+    /// Configuration restore (the Master, with its Backup up).
     pub restore: bool,
     /// Turn redundancy off (on a Master) or on (when off).
     pub redundancy_off: bool,
@@ -182,7 +182,9 @@ impl Words {
             nonempty(&config.identity.language_pack)
         );
         if let Some(st) = status {
-            if let Some(p) = &st.peer {
+            if redundancy == Redundancy::Disabled {
+                w.peer = Some("Peer: not watched while redundancy is disabled".into());
+            } else if let Some(p) = &st.peer {
                 let state = if p.up { "UP" } else { "DOWN" };
                 let mut line = format!("Peer {}: {state}", p.id);
                 if p.up {
@@ -197,7 +199,7 @@ impl Words {
                 }
                 line += &format!(", firmware {}", nonempty(&p.firmware));
                 w.peer = Some(line);
-            } else if redundancy == Redundancy::Enabled {
+            } else {
                 w.peer = Some("Peer: not heard yet".into());
             }
             match st.sync {
@@ -333,7 +335,8 @@ impl Words {
             set_mode: enabled && ((master && backup_up) || role == Role::Backup),
             rolling_upgrade: master && enabled && backup_up,
             firmware_update: role == Role::Backup && mode == BackupMode::Passive,
-            restore: master,
+            // The manual's restore sets the Backup Passive meanwhile.
+            restore: master && enabled && backup_up,
             redundancy_off: master && enabled,
             redundancy_on: !enabled,
             confirm_deletions: s.sync.refused.is_some(),
@@ -492,5 +495,23 @@ udp_peers = ["127.0.0.2:1"]
         assert!(w.actions.firmware_update && w.actions.set_mode);
         assert!(!w.actions.swap && !w.actions.rolling_upgrade && !w.actions.restore);
         assert!(!w.actions.redundancy_off);
+    }
+
+    #[test]
+    fn a_standalone_unit_watches_no_peer() {
+        let mut st = status(Role::Master, Role::Backup, BackupMode::Active);
+        st.redundancy = Redundancy::Disabled;
+        let s = Snapshot {
+            id: "pbx-a".into(),
+            status: Some(st),
+            ..Snapshot::default()
+        };
+        let w = Words::of(&s, &[], &config());
+        assert_eq!(
+            w.peer.as_deref(),
+            Some("Peer: not watched while redundancy is disabled")
+        );
+        assert!(w.actions.redundancy_on && !w.actions.redundancy_off);
+        assert!(!w.actions.swap && !w.actions.restore && !w.actions.set_mode);
     }
 }

@@ -837,7 +837,12 @@ fn preflight_refuses_with_a_reason() {
     );
     let preview = w.orch(0).preview(now, &OperatorRequest::Swap).unwrap();
     assert!(preview.total_ms > 0);
-    assert!(preview.steps.iter().any(|s| s.action.contains("Release")));
+    assert!(
+        preview
+            .steps
+            .iter()
+            .any(|s| s.action.contains("release Mastership"))
+    );
     assert!(
         !w.orch(0).busy()
             || w.orch(0)
