@@ -14,7 +14,7 @@
 # /usr/bin/time, in 512-byte units: what the round made the file system
 # write, beside what it sent on the wire).
 #
-# usage: [RUNS=n] [CASES=tree|big|tree,big] benches/scripts/sync_delta_tree.sh [--quick]
+# usage: [RUNS=n] [CASES=tree|big|tree,big] [TOOL=path] benches/scripts/sync_delta_tree.sh [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -29,8 +29,11 @@ need() {
 need rsync rsync
 [[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
 
-cargo build --release -q -p sync-delta --example tree_round
-TOOL="$PWD/target/release/examples/tree_round"
+# TOOL=path runs another build of tree_round (a before/after comparison).
+if [[ -z "${TOOL:-}" ]]; then
+    cargo build --release -q -p sync-delta --example tree_round
+    TOOL="$PWD/target/release/examples/tree_round"
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sync-delta-tree.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
