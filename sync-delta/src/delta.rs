@@ -60,24 +60,39 @@ impl SignatureBuilder {
     }
 
     /// Adds the next bytes of the file. Cuts are only tried once a whole
-    /// largest chunk is buffered, so tiny pieces cost no rescans.
+    /// largest chunk is buffered, so tiny pieces cost no rescans; only the
+    /// bytes of a chunk that spans two pieces are copied, the rest is cut
+    /// where it lies.
     pub fn update(&mut self, mut data: &[u8]) {
         let max = self.params.max_len();
         while !data.is_empty() {
-            if self.carry.is_empty() && data.len() >= max {
-                let used = self.cut_all(data, false);
+            if self.carry.is_empty() {
+                // Whatever cut_all leaves is shorter than a largest chunk.
+                let used = if data.len() >= max {
+                    self.cut_all(data, false)
+                } else {
+                    0
+                };
                 self.carry.extend_from_slice(&data[used..]);
                 return;
             }
-            let take = (max - self.carry.len()).min(data.len());
+            let old = self.carry.len();
+            let take = max.saturating_sub(old).min(data.len());
             self.carry.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.carry.len() >= max {
-                let carry = std::mem::take(&mut self.carry);
-                let used = self.cut_all(&carry, false);
-                self.carry = carry;
-                self.carry.drain(..used);
+            if self.carry.len() < max {
+                return;
             }
+            let mut carry = std::mem::take(&mut self.carry);
+            let used = self.cut_all(&carry, false);
+            if used >= old {
+                // Past the bytes held over: go on in `data` itself.
+                carry.clear();
+                data = &data[used - old..];
+            } else {
+                carry.drain(..used);
+                data = &data[take..];
+            }
+            self.carry = carry;
         }
     }
 
