@@ -178,6 +178,28 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
+    // The chunker alone on unrelated data (what generation costs when
+    // nothing matches): the four-lane cut used, and the one-chain loop it
+    // must equal.
+    let mut g = c.benchmark_group("chunker");
+    g.throughput(Throughput::Bytes(n as u64));
+    g.sample_size(10);
+    let cut_all = |cut: &dyn Fn(&[u8]) -> usize| {
+        let (mut pos, mut count) = (0, 0usize);
+        while pos < unrelated.len() {
+            pos += cut(&unrelated[pos..]);
+            count += 1;
+        }
+        count
+    };
+    g.bench_function("sync_delta/cut (four lanes, used)", |b| {
+        b.iter(|| black_box(cut_all(&|d| params.cut(d))))
+    });
+    g.bench_function("sync_delta/cut (one chain, reference)", |b| {
+        b.iter(|| black_box(cut_all(&|d| params.cut_reference(d))))
+    });
+    g.finish();
+
     let mut g = c.benchmark_group("delta_apply");
     g.throughput(Throughput::Bytes(n as u64));
     g.sample_size(10);

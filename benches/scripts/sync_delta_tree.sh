@@ -9,9 +9,12 @@
 #      whole files by default).
 # Each case runs RUNS times (5; --quick: 3); medians, ratios and peak memory
 # (max RSS from /usr/bin/time; sync-delta runs source and replica in one
-# process, rsync's figure is its largest process) are printed.
+# process, rsync's figure is its largest process) are printed; for the large
+# file also the bytes written to disk (the kernel's block-output count from
+# /usr/bin/time, in 512-byte units: what the round made the file system
+# write, beside what it sent on the wire).
 #
-# usage: [RUNS=n] [CASES=tree|big|tree,big] benches/scripts/sync_delta_tree.sh [--quick]
+# usage: [RUNS=n] [CASES=tree|big|tree,big] [TOOL=path] benches/scripts/sync_delta_tree.sh [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -26,8 +29,11 @@ need() {
 need rsync rsync
 [[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
 
-cargo build --release -q -p sync-delta --example tree_round
-TOOL="$PWD/target/release/examples/tree_round"
+# TOOL=path runs another build of tree_round (a before/after comparison).
+if [[ -z "${TOOL:-}" ]]; then
+    cargo build --release -q -p sync-delta --example tree_round
+    TOOL="$PWD/target/release/examples/tree_round"
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sync-delta-tree.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
@@ -36,7 +42,8 @@ median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else prin
 # run_ours SRC DST -> "seconds wire_bytes maxrss_kib" (round only, and whole process)
 run_ours() {
     local out
-    out=$(/usr/bin/time -f "maxrss_kib=%M elapsed_s=%e" "$TOOL" round "$1" "$2" 2>&1)
+    out=$(/usr/bin/time -f "maxrss_kib=%M elapsed_s=%e fs_out=%O" "$TOOL" round "$1" "$2" 2>&1)
+    echo $(($(grep -o 'fs_out=[0-9]*' <<<"$out" | cut -d= -f2) * 512)) >"$WORK/disk_ours"
     local round wire rss total
     round=$(grep -o 'round_s=[0-9.]*' <<<"$out" | cut -d= -f2)
     total=$(grep -o 'elapsed_s=[0-9.]*' <<<"$out" | cut -d= -f2)
@@ -49,7 +56,8 @@ run_ours() {
 run_rsync() {
     local src=$1 dst=$2; shift 2
     local out
-    out=$(/usr/bin/time -f "maxrss_kib=%M elapsed_s=%e" rsync -a --delete --stats --exclude=/.sync-delta "$@" "$src/" "$dst/" 2>&1)
+    out=$(/usr/bin/time -f "maxrss_kib=%M elapsed_s=%e fs_out=%O" rsync -a --delete --stats --exclude=/.sync-delta "$@" "$src/" "$dst/" 2>&1)
+    echo $(($(grep -o 'fs_out=[0-9]*' <<<"$out" | cut -d= -f2) * 512)) >"$WORK/disk_rsync"
     local secs sent recv rss
     secs=$(grep -o 'elapsed_s=[0-9.]*' <<<"$out" | cut -d= -f2)
     sent=$(grep 'Total bytes sent' <<<"$out" | tr -dc '0-9')
@@ -111,7 +119,10 @@ for _ in $(seq "$RUNS"); do
     run_ours "$WORK/bsrc" "$WORK/bours" >/dev/null
     run_rsync "$WORK/bsrc" "$WORK/brsync" >/dev/null
     "$TOOL" edit-big "$WORK/bsrc/call.wav"
-    echo "$(run_ours "$WORK/bsrc" "$WORK/bours") $(run_rsync "$WORK/bsrc" "$WORK/brsync" --no-whole-file)" >>"$WORK/big"
+    ours=$(run_ours "$WORK/bsrc" "$WORK/bours")
+    theirs=$(run_rsync "$WORK/bsrc" "$WORK/brsync" --no-whole-file)
+    echo "$ours $theirs $(cat "$WORK/disk_ours") $(cat "$WORK/disk_rsync")" >>"$WORK/big"
     cmp "$WORK/bsrc/call.wav" "$WORK/bours/call.wav"
 done
 collect "large file, edited" "$WORK/big"
+echo "large file, bytes written to disk per round (median): sync-delta $(cut -d' ' -f8 "$WORK/big" | median) B, rsync $(cut -d' ' -f9 "$WORK/big" | median) B"

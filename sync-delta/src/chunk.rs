@@ -89,6 +89,32 @@ impl ChunkParams {
         }
         let normal = n.min(self.avg);
         let max = n.min(self.max);
+        let block = (self.avg / 16).clamp(256, 4096);
+        let h = match find(data, 0, self.min, normal, self.mask_s, block) {
+            Ok(at) => return at + 1,
+            Err(h) => h,
+        };
+        if normal >= max {
+            return max;
+        }
+        match find(data, h, normal, max, self.mask_l, block) {
+            Ok(at) => at + 1,
+            Err(_) => max,
+        }
+    }
+
+    /// [`ChunkParams::cut`] one byte at a time in one chain: the
+    /// definition the four-lane path must match exactly (kept for the
+    /// tests, and for the bench to compare against).
+    #[must_use]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // the benches and tests use it
+    pub fn cut_reference(&self, data: &[u8]) -> usize {
+        let n = data.len();
+        if n <= self.min {
+            return n;
+        }
+        let normal = n.min(self.avg);
+        let max = n.min(self.max);
         let mut h: u64 = 0;
         for (i, &b) in data[self.min..normal].iter().enumerate() {
             h = (h << 1).wrapping_add(GEAR[b as usize]);
@@ -115,6 +141,82 @@ impl ChunkParams {
     pub fn is_final(&self, len: usize, buffered: usize) -> bool {
         len < buffered || len == self.max
     }
+}
+
+/// One Gear step.
+#[inline(always)]
+fn step(h: u64, b: u8) -> u64 {
+    (h << 1).wrapping_add(GEAR[b as usize])
+}
+
+/// The first position `p` in `from..to` where the Gear hash (`h`: its
+/// state through byte `from - 1`) has `h & mask == 0`, or the state
+/// through byte `to - 1`.
+///
+/// The same answer as one loop from `from`, faster: a one-byte step is a
+/// shift and an add that each depend on the last, so one hash runs at the
+/// latency of that chain. Here four hashes take four consecutive blocks
+/// of `block` bytes, each taken up from the 64 bytes before its block:
+/// each step shifts left by one, so a byte 64 or more steps back has left
+/// the 64-bit word, and the hash is a function of the last 64 bytes
+/// alone (from `min` on, and a block starts at least 64 bytes after
+/// `min`). Four independent chains that the processor runs side by
+/// side. A hit in a later block is final only once the earlier blocks are
+/// finished without one (at most `block` more steps each).
+fn find(data: &[u8], mut h: u64, from: usize, to: usize, mask: u64, block: usize) -> Result<usize, u64> {
+    let mut s = from;
+    while to - s >= 4 * block {
+        let st = [s, s + block, s + 2 * block, s + 3 * block];
+        // Take up lanes 1..3 side by side; lane 0 goes on from `h`.
+        let (mut h1, mut h2, mut h3) = (0u64, 0u64, 0u64);
+        for ((&b1, &b2), &b3) in data[st[1] - 64..st[1]]
+            .iter()
+            .zip(&data[st[2] - 64..st[2]])
+            .zip(&data[st[3] - 64..st[3]])
+        {
+            h1 = step(h1, b1);
+            h2 = step(h2, b2);
+            h3 = step(h3, b3);
+        }
+        let mut hs = [h, h1, h2, h3];
+        // A hit is a hash below `2^(64 - bits)` (the mask covers the top
+        // bits): one compare of the four lanes' minimum.
+        let below = (!mask).wrapping_add(1);
+        let w = &data[s..s + 4 * block];
+        for j in 0..block {
+            hs[0] = step(hs[0], w[j]);
+            hs[1] = step(hs[1], w[j + block]);
+            hs[2] = step(hs[2], w[j + 2 * block]);
+            hs[3] = step(hs[3], w[j + 3 * block]);
+            if hs[0].min(hs[1]).min(hs[2]).min(hs[3]) < below {
+                // The first lane with a hit here; earlier lanes may still
+                // hit later in their own block, which comes first.
+                let k = (0..4).find(|&k| hs[k] & mask == 0).unwrap_or(0);
+                for (e, &he) in hs.iter().enumerate().take(k) {
+                    if let Ok(at) = find_one(data, he, st[e] + j + 1, st[e] + block, mask) {
+                        return Ok(at);
+                    }
+                }
+                return Ok(st[k] + j);
+            }
+        }
+        h = hs[3];
+        s += 4 * block;
+    }
+    find_one(data, h, s, to, mask)
+}
+
+/// One hash from state `h` (the hash through byte `from - 1`) over
+/// `from..to`: the first hit, or the state through byte `to - 1`.
+#[inline]
+fn find_one(data: &[u8], mut h: u64, from: usize, to: usize, mask: u64) -> Result<usize, u64> {
+    for (i, &b) in data[from..to].iter().enumerate() {
+        h = step(h, b);
+        if h & mask == 0 {
+            return Ok(from + i);
+        }
+    }
+    Err(h)
 }
 
 /// Iterates over `(offset, len)` of the chunks of a whole buffer.
@@ -188,6 +290,45 @@ mod tests {
             .filter(|c| ends_a.contains(&(c.0 + c.1 - 3)))
             .count();
         assert!(same + 3 >= cs.len(), "{same} of {}", cs.len());
+    }
+
+    /// The four-lane cut is the one-byte definition, on noise, on data
+    /// that cuts often (low entropy) and on data that never cuts early,
+    /// for every parameter set and many buffer lengths.
+    #[test]
+    fn fast_cut_equals_the_reference() {
+        let mut inputs = vec![noise(3 << 20, 1), vec![0u8; 2 << 20], vec![0xa5u8; 1 << 20]];
+        let mut text = Vec::new();
+        let mut x = 9u64;
+        while text.len() < 1 << 20 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            text.push(b'a' + ((x >> 33) % 4) as u8);
+        }
+        inputs.push(text);
+        let mut avg = MIN_AVG;
+        while avg <= MAX_AVG {
+            let p = ChunkParams::new(avg);
+            for data in &inputs {
+                let mut pos = 0;
+                let mut cuts = 0;
+                while pos < data.len() {
+                    let rest = &data[pos..];
+                    let got = p.cut(rest);
+                    assert_eq!(got, p.cut_reference(rest), "avg {avg} at {pos}");
+                    // Shorter buffers too: the end of the data inside a lane.
+                    for short in [p.min + 1, p.avg - 1, p.avg + 300, p.max - 5, 1500] {
+                        let s = &rest[..short.min(rest.len())];
+                        assert_eq!(p.cut(s), p.cut_reference(s), "avg {avg} len {short}");
+                    }
+                    pos += got;
+                    cuts += 1;
+                    if cuts > 8 {
+                        break;
+                    }
+                }
+            }
+            avg *= 2;
+        }
     }
 
     #[test]

@@ -60,24 +60,39 @@ impl SignatureBuilder {
     }
 
     /// Adds the next bytes of the file. Cuts are only tried once a whole
-    /// largest chunk is buffered, so tiny pieces cost no rescans.
+    /// largest chunk is buffered, so tiny pieces cost no rescans; only the
+    /// bytes of a chunk that spans two pieces are copied, the rest is cut
+    /// where it lies.
     pub fn update(&mut self, mut data: &[u8]) {
         let max = self.params.max_len();
         while !data.is_empty() {
-            if self.carry.is_empty() && data.len() >= max {
-                let used = self.cut_all(data, false);
+            if self.carry.is_empty() {
+                // Whatever cut_all leaves is shorter than a largest chunk.
+                let used = if data.len() >= max {
+                    self.cut_all(data, false)
+                } else {
+                    0
+                };
                 self.carry.extend_from_slice(&data[used..]);
                 return;
             }
-            let take = (max - self.carry.len()).min(data.len());
+            let old = self.carry.len();
+            let take = max.saturating_sub(old).min(data.len());
             self.carry.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.carry.len() >= max {
-                let carry = std::mem::take(&mut self.carry);
-                let used = self.cut_all(&carry, false);
-                self.carry = carry;
-                self.carry.drain(..used);
+            if self.carry.len() < max {
+                return;
             }
+            let mut carry = std::mem::take(&mut self.carry);
+            let used = self.cut_all(&carry, false);
+            if used >= old {
+                // Past the bytes held over: go on in `data` itself.
+                carry.clear();
+                data = &data[used - old..];
+            } else {
+                carry.drain(..used);
+                data = &data[take..];
+            }
+            self.carry = carry;
         }
     }
 
@@ -283,6 +298,12 @@ impl OpBuilder {
         if let Some(Op::Literal(v)) = self.ops.last_mut()
             && v.len() + data.len() <= MAX_LITERAL
         {
+            // Grown once to the largest literal rather than doubling: a
+            // run of unrelated data fills it, and each doubling would copy
+            // what is there into fresh pages.
+            if v.capacity() < v.len() + data.len() {
+                v.reserve_exact(MAX_LITERAL - v.len());
+            }
             v.extend_from_slice(data);
             return;
         }
@@ -338,16 +359,21 @@ pub fn diff(params: ChunkParams, sig: &[SigChunk], new: &[u8]) -> Vec<Op> {
 /// hash to `hash`. Never allocates more than `size` bytes and never reads
 /// outside `base`.
 ///
+/// The ops are checked before anything is allocated (every copy inside
+/// the base, the lengths adding up to `size`); the output is then
+/// allocated once and hashed piece by piece right after each piece is
+/// copied, while it is still in the cache.
+///
 /// # Errors
 /// [`ApplyError`] for a copy outside the base, output beyond or short of
 /// `size`, or a hash mismatch.
 #[cfg_attr(not(feature = "internals"), allow(dead_code))] // the benches and tests use it
 pub fn apply(base: &[u8], ops: &[Op], size: u64, hash: &[u8; 32]) -> Result<Vec<u8>, ApplyError> {
-    let mut out = Vec::new();
+    let mut total = 0u64;
     for op in ops {
-        match op {
+        let len = match op {
             Op::Copy { offset, len } => {
-                let end = offset
+                offset
                     .checked_add(*len)
                     .filter(|&e| e <= base.len() as u64)
                     .ok_or(ApplyError::CopyOutOfRange {
@@ -355,30 +381,41 @@ pub fn apply(base: &[u8], ops: &[Op], size: u64, hash: &[u8; 32]) -> Result<Vec<
                         len: *len,
                         base_len: base.len() as u64,
                     })?;
-                if out.len() as u64 + len > size {
-                    return Err(ApplyError::BeyondSize { size });
-                }
-                out.extend_from_slice(&base[*offset as usize..end as usize]);
+                *len
             }
-            Op::Literal(data) => {
-                if out.len() as u64 + data.len() as u64 > size {
-                    return Err(ApplyError::BeyondSize { size });
-                }
-                out.extend_from_slice(data);
-            }
+            Op::Literal(data) => data.len() as u64,
+        };
+        total = total
+            .checked_add(len)
+            .filter(|&t| t <= size)
+            .ok_or(ApplyError::BeyondSize { size })?;
+    }
+    if total != size {
+        return Err(ApplyError::Short { got: total, size });
+    }
+    let cap = usize::try_from(size).map_err(|_| ApplyError::BeyondSize { size })?;
+    let mut out = Vec::with_capacity(cap);
+    let mut hasher = blake3::Hasher::new();
+    for op in ops {
+        let piece = match op {
+            // In range: checked above.
+            Op::Copy { offset, len } => &base[*offset as usize..(*offset + *len) as usize],
+            Op::Literal(data) => data.as_slice(),
+        };
+        for part in piece.chunks(APPLY_PIECE) {
+            let at = out.len();
+            out.extend_from_slice(part);
+            hasher.update(&out[at..]);
         }
     }
-    if out.len() as u64 != size {
-        return Err(ApplyError::Short {
-            got: out.len() as u64,
-            size,
-        });
-    }
-    if blake3::hash(&out).as_bytes() != hash {
+    if hasher.finalize().as_bytes() != hash {
         return Err(ApplyError::HashMismatch);
     }
     Ok(out)
 }
+
+/// How much [`apply`] copies before hashing it: well inside the L2 cache.
+const APPLY_PIECE: usize = 128 * 1024;
 
 #[cfg(test)]
 mod tests {
