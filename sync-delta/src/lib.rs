@@ -149,6 +149,7 @@ pub mod frame;
 pub mod fuzzing;
 mod generation;
 mod guard;
+mod hints;
 pub mod mem;
 mod replica;
 mod source;
@@ -166,7 +167,7 @@ pub use replica::{
     Divergence, Generation, OpenReport, Replica, ReplicaConfig, ReplicaEvent, ReplicaStats,
     ReplicaStatus, RoundProgress,
 };
-pub use source::{Source, SourceConfig, SourceEvent, SourceStats};
+pub use source::{Exposure, Source, SourceConfig, SourceEvent, SourceStats};
 pub use store::{FsStore, Storage};
 pub use wire::{Message, MessageType};
 
