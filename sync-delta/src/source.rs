@@ -156,9 +156,21 @@ const WINDOW: usize = 4 * IO_CHUNK;
 ///    [`Source::poll_transmit`]: it reads files through `store` a piece at
 ///    a time, so memory stays bounded whatever the file sizes. Drain
 ///    [`Source::poll_event`] too.
-/// 4. The source has no timers: [`Source::poll_timeout`] is always `None`
-///    (the replica schedules rounds); [`Source::sync_now`] asks the replica
-///    for a round at once.
+/// 4. Without change hints the source has no timers:
+///    [`Source::poll_timeout`] is `None` (the replica schedules rounds);
+///    [`Source::sync_now`] asks the replica for a round at once.
+/// 5. With change hints (the kernel's notifications on the tree, read by
+///    the driver): [`Source::start_watching`], then every hint with
+///    [`Source::handle_hints`] as it comes (all of them before the next
+///    message from the replica), lost hints with
+///    [`Source::handle_overflow`], the link coming up with
+///    [`Source::handle_connected`]; arm a timer for
+///    [`Source::poll_timeout`] and call [`Source::handle_timeout`]. Rounds
+///    are then built from the hinted paths without walking the tree, the
+///    replica is told of changes at once ([`Message::Changed`] after
+///    [`SourceConfig::batch`]), and the tree is walked after opening,
+///    after an overflow and every [`SourceConfig::full_scan_interval`].
+///    [`Source::exposure`] gives the data-loss window.
 pub struct Source {
     config: SourceConfig,
     /// The last scan: the quick-check cache, and what was last sent.
