@@ -500,7 +500,7 @@ fn status_json_keeps_its_fields() {
             "words",
         ])
     );
-    assert_eq!(keys(&s["sync"]), want(&["refused"]));
+    assert_eq!(keys(&s["sync"]), want(&["refused", "window_ms"]));
     assert!(s["sync"]["refused"].is_null());
     assert_eq!(
         keys(&s["vrrp"]),
