@@ -289,3 +289,114 @@ fn scan_paths_reads_only_what_was_hinted() {
     let conf = &m.entries[&RelPath::new("etc/pbx.conf").unwrap()];
     assert_eq!(conf.size(), 6, "the last scan's entry, not the tree's");
 }
+
+/// A store whose file `path` changes again while it is first read (a
+/// write racing the hash).
+struct Racing {
+    inner: MemStore,
+    path: &'static str,
+    armed: bool,
+}
+
+impl sync_delta::Storage for Racing {
+    fn walk(
+        &mut self,
+        exclude: &sync_delta::Exclude,
+    ) -> Result<sync_delta::store::Walk, sync_delta::StoreError> {
+        self.inner.walk(exclude)
+    }
+    fn stat(&mut self, path: &str) -> Result<sync_delta::store::Stat, sync_delta::StoreError> {
+        self.inner.stat(path)
+    }
+    fn read_at(
+        &mut self,
+        path: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, sync_delta::StoreError> {
+        if self.armed && path == self.path {
+            self.armed = false;
+            self.inner.put_file(path, b"changed again", 0o644, 99);
+        }
+        self.inner.read_at(path, offset, buf)
+    }
+    fn read_link(&mut self, path: &str) -> Result<Vec<u8>, sync_delta::StoreError> {
+        self.inner.read_link(path)
+    }
+    fn create(&mut self, path: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.create(path)
+    }
+    fn write_at(
+        &mut self,
+        path: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), sync_delta::StoreError> {
+        self.inner.write_at(path, offset, data)
+    }
+    fn sync_file(&mut self, path: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.sync_file(path)
+    }
+    fn sync_dir(&mut self, path: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.sync_dir(path)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.rename(from, to)
+    }
+    fn remove_file(&mut self, path: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.remove_file(path)
+    }
+    fn remove_dir(&mut self, path: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.remove_dir(path)
+    }
+    fn create_dir(&mut self, path: &str, mode: u32) -> Result<(), sync_delta::StoreError> {
+        self.inner.create_dir(path, mode)
+    }
+    fn symlink(&mut self, target: &[u8], path: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.symlink(target, path)
+    }
+    fn set_meta(
+        &mut self,
+        path: &str,
+        mode: u32,
+        mtime_ns: i64,
+    ) -> Result<(), sync_delta::StoreError> {
+        self.inner.set_meta(path, mode, mtime_ns)
+    }
+    fn list_dir(&mut self, path: &str) -> Result<Vec<String>, sync_delta::StoreError> {
+        self.inner.list_dir(path)
+    }
+}
+
+/// A file that changes while a hinted round hashes it keeps its confirmed
+/// entry, stays dirty and goes in the next round, which starts at once;
+/// the round that missed it is stamped with its first hint, so its age
+/// never hides the change.
+#[test]
+fn a_file_changing_while_hashed_stays_dirty_and_dates_its_round_back() {
+    let mut p = watching_pair();
+    p.src.put_file("etc/pbx.conf", b"config v2", 0o644, 30);
+    let hinted_at = p.wall;
+    p.source.handle_hints(p.now, p.wall, ["etc/pbx.conf"]);
+    p.now += Duration::from_millis(150);
+    p.wall += Duration::from_millis(150);
+    p.replica.sync_now(p.now);
+    let request = p.replica.poll_transmit().unwrap();
+    let mut racing = Racing {
+        inner: std::mem::replace(&mut p.src, MemStore::new()),
+        path: "etc/pbx.conf",
+        armed: true,
+    };
+    p.source
+        .handle_message(p.now, p.wall, request, &mut racing)
+        .unwrap();
+    p.src = racing.inner;
+    assert!(p.source.window(p.wall) >= Some(Duration::from_millis(150)));
+    let mut taken = Vec::new();
+    p.pump_watching(|_, _| {}, |r| taken.push(r.generation().taken_at))
+        .unwrap();
+    assert!(taken.contains(&Some(hinted_at)), "{taken:?}");
+    p.assert_synced();
+    assert_eq!(common::read(&mut p.dst, "etc/pbx.conf"), b"changed again");
+    assert_eq!(p.source.window(p.wall), Some(Duration::ZERO));
+}
