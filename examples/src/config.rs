@@ -132,6 +132,8 @@ struct RawSync {
     peer: SocketAddr,
     dir: PathBuf,
     interval_s: Option<u64>,
+    watch: Option<bool>,
+    batch_ms: Option<u64>,
     key_file: PathBuf,
     key_file_next: Option<PathBuf>,
     #[serde(default)]
@@ -266,8 +268,17 @@ pub struct Sync {
     pub peer: SocketAddr,
     /// The replicated tree.
     pub dir: PathBuf,
-    /// Round interval.
+    /// `interval_s`: the full-scan period (the whole tree walked and
+    /// compared; with `watch` off, every round is one), and the Backup's
+    /// round interval when it is told of no change (default 60 s).
     pub interval: Duration,
+    /// `watch`: the Master's tree is watched (the kernel's change
+    /// notifications) and rounds are built from what changed, the Backup
+    /// told at once (default true).
+    pub watch: bool,
+    /// `batch_ms`: how long changes are collected before the Backup is
+    /// told, so that a burst of writes makes one round (default 100 ms).
+    pub batch: Duration,
     /// The pre-shared key file (64 hex digits).
     pub key_file: PathBuf,
     /// During a key rotation, the next key's file: the peer may prove
@@ -495,11 +506,17 @@ impl NodeConfig {
                 }
                 let (mass_delete_fraction, mass_delete_window) =
                     mass_delete_settings("sync.", s.mass_delete_fraction, s.mass_delete_window_h)?;
+                let batch_ms = s.batch_ms.unwrap_or(100);
+                if batch_ms > 60_000 {
+                    return Err(invalid("sync.batch_ms", "must be at most 60000"));
+                }
                 Ok(Sync {
                     listen: s.listen,
                     peer: s.peer,
                     dir: abs(s.dir),
                     interval: Duration::from_secs(interval_s),
+                    watch: s.watch.unwrap_or(true),
+                    batch: Duration::from_millis(batch_ms),
                     key_file: abs(s.key_file),
                     key_file_next: s.key_file_next.map(abs),
                     exclude: s.exclude,

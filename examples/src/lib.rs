@@ -36,4 +36,5 @@ pub mod poller;
 pub mod procedures;
 pub mod status;
 pub mod vrrp_io;
+mod watch;
 pub mod words;

@@ -24,7 +24,7 @@ use failover_orchestrator::pair::{
 };
 use socket2::{Domain, SockAddr, Socket, Type};
 use sync_delta::frame::Nonce;
-use sync_delta::{FsStore, Message, RoundProgress};
+use sync_delta::{Exposure, FsStore, Message, RoundProgress};
 use tracing::{info, warn};
 
 use crate::poller::{Interest, Poller, Ready};
@@ -568,6 +568,18 @@ impl<T> Inbox<T> {
 /// What the sync worker thread is given.
 pub(crate) enum ToWorker {
     Order(SyncOrder),
+    /// Paths of the tree that changed (from the kernel's notifications),
+    /// with when the watcher learnt of them.
+    Hints {
+        paths: Vec<String>,
+        at: Instant,
+        wall: SystemTime,
+    },
+    /// The watcher lost notifications: the next round walks the tree.
+    Overflow {
+        at: Instant,
+        wall: SystemTime,
+    },
     Stop,
 }
 
@@ -583,25 +595,6 @@ pub(crate) enum FromWorker {
 /// (in the engine's inbox or a connection's send buffer) before it waits.
 const SEND_WINDOW: usize = 4 << 20;
 
-/// Runs the [`SyncWorker`] and its [`FsStore`] on a thread of their own:
-/// scans, hashing and applying block only it. `queued` counts the bytes
-/// of messages handed to `out` that the engine has not taken yet,
-/// `buffered` those the connections have not written: together they are
-/// the source's send window.
-///
-/// # Errors
-/// The thread cannot be spawned.
-pub(crate) fn spawn_worker(
-    worker: SyncWorker,
-    store: FsStore,
-    orders: mpsc::Receiver<ToWorker>,
-    out: impl Fn(FromWorker) -> bool + Send + 'static,
-    queued: Arc<AtomicUsize>,
-    buffered: Arc<AtomicUsize>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    spawn_worker_watched(worker, store, orders, out, queued, buffered, None)
-}
-
 /// The replica's round in progress as the sync worker thread last saw it
 /// ([`SyncWorker::round_progress`]), for a progress display on another
 /// thread. The worker updates it after every order and timeout.
@@ -612,6 +605,7 @@ pub struct RoundWatch(Arc<std::sync::Mutex<Watched>>);
 struct Watched {
     current: Option<RoundProgress>,
     last: Option<RoundProgress>,
+    exposure: Option<Exposure>,
 }
 
 impl RoundWatch {
@@ -628,9 +622,17 @@ impl RoundWatch {
         self.0.lock().map_or(None, |w| w.last)
     }
 
-    fn set(&self, p: Option<RoundProgress>) {
+    /// Since when the Backup may lack changes, as the worker last saw it
+    /// ([`SyncWorker::exposure`]).
+    #[must_use]
+    pub fn exposure(&self) -> Option<Exposure> {
+        self.0.lock().map_or(None, |w| w.exposure)
+    }
+
+    fn set(&self, p: Option<RoundProgress>, exposure: Option<Exposure>) {
         if let Ok(mut w) = self.0.lock() {
             w.current = p;
+            w.exposure = exposure;
             if p.is_some() {
                 w.last = p;
             }
@@ -638,7 +640,15 @@ impl RoundWatch {
     }
 }
 
-/// [`spawn_worker`], updating `watch` (when given) as rounds go.
+/// Runs the [`SyncWorker`] and its [`FsStore`] on a thread of their own:
+/// scans, hashing and applying block only it. `queued` counts the bytes
+/// of messages handed to `out` that the engine has not taken yet,
+/// `buffered` those the connections have not written: together they are
+/// the source's send window.
+///
+/// # Errors
+/// The thread cannot be spawned.
+/// `watch` (when given) is updated as rounds go.
 pub(crate) fn spawn_worker_watched(
     mut worker: SyncWorker,
     mut store: FsStore,
@@ -662,25 +672,34 @@ pub(crate) fn spawn_worker_watched(
                 if more {
                     wait = wait.min(Duration::from_millis(2));
                 }
+                let mut batch = Vec::new();
                 match orders.recv_timeout(wait) {
-                    Ok(ToWorker::Order(o)) => {
-                        worker.handle_order(Instant::now(), SystemTime::now(), o, &mut store);
-                        while let Ok(next) = orders.try_recv() {
-                            match next {
-                                ToWorker::Order(o) => {
-                                    worker.handle_order(
-                                        Instant::now(),
-                                        SystemTime::now(),
-                                        o,
-                                        &mut store,
-                                    );
-                                }
-                                ToWorker::Stop => return,
-                            }
-                        }
-                    }
-                    Ok(ToWorker::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    Ok(m) => batch.push(m),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
+                }
+                while let Ok(m) = orders.try_recv() {
+                    batch.push(m);
+                }
+                // Hints first: a request among the orders must see every
+                // change the watcher had reported by then.
+                for m in &batch {
+                    match m {
+                        ToWorker::Hints { paths, at, wall } => {
+                            worker.handle_hints(*at, *wall, paths);
+                        }
+                        ToWorker::Overflow { at, wall } => worker.handle_hint_overflow(*at, *wall),
+                        ToWorker::Order(_) | ToWorker::Stop => {}
+                    }
+                }
+                for m in batch {
+                    match m {
+                        ToWorker::Order(o) => {
+                            worker.handle_order(Instant::now(), SystemTime::now(), o, &mut store);
+                        }
+                        ToWorker::Stop => return,
+                        ToWorker::Hints { .. } | ToWorker::Overflow { .. } => {}
+                    }
                 }
                 let now = Instant::now();
                 if worker.poll_timeout().is_some_and(|t| t <= now) {
@@ -703,7 +722,7 @@ pub(crate) fn spawn_worker_watched(
                 // Before the reports: a round's last figures are there
                 // when its end is reported.
                 if let Some(w) = &watch {
-                    w.set(worker.round_progress());
+                    w.set(worker.round_progress(), worker.exposure());
                 }
                 while let Some(r) = worker.poll_report() {
                     if !out(FromWorker::Report(r)) {

@@ -151,6 +151,15 @@ pub struct SyncSnapshot {
     /// `POST /sync/confirm-deletions` (until a round commits or the node
     /// is no longer a Backup).
     pub refused: Option<RefusedRound>,
+    /// The data-loss window, ms: the age of the oldest change the Backup
+    /// does not hold yet. On the Master, from what it knows of its own
+    /// changes (0 when the Backup holds every one; with `watch` off, or
+    /// until the first full scan after a start or an overflow is
+    /// confirmed, the age of the last snapshot the Backup confirmed); on
+    /// the Backup, the age of its generation (an upper bound: it cannot
+    /// see changes it was not told of). `null` when nothing is bounded (no
+    /// generation confirmed yet, or no [sync]).
+    pub window_ms: Option<u64>,
 }
 
 /// A round the mass-deletion guard refused: the words and the figures.
@@ -604,6 +613,8 @@ struct Engine {
     to_worker: Option<std_mpsc::Sender<ToWorker>>,
     /// Bytes of sync messages from the worker not yet handed to the pair.
     queued: Arc<AtomicUsize>,
+    /// What the sync worker thread last saw (the data-loss window).
+    round_watch: link_io::RoundWatch,
     snapshot: Arc<Mutex<Snapshot>>,
     hooks: Arc<dyn Hooks>,
     config: NodeConfig,
@@ -1158,6 +1169,11 @@ impl Engine {
         s.phones = o.phone_outcomes();
         s.quarantine.clone_from(&self.quarantine);
         s.sync.refused = self.pair.sync_refused().map(RefusedRound::from);
+        s.sync.window_ms = self
+            .round_watch
+            .exposure()
+            .and_then(|e| e.window(SystemTime::now()))
+            .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
         s.counters = counters;
         s.words = crate::words::Words::of(&s, &self.phones, &self.config);
     }
@@ -1601,6 +1617,8 @@ pub async fn run(
             let worker = SyncWorker::new(SyncConfig {
                 exclude: sync_delta::Exclude::new(&sync.exclude),
                 interval: sync.interval,
+                watch: sync.watch,
+                batch: sync.batch,
                 mass_delete_fraction: sync.mass_delete_fraction.get(),
                 mass_delete_window: sync.mass_delete_window,
                 ..SyncConfig::default()
@@ -1633,22 +1651,40 @@ pub async fn run(
         link_io::Inbox::new().map_err(io_err("creating the engine's wake-up pair"))?;
     let queued = Arc::new(AtomicUsize::new(0));
     let buffered = Arc::new(AtomicUsize::new(0));
-    let (to_worker, worker_thread) = match worker {
+    let round_watch = link_io::RoundWatch::default();
+    let (to_worker, worker_thread, _tree_watcher) = match worker {
         Some((worker, store)) => {
             let (tx, rx) = std_mpsc::channel();
             let to_engine = engine_tx.clone();
-            let t = link_io::spawn_worker(
+            let t = link_io::spawn_worker_watched(
                 worker,
                 store,
                 rx,
                 move |m| to_engine.send(Inbox::Worker(m)),
                 queued.clone(),
                 buffered.clone(),
+                Some(round_watch.clone()),
             )
             .map_err(io_err("starting the sync thread"))?;
-            (Some(tx), Some(t))
+            // Change hints for the source: the kernel's notifications on
+            // the tree. Kept until the node stops.
+            let watcher = match &config.sync {
+                Some(sync) if sync.watch => {
+                    let exclude = sync_delta::Exclude::new(&sync.exclude);
+                    match crate::watch::watch_tree(&sync.dir, exclude, tx.clone()) {
+                        Ok(w) => Some(w),
+                        Err(e) => {
+                            warn!(error = %e, "cannot watch the data directory; \
+                                  every round walks the tree");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            (Some(tx), Some(t), watcher)
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let (to_main, mut from_engine) = mpsc::unbounded_channel();
     let snapshot = Arc::new(Mutex::new(Snapshot::default()));
@@ -1682,6 +1718,7 @@ pub async fn run(
         to_main,
         to_worker,
         queued,
+        round_watch,
         snapshot: snapshot.clone(),
         hooks: hooks.clone(),
         config: config.clone(),

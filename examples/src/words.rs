@@ -211,6 +211,13 @@ impl Words {
                 None if config.sync.is_some() => w.sync.push("No generation yet".into()),
                 None => w.sync.push("Replication is not configured".into()),
             }
+            if config.sync.is_some() {
+                w.sync.push(match s.sync.window_ms {
+                    Some(0) => "Data-loss window now: none (the Backup holds every change)".into(),
+                    Some(win) => format!("Data-loss window now: {}", ms(win)),
+                    None => "Data-loss window now: unbounded (no generation yet)".into(),
+                });
+            }
             if let Some(g) = st.peer.as_ref().and_then(|p| p.sync_generation) {
                 w.sync.push(format!("Peer at generation {g}"));
             }
@@ -513,5 +520,50 @@ udp_peers = ["127.0.0.2:1"]
         );
         assert!(w.actions.redundancy_on && !w.actions.redundancy_off);
         assert!(!w.actions.swap && !w.actions.restore && !w.actions.set_mode);
+    }
+
+    #[test]
+    fn the_data_loss_window_in_words() {
+        let c = NodeConfig::parse(
+            r#"id = "pbx-a"
+state_dir = "state"
+[vrrp]
+transport = "udp"
+vrid = 51
+virtual_ips = ["10.99.0.100/24"]
+udp_listen = "127.0.0.1:1"
+udp_peers = ["127.0.0.2:1"]
+[sync]
+listen = "127.0.0.1:7001"
+peer = "127.0.0.2:7001"
+dir = "data"
+key_file = "sync.key"
+"#,
+            std::path::Path::new("/nonexistent"),
+        )
+        .expect("config");
+        let mut s = Snapshot {
+            id: "pbx-a".into(),
+            status: Some(status(Role::Master, Role::Backup, BackupMode::Active)),
+            ..Snapshot::default()
+        };
+        let line = |s: &Snapshot| {
+            Words::of(s, &[], &c)
+                .sync
+                .into_iter()
+                .find(|l| l.starts_with("Data-loss window now"))
+        };
+        s.sync.window_ms = Some(250);
+        assert_eq!(line(&s).as_deref(), Some("Data-loss window now: 250 ms"));
+        s.sync.window_ms = Some(0);
+        assert_eq!(
+            line(&s).as_deref(),
+            Some("Data-loss window now: none (the Backup holds every change)")
+        );
+        s.sync.window_ms = None;
+        assert_eq!(
+            line(&s).as_deref(),
+            Some("Data-loss window now: unbounded (no generation yet)")
+        );
     }
 }

@@ -213,6 +213,27 @@ fn the_mass_deletion_guard_has_defaults_and_takes_its_keys() {
 }
 
 #[test]
+fn change_driven_sync_has_defaults_and_takes_its_keys() {
+    let c = parse(&format!("{MINIMAL}\n{STATUS_SYNC}")).unwrap();
+    let s = c.sync.unwrap();
+    assert!(s.watch, "the tree is watched by default");
+    assert_eq!(s.batch, Duration::from_millis(100));
+    assert_eq!(s.interval, Duration::from_secs(60), "the full-scan period");
+    let c = parse(&format!(
+        "{MINIMAL}\n{STATUS_SYNC}watch = false\nbatch_ms = 250\ninterval_s = 300"
+    ))
+    .unwrap();
+    let s = c.sync.unwrap();
+    assert!(!s.watch);
+    assert_eq!(s.batch, Duration::from_millis(250));
+    assert_eq!(s.interval, Duration::from_secs(300));
+    let err = parse(&format!("{MINIMAL}\n{STATUS_SYNC}batch_ms = 60001"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sync.batch_ms"), "{err}");
+}
+
+#[test]
 fn services_start_in_dependency_order() {
     let c = parse(&format!(
         "{MINIMAL}\n[[service]]\nname = \"vm\"\nstart = \"x\"\nafter = [\"db\", \"sip\"]\n\

@@ -500,7 +500,7 @@ fn status_json_keeps_its_fields() {
             "words",
         ])
     );
-    assert_eq!(keys(&s["sync"]), want(&["refused"]));
+    assert_eq!(keys(&s["sync"]), want(&["refused", "window_ms"]));
     assert!(s["sync"]["refused"].is_null());
     assert_eq!(
         keys(&s["vrrp"]),
@@ -1976,4 +1976,165 @@ fn rolling_language_pack_upgrade() {
         ]
     );
     assert_eq!(p.b.role(), "Master");
+}
+
+/// Deterministic bytes that compress to nothing.
+fn noise_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Both nodes' files with `[sync]` left at its defaults (`watch`,
+/// `batch_ms`, `interval_s` 60) and, with `advert_ms`, that advertisement
+/// interval.
+fn default_sync(p: &Pair, advert_ms: Option<u64>) {
+    for n in [&p.a, &p.b] {
+        let mut text = std::fs::read_to_string(&n.config).expect("config");
+        text = text.replace(&format!("interval_s = {SYNC_INTERVAL_S}\n"), "");
+        if let Some(ms) = advert_ms {
+            text = text.replace(
+                "advert_interval_ms = 100\n",
+                &format!("advert_interval_ms = {ms}\n"),
+            );
+        }
+        std::fs::write(&n.config, text).expect("config");
+    }
+}
+
+/// Waits until `path` holds `data`; returns how long it took.
+fn arrival(path: &Path, data: &[u8], limit: Duration, log: &dyn Fn() -> String) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if std::fs::read(path).is_ok_and(|d| d == data) {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{} did not arrive within {limit:?}\n{}",
+            path.display(),
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn window_ms(s: &Value) -> Option<u64> {
+    s["sync"]["window_ms"].as_u64()
+}
+
+/// With the default `[sync]` settings the Master's tree is watched: a new
+/// file is on the Backup long before the full-scan period (`interval_s`,
+/// 60 s), and the Master's data-loss window drops back to zero.
+#[test]
+fn a_new_file_reaches_the_backup_long_before_the_full_scan() {
+    let mut p = pair("watched", true);
+    default_sync(&p, None);
+    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
+    settled(&mut p);
+    p.a.wait("a clear window", Duration::from_secs(10), |s| {
+        window_ms(s) == Some(0)
+    });
+    let data = noise_bytes(64 * 1024, 7);
+    std::fs::create_dir_all(p.a.data.join("voicemail/100")).expect("mkdir");
+    std::fs::write(p.a.data.join("voicemail/100/msg0001.wav"), &data).expect("write");
+    // Half the full-scan period: only a change-driven round can do it.
+    let took = arrival(
+        &p.b.data.join("voicemail/100/msg0001.wav"),
+        &data,
+        Duration::from_secs(30),
+        &|| p.a.log_text(),
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    p.a.wait("the window back to zero", Duration::from_secs(10), |s| {
+        window_ms(s) == Some(0)
+    });
+    // The Backup, which cannot see the Master's changes, bounds it by its
+    // generation's age.
+    assert!(window_ms(&p.b.status()).is_some(), "{}", p.b.status());
+}
+
+/// CPU time (user + system) of a process so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // The fields after the command's closing parenthesis; utime and stime
+    // are the 14th and 15th of the whole line.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+/// The sync window's figures (`benches/scripts/sync_window.sh`, a release
+/// build): with default `[sync]` settings and 1 s advertisements, the
+/// worst and median time of 10 new 64 KiB files from the Master's disk to
+/// the Backup's, then each node's CPU over `SYNC_IDLE_SECS` (default 60)
+/// of no change.
+#[test]
+#[ignore = "a measurement: benches/scripts/sync_window.sh"]
+fn sync_window_figures() {
+    let mut p = pair("window-bench", true);
+    default_sync(&p, Some(1000));
+    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
+    settled(&mut p);
+    p.a.wait("a clear window", Duration::from_secs(10), |s| {
+        window_ms(s) == Some(0)
+    });
+    let mut times = Vec::new();
+    for i in 0..10u64 {
+        let data = noise_bytes(64 * 1024, 100 + i);
+        let name = format!("msg{i:04}.wav");
+        // Apart, so that each is its own round.
+        std::thread::sleep(Duration::from_millis(500));
+        std::fs::write(p.a.data.join(&name), &data).expect("write");
+        let took = arrival(
+            &p.b.data.join(&name),
+            &data,
+            Duration::from_secs(120),
+            &|| p.a.log_text(),
+        );
+        times.push(took);
+    }
+    times.sort();
+    println!(
+        "sync window: a new 64 KiB file Master -> Backup, 10 writes: worst {:.1} ms, median {:.1} ms",
+        times[9].as_secs_f64() * 1e3,
+        times[5].as_secs_f64() * 1e3
+    );
+    let secs: u64 = std::env::var("SYNC_IDLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    // Settle first: the last round's confirmation, the status pages.
+    std::thread::sleep(Duration::from_secs(2));
+    let pids = [
+        p.a.child.as_ref().expect("running").id(),
+        p.b.child.as_ref().expect("running").id(),
+    ];
+    let before: Vec<u64> = pids.iter().map(|&pid| cpu_ticks(pid)).collect();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let after: Vec<u64> = pids.iter().map(|&pid| cpu_ticks(pid)).collect();
+    let wall = t0.elapsed().as_secs_f64();
+    // The kernel's clock ticks per second for /proc times (USER_HZ).
+    let hz: f64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0);
+    for (name, (b, a)) in ["Master", "Backup"].iter().zip(before.iter().zip(&after)) {
+        let cpu = (a - b) as f64 / hz;
+        println!(
+            "idle CPU, {name}: {:.3} s in {wall:.0} s = {:.2} % of a core",
+            cpu,
+            100.0 * cpu / wall
+        );
+    }
 }

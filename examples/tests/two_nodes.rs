@@ -217,7 +217,8 @@ async fn changed_file_reaches_the_backup() {
     // The Master sees what its Backup holds.
     let a =
         p.a.wait(Duration::from_secs(10), "the peer's generation", |s| {
-            u(&s["status"]["peer"]["sync_generation"]) > first
+            // Null until the Backup's first heartbeat with a generation.
+            s["status"]["peer"]["sync_generation"].as_u64().unwrap_or(0) > first
         })
         .await;
     assert_eq!(a["role"], "Master");
@@ -236,6 +237,12 @@ async fn swap_exchanges_roles() {
     });
     established(&mut p).await;
     p.b.wait(Duration::from_secs(20), "first round", |s| {
+        generation(s) >= 1
+    })
+    .await;
+    // The swap's preflight needs the Master to know what its Backup holds
+    // (the confirmation comes back a moment after the Backup commits).
+    p.a.wait(Duration::from_secs(20), "its Backup's first round", |s| {
         generation(s) >= 1
     })
     .await;
@@ -327,6 +334,12 @@ async fn swap_there_and_back() {
     });
     established(&mut p).await;
     p.b.wait(Duration::from_secs(20), "first round", |s| {
+        generation(s) >= 1
+    })
+    .await;
+    // The swap's preflight needs the Master to know what its Backup holds
+    // (the confirmation comes back a moment after the Backup commits).
+    p.a.wait(Duration::from_secs(20), "its Backup's first round", |s| {
         generation(s) >= 1
     })
     .await;

@@ -26,6 +26,11 @@ fn schedule(seed: u64) -> (WorldConfig, Vec<(Duration, Ev)>) {
     let mut cfg = WorldConfig::new(seed);
     cfg.interval_cs = [10, 50, 100, 100][rng.below(4) as usize];
     cfg.priorities = [150, [100, 150, 200][rng.below(3) as usize]];
+    // Three schedules in four watch the tree (change-driven rounds), one
+    // write's hint in fifty lost to an overflow; the fourth pulls every
+    // interval.
+    cfg.watch = !seed.is_multiple_of(4);
+    cfg.hint_overflow_ppm = 20_000;
     let mut evs = Vec::new();
     evs.push((Duration::ZERO, Ev::Boot(0)));
     let b = if rng.below(3) == 0 {
@@ -292,6 +297,7 @@ fn random_schedules_keep_the_invariants() {
     let mut steps = 0u64;
     let mut requests = 0usize;
     let (mut checks, mut lacking) = (0u64, 0u64);
+    let (mut window_checks, mut overflows) = (0u64, 0u64);
     for k in 0..n {
         let seed = first + k;
         let (w, fails) = run(seed, false);
@@ -299,6 +305,8 @@ fn random_schedules_keep_the_invariants() {
         requests += w.started.len();
         checks += w.loss_checks;
         lacking += w.loss_lacking;
+        window_checks += w.window_checks;
+        overflows += w.hint_overflows;
         assert!(
             fails.is_empty(),
             "seed {seed} failed (replay with PAIR_SEED={seed}):\n{fails:#?}\nschedule: {:#?}\n{}",
@@ -306,9 +314,12 @@ fn random_schedules_keep_the_invariants() {
             w.report()
         );
     }
+    // The window check ran, and lost hints were among what it saw.
+    assert!(window_checks > 0 && (n < 20 || overflows > 0));
     eprintln!(
         "pair simulation: {n} schedules of {} s, {steps} steps, {requests} procedures accepted, \
-         {checks} takeovers' data-loss windows checked ({lacking} lacking a write), {:.1} s wall",
+         {checks} takeovers' data-loss windows checked ({lacking} lacking a write), \
+         {window_checks} reported windows checked ({overflows} hints lost to an overflow), {:.1} s wall",
         SCHEDULE.as_secs(),
         started.elapsed().as_secs_f64()
     );

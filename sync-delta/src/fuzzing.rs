@@ -232,6 +232,7 @@ pub fn seeds_frame(now: Instant) -> Vec<(String, Vec<u8>)> {
             reason: AbandonReason::Refused,
         },
         Message::SyncNow,
+        Message::Changed,
     ];
     for (i, m) in msgs.into_iter().enumerate() {
         let mut b = Vec::new();

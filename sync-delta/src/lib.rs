@@ -63,7 +63,12 @@
 //!   wall clock ([`Source::handle_message`]) and drain
 //!   [`Source::poll_transmit`] as the socket accepts data.
 //!   [`SourceEvent::Confirmed`] (and [`Source::confirmed`]) give the
-//!   generation the Backup holds and when this node took it.
+//!   generation the Backup holds and when this node took it. Give it the
+//!   kernel's change notifications as hints ([`Source::handle_hints`]):
+//!   rounds are then built from what changed without walking the tree, the
+//!   replica is told at once, and [`Source::exposure`] gives the data-loss
+//!   window; the tree is still walked after opening, after lost hints and
+//!   every [`SourceConfig::full_scan_interval`].
 //! - The link: [`frame::Link`] carries both sync messages (channel
 //!   [`frame::CHANNEL_SYNC`]) and the orchestrator's peer messages (any
 //!   other channel, opaque here), with each frame's sender [`Epoch`].
@@ -149,6 +154,7 @@ pub mod frame;
 pub mod fuzzing;
 mod generation;
 mod guard;
+mod hints;
 pub mod mem;
 mod replica;
 mod source;
@@ -166,7 +172,7 @@ pub use replica::{
     Divergence, Generation, OpenReport, Replica, ReplicaConfig, ReplicaEvent, ReplicaStats,
     ReplicaStatus, RoundProgress,
 };
-pub use source::{Source, SourceConfig, SourceEvent, SourceStats};
+pub use source::{Exposure, Source, SourceConfig, SourceEvent, SourceStats};
 pub use store::{FsStore, Storage};
 pub use wire::{Message, MessageType};
 

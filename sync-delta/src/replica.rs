@@ -248,6 +248,9 @@ pub struct ReplicaStats {
     /// The guard's window file could not be read or did not decode and
     /// was started afresh (see [`ReplicaEvent::GuardStateReset`]).
     pub guard_state_resets: u64,
+    /// Times the source said its tree changed (a round started at once,
+    /// or right after the one in progress, when rounds run).
+    pub nudged: u64,
 }
 
 struct Fetch {
@@ -734,7 +737,10 @@ impl Replica {
     ) -> Result<(), SessionError> {
         let ty = msg.ty();
         let unexpected = SessionError::Unexpected { ty };
-        if let Message::SyncNow = msg {
+        if let Message::SyncNow | Message::Changed = msg {
+            if matches!(msg, Message::Changed) {
+                self.stats.nudged += 1;
+            }
             if self.round.is_none() {
                 self.sync_now(now);
             } else {

@@ -6,19 +6,64 @@ use crate::delta::{Matcher, Op, OpBuilder};
 use crate::error::{SessionError, StoreError};
 use crate::exclude::Exclude;
 use crate::generation::{self, Persisted, Role, StateFile};
+use crate::hints::{Hints, SINCE_EVER};
 use crate::manifest::{Change, Hash, Kind, LocalStat, Manifest, Meta};
 use crate::path::RelPath;
 use crate::replica::Generation;
 use crate::store::{IO_CHUNK, StatKind, Storage};
 use crate::wire::{Base, DataStatus, MAX_CHANGES, Message};
-use std::collections::VecDeque;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Source settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceConfig {
     /// Paths never replicated.
     pub exclude: Exclude,
+    /// With change hints ([`Source::handle_hints`]): how often a round
+    /// walks the whole tree anyway, the safety net for changes no hint
+    /// named (default 60 s). Without hints every round walks it.
+    pub full_scan_interval: Duration,
+    /// With change hints: how long the source collects them before it
+    /// tells the replica ([`Message::Changed`]), so that a burst of writes
+    /// makes one round (default 100 ms).
+    pub batch: Duration,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            exclude: Exclude::default(),
+            full_scan_interval: Duration::from_secs(60),
+            batch: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Since when a replica may lack changes its source holds: the data a
+/// takeover would lose ([`Source::exposure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Exposure {
+    /// The replica holds every change the source knows of.
+    Clear,
+    /// Changes since this wall-clock time may be missing.
+    Since(SystemTime),
+    /// Nothing is bounded: the replica never confirmed a generation.
+    Unbounded,
+}
+
+impl Exposure {
+    /// The window at `wall`: zero when clear, the time since the oldest
+    /// change otherwise, `None` when unbounded.
+    #[must_use]
+    pub fn window(&self, wall: SystemTime) -> Option<Duration> {
+        match self {
+            Exposure::Clear => Some(Duration::ZERO),
+            Exposure::Since(t) => Some(wall.duration_since(*t).unwrap_or(Duration::ZERO)),
+            Exposure::Unbounded => None,
+        }
+    }
 }
 
 /// Events for the driver.
@@ -69,6 +114,12 @@ pub struct SourceStats {
     pub changed_while_read: u64,
     /// Messages refused as invalid.
     pub protocol_errors: u64,
+    /// Rounds built from change hints alone, without walking the tree.
+    pub hinted_rounds: u64,
+    /// Paths the hinted rounds looked at again.
+    pub hinted_paths: u64,
+    /// Times the driver reported lost hints ([`Source::handle_overflow`]).
+    pub overflows: u64,
 }
 
 enum Mode {
@@ -105,9 +156,21 @@ const WINDOW: usize = 4 * IO_CHUNK;
 ///    [`Source::poll_transmit`]: it reads files through `store` a piece at
 ///    a time, so memory stays bounded whatever the file sizes. Drain
 ///    [`Source::poll_event`] too.
-/// 4. The source has no timers: [`Source::poll_timeout`] is always `None`
-///    (the replica schedules rounds); [`Source::sync_now`] asks the replica
-///    for a round at once.
+/// 4. Without change hints the source has no timers:
+///    [`Source::poll_timeout`] is `None` (the replica schedules rounds);
+///    [`Source::sync_now`] asks the replica for a round at once.
+/// 5. With change hints (the kernel's notifications on the tree, read by
+///    the driver): [`Source::start_watching`], then every hint with
+///    [`Source::handle_hints`] as it comes (all of them before the next
+///    message from the replica), lost hints with
+///    [`Source::handle_overflow`], the link coming up with
+///    [`Source::handle_connected`]; arm a timer for
+///    [`Source::poll_timeout`] and call [`Source::handle_timeout`]. Rounds
+///    are then built from the hinted paths without walking the tree, the
+///    replica is told of changes at once ([`Message::Changed`] after
+///    [`SourceConfig::batch`]), and the tree is walked after opening,
+///    after an overflow and every [`SourceConfig::full_scan_interval`].
+///    [`Source::exposure`] gives the data-loss window.
 pub struct Source {
     config: SourceConfig,
     /// The last scan: the quick-check cache, and what was last sent.
@@ -130,6 +193,10 @@ pub struct Source {
     events: VecDeque<SourceEvent>,
     stats: SourceStats,
     buf: Vec<u8>,
+    /// Change hints and what they say of the data-loss window.
+    hints: Hints,
+    /// Files the last scan found changing while it hashed them.
+    unstable: Vec<RelPath>,
 }
 
 impl std::fmt::Debug for Source {
@@ -191,6 +258,13 @@ impl Source {
             events: VecDeque::new(),
             stats: SourceStats::default(),
             buf: Vec::new(),
+            hints: Hints {
+                // What changed while no one watched has no hint.
+                blind: Some(confirmed_taken_at_ns.unwrap_or(SINCE_EVER)),
+                full_clean_ns: confirmed_taken_at_ns,
+                ..Hints::default()
+            },
+            unstable: Vec::new(),
         })
     }
 
@@ -219,14 +293,173 @@ impl Source {
         }
     }
 
-    /// Always `None`: the replica schedules rounds.
+    /// When [`Source::handle_timeout`] is next needed: `None` without
+    /// change hints (the replica schedules rounds); with them, the end of
+    /// the batching window and the next full scan.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+        if !self.hints.watching {
+            return None;
+        }
+        let full = if self.hints.full_nudged {
+            None
+        } else {
+            self.hints.next_full(self.config.full_scan_interval)
+        };
+        match (self.hints.batch_deadline, full) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Nothing to do; present for the house shape.
-    pub fn handle_timeout(&mut self, _now: Instant) {}
+    /// Tells the replica of hinted changes at the end of the batching
+    /// window, and when a full scan is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if !self.hints.watching {
+            return;
+        }
+        let mut nudge = false;
+        if self.hints.batch_deadline.is_some_and(|t| t <= now) {
+            self.hints.batch_deadline = None;
+            nudge = !self.hints.dirty.is_empty()
+                || self.hints.full_due(now, self.config.full_scan_interval);
+        }
+        if !self.hints.full_nudged
+            && self
+                .hints
+                .next_full(self.config.full_scan_interval)
+                .is_some_and(|t| t <= now)
+        {
+            self.hints.full_nudged = true;
+            nudge = true;
+        }
+        // A round in flight: told when it ends.
+        if nudge && self.sent.is_none() {
+            self.nudge();
+        }
+    }
+
+    fn nudge(&mut self) {
+        if !self.out.iter().any(|m| matches!(m, Message::Changed)) {
+            self.out.push_back(Message::Changed);
+        }
+    }
+
+    /// After a round: tells the replica at once of what is still pending.
+    fn nudge_if_pending(&mut self, now: Instant) {
+        if !self.hints.watching {
+            return;
+        }
+        let dirty = !self.hints.dirty.is_empty() && self.hints.batch_deadline.is_none();
+        if dirty || self.hints.full_due(now, self.config.full_scan_interval) {
+            self.nudge();
+        }
+    }
+
+    /// The driver gives change hints from now on (see
+    /// [`Source::handle_hints`]). Until a full scan taken after this call is
+    /// confirmed, changes made before it count as unknown.
+    pub fn start_watching(&mut self, _now: Instant) {
+        if !self.hints.watching {
+            self.hints.watching = true;
+            let clean = self.hints.full_clean_ns.unwrap_or(SINCE_EVER);
+            self.hints.blind = Some(self.hints.blind.map_or(clean, |b| b.min(clean)));
+            self.hints.blind_seq += 1;
+        }
+    }
+
+    /// Dirty-path hints: these paths (relative to the tree; a directory
+    /// with everything below it; `""` for the whole tree) may have changed.
+    /// `wall` is when the driver learnt of them: the window counts from
+    /// there. Paths that are excluded, inside the state folder or not valid
+    /// [`RelPath`]s are ignored. Calls [`Source::start_watching`] if it was
+    /// not called.
+    ///
+    /// The driver must give every hint it has before the replica's next
+    /// request (a hinted round stamps its snapshot with the request's
+    /// time), and report lost hints with [`Source::handle_overflow`].
+    pub fn handle_hints<I, P>(&mut self, now: Instant, wall: SystemTime, paths: I)
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<str>,
+    {
+        self.start_watching(now);
+        let t = time_ns(wall);
+        let mut any = false;
+        for p in paths {
+            let p = p.as_ref().trim_matches('/');
+            if p.is_empty() {
+                self.hints.full_pending = Some(self.hints.full_pending.map_or(t, |f| f.min(t)));
+                any = true;
+                continue;
+            }
+            if self.config.exclude.is_excluded(p) {
+                continue;
+            }
+            let Ok(rp) = RelPath::new(p) else { continue };
+            self.hints.dirty.entry(rp).or_insert(t);
+            any = true;
+        }
+        if any && self.hints.batch_deadline.is_none() {
+            self.hints.batch_deadline = Some(now + self.config.batch);
+        }
+    }
+
+    /// The driver lost hints (the kernel's queue overflowed, a watch could
+    /// not be added): the next round walks the whole tree, and until it is
+    /// confirmed the window counts from the last confirmed full scan.
+    pub fn handle_overflow(&mut self, now: Instant, _wall: SystemTime) {
+        self.start_watching(now);
+        self.stats.overflows += 1;
+        let clean = self.hints.full_clean_ns.unwrap_or(SINCE_EVER);
+        self.hints.blind = Some(self.hints.blind.map_or(clean, |b| b.min(clean)));
+        self.hints.blind_seq += 1;
+        if self.hints.batch_deadline.is_none() {
+            self.hints.batch_deadline = Some(now + self.config.batch);
+        }
+    }
+
+    /// The data-loss window at `wall`: the age of the oldest change this
+    /// node's replica does not hold yet ([`Source::exposure`]'s window).
+    #[must_use]
+    pub fn window(&self, wall: SystemTime) -> Option<Duration> {
+        self.exposure().window(wall)
+    }
+
+    /// Since when this node's replica may lack changes. With change hints
+    /// it is the first hint of the oldest change not yet confirmed
+    /// ([`Exposure::Clear`] when every hinted change is); without them,
+    /// or while hints are incomplete (after opening, after an overflow),
+    /// the snapshot time of what the replica holds or of the last full
+    /// scan it confirmed. [`Exposure::Unbounded`] when the replica never
+    /// confirmed a generation. A change counts from when the driver
+    /// learnt of it (the hint's time), not from the write itself.
+    #[must_use]
+    pub fn exposure(&self) -> Exposure {
+        let oldest = if self.hints.watching {
+            match self.hints.oldest() {
+                None => return Exposure::Clear,
+                Some(t) => Some(t),
+            }
+        } else {
+            self.confirmed_taken_at_ns
+        };
+        match oldest {
+            None | Some(SINCE_EVER) => Exposure::Unbounded,
+            Some(t) => Exposure::Since(generation::ns_to_time(t)),
+        }
+    }
+
+    /// The link is up: the replica is told at once if this source holds
+    /// changes it lacks (with change hints).
+    pub fn handle_connected(&mut self, now: Instant) {
+        if self.hints.watching
+            && (!self.hints.dirty.is_empty()
+                || self.hints.full_due(now, self.config.full_scan_interval))
+        {
+            self.nudge();
+        }
+    }
 
     /// Asks the replica for a round now (before a planned swap).
     pub fn sync_now(&mut self, _now: Instant) {
@@ -236,6 +469,7 @@ impl Source {
     /// The link went down: the round in flight is dropped.
     pub fn handle_disconnected(&mut self, _now: Instant) {
         self.sent = None;
+        self.hints.round_full = None;
         self.jobs.clear();
         self.out.clear();
     }
@@ -299,6 +533,7 @@ impl Source {
         }
         let hashed = store.hash_files(&to_hash);
         let mut unstable = 0;
+        self.unstable.clear();
         for (p, r) in to_hash.iter().zip(hashed) {
             match r {
                 Ok(h) if same_stat(&h.before, &h.after) && h.len == h.after.size => {
@@ -320,6 +555,7 @@ impl Source {
                 }
                 _ => {
                     unstable += 1;
+                    self.unstable.push(p.clone());
                     let confirmed = self.confirmed.as_ref().unwrap_or(&self.cache);
                     if let Some(old) = confirmed.entries.get(p) {
                         let mut old = old.clone();
@@ -360,6 +596,142 @@ impl Source {
         Ok(m)
     }
 
+    /// Scans only `paths` (each a path that may have changed; a directory
+    /// with everything below it) over the last scan, without walking the
+    /// tree: the entries a full [`Source::scan`] would give for those paths
+    /// and the directories that hold them, the rest kept as they were. A
+    /// file that changes while hashed keeps its last confirmed entry (or
+    /// none), as in a full scan. Sends nothing.
+    ///
+    /// # Errors
+    /// A [`StoreError`] other than a path that is gone.
+    pub fn scan_paths<S: Storage + ?Sized>(
+        &mut self,
+        store: &mut S,
+        paths: &BTreeSet<RelPath>,
+    ) -> Result<Manifest, StoreError> {
+        let found = crate::hints::scan_hinted(store, &self.config.exclude, &self.cache, paths)?;
+        let mut m = found.manifest;
+        let names: Vec<RelPath> = found.to_hash.iter().map(|(p, _)| p.clone()).collect();
+        let hashed = store.hash_files(&names);
+        self.unstable.clear();
+        for ((p, _), r) in found.to_hash.iter().zip(hashed) {
+            match r {
+                Ok(h) if same_stat(&h.before, &h.after) && h.len == h.after.size => {
+                    m.entries.insert(
+                        p.clone(),
+                        Meta {
+                            kind: Kind::File {
+                                size: h.len,
+                                hash: h.hash,
+                            },
+                            mode: h.after.mode,
+                            mtime_ns: h.after.mtime_ns,
+                            local: LocalStat {
+                                ctime_ns: h.after.ctime_ns,
+                                ino: h.after.ino,
+                            },
+                        },
+                    );
+                }
+                _ => {
+                    self.unstable.push(p.clone());
+                    let confirmed = self.confirmed.as_ref().unwrap_or(&self.cache);
+                    if let Some(old) = confirmed.entries.get(p) {
+                        let mut old = old.clone();
+                        old.local = LocalStat::default();
+                        m.entries.insert(p.clone(), old);
+                    }
+                }
+            }
+        }
+        // A kept old entry may sit under a path that is no longer a dir.
+        if m.check_shape().is_err() {
+            let bad: Vec<RelPath> = m
+                .entries
+                .keys()
+                .filter(|p| {
+                    p.parent()
+                        .is_some_and(|pp| m.entries.get(pp).is_none_or(|e| e.kind != Kind::Dir))
+                })
+                .cloned()
+                .collect();
+            for p in bad {
+                m.entries.remove(&p);
+            }
+        }
+        self.stats.hashed += names.len() as u64;
+        self.stats.hinted_paths += paths.len() as u64;
+        self.events.push_back(SourceEvent::Scanned {
+            entries: m.len() as u64,
+            hashed: names.len() as u64,
+            unstable: self.unstable.len() as u64,
+        });
+        Ok(m)
+    }
+
+    /// The scan a round starts with: hinted paths only while hints are
+    /// complete and no full scan is due, else the whole tree. Returns the
+    /// manifest and the time the snapshot stands for (ns).
+    fn round_scan<S: Storage + ?Sized>(
+        &mut self,
+        now: Instant,
+        wall_ns: i64,
+        store: &mut S,
+    ) -> Result<(Manifest, i64), StoreError> {
+        let h = &mut self.hints;
+        if !h.watching {
+            return Ok((self.scan(store)?, wall_ns));
+        }
+        let full = h.full_due(now, self.config.full_scan_interval);
+        let dirty = std::mem::take(&mut h.dirty);
+        let paths: BTreeSet<RelPath> = dirty.keys().cloned().collect();
+        for (p, t) in dirty {
+            let e = h.in_round.entry(p).or_insert(t);
+            *e = (*e).min(t);
+        }
+        h.batch_deadline = None;
+        let new = if full {
+            let h = &mut self.hints;
+            if let Some(f) = h.full_pending.take() {
+                h.full_in_round = Some(h.full_in_round.map_or(f, |g| g.min(f)));
+            }
+            h.round_full = Some(h.blind_seq);
+            h.last_full = Some(now);
+            h.full_nudged = false;
+            self.scan(store)
+        } else {
+            self.hints.round_full = None;
+            self.stats.hinted_rounds += 1;
+            self.scan_paths(store, &paths)
+        };
+        let new = match new {
+            Ok(m) => m,
+            Err(e) => {
+                // Nothing was scanned: the paths stay dirty.
+                let h = &mut self.hints;
+                for p in paths {
+                    if let Some(t) = h.in_round.get(&p).copied() {
+                        h.dirty.insert(p, t);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        // A file that changed while hashed is sent next round; the
+        // snapshot stands for no later than its change.
+        let mut taken = wall_ns;
+        let h = &mut self.hints;
+        for p in std::mem::take(&mut self.unstable) {
+            let t = h.in_round.get(&p).copied().or(h.blind).unwrap_or(wall_ns);
+            h.dirty.entry(p).or_insert(t);
+            if t != SINCE_EVER {
+                taken = taken.min(t);
+            }
+        }
+        Ok((new, taken))
+    }
+
     /// Handles one sync message from the replica. `wall_now` is recorded
     /// as the taken-at time of a snapshot this message starts.
     ///
@@ -372,7 +744,7 @@ impl Source {
         msg: Message,
         store: &mut S,
     ) -> Result<(), SessionError> {
-        let r = self.handle_inner(wall_now, msg, store);
+        let r = self.handle_inner(_now, wall_now, msg, store);
         if r.is_err() {
             self.stats.protocol_errors += 1;
             self.handle_disconnected(_now);
@@ -382,6 +754,7 @@ impl Source {
 
     fn handle_inner<S: Storage + ?Sized>(
         &mut self,
+        now: Instant,
         wall_now: SystemTime,
         msg: Message,
         store: &mut S,
@@ -391,9 +764,8 @@ impl Source {
             Message::Request { digest } => {
                 self.jobs.clear();
                 self.out.clear();
-                let new = self.scan(store)?;
+                let (new, taken_at_ns) = self.round_scan(now, time_ns(wall_now), store)?;
                 let new_digest = new.digest();
-                let taken_at_ns = time_ns(wall_now);
                 let empty = Manifest::default();
                 let (base, full) = if digest == self.confirmed_digest {
                     (self.confirmed.as_ref().unwrap_or(&self.cache), false)
@@ -498,13 +870,26 @@ impl Source {
                         generation,
                         taken_at: generation::ns_to_time(taken),
                     });
+                    // What the round covered is on the replica now.
+                    let h = &mut self.hints;
+                    h.in_round.clear();
+                    h.full_in_round = None;
+                    if let Some(seq) = h.round_full.take() {
+                        if seq == h.blind_seq {
+                            h.blind = None;
+                        }
+                        h.full_clean_ns = Some(taken);
+                    }
+                    self.nudge_if_pending(now);
                 }
                 Ok(())
             }
             Message::Abandon { .. } => {
                 self.sent = None;
                 self.jobs.clear();
+                self.hints.round_full = None;
                 self.events.push_back(SourceEvent::Abandoned);
+                self.nudge_if_pending(now);
                 Ok(())
             }
             _ => Err(SessionError::Unexpected { ty }),

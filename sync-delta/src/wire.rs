@@ -13,6 +13,10 @@
 //! 4. source → `Data { id, ops }`…, `DataEnd { id, status }` for each want.
 //! 5. replica commits the generation → `Committed { generation, digest }`;
 //!    or refuses it → `Abandon`.
+//!
+//! Between rounds a source may send `SyncNow` (a round now, before a
+//! planned swap) or `Changed` (its tree changed: a replica that runs rounds
+//! starts one now instead of waiting for its interval).
 
 use crate::delta::{CHUNK_HASH_LEN, MAX_SIG_CHUNKS, Op, SigChunk};
 use crate::error::WireError;
@@ -199,6 +203,8 @@ pub enum MessageType {
     Abandon = 9,
     /// [`Message::SyncNow`].
     SyncNow = 10,
+    /// [`Message::Changed`].
+    Changed = 11,
 }
 
 /// The old copy a replica offers as a delta base.
@@ -308,6 +314,12 @@ pub enum Message {
     },
     /// Source asks the replica for a round now (before a planned swap).
     SyncNow,
+    /// Source tells the replica that its tree changed since the round the
+    /// replica last asked for: a replica that runs rounds starts one now
+    /// (or right after the one in progress). Sent by a source that is given
+    /// change hints ([`crate::Source::handle_hints`]), after its batching
+    /// window, and when its next full scan is due.
+    Changed,
 }
 
 /// Largest frame payload accepted or sent (a message and the orchestrator's
@@ -333,6 +345,7 @@ impl Message {
             Self::Committed { .. } => MessageType::Committed,
             Self::Abandon { .. } => MessageType::Abandon,
             Self::SyncNow => MessageType::SyncNow,
+            Self::Changed => MessageType::Changed,
         }
     }
 
@@ -411,7 +424,7 @@ impl Message {
                 w.bytes(digest);
             }
             Self::Abandon { reason } => w.u8(*reason as u8),
-            Self::SyncNow => {}
+            Self::SyncNow | Self::Changed => {}
         }
     }
 
@@ -567,6 +580,7 @@ impl Message {
                 },
             },
             10 => Self::SyncNow,
+            11 => Self::Changed,
             ty => return Err(WireError::UnknownMessage { ty }),
         };
         r.end()?;
@@ -622,6 +636,7 @@ mod tests {
                 status: DataStatus::Changed,
             },
             Message::SyncNow,
+            Message::Changed,
         ];
         for m in msgs {
             let mut b = Vec::new();

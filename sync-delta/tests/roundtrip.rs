@@ -280,6 +280,7 @@ fn exclusions_are_neither_sent_nor_deleted() {
         dst,
         SourceConfig {
             exclude: ex.clone(),
+            ..SourceConfig::default()
         },
         ReplicaConfig {
             exclude: ex,

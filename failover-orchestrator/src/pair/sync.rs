@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sync_delta::Message;
 use sync_delta::{
-    Divergence, Exclude, OpenReport, Refusal, Replica, ReplicaConfig, ReplicaEvent, SessionError,
-    Source, SourceConfig, SourceEvent, Storage,
+    Divergence, Exclude, Exposure, OpenReport, Refusal, Replica, ReplicaConfig, ReplicaEvent,
+    SessionError, Source, SourceConfig, SourceEvent, Storage,
 };
 
 /// Which session a node runs.
@@ -207,8 +207,17 @@ impl std::fmt::Display for SyncReport {
 pub struct SyncConfig {
     /// Paths neither sent nor deleted.
     pub exclude: Exclude,
-    /// Period of an Active replica's rounds.
+    /// Period of an Active replica's rounds, and, on a source given change
+    /// hints, of its full scans (the safety net for changes no hint named).
     pub interval: Duration,
+    /// The driver gives a source change hints
+    /// ([`SyncWorker::handle_hints`]): rounds are built from them, the
+    /// replica is told at once, and the whole tree is walked every
+    /// `interval`, after an overflow and after opening.
+    pub watch: bool,
+    /// With `watch`: how long hints are collected before the replica is
+    /// told, so that a burst of writes makes one round.
+    pub batch: Duration,
     /// A round with no message from the source for this long is rolled
     /// back (long enough for a first scan of a large tree).
     pub idle_timeout: Duration,
@@ -229,6 +238,8 @@ impl Default for SyncConfig {
         SyncConfig {
             exclude: Exclude::default(),
             interval: Duration::from_secs(60),
+            watch: false,
+            batch: Duration::from_millis(100),
             idle_timeout: Duration::from_secs(30),
             allow_mass_delete: false,
             mass_delete_fraction: 0.5,
@@ -373,6 +384,9 @@ impl SyncWorker {
             SyncOrder::Become(role) => self.become_role(now, wall, role, store),
             SyncOrder::Connected => {
                 self.connected = true;
+                if let Session::Source(s) = &mut self.session {
+                    s.handle_connected(now);
+                }
                 self.arm_replica(now, store);
             }
             SyncOrder::Disconnected => {
@@ -404,16 +418,22 @@ impl SyncWorker {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.session {
             Session::Replica(r) => r.poll_timeout(),
-            _ => None,
+            Session::Source(s) => s.poll_timeout(),
+            Session::None => None,
         }
     }
 
-    /// Due rounds start, stalled ones roll back.
+    /// Due rounds start, stalled ones roll back; a source tells its
+    /// replica of hinted changes at the end of the batch.
     pub fn handle_timeout<S: Storage + ?Sized>(&mut self, now: Instant, store: &mut S) {
-        if let Session::Replica(r) = &mut self.session
-            && r.poll_timeout().is_some_and(|t| t <= now)
-        {
-            r.handle_timeout(now);
+        match &mut self.session {
+            Session::Replica(r) if r.poll_timeout().is_some_and(|t| t <= now) => {
+                r.handle_timeout(now);
+            }
+            Session::Source(s) if s.poll_timeout().is_some_and(|t| t <= now) => {
+                s.handle_timeout(now);
+            }
+            _ => {}
         }
         self.collect(now, store);
     }
@@ -443,6 +463,47 @@ impl SyncWorker {
                 Some(m)
             }
             Session::Source(s) => s.poll_transmit(store),
+        }
+    }
+
+    /// Dirty-path hints from the driver's change notifications (paths
+    /// relative to the tree; a directory with everything below it), learnt
+    /// at `wall`. Used by a source (see [`sync_delta::Source::handle_hints`]);
+    /// a replica's own writes need none, so other sessions drop them. Give
+    /// every hint the driver holds before the next order or message: a
+    /// round stamps its snapshot with the time of the request.
+    pub fn handle_hints<I, P>(&mut self, now: Instant, wall: SystemTime, paths: I)
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<str>,
+    {
+        if let Session::Source(s) = &mut self.session {
+            s.handle_hints(now, wall, paths);
+        }
+    }
+
+    /// The driver lost hints (its queue overflowed): the next round walks
+    /// the whole tree.
+    pub fn handle_hint_overflow(&mut self, now: Instant, wall: SystemTime) {
+        if let Session::Source(s) = &mut self.session {
+            s.handle_overflow(now, wall);
+        }
+    }
+
+    /// Since when the Backup may lack changes (the data-loss window's
+    /// start): on a source, what it knows of its unconfirmed changes (see
+    /// [`sync_delta::Source::exposure`]); on a replica, the snapshot time
+    /// of its generation (it cannot see changes it was not told of, so the
+    /// window it gives is an upper bound). `None` without a session.
+    #[must_use]
+    pub fn exposure(&self) -> Option<Exposure> {
+        match &self.session {
+            Session::Source(s) => Some(s.exposure()),
+            Session::Replica(r) => Some(match r.generation().taken_at {
+                Some(t) => Exposure::Since(t),
+                None => Exposure::Unbounded,
+            }),
+            Session::None => None,
         }
     }
 
@@ -488,9 +549,14 @@ impl SyncWorker {
                 }
                 let config = SourceConfig {
                     exclude: self.config.exclude.clone(),
+                    full_scan_interval: self.config.interval,
+                    batch: self.config.batch,
                 };
                 match Source::open(config, now, store) {
-                    Ok(s) => {
+                    Ok(mut s) => {
+                        if self.config.watch {
+                            s.start_watching(now);
+                        }
                         self.source_requests = 0;
                         self.session = Session::Source(Box::new(s));
                         // A request that came while this node was not a

@@ -85,6 +85,12 @@ pub struct WorldConfig {
     pub link_delay: Duration,
     /// The pre-shared key each node's peer link holds.
     pub link_secrets: [&'static [u8]; NODES],
+    /// The drivers give their sync worker a change hint with every write
+    /// (the kernel's notifications), as the node does with `watch`.
+    pub watch: bool,
+    /// With `watch`: the chance, per write, that its hint is lost and the
+    /// watcher reports an overflow instead.
+    pub hint_overflow_ppm: u64,
 }
 
 impl WorldConfig {
@@ -101,6 +107,8 @@ impl WorldConfig {
             },
             link_delay: Duration::from_micros(500),
             link_secrets: [b"pair-sim"; NODES],
+            watch: false,
+            hint_overflow_ppm: 0,
         }
     }
 }
@@ -288,6 +296,11 @@ pub struct World {
     pub link_failures: Vec<(Duration, usize, LinkFailure)>,
     /// Every application write: when, on which node, where, what.
     pub write_log: Vec<(Duration, usize, String, Vec<u8>)>,
+    /// Steps at which a source's reported window was checked, those where
+    /// it was below the truth, and the hints lost to an overflow.
+    pub window_checks: u64,
+    pub window_violations: u64,
+    pub hint_overflows: u64,
     /// Takeovers whose reported data-loss window was checked, and those of
     /// them where the new Master lacked some write.
     pub loss_checks: u64,
@@ -368,6 +381,9 @@ impl World {
             refused_rounds: [0; NODES],
             link_failures: Vec::new(),
             write_log: Vec::new(),
+            window_checks: 0,
+            window_violations: 0,
+            hint_overflows: 0,
             loss_checks: 0,
             loss_lacking: 0,
             trace: false,
@@ -464,8 +480,31 @@ impl World {
     fn sync_config(&self) -> SyncConfig {
         SyncConfig {
             interval: self.cfg.sync_interval,
+            watch: self.cfg.watch,
+            batch: Duration::from_millis(100),
             ..SyncConfig::default()
         }
+    }
+
+    /// The watcher's side of a write on node `i`: a hint for its path, or,
+    /// by chance, an overflow (the hint lost), at the same instant.
+    fn hint(&mut self, i: usize, path: &str) {
+        if !self.cfg.watch || !self.nodes[i].up {
+            return;
+        }
+        let (t, wall) = (self.instant(), self.wall());
+        let lost = self.rng.chance(self.cfg.hint_overflow_ppm);
+        if lost {
+            self.hint_overflows += 1;
+        }
+        if let Some(w) = self.nodes[i].worker.as_mut() {
+            if lost {
+                w.handle_hint_overflow(t, wall);
+            } else {
+                w.handle_hints(t, wall, [path]);
+            }
+        }
+        self.drive(i);
     }
 
     fn boot(&mut self, i: usize) {
@@ -798,6 +837,7 @@ impl World {
                     node.store.sync_all();
                     self.write_log.push((self.now, m, path.clone(), data));
                     self.note(format!("write {path} on node {m}"));
+                    self.hint(m, &path);
                 }
             }
             Ev::Partition { lan, link } => {
@@ -1175,6 +1215,7 @@ impl World {
     /// Master_Down_Interval: without the link, nothing can tell a lost
     /// advertisement from a dead Master.
     fn check(&mut self) {
+        self.check_window();
         let holders: Vec<usize> = (0..NODES).filter(|i| self.nodes[*i].holds_vip).collect();
         let standalone =
             (0..NODES).any(|i| self.nodes[i].persisted.redundancy == Redundancy::Disabled);
@@ -1209,6 +1250,55 @@ impl World {
                 "both nodes hold the address for {:?} ({holders:?})",
                 self.now - since
             ));
+        }
+    }
+
+    /// The data-loss window a source reports (`SyncWorker::exposure`, the
+    /// node's `sync.window_ms`) is never below the true one: the age of the
+    /// oldest write on its tree, still there, that the other node's tree
+    /// lacks.
+    fn check_window(&mut self) {
+        let wall = self.wall();
+        for i in 0..NODES {
+            let n = &self.nodes[i];
+            if !n.up
+                || !matches!(
+                    n.worker.as_ref().map(SyncWorker::role),
+                    Some(SyncRole::Source)
+                )
+            {
+                continue;
+            }
+            let Some(exposure) = n.worker.as_ref().and_then(SyncWorker::exposure) else {
+                continue;
+            };
+            let mine = n.store.view();
+            let theirs = self.nodes[1 - i].store.view();
+            let has = |tree: &BTreeMap<String, View>, path: &str, data: &[u8]| matches!(tree.get(path), Some(View::File(d, _, _)) if d == data);
+            let oldest = self
+                .write_log
+                .iter()
+                .filter(|(_, node, path, data)| {
+                    *node == i && has(&mine, path, data) && !has(&theirs, path, data)
+                })
+                .map(|w| w.0)
+                .min();
+            self.window_checks += 1;
+            let Some(t0) = oldest else { continue };
+            let truth = self.now - t0;
+            match exposure.window(wall) {
+                None => {}
+                Some(reported) if reported >= truth => {}
+                Some(reported) => {
+                    let what = format!(
+                        "node {i} reports a data-loss window of {reported:?} but its peer lacks a write {truth:?} old"
+                    );
+                    if self.window_violations < 5 {
+                        self.violation(what);
+                    }
+                    self.window_violations += 1;
+                }
+            }
         }
     }
 
@@ -1279,6 +1369,7 @@ impl World {
         let mtime = i64::try_from(self.now.as_nanos()).unwrap_or(i64::MAX);
         self.nodes[i].store.put_file(path, data, 0o640, mtime);
         self.nodes[i].store.sync_all();
+        self.hint(i, path);
     }
 
     /// The content of a file on node `i`'s tree.

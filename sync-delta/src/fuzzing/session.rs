@@ -1251,7 +1251,10 @@ impl SourceRun {
             assert_sendable(&m);
             match m {
                 Message::ManifestEnd { digest, .. } => self.last_end = Some(digest),
-                Message::ManifestStart { .. } | Message::Entries { .. } | Message::SyncNow => {}
+                Message::ManifestStart { .. }
+                | Message::Entries { .. }
+                | Message::SyncNow
+                | Message::Changed => {}
                 Message::Data { id, ops } => {
                     if ops.iter().any(|op| matches!(op, Op::Copy { .. })) {
                         self.sum.deltas += 1;
