@@ -158,7 +158,7 @@ pub struct SyncSnapshot {
     /// confirmed, the age of the last snapshot the Backup confirmed); on
     /// the Backup, the age of its generation (an upper bound: it cannot
     /// see changes it was not told of). `null` when nothing is bounded (no
-    /// generation confirmed yet, or no [sync]).
+    /// generation confirmed yet, or no `[sync]`).
     pub window_ms: Option<u64>,
 }
 
@@ -637,6 +637,8 @@ struct Engine {
     tally: crate::metrics::Tally,
     /// The procedures' files and hooks, as the main task updates them.
     operations: Arc<Mutex<Operations>>,
+    /// Bytes of transfer payloads in the inbox (see `ops::to_link`).
+    transfer_queued: Arc<AtomicUsize>,
     /// The running procedure: its id, name and plan, the words of its
     /// steps as they ran, and those that failed.
     procedure: Option<RunningProcedure>,
@@ -834,6 +836,8 @@ impl Engine {
                     if !self.pair.send_transfer(now, &payload) {
                         warn!("image frame not sent: the peer link is down");
                     }
+                    self.transfer_queued
+                        .fetch_sub(payload.len(), Ordering::Relaxed);
                 }
                 Inbox::Installed { identity, restart } => {
                     info!(firmware = %identity.firmware, language_pack = %identity.language_pack,
@@ -1699,6 +1703,7 @@ pub async fn run(
                 config.hooks.staging_dir.display()
             )))?;
     let operations = Arc::new(Mutex::new(Operations::default()));
+    let transfer_queued = Arc::new(AtomicUsize::new(0));
     let identity = orch_identity(&config);
     let sockets = Sockets::new(listener, peer_addr, buffered.clone())
         .and_then(|s| {
@@ -1737,6 +1742,7 @@ pub async fn run(
             .unwrap_or_default(),
         tally: crate::metrics::Tally::default(),
         operations: operations.clone(),
+        transfer_queued: transfer_queued.clone(),
         procedure: None,
         kept: Kept::load(&config.state_dir),
     };
@@ -1758,6 +1764,7 @@ pub async fn run(
         operations,
         identity,
         buffered,
+        transfer_queued,
     )
     .map_err(io_err("starting the image receiver"))?;
     let runner = Runner {

@@ -74,6 +74,8 @@ pub(super) struct Ops {
     identity: Arc<Mutex<orch::Identity>>,
     /// Bytes the link has not written yet (the sender's flow control).
     buffered: Arc<AtomicUsize>,
+    /// Transfer payloads handed to the engine thread, not yet to the pair.
+    queued: Arc<AtomicUsize>,
     /// The sender waiting for the peer's answer.
     awaiting: AnswerSlot,
     to_receiver: std::sync::mpsc::Sender<Vec<u8>>,
@@ -99,17 +101,18 @@ impl Ops {
         view: Arc<Mutex<Operations>>,
         identity: orch::Identity,
         buffered: Arc<AtomicUsize>,
+        queued: Arc<AtomicUsize>,
     ) -> std::io::Result<Ops> {
         lock(&view).image = staging.upgrade_image();
         let (to_receiver, rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let mut receiver = Receiver::new(staging.clone());
-        let (tx, v) = (engine.clone(), view.clone());
+        let (tx, v, q) = (engine.clone(), view.clone(), queued.clone());
         std::thread::Builder::new()
             .name("images".into())
             .spawn(move || {
                 while let Ok(payload) = rx.recv() {
                     if let Some(answer) = receiver.handle(&payload) {
-                        tx.send(Inbox::Transfer(answer.encode()));
+                        to_link(&tx, &q, answer.encode());
                         let mut v = lock(&v);
                         v.images_received = receiver.stored;
                         v.images_refused = receiver.refused;
@@ -126,6 +129,7 @@ impl Ops {
             view,
             identity: Arc::new(Mutex::new(identity)),
             buffered,
+            queued,
             awaiting: Arc::new(Mutex::new(None)),
             to_receiver,
         })
@@ -397,10 +401,11 @@ impl Ops {
         let (tx, rx) = oneshot::channel();
         *lock(&self.awaiting) = Some(tx);
         let path = self.staging.path_of(&image.file);
-        let (engine, view, buffered) = (
+        let (engine, view, buffered, queued) = (
             self.engine.clone(),
             self.view.clone(),
             self.buffered.clone(),
+            self.queued.clone(),
         );
         let set = move |sent: u64, state: &str| {
             lock(&view).transfer = Some(TransferView {
@@ -420,7 +425,7 @@ impl Ops {
                 let mut f = tokio::fs::File::open(&path)
                     .await
                     .map_err(|e| format!("{}: {e}", path.display()))?;
-                engine.send(Inbox::Transfer(TransferFrame::Begin(meta).encode()));
+                to_link(&engine, &queued, TransferFrame::Begin(meta).encode());
                 let mut offset = 0u64;
                 let mut buf = vec![0u8; CHUNK];
                 loop {
@@ -428,17 +433,24 @@ impl Ops {
                     if n == 0 {
                         break;
                     }
-                    while buffered.load(Ordering::Relaxed) > SEND_WINDOW {
+                    // What waits for the engine thread and for the socket,
+                    // together, stays under the window: never the whole
+                    // image in memory.
+                    while buffered.load(Ordering::Relaxed) + queued.load(Ordering::Relaxed)
+                        > SEND_WINDOW
+                    {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                     let data = buf[..n].to_vec();
-                    engine.send(Inbox::Transfer(
+                    to_link(
+                        &engine,
+                        &queued,
                         TransferFrame::Chunk { offset, data }.encode(),
-                    ));
+                    );
                     offset += n as u64;
                     set(offset, "sending");
                 }
-                engine.send(Inbox::Transfer(TransferFrame::End.encode()));
+                to_link(&engine, &queued, TransferFrame::End.encode());
                 // A minute, plus a second per MiB for the peer's writes.
                 let wait = Duration::from_secs(60 + (size >> 20));
                 match tokio::time::timeout(wait, rx).await {
@@ -463,6 +475,13 @@ impl Ops {
             }
         });
     }
+}
+
+/// Hands a transfer payload to the engine thread, counted until it has
+/// given it to the pair.
+fn to_link(engine: &EngineTx, queued: &AtomicUsize, payload: Vec<u8>) {
+    queued.fetch_add(payload.len(), Ordering::Relaxed);
+    engine.send(Inbox::Transfer(payload));
 }
 
 fn receiver_image(r: &Receiver) -> Option<ImageMeta> {
