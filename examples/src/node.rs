@@ -1452,21 +1452,14 @@ pub async fn run(
     let phones = files.phones;
     // The installed versions, from the vendor's hook when there is one.
     if let Some(cmd) = &config.hooks.version {
-        let out = crate::procedures::run_hook("version", cmd, None, &[], Duration::from_secs(60))
-            .await
-            .map_err(|e| io_err("[hooks] version")(std::io::Error::other(e)))?;
-        let (fw, lp) = crate::procedures::parse_versions(&out);
-        if fw.is_none() && lp.is_none() {
-            return Err(io_err("[hooks] version")(std::io::Error::other(
-                "printed no firmware= or language_pack= line",
-            )));
-        }
-        if let Some(fw) = fw {
-            config.identity.firmware = fw;
-        }
-        if let Some(lp) = lp {
-            config.identity.language_pack = lp;
-        }
+        crate::procedures::read_versions(
+            cmd,
+            Duration::from_secs(60),
+            &mut config.identity.firmware,
+            &mut config.identity.language_pack,
+        )
+        .await
+        .map_err(|e| io_err("[hooks] version")(std::io::Error::other(e)))?;
     }
     let orch_config = orchestrator_config(&config, &phones).map_err(orchestrator_key)?;
 

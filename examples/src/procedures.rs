@@ -683,6 +683,31 @@ pub fn parse_versions(out: &str) -> (Option<String>, Option<String>) {
     (fw, lp)
 }
 
+/// Runs `[hooks] version` and sets the versions it printed over
+/// `firmware` and `language_pack` (a line left out keeps its value).
+///
+/// # Errors
+/// The hook's failure, or output with neither line.
+pub async fn read_versions(
+    cmd: &str,
+    timeout: Duration,
+    firmware: &mut String,
+    language_pack: &mut String,
+) -> Result<(), String> {
+    let out = run_hook("version", cmd, None, &[], timeout).await?;
+    let (fw, lp) = parse_versions(&out);
+    if fw.is_none() && lp.is_none() {
+        return Err("[hooks] version printed no firmware= or language_pack= line".into());
+    }
+    if let Some(fw) = fw {
+        *firmware = fw;
+    }
+    if let Some(lp) = lp {
+        *language_pack = lp;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------
 // The recent log
 

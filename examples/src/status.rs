@@ -106,27 +106,35 @@ async fn ask(
     s: &AppState,
     make: impl FnOnce(ApiReply) -> ApiRequest,
 ) -> (StatusCode, Json<serde_json::Value>) {
-    let (tx, rx) = oneshot::channel();
-    if s.api.send(make(tx)).await.is_err() {
-        return (
+    relay(s, make, |id| serde_json::json!({"procedure": id})).await
+}
+
+/// Hands a request to the node and answers as preflight decided: `202`
+/// with `accepted`'s body, `409` with the refusal, `503` when the node is
+/// stopping.
+async fn relay<T>(
+    s: &AppState,
+    make: impl FnOnce(oneshot::Sender<Result<T, crate::node::Refused>>) -> ApiRequest,
+    accepted: impl FnOnce(T) -> serde_json::Value,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let stopping = || {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({"error": "node is stopping", "code": "stopping"})),
-        );
+        )
+    };
+    let (tx, rx) = oneshot::channel();
+    if s.api.send(make(tx)).await.is_err() {
+        return stopping();
     }
     match rx.await {
         // Accepted after preflight: the procedure runs.
-        Ok(Ok(id)) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({"procedure": id})),
-        ),
+        Ok(Ok(v)) => (StatusCode::ACCEPTED, Json(accepted(v))),
         Ok(Err(refused)) => (
             StatusCode::CONFLICT,
             Json(serde_json::json!({"error": refused.error, "code": refused.code})),
         ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"error": "node is stopping", "code": "stopping"})),
-        ),
+        Err(_) => stopping(),
     }
 }
 

@@ -426,6 +426,16 @@ udp_peers = ["127.0.0.2:1"]
         s
     }
 
+    /// The words of pbx-a's snapshot holding `st`.
+    fn words_of(st: Status) -> Words {
+        let s = Snapshot {
+            id: "pbx-a".into(),
+            status: Some(st),
+            ..Snapshot::default()
+        };
+        Words::of(&s, &[], &config())
+    }
+
     #[test]
     fn a_masters_words_and_actions() {
         let mut s = Snapshot {
@@ -485,12 +495,7 @@ udp_peers = ["127.0.0.2:1"]
     fn a_passive_backup_offers_its_own_install_and_no_swap() {
         let mut st = status(Role::Backup, Role::Master, BackupMode::Active);
         st.backup_mode = BackupMode::Passive;
-        let s = Snapshot {
-            id: "pbx-a".into(),
-            status: Some(st),
-            ..Snapshot::default()
-        };
-        let w = Words::of(&s, &[], &config());
+        let w = words_of(st);
         assert!(
             w.unit
                 .starts_with("This unit pbx-a: Backup, Passive mode, firmware 5.1.30")
@@ -508,12 +513,7 @@ udp_peers = ["127.0.0.2:1"]
     fn a_standalone_unit_watches_no_peer() {
         let mut st = status(Role::Master, Role::Backup, BackupMode::Active);
         st.redundancy = Redundancy::Disabled;
-        let s = Snapshot {
-            id: "pbx-a".into(),
-            status: Some(st),
-            ..Snapshot::default()
-        };
-        let w = Words::of(&s, &[], &config());
+        let w = words_of(st);
         assert_eq!(
             w.peer.as_deref(),
             Some("Peer: not watched while redundancy is disabled")

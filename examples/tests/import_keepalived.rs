@@ -7,45 +7,20 @@
 //! them these tests say why and pass, except when `CI` is set.
 //! `KEEPALIVED_SAMPLES=DIR` reads the samples from another folder.
 
+mod e2e;
 mod run;
+
+use e2e::TempDir;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use examples::config::NodeConfig;
 
 /// Where Debian's keepalived package puts its sample configurations.
 const SAMPLES: &str = "/usr/share/doc/keepalived/samples";
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "import-keepalived-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temporary directory");
-        Self(p)
-    }
-
-    fn join(&self, p: &str) -> PathBuf {
-        self.0.join(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn in_ci() -> bool {
     std::env::var_os("CI").is_some()

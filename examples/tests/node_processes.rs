@@ -1548,6 +1548,16 @@ restore = 'echo "{name} restore" >> {log} && cp "$1" {unit}/restored.tar'
 
 const PROC_TOKEN: &str = "procedures-token-0123456789";
 
+/// A settled pair (pbx-a Master with a file, pbx-b its Backup) with the
+/// token and [`recording_hooks`], and the pair's folder.
+fn procedures_pair(tag: &str) -> (Pair, PathBuf) {
+    let mut p = pair_full(tag, true, Some(PROC_TOKEN), &recording_hooks);
+    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
+    settled(&mut p);
+    let root = p.a.config.parent().expect("dir").to_path_buf();
+    (p, root)
+}
+
 /// The hooks' calls so far, `unit hook …` per line.
 fn calls(p: &Pair) -> Vec<String> {
     let root = p.a.config.parent().expect("dir");
@@ -1594,10 +1604,7 @@ fn firmware(s: &Value) -> String {
 /// Active Backup. Both units end on the new firmware, pbx-b Master.
 #[test]
 fn rolling_upgrade_of_both_units_in_the_manuals_order() {
-    let mut p = pair_full("upgrade", true, Some(PROC_TOKEN), &recording_hooks);
-    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
-    settled(&mut p);
-    let root = p.a.config.parent().expect("dir").to_path_buf();
+    let (p, root) = procedures_pair("upgrade");
     // 3 MiB and a bit: several chunks on the link.
     let image: Vec<u8> = (0..(3 << 20) + 4321u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -1729,10 +1736,7 @@ fn rolling_upgrade_of_both_units_in_the_manuals_order() {
 /// Master, the Backup back in its mode after a full sync.
 #[test]
 fn configuration_restore_from_the_api() {
-    let mut p = pair_full("restore", true, Some(PROC_TOKEN), &recording_hooks);
-    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
-    settled(&mut p);
-    let root = p.a.config.parent().expect("dir").to_path_buf();
+    let (p, root) = procedures_pair("restore");
     let archive = root.join("config-2026-12-01.tar");
     std::fs::write(&archive, b"a configuration archive").expect("archive");
     let (code, answer) = curl_form(
@@ -1773,9 +1777,7 @@ fn configuration_restore_from_the_api() {
 /// window, and the system log as a download.
 #[test]
 fn redundancy_switch_timed_passive_and_logs() {
-    let mut p = pair_full("switch", true, Some(PROC_TOKEN), &recording_hooks);
-    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
-    settled(&mut p);
+    let (p, _root) = procedures_pair("switch");
     // A timed Passive: back to Active by itself.
     let (code, answer) =
         p.a.post("/mode", json!({"mode": "Passive", "expires_s": 2}));
@@ -1852,10 +1854,7 @@ fn redundancy_switch_timed_passive_and_logs() {
 /// the old Master, now a Passive Backup, installs alone; set Active.
 #[test]
 fn manual_upgrade_through_each_units_own_page() {
-    let mut p = pair_full("manual-upgrade", true, Some(PROC_TOKEN), &recording_hooks);
-    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
-    settled(&mut p);
-    let root = p.a.config.parent().expect("dir").to_path_buf();
+    let (p, root) = procedures_pair("manual-upgrade");
     let image_path = root.join("fw.img");
     std::fs::write(&image_path, b"firmware 5.2.0").expect("image");
     let upload = |node: &Node| {
@@ -1933,10 +1932,7 @@ fn manual_upgrade_through_each_units_own_page() {
 /// after its install, both on the new pack at the end.
 #[test]
 fn rolling_language_pack_upgrade() {
-    let mut p = pair_full("language-pack", true, Some(PROC_TOKEN), &recording_hooks);
-    std::fs::write(p.a.data.join("pbx.conf"), "trunk=1\n").expect("write");
-    settled(&mut p);
-    let root = p.a.config.parent().expect("dir").to_path_buf();
+    let (p, root) = procedures_pair("language-pack");
     let pack = root.join("en-2.pack");
     std::fs::write(&pack, b"a language pack").expect("pack");
     let (code, answer) = curl_form(

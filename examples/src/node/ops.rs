@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use super::{ApiReply, EngineTx, Inbox, Refused, Snapshot};
 use crate::config::ProcedureHooks;
 use crate::procedures::{
-    CHUNK, ImageKind, ImageMeta, Receiver, StagedFile, Staging, TransferFrame, parse_versions,
+    CHUNK, ImageKind, ImageMeta, Receiver, StagedFile, Staging, TransferFrame, read_versions,
     run_hook,
 };
 
@@ -407,17 +407,17 @@ impl Ops {
             self.buffered.clone(),
             self.queued.clone(),
         );
+        let (name, total) = (image.file.name.clone(), image.file.size);
         let set = move |sent: u64, state: &str| {
             lock(&view).transfer = Some(TransferView {
-                name: image.file.name.clone(),
+                name: name.clone(),
                 sent,
-                total: image.file.size,
+                total,
                 state: state.into(),
             });
         };
-        let meta = self.staging.upgrade_image();
+        let meta = image;
         tokio::spawn(async move {
-            let Some(meta) = meta else { return };
             let size = meta.file.size;
             set(0, "sending");
             let sent = async {
@@ -523,17 +523,7 @@ async fn read_identity(
 ) -> Result<orch::Identity, String> {
     let mut id = lock(identity).clone();
     if let Some(cmd) = &hooks.version {
-        let out = run_hook("version", cmd, None, &[], HOOK_TIMEOUT).await?;
-        let (fw, lp) = parse_versions(&out);
-        if fw.is_none() && lp.is_none() {
-            return Err("[hooks] version printed no firmware= or language_pack= line".into());
-        }
-        if let Some(fw) = fw {
-            id.firmware = fw;
-        }
-        if let Some(lp) = lp {
-            id.language_pack = lp;
-        }
+        read_versions(cmd, HOOK_TIMEOUT, &mut id.firmware, &mut id.language_pack).await?;
     }
     *lock(identity) = id.clone();
     Ok(id)

@@ -17,9 +17,8 @@ use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
-use tokio::sync::oneshot;
 
-use super::{AppState, declares_json, read};
+use super::{AppState, declares_json, read, relay};
 use crate::node::ApiRequest;
 use crate::procedures::{ImageKind, ImageMeta, StagedFile, Staging, StagingError};
 
@@ -233,36 +232,16 @@ pub(super) async fn upgrade(State(s): State<AppState>, req: Request) -> Response
         kind,
         version,
     };
-    let (tx, rx) = oneshot::channel();
-    if s.api
-        .send(ApiRequest::Upgrade(image.clone(), tx))
-        .await
-        .is_err()
-    {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stopping",
-            "node is stopping",
-        );
-    }
-    match rx.await {
-        Ok(Ok(Some(id))) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"procedure": id, "image": image})),
-        )
-            .into_response(),
-        Ok(Ok(None)) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"procedure": null, "local": true, "image": image})),
-        )
-            .into_response(),
-        Ok(Err(r)) => error(StatusCode::CONFLICT, &r.code, r.error),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stopping",
-            "node is stopping",
-        ),
-    }
+    relay(
+        &s,
+        |tx| ApiRequest::Upgrade(image.clone(), tx),
+        |id| match id {
+            Some(id) => json!({"procedure": id, "image": image}),
+            None => json!({"procedure": null, "local": true, "image": image}),
+        },
+    )
+    .await
+    .into_response()
 }
 
 /// `POST /restore`: multipart field `archive` (or `"path"` of a staged
@@ -276,31 +255,13 @@ pub(super) async fn restore(State(s): State<AppState>, req: Request) -> Response
         Ok(f) => f,
         Err(r) => return r,
     };
-    let (tx, rx) = oneshot::channel();
-    if s.api
-        .send(ApiRequest::Restore(file.clone(), tx))
-        .await
-        .is_err()
-    {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stopping",
-            "node is stopping",
-        );
-    }
-    match rx.await {
-        Ok(Ok(id)) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"procedure": id, "archive": file})),
-        )
-            .into_response(),
-        Ok(Err(r)) => error(StatusCode::CONFLICT, &r.code, r.error),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stopping",
-            "node is stopping",
-        ),
-    }
+    relay(
+        &s,
+        |tx| ApiRequest::Restore(file.clone(), tx),
+        |id| json!({"procedure": id, "archive": file}),
+    )
+    .await
+    .into_response()
 }
 
 /// `GET /logs`: this node's recent log as a download.
