@@ -411,19 +411,65 @@ fn no_false_failover_under_cpu_hog() {
     }
 }
 
-/// CPU time (user + system) of processes, in seconds, from `/proc`.
-fn cpu_seconds(pids: &[u32]) -> f64 {
+/// A CPU-time reading of processes: the scheduler's own count per thread
+/// in nanoseconds (`/proc/PID/task/*/schedstat`), and user + system from
+/// `/proc/PID/stat` in 10 ms ticks (which also counts threads that have
+/// ended, but one tick is 0.17 ms per second over a minute: as much as the
+/// difference being measured).
+struct CpuReading {
+    tasks: std::collections::BTreeMap<(u32, String), u64>,
+    ticks_s: f64,
+}
+
+fn cpu_reading(pids: &[u32]) -> CpuReading {
+    let mut tasks = std::collections::BTreeMap::new();
+    for &p in pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in dir.flatten() {
+            let ns = std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+            if let Some(ns) = ns {
+                tasks.insert((p, t.file_name().to_string_lossy().into_owned()), ns);
+            }
+        }
+    }
+    CpuReading {
+        tasks,
+        ticks_s: pids.iter().map(|&p| tick_seconds(p)).sum(),
+    }
+}
+
+/// CPU seconds between two readings, and whether they are the scheduler's
+/// nanoseconds (the same threads at both ends) or ticks (threads came or
+/// went, whose time only the ticks hold).
+fn cpu_between(a: &CpuReading, b: &CpuReading) -> (f64, bool) {
+    if !a.tasks.is_empty() && a.tasks.keys().eq(b.tasks.keys()) {
+        let ns: u64 = b
+            .tasks
+            .iter()
+            .map(|(k, v)| v.saturating_sub(a.tasks[k]))
+            .sum();
+        (ns as f64 / 1e9, true)
+    } else {
+        (b.ticks_s - a.ticks_s, false)
+    }
+}
+
+fn tick_seconds(pid: u32) -> f64 {
     let tick = 100.0; // USER_HZ on Linux
-    pids.iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|stat| {
-            let rest = stat.rsplit_once(')')?.1;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = stat.rsplit_once(')')?.1.to_owned();
             let f: Vec<&str> = rest.split_whitespace().collect();
             let user: f64 = f.get(11)?.parse().ok()?;
             let system: f64 = f.get(12)?.parse().ok()?;
             Some((user + system) / tick)
         })
-        .sum()
+        .unwrap_or(0.0)
 }
 
 /// Resident memory of the largest of `pids`, MiB.
@@ -515,15 +561,18 @@ fn steady_state_cost_beside_keepalived() {
         .map(|n| n.pid().into_iter().collect())
         .chain(ka.iter().map(Keepalived::pids))
         .collect();
-    let per0: Vec<f64> = per_node.iter().map(|p| cpu_seconds(p)).collect();
+    let per0: Vec<CpuReading> = per_node.iter().map(|p| cpu_reading(p)).collect();
     let t0 = std::time::Instant::now();
     std::thread::sleep(Duration::from_secs(secs));
     let elapsed = t0.elapsed().as_secs_f64();
-    let per: Vec<f64> = per_node
+    let (per, precise): (Vec<f64>, Vec<bool>) = per_node
         .iter()
         .zip(&per0)
-        .map(|(p, c0)| (cpu_seconds(p) - c0) * 1000.0 / elapsed)
-        .collect();
+        .map(|(p, c0)| {
+            let (s, ns) = cpu_between(c0, &cpu_reading(p));
+            (s * 1000.0 / elapsed, ns)
+        })
+        .unzip();
     let (ours_cpu, ka_cpu) = (per[0] + per[1], per[2] + per[3]);
     let (ours_rss, ka_rss) = (rss_mib(&ours_pids), rss_mib(&ka_pids));
     // Still one Master each: the figures are of a working pair.
@@ -551,13 +600,21 @@ fn steady_state_cost_beside_keepalived() {
     }
     println!(
         "steady state at 10 ms, {secs} s: ours {ours_cpu:.1} ms/s ({ours_rss:.1} MiB), \
-         keepalived {ka_cpu:.1} ms/s ({ka_rss:.1} MiB), ratio {:.2}",
+         keepalived {ka_cpu:.1} ms/s ({ka_rss:.1} MiB), ratio {:.3}",
         ours_cpu / ka_cpu.max(0.001)
     );
+    let how = |ns: bool| if ns { "scheduler ns" } else { "ticks" };
     println!(
-        "steady state per node, ms/s: ours Master {:.1}, Backup {:.1}; \
-         keepalived Master {:.1}, Backup {:.1}",
-        per[0], per[1], per[2], per[3]
+        "steady state per node, ms/s: ours Master {:.2} ({}), Backup {:.2} ({}); \
+         keepalived Master {:.2} ({}), Backup {:.2} ({})",
+        per[0],
+        how(precise[0]),
+        per[1],
+        how(precise[1]),
+        per[2],
+        how(precise[2]),
+        per[3],
+        how(precise[3])
     );
 }
 

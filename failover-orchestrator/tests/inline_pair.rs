@@ -106,7 +106,7 @@ impl World {
                 Output::Transfer(payload) => self.transfers[i].push(payload),
                 Output::Vrrp(p) => self
                     .pending
-                    .push_back((1 - i, Delivery::Vrrp(p.bytes, p.src, p.dst))),
+                    .push_back((1 - i, Delivery::Vrrp(p.bytes.into_vec(), p.src, p.dst))),
                 Output::Command(c) => {
                     let pair = self.nodes[i].pair_mut();
                     pair.handle_command_result(now, c.id, CommandOutcome::Done);

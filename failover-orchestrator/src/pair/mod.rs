@@ -175,7 +175,88 @@ pub struct VrrpPacket {
     pub dst: IpAddr,
     /// The message (or the whole datagram with
     /// [`PairConfig::vrrp_datagrams`]).
-    pub bytes: Vec<u8>,
+    pub bytes: PacketBytes,
+}
+
+/// The bytes of a [`VrrpPacket`]: up to [`PacketBytes::INLINE`] bytes held
+/// in place, longer ones on the heap. An advertisement goes out every
+/// advertisement interval (100 a second at 10 ms) and most are a few dozen
+/// bytes: this keeps the steady state free of an allocation per packet.
+/// Derefs to `[u8]`.
+#[derive(Clone)]
+pub struct PacketBytes(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline {
+        len: u8,
+        buf: [u8; PacketBytes::INLINE],
+    },
+    Heap(Vec<u8>),
+}
+
+impl PacketBytes {
+    /// The longest packet held in place: an IPv4 datagram with 20
+    /// addresses, or an IPv6 message with 7.
+    pub const INLINE: usize = 128;
+
+    /// A copy of `bytes`.
+    #[must_use]
+    pub fn copy_from(bytes: &[u8]) -> Self {
+        match u8::try_from(bytes.len()) {
+            Ok(len) if bytes.len() <= Self::INLINE => {
+                let mut buf = [0u8; Self::INLINE];
+                buf[..bytes.len()].copy_from_slice(bytes);
+                Self(Repr::Inline { len, buf })
+            }
+            _ => Self(Repr::Heap(bytes.to_vec())),
+        }
+    }
+
+    /// The bytes as a vector.
+    #[must_use]
+    pub fn into_vec(self) -> Vec<u8> {
+        match self.0 {
+            Repr::Inline { .. } => self.to_vec(),
+            Repr::Heap(v) => v,
+        }
+    }
+}
+
+impl std::ops::Deref for PacketBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, buf } => &buf[..usize::from(*len)],
+            Repr::Heap(v) => v,
+        }
+    }
+}
+
+impl AsRef<[u8]> for PacketBytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl PartialEq for PacketBytes {
+    fn eq(&self, o: &Self) -> bool {
+        **self == **o
+    }
+}
+
+impl Eq for PacketBytes {}
+
+impl std::fmt::Debug for PacketBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl From<PacketBytes> for Vec<u8> {
+    fn from(b: PacketBytes) -> Self {
+        b.into_vec()
+    }
 }
 
 /// What happened, for logs and the UI.
@@ -904,7 +985,7 @@ impl Pair {
             self.out.push_back(Output::Vrrp(VrrpPacket {
                 src: t.src,
                 dst: t.dst,
-                bytes: self.tx[..len].to_vec(),
+                bytes: PacketBytes::copy_from(&self.tx[..len]),
             }));
             moved = true;
         }
@@ -1242,5 +1323,30 @@ impl Pair {
         }
         self.link.set_role(now, role);
         true
+    }
+}
+
+#[cfg(test)]
+mod packet_bytes_tests {
+    use super::PacketBytes;
+
+    #[test]
+    fn short_and_long_packets_keep_their_bytes() {
+        for len in [
+            0usize,
+            1,
+            32,
+            PacketBytes::INLINE,
+            PacketBytes::INLINE + 1,
+            4096,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let b = PacketBytes::copy_from(&data);
+            assert_eq!(&*b, data.as_slice(), "len {len}");
+            assert_eq!(b.len(), len);
+            assert_eq!(b.clone(), b);
+            assert_eq!(b.into_vec(), data);
+        }
+        assert_ne!(PacketBytes::copy_from(b"ab"), PacketBytes::copy_from(b"ac"));
     }
 }

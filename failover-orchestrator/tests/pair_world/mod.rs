@@ -972,7 +972,7 @@ impl World {
                     }
                 }
                 Output::Persist(rec) => n.persisted = rec.state,
-                Output::Vrrp(p) => self.vrrp_out(i, p.bytes, p.src, p.dst),
+                Output::Vrrp(p) => self.vrrp_out(i, p.bytes.into_vec(), p.src, p.dst),
                 Output::Announce => {}
                 Output::Command(c) => self.command(i, c),
                 Output::Dial(conn) => {
