@@ -89,14 +89,19 @@ impl ChunkParams {
         }
         let normal = n.min(self.avg);
         let max = n.min(self.max);
-        let block = (self.avg / 16).clamp(256, 4096);
-        let h = match find(data, 0, self.min, normal, self.mask_s, block) {
+        // Before the average size a cut is rare (the stricter mask): the
+        // largest blocks that fit, so the lanes' 64-byte take-ups are few.
+        let h = match find(data, 0, self.min, normal, self.mask_s, MAX_BLOCK) {
             Ok(at) => return at + 1,
             Err(h) => h,
         };
         if normal >= max {
             return max;
         }
+        // After it a cut comes every few KiB: blocks of 1/16 of the
+        // average, so a cut in a later lane leaves little for the earlier
+        // lanes to finish.
+        let block = (self.avg / 16).clamp(MIN_BLOCK, MAX_BLOCK);
         match find(data, h, normal, max, self.mask_l, block) {
             Ok(at) => at + 1,
             Err(_) => max,
@@ -149,6 +154,12 @@ fn step(h: u64, b: u8) -> u64 {
     (h << 1).wrapping_add(GEAR[b as usize])
 }
 
+/// Smallest block a lane of [`find`] takes: at least the 64 bytes of a
+/// lane's take-up, and a power of two.
+const MIN_BLOCK: usize = 256;
+/// Largest block a lane of [`find`] takes (a power of two).
+const MAX_BLOCK: usize = 4096;
+
 /// The first position `p` in `from..to` where the Gear hash (`h`: its
 /// state through byte `from - 1`) has `h & mask == 0`, or the state
 /// through byte `to - 1`.
@@ -156,54 +167,90 @@ fn step(h: u64, b: u8) -> u64 {
 /// The same answer as one loop from `from`, faster: a one-byte step is a
 /// shift and an add that each depend on the last, so one hash runs at the
 /// latency of that chain. Here four hashes take four consecutive blocks
-/// of `block` bytes, each taken up from the 64 bytes before its block:
-/// each step shifts left by one, so a byte 64 or more steps back has left
-/// the 64-bit word, and the hash is a function of the last 64 bytes
-/// alone (from `min` on, and a block starts at least 64 bytes after
-/// `min`). Four independent chains that the processor runs side by
-/// side. A hit in a later block is final only once the earlier blocks are
-/// finished without one (at most `block` more steps each).
+/// of `B` bytes, each taken up from the 64 bytes before its block: each
+/// step shifts left by one, so a byte 64 or more steps back has left the
+/// 64-bit word, and the hash is a function of the last 64 bytes alone
+/// (from `min` on, and a block starts at least 64 bytes after `min`).
+/// Four independent chains that the processor runs side by side. A hit
+/// in a later block is final only once the earlier blocks are finished
+/// without one (at most `B` more steps each).
+///
+/// Each round takes the largest power-of-two block, from `MIN_BLOCK` up to
+/// `block` (a power of two in that range), that four times fits what is
+/// left; the rest (less than four smallest blocks) goes one byte at a
+/// time. `B` is a constant in each round, so the four lanes are read at
+/// fixed distances from one index and the loop keeps its state in
+/// registers.
 fn find(data: &[u8], mut h: u64, from: usize, to: usize, mask: u64, block: usize) -> Result<usize, u64> {
     let mut s = from;
-    while to - s >= 4 * block {
-        let st = [s, s + block, s + 2 * block, s + 3 * block];
-        // Take up lanes 1..3 side by side; lane 0 goes on from `h`.
-        let (mut h1, mut h2, mut h3) = (0u64, 0u64, 0u64);
-        for ((&b1, &b2), &b3) in data[st[1] - 64..st[1]]
-            .iter()
-            .zip(&data[st[2] - 64..st[2]])
-            .zip(&data[st[3] - 64..st[3]])
-        {
-            h1 = step(h1, b1);
-            h2 = step(h2, b2);
-            h3 = step(h3, b3);
-        }
-        let mut hs = [h, h1, h2, h3];
-        // A hit is a hash below `2^(64 - bits)` (the mask covers the top
-        // bits): one compare of the four lanes' minimum.
-        let below = (!mask).wrapping_add(1);
-        let w = &data[s..s + 4 * block];
-        for j in 0..block {
-            hs[0] = step(hs[0], w[j]);
-            hs[1] = step(hs[1], w[j + block]);
-            hs[2] = step(hs[2], w[j + 2 * block]);
-            hs[3] = step(hs[3], w[j + 3 * block]);
-            if hs[0].min(hs[1]).min(hs[2]).min(hs[3]) < below {
-                // The first lane with a hit here; earlier lanes may still
-                // hit later in their own block, which comes first.
-                let k = (0..4).find(|&k| hs[k] & mask == 0).unwrap_or(0);
-                for (e, &he) in hs.iter().enumerate().take(k) {
-                    if let Ok(at) = find_one(data, he, st[e] + j + 1, st[e] + block, mask) {
-                        return Ok(at);
-                    }
-                }
-                return Ok(st[k] + j);
+    loop {
+        let fits = |b: usize| block >= b && to - s >= 4 * b;
+        let taken = if fits(4096) {
+            round::<4096>(data, h, s, mask)
+        } else if fits(2048) {
+            round::<2048>(data, h, s, mask)
+        } else if fits(1024) {
+            round::<1024>(data, h, s, mask)
+        } else if fits(512) {
+            round::<512>(data, h, s, mask)
+        } else if fits(MIN_BLOCK) {
+            round::<MIN_BLOCK>(data, h, s, mask)
+        } else {
+            return find_one(data, h, s, to, mask);
+        };
+        match taken {
+            Ok(at) => return Ok(at),
+            Err((next, len)) => {
+                h = next;
+                s += len;
             }
         }
-        h = hs[3];
-        s += 4 * block;
     }
-    find_one(data, h, s, to, mask)
+}
+
+/// One round of [`find`]: four lanes over the `4 * B` bytes from `s`,
+/// lane 0 going on from `h`. The first hit, or the state through the last
+/// byte and the bytes taken.
+#[inline]
+fn round<const B: usize>(data: &[u8], h: u64, s: usize, mask: u64) -> Result<usize, (u64, usize)> {
+    const { assert!(B >= 64) };
+    // The 64 bytes before `s` are not read: lane 0 goes on from `h`.
+    let w = &data[s..s + 4 * B];
+    let (mut h1, mut h2, mut h3) = (0u64, 0u64, 0u64);
+    for j in B - 64..B {
+        h1 = step(h1, w[j]);
+        h2 = step(h2, w[j + B]);
+        h3 = step(h3, w[j + 2 * B]);
+    }
+    let mut h0 = h;
+    for j in 0..B {
+        h0 = step(h0, w[j]);
+        h1 = step(h1, w[j + B]);
+        h2 = step(h2, w[j + 2 * B]);
+        h3 = step(h3, w[j + 3 * B]);
+        // The first lane with a hit here; earlier lanes may still hit
+        // later in their own block, which comes first.
+        let k = if h0 & mask == 0 {
+            0
+        } else if h1 & mask == 0 {
+            1
+        } else if h2 & mask == 0 {
+            2
+        } else if h3 & mask == 0 {
+            3
+        } else {
+            continue;
+        };
+        let hs = [h0, h1, h2, h3];
+        for (e, &he) in hs.iter().enumerate().take(k) {
+            let lane = s + e * B;
+            if let Ok(at) = find_one(data, he, lane + j + 1, lane + B, mask) {
+                return Ok(at);
+            }
+        }
+        return Ok(s + k * B + j);
+    }
+    Err((h3, 4 * B))
 }
 
 /// One hash from state `h` (the hash through byte `from - 1`) over
@@ -328,6 +375,48 @@ mod tests {
                 }
             }
             avg *= 2;
+        }
+    }
+
+    /// Data that mixes noise with runs of a few symbols (cuts early, late
+    /// and at the maximum), for the property test below.
+    fn mixed(parts: &[(u8, u16, u64)]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for &(kind, kib, seed) in parts {
+            let n = (usize::from(kib) + 1) * 1024 + (seed % 1000) as usize;
+            match kind % 3 {
+                0 => v.extend(noise(n, seed | 1)),
+                1 => v.extend(noise(n, seed | 1).iter().map(|b| b & 3)),
+                _ => v.extend(std::iter::repeat_n(seed as u8, n)),
+            }
+        }
+        v
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Every cut of random mixed data, for every parameter set, is the
+        /// one-byte definition's; and so are cuts of buffers that end at
+        /// a random point (the end of the data inside a lane).
+        #[test]
+        fn fast_cut_equals_the_reference_on_random_data(
+            parts in proptest::collection::vec((0u8..3, 0u16..96, proptest::prelude::any::<u64>()), 1..8),
+            shift in 0usize..6,
+            ends in proptest::collection::vec(proptest::prelude::any::<usize>(), 4),
+        ) {
+            let data = mixed(&parts);
+            let p = ChunkParams::new(MIN_AVG << shift);
+            let mut pos = 0;
+            while pos < data.len() {
+                let rest = &data[pos..];
+                let got = p.cut(rest);
+                proptest::prop_assert_eq!(got, p.cut_reference(rest), "at {}", pos);
+                for &e in &ends {
+                    let s = &rest[..e % (rest.len().min(p.max_len() + 1) + 1)];
+                    proptest::prop_assert_eq!(p.cut(s), p.cut_reference(s), "at {} len {}", pos, s.len());
+                }
+                pos += got;
+            }
         }
     }
 
