@@ -6,6 +6,7 @@
 //! tree_round gen <dir> <files>     # <files> small files in 100 directories
 //! tree_round mutate <dir> <seed>   # 1 % modified, 0.5 % deleted, 20 renamed
 //! tree_round round <src> <dst>     # one round; prints timings, wire bytes, VmHWM
+//!                                  # (TREE_ROUND_THREADS=1: the store without threads)
 //! tree_round big <file> <MiB>      # one large file of pseudo-random data
 //! tree_round edit-big <file>       # 64 KiB overwrite, 100-byte insert, 1 MiB append
 //! tree_round walk <dir>            # walk and scan timings alone
@@ -117,12 +118,22 @@ fn carry(now: Instant, from: &mut Link, to: &mut Link, m: &Message, bytes: &mut 
     Message::decode(&f.payload).expect("message")
 }
 
+/// The store as the node opens it (`FsStore::parallel`), or with
+/// `TREE_ROUND_THREADS=1` the library's default (`FsStore::new`: no thread).
+fn store(dir: &Path) -> Result<FsStore, sync_delta::StoreError> {
+    if std::env::var("TREE_ROUND_THREADS").is_ok_and(|t| t == "1") {
+        FsStore::new(dir)
+    } else {
+        FsStore::parallel(dir)
+    }
+}
+
 fn round(src: &Path, dst: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let now = t0;
     let wall = SystemTime::now();
-    let mut s = FsStore::parallel(src)?;
-    let mut d = FsStore::parallel(dst)?;
+    let mut s = store(src)?;
+    let mut d = store(dst)?;
     let mut source = Source::open(SourceConfig::default(), now, &mut s)?;
     let (mut replica, _) = Replica::open(
         ReplicaConfig {

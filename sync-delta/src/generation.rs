@@ -38,6 +38,7 @@
 use crate::error::{StoreError, WireError};
 use crate::exclude::Exclude;
 use crate::manifest::{Kind, LocalStat, Manifest, Meta, decode_entry, encode_entry};
+use crate::packed::{Packed, PackedBuilder};
 use crate::path::{RelPath, STATE_DIR};
 use crate::store::{StatKind, Storage, read_all, write_atomic};
 use crate::wire::{Reader, Writer};
@@ -128,20 +129,49 @@ pub(crate) fn split_crc(b: &[u8]) -> Result<&[u8], WireError> {
     Ok(body)
 }
 
-fn encode_base(base_id: u64, generation: u64, taken_at_ns: i64, m: &Manifest) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + m.len() * 96);
+/// A manifest's entries in path order, as a base is written from them:
+/// a map ([`Manifest`]) or a source's packed manifest.
+pub(crate) trait Entries {
+    fn count(&self) -> usize;
+    fn each(&self, f: &mut dyn FnMut(&str, &Meta));
+}
+
+impl Entries for Manifest {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn each(&self, f: &mut dyn FnMut(&str, &Meta)) {
+        for (p, m) in &self.entries {
+            f(p.as_str(), m);
+        }
+    }
+}
+
+impl Entries for crate::packed::Packed {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn each(&self, f: &mut dyn FnMut(&str, &Meta)) {
+        self.for_each(|p, m| f(p, m));
+    }
+}
+
+fn encode_base(base_id: u64, generation: u64, taken_at_ns: i64, m: &dyn Entries) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + m.count() * 96);
     let mut w = Writer(&mut out);
     w.bytes(BASE_MAGIC);
     w.u64(base_id);
     w.u64(generation);
     w.i64(taken_at_ns);
-    w.u64(m.len() as u64);
-    for (p, meta) in &m.entries {
-        encode_entry(&mut w, p, meta, true);
-    }
+    w.u64(m.count() as u64);
+    m.each(&mut |p, meta| {
+        crate::manifest::encode_fields_str(&mut w, p, meta, meta.mtime_ns, true);
+    });
     with_crc(out)
 }
 
+/// The whole-buffer decoder [`stream_base`] is checked against.
+#[cfg(test)]
 fn decode_base(b: &[u8]) -> Result<(u64, u64, i64, Manifest), WireError> {
     let body = split_crc(b)?;
     let mut r = Reader(body);
@@ -383,6 +413,8 @@ pub(crate) fn ns_to_time(ns: i64) -> SystemTime {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Recovered {
     pub persisted: Persisted,
+    /// The manifest, packed, from [`recover_as`].
+    pub packed: Option<Packed>,
     pub state: StateFile,
     pub rolled_forward: bool,
     pub rolled_back: u64,
@@ -849,7 +881,7 @@ pub(crate) fn write_base<S: Storage + ?Sized>(
 pub(crate) fn write_base_with<S: Storage + ?Sized>(
     s: &mut S,
     p: &mut Persisted,
-    m: &Manifest,
+    m: &dyn Entries,
 ) -> Result<(), StoreError> {
     p.base_id += 1;
     let b = encode_base(p.base_id, p.generation, p.taken_at_ns, m);
@@ -869,7 +901,7 @@ fn settle_record<S: Storage + ?Sized>(
     s: &mut S,
     p: &mut Persisted,
     rec: &Delta,
-    full: Option<&Manifest>,
+    full: Option<&dyn Entries>,
 ) -> Result<(), StoreError> {
     if rec.base_id == p.base_id && rec.seq > p.seq {
         if full.is_none() {
@@ -941,7 +973,7 @@ pub(crate) fn record_changes<S: Storage + ?Sized>(
     generation: u64,
     taken_at_ns: i64,
     changes: Vec<(RelPath, Option<Meta>)>,
-    full: &Manifest,
+    full: &crate::packed::Packed,
 ) -> Result<(), StoreError> {
     let rec = Delta {
         base_id: p.base_id,
@@ -958,25 +990,102 @@ pub(crate) fn write_state<S: Storage + ?Sized>(s: &mut S, st: StateFile) -> Resu
     write_atomic(s, STATE_DIR, "state", &st.encode())
 }
 
-/// Loads the base and replays its log (stopping at a torn record).
-fn load<S: Storage + ?Sized>(s: &mut S) -> Result<Persisted, StoreError> {
-    let mut p = Persisted::default();
-    match read_all(s, MANIFEST, MAX_RECORD) {
-        Ok(b) => {
-            let (id, g, t, m) = decode_base(&b).map_err(|_| StoreError::Corrupt)?;
-            p = Persisted {
-                manifest: m,
-                generation: g,
-                taken_at_ns: t,
-                base_id: id,
-                seq: 0,
-                log_len: 0,
-                base_len: b.len() as u64,
-            };
-        }
-        Err(StoreError::NotFound) => {}
+/// The head of a base manifest.
+struct BaseHead {
+    base_id: u64,
+    generation: u64,
+    taken_at_ns: i64,
+    len: u64,
+}
+
+/// Reads the base manifest a piece at a time (never the whole file in
+/// memory: on a tree of 100,000 files it is about 10 MB), giving each
+/// entry to `f` in the file's order, and checks its CRC at the end (an
+/// entry given before a failed check is the caller's to discard).
+/// `Ok(None)` when there is no base.
+fn stream_base<S: Storage + ?Sized>(
+    s: &mut S,
+    f: &mut dyn FnMut(RelPath, Meta) -> Result<(), StoreError>,
+) -> Result<Option<BaseHead>, StoreError> {
+    /// Bytes read at a time, and the most one entry can take (a path and a
+    /// link target of 4,096 bytes each, the fixed fields).
+    const PIECE: usize = 1 << 20;
+    const MAX_ENTRY: usize = 16 << 10;
+    let size = match s.stat(MANIFEST) {
+        Ok(st) => st.size,
+        Err(StoreError::NotFound) => return Ok(None),
         Err(e) => return Err(e),
+    };
+    if !(36..=MAX_RECORD).contains(&size) {
+        return Err(StoreError::Corrupt);
     }
+    let body_len = size - 4;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut pos = 0usize;
+    let mut off = 0u64;
+    let mut crc = 0u32;
+    let mut fill = |s: &mut S, buf: &mut Vec<u8>, pos: &mut usize, need: usize| {
+        if buf.len() - *pos >= need || off >= body_len {
+            return Ok::<(), StoreError>(());
+        }
+        buf.drain(..*pos);
+        *pos = 0;
+        let want = usize::try_from((body_len - off).min(PIECE as u64)).unwrap_or(PIECE);
+        let at = buf.len();
+        buf.resize(at + want, 0);
+        let mut got = 0;
+        while got < want {
+            let n = s.read_at(MANIFEST, off + got as u64, &mut buf[at + got..])?;
+            if n == 0 {
+                return Err(StoreError::Corrupt);
+            }
+            got += n;
+        }
+        crc = crc32c::crc32c_append(crc, &buf[at..]);
+        off += want as u64;
+        Ok(())
+    };
+    let corrupt = |_| StoreError::Corrupt;
+    fill(s, &mut buf, &mut pos, MAX_ENTRY)?;
+    let mut r = Reader(&buf[pos..]);
+    if r.take(4).map_err(corrupt)? != BASE_MAGIC {
+        return Err(StoreError::Corrupt);
+    }
+    let head = BaseHead {
+        base_id: r.u64().map_err(corrupt)?,
+        generation: r.u64().map_err(corrupt)?,
+        taken_at_ns: r.i64().map_err(corrupt)?,
+        len: r.u64().map_err(corrupt)?,
+    };
+    pos = buf.len() - r.0.len();
+    if head.len > body_len {
+        return Err(StoreError::Corrupt);
+    }
+    for _ in 0..head.len {
+        fill(s, &mut buf, &mut pos, MAX_ENTRY)?;
+        let mut r = Reader(&buf[pos..]);
+        let (path, meta) = decode_entry(&mut r, true).map_err(corrupt)?;
+        pos = buf.len() - r.0.len();
+        f(path, meta)?;
+    }
+    fill(s, &mut buf, &mut pos, 1)?;
+    if pos != buf.len() || off != body_len {
+        return Err(StoreError::Corrupt);
+    }
+    let mut tail = [0u8; 4];
+    if s.read_at(MANIFEST, body_len, &mut tail)? != 4 || u32::from_le_bytes(tail) != crc {
+        return Err(StoreError::Corrupt);
+    }
+    Ok(Some(head))
+}
+
+/// The valid records of the log that follow the base, each with its
+/// length in the log; stops at a torn record.
+fn replay_log<S: Storage + ?Sized>(
+    s: &mut S,
+    p: &mut Persisted,
+    mut apply: impl FnMut(&Delta),
+) -> Result<(), StoreError> {
     let log = match read_all(s, LOG, MAX_RECORD) {
         Ok(b) => b,
         Err(StoreError::NotFound) => Vec::new(),
@@ -992,7 +1101,7 @@ fn load<S: Storage + ?Sized>(s: &mut S) -> Result<Persisted, StoreError> {
             break;
         };
         if rec.base_id == p.base_id && p.seq.checked_add(1) == Some(rec.seq) {
-            apply_changes(&mut p.manifest, &rec);
+            apply(&rec);
             p.generation = rec.generation;
             p.taken_at_ns = rec.taken_at_ns;
             p.seq = rec.seq;
@@ -1004,14 +1113,100 @@ fn load<S: Storage + ?Sized>(s: &mut S) -> Result<Persisted, StoreError> {
         at += 4 + n;
     }
     p.log_len = at as u64;
+    Ok(())
+}
+
+fn persisted_of(head: Option<BaseHead>) -> Persisted {
+    match head {
+        Some(h) => Persisted {
+            manifest: Manifest::default(),
+            generation: h.generation,
+            taken_at_ns: h.taken_at_ns,
+            base_id: h.base_id,
+            seq: 0,
+            log_len: 0,
+            base_len: 0,
+        },
+        None => Persisted::default(),
+    }
+}
+
+/// Loads the base and replays its log (stopping at a torn record).
+fn load<S: Storage + ?Sized>(s: &mut S) -> Result<Persisted, StoreError> {
+    let mut entries = Vec::new();
+    let head = stream_base(s, &mut |p, m| {
+        entries.push((p, m));
+        Ok(())
+    })?;
+    let mut p = persisted_of(head);
+    p.base_len = s.stat(MANIFEST).map_or(0, |st| st.size);
+    // From entries in order: a map with full nodes.
+    p.manifest = Manifest {
+        entries: entries.into_iter().collect(),
+    };
+    let mut m = std::mem::take(&mut p.manifest);
+    replay_log(s, &mut p, |rec| apply_changes(&mut m, rec))?;
+    p.manifest = m;
     Ok(p)
+}
+
+/// [`load`] into a packed manifest (`p.manifest` left empty): the base
+/// streamed straight into it, the log's changes merged in.
+fn load_packed<S: Storage + ?Sized>(s: &mut S) -> Result<(Persisted, Packed), StoreError> {
+    let mut b = PackedBuilder::new();
+    let mut last: Option<RelPath> = None;
+    let head = stream_base(s, &mut |p, m| {
+        // A base is written in path order; one that is not is damaged.
+        if last.as_ref().is_some_and(|l| *l >= p) {
+            return Err(StoreError::Corrupt);
+        }
+        b.push(p.as_str(), &m);
+        last = Some(p);
+        Ok(())
+    })?;
+    let mut p = persisted_of(head);
+    p.base_len = s.stat(MANIFEST).map_or(0, |st| st.size);
+    let base = b.finish();
+    let mut changes = std::collections::BTreeMap::new();
+    replay_log(s, &mut p, |rec| {
+        for (path, meta) in &rec.changes {
+            changes.insert(path.clone(), meta.clone());
+        }
+    })?;
+    let packed = if changes.is_empty() {
+        base
+    } else {
+        base.with_changes(changes)
+    };
+    Ok((p, packed))
 }
 
 /// Finishes or rolls back whatever round was in progress and loads the
 /// current generation.
 pub(crate) fn recover<S: Storage + ?Sized>(s: &mut S) -> Result<Recovered, StoreError> {
+    recover_as(s, false)
+}
+
+/// [`recover`], with the manifest packed ([`Recovered::packed`], and
+/// `persisted.manifest` left empty) when `packed`: loaded straight into
+/// the packed form when no round is to be rolled forward, so the map is
+/// never built.
+pub(crate) fn recover_as<S: Storage + ?Sized>(
+    s: &mut S,
+    packed: bool,
+) -> Result<Recovered, StoreError> {
     ensure_dirs(s)?;
-    let mut p = load(s)?;
+    let journal = match s.stat(JOURNAL) {
+        Ok(_) => true,
+        Err(StoreError::NotFound) => false,
+        Err(e) => return Err(e),
+    };
+    let (mut p, mut pk) = if packed && !journal {
+        let (p, pk) = load_packed(s)?;
+        (p, Some(pk))
+    } else {
+        (load(s)?, None)
+    };
     if p.log_len > 0 {
         // What was just read must be what a power cut leaves: a record
         // written but whose fsync failed (a source's confirmation, which
@@ -1049,8 +1244,12 @@ pub(crate) fn recover<S: Storage + ?Sized>(s: &mut S) -> Result<Recovered, Store
         },
         Err(e) => return Err(e),
     };
+    if packed && pk.is_none() {
+        pk = Some(Packed::from_manifest(&std::mem::take(&mut p.manifest)));
+    }
     Ok(Recovered {
         persisted: p,
+        packed: pk,
         state,
         rolled_forward,
         rolled_back,
@@ -1176,6 +1375,68 @@ mod tests {
     }
 
     #[test]
+    fn a_base_streams_in_pieces_packed_or_mapped_and_damage_is_refused() {
+        let mut m = Manifest::default();
+        // Enough entries for several 1 MiB pieces, with long paths and
+        // link targets across the pieces' edges.
+        for i in 0..30_000u32 {
+            let p = format!("d{:03}/{}-{i:06}", i % 97, "x".repeat((i % 50) as usize));
+            let meta = if i % 7 == 0 {
+                Meta {
+                    kind: Kind::Symlink {
+                        target: vec![b'a' + (i % 26) as u8; 1 + (i % 4000) as usize],
+                    },
+                    ..file(1)
+                }
+            } else {
+                file((i % 250) as u8)
+            };
+            m.entries.insert(RelPath::new(&p).unwrap(), meta);
+        }
+        for d in 0..97 {
+            m.entries.insert(
+                RelPath::new(&format!("d{d:03}")).unwrap(),
+                Meta {
+                    kind: Kind::Dir,
+                    ..file(0)
+                },
+            );
+        }
+        let bytes = encode_base(7, 9, 11, &m);
+        assert!(bytes.len() > 3 << 20);
+        let mut s = MemStore::new();
+        ensure_dirs(&mut s).unwrap();
+        s.create(MANIFEST).unwrap();
+        s.write_at(MANIFEST, 0, &bytes).unwrap();
+        let whole = decode_base(&bytes).unwrap().3;
+        assert_eq!(whole, m);
+        let p = load(&mut s).unwrap();
+        assert_eq!((p.base_id, p.generation, p.taken_at_ns), (7, 9, 11));
+        assert_eq!(p.manifest, m);
+        let (pp, packed) = load_packed(&mut s).unwrap();
+        assert_eq!(pp.generation, 9);
+        assert_eq!(packed.to_manifest(), m);
+        // One flipped byte anywhere, or a cut, is a typed error.
+        for at in [0, 40, bytes.len() / 2, bytes.len() - 5, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x20;
+            s.write_at(MANIFEST, 0, &bad).unwrap();
+            assert_eq!(
+                load(&mut s).unwrap_err(),
+                StoreError::Corrupt,
+                "flip at {at}"
+            );
+            assert_eq!(load_packed(&mut s).unwrap_err(), StoreError::Corrupt);
+        }
+        s.remove_file(MANIFEST).unwrap();
+        s.create(MANIFEST).unwrap();
+        s.write_at(MANIFEST, 0, &bytes[..bytes.len() - 100])
+            .unwrap();
+        assert_eq!(load(&mut s).unwrap_err(), StoreError::Corrupt);
+        assert_eq!(load_packed(&mut s).unwrap_err(), StoreError::Corrupt);
+    }
+
+    #[test]
     fn log_replays_skips_torn_tails_and_compacts() {
         let mut s = MemStore::new();
         let mut p = recover(&mut s).unwrap().persisted;
@@ -1195,6 +1456,9 @@ mod tests {
         assert_eq!(p.manifest.len(), 1);
         let loaded = recover(&mut s).unwrap().persisted;
         assert_eq!(loaded.manifest, p.manifest);
+        let packed = recover_as(&mut s, true).unwrap();
+        assert_eq!(packed.packed.unwrap().to_manifest(), p.manifest);
+        assert_eq!(packed.persisted.generation, 5);
         assert_eq!(loaded.generation, 5);
         assert_eq!(loaded.seq, 5);
         // A torn record at the end is ignored, and the next append

@@ -13,7 +13,8 @@
 
 use crate::error::StoreError;
 use crate::exclude::Exclude;
-use crate::manifest::{Kind, LocalStat, Manifest, Meta};
+use crate::manifest::{Kind, LocalStat, Meta};
+use crate::packed::{Packed, PackedBuilder};
 use crate::path::{RelPath, STATE_DIR};
 use crate::store::{Stat, StatKind, Storage};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -87,27 +88,121 @@ impl Hints {
 }
 
 /// What a hinted scan found.
-pub(crate) struct Hinted {
-    /// The new manifest.
-    pub manifest: Manifest,
+pub(crate) struct Hinted<'a> {
+    /// The new manifest: the last scan with the hinted paths' changes.
+    pub manifest: Overlay<'a>,
     /// Files that need hashing, with their stat.
     pub to_hash: Vec<(RelPath, Stat)>,
 }
 
-fn removed_under(m: &mut Manifest, p: &RelPath) {
-    m.entries.remove(p);
-    let prefix = format!("{}/", p.as_str());
-    let under: Vec<RelPath> = m
-        .entries
-        .range::<str, _>((
-            std::ops::Bound::Included(prefix.as_str()),
-            std::ops::Bound::Unbounded,
-        ))
-        .take_while(|(k, _)| k.as_str().starts_with(&prefix))
-        .map(|(k, _)| k.clone())
-        .collect();
-    for k in under {
-        m.entries.remove(&k);
+/// The last scan (packed) with changes over it: subtrees removed and
+/// entries set, merged into a new packed manifest at the end. A hinted
+/// scan touches a few paths of a large tree; the tree is never copied
+/// into a map.
+pub(crate) struct Overlay<'a> {
+    base: &'a Packed,
+    /// Paths removed with everything below them.
+    removed: BTreeSet<String>,
+    upserts: BTreeMap<RelPath, Meta>,
+}
+
+fn is_removed(removed: &BTreeSet<String>, p: &str) -> bool {
+    !removed.is_empty()
+        && (removed.contains(p) || p.match_indices('/').any(|(i, _)| removed.contains(&p[..i])))
+}
+
+impl<'a> Overlay<'a> {
+    pub fn new(base: &'a Packed) -> Self {
+        Self {
+            base,
+            removed: BTreeSet::new(),
+            upserts: BTreeMap::new(),
+        }
+    }
+
+    pub fn get(&self, p: &str) -> Option<Meta> {
+        if let Some(m) = self.upserts.get(p) {
+            return Some(m.clone());
+        }
+        if is_removed(&self.removed, p) {
+            return None;
+        }
+        self.base.get(p)
+    }
+
+    pub fn insert(&mut self, p: RelPath, m: Meta) {
+        self.upserts.insert(p, m);
+    }
+
+    /// Removes `p` and everything below it.
+    fn remove_under(&mut self, p: &RelPath) {
+        self.upserts.remove(p);
+        let prefix = format!("{}/", p.as_str());
+        let under: Vec<RelPath> = self
+            .upserts
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.as_str().starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in under {
+            self.upserts.remove(&k);
+        }
+        self.removed.insert(p.as_str().to_owned());
+    }
+
+    /// The new manifest: one merge of the last scan with the changes. An
+    /// entry set under a path that is no longer a directory is dropped
+    /// (a kept old entry may sit under one).
+    pub fn finish(self) -> Packed {
+        let Overlay {
+            base,
+            removed,
+            upserts,
+        } = self;
+        let set: Vec<RelPath> = upserts.keys().cloned().collect();
+        let mut b = PackedBuilder::new();
+        let mut ups = upserts.into_iter().peekable();
+        let mut c = base.cursor();
+        while let Some((p, m)) = c.next_entry() {
+            while let Some((up, um)) = ups.next_if(|(up, _)| up.as_str() < p) {
+                b.push(up.as_str(), &um);
+            }
+            if let Some((up, um)) = ups.next_if(|(up, _)| up.as_str() == p) {
+                b.push(up.as_str(), &um);
+                continue;
+            }
+            if !is_removed(&removed, p) {
+                b.push(p, m);
+            }
+        }
+        for (up, um) in ups {
+            b.push(up.as_str(), &um);
+        }
+        let m = b.finish();
+        let orphan = set.iter().any(|p| {
+            p.parent()
+                .is_some_and(|pp| m.get(pp).is_none_or(|e| e.kind != Kind::Dir))
+        });
+        if orphan {
+            let mut mm = m.to_manifest();
+            let bad: Vec<RelPath> = mm
+                .entries
+                .keys()
+                .filter(|p| {
+                    p.parent()
+                        .is_some_and(|pp| mm.entries.get(pp).is_none_or(|e| e.kind != Kind::Dir))
+                })
+                .cloned()
+                .collect();
+            for p in bad {
+                mm.entries.remove(&p);
+            }
+            return Packed::from_manifest(&mm);
+        }
+        m
     }
 }
 
@@ -135,13 +230,13 @@ fn skipped(exclude: &Exclude, p: &str) -> bool {
 ///
 /// # Errors
 /// A [`StoreError`] other than a path that is gone.
-pub(crate) fn scan_hinted<S: Storage + ?Sized>(
+pub(crate) fn scan_hinted<'a, S: Storage + ?Sized>(
     store: &mut S,
     exclude: &Exclude,
-    cache: &Manifest,
+    cache: &'a Packed,
     paths: &BTreeSet<RelPath>,
-) -> Result<Hinted, StoreError> {
-    let mut m = cache.clone();
+) -> Result<Hinted<'a>, StoreError> {
+    let mut m = Overlay::new(cache);
     let mut to_hash = Vec::new();
     // Directories seen to be directories now (`true`) or not (`false`).
     let mut dirs: HashMap<String, Option<Stat>> = HashMap::new();
@@ -176,7 +271,7 @@ pub(crate) fn scan_hinted<S: Storage + ?Sized>(
         for (i, _) in s.match_indices('/') {
             let anc = &s[..i];
             let st = lstat(store, anc)?;
-            let tracked = m.entries.get(anc).is_some_and(|e| e.kind == Kind::Dir);
+            let tracked = m.get(anc).is_some_and(|e| e.kind == Kind::Dir);
             if !tracked || st.is_none_or(|st| st.kind != StatKind::Dir) {
                 target = RelPath::new(anc).map_err(|_| StoreError::NotFound)?;
                 break;
@@ -190,13 +285,13 @@ pub(crate) fn scan_hinted<S: Storage + ?Sized>(
         {
             parents.insert(pp);
         }
-        removed_under(&mut m, &target);
+        m.remove_under(&target);
         let Some(st) = lstat(store, target.as_str())? else {
             continue;
         };
         match st.kind {
             StatKind::Dir => {
-                m.entries.insert(target.clone(), dir_meta(&st));
+                m.insert(target.clone(), dir_meta(&st));
                 walk_dir(store, exclude, cache, &target, &mut m, &mut to_hash)?;
                 walked.push(target);
             }
@@ -211,9 +306,9 @@ pub(crate) fn scan_hinted<S: Storage + ?Sized>(
         }
         if let Some(st) = lstat(store, d.as_str())?
             && st.kind == StatKind::Dir
-            && m.entries.get(&d).is_some_and(|e| e.kind == Kind::Dir)
+            && m.get(d.as_str()).is_some_and(|e| e.kind == Kind::Dir)
         {
-            m.entries.insert(d, dir_meta(&st));
+            m.insert(d, dir_meta(&st));
         }
     }
     Ok(Hinted {
@@ -225,10 +320,10 @@ pub(crate) fn scan_hinted<S: Storage + ?Sized>(
 /// One non-directory entry, as a full scan makes it.
 fn add_entry<S: Storage + ?Sized>(
     store: &mut S,
-    cache: &Manifest,
+    cache: &Packed,
     p: RelPath,
     st: Stat,
-    m: &mut Manifest,
+    m: &mut Overlay<'_>,
     to_hash: &mut Vec<(RelPath, Stat)>,
 ) -> Result<(), StoreError> {
     let local = LocalStat {
@@ -237,10 +332,10 @@ fn add_entry<S: Storage + ?Sized>(
     };
     match st.kind {
         StatKind::File => {
-            if let Some(old) = cache.entries.get(&p)
-                && crate::generation::quick_match(old, &st)
+            if let Some(old) = cache.get(p.as_str())
+                && crate::generation::quick_match(&old, &st)
             {
-                m.entries.insert(p, old.clone());
+                m.insert(p, old);
             } else {
                 to_hash.push((p, st));
             }
@@ -252,7 +347,7 @@ fn add_entry<S: Storage + ?Sized>(
                 Err(e) => return Err(e),
             };
             if !t.is_empty() && t.len() <= crate::manifest::MAX_LINK_LEN {
-                m.entries.insert(
+                m.insert(
                     p,
                     Meta {
                         kind: Kind::Symlink { target: t },
@@ -272,9 +367,9 @@ fn add_entry<S: Storage + ?Sized>(
 fn walk_dir<S: Storage + ?Sized>(
     store: &mut S,
     exclude: &Exclude,
-    cache: &Manifest,
+    cache: &Packed,
     dir: &RelPath,
-    m: &mut Manifest,
+    m: &mut Overlay<'_>,
     to_hash: &mut Vec<(RelPath, Stat)>,
 ) -> Result<(), StoreError> {
     let mut stack = vec![dir.clone()];
@@ -295,7 +390,7 @@ fn walk_dir<S: Storage + ?Sized>(
                 Err(e) => return Err(e),
             };
             if st.kind == StatKind::Dir {
-                m.entries.insert(p.clone(), dir_meta(&st));
+                m.insert(p.clone(), dir_meta(&st));
                 stack.push(p);
             } else {
                 add_entry(store, cache, p, st, m, to_hash)?;

@@ -143,7 +143,7 @@ macro_rules! internal {
     )*};
 }
 
-internal!(chunk, delta, exclude, files, manifest, path, wire);
+internal!(chunk, delta, exclude, files, manifest, packed, path, wire);
 
 mod epoch;
 mod error;

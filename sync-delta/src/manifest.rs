@@ -244,7 +244,18 @@ pub(crate) fn encode_entry(w: &mut Writer<'_>, p: &RelPath, m: &Meta, local: boo
 }
 
 fn encode_fields(w: &mut Writer<'_>, p: &RelPath, m: &Meta, mtime_ns: i64, local: bool) {
-    w.str16(p.as_str());
+    encode_fields_str(w, p.as_str(), m, mtime_ns, local);
+}
+
+/// [`encode_entry`]'s fields for a path given as a string.
+pub(crate) fn encode_fields_str(
+    w: &mut Writer<'_>,
+    p: &str,
+    m: &Meta,
+    mtime_ns: i64,
+    local: bool,
+) {
+    w.str16(p);
     match &m.kind {
         Kind::File { .. } => w.u8(0),
         Kind::Dir => w.u8(1),

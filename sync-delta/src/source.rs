@@ -8,6 +8,7 @@ use crate::exclude::Exclude;
 use crate::generation::{self, Persisted, Role, StateFile};
 use crate::hints::{Hints, SINCE_EVER};
 use crate::manifest::{Change, Hash, Kind, LocalStat, Manifest, Meta};
+use crate::packed::{Packed, PackedBuilder};
 use crate::path::RelPath;
 use crate::replica::Generation;
 use crate::store::{IO_CHUNK, StatKind, Storage};
@@ -174,10 +175,10 @@ const WINDOW: usize = 4 * IO_CHUNK;
 pub struct Source {
     config: SourceConfig,
     /// The last scan: the quick-check cache, and what was last sent.
-    cache: Manifest,
+    cache: Packed,
     cache_digest: Hash,
     /// What the replica confirmed last; `None` when it is `cache`.
-    confirmed: Option<Manifest>,
+    confirmed: Option<Packed>,
     confirmed_digest: Hash,
     confirmed_generation: u64,
     /// When the confirmed generation's snapshot was taken (ns), if known.
@@ -225,13 +226,13 @@ impl Source {
         _now: Instant,
         store: &mut S,
     ) -> Result<Self, StoreError> {
-        let rec = generation::recover(store)?;
+        let mut rec = generation::recover_as(store, true)?;
         let confirmed_taken_at_ns = generation::confirmed_taken_at_ns(
             &rec.state,
             rec.persisted.generation,
             rec.persisted.taken_at_ns,
         );
-        let mut p = rec.persisted;
+        let p = rec.persisted;
         generation::write_state(
             store,
             StateFile {
@@ -240,7 +241,8 @@ impl Source {
                 taken_at_ns: rec.state.taken_at_ns,
             },
         )?;
-        let cache = std::mem::take(&mut p.manifest);
+        // Loaded packed: the map is never built.
+        let cache = rec.packed.take().unwrap_or_default();
         let digest = cache.digest();
         Ok(Self {
             config,
@@ -272,6 +274,19 @@ impl Source {
     #[must_use]
     pub fn stats(&self) -> SourceStats {
         self.stats
+    }
+
+    /// The memory the source's manifests hold, in bytes, and their
+    /// entries: the last scan and, while the replica has not confirmed
+    /// it, the last confirmed one. Each is packed in path order (about 50
+    /// bytes an entry on a voicemail tree).
+    #[must_use]
+    pub fn manifest_memory(&self) -> (u64, u64) {
+        let c = self.confirmed.as_ref();
+        (
+            (self.cache.heap_bytes() + c.map_or(0, Packed::heap_bytes)) as u64,
+            (self.cache.len() + c.map_or(0, Packed::len)) as u64,
+        )
     }
 
     /// The generation the replica last confirmed.
@@ -488,110 +503,134 @@ impl Source {
     /// # Errors
     /// A [`StoreError`] from the walk.
     pub fn scan<S: Storage + ?Sized>(&mut self, store: &mut S) -> Result<Manifest, StoreError> {
-        let walk = store.walk(&self.config.exclude)?;
-        // Collected, then bulk-built: a map built from sorted input has full
-        // nodes (about half the memory of one grown by random inserts).
-        let mut items: Vec<(RelPath, Meta)> = Vec::with_capacity(walk.entries.len());
+        Ok(self.scan_packed(store)?.to_manifest())
+    }
+
+    /// [`Source::scan`], packed: the walk is merged in path order with the
+    /// last scan (no map is built).
+    fn scan_packed<S: Storage + ?Sized>(&mut self, store: &mut S) -> Result<Packed, StoreError> {
+        let mut walk = store.walk(&self.config.exclude)?;
+        if !walk.entries.is_sorted_by(|a, b| a.path <= b.path) {
+            walk.entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        }
+        // Pass 1: the files the quick check cannot reuse, and whether the
+        // tree is the last scan entry for entry.
+        let mut keep = vec![false; walk.entries.len()];
         let mut to_hash = Vec::new();
-        let mut stats_of = Vec::new();
-        for e in walk.entries {
+        let mut c = self.cache.cursor();
+        let mut same = true;
+        let mut listed = 0usize;
+        for (i, e) in walk.entries.iter().enumerate() {
+            let old = c.seek(e.path.as_str());
+            match e.stat.kind {
+                StatKind::File => match old {
+                    Some(old) if generation::quick_match(old, &e.stat) => keep[i] = true,
+                    _ => to_hash.push(i),
+                },
+                StatKind::Other => continue,
+                _ => same = same && old.is_some_and(|old| unchanged(old, e)),
+            }
+            listed += 1;
+        }
+        if same && to_hash.is_empty() && listed == self.cache.len() {
+            // Nothing changed: the last scan stands (a copy of its bytes).
+            self.unstable.clear();
+            self.events.push_back(SourceEvent::Scanned {
+                entries: self.cache.len() as u64,
+                hashed: 0,
+                unstable: 0,
+            });
+            return Ok(self.cache.clone());
+        }
+        let names: Vec<RelPath> = to_hash
+            .iter()
+            .map(|&i| walk.entries[i].path.clone())
+            .collect();
+        let hashed = store.hash_files(&names);
+        // Pass 2: the new manifest, in path order.
+        let mut b = PackedBuilder::new();
+        let mut c = self.cache.cursor();
+        let mut hashed = to_hash.iter().copied().zip(hashed);
+        let mut kept_old = false;
+        self.unstable.clear();
+        for (i, e) in walk.entries.iter().enumerate() {
             let st = e.stat;
+            let path = e.path.as_str();
             let local = LocalStat {
                 ctime_ns: st.ctime_ns,
                 ino: st.ino,
             };
             let kind = match st.kind {
                 StatKind::Dir => Kind::Dir,
-                StatKind::Symlink => match e.target {
+                StatKind::Symlink => match &e.target {
                     Some(t) if !t.is_empty() && t.len() <= crate::manifest::MAX_LINK_LEN => {
-                        Kind::Symlink { target: t }
+                        Kind::Symlink { target: t.clone() }
                     }
                     _ => continue,
                 },
-                StatKind::File => {
-                    if let Some(old) = self.cache.entries.get(&e.path)
-                        && generation::quick_match(old, &st)
-                    {
-                        items.push((e.path, old.clone()));
-                        continue;
+                StatKind::File if keep[i] => {
+                    if let Some(old) = c.seek(path) {
+                        b.push(path, old);
                     }
-                    to_hash.push(e.path);
-                    stats_of.push(st);
+                    continue;
+                }
+                StatKind::File => {
+                    match hashed.next() {
+                        Some((j, Ok(h)))
+                            if j == i
+                                && same_stat(&h.before, &h.after)
+                                && h.len == h.after.size =>
+                        {
+                            b.push(
+                                path,
+                                &Meta {
+                                    kind: Kind::File {
+                                        size: h.len,
+                                        hash: h.hash,
+                                    },
+                                    mode: h.after.mode,
+                                    mtime_ns: h.after.mtime_ns,
+                                    local: LocalStat {
+                                        ctime_ns: h.after.ctime_ns,
+                                        ino: h.after.ino,
+                                    },
+                                },
+                            );
+                        }
+                        _ => {
+                            self.unstable.push(e.path.clone());
+                            let confirmed = self.confirmed.as_ref().unwrap_or(&self.cache);
+                            if let Some(mut old) = confirmed.get(path) {
+                                old.local = LocalStat::default();
+                                b.push(path, &old);
+                                kept_old = true;
+                            }
+                        }
+                    }
                     continue;
                 }
                 StatKind::Other => continue,
             };
-            items.push((
-                e.path,
-                Meta {
+            b.push(
+                path,
+                &Meta {
                     kind,
                     mode: st.mode,
                     mtime_ns: st.mtime_ns,
                     local,
                 },
-            ));
+            );
         }
-        let hashed = store.hash_files(&to_hash);
-        let mut unstable = 0;
-        self.unstable.clear();
-        for (p, r) in to_hash.iter().zip(hashed) {
-            match r {
-                Ok(h) if same_stat(&h.before, &h.after) && h.len == h.after.size => {
-                    items.push((
-                        p.clone(),
-                        Meta {
-                            kind: Kind::File {
-                                size: h.len,
-                                hash: h.hash,
-                            },
-                            mode: h.after.mode,
-                            mtime_ns: h.after.mtime_ns,
-                            local: LocalStat {
-                                ctime_ns: h.after.ctime_ns,
-                                ino: h.after.ino,
-                            },
-                        },
-                    ));
-                }
-                _ => {
-                    unstable += 1;
-                    self.unstable.push(p.clone());
-                    let confirmed = self.confirmed.as_ref().unwrap_or(&self.cache);
-                    if let Some(old) = confirmed.entries.get(p) {
-                        let mut old = old.clone();
-                        old.local = LocalStat::default();
-                        items.push((p.clone(), old));
-                    }
-                }
-            }
-        }
-        let mut m = Manifest {
-            entries: items.into_iter().collect(),
-        };
-        // A kept old entry may sit under a path that is no longer a dir.
-        if m.check_shape().is_err() {
-            let bad: Vec<RelPath> = m
-                .entries
-                .keys()
-                .filter(|p| {
-                    p.parent().is_some_and(|pp| {
-                        RelPath::new(pp)
-                            .ok()
-                            .and_then(|pp| m.entries.get(&pp))
-                            .is_none_or(|e| e.kind != Kind::Dir)
-                    })
-                })
-                .cloned()
-                .collect();
-            for p in bad {
-                m.entries.remove(&p);
-            }
+        drop(walk);
+        let mut m = b.finish();
+        if kept_old {
+            m = reshaped(m);
         }
         self.stats.hashed += to_hash.len() as u64;
         self.events.push_back(SourceEvent::Scanned {
             entries: m.len() as u64,
             hashed: to_hash.len() as u64,
-            unstable,
+            unstable: self.unstable.len() as u64,
         });
         Ok(m)
     }
@@ -610,6 +649,14 @@ impl Source {
         store: &mut S,
         paths: &BTreeSet<RelPath>,
     ) -> Result<Manifest, StoreError> {
+        Ok(self.scan_paths_packed(store, paths)?.to_manifest())
+    }
+
+    fn scan_paths_packed<S: Storage + ?Sized>(
+        &mut self,
+        store: &mut S,
+        paths: &BTreeSet<RelPath>,
+    ) -> Result<Packed, StoreError> {
         let found = crate::hints::scan_hinted(store, &self.config.exclude, &self.cache, paths)?;
         let mut m = found.manifest;
         let names: Vec<RelPath> = found.to_hash.iter().map(|(p, _)| p.clone()).collect();
@@ -618,7 +665,7 @@ impl Source {
         for ((p, _), r) in found.to_hash.iter().zip(hashed) {
             match r {
                 Ok(h) if same_stat(&h.before, &h.after) && h.len == h.after.size => {
-                    m.entries.insert(
+                    m.insert(
                         p.clone(),
                         Meta {
                             kind: Kind::File {
@@ -637,29 +684,14 @@ impl Source {
                 _ => {
                     self.unstable.push(p.clone());
                     let confirmed = self.confirmed.as_ref().unwrap_or(&self.cache);
-                    if let Some(old) = confirmed.entries.get(p) {
-                        let mut old = old.clone();
+                    if let Some(mut old) = confirmed.get(p.as_str()) {
                         old.local = LocalStat::default();
-                        m.entries.insert(p.clone(), old);
+                        m.insert(p.clone(), old);
                     }
                 }
             }
         }
-        // A kept old entry may sit under a path that is no longer a dir.
-        if m.check_shape().is_err() {
-            let bad: Vec<RelPath> = m
-                .entries
-                .keys()
-                .filter(|p| {
-                    p.parent()
-                        .is_some_and(|pp| m.entries.get(pp).is_none_or(|e| e.kind != Kind::Dir))
-                })
-                .cloned()
-                .collect();
-            for p in bad {
-                m.entries.remove(&p);
-            }
-        }
+        let m = m.finish();
         self.stats.hashed += names.len() as u64;
         self.stats.hinted_paths += paths.len() as u64;
         self.events.push_back(SourceEvent::Scanned {
@@ -678,10 +710,10 @@ impl Source {
         now: Instant,
         wall_ns: i64,
         store: &mut S,
-    ) -> Result<(Manifest, i64), StoreError> {
+    ) -> Result<(Packed, i64), StoreError> {
         let h = &mut self.hints;
         if !h.watching {
-            return Ok((self.scan(store)?, wall_ns));
+            return Ok((self.scan_packed(store)?, wall_ns));
         }
         let full = h.full_due(now, self.config.full_scan_interval);
         let dirty = std::mem::take(&mut h.dirty);
@@ -699,11 +731,11 @@ impl Source {
             h.round_full = Some(h.blind_seq);
             h.last_full = Some(now);
             h.full_nudged = false;
-            self.scan(store)
+            self.scan_packed(store)
         } else {
             self.hints.round_full = None;
             self.stats.hinted_rounds += 1;
-            self.scan_paths(store, &paths)
+            self.scan_paths_packed(store, &paths)
         };
         let new = match new {
             Ok(m) => m,
@@ -766,7 +798,7 @@ impl Source {
                 self.out.clear();
                 let (new, taken_at_ns) = self.round_scan(now, time_ns(wall_now), store)?;
                 let new_digest = new.digest();
-                let empty = Manifest::default();
+                let empty = Packed::default();
                 let (base, full) = if digest == self.confirmed_digest {
                     (self.confirmed.as_ref().unwrap_or(&self.cache), false)
                 } else {
@@ -813,14 +845,14 @@ impl Source {
                 let Some(Meta {
                     kind: Kind::File { size, .. },
                     ..
-                }) = self.cache.entries.get(&path)
+                }) = self.cache.get(path.as_str())
                 else {
                     return Err(SessionError::UnknownFile { id });
                 };
                 self.jobs.push_back(Job {
                     id,
                     path,
-                    size: *size,
+                    size,
                     base,
                     pos: 0,
                     mode: Mode::Start,
@@ -1103,6 +1135,44 @@ impl Source {
         }
         Ok(h.finalize().as_bytes() == &base.hash)
     }
+}
+
+/// A directory or link entry of the last scan that the walk finds as it
+/// was (same kind, target, mode, times and inode).
+fn unchanged(old: &Meta, e: &crate::store::WalkEntry) -> bool {
+    let st = &e.stat;
+    let kind_same = match (&old.kind, st.kind) {
+        (Kind::Dir, StatKind::Dir) => true,
+        (Kind::Symlink { target }, StatKind::Symlink) => e.target.as_ref() == Some(target),
+        _ => false,
+    };
+    kind_same
+        && old.mode == st.mode
+        && old.mtime_ns == st.mtime_ns
+        && old.local.ctime_ns == st.ctime_ns
+        && old.local.ino == st.ino
+}
+
+/// `m` without the entries whose parent is missing or not a directory (a
+/// kept old entry may sit under a path that is no longer a directory).
+fn reshaped(m: Packed) -> Packed {
+    let mut mm = m.to_manifest();
+    if mm.check_shape().is_ok() {
+        return m;
+    }
+    let bad: Vec<RelPath> = mm
+        .entries
+        .keys()
+        .filter(|p| {
+            p.parent()
+                .is_some_and(|pp| mm.entries.get(pp).is_none_or(|e| e.kind != Kind::Dir))
+        })
+        .cloned()
+        .collect();
+    for p in bad {
+        mm.entries.remove(&p);
+    }
+    Packed::from_manifest(&mm)
 }
 
 fn same_stat(a: &crate::store::Stat, b: &crate::store::Stat) -> bool {
