@@ -8,6 +8,7 @@
 //! tree_round round <src> <dst>     # one round; prints timings, wire bytes, VmHWM
 //! tree_round big <file> <MiB>      # one large file of pseudo-random data
 //! tree_round edit-big <file>       # 64 KiB overwrite, 100-byte insert, 1 MiB append
+//! tree_round append-big <file>     # 1 MiB append alone
 //! tree_round walk <dir>            # walk and scan timings alone
 //! ```
 //!
@@ -161,14 +162,17 @@ fn round(src: &Path, dst: &Path) -> Result<(), Box<dyn std::error::Error>> {
             changed = c;
         }
     }
+    let stats = replica.stats();
     println!(
-        "open_s={:.3} round_s={:.3} total_s={:.3} wire_bytes={bytes} changed={changed} generation={} entries={} vmhwm_kib={}",
+        "open_s={:.3} round_s={:.3} total_s={:.3} wire_bytes={bytes} changed={changed} generation={} entries={} vmhwm_kib={} disk_bytes={} in_place={}",
         open.as_secs_f64(),
         round.as_secs_f64(),
         (open + round).as_secs_f64(),
         replica.generation().number,
         replica.manifest().len(),
         vm_hwm_kib(),
+        stats.disk_bytes,
+        stats.in_place,
     );
     let _ = Duration::ZERO;
     Ok(())
@@ -200,6 +204,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             d.extend((0..1 << 20).map(|_| r() as u8));
             std::fs::write(&args[2], d)?;
         }
+        Some("append-big") if args.len() == 3 => {
+            let mut r = rng(7);
+            let tail: Vec<u8> = (0..1 << 20).map(|_| r() as u8).collect();
+            let mut f = std::fs::OpenOptions::new().append(true).open(&args[2])?;
+            std::io::Write::write_all(&mut f, &tail)?;
+        }
         Some("walk") if args.len() == 3 => {
             use sync_delta::Storage;
             let mut s = FsStore::parallel(&args[2])?;
@@ -225,7 +235,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("round") if args.len() == 4 => round(Path::new(&args[2]), Path::new(&args[3]))?,
         _ => {
             eprintln!(
-                "usage: tree_round gen <dir> <files> | mutate <dir> <seed> | round <src> <dst>"
+                "usage: tree_round gen <dir> <files> | mutate <dir> <seed> | round <src> <dst> | big <file> <MiB> | edit-big <file> | append-big <file> | walk <dir>"
             );
             std::process::exit(2);
         }
