@@ -18,7 +18,11 @@
 # file data written (`disk_bytes`: staged plus in place) with the files it
 # patched in place (an older build without them prints "-").
 #
-# usage: [RUNS=n] [CASES=tree|big|tree,big] [TOOL=path] benches/scripts/sync_delta_tree.sh [--quick]
+# With CASES=sweep (or big,sweep), the large file instead gets a 100-byte
+# insert at each of SWEEP (percent of the file; default "30 45 55 70"):
+# where patching in place stops paying.
+#
+# usage: [RUNS=n] [CASES=tree|big|sweep|tree,big] [SWEEP="..."] [TOOL=path] benches/scripts/sync_delta_tree.sh [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -33,11 +37,11 @@ need() {
 need rsync rsync
 [[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
 
-# TOOL=path runs another build of tree_round (a before/after comparison).
-if [[ -z "${TOOL:-}" ]]; then
-    cargo build --release -q -p sync-delta --example tree_round
-    TOOL="$PWD/target/release/examples/tree_round"
-fi
+# TOOL=path runs the rounds with another build of tree_round (a
+# before/after comparison); the trees are made and edited by this one.
+cargo build --release -q -p sync-delta --example tree_round
+GEN="$PWD/target/release/examples/tree_round"
+TOOL=${TOOL:-$GEN}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sync-delta-tree.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
@@ -91,7 +95,7 @@ CASES=${CASES:-tree,big}
 if [[ "$CASES" == *tree* ]]; then
 echo "== tree: $FILES files, $RUNS runs, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 mkdir -p "$WORK/src" "$WORK/ours" "$WORK/rsync"
-"$TOOL" gen "$WORK/src" "$FILES"
+"$GEN" gen "$WORK/src" "$FILES"
 run_ours "$WORK/src" "$WORK/ours" >/dev/null     # initial copies
 run_rsync "$WORK/src" "$WORK/rsync" >/dev/null
 
@@ -103,7 +107,7 @@ collect "no-change round" "$WORK/nochange"
 
 : >"$WORK/mutated"
 for i in $(seq "$RUNS"); do
-    "$TOOL" mutate "$WORK/src" "$((100 + i))"
+    "$GEN" mutate "$WORK/src" "$((100 + i))"
     echo "$(run_ours "$WORK/src" "$WORK/ours") $(run_rsync "$WORK/src" "$WORK/rsync")" >>"$WORK/mutated"
 done
 collect "1% mod, 0.5% del, 20 ren" "$WORK/mutated"
@@ -114,20 +118,21 @@ echo "sync-delta replica differs from the source in $diffs entries"
 rm -rf "$WORK/src" "$WORK/ours" "$WORK/rsync"
 fi
 
-[[ "$CASES" == *big* ]] || exit 0
+[[ "$CASES" == *big* || "$CASES" == *sweep* ]] || exit 0
 echo "== one large file: $BIG_MIB MiB, $RUNS runs, load $(cut -d' ' -f1-3 /proc/loadavg)"
-# big_case LABEL EDIT: a fresh large file copied to both replicas, EDIT
-# applied to the source, then one timed round each.
+# big_case LABEL EDIT [ARG]: a fresh large file copied to both replicas,
+# `tree_round EDIT file [ARG]` applied to the source, then one timed round
+# each.
 big_case() {
-    local label=$1 edit=$2 f="$WORK/big-$2"
+    local label=$1 edit=$2 arg=${3:-} f="$WORK/big-$2-${3:-}"
     : >"$f"
     for _ in $(seq "$RUNS"); do
         rm -rf "$WORK/bsrc" "$WORK/bours" "$WORK/brsync"
         mkdir -p "$WORK/bsrc" "$WORK/bours" "$WORK/brsync"
-        "$TOOL" big "$WORK/bsrc/call.wav" "$BIG_MIB"
+        "$GEN" big "$WORK/bsrc/call.wav" "$BIG_MIB"
         run_ours "$WORK/bsrc" "$WORK/bours" >/dev/null
         run_rsync "$WORK/bsrc" "$WORK/brsync" >/dev/null
-        "$TOOL" "$edit" "$WORK/bsrc/call.wav"
+        "$GEN" "$edit" "$WORK/bsrc/call.wav" ${arg:+"$arg"}
         ours=$(run_ours "$WORK/bsrc" "$WORK/bours")
         theirs=$(run_rsync "$WORK/bsrc" "$WORK/brsync" --no-whole-file)
         echo "$ours $theirs $(cat "$WORK/disk_ours") $(cat "$WORK/disk_rsync") $(cat "$WORK/replica_ours")" >>"$f"
@@ -136,5 +141,13 @@ big_case() {
     collect "$label" "$f"
     echo "$label, bytes written to disk per round (median): sync-delta $(cut -d' ' -f8 "$f" | median) B (replica's disk_bytes $(cut -d' ' -f10 "$f" | sort | uniq | tr '\n' ' ')B, in place: $(cut -d' ' -f11 "$f" | sort | uniq | tr '\n' ' ')), rsync $(cut -d' ' -f9 "$f" | median) B, load $(cut -d' ' -f1-3 /proc/loadavg)"
 }
-big_case "large file, edited" edit-big
-big_case "large file, 1 MiB appended" append-big
+if [[ "$CASES" != *sweep* ]]; then
+    big_case "large file, edited" edit-big
+    big_case "large file, 1 MiB appended" append-big
+else
+    # Where in-place patching stops paying: a 100-byte insert at P % shifts
+    # the rest of the file (1 - P of it dirty).
+    for p in ${SWEEP:-30 45 55 70}; do
+        big_case "large file, insert at $p %" insert-big "$p"
+    done
+fi

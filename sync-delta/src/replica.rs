@@ -269,6 +269,12 @@ pub struct ReplicaStats {
 /// copy writes the new size once: half is where they cost the same.
 const IN_PLACE_MAX_DIRTY_DIV: u64 = 2;
 
+/// A dirty run this long (1/`SHIFT_RUN_DIV` of the new size, at least
+/// `SHIFT_RUN_MIN`) is taken for a shift that runs to the end of the file
+/// (see `make_room`).
+const SHIFT_RUN_DIV: u64 = 16;
+const SHIFT_RUN_MIN: u64 = 1 << 20;
+
 /// A fetch being staged as an in-place patch: the dirty ranges' new bytes
 /// go one after another into the record; unchanged ranges (copies from the
 /// same offset of the old copy) are hashed where they lie and not written.
@@ -1719,7 +1725,11 @@ fn stage_write<S: Storage + ?Sized>(
 /// Before `len` more dirty bytes of a fetch staged as a patch: past its
 /// limit, the patch turns into a whole staged copy (what was hashed so far
 /// copied from the old copy's unchanged ranges and the record's dirty
-/// ones), and the fetch goes on as a whole file.
+/// ones), and the fetch goes on as a whole file. So does it early on a
+/// long dirty run (a shift: an insert or a cut moves everything after it)
+/// that would pass the limit were the rest of the file dirty too: the
+/// bytes staged before the switch are written twice, and a shift found
+/// early costs little more than the whole copy.
 fn make_room<S: Storage + ?Sized>(
     store: &mut S,
     f: &mut Fetch,
@@ -1727,7 +1737,18 @@ fn make_room<S: Storage + ?Sized>(
     buf: &mut [u8],
     stats: &mut ReplicaStats,
 ) -> Result<(), SessionError> {
-    let Some(pt) = f.patch.take_if(|pt| pt.staged + len > pt.limit) else {
+    let (written, size) = (f.written, f.size);
+    let long_run = (size / SHIFT_RUN_DIV).max(SHIFT_RUN_MIN);
+    let Some(pt) = f.patch.take_if(|pt| {
+        let run = pt
+            .ranges
+            .last()
+            .filter(|r| r.0 + r.1 == written)
+            .map_or(0, |r| r.1)
+            + len;
+        let rest = size.saturating_sub(written + len);
+        pt.staged + len > pt.limit || (run >= long_run && pt.staged + len + rest > pt.limit)
+    }) else {
         return Ok(());
     };
     let Some((base, _)) = &f.base else {

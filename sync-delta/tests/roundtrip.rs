@@ -437,6 +437,30 @@ fn in_place_append_overwrite_and_shrink() {
     assert!(pair.dst.list_dir(".sync-delta/stage").unwrap().is_empty());
 }
 
+/// An insert early in a large file shifts most of it: the patch turns into
+/// a whole staged copy once the shifted run is long, so the round writes
+/// little more than the file once (not half of it staged as a patch, then
+/// the whole copy). Small edits every 256 KiB after the insert make the
+/// source send the shifted run in pieces.
+#[test]
+fn an_early_shift_is_staged_whole() {
+    const LEN: usize = 8 << 20;
+    let mut pair = big_pair(LEN);
+    let (n, disk) = in_place_round(
+        &mut pair,
+        |d| {
+            for at in (LEN / 10..LEN).step_by(256 << 10).skip(1) {
+                d[at] ^= 0xff;
+            }
+            drop(d.splice(LEN / 10..LEN / 10, [5u8; 100]));
+        },
+        20,
+    );
+    assert_eq!(n, 0);
+    let len = LEN as u64 + 100;
+    assert!(disk >= len && disk < len + len * 3 / 10, "disk {disk}");
+}
+
 /// A patch whose result does not verify (the old copy changed under the
 /// replica after it was planned) is not committed: the file keeps its old
 /// content this round and the next one fetches it.
