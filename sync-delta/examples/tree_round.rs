@@ -9,6 +9,8 @@
 //!                                  # (TREE_ROUND_THREADS=1: the store without threads)
 //! tree_round big <file> <MiB>      # one large file of pseudo-random data
 //! tree_round edit-big <file>       # 64 KiB overwrite, 100-byte insert, 1 MiB append
+//! tree_round append-big <file>     # 1 MiB append alone
+//! tree_round insert-big <file> <%>  # 100-byte insert at <%> of the file
 //! tree_round walk <dir>            # walk and scan timings alone
 //! ```
 //!
@@ -172,14 +174,17 @@ fn round(src: &Path, dst: &Path) -> Result<(), Box<dyn std::error::Error>> {
             changed = c;
         }
     }
+    let stats = replica.stats();
     println!(
-        "open_s={:.3} round_s={:.3} total_s={:.3} wire_bytes={bytes} changed={changed} generation={} entries={} vmhwm_kib={}",
+        "open_s={:.3} round_s={:.3} total_s={:.3} wire_bytes={bytes} changed={changed} generation={} entries={} vmhwm_kib={} disk_bytes={} in_place={}",
         open.as_secs_f64(),
         round.as_secs_f64(),
         (open + round).as_secs_f64(),
         replica.generation().number,
         replica.manifest().len(),
         vm_hwm_kib(),
+        stats.disk_bytes,
+        stats.in_place,
     );
     let _ = Duration::ZERO;
     Ok(())
@@ -211,6 +216,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             d.extend((0..1 << 20).map(|_| r() as u8));
             std::fs::write(&args[2], d)?;
         }
+        Some("append-big") if args.len() == 3 => {
+            let mut r = rng(7);
+            let tail: Vec<u8> = (0..1 << 20).map(|_| r() as u8).collect();
+            let mut f = std::fs::OpenOptions::new().append(true).open(&args[2])?;
+            std::io::Write::write_all(&mut f, &tail)?;
+        }
+        Some("insert-big") if args.len() == 4 => {
+            let percent: usize = args[3].parse()?;
+            let mut d = std::fs::read(&args[2])?;
+            let at = d.len() / 100 * percent.min(100);
+            let mut r = rng(8);
+            d.splice(at..at, (0..100).map(|_| r() as u8));
+            std::fs::write(&args[2], d)?;
+        }
         Some("walk") if args.len() == 3 => {
             use sync_delta::Storage;
             let mut s = FsStore::parallel(&args[2])?;
@@ -236,7 +255,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("round") if args.len() == 4 => round(Path::new(&args[2]), Path::new(&args[3]))?,
         _ => {
             eprintln!(
-                "usage: tree_round gen <dir> <files> | mutate <dir> <seed> | round <src> <dst>"
+                "usage: tree_round gen <dir> <files> | mutate <dir> <seed> | round <src> <dst> | big <file> <MiB> | edit-big <file> | append-big <file> | insert-big <file> <percent> | walk <dir>"
             );
             std::process::exit(2);
         }

@@ -24,6 +24,22 @@
 //! `journal` if there is one (roll forward) and empties `stage/` (roll
 //! back).
 //!
+//! A file whose new content keeps most of its old bytes at the same
+//! offsets (an append, an overwrite in place, a cut) is patched where it
+//! lies instead of being installed whole: its dirty ranges' new bytes are
+//! staged as a redo record (`stage/rN-pM`, fsynced before the commit
+//! record) and the journal's patch op names the ranges, the new length and
+//! the metadata ([`Patch`]). Before the commit record the live file is
+//! untouched; after it, the op writes the fixed bytes at their fixed
+//! offsets, sets the length and metadata and syncs the file, so replaying
+//! it after a crash in the middle gives the same file. The records are
+//! removed once the journal is. A journal whose patch ranges are
+//! unordered, overlapping or past the new length, whose stage name leaves
+//! `stage/`, or whose record is missing or short is refused
+//! ([`StoreError::Corrupt`]) before any op is applied. Journals of the
+//! previous release (no patch op) replay as before; the log keeps no
+//! patch ops.
+//!
 //! Local divergence (a Backup's tree that is not the generation its
 //! manifest records: a stray file or symlink where the round makes a
 //! directory, a tracked directory deleted or replaced by a file) is found
@@ -40,7 +56,7 @@ use crate::exclude::Exclude;
 use crate::manifest::{Kind, LocalStat, Manifest, Meta, decode_entry, encode_entry};
 use crate::packed::{Packed, PackedBuilder};
 use crate::path::{RelPath, STATE_DIR};
-use crate::store::{StatKind, Storage, read_all, write_atomic};
+use crate::store::{IO_CHUNK, StatKind, Storage, read_all, write_atomic};
 use crate::wire::{Reader, Writer};
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -76,6 +92,68 @@ pub(crate) enum JOp {
     Mkdir(RelPath, u32),
     Install(String, RelPath),
     SetMeta(RelPath, u32, i64),
+    /// A file patched where it lies (see [`Patch`]).
+    Patch(Box<Patch>),
+}
+
+/// A file patched where it lies, a redo record: the new bytes of its dirty
+/// ranges, staged one after another in `stage/<stage>` and fsynced before
+/// the commit record, are written at their offsets; then the length is
+/// set, the metadata written and the file synced. Fixed bytes at fixed
+/// offsets and a fixed length: applying it again after a crash in the
+/// middle gives the same file. The ranges are ordered, disjoint, not
+/// empty and inside `len` (checked when the record is read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Patch {
+    /// The staged record's name in `stage/`.
+    pub stage: String,
+    pub path: RelPath,
+    /// The new length.
+    pub len: u64,
+    /// `(offset, length)` of each dirty range, in order.
+    pub ranges: Vec<(u64, u64)>,
+    pub mode: u32,
+    pub mtime_ns: i64,
+}
+
+impl Patch {
+    /// Bytes the staged record holds: the ranges' total.
+    pub(crate) fn staged_bytes(&self) -> u64 {
+        self.ranges.iter().map(|r| r.1).sum()
+    }
+
+    /// Ranges ordered, disjoint, not empty, inside the new length; a
+    /// stage name that stays in `stage/`.
+    fn check(&self) -> Result<(), WireError> {
+        if !stage_name_ok(&self.stage) {
+            return Err(WireError::BadValue {
+                field: 24,
+                value: self.stage.len() as u64,
+            });
+        }
+        let mut end = 0u64;
+        for &(off, len) in &self.ranges {
+            if len == 0 || off < end {
+                return Err(WireError::BadValue {
+                    field: 25,
+                    value: off,
+                });
+            }
+            end = off
+                .checked_add(len)
+                .filter(|e| *e <= self.len)
+                .ok_or(WireError::BadValue {
+                    field: 26,
+                    value: off,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// A staged file's name: one component that stays in `stage/`.
+fn stage_name_ok(n: &str) -> bool {
+    !n.is_empty() && n != "." && n != ".." && !n.contains(['/', '\0'])
 }
 
 /// One generation's record: the journal before it is applied, a log
@@ -233,6 +311,19 @@ impl Delta {
                     w.u32(*mode);
                     w.i64(*mtime);
                 }
+                JOp::Patch(pt) => {
+                    w.u8(5);
+                    w.str16(&pt.stage);
+                    w.str16(pt.path.as_str());
+                    w.u64(pt.len);
+                    w.u32(pt.mode);
+                    w.i64(pt.mtime_ns);
+                    w.u64(pt.ranges.len() as u64);
+                    for &(off, len) in &pt.ranges {
+                        w.u64(off);
+                        w.u64(len);
+                    }
+                }
             }
         }
         w.u64(self.changes.len() as u64);
@@ -271,22 +362,52 @@ impl Delta {
         let path = |r: &mut Reader<'_>| -> Result<RelPath, WireError> {
             Ok(RelPath::from_bytes(r.bytes16()?)?)
         };
+        let stage = |r: &mut Reader<'_>| -> Result<String, WireError> {
+            std::str::from_utf8(r.bytes16()?)
+                .ok()
+                .filter(|n| stage_name_ok(n))
+                .map(str::to_owned)
+                .ok_or(WireError::BadValue {
+                    field: 20,
+                    value: 0,
+                })
+        };
         let mut ops = Vec::new();
         for _ in 0..n_ops {
             ops.push(match r.u8()? {
                 0 => JOp::Delete(path(&mut r)?),
                 1 => JOp::RemoveDir(path(&mut r)?),
                 2 => JOp::Mkdir(path(&mut r)?, r.u32()?),
-                3 => {
-                    let stage = String::from_utf8(r.bytes16()?.to_vec()).map_err(|_| {
-                        WireError::BadValue {
-                            field: 20,
-                            value: 0,
-                        }
-                    })?;
-                    JOp::Install(stage, path(&mut r)?)
-                }
+                3 => JOp::Install(stage(&mut r)?, path(&mut r)?),
                 4 => JOp::SetMeta(path(&mut r)?, r.u32()?, r.i64()?),
+                5 => {
+                    let stage = stage(&mut r)?;
+                    let path = path(&mut r)?;
+                    let len = r.u64()?;
+                    let mode = r.u32()?;
+                    let mtime_ns = r.i64()?;
+                    let n = r.u64()?;
+                    if n > body.len() as u64 / 16 {
+                        return Err(WireError::TooMany {
+                            count: n,
+                            max: body.len() as u64 / 16,
+                        });
+                    }
+                    let ranges =
+                        (0..n)
+                            .map(|_| Ok((r.u64()?, r.u64()?)))
+                            .collect::<Result<Vec<_>, WireError>>()?;
+                    let pt = Patch {
+                        stage,
+                        path,
+                        len,
+                        ranges,
+                        mode,
+                        mtime_ns,
+                    };
+                    pt.check()?;
+                    JOp::Patch(Box::new(pt))
+                }
                 v => {
                     return Err(WireError::BadValue {
                         field: 21,
@@ -319,6 +440,21 @@ impl Delta {
             });
         }
         r.end()?;
+        // A patch writes the length its record's manifest change says.
+        for op in &ops {
+            if let JOp::Patch(pt) = op {
+                let recorded = changes.iter().any(|(p, m)| {
+                    *p == pt.path
+                        && matches!(m, Some(Meta { kind: Kind::File { size, .. }, .. }) if *size == pt.len)
+                });
+                if !recorded {
+                    return Err(WireError::BadValue {
+                        field: 27,
+                        value: pt.len,
+                    });
+                }
+            }
+        }
         Ok(Self {
             base_id,
             seq,
@@ -620,16 +756,41 @@ fn mkdir_once<S: Storage + ?Sized>(s: &mut S, p: &str, mode: u32) -> Result<(), 
     }
 }
 
+/// What applying a record's ops did beside them.
+#[derive(Debug, Default)]
+struct Applied {
+    /// Directories made to clear an op's way.
+    created: Vec<String>,
+    /// Files a patch could not be applied to (not a regular file there
+    /// any more): their entries leave the manifest.
+    lost: Vec<String>,
+}
+
 /// Applies a committed record's ops (idempotent). An op the tree's shape
-/// blocks clears its way ([`clear_way`]) and is tried again; the
-/// directories it had to make are returned.
+/// blocks clears its way ([`clear_way`]) and is tried again. A patch's
+/// staged record must be there, whole, before anything is applied
+/// ([`StoreError::Corrupt`] otherwise: the journal and the stage
+/// disagree).
 fn apply_ops<S: Storage + ?Sized>(
     s: &mut S,
     rec: &Delta,
     aside: &mut Aside,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Applied, StoreError> {
+    for op in &rec.ops {
+        if let JOp::Patch(pt) = op {
+            match s.stat(&format!("{STAGE_DIR}/{}", pt.stage)) {
+                Ok(st) if st.kind == StatKind::File && st.size == pt.staged_bytes() => {}
+                Ok(_) | Err(StoreError::NotFound | StoreError::NotDir) => {
+                    return Err(StoreError::Corrupt);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
     let mut dirs = BTreeSet::new();
     let mut created = Vec::new();
+    let mut lost = Vec::new();
+    let mut buf = Vec::new();
     for op in &rec.ops {
         match op {
             JOp::Delete(p) => {
@@ -670,6 +831,24 @@ fn apply_ops<S: Storage + ?Sized>(
             JOp::SetMeta(p, mode, mtime) => {
                 ignore(s.set_meta(p.as_str(), *mode, *mtime), &SHAPE)?;
             }
+            JOp::Patch(pt) => {
+                let p = pt.path.as_str();
+                let r = match s.stat(p) {
+                    Ok(st) if st.kind == StatKind::File => apply_patch(s, pt, &mut buf),
+                    Ok(_) => {
+                        // A directory or symlink where the file was: moved
+                        // aside, never written through.
+                        aside.put(s, p)?;
+                        Err(StoreError::NotFound)
+                    }
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(()) => {}
+                    Err(e) if SHAPE.contains(&e) => lost.push(p.to_owned()),
+                    Err(e) => return Err(e),
+                }
+            }
         }
     }
     // The directories whose entries changed, all at once (minus those the
@@ -692,7 +871,41 @@ fn apply_ops<S: Storage + ?Sized>(
     }
     aside.finish(s)?;
     s.sync_dir(STAGE_DIR)?;
-    Ok(created)
+    Ok(Applied { created, lost })
+}
+
+/// Writes a patch's staged ranges at their offsets, sets the length and
+/// the metadata, and syncs the file.
+fn apply_patch<S: Storage + ?Sized>(
+    s: &mut S,
+    pt: &Patch,
+    buf: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    if buf.len() < IO_CHUNK {
+        buf.resize(IO_CHUNK, 0);
+    }
+    let from = format!("{STAGE_DIR}/{}", pt.stage);
+    let p = pt.path.as_str();
+    let mut at = 0u64;
+    for &(off, len) in &pt.ranges {
+        let mut done = 0u64;
+        while done < len {
+            let want = usize::try_from(len - done).map_or(IO_CHUNK, |w| w.min(IO_CHUNK));
+            let n = match s.read_at(&from, at + done, &mut buf[..want]) {
+                Ok(0) | Err(StoreError::NotFound) => return Err(StoreError::Corrupt),
+                Ok(n) => n,
+                Err(e) => return Err(e),
+            };
+            s.write_at(p, off + done, &buf[..n])?;
+            done += n as u64;
+        }
+        at += len;
+    }
+    if s.stat(p)?.size != pt.len {
+        s.set_len(p, pt.len)?;
+    }
+    s.set_meta(p, pt.mode, pt.mtime_ns)?;
+    s.sync_file(p)
 }
 
 /// After a record was applied with its way cleared: drops the manifest
@@ -847,7 +1060,22 @@ fn append_log<S: Storage + ?Sized>(
     p: &mut Persisted,
     rec: &Delta,
 ) -> Result<(), StoreError> {
-    let body = rec.encode();
+    // The log keeps manifest changes; a patch's ranges are of no use once
+    // applied, and an older build reading the log knows no patch op.
+    let body = if rec.ops.iter().any(|op| matches!(op, JOp::Patch(_))) {
+        Delta {
+            ops: rec
+                .ops
+                .iter()
+                .filter(|op| !matches!(op, JOp::Patch(_)))
+                .cloned()
+                .collect(),
+            ..rec.clone()
+        }
+        .encode()
+    } else {
+        rec.encode()
+    };
     let mut framed = Vec::with_capacity(body.len() + 4);
     framed.extend_from_slice(&(body.len() as u32).to_le_bytes());
     framed.extend_from_slice(&body);
@@ -948,15 +1176,27 @@ fn apply_settle<S: Storage + ?Sized>(
     rec: &Delta,
 ) -> Result<Repair, StoreError> {
     let mut aside = Aside::new(rec.generation);
-    let created = apply_ops(s, rec, &mut aside)?;
+    let Applied { created, lost } = apply_ops(s, rec, &mut aside)?;
     settle_record(s, p, rec, None)?;
+    // The patches' records, now that the journal that needs them is gone
+    // (a crash before this leaves them to the next open's roll-back).
+    for op in &rec.ops {
+        if let JOp::Patch(pt) = op {
+            ignore(
+                s.remove_file(&format!("{STAGE_DIR}/{}", pt.stage)),
+                &[StoreError::NotFound],
+            )?;
+        }
+    }
     let mut repair = Repair {
         folder: aside.name().map(str::to_owned),
         moved: aside.moved.len() as u64,
         dropped: 0,
     };
-    if !aside.moved.is_empty() || !created.is_empty() {
-        repair.dropped = reconcile(s, &mut p.manifest, &aside.moved, &created)?;
+    if !aside.moved.is_empty() || !created.is_empty() || !lost.is_empty() {
+        let mut moved = aside.moved.clone();
+        moved.extend(lost);
+        repair.dropped = reconcile(s, &mut p.manifest, &moved, &created)?;
         if repair.dropped > 0 {
             write_base(s, p)?;
         }
@@ -1484,5 +1724,217 @@ mod tests {
         let reloaded = recover(&mut s).unwrap().persisted;
         assert_eq!(reloaded.manifest, last.manifest);
         assert_eq!(reloaded.generation, 6);
+    }
+
+    /// A tree with one file `f` (generation 1) and a committed journal
+    /// patching it with `pt`, its record staged holding `staged`.
+    fn patched_tree<S: Storage>(s: &mut S, pt: Patch, staged: Option<&[u8]>) {
+        let mut p = recover(s).unwrap().persisted;
+        s.create("f").unwrap();
+        s.write_at("f", 0, &[1u8; 100]).unwrap();
+        s.sync_file("f").unwrap();
+        if let Some(b) = staged {
+            let st = format!("{STAGE_DIR}/{}", pt.stage);
+            s.create(&st).unwrap();
+            s.write_at(&st, 0, b).unwrap();
+            s.sync_file(&st).unwrap();
+        }
+        let meta = Meta {
+            kind: Kind::File {
+                size: pt.len,
+                hash: [0; 32],
+            },
+            ..file(1)
+        };
+        let rec = Delta {
+            base_id: p.base_id,
+            seq: p.seq + 1,
+            generation: 1,
+            taken_at_ns: 1,
+            changes: vec![(pt.path.clone(), Some(meta))],
+            ops: vec![JOp::Patch(Box::new(pt))],
+        };
+        p.seq = 0;
+        write_atomic(s, STATE_DIR, "journal", &rec.encode()).unwrap();
+    }
+
+    fn patch(stage: &str, len: u64, ranges: &[(u64, u64)]) -> Patch {
+        Patch {
+            stage: stage.to_owned(),
+            path: RelPath::new("f").unwrap(),
+            len,
+            ranges: ranges.to_vec(),
+            mode: 0o640,
+            mtime_ns: 7,
+        }
+    }
+
+    fn content(s: &mut MemStore, p: &str) -> Vec<u8> {
+        let mut b = vec![0u8; s.stat(p).unwrap().size as usize];
+        let n = s.read_at(p, 0, &mut b).unwrap();
+        b.truncate(n);
+        b
+    }
+
+    #[test]
+    fn a_patch_replays_to_the_same_file() {
+        let mut s = MemStore::new();
+        // Append 20 bytes, overwrite 10 at 40: 30 bytes staged.
+        let mut staged = vec![2u8; 10];
+        staged.extend_from_slice(&[3u8; 20]);
+        patched_tree(
+            &mut s,
+            patch("r1-p0", 120, &[(40, 10), (100, 20)]),
+            Some(&staged),
+        );
+        let mut want = vec![1u8; 100];
+        want[40..50].fill(2);
+        want.extend_from_slice(&[3u8; 20]);
+        // Applied twice (a crash after the writes, before the journal
+        // went): the same file.
+        let j = read_all(&mut s, JOURNAL, MAX_RECORD).unwrap();
+        let r = recover(&mut s).unwrap();
+        assert!(r.rolled_forward);
+        assert_eq!(content(&mut s, "f"), want);
+        write_atomic(&mut s, STATE_DIR, "journal", &j).unwrap();
+        assert!(s.list_dir(STAGE_DIR).unwrap().is_empty(), "record dropped");
+        // The record is gone now: the journal left behind is refused, and
+        // the file stays as it is.
+        assert_eq!(recover(&mut s).unwrap_err(), StoreError::Corrupt);
+        assert_eq!(content(&mut s, "f"), want);
+        // A cut: the length alone.
+        let mut s = MemStore::new();
+        patched_tree(&mut s, patch("r1-p0", 60, &[]), Some(&[]));
+        recover(&mut s).unwrap();
+        assert_eq!(content(&mut s, "f"), vec![1u8; 60]);
+        assert!(matches!(
+            s.nodes().get("f"),
+            Some(crate::mem::Node::File {
+                mode: 0o640,
+                mtime_ns: 7,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn hostile_patches_are_refused_before_anything_is_written() {
+        let cases: [(Patch, Option<&[u8]>); 6] = [
+            // past the new length
+            (patch("r1-p0", 100, &[(90, 20)]), Some(&[9u8; 20])),
+            // an offset that overflows
+            (patch("r1-p0", 100, &[(u64::MAX, 2)]), Some(&[9u8; 2])),
+            // overlapping, and out of order
+            (patch("r1-p0", 100, &[(10, 20), (20, 5)]), Some(&[9u8; 25])),
+            // an empty range
+            (patch("r1-p0", 100, &[(10, 0)]), Some(&[])),
+            // the staged record missing, and one shorter than its ranges
+            (patch("r1-p0", 100, &[(10, 5)]), None),
+            (patch("r1-p0", 100, &[(10, 5)]), Some(&[9u8; 4])),
+        ];
+        for (i, (pt, staged)) in cases.into_iter().enumerate() {
+            let mut s = MemStore::new();
+            patched_tree(&mut s, pt, staged);
+            assert_eq!(
+                recover(&mut s).unwrap_err(),
+                StoreError::Corrupt,
+                "case {i}"
+            );
+            assert_eq!(content(&mut s, "f"), vec![1u8; 100], "case {i}");
+        }
+        // A length that is not what the record's manifest change says.
+        let mut s = MemStore::new();
+        patched_tree(&mut s, patch("r1-p0", 100, &[]), Some(&[]));
+        let j = read_all(&mut s, JOURNAL, MAX_RECORD).unwrap();
+        let mut rec = Delta::decode(&j).unwrap();
+        if let JOp::Patch(pt) = &mut rec.ops[0] {
+            pt.len = 1 << 40;
+        }
+        write_atomic(&mut s, STATE_DIR, "journal", &rec.encode()).unwrap();
+        assert_eq!(recover(&mut s).unwrap_err(), StoreError::Corrupt);
+        assert_eq!(content(&mut s, "f"), vec![1u8; 100]);
+    }
+
+    /// On disk: a stage name that leaves `stage/` does not decode, and a
+    /// patch of a path that is now a symlink never writes through it.
+    #[test]
+    fn a_patch_never_writes_outside_the_tree() {
+        use crate::store::FsStore;
+        let dir = std::env::temp_dir().join(format!("sd-patch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let outside = dir.join("outside");
+        std::fs::write(&outside, [5u8; 100]).unwrap();
+        let mut s = FsStore::new(&root).unwrap();
+        // A stage name climbing out: refused when the journal is read.
+        patched_tree(&mut s, patch("../../outside", 100, &[(0, 10)]), None);
+        assert_eq!(recover(&mut s).unwrap_err(), StoreError::Corrupt);
+        assert_eq!(std::fs::read(&outside).unwrap(), vec![5u8; 100]);
+        std::fs::remove_file(root.join(".sync-delta/journal")).unwrap();
+        // The file replaced by a symlink to outside the tree before the
+        // journal is replayed: moved aside, the entry dropped.
+        patched_tree(&mut s, patch("r1-p0", 100, &[(0, 10)]), Some(&[7u8; 10]));
+        std::fs::remove_file(root.join("f")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("f")).unwrap();
+        let r = recover(&mut s).unwrap();
+        assert!(r.rolled_forward);
+        assert_eq!(r.repair.moved, 1);
+        assert_eq!(r.repair.dropped, 1);
+        assert!(!r.persisted.manifest.entries.contains_key("f"));
+        assert_eq!(std::fs::read(&outside).unwrap(), vec![5u8; 100]);
+        // The store refuses writing or cutting through a symlink itself.
+        std::os::unix::fs::symlink(&outside, root.join("g")).unwrap();
+        assert_eq!(s.write_at("g", 0, b"x"), Err(StoreError::SymlinkInPath));
+        assert_eq!(s.set_len("g", 0), Err(StoreError::SymlinkInPath));
+        assert_eq!(std::fs::read(&outside).unwrap(), vec![5u8; 100]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A journal written by the previous release (no patch op) replays.
+    #[test]
+    fn an_old_journal_replays() {
+        let mut s = MemStore::new();
+        let mut p = recover(&mut s).unwrap().persisted;
+        s.create(&format!("{STAGE_DIR}/r1-f0")).unwrap();
+        s.write_at(&format!("{STAGE_DIR}/r1-f0"), 0, b"new")
+            .unwrap();
+        s.sync_file(&format!("{STAGE_DIR}/r1-f0")).unwrap();
+        let f = RelPath::new("d/f").unwrap();
+        // The previous release's bytes for these ops: kinds 2, 3 and 4.
+        let rec = Delta {
+            base_id: p.base_id,
+            seq: p.seq + 1,
+            generation: 1,
+            taken_at_ns: 1,
+            ops: vec![
+                JOp::Mkdir(RelPath::new("d").unwrap(), 0o755),
+                JOp::Install("r1-f0".into(), f.clone()),
+                JOp::SetMeta(f.clone(), 0o600, 9),
+            ],
+            changes: vec![
+                (
+                    RelPath::new("d").unwrap(),
+                    Some(Meta {
+                        kind: Kind::Dir,
+                        ..file(0)
+                    }),
+                ),
+                (f, Some(file(3))),
+            ],
+        };
+        // The previous release's bytes for this record (its ops are kinds
+        // 2, 3 and 4, encoded as before).
+        let old = "534444310000000000000000010000000000000001000000000000000100000000000000030000000000000002010064ed01000003050072312d66300300642f66040300642f6680010000090000000000000002000000000000000001006401a4010000000000000000000000000000000000000000000000000000000300642f6600a4010000030000000000000001000000000000000303030303030303030303030303030303030303030303030303030303030303000000000000000000000000000000000ba7db3d";
+        let b: Vec<u8> = (0..old.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&old[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(Delta::decode(&b).unwrap(), rec);
+        assert_eq!(rec.encode(), b);
+        write_atomic(&mut s, STATE_DIR, "journal", &b).unwrap();
+        p = recover(&mut s).unwrap().persisted;
+        assert_eq!(p.generation, 1);
+        assert_eq!(content(&mut s, "d/f"), b"new");
     }
 }

@@ -5,11 +5,11 @@ use crate::chunk::ChunkParams;
 use crate::delta::{MAX_SIG_CHUNKS, Op, SignatureBuilder};
 use crate::error::{Refusal, SessionError, StoreError};
 use crate::exclude::Exclude;
-use crate::generation::{self, Delta, JOp, Persisted, Role, STAGE_DIR, StateFile};
+use crate::generation::{self, Delta, JOp, Patch, Persisted, Role, STAGE_DIR, StateFile};
 use crate::guard::{self, Window};
 use crate::manifest::{Change, Hash, Kind, Manifest, Meta};
 use crate::path::RelPath;
-use crate::store::{IO_CHUNK, Storage};
+use crate::store::{IO_CHUNK, StatKind, Storage};
 use crate::wire::{AbandonReason, Base, DataStatus, Message};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
@@ -251,6 +251,40 @@ pub struct ReplicaStats {
     /// Times the source said its tree changed (a round started at once,
     /// or right after the one in progress, when rounds run).
     pub nudged: u64,
+    /// Bytes of file data written to disk: staged files (fetched whole or
+    /// by a delta, copied locally), the records of files patched in place,
+    /// and the in-place writes of those patches when their round commits.
+    /// State files (journal, manifest log) are not counted. Compare with
+    /// [`ReplicaStats::literal_bytes`] (what came over the wire).
+    pub disk_bytes: u64,
+    /// Files patched in place (see [`ReplicaStats::disk_bytes`]): their
+    /// changed ranges were staged and written where they lie, instead of
+    /// a whole new copy.
+    pub in_place: u64,
+}
+
+/// A file patched in place may change at most this share of its new size
+/// (1/`IN_PLACE_MAX_DIRTY_DIV`); past it, the whole new file is staged. A
+/// patch writes its dirty bytes twice (the record, then in place), a whole
+/// copy writes the new size once: half is where they cost the same.
+const IN_PLACE_MAX_DIRTY_DIV: u64 = 2;
+
+/// A dirty run this long (1/`SHIFT_RUN_DIV` of the new size, at least
+/// `SHIFT_RUN_MIN`) is taken for a shift that runs to the end of the file
+/// (see `make_room`).
+const SHIFT_RUN_DIV: u64 = 16;
+const SHIFT_RUN_MIN: u64 = 1 << 20;
+
+/// A fetch being staged as an in-place patch: the dirty ranges' new bytes
+/// go one after another into the record; unchanged ranges (copies from the
+/// same offset of the old copy) are hashed where they lie and not written.
+struct PatchState {
+    /// `(offset, length)` of the dirty ranges so far, in order.
+    ranges: Vec<(u64, u64)>,
+    /// Bytes in the record.
+    staged: u64,
+    /// Most dirty bytes before the fetch turns into a whole staged copy.
+    limit: u64,
 }
 
 struct Fetch {
@@ -261,6 +295,8 @@ struct Fetch {
     stage: String,
     written: u64,
     hasher: Option<Box<blake3::Hasher>>,
+    /// Staged as an in-place patch (`stage` is then the record).
+    patch: Option<PatchState>,
 }
 
 enum Phase {
@@ -278,6 +314,8 @@ struct Round {
     new: Manifest,
     fetches: BTreeMap<u32, Fetch>,
     staged: HashMap<RelPath, String>,
+    /// Files verified and staged as in-place patches.
+    patched: HashMap<RelPath, Patch>,
     fetched: u64,
     copied: u64,
     deadline: Instant,
@@ -621,6 +659,7 @@ impl Replica {
                 new: Manifest::default(),
                 fetches: BTreeMap::new(),
                 staged: HashMap::new(),
+                patched: HashMap::new(),
                 fetched: 0,
                 copied: 0,
                 deadline: now + self.config.idle_timeout,
@@ -992,6 +1031,7 @@ impl Replica {
                     *size,
                     hash,
                     &mut self.buf,
+                    &mut self.stats.disk_bytes,
                 )?
             {
                 store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
@@ -1008,7 +1048,26 @@ impl Replica {
                 }
                 _ => None,
             };
-            store.create(&stage_path)?;
+            // In place when the old copy is where, and as, this replica
+            // wrote it (size and mtime as its manifest records); a local
+            // change takes the whole-file path. The result is verified
+            // whole either way.
+            let patch = match (&base, o) {
+                (Some(b), Some(om)) if live_as_recorded(store, p.as_str(), b.size, om)? => {
+                    Some(PatchState {
+                        ranges: Vec::new(),
+                        staged: 0,
+                        limit: *size / IN_PLACE_MAX_DIRTY_DIV,
+                    })
+                }
+                _ => None,
+            };
+            let stage = if patch.is_some() {
+                format!("r{}-p{id}", round.seq)
+            } else {
+                stage
+            };
+            store.create(&format!("{STAGE_DIR}/{stage}"))?;
             round.planned += 1;
             round.planned_bytes += *size;
             round.fetches.insert(
@@ -1021,6 +1080,7 @@ impl Replica {
                     stage,
                     written: 0,
                     hasher: None,
+                    patch,
                 },
             );
             self.out.push_back(Message::Want {
@@ -1048,10 +1108,13 @@ impl Replica {
             .fetches
             .get_mut(&id)
             .ok_or(SessionError::UnknownFile { id })?;
-        let stage_path = format!("{STAGE_DIR}/{}", f.stage);
-        let hasher = f
+        if self.buf.len() < IO_CHUNK {
+            self.buf.resize(IO_CHUNK, 0);
+        }
+        let mut hasher = f
             .hasher
-            .get_or_insert_with(|| Box::new(blake3::Hasher::new()));
+            .take()
+            .unwrap_or_else(|| Box::new(blake3::Hasher::new()));
         for op in ops {
             match op {
                 Op::Literal(d) => {
@@ -1059,7 +1122,8 @@ impl Replica {
                     if f.written + len > f.size {
                         return Err(SessionError::BeyondSize { size: f.size });
                     }
-                    store.write_at(&stage_path, f.written, d)?;
+                    make_room(store, f, len, &mut self.buf, &mut self.stats)?;
+                    stage_write(store, f, d, &mut self.stats)?;
                     hasher.update(d);
                     f.written += len;
                     round.written += len;
@@ -1083,8 +1147,12 @@ impl Replica {
                     if f.written + len > f.size {
                         return Err(SessionError::BeyondSize { size: f.size });
                     }
-                    if self.buf.len() < IO_CHUNK {
-                        self.buf.resize(IO_CHUNK, 0);
+                    let base = base.clone();
+                    // A copy from the same offset leaves a patched file's
+                    // bytes where they lie: hashed, not written.
+                    let unchanged = f.patch.is_some() && *offset == f.written;
+                    if !unchanged {
+                        make_room(store, f, *len, &mut self.buf, &mut self.stats)?;
                     }
                     let mut at = *offset;
                     while at < end {
@@ -1098,7 +1166,9 @@ impl Replica {
                                 base_len: at,
                             });
                         }
-                        store.write_at(&stage_path, f.written, &self.buf[..n])?;
+                        if !unchanged {
+                            stage_write(store, f, &self.buf[..n], &mut self.stats)?;
+                        }
                         hasher.update(&self.buf[..n]);
                         f.written += n as u64;
                         round.written += n as u64;
@@ -1108,6 +1178,7 @@ impl Replica {
                 }
             }
         }
+        f.hasher = Some(hasher);
         Ok(())
     }
 
@@ -1136,7 +1207,21 @@ impl Replica {
             // source that lies): next round fetches this file whole.
             self.delta_failed.insert(f.path.clone());
         }
-        if ok {
+        if ok && let Some(pt) = f.patch {
+            // Mode and mtime come with the patch op (set after its writes).
+            round.patched.insert(
+                f.path.clone(),
+                Patch {
+                    stage: f.stage,
+                    path: f.path,
+                    len: f.size,
+                    ranges: pt.ranges,
+                    mode: 0,
+                    mtime_ns: 0,
+                },
+            );
+            round.fetched += 1;
+        } else if ok {
             let m = round.new.entries.get(&f.path).cloned();
             if let Some(m) = m {
                 let mask = if self.config.keep_special_bits {
@@ -1204,11 +1289,11 @@ impl Replica {
         if self.round.as_ref().is_none_or(|r| !r.fetches.is_empty()) {
             return Ok(());
         }
-        let Some(round) = self.round.take() else {
+        let Some(mut round) = self.round.take() else {
             return Ok(());
         };
         let old = &self.p.manifest;
-        let mut new = round.new;
+        let mut new = std::mem::take(&mut round.new);
         // Only the paths the round names can differ (all of them for a
         // full listing).
         let mut candidates: Vec<RelPath> = if round.full {
@@ -1247,8 +1332,18 @@ impl Replica {
                     )
                 })
                 .map(|(_, st)| format!("{STAGE_DIR}/{st}"))
+                .chain(
+                    round
+                        .patched
+                        .values()
+                        .map(|pt| format!("{STAGE_DIR}/{}", pt.stage)),
+                )
                 .collect();
             store.sync_files(&staged)?;
+            if !round.patched.is_empty() {
+                // The records' names too: the commit record needs them.
+                store.sync_dir(STAGE_DIR)?;
+            }
             // Local divergence where the round writes, before the commit
             // record: what is in the way moves aside; what the old manifest
             // records and the tree lacks (`gone`, and all under it) is
@@ -1281,6 +1376,8 @@ impl Replica {
                         .get(p)
                         .is_some_and(|m| m.kind != Kind::Dir && !round.staged.contains_key(p))
                     {
+                        // A patch needs its old copy, which the tree lost.
+                        round.patched.remove(p);
                         new.entries.remove(p);
                         divergence.dropped += 1;
                     }
@@ -1292,6 +1389,7 @@ impl Replica {
                 old,
                 &new,
                 &round.staged,
+                &round.patched,
                 &candidates,
                 &gone,
                 self.mode_mask(),
@@ -1316,6 +1414,14 @@ impl Replica {
                 ..Delta::default()
             };
             drop(new);
+            let patched: Vec<u64> = rec
+                .ops
+                .iter()
+                .filter_map(|op| match op {
+                    JOp::Patch(pt) => Some(pt.staged_bytes()),
+                    _ => None,
+                })
+                .collect();
             // The guard's window with this round, durable before the commit
             // record: a crash between the two leaves a record of a
             // generation the tree never reached, which reading drops.
@@ -1336,6 +1442,8 @@ impl Replica {
             // A local change racing the round is cleared from its way too.
             let raced = generation::commit(store, &mut self.p, rec)?;
             divergence.merge(raced);
+            self.stats.in_place += patched.len() as u64;
+            self.stats.disk_bytes += patched.iter().sum::<u64>();
             self.digest = self.p.manifest.digest();
             if let Some(mut w) = window {
                 w.settle(self.p.generation);
@@ -1462,6 +1570,7 @@ fn plan(
     old: &Manifest,
     new: &Manifest,
     staged: &HashMap<RelPath, String>,
+    patched: &HashMap<RelPath, Patch>,
     candidates: &[RelPath],
     gone: &BTreeSet<String>,
     mask: u32,
@@ -1526,6 +1635,15 @@ fn plan(
                     touched_dirs.insert(p.as_str().to_owned());
                 }
             }
+            Kind::File { .. } if patched.contains_key(p) && o.is_some() => {
+                if let Some(pt) = patched.get(p) {
+                    installs.push(JOp::Patch(Box::new(Patch {
+                        mode: n.mode & mask,
+                        mtime_ns: n.mtime_ns,
+                        ..pt.clone()
+                    })));
+                }
+            }
             Kind::File { .. } | Kind::Symlink { .. } => match staged.get(p) {
                 Some(stage) => installs.push(JOp::Install(stage.clone(), p.clone())),
                 None if !matches!(n.kind, Kind::Symlink { .. }) => {
@@ -1558,6 +1676,131 @@ fn plan(
     ops
 }
 
+/// Whether the old copy at `path` is a regular file of the size and mtime
+/// the manifest records for it (what this replica wrote): a patch may
+/// then be staged against it.
+fn live_as_recorded<S: Storage + ?Sized>(
+    store: &mut S,
+    path: &str,
+    size: u64,
+    old: &Meta,
+) -> Result<bool, StoreError> {
+    match store.stat(path) {
+        Ok(st) => Ok(st.kind == StatKind::File && st.size == size && st.mtime_ns == old.mtime_ns),
+        Err(
+            StoreError::NotFound
+            | StoreError::NotDir
+            | StoreError::IsDir
+            | StoreError::SymlinkInPath,
+        ) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the next `data` of a fetch at `f.written`: into its whole
+/// staged copy, or as a dirty range into its patch record.
+fn stage_write<S: Storage + ?Sized>(
+    store: &mut S,
+    f: &mut Fetch,
+    data: &[u8],
+    stats: &mut ReplicaStats,
+) -> Result<(), StoreError> {
+    let path = format!("{STAGE_DIR}/{}", f.stage);
+    let len = data.len() as u64;
+    match &mut f.patch {
+        Some(pt) => {
+            store.write_at(&path, pt.staged, data)?;
+            pt.staged += len;
+            match pt.ranges.last_mut() {
+                Some(last) if last.0 + last.1 == f.written => last.1 += len,
+                _ => pt.ranges.push((f.written, len)),
+            }
+        }
+        None => store.write_at(&path, f.written, data)?,
+    }
+    stats.disk_bytes += len;
+    Ok(())
+}
+
+/// Before `len` more dirty bytes of a fetch staged as a patch: past its
+/// limit, the patch turns into a whole staged copy (what was hashed so far
+/// copied from the old copy's unchanged ranges and the record's dirty
+/// ones), and the fetch goes on as a whole file. So does it early on a
+/// long dirty run (a shift: an insert or a cut moves everything after it)
+/// that would pass the limit were the rest of the file dirty too: the
+/// bytes staged before the switch are written twice, and a shift found
+/// early costs little more than the whole copy.
+fn make_room<S: Storage + ?Sized>(
+    store: &mut S,
+    f: &mut Fetch,
+    len: u64,
+    buf: &mut [u8],
+    stats: &mut ReplicaStats,
+) -> Result<(), SessionError> {
+    let (written, size) = (f.written, f.size);
+    let long_run = (size / SHIFT_RUN_DIV).max(SHIFT_RUN_MIN);
+    let Some(pt) = f.patch.take_if(|pt| {
+        let run = pt
+            .ranges
+            .last()
+            .filter(|r| r.0 + r.1 == written)
+            .map_or(0, |r| r.1)
+            + len;
+        let rest = size.saturating_sub(written + len);
+        pt.staged + len > pt.limit || (run >= long_run && pt.staged + len + rest > pt.limit)
+    }) else {
+        return Ok(());
+    };
+    let Some((base, _)) = &f.base else {
+        return Ok(());
+    };
+    let record = format!("{STAGE_DIR}/{}", f.stage);
+    let name = f.stage.replacen("-p", "-f", 1);
+    let whole = format!("{STAGE_DIR}/{name}");
+    store.create(&whole)?;
+    let mut pos = 0u64;
+    let mut in_record = 0u64;
+    for &(off, n) in &pt.ranges {
+        copy_range(store, base.as_str(), pos, &whole, pos, off - pos, buf)?;
+        copy_range(store, &record, in_record, &whole, off, n, buf)?;
+        pos = off + n;
+        in_record += n;
+    }
+    copy_range(store, base.as_str(), pos, &whole, pos, f.written - pos, buf)?;
+    stats.disk_bytes += f.written;
+    store.remove_file(&record)?;
+    f.stage = name;
+    Ok(())
+}
+
+/// Copies `len` bytes from `from` at `from_off` to `to` at `to_off`.
+fn copy_range<S: Storage + ?Sized>(
+    store: &mut S,
+    from: &str,
+    from_off: u64,
+    to: &str,
+    to_off: u64,
+    len: u64,
+    buf: &mut [u8],
+) -> Result<(), SessionError> {
+    let mut done = 0u64;
+    while done < len {
+        let want = usize::try_from(len - done).map_or(buf.len(), |w| w.min(buf.len()));
+        let n = store.read_at(from, from_off + done, &mut buf[..want])?;
+        if n == 0 {
+            // Shorter than what was read from it a moment ago.
+            return Err(SessionError::CopyOutOfRange {
+                offset: from_off,
+                len,
+                base_len: from_off + done,
+            });
+        }
+        store.write_at(to, to_off + done, &buf[..n])?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
 /// Copies a local file with the wanted content into the stage; false when
 /// it no longer has that content.
 fn copy_local<S: Storage + ?Sized>(
@@ -1567,6 +1810,7 @@ fn copy_local<S: Storage + ?Sized>(
     size: u64,
     hash: &Hash,
     buf: &mut Vec<u8>,
+    written: &mut u64,
 ) -> Result<bool, StoreError> {
     if buf.len() < IO_CHUNK {
         buf.resize(IO_CHUNK, 0);
@@ -1590,6 +1834,7 @@ fn copy_local<S: Storage + ?Sized>(
             break;
         }
         store.write_at(to, off, &buf[..n])?;
+        *written += n as u64;
         h.update(&buf[..n]);
         off += n as u64;
     }

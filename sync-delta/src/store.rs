@@ -114,11 +114,20 @@ pub trait Storage {
     /// A [`StoreError`].
     fn create(&mut self, path: &str) -> Result<(), StoreError>;
 
-    /// Writes at `offset`.
+    /// Writes at `offset` into an existing regular file (never through a
+    /// symlink).
     ///
     /// # Errors
     /// A [`StoreError`].
     fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError>;
+
+    /// Sets an existing regular file's length (never through a symlink):
+    /// cut at `len`, or extended with zeros to it. A replica patching a
+    /// file in place uses it when the new content is shorter.
+    ///
+    /// # Errors
+    /// A [`StoreError`].
+    fn set_len(&mut self, path: &str, len: u64) -> Result<(), StoreError>;
 
     /// Makes a file's data durable (`fsync`); on a directory, its entries.
     ///
@@ -318,6 +327,29 @@ impl FsStore {
     }
 }
 
+impl FsStore {
+    /// Opens an existing regular file for writing: a symlink at `path`
+    /// itself is refused, not followed (checked before opening and on the
+    /// handle after).
+    fn open_regular(&self, path: &str) -> Result<fs::File, StoreError> {
+        let p = self.checked(path)?;
+        let before = fs::symlink_metadata(&p)?;
+        if before.file_type().is_symlink() {
+            return Err(StoreError::SymlinkInPath);
+        }
+        if before.is_dir() {
+            return Err(StoreError::IsDir);
+        }
+        let f = fs::OpenOptions::new().write(true).open(&p)?;
+        let m = f.metadata()?;
+        if !m.is_file() || m.ino() != before.ino() || m.dev() != before.dev() {
+            // Swapped for something else between the two looks.
+            return Err(StoreError::SymlinkInPath);
+        }
+        Ok(f)
+    }
+}
+
 fn to_stat(m: &fs::Metadata) -> Stat {
     let ft = m.file_type();
     let kind = if ft.is_symlink() {
@@ -509,10 +541,12 @@ impl Storage for FsStore {
     }
 
     fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError> {
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .open(self.checked(path)?)?;
-        f.write_all_at(data, offset)?;
+        self.open_regular(path)?.write_all_at(data, offset)?;
+        Ok(())
+    }
+
+    fn set_len(&mut self, path: &str, len: u64) -> Result<(), StoreError> {
+        self.open_regular(path)?.set_len(len)?;
         Ok(())
     }
 

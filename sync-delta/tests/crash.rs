@@ -1,6 +1,7 @@
 //! Crash consistency: a fault at every mutating step of a round (an error,
 //! or a power-off that loses unsynced data) leaves the replica at exactly
-//! generation N or N+1, and the next round reaches N+1.
+//! generation N or N+1, and the next round reaches N+1; also for a round
+//! whose large files are patched where they lie.
 
 mod common;
 
@@ -67,16 +68,63 @@ fn scenario() -> (
     (src, pair.dst, n, n1)
 }
 
+/// Generation N with two large-ish files, then an append with an
+/// overwrite in one, a cut in the other, and a small file edited: the
+/// large ones go in place.
+fn in_place_scenario() -> (
+    MemStore,
+    MemStore,
+    BTreeMap<String, Norm>,
+    BTreeMap<String, Norm>,
+) {
+    let mut src = MemStore::new();
+    src.put_file("voice/big.wav", &noise(600_000, 11), 0o640, 10);
+    src.put_file("rec/long.wav", &noise(300_000, 12), 0o640, 10);
+    src.put_file("etc/pbx.conf", b"[general]\nport=5060\n", 0o644, 10);
+    let mut pair = Pair::with_config(src, MemStore::new(), SourceConfig::default(), rc());
+    pair.round().unwrap();
+    pair.assert_synced();
+    let n = norm(&pair.dst);
+    let mut src = pair.src;
+    let mut d = noise(600_000, 11);
+    d[200_000..202_000].fill(3);
+    d.extend_from_slice(&noise(50_000, 13));
+    src.put_file("voice/big.wav", &d, 0o600, 20);
+    let mut d = noise(300_000, 12);
+    d.truncate(250_000);
+    src.put_file("rec/long.wav", &d, 0o640, 21);
+    src.put_file("etc/pbx.conf", b"[general]\nport=5062\n", 0o644, 22);
+    let n1 = norm(&src);
+    (src, pair.dst, n, n1)
+}
+
+type Scenario = fn() -> (
+    MemStore,
+    MemStore,
+    BTreeMap<String, Norm>,
+    BTreeMap<String, Norm>,
+);
+
 fn check_fault(fault: Fault) {
+    check_fault_in(scenario, fault, 0);
+}
+
+/// A fault at every step of `scenario`'s round, whose clean run patches
+/// `in_place` files where they lie.
+fn check_fault_in(scenario: Scenario, fault: Fault, in_place: u64) {
     let (src, dst, n, n1) = scenario();
     // Count the steps of a clean round.
     let mut clean = Pair::with_config(src.clone(), dst.clone(), SourceConfig::default(), rc());
     let before = clean.dst.steps();
     clean.round().unwrap();
     assert_eq!(norm(&clean.dst), n1);
+    assert!(clean.replica.stats().in_place >= in_place);
     let total = clean.dst.steps() - before;
     assert!(total > 20, "only {total} steps");
     let (mut saw_n, mut saw_n1) = (false, false);
+    // A power cut in the middle of the in-place writes leaves a tree that
+    // is neither generation until it is opened again.
+    let mut finished_on_open = false;
     for k in 1..=total {
         let mut pair = Pair::with_config(src.clone(), dst.clone(), SourceConfig::default(), rc());
         let at = pair.dst.steps() + k;
@@ -89,8 +137,16 @@ fn check_fault(fault: Fault) {
         let mut dst_after = pair.dst;
         if fault == Fault::PowerOff {
             dst_after.reboot();
+            let mixed = norm(&dst_after) != n && norm(&dst_after) != n1;
             let now = std::time::Instant::now();
-            let (_r, _) = Replica::open(rc(), now, &mut dst_after).unwrap();
+            let (_r, report) = Replica::open(rc(), now, &mut dst_after).unwrap();
+            if mixed {
+                assert!(
+                    report.rolled_forward,
+                    "step {k}: a mixed tree rolls forward"
+                );
+                finished_on_open = true;
+            }
         }
         let got = norm(&dst_after);
         if got == n {
@@ -110,6 +166,9 @@ fn check_fault(fault: Fault) {
         );
     }
     assert!(saw_n && saw_n1, "both outcomes occur across the steps");
+    if in_place > 0 && fault == Fault::PowerOff {
+        assert!(finished_on_open, "some power cut fell within the patches");
+    }
 }
 
 trait StageEmpty {
@@ -131,6 +190,16 @@ fn power_off_at_every_step() {
 #[test]
 fn error_at_every_step() {
     check_fault(Fault::Error);
+}
+
+#[test]
+fn power_off_at_every_step_of_an_in_place_round() {
+    check_fault_in(in_place_scenario, Fault::PowerOff, 2);
+}
+
+#[test]
+fn error_at_every_step_of_an_in_place_round() {
+    check_fault_in(in_place_scenario, Fault::Error, 2);
 }
 
 #[test]

@@ -334,6 +334,9 @@ impl sync_delta::Storage for Racing {
     ) -> Result<(), sync_delta::StoreError> {
         self.inner.write_at(path, offset, data)
     }
+    fn set_len(&mut self, path: &str, len: u64) -> Result<(), sync_delta::StoreError> {
+        self.inner.set_len(path, len)
+    }
     fn sync_file(&mut self, path: &str) -> Result<(), sync_delta::StoreError> {
         self.inner.sync_file(path)
     }

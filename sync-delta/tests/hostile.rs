@@ -733,6 +733,9 @@ impl Storage for Bounded {
     fn write_at(&mut self, p: &str, off: u64, d: &[u8]) -> Result<(), sync_delta::StoreError> {
         self.inner.write_at(p, off, d)
     }
+    fn set_len(&mut self, p: &str, len: u64) -> Result<(), sync_delta::StoreError> {
+        self.inner.set_len(p, len)
+    }
     fn sync_file(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
         self.inner.sync_file(p)
     }

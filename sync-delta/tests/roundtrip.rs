@@ -6,7 +6,7 @@ mod common;
 use common::{Pair, noise, norm};
 use proptest::prelude::*;
 use sync_delta::mem::MemStore;
-use sync_delta::{Exclude, ReplicaConfig, ReplicaEvent, SourceConfig};
+use sync_delta::{Exclude, ReplicaConfig, ReplicaEvent, SourceConfig, Storage};
 
 #[derive(Debug, Clone)]
 enum Edit {
@@ -370,4 +370,140 @@ fn committed_event_counts_deletions_and_renames() {
     pair.events.clear();
     pair.round().unwrap();
     assert_eq!(pair.events.iter().rev().find_map(committed), Some((0, 0)));
+}
+
+/// One round after `edit` of the big file: the replica equals the source,
+/// and the round's in-place files and bytes written to disk.
+fn in_place_round(pair: &mut Pair, edit: impl FnOnce(&mut Vec<u8>), mtime: i64) -> (u64, u64) {
+    let mut d = common::read(&mut pair.src, "rec/call.wav");
+    edit(&mut d);
+    pair.src.put_file("rec/call.wav", &d, 0o600, mtime);
+    let before = pair.replica.stats();
+    pair.round().unwrap();
+    pair.assert_synced();
+    let after = pair.replica.stats();
+    assert_eq!(after.fetched - before.fetched, 1);
+    (
+        after.in_place - before.in_place,
+        after.disk_bytes - before.disk_bytes,
+    )
+}
+
+#[test]
+fn in_place_append_overwrite_and_shrink() {
+    const LEN: usize = 1 << 20;
+    let mut pair = big_pair(LEN);
+    // Append: only the tail is staged, then written in place.
+    let (n, disk) = in_place_round(&mut pair, |d| d.extend_from_slice(&noise(40_000, 2)), 20);
+    assert_eq!(n, 1);
+    assert_eq!(disk, 2 * 40_000, "the tail staged, then written in place");
+    // Overwrite in the middle: the chunks around it.
+    let (n, disk) = in_place_round(&mut pair, |d| d[500_000..504_000].fill(7), 21);
+    assert_eq!(n, 1);
+    assert!(disk > 2 * 4_000 && disk < LEN as u64 / 4, "disk {disk}");
+    // Both at once.
+    let (n, disk) = in_place_round(
+        &mut pair,
+        |d| {
+            d[10_000..10_100].fill(9);
+            d.extend_from_slice(&noise(10_000, 3));
+        },
+        22,
+    );
+    assert_eq!(n, 1);
+    assert!(disk < LEN as u64 / 4, "disk {disk}");
+    // Shrink: the head stays where it is, the file is cut.
+    let (n, disk) = in_place_round(&mut pair, |d| d.truncate(700_000), 23);
+    assert_eq!(n, 1);
+    assert!(disk < 200_000, "disk {disk}");
+    // An insert near the start shifts nearly everything: staged whole.
+    let (n, disk) = in_place_round(&mut pair, |d| drop(d.splice(1_000..1_000, [5u8; 10])), 24);
+    assert_eq!(n, 0);
+    // The whole file once, and the bytes staged as a patch before the
+    // shift showed (copied into the whole copy).
+    assert!((700_010..750_000).contains(&disk), "disk {disk}");
+    // Only the chunk at the end changes, in a file a local change touched
+    // (its mtime no longer what the replica wrote): staged whole.
+    let mtime = |s: &MemStore| match s.nodes().get("rec/call.wav") {
+        Some(sync_delta::mem::Node::File { mtime_ns, .. }) => *mtime_ns,
+        _ => unreachable!(),
+    };
+    let was = mtime(&pair.dst);
+    let data = common::read(&mut pair.dst, "rec/call.wav");
+    pair.dst.put_file("rec/call.wav", &data, 0o600, was + 1);
+    pair.dst.sync_all();
+    let (n, _) = in_place_round(&mut pair, |d| d.extend_from_slice(b"tail"), 25);
+    assert_eq!(n, 0, "a local change takes the whole-file path");
+    assert!(pair.dst.list_dir(".sync-delta/stage").unwrap().is_empty());
+}
+
+/// An insert early in a large file shifts most of it: the patch turns into
+/// a whole staged copy once the shifted run is long, so the round writes
+/// little more than the file once (not half of it staged as a patch, then
+/// the whole copy). Small edits every 256 KiB after the insert make the
+/// source send the shifted run in pieces.
+#[test]
+fn an_early_shift_is_staged_whole() {
+    const LEN: usize = 8 << 20;
+    let mut pair = big_pair(LEN);
+    let (n, disk) = in_place_round(
+        &mut pair,
+        |d| {
+            for at in (LEN / 10..LEN).step_by(256 << 10).skip(1) {
+                d[at] ^= 0xff;
+            }
+            drop(d.splice(LEN / 10..LEN / 10, [5u8; 100]));
+        },
+        20,
+    );
+    assert_eq!(n, 0);
+    let len = LEN as u64 + 100;
+    assert!(disk >= len && disk < len + len * 3 / 10, "disk {disk}");
+}
+
+/// A patch whose result does not verify (the old copy changed under the
+/// replica after it was planned) is not committed: the file keeps its old
+/// content this round and the next one fetches it.
+#[test]
+fn an_unverified_patch_is_skipped() {
+    let mut pair = big_pair(300_000);
+    // The replica's old copy changes in place between its signature and
+    // the data (same size and mtime as recorded at planning: the whole
+    // result's hash catches it).
+    let mut d = common::read(&mut pair.src, "rec/call.wav");
+    d.extend_from_slice(&noise(5_000, 5));
+    pair.src.put_file("rec/call.wav", &d, 0o640, 20);
+    pair.now += std::time::Duration::from_secs(61);
+    pair.replica.handle_timeout(pair.now);
+    let mut dst_meddled = false;
+    // Deliver the request and manifest, let the replica plan, then
+    // meddle with its old copy before the data arrives.
+    while let Some(m) = pair.replica.poll_transmit() {
+        pair.source
+            .handle_message(pair.now, pair.wall, m, &mut pair.src)
+            .unwrap();
+    }
+    while let Some(m) = pair.source.poll_transmit(&mut pair.src) {
+        if matches!(m, sync_delta::Message::Data { .. }) && !dst_meddled {
+            pair.dst
+                .write_at("rec/call.wav", 1_000, &[0xAA; 16])
+                .unwrap();
+            dst_meddled = true;
+        }
+        pair.replica
+            .handle_message(pair.now, m, &mut pair.dst)
+            .unwrap();
+        while let Some(m) = pair.replica.poll_transmit() {
+            pair.source
+                .handle_message(pair.now, pair.wall, m, &mut pair.src)
+                .unwrap();
+        }
+    }
+    assert!(dst_meddled);
+    let stats = pair.replica.stats();
+    assert_eq!(stats.skipped, 1, "the patch did not verify");
+    assert!(pair.dst.list_dir(".sync-delta/stage").unwrap().is_empty());
+    // The next round fetches it whole and the replica is the source again.
+    pair.round().unwrap();
+    pair.assert_synced();
 }
