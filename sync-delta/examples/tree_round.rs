@@ -11,7 +11,7 @@
 //! tree_round edit-big <file>       # 64 KiB overwrite, 100-byte insert, 1 MiB append
 //! tree_round append-big <file>     # 1 MiB append alone
 //! tree_round insert-big <file> <%>  # 100-byte insert at <%> of the file
-//! tree_round walk <dir>            # walk and scan timings alone
+//! tree_round walk <dir>            # walk and scan timings alone, the manifest's bytes an entry
 //! ```
 //!
 //! The round carries every message through a real encrypted
@@ -237,6 +237,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let w = s.walk(&sync_delta::Exclude::none())?;
             let walk = t.elapsed();
             let mut src = Source::open(SourceConfig::default(), t, &mut s)?;
+            let (bytes, entries) = src.manifest_memory();
+            println!(
+                "source manifest as opened: {entries} entries, {bytes} B ({:.1} B an entry)",
+                bytes as f64 / entries.max(1) as f64
+            );
             let t = Instant::now();
             let m = src.scan(&mut s)?;
             let scan = t.elapsed();
