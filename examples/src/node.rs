@@ -1547,7 +1547,7 @@ pub async fn run(
             }
         })?);
     }
-    let peers: Vec<IpAddr> = match vrrp_cfg.transport {
+    let mut peers: Vec<IpAddr> = match vrrp_cfg.transport {
         Transport::Raw => vrrp_cfg.unicast_peers.clone(),
         Transport::Udp => vrrp_cfg
             .udp_peers
@@ -1555,6 +1555,10 @@ pub async fn run(
             .map(std::net::SocketAddr::ip)
             .collect(),
     };
+    // One message per address: UDP peers that share an address (ports
+    // apart) each get it from the socket.
+    let mut seen = std::collections::HashSet::new();
+    peers.retain(|p| seen.insert(*p));
     for p in &peers {
         b = b.peer(*p);
     }

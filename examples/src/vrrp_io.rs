@@ -171,7 +171,11 @@ impl VrrpSocket {
 
     /// Sends one advertisement. `bytes` is a whole datagram for the raw IPv4
     /// transport and a bare message otherwise; `dst` is where the state
-    /// machine sends it (the UDP transport sends to its configured peers).
+    /// machine sends it. The UDP transport sends it to the configured peers
+    /// at that address: the state machine makes one message per peer
+    /// address, its checksum over that destination, so each peer gets its
+    /// own once (to all peers when `dst` is none of theirs, a multicast
+    /// group).
     ///
     /// # Errors
     /// What the OS said.
@@ -181,7 +185,8 @@ impl VrrpSocket {
                 .send_to(bytes, &SockAddr::from(SocketAddr::new(dst, 0)))
                 .map(drop),
             VrrpSocket::Udp { socket, peers, .. } => {
-                for p in peers {
+                let addressed = peers.iter().any(|p| p.ip() == dst);
+                for p in peers.iter().filter(|p| !addressed || p.ip() == dst) {
                     socket.send_to(bytes, &SockAddr::from(*p))?;
                 }
                 Ok(())
@@ -232,4 +237,52 @@ fn recv_v6(s: &Socket, buf: &mut [u8], dst: IpAddr) -> io::Result<Received> {
         off += (len + 7) & !7;
     }
     Ok(Received::Message(n, RecvMeta { src, dst, ttl }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    fn peer(ip: [u8; 4]) -> UdpSocket {
+        let s = UdpSocket::bind((Ipv4Addr::from(ip), 0)).expect("bind on loopback");
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        s
+    }
+
+    fn count(s: &UdpSocket) -> usize {
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        while s.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    }
+
+    /// The state machine makes one message per peer address (the checksum
+    /// covers the destination): each UDP peer gets the one made for it,
+    /// once, never the others'. Two peers sharing an address both get it.
+    #[test]
+    fn a_udp_peer_gets_only_the_message_addressed_to_it() {
+        let a = peer([127, 0, 0, 2]);
+        let a2 = peer([127, 0, 0, 2]);
+        let b = peer([127, 0, 0, 5]);
+        let addr = |s: &UdpSocket| s.local_addr().expect("address");
+        let sock = VrrpSocket::udp(
+            "127.0.0.3:0".parse().expect("address"),
+            vec![addr(&a), addr(&a2), addr(&b)],
+        )
+        .expect("udp transport");
+        sock.send(b"for a", IpAddr::from([127, 0, 0, 2]))
+            .expect("send");
+        sock.send(b"for b", IpAddr::from([127, 0, 0, 5]))
+            .expect("send");
+        assert_eq!((count(&a), count(&a2), count(&b)), (1, 1, 1));
+        // A destination that is no peer's (a group) goes to every peer.
+        sock.send(b"group", IpAddr::from([224, 0, 0, 18]))
+            .expect("send");
+        assert_eq!((count(&a), count(&a2), count(&b)), (1, 1, 1));
+    }
 }

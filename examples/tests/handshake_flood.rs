@@ -409,22 +409,54 @@ fn a_connection_flood_leaves_the_master_its_memory_its_timing_and_its_peer() {
     );
     assert!(grew_kib <= 16 * 1024, "RSS grew {grew_kib} KiB");
 
-    // The advertisements went on, never more than interval + 10 ms apart.
+    // The advertisements went on at their interval. The median gap is the
+    // interval (within 2 ms): the flood did not slow the Master's beat.
+    // No single gap passes interval + 25 ms, a quarter of what the Backup
+    // tolerates before it takes over (3 intervals and the skew time). The
+    // margin is the kernel's, not ours: on a loaded two-vCPU machine without
+    // kernel preemption, a SCHED_FIFO thread woken by a socket event from
+    // the other CPU was measured waiting up to 9 ms for the next tick.
     let window_s = flood_time.as_secs();
     assert!(
         adverts.len() as u64 >= window_s * 1000 / INTERVAL_MS,
         "{} advertisements in {flood_time:?}",
         adverts.len()
     );
-    let worst = adverts.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    let in_order: Vec<u64> = adverts.windows(2).map(|w| w[1] - w[0]).collect();
+    let shown: Vec<String> = in_order
+        .iter()
+        .map(|g| format!("{:.1}", *g as f64 / 1000.0))
+        .collect();
+    let mut gaps = in_order.clone();
+    gaps.sort_unstable();
+    let worst = gaps.last().copied().unwrap_or(0);
+    let median = gaps.get(gaps.len() / 2).copied().unwrap_or(0);
+    let over_10 = gaps
+        .iter()
+        .filter(|&&g| g > (INTERVAL_MS + 10) * 1000)
+        .count();
     eprintln!(
-        "{} advertisements, widest gap {:.1} ms",
+        "{} advertisements, median gap {:.1} ms, widest {:.1} ms, {over_10} past interval + 10 ms",
         adverts.len(),
+        median as f64 / 1000.0,
         worst as f64 / 1000.0
     );
+    // One copy of each: the Master makes one message per peer address.
     assert!(
-        worst <= (INTERVAL_MS + 10) * 1000,
-        "an advertisement gap of {worst} µs"
+        gaps[0] >= INTERVAL_MS * 1000 / 2,
+        "two advertisements {} µs apart (a copy?); the gaps (ms): {}",
+        gaps[0],
+        shown.join(" ")
+    );
+    assert!(
+        median.abs_diff(INTERVAL_MS * 1000) <= 2000,
+        "a median advertisement gap of {median} µs; the gaps (ms): {}",
+        shown.join(" ")
+    );
+    assert!(
+        worst <= (INTERVAL_MS + 25) * 1000,
+        "an advertisement gap of {worst} µs; the gaps (ms): {}",
+        shown.join(" ")
     );
 
     // The log stayed short: failures a line a second per address, and a
