@@ -53,7 +53,7 @@
 
 use crate::error::{StoreError, WireError};
 use crate::exclude::Exclude;
-use crate::manifest::{Kind, LocalStat, Manifest, Meta, decode_entry, encode_entry};
+use crate::manifest::{Kind, LocalStat, Manifest, Meta, View, decode_entry, encode_entry};
 use crate::packed::{Packed, PackedBuilder};
 use crate::path::{RelPath, STATE_DIR};
 use crate::store::{IO_CHUNK, StatKind, Storage, read_all, write_atomic};
@@ -993,7 +993,7 @@ pub(crate) fn stat_kind(k: &Kind) -> StatKind {
 pub(crate) fn prepare<'a, S: Storage + ?Sized>(
     s: &mut S,
     old: &Manifest,
-    new: &Manifest,
+    new: View<'_>,
     changed: impl Iterator<Item = &'a RelPath>,
     aside: &mut Aside,
 ) -> Result<BTreeSet<String>, StoreError> {
@@ -1010,7 +1010,7 @@ pub(crate) fn prepare<'a, S: Storage + ?Sized>(
             continue;
         }
         let expected = old.entries.get(q).map(|m| stat_kind(&m.kind));
-        let wanted = new.entries.get(q).map(|m| stat_kind(&m.kind));
+        let wanted = new.get(q).map(|m| stat_kind(&m.kind));
         let actual = match s.stat(q) {
             Ok(st) => Some(st.kind),
             Err(StoreError::NotFound | StoreError::NotDir) => None,

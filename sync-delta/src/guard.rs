@@ -19,7 +19,7 @@
 
 use crate::error::{StoreError, WireError};
 use crate::generation::{split_crc, with_crc};
-use crate::manifest::{Hash, Kind, Manifest};
+use crate::manifest::{Hash, Kind, Manifest, View};
 use crate::path::{RelPath, STATE_DIR};
 use crate::store::{Storage, read_all, write_atomic};
 use crate::wire::{Reader, Writer};
@@ -210,7 +210,7 @@ fn duration_ns(d: Duration) -> i64 {
 /// a move, a copy) or at that path unchanged.
 pub(crate) fn content_loss<'a>(
     old: &Manifest,
-    new: &Manifest,
+    new: View<'_>,
     candidates: impl Iterator<Item = &'a RelPath>,
 ) -> u64 {
     let mut lost: HashMap<&Hash, u64> = HashMap::new();
@@ -218,7 +218,7 @@ pub(crate) fn content_loss<'a>(
         let Some(Kind::File { size, hash }) = old.entries.get(p).map(|m| &m.kind) else {
             continue;
         };
-        let shrink = match new.entries.get(p).map(|m| &m.kind) {
+        let shrink = match new.get(p.as_str()).map(|m| &m.kind) {
             Some(Kind::File { hash: h, .. }) if h == hash => 0,
             Some(Kind::File { size: now, .. }) => size.saturating_sub(*now),
             _ => *size,
@@ -232,7 +232,7 @@ pub(crate) fn content_loss<'a>(
         return 0;
     }
     // Content the new generation still holds is no loss.
-    for m in new.entries.values() {
+    for (_, m) in new.iter() {
         if let Some(h) = m.file_hash() {
             lost.remove(h);
             if lost.is_empty() {
@@ -280,7 +280,7 @@ mod tests {
     fn loss(old: &Manifest, new: &Manifest) -> u64 {
         let all: std::collections::BTreeSet<&RelPath> =
             old.entries.keys().chain(new.entries.keys()).collect();
-        content_loss(old, new, all.into_iter())
+        content_loss(old, View::Whole(new), all.into_iter())
     }
 
     #[test]

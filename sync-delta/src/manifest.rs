@@ -158,17 +158,7 @@ impl Manifest {
     /// whose [`Manifest::diff`] is empty have the same digest.
     #[must_use]
     pub fn digest(&self) -> Hash {
-        let mut h = blake3::Hasher::new();
-        let mut buf = Vec::with_capacity(1 << 16);
-        for (p, m) in &self.entries {
-            encode_fields(&mut Writer(&mut buf), p, m, m.replicated_mtime_ns(), false);
-            if buf.len() >= 60 * 1024 {
-                h.update(&buf);
-                buf.clear();
-            }
-        }
-        h.update(&buf);
-        *h.finalize().as_bytes()
+        digest_of(self.entries.iter())
     }
 
     /// The changes that turn `self` into `new`.
@@ -234,6 +224,144 @@ impl Manifest {
                 Some(m) if m.kind == Kind::Dir => Ok(()),
                 _ => Err(crate::PathError::ParentNotDir),
             },
+        }
+    }
+}
+
+/// [`Manifest::digest`] of entries given in path order.
+pub(crate) fn digest_of<'a>(entries: impl Iterator<Item = (&'a RelPath, &'a Meta)>) -> Hash {
+    let mut h = blake3::Hasher::new();
+    let mut buf = Vec::with_capacity(1 << 16);
+    for (p, m) in entries {
+        encode_fields(&mut Writer(&mut buf), p, m, m.replicated_mtime_ns(), false);
+        if buf.len() >= 60 * 1024 {
+            h.update(&buf);
+            buf.clear();
+        }
+    }
+    h.update(&buf);
+    *h.finalize().as_bytes()
+}
+
+/// A manifest as a round sees the next one without copying it: a whole
+/// manifest, or a base with a round's changes laid over it (`None`: the
+/// path is gone). Read like a manifest, in path order.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum View<'a> {
+    /// A whole manifest.
+    Whole(&'a Manifest),
+    /// A base and the changes over it.
+    Over(&'a Manifest, &'a BTreeMap<RelPath, Option<Meta>>),
+}
+
+type Bounds<'b> = (std::ops::Bound<&'b str>, std::ops::Bound<&'b str>);
+
+impl<'a> View<'a> {
+    /// The entry at `p`.
+    pub(crate) fn get(self, p: &str) -> Option<&'a Meta> {
+        match self {
+            View::Whole(m) => m.entries.get(p),
+            View::Over(m, c) => match c.get(p) {
+                Some(v) => v.as_ref(),
+                None => m.entries.get(p),
+            },
+        }
+    }
+
+    /// The entries within `r`, in path order.
+    pub(crate) fn range(self, r: Bounds<'_>) -> Merged<'a> {
+        match self {
+            View::Whole(m) => Merged {
+                base: m.entries.range::<str, _>(r).peekable(),
+                over: None,
+            },
+            View::Over(m, c) => Merged {
+                base: m.entries.range::<str, _>(r).peekable(),
+                over: Some(c.range::<str, _>(r).peekable()),
+            },
+        }
+    }
+
+    /// All entries, in path order.
+    pub(crate) fn iter(self) -> Merged<'a> {
+        use std::ops::Bound::Unbounded;
+        self.range((Unbounded, Unbounded))
+    }
+
+    /// Number of entries.
+    pub(crate) fn len(self) -> usize {
+        match self {
+            View::Whole(m) => m.len(),
+            View::Over(m, c) => c.iter().fold(m.len(), |n, (p, v)| {
+                match (m.entries.contains_key(p), v.is_some()) {
+                    (false, true) => n + 1,
+                    (true, false) => n - 1,
+                    _ => n,
+                }
+            }),
+        }
+    }
+
+    /// True when empty.
+    pub(crate) fn is_empty(self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    /// [`Manifest::digest`].
+    pub(crate) fn digest(self) -> Hash {
+        digest_of(self.iter())
+    }
+
+    /// [`Manifest::bytes`].
+    pub(crate) fn bytes(self) -> u64 {
+        self.iter()
+            .map(|(p, m)| entry_bytes(p, Some(m)))
+            .fold(0, u64::saturating_add)
+    }
+
+    /// [`Manifest::check_parent`].
+    pub(crate) fn check_parent(self, p: &RelPath) -> Result<(), crate::PathError> {
+        match p.parent() {
+            None => Ok(()),
+            Some(parent) => match self.get(parent) {
+                Some(m) if m.kind == Kind::Dir => Ok(()),
+                _ => Err(crate::PathError::ParentNotDir),
+            },
+        }
+    }
+}
+
+/// The entries of a [`View`], in path order.
+pub(crate) struct Merged<'a> {
+    base: std::iter::Peekable<std::collections::btree_map::Range<'a, RelPath, Meta>>,
+    over: Option<std::iter::Peekable<std::collections::btree_map::Range<'a, RelPath, Option<Meta>>>>,
+}
+
+impl<'a> Iterator for Merged<'a> {
+    type Item = (&'a RelPath, &'a Meta);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::cmp::Ordering;
+        loop {
+            let Some(over) = &mut self.over else {
+                return self.base.next();
+            };
+            let from_over = match (self.base.peek(), over.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => return self.base.next(),
+                (None, Some(_)) => true,
+                (Some((a, _)), Some((b, _))) => match a.cmp(b) {
+                    Ordering::Less => return self.base.next(),
+                    Ordering::Greater => true,
+                    Ordering::Equal => {
+                        self.base.next();
+                        true
+                    }
+                },
+            };
+            if from_over && let Some((p, Some(m))) = over.next() {
+                return Some((p, m));
+            }
         }
     }
 }
@@ -429,4 +557,59 @@ mod tests {
         a.entries.insert(RelPath::new("d").unwrap(), dir);
         assert!(a.check_shape().is_ok());
     }
+    mod view {
+        use super::*;
+        use proptest::prelude::*;
+        use std::ops::Bound;
+
+        const NAMES: [&str; 8] = ["a", "a/b", "a/b/c", "a/c", "ab", "b", "b/a", "c"];
+
+        fn entries() -> impl Strategy<Value = Vec<(usize, u8)>> {
+            proptest::collection::vec((0..NAMES.len(), 0u8..4), 0..12)
+        }
+
+        proptest! {
+            /// A base with changes over it reads exactly like the base
+            /// copied and changed: entries in order, lookups, ranges,
+            /// length and digest.
+            #[test]
+            fn over_reads_like_the_applied_copy(base in entries(), over in entries()) {
+                let mut m = Manifest::default();
+                for (i, n) in base {
+                    m.entries.insert(RelPath::new(NAMES[i]).unwrap(), file(n));
+                }
+                let mut changes = BTreeMap::new();
+                for (i, n) in over {
+                    // 0: removed; otherwise an entry.
+                    changes.insert(RelPath::new(NAMES[i]).unwrap(), (n > 0).then(|| file(n)));
+                }
+                let mut applied = m.clone();
+                for (p, v) in &changes {
+                    match v {
+                        Some(v) => applied.entries.insert(p.clone(), v.clone()),
+                        None => applied.entries.remove(p),
+                    };
+                }
+                let view = View::Over(&m, &changes);
+                let got: Vec<_> = view.iter().collect();
+                let want: Vec<_> = applied.entries.iter().collect();
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(view.len(), applied.len());
+                prop_assert_eq!(view.is_empty(), applied.is_empty());
+                prop_assert_eq!(view.digest(), applied.digest());
+                prop_assert_eq!(view.bytes(), applied.bytes());
+                for name in NAMES {
+                    prop_assert_eq!(view.get(name), applied.entries.get(name));
+                    let r = (Bound::Excluded(name), Bound::Unbounded);
+                    let got: Vec<_> = view.range(r).collect();
+                    let want: Vec<_> = applied.entries.range::<str, _>(r).collect();
+                    prop_assert_eq!(got, want);
+                }
+                let whole = View::Whole(&applied);
+                prop_assert_eq!(whole.iter().count(), applied.len());
+                prop_assert_eq!(whole.digest(), applied.digest());
+            }
+        }
+    }
+
 }

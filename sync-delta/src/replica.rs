@@ -7,7 +7,7 @@ use crate::error::{Refusal, SessionError, StoreError};
 use crate::exclude::Exclude;
 use crate::generation::{self, Delta, JOp, Patch, Persisted, Role, STAGE_DIR, StateFile};
 use crate::guard::{self, Window};
-use crate::manifest::{Change, Hash, Kind, Manifest, Meta};
+use crate::manifest::{Change, Hash, Kind, Manifest, Meta, View};
 use crate::path::RelPath;
 use crate::store::{IO_CHUNK, StatKind, Storage};
 use crate::wire::{AbandonReason, Base, DataStatus, Message};
@@ -311,7 +311,10 @@ struct Round {
     full: bool,
     changes: BTreeMap<RelPath, Option<Meta>>,
     dropped: bool,
-    new: Manifest,
+    /// The next manifest of a full round (a whole listing). A round of
+    /// changes reads the next manifest as the current one with `changes`
+    /// over it ([`next_view`]), never a copy.
+    whole: Option<Manifest>,
     fetches: BTreeMap<u32, Fetch>,
     staged: HashMap<RelPath, String>,
     /// Files verified and staged as in-place patches.
@@ -656,7 +659,7 @@ impl Replica {
                 full: false,
                 changes: BTreeMap::new(),
                 dropped: false,
-                new: Manifest::default(),
+                whole: None,
                 fetches: BTreeMap::new(),
                 staged: HashMap::new(),
                 patched: HashMap::new(),
@@ -864,35 +867,26 @@ impl Replica {
         // A confirmation is for the round whose manifest comes next.
         let confirmed = std::mem::take(&mut self.confirm);
         let old = &self.p.manifest;
-        // The new manifest.
-        let new = if round.full {
+        // The new manifest: a whole listing, or the changes over the old.
+        if round.full {
             let mut m = Manifest::default();
             for (p, meta) in std::mem::take(&mut round.changes) {
                 if let Some(meta) = meta {
                     m.entries.insert(p, meta);
                 }
             }
-            m
+            round.whole = Some(m);
         } else if round.changes.is_empty() {
-            // Nothing changed: confirm the generation without copying it.
+            // Nothing changed: confirm the generation.
             if round.dropped || (digest == self.digest && entries == old.len() as u64) {
                 round.phase = Phase::Fetching;
-                round.new = Manifest::default();
                 self.round = Some(round);
                 return self.confirm_unchanged(now, store);
             }
             self.round = Some(round);
             return Err(SessionError::DigestMismatch);
-        } else {
-            let mut m = old.clone();
-            for (p, meta) in &round.changes {
-                match meta {
-                    Some(meta) => m.entries.insert(p.clone(), meta.clone()),
-                    None => m.entries.remove(p),
-                };
-            }
-            m
-        };
+        }
+        let new = next_view(old, &round.whole, &round.changes);
         let new_digest = new.digest();
         if !round.dropped && (new_digest != digest || new.len() as u64 != entries) {
             self.round = Some(round);
@@ -912,8 +906,10 @@ impl Replica {
         }
         // Shape: every entry under a directory; checked for what changed.
         let losing = if round.full {
-            new.check_shape()?;
-            guard::content_loss(old, &new, old.entries.keys())
+            for (p, _) in new.iter() {
+                new.check_parent(p)?;
+            }
+            guard::content_loss(old, new, old.entries.keys())
         } else {
             for (p, m) in &round.changes {
                 match m {
@@ -921,17 +917,17 @@ impl Replica {
                         new.check_parent(p)?;
                         // A directory that became a file or a symlink
                         // must have lost its entries too.
-                        if m.kind != Kind::Dir && has_entries_under(&new, p) {
+                        if m.kind != Kind::Dir && has_entries_under(new, p) {
                             return Err(SessionError::OrphansEntries);
                         }
                     }
-                    None if old.entries.contains_key(p) && has_entries_under(&new, p) => {
+                    None if old.entries.contains_key(p) && has_entries_under(new, p) => {
                         return Err(SessionError::OrphansEntries);
                     }
                     None => {}
                 }
             }
-            guard::content_loss(old, &new, round.changes.keys())
+            guard::content_loss(old, new, round.changes.keys())
         };
         // Mass-deletion guard: the content this round loses, with what the
         // rounds within the window lost, against a share of the most the
@@ -989,9 +985,23 @@ impl Replica {
         round.guard = note;
         // Plan the files.
         let mask = self.mode_mask();
-        let mut by_hash: Option<HashMap<Hash, RelPath>> = None;
+        // Local copies: only of the content this round needs, so the index
+        // is as small as the change, not as the tree.
+        let mut by_hash: Option<HashMap<Hash, &RelPath>> = None;
+        let needed = || -> HashSet<Hash> {
+            new.iter()
+                .filter_map(|(p, m)| match &m.kind {
+                    Kind::File { hash, size }
+                        if *size > 0 && old.entries.get(p).is_none_or(|o| o.kind != m.kind) =>
+                    {
+                        Some(*hash)
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
         let mut next_id = 0u32;
-        for (p, m) in &new.entries {
+        for (p, m) in new.iter() {
             let o = old.entries.get(p);
             let Kind::File { size, hash } = &m.kind else {
                 if let Kind::Symlink { target } = &m.kind
@@ -1018,9 +1028,14 @@ impl Replica {
                 continue;
             }
             let index = by_hash.get_or_insert_with(|| {
+                let needed = needed();
                 old.entries
                     .iter()
-                    .filter_map(|(p, m)| m.file_hash().map(|h| (*h, p.clone())))
+                    .filter_map(|(p, m)| {
+                        m.file_hash()
+                            .filter(|h| needed.contains(*h))
+                            .map(|h| (*h, p))
+                    })
                     .collect()
             });
             if let Some(from) = index.get(hash)
@@ -1089,7 +1104,6 @@ impl Replica {
                 base,
             });
         }
-        round.new = new;
         round.phase = Phase::Fetching;
         self.round = Some(round);
         self.maybe_commit(now, store)
@@ -1222,7 +1236,9 @@ impl Replica {
             );
             round.fetched += 1;
         } else if ok {
-            let m = round.new.entries.get(&f.path).cloned();
+            let m = next_view(&self.p.manifest, &round.whole, &round.changes)
+                .get(f.path.as_str())
+                .cloned();
             if let Some(m) = m {
                 let mask = if self.config.keep_special_bits {
                     0o7777
@@ -1236,9 +1252,12 @@ impl Replica {
         } else {
             store.remove_file(&stage_path)?;
             // Keep the old entry this generation; retried next round.
-            match self.p.manifest.entries.get(&f.path) {
-                Some(o) => round.new.entries.insert(f.path.clone(), o.clone()),
-                None => round.new.entries.remove(&f.path),
+            match &mut round.whole {
+                Some(w) => match self.p.manifest.entries.get(&f.path) {
+                    Some(o) => w.entries.insert(f.path.clone(), o.clone()),
+                    None => w.entries.remove(&f.path),
+                },
+                None => round.changes.remove(&f.path).flatten(),
             };
             self.stats.skipped += 1;
             self.events.push_back(ReplicaEvent::FileSkipped(f.path));
@@ -1293,24 +1312,25 @@ impl Replica {
             return Ok(());
         };
         let old = &self.p.manifest;
-        let mut new = std::mem::take(&mut round.new);
+        let new = next_view(old, &round.whole, &round.changes);
         // Only the paths the round names can differ (all of them for a
         // full listing).
         let mut candidates: Vec<RelPath> = if round.full {
-            let all: BTreeSet<&RelPath> = old.entries.keys().chain(new.entries.keys()).collect();
+            let all: BTreeSet<&RelPath> =
+                old.entries.keys().chain(new.iter().map(|e| e.0)).collect();
             all.into_iter().cloned().collect()
         } else {
             round.changes.keys().cloned().collect()
         };
         let changed = candidates
             .iter()
-            .filter(|p| match (old.entries.get(*p), new.entries.get(*p)) {
+            .filter(|p| match (old.entries.get(*p), new.get(p.as_str())) {
                 (Some(o), Some(n)) => !o.same(n),
                 (None, None) => false,
                 _ => true,
             })
             .count() as u64;
-        let (deleted, renamed) = deleted_and_renamed(old, &new, &candidates);
+        let (deleted, renamed) = deleted_and_renamed(old, new, &candidates);
         let mut divergence = generation::Repair::default();
         if changed > 0 {
             let next =
@@ -1327,7 +1347,7 @@ impl Replica {
                 .iter()
                 .filter(|(p, _)| {
                     matches!(
-                        new.entries.get(*p).map(|m| &m.kind),
+                        new.get(p.as_str()).map(|m| &m.kind),
                         Some(Kind::File { .. })
                     )
                 })
@@ -1350,7 +1370,7 @@ impl Replica {
             // made again when it is a directory, and otherwise left out of
             // this generation (the next round fetches it).
             let mut aside = generation::Aside::new(self.p.generation);
-            let differs = |p: &&RelPath| match (old.entries.get(*p), new.entries.get(*p)) {
+            let differs = |p: &&RelPath| match (old.entries.get(*p), new.get(p.as_str())) {
                 (Some(o), Some(n)) => !o.same(n),
                 (None, None) => false,
                 _ => true,
@@ -1358,7 +1378,7 @@ impl Replica {
             let gone = generation::prepare(
                 store,
                 old,
-                &new,
+                new,
                 candidates.iter().filter(differs),
                 &mut aside,
             )?;
@@ -1367,27 +1387,37 @@ impl Replica {
             if !gone.is_empty() {
                 let mut extra: BTreeSet<RelPath> = BTreeSet::new();
                 for g in &gone {
-                    extra.extend(paths_at_or_under(old, g));
-                    extra.extend(paths_at_or_under(&new, g));
+                    extra.extend(paths_at_or_under(View::Whole(old), g));
+                    extra.extend(paths_at_or_under(new, g));
                 }
-                for p in &extra {
-                    if new
-                        .entries
-                        .get(p)
-                        .is_some_and(|m| m.kind != Kind::Dir && !round.staged.contains_key(p))
-                    {
-                        // A patch needs its old copy, which the tree lost.
-                        round.patched.remove(p);
-                        new.entries.remove(p);
-                        divergence.dropped += 1;
+                let lost: Vec<RelPath> = extra
+                    .iter()
+                    .filter(|p| {
+                        new.get(p.as_str())
+                            .is_some_and(|m| m.kind != Kind::Dir && !round.staged.contains_key(*p))
+                    })
+                    .cloned()
+                    .collect();
+                for p in lost {
+                    // A patch needs its old copy, which the tree lost.
+                    round.patched.remove(&p);
+                    match &mut round.whole {
+                        Some(w) => {
+                            w.entries.remove(&p);
+                        }
+                        None => {
+                            round.changes.insert(p, None);
+                        }
                     }
+                    divergence.dropped += 1;
                 }
                 extra.extend(candidates);
                 candidates = extra.into_iter().collect();
             }
+            let new = next_view(old, &round.whole, &round.changes);
             let ops = plan(
                 old,
-                &new,
+                new,
                 &round.staged,
                 &round.patched,
                 &candidates,
@@ -1397,7 +1427,7 @@ impl Replica {
             let changes = candidates
                 .iter()
                 .filter_map(|p| {
-                    let n = new.entries.get(p);
+                    let n = new.get(p.as_str());
                     let o = old.entries.get(p);
                     match (o, n) {
                         (Some(o), Some(n)) if o.same(n) => None,
@@ -1413,7 +1443,6 @@ impl Replica {
                 changes,
                 ..Delta::default()
             };
-            drop(new);
             let patched: Vec<u64> = rec
                 .ops
                 .iter()
@@ -1495,23 +1524,34 @@ impl Replica {
     }
 }
 
+/// The next manifest of a round: its whole listing, or the current one
+/// with the round's changes over it.
+fn next_view<'a>(
+    old: &'a Manifest,
+    whole: &'a Option<Manifest>,
+    changes: &'a BTreeMap<RelPath, Option<Meta>>,
+) -> View<'a> {
+    match whole {
+        Some(w) => View::Whole(w),
+        None => View::Over(old, changes),
+    }
+}
+
 /// Whether `m` has entries under the directory path `p`.
-fn has_entries_under(m: &Manifest, p: &RelPath) -> bool {
+fn has_entries_under(m: View<'_>, p: &RelPath) -> bool {
     let prefix = format!("{p}/");
-    m.entries
-        .range::<str, _>((
-            std::ops::Bound::Excluded(p.as_str()),
-            std::ops::Bound::Unbounded,
-        ))
-        .take_while(|(k, _)| k.as_str() < prefix.as_str() || k.as_str().starts_with(&prefix))
-        .any(|(k, _)| k.as_str().starts_with(&prefix))
+    m.range((
+        std::ops::Bound::Excluded(p.as_str()),
+        std::ops::Bound::Unbounded,
+    ))
+    .take_while(|(k, _)| k.as_str() < prefix.as_str() || k.as_str().starts_with(&prefix))
+    .any(|(k, _)| k.as_str().starts_with(&prefix))
 }
 
 /// The paths of `m` at or under `p`.
-fn paths_at_or_under(m: &Manifest, p: &str) -> Vec<RelPath> {
+fn paths_at_or_under(m: View<'_>, p: &str) -> Vec<RelPath> {
     let prefix = format!("{p}/");
-    m.entries
-        .range::<str, _>((std::ops::Bound::Included(p), std::ops::Bound::Unbounded))
+    m.range((std::ops::Bound::Included(p), std::ops::Bound::Unbounded))
         .take_while(|(k, _)| k.as_str() <= prefix.as_str() || k.as_str().starts_with(&prefix))
         .filter(|(k, _)| k.as_str() == p || k.as_str().starts_with(&prefix))
         .map(|(k, _)| k.clone())
@@ -1522,7 +1562,7 @@ fn paths_at_or_under(m: &Manifest, p: &str) -> Vec<RelPath> {
 /// symlinks `old` has and `new` does not (as the same type), and how many
 /// of those removed files reappear by content at a path that was not a
 /// file: `(deleted, renamed)`, renames not counted as deletions.
-fn deleted_and_renamed(old: &Manifest, new: &Manifest, candidates: &[RelPath]) -> (u64, u64) {
+fn deleted_and_renamed(old: &Manifest, new: View<'_>, candidates: &[RelPath]) -> (u64, u64) {
     let same_type = |a: &Kind, b: &Kind| std::mem::discriminant(a) == std::mem::discriminant(b);
     let mut gone: HashMap<&Hash, u64> = HashMap::new();
     let mut removed = 0u64;
@@ -1534,8 +1574,7 @@ fn deleted_and_renamed(old: &Manifest, new: &Manifest, candidates: &[RelPath]) -
             continue;
         }
         if new
-            .entries
-            .get(p)
+            .get(p.as_str())
             .is_none_or(|n| !same_type(&n.kind, &o.kind))
         {
             removed += 1;
@@ -1546,7 +1585,7 @@ fn deleted_and_renamed(old: &Manifest, new: &Manifest, candidates: &[RelPath]) -
     }
     let mut renamed = 0u64;
     for p in candidates {
-        let Some(h) = new.entries.get(p).and_then(Meta::file_hash) else {
+        let Some(h) = new.get(p.as_str()).and_then(Meta::file_hash) else {
             continue;
         };
         if old.entries.get(p).is_some_and(|o| o.file_hash().is_some()) {
@@ -1568,7 +1607,7 @@ fn deleted_and_renamed(old: &Manifest, new: &Manifest, candidates: &[RelPath]) -
 /// tree as it is. `mask`: the permission bits written.
 fn plan(
     old: &Manifest,
-    new: &Manifest,
+    new: View<'_>,
     staged: &HashMap<RelPath, String>,
     patched: &HashMap<RelPath, Patch>,
     candidates: &[RelPath],
@@ -1600,7 +1639,7 @@ fn plan(
         let Some(o) = old_at(p) else {
             continue;
         };
-        let n = new.entries.get(p);
+        let n = new.get(p.as_str());
         let same_type =
             n.is_some_and(|n| std::mem::discriminant(&n.kind) == std::mem::discriminant(&o.kind));
         if same_type {
@@ -1618,7 +1657,7 @@ fn plan(
         touch_parent(p, &mut touched_dirs);
     }
     for p in candidates {
-        let Some(n) = new.entries.get(p) else {
+        let Some(n) = new.get(p.as_str()) else {
             continue;
         };
         let o = old_at(p);
@@ -1658,7 +1697,7 @@ fn plan(
     let mut dir_metas: Vec<(usize, JOp)> = touched_dirs
         .iter()
         .filter_map(|d| RelPath::new(d).ok())
-        .filter_map(|d| match new.entries.get(&d) {
+        .filter_map(|d| match new.get(d.as_str()) {
             Some(m) if m.kind == Kind::Dir => Some((
                 d.depth(),
                 JOp::SetMeta(d.clone(), m.mode & mask, m.mtime_ns),
@@ -1929,7 +1968,7 @@ mod tests {
             .chain(new.entries.keys())
             .cloned()
             .collect();
-        deleted_and_renamed(old, new, &all.into_iter().collect::<Vec<_>>())
+        deleted_and_renamed(old, View::Whole(new), &all.into_iter().collect::<Vec<_>>())
     }
 
     /// F8: a tree at the last generation number (a source that stored a
@@ -2032,6 +2071,9 @@ mod tests {
         // Only the candidates are looked at.
         let new = manifest(&[("c", 3), ("d", 3)]);
         let only_a = [RelPath::new("a").unwrap()];
-        assert_eq!(deleted_and_renamed(&old, &new, &only_a), (1, 0));
+        assert_eq!(
+            deleted_and_renamed(&old, View::Whole(&new), &only_a),
+            (1, 0)
+        );
     }
 }
