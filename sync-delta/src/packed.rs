@@ -85,6 +85,17 @@ impl PackedBuilder {
         Self::default()
     }
 
+    /// A builder with room for about `bytes` of packed entries and
+    /// `entries` entries (a manifest like one known, built without
+    /// growing by doubling).
+    #[must_use]
+    pub fn with_capacity(bytes: usize, entries: usize) -> Self {
+        let mut b = Self::default();
+        b.out.buf.reserve_exact(bytes);
+        b.out.restarts.reserve_exact(entries / RESTART + 1);
+        b
+    }
+
     /// Adds the entry for `path`, which must sort after every path added
     /// before (an entry out of order is a bug of the caller: it is
     /// dropped, and debug builds panic).
@@ -301,6 +312,12 @@ impl Packed {
     #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Bytes of packed entries.
+    #[must_use]
+    pub fn packed_bytes(&self) -> usize {
+        self.buf.len()
     }
 
     /// The memory it holds, in bytes.

@@ -547,8 +547,10 @@ impl Source {
             .map(|&i| walk.entries[i].path.clone())
             .collect();
         let hashed = store.hash_files(&names);
-        // Pass 2: the new manifest, in path order.
-        let mut b = PackedBuilder::new();
+        // Pass 2: the new manifest, in path order, in room for about the
+        // last scan's size (a sixteenth more for growth).
+        let room = self.cache.packed_bytes();
+        let mut b = PackedBuilder::with_capacity(room + room / 16, walk.entries.len());
         let mut c = self.cache.cursor();
         let mut hashed = to_hash.iter().copied().zip(hashed);
         let mut kept_old = false;

@@ -501,12 +501,22 @@ impl Storage for FsStore {
                 })
                 .collect()
         });
+        // Into the largest part, made room for once: never the whole
+        // walk twice over.
+        let mut parts = parts.into_iter().collect::<Result<Vec<Walk>, _>>()?;
+        let largest = (0..parts.len())
+            .max_by_key(|&i| parts[i].entries.len())
+            .unwrap_or(0);
+        let mut all = std::mem::take(&mut parts[largest]);
+        let rest: usize = out.entries.len() + parts.iter().map(|p| p.entries.len()).sum::<usize>();
+        all.entries.reserve_exact(rest);
+        all.entries.append(&mut out.entries);
+        all.skipped += out.skipped;
         for part in parts {
-            let part = part?;
-            out.entries.extend(part.entries);
-            out.skipped += part.skipped;
+            all.entries.extend(part.entries);
+            all.skipped += part.skipped;
         }
-        Ok(out)
+        Ok(all)
     }
 
     fn stat(&mut self, path: &str) -> Result<Stat, StoreError> {
