@@ -541,6 +541,14 @@ mod tests {
                 prop_assert_eq!(p.get(&missing), m.entries.get(missing.as_str()).cloned());
             }
             prop_assert_eq!(p.get(""), None);
+            // Room made beforehand (too little, or enough) packs the same.
+            for room in [0, p.packed_bytes() / 2, p.packed_bytes() + 64] {
+                let mut b = PackedBuilder::with_capacity(room, m.len());
+                for (path, meta) in &m.entries {
+                    b.push(path.as_str(), meta);
+                }
+                prop_assert_eq!(&b.finish(), &p);
+            }
         }
 
         #[test]

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
-use sync_delta::{FsStore, Replica, ReplicaConfig, Source, SourceConfig};
+use sync_delta::{FsStore, Replica, ReplicaConfig, Source, SourceConfig, Storage};
 
 struct TempDir(PathBuf);
 
@@ -155,4 +155,28 @@ fn single_threaded_store_spawns_no_thread() {
     // Scoped threads: all gone once the calls returned.
     let after = tasks();
     assert!(seen.iter().all(|t| !after.contains(t)));
+}
+
+/// A parallel walk lists exactly what a single-threaded one lists (its
+/// parts gathered into one, nothing twice, nothing lost).
+#[test]
+fn a_parallel_walk_lists_what_a_single_walk_lists() {
+    let src = TempDir::new("walk");
+    fill(&src.0);
+    fs::write(src.0.join("top.conf"), b"at the root").unwrap();
+    let exclude = sync_delta::Exclude::default();
+    let sorted = |mut w: sync_delta::store::Walk| {
+        w.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        w
+    };
+    let one = sorted(FsStore::new(&src.0).unwrap().walk(&exclude).unwrap());
+    let four = sorted(
+        FsStore::new(&src.0)
+            .unwrap()
+            .with_threads(4)
+            .walk(&exclude)
+            .unwrap(),
+    );
+    assert!(one.entries.len() > 320, "{} entries", one.entries.len());
+    assert_eq!(one, four);
 }
