@@ -127,16 +127,19 @@ impl Conn {
             sent: 0,
             interest: Interest::Read,
         };
-        c.interest = c.wants();
+        c.interest = c.wants(false);
         c
     }
 
-    /// Writable matters while connecting or with bytes left to write.
-    fn wants(&self) -> Interest {
-        if self.connecting || self.sent < self.out.len() {
-            Interest::ReadWrite
-        } else {
-            Interest::Read
+    /// Writable matters while connecting or with bytes left to write;
+    /// readable unless reading is `paused`.
+    fn wants(&self, paused: bool) -> Interest {
+        let write = self.connecting || self.sent < self.out.len();
+        match (paused, write) {
+            (false, true) => Interest::ReadWrite,
+            (false, false) => Interest::Read,
+            (true, true) => Interest::Write,
+            (true, false) => Interest::Nothing,
         }
     }
 }
@@ -170,6 +173,10 @@ pub(crate) struct Sockets {
     /// Bytes the connections have not written yet (the sync worker's
     /// window counts them).
     buffered: Arc<AtomicUsize>,
+    /// Bytes of the peer's sync messages handed to the sync worker and not
+    /// handled yet: past [`RECEIVE_WINDOW`] the connections are not read
+    /// (TCP's own flow control then holds the sender back).
+    inbound: Arc<AtomicUsize>,
     /// Why the last dial failed, for a tool that reports it.
     last_dial_error: Option<(ConnId, String)>,
 }
@@ -182,6 +189,7 @@ impl Sockets {
         listener: Option<Socket>,
         peer: Option<SocketAddr>,
         buffered: Arc<AtomicUsize>,
+        inbound: Arc<AtomicUsize>,
     ) -> std::io::Result<Sockets> {
         let poller = Poller::new()?;
         if let Some(l) = &listener {
@@ -193,6 +201,7 @@ impl Sockets {
             peer,
             conns: HashMap::new(),
             buffered,
+            inbound,
             last_dial_error: None,
         })
     }
@@ -213,9 +222,11 @@ impl Sockets {
         woken.own.clear();
         woken.listener = false;
         woken.conns.clear();
-        // Writable only while something waits to be written.
+        // Writable only while something waits to be written; readable
+        // while the sync worker keeps up.
+        let paused = self.reading_paused();
         for (id, c) in &mut self.conns {
-            let wants = c.wants();
+            let wants = c.wants(paused);
             if wants != c.interest {
                 match self.poller.modify(&c.socket, conn_token(*id), wants) {
                     Ok(()) => c.interest = wants,
@@ -400,7 +411,21 @@ impl Sockets {
     /// what the engine's link takes now (1 KiB in all before the peer
     /// proved the key). Returns true when there may be more to read (drain
     /// the engine, then call again).
-    pub(crate) fn read(&mut self, engine: &mut impl LinkEngine, now: Instant, id: ConnId) -> bool {
+    ///
+    /// While reading is paused ([`Sockets::reading_paused`]) nothing is
+    /// read unless `ready` shows an error or a hang-up: those are read to
+    /// their end at once (the kernel reports them whatever the interest,
+    /// so leaving them would wake the thread again and again).
+    pub(crate) fn read(
+        &mut self,
+        engine: &mut impl LinkEngine,
+        now: Instant,
+        id: ConnId,
+        ready: Ready,
+    ) -> bool {
+        if self.reading_paused() && !ready.error {
+            return false;
+        }
         let mut buf = [0u8; 64 * 1024];
         // At least one byte: a connection the engine gave up on is read to
         // its end (or refused on that byte) rather than polled forever.
@@ -428,6 +453,22 @@ impl Sockets {
                 }
             }
         }
+    }
+
+    /// Hands `order` to the sync worker, counting a message of the peer's
+    /// until the worker has handled it. False when the worker is gone.
+    pub(crate) fn hand_to_worker(&self, w: &mpsc::Sender<ToWorker>, order: SyncOrder) -> bool {
+        if let SyncOrder::Deliver(m) = &order {
+            self.inbound.fetch_add(m.encoded_len(), Ordering::Relaxed);
+        }
+        w.send(ToWorker::Order(order)).is_ok()
+    }
+
+    /// Whether the sync worker has more than [`RECEIVE_WINDOW`] of the
+    /// peer's messages to handle: the connections wait unread until it
+    /// reports room ([`FromWorker::Room`]).
+    pub(crate) fn reading_paused(&self) -> bool {
+        self.inbound.load(Ordering::Relaxed) > RECEIVE_WINDOW
     }
 
     /// Queues bytes the engine asked to send, and writes what the
@@ -589,7 +630,16 @@ pub(crate) enum ToWorker {
 pub(crate) enum FromWorker {
     Message(Message, usize),
     Report(SyncReport),
+    /// The worker's backlog of the peer's messages fell back within
+    /// [`RECEIVE_WINDOW`]: read the connections again.
+    Room,
 }
+
+/// Bytes of the peer's sync messages the sync worker may have waiting
+/// (handed over, not handled) before the connections are not read: a
+/// replica whose disk is slower than the link holds this much of the
+/// source's data in memory, not the whole round's.
+pub(crate) const RECEIVE_WINDOW: usize = 4 << 20;
 
 /// Bytes of sync messages the source may have queued towards the link
 /// (in the engine's inbox or a connection's send buffer) before it waits.
@@ -649,6 +699,10 @@ impl RoundWatch {
 /// # Errors
 /// The thread cannot be spawned.
 /// `watch` (when given) is updated as rounds go.
+/// `inbound` counts the peer's messages handed over and not handled yet
+/// (see [`Sockets::hand_to_worker`]); the worker sends [`FromWorker::Room`]
+/// when it falls back within [`RECEIVE_WINDOW`].
+#[allow(clippy::too_many_arguments)] // the three shared windows, apart
 pub(crate) fn spawn_worker_watched(
     mut worker: SyncWorker,
     mut store: FsStore,
@@ -656,6 +710,7 @@ pub(crate) fn spawn_worker_watched(
     out: impl Fn(FromWorker) -> bool + Send + 'static,
     queued: Arc<AtomicUsize>,
     buffered: Arc<AtomicUsize>,
+    inbound: Arc<AtomicUsize>,
     watch: Option<RoundWatch>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -692,13 +747,27 @@ pub(crate) fn spawn_worker_watched(
                         ToWorker::Order(_) | ToWorker::Stop => {}
                     }
                 }
+                let mut handled = 0;
                 for m in batch {
                     match m {
                         ToWorker::Order(o) => {
+                            if let SyncOrder::Deliver(m) = &o {
+                                handled += m.encoded_len();
+                            }
                             worker.handle_order(Instant::now(), SystemTime::now(), o, &mut store);
                         }
                         ToWorker::Stop => return,
                         ToWorker::Hints { .. } | ToWorker::Overflow { .. } => {}
+                    }
+                }
+                if handled > 0 {
+                    let before = inbound.fetch_sub(handled, Ordering::Relaxed);
+                    // Back within the window: the engine reads again.
+                    if before > RECEIVE_WINDOW
+                        && before - handled <= RECEIVE_WINDOW
+                        && !out(FromWorker::Room)
+                    {
+                        return;
                     }
                 }
                 let now = Instant::now();
@@ -731,4 +800,113 @@ pub(crate) fn spawn_worker_watched(
                 }
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes every connection and counts what it reads.
+    #[derive(Default)]
+    struct Taker {
+        next: u64,
+        read: usize,
+        closed: bool,
+    }
+
+    impl LinkEngine for Taker {
+        fn handle_dialed(&mut self, _: Instant, _: ConnId, _: Nonce) {}
+        fn handle_dial_failed(&mut self, _: Instant, _: ConnId) {}
+        fn handle_accepted(&mut self, _: Instant, _: Nonce, _: IpAddr) -> Option<ConnId> {
+            self.next += 1;
+            Some(ConnId(self.next))
+        }
+        fn link_receive_window(&self, _: ConnId) -> usize {
+            usize::MAX
+        }
+        fn handle_link_bytes(&mut self, _: Instant, _: ConnId, bytes: &[u8]) {
+            self.read += bytes.len();
+        }
+        fn handle_link_closed(&mut self, _: Instant, _: ConnId) {
+            self.closed = true;
+        }
+    }
+
+    /// Waits once (up to `ms`) and reads what is ready.
+    fn pump(s: &mut Sockets, e: &mut Taker, ms: u64) -> usize {
+        let mut woken = Woken::default();
+        s.wait(Some(Duration::from_millis(ms)), &mut woken);
+        if woken.listener {
+            s.accept(e, Instant::now());
+        }
+        let conns = woken.conns.clone();
+        for (id, ready) in conns {
+            while s.read(e, Instant::now(), id, ready) {}
+        }
+        woken.conns.len()
+    }
+
+    /// Past the receive window the connection is not read (its bytes wait
+    /// in the kernel, which holds the sender back); back within it, they
+    /// are read, and the stream's end after them.
+    #[test]
+    fn a_worker_behind_pauses_reading_until_it_has_room() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).expect("listen");
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let inbound = Arc::new(AtomicUsize::new(0));
+        let mut s = Sockets::new(
+            Some(listener),
+            None,
+            Arc::new(AtomicUsize::new(0)),
+            inbound.clone(),
+        )
+        .expect("sockets");
+        let mut e = Taker::default();
+        let mut peer = std::net::TcpStream::connect(addr).expect("connect");
+        for _ in 0..20 {
+            pump(&mut s, &mut e, 20);
+            if e.next == 1 {
+                break;
+            }
+        }
+        assert_eq!(e.next, 1, "accepted");
+
+        peer.write_all(&[7u8; 1000]).unwrap();
+        for _ in 0..20 {
+            pump(&mut s, &mut e, 20);
+        }
+        assert_eq!(e.read, 1000, "read while the worker keeps up");
+
+        inbound.store(RECEIVE_WINDOW + 1, Ordering::Relaxed);
+        assert!(s.reading_paused());
+        peer.write_all(&[8u8; 1000]).unwrap();
+        for _ in 0..5 {
+            assert_eq!(pump(&mut s, &mut e, 20), 0, "no wake-up while paused");
+        }
+        assert_eq!(e.read, 1000, "nothing read while paused");
+
+        inbound.store(RECEIVE_WINDOW, Ordering::Relaxed);
+        for _ in 0..20 {
+            pump(&mut s, &mut e, 20);
+        }
+        assert_eq!(e.read, 2000, "read again with room");
+
+        // The peer's end waits with its bytes, and is read with room.
+        inbound.store(RECEIVE_WINDOW + 1, Ordering::Relaxed);
+        peer.write_all(&[9u8; 10]).unwrap();
+        drop(peer);
+        for _ in 0..3 {
+            pump(&mut s, &mut e, 20);
+        }
+        assert!(!e.closed && e.read == 2000);
+        inbound.store(0, Ordering::Relaxed);
+        for _ in 0..20 {
+            pump(&mut s, &mut e, 20);
+            if e.closed {
+                break;
+            }
+        }
+        assert_eq!(e.read, 2010);
+        assert!(e.closed, "the end of the stream, after its bytes");
+    }
 }

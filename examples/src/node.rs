@@ -783,7 +783,7 @@ impl Engine {
             self.dirty = true;
             loop {
                 let now = self.now();
-                if !self.sockets.read(&mut self.pair, now, id) {
+                if !self.sockets.read(&mut self.pair, now, id, ready) {
                     break;
                 }
                 self.drain();
@@ -827,6 +827,8 @@ impl Engine {
                     self.pair.handle_sync_message(now, &m);
                 }
                 Inbox::Worker(FromWorker::Report(r)) => self.pair.handle_sync_report(now, r),
+                // The next wait reads the connections again.
+                Inbox::Worker(FromWorker::Room) => {}
                 Inbox::Stop(how, done) => self.stop = Some((how, done)),
                 Inbox::Keys(key, next) => {
                     info!(next_key = next.is_some(), "peer link keys reloaded");
@@ -928,7 +930,7 @@ impl Engine {
                 }
                 Output::Sync(order) => match &self.to_worker {
                     Some(w) => {
-                        let _ = w.send(ToWorker::Order(order));
+                        let _ = self.sockets.hand_to_worker(w, order);
                     }
                     None => self.no_sync(order),
                 },
@@ -1652,6 +1654,7 @@ pub async fn run(
         link_io::Inbox::new().map_err(io_err("creating the engine's wake-up pair"))?;
     let queued = Arc::new(AtomicUsize::new(0));
     let buffered = Arc::new(AtomicUsize::new(0));
+    let inbound = Arc::new(AtomicUsize::new(0));
     let round_watch = link_io::RoundWatch::default();
     let (to_worker, worker_thread, _tree_watcher) = match worker {
         Some((worker, store)) => {
@@ -1664,6 +1667,7 @@ pub async fn run(
                 move |m| to_engine.send(Inbox::Worker(m)),
                 queued.clone(),
                 buffered.clone(),
+                inbound.clone(),
                 Some(round_watch.clone()),
             )
             .map_err(io_err("starting the sync thread"))?;
@@ -1702,7 +1706,7 @@ pub async fn run(
     let operations = Arc::new(Mutex::new(Operations::default()));
     let transfer_queued = Arc::new(AtomicUsize::new(0));
     let identity = orch_identity(&config);
-    let sockets = Sockets::new(listener, peer_addr, buffered.clone())
+    let sockets = Sockets::new(listener, peer_addr, buffered.clone(), inbound)
         .and_then(|s| {
             s.watch(vrrp.fd(), TOKEN_VRRP)?;
             s.watch(&inbox.wake, TOKEN_WAKE)?;

@@ -283,6 +283,7 @@ pub fn spawn(
     };
     let queued = Arc::new(AtomicUsize::new(0));
     let buffered = Arc::new(AtomicUsize::new(0));
+    let inbound = Arc::new(AtomicUsize::new(0));
     let worker = SyncWorker::new(SyncConfig {
         exclude: Exclude::new(&config.exclude),
         interval: config.interval,
@@ -300,6 +301,7 @@ pub fn spawn(
         move |m| to_link.send(In::Worker(m)),
         queued.clone(),
         buffered.clone(),
+        inbound.clone(),
         config.progress.clone(),
     ) {
         Ok(t) => t,
@@ -313,7 +315,7 @@ pub fn spawn(
     // A known peer keeps one handshake slot (the 8 / 16 limits apply
     // either way).
     link.peer = config.peer.map(|a| a.ip());
-    let sockets = match Sockets::new(listener, config.peer, buffered)
+    let sockets = match Sockets::new(listener, config.peer, buffered, inbound)
         .and_then(|s| s.watch(&inbox.wake, 0).map(|()| s))
     {
         Ok(s) => s,
@@ -404,7 +406,7 @@ impl Driver {
                     .connect_ready(&mut self.link, Instant::now(), id, ready)
                     && (ready.read || ready.error)
                 {
-                    while self.sockets.read(&mut self.link, Instant::now(), id) {
+                    while self.sockets.read(&mut self.link, Instant::now(), id, ready) {
                         self.drain();
                     }
                 }
@@ -436,6 +438,8 @@ impl Driver {
                 self.link.handle_sync_message(now, &m);
             }
             In::Worker(FromWorker::Report(r)) => self.link.handle_sync_report(now, r),
+            // The next wait reads the connections again.
+            In::Worker(FromWorker::Room) => {}
             In::Command(c) => match c {
                 PeerCommand::SetRole(role) => self.link.set_role(now, role),
                 PeerCommand::SyncNow { reply } => {
@@ -483,7 +487,7 @@ impl Driver {
                     self.sockets.close(&mut self.link, now, conn);
                 }
                 SyncLinkOutput::Sync(order) => {
-                    let _ = self.to_worker.send(ToWorker::Order(order));
+                    let _ = self.sockets.hand_to_worker(&self.to_worker, order);
                 }
                 SyncLinkOutput::Event(e) => {
                     if !self.event(e) {

@@ -32,6 +32,11 @@ pub enum Interest {
     Read,
     /// Readable or writable.
     ReadWrite,
+    /// Writable only (reading is paused).
+    Write,
+    /// Neither (reading is paused, nothing to write): errors and hang-ups
+    /// only, which the kernel always reports.
+    Nothing,
 }
 
 impl Interest {
@@ -39,6 +44,8 @@ impl Interest {
         match self {
             Interest::Read => EpollFlags::EPOLLIN,
             Interest::ReadWrite => EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT,
+            Interest::Write => EpollFlags::EPOLLOUT,
+            Interest::Nothing => EpollFlags::empty(),
         }
     }
 }

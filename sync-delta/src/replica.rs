@@ -1443,6 +1443,12 @@ impl Replica {
                 changes,
                 ..Delta::default()
             };
+            // The record says all the round changes: a full listing's
+            // manifest and the paths looked at go before the commit builds
+            // the new generation from it (the first round of a large tree
+            // would otherwise hold both at once).
+            round.whole = None;
+            drop(candidates);
             let patched: Vec<u64> = rec
                 .ops
                 .iter()
