@@ -177,6 +177,8 @@ pub(crate) struct Sockets {
     /// handled yet: past [`RECEIVE_WINDOW`] the connections are not read
     /// (TCP's own flow control then holds the sender back).
     inbound: Arc<AtomicUsize>,
+    /// Since when reading is paused (see [`Sockets::reading_paused`]).
+    pause: Option<Instant>,
     /// Why the last dial failed, for a tool that reports it.
     last_dial_error: Option<(ConnId, String)>,
 }
@@ -202,6 +204,7 @@ impl Sockets {
             conns: HashMap::new(),
             buffered,
             inbound,
+            pause: None,
             last_dial_error: None,
         })
     }
@@ -223,8 +226,16 @@ impl Sockets {
         woken.listener = false;
         woken.conns.clear();
         // Writable only while something waits to be written; readable
-        // while the sync worker keeps up.
-        let paused = self.reading_paused();
+        // while the sync worker keeps up, and at the end of a pause.
+        let now = Instant::now();
+        let paused = self.reading_paused(now);
+        let timeout = match self.pause {
+            Some(since) if paused => {
+                let end = (since + MAX_PAUSE).saturating_duration_since(now);
+                Some(timeout.map_or(end, |t| t.min(end)))
+            }
+            _ => timeout,
+        };
         for (id, c) in &mut self.conns {
             let wants = c.wants(paused);
             if wants != c.interest {
@@ -423,7 +434,7 @@ impl Sockets {
         id: ConnId,
         ready: Ready,
     ) -> bool {
-        if self.reading_paused() && !ready.error {
+        if !ready.error && self.reading_paused(now) {
             return false;
         }
         let mut buf = [0u8; 64 * 1024];
@@ -444,7 +455,13 @@ impl Sockets {
                     engine.handle_link_bytes(now, id, &buf[..n]);
                     return true;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Read dry at the end of a pause: the next one starts.
+                    if self.inbound.load(Ordering::Relaxed) > RECEIVE_WINDOW {
+                        self.pause = Some(now);
+                    }
+                    return false;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     info!(error = %e, conn = id.0, "peer link: read");
@@ -464,11 +481,26 @@ impl Sockets {
         w.send(ToWorker::Order(order)).is_ok()
     }
 
-    /// Whether the sync worker has more than [`RECEIVE_WINDOW`] of the
-    /// peer's messages to handle: the connections wait unread until it
-    /// reports room ([`FromWorker::Room`]).
-    pub(crate) fn reading_paused(&self) -> bool {
-        self.inbound.load(Ordering::Relaxed) > RECEIVE_WINDOW
+    /// Whether the connections wait unread: the sync worker has more than
+    /// [`RECEIVE_WINDOW`] of the peer's messages to handle, until it
+    /// reports room ([`FromWorker::Room`]), for [`MAX_PAUSE`] at most at a
+    /// time. The peer's heartbeats come on the same stream behind the
+    /// data: after a pause the connections are read dry (then the next
+    /// pause starts), so a worker busy for long (a commit's fsyncs) never
+    /// makes the peer look silent. What a long stall lets in is bounded by
+    /// the kernel's buffers per pause.
+    pub(crate) fn reading_paused(&mut self, now: Instant) -> bool {
+        if self.inbound.load(Ordering::Relaxed) <= RECEIVE_WINDOW {
+            self.pause = None;
+            return false;
+        }
+        match self.pause {
+            None => {
+                self.pause = Some(now);
+                true
+            }
+            Some(since) => now.saturating_duration_since(since) < MAX_PAUSE,
+        }
     }
 
     /// Queues bytes the engine asked to send, and writes what the
@@ -640,6 +672,10 @@ pub(crate) enum FromWorker {
 /// replica whose disk is slower than the link holds this much of the
 /// source's data in memory, not the whole round's.
 pub(crate) const RECEIVE_WINDOW: usize = 4 << 20;
+
+/// The longest the connections wait unread at a time (the orchestrator's
+/// peer timeout is 3.5 s by default).
+pub(crate) const MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// Bytes of sync messages the source may have queued towards the link
 /// (in the engine's inbox or a connection's send buffer) before it waits.
@@ -847,8 +883,9 @@ mod tests {
     }
 
     /// Past the receive window the connection is not read (its bytes wait
-    /// in the kernel, which holds the sender back); back within it, they
-    /// are read, and the stream's end after them.
+    /// in the kernel, which holds the sender back) for up to a pause;
+    /// then it is read dry, and the next pause starts. Back within the
+    /// window, it is read at once, and the stream's end after its bytes.
     #[test]
     fn a_worker_behind_pauses_reading_until_it_has_room() {
         let listener = listen("127.0.0.1:0".parse().unwrap()).expect("listen");
@@ -877,28 +914,42 @@ mod tests {
         }
         assert_eq!(e.read, 1000, "read while the worker keeps up");
 
+        // Behind: a pause. Nothing read, no wake-up, until it ends.
         inbound.store(RECEIVE_WINDOW + 1, Ordering::Relaxed);
-        assert!(s.reading_paused());
+        let t0 = Instant::now();
+        assert!(s.reading_paused(t0));
         peer.write_all(&[8u8; 1000]).unwrap();
-        for _ in 0..5 {
+        while t0.elapsed() < MAX_PAUSE / 2 {
             assert_eq!(pump(&mut s, &mut e, 20), 0, "no wake-up while paused");
         }
         assert_eq!(e.read, 1000, "nothing read while paused");
+        // Still behind at the pause's end: read dry, then paused again.
+        while e.read < 2000 {
+            assert!(t0.elapsed() < MAX_PAUSE * 3, "not read at the pause's end");
+            pump(&mut s, &mut e, 50);
+        }
+        assert!(t0.elapsed() >= MAX_PAUSE, "read before the pause ended");
+        peer.write_all(&[9u8; 1000]).unwrap();
+        for _ in 0..5 {
+            pump(&mut s, &mut e, 20);
+        }
+        assert_eq!(e.read, 2000, "a new pause after reading dry");
 
+        // Room: read at once.
         inbound.store(RECEIVE_WINDOW, Ordering::Relaxed);
         for _ in 0..20 {
             pump(&mut s, &mut e, 20);
         }
-        assert_eq!(e.read, 2000, "read again with room");
+        assert_eq!(e.read, 3000, "read again with room");
 
         // The peer's end waits with its bytes, and is read with room.
         inbound.store(RECEIVE_WINDOW + 1, Ordering::Relaxed);
-        peer.write_all(&[9u8; 10]).unwrap();
+        peer.write_all(&[10u8; 10]).unwrap();
         drop(peer);
         for _ in 0..3 {
             pump(&mut s, &mut e, 20);
         }
-        assert!(!e.closed && e.read == 2000);
+        assert!(!e.closed && e.read == 3000);
         inbound.store(0, Ordering::Relaxed);
         for _ in 0..20 {
             pump(&mut s, &mut e, 20);
@@ -906,7 +957,7 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(e.read, 2010);
+        assert_eq!(e.read, 3010);
         assert!(e.closed, "the end of the stream, after its bytes");
     }
 }

@@ -504,9 +504,9 @@ impl Storage for FsStore {
         // Into the largest part, made room for once: never the whole
         // walk twice over.
         let mut parts = parts.into_iter().collect::<Result<Vec<Walk>, _>>()?;
-        let largest = (0..parts.len())
-            .max_by_key(|&i| parts[i].entries.len())
-            .unwrap_or(0);
+        let Some(largest) = (0..parts.len()).max_by_key(|&i| parts[i].entries.len()) else {
+            return Ok(out);
+        };
         let mut all = std::mem::take(&mut parts[largest]);
         let rest: usize = out.entries.len() + parts.iter().map(|p| p.entries.len()).sum::<usize>();
         all.entries.reserve_exact(rest);
