@@ -1226,6 +1226,24 @@ pub(crate) fn record_changes<S: Storage + ?Sized>(
     settle_record(s, p, &rec, Some(full))
 }
 
+/// Records a generation a source's peer confirmed as a new base from the
+/// source's manifest `full`, when its changes are the whole listing (the
+/// first round): as a log record they would be the base's size again,
+/// and held in memory twice over while being written.
+pub(crate) fn record_base<S: Storage + ?Sized>(
+    s: &mut S,
+    p: &mut Persisted,
+    generation: u64,
+    taken_at_ns: i64,
+    full: &crate::packed::Packed,
+) -> Result<(), StoreError> {
+    p.generation = generation;
+    p.taken_at_ns = taken_at_ns;
+    write_base_with(s, p, full)?;
+    ignore(s.remove_file(JOURNAL), &[StoreError::NotFound])?;
+    s.sync_dir(STATE_DIR)
+}
+
 pub(crate) fn write_state<S: Storage + ?Sized>(s: &mut S, st: StateFile) -> Result<(), StoreError> {
     write_atomic(s, STATE_DIR, "state", &st.encode())
 }

@@ -873,26 +873,40 @@ impl Source {
                 {
                     if d != self.persisted_digest || generation != self.confirmed_generation {
                         // Persist what the peer now has, as the changes
-                        // from what it had.
-                        let changes = match &self.confirmed {
-                            Some(prev) => prev
-                                .diff(&self.cache)
-                                .into_iter()
-                                .map(|c| match c {
-                                    Change::Upsert(p, m) => (p, Some(m)),
-                                    Change::Gone(p) => (p, None),
-                                })
-                                .collect(),
-                            None => Vec::new(),
-                        };
-                        generation::record_changes(
-                            store,
-                            &mut self.p,
-                            generation,
-                            taken,
-                            changes,
-                            &self.cache,
-                        )?;
+                        // from what it had; from nothing (a first round),
+                        // as a new base.
+                        match &self.confirmed {
+                            Some(prev) if prev.is_empty() && !self.cache.is_empty() => {
+                                generation::record_base(
+                                    store,
+                                    &mut self.p,
+                                    generation,
+                                    taken,
+                                    &self.cache,
+                                )?;
+                            }
+                            confirmed => {
+                                let changes = match confirmed {
+                                    Some(prev) => prev
+                                        .diff(&self.cache)
+                                        .into_iter()
+                                        .map(|c| match c {
+                                            Change::Upsert(p, m) => (p, Some(m)),
+                                            Change::Gone(p) => (p, None),
+                                        })
+                                        .collect(),
+                                    None => Vec::new(),
+                                };
+                                generation::record_changes(
+                                    store,
+                                    &mut self.p,
+                                    generation,
+                                    taken,
+                                    changes,
+                                    &self.cache,
+                                )?;
+                            }
+                        }
                         self.persisted_digest = d;
                     }
                     self.confirmed = None;
