@@ -278,7 +278,15 @@ fn decode_base(b: &[u8]) -> Result<(u64, u64, i64, Manifest), WireError> {
 impl Delta {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut w = Writer(&mut out);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the record (its checksum last) to `out`: a log entry is
+    /// framed in place, never copied whole behind its length.
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        let mut w = Writer(out);
         w.bytes(DELTA_MAGIC);
         w.u64(self.base_id);
         w.u64(self.seq);
@@ -339,7 +347,8 @@ impl Delta {
                 }
             }
         }
-        with_crc(out)
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
     }
 
     pub(crate) fn decode(b: &[u8]) -> Result<Self, WireError> {
@@ -1062,7 +1071,9 @@ fn append_log<S: Storage + ?Sized>(
 ) -> Result<(), StoreError> {
     // The log keeps manifest changes; a patch's ranges are of no use once
     // applied, and an older build reading the log knows no patch op.
-    let body = if rec.ops.iter().any(|op| matches!(op, JOp::Patch(_))) {
+    // The length first, filled in once the body is encoded behind it.
+    let mut framed = vec![0u8; 4];
+    if rec.ops.iter().any(|op| matches!(op, JOp::Patch(_))) {
         Delta {
             ops: rec
                 .ops
@@ -1072,13 +1083,12 @@ fn append_log<S: Storage + ?Sized>(
                 .collect(),
             ..rec.clone()
         }
-        .encode()
+        .encode_into(&mut framed);
     } else {
-        rec.encode()
-    };
-    let mut framed = Vec::with_capacity(body.len() + 4);
-    framed.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    framed.extend_from_slice(&body);
+        rec.encode_into(&mut framed);
+    }
+    let body_len = (framed.len() - 4) as u32;
+    framed[..4].copy_from_slice(&body_len.to_le_bytes());
     match s.stat(LOG) {
         Ok(_) => {}
         Err(StoreError::NotFound) => {

@@ -274,6 +274,9 @@ const IN_PLACE_MAX_DIRTY_DIV: u64 = 2;
 /// (see `make_room`).
 const SHIFT_RUN_DIV: u64 = 16;
 const SHIFT_RUN_MIN: u64 = 1 << 20;
+/// Messages the outbound queue keeps room for once drained; a larger
+/// queue (a first round's requests) gives its memory back.
+const OUT_ROOM: usize = 1024;
 
 /// A fetch being staged as an in-place patch: the dirty ranges' new bytes
 /// go one after another into the record; unchanged ranges (copies from the
@@ -682,7 +685,13 @@ impl Replica {
     /// The next message to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Message> {
-        self.out.pop_front()
+        let m = self.out.pop_front();
+        if m.is_none() && self.out.capacity() > OUT_ROOM {
+            // A first round queues a request per file at once; the room
+            // it took goes back when they have been sent.
+            self.out = VecDeque::new();
+        }
+        m
     }
 
     /// The next event.
@@ -1444,11 +1453,15 @@ impl Replica {
                 ..Delta::default()
             };
             // The record says all the round changes: a full listing's
-            // manifest and the paths looked at go before the commit builds
-            // the new generation from it (the first round of a large tree
-            // would otherwise hold both at once).
+            // manifest, the changes received, the staged names and the
+            // paths looked at go before the commit builds the new
+            // generation from it (the first round of a large tree would
+            // otherwise hold them all at once).
             round.whole = None;
             drop(candidates);
+            round.changes = BTreeMap::new();
+            round.staged = HashMap::new();
+            round.patched = HashMap::new();
             let patched: Vec<u64> = rec
                 .ops
                 .iter()
@@ -2044,6 +2057,66 @@ mod tests {
         assert_eq!(r.generation().number, u64::MAX);
         let (_, report) = Replica::open(ReplicaConfig::default(), now, &mut dst).unwrap();
         assert_eq!(report.generation.number, u64::MAX);
+    }
+
+    /// A first round asks for every file at once; once those requests
+    /// are sent, the queue that held them does not keep their room.
+    #[test]
+    fn a_drained_outbound_queue_gives_its_room_back() {
+        use crate::mem::MemStore;
+        use crate::wire::Message;
+        let mut dst = MemStore::new();
+        let now = Instant::now();
+        let (mut r, _) = Replica::open(ReplicaConfig::default(), now, &mut dst).unwrap();
+        r.handle_connected(now);
+        while r.poll_transmit().is_some() {}
+        r.handle_message(
+            now,
+            Message::ManifestStart {
+                taken_at_ns: 2,
+                full: true,
+            },
+            &mut dst,
+        )
+        .unwrap();
+        let files = 3 * OUT_ROOM;
+        let mut m = Manifest::default();
+        let mut changes = Vec::new();
+        for i in 0..files {
+            let p = RelPath::new(&format!("f{i}")).unwrap();
+            let meta = Meta {
+                kind: Kind::File {
+                    size: 1,
+                    hash: *blake3::hash(&i.to_le_bytes()).as_bytes(),
+                },
+                mode: 0o644,
+                mtime_ns: 3,
+                local: LocalStat::default(),
+            };
+            m.entries.insert(p.clone(), meta.clone());
+            changes.push(Change::Upsert(p, meta));
+        }
+        r.handle_message(now, Message::Entries { changes }, &mut dst)
+            .unwrap();
+        r.handle_message(
+            now,
+            Message::ManifestEnd {
+                entries: files as u64,
+                digest: m.digest(),
+            },
+            &mut dst,
+        )
+        .unwrap();
+        let mut wants = 0;
+        while let Some(msg) = r.poll_transmit() {
+            wants += usize::from(matches!(msg, Message::Want { .. }));
+        }
+        assert_eq!(wants, files);
+        assert!(
+            r.out.capacity() <= OUT_ROOM,
+            "the drained queue keeps room for {} messages",
+            r.out.capacity()
+        );
     }
 
     #[test]
