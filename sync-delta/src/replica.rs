@@ -274,9 +274,9 @@ const IN_PLACE_MAX_DIRTY_DIV: u64 = 2;
 /// (see `make_room`).
 const SHIFT_RUN_DIV: u64 = 16;
 const SHIFT_RUN_MIN: u64 = 1 << 20;
-/// Messages the outbound queue keeps room for once drained; a larger
-/// queue (a first round's requests) gives its memory back.
-const OUT_ROOM: usize = 1024;
+/// Fetches a round has asked for and not yet received at most: the rest
+/// are planned as these end.
+const IN_FLIGHT: usize = 256;
 
 /// A fetch being staged as an in-place patch: the dirty ranges' new bytes
 /// go one after another into the record; unchanged ranges (copies from the
@@ -335,6 +335,16 @@ struct Round {
     /// Files planned for fetching, and their total size.
     planned: u64,
     planned_bytes: u64,
+    /// Of those, files whose fetch has ended.
+    done: u64,
+    /// Old files by content, for local copies of what this round needs.
+    copies: HashMap<Hash, RelPath>,
+    /// The next fetch's id.
+    next_id: u32,
+    /// Planning stopped after this path ([`Replica::plan_more`]).
+    plan_after: Option<RelPath>,
+    /// Every path of the round has been planned.
+    planned_all: bool,
     /// Bytes written into the fetched files' staged copies so far.
     written: u64,
 }
@@ -519,7 +529,7 @@ impl Replica {
     pub fn round_progress(&self) -> Option<RoundProgress> {
         self.round.as_ref().map(|r| RoundProgress {
             files_total: r.planned,
-            files_done: r.planned - r.fetches.len() as u64,
+            files_done: r.done,
             bytes_total: r.planned_bytes,
             bytes_done: r.written,
         })
@@ -674,6 +684,11 @@ impl Replica {
                 guard: None,
                 planned: 0,
                 planned_bytes: 0,
+                done: 0,
+                copies: HashMap::new(),
+                next_id: 0,
+                plan_after: None,
+                planned_all: false,
                 written: 0,
             });
             self.out.push_back(Message::Request {
@@ -685,13 +700,7 @@ impl Replica {
     /// The next message to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Message> {
-        let m = self.out.pop_front();
-        if m.is_none() && self.out.capacity() > OUT_ROOM {
-            // A first round queues a request per file at once; the room
-            // it took goes back when they have been sent.
-            self.out = VecDeque::new();
-        }
-        m
+        self.out.pop_front()
     }
 
     /// The next event.
@@ -992,13 +1001,13 @@ impl Replica {
         }
         self.refused = None;
         round.guard = note;
-        // Plan the files.
-        let mask = self.mode_mask();
-        // Local copies: only of the content this round needs, so the index
-        // is as small as the change, not as the tree.
-        let mut by_hash: Option<HashMap<Hash, &RelPath>> = None;
-        let needed = || -> HashSet<Hash> {
-            new.iter()
+        // Plan the files. Local copies: only of the content this round
+        // needs, so the index is as small as the change, not as the tree.
+        round.copies = if old.is_empty() {
+            HashMap::new()
+        } else {
+            let needed: HashSet<Hash> = new
+                .iter()
                 .filter_map(|(p, m)| match &m.kind {
                     Kind::File { hash, size }
                         if *size > 0 && old.entries.get(p).is_none_or(|o| o.kind != m.kind) =>
@@ -1007,17 +1016,68 @@ impl Replica {
                     }
                     _ => None,
                 })
+                .collect();
+            old.entries
+                .iter()
+                .filter_map(|(p, m)| {
+                    m.file_hash()
+                        .filter(|h| needed.contains(*h))
+                        .map(|h| (*h, p.clone()))
+                })
                 .collect()
         };
-        let mut next_id = 0u32;
+        // What the round fetches, counted now for its progress (a local
+        // copy that fails is fetched, and counted then).
         for (p, m) in new.iter() {
+            if let Kind::File { size, hash } = &m.kind
+                && old.entries.get(p).is_none_or(|o| o.kind != m.kind)
+                && !(*size == 0 && *hash == *blake3::hash(b"").as_bytes())
+                && !round.copies.contains_key(hash)
+            {
+                round.planned += 1;
+                round.planned_bytes += *size;
+            }
+        }
+        round.phase = Phase::Fetching;
+        self.round = Some(round);
+        self.plan_more(store)?;
+        self.maybe_commit(now, store)
+    }
+
+    /// Plans the round's next files, in path order from where planning
+    /// stopped: staged symlinks, empty files and local copies at once, and
+    /// fetches until [`IN_FLIGHT`] are asked for (a first round of a large
+    /// tree would otherwise hold a request and a fetch per file at once).
+    /// The rest are planned as fetches end.
+    fn plan_more<S: Storage + ?Sized>(&mut self, store: &mut S) -> Result<(), SessionError> {
+        let mask = self.mode_mask();
+        let Some(round) = self.round.as_mut() else {
+            return Ok(());
+        };
+        if round.planned_all {
+            return Ok(());
+        }
+        let old = &self.p.manifest;
+        let new = next_view(old, &round.whole, &round.changes);
+        let from = match &round.plan_after {
+            Some(p) => std::ops::Bound::Excluded(p.as_str()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut last: Option<&RelPath> = None;
+        let mut stopped = false;
+        for (p, m) in new.range((from, std::ops::Bound::Unbounded)) {
+            if round.fetches.len() >= IN_FLIGHT {
+                stopped = true;
+                break;
+            }
+            last = Some(p);
             let o = old.entries.get(p);
             let Kind::File { size, hash } = &m.kind else {
                 if let Kind::Symlink { target } = &m.kind
                     && o.map(|o| &o.kind) != Some(&m.kind)
                 {
-                    let stage = format!("r{}-l{next_id}", round.seq);
-                    next_id += 1;
+                    let stage = format!("r{}-l{}", round.seq, round.next_id);
+                    round.next_id += 1;
                     store.symlink(target, &format!("{STAGE_DIR}/{stage}"))?;
                     round.staged.insert(p.clone(), stage);
                 }
@@ -1026,9 +1086,9 @@ impl Replica {
             if o.is_some_and(|o| o.kind == m.kind) {
                 continue; // same content; metadata handled at commit
             }
-            let stage = format!("r{}-f{next_id}", round.seq);
-            let id = next_id;
-            next_id += 1;
+            let stage = format!("r{}-f{}", round.seq, round.next_id);
+            let id = round.next_id;
+            round.next_id += 1;
             let stage_path = format!("{STAGE_DIR}/{stage}");
             if *size == 0 && *hash == *blake3::hash(b"").as_bytes() {
                 store.create(&stage_path)?;
@@ -1036,18 +1096,8 @@ impl Replica {
                 round.staged.insert(p.clone(), stage);
                 continue;
             }
-            let index = by_hash.get_or_insert_with(|| {
-                let needed = needed();
-                old.entries
-                    .iter()
-                    .filter_map(|(p, m)| {
-                        m.file_hash()
-                            .filter(|h| needed.contains(*h))
-                            .map(|h| (*h, p))
-                    })
-                    .collect()
-            });
-            if let Some(from) = index.get(hash)
+            let copy_from = round.copies.get(hash);
+            if let Some(from) = copy_from
                 && copy_local(
                     store,
                     from.as_str(),
@@ -1092,8 +1142,11 @@ impl Replica {
                 stage
             };
             store.create(&format!("{STAGE_DIR}/{stage}"))?;
-            round.planned += 1;
-            round.planned_bytes += *size;
+            if copy_from.is_some() {
+                // Counted as a copy; fetched after all.
+                round.planned += 1;
+                round.planned_bytes += *size;
+            }
             round.fetches.insert(
                 id,
                 Fetch {
@@ -1113,9 +1166,15 @@ impl Replica {
                 base,
             });
         }
-        round.phase = Phase::Fetching;
-        self.round = Some(round);
-        self.maybe_commit(now, store)
+        if stopped {
+            if let Some(p) = last {
+                round.plan_after = Some(p.clone());
+            }
+        } else {
+            round.planned_all = true;
+            round.plan_after = None;
+        }
+        Ok(())
     }
 
     fn data<S: Storage + ?Sized>(
@@ -1219,6 +1278,7 @@ impl Replica {
             .fetches
             .remove(&id)
             .ok_or(SessionError::UnknownFile { id })?;
+        round.done += 1;
         let stage_path = format!("{STAGE_DIR}/{}", f.stage);
         let hash = f.hasher.map_or_else(
             || *blake3::hash(b"").as_bytes(),
@@ -1271,6 +1331,9 @@ impl Replica {
             self.stats.skipped += 1;
             self.events.push_back(ReplicaEvent::FileSkipped(f.path));
         }
+        if round.fetches.len() <= IN_FLIGHT / 2 {
+            self.plan_more(store)?;
+        }
         self.maybe_commit(now, store)
     }
 
@@ -1314,7 +1377,11 @@ impl Replica {
         now: Instant,
         store: &mut S,
     ) -> Result<(), SessionError> {
-        if self.round.as_ref().is_none_or(|r| !r.fetches.is_empty()) {
+        if self
+            .round
+            .as_ref()
+            .is_none_or(|r| !r.fetches.is_empty() || !r.planned_all)
+        {
             return Ok(());
         }
         let Some(mut round) = self.round.take() else {
@@ -2057,66 +2124,6 @@ mod tests {
         assert_eq!(r.generation().number, u64::MAX);
         let (_, report) = Replica::open(ReplicaConfig::default(), now, &mut dst).unwrap();
         assert_eq!(report.generation.number, u64::MAX);
-    }
-
-    /// A first round asks for every file at once; once those requests
-    /// are sent, the queue that held them does not keep their room.
-    #[test]
-    fn a_drained_outbound_queue_gives_its_room_back() {
-        use crate::mem::MemStore;
-        use crate::wire::Message;
-        let mut dst = MemStore::new();
-        let now = Instant::now();
-        let (mut r, _) = Replica::open(ReplicaConfig::default(), now, &mut dst).unwrap();
-        r.handle_connected(now);
-        while r.poll_transmit().is_some() {}
-        r.handle_message(
-            now,
-            Message::ManifestStart {
-                taken_at_ns: 2,
-                full: true,
-            },
-            &mut dst,
-        )
-        .unwrap();
-        let files = 3 * OUT_ROOM;
-        let mut m = Manifest::default();
-        let mut changes = Vec::new();
-        for i in 0..files {
-            let p = RelPath::new(&format!("f{i}")).unwrap();
-            let meta = Meta {
-                kind: Kind::File {
-                    size: 1,
-                    hash: *blake3::hash(&i.to_le_bytes()).as_bytes(),
-                },
-                mode: 0o644,
-                mtime_ns: 3,
-                local: LocalStat::default(),
-            };
-            m.entries.insert(p.clone(), meta.clone());
-            changes.push(Change::Upsert(p, meta));
-        }
-        r.handle_message(now, Message::Entries { changes }, &mut dst)
-            .unwrap();
-        r.handle_message(
-            now,
-            Message::ManifestEnd {
-                entries: files as u64,
-                digest: m.digest(),
-            },
-            &mut dst,
-        )
-        .unwrap();
-        let mut wants = 0;
-        while let Some(msg) = r.poll_transmit() {
-            wants += usize::from(matches!(msg, Message::Want { .. }));
-        }
-        assert_eq!(wants, files);
-        assert!(
-            r.out.capacity() <= OUT_ROOM,
-            "the drained queue keeps room for {} messages",
-            r.out.capacity()
-        );
     }
 
     #[test]

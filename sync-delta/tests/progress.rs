@@ -95,3 +95,57 @@ fn progress_counts_the_files_fetched_and_the_bytes_written() {
     check_monotonic(&seen);
     assert!(seen.iter().flatten().all(|p| p.files_total == 0));
 }
+
+/// A round of many files asks for a bounded number at a time (the rest as
+/// those arrive), counts every file in its progress from the start, and
+/// still brings the whole tree over, local copies included.
+#[test]
+fn a_large_round_keeps_a_bounded_number_of_fetches_in_flight() {
+    use std::cell::Cell;
+    use sync_delta::Message;
+    let files = 1000;
+    let mut src = MemStore::new();
+    for i in 0..files {
+        src.put_file(
+            &format!("a/f{i:04}"),
+            &noise(100 + i, i as u64 + 1),
+            0o644,
+            1,
+        );
+    }
+    let mut pair = Pair::new(src, MemStore::new());
+    let wants = Cell::new(0u64);
+    let most = Cell::new(0u64);
+    let totals = Cell::new((0u64, 0u64));
+    pair.pump_watching(
+        |m, _| {
+            if matches!(m, Message::Want { .. }) {
+                wants.set(wants.get() + 1);
+            }
+        },
+        |r| {
+            if let Some(p) = r.round_progress() {
+                most.set(most.get().max(wants.get() - p.files_done));
+                totals.set((p.files_total, p.files_done));
+            }
+        },
+    )
+    .expect("first round");
+    pair.assert_synced();
+    assert_eq!(wants.get(), files as u64, "every file asked for once");
+    assert!(
+        most.get() > 0 && most.get() <= 256,
+        "{} fetches in flight at once",
+        most.get()
+    );
+    // Every file counted from the first progress seen to the last.
+    assert_eq!(totals.get().0, files as u64);
+    // A second copy of each under another folder: copied, not fetched.
+    for i in 0..files {
+        let data = noise(100 + i, i as u64 + 1);
+        pair.src.put_file(&format!("b/f{i:04}"), &data, 0o644, 1);
+    }
+    pair.round().expect("second round");
+    pair.assert_synced();
+    assert_eq!(pair.replica.stats().copied, files as u64);
+}
