@@ -20,11 +20,11 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use failover_orchestrator::pair::{
-    ConnId, LinkFailure, Pair, SyncLink, SyncOrder, SyncReport, SyncWorker,
+    ConnId, ForPeer, LinkFailure, Pair, SyncLink, SyncOrder, SyncReport, SyncWorker,
 };
 use socket2::{Domain, SockAddr, Socket, Type};
 use sync_delta::frame::Nonce;
-use sync_delta::{Exposure, FsStore, Message, RoundProgress};
+use sync_delta::{Exposure, FsStore, RoundProgress};
 use tracing::{info, warn};
 
 use crate::poller::{Interest, Poller, Ready};
@@ -660,7 +660,7 @@ pub(crate) enum ToWorker {
 /// its encoded length, counted in the window until the engine takes it)
 /// or a report.
 pub(crate) enum FromWorker {
-    Message(Message, usize),
+    Message(ForPeer, usize),
     Report(SyncReport),
     /// The worker's backlog of the peer's messages fell back within
     /// [`RECEIVE_WINDOW`]: read the connections again.
@@ -817,7 +817,7 @@ pub(crate) fn spawn_worker_watched(
                     let Some(m) = worker.poll_transmit(Instant::now(), &mut store) else {
                         break;
                     };
-                    let len = m.encoded_len();
+                    let len = m.message.encoded_len();
                     queued.fetch_add(len, Ordering::Relaxed);
                     if !out(FromWorker::Message(m, len)) {
                         return;

@@ -867,3 +867,66 @@ fn a_handshake_flood_stays_within_the_limits_and_the_peer_still_gets_through() {
     assert_eq!(failures + stats.failures_suppressed, 630);
     assert_eq!(w.ends[SOURCE].link.pending_handshakes().count(), 0);
 }
+
+/// A message the worker made for a link that has since gone (it ran behind
+/// the engine, on a thread of its own) never reaches the next link: a
+/// source's answer to the last peer's request would read as the answer to
+/// the new peer's. What the worker makes once told of the new link goes.
+#[test]
+fn a_message_made_for_a_link_that_has_gone_is_not_sent_on_the_next() {
+    use failover_orchestrator::pair::SyncOrder;
+    let mut w = World::new(b"the key", 1, 100);
+    w.until(REPLICA, |e| {
+        matches!(e, SyncLinkEvent::Sync(SyncReport::RoundDone(_))).then_some(())
+    });
+    let now = w.now;
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let e = &mut w.ends[SOURCE];
+    e.worker
+        .handle_order(now, wall, SyncOrder::RoundNow { id: 99 }, &mut e.store);
+    let stale = e
+        .worker
+        .poll_transmit(now, &mut e.store)
+        .expect("the source asks its replica for a round");
+    // The link goes down and comes back before the message is handed on.
+    w.ends[REPLICA].link.handle_sync_report(
+        now,
+        SyncReport::RoundFailed {
+            why: "replica session: out of step".into(),
+            reset: true,
+        },
+    );
+    w.until(REPLICA, |e| (*e == SyncLinkEvent::LinkDown).then_some(()));
+    w.until(SOURCE, |e| (*e == SyncLinkEvent::LinkUp).then_some(()));
+    let now = w.now;
+    let e = &mut w.ends[SOURCE];
+    assert_eq!(e.link.stats().stale_sync_messages, 0);
+    e.link.handle_sync_message(now, &stale);
+    assert_eq!(e.link.stats().stale_sync_messages, 1);
+    assert!(
+        std::iter::from_fn(|| match e.link.poll_output() {
+            SyncLinkOutput::Wait(_) => None,
+            o => Some(o),
+        })
+        .all(|o| !matches!(o, SyncLinkOutput::Send { .. })),
+        "the stale message went out"
+    );
+    // Made again now, on the new link: it goes.
+    e.worker
+        .handle_order(now, wall, SyncOrder::RoundNow { id: 100 }, &mut e.store);
+    let fresh = e
+        .worker
+        .poll_transmit(now, &mut e.store)
+        .expect("the source asks again");
+    assert_eq!(fresh.message, stale.message);
+    e.link.handle_sync_message(now, &fresh);
+    assert_eq!(e.link.stats().stale_sync_messages, 1);
+    assert!(
+        std::iter::from_fn(|| match e.link.poll_output() {
+            SyncLinkOutput::Wait(_) => None,
+            o => Some(o),
+        })
+        .any(|o| matches!(o, SyncLinkOutput::Send { .. })),
+        "the fresh message did not go out"
+    );
+}

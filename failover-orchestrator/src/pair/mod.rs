@@ -132,7 +132,6 @@ const BEACON_PROBE: u8 = 255;
 
 /// Requests and replies kept for the peer while the link is down.
 const HELD_MESSAGES: usize = 64;
-use sync_delta::Message;
 use vrrp_fsm::VirtualRouter;
 use vrrp_proto::RecvMeta;
 
@@ -140,7 +139,8 @@ pub use inline::{InlinePair, SYNC_BACKLOG_LIMIT};
 use link::link_inputs;
 pub use link::{CloseReason, ConnId, LinkConfig, LinkFailure, LinkStats, PendingHandshake};
 pub use sync::{
-    GenerationStatus, RoundSummary, SyncConfig, SyncOrder, SyncReport, SyncRole, SyncWorker,
+    ForPeer, GenerationStatus, RoundSummary, SyncConfig, SyncOrder, SyncReport, SyncRole,
+    SyncWorker,
 };
 pub use sync_link::{SyncLink, SyncLinkEvent, SyncLinkOutput, SyncLinkStats};
 
@@ -618,8 +618,9 @@ impl Pair {
         r
     }
 
-    /// A message from the [`SyncWorker`] for the peer.
-    pub fn handle_sync_message(&mut self, now: Instant, message: &Message) {
+    /// A message from the [`SyncWorker`] for the peer (dropped when the
+    /// worker made it before it was told of the peer link's last change).
+    pub fn handle_sync_message(&mut self, now: Instant, message: &ForPeer) {
         self.link.handle_sync_message(now, message);
         self.pump(now);
     }

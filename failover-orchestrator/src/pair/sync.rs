@@ -260,6 +260,27 @@ struct Track {
     received: u64,
 }
 
+/// A message from the [`SyncWorker`] for the peer, marked with the link it
+/// was made for: the worker may run behind the engine (on a thread of its
+/// own), and what it made for a connection that has since gone must not
+/// reach the next one (a source's answer to the last peer's request would
+/// read as the answer to the new peer's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForPeer {
+    /// The message.
+    pub message: Message,
+    /// How many link changes (up, down) the worker had been told of.
+    link: u64,
+}
+
+impl ForPeer {
+    /// Whether it was made after the worker was told of the `changes`th
+    /// link change and of none since.
+    pub(crate) fn made_on(&self, changes: u64) -> bool {
+        self.link == changes
+    }
+}
+
 /// Carries out the pair engine's [`SyncOrder`]s on one tree.
 ///
 /// # Driver contract
@@ -270,12 +291,16 @@ struct Track {
 /// [`SyncWorker::poll_transmit`] to [`crate::pair::Pair::handle_sync_message`]
 /// (call it when the peer link can take more: a source reads file data as
 /// it goes), and every report from [`SyncWorker::poll_report`] to
-/// [`crate::pair::Pair::handle_sync_report`].
+/// [`crate::pair::Pair::handle_sync_report`]. The engine drops a message
+/// the worker made before it was told of the link's last change.
 pub struct SyncWorker {
     config: SyncConfig,
     role: SyncRole,
     session: Session,
     connected: bool,
+    /// Link changes ([`SyncOrder::Connected`], [`SyncOrder::Disconnected`])
+    /// handled so far: the mark of every message made.
+    link_changes: u64,
     /// Replica: rounds asked for (id, first round seq that answers it).
     waiting: Vec<(u64, u64)>,
     rounds_started: u64,
@@ -327,6 +352,7 @@ impl SyncWorker {
             role: SyncRole::Idle,
             session: Session::None,
             connected: false,
+            link_changes: 0,
             waiting: Vec::new(),
             rounds_started: 0,
             round: None,
@@ -383,6 +409,7 @@ impl SyncWorker {
         match order {
             SyncOrder::Become(role) => self.become_role(now, wall, role, store),
             SyncOrder::Connected => {
+                self.link_changes += 1;
                 self.connected = true;
                 if let Session::Source(s) = &mut self.session {
                     s.handle_connected(now);
@@ -390,6 +417,7 @@ impl SyncWorker {
                 self.arm_replica(now, store);
             }
             SyncOrder::Disconnected => {
+                self.link_changes += 1;
                 self.connected = false;
                 self.disconnect(now, store);
             }
@@ -444,11 +472,11 @@ impl SyncWorker {
         &mut self,
         now: Instant,
         store: &mut S,
-    ) -> Option<Message> {
+    ) -> Option<ForPeer> {
         if !self.connected {
             return None;
         }
-        match &mut self.session {
+        let message = match &mut self.session {
             Session::None => None,
             Session::Replica(r) => {
                 let m = r.poll_transmit()?;
@@ -463,7 +491,11 @@ impl SyncWorker {
                 Some(m)
             }
             Session::Source(s) => s.poll_transmit(store),
-        }
+        }?;
+        Some(ForPeer {
+            message,
+            link: self.link_changes,
+        })
     }
 
     /// Dirty-path hints from the driver's change notifications (paths

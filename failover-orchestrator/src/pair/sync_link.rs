@@ -15,7 +15,7 @@ use super::link::{
     CloseReason, ConnId, Failure, LinkConfig, LinkControl, LinkFailure, LinkOut, LinkStats,
     PendingHandshake, link_inputs,
 };
-use super::sync::{SyncOrder, SyncReport, SyncRole};
+use super::sync::{ForPeer, SyncOrder, SyncReport, SyncRole};
 
 /// What happened, for the tool's output and logs.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +97,9 @@ pub struct SyncLinkStats {
     pub sync_decode_errors: u64,
     /// Frames on a channel this engine does not use.
     pub unknown_channel: u64,
+    /// Messages from the worker made for a link that has since gone down
+    /// (the worker had not yet been told), dropped.
+    pub stale_sync_messages: u64,
 }
 
 /// One end of a peer link that carries a [`crate::pair::SyncWorker`]'s
@@ -150,6 +153,9 @@ pub struct SyncLink {
     link: LinkControl,
     role: SyncRole,
     next_order: u64,
+    /// Link changes told to the worker ([`SyncOrder::Connected`],
+    /// [`SyncOrder::Disconnected`]): what its current messages carry.
+    link_changes: u64,
     /// Frames on channels other than [`CHANNEL_SYNC`] for the engine that
     /// owns this link (the pair engine), in the order they came; `None`
     /// when they are this engine's: [`CHANNEL_PEER`] as
@@ -186,6 +192,7 @@ impl SyncLink {
             link: LinkControl::new(config, epoch),
             role: SyncRole::Idle,
             next_order: 1,
+            link_changes: 0,
             owner_frames,
             out: VecDeque::new(),
             stats: SyncLinkStats::default(),
@@ -244,10 +251,16 @@ impl SyncLink {
 
     link_inputs!("SyncLinkOutput");
 
-    /// A message from the worker for the peer.
-    pub fn handle_sync_message(&mut self, now: Instant, message: &Message) {
-        let mut bytes = Vec::with_capacity(message.encoded_len());
-        message.encode(&mut bytes);
+    /// A message from the worker for the peer; dropped (and counted) when
+    /// the worker made it before it was told of the link's last change.
+    pub fn handle_sync_message(&mut self, now: Instant, message: &ForPeer) {
+        if !message.made_on(self.link_changes) {
+            self.stats.stale_sync_messages += 1;
+            return;
+        }
+        let m = &message.message;
+        let mut bytes = Vec::with_capacity(m.encoded_len());
+        m.encode(&mut bytes);
         self.link.send(CHANNEL_SYNC, &bytes);
         self.pump(now);
     }
@@ -404,6 +417,7 @@ impl SyncLink {
                 } else {
                     (SyncLinkEvent::LinkDown, SyncOrder::Disconnected)
                 };
+                self.link_changes += 1;
                 self.out.push_back(SyncLinkOutput::Event(ev));
                 self.out.push_back(SyncLinkOutput::Sync(order));
             }
