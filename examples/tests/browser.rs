@@ -326,6 +326,13 @@ async fn status_page_in_chromium() {
         s["summary"] == "Backup device with ID pbx-a is UP (Active mode)"
     })
     .await;
+    // pbx-a has finished a round with pbx-b before pbx-b dies, so that
+    // the takeover has a data-loss window to report (a loaded machine can
+    // take longer over the first round than over the greeting).
+    p.a.wait(Duration::from_secs(20), "a round done", |s| {
+        !s["counters"]["last_round"].is_null()
+    })
+    .await;
     p.b.stop(Stop::Crash).await;
     p.a.wait(Duration::from_secs(20), "takeover done", |s| {
         s["role"] == "Master" && milestones(s).iter().any(|m| m == "Done")
