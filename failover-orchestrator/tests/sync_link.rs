@@ -251,9 +251,42 @@ impl World {
         }
     }
 
+    /// Steps until the replica has finished a round.
+    fn round_done(&mut self) {
+        self.until(REPLICA, |e| {
+            matches!(e, SyncLinkEvent::Sync(SyncReport::RoundDone(_))).then_some(())
+        });
+    }
+
+    /// The replica's worker reports its session out of step, which closes
+    /// the link; steps until the replica has seen it go down.
+    fn out_of_step(&mut self) {
+        let now = self.now;
+        self.ends[REPLICA].link.handle_sync_report(
+            now,
+            SyncReport::RoundFailed {
+                why: "replica session: out of step".into(),
+                reset: true,
+            },
+        );
+        self.until(REPLICA, |e| (*e == SyncLinkEvent::LinkDown).then_some(()));
+    }
+
     fn has(&self, i: usize, f: impl Fn(&SyncLinkEvent) -> bool) -> bool {
         self.ends[i].events.iter().any(|(_, e)| f(e))
     }
+}
+
+/// Whether the link's outputs, all taken up to its wait, write anything.
+fn sends(link: &mut SyncLink) -> bool {
+    let outputs: Vec<SyncLinkOutput> = std::iter::from_fn(|| match link.poll_output() {
+        SyncLinkOutput::Wait(_) => None,
+        o => Some(o),
+    })
+    .collect();
+    outputs
+        .iter()
+        .any(|o| matches!(o, SyncLinkOutput::Send { .. }))
 }
 
 #[test]
@@ -346,9 +379,7 @@ fn the_source_settles_at_what_its_replica_confirmed_with_when_it_took_it() {
 #[test]
 fn a_refused_round_is_reported_once_and_answers_a_round_asked_for() {
     let mut w = World::new(b"the key", 10, 100);
-    w.until(REPLICA, |e| {
-        matches!(e, SyncLinkEvent::Sync(SyncReport::RoundDone(_))).then_some(())
-    });
+    w.round_done();
     let before = w.ends[REPLICA].store.tree();
     for i in 0..8 {
         w.ends[SOURCE]
@@ -380,18 +411,8 @@ fn a_refused_round_is_reported_once_and_answers_a_round_asked_for() {
 #[test]
 fn a_session_out_of_step_closes_the_link_which_starts_over() {
     let mut w = World::new(b"the key", 1, 100);
-    w.until(REPLICA, |e| {
-        matches!(e, SyncLinkEvent::Sync(SyncReport::RoundDone(_))).then_some(())
-    });
-    let now = w.now;
-    w.ends[REPLICA].link.handle_sync_report(
-        now,
-        SyncReport::RoundFailed {
-            why: "replica session: out of step".into(),
-            reset: true,
-        },
-    );
-    w.until(REPLICA, |e| (*e == SyncLinkEvent::LinkDown).then_some(()));
+    w.round_done();
+    w.out_of_step();
     assert_eq!(w.ends[REPLICA].closes, [CloseReason::SyncFailed]);
     // The dialling end comes back after its first backoff.
     let ups = |w: &World| {
@@ -876,9 +897,7 @@ fn a_handshake_flood_stays_within_the_limits_and_the_peer_still_gets_through() {
 fn a_message_made_for_a_link_that_has_gone_is_not_sent_on_the_next() {
     use failover_orchestrator::pair::SyncOrder;
     let mut w = World::new(b"the key", 1, 100);
-    w.until(REPLICA, |e| {
-        matches!(e, SyncLinkEvent::Sync(SyncReport::RoundDone(_))).then_some(())
-    });
+    w.round_done();
     let now = w.now;
     let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let e = &mut w.ends[SOURCE];
@@ -889,28 +908,14 @@ fn a_message_made_for_a_link_that_has_gone_is_not_sent_on_the_next() {
         .poll_transmit(now, &mut e.store)
         .expect("the source asks its replica for a round");
     // The link goes down and comes back before the message is handed on.
-    w.ends[REPLICA].link.handle_sync_report(
-        now,
-        SyncReport::RoundFailed {
-            why: "replica session: out of step".into(),
-            reset: true,
-        },
-    );
-    w.until(REPLICA, |e| (*e == SyncLinkEvent::LinkDown).then_some(()));
+    w.out_of_step();
     w.until(SOURCE, |e| (*e == SyncLinkEvent::LinkUp).then_some(()));
     let now = w.now;
     let e = &mut w.ends[SOURCE];
     assert_eq!(e.link.stats().stale_sync_messages, 0);
     e.link.handle_sync_message(now, &stale);
     assert_eq!(e.link.stats().stale_sync_messages, 1);
-    assert!(
-        std::iter::from_fn(|| match e.link.poll_output() {
-            SyncLinkOutput::Wait(_) => None,
-            o => Some(o),
-        })
-        .all(|o| !matches!(o, SyncLinkOutput::Send { .. })),
-        "the stale message went out"
-    );
+    assert!(!sends(&mut e.link), "the stale message went out");
     // Made again now, on the new link: it goes.
     e.worker
         .handle_order(now, wall, SyncOrder::RoundNow { id: 100 }, &mut e.store);
@@ -921,12 +926,5 @@ fn a_message_made_for_a_link_that_has_gone_is_not_sent_on_the_next() {
     assert_eq!(fresh.message, stale.message);
     e.link.handle_sync_message(now, &fresh);
     assert_eq!(e.link.stats().stale_sync_messages, 1);
-    assert!(
-        std::iter::from_fn(|| match e.link.poll_output() {
-            SyncLinkOutput::Wait(_) => None,
-            o => Some(o),
-        })
-        .any(|o| matches!(o, SyncLinkOutput::Send { .. })),
-        "the fresh message did not go out"
-    );
+    assert!(sends(&mut e.link), "the fresh message did not go out");
 }
