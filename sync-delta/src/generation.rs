@@ -56,7 +56,7 @@ use crate::exclude::Exclude;
 use crate::manifest::{Kind, LocalStat, Manifest, Meta, View, decode_entry, encode_entry};
 use crate::packed::{Packed, PackedBuilder};
 use crate::path::{RelPath, STATE_DIR};
-use crate::store::{IO_CHUNK, StatKind, Storage, read_all, write_atomic};
+use crate::store::{StatKind, Storage, read_all, write_atomic};
 use crate::wire::{Reader, Writer};
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -799,7 +799,6 @@ fn apply_ops<S: Storage + ?Sized>(
     let mut dirs = BTreeSet::new();
     let mut created = Vec::new();
     let mut lost = Vec::new();
-    let mut buf = Vec::new();
     for op in &rec.ops {
         match op {
             JOp::Delete(p) => {
@@ -843,7 +842,7 @@ fn apply_ops<S: Storage + ?Sized>(
             JOp::Patch(pt) => {
                 let p = pt.path.as_str();
                 let r = match s.stat(p) {
-                    Ok(st) if st.kind == StatKind::File => apply_patch(s, pt, &mut buf),
+                    Ok(st) if st.kind == StatKind::File => apply_patch(s, pt),
                     Ok(_) => {
                         // A directory or symlink where the file was: moved
                         // aside, never written through.
@@ -885,28 +884,23 @@ fn apply_ops<S: Storage + ?Sized>(
 
 /// Writes a patch's staged ranges at their offsets, sets the length and
 /// the metadata, and syncs the file.
-fn apply_patch<S: Storage + ?Sized>(
-    s: &mut S,
-    pt: &Patch,
-    buf: &mut Vec<u8>,
-) -> Result<(), StoreError> {
-    if buf.len() < IO_CHUNK {
-        buf.resize(IO_CHUNK, 0);
-    }
+fn apply_patch<S: Storage + ?Sized>(s: &mut S, pt: &Patch) -> Result<(), StoreError> {
     let from = format!("{STAGE_DIR}/{}", pt.stage);
     let p = pt.path.as_str();
+    // The record must hold every range: a missing or short one is damage,
+    // not a file gone from the tree.
+    let staged: u64 = pt.ranges.iter().map(|r| r.1).sum();
+    if staged > 0 {
+        match s.stat(&from) {
+            Ok(st) if st.kind == StatKind::File && st.size >= staged => {}
+            Ok(_) | Err(StoreError::NotFound) => return Err(StoreError::Corrupt),
+            Err(e) => return Err(e),
+        }
+    }
     let mut at = 0u64;
     for &(off, len) in &pt.ranges {
-        let mut done = 0u64;
-        while done < len {
-            let want = usize::try_from(len - done).map_or(IO_CHUNK, |w| w.min(IO_CHUNK));
-            let n = match s.read_at(&from, at + done, &mut buf[..want]) {
-                Ok(0) | Err(StoreError::NotFound) => return Err(StoreError::Corrupt),
-                Ok(n) => n,
-                Err(e) => return Err(e),
-            };
-            s.write_at(p, off + done, &buf[..n])?;
-            done += n as u64;
+        if s.copy_range(&from, at, p, off, len)? != len {
+            return Err(StoreError::Corrupt);
         }
         at += len;
     }

@@ -121,6 +121,37 @@ pub trait Storage {
     /// A [`StoreError`].
     fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError>;
 
+    /// Copies up to `len` bytes of `from` at `from_offset` into the
+    /// existing regular file `to` at `to_offset` (never through a
+    /// symlink); returns the bytes copied, fewer when `from` ends first.
+    /// The default reads and writes through a buffer; a real store may let
+    /// the kernel copy (a replica applying a patch copies its staged
+    /// ranges into the live file this way).
+    ///
+    /// # Errors
+    /// A [`StoreError`].
+    fn copy_range(
+        &mut self,
+        from: &str,
+        from_offset: u64,
+        to: &str,
+        to_offset: u64,
+        len: u64,
+    ) -> Result<u64, StoreError> {
+        let mut buf = vec![0u8; usize::try_from(len).map_or(IO_CHUNK, |l| l.min(IO_CHUNK))];
+        let mut done = 0u64;
+        while done < len {
+            let want = usize::try_from(len - done).map_or(buf.len(), |w| w.min(buf.len()));
+            let n = self.read_at(from, from_offset + done, &mut buf[..want])?;
+            if n == 0 {
+                break;
+            }
+            self.write_at(to, to_offset + done, &buf[..n])?;
+            done += n as u64;
+        }
+        Ok(done)
+    }
+
     /// Sets an existing regular file's length (never through a symlink):
     /// cut at `len`, or extended with zeros to it. A replica patching a
     /// file in place uses it when the new content is shorter.
@@ -228,7 +259,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// - [`FsStore::with_threads`]`(n)`: a walk spreads the root's
 ///   subdirectories over up to `n` threads, and hashing a scan's files
 ///   over up to `n` threads (never more threads than directories or
-///   files).
+///   files); a file of 32 MiB or more is hashed by all `n` together,
+///   each taking whole subtrees of BLAKE3's hash tree.
 /// - [`FsStore::with_sync_threads`]`(n)`: a round's fsyncs (its staged
 ///   files and the directories it touched) overlap on up to `n` threads,
 ///   so the file system can commit them together.
@@ -555,6 +587,24 @@ impl Storage for FsStore {
         Ok(())
     }
 
+    fn copy_range(
+        &mut self,
+        from: &str,
+        from_offset: u64,
+        to: &str,
+        to_offset: u64,
+        len: u64,
+    ) -> Result<u64, StoreError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let src = fs::File::open(self.checked(from)?)?;
+        let dst = self.open_regular(to)?;
+        (&src).seek(SeekFrom::Start(from_offset))?;
+        (&dst).seek(SeekFrom::Start(to_offset))?;
+        // std copies file to file in the kernel (copy_file_range) where it
+        // can: no pass through this process's memory.
+        Ok(std::io::copy(&mut (&src).take(len), &mut &dst)?)
+    }
+
     fn set_len(&mut self, path: &str, len: u64) -> Result<(), StoreError> {
         self.open_regular(path)?.set_len(len)?;
         Ok(())
@@ -671,42 +721,52 @@ impl Storage for FsStore {
     }
 
     fn hash_files(&mut self, paths: &[RelPath]) -> Vec<Result<Hashed, StoreError>> {
-        let threads = self.threads.min(paths.len()).max(1);
-        if threads == 1 {
+        if self.threads <= 1 {
             let mut buf = vec![0u8; IO_CHUNK];
             return paths
                 .iter()
                 .map(|p| fs_hash(&self.root, p.as_str(), &mut buf))
                 .collect();
         }
+        // Files of SPLIT_MIN and more are set aside by the queue and then
+        // hashed one at a time by every thread together, so one large file
+        // does not leave the other threads idle.
+        let threads = self.threads.min(paths.len()).max(1);
         let next = std::sync::atomic::AtomicUsize::new(0);
         let root = &self.root;
-        let mut parts: Vec<Vec<(usize, Result<Hashed, StoreError>)>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut buf = vec![0u8; IO_CHUNK];
-                        let mut mine = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(p) = paths.get(i) else { break };
-                            mine.push((i, fs_hash(root, p.as_str(), &mut buf)));
-                        }
-                        mine
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_default())
-                .collect()
-        });
+        let work = || {
+            let mut buf = vec![0u8; IO_CHUNK];
+            let mut mine = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(p) = paths.get(i) else { break };
+                mine.push((i, fs_hash_or_defer(root, p.as_str(), &mut buf)));
+            }
+            mine
+        };
+        /// A thread's results: a path's index, and its hash or `None`
+        /// when it was set aside.
+        type Part = Vec<(usize, Option<Result<Hashed, StoreError>>)>;
+        let mut parts: Vec<Part> = if threads == 1 {
+            vec![work()]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_default())
+                    .collect()
+            })
+        };
         let mut out: Vec<Option<Result<Hashed, StoreError>>> =
             (0..paths.len()).map(|_| None).collect();
         for part in parts.drain(..) {
             for (i, r) in part {
                 if let Some(slot) = out.get_mut(i) {
-                    *slot = Some(r);
+                    *slot =
+                        Some(r.unwrap_or_else(|| {
+                            fs_hash_split(root, paths[i].as_str(), self.threads)
+                        }));
                 }
             }
         }
@@ -750,6 +810,133 @@ fn fs_hash(root: &Path, path: &str, buf: &mut [u8]) -> Result<Hashed, StoreError
     Ok(Hashed {
         hash: *h.finalize().as_bytes(),
         len: h.count(),
+        before,
+        after,
+    })
+}
+
+/// Files from this size up are hashed by all of a threaded store's threads
+/// together (`fs_hash_split`).
+const SPLIT_MIN: u64 = 32 << 20;
+
+/// `fs_hash`, or `None` for a regular file of [`SPLIT_MIN`] bytes or more
+/// (to be hashed by [`fs_hash_split`]).
+fn fs_hash_or_defer(root: &Path, path: &str, buf: &mut [u8]) -> Option<Result<Hashed, StoreError>> {
+    match fs::symlink_metadata(root.join(path)) {
+        Ok(m) if m.file_type().is_file() && m.len() >= SPLIT_MIN => None,
+        _ => Some(fs_hash(root, path, buf)),
+    }
+}
+
+/// One file's BLAKE3 hash by `threads` threads: the file is cut along
+/// the hash's own tree (each piece a whole subtree, at most an eighth of
+/// a thread's share), the threads take the pieces in turn and find each
+/// one's chaining value, and the values are merged up the tree to the
+/// root. The same hash as one pass over the file (a unit test holds it to
+/// `blake3::hash` across sizes and thread counts).
+fn fs_hash_split(root: &Path, path: &str, threads: usize) -> Result<Hashed, StoreError> {
+    use blake3::hazmat::{
+        HasherExt, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root,
+    };
+    /// The file's hash tree down to its pieces: a leaf is a piece's index.
+    enum Node {
+        Leaf(usize),
+        Parent(Box<Node>, Box<Node>),
+    }
+    fn build(start: u64, len: u64, piece: u64, leaves: &mut Vec<(u64, u64)>) -> Node {
+        if len <= piece || len <= blake3::CHUNK_LEN as u64 {
+            leaves.push((start, len));
+            return Node::Leaf(leaves.len() - 1);
+        }
+        let left = left_subtree_len(len);
+        let l = build(start, left, piece, leaves);
+        let r = build(start + left, len - left, piece, leaves);
+        Node::Parent(Box::new(l), Box::new(r))
+    }
+    fn cv(n: &Node, cvs: &[blake3::hazmat::ChainingValue]) -> blake3::hazmat::ChainingValue {
+        match n {
+            Node::Leaf(i) => cvs[*i],
+            Node::Parent(l, r) => merge_subtrees_non_root(&cv(l, cvs), &cv(r, cvs), Mode::Hash),
+        }
+    }
+
+    let p = root.join(path);
+    let before = to_stat(&fs::symlink_metadata(&p)?);
+    if before.kind != StatKind::File {
+        return Err(StoreError::Io {
+            kind: std::io::ErrorKind::InvalidInput,
+        });
+    }
+    let size = before.size;
+    let threads = threads.max(1);
+    // Pieces of a power of two, 4 MiB or more: about eight a thread.
+    let piece = (size / (threads as u64 * 8))
+        .max(4 << 20)
+        .next_power_of_two();
+    let mut leaves = Vec::new();
+    let tree = build(0, size, piece, &mut leaves);
+    let Node::Parent(left, right) = &tree else {
+        // Too small to split: one pass.
+        return fs_hash(root, path, &mut vec![0u8; IO_CHUNK]);
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let leaves = &leaves;
+    let p = &p;
+    // Per piece: its chaining value and the bytes read (short when the
+    // file shrank while it was read).
+    let work = || -> Result<Vec<(usize, blake3::hazmat::ChainingValue, u64)>, StoreError> {
+        let f = fs::File::open(p)?;
+        let mut buf = vec![0u8; IO_CHUNK];
+        let mut mine = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(&(start, len)) = leaves.get(i) else {
+                break;
+            };
+            let mut h = blake3::Hasher::new();
+            h.set_input_offset(start);
+            let mut at = start;
+            while at < start + len {
+                let want = usize::try_from(start + len - at).map_or(IO_CHUNK, |w| w.min(IO_CHUNK));
+                let n = f.read_at(&mut buf[..want], at)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            mine.push((i, h.finalize_non_root(), at - start));
+        }
+        Ok(mine)
+    };
+    let parts: Vec<Result<Vec<_>, StoreError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.min(leaves.len()))
+            .map(|_| s.spawn(work))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or(Err(StoreError::Io {
+                    kind: std::io::ErrorKind::Other,
+                }))
+            })
+            .collect()
+    });
+    let mut cvs = vec![[0u8; 32]; leaves.len()];
+    let mut read = 0u64;
+    for part in parts {
+        for (i, c, n) in part? {
+            cvs[i] = c;
+            read += n;
+        }
+    }
+    let after = to_stat(&fs::symlink_metadata(p)?);
+    let hash = merge_subtrees_root(&cv(left, &cvs), &cv(right, &cvs), Mode::Hash);
+    Ok(Hashed {
+        hash: *hash.as_bytes(),
+        // Short of the size when the file shrank: the caller sees the
+        // change (and the stat after) and does not take the hash.
+        len: read,
         before,
         after,
     })

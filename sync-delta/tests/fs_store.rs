@@ -312,3 +312,101 @@ fn symlink_mtimes_do_not_split_the_digest() {
     assert_eq!(snapshot(&a.0), snapshot(&b.0));
     assert!(a.0.join("voice/100/msg3.wav").exists());
 }
+
+/// A threaded store hashes a file of 32 MiB or more with all its threads
+/// together, cut along BLAKE3's own tree: the same hash as one pass, for
+/// sizes on and off the tree's power-of-two edges, beside small files in
+/// the same call, for each thread count.
+#[test]
+fn a_large_file_hashed_by_several_threads_has_the_one_pass_hash() {
+    let dir = TempDir::new("split-hash");
+    let sizes: [u64; 5] = [
+        32 << 20,
+        (32 << 20) + 1025,
+        (48 << 20) + 7,
+        (64 << 20) - 1,
+        5000,
+    ];
+    let mut names = Vec::new();
+    let mut want = Vec::new();
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    for (i, &size) in sizes.iter().enumerate() {
+        let data: Vec<u8> = (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let name = format!("call{i}.wav");
+        fs::write(dir.0.join(&name), &data).unwrap();
+        want.push((*blake3::hash(&data).as_bytes(), size));
+        names.push(sync_delta::RelPath::new(&name).unwrap());
+    }
+    for threads in [1, 2, 3, 8] {
+        let mut s = FsStore::new(&dir.0).unwrap().with_threads(threads);
+        let got = s.hash_files(&names);
+        for ((r, (hash, size)), name) in got.into_iter().zip(&want).zip(&names) {
+            let h = r.unwrap();
+            assert_eq!(
+                (h.hash, h.len, h.after.size),
+                (*hash, *size, *size),
+                "{name:?} with {threads} threads"
+            );
+        }
+        // One large file alone (the queue has one path).
+        let one = s.hash_files(&names[1..2]).remove(0).unwrap();
+        assert_eq!(one.hash, want[1].0, "alone, {threads} threads");
+    }
+}
+
+/// `copy_range` (how a replica writes a patch's staged ranges into the
+/// live file) copies the bytes asked for to the offset asked for, says
+/// how many when the source ends first, and never writes through a
+/// symlink; the trait's default (a store that does not override it) does
+/// the same through `read_at` and `write_at`.
+#[test]
+fn copy_range_copies_in_place_and_refuses_a_symlink() {
+    let dir = TempDir::new("copy-range");
+    let from: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(dir.0.join("redo"), &from).unwrap();
+    fs::write(dir.0.join("call.wav"), vec![7u8; 4_000_000]).unwrap();
+    fs::write(dir.0.join("outside"), b"keep").unwrap();
+    std::os::unix::fs::symlink(dir.0.join("outside"), dir.0.join("link")).unwrap();
+    let mut s = FsStore::new(&dir.0).unwrap();
+    assert_eq!(
+        s.copy_range("redo", 1_000, "call.wav", 500_000, 2_000_000)
+            .unwrap(),
+        2_000_000
+    );
+    // Past the end of the source: what there is.
+    assert_eq!(
+        s.copy_range("redo", 2_999_000, "call.wav", 3_990_000, 5_000)
+            .unwrap(),
+        1_000
+    );
+    let got = fs::read(dir.0.join("call.wav")).unwrap();
+    assert_eq!(got.len(), 4_000_000);
+    assert!(got[..500_000].iter().all(|&b| b == 7));
+    assert_eq!(&got[500_000..2_500_000], &from[1_000..2_001_000]);
+    assert!(got[2_500_000..3_990_000].iter().all(|&b| b == 7));
+    assert_eq!(&got[3_990_000..3_991_000], &from[2_999_000..]);
+    assert!(got[3_991_000..].iter().all(|&b| b == 7));
+    assert_eq!(
+        s.copy_range("redo", 0, "link", 0, 10),
+        Err(StoreError::SymlinkInPath)
+    );
+    assert_eq!(fs::read(dir.0.join("outside")).unwrap(), b"keep");
+
+    // The default, on a store that does not override it.
+    let mut m = sync_delta::mem::MemStore::default();
+    m.create("a").unwrap();
+    m.write_at("a", 0, b"0123456789").unwrap();
+    m.create("b").unwrap();
+    m.write_at("b", 0, b"..........").unwrap();
+    assert_eq!(m.copy_range("a", 2, "b", 5, 100).unwrap(), 8);
+    let mut buf = [0u8; 13];
+    assert_eq!(m.read_at("b", 0, &mut buf).unwrap(), 13);
+    assert_eq!(&buf, b".....23456789");
+}
