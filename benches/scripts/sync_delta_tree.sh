@@ -11,7 +11,8 @@
 #      third, which it must rewrite).
 # Each case runs RUNS times (5; --quick: 3); medians, ratios and peak memory
 # (max RSS from /usr/bin/time; sync-delta runs source and replica in one
-# process, rsync's figure is its largest process) are printed; for the large
+# process, each on a thread of its own, or with TREE_ROUND_SERIAL=1 on one
+# thread; rsync's figure is its largest process) are printed; for the large
 # file also the bytes written to disk (the kernel's block-output count from
 # /usr/bin/time, in 512-byte units: what the round made the file system
 # write, beside what it sent on the wire), and the replica's own count of

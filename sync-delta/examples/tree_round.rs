@@ -6,7 +6,8 @@
 //! tree_round gen <dir> <files>     # <files> small files in 100 directories
 //! tree_round mutate <dir> <seed>   # 1 % modified, 0.5 % deleted, 20 renamed
 //! tree_round round <src> <dst>     # one round; prints timings, wire bytes, VmHWM
-//!                                  # (TREE_ROUND_THREADS=1: the store without threads)
+//!                                  # (TREE_ROUND_THREADS=1: the store without threads;
+//!                                  #  TREE_ROUND_SERIAL=1: both engines on one thread)
 //! tree_round big <file> <MiB>      # one large file of pseudo-random data
 //! tree_round edit-big <file>       # 64 KiB overwrite, 100-byte insert, 1 MiB append
 //! tree_round append-big <file>     # 1 MiB append alone
@@ -16,7 +17,10 @@
 //!
 //! The round carries every message through a real encrypted
 //! `frame::Link` pair (encrypt, decrypt) in memory: a loopback without
-//! the kernel's TCP copy.
+//! the kernel's TCP copy. The source and the replica each run on a thread
+//! of their own, as on two nodes (a local rsync likewise runs its sender
+//! and receiver as processes side by side); `TREE_ROUND_SERIAL=1` runs
+//! both on one thread, taking turns.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
@@ -151,21 +155,82 @@ fn round(src: &Path, dst: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let (mut lr, mut ls) = links(now);
     let mut bytes = 0u64;
     replica.handle_connected(now);
-    loop {
-        let mut moved = false;
-        while let Some(m) = replica.poll_transmit() {
-            let m = carry(now, &mut lr, &mut ls, &m, &mut bytes);
-            source.handle_message(now, wall, m, &mut s)?;
-            moved = true;
+    if std::env::var("TREE_ROUND_SERIAL").is_ok_and(|t| t == "1") {
+        // Both engines on this thread, one after the other.
+        loop {
+            let mut moved = false;
+            while let Some(m) = replica.poll_transmit() {
+                let m = carry(now, &mut lr, &mut ls, &m, &mut bytes);
+                source.handle_message(now, wall, m, &mut s)?;
+                moved = true;
+            }
+            while let Some(m) = source.poll_transmit(&mut s) {
+                let m = carry(now, &mut ls, &mut lr, &m, &mut bytes);
+                replica.handle_message(now, m, &mut d)?;
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
         }
-        while let Some(m) = source.poll_transmit(&mut s) {
-            let m = carry(now, &mut ls, &mut lr, &m, &mut bytes);
-            replica.handle_message(now, m, &mut d)?;
-            moved = true;
+    } else {
+        // Each engine on its own thread, as on two nodes: sealed frames go
+        // from one thread to the other through channels.
+        let (to_source, source_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (to_replica, replica_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let source_side = std::thread::spawn(move || -> Result<u64, String> {
+            let mut sent = 0u64;
+            let mut wire = Vec::new();
+            let mut payload = Vec::new();
+            // Until the replica's side hangs up, after its round.
+            while let Ok(w) = source_rx.recv() {
+                ls.handle_bytes(now, &w).map_err(|e| e.to_string())?;
+                while let Some(f) = ls.poll_frame().map_err(|e| e.to_string())? {
+                    let m = Message::decode(&f.payload).map_err(|e| e.to_string())?;
+                    source
+                        .handle_message(now, wall, m, &mut s)
+                        .map_err(|e| e.to_string())?;
+                }
+                while let Some(m) = source.poll_transmit(&mut s) {
+                    payload.clear();
+                    m.encode(&mut payload);
+                    wire.clear();
+                    ls.send(CHANNEL_SYNC, &payload, &mut wire)
+                        .map_err(|e| e.to_string())?;
+                    sent += wire.len() as u64;
+                    if to_replica.send(wire.clone()).is_err() {
+                        return Ok(sent);
+                    }
+                }
+            }
+            Ok(sent)
+        });
+        let ended = |st: sync_delta::ReplicaStats| st.rounds + st.refused + st.failed;
+        let before = ended(replica.stats());
+        let mut wire = Vec::new();
+        let mut payload = Vec::new();
+        loop {
+            while let Some(m) = replica.poll_transmit() {
+                payload.clear();
+                m.encode(&mut payload);
+                wire.clear();
+                lr.send(CHANNEL_SYNC, &payload, &mut wire)?;
+                bytes += wire.len() as u64;
+                to_source.send(wire.clone())?;
+            }
+            if ended(replica.stats()) > before {
+                break;
+            }
+            let w = replica_rx.recv()?;
+            lr.handle_bytes(now, &w)?;
+            while let Some(f) = lr.poll_frame()? {
+                replica.handle_message(now, Message::decode(&f.payload)?, &mut d)?;
+            }
         }
-        if !moved {
-            break;
-        }
+        // The source takes the replica's last messages (its confirmation)
+        // before the round counts as over.
+        drop(to_source);
+        bytes += source_side.join().map_err(|_| "source thread panicked")??;
     }
     let round = t1.elapsed();
     let mut changed = 0;

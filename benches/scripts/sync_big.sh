@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# One large file through the `sync` tool, each side in its own process the
+# way a node runs it: `sync serve` (the source) and `sync pull --once` (the
+# replica) on loopback, beside rsync's daemon (`rsync --daemon` serving the
+# file, `rsync -a` pulling it, and the same pull with `--fsync`, the only
+# rsync that makes its result durable) in the same run.
+#
+# Each run makes a fresh file (512 MiB; --quick: 64 MiB), copies it to both
+# pullers with a first round, edits it (EDIT: `edit-big`, a 64 KiB
+# overwrite, a 100-byte insert at 2/3 and a 1 MiB append; or `append-big`,
+# a 1 MiB append alone), then times one round of each. The time is the
+# pulling process's, from its start to its exit (for ours: connecting,
+# the source's scan of the edited file, the delta, the replica's commit).
+# Also printed: the bytes the pulling process had written to disk
+# (/usr/bin/time's block-output count).
+#
+#   [RUNS=n] [EDIT=edit-big|append-big] benches/scripts/sync_big.sh [--quick]
+#
+# Traffic stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+MIB=512 RUNS=${RUNS:-5} EDIT=${EDIT:-edit-big}
+if [[ "${1:-}" == "--quick" ]]; then MIB=64 RUNS=${RUNS:-3}; fi
+
+command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq rsync >/dev/null; }
+[[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+
+cargo build --release -q -p examples --example sync
+cargo build --release -q -p sync-delta --example tree_round
+SYNC="$PWD/target/release/examples/sync"
+TREE="$PWD/target/release/examples/tree_round"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sync-big.XXXXXX")
+SERVE_PID="" RSYNCD_PID=""
+cleanup() {
+    [[ -n "$SERVE_PID" ]] && kill "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null
+    [[ -n "$RSYNCD_PID" ]] && kill "$RSYNCD_PID" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$WORK/key"
+chmod 600 "$WORK/key"
+mkdir -p "$WORK/src"
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+# Starts `sync serve` on a free port; sets SERVE_PID and PORT.
+serve() {
+    : >"$WORK/serve.log"
+    "$SYNC" serve --dir "$WORK/src" --listen 127.0.0.1:0 --key-file "$WORK/key" 2>"$WORK/serve.log" &
+    SERVE_PID=$!
+    for _ in $(seq 1 100); do
+        PORT=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/serve.log" | cut -d: -f2 || true)
+        [[ -n "$PORT" ]] && return
+        sleep 0.1
+    done
+    echo "sync serve did not start" >&2
+    cat "$WORK/serve.log" >&2
+    exit 1
+}
+# One round of ours -> "seconds bytes_written"
+ours() {
+    serve
+    local out
+    out=$(/usr/bin/time -f "elapsed_s=%e fs_out=%O" "$SYNC" pull --once --dir "$WORK/dst" \
+        --from "127.0.0.1:$PORT" --key-file "$WORK/key" 2>&1)
+    # The source records the confirmation when it arrives, which can be
+    # after `pull` exits: killed before, the next round would start from
+    # a source that forgot it.
+    for _ in $(seq 1 200); do
+        grep -q 'replica confirmed generation' "$WORK/serve.log" && break
+        sleep 0.05
+    done
+    grep -q 'replica confirmed generation' "$WORK/serve.log" || {
+        echo "sync serve never saw the confirmation" >&2
+        exit 1
+    }
+    kill "$SERVE_PID"
+    wait "$SERVE_PID" 2>/dev/null || true
+    SERVE_PID=""
+    echo "$(grep -o 'elapsed_s=[0-9.]*' <<<"$out" | cut -d= -f2) $(($(grep -o 'fs_out=[0-9]*' <<<"$out" | cut -d= -f2) * 512))"
+}
+
+cat >"$WORK/rsyncd.conf" <<EOF
+use chroot = false
+uid = root
+gid = root
+[tree]
+path = $WORK/src
+read only = true
+exclude = /.sync-delta
+EOF
+RPORT=$((20000 + RANDOM % 20000))
+rsync --daemon --no-detach --address=127.0.0.1 --port="$RPORT" --config="$WORK/rsyncd.conf" &
+RSYNCD_PID=$!
+sleep 0.5
+# One rsync pull into DIR [flags] -> "seconds bytes_written"
+theirs() {
+    local dir=$1 out
+    shift
+    out=$(/usr/bin/time -f "elapsed_s=%e fs_out=%O" rsync -a "$@" "rsync://127.0.0.1:$RPORT/tree/" "$dir/" 2>&1)
+    echo "$(grep -o 'elapsed_s=[0-9.]*' <<<"$out" | cut -d= -f2) $(($(grep -o 'fs_out=[0-9]*' <<<"$out" | cut -d= -f2) * 512))"
+}
+
+echo "== one $MIB MiB file, $EDIT, $RUNS runs, sync serve/pull vs rsync daemon; load $(cut -d' ' -f1-3 /proc/loadavg)"
+: >"$WORK/runs"
+for _ in $(seq "$RUNS"); do
+    rm -rf "$WORK/src/call.wav" "$WORK/src/.sync-delta" "$WORK/dst" "$WORK/r" "$WORK/rf"
+    "$TREE" big "$WORK/src/call.wav" "$MIB"
+    ours >/dev/null
+    theirs "$WORK/r" >/dev/null
+    theirs "$WORK/rf" >/dev/null
+    "$TREE" "$EDIT" "$WORK/src/call.wav"
+    sync
+    o=$(ours)
+    t=$(theirs "$WORK/r")
+    f=$(theirs "$WORK/rf" --fsync)
+    cmp "$WORK/src/call.wav" "$WORK/dst/call.wav"
+    cmp "$WORK/src/call.wav" "$WORK/r/call.wav"
+    echo "$o $t $f" | tee -a "$WORK/runs" | sed 's/^/  run: sync, rsync, rsync --fsync (s, bytes written): /'
+done
+med() { cut -d' ' -f"$1" "$WORK/runs" | median; }
+printf 'median of %s: sync pull %.3f s (%s B written) | rsync %.3f s (%s B) | rsync --fsync %.3f s (%s B) | ratio to rsync %.2f, to rsync --fsync %.2f; load %s\n' \
+    "$RUNS" "$(med 1)" "$(med 2)" "$(med 3)" "$(med 4)" "$(med 5)" "$(med 6)" \
+    "$(awk -v a="$(med 1)" -v b="$(med 3)" 'BEGIN{print a/b}')" \
+    "$(awk -v a="$(med 1)" -v b="$(med 5)" 'BEGIN{print a/b}')" \
+    "$(cut -d' ' -f1-3 /proc/loadavg)"
