@@ -234,18 +234,95 @@ impl Entries for crate::packed::Packed {
     }
 }
 
+/// A base in one buffer (what [`write_base_with`] writes in pieces).
+#[cfg(test)]
 fn encode_base(base_id: u64, generation: u64, taken_at_ns: i64, m: &dyn Entries) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + m.count() * 96);
-    let mut w = Writer(&mut out);
+    let mut out = Vec::new();
+    let r = encode_base_pieces(
+        base_id,
+        generation,
+        taken_at_ns,
+        m,
+        &mut out,
+        usize::MAX,
+        &mut |_| Ok(()),
+    );
+    debug_assert!(r.is_ok());
+    out
+}
+
+/// Encodes a base as [`Delta::encode_pieces`] does a record: each run of
+/// about `piece` bytes to `sink`, the rest and the checksum left in `out`.
+fn encode_base_pieces(
+    base_id: u64,
+    generation: u64,
+    taken_at_ns: i64,
+    m: &dyn Entries,
+    out: &mut Vec<u8>,
+    piece: usize,
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut w = Writer(out);
     w.bytes(BASE_MAGIC);
     w.u64(base_id);
     w.u64(generation);
     w.i64(taken_at_ns);
     w.u64(m.count() as u64);
+    let mut crc = 0u32;
+    let mut failed = None;
     m.each(&mut |p, meta| {
-        crate::manifest::encode_fields_str(&mut w, p, meta, meta.mtime_ns, true);
+        if failed.is_some() {
+            return;
+        }
+        crate::manifest::encode_fields_str(&mut Writer(&mut *out), p, meta, meta.mtime_ns, true);
+        if out.len() >= piece {
+            crc = crc32c::crc32c_append(crc, out);
+            if let Err(e) = sink(out) {
+                failed = Some(e);
+            }
+            out.clear();
+        }
     });
-    with_crc(out)
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let crc = crc32c::crc32c_append(crc, out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Pieces of a state file written in a stream (see [`write_streamed`]).
+const PIECE: usize = 1 << 20;
+
+/// Writes `dir/name` as [`write_atomic`] does (a temporary file, fsynced,
+/// renamed over), its content made by `encode` piece by piece: `encode`
+/// hands full pieces to the sink and leaves the last in the buffer.
+/// Returns the bytes written.
+fn write_streamed<S: Storage + ?Sized>(
+    s: &mut S,
+    dir: &str,
+    name: &str,
+    encode: impl FnOnce(
+        &mut Vec<u8>,
+        &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
+    let tmp = format!("{dir}/{name}.tmp");
+    let path = format!("{dir}/{name}");
+    s.create(&tmp)?;
+    let mut out = Vec::with_capacity(PIECE + (64 << 10));
+    let mut off = 0u64;
+    encode(&mut out, &mut |b: &[u8]| {
+        s.write_at(&tmp, off, b)?;
+        off += b.len() as u64;
+        Ok(())
+    })?;
+    s.write_at(&tmp, off, &out)?;
+    off += out.len() as u64;
+    s.sync_file(&tmp)?;
+    s.rename(&tmp, &path)?;
+    s.sync_dir(dir)?;
+    Ok(off)
 }
 
 /// The whole-buffer decoder [`stream_base`] is checked against.
@@ -276,6 +353,7 @@ fn decode_base(b: &[u8]) -> Result<(u64, u64, i64, Manifest), WireError> {
 }
 
 impl Delta {
+    #[cfg(test)]
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.encode_into(&mut out);
@@ -285,7 +363,31 @@ impl Delta {
     /// Appends the record (its checksum last) to `out`: a log entry is
     /// framed in place, never copied whole behind its length.
     pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
+        // One piece: nothing leaves `out`.
+        let r = self.encode_pieces(out, usize::MAX, &mut |_| Ok(()));
+        debug_assert!(r.is_ok());
+    }
+
+    /// Encodes the record at the end of `out`, handing each run of about
+    /// `piece` bytes to `sink` and clearing it from `out` as it goes; the
+    /// rest, the checksum (over every piece) last, stays in `out`. A
+    /// record of a whole tree is never whole in memory this way.
+    fn encode_pieces(
+        &self,
+        out: &mut Vec<u8>,
+        piece: usize,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let start = out.len();
+        let mut crc = 0u32;
+        let mut spill = |out: &mut Vec<u8>| -> Result<(), StoreError> {
+            if out.len() - start >= piece {
+                crc = crc32c::crc32c_append(crc, &out[start..]);
+                sink(&out[start..])?;
+                out.truncate(start);
+            }
+            Ok(())
+        };
         let mut w = Writer(out);
         w.bytes(DELTA_MAGIC);
         w.u64(self.base_id);
@@ -333,6 +435,7 @@ impl Delta {
                     }
                 }
             }
+            spill(w.0)?;
         }
         w.u64(self.changes.len() as u64);
         for (p, m) in &self.changes {
@@ -346,9 +449,11 @@ impl Delta {
                     w.str16(p.as_str());
                 }
             }
+            spill(w.0)?;
         }
-        let crc = crc32c::crc32c(&out[start..]);
+        let crc = crc32c::crc32c_append(crc, &out[start..]);
         out.extend_from_slice(&crc.to_le_bytes());
+        Ok(())
     }
 
     pub(crate) fn decode(b: &[u8]) -> Result<Self, WireError> {
@@ -1047,12 +1152,12 @@ pub(crate) fn prepare<'a, S: Storage + ?Sized>(
     Ok(gone)
 }
 
-/// Applies a record's changes to a manifest.
-fn apply_changes(m: &mut Manifest, rec: &Delta) {
-    for (p, meta) in &rec.changes {
+/// Applies a record's changes to a manifest, moving them in.
+fn apply_changes(m: &mut Manifest, changes: Vec<(RelPath, Option<Meta>)>) {
+    for (p, meta) in changes {
         match meta {
-            Some(meta) => m.entries.insert(p.clone(), meta.clone()),
-            None => m.entries.remove(p),
+            Some(meta) => m.entries.insert(p, meta),
+            None => m.entries.remove(&p),
         };
     }
 }
@@ -1063,24 +1168,13 @@ fn append_log<S: Storage + ?Sized>(
     p: &mut Persisted,
     rec: &Delta,
 ) -> Result<(), StoreError> {
-    // The log keeps manifest changes; a patch's ranges are of no use once
-    // applied, and an older build reading the log knows no patch op.
+    // The log keeps manifest changes alone (reading it applies nothing
+    // else): the caller leaves the ops out, a patch's above all, which an
+    // older build reading the log would not know.
+    debug_assert!(rec.ops.is_empty());
     // The length first, filled in once the body is encoded behind it.
     let mut framed = vec![0u8; 4];
-    if rec.ops.iter().any(|op| matches!(op, JOp::Patch(_))) {
-        Delta {
-            ops: rec
-                .ops
-                .iter()
-                .filter(|op| !matches!(op, JOp::Patch(_)))
-                .cloned()
-                .collect(),
-            ..rec.clone()
-        }
-        .encode_into(&mut framed);
-    } else {
-        rec.encode_into(&mut framed);
-    }
+    rec.encode_into(&mut framed);
     let body_len = (framed.len() - 4) as u32;
     framed[..4].copy_from_slice(&body_len.to_le_bytes());
     match s.stat(LOG) {
@@ -1116,11 +1210,13 @@ pub(crate) fn write_base_with<S: Storage + ?Sized>(
     m: &dyn Entries,
 ) -> Result<(), StoreError> {
     p.base_id += 1;
-    let b = encode_base(p.base_id, p.generation, p.taken_at_ns, m);
-    write_atomic(s, STATE_DIR, "manifest", &b)?;
+    let (base_id, generation, taken_at_ns) = (p.base_id, p.generation, p.taken_at_ns);
+    let len = write_streamed(s, STATE_DIR, "manifest", |out, sink| {
+        encode_base_pieces(base_id, generation, taken_at_ns, m, out, PIECE, sink)
+    })?;
     // Records of the old base no longer apply (base id); empty the log.
     write_atomic(s, STATE_DIR, "manifest.log", &[])?;
-    p.base_len = b.len() as u64;
+    p.base_len = len;
     p.log_len = 0;
     p.seq = 0;
     Ok(())
@@ -1128,20 +1224,39 @@ pub(crate) fn write_base_with<S: Storage + ?Sized>(
 
 /// Makes a committed record part of the manifest: appended to the log
 /// (unless it already is), then the journal removed; the base is
-/// rewritten when the log has grown past half of it.
+/// rewritten when the log has grown past half of it. A record that
+/// changes more than half of the entries, or that alone would take the
+/// log past that size, is not appended: a new base is written at once (a
+/// first round of a whole tree: its record is never encoded whole, and
+/// the base is not written twice).
 fn settle_record<S: Storage + ?Sized>(
     s: &mut S,
     p: &mut Persisted,
-    rec: &Delta,
+    rec: Delta,
     full: Option<&dyn Entries>,
 ) -> Result<(), StoreError> {
+    let limit = |p: &Persisted| (p.base_len / 2).max(1 << 20);
+    let mut based = false;
     if rec.base_id == p.base_id && rec.seq > p.seq {
-        if full.is_none() {
-            apply_changes(&mut p.manifest, rec);
-        }
         p.generation = rec.generation;
         p.taken_at_ns = rec.taken_at_ns;
-        append_log(s, p, rec)?;
+        let entries = full.map_or(p.manifest.len().max(rec.changes.len()), |m| m.count());
+        based = rec.changes.len() * 2 > entries || p.log_len + record_estimate(&rec) > limit(p);
+        if !based {
+            append_log(s, p, &rec)?;
+        }
+        match full {
+            Some(m) if based => write_base_with(s, p, m)?,
+            Some(_) => {}
+            None => {
+                // The changes move in: after the record was encoded for the
+                // log, before a base is written from the manifest.
+                apply_changes(&mut p.manifest, rec.changes);
+                if based {
+                    write_base(s, p)?;
+                }
+            }
+        }
     } else if p.log_len > 0 {
         // Appended before, but perhaps never made durable (its fsync
         // failed): it must be before the journal goes.
@@ -1149,13 +1264,22 @@ fn settle_record<S: Storage + ?Sized>(
     }
     ignore(s.remove_file(JOURNAL), &[StoreError::NotFound])?;
     s.sync_dir(STATE_DIR)?;
-    if p.log_len > (p.base_len / 2).max(1 << 20) {
+    if !based && p.log_len > limit(p) {
         match full {
             Some(m) => write_base_with(s, p, m)?,
             None => write_base(s, p)?,
         }
     }
     Ok(())
+}
+
+/// About the bytes a record takes in the log, from below: its paths and
+/// the fixed part of each change.
+fn record_estimate(rec: &Delta) -> u64 {
+    rec.changes
+        .iter()
+        .map(|(p, m)| p.as_str().len() as u64 + if m.is_some() { 48 } else { 3 })
+        .sum()
 }
 
 /// Commits a generation: the journal (commit record), the ops, then the
@@ -1167,8 +1291,10 @@ pub(crate) fn commit<S: Storage + ?Sized>(
 ) -> Result<Repair, StoreError> {
     rec.base_id = p.base_id;
     rec.seq = p.seq + 1;
-    write_atomic(s, STATE_DIR, "journal", &rec.encode())?;
-    apply_settle(s, p, &rec)
+    write_streamed(s, STATE_DIR, "journal", |out, sink| {
+        rec.encode_pieces(out, PIECE, sink)
+    })?;
+    apply_settle(s, p, rec)
 }
 
 /// Applies a committed record (clearing its way where the tree blocks it),
@@ -1177,20 +1303,25 @@ pub(crate) fn commit<S: Storage + ?Sized>(
 fn apply_settle<S: Storage + ?Sized>(
     s: &mut S,
     p: &mut Persisted,
-    rec: &Delta,
+    mut rec: Delta,
 ) -> Result<Repair, StoreError> {
     let mut aside = Aside::new(rec.generation);
-    let Applied { created, lost } = apply_ops(s, rec, &mut aside)?;
+    let Applied { created, lost } = apply_ops(s, &rec, &mut aside)?;
+    // Applied: what is left of the ops is the patches' records to drop.
+    let patches: Vec<String> = rec
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            JOp::Patch(pt) => Some(format!("{STAGE_DIR}/{}", pt.stage)),
+            _ => None,
+        })
+        .collect();
+    rec.ops = Vec::new();
     settle_record(s, p, rec, None)?;
     // The patches' records, now that the journal that needs them is gone
     // (a crash before this leaves them to the next open's roll-back).
-    for op in &rec.ops {
-        if let JOp::Patch(pt) = op {
-            ignore(
-                s.remove_file(&format!("{STAGE_DIR}/{}", pt.stage)),
-                &[StoreError::NotFound],
-            )?;
-        }
+    for r in &patches {
+        ignore(s.remove_file(r), &[StoreError::NotFound])?;
     }
     let mut repair = Repair {
         folder: aside.name().map(str::to_owned),
@@ -1227,7 +1358,7 @@ pub(crate) fn record_changes<S: Storage + ?Sized>(
         ops: Vec::new(),
         changes,
     };
-    settle_record(s, p, &rec, Some(full))
+    settle_record(s, p, rec, Some(full))
 }
 
 /// Records a generation a source's peer confirmed as a new base from the
@@ -1346,7 +1477,7 @@ fn stream_base<S: Storage + ?Sized>(
 fn replay_log<S: Storage + ?Sized>(
     s: &mut S,
     p: &mut Persisted,
-    mut apply: impl FnMut(&Delta),
+    mut apply: impl FnMut(Delta),
 ) -> Result<(), StoreError> {
     let log = match read_all(s, LOG, MAX_RECORD) {
         Ok(b) => b,
@@ -1363,10 +1494,10 @@ fn replay_log<S: Storage + ?Sized>(
             break;
         };
         if rec.base_id == p.base_id && p.seq.checked_add(1) == Some(rec.seq) {
-            apply(&rec);
             p.generation = rec.generation;
             p.taken_at_ns = rec.taken_at_ns;
             p.seq = rec.seq;
+            apply(rec);
         } else if rec.base_id != p.base_id || rec.seq <= p.seq {
             // a record of an older base, or a repeat: not ours
         } else {
@@ -1407,7 +1538,7 @@ fn load<S: Storage + ?Sized>(s: &mut S) -> Result<Persisted, StoreError> {
         entries: entries.into_iter().collect(),
     };
     let mut m = std::mem::take(&mut p.manifest);
-    replay_log(s, &mut p, |rec| apply_changes(&mut m, rec))?;
+    replay_log(s, &mut p, |rec| apply_changes(&mut m, rec.changes))?;
     p.manifest = m;
     Ok(p)
 }
@@ -1431,8 +1562,8 @@ fn load_packed<S: Storage + ?Sized>(s: &mut S) -> Result<(Persisted, Packed), St
     let base = b.finish();
     let mut changes = std::collections::BTreeMap::new();
     replay_log(s, &mut p, |rec| {
-        for (path, meta) in &rec.changes {
-            changes.insert(path.clone(), meta.clone());
+        for (path, meta) in rec.changes {
+            changes.insert(path, meta);
         }
     })?;
     let packed = if changes.is_empty() {
@@ -1481,7 +1612,7 @@ pub(crate) fn recover_as<S: Storage + ?Sized>(
     match read_all(s, JOURNAL, MAX_RECORD) {
         Ok(b) => {
             let rec = Delta::decode(&b).map_err(|_| StoreError::Corrupt)?;
-            repair = apply_settle(s, &mut p, &rec)?;
+            repair = apply_settle(s, &mut p, rec)?;
             rolled_forward = true;
         }
         Err(StoreError::NotFound) => {}
@@ -1702,6 +1833,18 @@ mod tests {
     fn log_replays_skips_torn_tails_and_compacts() {
         let mut s = MemStore::new();
         let mut p = recover(&mut s).unwrap().persisted;
+        // A first round lists the whole tree: straight to a new base, the
+        // log left empty.
+        let first = Delta {
+            changes: (0..10u8)
+                .map(|k| (RelPath::new(&format!("k{k}")).unwrap(), Some(file(k))))
+                .collect(),
+            ..Delta::default()
+        };
+        commit(&mut s, &mut p, first).unwrap();
+        assert_eq!((p.base_id, p.seq, p.log_len), (1, 0, 0));
+        assert_eq!(s.stat(LOG).unwrap().size, 0);
+        // Rounds that change less than half of it go to the log.
         for g in 1..=5u8 {
             let rec = Delta {
                 generation: u64::from(g),
@@ -1715,7 +1858,8 @@ mod tests {
             commit(&mut s, &mut p, rec).unwrap();
         }
         assert_eq!(p.generation, 5);
-        assert_eq!(p.manifest.len(), 1);
+        assert_eq!(p.manifest.len(), 11);
+        assert!(s.stat(LOG).unwrap().size > 0);
         let loaded = recover(&mut s).unwrap().persisted;
         assert_eq!(loaded.manifest, p.manifest);
         let packed = recover_as(&mut s, true).unwrap();
@@ -1738,7 +1882,7 @@ mod tests {
         commit(&mut s, &mut again, rec).unwrap();
         let last = recover(&mut s).unwrap().persisted;
         assert_eq!(last.generation, 6);
-        assert_eq!(last.manifest.len(), 2);
+        assert_eq!(last.manifest.len(), 12);
         // A new base starts an empty log; older records no longer apply.
         let mut base = last.clone();
         write_base(&mut s, &mut base).unwrap();

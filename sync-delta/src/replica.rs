@@ -1400,11 +1400,7 @@ impl Replica {
         };
         let changed = candidates
             .iter()
-            .filter(|p| match (old.entries.get(*p), new.get(p.as_str())) {
-                (Some(o), Some(n)) => !o.same(n),
-                (None, None) => false,
-                _ => true,
-            })
+            .filter(|p| differs_in(old, new, p))
             .count() as u64;
         let (deleted, renamed) = deleted_and_renamed(old, new, &candidates);
         let mut divergence = generation::Repair::default();
@@ -1436,6 +1432,7 @@ impl Replica {
                 )
                 .collect();
             store.sync_files(&staged)?;
+            drop(staged);
             if !round.patched.is_empty() {
                 // The records' names too: the commit record needs them.
                 store.sync_dir(STAGE_DIR)?;
@@ -1446,16 +1443,11 @@ impl Replica {
             // made again when it is a directory, and otherwise left out of
             // this generation (the next round fetches it).
             let mut aside = generation::Aside::new(self.p.generation);
-            let differs = |p: &&RelPath| match (old.entries.get(*p), new.get(p.as_str())) {
-                (Some(o), Some(n)) => !o.same(n),
-                (None, None) => false,
-                _ => true,
-            };
             let gone = generation::prepare(
                 store,
                 old,
                 new,
-                candidates.iter().filter(differs),
+                candidates.iter().filter(|p| differs_in(old, new, p)),
                 &mut aside,
             )?;
             divergence.folder = aside.name().map(str::to_owned);
@@ -1500,18 +1492,42 @@ impl Replica {
                 &gone,
                 self.mode_mask(),
             );
-            let changes = candidates
-                .iter()
-                .filter_map(|p| {
-                    let n = new.get(p.as_str());
-                    let o = old.entries.get(p);
-                    match (o, n) {
-                        (Some(o), Some(n)) if o.same(n) => None,
-                        (None, None) => None,
-                        _ => Some((p.clone(), n.cloned())),
+            // What only the plan needed.
+            round.staged = HashMap::new();
+            round.patched = HashMap::new();
+            // Sized first: a whole tree's changes, never grown by doubling.
+            let mut changes = Vec::with_capacity(
+                candidates
+                    .iter()
+                    .filter(|p| differs_in(old, new, p))
+                    .count(),
+            );
+            match round.whole.take() {
+                // A full listing moves its entries into the record (the
+                // candidates and the listing are both in path order), and
+                // its map goes as it is read.
+                Some(w) => {
+                    let mut listed = w.entries.into_iter().peekable();
+                    for p in &candidates {
+                        let n = listed.next_if(|(k, _)| k == p);
+                        match (old.entries.get(p), n) {
+                            (Some(o), Some((_, n))) if o.same(&n) => {}
+                            (None, None) => {}
+                            (_, Some((k, n))) => changes.push((k, Some(n))),
+                            (Some(_), None) => changes.push((p.clone(), None)),
+                        }
                     }
-                })
-                .collect();
+                }
+                None => {
+                    let new = View::Over(old, &round.changes);
+                    changes.extend(
+                        candidates
+                            .iter()
+                            .filter(|p| differs_in(old, new, p))
+                            .map(|p| (p.clone(), new.get(p.as_str()).cloned())),
+                    );
+                }
+            }
             let rec = Delta {
                 generation: next,
                 taken_at_ns: round.taken_at_ns,
@@ -1524,11 +1540,8 @@ impl Replica {
             // paths looked at go before the commit builds the new
             // generation from it (the first round of a large tree would
             // otherwise hold them all at once).
-            round.whole = None;
             drop(candidates);
             round.changes = BTreeMap::new();
-            round.staged = HashMap::new();
-            round.patched = HashMap::new();
             let patched: Vec<u64> = rec
                 .ops
                 .iter()
@@ -1607,6 +1620,15 @@ impl Replica {
             renamed,
         });
         Ok(())
+    }
+}
+
+/// Whether `p` is not the same in `old` and `new`.
+fn differs_in(old: &Manifest, new: View<'_>, p: &RelPath) -> bool {
+    match (old.entries.get(p), new.get(p.as_str())) {
+        (Some(o), Some(n)) => !o.same(n),
+        (None, None) => false,
+        _ => true,
     }
 }
 
@@ -1792,7 +1814,15 @@ fn plan(
         })
         .collect();
     dir_metas.sort_by_key(|(depth, _)| std::cmp::Reverse(*depth));
-    let mut ops: Vec<JOp> = deletes.into_iter().map(JOp::Delete).collect();
+    let mut ops = Vec::with_capacity(
+        deletes.len()
+            + rmdirs.len()
+            + mkdirs.len()
+            + installs.len()
+            + metas.len()
+            + dir_metas.len(),
+    );
+    ops.extend(deletes.into_iter().map(JOp::Delete));
     ops.extend(rmdirs.into_iter().map(JOp::RemoveDir));
     ops.extend(mkdirs);
     ops.extend(installs);

@@ -98,6 +98,38 @@ fn in_place_scenario() -> (
     (src, pair.dst, n, n1)
 }
 
+/// Generation N, then a round that changes most of the tree: its record
+/// goes to a new base (the manifest written in pieces) rather than to the
+/// log, before the journal goes.
+fn rewrite_scenario() -> (
+    MemStore,
+    MemStore,
+    BTreeMap<String, Norm>,
+    BTreeMap<String, Norm>,
+) {
+    let mut src = MemStore::new();
+    for (i, p) in ["etc/a.conf", "etc/b.conf", "voice/1.wav", "voice/2.wav"]
+        .iter()
+        .enumerate()
+    {
+        src.put_file(p, &noise(2_000, i as u64), 0o640, 10);
+    }
+    let mut pair = Pair::with_config(src, MemStore::new(), SourceConfig::default(), rc());
+    pair.round().unwrap();
+    pair.assert_synced();
+    let n = norm(&pair.dst);
+    let mut src = pair.src;
+    for (i, p) in ["etc/a.conf", "etc/b.conf", "voice/1.wav", "voice/2.wav"]
+        .iter()
+        .enumerate()
+    {
+        src.put_file(p, &noise(2_500, 10 + i as u64), 0o640, 20);
+    }
+    src.put_file("voice/3.wav", &noise(1_000, 20), 0o640, 21);
+    let n1 = norm(&src);
+    (src, pair.dst, n, n1)
+}
+
 type Scenario = fn() -> (
     MemStore,
     MemStore,
@@ -200,6 +232,21 @@ fn power_off_at_every_step_of_an_in_place_round() {
 #[test]
 fn error_at_every_step_of_an_in_place_round() {
     check_fault_in(in_place_scenario, Fault::Error, 2);
+}
+
+/// The rewriting round's clean run leaves the log empty (its record went
+/// to a new base); a fault at any of its steps leaves N or N+1.
+#[test]
+fn a_fault_at_every_step_of_a_round_written_as_a_new_base() {
+    use sync_delta::Storage;
+    let (src, dst, _, n1) = rewrite_scenario();
+    let mut clean = Pair::with_config(src, dst, SourceConfig::default(), rc());
+    clean.round().unwrap();
+    assert_eq!(norm(&clean.dst), n1);
+    assert_eq!(clean.replica.generation().number, 2);
+    assert_eq!(clean.dst.stat(".sync-delta/manifest.log").unwrap().size, 0);
+    check_fault_in(rewrite_scenario, Fault::PowerOff, 0);
+    check_fault_in(rewrite_scenario, Fault::Error, 0);
 }
 
 #[test]
