@@ -341,10 +341,10 @@ impl Packed {
         }
     }
 
-    /// The entry for `path`.
-    #[must_use]
-    pub fn get(&self, path: &str) -> Option<Meta> {
-        // The last restart whose (whole) path is not after `path`.
+    /// A cursor at the last restart whose (whole) path is not after
+    /// `path` (`None` when `path` comes before every entry): the entry for
+    /// `path`, if there is one, is among its next [`RESTART`].
+    fn cursor_near(&self, path: &str) -> Option<Cursor<'_>> {
         let first_path = |off: u32| -> &[u8] {
             let mut c = Cursor::new(self);
             c.at = off as usize;
@@ -359,6 +359,28 @@ impl Packed {
         let mut c = Cursor::new(self);
         c.at = self.restarts[start] as usize;
         c.index = start * RESTART;
+        Some(c)
+    }
+
+    /// A cursor past the entries up to `after` (none skipped for `None`),
+    /// with the first entry after it, read.
+    fn start_after(&self, after: Option<&str>) -> (Cursor<'_>, Option<(String, Meta)>) {
+        let mut c = after
+            .and_then(|a| self.cursor_near(a))
+            .unwrap_or_else(|| self.cursor());
+        loop {
+            let e = c.next_entry().map(|(p, m)| (p.to_owned(), m.clone()));
+            match (&e, after) {
+                (Some((p, _)), Some(a)) if p.as_str() <= a => {}
+                _ => return (c, e),
+            }
+        }
+    }
+
+    /// The entry for `path`.
+    #[must_use]
+    pub fn get(&self, path: &str) -> Option<Meta> {
+        let mut c = self.cursor_near(path)?;
         for _ in 0..RESTART {
             let (p, m) = c.next_entry()?;
             match p.cmp(path) {
@@ -439,47 +461,71 @@ impl Packed {
     /// one merge of the two sorted sequences.
     #[must_use]
     pub fn diff(&self, new: &Self) -> Vec<Change> {
+        self.diff_from(new, None, &mut |_| false).0
+    }
+
+    /// [`diff`](Self::diff) a part at a time: the changes of the paths
+    /// after `after` (from the first for `None`), in path order, until
+    /// `full` (asked after each change, with it) says the part is full;
+    /// and whether the part reaches the end. The next part starts after
+    /// the last path of this one. Each part costs a lookup (restarts,
+    /// then at most a restart's entries) and its own entries.
+    pub fn diff_from(
+        &self,
+        new: &Self,
+        after: Option<&str>,
+        full: &mut dyn FnMut(&Change) -> bool,
+    ) -> (Vec<Change>, bool) {
         let mut out = Vec::new();
         if self.digest.is_some() && self.digest == new.digest && self.len == new.len {
             // The same replicated state: nothing the diff could list.
-            return out;
+            return (out, true);
         }
-        let mut a = self.cursor();
-        let mut b = new.cursor();
+        let (mut a, mut ea) = self.start_after(after);
+        let (mut b, mut eb) = new.start_after(after);
         let path = |p: &str| RelPath::new(p).ok();
-        let mut ea = a.next_entry().map(|(p, m)| (p.to_owned(), m.clone()));
-        let mut eb = b.next_entry().map(|(p, m)| (p.to_owned(), m.clone()));
         loop {
-            match (&ea, &eb) {
-                (None, None) => break,
+            let change = match (&ea, &eb) {
+                (None, None) => return (out, true),
                 (Some((pa, _)), None) => {
-                    out.extend(path(pa).map(Change::Gone));
+                    let c = path(pa).map(Change::Gone);
                     ea = a.next_entry().map(|(p, m)| (p.to_owned(), m.clone()));
+                    c
                 }
                 (None, Some((pb, mb))) => {
-                    out.extend(path(pb).map(|p| Change::Upsert(p, mb.clone())));
+                    let c = path(pb).map(|p| Change::Upsert(p, mb.clone()));
                     eb = b.next_entry().map(|(p, m)| (p.to_owned(), m.clone()));
+                    c
                 }
                 (Some((pa, ma)), Some((pb, mb))) => match pa.cmp(pb) {
                     Ordering::Less => {
-                        out.extend(path(pa).map(Change::Gone));
+                        let c = path(pa).map(Change::Gone);
                         ea = a.next_entry().map(|(p, m)| (p.to_owned(), m.clone()));
+                        c
                     }
                     Ordering::Greater => {
-                        out.extend(path(pb).map(|p| Change::Upsert(p, mb.clone())));
+                        let c = path(pb).map(|p| Change::Upsert(p, mb.clone()));
                         eb = b.next_entry().map(|(p, m)| (p.to_owned(), m.clone()));
+                        c
                     }
                     Ordering::Equal => {
-                        if !ma.same(mb) {
-                            out.extend(path(pb).map(|p| Change::Upsert(p, mb.clone())));
-                        }
+                        let c = (!ma.same(mb))
+                            .then(|| path(pb).map(|p| Change::Upsert(p, mb.clone())))
+                            .flatten();
                         ea = a.next_entry().map(|(p, m)| (p.to_owned(), m.clone()));
                         eb = b.next_entry().map(|(p, m)| (p.to_owned(), m.clone()));
+                        c
                     }
                 },
+            };
+            if let Some(c) = change {
+                let stop = full(&c);
+                out.push(c);
+                if stop {
+                    return (out, ea.is_none() && eb.is_none());
+                }
             }
         }
-        out
     }
 }
 
@@ -580,6 +626,35 @@ mod tests {
             let (pa, pb) = (Packed::from_manifest(&ma), Packed::from_manifest(&mb));
             prop_assert_eq!(pa.diff(&pb), ma.diff(&mb));
             prop_assert!(pa.diff(&pa).is_empty());
+        }
+
+        /// The diff in parts of any size, each after the last path of the
+        /// one before, is the whole diff.
+        #[test]
+        fn a_diff_in_parts_is_the_whole_diff(a in entries(), b in entries(), part in 1usize..9) {
+            let (ma, mb) = (manifest(&a), manifest(&b));
+            let (pa, pb) = (Packed::from_manifest(&ma), Packed::from_manifest(&mb));
+            let whole = ma.diff(&mb);
+            let mut got = Vec::new();
+            let mut after: Option<String> = None;
+            for _ in 0..=whole.len() {
+                let mut n = 0;
+                let (changes, done) = pa.diff_from(&pb, after.as_deref(), &mut |_| {
+                    n += 1;
+                    n == part
+                });
+                prop_assert!(changes.len() <= part);
+                if let Some(last) = changes.last() {
+                    after = Some(match last {
+                        Change::Upsert(p, _) | Change::Gone(p) => p.as_str().to_owned(),
+                    });
+                }
+                got.extend(changes);
+                if done {
+                    break;
+                }
+            }
+            prop_assert_eq!(got, whole);
         }
     }
 

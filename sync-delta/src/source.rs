@@ -143,6 +143,10 @@ const DATA_CHUNK: usize = IO_CHUNK;
 /// Bytes read per delta step (at least two of the largest chunks).
 const WINDOW: usize = 4 * IO_CHUNK;
 
+/// Files a scan hashes at a time (each batch spread over a threaded
+/// store's threads).
+const HASH_BATCH: usize = 4096;
+
 /// The source session.
 ///
 /// # Driver contract
@@ -189,6 +193,9 @@ pub struct Source {
     p: Persisted,
     /// Digest and taken-at of the round in flight (its manifest is `cache`).
     sent: Option<(Hash, i64)>,
+    /// The round's listing still to send: made a message at a time as
+    /// the link takes them, never whole in memory.
+    listing: Option<Listing>,
     jobs: VecDeque<Job>,
     out: VecDeque<Message>,
     events: VecDeque<SourceEvent>,
@@ -207,6 +214,26 @@ impl std::fmt::Debug for Source {
             .field("entries", &self.cache.len())
             .finish_non_exhaustive()
     }
+}
+
+/// A round's listing being sent ([`Source::poll_transmit`]): the changes
+/// from `from` to the round's manifest (`cache`), after the last path sent.
+#[derive(Debug)]
+struct Listing {
+    from: ListFrom,
+    after: Option<String>,
+    digest: Hash,
+}
+
+/// What a listing lists the changes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListFrom {
+    /// Nothing: the whole manifest (a full listing).
+    Empty,
+    /// What the replica confirmed (`confirmed`).
+    Confirmed,
+    /// The round's manifest itself: no entries.
+    Nothing,
 }
 
 pub(crate) fn time_ns(t: SystemTime) -> i64 {
@@ -255,6 +282,7 @@ impl Source {
             persisted_digest: digest,
             p,
             sent: None,
+            listing: None,
             jobs: VecDeque::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -484,6 +512,7 @@ impl Source {
     /// The link went down: the round in flight is dropped.
     pub fn handle_disconnected(&mut self, _now: Instant) {
         self.sent = None;
+        self.listing = None;
         self.hints.round_full = None;
         self.jobs.clear();
         self.out.clear();
@@ -542,17 +571,33 @@ impl Source {
             });
             return Ok(self.cache.clone());
         }
-        let names: Vec<RelPath> = to_hash
-            .iter()
-            .map(|&i| walk.entries[i].path.clone())
-            .collect();
-        let hashed = store.hash_files(&names);
+        // The files are hashed a batch at a time as pass 2 reaches them:
+        // a first scan of a whole tree never holds every file's result.
+        let mut batches = to_hash.chunks(HASH_BATCH);
+        let mut batch = Vec::new().into_iter();
+        let mut hashed = std::iter::from_fn(|| {
+            loop {
+                if let Some(h) = batch.next() {
+                    return Some(h);
+                }
+                let chunk = batches.next()?;
+                let names: Vec<RelPath> = chunk
+                    .iter()
+                    .map(|&i| walk.entries[i].path.clone())
+                    .collect();
+                batch = chunk
+                    .iter()
+                    .copied()
+                    .zip(store.hash_files(&names))
+                    .collect::<Vec<_>>()
+                    .into_iter();
+            }
+        });
         // Pass 2: the new manifest, in path order, in room for about the
         // last scan's size (a sixteenth more for growth).
         let room = self.cache.packed_bytes();
         let mut b = PackedBuilder::with_capacity(room + room / 16, walk.entries.len());
         let mut c = self.cache.cursor();
-        let mut hashed = to_hash.iter().copied().zip(hashed);
         let mut kept_old = false;
         self.unstable.clear();
         for (i, e) in walk.entries.iter().enumerate() {
@@ -800,40 +845,28 @@ impl Source {
                 self.out.clear();
                 let (new, taken_at_ns) = self.round_scan(now, time_ns(wall_now), store)?;
                 let new_digest = new.digest();
-                let empty = Packed::default();
-                let (base, full) = if digest == self.confirmed_digest {
-                    (self.confirmed.as_ref().unwrap_or(&self.cache), false)
-                } else {
-                    (&empty, true)
-                };
-                let changes = base.diff(&new);
+                let full = digest != self.confirmed_digest;
+                let had_confirmed = self.confirmed.is_some();
                 let old = std::mem::replace(&mut self.cache, new);
                 if self.confirmed.is_none() && new_digest != self.confirmed_digest {
                     self.confirmed = Some(old);
                 }
+                // The changes come from the replica's state, which is now
+                // `confirmed`, or was the last scan and is the same as
+                // this one (no entries).
+                let from = if full {
+                    ListFrom::Empty
+                } else if had_confirmed || new_digest != self.confirmed_digest {
+                    ListFrom::Confirmed
+                } else {
+                    ListFrom::Nothing
+                };
                 self.cache_digest = new_digest;
                 self.out
                     .push_back(Message::ManifestStart { taken_at_ns, full });
-                let mut batch = Vec::new();
-                let mut bytes = 0usize;
-                for c in changes {
-                    bytes += match &c {
-                        Change::Upsert(p, m) => p.as_str().len() + 64 + link_len(m),
-                        Change::Gone(p) => p.as_str().len() + 3,
-                    };
-                    batch.push(c);
-                    if batch.len() >= MAX_CHANGES || bytes >= 1 << 20 {
-                        self.out.push_back(Message::Entries {
-                            changes: std::mem::take(&mut batch),
-                        });
-                        bytes = 0;
-                    }
-                }
-                if !batch.is_empty() {
-                    self.out.push_back(Message::Entries { changes: batch });
-                }
-                self.out.push_back(Message::ManifestEnd {
-                    entries: self.cache.len() as u64,
+                self.listing = Some(Listing {
+                    from,
+                    after: None,
                     digest: new_digest,
                 });
                 self.sent = Some((new_digest, taken_at_ns));
@@ -860,6 +893,10 @@ impl Source {
                     mode: Mode::Start,
                 });
                 Ok(())
+            }
+            Message::Committed { .. } if self.listing.is_some() => {
+                // Before the manifest it would confirm has been sent.
+                Err(SessionError::Unexpected { ty })
             }
             Message::Committed { generation, digest } => {
                 // The peer's number is stored and, after a role change,
@@ -952,6 +989,10 @@ impl Source {
             if let Some(m) = self.out.pop_front() {
                 return Some(m);
             }
+            if self.listing.is_some() {
+                self.list_more();
+                continue;
+            }
             let mut job = self.jobs.pop_front()?;
             match self.step(&mut job, store) {
                 Ok(true) => {
@@ -970,6 +1011,51 @@ impl Source {
                     });
                 }
             }
+        }
+    }
+
+    /// The listing's next message: the next changes (up to
+    /// [`MAX_CHANGES`] or about a megabyte of them), or its end.
+    fn list_more(&mut self) {
+        let Some(l) = self.listing.as_mut() else {
+            return;
+        };
+        let empty = Packed::default();
+        let from = match l.from {
+            ListFrom::Empty => Some(&empty),
+            ListFrom::Confirmed => Some(self.confirmed.as_ref().unwrap_or(&self.cache)),
+            ListFrom::Nothing => None,
+        };
+        let (changes, done) = match from {
+            Some(from) => {
+                let (mut n, mut bytes) = (0usize, 0usize);
+                from.diff_from(&self.cache, l.after.as_deref(), &mut |c| {
+                    n += 1;
+                    bytes += match c {
+                        Change::Upsert(p, m) => p.as_str().len() + 64 + link_len(m),
+                        Change::Gone(p) => p.as_str().len() + 3,
+                    };
+                    n >= MAX_CHANGES || bytes >= 1 << 20
+                })
+            }
+            None => (Vec::new(), true),
+        };
+        if let Some(last) = changes.last() {
+            l.after = Some(
+                match last {
+                    Change::Upsert(p, _) | Change::Gone(p) => p,
+                }
+                .as_str()
+                .to_owned(),
+            );
+            self.out.push_back(Message::Entries { changes });
+        }
+        if done {
+            self.out.push_back(Message::ManifestEnd {
+                entries: self.cache.len() as u64,
+                digest: l.digest,
+            });
+            self.listing = None;
         }
     }
 
