@@ -1287,3 +1287,94 @@ fn link_len(m: &Meta) -> usize {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::MemStore;
+
+    /// A tree of `n` small files in 10 directories.
+    fn tree(n: usize) -> MemStore {
+        let mut s = MemStore::new();
+        for i in 0..n {
+            s.put_file(&format!("d{}/f{i:06}", i % 10), b"x", 0o644, 10);
+        }
+        s
+    }
+
+    /// A round's listing is made as it is sent: after the request, only
+    /// its start is queued; drained, it lists every entry, in messages of
+    /// at most `MAX_CHANGES`, and ends with the manifest's count.
+    #[test]
+    fn a_listing_is_made_a_message_at_a_time() {
+        let n = 2 * MAX_CHANGES + 100;
+        let mut s = tree(n);
+        let now = Instant::now();
+        let mut src = Source::open(SourceConfig::default(), now, &mut s).unwrap();
+        src.handle_message(
+            now,
+            SystemTime::now(),
+            Message::Request { digest: [7; 32] },
+            &mut s,
+        )
+        .unwrap();
+        assert_eq!(src.out.len(), 1, "only the start is queued");
+        assert!(src.listing.is_some());
+        let mut listed = Vec::new();
+        let mut messages = 0;
+        loop {
+            match src.poll_transmit(&mut s).unwrap() {
+                Message::ManifestStart { full, .. } => assert!(full),
+                Message::Entries { changes } => {
+                    assert!(changes.len() <= MAX_CHANGES);
+                    // One message made per call: none queued ahead of it
+                    // but the listing's end.
+                    assert!(
+                        src.out
+                            .iter()
+                            .all(|m| matches!(m, Message::ManifestEnd { .. }))
+                    );
+                    messages += 1;
+                    listed.extend(changes);
+                }
+                Message::ManifestEnd { entries, digest } => {
+                    assert_eq!(entries, (n + 10) as u64);
+                    assert_eq!(digest, src.cache.digest());
+                    break;
+                }
+                m => panic!("unexpected {m:?}"),
+            }
+        }
+        assert!(messages >= 3);
+        assert!(src.listing.is_none());
+        assert_eq!(listed, Packed::default().diff(&src.cache));
+    }
+
+    /// A confirmation before the listing it would confirm has ended is
+    /// refused.
+    #[test]
+    fn a_confirmation_before_the_listing_ends_is_refused() {
+        let mut s = tree(MAX_CHANGES + 10);
+        let now = Instant::now();
+        let mut src = Source::open(SourceConfig::default(), now, &mut s).unwrap();
+        let wall = SystemTime::now();
+        src.handle_message(now, wall, Message::Request { digest: [7; 32] }, &mut s)
+            .unwrap();
+        assert!(matches!(
+            src.poll_transmit(&mut s),
+            Some(Message::ManifestStart { .. })
+        ));
+        let digest = src.cache.digest();
+        let r = src.handle_message(
+            now,
+            wall,
+            Message::Committed {
+                generation: 1,
+                digest,
+            },
+            &mut s,
+        );
+        assert!(matches!(r, Err(SessionError::Unexpected { .. })));
+        assert_eq!(src.confirmed().number, 0);
+    }
+}
