@@ -1273,8 +1273,8 @@ fn settle_record<S: Storage + ?Sized>(
     Ok(())
 }
 
-/// About the bytes a record takes in the log, from below: its paths and
-/// the fixed part of each change.
+/// About the bytes a record takes in the log: its paths, and what a
+/// file's change takes besides (a directory's takes less).
 fn record_estimate(rec: &Delta) -> u64 {
     rec.changes
         .iter()
@@ -1797,6 +1797,19 @@ mod tests {
         }
         let bytes = encode_base(7, 9, 11, &m);
         assert!(bytes.len() > 3 << 20);
+        // Written a megabyte at a time (a checksum over the pieces): the
+        // same bytes.
+        let mut s = MemStore::new();
+        ensure_dirs(&mut s).unwrap();
+        let mut p = Persisted {
+            base_id: 6,
+            generation: 9,
+            taken_at_ns: 11,
+            ..Persisted::default()
+        };
+        write_base_with(&mut s, &mut p, &m).unwrap();
+        assert_eq!(read_all(&mut s, MANIFEST, MAX_RECORD).unwrap(), bytes);
+        assert_eq!(p.base_len, bytes.len() as u64);
         let mut s = MemStore::new();
         ensure_dirs(&mut s).unwrap();
         s.create(MANIFEST).unwrap();
@@ -2098,6 +2111,18 @@ mod tests {
             .collect();
         assert_eq!(Delta::decode(&b).unwrap(), rec);
         assert_eq!(rec.encode(), b);
+        // In pieces of any size: the same bytes, the checksum over all.
+        for piece in [1, 7, 64, usize::MAX] {
+            let mut pieces = Vec::new();
+            let mut out = Vec::new();
+            rec.encode_pieces(&mut out, piece, &mut |b| {
+                pieces.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+            pieces.extend_from_slice(&out);
+            assert_eq!(pieces, b, "pieces of {piece}");
+        }
         write_atomic(&mut s, STATE_DIR, "journal", &b).unwrap();
         p = recover(&mut s).unwrap().persisted;
         assert_eq!(p.generation, 1);

@@ -1204,7 +1204,7 @@ impl Replica {
                     if f.written + len > f.size {
                         return Err(SessionError::BeyondSize { size: f.size });
                     }
-                    make_room(store, f, len, &mut self.buf, &mut self.stats)?;
+                    make_room(store, f, len, &mut self.stats)?;
                     stage_write(store, f, d, &mut self.stats)?;
                     hasher.update(d);
                     f.written += len;
@@ -1234,7 +1234,7 @@ impl Replica {
                     // bytes where they lie: hashed, not written.
                     let unchanged = f.patch.is_some() && *offset == f.written;
                     if !unchanged {
-                        make_room(store, f, *len, &mut self.buf, &mut self.stats)?;
+                        make_room(store, f, *len, &mut self.stats)?;
                     }
                     let mut at = *offset;
                     while at < end {
@@ -1889,7 +1889,6 @@ fn make_room<S: Storage + ?Sized>(
     store: &mut S,
     f: &mut Fetch,
     len: u64,
-    buf: &mut [u8],
     stats: &mut ReplicaStats,
 ) -> Result<(), SessionError> {
     let (written, size) = (f.written, f.size);
@@ -1916,19 +1915,20 @@ fn make_room<S: Storage + ?Sized>(
     let mut pos = 0u64;
     let mut in_record = 0u64;
     for &(off, n) in &pt.ranges {
-        copy_range(store, base.as_str(), pos, &whole, pos, off - pos, buf)?;
-        copy_range(store, &record, in_record, &whole, off, n, buf)?;
+        copy_range(store, base.as_str(), pos, &whole, pos, off - pos)?;
+        copy_range(store, &record, in_record, &whole, off, n)?;
         pos = off + n;
         in_record += n;
     }
-    copy_range(store, base.as_str(), pos, &whole, pos, f.written - pos, buf)?;
+    copy_range(store, base.as_str(), pos, &whole, pos, f.written - pos)?;
     stats.disk_bytes += f.written;
     store.remove_file(&record)?;
     f.stage = name;
     Ok(())
 }
 
-/// Copies `len` bytes from `from` at `from_off` to `to` at `to_off`.
+/// Copies `len` bytes from `from` at `from_off` to `to` at `to_off`
+/// ([`Storage::copy_range`]: the kernel's copy on a real store).
 fn copy_range<S: Storage + ?Sized>(
     store: &mut S,
     from: &str,
@@ -1936,22 +1936,15 @@ fn copy_range<S: Storage + ?Sized>(
     to: &str,
     to_off: u64,
     len: u64,
-    buf: &mut [u8],
 ) -> Result<(), SessionError> {
-    let mut done = 0u64;
-    while done < len {
-        let want = usize::try_from(len - done).map_or(buf.len(), |w| w.min(buf.len()));
-        let n = store.read_at(from, from_off + done, &mut buf[..want])?;
-        if n == 0 {
-            // Shorter than what was read from it a moment ago.
-            return Err(SessionError::CopyOutOfRange {
-                offset: from_off,
-                len,
-                base_len: from_off + done,
-            });
-        }
-        store.write_at(to, to_off + done, &buf[..n])?;
-        done += n as u64;
+    let n = store.copy_range(from, from_off, to, to_off, len)?;
+    if n < len {
+        // Shorter than what was read from it a moment ago.
+        return Err(SessionError::CopyOutOfRange {
+            offset: from_off,
+            len,
+            base_len: from_off + n,
+        });
     }
     Ok(())
 }
