@@ -1517,6 +1517,8 @@ impl Replica {
                             (Some(_), None) => changes.push((p.clone(), None)),
                         }
                     }
+                    // Every listed path is a candidate.
+                    debug_assert!(listed.next().is_none());
                 }
                 None => {
                     let new = View::Over(old, &round.changes);
