@@ -7,7 +7,7 @@ use crate::error::{Refusal, SessionError, StoreError};
 use crate::exclude::Exclude;
 use crate::generation::{self, Delta, JOp, Patch, Persisted, Role, STAGE_DIR, StateFile};
 use crate::guard::{self, Window};
-use crate::manifest::{Change, Hash, Kind, Manifest, Meta, View};
+use crate::manifest::{Change, Hash, Kind, Manifest, Meta, View, sorted_find};
 use crate::path::RelPath;
 use crate::store::{IO_CHUNK, StatKind, Storage};
 use crate::wire::{AbandonReason, Base, DataStatus, Message};
@@ -316,8 +316,9 @@ struct Round {
     dropped: bool,
     /// The next manifest of a full round (a whole listing). A round of
     /// changes reads the next manifest as the current one with `changes`
-    /// over it ([`next_view`]), never a copy.
-    whole: Option<Manifest>,
+    /// over it ([`next_view`]), never a copy. In path order, one entry
+    /// after another (a map's nodes would take about twice the room).
+    whole: Option<Vec<(RelPath, Meta)>>,
     fetches: BTreeMap<u32, Fetch>,
     staged: HashMap<RelPath, String>,
     /// Files verified and staged as in-place patches.
@@ -816,6 +817,11 @@ impl Replica {
             (Message::ManifestStart { taken_at_ns, full }, Phase::Requested) => {
                 round.taken_at_ns = taken_at_ns;
                 round.full = full;
+                // A whole listing, or changes over nothing (a first
+                // round): gathered one entry after another.
+                if full || self.p.manifest.is_empty() {
+                    round.whole = Some(Vec::new());
+                }
                 round.phase = Phase::Manifest;
                 // leftovers of a stalled round
                 generation::clear_stage(store)?;
@@ -852,8 +858,20 @@ impl Replica {
                             max: self.config.max_manifest_bytes,
                         });
                     }
-                    round.changes.insert(p, m);
-                    if round.changes.len() as u64 > self.config.max_entries {
+                    let entries = match &mut round.whole {
+                        Some(w) => {
+                            // Over nothing, a path gone is nothing.
+                            if let Some(m) = m {
+                                w.push((p, m));
+                            }
+                            w.len()
+                        }
+                        None => {
+                            round.changes.insert(p, m);
+                            round.changes.len()
+                        }
+                    };
+                    if entries as u64 > self.config.max_entries {
                         return Err(SessionError::TooManyEntries {
                             max: self.config.max_entries,
                         });
@@ -886,14 +904,20 @@ impl Replica {
         let confirmed = std::mem::take(&mut self.confirm);
         let old = &self.p.manifest;
         // The new manifest: a whole listing, or the changes over the old.
-        if round.full {
-            let mut m = Manifest::default();
-            for (p, meta) in std::mem::take(&mut round.changes) {
-                if let Some(meta) = meta {
-                    m.entries.insert(p, meta);
-                }
+        // Changes over nothing (a first round) were gathered as a whole
+        // listing; none at all are a round that changed nothing.
+        if !round.full && round.whole.as_ref().is_some_and(Vec::is_empty) {
+            round.whole = None;
+        }
+        if let Some(w) = &mut round.whole {
+            round.full = true;
+            // A source sends its listing in path order; any other order
+            // is put in it, the last entry for a path kept.
+            if !w.is_sorted_by(|a, b| a.0 < b.0) {
+                w.reverse();
+                w.sort_by(|a, b| a.0.cmp(&b.0));
+                w.dedup_by(|b, a| a.0 == b.0);
             }
-            round.whole = Some(m);
         } else if round.changes.is_empty() {
             // Nothing changed: confirm the generation.
             if round.dropped || (digest == self.digest && entries == old.len() as u64) {
@@ -1322,12 +1346,21 @@ impl Replica {
             store.remove_file(&stage_path)?;
             // Keep the old entry this generation; retried next round.
             match &mut round.whole {
-                Some(w) => match self.p.manifest.entries.get(&f.path) {
-                    Some(o) => w.entries.insert(f.path.clone(), o.clone()),
-                    None => w.entries.remove(&f.path),
+                Some(w) => match (
+                    self.p.manifest.entries.get(&f.path),
+                    sorted_find(w, f.path.as_str()),
+                ) {
+                    (Some(o), Ok(i)) => w[i].1 = o.clone(),
+                    (Some(o), Err(i)) => w.insert(i, (f.path.clone(), o.clone())),
+                    (None, Ok(i)) => {
+                        w.remove(i);
+                    }
+                    (None, Err(_)) => {}
                 },
-                None => round.changes.remove(&f.path).flatten(),
-            };
+                None => {
+                    round.changes.remove(&f.path);
+                }
+            }
             self.stats.skipped += 1;
             self.events.push_back(ReplicaEvent::FileSkipped(f.path));
         }
@@ -1471,7 +1504,9 @@ impl Replica {
                     round.patched.remove(&p);
                     match &mut round.whole {
                         Some(w) => {
-                            w.entries.remove(&p);
+                            if let Ok(i) = sorted_find(w, p.as_str()) {
+                                w.remove(i);
+                            }
                         }
                         None => {
                             round.changes.insert(p, None);
@@ -1507,7 +1542,7 @@ impl Replica {
                 // candidates and the listing are both in path order), and
                 // its map goes as it is read.
                 Some(w) => {
-                    let mut listed = w.entries.into_iter().peekable();
+                    let mut listed = w.into_iter().peekable();
                     for p in &candidates {
                         let n = listed.next_if(|(k, _)| k == p);
                         match (old.entries.get(p), n) {
@@ -1638,11 +1673,11 @@ fn differs_in(old: &Manifest, new: View<'_>, p: &RelPath) -> bool {
 /// with the round's changes over it.
 fn next_view<'a>(
     old: &'a Manifest,
-    whole: &'a Option<Manifest>,
+    whole: &'a Option<Vec<(RelPath, Meta)>>,
     changes: &'a BTreeMap<RelPath, Option<Meta>>,
 ) -> View<'a> {
     match whole {
-        Some(w) => View::Whole(w),
+        Some(w) => View::Sorted(w),
         None => View::Over(old, changes),
     }
 }

@@ -841,3 +841,61 @@ fn a_signature_chunk_longer_than_the_read_window_cannot_stall_the_source() {
     assert_eq!(sent, data.len() as u64);
     assert!(bounded.reads < 100, "{} reads", bounded.reads);
 }
+
+/// A listing is a source's in path order; one in any other order, with a
+/// path listed twice, is put in order and the later entry for the path
+/// counts (as a map of the changes would have it).
+#[test]
+fn a_listing_out_of_order_is_put_in_order_the_later_entry_kept() {
+    for full in [true, false] {
+        let mut dst = MemStore::new();
+        let (mut r, now) = started(&mut dst, ReplicaConfig::default());
+        let dir = Meta {
+            kind: Kind::Dir,
+            mode: 0o755,
+            mtime_ns: 5,
+            local: LocalStat::default(),
+        };
+        let mut want = Manifest::default();
+        want.entries.insert(p("etc"), dir.clone());
+        want.entries.insert(p("voice"), dir);
+        want.entries.insert(p("voice/a.wav"), file(b""));
+        want.entries.insert(
+            p("voice/b.wav"),
+            Meta {
+                mode: 0o600,
+                ..file(b"")
+            },
+        );
+        let mut listed: Vec<Change> = want
+            .entries
+            .iter()
+            .rev()
+            .map(|(p, m)| Change::Upsert(p.clone(), m.clone()))
+            .collect();
+        listed.insert(0, Change::Upsert(p("voice/b.wav"), file(b"")));
+        r.handle_message(
+            now,
+            Message::ManifestStart {
+                taken_at_ns: 1,
+                full,
+            },
+            &mut dst,
+        )
+        .unwrap();
+        r.handle_message(now, Message::Entries { changes: listed }, &mut dst)
+            .unwrap();
+        r.handle_message(
+            now,
+            Message::ManifestEnd {
+                entries: want.len() as u64,
+                digest: want.digest(),
+            },
+            &mut dst,
+        )
+        .unwrap();
+        assert_eq!(r.manifest(), &want, "full: {full}");
+        assert_eq!(r.generation().number, 1);
+        assert_eq!(dst.stat("voice/b.wav").unwrap().mode & 0o777, 0o600);
+    }
+}
