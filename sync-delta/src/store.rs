@@ -382,6 +382,13 @@ impl FsStore {
     }
 }
 
+/// A scoped thread's result; one that panicked is an I/O error.
+fn joined<T>(h: std::thread::ScopedJoinHandle<'_, Result<T, StoreError>>) -> Result<T, StoreError> {
+    h.join().unwrap_or(Err(StoreError::Io {
+        kind: std::io::ErrorKind::Other,
+    }))
+}
+
 fn to_stat(m: &fs::Metadata) -> Stat {
     let ft = m.file_type();
     let kind = if ft.is_symlink() {
@@ -524,14 +531,7 @@ impl Storage for FsStore {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or(Err(StoreError::Io {
-                        kind: std::io::ErrorKind::Other,
-                    }))
-                })
-                .collect()
+            handles.into_iter().map(joined).collect()
         });
         // Into the largest part, made room for once: never the whole
         // walk twice over.
@@ -646,11 +646,7 @@ impl Storage for FsStore {
                     })
                 })
                 .collect();
-            handles.into_iter().try_for_each(|h| {
-                h.join().unwrap_or(Err(StoreError::Io {
-                    kind: std::io::ErrorKind::Other,
-                }))
-            })
+            handles.into_iter().try_for_each(joined)
         })
     }
 
@@ -913,14 +909,7 @@ fn fs_hash_split(root: &Path, path: &str, threads: usize) -> Result<Hashed, Stor
         let handles: Vec<_> = (0..threads.min(leaves.len()))
             .map(|_| s.spawn(work))
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or(Err(StoreError::Io {
-                    kind: std::io::ErrorKind::Other,
-                }))
-            })
-            .collect()
+        handles.into_iter().map(joined).collect()
     });
     let mut cvs = vec![[0u8; 32]; leaves.len()];
     let mut read = 0u64;
