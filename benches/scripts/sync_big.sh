@@ -23,79 +23,24 @@ cd "$(dirname "$0")/../.."
 MIB=512 RUNS=${RUNS:-5} EDIT=${EDIT:-edit-big}
 if [[ "${1:-}" == "--quick" ]]; then MIB=64 RUNS=${RUNS:-3}; fi
 
-command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq rsync >/dev/null; }
-[[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
-
-cargo build --release -q -p examples --example sync
-cargo build --release -q -p sync-delta --example tree_round
-SYNC="$PWD/target/release/examples/sync"
-TREE="$PWD/target/release/examples/tree_round"
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/sync-big.XXXXXX")
-SERVE_PID="" RSYNCD_PID=""
-cleanup() {
-    [[ -n "$SERVE_PID" ]] && kill "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null
-    [[ -n "$RSYNCD_PID" ]] && kill "$RSYNCD_PID" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$WORK/key"
-chmod 600 "$WORK/key"
-mkdir -p "$WORK/src"
+# shellcheck source=benches/scripts/sync_common.sh
+source benches/scripts/sync_common.sh
+sync_setup sync-big
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-# Starts `sync serve` on a free port; sets SERVE_PID and PORT.
-serve() {
-    : >"$WORK/serve.log"
-    "$SYNC" serve --dir "$WORK/src" --listen 127.0.0.1:0 --key-file "$WORK/key" 2>"$WORK/serve.log" &
-    SERVE_PID=$!
-    for _ in $(seq 1 100); do
-        PORT=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/serve.log" | cut -d: -f2 || true)
-        [[ -n "$PORT" ]] && return
-        sleep 0.1
-    done
-    echo "sync serve did not start" >&2
-    cat "$WORK/serve.log" >&2
-    exit 1
-}
 # One round of ours -> "seconds bytes_written"
 ours() {
     serve
     local out
     out=$(/usr/bin/time -f "elapsed_s=%e fs_out=%O" "$SYNC" pull --once --dir "$WORK/dst" \
         --from "127.0.0.1:$PORT" --key-file "$WORK/key" 2>&1)
-    # The source records the confirmation when it arrives, which can be
-    # after `pull` exits: killed before, the next round would start from
-    # a source that forgot it.
-    for _ in $(seq 1 200); do
-        grep -q 'replica confirmed generation' "$WORK/serve.log" && break
-        sleep 0.05
-    done
-    grep -q 'replica confirmed generation' "$WORK/serve.log" || {
-        echo "sync serve never saw the confirmation" >&2
-        exit 1
-    }
-    kill "$SERVE_PID"
-    wait "$SERVE_PID" 2>/dev/null || true
-    SERVE_PID=""
+    serve_confirmed
+    serve_stop
     echo "$(grep -o 'elapsed_s=[0-9.]*' <<<"$out" | cut -d= -f2) $(($(grep -o 'fs_out=[0-9]*' <<<"$out" | cut -d= -f2) * 512))"
 }
 
-cat >"$WORK/rsyncd.conf" <<EOF
-use chroot = false
-uid = root
-gid = root
-[tree]
-path = $WORK/src
-read only = true
-exclude = /.sync-delta
-EOF
-RPORT=$((20000 + RANDOM % 20000))
-rsync --daemon --no-detach --address=127.0.0.1 --port="$RPORT" --config="$WORK/rsyncd.conf" &
-RSYNCD_PID=$!
-sleep 0.5
+start_rsyncd
 # One rsync pull into DIR [flags] -> "seconds bytes_written"
 theirs() {
     local dir=$1 out

@@ -17,41 +17,13 @@ cd "$(dirname "$0")/../.."
 FILES=100000
 if [[ "${1:-}" == "--quick" ]]; then FILES=10000; fi
 
-command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq rsync >/dev/null; }
-[[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
-
-cargo build --release -q -p examples --example sync
-cargo build --release -q -p sync-delta --example tree_round
-SYNC="$PWD/target/release/examples/sync"
-TREE="$PWD/target/release/examples/tree_round"
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/sync-memory.XXXXXX")
-SERVE_PID="" RSYNCD_PID=""
-cleanup() {
-    [[ -n "$SERVE_PID" ]] && kill "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null
-    [[ -n "$RSYNCD_PID" ]] && kill "$RSYNCD_PID" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=benches/scripts/sync_common.sh
+source benches/scripts/sync_common.sh
+sync_setup sync-memory
 
 "$TREE" gen "$WORK/src" "$FILES" >/dev/null
-od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$WORK/key"
-chmod 600 "$WORK/key"
 
 hwm() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
-# Starts `sync serve` on a free port; sets SERVE_PID and PORT.
-serve() {
-    "$SYNC" serve --dir "$WORK/src" --listen 127.0.0.1:0 --key-file "$WORK/key" 2>"$WORK/serve.log" &
-    SERVE_PID=$!
-    for _ in $(seq 1 100); do
-        PORT=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/serve.log" | cut -d: -f2 || true)
-        [[ -n "$PORT" ]] && return
-        sleep 0.1
-    done
-    echo "sync serve did not start" >&2
-    cat "$WORK/serve.log" >&2
-    exit 1
-}
 # A fresh `sync serve` for each round: its peak is that round's (and its
 # opening's) alone.
 ours() {
@@ -60,39 +32,15 @@ ours() {
     out=$(/usr/bin/time -f "pull_kib=%M elapsed_s=%e" "$SYNC" pull --once --dir "$WORK/dst" \
         --from "127.0.0.1:$PORT" --key-file "$WORK/key" --allow-mass-delete 2>&1)
     local serve_kib pull_kib secs
-    # The source records what the replica confirmed when the confirmation
-    # arrives, which can be after `pull` exits: killed before, the next
-    # round would start from a source that forgot it.
-    for _ in $(seq 1 200); do
-        grep -q 'replica confirmed generation' "$WORK/serve.log" && break
-        sleep 0.05
-    done
-    grep -q 'replica confirmed generation' "$WORK/serve.log" || {
-        echo "sync serve never saw the confirmation" >&2
-        exit 1
-    }
+    serve_confirmed
     serve_kib=$(hwm "$SERVE_PID")
-    kill "$SERVE_PID"
-    wait "$SERVE_PID" 2>/dev/null || true
-    SERVE_PID=""
+    serve_stop
     pull_kib=$(grep -o 'pull_kib=[0-9]*' <<<"$out" | cut -d= -f2)
     secs=$(grep -o 'elapsed_s=[0-9.]*' <<<"$out" | cut -d= -f2)
     echo "$serve_kib $pull_kib $secs"
 }
 
-cat >"$WORK/rsyncd.conf" <<EOF
-use chroot = false
-uid = root
-gid = root
-[tree]
-path = $WORK/src
-read only = true
-exclude = /.sync-delta
-EOF
-RPORT=$((20000 + RANDOM % 20000))
-rsync --daemon --no-detach --address=127.0.0.1 --port="$RPORT" --config="$WORK/rsyncd.conf" &
-RSYNCD_PID=$!
-sleep 0.5
+start_rsyncd
 # rsync: the pulling client under time (its largest process), and the
 # daemon's per-connection child, whose peak the daemon's log cannot give:
 # sampled from /proc while the pull runs.
