@@ -221,7 +221,15 @@ fn round(src: &Path, dst: &Path) -> Result<(), Box<dyn std::error::Error>> {
             if ended(replica.stats()) > before {
                 break;
             }
-            let w = replica_rx.recv()?;
+            let Ok(w) = replica_rx.recv() else {
+                // The source's side ended early: its error.
+                let e = match source_side.join() {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(_)) => "the source stopped before the round ended".into(),
+                    Err(_) => "source thread panicked".into(),
+                };
+                return Err(e.into());
+            };
             lr.handle_bytes(now, &w)?;
             while let Some(f) = lr.poll_frame()? {
                 replica.handle_message(now, Message::decode(&f.payload)?, &mut d)?;
