@@ -17,10 +17,13 @@
 //!
 //! A round commits by renaming a fully written and synced `journal.tmp`
 //! to `journal` (the commit record): its ops and the manifest changes.
-//! The ops are idempotent; once applied, the record is appended to
-//! `manifest.log` and `journal` is removed. So a round writes in
-//! proportion to what changed, not to the tree; the base is rewritten
-//! only when the log has grown to half its size. Opening replays a
+//! The ops are idempotent; once applied, the record's manifest changes
+//! are appended to `manifest.log` and `journal` is removed. So a round
+//! writes in proportion to what changed, not to the tree; the base is
+//! rewritten only when the log has grown to half its size, or at once,
+//! in the record's place, for a record that changes more than half the
+//! entries (a first round). The journal and the base are written a
+//! megabyte at a time. Opening replays a
 //! `journal` if there is one (roll forward) and empties `stage/` (roll
 //! back).
 //!
@@ -37,8 +40,8 @@
 //! unordered, overlapping or past the new length, whose stage name leaves
 //! `stage/`, or whose record is missing or short is refused
 //! ([`StoreError::Corrupt`]) before any op is applied. Journals of the
-//! previous release (no patch op) replay as before; the log keeps no
-//! patch ops.
+//! previous release (no patch op) replay as before; the log keeps no ops
+//! at all, only manifest changes.
 //!
 //! Local divergence (a Backup's tree that is not the generation its
 //! manifest records: a stray file or symlink where the round makes a
