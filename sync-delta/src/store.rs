@@ -777,9 +777,14 @@ impl Storage for FsStore {
 }
 
 fn fs_hash(root: &Path, path: &str, buf: &mut [u8]) -> Result<Hashed, StoreError> {
-    use std::io::Read;
     let p = root.join(path);
     let before = to_stat(&fs::symlink_metadata(&p)?);
+    fs_hash_from(&p, before, buf)
+}
+
+/// [`fs_hash`] of the file at `p`, its stat `before` taken.
+fn fs_hash_from(p: &Path, before: Stat, buf: &mut [u8]) -> Result<Hashed, StoreError> {
+    use std::io::Read;
     if before.kind != StatKind::File {
         return Err(StoreError::Io {
             kind: std::io::ErrorKind::InvalidInput,
@@ -789,11 +794,11 @@ fn fs_hash(root: &Path, path: &str, buf: &mut [u8]) -> Result<Hashed, StoreError
     if cfg!(feature = "mmap") && before.size <= MMAP_MAX {
         // One pass over the page cache, no copy.
         #[cfg(feature = "mmap")]
-        h.update_mmap(&p)?;
+        h.update_mmap(p)?;
     } else {
         // Large files through a bounded buffer: a mapping would count the
         // whole file in the resident set.
-        let mut f = fs::File::open(&p)?;
+        let mut f = fs::File::open(p)?;
         loop {
             let n = f.read(buf)?;
             if n == 0 {
@@ -802,7 +807,7 @@ fn fs_hash(root: &Path, path: &str, buf: &mut [u8]) -> Result<Hashed, StoreError
             h.update(&buf[..n]);
         }
     }
-    let after = to_stat(&fs::symlink_metadata(&p)?);
+    let after = to_stat(&fs::symlink_metadata(p)?);
     Ok(Hashed {
         hash: *h.finalize().as_bytes(),
         len: h.count(),
@@ -818,9 +823,11 @@ const SPLIT_MIN: u64 = 32 << 20;
 /// `fs_hash`, or `None` for a regular file of [`SPLIT_MIN`] bytes or more
 /// (to be hashed by [`fs_hash_split`]).
 fn fs_hash_or_defer(root: &Path, path: &str, buf: &mut [u8]) -> Option<Result<Hashed, StoreError>> {
-    match fs::symlink_metadata(root.join(path)) {
+    let p = root.join(path);
+    match fs::symlink_metadata(&p) {
         Ok(m) if m.file_type().is_file() && m.len() >= SPLIT_MIN => None,
-        _ => Some(fs_hash(root, path, buf)),
+        Ok(m) => Some(fs_hash_from(&p, to_stat(&m), buf)),
+        Err(e) => Some(Err(e.into())),
     }
 }
 
