@@ -1530,12 +1530,10 @@ impl Replica {
             // What only the plan needed.
             round.staged = HashMap::new();
             round.patched = HashMap::new();
-            // Sized first: a whole tree's changes, never grown by doubling.
+            // Room for what differed, and what the tree lost besides: a
+            // whole tree's changes never grow by doubling.
             let mut changes = Vec::with_capacity(
-                candidates
-                    .iter()
-                    .filter(|p| differs_in(old, new, p))
-                    .count(),
+                usize::try_from(changed.saturating_add(divergence.dropped)).unwrap_or(0),
             );
             match round.whole.take() {
                 // A full listing moves its entries into the record (the
