@@ -900,13 +900,15 @@ fn a_message_made_for_a_link_that_has_gone_is_not_sent_on_the_next() {
     w.round_done();
     let now = w.now;
     let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    let e = &mut w.ends[SOURCE];
-    e.worker
-        .handle_order(now, wall, SyncOrder::RoundNow { id: 99 }, &mut e.store);
-    let stale = e
-        .worker
-        .poll_transmit(now, &mut e.store)
-        .expect("the source asks its replica for a round");
+    // The source's worker told to run a round: the request it makes.
+    let ask = |e: &mut End, now, id| {
+        e.worker
+            .handle_order(now, wall, SyncOrder::RoundNow { id }, &mut e.store);
+        e.worker
+            .poll_transmit(now, &mut e.store)
+            .expect("the source asks its replica for a round")
+    };
+    let stale = ask(&mut w.ends[SOURCE], now, 99);
     // The link goes down and comes back before the message is handed on.
     w.out_of_step();
     w.until(SOURCE, |e| (*e == SyncLinkEvent::LinkUp).then_some(()));
@@ -917,12 +919,7 @@ fn a_message_made_for_a_link_that_has_gone_is_not_sent_on_the_next() {
     assert_eq!(e.link.stats().stale_sync_messages, 1);
     assert!(!sends(&mut e.link), "the stale message went out");
     // Made again now, on the new link: it goes.
-    e.worker
-        .handle_order(now, wall, SyncOrder::RoundNow { id: 100 }, &mut e.store);
-    let fresh = e
-        .worker
-        .poll_transmit(now, &mut e.store)
-        .expect("the source asks again");
+    let fresh = ask(e, now, 100);
     assert_eq!(fresh.message, stale.message);
     e.link.handle_sync_message(now, &fresh);
     assert_eq!(e.link.stats().stale_sync_messages, 1);
