@@ -1313,7 +1313,7 @@ mod tests {
         let mut src = Source::open(SourceConfig::default(), now, &mut s).unwrap();
         src.handle_message(
             now,
-            SystemTime::now(),
+            UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
             Message::Request { digest: [7; 32] },
             &mut s,
         )
@@ -1357,7 +1357,7 @@ mod tests {
         let mut s = tree(MAX_CHANGES + 10);
         let now = Instant::now();
         let mut src = Source::open(SourceConfig::default(), now, &mut s).unwrap();
-        let wall = SystemTime::now();
+        let wall = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
         src.handle_message(now, wall, Message::Request { digest: [7; 32] }, &mut s)
             .unwrap();
         assert!(matches!(
