@@ -157,6 +157,9 @@ fn step(h: u64, b: u8) -> u64 {
 /// Smallest block a lane of [`find`] takes: at least the 64 bytes of a
 /// lane's take-up, and a power of two.
 const MIN_BLOCK: usize = 256;
+/// Bytes of each lane a round's loop steps per iteration (unrolled: the
+/// index and the loop test once per eight steps of the four lanes).
+const U: usize = 8;
 /// Largest block a lane of [`find`] takes (a power of two).
 const MAX_BLOCK: usize = 4096;
 
@@ -213,7 +216,7 @@ fn find(data: &[u8], mut h: u64, from: usize, to: usize, mask: u64, block: usize
 /// byte and the bytes taken.
 #[inline]
 fn round<const B: usize>(data: &[u8], h: u64, s: usize, mask: u64) -> Result<usize, (u64, usize)> {
-    const { assert!(B >= 64) };
+    const { assert!(B >= 64 && B.is_multiple_of(U)) };
     // The 64 bytes before `s` are not read: lane 0 goes on from `h`.
     let w = &data[s..s + 4 * B];
     let (mut h1, mut h2, mut h3) = (0u64, 0u64, 0u64);
@@ -223,32 +226,40 @@ fn round<const B: usize>(data: &[u8], h: u64, s: usize, mask: u64) -> Result<usi
         h3 = step(h3, w[j + 2 * B]);
     }
     let mut h0 = h;
-    for j in 0..B {
-        h0 = step(h0, w[j]);
-        h1 = step(h1, w[j + B]);
-        h2 = step(h2, w[j + 2 * B]);
-        h3 = step(h3, w[j + 3 * B]);
-        // The first lane with a hit here; earlier lanes may still hit
-        // later in their own block, which comes first.
-        let k = if h0 & mask == 0 {
-            0
-        } else if h1 & mask == 0 {
-            1
-        } else if h2 & mask == 0 {
-            2
-        } else if h3 & mask == 0 {
-            3
-        } else {
-            continue;
-        };
-        let hs = [h0, h1, h2, h3];
+    // A hit in lane `k` at byte `j` of its block, with the four states
+    // through that byte: earlier lanes may still hit later in their own
+    // block, which comes first.
+    let settle = |k: usize, j: usize, hs: [u64; 4]| -> usize {
         for (e, &he) in hs.iter().enumerate().take(k) {
             let lane = s + e * B;
             if let Ok(at) = find_one(data, he, lane + j + 1, lane + B, mask) {
-                return Ok(at);
+                return at;
             }
         }
-        return Ok(s + k * B + j);
+        s + k * B + j
+    };
+    for i in 0..B / U {
+        for u in 0..U {
+            let j = U * i + u;
+            h0 = step(h0, w[j]);
+            h1 = step(h1, w[j + B]);
+            h2 = step(h2, w[j + 2 * B]);
+            h3 = step(h3, w[j + 3 * B]);
+            // The first lane with a hit here (a chain of branches: one
+            // test and jump per lane on the hot path).
+            let k = if h0 & mask == 0 {
+                0
+            } else if h1 & mask == 0 {
+                1
+            } else if h2 & mask == 0 {
+                2
+            } else if h3 & mask == 0 {
+                3
+            } else {
+                continue;
+            };
+            return Ok(settle(k, j, [h0, h1, h2, h3]));
+        }
     }
     Err((h3, 4 * B))
 }
