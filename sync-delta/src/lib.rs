@@ -158,6 +158,7 @@ mod hints;
 pub mod mem;
 mod replica;
 mod source;
+mod split;
 pub mod store;
 
 pub use epoch::Epoch;

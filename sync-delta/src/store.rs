@@ -11,6 +11,7 @@ use crate::exclude::Exclude;
 pub(crate) use crate::files::{hash_one, read_all, write_atomic};
 use crate::manifest::Hash;
 use crate::path::{RelPath, STATE_DIR};
+use crate::split::{Split, piece_hasher};
 
 /// What a path is, as seen by `lstat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -838,31 +839,7 @@ fn fs_hash_or_defer(root: &Path, path: &str, buf: &mut [u8]) -> Option<Result<Ha
 /// root. The same hash as one pass over the file (a unit test holds it to
 /// `blake3::hash` across sizes and thread counts).
 fn fs_hash_split(root: &Path, path: &str, threads: usize) -> Result<Hashed, StoreError> {
-    use blake3::hazmat::{
-        HasherExt, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root,
-    };
-    /// The file's hash tree down to its pieces: a leaf is a piece's index.
-    enum Node {
-        Leaf(usize),
-        Parent(Box<Node>, Box<Node>),
-    }
-    fn build(start: u64, len: u64, piece: u64, leaves: &mut Vec<(u64, u64)>) -> Node {
-        if len <= piece || len <= blake3::CHUNK_LEN as u64 {
-            leaves.push((start, len));
-            return Node::Leaf(leaves.len() - 1);
-        }
-        let left = left_subtree_len(len);
-        let l = build(start, left, piece, leaves);
-        let r = build(start + left, len - left, piece, leaves);
-        Node::Parent(Box::new(l), Box::new(r))
-    }
-    fn cv(n: &Node, cvs: &[blake3::hazmat::ChainingValue]) -> blake3::hazmat::ChainingValue {
-        match n {
-            Node::Leaf(i) => cvs[*i],
-            Node::Parent(l, r) => merge_subtrees_non_root(&cv(l, cvs), &cv(r, cvs), Mode::Hash),
-        }
-    }
-
+    use blake3::hazmat::HasherExt as _;
     let p = root.join(path);
     let before = to_stat(&fs::symlink_metadata(&p)?);
     if before.kind != StatKind::File {
@@ -876,14 +853,12 @@ fn fs_hash_split(root: &Path, path: &str, threads: usize) -> Result<Hashed, Stor
     let piece = (size / (threads as u64 * 8))
         .max(4 << 20)
         .next_power_of_two();
-    let mut leaves = Vec::new();
-    let tree = build(0, size, piece, &mut leaves);
-    let Node::Parent(left, right) = &tree else {
+    let Some(split) = Split::new(size, piece) else {
         // Too small to split: one pass.
         return fs_hash(root, path, &mut vec![0u8; IO_CHUNK]);
     };
+    let leaves = &split.pieces;
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let leaves = &leaves;
     let p = &p;
     // Per piece: its chaining value and the bytes read (short when the
     // file shrank while it was read).
@@ -896,8 +871,7 @@ fn fs_hash_split(root: &Path, path: &str, threads: usize) -> Result<Hashed, Stor
             let Some(&(start, len)) = leaves.get(i) else {
                 break;
             };
-            let mut h = blake3::Hasher::new();
-            h.set_input_offset(start);
+            let mut h = piece_hasher(start);
             let mut at = start;
             while at < start + len {
                 let want = usize::try_from(start + len - at).map_or(IO_CHUNK, |w| w.min(IO_CHUNK));
@@ -927,7 +901,7 @@ fn fs_hash_split(root: &Path, path: &str, threads: usize) -> Result<Hashed, Stor
         }
     }
     let after = to_stat(&fs::symlink_metadata(p)?);
-    let hash = merge_subtrees_root(&cv(left, &cvs), &cv(right, &cvs), Mode::Hash);
+    let hash = split.root(&cvs);
     Ok(Hashed {
         hash: *hash.as_bytes(),
         // Short of the size when the file shrank: the caller sees the
