@@ -369,6 +369,155 @@ pub fn diff(params: ChunkParams, sig: &[SigChunk], new: &[u8]) -> Vec<Op> {
 /// `size`, or a hash mismatch.
 #[cfg_attr(not(feature = "internals"), allow(dead_code))] // the benches and tests use it
 pub fn apply(base: &[u8], ops: &[Op], size: u64, hash: &[u8; 32]) -> Result<Vec<u8>, ApplyError> {
+    let cap = check_ops(base, ops, size)?;
+    let mut out = Vec::with_capacity(cap);
+    let mut hasher = blake3::Hasher::new();
+    for op in ops {
+        for part in op_bytes(base, op).chunks(APPLY_PIECE) {
+            let at = out.len();
+            out.extend_from_slice(part);
+            hasher.update(&out[at..]);
+        }
+    }
+    if hasher.finalize().as_bytes() != hash {
+        return Err(ApplyError::HashMismatch);
+    }
+    Ok(out)
+}
+
+/// [`apply`] on up to `threads` threads (this one and `threads - 1` more):
+/// the same output, checks and errors.
+///
+/// The output is cut along its BLAKE3 tree into whole subtrees (at least
+/// [`APPLY_SPLIT_PIECE`] bytes, about eight a thread); the threads take
+/// them in turn, copy each one's bytes from the ops and hash them as they
+/// go, and the subtrees' chaining values are merged to the root. Outputs
+/// smaller than two such pieces, or one thread, take [`apply`]'s single
+/// pass.
+///
+/// # Errors
+/// As [`apply`].
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // the benches and tests use it
+pub fn apply_threaded(
+    base: &[u8],
+    ops: &[Op],
+    size: u64,
+    hash: &[u8; 32],
+    threads: usize,
+) -> Result<Vec<u8>, ApplyError> {
+    apply_split(base, ops, size, hash, threads, APPLY_SPLIT_PIECE)
+}
+
+/// Smallest subtree a thread of [`apply_threaded`] takes.
+pub const APPLY_SPLIT_PIECE: u64 = 1 << 20;
+
+/// [`apply_threaded`] with subtrees of at least `min_piece` bytes (a
+/// power of two; the tests take small ones).
+fn apply_split(
+    base: &[u8],
+    ops: &[Op],
+    size: u64,
+    hash: &[u8; 32],
+    threads: usize,
+    min_piece: u64,
+) -> Result<Vec<u8>, ApplyError> {
+    use crate::split::{Split, piece_hasher};
+    use blake3::hazmat::HasherExt as _;
+    use std::sync::{Mutex, PoisonError};
+
+    let threads = threads.max(1);
+    let piece = (size / (threads as u64 * 8)).max(min_piece).next_power_of_two();
+    let split = match Split::new(size, piece) {
+        Some(split) if threads > 1 => split,
+        _ => return apply(base, ops, size, hash),
+    };
+    let cap = check_ops(base, ops, size)?;
+    // Where each op's bytes start in the output.
+    let starts: Vec<u64> = ops
+        .iter()
+        .scan(0u64, |at, op| {
+            let s = *at;
+            *at += op_bytes(base, op).len() as u64;
+            Some(s)
+        })
+        .collect();
+    let mut out = vec![0u8; cap];
+    let mut jobs = Vec::with_capacity(split.pieces.len());
+    let mut rest = out.as_mut_slice();
+    for (i, &(start, len)) in split.pieces.iter().enumerate() {
+        let (piece, tail) = rest.split_at_mut(len as usize);
+        jobs.push((i, start, piece));
+        rest = tail;
+    }
+    let jobs = Mutex::new(jobs.into_iter());
+    // Fills one piece from the ops (the last op starting at or before its
+    // offset, then the ones after), hashing each part as it is copied.
+    let fill = |start: u64, piece: &mut [u8]| {
+        let mut h = piece_hasher(start);
+        let mut k = starts.partition_point(|&s| s <= start).saturating_sub(1);
+        let mut done = 0;
+        while done < piece.len() {
+            let bytes = op_bytes(base, &ops[k]);
+            let from = (start + done as u64 - starts[k]) as usize;
+            let n = (bytes.len() - from).min(piece.len() - done);
+            for (dst, src) in piece[done..done + n]
+                .chunks_mut(APPLY_PIECE)
+                .zip(bytes[from..from + n].chunks(APPLY_PIECE))
+            {
+                dst.copy_from_slice(src);
+                h.update(dst);
+            }
+            done += n;
+            k += 1;
+        }
+        h.finalize_non_root()
+    };
+    let work = || {
+        let mut mine = Vec::new();
+        loop {
+            let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).next();
+            let Some((i, start, piece)) = job else {
+                break;
+            };
+            mine.push((i, fill(start, piece)));
+        }
+        mine
+    };
+    let mut cvs = vec![[0u8; 32]; split.pieces.len()];
+    std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads.min(split.pieces.len()))
+            .map(|_| s.spawn(work))
+            .collect();
+        let mut done = work();
+        for t in others {
+            match t.join() {
+                Ok(theirs) => done.extend(theirs),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        for (i, cv) in done {
+            cvs[i] = cv;
+        }
+    });
+    if split.root(&cvs).as_bytes() != hash {
+        return Err(ApplyError::HashMismatch);
+    }
+    Ok(out)
+}
+
+/// The bytes an op puts in the output (a copy: checked to be inside the
+/// base by [`check_ops`]).
+fn op_bytes<'a>(base: &'a [u8], op: &'a Op) -> &'a [u8] {
+    match op {
+        Op::Copy { offset, len } => &base[*offset as usize..(*offset + *len) as usize],
+        Op::Literal(data) => data.as_slice(),
+    }
+}
+
+/// Checks `ops` against `base` and `size` before anything is allocated:
+/// every copy inside the base, the lengths adding up to `size`. The size
+/// as a `usize`.
+fn check_ops(base: &[u8], ops: &[Op], size: u64) -> Result<usize, ApplyError> {
     let mut total = 0u64;
     for op in ops {
         let len = match op {
@@ -393,25 +542,7 @@ pub fn apply(base: &[u8], ops: &[Op], size: u64, hash: &[u8; 32]) -> Result<Vec<
     if total != size {
         return Err(ApplyError::Short { got: total, size });
     }
-    let cap = usize::try_from(size).map_err(|_| ApplyError::BeyondSize { size })?;
-    let mut out = Vec::with_capacity(cap);
-    let mut hasher = blake3::Hasher::new();
-    for op in ops {
-        let piece = match op {
-            // In range: checked above.
-            Op::Copy { offset, len } => &base[*offset as usize..(*offset + *len) as usize],
-            Op::Literal(data) => data.as_slice(),
-        };
-        for part in piece.chunks(APPLY_PIECE) {
-            let at = out.len();
-            out.extend_from_slice(part);
-            hasher.update(&out[at..]);
-        }
-    }
-    if hasher.finalize().as_bytes() != hash {
-        return Err(ApplyError::HashMismatch);
-    }
-    Ok(out)
+    usize::try_from(size).map_err(|_| ApplyError::BeyondSize { size })
 }
 
 /// How much [`apply`] copies before hashing it: well inside the L2 cache.
@@ -498,6 +629,87 @@ mod tests {
                 pos += n;
             }
             assert_eq!(covered, data.len());
+        }
+    }
+
+    /// Ops of copies and literals from `spec`: (kind, a, b) makes a copy
+    /// of `b` bytes from `a` (wrapped into the base) or a literal of `b`
+    /// bytes.
+    fn ops_from(base: &[u8], spec: &[(bool, u32, u16)]) -> (Vec<Op>, Vec<u8>) {
+        let mut ops = Vec::new();
+        let mut out = Vec::new();
+        for &(copy, a, b) in spec {
+            let len = usize::from(b) % (base.len() / 2);
+            if copy {
+                let offset = a as usize % (base.len() - len);
+                ops.push(Op::Copy {
+                    offset: offset as u64,
+                    len: len as u64,
+                });
+                out.extend_from_slice(&base[offset..offset + len]);
+            } else {
+                let lit = noise(len, u64::from(a));
+                out.extend_from_slice(&lit);
+                ops.push(Op::Literal(lit));
+            }
+        }
+        (ops, out)
+    }
+
+    /// The threaded apply gives `apply`'s output, or its error, whatever
+    /// the thread count and the size of the pieces.
+    #[test]
+    fn threaded_apply_equals_apply() {
+        let base = noise(150_000, 21);
+        let spec = [
+            (true, 0, 40_000),
+            (false, 5, 1),
+            (false, 6, 0),
+            (true, 77_777, 33_333),
+            (false, 7, 4096),
+            (true, 3, 1024),
+            (true, 12_345, 60_000),
+        ];
+        let (ops, want) = ops_from(&base, &spec);
+        let size = want.len() as u64;
+        let hash = *blake3::hash(&want).as_bytes();
+        for threads in [1, 2, 3, 8] {
+            for piece in [1024, 2048, 8192, 1 << 20] {
+                let got = apply_split(&base, &ops, size, &hash, threads, piece);
+                assert_eq!(got.as_deref(), Ok(&want[..]), "{threads} threads, piece {piece}");
+                let bad = apply_split(&base, &ops, size, &[0; 32], threads, piece);
+                assert_eq!(bad, Err(ApplyError::HashMismatch));
+                let short = apply_split(&base, &ops, size + 1, &hash, threads, piece);
+                assert!(matches!(short, Err(ApplyError::Short { .. })));
+            }
+        }
+        assert_eq!(apply_threaded(&base, &ops, size, &hash, 2).as_deref(), Ok(&want[..]));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        /// The same on random ops, thread counts and piece sizes.
+        #[test]
+        fn threaded_apply_equals_apply_on_random_ops(
+            spec in proptest::collection::vec(
+                (proptest::prelude::any::<bool>(), proptest::prelude::any::<u32>(), proptest::prelude::any::<u16>()),
+                0..12,
+            ),
+            threads in 1usize..5,
+            piece_log in 10u32..14,
+            wrong in proptest::prelude::any::<bool>(),
+        ) {
+            let base = noise(70_000, 5);
+            let (ops, want) = ops_from(&base, &spec);
+            let mut hash = *blake3::hash(&want).as_bytes();
+            if wrong {
+                hash[0] ^= 1;
+            }
+            let size = want.len() as u64;
+            proptest::prop_assert_eq!(
+                apply_split(&base, &ops, size, &hash, threads, 1 << piece_log),
+                apply(&base, &ops, size, &hash)
+            );
         }
     }
 
