@@ -46,6 +46,7 @@ pub struct SignatureBuilder {
     params: ChunkParams,
     carry: Vec<u8>,
     chunks: Vec<SigChunk>,
+    threads: usize,
 }
 
 impl SignatureBuilder {
@@ -56,7 +57,17 @@ impl SignatureBuilder {
             params,
             carry: Vec::new(),
             chunks: Vec::new(),
+            threads: 1,
         }
+    }
+
+    /// Hashes the chunks on `threads - 1` more threads while this one
+    /// cuts (see [`signature_threaded`]); 1, the default, does both here.
+    /// The same signature.
+    #[must_use]
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
     }
 
     /// Adds the next bytes of the file. Cuts are only tried once a whole
@@ -97,20 +108,7 @@ impl SignatureBuilder {
     }
 
     fn cut_all(&mut self, data: &[u8], eof: bool) -> usize {
-        let mut pos = 0;
-        while pos < data.len() {
-            let rest = &data[pos..];
-            let len = self.params.cut(rest);
-            if !eof && !self.params.is_final(len, rest.len()) {
-                break;
-            }
-            self.chunks.push(SigChunk {
-                len: len as u32,
-                hash: chunk_hash(&rest[..len]),
-            });
-            pos += len;
-        }
-        pos
+        sign(self.params, data, eof, self.threads, SIGN_BATCH, &mut self.chunks)
     }
 
     /// Ends the file and returns its chunks.
@@ -132,6 +130,112 @@ pub fn signature(data: &[u8], params: ChunkParams) -> Vec<SigChunk> {
             hash: chunk_hash(&data[at..at + len]),
         })
         .collect()
+}
+
+/// [`signature`] on up to `threads` threads: this one cuts, and hands the
+/// chunks in batches (about [`SIGN_BATCH`] bytes) to `threads - 1` more
+/// that hash them, then helps with the batches left. The cut is one chain
+/// (each boundary starts the search for the next), so the work splits in
+/// two: cutting and hashing, each about half of a signature's time.
+#[must_use]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // the benches and tests use it
+pub fn signature_threaded(data: &[u8], params: ChunkParams, threads: usize) -> Vec<SigChunk> {
+    let mut out = Vec::new();
+    sign(params, data, true, threads, SIGN_BATCH, &mut out);
+    out
+}
+
+/// Bytes of chunks a batch of [`signature_threaded`] holds.
+pub const SIGN_BATCH: usize = 64 * 1024;
+
+/// Cuts `data` (from a boundary) and pushes each chunk's [`SigChunk`] to
+/// `out`. Unless `eof`, stops before a trailing chunk that might continue
+/// past `data`. Returns the bytes consumed. With more than one thread and
+/// more than a `batch` of data, the hashes are found on the other threads
+/// (see [`signature_threaded`]; the tests take small batches).
+fn sign(
+    params: ChunkParams,
+    data: &[u8],
+    eof: bool,
+    threads: usize,
+    batch_bytes: usize,
+    out: &mut Vec<SigChunk>,
+) -> usize {
+    use std::sync::{Mutex, PoisonError, mpsc};
+
+    // The chunk at `pos`, if it is one.
+    let next = |pos: usize| {
+        let rest = &data[pos..];
+        let len = params.cut(rest);
+        (eof || params.is_final(len, rest.len())).then_some(len)
+    };
+    if threads <= 1 || data.len() <= batch_bytes {
+        let mut pos = 0;
+        while pos < data.len() {
+            let Some(len) = next(pos) else {
+                break;
+            };
+            out.push(SigChunk {
+                len: len as u32,
+                hash: chunk_hash(&data[pos..pos + len]),
+            });
+            pos += len;
+        }
+        return pos;
+    }
+    // Batches: (first chunk's index, offset, lengths).
+    let (tx, rx) = mpsc::channel::<(usize, usize, Vec<u32>)>();
+    let rx = Mutex::new(rx);
+    let first = out.len();
+    let work = || {
+        let mut mine = Vec::new();
+        loop {
+            let batch = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+            let Ok((index, mut at, lens)) = batch else {
+                break;
+            };
+            for (i, len) in lens.into_iter().enumerate() {
+                let hash = chunk_hash(&data[at..at + len as usize]);
+                mine.push((index + i, SigChunk { len, hash }));
+                at += len as usize;
+            }
+        }
+        mine
+    };
+    std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let mut pos = 0;
+        let mut count = 0;
+        let mut batch = (0, 0, Vec::new());
+        while pos < data.len() {
+            let Some(len) = next(pos) else {
+                break;
+            };
+            batch.2.push(len as u32);
+            pos += len;
+            count += 1;
+            if pos - batch.1 >= batch_bytes {
+                let full = std::mem::replace(&mut batch, (count, pos, Vec::new()));
+                // The hashers are gone only if one panicked: its join says.
+                let _ = tx.send(full);
+            }
+        }
+        if !batch.2.is_empty() {
+            let _ = tx.send(batch);
+        }
+        drop(tx);
+        let mut done = work();
+        for t in others {
+            match t.join() {
+                Ok(theirs) => done.extend(theirs),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        done.sort_unstable_by_key(|&(i, _)| i);
+        out.extend(done.into_iter().map(|(_, c)| c));
+        debug_assert_eq!(out.len(), first + count);
+        pos
+    })
 }
 
 /// A delta operation.
@@ -575,6 +679,45 @@ mod tests {
                 b.update(piece);
             }
             assert_eq!(b.finish(), whole, "step {step}");
+        }
+    }
+
+    /// The threaded signature is the one-thread one: whole buffers and
+    /// pieces, any thread count, batches of any size, with and without
+    /// the end of the file.
+    #[test]
+    fn threaded_signature_equals_signature() {
+        let mut data = noise(400_000, 4);
+        // Runs that cut at the maximum and often.
+        data.extend(std::iter::repeat_n(7u8, 50_000));
+        data.extend(noise(60_000, 8).iter().map(|b| b & 1));
+        let p = ChunkParams::new(4096);
+        let whole = signature(&data, p);
+        for threads in [1, 2, 3, 5] {
+            for batch in [1, 5000, 40_000, 1 << 20] {
+                for eof in [true, false] {
+                    let mut got = Vec::new();
+                    let used = sign(p, &data, eof, threads, batch, &mut got);
+                    let mut want = Vec::new();
+                    let want_used = sign(p, &data, eof, 1, batch, &mut want);
+                    assert_eq!((used, &got), (want_used, &want), "{threads} threads, batch {batch}");
+                    if eof {
+                        assert_eq!(got, whole);
+                    }
+                }
+            }
+        }
+        assert_eq!(signature_threaded(&data, p, 2), whole);
+        let big = noise(3 << 20, 9);
+        let p = ChunkParams::for_size(big.len() as u64);
+        let whole = signature(&big, p);
+        assert_eq!(signature_threaded(&big, p, 2), whole);
+        for (threads, step) in [(2, 1 << 20), (3, 700_000), (2, 100_000)] {
+            let mut b = SignatureBuilder::new(p).with_threads(threads);
+            for piece in big.chunks(step) {
+                b.update(piece);
+            }
+            assert_eq!(b.finish(), whole, "{threads} threads, pieces of {step}");
         }
     }
 
