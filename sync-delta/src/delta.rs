@@ -383,9 +383,32 @@ pub const MAX_LITERAL: usize = 1 << 20;
 #[derive(Debug, Default)]
 pub struct OpBuilder {
     ops: Vec<Op>,
+    /// Emptied literal buffers to fill before allocating new ones (see
+    /// [`OpBuilder::reusing`]).
+    spare: Vec<Vec<u8>>,
 }
 
 impl OpBuilder {
+    /// A builder whose literals go first into the buffers of `old`'s
+    /// literals (emptied; their memory is already mapped), and whose ops
+    /// go into `old`'s vector.
+    #[must_use]
+    pub fn reusing(mut old: Vec<Op>) -> Self {
+        let mut spare: Vec<Vec<u8>> = old
+            .drain(..)
+            .filter_map(|op| match op {
+                Op::Literal(mut v) => {
+                    v.clear();
+                    Some(v)
+                }
+                Op::Copy { .. } => None,
+            })
+            .collect();
+        // Taken from the end: the first literal gets the first buffer.
+        spare.reverse();
+        Self { ops: old, spare }
+    }
+
     /// A copy.
     pub fn copy(&mut self, offset: u64, len: u64) {
         if let Some(Op::Copy { offset: o, len: l }) = self.ops.last_mut()
@@ -411,7 +434,10 @@ impl OpBuilder {
             v.extend_from_slice(data);
             return;
         }
-        let mut v = Vec::with_capacity(MAX_LITERAL.min(data.len().max(64 * 1024)));
+        let mut v = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(MAX_LITERAL.min(data.len().max(64 * 1024))));
         v.extend_from_slice(data);
         self.ops.push(Op::Literal(v));
     }
@@ -450,13 +476,24 @@ impl OpBuilder {
 #[must_use]
 #[cfg_attr(not(feature = "internals"), allow(dead_code))] // the benches and tests use it
 pub fn diff(params: ChunkParams, sig: &[SigChunk], new: &[u8]) -> Vec<Op> {
+    let mut ops = Vec::new();
+    diff_into(params, sig, new, &mut ops);
+    ops
+}
+
+/// [`diff`] into `ops`, replacing what it holds: its literals' buffers
+/// take the new literals before any new buffer is allocated (a caller
+/// that makes delta after delta reuses memory already mapped, as the
+/// source's stream of bounded messages does).
+#[cfg_attr(not(feature = "internals"), allow(dead_code))] // the benches and tests use it
+pub fn diff_into(params: ChunkParams, sig: &[SigChunk], new: &[u8], ops: &mut Vec<Op>) {
     let mut m = Matcher::new(params, sig);
-    let mut b = OpBuilder::default();
+    let mut b = OpBuilder::reusing(std::mem::take(ops));
     m.scan(new, true, |found, at, len| match found {
         Some(off) => b.copy(off, len as u64),
         None => b.literal(&new[at..at + len]),
     });
-    b.take()
+    *ops = b.take();
 }
 
 /// Applies `ops` to `base` in memory, producing exactly `size` bytes that
@@ -718,6 +755,24 @@ mod tests {
                 b.update(piece);
             }
             assert_eq!(b.finish(), whole, "{threads} threads, pieces of {step}");
+        }
+    }
+
+    /// A delta made into the ops of an earlier one is the delta made
+    /// afresh (more literals than before, fewer, none).
+    #[test]
+    fn diff_into_reused_ops_equals_diff() {
+        let old = noise(1 << 20, 5);
+        let p = ChunkParams::for_size(old.len() as u64);
+        let sig = signature(&old, p);
+        let mut edited = old.clone();
+        edited[300_000..300_100].fill(1);
+        edited.extend_from_slice(&noise(50_000, 3));
+        let unrelated = noise(3 << 20, 6);
+        let mut ops = Vec::new();
+        for new in [&edited, &unrelated, &old, &edited, &unrelated, &unrelated] {
+            diff_into(p, &sig, new, &mut ops);
+            assert_eq!(ops, diff(p, &sig, new));
         }
     }
 
