@@ -4,6 +4,9 @@
 //!   overwrite, a 100-byte insert and a 1 MiB append, and against the same
 //!   size of unrelated data;
 //! - signature and whole-file (manifest) hashing throughput;
+//! - the threaded signature and apply (as many threads as cores) beside
+//!   the one-thread figures, and generation into reused output for both
+//!   libraries beside generation into fresh memory;
 //! - bytes on the wire for the edited file, printed (a real round between
 //!   two in-memory stores over an authenticated link; `fast_rsync`:
 //!   signature plus delta). rsync's own figures come from
@@ -161,6 +164,7 @@ fn bench(c: &mut Criterion) {
         opts.block_size,
     );
 
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut g = c.benchmark_group("delta_generate");
     g.throughput(Throughput::Bytes(n as u64));
     g.sample_size(10);
@@ -175,6 +179,34 @@ fn bench(c: &mut Criterion) {
                 black_box(out)
             })
         });
+    }
+    // Both again, each writing into the output of its previous run (its
+    // pages already mapped, as a stream of bounded messages reuses its
+    // memory), so that neither pays a page fault per 4 KiB of delta.
+    for (name, new) in [("similar", &similar), ("unrelated", &unrelated)] {
+        let mut ops = Vec::new();
+        g.bench_with_input(
+            BenchmarkId::new("sync_delta (output reused)", name),
+            new,
+            |b, new| {
+                b.iter(|| {
+                    delta::diff_into(params, &sig, new, &mut ops);
+                    black_box(ops.len())
+                })
+            },
+        );
+        let mut out = Vec::new();
+        g.bench_with_input(
+            BenchmarkId::new("fast_rsync (output reused)", name),
+            new,
+            |b, new| {
+                b.iter(|| {
+                    out.clear();
+                    fast_rsync::diff(&fr_index, new, &mut out).expect("diff");
+                    black_box(out.len())
+                })
+            },
+        );
     }
     g.finish();
 
@@ -207,6 +239,17 @@ fn bench(c: &mut Criterion) {
     g.bench_function("sync_delta/similar (verified)", |b| {
         b.iter(|| black_box(delta::apply(&base, &ops, similar.len() as u64, &hash).expect("apply")))
     });
+    g.bench_function(
+        format!("sync_delta/similar (verified, {cores} threads)"),
+        |b| {
+            b.iter(|| {
+                black_box(
+                    delta::apply_threaded(&base, &ops, similar.len() as u64, &hash, cores)
+                        .expect("apply"),
+                )
+            })
+        },
+    );
     g.bench_function("fast_rsync/similar", |b| {
         b.iter(|| {
             let mut out = Vec::with_capacity(similar.len());
@@ -265,6 +308,25 @@ fn bench(c: &mut Criterion) {
     g.bench_function("sync_delta/signature", |b| {
         b.iter(|| black_box(delta::signature(&base, params)))
     });
+    g.bench_function(format!("sync_delta/signature ({cores} threads)"), |b| {
+        b.iter(|| black_box(delta::signature_threaded(&base, params, cores)))
+    });
+    // As the replica makes the signature of its old copy: 1 MiB reads fed
+    // to the builder.
+    for threads in [1, cores] {
+        g.bench_function(
+            format!("sync_delta/signature (SignatureBuilder, 1 MiB pieces, {threads} threads)"),
+            |b| {
+                b.iter(|| {
+                    let mut sb = delta::SignatureBuilder::new(params).with_threads(threads);
+                    for piece in base.chunks(1 << 20) {
+                        sb.update(piece);
+                    }
+                    black_box(sb.finish())
+                })
+            },
+        );
+    }
     g.bench_function("fast_rsync/signature", |b| {
         b.iter(|| black_box(Signature::calculate(&base, opts)))
     });
@@ -291,7 +353,6 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(single.hash_files(&paths)))
     });
     let mut parallel = sync_delta::FsStore::parallel(&dir).expect("store");
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     g.bench_function(
         format!("sync_delta/manifest_hash (FsStore::parallel, {cores} threads)"),
         |b| b.iter(|| black_box(parallel.hash_files(&paths))),
