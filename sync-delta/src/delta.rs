@@ -161,6 +161,7 @@ fn sign(
     batch_bytes: usize,
     out: &mut Vec<SigChunk>,
 ) -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Mutex, PoisonError, mpsc};
 
     // The chunk at `pos`, if it is one.
@@ -184,26 +185,32 @@ fn sign(
         return pos;
     }
     // Batches: (first chunk's index, offset, lengths).
-    let (tx, rx) = mpsc::channel::<(usize, usize, Vec<u32>)>();
+    type Batch = (usize, usize, Vec<u32>);
+    let (tx, rx) = mpsc::channel::<Batch>();
     let rx = Mutex::new(rx);
+    // Batches sent and not yet taken.
+    let queued = AtomicUsize::new(0);
     let first = out.len();
+    let hash = |(index, mut at, lens): Batch, mine: &mut Vec<(usize, SigChunk)>| {
+        queued.fetch_sub(1, Ordering::Relaxed);
+        for (i, len) in lens.into_iter().enumerate() {
+            let hash = chunk_hash(&data[at..at + len as usize]);
+            mine.push((index + i, SigChunk { len, hash }));
+            at += len as usize;
+        }
+    };
     let work = || {
         let mut mine = Vec::new();
-        loop {
-            let batch = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
-            let Ok((index, mut at, lens)) = batch else {
-                break;
-            };
-            for (i, len) in lens.into_iter().enumerate() {
-                let hash = chunk_hash(&data[at..at + len as usize]);
-                mine.push((index + i, SigChunk { len, hash }));
-                at += len as usize;
-            }
+        // The lock is held through a wait for the next batch: the queue
+        // is then empty, and the cutting thread only tries the lock.
+        while let Ok(batch) = rx.lock().unwrap_or_else(PoisonError::into_inner).recv() {
+            hash(batch, &mut mine);
         }
         mine
     };
     std::thread::scope(|s| {
         let others: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let mut mine = Vec::new();
         let mut pos = 0;
         let mut count = 0;
         let mut batch = (0, 0, Vec::new());
@@ -216,23 +223,32 @@ fn sign(
             count += 1;
             if pos - batch.1 >= batch_bytes {
                 let full = std::mem::replace(&mut batch, (count, pos, Vec::new()));
+                queued.fetch_add(1, Ordering::Relaxed);
                 // The hashers are gone only if one panicked: its join says.
                 let _ = tx.send(full);
+                // Hashers that fall behind (a busy machine: they wait for
+                // a core) leave batches queued: hash one here.
+                if queued.load(Ordering::Relaxed) > 2
+                    && let Ok(Ok(b)) = rx.try_lock().map(|rx| rx.try_recv())
+                {
+                    hash(b, &mut mine);
+                }
             }
         }
         if !batch.2.is_empty() {
+            queued.fetch_add(1, Ordering::Relaxed);
             let _ = tx.send(batch);
         }
         drop(tx);
-        let mut done = work();
+        mine.extend(work());
         for t in others {
             match t.join() {
-                Ok(theirs) => done.extend(theirs),
+                Ok(theirs) => mine.extend(theirs),
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
-        done.sort_unstable_by_key(|&(i, _)| i);
-        out.extend(done.into_iter().map(|(_, c)| c));
+        mine.sort_unstable_by_key(|&(i, _)| i);
+        out.extend(mine.into_iter().map(|(_, c)| c));
         debug_assert_eq!(out.len(), first + count);
         pos
     })
