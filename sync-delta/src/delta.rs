@@ -161,8 +161,8 @@ fn sign(
     batch_bytes: usize,
     out: &mut Vec<SigChunk>,
 ) -> usize {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Mutex, PoisonError, mpsc};
+    use std::collections::VecDeque;
+    use std::sync::{Condvar, Mutex, PoisonError};
 
     // The chunk at `pos`, if it is one.
     let next = |pos: usize| {
@@ -184,26 +184,38 @@ fn sign(
         }
         return pos;
     }
-    // Batches: (first chunk's index, offset, lengths).
+    // Batches: (first chunk's index, offset, lengths), queued until the
+    // cutting is over (`closed`).
     type Batch = (usize, usize, Vec<u32>);
-    let (tx, rx) = mpsc::channel::<Batch>();
-    let rx = Mutex::new(rx);
-    // Batches sent and not yet taken.
-    let queued = AtomicUsize::new(0);
+    #[derive(Default)]
+    struct Queue {
+        batches: VecDeque<Batch>,
+        closed: bool,
+    }
+    let queue = Mutex::new(Queue::default());
+    let ready = Condvar::new();
+    let lock = || queue.lock().unwrap_or_else(PoisonError::into_inner);
     let first = out.len();
     let hash = |(index, mut at, lens): Batch, mine: &mut Vec<(usize, SigChunk)>| {
-        queued.fetch_sub(1, Ordering::Relaxed);
         for (i, len) in lens.into_iter().enumerate() {
             let hash = chunk_hash(&data[at..at + len as usize]);
             mine.push((index + i, SigChunk { len, hash }));
             at += len as usize;
         }
     };
+    // A hashing thread: the next batch until the queue is closed and
+    // empty (the lock is let go while it waits).
     let work = || {
         let mut mine = Vec::new();
-        // The lock is held through a wait for the next batch: the queue
-        // is then empty, and the cutting thread only tries the lock.
-        while let Ok(batch) = rx.lock().unwrap_or_else(PoisonError::into_inner).recv() {
+        loop {
+            let mut q = lock();
+            while q.batches.is_empty() && !q.closed {
+                q = ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+            }
+            let Some(batch) = q.batches.pop_front() else {
+                break;
+            };
+            drop(q);
             hash(batch, &mut mine);
         }
         mine
@@ -223,23 +235,26 @@ fn sign(
             count += 1;
             if pos - batch.1 >= batch_bytes {
                 let full = std::mem::replace(&mut batch, (count, pos, Vec::new()));
-                queued.fetch_add(1, Ordering::Relaxed);
-                // The hashers are gone only if one panicked: its join says.
-                let _ = tx.send(full);
+                let mut q = lock();
+                q.batches.push_back(full);
                 // Hashers that fall behind (a busy machine: they wait for
-                // a core) leave batches queued: hash one here.
-                if queued.load(Ordering::Relaxed) > 2
-                    && let Ok(Ok(b)) = rx.try_lock().map(|rx| rx.try_recv())
-                {
+                // a core) leave batches queued: hash the oldest here.
+                let behind = (q.batches.len() > 2).then(|| q.batches.pop_front()).flatten();
+                drop(q);
+                ready.notify_one();
+                if let Some(b) = behind {
                     hash(b, &mut mine);
                 }
             }
         }
-        if !batch.2.is_empty() {
-            queued.fetch_add(1, Ordering::Relaxed);
-            let _ = tx.send(batch);
+        {
+            let mut q = lock();
+            if !batch.2.is_empty() {
+                q.batches.push_back(batch);
+            }
+            q.closed = true;
         }
-        drop(tx);
+        ready.notify_all();
         mine.extend(work());
         for t in others {
             match t.join() {
