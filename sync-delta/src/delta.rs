@@ -64,10 +64,29 @@ impl SignatureBuilder {
     /// Hashes the chunks on `threads - 1` more threads while this one
     /// cuts (see [`signature_threaded`]); 1, the default, does both here.
     /// The same signature.
+    ///
+    /// With more than one thread the builder gathers its pieces into a
+    /// buffer of its own and cuts [`SIGN_SPAN`] bytes or more at a time,
+    /// so that the threads start and meet once per span rather than once
+    /// per piece (each start and meeting can wait for a core on a busy
+    /// machine); the cost is a copy of the file through that buffer.
     #[must_use]
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
         self
+    }
+
+    /// [`SignatureBuilder::update`] with more than one thread: into the
+    /// buffer, cut once it holds `span` bytes.
+    fn update_gathered(&mut self, data: &[u8], span: usize) {
+        self.carry.extend_from_slice(data);
+        if self.carry.len() >= span {
+            let mut carry = std::mem::take(&mut self.carry);
+            let used = self.cut_all(&carry, false);
+            // What is left is shorter than a largest chunk.
+            carry.drain(..used);
+            self.carry = carry;
+        }
     }
 
     /// Adds the next bytes of the file. Cuts are only tried once a whole
@@ -75,6 +94,10 @@ impl SignatureBuilder {
     /// bytes of a chunk that spans two pieces are copied, the rest is cut
     /// where it lies.
     pub fn update(&mut self, mut data: &[u8]) {
+        if self.threads > 1 {
+            self.update_gathered(data, SIGN_SPAN);
+            return;
+        }
         let max = self.params.max_len();
         while !data.is_empty() {
             if self.carry.is_empty() {
@@ -144,6 +167,9 @@ pub fn signature_threaded(data: &[u8], params: ChunkParams, threads: usize) -> V
     sign(params, data, true, threads, SIGN_BATCH, &mut out);
     out
 }
+
+/// Bytes a threaded [`SignatureBuilder`] gathers before it cuts.
+pub const SIGN_SPAN: usize = 8 << 20;
 
 /// Bytes of chunks a batch of [`signature_threaded`] holds.
 pub const SIGN_BATCH: usize = 64 * 1024;
@@ -786,6 +812,14 @@ mod tests {
                 b.update(piece);
             }
             assert_eq!(b.finish(), whole, "{threads} threads, pieces of {step}");
+            // Spans shorter than the file (and than a largest chunk).
+            for span in [1, 200_000, 1 << 20] {
+                let mut b = SignatureBuilder::new(p).with_threads(threads);
+                for piece in big.chunks(step) {
+                    b.update_gathered(piece, span);
+                }
+                assert_eq!(b.finish(), whole, "{threads} threads, pieces of {step}, span {span}");
+            }
         }
     }
 
