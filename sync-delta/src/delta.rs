@@ -90,9 +90,10 @@ impl SignatureBuilder {
     }
 
     /// Adds the next bytes of the file. Cuts are only tried once a whole
-    /// largest chunk is buffered, so tiny pieces cost no rescans; only the
-    /// bytes of a chunk that spans two pieces are copied, the rest is cut
-    /// where it lies.
+    /// largest chunk is buffered, so tiny pieces cost no rescans; on one
+    /// thread only the bytes of a chunk that spans two pieces are copied,
+    /// the rest is cut where it lies (on more, see
+    /// [`SignatureBuilder::with_threads`]).
     pub fn update(&mut self, mut data: &[u8]) {
         if self.threads > 1 {
             self.update_gathered(data, SIGN_SPAN);
