@@ -2,7 +2,7 @@
 //! atomic, verified generation.
 
 use crate::chunk::ChunkParams;
-use crate::delta::{MAX_SIG_CHUNKS, Op, SignatureBuilder};
+use crate::delta::{MAX_SIG_CHUNKS, Op};
 use crate::error::{Refusal, SessionError, StoreError};
 use crate::exclude::Exclude;
 use crate::generation::{self, Delta, JOp, Patch, Persisted, Role, STAGE_DIR, StateFile};
@@ -2042,33 +2042,9 @@ fn signature_of<S: Storage + ?Sized>(
     if size / u64::from(params.avg()) > MAX_SIG_CHUNKS as u64 / 2 {
         return Ok(None);
     }
-    if buf.len() < IO_CHUNK {
-        buf.resize(IO_CHUNK, 0);
-    }
-    let mut b = SignatureBuilder::new(params);
-    let mut off = 0u64;
-    while off < size {
-        let n = match store.read_at(path, off, buf) {
-            Ok(n) => n,
-            // Not there as recorded (changed locally): no base.
-            Err(
-                StoreError::NotFound
-                | StoreError::NotDir
-                | StoreError::IsDir
-                | StoreError::SymlinkInPath,
-            ) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            break;
-        }
-        b.update(&buf[..n]);
-        off += n as u64;
-    }
-    if off != size {
+    let Some(chunks) = store.signature(path, size, params, buf)? else {
         return Ok(None);
-    }
-    let chunks = b.finish();
+    };
     if chunks.len() > MAX_SIG_CHUNKS {
         return Ok(None);
     }

@@ -6,6 +6,8 @@
 //! Paths are relative to the store's root, `/`-separated, `""` for the
 //! root itself. Stores never follow a symlink in a path they write to.
 
+use crate::chunk::ChunkParams;
+use crate::delta::{SigChunk, SignatureBuilder};
 use crate::error::StoreError;
 use crate::exclude::Exclude;
 pub(crate) use crate::files::{hash_one, read_all, write_atomic};
@@ -121,6 +123,27 @@ pub trait Storage {
     /// # Errors
     /// A [`StoreError`].
     fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError>;
+
+    /// The signature of the regular file `path` of `size` bytes (never
+    /// through a symlink), cut with `params`, read through `buf` (grown to
+    /// [`IO_CHUNK`] if shorter); `None` when the file is not there as
+    /// recorded (gone, not a regular file, not `size` bytes long).
+    /// The default reads it with [`Storage::read_at`] and builds it on the
+    /// calling thread; a store may spread the hashing over threads of its
+    /// own (a threaded [`FsStore`] does for files of 32 MiB or more), the
+    /// signature the same.
+    ///
+    /// # Errors
+    /// A [`StoreError`] other than the file not being there as recorded.
+    fn signature(
+        &mut self,
+        path: &str,
+        size: u64,
+        params: ChunkParams,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<Vec<SigChunk>>, StoreError> {
+        read_signature(self, path, size, SignatureBuilder::new(params), buf)
+    }
 
     /// Copies up to `len` bytes of `from` at `from_offset` into the
     /// existing regular file `to` at `to_offset` (never through a
@@ -261,7 +284,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 ///   subdirectories over up to `n` threads, and hashing a scan's files
 ///   over up to `n` threads (never more threads than directories or
 ///   files); a file of 32 MiB or more is hashed by all `n` together,
-///   each taking whole subtrees of BLAKE3's hash tree.
+///   each taking whole subtrees of BLAKE3's hash tree, and signed by all
+///   `n` ([`Storage::signature`]: the calling thread reads and cuts, the
+///   others hash the chunks).
 /// - [`FsStore::with_sync_threads`]`(n)`: a round's fsyncs (its staged
 ///   files and the directories it touched) overlap on up to `n` threads,
 ///   so the file system can commit them together.
@@ -588,6 +613,22 @@ impl Storage for FsStore {
         Ok(())
     }
 
+    /// With threads, a file of 32 MiB or more is signed by all of them:
+    /// this thread reads and cuts, the others hash the chunks.
+    fn signature(
+        &mut self,
+        path: &str,
+        size: u64,
+        params: ChunkParams,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<Vec<SigChunk>>, StoreError> {
+        let mut b = SignatureBuilder::new(params);
+        if self.threads > 1 && size >= SPLIT_MIN {
+            b = b.with_threads(self.threads);
+        }
+        read_signature(self, path, size, b, buf)
+    }
+
     fn copy_range(
         &mut self,
         from: &str,
@@ -820,6 +861,45 @@ fn fs_hash_from(p: &Path, before: Stat, buf: &mut [u8]) -> Result<Hashed, StoreE
 /// Files from this size up are hashed by all of a threaded store's threads
 /// together (`fs_hash_split`).
 const SPLIT_MIN: u64 = 32 << 20;
+
+/// [`Storage::signature`] with the builder given: the file read from the
+/// start through `buf`, piece by piece.
+fn read_signature<S: Storage + ?Sized>(
+    store: &mut S,
+    path: &str,
+    size: u64,
+    mut b: SignatureBuilder,
+    buf: &mut Vec<u8>,
+) -> Result<Option<Vec<SigChunk>>, StoreError> {
+    if buf.len() < IO_CHUNK {
+        buf.resize(IO_CHUNK, 0);
+    }
+    let mut off = 0u64;
+    while off < size {
+        // Whole buffers: a file grown past `size` reads past it, and is
+        // not there as recorded.
+        let n = match store.read_at(path, off, buf) {
+            Ok(n) => n,
+            // Not there as recorded (changed locally).
+            Err(
+                StoreError::NotFound
+                | StoreError::NotDir
+                | StoreError::IsDir
+                | StoreError::SymlinkInPath,
+            ) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        b.update(&buf[..n]);
+        off += n as u64;
+    }
+    if off != size {
+        return Ok(None);
+    }
+    Ok(Some(b.finish()))
+}
 
 /// `fs_hash`, or `None` for a regular file of [`SPLIT_MIN`] bytes or more
 /// (to be hashed by [`fs_hash_split`]).

@@ -410,3 +410,42 @@ fn copy_range_copies_in_place_and_refuses_a_symlink() {
     assert_eq!(m.read_at("b", 0, &mut buf).unwrap(), 13);
     assert_eq!(&buf, b".....23456789");
 }
+
+/// A threaded store signs a file of 32 MiB or more on its threads (one
+/// reads and cuts, the others hash): the signature is the one-thread
+/// store's and the in-memory one's; a file not as recorded (longer,
+/// shorter, gone) has none.
+#[test]
+fn a_threaded_store_signs_a_large_file_as_one_thread_does() {
+    use sync_delta::chunk::ChunkParams;
+    let dir = TempDir::new("threaded-signature");
+    let size = (40u64 << 20) + 12_345;
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let data: Vec<u8> = (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(dir.0.join("big.wav"), &data).unwrap();
+    let params = ChunkParams::for_size(size);
+    let want = sync_delta::delta::signature(&data, params);
+    let mut buf = Vec::new();
+    for threads in [1, 2, 4] {
+        let mut s = FsStore::new(&dir.0).unwrap().with_threads(threads);
+        let got = s.signature("big.wav", size, params, &mut buf).unwrap();
+        assert_eq!(got.as_ref(), Some(&want), "{threads} threads");
+        for wrong in [size - 1, size + 1] {
+            assert_eq!(
+                s.signature("big.wav", wrong, params, &mut buf).unwrap(),
+                None
+            );
+        }
+        assert_eq!(
+            s.signature("gone.wav", size, params, &mut buf).unwrap(),
+            None
+        );
+    }
+}
