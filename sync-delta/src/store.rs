@@ -294,7 +294,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 ///   (`std::thread::available_parallelism`) for walking and hashing and
 ///   [`PARALLEL_SYNC_THREADS`] for fsyncs.
 ///
-/// This is the one place in the crate that does I/O or may use threads.
+/// This is the one place in the crate that does I/O. The engines spawn no
+/// thread; the threads of a threaded store (and of the codec's opt-in
+/// threaded functions it calls) live only inside the store's calls.
 #[derive(Debug, Clone)]
 pub struct FsStore {
     root: PathBuf,
