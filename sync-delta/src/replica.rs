@@ -918,6 +918,9 @@ impl Replica {
                 w.sort_by(|a, b| a.0.cmp(&b.0));
                 w.dedup_by(|b, a| a.0 == b.0);
             }
+            // Gathered by doubling: up to half of it room never used, held
+            // to the commit.
+            w.shrink_to_fit();
         } else if round.changes.is_empty() {
             // Nothing changed: confirm the generation.
             if round.dropped || (digest == self.digest && entries == old.len() as u64) {
@@ -1518,18 +1521,16 @@ impl Replica {
                 candidates = extra.into_iter().collect();
             }
             let new = next_view(old, &round.whole, &round.changes);
+            // The staged names and patches move into the ops.
             let ops = plan(
                 old,
                 new,
-                &round.staged,
-                &round.patched,
+                std::mem::take(&mut round.staged),
+                std::mem::take(&mut round.patched),
                 &candidates,
                 &gone,
                 self.mode_mask(),
             );
-            // What only the plan needed.
-            round.staged = HashMap::new();
-            round.patched = HashMap::new();
             // Room for what differed, and what the tree lost besides: a
             // whole tree's changes never grow by doubling.
             let mut changes = Vec::with_capacity(
@@ -1742,17 +1743,34 @@ fn deleted_and_renamed(old: &Manifest, new: View<'_>, candidates: &[RelPath]) ->
     (removed - renamed, renamed)
 }
 
+/// What one candidate path needs, in the order the ops run: removing the
+/// old entry first (a directory's removal is listed apart, deepest first),
+/// then making the new one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    None,
+    Delete,
+    Mkdir,
+    /// Installed from the stage, or patched in place.
+    Install,
+    SetMeta,
+}
+
 /// The journal ops that turn the tree of `old` into `new`, given the
-/// staged files and symlinks.
+/// staged files and symlinks (their names move into the ops).
 ///
 /// `gone`: paths (with all under them) the old manifest records that the
 /// tree does not hold (see [`generation::prepare`]); the ops start from the
 /// tree as it is. `mask`: the permission bits written.
+///
+/// The candidates are looked at once to count the ops, then once per kind
+/// of op, each pushed where it goes: the ops of a whole tree are made in
+/// room for exactly them, never in per-kind lists copied together.
 fn plan(
     old: &Manifest,
     new: View<'_>,
-    staged: &HashMap<RelPath, String>,
-    patched: &HashMap<RelPath, Patch>,
+    mut staged: HashMap<RelPath, String>,
+    mut patched: HashMap<RelPath, Patch>,
     candidates: &[RelPath],
     gone: &BTreeSet<String>,
     mask: u32,
@@ -1767,73 +1785,60 @@ fn plan(
             None
         }
     };
-    let mut deletes = Vec::new();
-    let mut rmdirs = Vec::new();
-    let mut mkdirs = Vec::new();
-    let mut installs = Vec::new();
-    let mut metas = Vec::new();
     let mut touched_dirs: BTreeSet<String> = BTreeSet::new();
     let touch_parent = |p: &RelPath, t: &mut BTreeSet<String>| {
         if let Some(parent) = p.parent() {
             t.insert(parent.to_owned());
         }
     };
+    // Per candidate: what goes first (a removal), then what is made.
+    let mut steps: Vec<(Step, Step)> = Vec::with_capacity(candidates.len());
+    let mut rmdirs = Vec::new();
+    let mut count = 0usize;
     for p in candidates {
-        let Some(o) = old_at(p) else {
-            continue;
-        };
-        let n = new.get(p.as_str());
-        let same_type =
-            n.is_some_and(|n| std::mem::discriminant(&n.kind) == std::mem::discriminant(&o.kind));
-        if same_type {
-            continue;
-        }
-        match o.kind {
-            Kind::Dir => rmdirs.push(p.clone()),
-            // A file replaced by a file or symlink is replaced by the rename.
-            _ if matches!(
-                n.map(|n| &n.kind),
-                Some(Kind::File { .. } | Kind::Symlink { .. })
-            ) => {}
-            _ => deletes.push(p.clone()),
-        }
-        touch_parent(p, &mut touched_dirs);
-    }
-    for p in candidates {
-        let Some(n) = new.get(p.as_str()) else {
-            continue;
-        };
         let o = old_at(p);
-        if o.is_some_and(|o| o.same(n)) {
-            continue;
-        }
-        touch_parent(p, &mut touched_dirs);
-        match &n.kind {
-            Kind::Dir => {
-                if o.is_some_and(|o| o.kind == Kind::Dir) {
-                    touched_dirs.insert(p.as_str().to_owned());
-                } else {
-                    mkdirs.push(JOp::Mkdir(p.clone(), n.mode & mask));
-                    touched_dirs.insert(p.as_str().to_owned());
+        let n = new.get(p.as_str());
+        let mut first = Step::None;
+        if let Some(o) = o {
+            let same_type = n.is_some_and(|n| {
+                std::mem::discriminant(&n.kind) == std::mem::discriminant(&o.kind)
+            });
+            if !same_type {
+                match o.kind {
+                    Kind::Dir => rmdirs.push(p.clone()),
+                    // A file replaced by a file or symlink is replaced by the
+                    // rename.
+                    _ if matches!(
+                        n.map(|n| &n.kind),
+                        Some(Kind::File { .. } | Kind::Symlink { .. })
+                    ) => {}
+                    _ => first = Step::Delete,
                 }
+                touch_parent(p, &mut touched_dirs);
             }
-            Kind::File { .. } if patched.contains_key(p) && o.is_some() => {
-                if let Some(pt) = patched.get(p) {
-                    installs.push(JOp::Patch(Box::new(Patch {
-                        mode: n.mode & mask,
-                        mtime_ns: n.mtime_ns,
-                        ..pt.clone()
-                    })));
-                }
-            }
-            Kind::File { .. } | Kind::Symlink { .. } => match staged.get(p) {
-                Some(stage) => installs.push(JOp::Install(stage.clone(), p.clone())),
-                None if !matches!(n.kind, Kind::Symlink { .. }) => {
-                    metas.push(JOp::SetMeta(p.clone(), n.mode & mask, n.mtime_ns))
-                }
-                None => {}
-            },
         }
+        let mut then = Step::None;
+        if let Some(n) = n
+            && !o.is_some_and(|o| o.same(n))
+        {
+            touch_parent(p, &mut touched_dirs);
+            then = match &n.kind {
+                Kind::Dir => {
+                    touched_dirs.insert(p.as_str().to_owned());
+                    if o.is_some_and(|o| o.kind == Kind::Dir) {
+                        Step::None
+                    } else {
+                        Step::Mkdir
+                    }
+                }
+                Kind::File { .. } if patched.contains_key(p) && o.is_some() => Step::Install,
+                Kind::File { .. } | Kind::Symlink { .. } if staged.contains_key(p) => Step::Install,
+                Kind::File { .. } => Step::SetMeta,
+                Kind::Symlink { .. } => Step::None,
+            };
+        }
+        count += usize::from(first != Step::None) + usize::from(then != Step::None);
+        steps.push((first, then));
     }
     // Deepest directories first when removing and when restoring times.
     rmdirs.sort_by_key(|p| std::cmp::Reverse(p.depth()));
@@ -1848,20 +1853,44 @@ fn plan(
             _ => None,
         })
         .collect();
+    drop(touched_dirs);
     dir_metas.sort_by_key(|(depth, _)| std::cmp::Reverse(*depth));
-    let mut ops = Vec::with_capacity(
-        deletes.len()
-            + rmdirs.len()
-            + mkdirs.len()
-            + installs.len()
-            + metas.len()
-            + dir_metas.len(),
-    );
-    ops.extend(deletes.into_iter().map(JOp::Delete));
+    let mut ops = Vec::with_capacity(count + rmdirs.len() + dir_metas.len());
+    let each = |want: Step, then: bool| {
+        candidates
+            .iter()
+            .zip(&steps)
+            .filter(move |(_, s)| if then { s.1 == want } else { s.0 == want })
+            .map(|(p, _)| p)
+    };
+    ops.extend(each(Step::Delete, false).cloned().map(JOp::Delete));
     ops.extend(rmdirs.into_iter().map(JOp::RemoveDir));
-    ops.extend(mkdirs);
-    ops.extend(installs);
-    ops.extend(metas);
+    for p in each(Step::Mkdir, true) {
+        if let Some(n) = new.get(p.as_str()) {
+            ops.push(JOp::Mkdir(p.clone(), n.mode & mask));
+        }
+    }
+    for p in each(Step::Install, true) {
+        let Some(n) = new.get(p.as_str()) else {
+            continue;
+        };
+        if let Some(pt) = patched.remove(p).filter(|_| old_at(p).is_some()) {
+            ops.push(JOp::Patch(Box::new(Patch {
+                mode: n.mode & mask,
+                mtime_ns: n.mtime_ns,
+                ..pt
+            })));
+        } else if let Some((path, stage)) = staged.remove_entry(p) {
+            ops.push(JOp::Install(stage, path));
+        }
+    }
+    drop(staged);
+    drop(patched);
+    for p in each(Step::SetMeta, true) {
+        if let Some(n) = new.get(p.as_str()) {
+            ops.push(JOp::SetMeta(p.clone(), n.mode & mask, n.mtime_ns));
+        }
+    }
     ops.extend(dir_metas.into_iter().map(|(_, op)| op));
     ops
 }
@@ -2182,6 +2211,63 @@ mod tests {
         assert_eq!(r.generation().number, u64::MAX);
         let (_, report) = Replica::open(ReplicaConfig::default(), now, &mut dst).unwrap();
         assert_eq!(report.generation.number, u64::MAX);
+    }
+
+    /// The plan lists its ops in the order they run (removals, deepest
+    /// directories first; directories made; files installed; metadata;
+    /// the touched directories' times, deepest first), takes the staged
+    /// names over, and holds no room beyond its ops.
+    #[test]
+    fn a_plan_runs_removals_then_makes_then_metadata() {
+        let dir = |mtime_ns| Meta {
+            kind: Kind::Dir,
+            mode: 0o755,
+            mtime_ns,
+            local: LocalStat::default(),
+        };
+        let p = |s: &str| RelPath::new(s).unwrap();
+        let mut old = manifest(&[("d/x", 1), ("keep", 2), ("touch", 3)]);
+        old.entries.insert(p("d"), dir(1));
+        old.entries.insert(p("old"), dir(1));
+        old.entries.insert(p("old/deep"), dir(1));
+        let mut new = manifest(&[("keep", 2), ("n/f", 4), ("n/l", 5)]);
+        new.entries.insert(p("n"), dir(2));
+        let mut touched = file(3);
+        touched.mtime_ns = 9;
+        new.entries.insert(p("touch"), touched);
+        let staged: HashMap<RelPath, String> = [(p("n/f"), "r1-f0".to_owned())].into();
+        let candidates: Vec<RelPath> = old
+            .entries
+            .keys()
+            .chain(new.entries.keys())
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let ops = plan(
+            &old,
+            View::Whole(&new),
+            staged,
+            HashMap::new(),
+            &candidates,
+            &BTreeSet::new(),
+            0o777,
+        );
+        assert_eq!(ops.capacity(), ops.len());
+        assert_eq!(
+            ops,
+            vec![
+                JOp::Delete(p("d/x")),
+                JOp::RemoveDir(p("old/deep")),
+                JOp::RemoveDir(p("d")),
+                JOp::RemoveDir(p("old")),
+                JOp::Mkdir(p("n"), 0o755),
+                JOp::Install("r1-f0".to_owned(), p("n/f")),
+                JOp::SetMeta(p("n/l"), 0o644, 0),
+                JOp::SetMeta(p("touch"), 0o644, 9),
+                JOp::SetMeta(p("n"), 0o755, 2),
+            ]
+        );
     }
 
     #[test]
