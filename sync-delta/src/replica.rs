@@ -277,6 +277,9 @@ const SHIFT_RUN_MIN: u64 = 1 << 20;
 /// Fetches a round has asked for and not yet received at most: the rest
 /// are planned as these end.
 const IN_FLIGHT: usize = 256;
+/// Staged files made durable at a time before a commit record: a whole
+/// tree's names are never made at once.
+const SYNC_BATCH: usize = 4096;
 
 /// A fetch being staged as an in-place patch: the dirty ranges' new bytes
 /// go one after another into the record; unchanged ranges (copies from the
@@ -302,6 +305,26 @@ struct Fetch {
     patch: Option<PatchState>,
 }
 
+/// A file or symlink staged whole for a round: `stage/r<round>-f<id>`
+/// (`-l<id>` for a symlink), its name made when needed (a first round
+/// stages every path: a name each would be held to the commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Staged {
+    id: u32,
+    link: bool,
+}
+
+impl Staged {
+    fn file(id: u32) -> Self {
+        Self { id, link: false }
+    }
+
+    /// Its name in the stage, in round `seq`.
+    fn name(self, seq: u64) -> String {
+        format!("r{seq}-{}{}", if self.link { 'l' } else { 'f' }, self.id)
+    }
+}
+
 enum Phase {
     Requested,
     Manifest,
@@ -320,7 +343,8 @@ struct Round {
     /// after another (a map's nodes would take about twice the room).
     whole: Option<Vec<(RelPath, Meta)>>,
     fetches: BTreeMap<u32, Fetch>,
-    staged: HashMap<RelPath, String>,
+    /// Files and symlinks staged whole, by path.
+    staged: HashMap<RelPath, Staged>,
     /// Files verified and staged as in-place patches.
     patched: HashMap<RelPath, Patch>,
     fetched: u64,
@@ -1103,9 +1127,12 @@ impl Replica {
                 if let Kind::Symlink { target } = &m.kind
                     && o.map(|o| &o.kind) != Some(&m.kind)
                 {
-                    let stage = format!("r{}-l{}", round.seq, round.next_id);
+                    let stage = Staged {
+                        id: round.next_id,
+                        link: true,
+                    };
                     round.next_id += 1;
-                    store.symlink(target, &format!("{STAGE_DIR}/{stage}"))?;
+                    store.symlink(target, &format!("{STAGE_DIR}/{}", stage.name(round.seq)))?;
                     round.staged.insert(p.clone(), stage);
                 }
                 continue;
@@ -1120,7 +1147,7 @@ impl Replica {
             if *size == 0 && *hash == *blake3::hash(b"").as_bytes() {
                 store.create(&stage_path)?;
                 store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
-                round.staged.insert(p.clone(), stage);
+                round.staged.insert(p.clone(), Staged::file(id));
                 continue;
             }
             let copy_from = round.copies.get(hash);
@@ -1136,7 +1163,7 @@ impl Replica {
                 )?
             {
                 store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
-                round.staged.insert(p.clone(), stage);
+                round.staged.insert(p.clone(), Staged::file(id));
                 round.copied += 1;
                 continue;
             }
@@ -1343,7 +1370,8 @@ impl Replica {
                 };
                 store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
             }
-            round.staged.insert(f.path, f.stage);
+            debug_assert_eq!(f.stage, Staged::file(id).name(round.seq));
+            round.staged.insert(f.path, Staged::file(id));
             round.fetched += 1;
         } else {
             store.remove_file(&stage_path)?;
@@ -1425,20 +1453,15 @@ impl Replica {
         };
         let old = &self.p.manifest;
         let new = next_view(old, &round.whole, &round.changes);
-        // Only the paths the round names can differ (all of them for a
-        // full listing).
-        let mut candidates: Vec<RelPath> = if round.full {
-            let all: BTreeSet<&RelPath> =
-                old.entries.keys().chain(new.iter().map(|e| e.0)).collect();
-            all.into_iter().cloned().collect()
-        } else {
-            round.changes.keys().cloned().collect()
-        };
-        let changed = candidates
-            .iter()
+        // Only the paths the round names can differ: for a full listing
+        // every path of the old manifest and the new (`None`: read from
+        // them in path order as needed, never copied).
+        let mut listed: Option<Vec<RelPath>> =
+            (!round.full).then(|| round.changes.keys().cloned().collect());
+        let changed = candidates(&listed, old, new)
             .filter(|p| differs_in(old, new, p))
             .count() as u64;
-        let (deleted, renamed) = deleted_and_renamed(old, new, &candidates);
+        let (deleted, renamed) = deleted_and_renamed(old, new, || candidates(&listed, old, new));
         let mut divergence = generation::Repair::default();
         if changed > 0 {
             let next =
@@ -1449,8 +1472,10 @@ impl Replica {
                         generation: self.p.generation,
                     })?;
             // Staged content durable before the commit record (many files
-            // at once: a real store overlaps the flushes).
-            let staged: Vec<String> = round
+            // at once: a real store overlaps the flushes), a batch of names
+            // at a time.
+            let seq = round.seq;
+            let mut names = round
                 .staged
                 .iter()
                 .filter(|(p, _)| {
@@ -1459,16 +1484,21 @@ impl Replica {
                         Some(Kind::File { .. })
                     )
                 })
-                .map(|(_, st)| format!("{STAGE_DIR}/{st}"))
+                .map(|(_, st)| format!("{STAGE_DIR}/{}", st.name(seq)))
                 .chain(
                     round
                         .patched
                         .values()
                         .map(|pt| format!("{STAGE_DIR}/{}", pt.stage)),
                 )
-                .collect();
-            store.sync_files(&staged)?;
-            drop(staged);
+                .peekable();
+            let mut batch = Vec::with_capacity(SYNC_BATCH);
+            while names.peek().is_some() {
+                batch.extend(names.by_ref().take(SYNC_BATCH));
+                store.sync_files(&batch)?;
+                batch.clear();
+            }
+            drop(batch);
             if !round.patched.is_empty() {
                 // The records' names too: the commit record needs them.
                 store.sync_dir(STAGE_DIR)?;
@@ -1483,13 +1513,13 @@ impl Replica {
                 store,
                 old,
                 new,
-                candidates.iter().filter(|p| differs_in(old, new, p)),
+                candidates(&listed, old, new).filter(|p| differs_in(old, new, p)),
                 &mut aside,
             )?;
             divergence.folder = aside.name().map(str::to_owned);
             divergence.moved = aside.moved.len() as u64;
             if !gone.is_empty() {
-                let mut extra: BTreeSet<RelPath> = BTreeSet::new();
+                let mut extra: BTreeSet<RelPath> = candidates(&listed, old, new).cloned().collect();
                 for g in &gone {
                     extra.extend(paths_at_or_under(View::Whole(old), g));
                     extra.extend(paths_at_or_under(new, g));
@@ -1517,17 +1547,19 @@ impl Replica {
                     }
                     divergence.dropped += 1;
                 }
-                extra.extend(candidates);
-                candidates = extra.into_iter().collect();
+                listed = Some(extra.into_iter().collect());
             }
             let new = next_view(old, &round.whole, &round.changes);
             // The staged names and patches move into the ops.
             let ops = plan(
                 old,
                 new,
-                std::mem::take(&mut round.staged),
-                std::mem::take(&mut round.patched),
-                &candidates,
+                Staging {
+                    seq: round.seq,
+                    staged: std::mem::take(&mut round.staged),
+                    patched: std::mem::take(&mut round.patched),
+                },
+                || candidates(&listed, old, new),
                 &gone,
                 self.mode_mask(),
             );
@@ -1536,13 +1568,28 @@ impl Replica {
             let mut changes = Vec::with_capacity(
                 usize::try_from(changed.saturating_add(divergence.dropped)).unwrap_or(0),
             );
-            match round.whole.take() {
-                // A full listing moves its entries into the record (the
-                // candidates and the listing are both in path order), and
-                // its map goes as it is read.
-                Some(w) => {
+            match (round.whole.take(), &listed) {
+                // A full listing moves its entries into the record, merged
+                // with the old manifest in path order (what neither has
+                // cannot differ).
+                (Some(w), None) => {
+                    let mut olds = old.entries.iter().peekable();
+                    for (k, n) in w {
+                        while let Some((o, _)) = olds.next_if(|(o, _)| **o < k) {
+                            changes.push((o.clone(), None));
+                        }
+                        match olds.next_if(|(o, _)| **o == k) {
+                            Some((_, o)) if o.same(&n) => {}
+                            _ => changes.push((k, Some(n))),
+                        }
+                    }
+                    changes.extend(olds.map(|(o, _)| (o.clone(), None)));
+                }
+                // The same with the paths looked at listed (the tree lost
+                // some): both in path order.
+                (Some(w), Some(candidates)) => {
                     let mut listed = w.into_iter().peekable();
-                    for p in &candidates {
+                    for p in candidates {
                         let n = listed.next_if(|(k, _)| k == p);
                         match (old.entries.get(p), n) {
                             (Some(o), Some((_, n))) if o.same(&n) => {}
@@ -1554,11 +1601,10 @@ impl Replica {
                     // Every listed path is a candidate.
                     debug_assert!(listed.next().is_none());
                 }
-                None => {
+                (None, _) => {
                     let new = View::Over(old, &round.changes);
                     changes.extend(
-                        candidates
-                            .iter()
+                        candidates(&listed, old, new)
                             .filter(|p| differs_in(old, new, p))
                             .map(|p| (p.clone(), new.get(p.as_str()).cloned())),
                     );
@@ -1576,7 +1622,7 @@ impl Replica {
             // paths looked at go before the commit builds the new
             // generation from it (the first round of a large tree would
             // otherwise hold them all at once).
-            drop(candidates);
+            drop(listed);
             round.changes = BTreeMap::new();
             let patched: Vec<u64> = rec
                 .ops
@@ -1659,6 +1705,32 @@ impl Replica {
     }
 }
 
+/// The paths a round looks at, in path order: those `listed`, or, for
+/// `None`, every path of `old` and of `new` (a full listing's round).
+fn candidates<'a>(
+    listed: &'a Option<Vec<RelPath>>,
+    old: &'a Manifest,
+    new: View<'a>,
+) -> Box<dyn Iterator<Item = &'a RelPath> + 'a> {
+    match listed {
+        Some(v) => Box::new(v.iter()),
+        None => {
+            let mut a = old.entries.keys().peekable();
+            let mut b = new.iter().map(|e| e.0).peekable();
+            Box::new(std::iter::from_fn(move || match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x < y => a.next(),
+                (Some(x), Some(y)) if x > y => b.next(),
+                (Some(_), Some(_)) => {
+                    a.next();
+                    b.next()
+                }
+                (Some(_), None) => a.next(),
+                (None, _) => b.next(),
+            }))
+        }
+    }
+}
+
 /// Whether `p` is not the same in `old` and `new`.
 fn differs_in(old: &Manifest, new: View<'_>, p: &RelPath) -> bool {
     match (old.entries.get(p), new.get(p.as_str())) {
@@ -1706,11 +1778,15 @@ fn paths_at_or_under(m: View<'_>, p: &str) -> Vec<RelPath> {
 /// symlinks `old` has and `new` does not (as the same type), and how many
 /// of those removed files reappear by content at a path that was not a
 /// file: `(deleted, renamed)`, renames not counted as deletions.
-fn deleted_and_renamed(old: &Manifest, new: View<'_>, candidates: &[RelPath]) -> (u64, u64) {
+fn deleted_and_renamed<'a, I: Iterator<Item = &'a RelPath>>(
+    old: &Manifest,
+    new: View<'_>,
+    candidates: impl Fn() -> I,
+) -> (u64, u64) {
     let same_type = |a: &Kind, b: &Kind| std::mem::discriminant(a) == std::mem::discriminant(b);
     let mut gone: HashMap<&Hash, u64> = HashMap::new();
     let mut removed = 0u64;
-    for p in candidates {
+    for p in candidates() {
         let Some(o) = old.entries.get(p) else {
             continue;
         };
@@ -1728,7 +1804,7 @@ fn deleted_and_renamed(old: &Manifest, new: View<'_>, candidates: &[RelPath]) ->
         }
     }
     let mut renamed = 0u64;
-    for p in candidates {
+    for p in candidates() {
         let Some(h) = new.get(p.as_str()).and_then(Meta::file_hash) else {
             continue;
         };
@@ -1741,6 +1817,15 @@ fn deleted_and_renamed(old: &Manifest, new: View<'_>, candidates: &[RelPath]) ->
         }
     }
     (removed - renamed, renamed)
+}
+
+/// What a round staged, handed to [`plan`]: the round's number (the
+/// staged names are made from it), its files and symlinks staged whole,
+/// its files staged as patches.
+struct Staging {
+    seq: u64,
+    staged: HashMap<RelPath, Staged>,
+    patched: HashMap<RelPath, Patch>,
 }
 
 /// What one candidate path needs, in the order the ops run: removing the
@@ -1766,15 +1851,19 @@ enum Step {
 /// The candidates are looked at once to count the ops, then once per kind
 /// of op, each pushed where it goes: the ops of a whole tree are made in
 /// room for exactly them, never in per-kind lists copied together.
-fn plan(
+fn plan<'a, I: Iterator<Item = &'a RelPath>>(
     old: &Manifest,
     new: View<'_>,
-    mut staged: HashMap<RelPath, String>,
-    mut patched: HashMap<RelPath, Patch>,
-    candidates: &[RelPath],
+    stage: Staging,
+    candidates: impl Fn() -> I,
     gone: &BTreeSet<String>,
     mask: u32,
 ) -> Vec<JOp> {
+    let Staging {
+        seq,
+        mut staged,
+        mut patched,
+    } = stage;
     let old_at = |p: &RelPath| {
         if gone.is_empty()
             || !(gone.contains(p.as_str())
@@ -1792,10 +1881,10 @@ fn plan(
         }
     };
     // Per candidate: what goes first (a removal), then what is made.
-    let mut steps: Vec<(Step, Step)> = Vec::with_capacity(candidates.len());
+    let mut steps: Vec<(Step, Step)> = Vec::new();
     let mut rmdirs = Vec::new();
     let mut count = 0usize;
-    for p in candidates {
+    for p in candidates() {
         let o = old_at(p);
         let n = new.get(p.as_str());
         let mut first = Step::None;
@@ -1857,8 +1946,7 @@ fn plan(
     dir_metas.sort_by_key(|(depth, _)| std::cmp::Reverse(*depth));
     let mut ops = Vec::with_capacity(count + rmdirs.len() + dir_metas.len());
     let each = |want: Step, then: bool| {
-        candidates
-            .iter()
+        candidates()
             .zip(&steps)
             .filter(move |(_, s)| if then { s.1 == want } else { s.0 == want })
             .map(|(p, _)| p)
@@ -1881,7 +1969,7 @@ fn plan(
                 ..pt
             })));
         } else if let Some((path, stage)) = staged.remove_entry(p) {
-            ops.push(JOp::Install(stage, path));
+            ops.push(JOp::Install(stage.name(seq), path));
         }
     }
     drop(staged);
@@ -2141,7 +2229,8 @@ mod tests {
             .chain(new.entries.keys())
             .cloned()
             .collect();
-        deleted_and_renamed(old, View::Whole(new), &all.into_iter().collect::<Vec<_>>())
+        let all: Vec<RelPath> = all.into_iter().collect();
+        deleted_and_renamed(old, View::Whole(new), || all.iter())
     }
 
     /// F8: a tree at the last generation number (a source that stored a
@@ -2235,7 +2324,7 @@ mod tests {
         let mut touched = file(3);
         touched.mtime_ns = 9;
         new.entries.insert(p("touch"), touched);
-        let staged: HashMap<RelPath, String> = [(p("n/f"), "r1-f0".to_owned())].into();
+        let staged: HashMap<RelPath, Staged> = [(p("n/f"), Staged::file(0))].into();
         let candidates: Vec<RelPath> = old
             .entries
             .keys()
@@ -2247,9 +2336,12 @@ mod tests {
         let ops = plan(
             &old,
             View::Whole(&new),
-            staged,
-            HashMap::new(),
-            &candidates,
+            Staging {
+                seq: 1,
+                staged,
+                patched: HashMap::new(),
+            },
+            || candidates.iter(),
             &BTreeSet::new(),
             0o777,
         );
@@ -2268,6 +2360,30 @@ mod tests {
                 JOp::SetMeta(p("n"), 0o755, 2),
             ]
         );
+    }
+
+    mod union {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// A full round's candidates read from the two manifests are
+            /// the sorted union of their paths, each once.
+            #[test]
+            fn a_full_rounds_candidates_are_the_union(
+                a in proptest::collection::btree_set("[a-c]{1,2}(/[a-c]{1,2}){0,2}", 0..40),
+                b in proptest::collection::btree_set("[a-c]{1,2}(/[a-c]{1,2}){0,2}", 0..40),
+            ) {
+                let old = manifest(&a.iter().map(|p| (p.as_str(), 1)).collect::<Vec<_>>());
+                let listing: Vec<(RelPath, Meta)> =
+                    b.iter().map(|p| (RelPath::new(p).unwrap(), file(2))).collect();
+                let want: Vec<&str> = a.union(&b).map(String::as_str).collect();
+                let got: Vec<&str> = candidates(&None, &old, View::Sorted(&listing))
+                    .map(RelPath::as_str)
+                    .collect();
+                prop_assert_eq!(got, want);
+            }
+        }
     }
 
     #[test]
@@ -2302,7 +2418,7 @@ mod tests {
         let new = manifest(&[("c", 3), ("d", 3)]);
         let only_a = [RelPath::new("a").unwrap()];
         assert_eq!(
-            deleted_and_renamed(&old, View::Whole(&new), &only_a),
+            deleted_and_renamed(&old, View::Whole(&new), || only_a.iter()),
             (1, 0)
         );
     }
