@@ -1565,29 +1565,42 @@ impl Replica {
             );
             // Room for what differed, and what the tree lost besides: a
             // whole tree's changes never grow by doubling.
-            let mut changes = Vec::with_capacity(
-                usize::try_from(changed.saturating_add(divergence.dropped)).unwrap_or(0),
-            );
+            let room = usize::try_from(changed.saturating_add(divergence.dropped)).unwrap_or(0);
+            let mut changes = Vec::new();
             match (round.whole.take(), &listed) {
-                // A full listing moves its entries into the record, merged
-                // with the old manifest in path order (what neither has
-                // cannot differ).
+                // A full listing moves its entries into the record in the
+                // listing's own room (a first round would otherwise hold
+                // the listing and its copy at once), merged with the old
+                // manifest in path order: what both hold alike is left
+                // out, what only the old holds is gone (what neither
+                // holds cannot differ).
                 (Some(w), None) => {
                     let mut olds = old.entries.iter().peekable();
-                    for (k, n) in w {
-                        while let Some((o, _)) = olds.next_if(|(o, _)| **o < k) {
-                            changes.push((o.clone(), None));
-                        }
-                        match olds.next_if(|(o, _)| **o == k) {
-                            Some((_, o)) if o.same(&n) => {}
-                            _ => changes.push((k, Some(n))),
-                        }
+                    let mut gone = Vec::new();
+                    changes = w
+                        .into_iter()
+                        .filter_map(|(k, n)| {
+                            while let Some((o, _)) = olds.next_if(|(o, _)| **o < k) {
+                                gone.push((o.clone(), None));
+                            }
+                            match olds.next_if(|(o, _)| **o == k) {
+                                Some((_, o)) if o.same(&n) => None,
+                                _ => Some((k, Some(n))),
+                            }
+                        })
+                        .collect();
+                    gone.extend(olds.map(|(o, _)| (o.clone(), None)));
+                    if !gone.is_empty() {
+                        changes.reserve_exact(gone.len());
+                        changes.append(&mut gone);
+                        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                     }
-                    changes.extend(olds.map(|(o, _)| (o.clone(), None)));
+                    changes.shrink_to_fit();
                 }
                 // The same with the paths looked at listed (the tree lost
                 // some): both in path order.
                 (Some(w), Some(candidates)) => {
+                    changes.reserve_exact(room);
                     let mut listed = w.into_iter().peekable();
                     for p in candidates {
                         let n = listed.next_if(|(k, _)| k == p);
@@ -1602,6 +1615,7 @@ impl Replica {
                     debug_assert!(listed.next().is_none());
                 }
                 (None, _) => {
+                    changes.reserve_exact(room);
                     let new = View::Over(old, &round.changes);
                     changes.extend(
                         candidates(&listed, old, new)
