@@ -146,6 +146,10 @@ const WINDOW: usize = 4 * IO_CHUNK;
 /// Files a scan hashes at a time (each batch spread over a threaded
 /// store's threads).
 const HASH_BATCH: usize = 4096;
+/// Bytes an entry is given in a first scan's packed manifest (an entry of
+/// a tree of files takes about 55: a hash, a varint or two, the part of
+/// its path it does not share).
+const FIRST_SCAN_ENTRY: usize = 64;
 
 /// The source session.
 ///
@@ -594,9 +598,14 @@ impl Source {
             }
         });
         // Pass 2: the new manifest, in path order, in room for about the
-        // last scan's size (a sixteenth more for growth).
-        let room = self.cache.packed_bytes();
-        let mut b = PackedBuilder::with_capacity(room + room / 16, walk.entries.len());
+        // last scan's size (a sixteenth more for growth), or for a first
+        // scan [`FIRST_SCAN_ENTRY`] bytes an entry (not grown by doubling;
+        // what is left over is given back).
+        let room = match self.cache.packed_bytes() {
+            0 => walk.entries.len().saturating_mul(FIRST_SCAN_ENTRY),
+            n => n + n / 16,
+        };
+        let mut b = PackedBuilder::with_capacity(room, walk.entries.len());
         let mut c = self.cache.cursor();
         let mut kept_old = false;
         self.unstable.clear();
