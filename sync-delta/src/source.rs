@@ -146,10 +146,18 @@ const WINDOW: usize = 4 * IO_CHUNK;
 /// Files a scan hashes at a time (each batch spread over a threaded
 /// store's threads).
 const HASH_BATCH: usize = 4096;
-/// Bytes an entry is given in a first scan's packed manifest (an entry of
-/// a tree of files takes about 55: a hash, a varint or two, the part of
-/// its path it does not share).
-const FIRST_SCAN_ENTRY: usize = 64;
+/// Entries a scan holds at most while they wait for a batch's hashes
+/// (those after the batch's first file): then the batch is hashed as it
+/// is.
+const SCAN_WAITING: usize = 4 * HASH_BATCH;
+
+/// An entry of a scan waiting for the hashes of a batch before it.
+enum Waiting {
+    /// Its entry, made.
+    Ready(RelPath, Meta),
+    /// A file to hash: its entry comes from the hash.
+    Hash(crate::store::WalkEntry),
+}
 
 /// The source session.
 ///
@@ -539,106 +547,104 @@ impl Source {
         Ok(self.scan_packed(store)?.to_manifest())
     }
 
-    /// [`Source::scan`], packed: the walk is merged in path order with the
-    /// last scan (no map is built).
+    /// [`Source::scan`], packed: the walk, read in path order a part at a
+    /// time ([`Storage::walk_sorted`]), is merged with the last scan (no
+    /// map is built, and the walk is never whole in memory). Files the
+    /// quick check cannot reuse are hashed a batch at a time; the entries
+    /// after the first of a batch wait for its hashes (at most
+    /// [`SCAN_WAITING`] of them), so the new manifest is packed in path
+    /// order.
     fn scan_packed<S: Storage + ?Sized>(&mut self, store: &mut S) -> Result<Packed, StoreError> {
-        let mut walk = store.walk(&self.config.exclude)?;
-        if !walk.entries.is_sorted_by(|a, b| a.path <= b.path) {
-            walk.entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        }
-        // Pass 1: the files the quick check cannot reuse, and whether the
-        // tree is the last scan entry for entry.
-        let mut keep = vec![false; walk.entries.len()];
-        let mut to_hash = Vec::new();
+        // In room for about the last scan's size (a sixteenth more for
+        // growth); a first scan's grows as it goes.
+        let room = self.cache.packed_bytes();
+        let mut b = PackedBuilder::with_capacity(room + room / 16, self.cache.len());
         let mut c = self.cache.cursor();
+        let mut cursor = crate::store::WalkCursor::default();
+        let mut part = Vec::new();
+        let mut waiting: VecDeque<Waiting> = VecDeque::new();
+        let mut names: Vec<RelPath> = Vec::new();
+        // Whether the tree is the last scan entry for entry.
         let mut same = true;
         let mut listed = 0usize;
-        for (i, e) in walk.entries.iter().enumerate() {
-            let old = c.seek(e.path.as_str());
-            match e.stat.kind {
-                StatKind::File => match old {
-                    Some(old) if generation::quick_match(old, &e.stat) => keep[i] = true,
-                    _ => to_hash.push(i),
-                },
-                StatKind::Other => continue,
-                _ => same = same && old.is_some_and(|old| unchanged(old, e)),
-            }
-            listed += 1;
-        }
-        if same && to_hash.is_empty() && listed == self.cache.len() {
-            // Nothing changed: the last scan stands (a copy of its bytes).
-            self.unstable.clear();
-            self.events.push_back(SourceEvent::Scanned {
-                entries: self.cache.len() as u64,
-                hashed: 0,
-                unstable: 0,
-            });
-            return Ok(self.cache.clone());
-        }
-        // The files are hashed a batch at a time as pass 2 reaches them:
-        // a first scan of a whole tree never holds every file's result.
-        let mut batches = to_hash.chunks(HASH_BATCH);
-        let mut batch = Vec::new().into_iter();
-        let mut hashed = std::iter::from_fn(|| {
-            loop {
-                if let Some(h) = batch.next() {
-                    return Some(h);
-                }
-                let chunk = batches.next()?;
-                let names: Vec<RelPath> = chunk
-                    .iter()
-                    .map(|&i| walk.entries[i].path.clone())
-                    .collect();
-                batch = chunk
-                    .iter()
-                    .copied()
-                    .zip(store.hash_files(&names))
-                    .collect::<Vec<_>>()
-                    .into_iter();
-            }
-        });
-        // Pass 2: the new manifest, in path order, in room for about the
-        // last scan's size (a sixteenth more for growth), or for a first
-        // scan [`FIRST_SCAN_ENTRY`] bytes an entry (not grown by doubling;
-        // what is left over is given back).
-        let room = match self.cache.packed_bytes() {
-            0 => walk.entries.len().saturating_mul(FIRST_SCAN_ENTRY),
-            n => n + n / 16,
-        };
-        let mut b = PackedBuilder::with_capacity(room, walk.entries.len());
-        let mut c = self.cache.cursor();
+        let mut hashed = 0u64;
         let mut kept_old = false;
         self.unstable.clear();
-        for (i, e) in walk.entries.iter().enumerate() {
-            let st = e.stat;
-            let path = e.path.as_str();
-            let local = LocalStat {
-                ctime_ns: st.ctime_ns,
-                ino: st.ino,
-            };
-            let kind = match st.kind {
-                StatKind::Dir => Kind::Dir,
-                StatKind::Symlink => match &e.target {
-                    Some(t) if !t.is_empty() && t.len() <= crate::manifest::MAX_LINK_LEN => {
-                        Kind::Symlink { target: t.clone() }
+        loop {
+            part.clear();
+            store.walk_sorted(&self.config.exclude, &mut cursor, &mut part)?;
+            let end = part.is_empty();
+            for e in part.drain(..) {
+                let old = c.seek(e.path.as_str());
+                let ready = match e.stat.kind {
+                    StatKind::Other => continue,
+                    StatKind::File => match old {
+                        Some(old) if generation::quick_match(old, &e.stat) => old.clone(),
+                        _ => {
+                            same = false;
+                            names.push(e.path.clone());
+                            waiting.push_back(Waiting::Hash(e));
+                            listed += 1;
+                            continue;
+                        }
+                    },
+                    _ => {
+                        same = same && old.is_some_and(|old| unchanged(old, &e));
+                        let kind = match e.stat.kind {
+                            StatKind::Dir => Kind::Dir,
+                            _ => match e.target {
+                                Some(t)
+                                    if !t.is_empty()
+                                        && t.len() <= crate::manifest::MAX_LINK_LEN =>
+                                {
+                                    Kind::Symlink { target: t }
+                                }
+                                _ => {
+                                    listed += 1;
+                                    continue;
+                                }
+                            },
+                        };
+                        Meta {
+                            kind,
+                            mode: e.stat.mode,
+                            mtime_ns: e.stat.mtime_ns,
+                            local: LocalStat {
+                                ctime_ns: e.stat.ctime_ns,
+                                ino: e.stat.ino,
+                            },
+                        }
                     }
-                    _ => continue,
-                },
-                StatKind::File if keep[i] => {
-                    if let Some(old) = c.seek(path) {
-                        b.push(path, old);
-                    }
-                    continue;
+                };
+                listed += 1;
+                if waiting.is_empty() {
+                    b.push(e.path.as_str(), &ready);
+                } else {
+                    waiting.push_back(Waiting::Ready(e.path, ready));
                 }
-                StatKind::File => {
-                    match hashed.next() {
-                        Some((j, Ok(h)))
-                            if j == i
+            }
+            if !waiting.is_empty()
+                && (end || names.len() >= HASH_BATCH || waiting.len() >= SCAN_WAITING)
+            {
+                let results = store.hash_files(&names);
+                hashed += names.len() as u64;
+                let mut results = names.drain(..).zip(results);
+                for w in waiting.drain(..) {
+                    let e = match w {
+                        Waiting::Ready(p, m) => {
+                            b.push(p.as_str(), &m);
+                            continue;
+                        }
+                        Waiting::Hash(e) => e,
+                    };
+                    match results.next() {
+                        Some((p, Ok(h)))
+                            if p == e.path
                                 && same_stat(&h.before, &h.after)
                                 && h.len == h.after.size =>
                         {
                             b.push(
-                                path,
+                                p.as_str(),
                                 &Meta {
                                     kind: Kind::File {
                                         size: h.len,
@@ -654,38 +660,40 @@ impl Source {
                             );
                         }
                         _ => {
-                            self.unstable.push(e.path.clone());
                             let confirmed = self.confirmed.as_ref().unwrap_or(&self.cache);
-                            if let Some(mut old) = confirmed.get(path) {
+                            if let Some(mut old) = confirmed.get(e.path.as_str()) {
                                 old.local = LocalStat::default();
-                                b.push(path, &old);
+                                b.push(e.path.as_str(), &old);
                                 kept_old = true;
                             }
+                            self.unstable.push(e.path);
                         }
                     }
-                    continue;
                 }
-                StatKind::Other => continue,
-            };
-            b.push(
-                path,
-                &Meta {
-                    kind,
-                    mode: st.mode,
-                    mtime_ns: st.mtime_ns,
-                    local,
-                },
-            );
+            }
+            if end {
+                break;
+            }
         }
-        drop(walk);
+        if same && listed == self.cache.len() {
+            // Nothing changed: the last scan stands (a copy of its bytes).
+            drop(b);
+            self.unstable.clear();
+            self.events.push_back(SourceEvent::Scanned {
+                entries: self.cache.len() as u64,
+                hashed: 0,
+                unstable: 0,
+            });
+            return Ok(self.cache.clone());
+        }
         let mut m = b.finish();
         if kept_old {
             m = reshaped(m);
         }
-        self.stats.hashed += to_hash.len() as u64;
+        self.stats.hashed += hashed;
         self.events.push_back(SourceEvent::Scanned {
             entries: m.len() as u64,
-            hashed: to_hash.len() as u64,
+            hashed,
             unstable: self.unstable.len() as u64,
         });
         Ok(m)
