@@ -159,6 +159,76 @@ enum Waiting {
     Hash(crate::store::WalkEntry),
 }
 
+/// A scan's new manifest as it is packed, and what waits for hashes.
+struct Scanning {
+    b: PackedBuilder,
+    /// The entries from the first file to hash on, in path order.
+    waiting: VecDeque<Waiting>,
+    /// The files among them to hash, in path order.
+    names: Vec<RelPath>,
+    hashed: u64,
+    /// A file changed while hashed kept its entry of `confirmed`.
+    kept_old: bool,
+}
+
+impl Scanning {
+    /// Hashes the files waiting and packs every entry waiting, in order. A
+    /// file that changed while it was read keeps its entry of `confirmed`
+    /// (the last confirmed manifest, else the last scan), its local stat
+    /// cleared, and is listed in `unstable`.
+    fn flush<S: Storage + ?Sized>(
+        &mut self,
+        store: &mut S,
+        confirmed: &Packed,
+        unstable: &mut Vec<RelPath>,
+    ) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let results = store.hash_files(&self.names);
+        self.hashed += self.names.len() as u64;
+        let mut results = self.names.drain(..).zip(results);
+        for w in self.waiting.drain(..) {
+            let e = match w {
+                Waiting::Ready(p, m) => {
+                    self.b.push(p.as_str(), &m);
+                    continue;
+                }
+                Waiting::Hash(e) => e,
+            };
+            match results.next() {
+                Some((p, Ok(h)))
+                    if p == e.path && same_stat(&h.before, &h.after) && h.len == h.after.size =>
+                {
+                    self.b.push(
+                        p.as_str(),
+                        &Meta {
+                            kind: Kind::File {
+                                size: h.len,
+                                hash: h.hash,
+                            },
+                            mode: h.after.mode,
+                            mtime_ns: h.after.mtime_ns,
+                            local: LocalStat {
+                                ctime_ns: h.after.ctime_ns,
+                                ino: h.after.ino,
+                            },
+                        },
+                    );
+                }
+                _ => {
+                    if let Some(mut old) = confirmed.get(e.path.as_str()) {
+                        old.local = LocalStat::default();
+                        self.b.push(e.path.as_str(), &old);
+                        self.kept_old = true;
+                    }
+                    unstable.push(e.path);
+                }
+            }
+        }
+    }
+}
+
 /// The source session.
 ///
 /// # Driver contract
@@ -558,33 +628,44 @@ impl Source {
         // In room for about the last scan's size (a sixteenth more for
         // growth); a first scan's grows as it goes.
         let room = self.cache.packed_bytes();
-        let mut b = PackedBuilder::with_capacity(room + room / 16, self.cache.len());
+        let mut scan = Scanning {
+            b: PackedBuilder::with_capacity(room + room / 16, self.cache.len()),
+            waiting: VecDeque::new(),
+            names: Vec::new(),
+            hashed: 0,
+            kept_old: false,
+        };
+        let confirmed = self.confirmed.as_ref().unwrap_or(&self.cache);
         let mut c = self.cache.cursor();
         let mut cursor = crate::store::WalkCursor::default();
         let mut part = Vec::new();
-        let mut waiting: VecDeque<Waiting> = VecDeque::new();
-        let mut names: Vec<RelPath> = Vec::new();
         // Whether the tree is the last scan entry for entry.
         let mut same = true;
         let mut listed = 0usize;
-        let mut hashed = 0u64;
-        let mut kept_old = false;
         self.unstable.clear();
         loop {
             part.clear();
             store.walk_sorted(&self.config.exclude, &mut cursor, &mut part)?;
-            let end = part.is_empty();
+            if part.is_empty() {
+                break;
+            }
             for e in part.drain(..) {
+                if e.stat.kind == StatKind::Other {
+                    continue;
+                }
+                listed += 1;
                 let old = c.seek(e.path.as_str());
                 let ready = match e.stat.kind {
-                    StatKind::Other => continue,
                     StatKind::File => match old {
                         Some(old) if generation::quick_match(old, &e.stat) => old.clone(),
                         _ => {
                             same = false;
-                            names.push(e.path.clone());
-                            waiting.push_back(Waiting::Hash(e));
-                            listed += 1;
+                            scan.names.push(e.path.clone());
+                            scan.waiting.push_back(Waiting::Hash(e));
+                            if scan.names.len() >= HASH_BATCH || scan.waiting.len() >= SCAN_WAITING
+                            {
+                                scan.flush(store, confirmed, &mut self.unstable);
+                            }
                             continue;
                         }
                     },
@@ -599,10 +680,7 @@ impl Source {
                                 {
                                     Kind::Symlink { target: t }
                                 }
-                                _ => {
-                                    listed += 1;
-                                    continue;
-                                }
+                                _ => continue,
                             },
                         };
                         Meta {
@@ -616,65 +694,23 @@ impl Source {
                         }
                     }
                 };
-                listed += 1;
-                if waiting.is_empty() {
-                    b.push(e.path.as_str(), &ready);
+                if scan.waiting.is_empty() {
+                    scan.b.push(e.path.as_str(), &ready);
                 } else {
-                    waiting.push_back(Waiting::Ready(e.path, ready));
-                }
-            }
-            if !waiting.is_empty()
-                && (end || names.len() >= HASH_BATCH || waiting.len() >= SCAN_WAITING)
-            {
-                let results = store.hash_files(&names);
-                hashed += names.len() as u64;
-                let mut results = names.drain(..).zip(results);
-                for w in waiting.drain(..) {
-                    let e = match w {
-                        Waiting::Ready(p, m) => {
-                            b.push(p.as_str(), &m);
-                            continue;
-                        }
-                        Waiting::Hash(e) => e,
-                    };
-                    match results.next() {
-                        Some((p, Ok(h)))
-                            if p == e.path
-                                && same_stat(&h.before, &h.after)
-                                && h.len == h.after.size =>
-                        {
-                            b.push(
-                                p.as_str(),
-                                &Meta {
-                                    kind: Kind::File {
-                                        size: h.len,
-                                        hash: h.hash,
-                                    },
-                                    mode: h.after.mode,
-                                    mtime_ns: h.after.mtime_ns,
-                                    local: LocalStat {
-                                        ctime_ns: h.after.ctime_ns,
-                                        ino: h.after.ino,
-                                    },
-                                },
-                            );
-                        }
-                        _ => {
-                            let confirmed = self.confirmed.as_ref().unwrap_or(&self.cache);
-                            if let Some(mut old) = confirmed.get(e.path.as_str()) {
-                                old.local = LocalStat::default();
-                                b.push(e.path.as_str(), &old);
-                                kept_old = true;
-                            }
-                            self.unstable.push(e.path);
-                        }
+                    scan.waiting.push_back(Waiting::Ready(e.path, ready));
+                    if scan.waiting.len() >= SCAN_WAITING {
+                        scan.flush(store, confirmed, &mut self.unstable);
                     }
                 }
             }
-            if end {
-                break;
-            }
         }
+        scan.flush(store, confirmed, &mut self.unstable);
+        let Scanning {
+            b,
+            hashed,
+            kept_old,
+            ..
+        } = scan;
         if same && listed == self.cache.len() {
             // Nothing changed: the last scan stands (a copy of its bytes).
             drop(b);
@@ -1317,6 +1353,67 @@ mod tests {
             s.put_file(&format!("d{}/f{i:06}", i % 10), b"x", 0o644, 10);
         }
         s
+    }
+
+    /// A scan over more files than a hash batch, directories and symlinks
+    /// among them: every entry packed in path order with its own hash,
+    /// each file hashed once; a rescan of the same tree gives the same
+    /// manifest, one after two edits differs in those two.
+    #[test]
+    fn a_scan_hashes_in_batches_and_keeps_path_order() {
+        let n = 2 * HASH_BATCH + 300;
+        let mut s = MemStore::new();
+        for i in 0..n {
+            s.put_file(
+                &format!("d{}/f{i:06}", i % 7),
+                format!("{i}").as_bytes(),
+                0o644,
+                10,
+            );
+            if i % 1000 == 0 {
+                s.put_symlink(&format!("d{}/l{i:06}", i % 7), b"f000000");
+            }
+        }
+        let now = Instant::now();
+        let mut src = Source::open(SourceConfig::default(), now, &mut s).unwrap();
+        let m = src.scan(&mut s).unwrap();
+        let links = n.div_ceil(1000);
+        assert_eq!(m.len(), n + 7 + links);
+        for i in 0..n {
+            let p = format!("d{}/f{i:06}", i % 7);
+            let e = &m.entries[p.as_str()];
+            assert_eq!(
+                e.file_hash(),
+                Some(blake3::hash(format!("{i}").as_bytes()).as_bytes()),
+                "{p}"
+            );
+        }
+        assert!(m.check_shape().is_ok());
+        assert_eq!(src.stats().hashed, n as u64);
+        assert_eq!(src.scan(&mut s).unwrap(), m);
+        s.put_file("d0/f000007", b"new", 0o644, 20);
+        s.put_file(
+            &format!("d{}/f{:06}", (n - 1) % 7, n - 1),
+            b"last",
+            0o644,
+            20,
+        );
+        let m2 = src.scan(&mut s).unwrap();
+        assert_eq!(m2.len(), m.len());
+        assert_eq!(
+            m2.entries["d0/f000007"].file_hash(),
+            Some(blake3::hash(b"new").as_bytes())
+        );
+        // The two files, and the directory that holds both (its times).
+        let changed: Vec<String> = m
+            .diff(&m2)
+            .iter()
+            .map(|c| match c {
+                Change::Upsert(p, _) | Change::Gone(p) => p.as_str().to_owned(),
+            })
+            .collect();
+        let last = format!("d{}/f{:06}", (n - 1) % 7, n - 1);
+        assert_eq!(changed, ["d0", "d0/f000007", last.as_str()]);
     }
 
     /// A round's listing is made as it is sent: after the request, only
