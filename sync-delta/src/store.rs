@@ -610,8 +610,14 @@ impl Storage for FsStore {
                 Some(Sorted::Entry(e)) => out.push(e),
                 Some(Sorted::Under(mut d)) => {
                     d.pop();
-                    let sub = self.sorted_dir(&d, exclude, &mut cursor.skipped)?;
-                    cursor.open.push(sub);
+                    // Read later than its parent (a scan hashes between the
+                    // parts): one removed or replaced meanwhile is left
+                    // empty here, as the next walk finds it.
+                    match self.sorted_dir(&d, exclude, &mut cursor.skipped) {
+                        Ok(sub) => cursor.open.push(sub),
+                        Err(StoreError::NotFound | StoreError::NotDir) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }

@@ -464,3 +464,37 @@ fn a_walk_in_path_order_is_the_walk_sorted() {
         assert!(!got.iter().any(|e| e.path.as_str().starts_with("skip")));
     }
 }
+
+/// A directory removed after its parent was read and before the walk in
+/// path order reaches its contents is left empty, not an error: a scan
+/// hashes between the walk's parts.
+#[test]
+fn a_directory_gone_before_the_walk_reaches_it_is_empty() {
+    use sync_delta::store::WalkCursor;
+    let t = TempDir::new("walk-gone");
+    let r = &t.0;
+    fs::create_dir_all(r.join("a")).unwrap();
+    fs::create_dir_all(r.join("b/c")).unwrap();
+    fs::write(r.join("b/c/f"), b"f").unwrap();
+    for i in 0..1500 {
+        fs::write(r.join(format!("a/f{i:04}")), b"").unwrap();
+    }
+    let mut s = FsStore::new(r).unwrap();
+    let mut cursor = WalkCursor::default();
+    let mut got = Vec::new();
+    s.walk_sorted(&Exclude::none(), &mut cursor, &mut got)
+        .unwrap();
+    assert!(got.len() < 1502, "the first part stops inside a/");
+    fs::remove_dir_all(r.join("b")).unwrap();
+    loop {
+        let before = got.len();
+        s.walk_sorted(&Exclude::none(), &mut cursor, &mut got)
+            .unwrap();
+        if got.len() == before {
+            break;
+        }
+    }
+    let paths: Vec<&str> = got.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths.len(), 1502);
+    assert_eq!(paths[1501], "b");
+}
