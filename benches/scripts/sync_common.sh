@@ -3,8 +3,9 @@
 # pipefail` and the repository root as the working directory.
 #
 # After `sync_setup NAME`: SYNC and TREE (the release `sync` and
-# `tree_round` examples), WORK (a temporary folder, removed on exit with
-# the processes below), WORK/key (a fresh key), WORK/src (empty).
+# `tree_round` examples, built into CARGO_TARGET_DIR when it is set),
+# WORK (a temporary folder, removed on exit with the processes below),
+# WORK/key (a fresh key), WORK/src (empty).
 # Traffic stays on 127.0.0.1.
 
 sync_setup() {
@@ -12,8 +13,9 @@ sync_setup() {
     [[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
     cargo build --release -q -p examples --example sync
     cargo build --release -q -p sync-delta --example tree_round
-    SYNC="$PWD/target/release/examples/sync"
-    TREE="$PWD/target/release/examples/tree_round"
+    local target=${CARGO_TARGET_DIR:-$PWD/target}
+    SYNC="$target/release/examples/sync"
+    TREE="$target/release/examples/tree_round"
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
     SERVE_PID="" RSYNCD_PID=""
     trap sync_cleanup EXIT

@@ -41,7 +41,7 @@ need rsync rsync
 # TOOL=path runs the rounds with another build of tree_round (a
 # before/after comparison); the trees are made and edited by this one.
 cargo build --release -q -p sync-delta --example tree_round
-GEN="$PWD/target/release/examples/tree_round"
+GEN="${CARGO_TARGET_DIR:-$PWD/target}/release/examples/tree_round"
 TOOL=${TOOL:-$GEN}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sync-delta-tree.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT

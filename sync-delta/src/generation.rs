@@ -61,7 +61,7 @@ use crate::packed::{Packed, PackedBuilder};
 use crate::path::{RelPath, STATE_DIR};
 use crate::store::{StatKind, Storage, read_all, write_atomic};
 use crate::wire::{Reader, Writer};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const BASE_MAGIC: &[u8; 4] = b"SDB1";
@@ -1155,14 +1155,49 @@ pub(crate) fn prepare<'a, S: Storage + ?Sized>(
     Ok(gone)
 }
 
-/// Applies a record's changes to a manifest, moving them in.
+/// Applies a record's changes to a manifest, moving them in. Into an
+/// empty manifest (a first round), changes in path order (each path once:
+/// what a replica records) go a part at a time ([`extend_sorted`]): a
+/// map's nodes filled one entry after another in path order would be left
+/// about half full.
 fn apply_changes(m: &mut Manifest, changes: Vec<(RelPath, Option<Meta>)>) {
+    if m.entries.is_empty() && changes.is_sorted_by(|a, b| a.0 < b.0) {
+        let mut part = Vec::new();
+        for (p, meta) in changes {
+            if let Some(meta) = meta {
+                part.push((p, meta));
+            }
+            if part.len() >= part_len(m.entries.len()) {
+                extend_sorted(&mut m.entries, &mut part);
+            }
+        }
+        extend_sorted(&mut m.entries, &mut part);
+        return;
+    }
     for (p, meta) in changes {
         match meta {
             Some(meta) => m.entries.insert(p, meta),
             None => m.entries.remove(&p),
         };
     }
+}
+
+/// How many entries [`extend_sorted`] takes at a time into a map of `len`:
+/// an eighth of it (at least 4,096), so a map built this way costs about
+/// eight times its length in moves and holds at most an eighth more.
+fn part_len(len: usize) -> usize {
+    (len / 8).max(4096)
+}
+
+/// Moves `part` into `map` (the last entry for a path wins, as in the
+/// map's own collecting): the part is made a map with full nodes and the
+/// two merged, the old map's nodes freed as the merge passes them.
+fn extend_sorted(map: &mut BTreeMap<RelPath, Meta>, part: &mut Vec<(RelPath, Meta)>) {
+    if part.is_empty() {
+        return;
+    }
+    let mut more: BTreeMap<RelPath, Meta> = std::mem::take(part).into_iter().collect();
+    map.append(&mut more);
 }
 
 /// Appends `rec` to the log (at its valid end) and makes it durable.
@@ -1529,18 +1564,20 @@ fn persisted_of(head: Option<BaseHead>) -> Persisted {
 
 /// Loads the base and replays its log (stopping at a torn record).
 fn load<S: Storage + ?Sized>(s: &mut S) -> Result<Persisted, StoreError> {
-    let mut entries = Vec::new();
-    let head = stream_base(s, &mut |p, m| {
-        entries.push((p, m));
+    // A part at a time into a map with full nodes: never all the entries
+    // in a list beside the map they make.
+    let mut m = Manifest::default();
+    let mut part = Vec::new();
+    let head = stream_base(s, &mut |p, meta| {
+        part.push((p, meta));
+        if part.len() >= part_len(m.entries.len()) {
+            extend_sorted(&mut m.entries, &mut part);
+        }
         Ok(())
     })?;
+    extend_sorted(&mut m.entries, &mut part);
     let mut p = persisted_of(head);
     p.base_len = s.stat(MANIFEST).map_or(0, |st| st.size);
-    // From entries in order: a map with full nodes.
-    p.manifest = Manifest {
-        entries: entries.into_iter().collect(),
-    };
-    let mut m = std::mem::take(&mut p.manifest);
     replay_log(s, &mut p, |rec| apply_changes(&mut m, rec.changes))?;
     p.manifest = m;
     Ok(p)
@@ -1767,6 +1804,72 @@ mod tests {
             mode: 0o644,
             mtime_ns: i64::from(n),
             local: LocalStat::default(),
+        }
+    }
+
+    mod parts {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn entries() -> impl Strategy<Value = Vec<(String, Option<u8>)>> {
+            proptest::collection::vec(
+                ("[a-d]{1,2}(/[a-d]{1,2}){0,2}", proptest::option::of(0u8..4)),
+                0..80,
+            )
+        }
+
+        proptest! {
+            /// A map built a part at a time, of any sizes, in any order,
+            /// with repeated paths, is the map collected at once (the last
+            /// entry for a path kept).
+            #[test]
+            fn a_map_made_in_parts_is_the_map_collected(e in entries(), cuts in proptest::collection::vec(1usize..9, 1..20)) {
+                let list: Vec<(RelPath, Meta)> = e
+                    .iter()
+                    .map(|(p, n)| (RelPath::new(p).unwrap(), file(n.unwrap_or(9))))
+                    .collect();
+                let want: BTreeMap<RelPath, Meta> = list.clone().into_iter().collect();
+                let mut got = BTreeMap::new();
+                let mut rest = list.into_iter();
+                for n in cuts.iter().cycle() {
+                    let mut part: Vec<_> = rest.by_ref().take(*n).collect();
+                    if part.is_empty() {
+                        break;
+                    }
+                    extend_sorted(&mut got, &mut part);
+                    prop_assert!(part.is_empty());
+                }
+                prop_assert_eq!(got, want);
+            }
+
+            /// A record's changes applied to an empty manifest (a first
+            /// round) make what they make applied one by one.
+            #[test]
+            fn changes_into_nothing_are_the_changes_one_by_one(e in entries()) {
+                let changes: Vec<(RelPath, Option<Meta>)> = e
+                    .iter()
+                    .map(|(p, n)| (RelPath::new(p).unwrap(), n.map(file)))
+                    .collect();
+                let mut want = Manifest::default();
+                for (p, m) in changes.clone() {
+                    // One by one, as into a manifest that is not empty.
+                    match m {
+                        Some(m) => want.entries.insert(p, m),
+                        None => want.entries.remove(&p),
+                    };
+                }
+                let mut got = Manifest::default();
+                apply_changes(&mut got, changes.clone());
+                prop_assert_eq!(&got, &want);
+                // And in path order, each path once (a replica's record).
+                let mut sorted = changes;
+                sorted.reverse();
+                sorted.sort_by(|a, b| a.0.cmp(&b.0));
+                sorted.dedup_by(|b, a| a.0 == b.0);
+                let mut got = Manifest::default();
+                apply_changes(&mut got, sorted);
+                prop_assert_eq!(got, want);
+            }
         }
     }
 

@@ -277,6 +277,9 @@ const SHIFT_RUN_MIN: u64 = 1 << 20;
 /// Fetches a round has asked for and not yet received at most: the rest
 /// are planned as these end.
 const IN_FLIGHT: usize = 256;
+/// Staged files made durable at a time before a commit record: a whole
+/// tree's names are never made at once.
+const SYNC_BATCH: usize = 4096;
 
 /// A fetch being staged as an in-place patch: the dirty ranges' new bytes
 /// go one after another into the record; unchanged ranges (copies from the
@@ -302,6 +305,26 @@ struct Fetch {
     patch: Option<PatchState>,
 }
 
+/// A file or symlink staged whole for a round: `stage/r<round>-f<id>`
+/// (`-l<id>` for a symlink), its name made when needed (a first round
+/// stages every path: a name each would be held to the commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Staged {
+    id: u32,
+    link: bool,
+}
+
+impl Staged {
+    fn file(id: u32) -> Self {
+        Self { id, link: false }
+    }
+
+    /// Its name in the stage, in round `seq`.
+    fn name(self, seq: u64) -> String {
+        format!("r{seq}-{}{}", if self.link { 'l' } else { 'f' }, self.id)
+    }
+}
+
 enum Phase {
     Requested,
     Manifest,
@@ -320,7 +343,8 @@ struct Round {
     /// after another (a map's nodes would take about twice the room).
     whole: Option<Vec<(RelPath, Meta)>>,
     fetches: BTreeMap<u32, Fetch>,
-    staged: HashMap<RelPath, String>,
+    /// Files and symlinks staged whole, by path.
+    staged: HashMap<RelPath, Staged>,
     /// Files verified and staged as in-place patches.
     patched: HashMap<RelPath, Patch>,
     fetched: u64,
@@ -918,6 +942,9 @@ impl Replica {
                 w.sort_by(|a, b| a.0.cmp(&b.0));
                 w.dedup_by(|b, a| a.0 == b.0);
             }
+            // Gathered by doubling: up to half of it room never used, held
+            // to the commit.
+            w.shrink_to_fit();
         } else if round.changes.is_empty() {
             // Nothing changed: confirm the generation.
             if round.dropped || (digest == self.digest && entries == old.len() as u64) {
@@ -1100,9 +1127,12 @@ impl Replica {
                 if let Kind::Symlink { target } = &m.kind
                     && o.map(|o| &o.kind) != Some(&m.kind)
                 {
-                    let stage = format!("r{}-l{}", round.seq, round.next_id);
+                    let stage = Staged {
+                        id: round.next_id,
+                        link: true,
+                    };
                     round.next_id += 1;
-                    store.symlink(target, &format!("{STAGE_DIR}/{stage}"))?;
+                    store.symlink(target, &format!("{STAGE_DIR}/{}", stage.name(round.seq)))?;
                     round.staged.insert(p.clone(), stage);
                 }
                 continue;
@@ -1117,7 +1147,7 @@ impl Replica {
             if *size == 0 && *hash == *blake3::hash(b"").as_bytes() {
                 store.create(&stage_path)?;
                 store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
-                round.staged.insert(p.clone(), stage);
+                round.staged.insert(p.clone(), Staged::file(id));
                 continue;
             }
             let copy_from = round.copies.get(hash);
@@ -1133,7 +1163,7 @@ impl Replica {
                 )?
             {
                 store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
-                round.staged.insert(p.clone(), stage);
+                round.staged.insert(p.clone(), Staged::file(id));
                 round.copied += 1;
                 continue;
             }
@@ -1340,7 +1370,8 @@ impl Replica {
                 };
                 store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
             }
-            round.staged.insert(f.path, f.stage);
+            debug_assert_eq!(f.stage, Staged::file(id).name(round.seq));
+            round.staged.insert(f.path, Staged::file(id));
             round.fetched += 1;
         } else {
             store.remove_file(&stage_path)?;
@@ -1422,20 +1453,15 @@ impl Replica {
         };
         let old = &self.p.manifest;
         let new = next_view(old, &round.whole, &round.changes);
-        // Only the paths the round names can differ (all of them for a
-        // full listing).
-        let mut candidates: Vec<RelPath> = if round.full {
-            let all: BTreeSet<&RelPath> =
-                old.entries.keys().chain(new.iter().map(|e| e.0)).collect();
-            all.into_iter().cloned().collect()
-        } else {
-            round.changes.keys().cloned().collect()
-        };
-        let changed = candidates
-            .iter()
+        // Only the paths the round names can differ: for a full listing
+        // every path of the old manifest and the new (`None`: read from
+        // them in path order as needed, never copied).
+        let mut listed: Option<Vec<RelPath>> =
+            (!round.full).then(|| round.changes.keys().cloned().collect());
+        let changed = candidates(&listed, old, new)
             .filter(|p| differs_in(old, new, p))
             .count() as u64;
-        let (deleted, renamed) = deleted_and_renamed(old, new, &candidates);
+        let (deleted, renamed) = deleted_and_renamed(old, new, || candidates(&listed, old, new));
         let mut divergence = generation::Repair::default();
         if changed > 0 {
             let next =
@@ -1446,8 +1472,10 @@ impl Replica {
                         generation: self.p.generation,
                     })?;
             // Staged content durable before the commit record (many files
-            // at once: a real store overlaps the flushes).
-            let staged: Vec<String> = round
+            // at once: a real store overlaps the flushes), a batch of names
+            // at a time.
+            let seq = round.seq;
+            let mut names = round
                 .staged
                 .iter()
                 .filter(|(p, _)| {
@@ -1456,16 +1484,21 @@ impl Replica {
                         Some(Kind::File { .. })
                     )
                 })
-                .map(|(_, st)| format!("{STAGE_DIR}/{st}"))
+                .map(|(_, st)| format!("{STAGE_DIR}/{}", st.name(seq)))
                 .chain(
                     round
                         .patched
                         .values()
                         .map(|pt| format!("{STAGE_DIR}/{}", pt.stage)),
                 )
-                .collect();
-            store.sync_files(&staged)?;
-            drop(staged);
+                .peekable();
+            let mut batch = Vec::with_capacity(SYNC_BATCH);
+            while names.peek().is_some() {
+                batch.extend(names.by_ref().take(SYNC_BATCH));
+                store.sync_files(&batch)?;
+                batch.clear();
+            }
+            drop(batch);
             if !round.patched.is_empty() {
                 // The records' names too: the commit record needs them.
                 store.sync_dir(STAGE_DIR)?;
@@ -1480,13 +1513,13 @@ impl Replica {
                 store,
                 old,
                 new,
-                candidates.iter().filter(|p| differs_in(old, new, p)),
+                candidates(&listed, old, new).filter(|p| differs_in(old, new, p)),
                 &mut aside,
             )?;
             divergence.folder = aside.name().map(str::to_owned);
             divergence.moved = aside.moved.len() as u64;
             if !gone.is_empty() {
-                let mut extra: BTreeSet<RelPath> = BTreeSet::new();
+                let mut extra: BTreeSet<RelPath> = candidates(&listed, old, new).cloned().collect();
                 for g in &gone {
                     extra.extend(paths_at_or_under(View::Whole(old), g));
                     extra.extend(paths_at_or_under(new, g));
@@ -1514,34 +1547,62 @@ impl Replica {
                     }
                     divergence.dropped += 1;
                 }
-                extra.extend(candidates);
-                candidates = extra.into_iter().collect();
+                listed = Some(extra.into_iter().collect());
             }
             let new = next_view(old, &round.whole, &round.changes);
+            // The staged names and patches move into the ops.
             let ops = plan(
                 old,
                 new,
-                &round.staged,
-                &round.patched,
-                &candidates,
+                Staging {
+                    seq: round.seq,
+                    staged: std::mem::take(&mut round.staged),
+                    patched: std::mem::take(&mut round.patched),
+                },
+                || candidates(&listed, old, new),
                 &gone,
                 self.mode_mask(),
             );
-            // What only the plan needed.
-            round.staged = HashMap::new();
-            round.patched = HashMap::new();
             // Room for what differed, and what the tree lost besides: a
             // whole tree's changes never grow by doubling.
-            let mut changes = Vec::with_capacity(
-                usize::try_from(changed.saturating_add(divergence.dropped)).unwrap_or(0),
-            );
-            match round.whole.take() {
-                // A full listing moves its entries into the record (the
-                // candidates and the listing are both in path order), and
-                // its map goes as it is read.
-                Some(w) => {
+            let room = usize::try_from(changed.saturating_add(divergence.dropped)).unwrap_or(0);
+            let mut changes = Vec::new();
+            match (round.whole.take(), &listed) {
+                // A full listing moves its entries into the record in the
+                // listing's own room (a first round would otherwise hold
+                // the listing and its copy at once), merged with the old
+                // manifest in path order: what both hold alike is left
+                // out, what only the old holds is gone (what neither
+                // holds cannot differ).
+                (Some(w), None) => {
+                    let mut olds = old.entries.iter().peekable();
+                    let mut gone = Vec::new();
+                    changes = w
+                        .into_iter()
+                        .filter_map(|(k, n)| {
+                            while let Some((o, _)) = olds.next_if(|(o, _)| **o < k) {
+                                gone.push((o.clone(), None));
+                            }
+                            match olds.next_if(|(o, _)| **o == k) {
+                                Some((_, o)) if o.same(&n) => None,
+                                _ => Some((k, Some(n))),
+                            }
+                        })
+                        .collect();
+                    gone.extend(olds.map(|(o, _)| (o.clone(), None)));
+                    if !gone.is_empty() {
+                        changes.reserve_exact(gone.len());
+                        changes.append(&mut gone);
+                        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                    }
+                    changes.shrink_to_fit();
+                }
+                // The same with the paths looked at listed (the tree lost
+                // some): both in path order.
+                (Some(w), Some(candidates)) => {
+                    changes.reserve_exact(room);
                     let mut listed = w.into_iter().peekable();
-                    for p in &candidates {
+                    for p in candidates {
                         let n = listed.next_if(|(k, _)| k == p);
                         match (old.entries.get(p), n) {
                             (Some(o), Some((_, n))) if o.same(&n) => {}
@@ -1553,11 +1614,11 @@ impl Replica {
                     // Every listed path is a candidate.
                     debug_assert!(listed.next().is_none());
                 }
-                None => {
+                (None, _) => {
+                    changes.reserve_exact(room);
                     let new = View::Over(old, &round.changes);
                     changes.extend(
-                        candidates
-                            .iter()
+                        candidates(&listed, old, new)
                             .filter(|p| differs_in(old, new, p))
                             .map(|p| (p.clone(), new.get(p.as_str()).cloned())),
                     );
@@ -1575,7 +1636,7 @@ impl Replica {
             // paths looked at go before the commit builds the new
             // generation from it (the first round of a large tree would
             // otherwise hold them all at once).
-            drop(candidates);
+            drop(listed);
             round.changes = BTreeMap::new();
             let patched: Vec<u64> = rec
                 .ops
@@ -1658,6 +1719,32 @@ impl Replica {
     }
 }
 
+/// The paths a round looks at, in path order: those `listed`, or, for
+/// `None`, every path of `old` and of `new` (a full listing's round).
+fn candidates<'a>(
+    listed: &'a Option<Vec<RelPath>>,
+    old: &'a Manifest,
+    new: View<'a>,
+) -> Box<dyn Iterator<Item = &'a RelPath> + 'a> {
+    match listed {
+        Some(v) => Box::new(v.iter()),
+        None => {
+            let mut a = old.entries.keys().peekable();
+            let mut b = new.iter().map(|e| e.0).peekable();
+            Box::new(std::iter::from_fn(move || match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x < y => a.next(),
+                (Some(x), Some(y)) if x > y => b.next(),
+                (Some(_), Some(_)) => {
+                    a.next();
+                    b.next()
+                }
+                (Some(_), None) => a.next(),
+                (None, _) => b.next(),
+            }))
+        }
+    }
+}
+
 /// Whether `p` is not the same in `old` and `new`.
 fn differs_in(old: &Manifest, new: View<'_>, p: &RelPath) -> bool {
     match (old.entries.get(p), new.get(p.as_str())) {
@@ -1705,11 +1792,15 @@ fn paths_at_or_under(m: View<'_>, p: &str) -> Vec<RelPath> {
 /// symlinks `old` has and `new` does not (as the same type), and how many
 /// of those removed files reappear by content at a path that was not a
 /// file: `(deleted, renamed)`, renames not counted as deletions.
-fn deleted_and_renamed(old: &Manifest, new: View<'_>, candidates: &[RelPath]) -> (u64, u64) {
+fn deleted_and_renamed<'a, I: Iterator<Item = &'a RelPath>>(
+    old: &Manifest,
+    new: View<'_>,
+    candidates: impl Fn() -> I,
+) -> (u64, u64) {
     let same_type = |a: &Kind, b: &Kind| std::mem::discriminant(a) == std::mem::discriminant(b);
     let mut gone: HashMap<&Hash, u64> = HashMap::new();
     let mut removed = 0u64;
-    for p in candidates {
+    for p in candidates() {
         let Some(o) = old.entries.get(p) else {
             continue;
         };
@@ -1727,7 +1818,7 @@ fn deleted_and_renamed(old: &Manifest, new: View<'_>, candidates: &[RelPath]) ->
         }
     }
     let mut renamed = 0u64;
-    for p in candidates {
+    for p in candidates() {
         let Some(h) = new.get(p.as_str()).and_then(Meta::file_hash) else {
             continue;
         };
@@ -1742,21 +1833,51 @@ fn deleted_and_renamed(old: &Manifest, new: View<'_>, candidates: &[RelPath]) ->
     (removed - renamed, renamed)
 }
 
+/// What a round staged, handed to [`plan`]: the round's number (the
+/// staged names are made from it), its files and symlinks staged whole,
+/// its files staged as patches.
+struct Staging {
+    seq: u64,
+    staged: HashMap<RelPath, Staged>,
+    patched: HashMap<RelPath, Patch>,
+}
+
+/// What one candidate path needs, in the order the ops run: removing the
+/// old entry first (a directory's removal is listed apart, deepest first),
+/// then making the new one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    None,
+    Delete,
+    Mkdir,
+    /// Installed from the stage, or patched in place.
+    Install,
+    SetMeta,
+}
+
 /// The journal ops that turn the tree of `old` into `new`, given the
-/// staged files and symlinks.
+/// staged files and symlinks (their names move into the ops).
 ///
 /// `gone`: paths (with all under them) the old manifest records that the
 /// tree does not hold (see [`generation::prepare`]); the ops start from the
 /// tree as it is. `mask`: the permission bits written.
-fn plan(
+///
+/// The candidates are looked at once to count the ops, then once per kind
+/// of op, each pushed where it goes: the ops of a whole tree are made in
+/// room for exactly them, never in per-kind lists copied together.
+fn plan<'a, I: Iterator<Item = &'a RelPath>>(
     old: &Manifest,
     new: View<'_>,
-    staged: &HashMap<RelPath, String>,
-    patched: &HashMap<RelPath, Patch>,
-    candidates: &[RelPath],
+    stage: Staging,
+    candidates: impl Fn() -> I,
     gone: &BTreeSet<String>,
     mask: u32,
 ) -> Vec<JOp> {
+    let Staging {
+        seq,
+        mut staged,
+        mut patched,
+    } = stage;
     let old_at = |p: &RelPath| {
         if gone.is_empty()
             || !(gone.contains(p.as_str())
@@ -1767,73 +1888,60 @@ fn plan(
             None
         }
     };
-    let mut deletes = Vec::new();
-    let mut rmdirs = Vec::new();
-    let mut mkdirs = Vec::new();
-    let mut installs = Vec::new();
-    let mut metas = Vec::new();
     let mut touched_dirs: BTreeSet<String> = BTreeSet::new();
     let touch_parent = |p: &RelPath, t: &mut BTreeSet<String>| {
         if let Some(parent) = p.parent() {
             t.insert(parent.to_owned());
         }
     };
-    for p in candidates {
-        let Some(o) = old_at(p) else {
-            continue;
-        };
-        let n = new.get(p.as_str());
-        let same_type =
-            n.is_some_and(|n| std::mem::discriminant(&n.kind) == std::mem::discriminant(&o.kind));
-        if same_type {
-            continue;
-        }
-        match o.kind {
-            Kind::Dir => rmdirs.push(p.clone()),
-            // A file replaced by a file or symlink is replaced by the rename.
-            _ if matches!(
-                n.map(|n| &n.kind),
-                Some(Kind::File { .. } | Kind::Symlink { .. })
-            ) => {}
-            _ => deletes.push(p.clone()),
-        }
-        touch_parent(p, &mut touched_dirs);
-    }
-    for p in candidates {
-        let Some(n) = new.get(p.as_str()) else {
-            continue;
-        };
+    // Per candidate: what goes first (a removal), then what is made.
+    let mut steps: Vec<(Step, Step)> = Vec::new();
+    let mut rmdirs = Vec::new();
+    let mut count = 0usize;
+    for p in candidates() {
         let o = old_at(p);
-        if o.is_some_and(|o| o.same(n)) {
-            continue;
-        }
-        touch_parent(p, &mut touched_dirs);
-        match &n.kind {
-            Kind::Dir => {
-                if o.is_some_and(|o| o.kind == Kind::Dir) {
-                    touched_dirs.insert(p.as_str().to_owned());
-                } else {
-                    mkdirs.push(JOp::Mkdir(p.clone(), n.mode & mask));
-                    touched_dirs.insert(p.as_str().to_owned());
+        let n = new.get(p.as_str());
+        let mut first = Step::None;
+        if let Some(o) = o {
+            let same_type = n.is_some_and(|n| {
+                std::mem::discriminant(&n.kind) == std::mem::discriminant(&o.kind)
+            });
+            if !same_type {
+                match o.kind {
+                    Kind::Dir => rmdirs.push(p.clone()),
+                    // A file replaced by a file or symlink is replaced by the
+                    // rename.
+                    _ if matches!(
+                        n.map(|n| &n.kind),
+                        Some(Kind::File { .. } | Kind::Symlink { .. })
+                    ) => {}
+                    _ => first = Step::Delete,
                 }
+                touch_parent(p, &mut touched_dirs);
             }
-            Kind::File { .. } if patched.contains_key(p) && o.is_some() => {
-                if let Some(pt) = patched.get(p) {
-                    installs.push(JOp::Patch(Box::new(Patch {
-                        mode: n.mode & mask,
-                        mtime_ns: n.mtime_ns,
-                        ..pt.clone()
-                    })));
-                }
-            }
-            Kind::File { .. } | Kind::Symlink { .. } => match staged.get(p) {
-                Some(stage) => installs.push(JOp::Install(stage.clone(), p.clone())),
-                None if !matches!(n.kind, Kind::Symlink { .. }) => {
-                    metas.push(JOp::SetMeta(p.clone(), n.mode & mask, n.mtime_ns))
-                }
-                None => {}
-            },
         }
+        let mut then = Step::None;
+        if let Some(n) = n
+            && !o.is_some_and(|o| o.same(n))
+        {
+            touch_parent(p, &mut touched_dirs);
+            then = match &n.kind {
+                Kind::Dir => {
+                    touched_dirs.insert(p.as_str().to_owned());
+                    if o.is_some_and(|o| o.kind == Kind::Dir) {
+                        Step::None
+                    } else {
+                        Step::Mkdir
+                    }
+                }
+                Kind::File { .. } if patched.contains_key(p) && o.is_some() => Step::Install,
+                Kind::File { .. } | Kind::Symlink { .. } if staged.contains_key(p) => Step::Install,
+                Kind::File { .. } => Step::SetMeta,
+                Kind::Symlink { .. } => Step::None,
+            };
+        }
+        count += usize::from(first != Step::None) + usize::from(then != Step::None);
+        steps.push((first, then));
     }
     // Deepest directories first when removing and when restoring times.
     rmdirs.sort_by_key(|p| std::cmp::Reverse(p.depth()));
@@ -1848,20 +1956,43 @@ fn plan(
             _ => None,
         })
         .collect();
+    drop(touched_dirs);
     dir_metas.sort_by_key(|(depth, _)| std::cmp::Reverse(*depth));
-    let mut ops = Vec::with_capacity(
-        deletes.len()
-            + rmdirs.len()
-            + mkdirs.len()
-            + installs.len()
-            + metas.len()
-            + dir_metas.len(),
-    );
-    ops.extend(deletes.into_iter().map(JOp::Delete));
+    let mut ops = Vec::with_capacity(count + rmdirs.len() + dir_metas.len());
+    let each = |want: Step, then: bool| {
+        candidates()
+            .zip(&steps)
+            .filter(move |(_, s)| if then { s.1 == want } else { s.0 == want })
+            .map(|(p, _)| p)
+    };
+    ops.extend(each(Step::Delete, false).cloned().map(JOp::Delete));
     ops.extend(rmdirs.into_iter().map(JOp::RemoveDir));
-    ops.extend(mkdirs);
-    ops.extend(installs);
-    ops.extend(metas);
+    for p in each(Step::Mkdir, true) {
+        if let Some(n) = new.get(p.as_str()) {
+            ops.push(JOp::Mkdir(p.clone(), n.mode & mask));
+        }
+    }
+    for p in each(Step::Install, true) {
+        let Some(n) = new.get(p.as_str()) else {
+            continue;
+        };
+        if let Some(pt) = patched.remove(p).filter(|_| old_at(p).is_some()) {
+            ops.push(JOp::Patch(Box::new(Patch {
+                mode: n.mode & mask,
+                mtime_ns: n.mtime_ns,
+                ..pt
+            })));
+        } else if let Some((path, stage)) = staged.remove_entry(p) {
+            ops.push(JOp::Install(stage.name(seq), path));
+        }
+    }
+    drop(staged);
+    drop(patched);
+    for p in each(Step::SetMeta, true) {
+        if let Some(n) = new.get(p.as_str()) {
+            ops.push(JOp::SetMeta(p.clone(), n.mode & mask, n.mtime_ns));
+        }
+    }
     ops.extend(dir_metas.into_iter().map(|(_, op)| op));
     ops
 }
@@ -2088,7 +2219,8 @@ mod tests {
             .chain(new.entries.keys())
             .cloned()
             .collect();
-        deleted_and_renamed(old, View::Whole(new), &all.into_iter().collect::<Vec<_>>())
+        let all: Vec<RelPath> = all.into_iter().collect();
+        deleted_and_renamed(old, View::Whole(new), || all.iter())
     }
 
     /// F8: a tree at the last generation number (a source that stored a
@@ -2160,6 +2292,90 @@ mod tests {
         assert_eq!(report.generation.number, u64::MAX);
     }
 
+    /// The plan lists its ops in the order they run (removals, deepest
+    /// directories first; directories made; files installed; metadata;
+    /// the touched directories' times, deepest first), takes the staged
+    /// names over, and holds no room beyond its ops.
+    #[test]
+    fn a_plan_runs_removals_then_makes_then_metadata() {
+        let dir = |mtime_ns| Meta {
+            kind: Kind::Dir,
+            mode: 0o755,
+            mtime_ns,
+            local: LocalStat::default(),
+        };
+        let p = |s: &str| RelPath::new(s).unwrap();
+        let mut old = manifest(&[("d/x", 1), ("keep", 2), ("touch", 3)]);
+        old.entries.insert(p("d"), dir(1));
+        old.entries.insert(p("old"), dir(1));
+        old.entries.insert(p("old/deep"), dir(1));
+        let mut new = manifest(&[("keep", 2), ("n/f", 4), ("n/l", 5)]);
+        new.entries.insert(p("n"), dir(2));
+        let mut touched = file(3);
+        touched.mtime_ns = 9;
+        new.entries.insert(p("touch"), touched);
+        let staged: HashMap<RelPath, Staged> = [(p("n/f"), Staged::file(0))].into();
+        let candidates: Vec<RelPath> = old
+            .entries
+            .keys()
+            .chain(new.entries.keys())
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let ops = plan(
+            &old,
+            View::Whole(&new),
+            Staging {
+                seq: 1,
+                staged,
+                patched: HashMap::new(),
+            },
+            || candidates.iter(),
+            &BTreeSet::new(),
+            0o777,
+        );
+        assert_eq!(ops.capacity(), ops.len());
+        assert_eq!(
+            ops,
+            vec![
+                JOp::Delete(p("d/x")),
+                JOp::RemoveDir(p("old/deep")),
+                JOp::RemoveDir(p("d")),
+                JOp::RemoveDir(p("old")),
+                JOp::Mkdir(p("n"), 0o755),
+                JOp::Install("r1-f0".to_owned(), p("n/f")),
+                JOp::SetMeta(p("n/l"), 0o644, 0),
+                JOp::SetMeta(p("touch"), 0o644, 9),
+                JOp::SetMeta(p("n"), 0o755, 2),
+            ]
+        );
+    }
+
+    mod union {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// A full round's candidates read from the two manifests are
+            /// the sorted union of their paths, each once.
+            #[test]
+            fn a_full_rounds_candidates_are_the_union(
+                a in proptest::collection::btree_set("[a-c]{1,2}(/[a-c]{1,2}){0,2}", 0..40),
+                b in proptest::collection::btree_set("[a-c]{1,2}(/[a-c]{1,2}){0,2}", 0..40),
+            ) {
+                let old = manifest(&a.iter().map(|p| (p.as_str(), 1)).collect::<Vec<_>>());
+                let listing: Vec<(RelPath, Meta)> =
+                    b.iter().map(|p| (RelPath::new(p).unwrap(), file(2))).collect();
+                let want: Vec<&str> = a.union(&b).map(String::as_str).collect();
+                let got: Vec<&str> = candidates(&None, &old, View::Sorted(&listing))
+                    .map(RelPath::as_str)
+                    .collect();
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
+
     #[test]
     fn counts_renames_and_deletions() {
         let old = manifest(&[("a", 1), ("b", 2), ("c", 3), ("d", 3)]);
@@ -2192,7 +2408,7 @@ mod tests {
         let new = manifest(&[("c", 3), ("d", 3)]);
         let only_a = [RelPath::new("a").unwrap()];
         assert_eq!(
-            deleted_and_renamed(&old, View::Whole(&new), &only_a),
+            deleted_and_renamed(&old, View::Whole(&new), || only_a.iter()),
             (1, 0)
         );
     }

@@ -146,6 +146,88 @@ const WINDOW: usize = 4 * IO_CHUNK;
 /// Files a scan hashes at a time (each batch spread over a threaded
 /// store's threads).
 const HASH_BATCH: usize = 4096;
+/// Entries a scan holds at most while they wait for a batch's hashes
+/// (those after the batch's first file): then the batch is hashed as it
+/// is.
+const SCAN_WAITING: usize = 4 * HASH_BATCH;
+
+/// An entry of a scan waiting for the hashes of a batch before it.
+enum Waiting {
+    /// Its entry, made.
+    Ready(RelPath, Meta),
+    /// A file to hash: its entry comes from the hash.
+    Hash(crate::store::WalkEntry),
+}
+
+/// A scan's new manifest as it is packed, and what waits for hashes.
+struct Scanning {
+    b: PackedBuilder,
+    /// The entries from the first file to hash on, in path order.
+    waiting: VecDeque<Waiting>,
+    /// The files among them to hash, in path order.
+    names: Vec<RelPath>,
+    hashed: u64,
+    /// A file changed while hashed kept its entry of `confirmed`.
+    kept_old: bool,
+}
+
+impl Scanning {
+    /// Hashes the files waiting and packs every entry waiting, in order. A
+    /// file that changed while it was read keeps its entry of `confirmed`
+    /// (the last confirmed manifest, else the last scan), its local stat
+    /// cleared, and is listed in `unstable`.
+    fn flush<S: Storage + ?Sized>(
+        &mut self,
+        store: &mut S,
+        confirmed: &Packed,
+        unstable: &mut Vec<RelPath>,
+    ) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let results = store.hash_files(&self.names);
+        self.hashed += self.names.len() as u64;
+        let mut results = self.names.drain(..).zip(results);
+        for w in self.waiting.drain(..) {
+            let e = match w {
+                Waiting::Ready(p, m) => {
+                    self.b.push(p.as_str(), &m);
+                    continue;
+                }
+                Waiting::Hash(e) => e,
+            };
+            match results.next() {
+                Some((p, Ok(h)))
+                    if p == e.path && same_stat(&h.before, &h.after) && h.len == h.after.size =>
+                {
+                    self.b.push(
+                        p.as_str(),
+                        &Meta {
+                            kind: Kind::File {
+                                size: h.len,
+                                hash: h.hash,
+                            },
+                            mode: h.after.mode,
+                            mtime_ns: h.after.mtime_ns,
+                            local: LocalStat {
+                                ctime_ns: h.after.ctime_ns,
+                                ino: h.after.ino,
+                            },
+                        },
+                    );
+                }
+                _ => {
+                    if let Some(mut old) = confirmed.get(e.path.as_str()) {
+                        old.local = LocalStat::default();
+                        self.b.push(e.path.as_str(), &old);
+                        self.kept_old = true;
+                    }
+                    unstable.push(e.path);
+                }
+            }
+        }
+    }
+}
 
 /// The source session.
 ///
@@ -535,34 +617,103 @@ impl Source {
         Ok(self.scan_packed(store)?.to_manifest())
     }
 
-    /// [`Source::scan`], packed: the walk is merged in path order with the
-    /// last scan (no map is built).
+    /// [`Source::scan`], packed: the walk, read in path order a part at a
+    /// time ([`Storage::walk_sorted`]), is merged with the last scan (no
+    /// map is built, and the walk is never whole in memory). Files the
+    /// quick check cannot reuse are hashed a batch at a time; the entries
+    /// after the first of a batch wait for its hashes (at most
+    /// [`SCAN_WAITING`] of them), so the new manifest is packed in path
+    /// order.
     fn scan_packed<S: Storage + ?Sized>(&mut self, store: &mut S) -> Result<Packed, StoreError> {
-        let mut walk = store.walk(&self.config.exclude)?;
-        if !walk.entries.is_sorted_by(|a, b| a.path <= b.path) {
-            walk.entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        }
-        // Pass 1: the files the quick check cannot reuse, and whether the
-        // tree is the last scan entry for entry.
-        let mut keep = vec![false; walk.entries.len()];
-        let mut to_hash = Vec::new();
+        // In room for about the last scan's size (a sixteenth more for
+        // growth); a first scan's grows as it goes.
+        let room = self.cache.packed_bytes();
+        let mut scan = Scanning {
+            b: PackedBuilder::with_capacity(room + room / 16, self.cache.len()),
+            waiting: VecDeque::new(),
+            names: Vec::new(),
+            hashed: 0,
+            kept_old: false,
+        };
+        let confirmed = self.confirmed.as_ref().unwrap_or(&self.cache);
         let mut c = self.cache.cursor();
+        let mut cursor = crate::store::WalkCursor::default();
+        let mut part = Vec::new();
+        // Whether the tree is the last scan entry for entry.
         let mut same = true;
         let mut listed = 0usize;
-        for (i, e) in walk.entries.iter().enumerate() {
-            let old = c.seek(e.path.as_str());
-            match e.stat.kind {
-                StatKind::File => match old {
-                    Some(old) if generation::quick_match(old, &e.stat) => keep[i] = true,
-                    _ => to_hash.push(i),
-                },
-                StatKind::Other => continue,
-                _ => same = same && old.is_some_and(|old| unchanged(old, e)),
+        self.unstable.clear();
+        loop {
+            part.clear();
+            store.walk_sorted(&self.config.exclude, &mut cursor, &mut part)?;
+            if part.is_empty() {
+                break;
             }
-            listed += 1;
+            for e in part.drain(..) {
+                if e.stat.kind == StatKind::Other {
+                    continue;
+                }
+                listed += 1;
+                let old = c.seek(e.path.as_str());
+                let ready = match e.stat.kind {
+                    StatKind::File => match old {
+                        Some(old) if generation::quick_match(old, &e.stat) => old.clone(),
+                        _ => {
+                            same = false;
+                            scan.names.push(e.path.clone());
+                            scan.waiting.push_back(Waiting::Hash(e));
+                            if scan.names.len() >= HASH_BATCH || scan.waiting.len() >= SCAN_WAITING
+                            {
+                                scan.flush(store, confirmed, &mut self.unstable);
+                            }
+                            continue;
+                        }
+                    },
+                    _ => {
+                        same = same && old.is_some_and(|old| unchanged(old, &e));
+                        let kind = match e.stat.kind {
+                            StatKind::Dir => Kind::Dir,
+                            _ => match e.target {
+                                Some(t)
+                                    if !t.is_empty()
+                                        && t.len() <= crate::manifest::MAX_LINK_LEN =>
+                                {
+                                    Kind::Symlink { target: t }
+                                }
+                                _ => continue,
+                            },
+                        };
+                        Meta {
+                            kind,
+                            mode: e.stat.mode,
+                            mtime_ns: e.stat.mtime_ns,
+                            local: LocalStat {
+                                ctime_ns: e.stat.ctime_ns,
+                                ino: e.stat.ino,
+                            },
+                        }
+                    }
+                };
+                if scan.waiting.is_empty() {
+                    scan.b.push(e.path.as_str(), &ready);
+                } else {
+                    scan.waiting.push_back(Waiting::Ready(e.path, ready));
+                    if scan.waiting.len() >= SCAN_WAITING {
+                        scan.flush(store, confirmed, &mut self.unstable);
+                    }
+                }
+            }
         }
-        if same && to_hash.is_empty() && listed == self.cache.len() {
+        scan.flush(store, confirmed, &mut self.unstable);
+        let Scanning {
+            b,
+            hashed,
+            kept_old,
+            ..
+        } = scan;
+        if same && listed == self.cache.len() {
             // Nothing changed: the last scan stands (a copy of its bytes).
+            drop(b);
             self.unstable.clear();
             self.events.push_back(SourceEvent::Scanned {
                 entries: self.cache.len() as u64,
@@ -571,112 +722,14 @@ impl Source {
             });
             return Ok(self.cache.clone());
         }
-        // The files are hashed a batch at a time as pass 2 reaches them:
-        // a first scan of a whole tree never holds every file's result.
-        let mut batches = to_hash.chunks(HASH_BATCH);
-        let mut batch = Vec::new().into_iter();
-        let mut hashed = std::iter::from_fn(|| {
-            loop {
-                if let Some(h) = batch.next() {
-                    return Some(h);
-                }
-                let chunk = batches.next()?;
-                let names: Vec<RelPath> = chunk
-                    .iter()
-                    .map(|&i| walk.entries[i].path.clone())
-                    .collect();
-                batch = chunk
-                    .iter()
-                    .copied()
-                    .zip(store.hash_files(&names))
-                    .collect::<Vec<_>>()
-                    .into_iter();
-            }
-        });
-        // Pass 2: the new manifest, in path order, in room for about the
-        // last scan's size (a sixteenth more for growth).
-        let room = self.cache.packed_bytes();
-        let mut b = PackedBuilder::with_capacity(room + room / 16, walk.entries.len());
-        let mut c = self.cache.cursor();
-        let mut kept_old = false;
-        self.unstable.clear();
-        for (i, e) in walk.entries.iter().enumerate() {
-            let st = e.stat;
-            let path = e.path.as_str();
-            let local = LocalStat {
-                ctime_ns: st.ctime_ns,
-                ino: st.ino,
-            };
-            let kind = match st.kind {
-                StatKind::Dir => Kind::Dir,
-                StatKind::Symlink => match &e.target {
-                    Some(t) if !t.is_empty() && t.len() <= crate::manifest::MAX_LINK_LEN => {
-                        Kind::Symlink { target: t.clone() }
-                    }
-                    _ => continue,
-                },
-                StatKind::File if keep[i] => {
-                    if let Some(old) = c.seek(path) {
-                        b.push(path, old);
-                    }
-                    continue;
-                }
-                StatKind::File => {
-                    match hashed.next() {
-                        Some((j, Ok(h)))
-                            if j == i
-                                && same_stat(&h.before, &h.after)
-                                && h.len == h.after.size =>
-                        {
-                            b.push(
-                                path,
-                                &Meta {
-                                    kind: Kind::File {
-                                        size: h.len,
-                                        hash: h.hash,
-                                    },
-                                    mode: h.after.mode,
-                                    mtime_ns: h.after.mtime_ns,
-                                    local: LocalStat {
-                                        ctime_ns: h.after.ctime_ns,
-                                        ino: h.after.ino,
-                                    },
-                                },
-                            );
-                        }
-                        _ => {
-                            self.unstable.push(e.path.clone());
-                            let confirmed = self.confirmed.as_ref().unwrap_or(&self.cache);
-                            if let Some(mut old) = confirmed.get(path) {
-                                old.local = LocalStat::default();
-                                b.push(path, &old);
-                                kept_old = true;
-                            }
-                        }
-                    }
-                    continue;
-                }
-                StatKind::Other => continue,
-            };
-            b.push(
-                path,
-                &Meta {
-                    kind,
-                    mode: st.mode,
-                    mtime_ns: st.mtime_ns,
-                    local,
-                },
-            );
-        }
-        drop(walk);
         let mut m = b.finish();
         if kept_old {
             m = reshaped(m);
         }
-        self.stats.hashed += to_hash.len() as u64;
+        self.stats.hashed += hashed;
         self.events.push_back(SourceEvent::Scanned {
             entries: m.len() as u64,
-            hashed: to_hash.len() as u64,
+            hashed,
             unstable: self.unstable.len() as u64,
         });
         Ok(m)
@@ -1300,6 +1353,67 @@ mod tests {
             s.put_file(&format!("d{}/f{i:06}", i % 10), b"x", 0o644, 10);
         }
         s
+    }
+
+    /// A scan over more files than a hash batch, directories and symlinks
+    /// among them: every entry packed in path order with its own hash,
+    /// each file hashed once; a rescan of the same tree gives the same
+    /// manifest, one after two edits differs in those two.
+    #[test]
+    fn a_scan_hashes_in_batches_and_keeps_path_order() {
+        let n = 2 * HASH_BATCH + 300;
+        let mut s = MemStore::new();
+        for i in 0..n {
+            s.put_file(
+                &format!("d{}/f{i:06}", i % 7),
+                format!("{i}").as_bytes(),
+                0o644,
+                10,
+            );
+            if i % 1000 == 0 {
+                s.put_symlink(&format!("d{}/l{i:06}", i % 7), b"f000000");
+            }
+        }
+        let now = Instant::now();
+        let mut src = Source::open(SourceConfig::default(), now, &mut s).unwrap();
+        let m = src.scan(&mut s).unwrap();
+        let links = n.div_ceil(1000);
+        assert_eq!(m.len(), n + 7 + links);
+        for i in 0..n {
+            let p = format!("d{}/f{i:06}", i % 7);
+            let e = &m.entries[p.as_str()];
+            assert_eq!(
+                e.file_hash(),
+                Some(blake3::hash(format!("{i}").as_bytes()).as_bytes()),
+                "{p}"
+            );
+        }
+        assert!(m.check_shape().is_ok());
+        assert_eq!(src.stats().hashed, n as u64);
+        assert_eq!(src.scan(&mut s).unwrap(), m);
+        s.put_file("d0/f000007", b"new", 0o644, 20);
+        s.put_file(
+            &format!("d{}/f{:06}", (n - 1) % 7, n - 1),
+            b"last",
+            0o644,
+            20,
+        );
+        let m2 = src.scan(&mut s).unwrap();
+        assert_eq!(m2.len(), m.len());
+        assert_eq!(
+            m2.entries["d0/f000007"].file_hash(),
+            Some(blake3::hash(b"new").as_bytes())
+        );
+        // The two files, and the directory that holds both (its times).
+        let changed: Vec<String> = m
+            .diff(&m2)
+            .iter()
+            .map(|c| match c {
+                Change::Upsert(p, _) | Change::Gone(p) => p.as_str().to_owned(),
+            })
+            .collect();
+        let last = format!("d{}/f{:06}", (n - 1) % 7, n - 1);
+        assert_eq!(changed, ["d0", "d0/f000007", last.as_str()]);
     }
 
     /// A round's listing is made as it is sent: after the request, only

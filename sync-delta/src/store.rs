@@ -66,6 +66,39 @@ pub struct Walk {
     pub skipped: u64,
 }
 
+/// Where a walk in path order stands ([`Storage::walk_sorted`]): the
+/// directories open along the way, each with what is left of it.
+#[derive(Debug, Default)]
+pub struct WalkCursor {
+    started: bool,
+    /// Per open directory, its entries and subdirectories not yet given,
+    /// in path order.
+    open: Vec<std::vec::IntoIter<Sorted>>,
+    /// Names skipped so far, as [`Walk::skipped`] counts them.
+    pub skipped: u64,
+}
+
+/// One item of a directory in a walk in path order: an entry, or a
+/// subdirectory's contents (named with a trailing `/`: that is where they
+/// sort among its siblings).
+#[derive(Debug)]
+enum Sorted {
+    Entry(WalkEntry),
+    Under(String),
+}
+
+impl Sorted {
+    fn key(&self) -> &str {
+        match self {
+            Sorted::Entry(e) => e.path.as_str(),
+            Sorted::Under(d) => d,
+        }
+    }
+}
+
+/// Entries [`FsStore`] gives a walk in path order at a time, at least.
+const WALK_STEP: usize = 1024;
+
 /// The result of hashing one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hashed {
@@ -92,6 +125,33 @@ pub trait Storage {
     /// # Errors
     /// A [`StoreError`] when the root cannot be read.
     fn walk(&mut self, exclude: &Exclude) -> Result<Walk, StoreError>;
+
+    /// [`Storage::walk`] in path order, a part at a time: appends the next
+    /// entries to `out` (nothing once the walk is done), `cursor` keeping
+    /// where it stands (start with [`WalkCursor::default`]). The store may
+    /// be used between the parts. By default the whole walk comes at once,
+    /// sorted; [`FsStore`] reads a directory at a time, so a walk of a
+    /// large tree is never whole in memory.
+    ///
+    /// # Errors
+    /// As [`Storage::walk`].
+    fn walk_sorted(
+        &mut self,
+        exclude: &Exclude,
+        cursor: &mut WalkCursor,
+        out: &mut Vec<WalkEntry>,
+    ) -> Result<(), StoreError> {
+        if std::mem::replace(&mut cursor.started, true) {
+            return Ok(());
+        }
+        let mut w = self.walk(exclude)?;
+        if !w.entries.is_sorted_by(|a, b| a.path <= b.path) {
+            w.entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        }
+        cursor.skipped += w.skipped;
+        out.append(&mut w.entries);
+        Ok(())
+    }
 
     /// `lstat`.
     ///
@@ -410,6 +470,30 @@ impl FsStore {
     }
 }
 
+impl FsStore {
+    /// The items of directory `rel` in path order (its subdirectories'
+    /// contents named, not read).
+    fn sorted_dir(
+        &self,
+        rel: &str,
+        exclude: &Exclude,
+        skipped: &mut u64,
+    ) -> Result<std::vec::IntoIter<Sorted>, StoreError> {
+        let mut here = Walk::default();
+        let mut subdirs = Vec::new();
+        self.walk_dir(rel, exclude, &mut here, Some(&mut subdirs))?;
+        *skipped += here.skipped;
+        let mut items: Vec<Sorted> = here.entries.into_iter().map(Sorted::Entry).collect();
+        items.extend(subdirs.into_iter().map(|mut d| {
+            d.push('/');
+            Sorted::Under(d)
+        }));
+        // A path never ends with `/`: the keys are distinct.
+        items.sort_unstable_by(|a, b| a.key().cmp(b.key()));
+        Ok(items.into_iter())
+    }
+}
+
 /// A scoped thread's result; one that panicked is an I/O error.
 fn joined<T>(h: std::thread::ScopedJoinHandle<'_, Result<T, StoreError>>) -> Result<T, StoreError> {
     h.join().unwrap_or(Err(StoreError::Io {
@@ -532,6 +616,42 @@ impl FsStore {
 }
 
 impl Storage for FsStore {
+    fn walk_sorted(
+        &mut self,
+        exclude: &Exclude,
+        cursor: &mut WalkCursor,
+        out: &mut Vec<WalkEntry>,
+    ) -> Result<(), StoreError> {
+        if !std::mem::replace(&mut cursor.started, true) {
+            let root = self.sorted_dir("", exclude, &mut cursor.skipped)?;
+            cursor.open.push(root);
+        }
+        let goal = out.len() + WALK_STEP;
+        while out.len() < goal {
+            let Some(dir) = cursor.open.last_mut() else {
+                break;
+            };
+            match dir.next() {
+                None => {
+                    cursor.open.pop();
+                }
+                Some(Sorted::Entry(e)) => out.push(e),
+                Some(Sorted::Under(mut d)) => {
+                    d.pop();
+                    // Read later than its parent (a scan hashes between the
+                    // parts): one removed or replaced meanwhile is left
+                    // empty here, as the next walk finds it.
+                    match self.sorted_dir(&d, exclude, &mut cursor.skipped) {
+                        Ok(sub) => cursor.open.push(sub),
+                        Err(StoreError::NotFound | StoreError::NotDir) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn walk(&mut self, exclude: &Exclude) -> Result<Walk, StoreError> {
         let mut out = Walk::default();
         let mut top = Vec::new();
