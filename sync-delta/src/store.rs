@@ -74,9 +74,21 @@ pub struct WalkCursor {
     /// Per open directory, its entries and subdirectories not yet given,
     /// in path order.
     open: Vec<std::vec::IntoIter<Sorted>>,
+    /// Directories read ahead of their turn (a threaded store reads the
+    /// next subdirectories of a directory side by side), by path, with
+    /// the names each skipped.
+    ahead: Vec<(String, DirRead)>,
     /// Names skipped so far, as [`Walk::skipped`] counts them.
     pub skipped: u64,
 }
+
+/// A directory's items in path order and the names it skipped, or why it
+/// could not be read.
+type DirRead = Result<(std::vec::IntoIter<Sorted>, u64), StoreError>;
+
+/// How far a threaded store looks among a directory's remaining items for
+/// the next subdirectories to read side by side.
+const AHEAD_LOOK: usize = 4096;
 
 /// One item of a directory in a walk in path order: an entry, or a
 /// subdirectory's contents (named with a trailing `/`: that is where they
@@ -492,6 +504,29 @@ impl FsStore {
         items.sort_unstable_by(|a, b| a.key().cmp(b.key()));
         Ok(items.into_iter())
     }
+
+    /// [`FsStore::sorted_dir`] of each of `dirs`, the first on the calling
+    /// thread and each other on a scoped thread of its own, with the names
+    /// each skipped; in the order given.
+    fn sorted_dirs(&self, dirs: &[String], exclude: &Exclude) -> Vec<DirRead> {
+        let read = |d: &str| {
+            let mut skipped = 0;
+            self.sorted_dir(d, exclude, &mut skipped)
+                .map(|items| (items, skipped))
+        };
+        let Some((first, rest)) = dirs.split_first() else {
+            return Vec::new();
+        };
+        if rest.is_empty() {
+            return vec![read(first)];
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = rest.iter().map(|d| s.spawn(move || read(d))).collect();
+            let mut all = vec![read(first)];
+            all.extend(handles.into_iter().map(joined));
+            all
+        })
+    }
 }
 
 /// A scoped thread's result; one that panicked is an I/O error.
@@ -638,11 +673,38 @@ impl Storage for FsStore {
                 Some(Sorted::Entry(e)) => out.push(e),
                 Some(Sorted::Under(mut d)) => {
                     d.pop();
+                    let read = match cursor.ahead.iter().position(|(p, _)| *p == d) {
+                        Some(i) => cursor.ahead.swap_remove(i).1,
+                        None => {
+                            // With threads, the next subdirectories of the
+                            // same directory are read beside this one.
+                            let mut batch = vec![d];
+                            if let Some(dir) = cursor.open.last() {
+                                batch.extend(
+                                    dir.as_slice()
+                                        .iter()
+                                        .take(AHEAD_LOOK)
+                                        .filter_map(|s| match s {
+                                            Sorted::Under(u) => Some(u[..u.len() - 1].to_string()),
+                                            Sorted::Entry(_) => None,
+                                        })
+                                        .take(self.threads - 1),
+                                );
+                            }
+                            let mut read = self.sorted_dirs(&batch, exclude).into_iter();
+                            let first = read.next().unwrap_or(Err(StoreError::NotFound));
+                            cursor.ahead.extend(batch.into_iter().skip(1).zip(read));
+                            first
+                        }
+                    };
                     // Read later than its parent (a scan hashes between the
                     // parts): one removed or replaced meanwhile is left
                     // empty here, as the next walk finds it.
-                    match self.sorted_dir(&d, exclude, &mut cursor.skipped) {
-                        Ok(sub) => cursor.open.push(sub),
+                    match read {
+                        Ok((sub, skipped)) => {
+                            cursor.skipped += skipped;
+                            cursor.open.push(sub);
+                        }
                         Err(StoreError::NotFound | StoreError::NotDir) => {}
                         Err(e) => return Err(e),
                     }
