@@ -200,21 +200,7 @@ impl Scanning {
                 Some((p, Ok(h)))
                     if p == e.path && same_stat(&h.before, &h.after) && h.len == h.after.size =>
                 {
-                    self.b.push(
-                        p.as_str(),
-                        &Meta {
-                            kind: Kind::File {
-                                size: h.len,
-                                hash: h.hash,
-                            },
-                            mode: h.after.mode,
-                            mtime_ns: h.after.mtime_ns,
-                            local: LocalStat {
-                                ctime_ns: h.after.ctime_ns,
-                                ino: h.after.ino,
-                            },
-                        },
-                    );
+                    self.b.push(p.as_str(), &hashed_meta(&h));
                 }
                 _ => {
                     if let Some(mut old) = confirmed.get(e.path.as_str()) {
@@ -765,21 +751,7 @@ impl Source {
         for ((p, _), r) in found.to_hash.iter().zip(hashed) {
             match r {
                 Ok(h) if same_stat(&h.before, &h.after) && h.len == h.after.size => {
-                    m.insert(
-                        p.clone(),
-                        Meta {
-                            kind: Kind::File {
-                                size: h.len,
-                                hash: h.hash,
-                            },
-                            mode: h.after.mode,
-                            mtime_ns: h.after.mtime_ns,
-                            local: LocalStat {
-                                ctime_ns: h.after.ctime_ns,
-                                ino: h.after.ino,
-                            },
-                        },
-                    );
+                    m.insert(p.clone(), hashed_meta(&h));
                 }
                 _ => {
                     self.unstable.push(p.clone());
@@ -1328,6 +1300,22 @@ fn reshaped(m: Packed) -> Packed {
         mm.entries.remove(&p);
     }
     Packed::from_manifest(&mm)
+}
+
+/// The entry of a file hashed whole and unchanged while it was read.
+fn hashed_meta(h: &crate::store::Hashed) -> Meta {
+    Meta {
+        kind: Kind::File {
+            size: h.len,
+            hash: h.hash,
+        },
+        mode: h.after.mode,
+        mtime_ns: h.after.mtime_ns,
+        local: LocalStat {
+            ctime_ns: h.after.ctime_ns,
+            ino: h.after.ino,
+        },
+    }
 }
 
 fn same_stat(a: &crate::store::Stat, b: &crate::store::Stat) -> bool {
