@@ -275,6 +275,19 @@ pub enum StoreError {
     PowerOff,
 }
 
+impl StoreError {
+    /// Whether the error says the path is not there as a regular file:
+    /// gone, a directory, or a missing directory or a symlink on the way.
+    /// A replica reading what it recorded takes it as a local change, not
+    /// a failure.
+    pub(crate) fn is_not_there(&self) -> bool {
+        matches!(
+            self,
+            Self::NotFound | Self::NotDir | Self::IsDir | Self::SymlinkInPath
+        )
+    }
+}
+
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> Self {
         use std::io::ErrorKind as K;

@@ -2008,12 +2008,7 @@ fn live_as_recorded<S: Storage + ?Sized>(
 ) -> Result<bool, StoreError> {
     match store.stat(path) {
         Ok(st) => Ok(st.kind == StatKind::File && st.size == size && st.mtime_ns == old.mtime_ns),
-        Err(
-            StoreError::NotFound
-            | StoreError::NotDir
-            | StoreError::IsDir
-            | StoreError::SymlinkInPath,
-        ) => Ok(false),
+        Err(e) if e.is_not_there() => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -2136,12 +2131,7 @@ fn copy_local<S: Storage + ?Sized>(
         let n = match store.read_at(from, off, buf) {
             Ok(n) => n,
             // Not there as recorded (changed locally): fetch instead.
-            Err(
-                StoreError::NotFound
-                | StoreError::NotDir
-                | StoreError::IsDir
-                | StoreError::SymlinkInPath,
-            ) => break,
+            Err(e) if e.is_not_there() => break,
             Err(e) => return Err(e),
         };
         if n == 0 || off + n as u64 > size {

@@ -1065,12 +1065,7 @@ fn read_signature<S: Storage + ?Sized>(
         let n = match store.read_at(path, off, buf) {
             Ok(n) => n,
             // Not there as recorded (changed locally).
-            Err(
-                StoreError::NotFound
-                | StoreError::NotDir
-                | StoreError::IsDir
-                | StoreError::SymlinkInPath,
-            ) => return Ok(None),
+            Err(e) if e.is_not_there() => return Ok(None),
             Err(e) => return Err(e),
         };
         if n == 0 {
