@@ -94,6 +94,19 @@ fn snapshot(root: &Path) -> Vec<(String, StatKind, u32, i64, Vec<u8>)> {
         .collect()
 }
 
+/// `n` bytes of xorshift noise, the generator's state in `x` going on
+/// from call to call.
+fn noise(n: u64, x: &mut u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            *x as u8
+        })
+        .collect()
+}
+
 fn set_mtime(p: &Path, secs: u64) {
     let f = fs::File::open(p).unwrap();
     f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
@@ -331,14 +344,7 @@ fn a_large_file_hashed_by_several_threads_has_the_one_pass_hash() {
     let mut want = Vec::new();
     let mut x = 0x2545_f491_4f6c_dd1d_u64;
     for (i, &size) in sizes.iter().enumerate() {
-        let data: Vec<u8> = (0..size)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = noise(size, &mut x);
         let name = format!("call{i}.wav");
         fs::write(dir.0.join(&name), &data).unwrap();
         want.push((*blake3::hash(&data).as_bytes(), size));
@@ -421,14 +427,7 @@ fn a_threaded_store_signs_a_large_file_as_one_thread_does() {
     let dir = TempDir::new("threaded-signature");
     let size = (40u64 << 20) + 12_345;
     let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-    let data: Vec<u8> = (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = noise(size, &mut x);
     fs::write(dir.0.join("big.wav"), &data).unwrap();
     let params = ChunkParams::for_size(size);
     let want = sync_delta::delta::signature(&data, params);
