@@ -248,13 +248,13 @@ fn round(src: &Path, dst: &Path) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let stats = replica.stats();
+    let (manifest_bytes, entries) = replica.manifest_memory();
     println!(
-        "open_s={:.3} round_s={:.3} total_s={:.3} wire_bytes={bytes} changed={changed} generation={} entries={} vmhwm_kib={} disk_bytes={} in_place={}",
+        "open_s={:.3} round_s={:.3} total_s={:.3} wire_bytes={bytes} changed={changed} generation={} entries={entries} replica_manifest_bytes={manifest_bytes} vmhwm_kib={} disk_bytes={} in_place={}",
         open.as_secs_f64(),
         round.as_secs_f64(),
         (open + round).as_secs_f64(),
         replica.generation().number,
-        replica.manifest().len(),
         vm_hwm_kib(),
         stats.disk_bytes,
         stats.in_place,

@@ -1200,6 +1200,35 @@ fn extend_sorted(map: &mut BTreeMap<RelPath, Meta>, part: &mut Vec<(RelPath, Met
     map.append(&mut more);
 }
 
+/// A packed manifest as a map, built a part at a time ([`extend_sorted`]:
+/// full nodes, never all the entries in a list beside the map) as the
+/// packed form gives its room back ([`Packed::drain_blocks_rev`]).
+pub(crate) fn unpack(pk: Packed) -> Manifest {
+    let mut m = Manifest::default();
+    let mut part = Vec::new();
+    pk.drain_blocks_rev(|p, meta| {
+        // Packed from checked paths: one that fails is not there.
+        if let Ok(p) = RelPath::new(p) {
+            part.push((p, meta.clone()));
+        }
+        if part.len() >= part_len(m.entries.len()) {
+            extend_sorted(&mut m.entries, &mut part);
+        }
+    });
+    extend_sorted(&mut m.entries, &mut part);
+    m
+}
+
+/// A map packed, its nodes freed as the packing passes them (the two are
+/// never both whole; the packed segments take the room they give back).
+pub(crate) fn pack(m: Manifest) -> Packed {
+    let mut b = PackedBuilder::new();
+    for (p, meta) in m.entries {
+        b.push(p.as_str(), &meta);
+    }
+    b.finish()
+}
+
 /// Appends `rec` to the log (at its valid end) and makes it durable.
 fn append_log<S: Storage + ?Sized>(
     s: &mut S,
@@ -1615,7 +1644,9 @@ fn load_packed<S: Storage + ?Sized>(s: &mut S) -> Result<(Persisted, Packed), St
 }
 
 /// Finishes or rolls back whatever round was in progress and loads the
-/// current generation.
+/// current generation, as a map (what the tests read; the sessions take
+/// it packed).
+#[cfg(test)]
 pub(crate) fn recover<S: Storage + ?Sized>(s: &mut S) -> Result<Recovered, StoreError> {
     recover_as(s, false)
 }

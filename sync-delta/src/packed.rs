@@ -1,9 +1,11 @@
-//! Packed manifests: a source's manifests as one sorted byte buffer.
+//! Packed manifests: a manifest's entries in path order, encoded one
+//! after another in byte buffers.
 //!
-//! A [`Manifest`] is an ordered map, about 150 bytes an entry. A source
-//! holds its last scan and, while the replica has not confirmed it, the
-//! last confirmed manifest; a round over 100,000 files held two or three
-//! of them. [`Packed`] holds the same entries in path order, each encoded
+//! A [`Manifest`] is an ordered map, about 120–150 bytes an entry. A
+//! source holds its last scan and, while the replica has not confirmed
+//! it, the last confirmed manifest; a replica holds its generation's
+//! between rounds (a round that changes it reads it as a map while it
+//! runs). [`Packed`] holds the same entries in path order, each encoded
 //! after the one before it:
 //!
 //! - the path as the length it shares with the previous path and the rest
@@ -17,7 +19,15 @@
 //!
 //! Every [`RESTART`]th entry starts afresh (whole path, no differences), so
 //! a lookup is a binary search over those entries and a short scan. On the
-//! bench's tree (100,000 files) an entry takes 54 bytes.
+//! bench's tree (100,000 files) an entry takes 53 bytes at the source and
+//! 61 at the replica (whose files' ctimes, set when it wrote them, lie
+//! further from their mtimes).
+//!
+//! The entries lie in segments of [`SEGMENT`] bytes, never one entry
+//! across two: a manifest grows without copying what it holds, and its
+//! pieces fit into room the allocator has just been given back (a map
+//! being packed frees its nodes as the packing goes), where one buffer of
+//! the whole would need fresh memory beside them.
 //!
 //! The manifests a source compares (the last scan, the new scan, the last
 //! confirmed) are merged as sorted sequences ([`Packed::diff`]), without a
@@ -31,13 +41,22 @@ use std::cmp::Ordering;
 /// Entries between two restart points.
 pub const RESTART: usize = 16;
 
+/// Bytes of a segment of a [`Packed`] (an entry longer than that has a
+/// segment of its own).
+pub const SEGMENT: usize = 64 << 10;
+
+/// The most an entry takes beside its path and link target: the path's two
+/// lengths, kind, mode, three times, a size, a hash, a target's length.
+const ENTRY_FIXED: usize = 10 * 7 + 1 + 32;
+
 /// A manifest packed in path order; see the [module docs](self).
 /// Equal when the same entries are packed (the encoding is deterministic).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Packed {
-    buf: Vec<u8>,
-    /// Offsets of every [`RESTART`]th entry.
-    restarts: Vec<u32>,
+    /// The entries, in segments.
+    segs: Vec<Vec<u8>>,
+    /// Where every [`RESTART`]th entry starts: segment and offset.
+    restarts: Vec<(u32, u32)>,
     len: usize,
     digest: Option<Hash>,
 }
@@ -46,7 +65,7 @@ impl std::fmt::Debug for Packed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Packed")
             .field("len", &self.len)
-            .field("bytes", &self.buf.len())
+            .field("bytes", &self.packed_bytes())
             .finish_non_exhaustive()
     }
 }
@@ -91,7 +110,7 @@ impl PackedBuilder {
     #[must_use]
     pub fn with_capacity(bytes: usize, entries: usize) -> Self {
         let mut b = Self::default();
-        b.out.buf.reserve_exact(bytes);
+        b.out.segs.reserve_exact(bytes / SEGMENT + 1);
         b.out.restarts.reserve_exact(entries / RESTART + 1);
         b
     }
@@ -104,10 +123,23 @@ impl PackedBuilder {
             debug_assert!(false, "packed manifest: {path} out of order");
             return;
         }
-        let buf = &mut self.out.buf;
+        let target = match &m.kind {
+            Kind::Symlink { target } => target.len(),
+            _ => 0,
+        };
+        let most = ENTRY_FIXED + path.len() + target;
+        let segs = &mut self.out.segs;
+        if segs.last().is_none_or(|b| b.len() + most > b.capacity()) {
+            segs.push(Vec::with_capacity(most.max(SEGMENT)));
+        }
+        let seg = u32::try_from(segs.len() - 1).unwrap_or(u32::MAX);
+        let Some(buf) = segs.last_mut() else {
+            return;
+        };
         let restart = self.out.len.is_multiple_of(RESTART);
         let shared = if restart {
-            self.out.restarts.push(u32::try_from(buf.len()).unwrap_or(u32::MAX));
+            let at = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+            self.out.restarts.push((seg, at));
             self.prev_mtime = 0;
             self.prev_ino = 0;
             0
@@ -161,7 +193,10 @@ impl PackedBuilder {
     pub fn finish(mut self) -> Packed {
         self.hasher.update(&self.scratch);
         self.out.digest = Some(*self.hasher.finalize().as_bytes());
-        self.out.buf.shrink_to_fit();
+        if let Some(last) = self.out.segs.last_mut() {
+            last.shrink_to_fit();
+        }
+        self.out.segs.shrink_to_fit();
         self.out.restarts.shrink_to_fit();
         self.out
     }
@@ -180,6 +215,9 @@ fn common_prefix(a: &str, b: &str) -> usize {
 /// Reads a [`Packed`] in path order.
 #[derive(Debug)]
 pub struct Cursor<'a> {
+    segs: &'a [Vec<u8>],
+    /// The segment read, and where in it.
+    seg: usize,
     buf: &'a [u8],
     at: usize,
     index: usize,
@@ -194,7 +232,9 @@ pub struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn new(p: &'a Packed) -> Self {
         Self {
-            buf: &p.buf,
+            segs: &p.segs,
+            seg: 0,
+            buf: p.segs.first().map_or(&[], Vec::as_slice),
             at: 0,
             index: 0,
             path: String::new(),
@@ -226,6 +266,13 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// Moves to `at` in segment `seg`.
+    fn place(&mut self, (seg, at): (u32, u32)) {
+        self.seg = seg as usize;
+        self.buf = self.segs.get(self.seg).map_or(&[], Vec::as_slice);
+        self.at = at as usize;
+    }
+
     fn varint(&mut self) -> u64 {
         let mut v = 0u64;
         let mut shift = 0;
@@ -251,9 +298,15 @@ impl<'a> Cursor<'a> {
 
     /// The next entry, or `None` at the end.
     pub fn next_entry(&mut self) -> Option<(&str, &Meta)> {
-        if self.at >= self.buf.len() {
-            self.current = false;
-            return None;
+        while self.at >= self.buf.len() {
+            // The next segment (none is empty, but step over one anyway).
+            if self.seg + 1 >= self.segs.len() {
+                self.current = false;
+                return None;
+            }
+            self.seg += 1;
+            self.buf = &self.segs[self.seg];
+            self.at = 0;
         }
         self.current = true;
         if self.index.is_multiple_of(RESTART) {
@@ -317,13 +370,15 @@ impl Packed {
     /// Bytes of packed entries.
     #[must_use]
     pub fn packed_bytes(&self) -> usize {
-        self.buf.len()
+        self.segs.iter().map(Vec::len).sum()
     }
 
     /// The memory it holds, in bytes.
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
-        self.buf.capacity() + self.restarts.capacity() * 4
+        self.segs.iter().map(Vec::capacity).sum::<usize>()
+            + self.segs.capacity() * std::mem::size_of::<Vec<u8>>()
+            + self.restarts.capacity() * std::mem::size_of::<(u32, u32)>()
     }
 
     /// Its entries in path order.
@@ -345,19 +400,19 @@ impl Packed {
     /// `path` (`None` when `path` comes before every entry): the entry for
     /// `path`, if there is one, is among its next [`RESTART`].
     fn cursor_near(&self, path: &str) -> Option<Cursor<'_>> {
-        let first_path = |off: u32| -> &[u8] {
+        let first_path = |at: (u32, u32)| -> &[u8] {
             let mut c = Cursor::new(self);
-            c.at = off as usize;
+            c.place(at);
             let _shared = c.varint();
             let n = usize::try_from(c.varint()).unwrap_or(usize::MAX);
             c.take(n)
         };
         let i = self
             .restarts
-            .partition_point(|&off| first_path(off) <= path.as_bytes());
+            .partition_point(|&at| first_path(at) <= path.as_bytes());
         let start = i.checked_sub(1)?;
         let mut c = Cursor::new(self);
-        c.at = self.restarts[start] as usize;
+        c.place(self.restarts[start]);
         c.index = start * RESTART;
         Some(c)
     }
@@ -414,6 +469,32 @@ impl Packed {
         }
         Manifest {
             entries: items.into_iter().collect(),
+        }
+    }
+
+    /// Takes the entries out a block of [`RESTART`] at a time, from the
+    /// last block to the first (each block's entries in path order), and
+    /// gives the buffer back to the allocator as it empties: what `f`
+    /// builds from them and the packed form are never both whole.
+    pub(crate) fn drain_blocks_rev(mut self, mut f: impl FnMut(&str, &Meta)) {
+        while let Some(at) = self.restarts.pop() {
+            let mut c = self.cursor();
+            // At a restart the entry stands alone: whole path, no
+            // differences from the one before.
+            c.place(at);
+            c.index = self.restarts.len() * RESTART;
+            while let Some((p, m)) = c.next_entry() {
+                f(p, m);
+            }
+            // The segments after the block's first go; its first keeps
+            // what is before the block (none when it starts the segment).
+            let (seg, off) = (at.0 as usize, at.1 as usize);
+            self.segs.truncate(seg + 1);
+            if off == 0 {
+                self.segs.pop();
+            } else if let Some(b) = self.segs.last_mut() {
+                b.truncate(off);
+            }
         }
     }
 
@@ -569,6 +650,54 @@ mod tests {
         m
     }
 
+    /// A manifest over many segments, with entries of the longest a path
+    /// and a link target may be, reads back, looks up and drains whole,
+    /// entries never across two segments.
+    #[test]
+    fn many_segments_read_back() {
+        let long = "n".repeat(200);
+        let mut e: Vec<(String, u8, u64)> = (0..6_000u64)
+            .map(|n| (format!("d{:03}/{long}{n:05}", n % 97), (n % 3) as u8, n))
+            .collect();
+        e.push((format!("z/{}", "l".repeat(crate::MAX_NAME_LEN)), 2, 7));
+        let mut m = manifest(&e);
+        let big = RelPath::new(&format!("zz/{}", "x".repeat(200))).unwrap();
+        m.entries.insert(
+            big.clone(),
+            Meta {
+                kind: Kind::Symlink {
+                    target: vec![b'y'; crate::MAX_LINK_LEN],
+                },
+                ..meta(2, 3)
+            },
+        );
+        let p = Packed::from_manifest(&m);
+        assert!(p.segs.len() > 4, "{} segments", p.segs.len());
+        assert!(p.segs.iter().all(|s| s.len() <= SEGMENT));
+        assert_eq!(p.len(), m.len());
+        assert_eq!(p.to_manifest(), m);
+        assert_eq!(p.digest(), m.digest());
+        for (path, meta) in &m.entries {
+            assert_eq!(p.get(path.as_str()).as_ref(), Some(meta), "{path}");
+        }
+        let mut n = 0;
+        p.drain_blocks_rev(|path, meta| {
+            assert_eq!(m.entries.get(path), Some(meta));
+            n += 1;
+        });
+        assert_eq!(n, m.len());
+        // An entry longer than a segment has one of its own.
+        let mut b = PackedBuilder::new();
+        let huge = "h".repeat(SEGMENT + 10);
+        b.push("a", &meta(0, 1));
+        b.push(&huge, &meta(2, 2));
+        b.push("i", &meta(0, 3));
+        let p = b.finish();
+        assert_eq!(p.segs.len(), 3);
+        assert_eq!(p.get(&huge), Some(meta(2, 2)));
+        assert_eq!(p.get("i"), Some(meta(0, 3)));
+    }
+
     fn entries() -> impl Strategy<Value = Vec<(String, u8, u64)>> {
         prop::collection::vec(("[a-c]{1,3}(/[a-cé]{1,4}){0,3}", 0u8..3, 0u64..1000), 0..120)
     }
@@ -587,6 +716,14 @@ mod tests {
                 prop_assert_eq!(p.get(&missing), m.entries.get(missing.as_str()).cloned());
             }
             prop_assert_eq!(p.get(""), None);
+            // Drained from the end a block at a time: every entry once,
+            // each block in path order, the blocks last to first.
+            let mut got = Vec::new();
+            p.clone().drain_blocks_rev(|path, meta| got.push((path.to_owned(), meta.clone())));
+            let all: Vec<(String, Meta)> =
+                m.entries.iter().map(|(k, v)| (k.as_str().to_owned(), v.clone())).collect();
+            let want: Vec<(String, Meta)> = all.chunks(RESTART).rev().flatten().cloned().collect();
+            prop_assert_eq!(got, want);
             // Room made beforehand (too little, or enough) packs the same.
             for room in [0, p.packed_bytes() / 2, p.packed_bytes() + 64] {
                 let mut b = PackedBuilder::with_capacity(room, m.len());

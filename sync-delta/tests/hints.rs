@@ -135,7 +135,7 @@ fn a_hinted_scan_gives_what_a_full_scan_gives() {
             .collect();
         assert!(differ.is_empty(), "case {i}: {differ:?}");
         let walked = full(&mut p.src);
-        same(p.replica.manifest(), &walked);
+        same(&p.replica.manifest(), &walked);
     }
 }
 

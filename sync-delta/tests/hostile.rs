@@ -894,7 +894,7 @@ fn a_listing_out_of_order_is_put_in_order_the_later_entry_kept() {
             &mut dst,
         )
         .unwrap();
-        assert_eq!(r.manifest(), &want, "full: {full}");
+        assert_eq!(r.manifest(), want, "full: {full}");
         assert_eq!(r.generation().number, 1);
         assert_eq!(dst.stat("voice/b.wav").unwrap().mode & 0o777, 0o600);
     }

@@ -123,7 +123,7 @@ pub fn sync_apply(now: Instant, data: &[u8]) {
         if let Err(e) = &r {
             assert!(!matches!(e, crate::SessionError::Store(_)), "{e}");
         }
-        assert_whole(&dst, replica.manifest(), 0o777, "after hostile data");
+        assert_whole(&dst, &replica.manifest(), 0o777, "after hostile data");
         let f = dst.view().get("f").cloned();
         assert!(
             matches!(&f, Some(View::File(d, ..)) if d == base || d == new),

@@ -1012,7 +1012,7 @@ impl ReplicaRun {
         let g = r.generation().number;
         assert_contained(&c);
         if !self.diverged {
-            assert_whole(&c, r.manifest(), self.mask(), what);
+            assert_whole(&c, &r.manifest(), self.mask(), what);
             if let Some(d) = self.digests.get(&g) {
                 assert_eq!(
                     *d,
