@@ -421,8 +421,8 @@ pub struct Replica {
     /// while a round that changes it runs; between rounds it is
     /// [`Replica::packed`] and `p.manifest` is empty.
     p: Persisted,
-    /// The current generation's manifest packed (about a third of a map's
-    /// room), between rounds: `None` while a round holds it as a map in
+    /// The current generation's manifest packed (about half a map's room),
+    /// between rounds: `None` while a round holds it as a map in
     /// `p.manifest` ([`Replica::unpack`], [`Replica::rest`]).
     packed: Option<Packed>,
     digest: Hash,
@@ -560,9 +560,10 @@ impl Replica {
     }
 
     /// The memory the current generation's manifest holds, in bytes, and
-    /// its entries. Between rounds it is packed in path order (about 54
+    /// its entries. Between rounds it is packed in path order (about 61
     /// bytes an entry on the bench's tree of 100,000 files); a round that
-    /// changes it holds it as a map while it runs.
+    /// changes it holds it as a map while it runs, counted then as
+    /// [`Manifest::bytes`] counts it.
     #[must_use]
     pub fn manifest_memory(&self) -> (u64, u64) {
         match &self.packed {
