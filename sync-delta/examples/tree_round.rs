@@ -165,8 +165,10 @@ fn round(src: &Path, dst: &Path) -> Result<(), Box<dyn std::error::Error>> {
                 moved = true;
             }
             while let Some(m) = source.poll_transmit(&mut s) {
-                let m = carry(now, &mut ls, &mut lr, &m, &mut bytes);
-                replica.handle_message(now, m, &mut d)?;
+                let carried = carry(now, &mut ls, &mut lr, &m, &mut bytes);
+                // Sealed: its buffers take the source's next data.
+                source.recycle(m);
+                replica.handle_message(now, carried, &mut d)?;
                 moved = true;
             }
             if !moved {
@@ -194,6 +196,7 @@ fn round(src: &Path, dst: &Path) -> Result<(), Box<dyn std::error::Error>> {
                 while let Some(m) = source.poll_transmit(&mut s) {
                     payload.clear();
                     m.encode(&mut payload);
+                    source.recycle(m);
                     wire.clear();
                     ls.send(CHANNEL_SYNC, &payload, &mut wire)
                         .map_err(|e| e.to_string())?;

@@ -437,22 +437,74 @@ impl Matcher {
 /// Largest literal op built by [`OpBuilder`] (one `Data` message's worth).
 pub const MAX_LITERAL: usize = 1 << 20;
 
+/// Most bytes of emptied buffers (literal buffers and op vectors, by
+/// capacity) an [`OpBuilder`] keeps from ops given back to it with
+/// [`OpBuilder::recycle`]: a source's window of literals (four `Data`
+/// messages of about 1 MiB, each with the chunk that ended it in a small
+/// buffer of its own) and room to spare.
+pub const MAX_SPARE_BYTES: usize = 6 << 20;
+
+/// Most emptied literal buffers an [`OpBuilder`] keeps from recycled ops.
+pub const MAX_SPARE_BUFFERS: usize = 64;
+
+/// Most emptied op vectors an [`OpBuilder`] keeps from recycled ops.
+pub const MAX_SPARE_OPS: usize = 8;
+
 /// Collects ops, merging adjacent copies and literals.
 #[derive(Debug, Default)]
 pub struct OpBuilder {
     ops: Vec<Op>,
-    /// Emptied literal buffers to fill before allocating new ones (see
-    /// [`OpBuilder::reusing`]).
-    spare: Vec<Vec<u8>>,
+    /// Emptied buffers to fill before allocating new ones (see
+    /// [`OpBuilder::reusing`] and [`OpBuilder::recycle`]).
+    spare: Spare,
+}
+
+/// Emptied literal buffers and op vectors an [`OpBuilder`] fills first.
+#[derive(Debug, Default)]
+struct Spare {
+    /// Literal buffers; the next one taken is the last.
+    bufs: Vec<Vec<u8>>,
+    /// Op vectors.
+    ops: Vec<Vec<Op>>,
+    /// The capacity of `bufs` and `ops`, in bytes.
+    bytes: usize,
+}
+
+impl Spare {
+    /// Keeps `v`, emptied, if the bounds leave room for it.
+    fn keep(&mut self, mut v: Vec<u8>) {
+        let cap = v.capacity();
+        if cap > 0 && self.bufs.len() < MAX_SPARE_BUFFERS && self.bytes + cap <= MAX_SPARE_BYTES {
+            v.clear();
+            self.bufs.push(v);
+            self.bytes += cap;
+        }
+    }
+
+    /// The next buffer.
+    fn pop(&mut self) -> Option<Vec<u8>> {
+        let v = self.bufs.pop()?;
+        self.bytes -= v.capacity();
+        Some(v)
+    }
+
+    /// The last buffer with room for `len` bytes.
+    fn take_for(&mut self, len: usize) -> Option<Vec<u8>> {
+        let i = self.bufs.iter().rposition(|v| v.capacity() >= len)?;
+        let v = self.bufs.remove(i);
+        self.bytes -= v.capacity();
+        Some(v)
+    }
 }
 
 impl OpBuilder {
     /// A builder whose literals go first into the buffers of `old`'s
     /// literals (emptied; their memory is already mapped), and whose ops
-    /// go into `old`'s vector.
+    /// go into `old`'s vector. All of `old`'s buffers are kept, however
+    /// many (unlike [`OpBuilder::recycle`]).
     #[must_use]
     pub fn reusing(mut old: Vec<Op>) -> Self {
-        let mut spare: Vec<Vec<u8>> = old
+        let mut bufs: Vec<Vec<u8>> = old
             .drain(..)
             .filter_map(|op| match op {
                 Op::Literal(mut v) => {
@@ -463,8 +515,72 @@ impl OpBuilder {
             })
             .collect();
         // Taken from the end: the first literal gets the first buffer.
-        spare.reverse();
-        Self { ops: old, spare }
+        bufs.reverse();
+        let bytes = bufs.iter().map(Vec::capacity).sum();
+        Self {
+            ops: old,
+            spare: Spare {
+                bufs,
+                ops: Vec::new(),
+                bytes,
+            },
+        }
+    }
+
+    /// Gives back ops taken from this builder (or any others) once they
+    /// are no longer needed (a message encoded): their literal buffers,
+    /// emptied, take the next literals before any new buffer is
+    /// allocated, and their vector the next ops. The builder keeps at
+    /// most [`MAX_SPARE_BYTES`] of them (by capacity), at most
+    /// [`MAX_SPARE_BUFFERS`] literal buffers and [`MAX_SPARE_OPS`] op
+    /// vectors; the rest is dropped. The ops built are the same as
+    /// without.
+    pub fn recycle(&mut self, mut ops: Vec<Op>) {
+        let start = self.spare.bufs.len();
+        for op in ops.drain(..) {
+            if let Op::Literal(v) = op {
+                self.spare.keep(v);
+            }
+        }
+        // Taken from the end: the first literal gets the first buffer.
+        self.spare.bufs[start..].reverse();
+        if self.ops.capacity() == 0 {
+            // The next ops go in it.
+            self.ops = ops;
+            return;
+        }
+        let bytes = ops.capacity() * std::mem::size_of::<Op>();
+        let s = &mut self.spare;
+        if bytes > 0 && s.ops.len() < MAX_SPARE_OPS && s.bytes + bytes <= MAX_SPARE_BYTES {
+            s.ops.push(ops);
+            s.bytes += bytes;
+        }
+    }
+
+    /// Bytes of emptied buffers kept for the next ops (by capacity).
+    #[must_use]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // the tests use it
+    pub fn spare_bytes(&self) -> usize {
+        self.spare.bytes
+    }
+
+    /// Emptied literal buffers kept for the next ops.
+    #[must_use]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // the tests use it
+    pub fn spare_buffers(&self) -> usize {
+        self.spare.bufs.len()
+    }
+
+    /// A buffer of `len` zeroes, in a spare buffer with room for them when
+    /// there is one (for data read straight into it, sent as a literal).
+    pub(crate) fn zeroed(&mut self, len: usize) -> Vec<u8> {
+        match self.spare.take_for(len) {
+            Some(mut v) => {
+                v.resize(len, 0);
+                v
+            }
+            None => vec![0; len],
+        }
     }
 
     /// A copy.
@@ -483,11 +599,21 @@ impl OpBuilder {
         if let Some(Op::Literal(v)) = self.ops.last_mut()
             && v.len() + data.len() <= MAX_LITERAL
         {
-            // Grown once to the largest literal rather than doubling: a
-            // run of unrelated data fills it, and each doubling would copy
-            // what is there into fresh pages.
             if v.capacity() < v.len() + data.len() {
-                v.reserve_exact(MAX_LITERAL - v.len());
+                // Into a spare buffer of the largest literal's size when
+                // there is one (its pages are mapped; the smaller buffer
+                // is kept for a later literal), else grown once to the
+                // largest literal rather than doubling: a run of unrelated
+                // data fills it, and each doubling would copy what is
+                // there into fresh pages.
+                match self.spare.take_for(MAX_LITERAL) {
+                    Some(mut big) => {
+                        big.extend_from_slice(v);
+                        let small = std::mem::replace(v, big);
+                        self.spare.keep(small);
+                    }
+                    None => v.reserve_exact(MAX_LITERAL - v.len()),
+                }
             }
             v.extend_from_slice(data);
             return;
@@ -524,9 +650,17 @@ impl OpBuilder {
         self.ops.is_empty()
     }
 
-    /// Takes the ops.
+    /// Takes the ops (the builder goes on in a spare op vector, if it
+    /// has one).
     pub fn take(&mut self) -> Vec<Op> {
-        std::mem::take(&mut self.ops)
+        let next = match self.spare.ops.pop() {
+            Some(v) => {
+                self.spare.bytes -= v.capacity() * std::mem::size_of::<Op>();
+                v
+            }
+            None => Vec::new(),
+        };
+        std::mem::replace(&mut self.ops, next)
     }
 }
 
@@ -842,6 +976,112 @@ mod tests {
         }
     }
 
+    /// The data pointer of each literal in `ops`.
+    fn literal_ptrs(ops: &[Op]) -> Vec<*const u8> {
+        ops.iter()
+            .filter_map(|o| match o {
+                Op::Literal(v) => Some(v.as_ptr()),
+                Op::Copy { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Ops given back take the next literals and the next ops: the same
+    /// buffers, in order, and the same vector.
+    #[test]
+    fn recycled_ops_take_the_next_literals() {
+        let data = noise(300_000, 7);
+        let mut b = OpBuilder::default();
+        b.literal(&data[..1000]);
+        b.copy(0, 10);
+        b.literal(&data[1000..2000]);
+        let first = b.take();
+        let (ptrs, vec_ptr) = (literal_ptrs(&first), first.as_ptr());
+        b.recycle(first);
+        assert_eq!(b.spare_buffers(), 2);
+        assert!(b.spare_bytes() >= 2 * 64 * 1024);
+        b.literal(&data[5000..5100]);
+        b.copy(7, 3);
+        b.literal(&data[..200]);
+        b.literal(&data[200..300]);
+        let second = b.take();
+        assert_eq!(literal_ptrs(&second), ptrs);
+        assert_eq!(second.as_ptr(), vec_ptr);
+        assert_eq!(
+            second,
+            [
+                Op::Literal(data[5000..5100].to_vec()),
+                Op::Copy { offset: 7, len: 3 },
+                Op::Literal(data[..300].to_vec()),
+            ]
+        );
+        assert_eq!((b.spare_buffers(), b.spare_bytes()), (0, 0));
+    }
+
+    /// A literal that outgrows its buffer moves into a spare buffer of the
+    /// largest literal's size (the smaller one kept for later) rather than
+    /// growing into new memory.
+    #[test]
+    fn a_growing_literal_moves_into_a_large_spare_buffer() {
+        let data = noise(MAX_LITERAL, 8);
+        let mut b = OpBuilder::default();
+        b.literal(&data);
+        let big = b.take();
+        let big_ptr = literal_ptrs(&big)[0];
+        let mut small = OpBuilder::default();
+        small.literal(&data[..10]);
+        let small = small.take();
+        let small_ptr = literal_ptrs(&small)[0];
+        // Taken in the order given back: the small buffer first.
+        b.recycle(big);
+        b.recycle(small);
+        b.literal(&data[..100]);
+        assert_eq!(literal_ptrs(&b.ops), [small_ptr]);
+        b.literal(&data[100..200_000]);
+        assert_eq!(literal_ptrs(&b.ops), [big_ptr]);
+        assert_eq!(b.spare_buffers(), 1, "the small buffer, kept");
+        b.copy(0, 1);
+        b.literal(&data[..5]);
+        let ops = b.take();
+        assert_eq!(literal_ptrs(&ops), [big_ptr, small_ptr]);
+        assert_eq!(ops[0], Op::Literal(data[..200_000].to_vec()));
+    }
+
+    /// The buffers kept stay within their bounds however many are given
+    /// back, and one larger than the bound is dropped.
+    #[test]
+    fn recycled_buffers_are_bounded() {
+        let mut b = OpBuilder::default();
+        b.recycle(vec![Op::Literal(Vec::with_capacity(MAX_SPARE_BYTES + 1))]);
+        assert_eq!((b.spare_buffers(), b.spare_bytes()), (0, 0));
+        for _ in 0..20 {
+            let ops = (0..3)
+                .map(|_| Op::Literal(Vec::with_capacity(MAX_LITERAL)))
+                .collect();
+            b.recycle(ops);
+            assert!(b.spare_bytes() <= MAX_SPARE_BYTES);
+        }
+        // As many as fit (beside the op vectors kept).
+        assert!(b.spare_bytes() > MAX_SPARE_BYTES - MAX_LITERAL);
+        assert!(b.spare_buffers() >= MAX_SPARE_BYTES / MAX_LITERAL - 1);
+        let mut b = OpBuilder::default();
+        for _ in 0..100 {
+            let ops = (0..10).map(|_| Op::Literal(Vec::with_capacity(10))).collect();
+            b.recycle(ops);
+        }
+        assert_eq!(b.spare_buffers(), MAX_SPARE_BUFFERS);
+        assert_eq!(b.spare.ops.len(), MAX_SPARE_OPS);
+        assert!(b.spare_bytes() <= MAX_SPARE_BYTES);
+        // Taking them gives their bytes back.
+        for _ in 0..MAX_SPARE_OPS {
+            b.literal(&[1; 11]);
+            b.copy(0, 1);
+            let _ = b.take();
+        }
+        assert!(b.spare.ops.is_empty());
+        assert_eq!(b.spare_bytes(), 10 * (MAX_SPARE_BUFFERS - MAX_SPARE_OPS));
+    }
+
     #[test]
     fn edits_cost_little() {
         let old = noise(1 << 20, 5);
@@ -974,6 +1214,43 @@ mod tests {
                 apply_split(&base, &ops, size, &hash, threads, 1 << piece_log),
                 apply(&base, &ops, size, &hash)
             );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// A builder fed back its ops builds the same ops as a new one,
+        /// round after round (literals of any size, merged or not, copies
+        /// between).
+        #[test]
+        fn a_builder_fed_back_its_ops_builds_the_same_ops(
+            rounds in proptest::collection::vec(
+                proptest::collection::vec(
+                    (proptest::prelude::any::<bool>(), 0usize..300_000, 0u32..200_000),
+                    0..24,
+                ),
+                1..6,
+            ),
+        ) {
+            let data = noise(300_000, 9);
+            let mut reused = OpBuilder::default();
+            for round in rounds {
+                let mut fresh = OpBuilder::default();
+                for &(copy, at, len) in &round {
+                    if copy {
+                        fresh.copy(at as u64, u64::from(len));
+                        reused.copy(at as u64, u64::from(len));
+                    } else {
+                        let end = (at + len as usize).min(data.len());
+                        fresh.literal(&data[at..end]);
+                        reused.literal(&data[at..end]);
+                    }
+                }
+                let ops = reused.take();
+                proptest::prop_assert_eq!(&ops, &fresh.take());
+                reused.recycle(ops);
+                proptest::prop_assert!(reused.spare_bytes() <= MAX_SPARE_BYTES);
+            }
         }
     }
 

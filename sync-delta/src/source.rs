@@ -228,7 +228,9 @@ impl Scanning {
 /// 3. After every input, and whenever the socket can take more, drain
 ///    [`Source::poll_transmit`]: it reads files through `store` a piece at
 ///    a time, so memory stays bounded whatever the file sizes. Drain
-///    [`Source::poll_event`] too.
+///    [`Source::poll_event`] too. Give each message back with
+///    [`Source::recycle`] once it is encoded: the next messages' data go
+///    into its buffers (a bounded few MiB of them) rather than new memory.
 /// 4. Without change hints the source has no timers:
 ///    [`Source::poll_timeout`] is `None` (the replica schedules rounds);
 ///    [`Source::sync_now`] asks the replica for a round at once.
@@ -269,6 +271,9 @@ pub struct Source {
     events: VecDeque<SourceEvent>,
     stats: SourceStats,
     buf: Vec<u8>,
+    /// Builds the `Data` messages' ops; holds the buffers of messages
+    /// given back ([`Source::recycle`]) for the next ones.
+    ops: OpBuilder,
     /// Change hints and what they say of the data-loss window.
     hints: Hints,
     /// Files the last scan found changing while it hashed them.
@@ -356,6 +361,7 @@ impl Source {
             events: VecDeque::new(),
             stats: SourceStats::default(),
             buf: Vec::new(),
+            ops: OpBuilder::default(),
             hints: Hints {
                 // What changed while no one watched has no hint.
                 blind: Some(confirmed_taken_at_ns.unwrap_or(SINCE_EVER)),
@@ -1039,6 +1045,22 @@ impl Source {
         }
     }
 
+    /// Gives back a message from [`Source::poll_transmit`] once the driver
+    /// has encoded it: the buffers of a [`Message::Data`]'s literals,
+    /// emptied, take the next messages' literals instead of new memory
+    /// (on unrelated data a quarter of making a delta is otherwise the
+    /// page faults of new buffers). Optional: the messages are the same
+    /// with or without it. The source keeps at most 6 MiB of such buffers
+    /// ([`MAX_SPARE_BYTES`](crate::delta::MAX_SPARE_BYTES), by capacity:
+    /// the literals of one read window, about four messages, with room to
+    /// spare), at most 64 of them and 8 op vectors; what is given beyond
+    /// that is dropped. Other messages are dropped.
+    pub fn recycle(&mut self, msg: Message) {
+        if let Message::Data { ops, .. } = msg {
+            self.ops.recycle(ops);
+        }
+    }
+
     /// The listing's next message: the next changes (up to
     /// [`MAX_CHANGES`] or about a megabyte of them), or its end.
     fn list_more(&mut self) {
@@ -1122,7 +1144,7 @@ impl Source {
                     return Ok(true);
                 }
                 let want = ((job.size - job.pos) as usize).min(DATA_CHUNK);
-                let mut data = vec![0u8; want];
+                let mut data = self.ops.zeroed(want);
                 let n = store.read_at(path, job.pos, &mut data)?;
                 if n == 0 {
                     return Err(StoreError::NotFound);
@@ -1154,7 +1176,8 @@ impl Source {
                 }
                 let eof = job.pos + n as u64 >= job.size;
                 let data = &self.buf[..n];
-                let mut ops = OpBuilder::default();
+                // Empty between steps: every op built is sent below.
+                let ops = &mut self.ops;
                 let mut lit = 0u64;
                 let mut copy = 0u64;
                 let id = job.id;
@@ -1333,6 +1356,7 @@ fn link_len(m: &Meta) -> usize {
 mod tests {
     use super::*;
     use crate::mem::MemStore;
+    use crate::wire::Base;
 
     /// A tree of `n` small files in 10 directories.
     fn tree(n: usize) -> MemStore {
@@ -1402,6 +1426,151 @@ mod tests {
             .collect();
         let last = format!("d{}/f{:06}", (n - 1) % 7, n - 1);
         assert_eq!(changed, ["d0", "d0/f000007", last.as_str()]);
+    }
+
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A source asked for `f` (holding `new`) by a replica whose old copy
+    /// is `old` (`None`: it has none), its listing sent.
+    fn wanted(new: &[u8], old: Option<&[u8]>) -> (Source, MemStore) {
+        let mut s = MemStore::new();
+        s.put_file("f", new, 0o644, 10);
+        let now = Instant::now();
+        let wall = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let mut src = Source::open(SourceConfig::default(), now, &mut s).unwrap();
+        src.handle_message(now, wall, Message::Request { digest: [7; 32] }, &mut s)
+            .unwrap();
+        while src.poll_transmit(&mut s).is_some() {}
+        let base = old.map(|old| {
+            let p = ChunkParams::for_size(old.len() as u64);
+            Base {
+                size: old.len() as u64,
+                hash: *blake3::hash(old).as_bytes(),
+                avg: p.avg(),
+                chunks: crate::delta::signature(old, p),
+            }
+        });
+        let want = Message::Want {
+            id: 1,
+            path: RelPath::new("f").unwrap(),
+            base,
+        };
+        src.handle_message(now, wall, want, &mut s).unwrap();
+        (src, s)
+    }
+
+    /// What a source sends for one want, each message given back once
+    /// encoded (`recycle`) or kept; with the literals whose buffer is one
+    /// of a message given back before, and all the literals.
+    fn drain(src: &mut Source, s: &mut MemStore, recycle: bool) -> (Vec<Vec<u8>>, usize, usize) {
+        let mut sent = Vec::new();
+        let mut kept = Vec::new();
+        let mut given = std::collections::HashSet::new();
+        let (mut reused, mut literals) = (0, 0);
+        while let Some(m) = src.poll_transmit(s) {
+            let mut bytes = Vec::new();
+            m.encode(&mut bytes);
+            sent.push(bytes);
+            if let Message::Data { ops, .. } = &m {
+                for op in ops {
+                    if let Op::Literal(v) = op {
+                        literals += 1;
+                        reused += usize::from(given.contains(&v.as_ptr()));
+                        given.insert(v.as_ptr());
+                    }
+                }
+            }
+            if recycle {
+                src.recycle(m);
+                assert!(src.ops.spare_bytes() <= crate::delta::MAX_SPARE_BYTES);
+            } else {
+                kept.push(m);
+            }
+        }
+        (sent, reused, literals)
+    }
+
+    /// A source given back its messages sends the same bytes as one that
+    /// is not, and in steady streaming fills buffers it was given back:
+    /// unrelated data (literals a window at a time), an edited copy
+    /// (copies and small literals), a file sent whole, an append.
+    #[test]
+    fn a_source_given_back_its_messages_sends_the_same_in_their_buffers() {
+        let old = noise(3 << 20, 1);
+        let unrelated = noise(12 << 20, 2);
+        let mut edited = old.clone();
+        edited[1_000_000..1_000_300].fill(7);
+        edited.splice(2_000_000..2_000_000, noise(5000, 3));
+        let mut appended = old.clone();
+        appended.extend_from_slice(&noise(2 << 20, 4));
+        let cases = [
+            ("unrelated", &unrelated, Some(&old)),
+            ("edited", &edited, Some(&old)),
+            ("whole", &unrelated, None),
+            ("appended", &appended, Some(&old)),
+        ];
+        for (name, new, old) in cases {
+            let old = old.map(Vec::as_slice);
+            let (mut a, mut sa) = wanted(new, old);
+            let (plain, none, literals) = drain(&mut a, &mut sa, false);
+            assert_eq!(none, 0, "{name}: kept messages hold their buffers");
+            let (mut b, mut sb) = wanted(new, old);
+            let (recycled, reused, same) = drain(&mut b, &mut sb, true);
+            assert_eq!(recycled, plain, "{name}");
+            assert_eq!(same, literals, "{name}");
+            assert!(
+                matches!(
+                    Message::decode(plain.last().unwrap()),
+                    Ok(Message::DataEnd {
+                        status: DataStatus::Complete,
+                        ..
+                    })
+                ),
+                "{name}"
+            );
+            assert_eq!(a.stats(), b.stats(), "{name}");
+            let fresh = literals - reused;
+            match name {
+                // Three windows: all but the first window's literals (at
+                // most five messages of two, one for the chunk that ended
+                // it) in buffers given back.
+                "unrelated" => assert!(
+                    fresh <= 10 && literals >= 20,
+                    "{name}: {reused} of {literals} literals reused"
+                ),
+                // A message a step: all but the first.
+                "whole" => assert_eq!((fresh, literals), (1, 12), "{name}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Whatever it is given back, a source keeps at most the bounded
+    /// spare memory; messages other than data are dropped.
+    #[test]
+    fn a_source_keeps_a_bounded_few_buffers() {
+        let (mut src, _) = wanted(b"x", None);
+        for i in 0..40u32 {
+            let ops = (0..3)
+                .map(|_| Op::Literal(vec![1; 1 << 20]))
+                .chain([Op::Copy { offset: 0, len: 1 }])
+                .collect();
+            src.recycle(Message::Data { id: i, ops });
+            src.recycle(Message::Changed);
+            assert!(src.ops.spare_bytes() <= crate::delta::MAX_SPARE_BYTES);
+        }
+        assert!(src.ops.spare_bytes() > crate::delta::MAX_SPARE_BYTES - (1 << 20));
+        assert!(src.ops.spare_buffers() <= crate::delta::MAX_SPARE_BUFFERS);
     }
 
     /// A round's listing is made as it is sent: after the request, only

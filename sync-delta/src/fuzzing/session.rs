@@ -1295,6 +1295,9 @@ impl SourceRun {
                             a.sent
                         );
                     }
+                    // Its buffers take the next messages' literals: the
+                    // rebuilt files check them too.
+                    self.source.recycle(Message::Data { id, ops });
                 }
                 Message::DataEnd { id, status } => {
                     let a = self
