@@ -201,6 +201,7 @@ impl World {
         let e = &mut self.ends[i];
         while let Some(m) = e.worker.poll_transmit(now, &mut e.store) {
             e.link.handle_sync_message(now, &m);
+            e.worker.recycle(m.message);
             moved = true;
         }
         while let Some(r) = e.worker.poll_report() {

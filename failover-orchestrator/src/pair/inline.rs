@@ -167,7 +167,11 @@ impl<S: Storage> InlinePair<S> {
                         .then(|| self.worker.poll_transmit(now, &mut self.store))
                         .flatten();
                     match message {
-                        Some(m) => self.pair.handle_sync_message(now, &m),
+                        Some(m) => {
+                            self.pair.handle_sync_message(now, &m);
+                            // Encoded: its buffers take the next data.
+                            self.worker.recycle(m.message);
+                        }
                         None => {
                             return Output::Wait(min_opt(deadline, self.worker.poll_timeout()));
                         }

@@ -290,7 +290,7 @@ impl ForPeer {
 /// [`SyncWorker::poll_timeout`]; give every message from
 /// [`SyncWorker::poll_transmit`] to [`crate::pair::Pair::handle_sync_message`]
 /// (call it when the peer link can take more: a source reads file data as
-/// it goes), and every report from [`SyncWorker::poll_report`] to
+/// it goes) and then back to [`SyncWorker::recycle`], and every report from [`SyncWorker::poll_report`] to
 /// [`crate::pair::Pair::handle_sync_report`]. The engine drops a message
 /// the worker made before it was told of the link's last change.
 pub struct SyncWorker {
@@ -496,6 +496,17 @@ impl SyncWorker {
             message,
             link: self.link_changes,
         })
+    }
+
+    /// Gives back a message from [`SyncWorker::poll_transmit`] once it is
+    /// encoded (after [`crate::pair::Pair::handle_sync_message`]): a
+    /// source's next data go into its buffers rather than new memory (see
+    /// [`sync_delta::Source::recycle`]; it keeps a bounded few MiB).
+    /// Optional; other sessions drop it.
+    pub fn recycle(&mut self, message: Message) {
+        if let Session::Source(s) = &mut self.session {
+            s.recycle(message);
+        }
     }
 
     /// Dirty-path hints from the driver's change notifications (paths

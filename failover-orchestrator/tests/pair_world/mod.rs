@@ -956,6 +956,7 @@ impl World {
             let mut fed = false;
             while let Some(m) = worker.poll_transmit(t, &mut n.store) {
                 pair.handle_sync_message(t, &m);
+                worker.recycle(m.message);
                 fed = true;
             }
             while let Some(r) = worker.poll_report() {
