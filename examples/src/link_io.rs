@@ -653,7 +653,19 @@ pub(crate) enum ToWorker {
         at: Instant,
         wall: SystemTime,
     },
+    /// A data message the engine has encoded, given back: its buffers
+    /// take the source's next data ([`SyncWorker::recycle`]).
+    Recycle(sync_delta::Message),
     Stop,
+}
+
+/// Gives a message from the worker back to it once the engine has
+/// encoded it ([`ToWorker::Recycle`]): data only, the rest is dropped
+/// here. The source keeps a bounded few MiB of such buffers.
+pub(crate) fn give_back(w: &mpsc::Sender<ToWorker>, m: ForPeer) {
+    if matches!(m.message, sync_delta::Message::Data { .. }) {
+        let _ = w.send(ToWorker::Recycle(m.message));
+    }
 }
 
 /// What the sync worker thread hands back: a message for the link (with
@@ -780,7 +792,7 @@ pub(crate) fn spawn_worker_watched(
                             worker.handle_hints(*at, *wall, paths);
                         }
                         ToWorker::Overflow { at, wall } => worker.handle_hint_overflow(*at, *wall),
-                        ToWorker::Order(_) | ToWorker::Stop => {}
+                        ToWorker::Order(_) | ToWorker::Recycle(_) | ToWorker::Stop => {}
                     }
                 }
                 let mut handled = 0;
@@ -792,6 +804,7 @@ pub(crate) fn spawn_worker_watched(
                             }
                             worker.handle_order(Instant::now(), SystemTime::now(), o, &mut store);
                         }
+                        ToWorker::Recycle(m) => worker.recycle(m),
                         ToWorker::Stop => return,
                         ToWorker::Hints { .. } | ToWorker::Overflow { .. } => {}
                     }

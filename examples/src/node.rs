@@ -825,6 +825,9 @@ impl Engine {
                 Inbox::Worker(FromWorker::Message(m, len)) => {
                     self.queued.fetch_sub(len, Ordering::Relaxed);
                     self.pair.handle_sync_message(now, &m);
+                    if let Some(w) = &self.to_worker {
+                        link_io::give_back(w, m);
+                    }
                 }
                 Inbox::Worker(FromWorker::Report(r)) => self.pair.handle_sync_report(now, r),
                 // The next wait reads the connections again.

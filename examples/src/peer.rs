@@ -436,6 +436,7 @@ impl Driver {
             In::Worker(FromWorker::Message(m, len)) => {
                 self.queued.fetch_sub(len, Ordering::Relaxed);
                 self.link.handle_sync_message(now, &m);
+                link_io::give_back(&self.to_worker, m);
             }
             In::Worker(FromWorker::Report(r)) => self.link.handle_sync_report(now, r),
             // The next wait reads the connections again.
