@@ -6,7 +6,10 @@
 //! - signature and whole-file (manifest) hashing throughput;
 //! - the threaded signature and apply (as many threads as cores) beside
 //!   the one-thread figures, and generation into reused output for both
-//!   libraries beside generation into fresh memory;
+//!   libraries beside generation into fresh memory; the source's own
+//!   generation (a want answered with `Data` messages, against unrelated
+//!   data) with its messages dropped and given back, and the page faults
+//!   of a pass of each, printed;
 //! - bytes on the wire for the edited file, printed (a real round between
 //!   two in-memory stores over an authenticated link; `fast_rsync`:
 //!   signature plus delta). rsync's own figures come from
@@ -23,7 +26,8 @@ use sync_delta::chunk::ChunkParams;
 use sync_delta::delta::{self, Op};
 use sync_delta::frame::{CHANNEL_SYNC, Link, Nonce, PreSharedKey};
 use sync_delta::mem::MemStore;
-use sync_delta::{Epoch, Replica, ReplicaConfig, Source, SourceConfig, Storage};
+use sync_delta::wire::Base;
+use sync_delta::{Epoch, Message, Replica, ReplicaConfig, Source, SourceConfig, Storage};
 
 fn size() -> usize {
     std::env::var("SYNC_DELTA_BENCH_MIB")
@@ -119,6 +123,30 @@ fn wire_round(old: &[u8], new: &[u8]) -> u64 {
     second
 }
 
+/// This process's minor page faults so far (Linux: `/proc/self/stat`).
+fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command's name (in parentheses): state, ppid, pgrp,
+    // session, tty, tpgid, flags, minflt.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(7)?.parse().ok()
+}
+
+/// A source holding `data` as file `f`, a round's listing sent (so that
+/// it takes wants for `f`).
+fn wanting_source(data: &[u8]) -> (MemStore, Source) {
+    let now = Instant::now();
+    let mut store = MemStore::new();
+    store.put_file("f", data, 0o640, 1);
+    let mut source = Source::open(SourceConfig::default(), now, &mut store).expect("source");
+    let request = Message::Request { digest: [7; 32] };
+    source
+        .handle_message(now, SystemTime::UNIX_EPOCH, request, &mut store)
+        .expect("request");
+    while source.poll_transmit(&mut store).is_some() {}
+    (store, source)
+}
+
 fn bench_key() -> PreSharedKey {
     PreSharedKey::new(*blake3::hash(b"bench").as_bytes()).expect("a random-looking key")
 }
@@ -144,30 +172,70 @@ fn bench(c: &mut Criterion) {
     let fr_sig = Signature::calculate(&base, opts);
     let fr_index = fr_sig.index();
 
-    // Wire bytes, printed once.
+    // Wire bytes, printed once (after the generation below).
     let ops = delta::diff(params, &sig, &similar);
     let (copied, literal) = delta_bytes(&ops);
     let mut fr_delta = Vec::new();
     fast_rsync::diff(&fr_index, &similar, &mut fr_delta).expect("diff");
-    let wire = wire_round(&base, &similar);
-    println!(
-        "sync_delta wire, {} MiB file edited: sync-delta round {} B (signature {} chunks, literal {} B, copied {} B); \
-         fast_rsync signature {} B + delta {} B = {} B (block {})",
-        n >> 20,
-        wire,
-        sig.len(),
-        literal,
-        copied,
-        fr_sig.serialized().len(),
-        fr_delta.len(),
-        fr_sig.serialized().len() + fr_delta.len(),
-        opts.block_size,
-    );
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut g = c.benchmark_group("delta_generate");
     g.throughput(Throughput::Bytes(n as u64));
     g.sample_size(10);
+    // The source's production path on the unrelated data: a `Source` over
+    // a `MemStore` answering a want whose old copy is `base`, its `Data`
+    // messages (about 1 MiB each, made a 4 MiB window at a time) dropped
+    // as they come, as a driver does once it has encoded them, or given
+    // back once encoded (`Source::recycle`), their buffers taking the next
+    // messages' literals. The page faults of a pass are printed. Before
+    // the wire round: once a process has freed a mapped block larger than
+    // a MiB or two (that round does), glibc's dynamic mmap threshold keeps
+    // freed 1 MiB blocks in its heap, and dropped messages' buffers come
+    // back from the allocator without page faults too.
+    let want_base = Base {
+        size: n as u64,
+        hash: *blake3::hash(&base).as_bytes(),
+        avg: params.avg(),
+        chunks: sig.clone(),
+    };
+    for (name, recycle) in [
+        ("sync_delta source (messages dropped)", false),
+        ("sync_delta source (messages recycled)", true),
+    ] {
+        let (mut store, mut source) = wanting_source(&unrelated);
+        let mut pass = || {
+            let now = Instant::now();
+            let want = Message::Want {
+                id: 1,
+                path: sync_delta::RelPath::new("f").expect("path"),
+                base: Some(want_base.clone()),
+            };
+            source
+                .handle_message(now, SystemTime::UNIX_EPOCH, want, &mut store)
+                .expect("want");
+            let mut literal = 0;
+            while let Some(m) = source.poll_transmit(&mut store) {
+                if let Message::Data { ops, .. } = &m {
+                    literal += delta_bytes(ops).1;
+                }
+                if recycle {
+                    source.recycle(m);
+                }
+            }
+            assert_eq!(literal, n as u64, "all literal");
+            literal
+        };
+        // Page faults of a pass after a first one, printed (Linux).
+        pass();
+        let before = minor_faults();
+        pass();
+        if let (Some(a), Some(b)) = (before, minor_faults()) {
+            println!("{name}, unrelated: {} page faults a pass", b - a);
+        }
+        g.bench_function(BenchmarkId::new(name, "unrelated"), |b| {
+            b.iter(|| black_box(pass()))
+        });
+    }
     for (name, new) in [("similar", &similar), ("unrelated", &unrelated)] {
         g.bench_with_input(BenchmarkId::new("sync_delta", name), new, |b, new| {
             b.iter(|| black_box(delta::diff(params, &sig, new)))
@@ -209,6 +277,21 @@ fn bench(c: &mut Criterion) {
         );
     }
     g.finish();
+
+    let wire = wire_round(&base, &similar);
+    println!(
+        "sync_delta wire, {} MiB file edited: sync-delta round {} B (signature {} chunks, literal {} B, copied {} B); \
+         fast_rsync signature {} B + delta {} B = {} B (block {})",
+        n >> 20,
+        wire,
+        sig.len(),
+        literal,
+        copied,
+        fr_sig.serialized().len(),
+        fr_delta.len(),
+        fr_sig.serialized().len() + fr_delta.len(),
+        opts.block_size,
+    );
 
     // The chunker alone on unrelated data (what generation costs when
     // nothing matches): the four-lane cut used, and the one-chain loop it
