@@ -1739,7 +1739,6 @@ impl Replica {
             divergence.merge(raced);
             self.stats.in_place += patched.len() as u64;
             self.stats.disk_bytes += patched.iter().sum::<u64>();
-            self.digest = self.p.manifest.digest();
             if let Some(mut w) = window {
                 w.settle(self.p.generation);
                 self.window = w;
@@ -1753,7 +1752,11 @@ impl Replica {
                 taken_at_ns: round.taken_at_ns,
             },
         )?;
+        // Packed again, its digest computed as it packs.
         self.rest();
+        if let Some(pk) = &self.packed {
+            self.digest = pk.digest();
+        }
         self.confirmed_at_ns = Some(round.taken_at_ns);
         self.stats.rounds += 1;
         self.stats.fetched += round.fetched;
