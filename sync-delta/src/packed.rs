@@ -104,9 +104,9 @@ impl PackedBuilder {
         Self::default()
     }
 
-    /// A builder with room for about `bytes` of packed entries and
-    /// `entries` entries (a manifest like one known, built without
-    /// growing by doubling).
+    /// A builder with room for the segment list of about `bytes` of packed
+    /// entries and the restart points of `entries` entries (a manifest
+    /// like one known; the segments themselves are made as they fill).
     #[must_use]
     pub fn with_capacity(bytes: usize, entries: usize) -> Self {
         let mut b = Self::default();
@@ -474,8 +474,8 @@ impl Packed {
 
     /// Takes the entries out a block of [`RESTART`] at a time, from the
     /// last block to the first (each block's entries in path order), and
-    /// gives the buffer back to the allocator as it empties: what `f`
-    /// builds from them and the packed form are never both whole.
+    /// gives each segment back to the allocator once its entries are out:
+    /// what `f` builds from them and the packed form are never both whole.
     pub(crate) fn drain_blocks_rev(mut self, mut f: impl FnMut(&str, &Meta)) {
         while let Some(at) = self.restarts.pop() {
             let mut c = self.cursor();

@@ -1051,11 +1051,10 @@ impl Source {
     /// the allocator, which may come freshly mapped, a page fault every
     /// 4 KiB (on unrelated data, a third of the source's time in the
     /// `sync_delta` bench). Optional: the messages are the same with or
-    /// without it. The source keeps at most 6 MiB of such buffers
-    /// ([`MAX_SPARE_BYTES`](crate::delta::MAX_SPARE_BYTES), by capacity:
-    /// the literals of one read window, about four messages, with room to
-    /// spare), at most 64 of them and 8 op vectors; what is given beyond
-    /// that is dropped. Other messages are dropped.
+    /// without it. The source keeps at most 6 MiB of such buffers (by
+    /// capacity: the literals of one read window, about four messages,
+    /// with room to spare), at most 64 of them and 8 op vectors; what is
+    /// given beyond that is dropped. Other messages are dropped.
     pub fn recycle(&mut self, msg: Message) {
         if let Message::Data { ops, .. } = msg {
             self.ops.recycle(ops);
