@@ -313,18 +313,9 @@ impl Iterator for Chunks<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    // Every seed used here is odd: the same streams as before it was
+    // shared.
+    use crate::delta::tests::noise;
 
     #[test]
     fn sizes_and_resync() {

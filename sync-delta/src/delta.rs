@@ -882,10 +882,13 @@ fn check_ops(base: &[u8], ops: &[Op], size: u64) -> Result<usize, ApplyError> {
 const APPLY_PIECE: usize = 128 * 1024;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
+    /// `n` bytes of xorshift noise from `seed` (made odd: an even seed
+    /// gives the stream of the odd one above it). The crate's tests share
+    /// it.
+    pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..n)
             .map(|_| {

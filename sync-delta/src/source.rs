@@ -1355,6 +1355,7 @@ fn link_len(m: &Meta) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delta::tests::noise;
     use crate::mem::MemStore;
     use crate::wire::Base;
 
@@ -1428,18 +1429,6 @@ mod tests {
         assert_eq!(changed, ["d0", "d0/f000007", last.as_str()]);
     }
 
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
     /// A source asked for `f` (holding `new`) by a replica whose old copy
     /// is `old` (`None`: it has none), its listing sent.
     fn wanted(new: &[u8], old: Option<&[u8]>) -> (Source, MemStore) {
@@ -1507,12 +1496,12 @@ mod tests {
     #[test]
     fn a_source_given_back_its_messages_sends_the_same_in_their_buffers() {
         let old = noise(3 << 20, 1);
-        let unrelated = noise(12 << 20, 2);
+        let unrelated = noise(12 << 20, 3);
         let mut edited = old.clone();
         edited[1_000_000..1_000_300].fill(7);
-        edited.splice(2_000_000..2_000_000, noise(5000, 3));
+        edited.splice(2_000_000..2_000_000, noise(5000, 5));
         let mut appended = old.clone();
-        appended.extend_from_slice(&noise(2 << 20, 4));
+        appended.extend_from_slice(&noise(2 << 20, 7));
         let cases = [
             ("unrelated", &unrelated, Some(&old)),
             ("edited", &edited, Some(&old)),
