@@ -1709,7 +1709,7 @@ pub(crate) fn recover_as<S: Storage + ?Sized>(
         Err(e) => return Err(e),
     };
     if packed && pk.is_none() {
-        pk = Some(Packed::from_manifest(&std::mem::take(&mut p.manifest)));
+        pk = Some(pack(std::mem::take(&mut p.manifest)));
     }
     Ok(Recovered {
         persisted: p,

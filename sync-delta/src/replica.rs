@@ -554,7 +554,7 @@ impl Replica {
     #[must_use]
     pub fn manifest(&self) -> Manifest {
         match &self.packed {
-            Some(pk) => generation::unpack(pk.clone()),
+            Some(pk) => pk.to_manifest(),
             None => self.p.manifest.clone(),
         }
     }
@@ -594,11 +594,11 @@ impl Replica {
     }
 
     /// Takes a recovered generation as the current one, packed.
-    fn take_recovered(&mut self, p: Persisted, packed: Option<Packed>) {
+    fn take_recovered(&mut self, mut p: Persisted, packed: Option<Packed>) {
+        let pk = packed.unwrap_or_else(|| generation::pack(std::mem::take(&mut p.manifest)));
+        self.digest = pk.digest();
         self.p = p;
-        self.packed = packed;
-        self.rest();
-        self.digest = self.packed.as_ref().map_or([0; 32], Packed::digest);
+        self.packed = Some(pk);
     }
 
     /// Counters.
