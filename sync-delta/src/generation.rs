@@ -93,7 +93,7 @@ pub(crate) enum JOp {
     Delete(RelPath),
     RemoveDir(RelPath),
     Mkdir(RelPath, u32),
-    Install(String, RelPath),
+    Install(StageName, RelPath),
     SetMeta(RelPath, u32, i64),
     /// A file patched where it lies (see [`Patch`]).
     Patch(Box<Patch>),
@@ -151,6 +151,54 @@ impl Patch {
                 })?;
         }
         Ok(())
+    }
+}
+
+/// A staged file's name in `stage/`. The names a round makes,
+/// `r<round>-f<id>` (`-l<id>` for a symlink), are held as their numbers:
+/// a first round installs a file for every file of the tree, and a string
+/// each would take a heap block each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StageName {
+    Made {
+        seq: u64,
+        id: u32,
+        link: bool,
+    },
+    /// Any other name a journal holds.
+    Other(Box<str>),
+}
+
+impl StageName {
+    /// `n` as a made name when it is exactly one (so it reads back the
+    /// same), otherwise as it is.
+    pub(crate) fn parse(n: &str) -> Self {
+        let made = (|| {
+            let (seq, rest) = n.strip_prefix('r')?.split_once('-')?;
+            let link = match rest.as_bytes().first()? {
+                b'f' => false,
+                b'l' => true,
+                _ => return None,
+            };
+            let m = StageName::Made {
+                seq: seq.parse().ok()?,
+                id: rest[1..].parse().ok()?,
+                link,
+            };
+            (m.to_string() == n).then_some(m)
+        })();
+        made.unwrap_or_else(|| StageName::Other(n.into()))
+    }
+}
+
+impl std::fmt::Display for StageName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StageName::Made { seq, id, link } => {
+                write!(f, "r{seq}-{}{id}", if *link { 'l' } else { 'f' })
+            }
+            StageName::Other(n) => f.write_str(n),
+        }
     }
 }
 
@@ -415,7 +463,7 @@ impl Delta {
                 }
                 JOp::Install(stage, p) => {
                     w.u8(3);
-                    w.str16(stage);
+                    w.str16(&stage.to_string());
                     w.str16(p.as_str());
                 }
                 JOp::SetMeta(p, mode, mtime) => {
@@ -495,7 +543,7 @@ impl Delta {
                 0 => JOp::Delete(path(&mut r)?),
                 1 => JOp::RemoveDir(path(&mut r)?),
                 2 => JOp::Mkdir(path(&mut r)?, r.u32()?),
-                3 => JOp::Install(stage(&mut r)?, path(&mut r)?),
+                3 => JOp::Install(StageName::parse(&stage(&mut r)?), path(&mut r)?),
                 4 => JOp::SetMeta(path(&mut r)?, r.u32()?, r.i64()?),
                 5 => {
                     let stage = stage(&mut r)?;
@@ -1160,18 +1208,21 @@ pub(crate) fn prepare<'a, S: Storage + ?Sized>(
 /// what a replica records) go a part at a time ([`extend_sorted`]): a
 /// map's nodes filled one entry after another in path order would be left
 /// about half full.
-fn apply_changes(m: &mut Manifest, changes: Vec<(RelPath, Option<Meta>)>) {
+fn apply_changes(m: &mut Manifest, mut changes: Vec<(RelPath, Option<Meta>)>) {
     if m.entries.is_empty() && changes.is_sorted_by(|a, b| a.0 < b.0) {
-        let mut part = Vec::new();
-        for (p, meta) in changes {
-            if let Some(meta) = meta {
-                part.push((p, meta));
-            }
-            if part.len() >= part_len(m.entries.len()) {
-                extend_sorted(&mut m.entries, &mut part);
-            }
+        // Into the map a part at a time from the end, the record's room
+        // given back as the map takes its entries: a first round's record
+        // is about the size of the map it becomes, and the two are never
+        // both whole.
+        while !changes.is_empty() {
+            let at = changes.len().saturating_sub(part_len(m.entries.len()));
+            let mut part: Vec<(RelPath, Meta)> = changes
+                .drain(at..)
+                .filter_map(|(p, meta)| meta.map(|meta| (p, meta)))
+                .collect();
+            changes.shrink_to_fit();
+            extend_sorted(&mut m.entries, &mut part);
         }
-        extend_sorted(&mut m.entries, &mut part);
         return;
     }
     for (p, meta) in changes {
@@ -1838,6 +1889,32 @@ mod tests {
         }
     }
 
+    /// A made stage name is held as its numbers and reads back as it was
+    /// written; any other name a journal holds is kept as it is.
+    #[test]
+    fn stage_names_read_back_as_written() {
+        for n in ["r1-f0", "r42-l7", "r18446744073709551615-f4294967295"] {
+            let s = StageName::parse(n);
+            assert!(matches!(s, StageName::Made { .. }), "{n}");
+            assert_eq!(s.to_string(), n);
+        }
+        for n in [
+            "r01-f2",
+            "r1-f+2",
+            "r1-x2",
+            "r1-f",
+            "r-f1",
+            "r1f2",
+            "r1-f2-",
+            "r1-f4294967296",
+            "stage",
+        ] {
+            let s = StageName::parse(n);
+            assert_eq!(s, StageName::Other(n.into()), "{n}");
+            assert_eq!(s.to_string(), n);
+        }
+    }
+
     mod parts {
         use super::*;
         use proptest::prelude::*;
@@ -1902,6 +1979,27 @@ mod tests {
                 prop_assert_eq!(got, want);
             }
         }
+    }
+
+    /// A first round's record, many parts long, goes into an empty map
+    /// from its end a part at a time: the map holds every entry it names,
+    /// and no path it removes.
+    #[test]
+    fn a_long_sorted_record_into_nothing_is_the_map_of_its_entries() {
+        let changes: Vec<(RelPath, Option<Meta>)> = (0..30_000u32)
+            .map(|i| {
+                let p = RelPath::new(&format!("d{:02}/f{i:06}", i / 1000)).unwrap();
+                (p, (i % 7 != 3).then(|| file((i % 251) as u8)))
+            })
+            .collect();
+        let want: BTreeMap<RelPath, Meta> = changes
+            .iter()
+            .filter_map(|(p, m)| m.clone().map(|m| (p.clone(), m)))
+            .collect();
+        let mut got = Manifest::default();
+        apply_changes(&mut got, changes);
+        assert_eq!(got.entries.len(), want.len());
+        assert_eq!(got.entries, want);
     }
 
     #[test]
@@ -2225,7 +2323,7 @@ mod tests {
             taken_at_ns: 1,
             ops: vec![
                 JOp::Mkdir(RelPath::new("d").unwrap(), 0o755),
-                JOp::Install("r1-f0".into(), f.clone()),
+                JOp::Install(StageName::parse("r1-f0"), f.clone()),
                 JOp::SetMeta(f.clone(), 0o600, 9),
             ],
             changes: vec![

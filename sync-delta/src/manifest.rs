@@ -265,6 +265,14 @@ pub(crate) fn sorted_find(entries: &[(RelPath, Meta)], p: &str) -> Result<usize,
 type Bounds<'b> = (std::ops::Bound<&'b str>, std::ops::Bound<&'b str>);
 
 impl<'a> View<'a> {
+    /// The whole listing this view reads, in path order, if it is one.
+    pub(crate) fn listing(self) -> Option<&'a [(RelPath, Meta)]> {
+        match self {
+            View::Sorted(v) => Some(v),
+            View::Whole(_) | View::Over(..) => None,
+        }
+    }
+
     /// The entry at `p`.
     pub(crate) fn get(self, p: &str) -> Option<&'a Meta> {
         match self {

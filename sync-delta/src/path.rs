@@ -15,8 +15,10 @@ pub const STATE_DIR: &str = ".sync-delta";
 /// [`MAX_PATH_LEN`] and [`MAX_NAME_LEN`].
 ///
 /// Ordered as strings, so a directory sorts before everything under it.
+/// Held in exactly the room it takes (a manifest holds a path per entry:
+/// no spare capacity, one word less than a `String`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RelPath(String);
+pub struct RelPath(Box<str>);
 
 impl RelPath {
     /// Checks `s`.
@@ -25,7 +27,7 @@ impl RelPath {
     /// The [`PathError`] for the first rule it breaks.
     pub fn new(s: &str) -> Result<Self, PathError> {
         check(s)?;
-        Ok(Self(s.to_owned()))
+        Ok(Self(s.into()))
     }
 
     /// Checks raw bytes (from the wire or a file name).

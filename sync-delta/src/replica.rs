@@ -5,7 +5,9 @@ use crate::chunk::ChunkParams;
 use crate::delta::{MAX_SIG_CHUNKS, Op};
 use crate::error::{Refusal, SessionError, StoreError};
 use crate::exclude::Exclude;
-use crate::generation::{self, Delta, JOp, Patch, Persisted, Role, STAGE_DIR, StateFile};
+use crate::generation::{
+    self, Delta, JOp, Patch, Persisted, Role, STAGE_DIR, StageName, StateFile,
+};
 use crate::guard::{self, Window};
 use crate::manifest::{Change, Hash, Kind, Manifest, Meta, View, sorted_find};
 use crate::packed::Packed;
@@ -322,7 +324,108 @@ impl Staged {
 
     /// Its name in the stage, in round `seq`.
     fn name(self, seq: u64) -> String {
-        format!("r{seq}-{}{}", if self.link { 'l' } else { 'f' }, self.id)
+        self.stage_name(seq).to_string()
+    }
+
+    /// The same, as the journal's op holds it.
+    fn stage_name(self, seq: u64) -> StageName {
+        StageName::Made {
+            seq,
+            id: self.id,
+            link: self.link,
+        }
+    }
+}
+
+/// The files and symlinks a round staged whole. A round with a whole
+/// listing keeps them by position in it: a first round stages every file,
+/// and a table keyed by path copies would take about as much room again
+/// as the listing's paths. A round of changes keeps them by path.
+#[derive(Debug)]
+enum StagedSet {
+    ByPath(HashMap<RelPath, Staged>),
+    /// Entry for entry beside the round's listing (kept aligned as the
+    /// listing gains or loses entries).
+    Listed(Vec<Option<Staged>>),
+}
+
+impl StagedSet {
+    fn by_path() -> Self {
+        Self::ByPath(HashMap::new())
+    }
+
+    /// Where `p` sits in `listing`, for the listed form.
+    fn position(listing: Option<&[(RelPath, Meta)]>, p: &str) -> Option<usize> {
+        listing.and_then(|w| sorted_find(w, p).ok())
+    }
+
+    fn insert(&mut self, listing: Option<&[(RelPath, Meta)]>, p: &RelPath, st: Staged) {
+        match self {
+            Self::ByPath(m) => {
+                m.insert(p.clone(), st);
+            }
+            Self::Listed(v) => {
+                // Staged paths are the listing's own.
+                if let Some(slot) = Self::position(listing, p.as_str()).and_then(|i| v.get_mut(i)) {
+                    *slot = Some(st);
+                }
+            }
+        }
+    }
+
+    fn get(&self, listing: Option<&[(RelPath, Meta)]>, p: &str) -> Option<Staged> {
+        match self {
+            Self::ByPath(m) => m.get(p).copied(),
+            Self::Listed(v) => Self::position(listing, p).and_then(|i| v.get(i).copied().flatten()),
+        }
+    }
+
+    /// Takes `p`'s entry out, with the path the op that installs it holds.
+    fn take(
+        &mut self,
+        listing: Option<&[(RelPath, Meta)]>,
+        p: &RelPath,
+    ) -> Option<(RelPath, Staged)> {
+        match self {
+            Self::ByPath(m) => m.remove_entry(p),
+            Self::Listed(v) => Self::position(listing, p.as_str())
+                .and_then(|i| v.get_mut(i))
+                .and_then(Option::take)
+                .map(|st| (p.clone(), st)),
+        }
+    }
+
+    /// The listing gained an entry at `i`.
+    fn inserted_at(&mut self, i: usize) {
+        if let Self::Listed(v) = self {
+            v.insert(i.min(v.len()), None);
+        }
+    }
+
+    /// The listing lost its entry at `i`.
+    fn removed_at(&mut self, i: usize) {
+        if let Self::Listed(v) = self
+            && i < v.len()
+        {
+            v.remove(i);
+        }
+    }
+
+    /// Every staged path with its entry.
+    fn iter<'a>(
+        &'a self,
+        listing: Option<&'a [(RelPath, Meta)]>,
+    ) -> Box<dyn Iterator<Item = (&'a str, Staged)> + 'a> {
+        match self {
+            Self::ByPath(m) => Box::new(m.iter().map(|(p, st)| (p.as_str(), *st))),
+            Self::Listed(v) => Box::new(
+                listing
+                    .unwrap_or_default()
+                    .iter()
+                    .zip(v)
+                    .filter_map(|((p, _), st)| st.map(|st| (p.as_str(), st))),
+            ),
+        }
     }
 }
 
@@ -344,8 +447,8 @@ struct Round {
     /// after another (a map's nodes would take about twice the room).
     whole: Option<Vec<(RelPath, Meta)>>,
     fetches: BTreeMap<u32, Fetch>,
-    /// Files and symlinks staged whole, by path.
-    staged: HashMap<RelPath, Staged>,
+    /// Files and symlinks staged whole.
+    staged: StagedSet,
     /// Files verified and staged as in-place patches.
     patched: HashMap<RelPath, Patch>,
     fetched: u64,
@@ -763,7 +866,7 @@ impl Replica {
                 dropped: false,
                 whole: None,
                 fetches: BTreeMap::new(),
-                staged: HashMap::new(),
+                staged: StagedSet::by_path(),
                 patched: HashMap::new(),
                 fetched: 0,
                 copied: 0,
@@ -1012,6 +1115,7 @@ impl Replica {
             // Gathered by doubling: up to half of it room never used, held
             // to the commit.
             w.shrink_to_fit();
+            round.staged = StagedSet::Listed(vec![None; w.len()]);
         } else if round.changes.is_empty() {
             // Nothing changed: confirm the generation.
             if round.dropped || (digest == self.digest && entries == self.entries() as u64) {
@@ -1204,7 +1308,7 @@ impl Replica {
                     };
                     round.next_id += 1;
                     store.symlink(target, &format!("{STAGE_DIR}/{}", stage.name(round.seq)))?;
-                    round.staged.insert(p.clone(), stage);
+                    round.staged.insert(round.whole.as_deref(), p, stage);
                 }
                 continue;
             };
@@ -1218,7 +1322,9 @@ impl Replica {
             if *size == 0 && *hash == *blake3::hash(b"").as_bytes() {
                 store.create(&stage_path)?;
                 store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
-                round.staged.insert(p.clone(), Staged::file(id));
+                round
+                    .staged
+                    .insert(round.whole.as_deref(), p, Staged::file(id));
                 continue;
             }
             let copy_from = round.copies.get(hash);
@@ -1234,7 +1340,9 @@ impl Replica {
                 )?
             {
                 store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
-                round.staged.insert(p.clone(), Staged::file(id));
+                round
+                    .staged
+                    .insert(round.whole.as_deref(), p, Staged::file(id));
                 round.copied += 1;
                 continue;
             }
@@ -1315,9 +1423,6 @@ impl Replica {
             .fetches
             .get_mut(&id)
             .ok_or(SessionError::UnknownFile { id })?;
-        if self.buf.len() < IO_CHUNK {
-            self.buf.resize(IO_CHUNK, 0);
-        }
         let mut hasher = f
             .hasher
             .take()
@@ -1355,6 +1460,11 @@ impl Replica {
                         return Err(SessionError::BeyondSize { size: f.size });
                     }
                     let base = base.clone();
+                    // Read through a buffer only copies need (a first round
+                    // has none).
+                    if self.buf.len() < IO_CHUNK {
+                        self.buf.resize(IO_CHUNK, 0);
+                    }
                     // A copy from the same offset leaves a patched file's
                     // bytes where they lie: hashed, not written.
                     let unchanged = f.patch.is_some() && *offset == f.written;
@@ -1442,7 +1552,9 @@ impl Replica {
                 store.set_meta(&stage_path, m.mode & mask, m.mtime_ns)?;
             }
             debug_assert_eq!(f.stage, Staged::file(id).name(round.seq));
-            round.staged.insert(f.path, Staged::file(id));
+            round
+                .staged
+                .insert(round.whole.as_deref(), &f.path, Staged::file(id));
             round.fetched += 1;
         } else {
             store.remove_file(&stage_path)?;
@@ -1453,9 +1565,13 @@ impl Replica {
                     sorted_find(w, f.path.as_str()),
                 ) {
                     (Some(o), Ok(i)) => w[i].1 = o.clone(),
-                    (Some(o), Err(i)) => w.insert(i, (f.path.clone(), o.clone())),
+                    (Some(o), Err(i)) => {
+                        w.insert(i, (f.path.clone(), o.clone()));
+                        round.staged.inserted_at(i);
+                    }
                     (None, Ok(i)) => {
                         w.remove(i);
+                        round.staged.removed_at(i);
                     }
                     (None, Err(_)) => {}
                 },
@@ -1548,13 +1664,8 @@ impl Replica {
             let seq = round.seq;
             let mut names = round
                 .staged
-                .iter()
-                .filter(|(p, _)| {
-                    matches!(
-                        new.get(p.as_str()).map(|m| &m.kind),
-                        Some(Kind::File { .. })
-                    )
-                })
+                .iter(round.whole.as_deref())
+                .filter(|(p, _)| matches!(new.get(p).map(|m| &m.kind), Some(Kind::File { .. })))
                 .map(|(_, st)| format!("{STAGE_DIR}/{}", st.name(seq)))
                 .chain(
                     round
@@ -1570,6 +1681,7 @@ impl Replica {
                 batch.clear();
             }
             drop(batch);
+            drop(names);
             if !round.patched.is_empty() {
                 // The records' names too: the commit record needs them.
                 store.sync_dir(STAGE_DIR)?;
@@ -1598,8 +1710,13 @@ impl Replica {
                 let lost: Vec<RelPath> = extra
                     .iter()
                     .filter(|p| {
-                        new.get(p.as_str())
-                            .is_some_and(|m| m.kind != Kind::Dir && !round.staged.contains_key(*p))
+                        new.get(p.as_str()).is_some_and(|m| {
+                            m.kind != Kind::Dir
+                                && round
+                                    .staged
+                                    .get(round.whole.as_deref(), p.as_str())
+                                    .is_none()
+                        })
                     })
                     .cloned()
                     .collect();
@@ -1610,6 +1727,7 @@ impl Replica {
                         Some(w) => {
                             if let Ok(i) = sorted_find(w, p.as_str()) {
                                 w.remove(i);
+                                round.staged.removed_at(i);
                             }
                         }
                         None => {
@@ -1627,7 +1745,7 @@ impl Replica {
                 new,
                 Staging {
                     seq: round.seq,
-                    staged: std::mem::take(&mut round.staged),
+                    staged: std::mem::replace(&mut round.staged, StagedSet::by_path()),
                     patched: std::mem::take(&mut round.patched),
                 },
                 || candidates(&listed, old, new),
@@ -1913,7 +2031,7 @@ fn deleted_and_renamed<'a, I: Iterator<Item = &'a RelPath>>(
 /// its files staged as patches.
 struct Staging {
     seq: u64,
-    staged: HashMap<RelPath, Staged>,
+    staged: StagedSet,
     patched: HashMap<RelPath, Patch>,
 }
 
@@ -1953,6 +2071,8 @@ fn plan<'a, I: Iterator<Item = &'a RelPath>>(
         mut staged,
         mut patched,
     } = stage;
+    // A listed round's staged entries sit beside its listing.
+    let listing = new.listing();
     let old_at = |p: &RelPath| {
         if gone.is_empty()
             || !(gone.contains(p.as_str())
@@ -2010,7 +2130,11 @@ fn plan<'a, I: Iterator<Item = &'a RelPath>>(
                     }
                 }
                 Kind::File { .. } if patched.contains_key(p) && o.is_some() => Step::Install,
-                Kind::File { .. } | Kind::Symlink { .. } if staged.contains_key(p) => Step::Install,
+                Kind::File { .. } | Kind::Symlink { .. }
+                    if staged.get(listing, p.as_str()).is_some() =>
+                {
+                    Step::Install
+                }
                 Kind::File { .. } => Step::SetMeta,
                 Kind::Symlink { .. } => Step::None,
             };
@@ -2057,8 +2181,8 @@ fn plan<'a, I: Iterator<Item = &'a RelPath>>(
                 mtime_ns: n.mtime_ns,
                 ..pt
             })));
-        } else if let Some((path, stage)) = staged.remove_entry(p) {
-            ops.push(JOp::Install(stage.name(seq), path));
+        } else if let Some((path, stage)) = staged.take(listing, p) {
+            ops.push(JOp::Install(stage.stage_name(seq), path));
         }
     }
     drop(staged);
@@ -2269,6 +2393,43 @@ mod tests {
         }
     }
 
+    /// A full round's staged set, kept by position, follows its listing
+    /// as the listing gains and loses entries (a failed fetch, a path the
+    /// tree lost), and answers as the set kept by path does.
+    #[test]
+    fn a_listed_staged_set_follows_its_listing() {
+        let p = |s: &str| RelPath::new(s).unwrap();
+        let link = Staged { id: 8, link: true };
+        let mut w: Vec<(RelPath, Meta)> = ["a", "c", "e"].iter().map(|s| (p(s), file(1))).collect();
+        let mut listed = StagedSet::Listed(vec![None; w.len()]);
+        let mut by_path = StagedSet::by_path();
+        for st in [&mut listed, &mut by_path] {
+            st.insert(Some(&w), &p("c"), Staged::file(7));
+            st.insert(Some(&w), &p("e"), link);
+        }
+        // "b" comes in before "c"; "a" goes.
+        w.insert(1, (p("b"), file(2)));
+        listed.inserted_at(1);
+        w.remove(0);
+        listed.removed_at(0);
+        for st in [&listed, &by_path] {
+            assert_eq!(st.get(Some(&w), "b"), None);
+            assert_eq!(st.get(Some(&w), "c"), Some(Staged::file(7)));
+            assert_eq!(st.get(Some(&w), "e"), Some(link));
+            let mut all: Vec<(&str, Staged)> = st.iter(Some(&w)).collect();
+            all.sort_by_key(|e| e.0);
+            assert_eq!(all, vec![("c", Staged::file(7)), ("e", link)]);
+        }
+        for st in [&mut listed, &mut by_path] {
+            assert_eq!(st.take(Some(&w), &p("c")), Some((p("c"), Staged::file(7))));
+            assert_eq!(st.take(Some(&w), &p("c")), None);
+            assert_eq!(st.iter(Some(&w)).count(), 1);
+        }
+        // A path the listing does not hold is never staged by position.
+        listed.insert(Some(&w), &p("x"), Staged::file(9));
+        assert_eq!(listed.get(Some(&w), "x"), None);
+    }
+
     fn manifest(entries: &[(&str, u8)]) -> Manifest {
         let mut m = Manifest::default();
         for (p, h) in entries {
@@ -2393,7 +2554,7 @@ mod tests {
             View::Whole(&new),
             Staging {
                 seq: 1,
-                staged,
+                staged: StagedSet::ByPath(staged),
                 patched: HashMap::new(),
             },
             || candidates.iter(),
@@ -2409,7 +2570,7 @@ mod tests {
                 JOp::RemoveDir(p("d")),
                 JOp::RemoveDir(p("old")),
                 JOp::Mkdir(p("n"), 0o755),
-                JOp::Install("r1-f0".to_owned(), p("n/f")),
+                JOp::Install(StageName::parse("r1-f0"), p("n/f")),
                 JOp::SetMeta(p("n/l"), 0o644, 0),
                 JOp::SetMeta(p("touch"), 0o644, 9),
                 JOp::SetMeta(p("n"), 0o755, 2),
