@@ -342,8 +342,10 @@ fn encode_base_pieces(
     Ok(())
 }
 
-/// Pieces of a state file written in a stream (see [`write_streamed`]).
-const PIECE: usize = 1 << 20;
+/// Pieces of a state file written in a stream (see [`write_streamed`]): a
+/// quarter of a MiB, written while a first round's commit holds the whole
+/// tree's record and ops.
+const PIECE: usize = 256 << 10;
 
 /// Writes `dir/name` as [`write_atomic`] does (a temporary file, fsynced,
 /// renamed over), its content made by `encode` piece by piece: `encode`
@@ -2005,7 +2007,7 @@ mod tests {
     #[test]
     fn a_base_streams_in_pieces_packed_or_mapped_and_damage_is_refused() {
         let mut m = Manifest::default();
-        // Enough entries for several 1 MiB pieces, with long paths and
+        // Enough entries for several pieces, with long paths and
         // link targets across the pieces' edges.
         for i in 0..30_000u32 {
             let p = format!("d{:03}/{}-{i:06}", i % 97, "x".repeat((i % 50) as usize));

@@ -15,10 +15,12 @@ pub const STATE_DIR: &str = ".sync-delta";
 /// [`MAX_PATH_LEN`] and [`MAX_NAME_LEN`].
 ///
 /// Ordered as strings, so a directory sorts before everything under it.
-/// Held in exactly the room it takes (a manifest holds a path per entry:
-/// no spare capacity, one word less than a `String`).
+/// Shared, not copied, when cloned: a round names one path in its listing,
+/// in the journal's op that installs it and in the record's change, and a
+/// first round does so for every path of the tree (two words, no spare
+/// capacity).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RelPath(Box<str>);
+pub struct RelPath(std::sync::Arc<str>);
 
 impl RelPath {
     /// Checks `s`.

@@ -280,6 +280,8 @@ const SHIFT_RUN_MIN: u64 = 1 << 20;
 /// Fetches a round has asked for and not yet received at most: the rest
 /// are planned as these end.
 const IN_FLIGHT: usize = 256;
+/// Entries a whole listing grows by at least (it grows by an eighth).
+const LISTING_STEP: usize = 1024;
 /// Staged files made durable at a time before a commit record: a whole
 /// tree's names are never made at once.
 const SYNC_BATCH: usize = 4096;
@@ -1057,6 +1059,12 @@ impl Replica {
                         Some(w) => {
                             // Over nothing, a path gone is nothing.
                             if let Some(m) = m {
+                                if w.len() == w.capacity() {
+                                    // An eighth more at a time, not twice
+                                    // as much: a whole tree's listing would
+                                    // hold up to half of it again unused.
+                                    w.reserve_exact((w.len() / 8).max(LISTING_STEP));
+                                }
                                 w.push((p, m));
                             }
                             w.len()
@@ -1112,8 +1120,8 @@ impl Replica {
                 w.sort_by(|a, b| a.0.cmp(&b.0));
                 w.dedup_by(|b, a| a.0 == b.0);
             }
-            // Gathered by doubling: up to half of it room never used, held
-            // to the commit.
+            // Room never used (up to an eighth of it) is not held to the
+            // commit.
             w.shrink_to_fit();
             round.staged = StagedSet::Listed(vec![None; w.len()]);
         } else if round.changes.is_empty() {
