@@ -25,19 +25,19 @@ pub struct SigChunk {
 /// within it up to 32 GiB; a replica offers no signature for larger files.
 pub const MAX_SIG_CHUNKS: usize = 1 << 17;
 
-/// Bytes of BLAKE3 a signature keeps per chunk.
+/// Bytes of the chunk hash a signature keeps per chunk.
 pub const CHUNK_HASH_LEN: usize = 5;
 
-/// The chunk hash: the first [`CHUNK_HASH_LEN`] bytes (40 bits) of BLAKE3,
-/// little-endian. Short on purpose, to keep signatures small: a false
-/// match is caught by the whole-file BLAKE3 check, and the replica then
-/// fetches that file whole.
+/// The chunk hash: the low [`CHUNK_HASH_LEN`] bytes (40 bits) of the
+/// chunk's XXH3 (64-bit, seed 0). Short and fast on purpose: it only
+/// proposes a match. A false match, by chance or by a crafted file, is
+/// caught by the whole-file BLAKE3 check, and the replica then fetches
+/// that file whole; it never makes a wrong file. Both peers must take the
+/// same hash: one that takes another finds no matches in the other's
+/// signatures, and changed files go whole.
 #[must_use]
 pub fn chunk_hash(data: &[u8]) -> u64 {
-    let h = blake3::hash(data);
-    let mut b = [0u8; 8];
-    b[..CHUNK_HASH_LEN].copy_from_slice(&h.as_bytes()[..CHUNK_HASH_LEN]);
-    u64::from_le_bytes(b)
+    xxhash_rust::xxh3::xxh3_64(data) & ((1u64 << (8 * CHUNK_HASH_LEN)) - 1)
 }
 
 /// Builds signatures incrementally from consecutive pieces of a file.
