@@ -71,6 +71,7 @@ impl SignatureBuilder {
     /// per piece (each start and meeting can wait for a core on a busy
     /// machine); the cost is a copy of the file through that buffer.
     #[must_use]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))] // the benches and tests use it
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
         self

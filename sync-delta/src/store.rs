@@ -201,9 +201,8 @@ pub trait Storage {
     /// [`IO_CHUNK`] if shorter); `None` when the file is not there as
     /// recorded (gone, not a regular file, not `size` bytes long).
     /// The default reads it with [`Storage::read_at`] and builds it on the
-    /// calling thread; a store may spread the hashing over threads of its
-    /// own (a threaded [`FsStore`] does for files of 32 MiB or more), the
-    /// signature the same.
+    /// calling thread ([`FsStore`] takes it, threads or not); a store may
+    /// build it otherwise, the signature the same.
     ///
     /// # Errors
     /// A [`StoreError`] other than the file not being there as recorded.
@@ -356,9 +355,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 ///   subdirectories over up to `n` threads, and hashing a scan's files
 ///   over up to `n` threads (never more threads than directories or
 ///   files); a file of 32 MiB or more is hashed by all `n` together,
-///   each taking whole subtrees of BLAKE3's hash tree, and signed by all
-///   `n` ([`Storage::signature`]: the calling thread reads and cuts, the
-///   others hash the chunks).
+///   each taking whole subtrees of BLAKE3's hash tree. A signature
+///   ([`Storage::signature`]) stays on the calling thread: its cut is one
+///   chain, and its chunk hashes cost less than handing them to other
+///   threads.
 /// - [`FsStore::with_sync_threads`]`(n)`: a round's fsyncs (its staged
 ///   files and the directories it touched) overlap on up to `n` threads,
 ///   so the file system can commit them together.
@@ -795,22 +795,6 @@ impl Storage for FsStore {
     fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError> {
         self.open_regular(path)?.write_all_at(data, offset)?;
         Ok(())
-    }
-
-    /// With threads, a file of 32 MiB or more is signed by all of them:
-    /// this thread reads and cuts, the others hash the chunks.
-    fn signature(
-        &mut self,
-        path: &str,
-        size: u64,
-        params: ChunkParams,
-        buf: &mut Vec<u8>,
-    ) -> Result<Option<Vec<SigChunk>>, StoreError> {
-        let mut b = SignatureBuilder::new(params);
-        if self.threads > 1 && size >= SPLIT_MIN {
-            b = b.with_threads(self.threads);
-        }
-        read_signature(self, path, size, b, buf)
     }
 
     fn copy_range(
