@@ -1,11 +1,12 @@
 //! Signatures and deltas over content-defined chunks.
 //!
 //! The replica describes its old copy as a signature ([`SigChunk`]s): the chunk
-//! lengths and 40-bit truncated BLAKE3 hashes. The source cuts its new
-//! file with the same [`ChunkParams`], hashes each chunk once, and emits
-//! [`Op::Copy`] for chunks the replica has and [`Op::Literal`] for the
-//! rest. A wrong match (a 64-bit collision) cannot go unnoticed: the
-//! replica verifies the whole file against its 256-bit BLAKE3 hash.
+//! lengths and 40-bit hashes ([`chunk_hash`]: XXH3). The source cuts its
+//! new file with the same [`ChunkParams`], hashes each chunk once, and
+//! emits [`Op::Copy`] for chunks the replica has and [`Op::Literal`] for
+//! the rest. A wrong match (a collision of length and hash, by chance or
+//! crafted) cannot go unnoticed: the replica verifies the whole file
+//! against its 256-bit BLAKE3 hash.
 
 use crate::chunk::{ChunkParams, chunks};
 use crate::error::ApplyError;
