@@ -213,7 +213,7 @@ pub trait Storage {
         params: ChunkParams,
         buf: &mut Vec<u8>,
     ) -> Result<Option<Vec<SigChunk>>, StoreError> {
-        read_signature(self, path, size, SignatureBuilder::new(params), buf)
+        read_signature(self, path, size, params, buf)
     }
 
     /// Copies up to `len` bytes of `from` at `from_offset` into the
@@ -1030,15 +1030,16 @@ fn fs_hash_from(p: &Path, before: Stat, buf: &mut [u8]) -> Result<Hashed, StoreE
 /// together (`fs_hash_split`).
 const SPLIT_MIN: u64 = 32 << 20;
 
-/// [`Storage::signature`] with the builder given: the file read from the
-/// start through `buf`, piece by piece.
+/// [`Storage::signature`]: the file read from the start through `buf`,
+/// piece by piece, into a one-thread builder.
 fn read_signature<S: Storage + ?Sized>(
     store: &mut S,
     path: &str,
     size: u64,
-    mut b: SignatureBuilder,
+    params: ChunkParams,
     buf: &mut Vec<u8>,
 ) -> Result<Option<Vec<SigChunk>>, StoreError> {
+    let mut b = SignatureBuilder::new(params);
     if buf.len() < IO_CHUNK {
         buf.resize(IO_CHUNK, 0);
     }
