@@ -4,6 +4,9 @@
 //!   overwrite, a 100-byte insert and a 1 MiB append, and against the same
 //!   size of unrelated data;
 //! - signature and whole-file (manifest) hashing throughput;
+//! - apply: ours (the output checked against its BLAKE3 as it is made)
+//!   beside `fast_rsync`'s unchecked apply, and beside `fast_rsync`'s
+//!   followed by the same check;
 //! - the threaded signature and apply (as many threads as cores) beside
 //!   the one-thread figures, and generation into reused output for both
 //!   libraries beside generation into fresh memory; the source's own
@@ -337,6 +340,16 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut out = Vec::with_capacity(similar.len());
             fast_rsync::apply(&base, &fr_delta, &mut out).expect("apply");
+            black_box(out)
+        })
+    });
+    // `fast_rsync` checks nothing: with the same check ours makes (the
+    // output's BLAKE3 against the file's), as a user of it would add.
+    g.bench_function("fast_rsync/similar (then BLAKE3 of the output)", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(similar.len());
+            fast_rsync::apply(&base, &fr_delta, &mut out).expect("apply");
+            assert!(blake3::hash(&out).as_bytes() == &hash);
             black_box(out)
         })
     });
