@@ -226,11 +226,20 @@ impl Sockets {
         woken.listener = false;
         woken.conns.clear();
         // Writable only while something waits to be written; readable
-        // while the sync worker keeps up, and at the end of a pause.
-        let now = Instant::now();
-        let paused = self.reading_paused(now);
-        let timeout = match self.pause {
-            Some(since) if paused => {
+        // while the sync worker keeps up, and at the end of a pause. The
+        // clock is read only when the worker is behind (not at each of a
+        // hundred wake-ups a second).
+        let behind = self.inbound.load(Ordering::Relaxed) > RECEIVE_WINDOW;
+        let now = behind.then(Instant::now);
+        let paused = match now {
+            Some(now) => self.reading_paused(now),
+            None => {
+                self.pause = None;
+                false
+            }
+        };
+        let timeout = match (self.pause, now) {
+            (Some(since), Some(now)) if paused => {
                 let end = (since + MAX_PAUSE).saturating_duration_since(now);
                 Some(timeout.map_or(end, |t| t.min(end)))
             }

@@ -278,6 +278,8 @@ pub struct VirtualRouter {
     address_bytes: SmallVec<[u8; 16]>,
     tx: VecDeque<Priority>,
     tx_peer: usize,
+    /// The IPv4 identification of the next datagram (never 0).
+    ident: u16,
     events: VecDeque<Event>,
     stats: Stats,
 }
@@ -327,6 +329,7 @@ impl VirtualRouter {
             release_advert,
             tx: VecDeque::with_capacity(TRANSMIT_QUEUE),
             tx_peer: 0,
+            ident: 1,
             events: VecDeque::with_capacity(EVENT_QUEUE),
             stats: Stats::default(),
             config,
@@ -965,7 +968,16 @@ impl VirtualRouter {
             };
             let r = match wrap {
                 Wrap::Message => adv.emit(buf, ends, form),
-                Wrap::Datagram => adv.emit_datagram(buf, ends, form),
+                Wrap::Datagram => {
+                    // Numbered here, as keepalived numbers its own: an
+                    // identification of 0 has a Linux raw socket pick one
+                    // per datagram (a keyed hash and a shared counter).
+                    // VRRP is never fragmented, so a number that wraps
+                    // within a few minutes does no harm.
+                    let id = self.ident;
+                    self.ident = self.ident.checked_add(1).unwrap_or(1);
+                    adv.emit_datagram_identified(buf, ends, form, id)
+                }
             };
             match r {
                 Ok(len) => {

@@ -716,6 +716,44 @@ fn datagram_roundtrip_between_two_routers() {
 }
 
 #[test]
+fn ipv4_datagrams_are_numbered_one_up_skipping_zero() {
+    let t0 = Instant::now();
+    let mut r = VirtualRouter::new(base(255).build().unwrap(), t0);
+    r.handle_startup(t0);
+    let mut buf = [0u8; 128];
+    let mut ids = Vec::new();
+    // Past one wrap of the 16-bit field: 65,537 advertisements.
+    for _ in 0..=u32::from(u16::MAX) + 1 {
+        while let Some(tx) = r.poll_transmit_datagram(&mut buf) {
+            let d = &buf[..tx.len];
+            assert!(
+                vrrp_proto::check_datagram(d).is_ok(),
+                "a datagram that does not check"
+            );
+            ids.push(u16::from_be_bytes([d[4], d[5]]));
+        }
+        let due = r
+            .poll_timeout()
+            .expect("a Master has its next advertisement");
+        r.handle_timeout(due);
+    }
+    assert!(
+        ids.len() > usize::from(u16::MAX) + 1,
+        "{} datagrams",
+        ids.len()
+    );
+    assert_eq!(ids[..3], [1, 2, 3]);
+    assert!(
+        !ids.contains(&0),
+        "identification 0 leaves the choice to the kernel"
+    );
+    for w in ids.windows(2) {
+        let next = if w[0] == u16::MAX { 1 } else { w[0] + 1 };
+        assert_eq!(w[1], next, "identifications one up");
+    }
+}
+
+#[test]
 fn config_errors() {
     let b = || Config::builder(Version::V3, vrid(), ME.into());
     assert_eq!(b().build().unwrap_err(), ConfigError::NoAddresses);

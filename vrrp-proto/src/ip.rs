@@ -266,6 +266,10 @@ impl Advertisement {
     /// (hop limit 255, next header 112, traffic class CS6), then the message.
     /// Returns the bytes written.
     ///
+    /// The IPv4 identification is 0, which a Linux raw socket replaces with
+    /// one of its own choosing (a keyed hash and a shared counter, per
+    /// datagram); [`Advertisement::emit_datagram_identified`] sets it.
+    ///
     /// # Errors
     /// As [`Advertisement::emit`], with the datagram's length.
     pub fn emit_datagram(
@@ -273,6 +277,23 @@ impl Advertisement {
         buf: &mut [u8],
         endpoints: Endpoints,
         form: Ipv4ChecksumForm,
+    ) -> Result<usize, EmitError> {
+        self.emit_datagram_identified(buf, endpoints, form, 0)
+    }
+
+    /// [`Advertisement::emit_datagram`] with the IPv4 header's
+    /// identification field set to `identification` (an IPv6 header has
+    /// none: ignored there). A sender numbers its datagrams, as keepalived
+    /// does, so the kernel need not pick a number for each.
+    ///
+    /// # Errors
+    /// As [`Advertisement::emit_datagram`].
+    pub fn emit_datagram_identified(
+        &self,
+        buf: &mut [u8],
+        endpoints: Endpoints,
+        form: Ipv4ChecksumForm,
+        identification: u16,
     ) -> Result<usize, EmitError> {
         let family = self.family();
         let hlen = ip_header_len(family);
@@ -292,6 +313,7 @@ impl Advertisement {
                     Ipv4Header::new(n as u16, TTL, IpNumber(IP_PROTOCOL), s.octets(), d.octets())
                         .map_err(|_| EmitError::BufferTooSmall { need, have: need })?;
                 h.dont_fragment = false;
+                h.identification = identification;
                 h.dscp = etherparse::IpDscp::try_new(DSCP_CS6).unwrap_or_default();
                 h.header_checksum = h.calc_header_checksum();
                 head.copy_from_slice(&h.to_bytes());

@@ -148,6 +148,31 @@ proptest! {
     }
 
     #[test]
+    fn an_identified_datagram_differs_only_in_its_number((adv, ends) in advertisement(), id in any::<u16>()) {
+        let mut plain = vec![0u8; adv.datagram_len()];
+        let mut numbered = vec![0u8; adv.datagram_len()];
+        let n = adv.emit_datagram(&mut plain, ends, Ipv4ChecksumForm::PseudoHeader).unwrap();
+        let m = adv
+            .emit_datagram_identified(&mut numbered, ends, Ipv4ChecksumForm::PseudoHeader, id)
+            .unwrap();
+        prop_assert_eq!(n, m);
+        prop_assert_eq!(&parse_datagram(&numbered[..m]).unwrap().advertisement, &adv);
+        if ends.dst.is_ipv4() {
+            let h = etherparse::Ipv4HeaderSlice::from_slice(&numbered[..m]).unwrap().to_header();
+            prop_assert_eq!(h.identification, id);
+            prop_assert_eq!(h.header_checksum, h.calc_header_checksum());
+            // Everything else as the unnumbered datagram: the number and
+            // the header checksum aside.
+            for i in (0..n).filter(|i| !matches!(i, 4 | 5 | 10 | 11)) {
+                prop_assert_eq!(plain[i], numbered[i], "byte {}", i);
+            }
+        } else {
+            // IPv6 has no identification: the same bytes.
+            prop_assert_eq!(&plain[..n], &numbered[..m]);
+        }
+    }
+
+    #[test]
     fn emit_into_a_short_buffer_is_a_typed_error((adv, ends) in advertisement(), cut in 0usize..64) {
         let need = adv.datagram_len();
         let have = need.saturating_sub(cut + 1);
