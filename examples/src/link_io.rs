@@ -229,16 +229,9 @@ impl Sockets {
         // while the sync worker keeps up, and at the end of a pause. The
         // clock is read only when the worker is behind (not at each of a
         // hundred wake-ups a second).
-        let behind = self.inbound.load(Ordering::Relaxed) > RECEIVE_WINDOW;
-        let now = behind.then(Instant::now);
-        let paused = match now {
-            Some(now) => self.reading_paused(now),
-            None => {
-                self.pause = None;
-                false
-            }
-        };
-        let timeout = match (self.pause, now) {
+        let mut read_at = None;
+        let paused = self.reading_paused(|| *read_at.get_or_insert_with(Instant::now));
+        let timeout = match (self.pause, read_at) {
             (Some(since), Some(now)) if paused => {
                 let end = (since + MAX_PAUSE).saturating_duration_since(now);
                 Some(timeout.map_or(end, |t| t.min(end)))
@@ -443,7 +436,7 @@ impl Sockets {
         id: ConnId,
         ready: Ready,
     ) -> bool {
-        if !ready.error && self.reading_paused(now) {
+        if !ready.error && self.reading_paused(|| now) {
             return false;
         }
         let mut buf = [0u8; 64 * 1024];
@@ -497,18 +490,19 @@ impl Sockets {
     /// data: after a pause the connections are read dry (then the next
     /// pause starts), so a worker busy for long (a commit's fsyncs) never
     /// makes the peer look silent. What a long stall lets in is bounded by
-    /// the kernel's buffers per pause.
-    pub(crate) fn reading_paused(&mut self, now: Instant) -> bool {
+    /// the kernel's buffers per pause. `now` is asked for only while the
+    /// worker is behind.
+    pub(crate) fn reading_paused(&mut self, now: impl FnOnce() -> Instant) -> bool {
         if self.inbound.load(Ordering::Relaxed) <= RECEIVE_WINDOW {
             self.pause = None;
             return false;
         }
         match self.pause {
             None => {
-                self.pause = Some(now);
+                self.pause = Some(now());
                 true
             }
-            Some(since) => now.saturating_duration_since(since) < MAX_PAUSE,
+            Some(since) => now().saturating_duration_since(since) < MAX_PAUSE,
         }
     }
 
@@ -939,7 +933,7 @@ mod tests {
         // Behind: a pause. Nothing read, no wake-up, until it ends.
         inbound.store(RECEIVE_WINDOW + 1, Ordering::Relaxed);
         let t0 = Instant::now();
-        assert!(s.reading_paused(t0));
+        assert!(s.reading_paused(|| t0));
         peer.write_all(&[8u8; 1000]).unwrap();
         while t0.elapsed() < MAX_PAUSE / 2 {
             assert_eq!(pump(&mut s, &mut e, 20), 0, "no wake-up while paused");
