@@ -656,6 +656,12 @@ pub(crate) enum ToWorker {
         at: Instant,
         wall: SystemTime,
     },
+    /// The watcher failed (a directory it could not watch): hints are
+    /// incomplete from now on and the source stops using them.
+    HintsLost {
+        at: Instant,
+        error: notify::Error,
+    },
     /// A data message the engine has encoded, given back: its buffers
     /// take the source's next data ([`SyncWorker::recycle`]).
     Recycle(sync_delta::Message),
@@ -768,6 +774,7 @@ pub(crate) fn spawn_worker_watched(
         .name("sync".into())
         .spawn(move || {
             let mut more = false;
+            let mut hints_lost = false;
             loop {
                 let now = Instant::now();
                 // Wait for an order, the session's deadline, or (when the
@@ -795,6 +802,13 @@ pub(crate) fn spawn_worker_watched(
                             worker.handle_hints(*at, *wall, paths);
                         }
                         ToWorker::Overflow { at, wall } => worker.handle_hint_overflow(*at, *wall),
+                        ToWorker::HintsLost { at, error } => {
+                            if !std::mem::replace(&mut hints_lost, true) {
+                                warn!(%error, "the data directory's watch failed; changes \
+                                      reach the Backup at the next full scan from now on");
+                            }
+                            worker.handle_hints_lost(*at);
+                        }
                         ToWorker::Order(_) | ToWorker::Recycle(_) | ToWorker::Stop => {}
                     }
                 }
@@ -809,7 +823,9 @@ pub(crate) fn spawn_worker_watched(
                         }
                         ToWorker::Recycle(m) => worker.recycle(m),
                         ToWorker::Stop => return,
-                        ToWorker::Hints { .. } | ToWorker::Overflow { .. } => {}
+                        ToWorker::Hints { .. }
+                        | ToWorker::Overflow { .. }
+                        | ToWorker::HintsLost { .. } => {}
                     }
                 }
                 if handled > 0 {

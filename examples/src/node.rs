@@ -1620,16 +1620,40 @@ pub async fn run(
             link.next_key = key.1;
             // One handshake slot is always the peer's.
             link.peer = Some(sync.peer.ip());
+            let (tx, rx) = std_mpsc::channel();
+            // Change hints for the source: the kernel's notifications on
+            // the tree, kept until the node stops. Without them (watching
+            // off, or refused) the source counts its data-loss window from
+            // the last full scan its replica confirmed, never as clear.
+            let watcher = if sync.watch {
+                let exclude = sync_delta::Exclude::new(&sync.exclude);
+                match crate::watch::watch_tree(&sync.dir, exclude, tx.clone()) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        warn!(error = %e, interval_s = sync.interval.as_secs(),
+                              "cannot watch the data directory; changes reach the \
+                               Backup at the next full scan");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
             let worker = SyncWorker::new(SyncConfig {
                 exclude: sync_delta::Exclude::new(&sync.exclude),
                 interval: sync.interval,
-                watch: sync.watch,
+                watch: watcher.is_some(),
                 batch: sync.batch,
                 mass_delete_fraction: sync.mass_delete_fraction.get(),
                 mass_delete_window: sync.mass_delete_window,
                 ..SyncConfig::default()
             });
-            (link, Some(listener), Some(sync.peer), Some((worker, store)))
+            (
+                link,
+                Some(listener),
+                Some(sync.peer),
+                Some((worker, store, tx, rx, watcher)),
+            )
         }
         _ => {
             // No peer link: this end never dials and nobody can prove a
@@ -1660,8 +1684,7 @@ pub async fn run(
     let inbound = Arc::new(AtomicUsize::new(0));
     let round_watch = link_io::RoundWatch::default();
     let (to_worker, worker_thread, _tree_watcher) = match worker {
-        Some((worker, store)) => {
-            let (tx, rx) = std_mpsc::channel();
+        Some((worker, store, tx, rx, watcher)) => {
             let to_engine = engine_tx.clone();
             let t = link_io::spawn_worker_watched(
                 worker,
@@ -1674,22 +1697,6 @@ pub async fn run(
                 Some(round_watch.clone()),
             )
             .map_err(io_err("starting the sync thread"))?;
-            // Change hints for the source: the kernel's notifications on
-            // the tree. Kept until the node stops.
-            let watcher = match &config.sync {
-                Some(sync) if sync.watch => {
-                    let exclude = sync_delta::Exclude::new(&sync.exclude);
-                    match crate::watch::watch_tree(&sync.dir, exclude, tx.clone()) {
-                        Ok(w) => Some(w),
-                        Err(e) => {
-                            warn!(error = %e, "cannot watch the data directory; \
-                                  every round walks the tree");
-                            None
-                        }
-                    }
-                }
-                _ => None,
-            };
             (Some(tx), Some(t), watcher)
         }
         None => (None, None, None),

@@ -4,9 +4,12 @@
 //!
 //! Reads and opens are not changes and are dropped (the source's own
 //! hashing opens every file it reads); so are the state folder
-//! (`.sync-delta/`) and excluded paths. A lost notification (the kernel's
-//! queue overflowed, a directory that could not be watched) is reported
-//! as an overflow: the next round walks the whole tree. Batching is the
+//! (`.sync-delta/`) and excluded paths. Lost notifications (the kernel's
+//! queue overflowed) are reported as an overflow: the next round walks
+//! the whole tree. An error (a directory that could not be watched, the
+//! watch itself failing) means hints will not be complete again: the
+//! source stops using them, walks the tree every round and counts its
+//! data-loss window from its last confirmed full scan. Batching is the
 //! source's (`[sync] batch_ms`): each notification goes to the worker
 //! as it comes, stamped with when it came.
 
@@ -45,7 +48,7 @@ pub(crate) fn to_worker(
 ) -> Option<ToWorker> {
     let event = match event {
         Ok(e) => e,
-        Err(_) => return Some(ToWorker::Overflow { at, wall }),
+        Err(error) => return Some(ToWorker::HintsLost { at, error }),
     };
     if event.need_rescan() {
         return Some(ToWorker::Overflow { at, wall });
@@ -137,7 +140,7 @@ mod tests {
         let failed = Err(notify::Error::generic("too many watches"));
         assert!(matches!(
             to_worker(root, &ex, failed, at, wall),
-            Some(ToWorker::Overflow { .. })
+            Some(ToWorker::HintsLost { .. })
         ));
     }
 }

@@ -238,7 +238,9 @@ impl Scanning {
 ///    the driver): [`Source::start_watching`], then every hint with
 ///    [`Source::handle_hints`] as it comes (all of them before the next
 ///    message from the replica), lost hints with
-///    [`Source::handle_overflow`], the link coming up with
+///    [`Source::handle_overflow`], hints that will not be complete again
+///    (a directory that could not be watched) with
+///    [`Source::stop_watching`], the link coming up with
 ///    [`Source::handle_connected`]; arm a timer for
 ///    [`Source::poll_timeout`] and call [`Source::handle_timeout`]. Rounds
 ///    are then built from the hinted paths without walking the tree, the
@@ -482,6 +484,21 @@ impl Source {
             let clean = self.hints.full_clean_ns.unwrap_or(SINCE_EVER);
             self.hints.blind = Some(self.hints.blind.map_or(clean, |b| b.min(clean)));
             self.hints.blind_seq += 1;
+        }
+    }
+
+    /// The driver's hints are no longer complete and will not be again (a
+    /// directory it could not watch, its watcher gone): rounds walk the
+    /// whole tree, as without hints, and [`Source::exposure`] counts from
+    /// the last full scan the replica confirmed. The hints held are
+    /// dropped (the next round's walk finds their changes). A later
+    /// [`Source::start_watching`] or hint starts watching again.
+    pub fn stop_watching(&mut self, _now: Instant) {
+        if self.hints.watching {
+            self.hints = Hints {
+                full_clean_ns: self.hints.full_clean_ns,
+                ..Hints::default()
+            };
         }
     }
 

@@ -209,6 +209,38 @@ fn an_overflow_walks_the_tree_and_the_window_counts_from_the_last_full_scan() {
     assert_eq!(p.source.window(p.wall), Some(Duration::ZERO));
 }
 
+/// Hints that will not be complete again (a directory the driver could
+/// not watch): the window no longer reads clear, it counts from the last
+/// full scan the replica confirmed, and every round walks the tree.
+#[test]
+fn hints_lost_for_good_count_the_window_from_the_last_confirmed_scan() {
+    let mut p = watching_pair();
+    let confirmed = p.wall;
+    after(&mut p, 1000);
+    assert_eq!(p.source.window(p.wall), Some(Duration::ZERO));
+    // A hinted change still in its batch, then the watch fails; a change
+    // made after that has no hint at all.
+    p.src.put_file("etc/hinted.conf", b"h", 0o644, 16);
+    p.source.handle_hints(p.now, p.wall, ["etc/hinted.conf"]);
+    p.source.stop_watching(p.now);
+    p.src
+        .put_file("voicemail/200/unwatched.wav", b"u", 0o640, 17);
+    let w = p.source.window(p.wall).unwrap();
+    assert!(w >= p.wall.duration_since(confirmed).unwrap(), "{w:?}");
+    // No timers of its own: the replica's rounds carry both changes.
+    assert_eq!(p.source.poll_timeout(), None);
+    let hinted = p.source.stats().hinted_rounds;
+    p.replica.sync_now(p.now);
+    p.pump(|_, _| {}).unwrap();
+    p.assert_synced();
+    assert_eq!(p.source.stats().hinted_rounds, hinted, "a walk of the tree");
+    // The window now counts from that round's snapshot, not from zero.
+    let round = p.wall;
+    after(&mut p, 2000);
+    let w = p.source.window(p.wall).unwrap();
+    assert!(w >= p.wall.duration_since(round).unwrap(), "{w:?}");
+}
+
 #[test]
 fn a_restarted_source_walks_the_tree_and_is_blind_until_then() {
     let mut p = watching_pair();

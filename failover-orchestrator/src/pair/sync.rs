@@ -520,6 +520,9 @@ impl SyncWorker {
         I: IntoIterator<Item = P>,
         P: AsRef<str>,
     {
+        if !self.config.watch {
+            return;
+        }
         if let Session::Source(s) = &mut self.session {
             s.handle_hints(now, wall, paths);
         }
@@ -528,8 +531,23 @@ impl SyncWorker {
     /// The driver lost hints (its queue overflowed): the next round walks
     /// the whole tree.
     pub fn handle_hint_overflow(&mut self, now: Instant, wall: SystemTime) {
+        if !self.config.watch {
+            return;
+        }
         if let Session::Source(s) = &mut self.session {
             s.handle_overflow(now, wall);
+        }
+    }
+
+    /// The driver's hints are incomplete from now on (a directory it could
+    /// not watch, its watcher gone): the source walks the whole tree every
+    /// round and counts its data-loss window from the last full scan its
+    /// replica confirmed, and later hints are dropped, for this session
+    /// and the sessions after it.
+    pub fn handle_hints_lost(&mut self, now: Instant) {
+        self.config.watch = false;
+        if let Session::Source(s) = &mut self.session {
+            s.stop_watching(now);
         }
     }
 
