@@ -91,6 +91,10 @@ pub struct WorldConfig {
     /// With `watch`: the chance, per write, that its hint is lost and the
     /// watcher reports an overflow instead.
     pub hint_overflow_ppm: u64,
+    /// With `watch`: the chance, per write, that the watcher fails for
+    /// good (a directory it could not watch): that write and every later
+    /// one on the node has no hint until the node boots again.
+    pub hint_lost_ppm: u64,
 }
 
 impl WorldConfig {
@@ -109,6 +113,7 @@ impl WorldConfig {
             link_secrets: [b"pair-sim"; NODES],
             watch: false,
             hint_overflow_ppm: 0,
+            hint_lost_ppm: 0,
         }
     }
 }
@@ -189,6 +194,8 @@ pub enum Ev {
     /// The operator confirms the deletions node `i`'s guard held back.
     Confirm(usize),
     SetLan(Lan),
+    /// The peer link's one-way delay from now on (bytes stay in order).
+    SetLinkDelay(Duration),
 }
 
 #[derive(Debug)]
@@ -241,6 +248,8 @@ pub struct Node {
     pub deadline: Option<Instant>,
     pub worker_deadline: Option<Instant>,
     pub booted_at: Option<Duration>,
+    /// The watcher failed for good on this boot: no more hints.
+    pub watch_failed: bool,
 }
 
 /// Something the checks found.
@@ -301,6 +310,8 @@ pub struct World {
     pub window_checks: u64,
     pub window_violations: u64,
     pub hint_overflows: u64,
+    /// Watchers that failed for good (the node went on without hints).
+    pub watch_failures: u64,
     /// Takeovers whose reported data-loss window was checked, and those of
     /// them where the new Master lacked some write.
     pub loss_checks: u64,
@@ -351,6 +362,7 @@ impl World {
                     deadline: None,
                     worker_deadline: None,
                     booted_at: None,
+                    watch_failed: false,
                 }
             })
             .collect();
@@ -384,6 +396,7 @@ impl World {
             window_checks: 0,
             window_violations: 0,
             hint_overflows: 0,
+            watch_failures: 0,
             loss_checks: 0,
             loss_lacking: 0,
             trace: false,
@@ -487,12 +500,24 @@ impl World {
     }
 
     /// The watcher's side of a write on node `i`: a hint for its path, or,
-    /// by chance, an overflow (the hint lost), at the same instant.
+    /// by chance, an overflow (the hint lost), or the watcher failing for
+    /// good (no hint for this write or any later one on this boot), at the
+    /// same instant.
     fn hint(&mut self, i: usize, path: &str) {
-        if !self.cfg.watch || !self.nodes[i].up {
+        if !self.cfg.watch || !self.nodes[i].up || self.nodes[i].watch_failed {
             return;
         }
         let (t, wall) = (self.instant(), self.wall());
+        if self.rng.chance(self.cfg.hint_lost_ppm) {
+            self.watch_failures += 1;
+            self.nodes[i].watch_failed = true;
+            self.note(format!("node {i}: the watcher fails for good"));
+            if let Some(w) = self.nodes[i].worker.as_mut() {
+                w.handle_hints_lost(t);
+            }
+            self.drive(i);
+            return;
+        }
         let lost = self.rng.chance(self.cfg.hint_overflow_ppm);
         if lost {
             self.hint_overflows += 1;
@@ -518,6 +543,7 @@ impl World {
         let n = &mut self.nodes[i];
         n.store.reboot();
         n.booted_at = Some(self.now);
+        n.watch_failed = false;
         n.boot += 1;
         n.up = true;
         n.holds_vip = false;
@@ -872,6 +898,10 @@ impl World {
                 }
             }
             Ev::SetLan(lan) => self.lan = lan,
+            Ev::SetLinkDelay(d) => {
+                self.note(format!("peer link delay {d:?}"));
+                self.cfg.link_delay = d;
+            }
             Ev::Confirm(i) => {
                 self.confirm_deletions(i);
             }
@@ -1220,7 +1250,14 @@ impl World {
         let holders: Vec<usize> = (0..NODES).filter(|i| self.nodes[*i].holds_vip).collect();
         let standalone =
             (0..NODES).any(|i| self.nodes[i].persisted.redundancy == Redundancy::Disabled);
-        let partitioned = (self.lan_cut && self.link_cut) || standalone;
+        let link_down = self.link_cut
+            || self
+                .nodes
+                .iter()
+                .any(|n| n.pair.as_ref().is_none_or(|p| !p.link_up()));
+        // Neither the advertisements nor the peer link get through (the
+        // link cut, or reset and not yet back): each side may serve.
+        let partitioned = (self.lan_cut && link_down) || standalone;
         // The grace runs from the step that ended the partition (or turned
         // redundancy back on), too.
         if partitioned || self.was_partitioned {
@@ -1237,11 +1274,6 @@ impl World {
         if partitioned || self.now <= self.dual_ok_until {
             return;
         }
-        let link_down = self.link_cut
-            || self
-                .nodes
-                .iter()
-                .any(|n| n.pair.as_ref().is_none_or(|p| !p.link_up()));
         let vrrp_alone = link_down && self.lan.loss_ppm > 0;
         let bound = self.mdi() + self.lan.delay + self.lan.jitter + Duration::from_millis(5);
         if !vrrp_alone {
