@@ -11,8 +11,10 @@
 # a 1 MiB append alone), then times one round of each. The time is the
 # pulling process's, from its start to its exit (for ours: connecting,
 # the source's scan of the edited file, the delta, the replica's commit).
-# Also printed: the bytes the pulling process had written to disk
-# (/usr/bin/time's block-output count).
+# Also printed, per round: the bytes the pulling process had written to
+# disk (/usr/bin/time's block-output count) beside the bytes it received
+# on the wire (ours: `bytes_received` from `sync pull`'s JSON line;
+# rsync: "Total bytes received" from `--stats`).
 #
 #   [RUNS=n] [EDIT=edit-big|append-big] benches/scripts/sync_big.sh [--quick]
 #
@@ -29,7 +31,7 @@ sync_setup sync-big
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-# One round of ours -> "seconds bytes_written"
+# One round of ours -> "seconds bytes_written bytes_on_wire"
 ours() {
     serve
     local out
@@ -37,16 +39,16 @@ ours() {
         --from "127.0.0.1:$PORT" --key-file "$WORK/key" 2>&1)
     serve_confirmed
     serve_stop
-    echo "$(grep -o 'elapsed_s=[0-9.]*' <<<"$out" | cut -d= -f2) $(($(grep -o 'fs_out=[0-9]*' <<<"$out" | cut -d= -f2) * 512))"
+    echo "$(grep -o 'elapsed_s=[0-9.]*' <<<"$out" | cut -d= -f2) $(($(grep -o 'fs_out=[0-9]*' <<<"$out" | cut -d= -f2) * 512)) $(grep -o '"bytes_received":[0-9]*' <<<"$out" | cut -d: -f2)"
 }
 
 start_rsyncd
-# One rsync pull into DIR [flags] -> "seconds bytes_written"
+# One rsync pull into DIR [flags] -> "seconds bytes_written bytes_on_wire"
 theirs() {
     local dir=$1 out
     shift
-    out=$(/usr/bin/time -f "elapsed_s=%e fs_out=%O" rsync -a "$@" "rsync://127.0.0.1:$RPORT/tree/" "$dir/" 2>&1)
-    echo "$(grep -o 'elapsed_s=[0-9.]*' <<<"$out" | cut -d= -f2) $(($(grep -o 'fs_out=[0-9]*' <<<"$out" | cut -d= -f2) * 512))"
+    out=$(/usr/bin/time -f "elapsed_s=%e fs_out=%O" rsync -a --stats "$@" "rsync://127.0.0.1:$RPORT/tree/" "$dir/" 2>&1)
+    echo "$(grep -o 'elapsed_s=[0-9.]*' <<<"$out" | cut -d= -f2) $(($(grep -o 'fs_out=[0-9]*' <<<"$out" | cut -d= -f2) * 512)) $(sed -n 's/^Total bytes received: \([0-9,]*\).*/\1/p' <<<"$out" | tr -d ,)"
 }
 
 echo "== one $MIB MiB file, $EDIT, $RUNS runs, sync serve/pull vs rsync daemon; load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -64,11 +66,11 @@ for _ in $(seq "$RUNS"); do
     f=$(theirs "$WORK/rf" --fsync)
     cmp "$WORK/src/call.wav" "$WORK/dst/call.wav"
     cmp "$WORK/src/call.wav" "$WORK/r/call.wav"
-    echo "$o $t $f" | tee -a "$WORK/runs" | sed 's/^/  run: sync, rsync, rsync --fsync (s, bytes written): /'
+    echo "$o $t $f" | tee -a "$WORK/runs" | sed 's/^/  run: sync, rsync, rsync --fsync (s, bytes written, bytes on the wire): /'
 done
 med() { cut -d' ' -f"$1" "$WORK/runs" | median; }
-printf 'median of %s: sync pull %.3f s (%s B written) | rsync %.3f s (%s B) | rsync --fsync %.3f s (%s B) | ratio to rsync %.2f, to rsync --fsync %.2f; load %s\n' \
-    "$RUNS" "$(med 1)" "$(med 2)" "$(med 3)" "$(med 4)" "$(med 5)" "$(med 6)" \
-    "$(awk -v a="$(med 1)" -v b="$(med 3)" 'BEGIN{print a/b}')" \
-    "$(awk -v a="$(med 1)" -v b="$(med 5)" 'BEGIN{print a/b}')" \
+printf 'median of %s: sync pull %.3f s (%s B written, %s B on the wire) | rsync %.3f s (%s B, %s B) | rsync --fsync %.3f s (%s B, %s B) | ratio to rsync %.2f, to rsync --fsync %.2f; load %s\n' \
+    "$RUNS" "$(med 1)" "$(med 2)" "$(med 3)" "$(med 4)" "$(med 5)" "$(med 6)" "$(med 7)" "$(med 8)" "$(med 9)" \
+    "$(awk -v a="$(med 1)" -v b="$(med 4)" 'BEGIN{print a/b}')" \
+    "$(awk -v a="$(med 1)" -v b="$(med 7)" 'BEGIN{print a/b}')" \
     "$(cut -d' ' -f1-3 /proc/loadavg)"
