@@ -280,6 +280,36 @@ fn lost_advertisements_do_not_move_the_address_while_the_peer_link_vouches() {
     assert!(w.violations.is_empty(), "{}", w.report());
 }
 
+/// The same on a slow peer link (300 ms each way, a 600 ms round trip,
+/// longer than the 100 ms a probe waits on a fast one): the Backup's
+/// probes wait for two measured round trips, so the Master's answers
+/// still hold the address where it is.
+#[test]
+fn a_slow_peer_link_still_vouches_for_the_master() {
+    let mut w = settled_pair(10);
+    w.at(w.now, Ev::SetLinkDelay(Duration::from_millis(300)));
+    // The round trip is measured every few seconds.
+    w.run_until(w.now + secs(12));
+    let rtt = w.nodes[1].pair.as_ref().unwrap().link_rtt().unwrap();
+    assert!(rtt >= Duration::from_millis(600), "{rtt:?}");
+    w.at(
+        w.now,
+        Ev::Partition {
+            lan: true,
+            link: false,
+        },
+    );
+    w.run_until(w.now + secs(30));
+    assert_eq!(role(&w, 0), Role::Master);
+    assert_eq!(role(&w, 1), Role::Backup);
+    assert!(w.nodes[0].holds_vip && !w.nodes[1].holds_vip);
+    assert!(w.nodes[1].pair.as_ref().unwrap().stats().takeovers_deferred > 0);
+    w.at(w.now, Ev::Crash(0));
+    w.run_until(w.now + secs(8));
+    assert!(w.nodes[1].holds_vip, "{}", w.report());
+    assert!(w.violations.is_empty(), "{}", w.report());
+}
+
 #[test]
 fn a_master_that_dies_in_the_middle_of_a_swap_leaves_the_passive_backup_serving() {
     let mut w = settled_pair(9);

@@ -102,9 +102,13 @@ fn schedule(seed: u64) -> (WorldConfig, Vec<(Duration, Ev)>) {
                 }),
                 tag: "redundancy",
             },
-            // Up to 30 ms each way: a probe of a Backup that lost the
-            // advertisements is answered within its 100 ms (a slower link
-            // lets it take over while the Master still serves).
+            // The peer link's delay jumps (0.5 to 30 ms each way). A
+            // steady slow link (a 600 ms round trip) is
+            // `pair_behaviours::a_slow_peer_link_still_vouches_for_the_master`:
+            // a Backup that lost the advertisements waits two measured
+            // round trips for the Master's answer, but a round trip that
+            // jumps past 100 ms between two measurements (5 s apart) lets
+            // it take over while the Master still serves.
             12 => Ev::SetLinkDelay(Duration::from_micros(
                 [500, 5_000, 30_000][rng.below(3) as usize],
             )),

@@ -26,7 +26,8 @@
 //! - lost advertisements do not move the address: when the election makes
 //!   a Backup Master while the peer link last said the peer serves as
 //!   Master, the node probes the peer and holds the takeover until it
-//!   stops answering (within one advertisement interval, 2-100 ms), says
+//!   stops answering (within one advertisement interval, 2-100 ms, or
+//!   two of the link's round trips, measured every 5 s, if longer), says
 //!   it serves no more, or the link drops;
 //! - with redundancy off the node sends no VRRP and keeps no peer link: a
 //!   standalone Master. Switching it back on starts the election as Master,
@@ -132,6 +133,9 @@ const BEACON_PROBE: u8 = 255;
 
 /// Requests and replies kept for the peer while the link is down.
 const HELD_MESSAGES: usize = 64;
+/// How often the link's round trip is measured (one probe and its
+/// answer), starting when the link comes up.
+const RTT_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 use vrrp_fsm::VirtualRouter;
 use vrrp_proto::RecvMeta;
 
@@ -449,6 +453,15 @@ pub struct Pair {
     probe_sent_at: Option<Instant>,
     /// When to probe again (the last one was answered).
     next_probe: Option<Instant>,
+    /// The peer link's round trip, from probes and their answers: the
+    /// longest of the recent ones (a longer one counts at once, a shorter
+    /// one lowers it by an eighth at a time). A held-back takeover waits
+    /// two of them for the peer's answer.
+    link_rtt: Option<std::time::Duration>,
+    /// A probe out to measure the round trip: when it went.
+    rtt_probe_at: Option<Instant>,
+    /// When to measure the round trip next.
+    next_rtt_probe: Option<Instant>,
     /// The replica's last round the mass-deletion guard refused, until a
     /// round commits or the node stops being a replica.
     sync_refused: Option<sync_delta::Refusal>,
@@ -488,6 +501,9 @@ impl Pair {
             vetoed: false,
             probe_sent_at: None,
             next_probe: None,
+            link_rtt: None,
+            rtt_probe_at: None,
+            next_rtt_probe: None,
             sync_refused: None,
             out: VecDeque::new(),
             results: VecDeque::new(),
@@ -706,18 +722,37 @@ impl Pair {
         if self.vetoed && self.next_probe.is_some_and(|t| t <= now) {
             self.send_probe(now);
         }
+        if self.next_rtt_probe.is_some_and(|t| t <= now) {
+            self.next_rtt_probe = Some(now + RTT_PROBE_EVERY);
+            if self.link.link_up() && self.rtt_probe_at.is_none() {
+                self.rtt_probe_at = Some(now);
+                self.link.send(CHANNEL_BEACON, &[BEACON_PROBE]);
+            }
+        }
         self.pump(now);
     }
 
     /// How long a probe waits for the peer's answer: one advertisement
-    /// interval, within 2 ms and 100 ms. A live peer on the LAN answers in
-    /// well under a millisecond; a dead one's takeover waits this long.
+    /// interval, within 2 ms and 100 ms, or two of the link's measured
+    /// round trips if that is longer. A live peer on the LAN answers in
+    /// well under a millisecond; a dead one's takeover waits this long. On
+    /// a slow peer link (a round trip over 50 ms) a live peer's answer
+    /// would come after the interval: taking over then would put the
+    /// address on both nodes.
     fn probe_timeout(&self) -> std::time::Duration {
         let interval = std::time::Duration::from_micros(self.config.vrrp.interval().as_micros());
-        interval.clamp(
+        let base = interval.clamp(
             std::time::Duration::from_millis(2),
             std::time::Duration::from_millis(100),
-        )
+        );
+        self.link_rtt.map_or(base, |rtt| base.max(rtt * 2))
+    }
+
+    /// The peer link's measured round trip, if any probe was answered
+    /// yet.
+    #[must_use]
+    pub fn link_rtt(&self) -> Option<std::time::Duration> {
+        self.link_rtt
     }
 
     /// Sends this node's beacon: the role it serves in. Sent when the
@@ -739,6 +774,8 @@ impl Pair {
     fn send_probe(&mut self, now: Instant) {
         self.probe_sent_at = Some(now);
         self.next_probe = None;
+        // Its answer measures the round trip too, even a late one.
+        self.rtt_probe_at.get_or_insert(now);
         self.link.send(CHANNEL_BEACON, &[BEACON_PROBE]);
     }
 
@@ -874,12 +911,14 @@ impl Pair {
             .filter(|sent| self.vetoed && self.peer_beacon.is_none_or(|(at, _)| at < *sent))
             .map(|t| t + self.probe_timeout());
         let probe = self.next_probe.filter(|_| self.vetoed);
+        let rtt_probe = self.next_rtt_probe.filter(|_| self.link.link_up());
         [
             r,
             self.orch.poll_timeout(),
             self.link.poll_timeout(),
             answer,
             probe,
+            rtt_probe,
         ]
         .into_iter()
         .flatten()
@@ -1066,10 +1105,16 @@ impl Pair {
                     SyncLinkEvent::LinkUp => {
                         self.orch.handle_transport_up(now);
                         self.send_beacon();
+                        // The round trip is measured at once, then every
+                        // few seconds.
+                        self.rtt_probe_at = None;
+                        self.next_rtt_probe = Some(now);
                         PairEvent::LinkUp
                     }
                     SyncLinkEvent::LinkDown => {
                         self.peer_beacon = None;
+                        self.rtt_probe_at = None;
+                        self.next_rtt_probe = None;
                         PairEvent::LinkDown
                     }
                     SyncLinkEvent::LinkFailed { conn, why, from } => {
@@ -1110,6 +1155,11 @@ impl Pair {
                         }
                     };
                     self.peer_beacon = Some((now, role));
+                    if let Some(sent) = self.rtt_probe_at.take() {
+                        let rtt = now.saturating_duration_since(sent);
+                        let kept = self.link_rtt.map_or(rtt, |r| r - r / 8);
+                        self.link_rtt = Some(rtt.max(kept));
+                    }
                     if self.vetoed && role == Role::Master {
                         // Alive and serving: ask again an interval on.
                         let every = std::time::Duration::from_micros(
