@@ -250,6 +250,13 @@ pub struct Node {
     pub booted_at: Option<Duration>,
     /// The watcher failed for good on this boot: no more hints.
     pub watch_failed: bool,
+    /// Whether the node was a Passive Backup as the driver last saw it:
+    /// the router's mode when the engine last waited, then each mode
+    /// change in the order the engine reports it. A takeover takes a term,
+    /// which makes the mode Active inside the same step, before the driver
+    /// sees the election's event: the router's mode at that event would
+    /// always read Active.
+    pub passive: bool,
 }
 
 /// Something the checks found.
@@ -363,6 +370,7 @@ impl World {
                     worker_deadline: None,
                     booted_at: None,
                     watch_failed: false,
+                    passive: false,
                 }
             })
             .collect();
@@ -998,6 +1006,9 @@ impl World {
                 Output::Wait(d) => {
                     n.deadline = d;
                     n.worker_deadline = worker.poll_timeout();
+                    n.passive = pair
+                        .router()
+                        .is_some_and(|r| r.backup_mode() == vrrp_fsm::BackupMode::Passive);
                     if !fed {
                         return;
                     }
@@ -1165,15 +1176,13 @@ impl World {
 
     fn event(&mut self, i: usize, e: PairEvent) {
         match &e {
+            PairEvent::Orchestrator(Event::ModeChanged(m)) => {
+                self.nodes[i].passive = *m == failover_orchestrator::BackupMode::Passive;
+            }
             PairEvent::Election(vrrp_fsm::Event::StateChange { from, to, reason }) => {
-                let mode = self.nodes[i]
-                    .pair
-                    .as_ref()
-                    .and_then(|p| p.router())
-                    .map(vrrp_fsm::VirtualRouter::backup_mode);
                 if *from == vrrp_fsm::State::Backup
                     && *to == vrrp_fsm::State::Master
-                    && mode == Some(vrrp_fsm::BackupMode::Passive)
+                    && self.nodes[i].passive
                     && !matches!(
                         reason,
                         vrrp_fsm::Reason::ArmedTakeover | vrrp_fsm::Reason::Takeover
