@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{Pair, noise, norm};
+use common::{Norm, Pair, noise, norm, read};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use sync_delta::delta::Op;
 use sync_delta::manifest::{Change, LocalStat};
@@ -11,7 +12,7 @@ use sync_delta::mem::MemStore;
 use sync_delta::wire::{DataStatus, Message, Writer};
 use sync_delta::{
     Kind, Manifest, Meta, PathError, Refusal, RelPath, Replica, ReplicaConfig, ReplicaEvent,
-    SessionError, Storage, WireError,
+    ReplicaStats, SessionError, Storage, WireError,
 };
 
 fn file(data: &[u8]) -> Meta {
@@ -897,5 +898,543 @@ fn a_listing_out_of_order_is_put_in_order_the_later_entry_kept() {
         assert_eq!(r.manifest(), want, "full: {full}");
         assert_eq!(r.generation().number, 1);
         assert_eq!(dst.stat("voice/b.wav").unwrap().mode & 0o777, 0o600);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The in-place patch path: a small change in a large file is staged as a
+// record of its dirty ranges and written where the file lies only after
+// the commit record. A hostile source attacking such a round leaves the
+// file as generation N had it, byte for byte.
+
+/// The large file the in-place rounds patch.
+const BIG: &str = "voice/big.wav";
+/// Its size in generation 1.
+const OLD_LEN: u64 = 600_000;
+
+/// Generation 1 holding a 600 KB `voice/big.wav` and a small file,
+/// replicated through a real source; then `edit` on the source's copy.
+/// Returns the pair, the old content and the new.
+fn in_place_pair(edit: fn(&mut Vec<u8>)) -> (Pair, Vec<u8>, Vec<u8>) {
+    let old = noise(OLD_LEN as usize, 11);
+    let mut src = MemStore::new();
+    src.put_file(BIG, &old, 0o640, 10);
+    src.put_file("etc/pbx.conf", b"[general]\nport=5060\n", 0o644, 10);
+    let mut pair = Pair::new(src, MemStore::new());
+    pair.round().unwrap();
+    pair.assert_synced();
+    assert_eq!(pair.replica.generation().number, 1);
+    let mut new = old.clone();
+    edit(&mut new);
+    pair.src.put_file(BIG, &new, 0o640, 20);
+    (pair, old, new)
+}
+
+/// 2,000 bytes overwritten in the middle and 50,000 appended: a patch of
+/// a few dirty ranges, well within the in-place limit.
+fn overwrite_and_append(d: &mut Vec<u8>) {
+    d[200_000..202_000].fill(3);
+    d.extend_from_slice(&noise(50_000, 13));
+}
+
+/// 50,000 bytes appended.
+fn append(d: &mut Vec<u8>) {
+    d.extend_from_slice(&noise(50_000, 13));
+}
+
+/// 1,000 bytes overwritten, then the file cut to 450,000 bytes.
+fn overwrite_and_cut(d: &mut Vec<u8>) {
+    d[100_000..101_000].fill(3);
+    d.truncate(450_000);
+}
+
+/// The length of what `op` writes.
+fn op_len(op: &Op) -> u64 {
+    match op {
+        Op::Copy { len, .. } => *len,
+        Op::Literal(d) => d.len() as u64,
+    }
+}
+
+/// The replica's store during a hostile round: every path the replica
+/// creates or changes is recorded.
+struct Watched {
+    inner: MemStore,
+    /// Paths created, written, cut, renamed (both names), removed or
+    /// given metadata, in order.
+    changed: Vec<String>,
+    /// Paths created as files.
+    created: Vec<String>,
+}
+
+impl Watched {
+    fn touch(&mut self, p: &str) {
+        self.changed.push(p.to_owned());
+    }
+}
+
+impl Storage for Watched {
+    fn walk(
+        &mut self,
+        e: &sync_delta::Exclude,
+    ) -> Result<sync_delta::store::Walk, sync_delta::StoreError> {
+        self.inner.walk(e)
+    }
+    fn stat(&mut self, p: &str) -> Result<sync_delta::store::Stat, sync_delta::StoreError> {
+        self.inner.stat(p)
+    }
+    fn read_at(
+        &mut self,
+        p: &str,
+        off: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, sync_delta::StoreError> {
+        self.inner.read_at(p, off, buf)
+    }
+    fn read_link(&mut self, p: &str) -> Result<Vec<u8>, sync_delta::StoreError> {
+        self.inner.read_link(p)
+    }
+    fn create(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.touch(p);
+        self.created.push(p.to_owned());
+        self.inner.create(p)
+    }
+    fn write_at(&mut self, p: &str, off: u64, d: &[u8]) -> Result<(), sync_delta::StoreError> {
+        self.touch(p);
+        self.inner.write_at(p, off, d)
+    }
+    fn set_len(&mut self, p: &str, len: u64) -> Result<(), sync_delta::StoreError> {
+        self.touch(p);
+        self.inner.set_len(p, len)
+    }
+    fn sync_file(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.sync_file(p)
+    }
+    fn sync_dir(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.inner.sync_dir(p)
+    }
+    fn rename(&mut self, a: &str, b: &str) -> Result<(), sync_delta::StoreError> {
+        self.touch(a);
+        self.touch(b);
+        self.inner.rename(a, b)
+    }
+    fn remove_file(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.touch(p);
+        self.inner.remove_file(p)
+    }
+    fn remove_dir(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.touch(p);
+        self.inner.remove_dir(p)
+    }
+    fn create_dir(&mut self, p: &str, mode: u32) -> Result<(), sync_delta::StoreError> {
+        self.touch(p);
+        self.inner.create_dir(p, mode)
+    }
+    fn symlink(&mut self, t: &[u8], p: &str) -> Result<(), sync_delta::StoreError> {
+        self.touch(p);
+        self.inner.symlink(t, p)
+    }
+    fn set_meta(&mut self, p: &str, mode: u32, mtime: i64) -> Result<(), sync_delta::StoreError> {
+        self.touch(p);
+        self.inner.set_meta(p, mode, mtime)
+    }
+    fn list_dir(&mut self, p: &str) -> Result<Vec<String>, sync_delta::StoreError> {
+        self.inner.list_dir(p)
+    }
+}
+
+/// What the replica did in a round with a hostile source.
+struct Attempt {
+    /// Its answer to the first message it refused, or `Ok`.
+    result: Result<(), SessionError>,
+    /// Every path it created or changed (see [`Watched`]).
+    changed: Vec<String>,
+    /// The files it created in its stage.
+    staged: Vec<String>,
+    /// Its counters before the round and after.
+    before: ReplicaStats,
+    after: ReplicaStats,
+    /// Its events.
+    events: Vec<ReplicaEvent>,
+}
+
+/// One round between the pair's real source and its replica, each
+/// message the source sends replaced by what `alter` makes of it, given
+/// the replica's fetches so far by id (the replica's messages go through
+/// as they are). A replica that refuses a message ends the session: the
+/// driver closes the connection, both sides see it go down and come up
+/// again.
+fn hostile_round(
+    pair: &mut Pair,
+    mut alter: impl FnMut(Message, &Wants) -> Vec<Message>,
+) -> Attempt {
+    pair.now += Duration::from_secs(61);
+    pair.wall += Duration::from_secs(61);
+    let before = pair.replica.stats();
+    let mut store = Watched {
+        inner: std::mem::take(&mut pair.dst),
+        changed: Vec::new(),
+        created: Vec::new(),
+    };
+    pair.replica.handle_timeout(pair.now);
+    let result = carry_altered(pair, &mut store, &mut alter);
+    let events = std::iter::from_fn(|| pair.replica.poll_event()).collect();
+    if result.is_err() {
+        pair.replica
+            .handle_disconnected(pair.now, &mut store)
+            .unwrap();
+        pair.source.handle_disconnected(pair.now);
+        pair.replica.handle_connected(pair.now);
+        pair.source.handle_connected(pair.now);
+    }
+    let after = pair.replica.stats();
+    let Watched {
+        inner,
+        changed,
+        created,
+    } = store;
+    pair.dst = inner;
+    Attempt {
+        result,
+        changed,
+        staged: created
+            .into_iter()
+            .filter(|p| p.starts_with(".sync-delta/stage/"))
+            .collect(),
+        before,
+        after,
+        events,
+    }
+}
+
+/// The paths a replica asked for in a round, by fetch id.
+type Wants = BTreeMap<u32, RelPath>;
+
+/// Whether fetch `id` is of `BIG`.
+fn is_big(wants: &Wants, id: u32) -> bool {
+    wants.get(&id).is_some_and(|p| p.as_str() == BIG)
+}
+
+/// Carries the messages of [`hostile_round`] until neither side has any
+/// left or the replica refuses one.
+fn carry_altered(
+    pair: &mut Pair,
+    store: &mut Watched,
+    alter: &mut impl FnMut(Message, &Wants) -> Vec<Message>,
+) -> Result<(), SessionError> {
+    let mut wants = Wants::new();
+    loop {
+        let mut moved = false;
+        while let Some(m) = pair.replica.poll_transmit() {
+            if let Message::Want { id, path, .. } = &m {
+                wants.insert(*id, path.clone());
+            }
+            pair.source
+                .handle_message(pair.now, pair.wall, m, &mut pair.src)
+                .expect("the source takes the replica's messages");
+            moved = true;
+        }
+        while let Some(m) = pair.source.poll_transmit(&mut pair.src) {
+            for m in alter(m, &wants) {
+                pair.replica.handle_message(pair.now, m, store)?;
+            }
+            moved = true;
+        }
+        if !moved {
+            return Ok(());
+        }
+    }
+}
+
+/// What every attacked in-place round shows: the fetch of `BIG` was
+/// staged as a patch record (never turned into a whole copy) holding only
+/// the dirty ranges received, no patch was committed, `BIG` was never
+/// written, cut or replaced where it lies and holds generation 1's bytes,
+/// nothing outside the state folder was created or changed but what the
+/// round legitimately brings, the stage is empty again, and the tree is
+/// `expect` at generation `number`, also as opened again.
+fn assert_file_kept(
+    pair: &mut Pair,
+    a: &Attempt,
+    gen1: &BTreeMap<String, Norm>,
+    expect: &BTreeMap<String, Norm>,
+    number: u64,
+    old: &[u8],
+) {
+    // The in-place path: one patch record, `r<round>-p<id>`; had the
+    // fetch turned into a whole copy, `r<round>-f<id>` would have been
+    // created beside it.
+    let records: Vec<&String> = a.staged.iter().filter(|n| n.contains("-p")).collect();
+    assert_eq!(records.len(), 1, "{:?}", a.staged);
+    let whole = records[0].replacen("-p", "-f", 1);
+    assert!(!a.staged.contains(&whole), "{:?}", a.staged);
+    // Some ranges were staged, and only what was received was written: a
+    // whole copy would have written the unchanged bytes too.
+    let literal = a.after.literal_bytes - a.before.literal_bytes;
+    let disk = a.after.disk_bytes - a.before.disk_bytes;
+    assert!(literal > 0, "no dirty range was staged");
+    assert_eq!(disk, literal, "only the dirty ranges were written");
+    assert!(disk < OLD_LEN / 4, "{disk} bytes written");
+    assert_eq!(a.after.in_place, a.before.in_place, "a patch was committed");
+    // Outside the state folder only what the round brings was touched:
+    // never the live file, never anything beside the tree.
+    for p in &a.changed {
+        assert!(
+            p.starts_with(".sync-delta/") || (p != BIG && gen1.get(p) != expect.get(p)),
+            "{p} was changed: {:?}",
+            a.changed
+        );
+    }
+    assert!(stage_empty(&mut pair.dst));
+    assert_eq!(pair.replica.generation().number, number);
+    assert_eq!(expect.get(BIG), gen1.get(BIG));
+    assert_eq!(norm(&pair.dst), *expect);
+    let now = read(&mut pair.dst, BIG);
+    assert_eq!(now.len(), old.len());
+    assert!(now == old, "the file is not generation 1's");
+    // Opening again finds nothing to roll forward.
+    let mut reopened = pair.dst.clone();
+    let (_, report) = Replica::open(ReplicaConfig::default(), pair.now, &mut reopened).unwrap();
+    assert_eq!(report.generation.number, number);
+    assert!(!report.rolled_forward);
+    assert_eq!(norm(&reopened), *expect);
+}
+
+/// The source's tree as the replica should hold it after a round that
+/// skipped `BIG`: all of it, `BIG` as generation 1 had it.
+fn all_but_big(pair: &Pair, gen1: &BTreeMap<String, Norm>) -> BTreeMap<String, Norm> {
+    let mut t = norm(&pair.src);
+    t.insert(BIG.to_owned(), gen1[BIG].clone());
+    t
+}
+
+/// The round after an attack: the honest source brings `new`, patched in
+/// place (`in_place` 1) or fetched whole (0: a delta that did not verify
+/// is fetched whole the next round), in a new generation.
+fn honest_round(pair: &mut Pair, new: &[u8], in_place: u64) {
+    let before = pair.replica.stats();
+    let number = pair.replica.generation().number;
+    pair.round().unwrap();
+    pair.assert_synced();
+    assert_eq!(pair.replica.generation().number, number + 1);
+    let got = read(&mut pair.dst, BIG);
+    assert_eq!(got.len(), new.len());
+    assert!(got == new, "the honest round did not bring the new content");
+    let after = pair.replica.stats();
+    assert_eq!(after.in_place - before.in_place, in_place);
+    assert_eq!(after.skipped, before.skipped);
+    assert!(stage_empty(&mut pair.dst));
+}
+
+/// A small change in a large file announced with the hash of other
+/// content (the listing's digest made to agree with the lie), the data
+/// the honest change: the fetch is staged as an in-place patch, fails the
+/// whole-file check at its end and is skipped (counted, its event given),
+/// the file left as generation 1 had it and never written where it lies;
+/// the next honest round fetches it whole and brings the new content.
+#[test]
+fn an_in_place_patch_announced_with_another_hash_is_skipped() {
+    let (mut pair, old, new) = in_place_pair(|d| d[200_000..202_000].fill(3));
+    let gen1 = norm(&pair.dst);
+    // An honest change beside it: the round commits without the file.
+    pair.src
+        .put_file("etc/pbx.conf", b"[general]\nport=5062\n", 0o644, 21);
+    let mut other = new.clone();
+    other[201_000] ^= 0xff;
+    let lie = Kind::File {
+        size: new.len() as u64,
+        hash: *blake3::hash(&other).as_bytes(),
+    };
+    // The manifest the altered listing makes, for its digest.
+    let mut announced = pair.replica.manifest();
+    let mut lied = false;
+    let a = hostile_round(&mut pair, |m, _| match m {
+        Message::ManifestStart { full, .. } => {
+            if full {
+                announced = Manifest::default();
+            }
+            vec![m]
+        }
+        Message::Entries { mut changes } => {
+            for c in &mut changes {
+                match c {
+                    Change::Upsert(path, meta) => {
+                        if path.as_str() == BIG {
+                            meta.kind = lie.clone();
+                            lied = true;
+                        }
+                        announced.entries.insert(path.clone(), meta.clone());
+                    }
+                    Change::Gone(path) => {
+                        announced.entries.remove(path);
+                    }
+                }
+            }
+            vec![Message::Entries { changes }]
+        }
+        Message::ManifestEnd { entries, .. } => vec![Message::ManifestEnd {
+            entries,
+            digest: announced.digest(),
+        }],
+        m => vec![m],
+    });
+    assert!(lied, "the listing did not name the file");
+    assert_eq!(a.result, Ok(()));
+    assert!(
+        a.events.contains(&ReplicaEvent::FileSkipped(p(BIG))),
+        "{:?}",
+        a.events
+    );
+    assert_eq!(a.after.skipped - a.before.skipped, 1);
+    assert_eq!(a.after.protocol_errors, a.before.protocol_errors);
+    let expect = all_but_big(&pair, &gen1);
+    assert_ne!(expect, gen1);
+    assert_file_kept(&mut pair, &a, &gen1, &expect, 2, &old);
+    honest_round(&mut pair, &new, 0);
+}
+
+/// A copy reaching past the end of the old file, sent in an in-place
+/// round right after its first dirty range was staged: from another
+/// offset (a dirty copy), and from the offset it lands at (an unchanged
+/// range running on into the appended part). Both lie within the new
+/// size; both are refused with `CopyOutOfRange` naming the old length, the
+/// staged record is dropped and the file is generation 1's; the next
+/// honest round patches it in place.
+#[test]
+fn a_copy_past_the_old_file_in_an_in_place_round_is_refused() {
+    for same_offset in [false, true] {
+        let (mut pair, old, new) = in_place_pair(overwrite_and_append);
+        let gen1 = norm(&pair.dst);
+        let mut pos = 0u64;
+        let mut bad = None;
+        let a = hostile_round(&mut pair, |m, wants| match m {
+            Message::Data { id, ops } if bad.is_none() && is_big(wants, id) => {
+                let mut sent = Vec::new();
+                for op in ops {
+                    let literal = matches!(op, Op::Literal(_));
+                    pos += op_len(&op);
+                    sent.push(op);
+                    if literal {
+                        let op = if same_offset {
+                            Op::Copy {
+                                offset: pos,
+                                len: OLD_LEN - pos + 1_000,
+                            }
+                        } else {
+                            Op::Copy {
+                                offset: OLD_LEN - 1_000,
+                                len: 4_000,
+                            }
+                        };
+                        bad = Some(op.clone());
+                        sent.push(op);
+                        break;
+                    }
+                }
+                vec![Message::Data { id, ops: sent }]
+            }
+            m => vec![m],
+        });
+        let Some(Op::Copy { offset, len }) = bad else {
+            panic!("no literal was sent");
+        };
+        assert!(offset + len <= new.len() as u64, "within the new size");
+        assert_eq!(
+            a.result,
+            Err(SessionError::CopyOutOfRange {
+                offset,
+                len,
+                base_len: OLD_LEN
+            }),
+            "same offset: {same_offset}"
+        );
+        assert_eq!(a.after.protocol_errors - a.before.protocol_errors, 1);
+        assert_file_kept(&mut pair, &a, &gen1, &gen1, 1, &old);
+        honest_round(&mut pair, &new, 1);
+    }
+}
+
+/// More data than the announced size of a file being patched in place,
+/// after the honest patch was staged whole: a literal, and a copy from
+/// the old file (in range there). Refused with `BeyondSize` before any of
+/// it is staged; nothing of the patch reaches the file, and the next
+/// honest round patches it in place.
+#[test]
+fn data_beyond_the_announced_size_of_a_patched_file_is_refused() {
+    for extra in [
+        Op::Literal(vec![0xee; 4_096]),
+        Op::Copy { offset: 0, len: 1 },
+    ] {
+        let (mut pair, old, new) = in_place_pair(overwrite_and_append);
+        let gen1 = norm(&pair.dst);
+        let mut sent = 0u64;
+        let a = hostile_round(&mut pair, |m, wants| match m {
+            Message::Data { id, ref ops } if is_big(wants, id) => {
+                sent += ops.iter().map(op_len).sum::<u64>();
+                vec![m]
+            }
+            Message::DataEnd { id, status } if is_big(wants, id) => vec![
+                Message::Data {
+                    id,
+                    ops: vec![extra.clone()],
+                },
+                Message::DataEnd { id, status },
+            ],
+            m => vec![m],
+        });
+        assert_eq!(sent, new.len() as u64, "the honest patch was sent whole");
+        assert_eq!(
+            a.result,
+            Err(SessionError::BeyondSize {
+                size: new.len() as u64
+            }),
+            "{extra:?}"
+        );
+        assert_eq!(a.after.protocol_errors - a.before.protocol_errors, 1);
+        assert_file_kept(&mut pair, &a, &gen1, &gen1, 1, &old);
+        honest_round(&mut pair, &new, 1);
+    }
+}
+
+/// A patch that changes the file's length, one byte of its first literal
+/// flipped (the announced size and hash the honest ones): an append whose
+/// tail is corrupted, and a cut whose overwritten range is. Each is
+/// staged in place and skipped at its end while an honest change beside
+/// it commits; the file keeps generation 1's length and bytes (neither
+/// extended nor cut); the next honest round fetches it whole and brings
+/// the new content.
+#[test]
+fn a_patch_that_changes_the_length_with_a_wrong_hash_is_skipped() {
+    for edit in [append as fn(&mut Vec<u8>), overwrite_and_cut] {
+        let (mut pair, old, new) = in_place_pair(edit);
+        assert_ne!(new.len(), old.len());
+        let gen1 = norm(&pair.dst);
+        // An honest change beside it: the round commits without the file.
+        pair.src
+            .put_file("etc/pbx.conf", b"[general]\nport=5062\n", 0o644, 21);
+        let mut flipped = false;
+        let a = hostile_round(&mut pair, |m, wants| match m {
+            Message::Data { id, mut ops } if !flipped && is_big(wants, id) => {
+                if let Some(Op::Literal(d)) = ops.iter_mut().find(|op| matches!(op, Op::Literal(_)))
+                {
+                    d[0] ^= 0xff;
+                    flipped = true;
+                }
+                vec![Message::Data { id, ops }]
+            }
+            m => vec![m],
+        });
+        assert!(flipped, "no literal was sent");
+        assert_eq!(a.result, Ok(()));
+        assert!(
+            a.events.contains(&ReplicaEvent::FileSkipped(p(BIG))),
+            "{:?}",
+            a.events
+        );
+        assert_eq!(a.after.skipped - a.before.skipped, 1);
+        assert_eq!(a.after.protocol_errors, a.before.protocol_errors);
+        let expect = all_but_big(&pair, &gen1);
+        assert_file_kept(&mut pair, &a, &gen1, &expect, 2, &old);
+        honest_round(&mut pair, &new, 0);
     }
 }
