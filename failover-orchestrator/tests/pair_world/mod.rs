@@ -16,8 +16,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant, SystemTime};
 
 use failover_orchestrator::pair::{
-    ConnId, LinkConfig, LinkFailure, Output, Pair, PairConfig, PairEvent, SyncConfig, SyncRole,
-    SyncWorker,
+    ConnId, LinkConfig, LinkFailure, Output, Pair, PairConfig, PairEvent, SyncConfig, SyncReport,
+    SyncRole, SyncWorker,
 };
 use failover_orchestrator::{
     BackupMode, Command, CommandId, CommandOutcome, Config, Event, Identity, Issued,
@@ -319,6 +319,15 @@ pub struct World {
     pub hint_overflows: u64,
     /// Watchers that failed for good (the node went on without hints).
     pub watch_failures: u64,
+    /// Each node's tree as it committed each generation as a replica
+    /// (a digest of its files, folders and links with their content and
+    /// metadata), to compare with what it holds at that generation later.
+    /// A generation is its number and snapshot time: after a takeover the
+    /// other node's rounds may give a number again to another tree.
+    gen_views: [BTreeMap<(u64, Option<SystemTime>), u64>; NODES],
+    /// Steps at which a replica's tree was compared with the generation it
+    /// committed, and reopenings after a crash compared the same way.
+    pub generation_checks: u64,
     /// Takeovers whose reported data-loss window was checked, and those of
     /// them where the new Master lacked some write.
     pub loss_checks: u64,
@@ -405,6 +414,8 @@ impl World {
             window_violations: 0,
             hint_overflows: 0,
             watch_failures: 0,
+            gen_views: [BTreeMap::new(), BTreeMap::new()],
+            generation_checks: 0,
             loss_checks: 0,
             loss_lacking: 0,
             trace: false,
@@ -1228,11 +1239,40 @@ impl World {
                 self.link_failures.push((self.now, i, *why));
                 self.note(format!("node {i} {e:?}"));
             }
+            PairEvent::Sync(SyncReport::RoundDone(summary)) => {
+                // The round just committed: the tree is this generation.
+                let n = &self.nodes[i];
+                if let Some(g) = n.worker.as_ref().and_then(SyncWorker::replica_generation)
+                    && g.number == summary.generation
+                {
+                    let digest = tree_digest(&n.store);
+                    self.gen_views[i].insert((g.number, g.taken_at), digest);
+                }
+                self.note(format!("node {i} {e:?}"));
+            }
+            PairEvent::Sync(SyncReport::Opened(report)) => {
+                // A reopened replica (after a crash, a restart, a role
+                // change) holds a whole generation: the one it committed,
+                // not a part of the next one. Moving unconfirmed changes
+                // aside, or repairs, make a tree of their own.
+                let g = report.generation;
+                let number = g.number;
+                if report.quarantined.is_some() || report.repaired.is_some() {
+                    self.gen_views[i].clear();
+                } else if let Some(&want) = self.gen_views[i].get(&(number, g.taken_at)) {
+                    self.generation_checks += 1;
+                    if tree_digest(&self.nodes[i].store) != want {
+                        self.violation(format!(
+                            "node {i} reopened at generation {number} with a tree that is not \
+                             the one it committed (rolled forward: {}, rolled back: {})",
+                            report.rolled_forward, report.rolled_back
+                        ));
+                    }
+                }
+                self.note(format!("node {i} {e:?}"));
+            }
             other => {
-                if matches!(
-                    other,
-                    PairEvent::Sync(failover_orchestrator::pair::SyncReport::Refused(_))
-                ) {
+                if matches!(other, PairEvent::Sync(SyncReport::Refused(_))) {
                     self.refused_rounds[i] += 1;
                     if self.auto_confirm {
                         self.at(self.now + Duration::from_secs(1), Ev::Confirm(i));
@@ -1256,6 +1296,7 @@ impl World {
     /// advertisement from a dead Master.
     fn check(&mut self) {
         self.check_window();
+        self.check_generations();
         let holders: Vec<usize> = (0..NODES).filter(|i| self.nodes[*i].holds_vip).collect();
         let standalone =
             (0..NODES).any(|i| self.nodes[i].persisted.redundancy == Redundancy::Disabled);
@@ -1292,6 +1333,34 @@ impl World {
                 "both nodes hold the address for {:?} ({holders:?})",
                 self.now - since
             ));
+        }
+    }
+
+    /// A replica's tree is always a whole generation: between rounds it is
+    /// exactly what it was when it committed the generation it is at (a
+    /// round writes where files lie only in its commit, never in part).
+    fn check_generations(&mut self) {
+        for i in 0..NODES {
+            let n = &self.nodes[i];
+            if !n.up {
+                continue;
+            }
+            let Some(g) = n.worker.as_ref().and_then(SyncWorker::replica_generation) else {
+                continue;
+            };
+            let key = (g.number, g.taken_at);
+            let Some(&want) = self.gen_views[i].get(&key) else {
+                continue;
+            };
+            self.generation_checks += 1;
+            if tree_digest(&n.store) != want {
+                self.violation(format!(
+                    "node {i}'s tree is not the generation {} it committed",
+                    g.number
+                ));
+                // Once is enough for this generation.
+                self.gen_views[i].remove(&key);
+            }
         }
     }
 
@@ -1478,4 +1547,20 @@ impl World {
         }
         s
     }
+}
+
+/// A digest of a tree outside its state folder: every path with its kind,
+/// content, mode and time.
+fn tree_digest(store: &MemStore) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (path, v) in store.view() {
+        path.hash(&mut h);
+        match v {
+            View::File(data, mode, mtime) => (0u8, data, mode, mtime).hash(&mut h),
+            View::Dir(mode, mtime) => (1u8, mode, mtime).hash(&mut h),
+            View::Symlink(target) => (2u8, target).hash(&mut h),
+        }
+    }
+    h.finish()
 }
