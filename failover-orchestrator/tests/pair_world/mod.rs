@@ -1295,8 +1295,11 @@ impl World {
     /// Master_Down_Interval: without the link, nothing can tell a lost
     /// advertisement from a dead Master.
     fn check(&mut self) {
-        self.check_window();
-        self.check_generations();
+        // Each tree read once a step, for both checks.
+        let views: [BTreeMap<String, View>; NODES] =
+            [self.nodes[0].store.view(), self.nodes[1].store.view()];
+        self.check_window(&views);
+        self.check_generations(&views);
         let holders: Vec<usize> = (0..NODES).filter(|i| self.nodes[*i].holds_vip).collect();
         let standalone =
             (0..NODES).any(|i| self.nodes[i].persisted.redundancy == Redundancy::Disabled);
@@ -1339,8 +1342,8 @@ impl World {
     /// A replica's tree is always a whole generation: between rounds it is
     /// exactly what it was when it committed the generation it is at (a
     /// round writes where files lie only in its commit, never in part).
-    fn check_generations(&mut self) {
-        for i in 0..NODES {
+    fn check_generations(&mut self, views: &[BTreeMap<String, View>; NODES]) {
+        for (i, view) in views.iter().enumerate() {
             let n = &self.nodes[i];
             if !n.up {
                 continue;
@@ -1353,7 +1356,7 @@ impl World {
                 continue;
             };
             self.generation_checks += 1;
-            if tree_digest(&n.store) != want {
+            if view_digest(view) != want {
                 self.violation(format!(
                     "node {i}'s tree is not the generation {} it committed",
                     g.number
@@ -1364,33 +1367,36 @@ impl World {
         }
     }
 
-    /// The data-loss window a source reports (`SyncWorker::exposure`, the
-    /// node's `sync.window_ms`) is never below the true one: the age of the
-    /// oldest write on its tree, still there, that the other node's tree
-    /// lacks.
-    fn check_window(&mut self) {
+    /// The data-loss window a node reports (`SyncWorker::exposure`, the
+    /// node's `sync.window_ms`) is never below the true one: on a source,
+    /// the age of the oldest write on its tree, still there, that the other
+    /// node's tree lacks; on a replica, the same of its source's writes
+    /// that its own tree lacks.
+    fn check_window(&mut self, views: &[BTreeMap<String, View>; NODES]) {
         let wall = self.wall();
         for i in 0..NODES {
             let n = &self.nodes[i];
-            if !n.up
-                || !matches!(
-                    n.worker.as_ref().map(SyncWorker::role),
-                    Some(SyncRole::Source)
-                )
-            {
+            if !n.up {
                 continue;
             }
+            // A source reports on what its peer lacks of its tree; a
+            // replica on what it lacks of its source's (the age of its
+            // generation's snapshot).
+            let (src, dst) = match n.worker.as_ref().map(SyncWorker::role) {
+                Some(SyncRole::Source) => (i, 1 - i),
+                Some(SyncRole::Replica { .. }) => (1 - i, i),
+                _ => continue,
+            };
             let Some(exposure) = n.worker.as_ref().and_then(SyncWorker::exposure) else {
                 continue;
             };
-            let mine = n.store.view();
-            let theirs = self.nodes[1 - i].store.view();
+            let (mine, theirs) = (&views[src], &views[dst]);
             let has = |tree: &BTreeMap<String, View>, path: &str, data: &[u8]| matches!(tree.get(path), Some(View::File(d, _, _)) if d == data);
             let oldest = self
                 .write_log
                 .iter()
                 .filter(|(_, node, path, data)| {
-                    *node == i && has(&mine, path, data) && !has(&theirs, path, data)
+                    *node == src && has(mine, path, data) && !has(theirs, path, data)
                 })
                 .map(|w| w.0)
                 .min();
@@ -1552,9 +1558,14 @@ impl World {
 /// A digest of a tree outside its state folder: every path with its kind,
 /// content, mode and time.
 fn tree_digest(store: &MemStore) -> u64 {
+    view_digest(&store.view())
+}
+
+/// [`tree_digest`] of a view already read.
+fn view_digest(view: &BTreeMap<String, View>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (path, v) in store.view() {
+    for (path, v) in view {
         path.hash(&mut h);
         match v {
             View::File(data, mode, mtime) => (0u8, data, mode, mtime).hash(&mut h),
