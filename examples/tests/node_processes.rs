@@ -386,11 +386,30 @@ fn both_units_started_together() {
 
 #[test]
 fn redundancy_off_and_on_at_run_time() {
-    let mut p = pair("redundancy", false);
+    // pbx-a runs one service: its start command writes its process id,
+    // then becomes a sleep.
+    let service = |name: &str, dir: &Path| {
+        if name == "pbx-a" {
+            format!(
+                "[[service]]\nname = \"sip\"\nstart = \"echo $$ > {}; exec sleep 60\"\n",
+                dir.join("pbx-a-sip.pid").display()
+            )
+        } else {
+            String::new()
+        }
+    };
+    // The node is ended with SIGKILL, which leaves its services: this one
+    // is ended by its id after the nodes (declared first, dropped last),
+    // also when the test fails.
+    let _service: KillOnDrop;
+    let mut p = pair_full("redundancy", false, None, &service);
+    let pid_file = p._dir.0.join("pbx-a-sip.pid");
+    _service = KillOnDrop(pid_file.clone());
     p.a.start();
     p.b.start();
     // pbx-a is standalone: it sends no VRRP, so pbx-b hears nobody and is
-    // Master of its own; pbx-a serves as Master and says it is disabled.
+    // Master of its own; pbx-a serves as Master, runs its services and
+    // says it is disabled.
     let a = p.a.wait("standalone", Duration::from_secs(10), |s| {
         s["status"]["redundancy"] == "Disabled" && s["vrrp"]["state"] == "Disabled"
     });
@@ -399,6 +418,25 @@ fn redundancy_off_and_on_at_run_time() {
             .as_str()
             .is_some_and(|t| t.contains("Redundancy is disabled")),
         "{a}"
+    );
+    let t0 = Instant::now();
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        {
+            break pid;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the standalone node started no service\n{}",
+            p.a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the service is not running"
     );
     p.b.wait("Master", Duration::from_secs(10), |s| s["role"] == "Master");
     std::thread::sleep(Duration::from_secs(1));
@@ -457,6 +495,26 @@ fn redundancy_off_and_on_at_run_time() {
     p.a.wait("enabled after a restart", Duration::from_secs(10), |s| {
         s["status"]["redundancy"] == "Enabled" && s["vrrp"]["state"] != "Disabled"
     });
+}
+
+/// Ends the process whose id a file holds (a test service: `sleep 60`),
+/// by that id, when dropped, if that id is still the service's.
+struct KillOnDrop(PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .filter(|p| *p > 1)
+        else {
+            return;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline == b"sleep\x0060\x00" {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+    }
 }
 
 /// The `/status` document keeps its fields: what an operator's tools read
