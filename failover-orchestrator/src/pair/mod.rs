@@ -416,6 +416,10 @@ pub struct PairStats {
     /// Requests and replies held for a link that stayed down too long (the
     /// oldest are dropped past the limit).
     pub held_dropped: u64,
+    /// Commands the orchestrator issued under an epoch older than one it
+    /// had already journaled, the ones carried out here included (never
+    /// expected: the whole-pair simulation checks that it stays 0).
+    pub stale_commands: u64,
 }
 
 /// Where the answer of a command carried out by the sync worker goes.
@@ -462,6 +466,8 @@ pub struct Pair {
     rtt_probe_at: Option<Instant>,
     /// When to measure the round trip next.
     next_rtt_probe: Option<Instant>,
+    /// The newest epoch of the journal records handed out so far.
+    journaled_epoch: crate::Epoch,
     /// The replica's last round the mass-deletion guard refused, until a
     /// round commits or the node stops being a replica.
     sync_refused: Option<sync_delta::Refusal>,
@@ -504,6 +510,7 @@ impl Pair {
             link_rtt: None,
             rtt_probe_at: None,
             next_rtt_probe: None,
+            journaled_epoch: epoch,
             sync_refused: None,
             out: VecDeque::new(),
             results: VecDeque::new(),
@@ -1179,6 +1186,7 @@ impl Pair {
         let mut moved = false;
         while let Some(rec) = self.orch.poll_journal() {
             moved = true;
+            self.journaled_epoch = self.journaled_epoch.max(rec.state.highest_epoch);
             self.out.push_back(Output::Persist(rec));
         }
         while let Some(issued) = self.orch.poll_command() {
@@ -1240,6 +1248,9 @@ impl Pair {
     /// driver.
     fn command(&mut self, now: Instant, issued: Issued) {
         let id = issued.id;
+        if issued.epoch < self.journaled_epoch {
+            self.stats.stale_commands += 1;
+        }
         let done = |ok: bool| {
             if ok {
                 CommandOutcome::Done

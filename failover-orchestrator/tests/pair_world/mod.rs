@@ -325,6 +325,9 @@ pub struct World {
     /// A generation is its number and snapshot time: after a takeover the
     /// other node's rounds may give a number again to another tree.
     gen_views: [BTreeMap<(u64, Option<SystemTime>), u64>; NODES],
+    /// Each node's engine's count of commands under a stale epoch, as last
+    /// seen (a rise is a violation; a boot starts it again at 0).
+    stale_seen: [u64; NODES],
     /// Steps at which a replica's tree was compared with the generation it
     /// committed, and reopenings after a crash compared the same way.
     pub generation_checks: u64,
@@ -415,6 +418,7 @@ impl World {
             hint_overflows: 0,
             watch_failures: 0,
             gen_views: [BTreeMap::new(), BTreeMap::new()],
+            stale_seen: [0; NODES],
             generation_checks: 0,
             loss_checks: 0,
             loss_lacking: 0,
@@ -563,6 +567,7 @@ impl World {
         n.store.reboot();
         n.booted_at = Some(self.now);
         n.watch_failed = false;
+        self.stale_seen[i] = 0;
         n.boot += 1;
         n.up = true;
         n.holds_vip = false;
@@ -1295,6 +1300,21 @@ impl World {
     /// Master_Down_Interval: without the link, nothing can tell a lost
     /// advertisement from a dead Master.
     fn check(&mut self) {
+        // No command under a stale epoch, the ones the pair engine carries
+        // out itself (election, sync, announcement) included: it counts
+        // them against the journal it handed out.
+        for i in 0..NODES {
+            let stale = self.nodes[i]
+                .pair
+                .as_ref()
+                .map_or(0, |p| p.stats().stale_commands);
+            if stale > self.stale_seen[i] {
+                self.stale_seen[i] = stale;
+                self.violation(format!(
+                    "node {i} carried out a command under an epoch older than its journal's"
+                ));
+            }
+        }
         // Each tree read once a step, for both checks.
         let views: [BTreeMap<String, View>; NODES] =
             [self.nodes[0].store.view(), self.nodes[1].store.view()];
