@@ -255,24 +255,43 @@ fn run(seed: u64, trace: bool) -> (World, Vec<String>) {
         .iter()
         .map(|v| format!("{:?}: {}", v.at, v.what))
         .collect();
-    // Liveness: every procedure ended, the tail's swap completed, one
+    // Liveness: every procedure ended (one that a crash of its node cut
+    // short may end after the reboot, or be gone with it), every swap
+    // that nothing disturbed completed, the tail's swap completed, one
     // Master whose data the Backup holds.
+    let mut undisturbed_swaps = 0;
     for s in &w.started {
-        let running = w.nodes[s.node].boot == s.boot
-            && w.nodes[s.node].pair.as_ref().is_some_and(|p| {
-                p.orchestrator()
-                    .persistent_state()
-                    .procedure
-                    .as_ref()
-                    .is_some_and(|j| j.id == s.id)
-            });
-        if s.outcome.is_none() && running {
+        let running = w.nodes[s.node].pair.as_ref().is_some_and(|p| {
+            p.orchestrator()
+                .persistent_state()
+                .procedure
+                .as_ref()
+                .is_some_and(|j| j.id == s.id)
+        });
+        if s.outcome.is_none() && (running || w.nodes[s.node].boot == s.boot) {
             fails.push(format!(
                 "procedure {} ({}) on node {} never ended",
                 s.id, s.tag, s.node
             ));
         }
+        let undisturbed =
+            |end: Duration| s.clean_start && !w.disruptions.iter().any(|d| *d > s.at && *d <= end);
+        let Some(end) = s.ended.filter(|_| s.tag.contains("swap")) else {
+            continue;
+        };
+        if !undisturbed(end) {
+            continue;
+        }
+        undisturbed_swaps += 1;
+        if let Some(outcome) = s.outcome.filter(|o| *o != ProcedureOutcome::Completed) {
+            fails.push(format!(
+                "swap {} on node {} ended {outcome:?} with both nodes up and nothing \
+                 disturbing it (accepted at {:?}, ended at {end:?})",
+                s.id, s.node, s.at
+            ));
+        }
     }
+    w.undisturbed_swaps = undisturbed_swaps;
     match w.started.iter().find(|s| s.tag == "tail-swap") {
         Some(s) if s.outcome == Some(ProcedureOutcome::Completed) => {}
         Some(s) => fails.push(format!("the tail's swap ended {:?}", s.outcome)),
@@ -320,6 +339,7 @@ fn random_schedules_keep_the_invariants() {
     let (mut checks, mut lacking) = (0u64, 0u64);
     let (mut window_checks, mut overflows, mut watch_failures) = (0u64, 0u64, 0u64);
     let mut generation_checks = 0u64;
+    let mut undisturbed_swaps = 0u64;
     for k in 0..n {
         let seed = first + k;
         let (w, fails) = run(seed, false);
@@ -331,6 +351,7 @@ fn random_schedules_keep_the_invariants() {
         overflows += w.hint_overflows;
         watch_failures += w.watch_failures;
         generation_checks += w.generation_checks;
+        undisturbed_swaps += w.undisturbed_swaps;
         assert!(
             fails.is_empty(),
             "seed {seed} failed (replay with PAIR_SEED={seed}):\n{fails:#?}\nschedule: {:#?}\n{}",
@@ -345,6 +366,8 @@ fn random_schedules_keep_the_invariants() {
     assert!(window_checks > 0 && (n < 20 || overflows > 0) && (n < 500 || watch_failures > 0));
     // Replicas' trees were compared with the generations they committed.
     assert!(n < 20 || generation_checks > 0);
+    // Swaps that nothing disturbed were among them, and each completed.
+    assert!(n < 20 || undisturbed_swaps > 0);
     // Straight to the standard error, past the test harness's capture, so
     // that `cargo test` shows it.
     let _ = writeln!(
@@ -353,7 +376,8 @@ fn random_schedules_keep_the_invariants() {
          {checks} takeovers' data-loss windows checked ({lacking} lacking a write), \
          {window_checks} reported windows checked ({overflows} hints lost to an overflow, \
          {watch_failures} watchers failed for good), {generation_checks} replica trees \
-         compared with their generation, {:.1} s wall",
+         compared with their generation, {undisturbed_swaps} swaps undisturbed (all completed), \
+         {:.1} s wall",
         SCHEDULE.as_secs(),
         started.elapsed().as_secs_f64()
     );

@@ -257,6 +257,9 @@ pub struct Node {
     /// sees the election's event: the router's mode at that event would
     /// always read Active.
     pub passive: bool,
+    /// Down for a restart the node asked for (its procedure's own step),
+    /// until it boots again.
+    pub restarting: bool,
 }
 
 /// Something the checks found.
@@ -275,6 +278,10 @@ pub struct Started {
     pub at: Duration,
     pub boot: u64,
     pub outcome: Option<ProcedureOutcome>,
+    /// When it ended.
+    pub ended: Option<Duration>,
+    /// Both nodes up and no fault in effect when it was accepted.
+    pub clean_start: bool,
 }
 
 pub struct World {
@@ -319,6 +326,13 @@ pub struct World {
     pub hint_overflows: u64,
     /// Watchers that failed for good (the node went on without hints).
     pub watch_failures: u64,
+    /// When a fault, a restart or an operator's request came: a procedure
+    /// with none of them while it ran (and none in effect when it
+    /// started) has nothing to abort for.
+    pub disruptions: Vec<Duration>,
+    /// Swaps that ended with nothing disturbing them (each must have
+    /// completed).
+    pub undisturbed_swaps: u64,
     /// Each node's tree as it committed each generation as a replica
     /// (a digest of its files, folders and links with their content and
     /// metadata), to compare with what it holds at that generation later.
@@ -383,6 +397,7 @@ impl World {
                     booted_at: None,
                     watch_failed: false,
                     passive: false,
+                    restarting: false,
                 }
             })
             .collect();
@@ -417,6 +432,8 @@ impl World {
             window_violations: 0,
             hint_overflows: 0,
             watch_failures: 0,
+            disruptions: Vec::new(),
+            undisturbed_swaps: 0,
             gen_views: [BTreeMap::new(), BTreeMap::new()],
             stale_seen: [0; NODES],
             generation_checks: 0,
@@ -567,6 +584,7 @@ impl World {
         n.store.reboot();
         n.booted_at = Some(self.now);
         n.watch_failed = false;
+        n.restarting = false;
         self.stale_seen[i] = 0;
         n.boot += 1;
         n.up = true;
@@ -699,8 +717,39 @@ impl World {
         self.check();
     }
 
+    /// Both nodes up, both networks whole and without loss, redundancy on
+    /// both.
+    fn clean(&self) -> bool {
+        self.nodes
+            .iter()
+            .all(|n| n.up && n.pair.is_some() && n.persisted.redundancy == Redundancy::Enabled)
+            && !self.lan_cut
+            && !self.link_cut
+            && self.lan.loss_ppm == 0
+    }
+
     fn apply(&mut self, ev: Ev) {
         let t = self.instant();
+        // The faults and requests of the schedule; a restart the node asked
+        // for, and its boot, are its procedure's own steps.
+        let own_boot = matches!(ev, Ev::Boot(i) if self.nodes[i].restarting);
+        if !own_boot
+            && matches!(
+                ev,
+                Ev::Crash(_)
+                    | Ev::Boot(_)
+                    | Ev::Partition { .. }
+                    | Ev::Heal
+                    | Ev::Reset
+                    | Ev::SetLan(_)
+                    | Ev::SetLinkDelay(_)
+                    | Ev::Operator { .. }
+                    | Ev::OperatorOnMaster { .. }
+                    | Ev::Confirm(_)
+            )
+        {
+            self.disruptions.push(self.now);
+        }
         match ev {
             Ev::Vrrp {
                 to,
@@ -859,6 +908,7 @@ impl World {
                     } else {
                         self.note(format!("node {node} restarts"));
                         self.crash(node);
+                        self.nodes[node].restarting = true;
                         self.at(self.now + Duration::from_secs(2), Ev::Boot(node));
                     }
                 }
@@ -942,6 +992,7 @@ impl World {
         match p.handle_operator(t, request) {
             Ok(id) => {
                 self.note(format!("operator {tag} on node {i}: procedure {id}"));
+                let clean_start = self.clean();
                 self.started.push(Started {
                     node: i,
                     id,
@@ -949,6 +1000,8 @@ impl World {
                     at: self.now,
                     boot,
                     outcome: None,
+                    ended: None,
+                    clean_start,
                 });
             }
             Err(e) => {
@@ -1211,9 +1264,11 @@ impl World {
                 self.note(format!("node {i} {from:?} -> {to:?} ({reason:?})"));
             }
             PairEvent::Orchestrator(Event::ProcedureFinished { id, outcome }) => {
+                let now = self.now;
                 for s in &mut self.started {
                     if s.node == i && s.id == *id && s.outcome.is_none() {
                         s.outcome = Some(*outcome);
+                        s.ended = Some(now);
                     }
                 }
                 self.note(format!("node {i} procedure {id} finished: {outcome:?}"));
