@@ -333,6 +333,9 @@ pub struct World {
     /// Swaps that ended with nothing disturbing them (each must have
     /// completed).
     pub undisturbed_swaps: u64,
+    /// When each node last gave a reason to abort: a step failed under
+    /// its abort policy, or its role went to a newer epoch.
+    abort_causes: [Option<Duration>; NODES],
     /// Each node's tree as it committed each generation as a replica
     /// (a digest of its files, folders and links with their content and
     /// metadata), to compare with what it holds at that generation later.
@@ -434,6 +437,7 @@ impl World {
             watch_failures: 0,
             disruptions: Vec::new(),
             undisturbed_swaps: 0,
+            abort_causes: [None; NODES],
             gen_views: [BTreeMap::new(), BTreeMap::new()],
             stale_seen: [0; NODES],
             generation_checks: 0,
@@ -1265,13 +1269,36 @@ impl World {
             }
             PairEvent::Orchestrator(Event::ProcedureFinished { id, outcome }) => {
                 let now = self.now;
+                let mut since = None;
                 for s in &mut self.started {
                     if s.node == i && s.id == *id && s.outcome.is_none() {
                         s.outcome = Some(*outcome);
                         s.ended = Some(now);
+                        since = Some(s.at);
                     }
                 }
+                // Aborted with a reason: a step that failed under its
+                // abort policy, or the role lost to a newer epoch, on this
+                // node since the procedure started.
+                if *outcome == ProcedureOutcome::Aborted
+                    && let Some(at) = since
+                    && self.abort_causes[i].is_none_or(|t| t < at)
+                {
+                    self.violation(format!(
+                        "node {i}: procedure {id} aborted with no failed step and no lost role"
+                    ));
+                }
                 self.note(format!("node {i} procedure {id} finished: {outcome:?}"));
+            }
+            PairEvent::Orchestrator(
+                Event::StepFailed {
+                    policy: failover_orchestrator::FailurePolicy::AbortAndRollBack,
+                    ..
+                }
+                | Event::Superseded { .. },
+            ) => {
+                self.abort_causes[i] = Some(self.now);
+                self.note(format!("node {i} {e:?}"));
             }
             PairEvent::Orchestrator(Event::Milestone(entry))
                 if entry.what == failover_orchestrator::Milestone::SyncSettled =>
