@@ -603,7 +603,7 @@ impl World {
         let mdi = self.mdi();
         let other = &self.nodes[1 - i];
         if other.up && other.booted_at.is_some_and(|b| self.now <= b + mdi) {
-            self.dual_ok_until = self.dual_ok_until.max(self.now + mdi * 3);
+            self.dual_ok_until = self.dual_ok_until.max(self.now + mdi * 2);
         }
         // Connections from before the crash are reset by the peer's stack.
         let stale: Vec<usize> = (0..self.wires.len())
@@ -955,7 +955,7 @@ impl World {
                 self.lan_cut = false;
                 self.link_cut = false;
                 if was_cut {
-                    let until = self.now + self.mdi() + self.mdi() / 2;
+                    let until = self.now + self.mdi();
                     self.dual_ok_until = self.dual_ok_until.max(until);
                 }
                 self.note("heal".into());
@@ -1374,8 +1374,10 @@ impl World {
     ///
     /// The address is on at most one node. Allowed exceptions: a full
     /// partition (both networks cut: neither side can know) and one
-    /// Master_Down_Interval and a half after it heals or after both units
-    /// start at once; a node with redundancy off (a standalone unit, not
+    /// Master_Down_Interval after it heals (counted as four advertisement
+    /// intervals, above three and the skew), or two after both units start
+    /// at once (one to hear nobody, one to settle); a node with redundancy
+    /// off (a standalone unit, not
     /// half of the pair); and, only while the peer link is down (cut, or
     /// healed but not yet dialled again) and the VRRP link loses packets, a
     /// spurious takeover that the next advertisement ends within one
@@ -1416,9 +1418,7 @@ impl World {
         // The grace runs from the step that ended the partition (or turned
         // redundancy back on), too.
         if partitioned || self.was_partitioned {
-            self.dual_ok_until = self
-                .dual_ok_until
-                .max(self.now + self.mdi() + self.mdi() / 2);
+            self.dual_ok_until = self.dual_ok_until.max(self.now + self.mdi());
         }
         self.was_partitioned = partitioned;
         if holders.len() < 2 {
