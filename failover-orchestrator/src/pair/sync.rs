@@ -514,7 +514,9 @@ impl SyncWorker {
     /// at `wall`. Used by a source (see [`sync_delta::Source::handle_hints`]);
     /// a replica's own writes need none, so other sessions drop them. Give
     /// every hint the driver holds before the next order or message: a
-    /// round stamps its snapshot with the time of the request.
+    /// round stamps its snapshot with the time of the request. Dropped
+    /// without [`SyncConfig::watch`], and after
+    /// [`SyncWorker::handle_hints_lost`].
     pub fn handle_hints<I, P>(&mut self, now: Instant, wall: SystemTime, paths: I)
     where
         I: IntoIterator<Item = P>,
