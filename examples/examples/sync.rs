@@ -14,7 +14,7 @@
 //! commits the generation, prints one JSON line and exits 0:
 //!
 //! ```text
-//! {"generation":N,"files_sent":N,"files_renamed":N,"files_deleted":N,"bytes_received":N,"seconds":F}
+//! {"generation":N,"files_sent":N,"files_renamed":N,"files_deleted":N,"bytes_received":N,"bytes_written":N,"seconds":F}
 //! ```
 //!
 //! A round refused by the mass-deletion guard exits 3 (confirm with

@@ -132,7 +132,9 @@ impl PeerConfig {
 }
 
 /// The `sync` tool's line for a committed round:
-/// `{"generation":N,"files_sent":N,"files_renamed":N,"files_deleted":N,"bytes_received":N,"seconds":F}`.
+/// `{"generation":N,"files_sent":N,"files_renamed":N,"files_deleted":N,"bytes_received":N,"bytes_written":N,"seconds":F}`
+/// (`bytes_written`: file data written to disk, beside the bytes on the
+/// wire).
 #[must_use]
 pub fn summary_json(s: &RoundSummary) -> String {
     serde_json::json!({
@@ -141,6 +143,7 @@ pub fn summary_json(s: &RoundSummary) -> String {
         "files_renamed": s.renamed,
         "files_deleted": s.deleted,
         "bytes_received": s.received,
+        "bytes_written": s.written,
         "seconds": s.took.as_secs_f64(),
     })
     .to_string()
@@ -574,11 +577,12 @@ mod tests {
             deleted: 1,
             renamed: 1,
             received: 1234,
+            written: 4321,
             took: Duration::from_millis(500),
         };
         assert_eq!(
             summary_json(&s),
-            r#"{"generation":3,"files_sent":2,"files_renamed":1,"files_deleted":1,"bytes_received":1234,"seconds":0.5}"#
+            r#"{"generation":3,"files_sent":2,"files_renamed":1,"files_deleted":1,"bytes_received":1234,"bytes_written":4321,"seconds":0.5}"#
         );
     }
 }

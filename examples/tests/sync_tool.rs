@@ -181,10 +181,11 @@ fn summary_of(stdout: &str) -> serde_json::Map<String, serde_json::Value> {
             "files_renamed",
             "files_deleted",
             "bytes_received",
+            "bytes_written",
             "seconds"
         ]
     );
-    for k in &keys[..5] {
+    for k in &keys[..6] {
         assert!(m[*k].is_u64(), "{k} is not a whole number: {}", m[*k]);
     }
     assert!(m["seconds"].is_f64());
@@ -307,6 +308,9 @@ fn pull_once_replicates_then_follows_edits() {
     assert_eq!(num(&s, "files_renamed"), 0);
     assert_eq!(num(&s, "files_deleted"), 0);
     assert!(num(&s, "bytes_received") > 440_000);
+    // Every file's content was written once (the six files hold about
+    // 440 KB).
+    assert!(num(&s, "bytes_written") > 440_000, "{s:?}");
     assert_eq!(tree(&rep), tree(&src));
     assert!(rep.join(".sync-delta").is_dir());
 
@@ -331,14 +335,17 @@ fn pull_once_replicates_then_follows_edits() {
     assert_eq!(num(&s, "files_sent"), 2, "{s:?}");
     assert_eq!(num(&s, "files_renamed"), 1, "{s:?}");
     assert_eq!(num(&s, "files_deleted"), 1, "{s:?}");
-    // The append and the rename did not resend their content.
+    // The append and the rename did not resend their content, and the
+    // rename wrote nothing.
     assert!(num(&s, "bytes_received") < 100_000, "{s:?}");
+    assert!(num(&s, "bytes_written") > 0, "{s:?}");
     assert_eq!(tree(&rep), tree(&src));
 
     // Round 3: nothing changed, the generation stays.
     let s = summary(&pull(&rep, server.addr, &key, &[]));
     assert_eq!(num(&s, "generation"), 2);
     assert_eq!(num(&s, "files_sent"), 0);
+    assert_eq!(num(&s, "bytes_written"), 0, "{s:?}");
     assert_eq!(tree(&rep), tree(&src));
 }
 

@@ -95,6 +95,10 @@ pub struct RoundSummary {
     /// Bytes of the source's sync frames delivered during the round
     /// (each message with its frame's header and trailer).
     pub received: u64,
+    /// Bytes of file data the round wrote to disk (the rise of
+    /// [`sync_delta::ReplicaStats::disk_bytes`]): staged files, the
+    /// records and in-place writes of patched files; not the state files.
+    pub written: u64,
     /// From the request to the commit.
     pub took: Duration,
 }
@@ -165,7 +169,7 @@ impl std::fmt::Display for SyncReport {
             SyncReport::RoundDone(r) => write!(
                 f,
                 "sync round committed generation {} ({} changed, {} fetched, {} copied, \
-                 {} renamed, {} deleted; {} bytes in {} ms)",
+                 {} renamed, {} deleted; {} bytes in, {} written, in {} ms)",
                 r.generation,
                 r.changed,
                 r.fetched,
@@ -173,6 +177,7 @@ impl std::fmt::Display for SyncReport {
                 r.renamed,
                 r.deleted,
                 r.received,
+                r.written,
                 r.took.as_millis()
             ),
             SyncReport::Diverged(d) => {
@@ -258,6 +263,8 @@ struct Track {
     seq: u64,
     started: Instant,
     received: u64,
+    /// The replica's disk bytes when the round was asked for.
+    disk_at_start: u64,
 }
 
 /// A message from the [`SyncWorker`] for the peer, marked with the link it
@@ -486,6 +493,7 @@ impl SyncWorker {
                         seq: self.rounds_started,
                         started: now,
                         received: 0,
+                        disk_at_start: r.stats().disk_bytes,
                     });
                 }
                 Some(m)
@@ -911,6 +919,7 @@ impl SyncWorker {
                     events.push(e);
                 }
                 let status = status_of(r.generation(), false);
+                let disk_now = r.stats().disk_bytes;
                 for e in events {
                     match e {
                         ReplicaEvent::Committed {
@@ -931,6 +940,9 @@ impl SyncWorker {
                                 deleted,
                                 renamed,
                                 received: track.as_ref().map_or(0, |t| t.received),
+                                written: track
+                                    .as_ref()
+                                    .map_or(0, |t| disk_now.saturating_sub(t.disk_at_start)),
                                 took: track.map_or(Duration::ZERO, |t| now - t.started),
                             };
                             self.reports.push_back(SyncReport::RoundDone(summary));
@@ -988,12 +1000,13 @@ mod display_tests {
             deleted: 0,
             renamed: 5,
             received: 4096,
+            written: 8192,
             took: Duration::from_millis(12),
         });
         assert_eq!(
             round.to_string(),
             "sync round committed generation 4 (3 changed, 2 fetched, 1 copied, 5 renamed, \
-             0 deleted; 4096 bytes in 12 ms)"
+             0 deleted; 4096 bytes in, 8192 written, in 12 ms)"
         );
         let failed = SyncReport::Done {
             id: 7,
