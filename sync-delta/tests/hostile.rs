@@ -693,15 +693,37 @@ fn special_bits_are_stripped_unless_kept() {
     }
 }
 
-/// A store that counts reads and refuses them past a bound: a loop that
-/// reads without end fails the test by its step count, not by a timer.
-struct Bounded {
+/// A store that counts reads and refuses them past a bound (a loop that
+/// reads without end fails the test by its step count, not by a timer),
+/// and records every path it is asked to create or change.
+struct Spy {
     inner: MemStore,
     reads: u64,
-    max: u64,
+    max_reads: u64,
+    /// Paths created, written, cut, renamed (both names), removed or
+    /// given metadata, in order.
+    changed: Vec<String>,
+    /// Paths created as files.
+    created: Vec<String>,
 }
 
-impl Storage for Bounded {
+impl Spy {
+    fn new(inner: MemStore) -> Spy {
+        Spy {
+            inner,
+            reads: 0,
+            max_reads: u64::MAX,
+            changed: Vec::new(),
+            created: Vec::new(),
+        }
+    }
+
+    fn touch(&mut self, p: &str) {
+        self.changed.push(p.to_owned());
+    }
+}
+
+impl Storage for Spy {
     fn walk(
         &mut self,
         e: &sync_delta::Exclude,
@@ -719,7 +741,7 @@ impl Storage for Bounded {
     ) -> Result<usize, sync_delta::StoreError> {
         self.reads += 1;
         assert!(
-            self.reads <= self.max,
+            self.reads <= self.max_reads,
             "{} reads: the source is looping",
             self.reads
         );
@@ -729,12 +751,16 @@ impl Storage for Bounded {
         self.inner.read_link(p)
     }
     fn create(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.touch(p);
+        self.created.push(p.to_owned());
         self.inner.create(p)
     }
     fn write_at(&mut self, p: &str, off: u64, d: &[u8]) -> Result<(), sync_delta::StoreError> {
+        self.touch(p);
         self.inner.write_at(p, off, d)
     }
     fn set_len(&mut self, p: &str, len: u64) -> Result<(), sync_delta::StoreError> {
+        self.touch(p);
         self.inner.set_len(p, len)
     }
     fn sync_file(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
@@ -744,21 +770,28 @@ impl Storage for Bounded {
         self.inner.sync_dir(p)
     }
     fn rename(&mut self, a: &str, b: &str) -> Result<(), sync_delta::StoreError> {
+        self.touch(a);
+        self.touch(b);
         self.inner.rename(a, b)
     }
     fn remove_file(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.touch(p);
         self.inner.remove_file(p)
     }
     fn remove_dir(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
+        self.touch(p);
         self.inner.remove_dir(p)
     }
     fn create_dir(&mut self, p: &str, mode: u32) -> Result<(), sync_delta::StoreError> {
+        self.touch(p);
         self.inner.create_dir(p, mode)
     }
     fn symlink(&mut self, t: &[u8], p: &str) -> Result<(), sync_delta::StoreError> {
+        self.touch(p);
         self.inner.symlink(t, p)
     }
     fn set_meta(&mut self, p: &str, mode: u32, mtime: i64) -> Result<(), sync_delta::StoreError> {
+        self.touch(p);
         self.inner.set_meta(p, mode, mtime)
     }
     fn list_dir(&mut self, p: &str) -> Result<Vec<String>, sync_delta::StoreError> {
@@ -818,10 +851,9 @@ fn a_signature_chunk_longer_than_the_read_window_cannot_stall_the_source() {
             &mut store,
         )
         .unwrap();
-    let mut bounded = Bounded {
-        inner: store,
-        reads: 0,
-        max: 1_000,
+    let mut bounded = Spy {
+        max_reads: 1_000,
+        ..Spy::new(store)
     };
     let (mut sent, mut end) = (0u64, None);
     while let Some(m) = source.poll_transmit(&mut bounded) {
@@ -956,98 +988,11 @@ fn op_len(op: &Op) -> u64 {
     }
 }
 
-/// The replica's store during a hostile round: every path the replica
-/// creates or changes is recorded.
-struct Watched {
-    inner: MemStore,
-    /// Paths created, written, cut, renamed (both names), removed or
-    /// given metadata, in order.
-    changed: Vec<String>,
-    /// Paths created as files.
-    created: Vec<String>,
-}
-
-impl Watched {
-    fn touch(&mut self, p: &str) {
-        self.changed.push(p.to_owned());
-    }
-}
-
-impl Storage for Watched {
-    fn walk(
-        &mut self,
-        e: &sync_delta::Exclude,
-    ) -> Result<sync_delta::store::Walk, sync_delta::StoreError> {
-        self.inner.walk(e)
-    }
-    fn stat(&mut self, p: &str) -> Result<sync_delta::store::Stat, sync_delta::StoreError> {
-        self.inner.stat(p)
-    }
-    fn read_at(
-        &mut self,
-        p: &str,
-        off: u64,
-        buf: &mut [u8],
-    ) -> Result<usize, sync_delta::StoreError> {
-        self.inner.read_at(p, off, buf)
-    }
-    fn read_link(&mut self, p: &str) -> Result<Vec<u8>, sync_delta::StoreError> {
-        self.inner.read_link(p)
-    }
-    fn create(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
-        self.touch(p);
-        self.created.push(p.to_owned());
-        self.inner.create(p)
-    }
-    fn write_at(&mut self, p: &str, off: u64, d: &[u8]) -> Result<(), sync_delta::StoreError> {
-        self.touch(p);
-        self.inner.write_at(p, off, d)
-    }
-    fn set_len(&mut self, p: &str, len: u64) -> Result<(), sync_delta::StoreError> {
-        self.touch(p);
-        self.inner.set_len(p, len)
-    }
-    fn sync_file(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
-        self.inner.sync_file(p)
-    }
-    fn sync_dir(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
-        self.inner.sync_dir(p)
-    }
-    fn rename(&mut self, a: &str, b: &str) -> Result<(), sync_delta::StoreError> {
-        self.touch(a);
-        self.touch(b);
-        self.inner.rename(a, b)
-    }
-    fn remove_file(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
-        self.touch(p);
-        self.inner.remove_file(p)
-    }
-    fn remove_dir(&mut self, p: &str) -> Result<(), sync_delta::StoreError> {
-        self.touch(p);
-        self.inner.remove_dir(p)
-    }
-    fn create_dir(&mut self, p: &str, mode: u32) -> Result<(), sync_delta::StoreError> {
-        self.touch(p);
-        self.inner.create_dir(p, mode)
-    }
-    fn symlink(&mut self, t: &[u8], p: &str) -> Result<(), sync_delta::StoreError> {
-        self.touch(p);
-        self.inner.symlink(t, p)
-    }
-    fn set_meta(&mut self, p: &str, mode: u32, mtime: i64) -> Result<(), sync_delta::StoreError> {
-        self.touch(p);
-        self.inner.set_meta(p, mode, mtime)
-    }
-    fn list_dir(&mut self, p: &str) -> Result<Vec<String>, sync_delta::StoreError> {
-        self.inner.list_dir(p)
-    }
-}
-
 /// What the replica did in a round with a hostile source.
 struct Attempt {
     /// Its answer to the first message it refused, or `Ok`.
     result: Result<(), SessionError>,
-    /// Every path it created or changed (see [`Watched`]).
+    /// Every path it created or changed (see [`Spy`]).
     changed: Vec<String>,
     /// The files it created in its stage.
     staged: Vec<String>,
@@ -1071,11 +1016,7 @@ fn hostile_round(
     pair.now += Duration::from_secs(61);
     pair.wall += Duration::from_secs(61);
     let before = pair.replica.stats();
-    let mut store = Watched {
-        inner: std::mem::take(&mut pair.dst),
-        changed: Vec::new(),
-        created: Vec::new(),
-    };
+    let mut store = Spy::new(std::mem::take(&mut pair.dst));
     pair.replica.handle_timeout(pair.now);
     let result = carry_altered(pair, &mut store, &mut alter);
     let events = std::iter::from_fn(|| pair.replica.poll_event()).collect();
@@ -1088,10 +1029,11 @@ fn hostile_round(
         pair.source.handle_connected(pair.now);
     }
     let after = pair.replica.stats();
-    let Watched {
+    let Spy {
         inner,
         changed,
         created,
+        ..
     } = store;
     pair.dst = inner;
     Attempt {
@@ -1119,7 +1061,7 @@ fn is_big(wants: &Wants, id: u32) -> bool {
 /// left or the replica refuses one.
 fn carry_altered(
     pair: &mut Pair,
-    store: &mut Watched,
+    store: &mut Spy,
     alter: &mut impl FnMut(Message, &Wants) -> Vec<Message>,
 ) -> Result<(), SessionError> {
     let mut wants = Wants::new();
