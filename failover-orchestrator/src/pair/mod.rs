@@ -466,8 +466,6 @@ pub struct Pair {
     rtt_probe_at: Option<Instant>,
     /// When to measure the round trip next.
     next_rtt_probe: Option<Instant>,
-    /// The newest epoch of the journal records handed out so far.
-    journaled_epoch: crate::Epoch,
     /// The replica's last round the mass-deletion guard refused, until a
     /// round commits or the node stops being a replica.
     sync_refused: Option<sync_delta::Refusal>,
@@ -510,7 +508,6 @@ impl Pair {
             link_rtt: None,
             rtt_probe_at: None,
             next_rtt_probe: None,
-            journaled_epoch: epoch,
             sync_refused: None,
             out: VecDeque::new(),
             results: VecDeque::new(),
@@ -1186,7 +1183,6 @@ impl Pair {
         let mut moved = false;
         while let Some(rec) = self.orch.poll_journal() {
             moved = true;
-            self.journaled_epoch = self.journaled_epoch.max(rec.state.highest_epoch);
             self.out.push_back(Output::Persist(rec));
         }
         while let Some(issued) = self.orch.poll_command() {
@@ -1248,7 +1244,9 @@ impl Pair {
     /// driver.
     fn command(&mut self, now: Instant, issued: Issued) {
         let id = issued.id;
-        if issued.epoch < self.journaled_epoch {
+        // Commands come after the journal records drained before them: the
+        // orchestrator's persisted epoch is the newest one handed out.
+        if issued.epoch < self.orch.persistent_state().highest_epoch {
             self.stats.stale_commands += 1;
         }
         let done = |ok: bool| {
