@@ -1,19 +1,23 @@
-//! Scenario tests in virtual time, on vrrp-fsm's simulator with the real
-//! election (see `common`): cold start, failover with
-//! 500 phones, failure policies, flapping peer, swaps, rolling upgrade with
-//! crashes, restore, split brain.
+//! Scenario tests in virtual time, on the whole-pair simulator (see
+//! `pair_world`: each node is the real `Pair` engine, election, orchestrator,
+//! peer link and sync on a `MemStore`, with a driver model): cold start,
+//! failover with 500 phones, failure policies, flapping peer, swaps,
+//! rolling upgrade with crashes, restore, split brain. Every scenario also
+//! keeps the simulator's safety invariants (one address holder, no command
+//! under a stale epoch, a Passive Backup takes over only by a swap, the
+//! replica a whole generation).
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod pair_world;
 
 use std::time::Duration;
 
-use common::*;
 use failover_orchestrator::{
-    BackupMode, Command, Event, FailurePolicy, Milestone, OperatorRequest, PhoneAction,
-    PhoneResult, PlanKind, PlanOutcome, PreflightError, ProcedureOutcome, ProtocolVersion,
-    Redundancy, Role, ServiceId, Timeline,
+    BackupMode, Command, Event, FailurePolicy, Identity, Milestone, OperatorRequest, PhoneAction,
+    PhoneMethod, PhoneResult, PhoneSpec, PlanKind, PlanOutcome, PreflightError, ProcedureOutcome,
+    ProtocolVersion, Redundancy, Role, ServiceId, ServiceSpec, Timeline, Timeouts,
 };
+use pair_world::{Model, World, WorldConfig};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -25,10 +29,151 @@ fn position(cmds: &[Command], c: &Command) -> usize {
         .unwrap_or_else(|| panic!("{c:?} not issued"))
 }
 
+fn identity(id: &str, firmware: &str) -> Identity {
+    Identity {
+        node_id: id.into(),
+        firmware: firmware.into(),
+        language_pack: "en-US 3".into(),
+        licences: vec!["acd".into(), "sip-trunk-16".into()],
+        protocol: ProtocolVersion::CURRENT,
+    }
+}
+
+fn ids() -> [Identity; 2] {
+    [
+        identity("06-5.1.30-005400", "5.1.30"),
+        identity("06-5.1.31-005400", "5.1.30"),
+    ]
+}
+
+/// The phone model of the appliance: 60 % follow, 30 % nudge, 8 % reboot,
+/// 2 % person, spread so every class appears throughout the inventory.
+fn inventory(n: usize) -> Vec<PhoneSpec> {
+    (0..n)
+        .map(|i| {
+            let m = i % 50;
+            let method = if m < 30 {
+                PhoneMethod::FollowsAddress
+            } else if m < 45 {
+                PhoneMethod::Nudge
+            } else if m < 49 {
+                PhoneMethod::Reboot
+            } else {
+                PhoneMethod::Person(failover_orchestrator::PersonReason::UnsupportedModel)
+            };
+            PhoneSpec::new(method).class(if i % 97 == 0 { 0 } else { 5 })
+        })
+        .collect()
+}
+
+/// The legacy behaviour: reboot every phone, one per second.
+fn reboot_all(n: usize) -> Vec<PhoneSpec> {
+    inventory(n)
+        .into_iter()
+        .map(|p| match p.method {
+            PhoneMethod::Person(_) => p,
+            _ => PhoneSpec::new(PhoneMethod::Reboot),
+        })
+        .collect()
+}
+
+/// Four services; the third ("media") fails by `policy` when given one.
+fn services(policy: Option<FailurePolicy>) -> Vec<ServiceSpec> {
+    let sid = ServiceId;
+    let mut media = ServiceSpec::new("media").after(&[sid(0)]);
+    if let Some(p) = policy {
+        media = media.on_failure(p).ready_within(secs(5), 1);
+    }
+    vec![
+        ServiceSpec::new("database"),
+        ServiceSpec::new("sip-registrar").after(&[sid(0)]),
+        media,
+        ServiceSpec::new("voicemail").after(&[sid(1), sid(2)]),
+    ]
+}
+
+/// Election priorities: node 1 (the one that joins as Backup) outranks
+/// node 0, so that when both are Master (a healed partition) the election
+/// agrees with the epochs that the newer term, node 1's, stays. The sum
+/// keeps a takeover after node 0's crash at the end of [`pair`] about 3 s
+/// after the crash (the last advertisement heard, then node 1's
+/// Master_Down_Interval).
+const PRIORITIES: [u8; 2] = [100, 150];
+
+/// The appliance at its product settings: advertisements every second,
+/// the product's timeouts, services ready 150 ms after they start, phones
+/// that take 20 s to reboot, a node down 30 s while it restarts.
+fn config(
+    ids: [Identity; 2],
+    phones: Vec<PhoneSpec>,
+    policy: Option<FailurePolicy>,
+) -> WorldConfig {
+    let mut cfg = WorldConfig::new(1);
+    cfg.priorities = PRIORITIES;
+    cfg.identities = ids;
+    cfg.phones = phones;
+    cfg.services = services(policy);
+    cfg.timeouts = Timeouts::default();
+    let ready = vec![Some(Duration::from_millis(150)); 4];
+    cfg.model = Model {
+        service_start: Duration::from_millis(10),
+        service_stop: Duration::from_millis(1),
+        service_ready: [ready.clone(), ready],
+        nudge: Duration::from_millis(500),
+        reboot: secs(20),
+        restart: secs(30),
+        soft_restarts: false,
+        ..Model::default()
+    };
+    cfg
+}
+
+fn world(ids: [Identity; 2], phones: Vec<PhoneSpec>, policy: Option<FailurePolicy>) -> World {
+    World::new(config(ids, phones, policy))
+}
+
+/// Node 0 boots first and becomes Master, node 1 joins as Backup.
+fn pair_from(cfg: WorldConfig) -> World {
+    let mut w = World::new(cfg);
+    w.boot(0);
+    w.run_for(secs(4));
+    assert_eq!(w.role(0), Role::Master, "{}", w.report());
+    w.boot(1);
+    w.run_for(secs(5));
+    assert_eq!(w.role(1), Role::Backup, "{}", w.report());
+    w
+}
+
+fn pair(phones: Vec<PhoneSpec>, policy: Option<FailurePolicy>) -> World {
+    pair_from(config(ids(), phones, policy))
+}
+
+fn passive() -> OperatorRequest {
+    OperatorRequest::SetBackupMode {
+        mode: BackupMode::Passive,
+        expires_at: None,
+    }
+}
+
+/// The simulator's safety invariants held throughout.
+fn assert_safe(w: &World) {
+    assert!(w.violations.is_empty(), "{}", w.report());
+}
+
+/// When node `i` issued its commands that match `want`.
+fn issued_at(w: &World, i: usize, want: impl Fn(&Command) -> bool) -> Vec<Duration> {
+    w.nodes[i]
+        .issued
+        .iter()
+        .filter(|(_, c)| want(&c.command))
+        .map(|(t, _)| *t)
+        .collect()
+}
+
 #[test]
 fn cold_start_claims_first_and_starts_services_in_dependency_order() {
-    let a = identity("06-5.1.30-005400", "5.1.30");
-    let mut w = World::new(&[a], inventory(20), None);
+    // One unit alone: node 1 never boots.
+    let mut w = world(ids(), inventory(20), None);
     w.boot(0);
     w.run_for(secs(6));
     assert_eq!(w.role(0), Role::Master);
@@ -44,10 +189,8 @@ fn cold_start_claims_first_and_starts_services_in_dependency_order() {
             .iter()
             .any(|c| matches!(c, Command::RebootPhone(_) | Command::NudgePhone(_)))
     );
-    let o = w.orch(0);
-    assert_eq!(o.epoch().term, 1);
-    let now = w.now();
-    let st = w.orch(0).status(now);
+    assert_eq!(w.orch(0).epoch().term, 1);
+    let st = w.orch(0).status(w.instant());
     assert!(st.ready);
     assert_eq!(st.one_liner(), "No backup device connected");
     let tl = st.timeline.unwrap();
@@ -58,57 +201,48 @@ fn cold_start_claims_first_and_starts_services_in_dependency_order() {
         .unwrap();
     assert!(claimed < ready);
     assert!(tl.at(|m| *m == Milestone::Done).is_some());
-    assert_eq!(w.stale_commands(), 0);
+    assert_safe(&w);
 }
 
 #[test]
 fn status_one_liner_matches_the_appliance() {
     let mut w = pair(inventory(10), None);
-    let now = w.now();
-    let st = w.orch(0).status(now);
+    let st = w.orch(0).status(w.instant());
     assert_eq!(
         st.one_liner(),
         "Backup device with ID 06-5.1.31-005400 is UP (Active mode)"
     );
     assert!(st.findings.is_empty());
-    let st1 = w.orch(1).status(now);
     assert_eq!(
-        st1.one_liner(),
+        w.orch(1).status(w.instant()).one_liner(),
         "Device with ID 06-5.1.31-005400 is in Backup mode"
     );
     // Passive, through the Master.
-    w.orch(0)
-        .handle_operator(
-            now,
-            OperatorRequest::SetBackupMode {
-                mode: BackupMode::Passive,
-                expires_at: None,
-            },
-        )
-        .unwrap();
+    w.request(0, passive()).unwrap();
     w.run_for(secs(3));
-    let now = w.now();
     assert_eq!(
-        w.orch(0).status(now).one_liner(),
+        w.orch(0).status(w.instant()).one_liner(),
         "Backup device with ID 06-5.1.31-005400 is UP (Passive mode)"
     );
     assert_eq!(w.mode(1), BackupMode::Passive);
-    assert_eq!(w.node(1).persisted.backup_mode, BackupMode::Passive);
-    // The Backup goes silent.
+    let router = w.nodes[1].pair.as_ref().unwrap().router().unwrap();
+    assert_eq!(router.backup_mode(), vrrp_fsm::BackupMode::Passive);
+    // The Backup goes silent on the peer link.
     w.set_peer_link(false);
     w.run_for(secs(5));
-    let now = w.now();
+    let st = w.orch(0).status(w.instant());
     assert_eq!(
-        w.orch(0).status(now).one_liner(),
+        st.one_liner(),
         "Backup device with ID 06-5.1.31-005400 is DOWN"
     );
     // Serializable for a UI.
-    let json = serde_json::to_string(&w.orch(0).status(now)).unwrap();
+    let json = serde_json::to_string(&st).unwrap();
     assert!(json.contains("06-5.1.31-005400"));
+    assert_safe(&w);
 }
 
 struct Rehome {
-    /// ms after re-homing started at which each phone registered.
+    /// ms after the role change at which each phone registered.
     registered_ms: Vec<u64>,
     all_done_ms: u64,
     total: usize,
@@ -116,26 +250,22 @@ struct Rehome {
     timeline: Timeline,
 }
 
-fn failover(phones: Vec<failover_orchestrator::PhoneSpec>) -> (World, Rehome) {
+fn failover(phones: Vec<PhoneSpec>) -> (World, Rehome, sync_delta::Generation) {
     let n = phones.len();
     let mut w = pair(phones, None);
-    // Something synced before the failure: the data-loss window is its age.
-    let now = w.now();
-    let taken_at = w.wall() - secs(7);
-    w.orch(1).handle_sync_status(
-        now,
-        failover_orchestrator::SyncStatus {
-            generation: 41,
-            taken_at,
-            round_in_progress: true,
-        },
-    );
+    // What the Backup last synced: the data-loss window is its age.
+    let synced = w.nodes[1]
+        .worker
+        .as_ref()
+        .and_then(failover_orchestrator::pair::SyncWorker::replica_generation)
+        .expect("the Backup synced when the pair formed");
     w.crash(0);
-    let until = w.now() + secs(900);
-    w.run_until(until, |w| {
-        w.orch_ref(1).is_some_and(|o| {
-            o.timeline()
-                .is_some_and(|t| t.entries.iter().any(|e| e.what == Milestone::Done))
+    let until = w.now + secs(900);
+    w.run_until_or(until, |w| {
+        w.nodes[1].pair.as_ref().is_some_and(|p| {
+            p.orchestrator().timeline().is_some_and(|t| {
+                t.kind == PlanKind::Takeover && t.at(|m| *m == Milestone::Done).is_some()
+            })
         })
     });
     let tl = w.orch(1).timeline().unwrap().clone();
@@ -143,13 +273,12 @@ fn failover(phones: Vec<failover_orchestrator::PhoneSpec>) -> (World, Rehome) {
     assert_eq!(tl.phones.len(), n);
     // Measured from detection (the role change), stricter than from the
     // start of re-homing.
-    let start = *w.node(1).became_master.last().unwrap();
-    let mut registered_ms: Vec<u64> = w
-        .node(1)
+    let start = *w.nodes[1].became_master.last().unwrap();
+    let mut registered_ms: Vec<u64> = w.nodes[1]
         .registered
         .iter()
         .flatten()
-        .map(|t| t.saturating_duration_since(start).as_millis() as u64)
+        .map(|t| t.saturating_sub(start).as_millis() as u64)
         .collect();
     registered_ms.sort_unstable();
     let person = tl
@@ -167,6 +296,7 @@ fn failover(phones: Vec<failover_orchestrator::PhoneSpec>) -> (World, Rehome) {
             person,
             timeline: tl,
         },
+        synced,
     )
 }
 
@@ -174,11 +304,14 @@ fn share_within(r: &Rehome, ms: u64) -> f64 {
     r.registered_ms.iter().filter(|t| **t <= ms).count() as f64 / r.total as f64
 }
 
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
 #[test]
 fn failover_rehomes_500_phones_fast_and_beats_reboot_all() {
-    let (w, r) = failover(inventory(500));
-    assert_eq!(w.double_address(), 0);
-    assert_eq!(w.stale_commands(), 0);
+    let (w, r, synced) = failover(inventory(500));
+    assert_safe(&w);
     // Every phone that can register did; the 2 % are listed for a person.
     assert_eq!(r.person, 10);
     assert_eq!(r.registered_ms.len(), 490);
@@ -218,14 +351,23 @@ fn failover_rehomes_500_phones_fast_and_beats_reboot_all() {
         .take(4)
         .collect();
     assert_eq!(nudges, vec![194, 291, 388, 485]);
-    // Timeline: detection, address, services, phone milestones, done.
+    // Timeline: detection, address, sync settled, services, phone
+    // milestones, done; the window is the age, when the sync settled, of
+    // what the Backup last synced, which is at least the time from that
+    // snapshot to the crash.
     let tl = &r.timeline;
-    assert_eq!(tl.generation, Some(41));
+    assert_eq!(tl.generation, Some(synced.number));
     let loss = tl.data_loss_window_ms.unwrap();
-    // Taken 7 s before the crash, taken over about 3 s later: node 0's
-    // last advertisement was heard 0.39 s before the crash, and node 1's
-    // Master_Down_Interval is 3.41 s.
-    assert!((10_000..10_100).contains(&loss), "{loss}");
+    let settled = tl
+        .entries
+        .iter()
+        .find(|e| e.what == Milestone::SyncSettled)
+        .unwrap();
+    let taken = unix_ms(synced.taken_at.unwrap());
+    assert_eq!(loss, settled.unix_ms - taken);
+    let crashed = *w.nodes[0].left_master.last().unwrap();
+    let crash_unix = unix_ms(std::time::UNIX_EPOCH + secs(pair_world::WALL0) + crashed);
+    assert!(loss >= crash_unix - taken, "{loss} ms");
     let p50 = tl
         .at(|m| matches!(m, Milestone::Phones { percent: 50, .. }))
         .unwrap();
@@ -242,7 +384,7 @@ fn failover_rehomes_500_phones_fast_and_beats_reboot_all() {
     assert_eq!(&back, tl);
 
     // The same model, rebooting every phone one per second.
-    let (_, legacy) = failover(reboot_all(500));
+    let (_, legacy, _) = failover(reboot_all(500));
     assert!(legacy.all_done_ms >= 500_000, "{}", legacy.all_done_ms);
     assert!(legacy.all_done_ms <= 540_000, "{}", legacy.all_done_ms);
     assert!(share_within(&legacy, 5_000) < 0.01);
@@ -257,16 +399,17 @@ fn failover_rehomes_500_phones_fast_and_beats_reboot_all() {
 }
 
 fn policy_world(policy: FailurePolicy) -> World {
-    let mut w = pair(inventory(50), Some(policy));
+    let mut cfg = config(ids(), inventory(50), Some(policy));
     // Service 2 ("media") never becomes ready on the Backup.
-    w.node_mut(1).service_ready_after[2] = None;
+    cfg.model.service_ready[1][2] = None;
+    let mut w = pair_from(cfg);
     w.crash(0);
     // Until the takeover has finished, and a second on. A Backup that
     // stepped down, alone, becomes Master again by election after the
     // release hold-off and its Master_Down_Interval, and tries again: these
     // tests look at the first try.
-    let until = w.now() + secs(120);
-    let finished = w.run_until(until, |w| {
+    let until = w.now + secs(120);
+    let finished = w.run_until_or(until, |w| {
         w.count_events(1, |e| {
             matches!(
                 e,
@@ -279,6 +422,7 @@ fn policy_world(policy: FailurePolicy) -> World {
     });
     assert!(finished, "the takeover did not finish");
     w.run_for(secs(1));
+    assert_safe(&w);
     w
 }
 
@@ -311,7 +455,7 @@ fn service_never_ready_continue_degraded() {
     assert!(cmds.contains(&Command::StartService(ServiceId(3))));
     assert!(w.holds_address(1));
     assert_eq!(w.role(1), Role::Master);
-    let tl = w.orch_ref(1).unwrap().timeline().unwrap();
+    let tl = w.orch(1).timeline().unwrap();
     assert!(
         tl.at(|m| matches!(m, Milestone::ServiceFailed { service: 2, .. }))
             .is_some()
@@ -346,9 +490,13 @@ fn service_never_ready_step_down() {
         .iter()
         .rposition(|c| *c == Command::StopService(ServiceId(0)))
         .unwrap();
-    let down = position(&cmds, &Command::StepDown);
     // The address goes first, then services, then the role.
-    assert!(release < stop && release < down);
+    assert!(release < stop);
+    let released = *issued_at(&w, 1, |c| *c == Command::ReleaseAddress)
+        .last()
+        .unwrap();
+    let left = *w.nodes[1].left_master.last().unwrap();
+    assert!(released <= left, "{released:?} {left:?}");
     assert!(!w.holds_address(1));
     assert_eq!(w.role(1), Role::Backup);
 }
@@ -369,82 +517,62 @@ fn flapping_peer_is_tracked_without_any_action() {
     assert_eq!(w.role(0), Role::Master);
     let downs = w.count_events(0, |e| *e == Event::PeerDown);
     let ups = w.count_events(0, |e| *e == Event::PeerUp);
-    assert_eq!(downs, 5);
-    assert_eq!(ups, 6);
+    assert_eq!(downs, 5, "{}", w.report());
+    assert_eq!(ups, 6, "{}", w.report());
     assert!(w.orch(0).stats().peer_flaps >= 11);
-    let now = w.now();
-    assert!(w.orch(0).status(now).peer.unwrap().up);
+    assert!(w.orch(0).status(w.instant()).peer.unwrap().up);
+    assert_safe(&w);
 }
 
 fn swap(mode: BackupMode) {
     let mut w = pair(inventory(20), None);
-    let now = w.now();
-    let wall = w.wall();
-    w.orch(0).handle_sync_status(
-        now,
-        failover_orchestrator::SyncStatus {
-            generation: 3,
-            taken_at: wall,
-            round_in_progress: false,
-        },
-    );
     if mode == BackupMode::Passive {
-        w.orch(0)
-            .handle_operator(
-                now,
-                OperatorRequest::SetBackupMode {
-                    mode,
-                    expires_at: None,
-                },
-            )
-            .unwrap();
+        w.request(0, passive()).unwrap();
         w.run_for(secs(2));
     }
-    let gen_before = w.node(1).generation;
-    let now = w.now();
-    let id = w
-        .orch(0)
-        .handle_operator(now, OperatorRequest::Swap)
-        .unwrap();
+    // Written on the Master just before the swap: the one-off round
+    // before the swap brings it over, also to a Passive Backup.
+    w.write(0, "voicemail/just-before.wav", b"hello");
+    let id = w.request(0, OperatorRequest::Swap).unwrap();
     // Another procedure is refused while this one runs.
     assert_eq!(
-        w.orch(0).handle_operator(now, OperatorRequest::Swap),
+        w.request(0, OperatorRequest::Swap),
         Err(PreflightError::ProcedureRunning(id))
     );
     w.run_for(secs(120));
-    // The Backup got a one-off sync, even when Passive.
-    assert!(w.node(1).generation > gen_before);
+    assert_eq!(
+        w.read(1, "voicemail/just-before.wav").as_deref(),
+        Some(&b"hello"[..])
+    );
     assert_eq!(w.role(1), Role::Master);
     assert_eq!(w.role(0), Role::Backup);
-    assert_eq!(w.node(0).boots, 2, "old Master restarted");
+    assert_eq!(w.nodes[0].boot, 2, "old Master restarted");
     assert_eq!(w.mode(0), mode, "returns in the mode the Backup had");
-    assert_eq!(w.node(0).persisted.backup_mode, mode);
     assert_eq!(
-        w.node(0).persisted.priority,
+        w.nodes[0].persisted.priority,
         Some(50),
         "lower priority persisted for preempt"
     );
-    assert!(w.node(0).persisted.procedure.is_none());
+    assert!(w.nodes[0].persisted.procedure.is_none());
     assert!(w.events(0).iter().any(|(_, e)| *e
         == Event::ProcedureFinished {
             id,
             outcome: ProcedureOutcome::Completed
         }));
     // Role gap: old Master left, new Master took over within 10 ms.
-    let left = *w.node(0).left_master.last().unwrap();
-    let took = *w.node(1).became_master.last().unwrap();
+    let left = *w.nodes[0].left_master.last().unwrap();
+    let took = *w.nodes[1].became_master.last().unwrap();
     assert!(
         took >= left && took - left < Duration::from_millis(10),
         "{:?}",
         took - left
     );
-    assert_eq!(w.double_address(), 0);
     assert!(w.holds_address(1) && !w.holds_address(0));
     assert!(
         w.orch(1).epoch() > w.orch(0).persistent_state().highest_epoch
             || w.orch(1).epoch() == w.orch(0).epoch()
     );
-    assert_eq!(w.stale_commands(), 0);
+    assert_safe(&w);
 }
 
 #[test]
@@ -475,20 +603,12 @@ fn upgrade_request() -> OperatorRequest {
 #[test]
 fn a_rolling_upgrade_across_the_encrypted_link_is_refused_at_preflight() {
     let old = ProtocolVersion { major: 1, minor: 0 };
-    let mut ids = [
-        identity("06-5.1.30-005400", "5.1.30"),
-        identity("06-5.1.31-005400", "5.1.30"),
-    ];
+    let mut ids = ids();
     for id in &mut ids {
         id.protocol = old;
     }
-    let mut w = World::new(&ids, inventory(20), None);
-    w.boot(0);
-    w.run_for(secs(4));
-    w.boot(1);
-    w.run_for(secs(5));
+    let mut w = pair_from(config(ids, inventory(20), None));
     assert_eq!((w.role(0), w.role(1)), (Role::Master, Role::Backup));
-    let now = w.now();
     let req = OperatorRequest::RollingUpgrade {
         firmware: "5.2.0".into(),
         language_pack: None,
@@ -496,36 +616,32 @@ fn a_rolling_upgrade_across_the_encrypted_link_is_refused_at_preflight() {
     };
     assert_eq!(ProtocolVersion::CURRENT.major, 2);
     assert!(matches!(
-        w.orch(0).handle_operator(now, req),
+        w.request(0, req),
         Err(PreflightError::ProtocolIncompatible { ours, theirs })
             if ours == ProtocolVersion::CURRENT && theirs == old
     ));
-    assert!(w.node(0).persisted.procedure.is_none());
+    assert!(w.nodes[0].persisted.procedure.is_none());
     // Within the new major version, an upgrade still goes ahead.
     let mut w = pair(inventory(20), None);
-    let now = w.now();
-    assert!(w.orch(0).handle_operator(now, upgrade_request()).is_ok());
+    assert!(w.request(0, upgrade_request()).is_ok());
 }
 
 fn rolling_upgrade(crash_after: Option<usize>) -> World {
     let mut w = pair(inventory(20), None);
-    let now = w.now();
-    w.orch(0).handle_operator(now, upgrade_request()).unwrap();
-    w.node_mut(0).crash_after_records = crash_after;
+    w.request(0, upgrade_request()).unwrap();
+    w.nodes[0].crash_after_records = crash_after;
     w.run_for(secs(600));
     w
 }
 
 fn assert_upgraded(w: &World) {
-    assert_eq!(w.node(0).id.firmware, "5.2.0");
-    assert_eq!(w.node(1).id.firmware, "5.2.0");
+    assert_eq!(w.nodes[0].firmware, "5.2.0");
+    assert_eq!(w.nodes[1].firmware, "5.2.0");
     assert_eq!(w.role(1), Role::Master);
     assert_eq!(w.role(0), Role::Backup);
     assert_eq!(w.mode(0), BackupMode::Active);
-    assert_eq!(w.node(0).persisted.backup_mode, BackupMode::Active);
-    assert!(w.node(0).persisted.procedure.is_none());
-    assert_eq!(w.double_address(), 0);
-    assert_eq!(w.stale_commands(), 0);
+    assert!(w.nodes[0].persisted.procedure.is_none());
+    assert_safe(w);
 }
 
 #[test]
@@ -533,7 +649,7 @@ fn rolling_upgrade_completes() {
     let w = rolling_upgrade(None);
     assert_upgraded(&w);
     // No unwanted failover: the Backup only became Master once, by the swap.
-    assert_eq!(w.node(1).became_master.len(), 1);
+    assert_eq!(w.nodes[1].became_master.len(), 1);
 }
 
 /// The manual's order across the two units: the Master saves its
@@ -545,20 +661,18 @@ fn rolling_upgrade_saves_each_configuration_first_and_stages_the_image_before_th
 {
     let w = rolling_upgrade(None);
     assert_upgraded(&w);
-    let at = |node: usize, want: &dyn Fn(&Command) -> bool| -> Vec<std::time::Instant> {
-        w.node(node)
-            .issued
-            .iter()
-            .filter(|(_, c)| want(&c.command))
-            .map(|(t, _)| *t)
-            .collect()
-    };
-    let save0 = at(0, &|c| *c == Command::SaveConfig);
-    let save1 = at(1, &|c| *c == Command::SaveConfig);
-    let stage = at(0, &|c| *c == Command::StageImageOnPeer);
-    let passive1 = at(1, &|c| *c == Command::SetBackupMode(BackupMode::Passive));
-    let install1 = at(1, &|c| matches!(c, Command::UpgradeFirmware { .. }));
-    let install0 = at(0, &|c| matches!(c, Command::UpgradeFirmware { .. }));
+    let save0 = issued_at(&w, 0, |c| *c == Command::SaveConfig);
+    let save1 = issued_at(&w, 1, |c| *c == Command::SaveConfig);
+    let stage = issued_at(&w, 0, |c| *c == Command::StageImageOnPeer);
+    let install1 = issued_at(&w, 1, |c| matches!(c, Command::UpgradeFirmware { .. }));
+    let install0 = issued_at(&w, 0, |c| matches!(c, Command::UpgradeFirmware { .. }));
+    // The Backup's mode changes as it reports them.
+    let passive1: Vec<Duration> = w
+        .events(1)
+        .iter()
+        .filter(|(_, e)| *e == Event::ModeChanged(BackupMode::Passive))
+        .map(|(t, _)| *t)
+        .collect();
     assert_eq!(
         (
             save0.len(),
@@ -590,73 +704,49 @@ fn swap_accepts_a_firmware_difference_only_beside_a_passive_backup() {
         identity("06-5.1.30-005400", "5.1.30"),
         identity("06-5.1.31-005400", "5.2.0"),
     ];
-    let mut w = World::new(&ids, inventory(20), None);
-    w.boot(0);
-    w.run_for(secs(4));
-    w.boot(1);
-    w.run_for(secs(5));
+    let mut w = pair_from(config(ids, inventory(20), None));
     assert_eq!((w.role(0), w.role(1)), (Role::Master, Role::Backup));
-    let now = w.now();
-    assert!(matches!(
-        w.orch(0).handle_operator(now, OperatorRequest::Swap),
+    assert_eq!(
+        w.request(0, OperatorRequest::Swap),
         Err(PreflightError::Parity(
             failover_orchestrator::ParityField::Firmware
         ))
-    ));
-    let now = w.now();
-    w.orch(0)
-        .handle_operator(
-            now,
-            OperatorRequest::SetBackupMode {
-                mode: BackupMode::Passive,
-                expires_at: None,
-            },
-        )
-        .unwrap();
+    );
+    w.request(0, passive()).unwrap();
     w.run_for(secs(5));
     assert_eq!(w.mode(1), BackupMode::Passive);
-    let now = w.now();
-    assert!(
-        w.orch(0)
-            .handle_operator(now, OperatorRequest::Swap)
-            .is_ok()
-    );
+    assert!(w.request(0, OperatorRequest::Swap).is_ok());
 }
 
 #[test]
 fn rolling_upgrade_resumes_after_a_crash_at_every_step() {
-    let total = rolling_upgrade(None).node(0).journal.len();
+    let total = rolling_upgrade(None).nodes[0].journal.len();
     assert!(total > 10);
     let mut completed = 0;
     let mut aborted = Vec::new();
     for k in 0..total {
-        // Node 0 (the Master running the procedure) crashes right after its
-        // k-th journal record and restarts 30 s later.
+        // Node 0 (the Master running the procedure) loses power right
+        // after its k-th journal record and boots 30 s later.
         let w = rolling_upgrade(Some(k));
         assert!(
-            w.node(0).journal.iter().any(|r| matches!(
+            w.nodes[0].journal.iter().any(|r| matches!(
                 r.entry,
                 failover_orchestrator::JournalEntry::ProcedureResumed { .. }
             )),
-            "crash after record {k} was not resumed"
+            "crash after record {k} was not resumed\n{}",
+            w.report()
         );
-        if w.node(0).persisted.procedure.is_some() && std::env::var("DUMP").is_ok() {
-            dump(&w);
-        }
         assert!(
-            w.node(0).persisted.procedure.is_none(),
-            "crash after {k}: procedure left open"
+            w.nodes[0].persisted.procedure.is_none(),
+            "crash after {k}: procedure left open\n{}",
+            w.report()
         );
-        if w.double_address() != 0 && std::env::var("DUMP").is_ok() {
-            dump(&w);
-        }
-        assert_eq!(w.double_address(), 0, "crash after {k}");
-        assert_eq!(w.stale_commands(), 0);
-        let outcome = w.node(0).journal.iter().rev().find_map(|r| match r.entry {
+        assert_safe(&w);
+        let outcome = w.nodes[0].journal.iter().rev().find_map(|r| match r.entry {
             failover_orchestrator::JournalEntry::ProcedureFinished { outcome, .. } => Some(outcome),
             _ => None,
         });
-        if w.node(0).id.firmware == "5.2.0" {
+        if w.nodes[0].firmware == "5.2.0" {
             assert_upgraded(&w);
             assert_eq!(outcome, Some(ProcedureOutcome::Completed));
             completed += 1;
@@ -668,12 +758,10 @@ fn rolling_upgrade_resumes_after_a_crash_at_every_step() {
             // armed Backup takes over when the Master falls silent.
             assert_eq!(outcome, Some(ProcedureOutcome::Aborted), "crash after {k}");
             aborted.push(k);
-            if std::env::var("DUMP").is_ok() {
-                dump(&w);
-            }
             assert!(
-                w.node(1).became_master.len() == 1 && w.role(1) == Role::Master,
-                "crash after {k}"
+                w.nodes[1].became_master.len() == 1 && w.role(1) == Role::Master,
+                "crash after {k}\n{}",
+                w.report()
             );
             assert_eq!(w.role(0), Role::Backup, "crash after {k}");
         }
@@ -693,22 +781,16 @@ fn rolling_upgrade_resumes_after_a_crash_at_every_step() {
 
 #[test]
 fn rolling_upgrade_aborts_cleanly_when_the_upgraded_backup_is_not_ready() {
-    let mut w = pair(inventory(20), None);
-    w.node_mut(1).node_ready = false;
-    let now = w.now();
-    let mut req = upgrade_request();
-    let config_short = failover_orchestrator::Timeouts {
-        upgrade: secs(120),
-        ..Default::default()
-    };
-    let _ = config_short;
-    w.orch(0).handle_operator(now, req.clone()).unwrap();
+    let mut cfg = config(ids(), inventory(20), None);
+    cfg.model.node_ready[1] = false;
+    let mut w = pair_from(cfg);
+    w.request(0, upgrade_request()).unwrap();
     w.run_for(secs(3_700));
     // No swap happened; the Backup stays Passive so it cannot take over.
     assert_eq!(w.role(0), Role::Master);
     assert_eq!(w.role(1), Role::Backup);
     assert_eq!(w.mode(1), BackupMode::Passive);
-    assert!(w.node(0).persisted.procedure.is_none());
+    assert!(w.nodes[0].persisted.procedure.is_none());
     assert!(w.events(0).iter().any(|(_, e)| matches!(
         e,
         Event::ProcedureFinished {
@@ -716,13 +798,11 @@ fn rolling_upgrade_aborts_cleanly_when_the_upgraded_backup_is_not_ready() {
             ..
         }
     )));
-    assert!(
-        !w.commands(0)
-            .iter()
-            .any(|c| matches!(c, Command::Release { .. }))
-    );
+    // The Master never released its role.
+    assert!(w.nodes[0].left_master.is_empty());
+    assert_safe(&w);
     // An incompatible peer protocol is refused before anything starts.
-    req = OperatorRequest::RollingUpgrade {
+    let req = OperatorRequest::RollingUpgrade {
         firmware: "6.0".into(),
         language_pack: None,
         protocol: ProtocolVersion {
@@ -730,9 +810,8 @@ fn rolling_upgrade_aborts_cleanly_when_the_upgraded_backup_is_not_ready() {
             minor: 0,
         },
     };
-    let now = w.now();
     assert!(matches!(
-        w.orch(0).handle_operator(now, req),
+        w.request(0, req),
         Err(PreflightError::ProtocolIncompatible { .. })
     ));
 }
@@ -740,27 +819,28 @@ fn rolling_upgrade_aborts_cleanly_when_the_upgraded_backup_is_not_ready() {
 #[test]
 fn configuration_restore_without_failover() {
     let mut w = pair(inventory(20), None);
-    let now = w.now();
-    w.orch(0)
-        .handle_operator(
-            now,
-            OperatorRequest::ConfigRestore {
-                backup: "nightly".into(),
-            },
-        )
-        .unwrap();
+    w.request(
+        0,
+        OperatorRequest::ConfigRestore {
+            backup: "nightly".into(),
+        },
+    )
+    .unwrap();
+    // Written while the restore runs: the full round afterwards brings it.
+    w.run_for(secs(1));
+    w.write(0, "etc/after-restore.conf", b"x=1\n");
     w.run_for(secs(300));
     // The Master rebooted with the restored configuration and stayed Master;
     // the Passive Backup never took over and is Active again, fully synced.
-    assert_eq!(w.node(0).boots, 2);
+    assert_eq!(w.nodes[0].boot, 2);
     assert_eq!(w.role(0), Role::Master);
-    assert!(w.node(1).became_master.is_empty());
+    assert!(w.nodes[1].became_master.is_empty());
     assert_eq!(w.mode(1), BackupMode::Active);
-    assert!(w.commands(1).contains(&Command::SyncNow { full: true }));
+    assert_eq!(w.tree(0), w.tree(1));
     assert!(w.commands(0).contains(&Command::RestoreConfig {
         backup: "nightly".into()
     }));
-    assert!(w.node(0).persisted.procedure.is_none());
+    assert!(w.nodes[0].persisted.procedure.is_none());
     assert!(w.events(0).iter().any(|(_, e)| matches!(
         e,
         Event::ProcedureFinished {
@@ -768,6 +848,7 @@ fn configuration_restore_without_failover() {
             ..
         }
     )));
+    assert_safe(&w);
 }
 
 #[test]
@@ -781,60 +862,57 @@ fn split_brain_is_healed_by_epochs() {
     assert_eq!(w.role(1), Role::Master);
     let new = w.orch(1).epoch();
     assert!(new > old);
-    // Heal just after one of the old Master's advertisements (every second
-    // from when it became Master). The new Master answers the next one with
-    // its own at a higher priority, which would make the old Master Backup
-    // by election; the heartbeat with the newer epoch comes first.
-    let took = *w.node(0).became_master.last().unwrap();
-    let since = (w.now() - took).as_millis() as u64;
-    let next_advert = took + Duration::from_millis(since.div_ceil(1000) * 1000);
-    w.run_until(next_advert + Duration::from_millis(2), |_| false);
-    // Heal: the old term steps down at once; the new Master refuses its
-    // stale messages.
-    w.heal();
+    // The peer link comes back first, the VRRP LAN still cut: only the
+    // epochs can tell the old Master that its term is over. It steps down,
+    // and stays down: the new Master's link vouches for it while its
+    // advertisements cannot get through.
+    w.set_peer_link(true);
     w.run_for(secs(10));
     assert!(w.holds_address(1));
     assert!(!w.holds_address(0));
-    assert_eq!(w.role(0), Role::Backup);
-    assert!(w.count_events(0, |e| *e == Event::Superseded { by: new }) == 1);
+    assert_eq!(w.role(0), Role::Backup, "{}", w.report());
+    assert_eq!(
+        w.count_events(0, |e| *e == Event::Superseded { by: new }),
+        1,
+        "{}",
+        w.report()
+    );
     assert!(w.orch(1).stats().stale_epoch >= 1);
     assert_eq!(w.orch(0).epoch(), new);
-    assert_eq!(w.node(0).persisted.highest_epoch, new);
-    assert_eq!(w.stale_commands(), 0);
-    // The superseded node released the address before stopping services.
+    assert_eq!(w.nodes[0].persisted.highest_epoch, new);
+    // The superseded node released the address, then stopped services,
+    // then left the role.
     let cmds = w.commands(0);
     let tail = &cmds[cmds
         .iter()
         .rposition(|c| *c == Command::ReleaseAddress)
         .unwrap()..];
     assert!(tail.contains(&Command::StopService(ServiceId(0))));
-    assert!(tail.contains(&Command::StepDown));
+    let released = *issued_at(&w, 0, |c| *c == Command::ReleaseAddress)
+        .last()
+        .unwrap();
+    assert!(released <= *w.nodes[0].left_master.last().unwrap());
+    // The LAN heals too: nothing moves.
+    let terms = |w: &World| w.count_events(0, |e| matches!(e, Event::TermTaken(_)));
+    let taken = terms(&w);
+    w.heal();
+    w.run_for(secs(10));
+    assert_eq!((w.role(0), w.role(1)), (Role::Backup, Role::Master));
+    assert_eq!(terms(&w), taken);
+    assert_eq!(w.orch(0).epoch(), new);
+    assert_safe(&w);
 }
 
 #[test]
 fn preflight_refuses_with_a_reason() {
     let mut w = pair(inventory(50), None);
-    let now = w.now();
     // On the Backup, a swap is refused.
     assert_eq!(
-        w.orch(1).handle_operator(now, OperatorRequest::Swap),
+        w.request(1, OperatorRequest::Swap),
         Err(PreflightError::WrongRole(Role::Backup))
     );
-    // Stale sync on an Active Backup.
-    assert!(matches!(
-        w.orch(0).handle_operator(now, OperatorRequest::Swap),
-        Err(PreflightError::SyncStale { .. })
-    ));
     // A dry run shows the plan without starting it.
-    let wall = w.wall();
-    w.orch(0).handle_sync_status(
-        now,
-        failover_orchestrator::SyncStatus {
-            generation: 1,
-            taken_at: wall,
-            round_in_progress: false,
-        },
-    );
+    let now = w.instant();
     let preview = w.orch(0).preview(now, &OperatorRequest::Swap).unwrap();
     assert!(preview.total_ms > 0);
     assert!(
@@ -843,13 +921,7 @@ fn preflight_refuses_with_a_reason() {
             .iter()
             .any(|s| s.action.contains("release Mastership"))
     );
-    assert!(
-        !w.orch(0).busy()
-            || w.orch(0)
-                .running_plans()
-                .iter()
-                .all(|(_, k)| *k != PlanKind::Procedure)
-    );
+    assert!(w.orch(0).persistent_state().procedure.is_none());
     let takeover = w.orch(1).preview_takeover();
     assert!(
         takeover.total_ms >= 20_000,
@@ -858,68 +930,76 @@ fn preflight_refuses_with_a_reason() {
     // Peer down.
     w.set_peer_link(false);
     w.run_for(secs(5));
-    let now = w.now();
     assert_eq!(
-        w.orch(0).handle_operator(now, OperatorRequest::Swap),
+        w.request(0, OperatorRequest::Swap),
         Err(PreflightError::PeerDown)
     );
+    assert_safe(&w);
+}
+
+/// An Active Backup whose last round is older than the configured limit
+/// (600 s) means replication is failing: a swap is refused.
+#[test]
+fn a_swap_beside_a_backup_with_stale_data_is_refused() {
+    let mut cfg = config(ids(), inventory(5), None);
+    // One round when the pair forms, then none for an hour.
+    cfg.sync_interval = secs(3_600);
+    let mut w = pair_from(cfg);
+    assert!(w.request(0, OperatorRequest::Swap).is_ok());
+    w.run_for(secs(120));
+    // Node 1 is Master now; node 0, back as Backup, synced once.
+    assert_eq!(w.role(1), Role::Master);
+    w.run_for(secs(601));
+    assert!(matches!(
+        w.request(1, OperatorRequest::Swap),
+        Err(PreflightError::SyncStale { age_s }) if age_s > 600
+    ));
+    assert_safe(&w);
 }
 
 #[test]
 fn parity_mismatch_is_a_finding_and_blocks_a_swap() {
-    let a = identity("06-5.1.30-005400", "5.1.30");
-    let b = identity("06-5.1.31-005400", "5.1.29");
-    let mut w = World::new(&[a, b], inventory(5), None);
-    w.boot(0);
-    w.run_for(secs(4));
-    w.boot(1);
-    w.run_for(secs(5));
-    let now = w.now();
-    let wall = w.wall();
-    w.orch(0).handle_sync_status(
-        now,
-        failover_orchestrator::SyncStatus {
-            generation: 1,
-            taken_at: wall,
-            round_in_progress: false,
-        },
-    );
-    let st = w.orch(0).status(now);
+    let ids = [
+        identity("06-5.1.30-005400", "5.1.30"),
+        identity("06-5.1.31-005400", "5.1.29"),
+    ];
+    let mut w = pair_from(config(ids, inventory(5), None));
+    let st = w.orch(0).status(w.instant());
     assert_eq!(st.findings.len(), 1);
     assert_eq!(st.findings[0].ours, "5.1.30");
     assert_eq!(st.findings[0].theirs, "5.1.29");
     assert_eq!(
-        w.orch(0).handle_operator(now, OperatorRequest::Swap),
+        w.request(0, OperatorRequest::Swap),
         Err(PreflightError::Parity(
             failover_orchestrator::ParityField::Firmware
         ))
     );
     // ... but a rolling upgrade may start with differing firmware.
-    assert!(w.orch(0).handle_operator(now, upgrade_request()).is_ok());
+    assert!(w.request(0, upgrade_request()).is_ok());
 }
 
 #[test]
 fn passive_mode_expires_and_survives_restart() {
     let mut w = pair(inventory(5), None);
-    let now = w.now();
     let expires = w.wall() + secs(600);
-    w.orch(1)
-        .handle_operator(
-            now,
-            OperatorRequest::SetBackupMode {
-                mode: BackupMode::Passive,
-                expires_at: Some(expires),
-            },
-        )
-        .unwrap();
+    w.request(
+        1,
+        OperatorRequest::SetBackupMode {
+            mode: BackupMode::Passive,
+            expires_at: Some(expires),
+        },
+    )
+    .unwrap();
     w.run_for(secs(60));
     assert_eq!(w.mode(1), BackupMode::Passive);
     // Survives a restart.
     w.restart(1, secs(10));
     w.run_for(secs(30));
     assert_eq!(w.mode(1), BackupMode::Passive);
-    let now = w.now();
-    assert_eq!(w.orch(1).status(now).backup_mode, BackupMode::Passive);
+    assert_eq!(
+        w.orch(1).status(w.instant()).backup_mode,
+        BackupMode::Passive
+    );
     // A Passive Backup does not take over by timer.
     w.crash(0);
     w.run_for(secs(30));
@@ -927,108 +1007,68 @@ fn passive_mode_expires_and_survives_restart() {
     // Expiry brings it back to Active.
     w.run_for(secs(600));
     assert_eq!(w.mode(1), BackupMode::Active);
-    assert_eq!(w.node(1).persisted.backup_mode, BackupMode::Active);
+    assert_safe(&w);
 }
 
 #[test]
 fn redundancy_disabled_runs_standalone() {
-    let a = identity("06-5.1.30-005400", "5.1.30");
-    let mut w = World::new(&[a], inventory(5), None);
+    // One unit alone: node 1 never boots.
+    let mut w = world(ids(), inventory(5), None);
     w.boot(0);
-    let now = w.now();
-    w.orch(0)
-        .handle_operator(now, OperatorRequest::SetRedundancy(Redundancy::Disabled))
+    w.request(0, OperatorRequest::SetRedundancy(Redundancy::Disabled))
         .unwrap();
     w.run_for(secs(5));
-    let o = w.orch(0);
-    assert_eq!(o.role(), Role::Master);
-    assert_eq!(o.persistent_state().redundancy, Redundancy::Disabled);
-    assert!(
-        w.commands(0)
-            .contains(&Command::SetRedundancy(Redundancy::Disabled))
-    );
+    assert_eq!(w.orch(0).role(), Role::Master);
+    assert_eq!(w.redundancy(0), Redundancy::Disabled);
     assert!(w.commands(0).contains(&Command::ClaimAddress));
-    // No heartbeats in standalone, and a restart stays standalone.
+    // No advertisements in standalone, and a restart stays standalone.
+    let sent = w.vrrp_sent[0];
     w.crash(0);
     w.boot(0);
     w.run_for(secs(5));
-    let now = w.now();
-    let st = w.orch(0).status(now);
+    assert_eq!(w.vrrp_sent[0], sent);
+    let st = w.orch(0).status(w.instant());
     assert_eq!(st.role, Role::Master);
     assert!(st.one_liner().starts_with("Redundancy is disabled"));
-}
-
-fn dump(w: &World) {
-    for i in 0..2 {
-        for (t, c) in &w.node(i).issued {
-            if !matches!(
-                c.command,
-                Command::CheckNode
-                    | Command::CheckService(_)
-                    | Command::NudgePhone(_)
-                    | Command::RebootPhone(_)
-            ) {
-                eprintln!("{} node{i} cmd {:?}", (*t - w.t0).as_millis(), c.command);
-            }
-        }
-        for (t, e) in &w.events(i) {
-            if !matches!(e, Event::Milestone(_)) {
-                eprintln!("{} node{i} {:?}", (*t - w.t0).as_millis(), e);
-            }
-        }
-        for r in &w.node(i).journal {
-            eprintln!("node{i} J {:?}", r.entry);
-        }
-    }
+    assert_safe(&w);
 }
 
 #[test]
 fn planned_hand_back_stops_services_then_releases_the_address_then_the_role() {
     let mut w = pair(inventory(20), None);
-    let now = w.now();
     // Refused towards a Passive Backup, which would not take over.
-    w.orch(0)
-        .handle_operator(
-            now,
-            OperatorRequest::SetBackupMode {
-                mode: BackupMode::Passive,
-                expires_at: None,
-            },
-        )
-        .unwrap();
+    w.request(0, passive()).unwrap();
     w.run_for(secs(2));
-    let now = w.now();
     assert_eq!(
-        w.orch(0).handle_operator(now, OperatorRequest::HandBack),
+        w.request(0, OperatorRequest::HandBack),
         Err(PreflightError::PeerPassive)
     );
-    w.orch(0)
-        .handle_operator(
-            now,
-            OperatorRequest::SetBackupMode {
-                mode: BackupMode::Active,
-                expires_at: None,
-            },
-        )
-        .unwrap();
+    w.request(
+        0,
+        OperatorRequest::SetBackupMode {
+            mode: BackupMode::Active,
+            expires_at: None,
+        },
+    )
+    .unwrap();
     w.run_for(secs(2));
-    let now = w.now();
     let before = w.commands(0).len();
-    w.orch(0)
-        .handle_operator(now, OperatorRequest::HandBack)
-        .unwrap();
+    w.request(0, OperatorRequest::HandBack).unwrap();
     w.run_for(secs(30));
     let cmds = &w.commands(0)[before..];
     let p = |c: &Command| position(cmds, c);
     assert!(p(&Command::StopService(ServiceId(3))) < p(&Command::StopService(ServiceId(1))));
     assert!(p(&Command::StopService(ServiceId(1))) < p(&Command::StopService(ServiceId(0))));
     assert!(p(&Command::StopService(ServiceId(0))) < p(&Command::ReleaseAddress));
-    assert!(p(&Command::ReleaseAddress) < p(&Command::Release { new_priority: None }));
+    // The role goes after the address.
+    let released = *issued_at(&w, 0, |c| *c == Command::ReleaseAddress)
+        .last()
+        .unwrap();
+    assert!(released <= *w.nodes[0].left_master.last().unwrap());
     assert_eq!(w.role(0), Role::Backup);
     assert_eq!(w.role(1), Role::Master);
     assert!(w.holds_address(1) && !w.holds_address(0));
-    assert_eq!(w.double_address(), 0);
-    assert_eq!(w.stale_commands(), 0);
+    assert_safe(&w);
 }
 
 /// A Backup that restarts faster than the peer timeout never looks down to
@@ -1045,23 +1085,12 @@ fn a_peer_restarted_within_the_peer_timeout_is_greeted_again() {
         0,
         "the restart was quicker than the peer timeout"
     );
-    let now = w.now();
-    w.orch(0)
-        .handle_operator(
-            now,
-            OperatorRequest::SetBackupMode {
-                mode: BackupMode::Passive,
-                expires_at: None,
-            },
-        )
-        .unwrap();
+    w.request(0, passive()).unwrap();
     w.run_for(secs(3));
-    assert_eq!(
-        w.orch(1).persistent_state().backup_mode,
-        BackupMode::Passive
-    );
+    assert_eq!(w.mode(1), BackupMode::Passive);
     assert_eq!(
         w.count_events(1, |e| matches!(e, Event::RequestRefused { .. })),
         0
     );
+    assert_safe(&w);
 }

@@ -20,9 +20,9 @@ use failover_orchestrator::pair::{
     SyncRole, SyncWorker,
 };
 use failover_orchestrator::{
-    BackupMode, Command, CommandId, CommandOutcome, Config, Event, Identity, Issued,
-    OperatorRequest, PersistentState, PhoneId, PhoneMethod, PhoneSpec, ProcedureOutcome,
-    ProtocolVersion, Redundancy, ServiceSpec, Timeouts,
+    BackupMode, Command, CommandId, CommandOutcome, Config, Event, Identity, Issued, JournalRecord,
+    OperatorRequest, PersistentState, PhoneId, PhoneMethod, PhoneSpec, PreflightError,
+    ProcedureOutcome, ProtocolVersion, Redundancy, Role, ServiceSpec, Timeouts,
 };
 use sync_delta::frame::{Nonce, PreSharedKey};
 use sync_delta::mem::{MemStore, View};
@@ -63,8 +63,92 @@ pub fn ip(i: usize) -> Ipv4Addr {
 }
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
-pub const PHONES: usize = 6;
-pub const SERVICES: usize = 3;
+
+/// How the driver model carries out the engine's commands: how long each
+/// takes, and how the phones and the services behave.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// Until a started service's start command is answered.
+    pub service_start: Duration,
+    /// Until a stop command is answered.
+    pub service_stop: Duration,
+    /// After how long a started service passes its check, on each node
+    /// (`None`: never); indexed by service, missing means at once.
+    pub service_ready: [Vec<Option<Duration>>; NODES],
+    /// Whether each node passes its own readiness check (after an upgrade).
+    pub node_ready: [bool; NODES],
+    /// A phone that follows the address registers this long after the
+    /// node serves again (its last service passed its check with the
+    /// address held), plus its own share of the spread: phone `p` adds
+    /// `(p × 37 ms) mod follow_spread`, its retry timer.
+    pub follow: Duration,
+    pub follow_spread: Duration,
+    /// Until a nudged phone registers.
+    pub nudge: Duration,
+    /// Until a rebooted phone registers.
+    pub reboot: Duration,
+    /// How long a node that restarts itself (a restart, an upgrade, a
+    /// restore) is down, and a node that crashed at a journal record.
+    pub restart: Duration,
+    /// A restart the node asks for may happen in-process (the engines
+    /// start again, the connections stay), as the example node does, by a
+    /// coin toss; otherwise it is always a power cycle.
+    pub soft_restarts: bool,
+}
+
+impl Default for Model {
+    fn default() -> Model {
+        Model {
+            service_start: Duration::from_millis(50),
+            service_stop: Duration::from_millis(20),
+            service_ready: [Vec::new(), Vec::new()],
+            node_ready: [true; NODES],
+            follow: Duration::from_millis(200),
+            follow_spread: Duration::from_millis(2800),
+            nudge: Duration::from_millis(400),
+            reboot: Duration::from_secs(3),
+            restart: Duration::from_secs(2),
+            soft_restarts: true,
+        }
+    }
+}
+
+/// The phones of the pair simulation: follow, nudge and reboot in turn.
+pub fn sim_phones() -> Vec<PhoneSpec> {
+    (0..6)
+        .map(|p| {
+            PhoneSpec::new(match p % 3 {
+                0 => PhoneMethod::FollowsAddress,
+                1 => PhoneMethod::Nudge,
+                _ => PhoneMethod::Reboot,
+            })
+        })
+        .collect()
+}
+
+/// The services of the pair simulation: a database, then SIP, then
+/// voicemail on both.
+pub fn sim_services() -> Vec<ServiceSpec> {
+    let sid = failover_orchestrator::ServiceId;
+    vec![
+        ServiceSpec::new("db"),
+        ServiceSpec::new("sip").after(&[sid(0)]),
+        ServiceSpec::new("voicemail").after(&[sid(0), sid(1)]),
+    ]
+}
+
+/// The product's timeouts scaled down to the simulated minutes, so that a
+/// procedure cut short by a fault ends in a schedule's quiet tail.
+pub fn sim_timeouts() -> Timeouts {
+    Timeouts {
+        command: Duration::from_secs(5),
+        sync: Duration::from_secs(30),
+        peer_request: Duration::from_secs(10),
+        upgrade: Duration::from_secs(60),
+        await_peer: Duration::from_secs(60),
+        node_ready: Duration::from_secs(30),
+    }
+}
 
 /// The VRRP LAN between the two nodes.
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +179,12 @@ pub struct WorldConfig {
     /// good (a directory it could not watch): that write and every later
     /// one on the node has no hint until the node boots again.
     pub hint_lost_ppm: u64,
+    /// Each node's identity (its firmware changes with an upgrade).
+    pub identities: [Identity; NODES],
+    pub phones: Vec<PhoneSpec>,
+    pub services: Vec<ServiceSpec>,
+    pub timeouts: Timeouts,
+    pub model: Model,
 }
 
 impl WorldConfig {
@@ -114,6 +204,11 @@ impl WorldConfig {
             watch: false,
             hint_overflow_ppm: 0,
             hint_lost_ppm: 0,
+            identities: [identity(0, "5.1.30"), identity(1, "5.1.30")],
+            phones: sim_phones(),
+            services: sim_services(),
+            timeouts: sim_timeouts(),
+            model: Model::default(),
         }
     }
 }
@@ -190,6 +285,8 @@ pub enum Ev {
         link: bool,
     },
     Heal,
+    /// The peer link alone heals (the VRRP LAN stays as it is).
+    HealLink,
     Reset,
     /// The operator confirms the deletions node `i`'s guard held back.
     Confirm(usize),
@@ -244,7 +341,8 @@ pub struct Node {
     pub persisted: PersistentState,
     pub firmware: String,
     pub holds_vip: bool,
-    pub services: [bool; SERVICES],
+    /// When each service was started on this boot (`None`: not running).
+    pub services: Vec<Option<Duration>>,
     pub deadline: Option<Instant>,
     pub worker_deadline: Option<Instant>,
     pub booted_at: Option<Duration>,
@@ -260,6 +358,22 @@ pub struct Node {
     /// Down for a restart the node asked for (its procedure's own step),
     /// until it boots again.
     pub restarting: bool,
+    /// Power off right after this many further journal records (a test of
+    /// resuming a procedure), then boot after [`Model::restart`].
+    pub crash_after_records: Option<usize>,
+    /// The phones that follow the address were told the node serves again
+    /// (once per time it holds the address).
+    follow_scheduled: bool,
+    /// What the tests observe, across crashes: every command issued, every
+    /// event of the orchestrator and every journal record, with when; when
+    /// each phone first registered here; when the election made this node
+    /// Master and when it stopped being one (a crash as Master included).
+    pub issued: Vec<(Duration, Issued)>,
+    pub events: Vec<(Duration, Event)>,
+    pub journal: Vec<JournalRecord>,
+    pub registered: Vec<Option<Duration>>,
+    pub became_master: Vec<Duration>,
+    pub left_master: Vec<Duration>,
 }
 
 /// Something the checks found.
@@ -392,15 +506,23 @@ impl World {
                     worker: None,
                     store,
                     persisted: PersistentState::default(),
-                    firmware: "5.1.30".into(),
+                    firmware: cfg.identities[i].firmware.clone(),
                     holds_vip: false,
-                    services: [false; SERVICES],
+                    services: vec![None; cfg.services.len()],
                     deadline: None,
                     worker_deadline: None,
                     booted_at: None,
                     watch_failed: false,
                     passive: false,
                     restarting: false,
+                    crash_after_records: None,
+                    follow_scheduled: false,
+                    issued: Vec::new(),
+                    events: Vec::new(),
+                    journal: Vec::new(),
+                    registered: vec![None; cfg.phones.len()],
+                    became_master: Vec::new(),
+                    left_master: Vec::new(),
                 }
             })
             .collect();
@@ -457,11 +579,11 @@ impl World {
         }));
     }
 
-    fn instant(&self) -> Instant {
+    pub fn instant(&self) -> Instant {
         self.base + self.now
     }
 
-    fn wall(&self) -> SystemTime {
+    pub fn wall(&self) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(WALL0) + self.now
     }
 
@@ -497,33 +619,17 @@ impl World {
                 .address(VIP)
                 .build()
                 .unwrap();
-        let phones = (0..PHONES)
-            .map(|p| {
-                PhoneSpec::new(match p % 3 {
-                    0 => PhoneMethod::FollowsAddress,
-                    1 => PhoneMethod::Nudge,
-                    _ => PhoneMethod::Reboot,
-                })
-            })
-            .collect();
-        let sid = failover_orchestrator::ServiceId;
-        let orchestrator = Config::builder(identity(i, &self.nodes[i].firmware))
-            .service(ServiceSpec::new("db"))
-            .service(ServiceSpec::new("sip").after(&[sid(0)]))
-            .service(ServiceSpec::new("voicemail").after(&[sid(0), sid(1)]))
-            .phones(phones)
-            // The product's timeouts scaled down to the simulated minutes,
-            // so that a procedure cut short by a fault ends in the tail.
-            .timeouts(Timeouts {
-                command: Duration::from_secs(5),
-                sync: Duration::from_secs(30),
-                peer_request: Duration::from_secs(10),
-                upgrade: Duration::from_secs(60),
-                await_peer: Duration::from_secs(60),
-                node_ready: Duration::from_secs(30),
-            })
-            .build()
-            .unwrap();
+        let identity = Identity {
+            firmware: self.nodes[i].firmware.clone(),
+            ..self.cfg.identities[i].clone()
+        };
+        let mut orchestrator = Config::builder(identity)
+            .phones(self.cfg.phones.clone())
+            .timeouts(self.cfg.timeouts);
+        for s in &self.cfg.services {
+            orchestrator = orchestrator.service(s.clone());
+        }
+        let orchestrator = orchestrator.build().unwrap();
         let key = PreSharedKey::new(*blake3::hash(self.cfg.link_secrets[i]).as_bytes()).unwrap();
         let link = LinkConfig::new(key, i == 0);
         PairConfig {
@@ -576,7 +682,7 @@ impl World {
         self.drive(i);
     }
 
-    fn boot(&mut self, i: usize) {
+    fn power_on(&mut self, i: usize) {
         if self.nodes[i].up {
             return;
         }
@@ -593,7 +699,8 @@ impl World {
         n.boot += 1;
         n.up = true;
         n.holds_vip = false;
-        n.services = [false; SERVICES];
+        n.services.fill(None);
+        n.follow_scheduled = false;
         n.worker = Some(SyncWorker::new(sync));
         n.pair = Some(Pair::new(cfg, n.persisted.clone(), now, wall));
         self.note(format!("node {i} boots (boot {})", self.nodes[i].boot));
@@ -615,16 +722,25 @@ impl World {
         self.drive(i);
     }
 
-    fn crash(&mut self, i: usize) {
+    fn power_off(&mut self, i: usize) {
+        let now = self.now;
         let n = &mut self.nodes[i];
         if !n.up {
             return;
+        }
+        if n.pair
+            .as_ref()
+            .and_then(Pair::router)
+            .is_some_and(|r| r.state() == vrrp_fsm::State::Master)
+        {
+            n.left_master.push(now);
         }
         n.up = false;
         n.pair = None;
         n.worker = None;
         n.holds_vip = false;
-        n.services = [false; SERVICES];
+        n.services.fill(None);
+        n.follow_scheduled = false;
         n.deadline = None;
         n.worker_deadline = None;
         // Power off: what was not synced is lost at the next boot.
@@ -648,16 +764,30 @@ impl World {
 
     /// Runs until `until`, checking the invariants after every step.
     pub fn run_until(&mut self, until: Duration) {
+        self.run_until_or(until, |_| false);
+    }
+
+    /// Runs for `d` from now.
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_until(self.now + d);
+    }
+
+    /// Runs until `until`, or until `stop` holds (checked before every
+    /// step); whether it stopped early.
+    pub fn run_until_or(&mut self, until: Duration, mut stop: impl FnMut(&World) -> bool) -> bool {
         let mut same_instant = 0u32;
         let mut last = self.now;
         loop {
+            if stop(self) {
+                return true;
+            }
             // An engine whose deadline does not move on would spin here.
             if self.now == last {
                 same_instant += 1;
                 if same_instant > 100_000 {
                     self.violation("an engine asks for the same instant forever".into());
                     self.now = until;
-                    return;
+                    return false;
                 }
             } else {
                 same_instant = 0;
@@ -675,11 +805,11 @@ impl World {
             let next = [next_ev, next_deadline].into_iter().flatten().min();
             let Some(next) = next else {
                 self.now = until;
-                return;
+                return false;
             };
             if next > until {
                 self.now = until;
-                return;
+                return false;
             }
             self.now = self.now.max(next);
             self.step();
@@ -744,6 +874,7 @@ impl World {
                     | Ev::Boot(_)
                     | Ev::Partition { .. }
                     | Ev::Heal
+                    | Ev::HealLink
                     | Ev::Reset
                     | Ev::SetLan(_)
                     | Ev::SetLinkDelay(_)
@@ -888,17 +1019,21 @@ impl World {
             }
             Ev::Registered { node, boot, phone } => {
                 if self.nodes[node].boot == boot && self.nodes[node].holds_vip {
+                    let now = self.now;
+                    if let Some(r) = self.nodes[node].registered.get_mut(phone.0 as usize) {
+                        r.get_or_insert(now);
+                    }
                     if let Some(p) = self.nodes[node].pair.as_mut() {
                         p.handle_phone_registered(t, phone);
                     }
                     self.drive(node);
                 }
             }
-            Ev::Crash(i) => self.crash(i),
-            Ev::Boot(i) => self.boot(i),
+            Ev::Crash(i) => self.power_off(i),
+            Ev::Boot(i) => self.power_on(i),
             Ev::Restart { node, boot, soft } => {
                 if self.nodes[node].boot == boot && self.nodes[node].up {
-                    if soft && self.rng.below(2) == 0 {
+                    if soft && self.cfg.model.soft_restarts && self.rng.below(2) == 0 {
                         // A soft restart, as the example node does it: the
                         // engines start again from the persisted state, the
                         // process, its tree and its connections stay.
@@ -911,9 +1046,9 @@ impl World {
                         self.drive(node);
                     } else {
                         self.note(format!("node {node} restarts"));
-                        self.crash(node);
+                        self.power_off(node);
                         self.nodes[node].restarting = true;
-                        self.at(self.now + Duration::from_secs(2), Ev::Boot(node));
+                        self.at(self.now + self.cfg.model.restart, Ev::Boot(node));
                     }
                 }
             }
@@ -953,18 +1088,16 @@ impl World {
             Ev::Heal => {
                 let was_cut = self.lan_cut;
                 self.lan_cut = false;
-                self.link_cut = false;
                 if was_cut {
                     let until = self.now + self.mdi();
                     self.dual_ok_until = self.dual_ok_until.max(until);
                 }
                 self.note("heal".into());
-                for w in 0..self.wires.len() {
-                    let stalled = std::mem::take(&mut self.wires[w].stalled);
-                    for (from_end, bytes) in stalled {
-                        self.send_on(w, from_end, bytes);
-                    }
-                }
+                self.mend_link();
+            }
+            Ev::HealLink => {
+                self.note("heal the peer link".into());
+                self.mend_link();
             }
             Ev::Reset => {
                 let open: Vec<usize> = (0..self.wires.len())
@@ -1014,6 +1147,17 @@ impl World {
             }
         }
         self.drive(i);
+    }
+
+    /// The peer link is whole again: bytes that stalled on it go on.
+    fn mend_link(&mut self) {
+        self.link_cut = false;
+        for w in 0..self.wires.len() {
+            let stalled = std::mem::take(&mut self.wires[w].stalled);
+            for (from_end, bytes) in stalled {
+                self.send_on(w, from_end, bytes);
+            }
+        }
     }
 
     /// An engine closed its end of wire `w` (see [`Wire::shut`]).
@@ -1086,7 +1230,23 @@ impl World {
                         return;
                     }
                 }
-                Output::Persist(rec) => n.persisted = rec.state,
+                Output::Persist(rec) => {
+                    n.persisted = rec.state.clone();
+                    n.journal.push(rec);
+                    match n.crash_after_records.as_mut() {
+                        Some(0) => {
+                            // Down right after this record: nothing after it
+                            // is carried out.
+                            n.crash_after_records = None;
+                            self.note(format!("node {i} loses power after a journal record"));
+                            self.power_off(i);
+                            self.at(self.now + self.cfg.model.restart, Ev::Boot(i));
+                            return;
+                        }
+                        Some(k) => *k -= 1,
+                        None => {}
+                    }
+                }
                 Output::Vrrp(p) => self.vrrp_out(i, p.bytes.into_vec(), p.src, p.dst),
                 Output::Announce => {}
                 Output::Command(c) => self.command(i, c),
@@ -1161,6 +1321,7 @@ impl World {
                 c.command, c.epoch, floor
             ));
         }
+        self.nodes[i].issued.push((self.now, c.clone()));
         let ms = Duration::from_millis;
         let result = |w: &mut World, after: Duration, outcome: CommandOutcome| {
             w.at(
@@ -1173,6 +1334,30 @@ impl World {
                 },
             );
         };
+        let registers = |w: &mut World, after: Duration, phone: PhoneId| {
+            w.at(
+                w.now + after,
+                Ev::Registered {
+                    node: i,
+                    boot,
+                    phone,
+                },
+            );
+        };
+        let done_or_not = |ok: bool| {
+            if ok {
+                CommandOutcome::Done
+            } else {
+                CommandOutcome::NotReady
+            }
+        };
+        let model = &self.cfg.model;
+        let (start, stop, nudge, reboot) = (
+            model.service_start,
+            model.service_stop,
+            model.nudge,
+            model.reboot,
+        );
         match &c.command {
             Command::ClaimAddress => {
                 self.nodes[i].holds_vip = true;
@@ -1180,33 +1365,63 @@ impl World {
             }
             Command::ReleaseAddress => {
                 self.nodes[i].holds_vip = false;
+                self.nodes[i].follow_scheduled = false;
                 result(self, ms(1), CommandOutcome::Done);
             }
             Command::StartService(s) => {
+                let now = self.now;
                 if let Some(x) = self.nodes[i].services.get_mut(usize::from(s.0)) {
-                    *x = true;
+                    *x = Some(now);
                 }
-                result(self, ms(50), CommandOutcome::Done);
+                result(self, start, CommandOutcome::Done);
             }
             Command::StopService(s) => {
                 if let Some(x) = self.nodes[i].services.get_mut(usize::from(s.0)) {
-                    *x = false;
+                    *x = None;
                 }
-                result(self, ms(20), CommandOutcome::Done);
+                result(self, stop, CommandOutcome::Done);
+            }
+            Command::CheckService(s) => {
+                let idx = usize::from(s.0);
+                let after = self.cfg.model.service_ready[i]
+                    .get(idx)
+                    .copied()
+                    .unwrap_or(Some(Duration::ZERO));
+                let started = self.nodes[i].services.get(idx).copied().flatten();
+                let ready = matches!((started, after), (Some(t), Some(d)) if self.now >= t + d);
+                result(self, ms(5), done_or_not(ready));
+                // The registrar and the address are back: phones that
+                // follow the address register again on their own timers.
+                let n = &self.nodes[i];
+                if ready && idx + 1 == n.services.len() && n.holds_vip && !n.follow_scheduled {
+                    self.nodes[i].follow_scheduled = true;
+                    let (base, spread) = (self.cfg.model.follow, self.cfg.model.follow_spread);
+                    let follow: Vec<usize> = (0..self.cfg.phones.len())
+                        .filter(|p| self.cfg.phones[*p].method == PhoneMethod::FollowsAddress)
+                        .collect();
+                    for p in follow {
+                        let own = ms(p as u64 * 37 % spread.as_millis().max(1) as u64);
+                        registers(self, base + own, PhoneId(p as u32));
+                    }
+                }
+            }
+            Command::CheckNode => {
+                let ready = self.cfg.model.node_ready[i];
+                result(self, ms(5), done_or_not(ready));
             }
             Command::NudgePhone(p) | Command::RebootPhone(p) => {
-                let reboot = matches!(c.command, Command::RebootPhone(_));
                 result(self, ms(10), CommandOutcome::Done);
-                let after = if reboot { ms(3000) } else { ms(400) };
-                let phone = *p;
-                self.at(
-                    self.now + after,
-                    Ev::Registered {
-                        node: i,
-                        boot,
-                        phone,
-                    },
-                );
+                let method = self.cfg.phones.get(p.0 as usize).map(|s| &s.method);
+                let after = match (&c.command, method) {
+                    (_, None | Some(PhoneMethod::Person(_))) => None,
+                    (Command::RebootPhone(_), _) => Some(reboot),
+                    (_, Some(PhoneMethod::Nudge | PhoneMethod::FollowsAddress)) => Some(nudge),
+                    // A phone that needs a reboot ignores a nudge.
+                    _ => None,
+                };
+                if let Some(after) = after {
+                    registers(self, after, *p);
+                }
             }
             Command::RestartNode => {
                 self.at(
@@ -1230,24 +1445,36 @@ impl World {
                     },
                 );
             }
-            _ => result(self, ms(5), CommandOutcome::Done),
-        }
-        if matches!(c.command, Command::ClaimAddress) {
-            // Phones that follow the address register once it is there.
-            for p in (0..PHONES).filter(|p| p % 3 == 0) {
+            // A restore reboots the node with the restored configuration:
+            // no answer (the resume after the boot completes the step).
+            Command::RestoreConfig { .. } => {
                 self.at(
-                    self.now + ms(200),
-                    Ev::Registered {
+                    self.now + ms(150),
+                    Ev::Restart {
                         node: i,
                         boot,
-                        phone: PhoneId(p as u32),
+                        soft: false,
                     },
                 );
             }
+            _ => result(self, ms(5), CommandOutcome::Done),
         }
     }
 
     fn event(&mut self, i: usize, e: PairEvent) {
+        let now = self.now;
+        match &e {
+            PairEvent::Orchestrator(ev) => self.nodes[i].events.push((now, ev.clone())),
+            PairEvent::Election(vrrp_fsm::Event::StateChange { from, to, .. }) => {
+                if *to == vrrp_fsm::State::Master {
+                    self.nodes[i].became_master.push(now);
+                }
+                if *from == vrrp_fsm::State::Master {
+                    self.nodes[i].left_master.push(now);
+                }
+            }
+            _ => {}
+        }
         match &e {
             PairEvent::Orchestrator(Event::ModeChanged(m)) => {
                 self.nodes[i].passive = *m == failover_orchestrator::BackupMode::Passive;
@@ -1599,14 +1826,131 @@ impl World {
         }
     }
 
-    /// Starts an operator request on node `i` now; its procedure id.
-    pub fn request(&mut self, i: usize, request: OperatorRequest) -> Result<u64, String> {
-        let refused = self.refused.len();
-        self.operator(i, request, "test");
-        if self.refused.len() > refused {
-            return Err(self.refused[refused].2.clone());
+    /// Starts an operator request on node `i` now; its procedure id, or
+    /// why preflight refused it.
+    ///
+    /// # Panics
+    /// If node `i` is down.
+    pub fn request(&mut self, i: usize, request: OperatorRequest) -> Result<u64, PreflightError> {
+        let t = self.instant();
+        let pair = self.nodes[i].pair.as_mut().expect("the node is up");
+        let r = pair.handle_operator(t, request.clone());
+        // Then as the schedules' requests go: noted, counted, driven.
+        match &r {
+            Ok(id) => {
+                let clean_start = self.clean();
+                self.note(format!("operator test on node {i}: procedure {id}"));
+                self.disruptions.push(self.now);
+                let boot = self.nodes[i].boot;
+                self.started.push(Started {
+                    node: i,
+                    id: *id,
+                    tag: "test",
+                    at: self.now,
+                    boot,
+                    outcome: None,
+                    ended: None,
+                    clean_start,
+                });
+            }
+            Err(e) => {
+                self.note(format!("operator test on node {i}: refused ({e})"));
+                self.refused.push((self.now, "test", e.to_string()));
+            }
         }
-        Ok(self.started.last().map_or(0, |s| s.id))
+        self.drive(i);
+        r
+    }
+
+    /// Node `i` powers on now, from what its disk holds.
+    pub fn boot(&mut self, i: usize) {
+        self.now_do(Ev::Boot(i));
+    }
+
+    /// Node `i` loses power now.
+    pub fn crash(&mut self, i: usize) {
+        self.now_do(Ev::Crash(i));
+    }
+
+    /// Node `i` loses power now and boots again `after` that.
+    pub fn restart(&mut self, i: usize, after: Duration) {
+        self.crash(i);
+        self.at(self.now + after, Ev::Boot(i));
+    }
+
+    /// Cuts the peer link alone (the VRRP LAN stays whole), or heals it.
+    pub fn set_peer_link(&mut self, up: bool) {
+        self.now_do(if up {
+            Ev::HealLink
+        } else {
+            Ev::Partition {
+                lan: false,
+                link: true,
+            }
+        });
+    }
+
+    /// Cuts the two nodes apart, the VRRP LAN and the peer link.
+    pub fn partition(&mut self) {
+        self.now_do(Ev::Partition {
+            lan: true,
+            link: true,
+        });
+    }
+
+    /// Ends every partition.
+    pub fn heal(&mut self) {
+        self.now_do(Ev::Heal);
+    }
+
+    /// `ev` happens now, and everything it sets off at this instant.
+    fn now_do(&mut self, ev: Ev) {
+        self.at(self.now, ev);
+        self.run_until(self.now);
+    }
+
+    /// Node `i`'s orchestrator, for queries.
+    ///
+    /// # Panics
+    /// If node `i` is down.
+    pub fn orch(&self, i: usize) -> &failover_orchestrator::Orchestrator {
+        self.nodes[i]
+            .pair
+            .as_ref()
+            .expect("the node is up")
+            .orchestrator()
+    }
+
+    /// Node `i`'s role as it acts on it (the orchestrator's: an election
+    /// won while the peer link vouches for the other Master is not one),
+    /// `Initialize` while the node is down.
+    pub fn role(&self, i: usize) -> Role {
+        self.nodes[i]
+            .pair
+            .as_ref()
+            .map_or(Role::Initialize, |p| p.orchestrator().role())
+    }
+
+    pub fn holds_address(&self, i: usize) -> bool {
+        self.nodes[i].holds_vip
+    }
+
+    /// The commands node `i` issued, in order, across its boots.
+    pub fn commands(&self, i: usize) -> Vec<Command> {
+        self.nodes[i]
+            .issued
+            .iter()
+            .map(|(_, c)| c.command.clone())
+            .collect()
+    }
+
+    /// The orchestrator's events at node `i`, across its boots.
+    pub fn events(&self, i: usize) -> &[(Duration, Event)] {
+        &self.nodes[i].events
+    }
+
+    pub fn count_events(&self, i: usize, f: impl Fn(&Event) -> bool) -> usize {
+        self.events(i).iter().filter(|(_, e)| f(e)).count()
     }
 
     /// The operator confirms the deletions node `i`'s guard held back;
