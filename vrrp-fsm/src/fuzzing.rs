@@ -172,7 +172,29 @@ pub fn fsm_events_transitions(t0: Instant, data: &[u8]) -> u64 {
                     dst: IPV4_GROUP.into(),
                     ttl: 255,
                 };
+                // What the router said a driver may hand in late changes
+                // nothing the driver acts on: no transmit, no event, the
+                // same state (the queues were drained by `check`).
+                let routine = r.routine_advertisement().filter(|x| {
+                    x.source == IpAddr::from(src)
+                        && x.priority == Priority(p)
+                        && x.interval.is_none_or(|iv| iv.as_centis() == u16::from(i))
+                });
+                if let Some(x) = r.routine_advertisement() {
+                    assert_eq!(r.state(), State::Backup, "routine only in Backup");
+                    assert_ne!(x.priority, Priority::RELEASE);
+                }
+                let before = r.state();
                 let _ = r.handle_message(now, &m[..n], meta);
+                if let Some(x) = routine {
+                    assert!(
+                        r.poll_transmit(&mut buf).is_none(),
+                        "a routine advertisement ({x:?}) made a transmit"
+                    );
+                    let ev = r.poll_event();
+                    assert!(ev.is_none(), "a routine advertisement made {ev:?}");
+                    assert_eq!(r.state(), before);
+                }
             }
             5 => {
                 let len = usize::from(b.u8().unwrap_or(0));

@@ -90,8 +90,8 @@ pub use config::{
 pub use event::{Event, Gratuitous, Reason, State};
 pub use group::SyncGroup;
 pub use router::{
-    CommandError, EVENT_QUEUE, Input, LinkState, RecvError, Release, TRANSMIT_QUEUE, TrackState,
-    Transmit, VirtualRouter,
+    CommandError, EVENT_QUEUE, Input, LinkState, RecvError, Release, Routine, TRANSMIT_QUEUE,
+    TrackState, Transmit, VirtualRouter,
 };
 pub use stats::{ConfigDrop, Stats};
 

@@ -190,6 +190,22 @@ enum Role {
     Master(MasterTimers),
 }
 
+/// An advertisement that changes nothing a driver acts on (see
+/// [`VirtualRouter::routine_advertisement`]): from `source`, for `vrid`,
+/// with `priority` and, in VRRPv3, `interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routine {
+    /// The virtual router.
+    pub vrid: vrrp_proto::Vrid,
+    /// The Master's address (the packet's source).
+    pub source: IpAddr,
+    /// The priority it advertises.
+    pub priority: Priority,
+    /// The interval it advertises (VRRPv3; `None` for v2, where any other
+    /// interval is dropped).
+    pub interval: Option<Interval>,
+}
+
 /// One VRRP virtual router (one VRID, one address family): RFC 9568 (v3) or
 /// RFC 3768 (v2), Sans-IO.
 ///
@@ -394,6 +410,44 @@ impl VirtualRouter {
             Role::Backup(_) => self.master_heard.map(|m| m.0),
             Role::Initialize => None,
         }
+    }
+    /// The advertisements a driver may hand in late, if any: in Backup,
+    /// once a Master has been heard, an advertisement from that Master
+    /// with the same (non-zero) priority and interval does nothing but
+    /// restart the `Master_Down_Timer` (or, while preempting, leave it
+    /// running): no transmit, no event. So does any message for another
+    /// VRID, which is dropped.
+    ///
+    /// A driver may then keep such messages in the socket and hand them in
+    /// later, each with the instant it arrived (a kernel receive timestamp),
+    /// as long as it hands in everything held, in order, before any other
+    /// input and before [`VirtualRouter::handle_timeout`]: the router ends
+    /// in the state it would have reached had each come at once. Any other
+    /// message for this VRID (another source, priority or interval,
+    /// priority 0 above all: it starts the skew timer) must come at once.
+    /// A Backup then wakes once per `Master_Down_Interval` instead of once
+    /// per advertisement. Ask again after every input: the answer changes
+    /// with the state and the Master heard.
+    #[must_use]
+    pub fn routine_advertisement(&self) -> Option<Routine> {
+        let Role::Backup(_) = self.role else {
+            return None;
+        };
+        let (source, priority) = self.master_heard?;
+        if priority == Priority::RELEASE {
+            return None;
+        }
+        Some(Routine {
+            vrid: self.config.vrid,
+            source,
+            priority,
+            // A v2 advertisement with another interval is dropped: no
+            // output either.
+            interval: match self.config.version {
+                Version::V2 => None,
+                Version::V3 => Some(self.master_interval),
+            },
+        })
     }
     /// Counters.
     #[must_use]

@@ -937,3 +937,44 @@ fn sync_group_passive_member_follows_only_takeover() {
     g.handle_input(t0, 0, Input::Takeover).unwrap();
     assert!(g.members().iter().all(|m| m.state() == State::Master));
 }
+
+/// What a driver may hold: a Backup's advertisements from the Master it
+/// heard, at that priority and interval; nothing before a Master is heard,
+/// nothing as Master. Held ones, handed in together with their arrival
+/// times, make no transmit and no event, and the Master_Down deadline runs
+/// from the last one's arrival.
+#[test]
+fn a_backup_names_the_advertisements_it_may_take_late() {
+    let (mut r, t0) = started(base(100));
+    assert_state(&r, State::Backup);
+    assert_eq!(r.routine_advertisement(), None, "no Master heard yet");
+    advert(&mut r, ms(t0, 100), HIGHER_IP, 200).unwrap();
+    drain(&mut r);
+    let routine = r.routine_advertisement().expect("a Master heard");
+    assert_eq!(
+        routine,
+        vrrp_fsm::Routine {
+            vrid: vrid(),
+            source: HIGHER_IP.into(),
+            priority: Priority(200),
+            interval: Some(cs(100)),
+        }
+    );
+    for k in 1..=3 {
+        advert(&mut r, ms(t0, 100 + k * 1000), HIGHER_IP, 200).unwrap();
+    }
+    assert!(drain(&mut r).is_empty());
+    assert_eq!(
+        r.poll_timeout(),
+        Some(ms(t0, 3100) + r.master_down_interval())
+    );
+    assert_eq!(r.routine_advertisement(), Some(routine));
+    // A priority 0 does not match it (it must come at once): it starts
+    // the skew timer.
+    advert(&mut r, ms(t0, 3200), HIGHER_IP, 0).unwrap();
+    assert_eq!(r.poll_timeout(), Some(ms(t0, 3200) + r.skew_time()));
+    // Master: nothing.
+    r.handle_timeout(r.poll_timeout().unwrap());
+    assert_state(&r, State::Master);
+    assert_eq!(r.routine_advertisement(), None);
+}

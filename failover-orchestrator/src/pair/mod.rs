@@ -941,6 +941,19 @@ impl Pair {
         self.router.as_ref()
     }
 
+    /// The VRRP messages the driver may hand in late, each with the
+    /// instant it arrived: the election's
+    /// [`VirtualRouter::routine_advertisement`] (a Backup's routine
+    /// advertisements from the Master it hears), which move nothing in the
+    /// pair either. Everything held goes in, in order, before any other
+    /// input and before [`Pair::handle_timeout`]; any other VRRP message
+    /// at once. `None` while redundancy is off or the election has nothing
+    /// routine. Ask again after every input.
+    #[must_use]
+    pub fn routine_advertisement(&self) -> Option<vrrp_fsm::Routine> {
+        self.router.as_ref()?.routine_advertisement()
+    }
+
     /// The session the sync worker was last told to run.
     #[must_use]
     pub fn sync_role(&self) -> SyncRole {
