@@ -219,6 +219,21 @@ impl Sockets {
         self.poller.add(fd, token, Interest::Read)
     }
 
+    /// Watches one of the caller's descriptors for readability again
+    /// (`read`), or for errors only (reading paused).
+    ///
+    /// # Errors
+    /// The kernel refused the change.
+    pub(crate) fn watch_reads(&self, fd: impl AsFd, token: u64, read: bool) -> std::io::Result<()> {
+        debug_assert!(token < OWN_TOKENS);
+        let interest = if read {
+            Interest::Read
+        } else {
+            Interest::Nothing
+        };
+        self.poller.modify(fd, token, interest)
+    }
+
     /// Waits for something to be ready, or `timeout` (`None`: no limit).
     /// What was found goes into `woken` (cleared first).
     pub(crate) fn wait(&mut self, timeout: Option<Duration>, woken: &mut Woken) {

@@ -47,7 +47,7 @@ use crate::link_io::{self, FromWorker, InboxTx, Sockets, ToWorker, Woken};
 use crate::net::Netlink;
 use crate::phones::Phone;
 use crate::poller::Ready;
-use crate::vrrp_io::{Received, VrrpSocket};
+use crate::vrrp_io::{Batch, Received, VrrpSocket};
 
 mod ops;
 pub use ops::{Operations, TransferView, UpgradeReply};
@@ -425,6 +425,7 @@ const DUE_EARLY: Duration = Duration::from_micros(100);
 /// The engine thread's own descriptors in its poller.
 const TOKEN_VRRP: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
+const TOKEN_ALERT: u64 = 2;
 
 /// How a node stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -620,8 +621,14 @@ struct Engine {
     config: NodeConfig,
     phones: Vec<Phone>,
     last_change: u64,
-    /// When the last valid advertisement was read.
+    /// When the last valid advertisement arrived.
     last_rx: Option<Instant>,
+    /// The routine advertisements the VRRP socket holds (see
+    /// [`Engine::hold`]); `None` while it holds nothing.
+    holding: Option<vrrp_fsm::Routine>,
+    /// The transport can hold (it has an alert socket, and holding has not
+    /// failed).
+    can_hold: bool,
     /// The phones that follow the address are being checked (since the
     /// first announcement of this Master term).
     watching_phones: bool,
@@ -706,10 +713,13 @@ impl Engine {
 
     fn run(mut self) {
         let mut woken = Woken::default();
+        // Made here: it stays on this thread.
+        let mut batch = Batch::new();
         loop {
             // One deadline per round: nothing reaches the pair between
             // the drain and the check after the wait.
-            let deadline = self.drain();
+            let mut deadline = self.drain();
+            self.hold();
             // The clock as last read (after the wait, or by an input since):
             // the wait below may end later by the time this round took,
             // tens of microseconds, for one clock read less per wake-up.
@@ -725,8 +735,17 @@ impl Engine {
                 .then(|| self.published_at + Duration::from_millis(20));
             let wake_at = [deadline, publish].into_iter().flatten().min();
             let timeout = wake_at.map(|d| poll_wait(d.saturating_duration_since(now)));
+            let floor = self.clock;
             self.sockets.wait(timeout, &mut woken);
             let now = self.now();
+            if self.holding.is_some() {
+                // What was held goes in first, at the times it came; the
+                // deadline moves with it.
+                let alert = woken.own.contains(&TOKEN_ALERT);
+                if self.receive_held(&mut batch, floor, now, alert) {
+                    deadline = self.drain();
+                }
+            }
             if let Some(d) = deadline.filter(|d| *d <= now + DUE_EARLY) {
                 self.clock = self.clock.max(d);
                 self.pair.handle_timeout(self.clock);
@@ -735,7 +754,10 @@ impl Engine {
             // syscall for nothing, at a hundred wake-ups a second.
             for &token in &woken.own {
                 match token {
-                    TOKEN_VRRP => self.receive_vrrp(now),
+                    // While holding, the main socket wakes only on an
+                    // error, and the alert socket was read above.
+                    TOKEN_VRRP if self.holding.is_none() => self.receive_vrrp(now),
+                    TOKEN_VRRP | TOKEN_ALERT => {}
                     _ => self.read_inbox(),
                 }
             }
@@ -770,6 +792,76 @@ impl Engine {
             self.last_rx = Some(now);
         }
         // What it asks for is carried out at the top of the loop.
+    }
+
+    /// Holds what the election says may wait (see
+    /// `Pair::routine_advertisement`): the main socket stops waking the
+    /// loop and keeps the routine advertisements, the alert socket wakes
+    /// it for anything else. Checked once per round, after the drain.
+    fn hold(&mut self) {
+        if !self.can_hold {
+            return;
+        }
+        let want = self.pair.routine_advertisement();
+        if want == self.holding {
+            return;
+        }
+        let r = self.vrrp.hold(want.as_ref()).and_then(|()| {
+            self.sockets
+                .watch_reads(self.vrrp.fd(), TOKEN_VRRP, want.is_none())
+        });
+        match r {
+            Ok(()) => self.holding = want,
+            Err(e) => {
+                // Back to reading every message as it comes, for good.
+                warn!(error = %e, "cannot hold routine advertisements; reading each as it comes");
+                self.can_hold = false;
+                let _ = self.vrrp.hold(None);
+                let _ = self.sockets.watch_reads(self.vrrp.fd(), TOKEN_VRRP, true);
+                self.holding = None;
+            }
+        }
+    }
+
+    /// Hands the pair every message held on the main socket (and, with
+    /// `alert`, those on the alert socket), in the order and at the times
+    /// they came: the kernel's receive time, taken as an age on the
+    /// monotonic clock, never before `floor` (the last time the engines
+    /// saw) nor after `now`. Whether anything came.
+    fn receive_held(
+        &mut self,
+        batch: &mut Batch,
+        floor: Instant,
+        now: Instant,
+        alert: bool,
+    ) -> bool {
+        let wall = SystemTime::now();
+        let mut last = floor;
+        let mut came = 0;
+        for from_alert in [false, true] {
+            if from_alert && !alert {
+                continue;
+            }
+            let (pair, last_rx) = (&mut self.pair, &mut self.last_rx);
+            let r = self.vrrp.recv_held(batch, from_alert, |datagram, stamp| {
+                let age = stamp
+                    .and_then(|t| wall.duration_since(t).ok())
+                    .unwrap_or_default();
+                // One order across the two sockets: a message read from the
+                // alert socket after the held ones is never given an
+                // earlier time.
+                let at = now.checked_sub(age).unwrap_or(last).clamp(last, now);
+                last = at;
+                if pair.handle_vrrp_datagram(at, datagram).is_ok() {
+                    *last_rx = Some(at);
+                }
+            });
+            match r {
+                Ok(n) => came += n,
+                Err(e) => warn!(error = %e, "vrrp receive"),
+            }
+        }
+        came > 0
     }
 
     fn conn_ready(&mut self, id: ConnId, ready: Ready) {
@@ -1720,9 +1812,13 @@ pub async fn run(
         .and_then(|s| {
             s.watch(vrrp.fd(), TOKEN_VRRP)?;
             s.watch(&inbox.wake, TOKEN_WAKE)?;
+            if let Some(alert) = vrrp.alert_fd() {
+                s.watch(alert, TOKEN_ALERT)?;
+            }
             Ok(s)
         })
         .map_err(io_err("creating the engine's poller"))?;
+    let can_hold = vrrp.alert_fd().is_some();
     let engine = Engine {
         pair,
         rx: vec![0u8; 65_536],
@@ -1741,6 +1837,8 @@ pub async fn run(
         phones: phones.clone(),
         last_change: unix_ms(SystemTime::now()),
         last_rx: None,
+        holding: None,
+        can_hold,
         watching_phones: false,
         stop: None,
         dirty: true,
