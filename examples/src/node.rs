@@ -850,7 +850,7 @@ impl Engine {
                 // One order across the two sockets: a message read from the
                 // alert socket after the held ones is never given an
                 // earlier time.
-                let at = now.checked_sub(age).unwrap_or(last).clamp(last, now);
+                let at = now.checked_sub(age).unwrap_or(last).max(last).min(now);
                 last = at;
                 if pair.handle_vrrp_datagram(at, datagram).is_ok() {
                     *last_rx = Some(at);
