@@ -994,6 +994,13 @@ impl Replica {
         if let Message::SyncNow | Message::Changed = msg {
             if matches!(msg, Message::Changed) {
                 self.stats.nudged += 1;
+                // A refused round waits for a confirmation or the next
+                // interval: a source that keeps changing would otherwise
+                // meet the same refusal once per round trip (it tells of
+                // its pending changes when a round is abandoned).
+                if self.refused.is_some() {
+                    return Ok(());
+                }
             }
             if self.round.is_none() {
                 self.sync_now(now);

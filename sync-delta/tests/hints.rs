@@ -435,3 +435,50 @@ fn a_file_changing_while_hashed_stays_dirty_and_dates_its_round_back() {
     assert_eq!(common::read(&mut p.dst, "etc/pbx.conf"), b"changed again");
     assert_eq!(p.source.window(p.wall), Some(Duration::ZERO));
 }
+
+/// A round the mass-deletion guard refused waits for the operator's
+/// confirmation or the next interval. The source keeps being written to
+/// and tells of each change, and a refused round is abandoned with its
+/// hints still pending: were each told change to start a round, the same
+/// refusal would come back once per round trip, without end.
+#[test]
+fn a_refused_round_is_not_tried_again_at_each_change() {
+    let mut p = watching_pair();
+    // Most of the tree's content goes: refused.
+    p.src.remove_tree("voicemail/100");
+    p.source.handle_hints(p.now, p.wall, ["voicemail/100"]);
+    let mut handed = 0u32;
+    let mut bounded_after = |p: &mut Pair, ms: u64| {
+        p.now += Duration::from_millis(ms);
+        p.wall += Duration::from_millis(ms);
+        if p.source.poll_timeout().is_some_and(|t| t <= p.now) {
+            p.source.handle_timeout(p.now);
+        }
+        p.replica.handle_timeout(p.now);
+        p.pump_watching(
+            |_, _| {},
+            |_| {
+                handed += 1;
+                assert!(handed < 10_000, "the refused round came back without end");
+            },
+        )
+        .unwrap();
+    };
+    bounded_after(&mut p, 150);
+    assert_eq!(p.replica.stats().refused, 1);
+    // The Master goes on writing; each change is told.
+    for k in 0..5u8 {
+        p.src
+            .put_file("etc/pbx.conf", &[b'v', k], 0o644, 20 + i64::from(k));
+        p.source.handle_hints(p.now, p.wall, ["etc/pbx.conf"]);
+        bounded_after(&mut p, 150);
+    }
+    assert_eq!(p.replica.stats().refused, 1, "no round before the interval");
+    assert!(p.replica.stats().nudged >= 5);
+    assert_ne!(common::norm(&p.dst), common::norm(&p.src));
+    // The operator confirms: the next round goes through.
+    p.replica.confirm_deletions();
+    p.replica.sync_now(p.now);
+    bounded_after(&mut p, 1);
+    p.assert_synced();
+}
