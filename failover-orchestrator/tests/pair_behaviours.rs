@@ -251,6 +251,42 @@ fn a_master_that_restarts_beside_a_passive_backup_takes_the_role_again() {
     assert!(w.violations.is_empty(), "{}", w.report());
 }
 
+/// A Master loses power beside a Passive Backup, which never takes over,
+/// and comes back: it is Master again with its tree as it was, the writes
+/// its peer had not yet received included. A unit that boots runs no sync
+/// session until it knows of a Master; opening one as a replica at once
+/// would have moved those writes into quarantine.
+#[test]
+fn a_master_that_loses_power_beside_a_passive_backup_keeps_its_unsynced_writes() {
+    let mut w = settled_pair(8);
+    w.request(
+        1,
+        OperatorRequest::SetBackupMode {
+            mode: BackupMode::Passive,
+            expires_at: None,
+        },
+    )
+    .unwrap();
+    w.run_until(w.now + secs(3));
+    w.write(0, "voicemail/unsynced.wav", b"message");
+    w.at(w.now, Ev::Crash(0));
+    w.at(w.now + secs(5), Ev::Boot(0));
+    w.run_until(w.now + secs(30));
+    assert_eq!(w.masters(), vec![0], "{}", w.report());
+    assert_eq!(
+        w.read(0, "voicemail/unsynced.wav").as_deref(),
+        Some(&b"message"[..]),
+        "{}",
+        w.report()
+    );
+    assert!(
+        !w.log.iter().any(|l| l.contains("quarantined: Some")),
+        "{}",
+        w.report()
+    );
+    assert!(w.violations.is_empty(), "{}", w.report());
+}
+
 /// The VRRP link fails and the peer link stays up: for 30 s the address
 /// stays on node 0, node 1's takeovers held back. Then node 0 dies for
 /// real: its beacons stop and node 1 takes the address within `takeover`.

@@ -819,6 +819,10 @@ fn rolling_upgrade_aborts_cleanly_when_the_upgraded_backup_is_not_ready() {
 #[test]
 fn configuration_restore_without_failover() {
     let mut w = pair(inventory(20), None);
+    // Written on the Master just before, not yet synced: the Master keeps
+    // it through its reboot (nothing moves it into quarantine, as no other
+    // unit served meanwhile), and the Backup gets it afterwards.
+    w.write(0, "voicemail/before-restore.wav", b"kept");
     w.request(
         0,
         OperatorRequest::ConfigRestore {
@@ -837,6 +841,19 @@ fn configuration_restore_without_failover() {
     assert!(w.nodes[1].became_master.is_empty());
     assert_eq!(w.mode(1), BackupMode::Active);
     assert_eq!(w.tree(0), w.tree(1));
+    for i in 0..2 {
+        assert_eq!(
+            w.read(i, "voicemail/before-restore.wav").as_deref(),
+            Some(&b"kept"[..]),
+            "node {i}\n{}",
+            w.report()
+        );
+    }
+    assert!(
+        !w.log.iter().any(|l| l.contains("quarantined: Some")),
+        "{}",
+        w.report()
+    );
     assert!(w.commands(0).contains(&Command::RestoreConfig {
         backup: "nightly".into()
     }));

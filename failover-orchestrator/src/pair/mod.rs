@@ -1382,10 +1382,20 @@ impl Pair {
             None => SyncRole::Idle,
             Some(r) => match r.state() {
                 vrrp_fsm::State::Master => SyncRole::Source,
-                vrrp_fsm::State::Backup => SyncRole::Replica {
-                    periodic: r.backup_mode() == vrrp_fsm::BackupMode::Active,
-                },
-                vrrp_fsm::State::Initialize => SyncRole::Idle,
+                // A Backup replicates a Master it knows of: one the election
+                // heard, or one the peer link says serves. Until then (a
+                // unit that boots alone, or beside a Passive Backup, which
+                // never takes over) it runs no session: opening the replica
+                // would move this unit's own changes since the generation
+                // its peer last confirmed into quarantine, and when no
+                // other Master appears this unit is Master again, with the
+                // tree to keep.
+                vrrp_fsm::State::Backup if r.master().is_some() || self.peer_said_master() => {
+                    SyncRole::Replica {
+                        periodic: r.backup_mode() == vrrp_fsm::BackupMode::Active,
+                    }
+                }
+                vrrp_fsm::State::Backup | vrrp_fsm::State::Initialize => SyncRole::Idle,
             },
         };
         if role == self.link.role() {
