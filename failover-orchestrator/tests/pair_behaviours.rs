@@ -12,7 +12,7 @@ use failover_orchestrator::pair::LinkFailure;
 use failover_orchestrator::{
     BackupMode, OperatorRequest, PreflightError, ProcedureOutcome, Redundancy, Role,
 };
-use pair_world::{Ev, World, WorldConfig};
+use pair_world::{Ev, World, WorldConfig, passive};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -37,13 +37,7 @@ fn role(w: &World, i: usize) -> Role {
 #[test]
 fn swap_with_a_passive_backup_keeps_the_passive_mode_and_the_last_write() {
     let mut w = settled_pair(1);
-    let id = w.request(
-        1,
-        OperatorRequest::SetBackupMode {
-            mode: BackupMode::Passive,
-            expires_at: None,
-        },
-    );
+    let id = w.request(1, passive());
     assert!(id.is_ok(), "{id:?}");
     w.run_until(w.now + secs(5));
     assert_eq!(w.mode(1), BackupMode::Passive);
@@ -174,14 +168,7 @@ fn redundancy_off_is_refused_where_the_address_would_be_on_both() {
     let e = w.request(0, OperatorRequest::SetRedundancy(Redundancy::Disabled));
     assert_eq!(e, Err(PreflightError::PeerWouldServeToo(Role::Backup)));
     // A Passive Backup does not take over: then the Master may leave.
-    w.request(
-        1,
-        OperatorRequest::SetBackupMode {
-            mode: BackupMode::Passive,
-            expires_at: None,
-        },
-    )
-    .unwrap();
+    w.request(1, passive()).unwrap();
     w.run_until(w.now + secs(3));
     assert!(
         w.request(0, OperatorRequest::SetRedundancy(Redundancy::Disabled))
@@ -221,14 +208,7 @@ fn a_takeover_rehomes_phones_after_a_master_was_heard_even_without_the_peer_link
 #[test]
 fn a_master_that_restarts_beside_a_passive_backup_takes_the_role_again() {
     let mut w = settled_pair(7);
-    w.request(
-        1,
-        OperatorRequest::SetBackupMode {
-            mode: BackupMode::Passive,
-            expires_at: None,
-        },
-    )
-    .unwrap();
+    w.request(1, passive()).unwrap();
     w.run_until(w.now + secs(3));
     // A swap makes the Passive Backup Master; the old Master returns
     // Passive.
@@ -259,14 +239,7 @@ fn a_master_that_restarts_beside_a_passive_backup_takes_the_role_again() {
 #[test]
 fn a_master_that_loses_power_beside_a_passive_backup_keeps_its_unsynced_writes() {
     let mut w = settled_pair(8);
-    w.request(
-        1,
-        OperatorRequest::SetBackupMode {
-            mode: BackupMode::Passive,
-            expires_at: None,
-        },
-    )
-    .unwrap();
+    w.request(1, passive()).unwrap();
     w.run_until(w.now + secs(3));
     w.write(0, "voicemail/unsynced.wav", b"message");
     w.at(w.now, Ev::Crash(0));
@@ -334,11 +307,7 @@ fn a_slow_peer_link_still_vouches_for_the_master() {
 #[test]
 fn a_master_that_dies_in_the_middle_of_a_swap_leaves_the_passive_backup_serving() {
     let mut w = settled_pair(9);
-    let passive = OperatorRequest::SetBackupMode {
-        mode: BackupMode::Passive,
-        expires_at: None,
-    };
-    assert!(w.request(1, passive).is_ok());
+    assert!(w.request(1, passive()).is_ok());
     w.run_until(w.now + secs(5));
     assert_eq!(w.mode(1), BackupMode::Passive);
     w.request(0, OperatorRequest::Swap).expect("swap accepted");

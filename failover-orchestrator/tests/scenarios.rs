@@ -17,7 +17,7 @@ use failover_orchestrator::{
     PhoneMethod, PhoneResult, PhoneSpec, PlanKind, PlanOutcome, PreflightError, ProcedureOutcome,
     ProtocolVersion, Redundancy, Role, ServiceId, ServiceSpec, Timeline, Timeouts,
 };
-use pair_world::{Model, World, WorldConfig};
+use pair_world::{Model, World, WorldConfig, passive};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -146,13 +146,6 @@ fn pair_from(cfg: WorldConfig) -> World {
 
 fn pair(phones: Vec<PhoneSpec>, policy: Option<FailurePolicy>) -> World {
     pair_from(config(ids(), phones, policy))
-}
-
-fn passive() -> OperatorRequest {
-    OperatorRequest::SetBackupMode {
-        mode: BackupMode::Passive,
-        expires_at: None,
-    }
 }
 
 /// The simulator's safety invariants held throughout.

@@ -150,6 +150,14 @@ pub fn sim_timeouts() -> Timeouts {
     }
 }
 
+/// The operator's request for a Passive Backup, without expiry.
+pub fn passive() -> OperatorRequest {
+    OperatorRequest::SetBackupMode {
+        mode: BackupMode::Passive,
+        expires_at: None,
+    }
+}
+
 /// The VRRP LAN between the two nodes.
 #[derive(Debug, Clone, Copy)]
 pub struct Lan {
@@ -1052,7 +1060,9 @@ impl World {
                     }
                 }
             }
-            Ev::Operator { node, request, tag } => self.operator(node, request, tag),
+            Ev::Operator { node, request, tag } => {
+                self.operator(node, request, tag);
+            }
             Ev::OperatorOnMaster { request, tag } => {
                 let m = (0..NODES).find(|i| {
                     self.nodes[*i].pair.as_ref().is_some_and(|p| {
@@ -1060,7 +1070,9 @@ impl World {
                     })
                 });
                 match m {
-                    Some(m) => self.operator(m, request, tag),
+                    Some(m) => {
+                        self.operator(m, request, tag);
+                    }
                     None => self.refused.push((self.now, tag, "no Master".into())),
                 }
             }
@@ -1119,20 +1131,28 @@ impl World {
         }
     }
 
-    fn operator(&mut self, i: usize, request: OperatorRequest, tag: &'static str) {
+    /// Operator request `request` on node `i` now, noted, counted and
+    /// driven; `None` when the node is down (refused as "node down").
+    fn operator(
+        &mut self,
+        i: usize,
+        request: OperatorRequest,
+        tag: &'static str,
+    ) -> Option<Result<u64, PreflightError>> {
         let t = self.instant();
         let boot = self.nodes[i].boot;
         let Some(p) = self.nodes[i].pair.as_mut() else {
             self.refused.push((self.now, tag, "node down".into()));
-            return;
+            return None;
         };
-        match p.handle_operator(t, request) {
+        let r = p.handle_operator(t, request);
+        match &r {
             Ok(id) => {
                 self.note(format!("operator {tag} on node {i}: procedure {id}"));
                 let clean_start = self.clean();
                 self.started.push(Started {
                     node: i,
-                    id,
+                    id: *id,
                     tag,
                     at: self.now,
                     boot,
@@ -1147,6 +1167,7 @@ impl World {
             }
         }
         self.drive(i);
+        Some(r)
     }
 
     /// The peer link is whole again: bytes that stalled on it go on.
@@ -1832,33 +1853,10 @@ impl World {
     /// # Panics
     /// If node `i` is down.
     pub fn request(&mut self, i: usize, request: OperatorRequest) -> Result<u64, PreflightError> {
-        let t = self.instant();
-        let pair = self.nodes[i].pair.as_mut().expect("the node is up");
-        let r = pair.handle_operator(t, request.clone());
-        // Then as the schedules' requests go: noted, counted, driven.
-        match &r {
-            Ok(id) => {
-                let clean_start = self.clean();
-                self.note(format!("operator test on node {i}: procedure {id}"));
-                self.disruptions.push(self.now);
-                let boot = self.nodes[i].boot;
-                self.started.push(Started {
-                    node: i,
-                    id: *id,
-                    tag: "test",
-                    at: self.now,
-                    boot,
-                    outcome: None,
-                    ended: None,
-                    clean_start,
-                });
-            }
-            Err(e) => {
-                self.note(format!("operator test on node {i}: refused ({e})"));
-                self.refused.push((self.now, "test", e.to_string()));
-            }
+        let r = self.operator(i, request, "test").expect("the node is up");
+        if r.is_ok() {
+            self.disruptions.push(self.now);
         }
-        self.drive(i);
         r
     }
 
